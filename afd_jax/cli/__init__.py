@@ -1,0 +1,61 @@
+"""The ``afd-jax`` command line.
+
+Each subcommand lives in its own module ``afd_jax.cli.<name>`` exposing
+``add_parser(subparsers)`` and ``run(args) -> int``. Bad input (:class:`afd_jax.errors.InputError`)
+becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import InputError
+
+# Order shown in --help. A module that does not exist yet is skipped.
+SUBCOMMANDS = ("theta", "provision", "calibrate", "simulate", "optimize", "sweep", "reproduce")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own usage errors also exit 2, in one line + usage
+        self.print_usage(sys.stderr)
+        self.exit(2, f"afd-jax: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="afd-jax",
+        description=(
+            "Provisioning toolkit for Attention-FFN disaggregated LLM serving: workload "
+            "statistics, closed-form and exact A/F ratios, Monte Carlo in JAX."
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"{__name__}.{name}":
+                continue
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except InputError as err:
+        print(f"afd-jax {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("afd-jax: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Test configuration: float64 available (the CLI enables it too), strict dtype and rank
+promotion (catches silent int/float mixes), and the shared traces fixture."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+ROOT = Path(__file__).resolve().parents[1]
+TRACES_DIR = Path(os.environ.get("AFD_TRACES_DIR", ROOT.parent / "shared" / "traces"))
+TRACE_FILES = {
+    "azure_conv": "azure_llm_2023_conv.csv",
+    "azure_code": "azure_llm_2023_code.csv",
+    "mooncake": "mooncake_conversation.jsonl",
+}
+
+
+def trace_path(name: str) -> Path:
+    """Path of a shared trace; skips the test where the folder is absent (a user's fresh
+    clone), fails under CI (CI=true) so the checks cannot silently vanish."""
+    path = TRACES_DIR / TRACE_FILES[name]
+    if not path.is_file():
+        msg = f"shared trace {path} not found (tests read ../shared/traces/)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(msg + " and CI=true: the trace checks must run in CI")
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture
+def traces_dir() -> Path:
+    trace_path("azure_conv")
+    return TRACES_DIR
