@@ -1,0 +1,166 @@
+"""Workload statistics (MODEL.md 4), host-side float64 NumPy.
+
+For a trace {(P_i, D_i)}, i = 1..n (renewal-reward estimators; every slot-step of the trace
+counts once):
+
+* ``theta_hat = sum_i N_i / sum_i D_i`` with ``N_i = D_i P_i + D_i (D_i - 1) / 2``
+  (the mean over all slot-steps of the slot load P_i + k, k = 0..D_i-1);
+* ``v_hat = sum_i S_i / sum_i D_i`` with ``S_i = sum_k (P_i + k - theta_hat)^2
+  = D_i c_i^2 + c_i D_i (D_i - 1) + D_i (D_i - 1)(2 D_i - 1) / 6``, ``c_i = P_i - theta_hat``
+  (the same as MODEL.md's ``E[D P^2 + P D (D-1) + D (D-1)(2D-1)/6] / E[D] - theta^2``, written
+  centred so no large terms cancel);
+* ``mean_prompt``, ``mean_decode``: plain means over *all* rows (rows with D = 0 included, as a
+  spreadsheet would compute them); ``naive_mean_sum`` = their sum (the paper's v1 E[P] + E[D]);
+* ``corr_prompt_decode``: Pearson correlation of P and D over the rows with D > 0 (those that
+  hold a slot); NaN when either is constant.
+
+A confidence interval for theta: :func:`theta_confidence_interval` (delta method for the ratio
+estimator, or a seeded percentile bootstrap).
+"""
+
+from __future__ import annotations
+
+from statistics import NormalDist
+
+import numpy as np
+
+from .errors import InputError
+from .workload import ParametricWorkload, TraceWorkload, WorkloadStats
+
+CI_METHODS = ("delta", "bootstrap")
+
+
+def _as_arrays(prompt, decode) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(prompt, dtype=np.float64).reshape(-1)
+    d = np.asarray(decode, dtype=np.float64).reshape(-1)
+    if p.shape != d.shape:
+        raise ValueError(f"prompt and decode differ in length: {p.shape} vs {d.shape}")
+    if p.size == 0:
+        raise InputError("empty trace: no request rows")
+    if np.any(d < 0) or np.any(p < 0):
+        raise InputError("negative token counts")
+    if not np.any(d > 0):
+        raise InputError("every decode length is 0: no request holds a slot")
+    return p, d
+
+
+def slot_step_reward(prompt, decode) -> np.ndarray:
+    """Per-row reward ``N_i = D_i P_i + D_i (D_i - 1) / 2`` (sum of the loads P_i + k over the
+    row's D_i slot-steps), float64 of shape (n,)."""
+    p = np.asarray(prompt, dtype=np.float64)
+    d = np.asarray(decode, dtype=np.float64)
+    return d * p + d * (d - 1.0) / 2.0
+
+
+def trace_stats(prompt, decode) -> WorkloadStats:
+    """Statistics of a trace (see the module docstring for the formulas).
+
+    Args:
+      prompt, decode: integer arrays of shape (n,) (decode = mapped decode steps, may be 0).
+
+    Returns:
+      :class:`WorkloadStats` in float64.
+
+    >>> s = trace_stats([10, 0], [2, 1])
+    >>> s.theta  # slot-steps carry loads 10, 11, 0
+    7.0
+    """
+    p, d = _as_arrays(prompt, decode)
+    sum_d = float(np.sum(d))
+    theta = float(np.sum(slot_step_reward(p, d)) / sum_d)
+    c = p - theta
+    s = d * c * c + c * d * (d - 1.0) + d * (d - 1.0) * (2.0 * d - 1.0) / 6.0
+    slot_var = max(float(np.sum(s) / sum_d), 0.0)
+    held = d > 0
+    ph, dh = p[held], d[held]
+    if ph.size >= 2 and np.std(ph) > 0 and np.std(dh) > 0:
+        corr = float(np.corrcoef(ph, dh)[0, 1])
+    else:
+        corr = float("nan")
+    mean_p, mean_d = float(np.mean(p)), float(np.mean(d))
+    return WorkloadStats(
+        n_requests=int(p.size),
+        n_zero_decode=int(np.sum(~held)),
+        mean_prompt=mean_p,
+        mean_decode=mean_d,
+        naive_mean_sum=mean_p + mean_d,
+        theta=theta,
+        slot_var=slot_var,
+        corr_prompt_decode=corr,
+    )
+
+
+def workload_stats(w) -> WorkloadStats:
+    """Statistics of any workload: a :class:`TraceWorkload` (estimators above) or a
+    :class:`ParametricWorkload` (exact moments, :func:`afd_jax.families.parametric_stats`)."""
+    if isinstance(w, TraceWorkload):
+        return trace_stats(w.prompt, w.decode)
+    if isinstance(w, ParametricWorkload):
+        from .families import parametric_stats
+
+        return parametric_stats(w)
+    raise TypeError(f"not a workload: {type(w).__name__}")
+
+
+def theta_confidence_interval(
+    prompt,
+    decode,
+    level: float = 0.95,
+    method: str = "delta",
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Two-sided confidence interval for theta from a trace (rows i.i.d.).
+
+    ``method="delta"`` (default, deterministic): theta_hat = sum N_i / sum D_i is a ratio
+    estimator; by the delta method its standard error is
+    ``se = sqrt( sum_i (N_i - theta_hat D_i)^2 / (n (n - 1)) ) / mean(D)`` and the interval is
+    ``theta_hat -+ z_{(1+level)/2} se``.
+
+    ``method="bootstrap"``: percentile bootstrap, ``n_boot`` resamples of the rows drawn with a
+    NumPy ``Generator`` seeded by ``seed`` (host-side float64 code; same seed, same interval).
+
+    Args:
+      prompt, decode: integer arrays of shape (n,).
+      level: coverage in (0, 1).
+
+    Returns:
+      (low, high) as Python floats.
+    """
+    if not (0.0 < level < 1.0):
+        raise InputError(f"confidence level must be in (0, 1), got {level}", field="level")
+    if method not in CI_METHODS:
+        raise InputError(
+            f"unknown CI method {method!r} (known: {', '.join(CI_METHODS)})", field="ci_method"
+        )
+    p, d = _as_arrays(prompt, decode)
+    n = p.size
+    reward = slot_step_reward(p, d)
+    theta = float(np.sum(reward) / np.sum(d))
+    if n < 2:
+        return theta, theta
+    if method == "delta":
+        z = NormalDist().inv_cdf(0.5 + level / 2.0)
+        resid = reward - theta * d
+        se = float(np.sqrt(np.sum(resid * resid) / (n * (n - 1.0))) / np.mean(d))
+        return theta - z * se, theta + z * se
+    if n_boot < 2:
+        raise InputError(f"n_boot must be >= 2, got {n_boot}", field="n_boot")
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(n_boot, 2_000_000 // n))
+    thetas = np.empty(n_boot, dtype=np.float64)
+    done = 0
+    while done < n_boot:
+        m = min(chunk, n_boot - done)
+        idx = rng.integers(0, n, size=(m, n))
+        sum_d = d[idx].sum(axis=1)
+        sum_r = reward[idx].sum(axis=1)
+        # A resample with no decode steps (only possible with many D = 0 rows) has no theta.
+        thetas[done : done + m] = np.where(
+            sum_d > 0, sum_r / np.where(sum_d > 0, sum_d, 1.0), np.nan
+        )
+        done += m
+    thetas = thetas[np.isfinite(thetas)]
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(thetas, [alpha, 1.0 - alpha])
+    return float(low), float(high)

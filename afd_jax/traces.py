@@ -1,0 +1,355 @@
+"""Request-trace loaders: a trace file -> :class:`~afd_jax.workload.TraceWorkload`.
+
+Formats (see docs/traces.md):
+
+=========== ========= ====================================== ===============================
+format      container prompt field (P)                       output field (-> D)
+=========== ========= ====================================== ===============================
+``azure``    CSV      ``ContextTokens``                      ``GeneratedTokens``
+``mooncake`` JSONL    ``input_length``                       ``output_length``
+``vidur``    CSV      ``num_prefill_tokens``                 ``num_decode_tokens``
+``burstgpt`` CSV      ``Request tokens``                     ``Response tokens``
+``csv``      CSV      ``prompt_field`` (required)            ``decode_field`` (required)
+``jsonl``    JSONL    ``prompt_field`` (required)            ``decode_field`` (required)
+=========== ========= ====================================== ===============================
+
+The format is detected from the CSV header / the first JSON object; ``fmt`` overrides it, and
+``prompt_field``/``decode_field`` override the column names of any format. A ``.gz`` file (or any
+file starting with the gzip magic bytes) is decompressed on the fly.
+
+Decode mapping (MODEL.md 4): ``"output"`` (default) D = output tokens; ``"output-minus-one"``
+D = max(output tokens - 1, 0) (engines whose prefill emits the first token; a request with no
+output token holds no decode slot either). Rows with D = 0 are kept with zero weight.
+
+Every problem raises :class:`~afd_jax.errors.InputError` naming the file, the 1-based physical
+line and the field.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import math
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .workload import TraceWorkload
+
+#: Known formats: name -> (container, prompt field, output field).
+FORMATS: dict[str, tuple[str, str | None, str | None]] = {
+    "azure": ("csv", "ContextTokens", "GeneratedTokens"),
+    "mooncake": ("jsonl", "input_length", "output_length"),
+    "vidur": ("csv", "num_prefill_tokens", "num_decode_tokens"),
+    "burstgpt": ("csv", "Request tokens", "Response tokens"),
+    "csv": ("csv", None, None),
+    "jsonl": ("jsonl", None, None),
+}
+DECODE_MAPPINGS = ("output", "output-minus-one")
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def load_trace(
+    path: str | os.PathLike,
+    fmt: str | None = None,
+    prompt_field: str | None = None,
+    decode_field: str | None = None,
+    decode_mapping: str = "output",
+) -> TraceWorkload:
+    """Read a request trace into a :class:`TraceWorkload`.
+
+    Args:
+      path: CSV or JSONL file, optionally gzip-compressed.
+      fmt: one of :data:`FORMATS` (default: detected from the header / first JSON object).
+      prompt_field, decode_field: column names of P and of the output token count (required for
+        the generic ``"csv"``/``"jsonl"`` formats; override the defaults of the others).
+      decode_mapping: ``"output"`` (D = output) or ``"output-minus-one"`` (D = max(output-1, 0)).
+
+    Returns:
+      TraceWorkload with int64 arrays ``prompt`` (n,), ``decode`` (n,) (mapped decode steps, may be
+      0), ``source`` = the path, ``format`` = the (detected) format.
+
+    Raises:
+      InputError: missing file, unknown format, missing column, a value that is not a finite
+        non-negative integer (``3.0`` is accepted, ``3.5`` is not), an empty trace, or a trace in
+        which every decode length is 0.
+    """
+    spath = str(path)
+    p = Path(path)
+    if not p.exists():
+        raise InputError("no such file", path=spath)
+    if not p.is_file():
+        raise InputError("not a regular file", path=spath)
+    if decode_mapping not in DECODE_MAPPINGS:
+        raise InputError(
+            f"unknown decode mapping {decode_mapping!r} (known: {', '.join(DECODE_MAPPINGS)})",
+            field="decode_mapping",
+        )
+    if fmt is not None and fmt not in FORMATS:
+        raise InputError(
+            f"unknown trace format {fmt!r} (known: {', '.join(FORMATS)})",
+            path=spath,
+            field="format",
+        )
+    if (prompt_field is None) != (decode_field is None):
+        raise InputError(
+            "give both prompt_field and decode_field (or neither)",
+            path=spath,
+            field="prompt_field" if prompt_field is None else "decode_field",
+        )
+
+    text = _read_text(p, spath)
+    container = FORMATS[fmt][0] if fmt is not None else _detect_container(text)
+    if container == "jsonl":
+        fmt, pf, df, prompt, output, lines = _parse_jsonl(
+            text, spath, fmt, prompt_field, decode_field
+        )
+    else:
+        fmt, pf, df, prompt, output, lines = _parse_csv(
+            text, spath, fmt, prompt_field, decode_field
+        )
+
+    if prompt.shape[0] == 0:
+        raise InputError("empty trace: no request rows", path=spath, line=lines, field=df)
+    decode = np.maximum(output - 1, 0) if decode_mapping == "output-minus-one" else output
+    if not np.any(decode > 0):
+        raise InputError(
+            f"every decode length is 0 (decode mapping {decode_mapping!r}): "
+            "no request holds a slot",
+            path=spath,
+            line=lines,
+            field=df,
+        )
+    return TraceWorkload(
+        name=_trace_name(p),
+        prompt=prompt,
+        decode=decode.astype(np.int64),
+        source=spath,
+        format=fmt,
+        decode_mapping=decode_mapping,
+    )
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _trace_name(p: Path) -> str:
+    name = p.name
+    for suffix in (".gz", ".csv", ".jsonl", ".json", ".tsv", ".txt"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return name or p.name
+
+
+def _read_text(p: Path, spath: str) -> str:
+    try:
+        raw = p.read_bytes()
+    except OSError as err:
+        raise InputError(f"cannot read: {err.strerror or err}", path=spath) from None
+    if raw[:2] == _GZIP_MAGIC:
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as err:
+            raise InputError(f"corrupt gzip file: {err}", path=spath) from None
+    elif spath.endswith(".gz"):
+        raise InputError("file ends in .gz but is not gzip-compressed", path=spath)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise InputError("not UTF-8 text (binary file?)", path=spath, line=line) from None
+    return text
+
+
+def _detect_container(text: str) -> str:
+    for line in text.splitlines():
+        s = line.strip()
+        if s:
+            return "jsonl" if s.startswith("{") else "csv"
+    return "csv"
+
+
+def _resolve_fields(spath, fmt, present, prompt_field, decode_field, container, line):
+    """Pick (fmt, prompt field, output field) from the header/first object ``present``."""
+    if fmt is None:
+        if prompt_field is not None:
+            fmt = container
+        else:
+            for name, (cont, pf, df) in FORMATS.items():
+                if cont == container and pf is not None and pf in present and df in present:
+                    fmt = name
+                    break
+            else:
+                shown = ", ".join(repr(c) for c in list(present)[:8])
+                raise InputError(
+                    f"unknown trace format: {container.upper()} fields [{shown}] match none of "
+                    f"{', '.join(n for n in FORMATS if FORMATS[n][1])}; give --format and/or "
+                    "--prompt-field/--decode-field",
+                    path=spath,
+                    line=line,
+                )
+    pf = prompt_field if prompt_field is not None else FORMATS[fmt][1]
+    df = decode_field if decode_field is not None else FORMATS[fmt][2]
+    if pf is None:
+        raise InputError(
+            f"format {fmt!r} needs prompt_field and decode_field (--prompt-field/--decode-field)",
+            path=spath,
+            field="prompt_field",
+        )
+    return fmt, pf, df
+
+
+def _parse_csv(text, spath, fmt, prompt_field, decode_field):
+    first = text.split("\n", 1)[0]
+    delimiter = "\t" if ("\t" in first and "," not in first) else ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    header = None
+    header_line = 0
+    try:
+        for row in reader:
+            if row and any(c.strip() for c in row):
+                header = [c.strip() for c in row]
+                header_line = reader.line_num
+                break
+    except csv.Error as err:
+        raise InputError(f"malformed CSV: {err}", path=spath, line=reader.line_num) from None
+    if header is None:
+        raise InputError("empty trace: no header and no request rows", path=spath, line=1)
+    fmt, pf, df = _resolve_fields(
+        spath, fmt, header, prompt_field, decode_field, "csv", header_line
+    )
+    for f in (pf, df):
+        if f not in header:
+            raise InputError(
+                f"missing column (header has: {', '.join(header)})",
+                path=spath,
+                line=header_line,
+                field=f,
+            )
+    ip, idd = header.index(pf), header.index(df)
+    need = max(ip, idd)
+    prompts: list[str] = []
+    outputs: list[str] = []
+    line_nums: list[int] = []
+    try:
+        for row in reader:
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue  # blank line
+            if len(row) <= need:
+                missing = pf if len(row) <= ip else df
+                raise InputError(
+                    f"row has {len(row)} fields, header has {len(header)}",
+                    path=spath,
+                    line=reader.line_num,
+                    field=missing,
+                )
+            prompts.append(row[ip])
+            outputs.append(row[idd])
+            line_nums.append(reader.line_num)
+    except csv.Error as err:
+        raise InputError(f"malformed CSV: {err}", path=spath, line=reader.line_num) from None
+    prompt = _to_int_array(prompts, line_nums, spath, pf)
+    output = _to_int_array(outputs, line_nums, spath, df)
+    last = line_nums[-1] if line_nums else header_line
+    return fmt, pf, df, prompt, output, last
+
+
+def _parse_jsonl(text, spath, fmt, prompt_field, decode_field):
+    prompts: list = []
+    outputs: list = []
+    line_nums: list[int] = []
+    pf = df = None
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        s = line.strip()
+        if not s:
+            continue
+        try:
+            obj = json.loads(s)
+        except json.JSONDecodeError as err:
+            raise InputError(f"invalid JSON: {err.msg}", path=spath, line=lineno) from None
+        if not isinstance(obj, dict):
+            raise InputError("expected one JSON object per line", path=spath, line=lineno)
+        if pf is None:
+            fmt, pf, df = _resolve_fields(
+                spath, fmt, obj.keys(), prompt_field, decode_field, "jsonl", lineno
+            )
+        for f in (pf, df):
+            if f not in obj:
+                raise InputError("missing field", path=spath, line=lineno, field=f)
+        prompts.append(obj[pf])
+        outputs.append(obj[df])
+        line_nums.append(lineno)
+    if pf is None:
+        if fmt is None:
+            fmt = "jsonl"
+        pf = prompt_field if prompt_field is not None else FORMATS[fmt][1]
+        df = decode_field if decode_field is not None else FORMATS[fmt][2]
+    prompt = _to_int_array(prompts, line_nums, spath, pf)
+    output = _to_int_array(outputs, line_nums, spath, df)
+    last = line_nums[-1] if line_nums else 1
+    return fmt, pf, df, prompt, output, last
+
+
+# --------------------------------------------------------------------------- values
+
+
+def _to_int_array(values: list, line_nums: list[int], spath: str, fld: str) -> np.ndarray:
+    """Convert raw cell values to int64, checking each is a finite non-negative integer."""
+    out = np.empty(len(values), dtype=np.int64)
+    for i, v in enumerate(values):
+        if type(v) is int:  # JSON ints: the fast path
+            x = v
+        elif isinstance(v, str):
+            s = v.strip()
+            try:
+                x = int(s)
+            except ValueError:
+                x = _parse_number_str(s, line_nums[i], spath, fld)
+        else:
+            x = _parse_json_number(v, line_nums[i], spath, fld)
+        if x < 0:
+            raise InputError(
+                f"negative value {v!r} (token counts are >= 0)",
+                path=spath,
+                line=line_nums[i],
+                field=fld,
+            )
+        if x >= 2**62:
+            raise InputError(f"value {v!r} too large", path=spath, line=line_nums[i], field=fld)
+        out[i] = x
+    return out
+
+
+def _parse_number_str(s: str, line: int, spath: str, fld: str) -> int:
+    if s == "":
+        raise InputError("empty value", path=spath, line=line, field=fld)
+    try:
+        f = float(s)
+    except ValueError:
+        raise InputError(f"not a number: {s!r}", path=spath, line=line, field=fld) from None
+    return _integral(f, s, line, spath, fld)
+
+
+def _parse_json_number(v, line: int, spath: str, fld: str) -> int:
+    if v is None:
+        raise InputError("null value", path=spath, line=line, field=fld)
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise InputError(f"not a number: {v!r}", path=spath, line=line, field=fld)
+    return _integral(float(v), v, line, spath, fld)
+
+
+def _integral(f: float, raw, line: int, spath: str, fld: str) -> int:
+    if not math.isfinite(f):
+        raise InputError(f"non-finite value {raw!r}", path=spath, line=line, field=fld)
+    if f < 0:
+        raise InputError(
+            f"negative value {raw!r} (token counts are >= 0)", path=spath, line=line, field=fld
+        )
+    if f != math.floor(f):
+        raise InputError(f"not an integer token count: {raw!r}", path=spath, line=line, field=fld)
+    return int(f)

@@ -1,0 +1,241 @@
+"""Trace loaders: every format, detection, override, .gz, decode mapping, bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+from conftest import trace_path
+
+from afd_jax.errors import InputError
+from afd_jax.traces import load_trace
+
+P = [100, 0, 37, 5]
+OUT = [3, 1, 0, 12]
+
+
+def write_csv(path, header, rows, sep=","):
+    lines = [sep.join(header)] + [sep.join(str(x) for x in r) for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_jsonl(path, objs):
+    path.write_text("".join(json.dumps(o) + "\n" for o in objs))
+    return path
+
+
+@pytest.fixture
+def azure(tmp_path):
+    rows = [("2023-11-16 18:15:46", p, d) for p, d in zip(P, OUT, strict=True)]
+    return write_csv(tmp_path / "az.csv", ["TIMESTAMP", "ContextTokens", "GeneratedTokens"], rows)
+
+
+FORMAT_FILES = {
+    "azure": lambda t: write_csv(
+        t / "a.csv",
+        ["TIMESTAMP", "ContextTokens", "GeneratedTokens"],
+        [(f"t{i}", p, d) for i, (p, d) in enumerate(zip(P, OUT, strict=True))],
+    ),
+    "mooncake": lambda t: write_jsonl(
+        t / "m.jsonl",
+        [
+            {"timestamp": i, "input_length": p, "output_length": d, "hash_ids": [1, 2]}
+            for i, (p, d) in enumerate(zip(P, OUT, strict=True))
+        ],
+    ),
+    "vidur": lambda t: write_csv(
+        t / "v.csv",
+        ["arrived_at", "num_prefill_tokens", "num_decode_tokens", "pd_ratio"],
+        [(0.5 * i, p, d, 1.5) for i, (p, d) in enumerate(zip(P, OUT, strict=True))],
+    ),
+    "burstgpt": lambda t: write_csv(
+        t / "b.csv",
+        ["Timestamp", "Model", "Request tokens", "Response tokens", "Total tokens", "Log Type"],
+        [
+            (i, "ChatGPT", p, d, p + d, "Conversation log")
+            for i, (p, d) in enumerate(zip(P, OUT, strict=True))
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMAT_FILES))
+def test_format_detected_and_parsed(tmp_path, fmt):
+    path = FORMAT_FILES[fmt](tmp_path)
+    w = load_trace(path)
+    assert w.format == fmt
+    assert w.prompt.dtype == np.int64 and w.decode.dtype == np.int64
+    np.testing.assert_array_equal(w.prompt, P)
+    np.testing.assert_array_equal(w.decode, OUT)
+    assert w.source == str(path) and w.decode_mapping == "output"
+    # Explicit format gives the same.
+    w2 = load_trace(path, fmt=fmt)
+    np.testing.assert_array_equal(w2.decode, OUT)
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMAT_FILES))
+def test_gzip(tmp_path, fmt):
+    path = FORMAT_FILES[fmt](tmp_path)
+    gz = tmp_path / (path.name + ".gz")
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    w = load_trace(gz)
+    assert w.format == fmt
+    np.testing.assert_array_equal(w.prompt, P)
+    np.testing.assert_array_equal(w.decode, OUT)
+
+
+def test_generic_csv_and_jsonl_with_fields(tmp_path):
+    c = write_csv(
+        tmp_path / "g.csv",
+        ["id", "in", "out"],
+        [(i, p, d) for i, (p, d) in enumerate(zip(P, OUT, strict=True))],
+    )
+    w = load_trace(c, prompt_field="in", decode_field="out")
+    assert w.format == "csv"
+    np.testing.assert_array_equal(w.decode, OUT)
+    j = write_jsonl(tmp_path / "g.jsonl", [{"a": p, "b": d} for p, d in zip(P, OUT, strict=True)])
+    w = load_trace(j, fmt="jsonl", prompt_field="a", decode_field="b")
+    assert w.format == "jsonl"
+    np.testing.assert_array_equal(w.prompt, P)
+    # Fields override a named format's defaults too; TSV is accepted.
+    t = write_csv(tmp_path / "g.tsv", ["x", "y"], list(zip(P, OUT, strict=True)), sep="\t")
+    np.testing.assert_array_equal(load_trace(t, prompt_field="x", decode_field="y").decode, OUT)
+
+
+def test_integral_floats_and_quoted_cells(tmp_path):
+    path = tmp_path / "f.csv"
+    path.write_text('ContextTokens,GeneratedTokens\n"3.0",2\n1e2, 4 \n')
+    w = load_trace(path)
+    np.testing.assert_array_equal(w.prompt, [3, 100])
+    np.testing.assert_array_equal(w.decode, [2, 4])
+
+
+def test_decode_mapping(azure):
+    w = load_trace(azure, decode_mapping="output-minus-one")
+    assert w.decode_mapping == "output-minus-one"
+    np.testing.assert_array_equal(w.decode, [2, 0, 0, 11])  # output 0 -> D = 0, not -1
+    np.testing.assert_array_equal(w.prompt, P)
+
+
+def test_zero_decode_rows_kept(azure):
+    w = load_trace(azure)
+    assert w.n_requests == 4
+    assert int(np.sum(w.decode == 0)) == 1
+
+
+def test_shared_trace_loads():
+    w = load_trace(trace_path("mooncake"))
+    assert w.format == "mooncake" and w.n_requests == 12031
+    w = load_trace(trace_path("azure_code"))
+    assert w.format == "azure" and w.n_requests == 8819
+
+
+# ------------------------------------------------------------------ bad input (library level)
+
+BAD_CELLS = [
+    ("abc", "not a number"),
+    ("-3", "negative"),
+    ("nan", "non-finite"),
+    ("inf", "non-finite"),
+    ("3.5", "not an integer"),
+    ("", "empty value"),
+]
+
+
+@pytest.mark.parametrize(("cell", "reason"), BAD_CELLS)
+def test_bad_csv_cell(tmp_path, cell, reason):
+    path = tmp_path / "bad.csv"
+    path.write_text(f"ContextTokens,GeneratedTokens\n5,6\n7,{cell}\n")
+    with pytest.raises(InputError, match=reason) as info:
+        load_trace(path)
+    assert (info.value.path, info.value.line, info.value.field) == (str(path), 3, "GeneratedTokens")
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ('"x"', "not a number"),
+        ("-1", "negative"),
+        ("NaN", "non-finite"),
+        ("2.5", "not an integer"),
+        ("null", "null"),
+        ("true", "not a number"),
+    ],
+)
+def test_bad_jsonl_value(tmp_path, value, reason):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(
+        '{"input_length": 1, "output_length": 2}\n\n{"input_length": '
+        + value
+        + ', "output_length": 2}\n'
+    )
+    with pytest.raises(InputError, match=reason) as info:
+        load_trace(path)
+    assert (info.value.line, info.value.field) == (3, "input_length")
+
+
+def test_missing_file_and_unknown_format(tmp_path, azure):
+    with pytest.raises(InputError, match="no such file"):
+        load_trace(tmp_path / "nope.csv")
+    with pytest.raises(InputError, match="unknown trace format") as info:
+        load_trace(azure, fmt="parquet")
+    assert info.value.field == "format"
+    odd = write_csv(tmp_path / "odd.csv", ["a", "b"], [(1, 2)])
+    with pytest.raises(InputError, match="unknown trace format") as info:
+        load_trace(odd)
+    assert info.value.line == 1
+
+
+def test_missing_column(tmp_path, azure):
+    with pytest.raises(InputError, match="missing column") as info:
+        load_trace(azure, fmt="vidur")
+    assert (info.value.line, info.value.field) == (1, "num_prefill_tokens")
+    j = write_jsonl(
+        tmp_path / "m.jsonl", [{"input_length": 1, "output_length": 2}, {"input_length": 3}]
+    )
+    with pytest.raises(InputError, match="missing field") as info:
+        load_trace(j)
+    assert (info.value.line, info.value.field) == (2, "output_length")
+    short = tmp_path / "short.csv"
+    short.write_text("ContextTokens,GeneratedTokens\n1,2\n3\n")
+    with pytest.raises(InputError) as info:
+        load_trace(short)
+    assert (info.value.line, info.value.field) == (3, "GeneratedTokens")
+
+
+def test_empty_and_all_zero(tmp_path):
+    header_only = tmp_path / "h.csv"
+    header_only.write_text("ContextTokens,GeneratedTokens\n")
+    with pytest.raises(InputError, match="empty trace"):
+        load_trace(header_only)
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text("\n\n")
+    with pytest.raises(InputError, match="empty trace"):
+        load_trace(blank)
+    zeros = write_csv(tmp_path / "z.csv", ["ContextTokens", "GeneratedTokens"], [(5, 0), (6, 0)])
+    with pytest.raises(InputError, match="every decode length is 0") as info:
+        load_trace(zeros)
+    assert info.value.field == "GeneratedTokens"
+    ones = write_csv(tmp_path / "o.csv", ["ContextTokens", "GeneratedTokens"], [(5, 1), (6, 1)])
+    assert load_trace(ones).n_requests == 2
+    with pytest.raises(InputError, match="every decode length is 0"):
+        load_trace(ones, decode_mapping="output-minus-one")
+
+
+def test_not_gzip_and_binary(tmp_path):
+    fake = tmp_path / "f.csv.gz"
+    fake.write_text("ContextTokens,GeneratedTokens\n1,2\n")
+    with pytest.raises(InputError, match="not gzip"):
+        load_trace(fake)
+    trunc = tmp_path / "t.csv.gz"
+    trunc.write_bytes(gzip.compress(b"ContextTokens,GeneratedTokens\n1,2\n" * 50)[:30])
+    with pytest.raises(InputError, match="gzip"):
+        load_trace(trunc)
+    binary = tmp_path / "b.csv"
+    binary.write_bytes(b"ContextTokens,GeneratedTokens\n\xff\xfe\x00,1\n")
+    with pytest.raises(InputError, match="UTF-8") as info:
+        load_trace(binary)
+    assert info.value.line == 2
