@@ -1,0 +1,249 @@
+"""``afd-jax theta``: JSON and table output, every bad input -> exit 2 with one line naming
+file/line/field and no traceback."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import trace_path
+
+from afd_jax.cli import main
+from afd_jax.statistics import theta_confidence_interval, trace_stats
+
+REQUIRED_KEYS = {
+    "n_requests",
+    "n_zero_decode",
+    "mean_prompt",
+    "mean_decode",
+    "naive_mean_sum",
+    "theta",
+    "theta_ci_low",
+    "theta_ci_high",
+    "slot_std",
+    "slot_var",
+    "corr_prompt_decode",
+    "ci_level",
+    "ci_method",
+    "source",
+    "format",
+}
+
+
+def run_cli(capsys, *argv):
+    code = main(["theta", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def small_csv(tmp_path):
+    path = tmp_path / "small.csv"
+    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\nt,100,3\nt,0,1\nt,37,0\nt,5,12\n")
+    return path
+
+
+def test_json_output(capsys, small_csv):
+    code, out, err = run_cli(capsys, small_csv, "--json")
+    assert code == 0
+    obj = json.loads(out)  # exactly one JSON object on stdout
+    assert REQUIRED_KEYS <= obj.keys()
+    s = trace_stats([100, 0, 37, 5], [3, 1, 0, 12])
+    assert obj["n_requests"] == 4 and obj["n_zero_decode"] == 1
+    assert obj["theta"] == pytest.approx(s.theta, rel=1e-15)
+    assert obj["slot_std"] == pytest.approx(s.slot_std, rel=1e-15)
+    lo, hi = theta_confidence_interval([100, 0, 37, 5], [3, 1, 0, 12])
+    assert (obj["theta_ci_low"], obj["theta_ci_high"]) == pytest.approx((lo, hi), rel=1e-15)
+    assert obj["format"] == "azure" and obj["ci_method"] == "delta"
+
+
+def test_json_options(capsys, tmp_path):
+    path = tmp_path / "g.jsonl.gz"
+    rows = [{"a": 10 * i, "b": i % 5} for i in range(1, 60)]
+    path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    code, out, _ = run_cli(
+        capsys,
+        path,
+        "--prompt-field",
+        "a",
+        "--decode-field",
+        "b",
+        "--decode-mapping",
+        "output-minus-one",
+        "--ci-method",
+        "bootstrap",
+        "--n-boot",
+        "200",
+        "--seed",
+        "4",
+        "--level",
+        "0.9",
+        "--json",
+    )
+    assert code == 0
+    obj = json.loads(out)
+    prompt = np.array([r["a"] for r in rows])
+    decode = np.maximum(np.array([r["b"] for r in rows]) - 1, 0)
+    assert obj["format"] == "jsonl" and obj["decode_mapping"] == "output-minus-one"
+    assert obj["n_zero_decode"] == int(np.sum(decode == 0))
+    assert obj["theta"] == pytest.approx(trace_stats(prompt, decode).theta, rel=1e-15)
+    want = theta_confidence_interval(prompt, decode, 0.9, "bootstrap", n_boot=200, seed=4)
+    assert (obj["theta_ci_low"], obj["theta_ci_high"]) == pytest.approx(want, rel=1e-15)
+    assert obj["ci_level"] == 0.9 and obj["ci_method"] == "bootstrap"
+
+
+def test_table_output_on_shared_trace(capsys):
+    code, out, err = run_cli(capsys, trace_path("azure_conv"))
+    assert code == 0 and err == ""
+    lines = dict(line.split("  ", 1) for line in out.splitlines())
+    assert lines["theta"].strip() == "1,226.5"
+    assert lines["slot std sqrt(v)"].strip() == "712.9"
+    assert lines["requests"].strip() == "19,366"
+    assert "(95%, delta)" in lines["theta CI"]
+
+
+def _bad(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+H = "ContextTokens,GeneratedTokens\n"
+
+BAD_INPUTS = {
+    # case: (file name, content, extra args, expected substrings in the error line)
+    "non-numeric": ("a.csv", H + "1,2\nx,3\n", [], [":3:", "ContextTokens", "not a number"]),
+    "negative": ("a.csv", H + "1,2\n4,-3\n", [], [":3:", "GeneratedTokens", "negative"]),
+    "nan": ("a.csv", H + "nan,2\n", [], [":2:", "ContextTokens", "non-finite"]),
+    "inf-json": (
+        "m.jsonl",
+        '{"input_length": 1, "output_length": Infinity}\n',
+        [],
+        [":1:", "output_length", "non-finite"],
+    ),
+    "non-integer": (
+        "a.csv",
+        H + "1,2\n1,2\n1,3.5\n",
+        [],
+        [":4:", "GeneratedTokens", "not an integer"],
+    ),
+    "missing-column": (
+        "a.csv",
+        "ContextTokens,Out\n1,2\n",
+        ["--format", "azure"],
+        [":1:", "GeneratedTokens", "missing column"],
+    ),
+    "missing-field": (
+        "a.csv",
+        "x,y\n1,2\n",
+        ["--prompt-field", "x", "--decode-field", "z"],
+        [":1:", "field z", "missing column"],
+    ),
+    "unknown-format": ("a.csv", "foo,bar\n1,2\n", [], [":1:", "unknown trace format"]),
+    "bad-format-flag": (
+        "a.csv",
+        H + "1,2\n",
+        ["--format", "xls"],
+        ["field format", "unknown trace format"],
+    ),
+    "empty": ("a.csv", H, [], [":1:", "GeneratedTokens", "empty trace"]),
+    "empty-file": ("a.csv", "", [], [":1:", "empty trace"]),
+    "all-zero": (
+        "a.csv",
+        H + "1,0\n2,0\n",
+        [],
+        [":3:", "GeneratedTokens", "every decode length is 0"],
+    ),
+    "all-one-minus-one": (
+        "a.csv",
+        H + "1,1\n",
+        ["--decode-mapping", "output-minus-one"],
+        [":2:", "every decode"],
+    ),
+    "bad-json": (
+        "m.jsonl",
+        '{"input_length": 1, "output_length": 2}\n{"input_length": 1,\n',
+        [],
+        [":2:", "invalid JSON"],
+    ),
+    "bad-level": ("a.csv", H + "1,2\n", ["--level", "1.5"], ["--level"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input(capsys, tmp_path, case):
+    name, text, extra, expected = BAD_INPUTS[case]
+    path = _bad(tmp_path, name, text)
+    code, out, err = run_cli(capsys, path, *extra, "--json")
+    assert code == 2
+    assert out == ""
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    if case != "bad-level":
+        assert str(path) in err
+    for s in expected:
+        assert s in err, (s, err)
+
+
+def test_missing_file(capsys, tmp_path):
+    code, out, err = run_cli(capsys, tmp_path / "nope.csv")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "nope.csv" in err and "no such file" in err
+
+
+def test_bad_input_subprocess_no_traceback(tmp_path):
+    path = _bad(tmp_path, "t.csv", H + "1,2\n-1,2\n")
+    res = subprocess.run(
+        [sys.executable, "-m", "afd_jax", "theta", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 2
+    assert res.stdout == ""
+    assert "Traceback" not in res.stderr
+    assert res.stderr.strip() == (
+        f"afd-jax theta: error: {path}:3: field ContextTokens: "
+        "negative value '-1' (token counts are >= 0)"
+    )
+
+
+def test_unknown_preset_or_spec(capsys):
+    # Not a file and not a known preset/spec (whether or not afd_jax.workloads exists yet).
+    code, out, err = run_cli(capsys, "no_such_preset_xyz", "--json")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "no_such_preset_xyz" in err
+
+
+def test_parametric_workload_reports_exact(capsys, monkeypatch):
+    """A non-file TRACE goes through afd_jax.workloads.resolve_workload; a parametric workload's
+    statistics are exact, so its CI is [theta, theta]. Here P = 100 and D = 5 are fixed:
+    theta = 100 + (5-1)/2 = 102, v = (5^2-1)/12 = 2."""
+    pytest.importorskip("afd_jax.families")
+    import types
+
+    from afd_jax.workload import CopulaComponent, Marginal, ParametricWorkload
+
+    fixed = ParametricWorkload(
+        name="fixed",
+        components=(
+            CopulaComponent(
+                Marginal(np.array([100]), np.array([1.0])), Marginal(np.array([5]), np.array([1.0]))
+            ),
+        ),
+        weights=np.array([1.0]),
+        label="test workload",
+    )
+    fake = types.ModuleType("afd_jax.workloads")
+    fake.resolve_workload = lambda spec, fmt=None, decode_mapping="output": fixed
+    monkeypatch.setitem(sys.modules, "afd_jax.workloads", fake)
+    code, out, _ = run_cli(capsys, "fixed", "--json")
+    assert code == 0
+    obj = json.loads(out)
+    assert obj["ci_method"] == "exact" and obj["format"] == "parametric"
+    assert obj["theta"] == pytest.approx(102.0, rel=1e-12)
+    assert obj["theta_ci_low"] == obj["theta_ci_high"] == obj["theta"]
+    assert obj["slot_var"] == pytest.approx(2.0, rel=1e-9)
