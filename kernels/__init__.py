@@ -2,6 +2,7 @@
 maxima. Un-jitted and composable; drivers in ``afd_jax`` own the jit boundary. Nothing here
 imports ``afd_jax``."""
 
+from .copula import CopulaSampler
 from .sampling import (
     TableSampler,
     register_sampler,
@@ -13,6 +14,7 @@ from .sampling import (
 from .step import StepModel, bundle_step_stats, step_times
 
 __all__ = [
+    "CopulaSampler",
     "StepModel",
     "TableSampler",
     "bundle_step_stats",
