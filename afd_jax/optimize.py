@@ -1,0 +1,769 @@
+"""Gradient-based provisioning: maximise a smoothed throughput in a continuous r (and B) with
+optax, then choose the integers by exact evaluation (docs/optimize.md).
+
+Smoothed objective (temperature ``T`` in microseconds, ``T -> 0`` recovers the Gaussian model
+of :func:`afd_jax.theory.gaussian_step_time`):
+
+* other stages      ``G_T(r) = T * logaddexp(t_C/T, t_F/T)`` (pipelined; ``max <= G_T <= max +
+  T log 2``) or ``t_C + t_F`` (serial, no max);
+* Attention vs G    the max inside ``E[max(M_A, G)]`` is smoothed by Gaussian jitter of the
+  Attention time: ``s_T = sqrt(s_A^2 + T^2)`` with ``s_A = alpha_A sqrt(B v)``, so
+  ``E_T[tau] = G_T + s_T * int_z^inf (1 - Phi(x)^r) dx``, ``z = (G_T - mu_A) / s_T`` -- the
+  theory module's tail integral evaluated at (mu_A, s_T, G_T). Smooth in r, B and every
+  coefficient even for a deterministic workload (v = 0). Bias: ``0 <= E_T[tau] - E[tau] <=
+  T log 2 + T * (1 + m_r)`` (tests/test_optimize.py checks it vanishes linearly in T);
+* objective         ``J_T = log throughput_T - w_T * pen_T`` with throughput ``1e6 r B / ((r c_A
+  + c_F) E_T[tau])`` and, when a mean step-time budget S is set, the exterior penalty
+  ``pen_T = (t softplus(log(E_T[tau]/S) / t))^2``, ``t = T / scale``, weight ``w_T = 1 / t``.
+
+``T = t * scale`` with the relative temperature ``t`` annealed geometrically from
+``temperature_start`` to ``temperature_final`` and ``scale = tA_bar(B0) + t_C(1, B0) +
+t_F(1, B0)`` (B0 = the scenario's batch), so the schedule is unit-free.
+
+Solver (:func:`solve_continuous`, one jitted function, vmapped in
+:func:`solve_continuous_batched`): ``x = (log r, log B)`` (B is held fixed by
+``batch_min = batch_max = B``);
+``adam_steps`` steps of ``optax.adam`` with an exponentially decaying learning rate while the
+temperature anneals (``lax.scan``), each followed by projection on the box bounds; then
+projected Newton steps at the final temperature with backtracking (``lax.while_loop``).
+Convergence test: the projected gradient of ``J_T`` in log coordinates has max-norm
+``<= gtol`` (a stationary point of the final smoothed problem) or the last accepted step is
+``<= xtol`` in max-norm. ``iterations`` counts Adam plus Newton steps.
+
+Sensitivities (:func:`sensitivities`): implicit differentiation of the stationarity condition
+``grad_x J_T(x*, p) = 0`` on the free coordinates: ``dx*/dp = -H^-1 d(grad_x J_T)/dp``;
+coordinates at an active bound have zero sensitivity. ``dr*/dp = r* dx_r/dp``.
+
+Integer choice and constraints (:func:`optimize`, host float64): candidates ``floor(r_c) - k ..
+ceil(r_c) + k`` (and the same for B), extended while the best feasible candidate sits on the
+edge of the window; each is evaluated by :mod:`afd_jax.exact`. Constraints: KV capacity
+(``Pr(worker load > capacity) <= eps`` under the exact worker-load law -> the largest allowed
+B), mean step time ``E[tau] <= S``, P99 step time (from the exact law of the barrier max), r and
+B bounds. A constraint *binds* when a candidate with higher exact throughput violates it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from . import theory
+from .errors import InputError
+from .latency import (
+    COEFFICIENTS,
+    Latency,
+    ModelOptions,
+    instance_cost,
+    t_comm,
+    t_ffn,
+)
+
+__all__ = [
+    "OptimizeResult",
+    "Scenario",
+    "Solution",
+    "SolverConfig",
+    "exact_p99_step_times",
+    "kv_batch_limit",
+    "make_scenario",
+    "optimize",
+    "sensitivities",
+    "smooth_max",
+    "smoothed_objective",
+    "smoothed_step_time",
+    "solve_continuous",
+    "solve_continuous_batched",
+]
+
+PARAMETERS = (*COEFFICIENTS, "cost_attn", "cost_ffn", "theta", "slot_var", "batch", "step_slo")
+
+
+class Scenario(NamedTuple):
+    """One provisioning problem as a pytree of scalars (stack leaves for a batch of scenarios).
+
+    latency: coefficients and costs; theta, slot_var: per-slot load mean and variance (tokens,
+    tokens^2); batch: B (fixed, or the reference/initial B when optimising B); step_slo: mean
+    step-time budget in us (inf = none); r_min, r_max, batch_min, batch_max: box bounds
+    (batch_max already includes the KV-capacity limit). All leaves are traced.
+    """
+
+    latency: Latency
+    theta: jax.Array
+    slot_var: jax.Array
+    batch: jax.Array
+    step_slo: jax.Array
+    r_min: jax.Array
+    r_max: jax.Array
+    batch_min: jax.Array
+    batch_max: jax.Array
+
+
+class SolverConfig(NamedTuple):
+    """Static solver settings (hashable; a new value recompiles).
+
+    adam_steps: length of the annealing
+    phase; learning_rate -> final_learning_rate: Adam step size (log units), exponential decay;
+    temperature_start -> temperature_final: relative temperature t, geometric; newton_steps:
+    most polishing steps; gtol, xtol: convergence test (module docstring).
+    """
+
+    adam_steps: int = 300
+    learning_rate: float = 0.1
+    final_learning_rate: float = 1e-3
+    temperature_start: float = 0.3
+    temperature_final: float = 1e-5
+    newton_steps: int = 60
+    gtol: float = 1e-10
+    xtol: float = 1e-13
+
+
+DEFAULT_CONFIG = SolverConfig()
+DEFAULT_OPTIONS = ModelOptions()
+
+
+class Solution(NamedTuple):
+    """Continuous optimum (leaves batched like the scenario).
+
+    r, batch: continuous optimum (batch = the fixed B unless optimising B); throughput: smoothed
+    throughput there (tokens/s, final temperature); grad_norm: max-norm of the projected
+    gradient of J_T in log coordinates; iterations: Adam + Newton steps; converged: bool;
+    at_bound: bool per coordinate of x (shape (d,)), the coordinate sits on an active bound.
+    """
+
+    r: jax.Array
+    batch: jax.Array
+    throughput: jax.Array
+    grad_norm: jax.Array
+    iterations: jax.Array
+    converged: jax.Array
+    at_bound: jax.Array
+
+
+def _dtype():
+    return jnp.asarray(1.0).dtype  # float64 under x64, float32 otherwise
+
+
+def make_scenario(
+    lat: Latency,
+    theta,
+    slot_var,
+    batch,
+    *,
+    step_slo=math.inf,
+    r_min=1.0,
+    r_max=64.0,
+    batch_min=1.0,
+    batch_max=None,
+) -> Scenario:
+    """Build a :class:`Scenario` with every leaf cast to the default float dtype. Arrays of equal
+    shape give a batch of scenarios (for :func:`solve_continuous_batched`)."""
+    dt = _dtype()
+    if batch_max is None:
+        batch_max = batch
+
+    def c(x):
+        return jnp.asarray(x, dtype=dt)
+
+    return Scenario(
+        Latency(*(c(v) for v in lat)),
+        c(theta),
+        c(slot_var),
+        c(batch),
+        c(step_slo),
+        c(r_min),
+        c(r_max),
+        c(batch_min),
+        c(batch_max),
+    )
+
+
+def smooth_max(a, b, temperature):
+    """``T * logaddexp(a/T, b/T)``: ``max(a, b) <= smooth_max <= max(a, b) + T log 2``;
+    ``temperature = 0`` gives the hard max (elementwise, differentiable for T > 0)."""
+    pos = temperature > 0
+    t = jnp.where(pos, temperature, 1.0)
+    return jnp.where(pos, t * jnp.logaddexp(a / t, b / t), jnp.maximum(a, b))
+
+
+def smoothed_step_time(
+    lat: Latency, theta, slot_var, r, batch, temperature, opts: ModelOptions = DEFAULT_OPTIONS
+):
+    """``E_T[tau]`` (us): the Gaussian-barrier step time with both maxima smoothed at temperature
+    ``T`` (us) as in the module docstring; ``T = 0`` equals
+    :func:`afd_jax.theory.gaussian_step_time` (method "tail"). Elementwise in every argument;
+    ``opts`` is static."""
+    mu = theory.mean_attention_time(lat, theta, batch)
+    tc, tf = t_comm(lat, r, batch, opts), t_ffn(lat, r, batch)
+    g = smooth_max(tc, tf, temperature) if opts.overlap == "pipelined" else tc + tf
+    s2 = lat.alpha_attn**2 * batch * slot_var + temperature**2
+    s = jnp.sqrt(jnp.where(s2 > 0, s2, 1.0))
+    s = jnp.where(s2 > 0, s, 0.0)
+    # The theory module's Gaussian barrier for N(mu, s^2) workers and other stages g: a
+    # one-slot "worker" (B = 1, theta = 0, v = 1) with alpha_A = s, beta_A = mu, t_F = g, t_C = 0.
+    zero = jnp.zeros_like(mu)
+    pieces = Latency(s, mu, zero, g, zero, zero)
+    unit = ModelOptions(comm_scaling="aggregate", overlap=opts.overlap)
+    return theory.gaussian_step_time(pieces, 0.0, 1.0, r, 1.0, unit)
+
+
+def _temperature_scale(scen: Scenario, opts: ModelOptions):
+    lat, b0 = scen.latency, scen.batch
+    one = jnp.ones_like(b0)
+    return (
+        theory.mean_attention_time(lat, scen.theta, b0)
+        + t_comm(lat, one, b0, opts)
+        + t_ffn(lat, one, b0)
+    )
+
+
+def _unpack(x):
+    return jnp.exp(x[0]), jnp.exp(x[1])
+
+
+def smoothed_objective(x, scen: Scenario, rel_temperature, opts: ModelOptions = DEFAULT_OPTIONS):
+    """``J_T(x)``: log smoothed throughput minus the step-time penalty (module docstring);
+    ``x = [log r, log B]`` (shape (2,)); ``rel_temperature`` t > 0 (traced)."""
+    r, b = _unpack(x)
+    lat = scen.latency
+    temp = rel_temperature * _temperature_scale(scen, opts)
+    tau = smoothed_step_time(lat, scen.theta, scen.slot_var, r, b, temp, opts)
+    log_thr = jnp.log(1e6 * r * b) - jnp.log(instance_cost(lat, r)) - jnp.log(tau)
+    has_slo = jnp.isfinite(scen.step_slo)
+    slo = jnp.where(has_slo, scen.step_slo, 1.0)
+    excess = jnp.log(tau) - jnp.log(slo)
+    soft = rel_temperature * jax.nn.softplus(excess / rel_temperature)
+    pen = jnp.where(has_slo, soft**2 / rel_temperature, 0.0)
+    return log_thr - pen
+
+
+def _bounds(scen: Scenario):
+    lo = jnp.stack([jnp.log(scen.r_min), jnp.log(scen.batch_min)])
+    hi = jnp.stack([jnp.log(scen.r_max), jnp.log(scen.batch_max)])
+    return lo, hi
+
+
+def _active(x, g, lo, hi):
+    """Coordinates on a bound whose ascent direction (g = grad J) points outside."""
+    return ((x <= lo) & (g < 0)) | ((x >= hi) & (g > 0))
+
+
+_TRACES = {"solve": 0}
+
+
+def _solve_one(scen: Scenario, config: SolverConfig, opts: ModelOptions) -> Solution:
+    _TRACES["solve"] += 1  # runs at trace time only: counts compilations (tests)
+    dt = scen.theta.dtype
+    lo, hi = _bounds(scen)
+    # start: geometric middle of the r bounds; B at its upper bound (throughput grows with B)
+    x = jnp.stack([0.5 * (lo[0] + hi[0]), hi[1]])
+    n = config.adam_steps
+    t0, t1 = config.temperature_start, config.temperature_final
+    temp_sched = optax.exponential_decay(t0, max(n - 1, 1), t1 / t0, end_value=t1)
+    lr_sched = optax.exponential_decay(
+        config.learning_rate,
+        max(n - 1, 1),
+        config.final_learning_rate / config.learning_rate,
+        end_value=config.final_learning_rate,
+    )
+    opt = optax.adam(lr_sched)
+
+    def neg(x, t):
+        return -smoothed_objective(x, scen, t, opts)
+
+    grad_neg = jax.grad(neg)
+
+    def adam_step(carry, k):
+        x, state = carry
+        t = jnp.asarray(temp_sched(k), dtype=dt)
+        g = grad_neg(x, t)
+        with jax.numpy_dtype_promotion("standard"):  # optax mixes int32 counts and floats
+            upd, state = opt.update(g, state, x)
+        x = jnp.clip(optax.apply_updates(x, upd), lo, hi)
+        return (x, state), None
+
+    with jax.numpy_dtype_promotion("standard"):
+        state0 = opt.init(x)
+    (x, _), _ = jax.lax.scan(adam_step, (x, state0), jnp.arange(n))
+
+    t_fin = jnp.asarray(t1, dtype=dt)
+    eps = float(jnp.finfo(dt).eps)
+    gtol = max(config.gtol, 10 * eps)
+    xtol = max(config.xtol, 10 * eps)
+
+    def fgh(x):
+        """(f, projected gradient, Hessian masked to the free coordinates, active mask)."""
+
+        def vg(x):
+            f, g = jax.value_and_grad(neg)(x, t_fin)
+            return g, (f, g)
+
+        h, (f, g) = jax.jacfwd(vg, has_aux=True)(x)
+        act = _active(x, -g, lo, hi)
+        free = ~act
+        eye = jnp.eye(x.shape[0], dtype=dt)
+        return f, jnp.where(act, 0.0, g), jnp.where(free[:, None] & free[None, :], h, eye), act
+
+    def cond(c):
+        _, k, done = c
+        return (k < config.newton_steps) & ~done
+
+    def newton(c):
+        x, k, _ = c
+        f0, pg, hm, _ = fgh(x)
+        gn = jnp.max(jnp.abs(pg))
+        eye = jnp.eye(x.shape[0], dtype=dt)
+        pd = jnp.all(jnp.linalg.eigvalsh(hm) > 0)
+        step_n = -jnp.linalg.solve(jnp.where(pd, hm, eye), pg)
+        step = jnp.where(pd, step_n, -pg / (jnp.max(jnp.abs(jnp.diag(hm))) + 1.0))
+        step = jnp.clip(step, -0.25, 0.25)
+        # at the rounding floor of f the Armijo test is meaningless: take the Newton step
+        floor = pd & (-jnp.dot(pg, step) <= 1e3 * eps * (1.0 + jnp.abs(f0)))
+
+        def ls_cond(s):
+            a, ok, i = s
+            return ~ok & (i < 40)
+
+        def ls_body(s):
+            a, _, i = s
+            xn = jnp.clip(x + a * step, lo, hi)
+            ok = neg(xn, t_fin) <= f0 + 1e-4 * jnp.dot(pg, xn - x)
+            return jnp.where(ok, a, 0.5 * a), ok, i + 1
+
+        one = jnp.asarray(1.0, dt)
+        ls0 = (one, floor, jnp.asarray(0, jnp.int32))
+        a, ok, _ = jax.lax.while_loop(ls_cond, ls_body, ls0)
+        xn = jnp.where(ok, jnp.clip(x + a * step, lo, hi), x)
+        dx = jnp.max(jnp.abs(xn - x))
+        small = dx <= xtol * (1.0 + jnp.max(jnp.abs(x)))
+        done = (gn <= gtol) | small | ~ok
+        return jnp.where(gn <= gtol, x, xn), k + 1, done
+
+    init = (x, jnp.asarray(0, jnp.int32), jnp.asarray(False))
+    x, k, _ = jax.lax.while_loop(cond, newton, init)
+    _, pg, _, act = fgh(x)
+    gn = jnp.max(jnp.abs(pg))
+    r, b = _unpack(x)
+    thr = _smoothed_throughput(scen, r, b, t_fin, opts)
+    converged = gn <= gtol
+    return Solution(r, b, thr, gn, jnp.asarray(n, jnp.int32) + k, converged, act)
+
+
+def _smoothed_throughput(scen, r, b, rel_temperature, opts):
+    temp = rel_temperature * _temperature_scale(scen, opts)
+    tau = smoothed_step_time(scen.latency, scen.theta, scen.slot_var, r, b, temp, opts)
+    return 1e6 * r * b / (instance_cost(scen.latency, r) * tau)
+
+
+_solve_jit = jax.jit(_solve_one, static_argnums=(1, 2))
+_solve_batched_jit = jax.jit(jax.vmap(_solve_one, in_axes=(0, None, None)), static_argnums=(1, 2))
+
+
+def solve_continuous(
+    scen: Scenario, config: SolverConfig = DEFAULT_CONFIG, opts: ModelOptions = DEFAULT_OPTIONS
+) -> Solution:
+    """Continuous maximiser of the smoothed objective for one scenario (scalar leaves); one
+    compilation per (config, opts, dtype)."""
+    return _solve_jit(scen, config, opts)
+
+
+def solve_continuous_batched(
+    scens: Scenario, config: SolverConfig = DEFAULT_CONFIG, opts: ModelOptions = DEFAULT_OPTIONS
+) -> Solution:
+    """:func:`solve_continuous` vmapped over a leading scenario axis (every leaf shape (n,));
+    compiled once per (n, config, opts, dtype)."""
+    return _solve_batched_jit(scens, config, opts)
+
+
+# --------------------------------------------------------------------------------------------
+# Sensitivities by implicit differentiation
+
+
+def _sens_one(scen: Scenario, sol: Solution, config: SolverConfig, opts: ModelOptions):
+    _TRACES["sens"] = _TRACES.get("sens", 0) + 1
+    t_fin = jnp.asarray(config.temperature_final, dtype=scen.theta.dtype)
+    x_star = jnp.stack([jnp.log(sol.r), jnp.log(sol.batch)])
+    act = sol.at_bound
+
+    def residual(x, p: Scenario):
+        # free coordinates: grad_x J = 0; active ones: x equals its (parameter-dependent) bound
+        lo, hi = _bounds(p)
+        bound = jnp.where(jnp.abs(x - lo) <= jnp.abs(x - hi), lo, hi)
+        xb = jnp.where(act, bound, x)
+        g = jax.grad(smoothed_objective)(xb, p, t_fin, opts)
+        return jnp.where(act, x - bound, g)
+
+    jx = jax.jacfwd(residual, argnums=0)(x_star, scen)  # (2, 2)
+    jp = jax.jacfwd(residual, argnums=1)(x_star, scen)  # Scenario of (2,) leaves
+    inv = jnp.linalg.inv(jx)
+    dx = jax.tree_util.tree_map(lambda leaf: -(inv @ leaf), jp)
+    r_sens = jax.tree_util.tree_map(lambda d: sol.r * d[0], dx)
+    b_sens = jax.tree_util.tree_map(lambda d: sol.batch * d[1], dx)
+    return r_sens, b_sens
+
+
+_sens_jit = jax.jit(_sens_one, static_argnums=(2, 3))
+
+
+def sensitivities(
+    scen: Scenario,
+    sol: Solution,
+    config: SolverConfig = DEFAULT_CONFIG,
+    opts: ModelOptions = DEFAULT_OPTIONS,
+) -> tuple[Scenario, Scenario]:
+    """``(dr*/dp, dB*/dp)`` for every leaf p of the scenario, as two :class:`Scenario` pytrees
+    (same structure; scalars for one scenario).
+
+    Implicit function theorem on ``F(x, p) = 0`` with ``F_i = dJ_T/dx_i`` on free coordinates
+    and ``F_i = x_i - log(bound_i(p))`` on coordinates at an active bound:
+    ``dx*/dp = -(dF/dx)^-1 dF/dp`` (so a pinned B = batch_min = batch_max moves with its bounds,
+    and r reacts through the cross term). ``dr*/dp = r* dx_r/dp``, ``dB*/dp = B* dx_B/dp``.
+    Valid at a converged, non-degenerate optimum of the final smoothed problem.
+    """
+    return _sens_jit(scen, sol, config, opts)
+
+
+# --------------------------------------------------------------------------------------------
+# Exact evaluation, constraints and the integer choice (host, float64 NumPy)
+
+
+def kv_batch_limit(slot_pmf, capacity: float, epsilon: float, batch_max: int) -> int:
+    """Largest B in [1, batch_max] with ``Pr(worker load > capacity) <= epsilon`` under the exact
+    worker-load law (pi convolved B times); 0 when even B = 1 violates it. The tail grows with
+    B (loads are >= 0), so a bisection over B is exact."""
+    from .exact import worker_load_pmf
+
+    def ok(b):
+        wp = worker_load_pmf(slot_pmf, b)
+        return _tail_above(wp, capacity) <= epsilon
+
+    if not ok(1):
+        return 0
+    lo, hi = 1, int(batch_max)
+    if ok(hi):
+        return hi
+    while hi - lo > 1:  # ok(lo) and not ok(hi)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
+
+
+def _tail_above(wp, capacity: float) -> float:
+    return float(np.sum(wp.pmf[wp.support > capacity]))
+
+
+def exact_p99_step_times(
+    worker_pmf, lat: Latency, batch: int, r_max: int, opts: ModelOptions, q: float = 0.99
+) -> np.ndarray:
+    """q-quantile of tau(r) for r = 1..r_max (float64) under the exact law: tau is a
+    non-decreasing function of the barrier max M_r, whose CDF is ``F_B^r``, so
+    ``Q_q(tau) = tau(Q_q(M_r))`` with ``Q_q(M_r) = min{w : F_B(w) >= q^(1/r)}``."""
+    from .exact import other_stage_times
+
+    p = worker_pmf.pmf
+    w = worker_pmf.support
+    cdf = 1.0 - np.concatenate([np.cumsum(p[::-1])[::-1][1:], [0.0]])  # F(w_i) via the tail
+    r = np.arange(1, int(r_max) + 1, dtype=np.float64)
+    level = q ** (1.0 / r)
+    idx = np.minimum(np.searchsorted(cdf, level - 1e-15, side="left"), w.shape[0] - 1)
+    t_a = float(lat.alpha_attn) * w[idx] + float(lat.beta_attn)
+    g = other_stage_times(lat, int(r_max), batch, opts)
+    return np.maximum(t_a, g) if opts.overlap == "pipelined" else t_a + g
+
+
+@dataclass
+class OptimizeResult:
+    """Outcome of :func:`optimize` (host floats). ``candidates``: every (r, B) evaluated exactly,
+    with its throughput and the constraints it violates."""
+
+    r_continuous: float
+    batch_continuous: float
+    r: int
+    batch: int
+    throughput: float
+    step_time: float
+    step_time_p99: float
+    throughput_smoothed: float
+    iterations: int
+    converged: bool
+    grad_norm: float
+    theta: float
+    slot_var: float
+    kv_batch_limit: int | None
+    sensitivities: dict
+    constraints: dict
+    candidates: list = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "r_continuous": self.r_continuous,
+            "batch_continuous": self.batch_continuous,
+            "r": self.r,
+            "batch": self.batch,
+            "throughput": self.throughput,
+            "step_time": self.step_time,
+            "step_time_p99": self.step_time_p99,
+            "throughput_smoothed": self.throughput_smoothed,
+            "iterations": self.iterations,
+            "converged": self.converged,
+            "grad_norm": self.grad_norm,
+            "theta": self.theta,
+            "slot_var": self.slot_var,
+            "kv_batch_limit": self.kv_batch_limit,
+            "sensitivities": self.sensitivities,
+            "constraints": self.constraints,
+            "candidates_evaluated": len(self.candidates),
+        }
+
+
+class _ExactCache:
+    """Exact E[tau], P99 tau and worker pmfs per B, grown in r on demand."""
+
+    def __init__(self, slot_pmf, lat, opts):
+        self.slot_pmf, self.lat, self.opts = slot_pmf, lat, opts
+        self.worker, self.mean, self.p99 = {}, {}, {}
+
+    def get(self, b: int, r: int) -> tuple[float, float]:
+        from .exact import exact_step_times, worker_load_pmf
+
+        if b not in self.worker:
+            self.worker[b] = worker_load_pmf(self.slot_pmf, b)
+        if b not in self.mean or self.mean[b].shape[0] < r:
+            r_hi = max(r, 2 * (self.mean[b].shape[0] if b in self.mean else 0), 8)
+            wp = self.worker[b]
+            self.mean[b] = exact_step_times(self.slot_pmf, self.lat, b, r_hi, self.opts, wp)
+            self.p99[b] = exact_p99_step_times(wp, self.lat, b, r_hi, self.opts)
+        return float(self.mean[b][r - 1]), float(self.p99[b][r - 1])
+
+
+def optimize(
+    slot_pmf,
+    theta: float,
+    slot_var: float,
+    lat: Latency,
+    opts: ModelOptions = DEFAULT_OPTIONS,
+    *,
+    batch: int | None = None,
+    optimize_batch: bool = False,
+    batch_min: int = 1,
+    batch_max: int | None = None,
+    kv_capacity: float | None = None,
+    kv_epsilon: float = 1e-3,
+    step_slo: float | None = None,
+    step_slo_p99: float | None = None,
+    r_min: int = 1,
+    r_max: int = 64,
+    neighbourhood: int = 1,
+    config: SolverConfig = DEFAULT_CONFIG,
+) -> OptimizeResult:
+    """Provision one bundle: continuous optimum of the smoothed objective, then the best feasible
+    integer (r, B) among its neighbours by exact evaluation (module docstring).
+
+    slot_pmf: the stationary slot-load law (:func:`afd_jax.slotload.slot_load_pmf`); theta,
+    slot_var: its mean and variance (the Gaussian model's inputs); batch: fixed B (or, with
+    optimize_batch, ignored except as a default for batch_max); constraints as in the module
+    docstring (None = not set). Raises InputError for bad or infeasible settings.
+    """
+    if r_min < 1 or r_max < r_min:
+        raise InputError(f"need 1 <= r_min <= r_max, got {r_min}, {r_max}", field="r")
+    if optimize_batch:
+        if batch_max is None:
+            batch_max = batch
+        if batch_max is None or batch_max < max(batch_min, 1):
+            raise InputError("--optimize-batch needs --batch-max >= batch_min", field="batch_max")
+    else:
+        if batch is None or batch < 1:
+            raise InputError(f"batch must be an integer >= 1, got {batch}", field="batch")
+    for name, v in (("step_slo", step_slo), ("step_slo_p99", step_slo_p99)):
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise InputError(f"must be a finite number > 0, got {v}", field=name)
+    if kv_capacity is not None and not (0 < kv_epsilon < 1):
+        raise InputError(f"kv epsilon must be in (0, 1), got {kv_epsilon}", field="kv_epsilon")
+
+    b_hi_user = int(batch_max) if optimize_batch else int(batch)
+    kv_limit = None
+    if kv_capacity is not None:
+        kv_limit = kv_batch_limit(slot_pmf, kv_capacity, kv_epsilon, b_hi_user)
+        if kv_limit < 1:
+            raise InputError(
+                f"KV capacity {kv_capacity:g} tokens is exceeded with probability > "
+                f"{kv_epsilon:g} even at B = 1",
+                field="kv_capacity",
+            )
+        if not optimize_batch and kv_limit < batch:
+            raise InputError(
+                f"batch {batch} exceeds the KV capacity (Pr(load > {kv_capacity:g}) > "
+                f"{kv_epsilon:g}); the largest allowed batch is {kv_limit}",
+                field="kv_capacity",
+            )
+    if optimize_batch:
+        b_lo, b_hi = float(batch_min), float(min(b_hi_user, kv_limit or b_hi_user))
+        b_ref = b_hi
+    else:
+        b_lo = b_hi = b_ref = float(batch)
+    scen = make_scenario(
+        lat,
+        theta,
+        slot_var,
+        b_ref,
+        step_slo=math.inf if step_slo is None else step_slo,
+        r_min=float(r_min),
+        r_max=float(r_max),
+        batch_min=b_lo,
+        batch_max=b_hi,
+    )
+    sol = solve_continuous(scen, config, opts)
+    r_c, b_c = float(sol.r), float(sol.batch)
+
+    cache = _ExactCache(slot_pmf, lat, opts)
+    b_cap = int(min(b_hi_user, kv_limit or b_hi_user))
+
+    def violations(r: int, b: int, mean: float, p99: float) -> list[str]:
+        v = []
+        if r < r_min:
+            v.append("r_min")
+        if r > r_max:
+            v.append("r_max")
+        if optimize_batch and b < batch_min:
+            v.append("batch_min")
+        if optimize_batch and b > b_hi_user:
+            v.append("batch_max")
+        if kv_limit is not None and b > kv_limit:
+            v.append("kv_capacity")
+        if step_slo is not None and mean > step_slo:
+            v.append("step_slo")
+        if step_slo_p99 is not None and p99 > step_slo_p99:
+            v.append("step_slo_p99")
+        return v
+
+    evaluated: dict[tuple[int, int], dict] = {}
+
+    def evaluate(r: int, b: int) -> dict:
+        if (r, b) not in evaluated:
+            mean, p99 = cache.get(b, r)
+            thr = 1e6 * r * b / ((r * float(lat.cost_attn) + float(lat.cost_ffn)) * mean)
+            evaluated[(r, b)] = {
+                "r": r,
+                "batch": b,
+                "throughput": thr,
+                "step_time": mean,
+                "step_time_p99": p99,
+                "violates": violations(r, b, mean, p99),
+            }
+        return evaluated[(r, b)]
+
+    k = int(neighbourhood)
+    r_lim, b_lim = int(r_max) + 1, (b_cap + 1 if optimize_batch else int(batch))
+    r_win = [max(1, math.floor(r_c) - k), min(r_lim, math.ceil(r_c) + k)]
+    b_win = (
+        [max(1, math.floor(b_c) - k), min(b_lim, math.ceil(b_c) + k)]
+        if optimize_batch
+        else [int(batch), int(batch)]
+    )
+    while True:
+        cands = [
+            evaluate(r, b)
+            for r in range(r_win[0], r_win[1] + 1)
+            for b in range(b_win[0], b_win[1] + 1)
+        ]
+        feas = [c for c in cands if not c["violates"]]
+        if not feas:
+            if r_win[0] == 1 and b_win[0] == 1 or (r_win[0] == 1 and not optimize_batch):
+                raise InputError(
+                    "no feasible (r, batch): the step-time SLO or bounds cannot be met",
+                    field="step_slo",
+                )
+            r_win[0] = max(1, r_win[0] - 2 * (r_win[1] - r_win[0] + 1))
+            if optimize_batch:
+                b_win[0] = max(1, b_win[0] - 2 * (b_win[1] - b_win[0] + 1))
+            continue
+        best = max(feas, key=lambda c: (c["throughput"], -c["r"], -c["batch"]))
+        grown = False
+        # local search on the exact objective: extend the window past an edge holding the best
+        if best["r"] == r_win[0] and r_win[0] > 1:
+            r_win[0] = max(1, r_win[0] - k - 1)
+            grown = True
+        if best["r"] == r_win[1] and r_win[1] < r_lim:
+            r_win[1] = min(r_lim, r_win[1] + k + 1)
+            grown = True
+        if optimize_batch and best["batch"] == b_win[0] and b_win[0] > 1:
+            b_win[0] = max(1, b_win[0] - k - 1)
+            grown = True
+        if optimize_batch and best["batch"] == b_win[1] and b_win[1] < b_lim:
+            b_win[1] = min(b_lim, b_win[1] + k + 1)
+            grown = True
+        if not grown:
+            break
+
+    better = [c for c in evaluated.values() if c["throughput"] > best["throughput"]]
+    constraints = {}
+
+    def report(name, limit, value):
+        constraints[name] = {
+            "limit": limit,
+            "value": value,
+            "binds": any(name in c["violates"] for c in better),
+        }
+
+    report("r_min", r_min, best["r"])
+    report("r_max", r_max, best["r"])
+    if optimize_batch:
+        report("batch_min", batch_min, best["batch"])
+        report("batch_max", b_hi_user, best["batch"])
+    if kv_capacity is not None:
+        wp = cache.worker[best["batch"]]
+        constraints["kv_capacity"] = {
+            "limit": kv_capacity,
+            "epsilon": kv_epsilon,
+            "batch_limit": kv_limit,
+            "value": _tail_above(wp, kv_capacity),
+            "binds": any("kv_capacity" in c["violates"] for c in better),
+        }
+    if step_slo is not None:
+        report("step_slo", step_slo, best["step_time"])
+    if step_slo_p99 is not None:
+        report("step_slo_p99", step_slo_p99, best["step_time_p99"])
+
+    rs, bs = sensitivities(scen, sol, config, opts)
+    sens = {"r": _named(rs, optimize_batch)}
+    if optimize_batch:
+        sens["batch"] = _named(bs, optimize_batch)
+    return OptimizeResult(
+        r_continuous=r_c,
+        batch_continuous=b_c,
+        r=int(best["r"]),
+        batch=int(best["batch"]),
+        throughput=float(best["throughput"]),
+        step_time=float(best["step_time"]),
+        step_time_p99=float(best["step_time_p99"]),
+        throughput_smoothed=float(sol.throughput),
+        iterations=int(sol.iterations),
+        converged=bool(sol.converged),
+        grad_norm=float(sol.grad_norm),
+        theta=float(theta),
+        slot_var=float(slot_var),
+        kv_batch_limit=kv_limit,
+        sensitivities=sens,
+        constraints=constraints,
+        candidates=sorted(evaluated.values(), key=lambda c: (c["r"], c["batch"])),
+    )
+
+
+def _named(s: Scenario, optimize_batch: bool) -> dict:
+    """Flatten a sensitivity Scenario into {parameter: float}. With a fixed B, the derivative in
+    B moves batch, batch_min and batch_max together; with B optimised, the reference batch is
+    not a parameter (batch_min/batch_max are)."""
+    out = {name: float(v) for name, v in zip(Latency._fields, s.latency, strict=True)}
+    out["theta"], out["slot_var"] = float(s.theta), float(s.slot_var)
+    out["step_slo"] = float(s.step_slo)
+    out["r_min"], out["r_max"] = float(s.r_min), float(s.r_max)
+    if optimize_batch:
+        out["batch_min"], out["batch_max"] = float(s.batch_min), float(s.batch_max)
+    else:
+        out["batch"] = float(s.batch) + float(s.batch_min) + float(s.batch_max)
+    return out
