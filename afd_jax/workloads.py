@@ -1,0 +1,283 @@
+"""Workload specs: a trace path, a preset name, or a parametric spec string.
+
+``resolve_workload(spec, fmt=None, decode_mapping="output") -> Workload``
+
+1. ``spec`` names an existing file: :func:`afd_jax.traces.load_trace`.
+2. ``spec`` is a preset name (:func:`list_presets`).
+3. Otherwise a parametric spec (grammar; docs/workloads.md has examples)::
+
+       spec   := term (";" term)*              # several terms: a mixture
+       term   := [weight "*"] family ":" field ("," field)*
+       field  := key "=" value
+
+   families and keys (P = prompt, D = decode; ``corr`` = rank correlation of a Gaussian copula,
+   default 0 = independent, allowed for every family)::
+
+       deterministic  prompt=INT decode=INT
+       geometric      prompt=MEAN decode=MEAN        P on {0,1,..}, D on {1,2,..}
+       uniform        prompt=LO..HI decode=LO..HI    (a single INT means LO = HI)
+       lognormal      prompt=MEDIAN decode=MEDIAN sigma=S | prompt_sigma=S decode_sigma=S
+                      [prompt_max=INT] [decode_max=INT] [prompt_step=INT]
+       zipf           prompt=LO..HI decode=LO..HI exponent=A | prompt_exponent= decode_exponent=
+
+   e.g. ``geometric:prompt=100,decode=500``,
+   ``lognormal:prompt=800,decode=150,sigma=0.8,decode_max=2000,corr=0.3``,
+   ``0.7*geometric:prompt=100,decode=500;0.3*deterministic:prompt=2000,decode=20``.
+   Mixture weights must be positive and are normalised to sum 1.
+
+Bad specs raise :class:`~afd_jax.errors.InputError` naming the offending field.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from . import families
+from .errors import InputError
+from .workload import ParametricWorkload
+
+__all__ = ["PRESETS", "list_presets", "preset", "resolve_workload"]
+
+# Fitted by experiments/fit_presets.py (results: experiments/results/fit_presets.json): each
+# marginal a discretised log-normal with the trace column's mean and variance, truncated to the
+# trace's [min, max]; Gaussian copula with the trace's Spearman rank correlation.
+_FITS = {
+    "azure-conv-fit": (
+        "azure_llm_2023_conv.csv",
+        dict(median=832.8815707023396, sigma=0.808334267533096, lo=2, hi=14050, step=1),
+        dict(median=167.16665970331283, sigma=0.6833206591620441, lo=7, hi=1000, step=1),
+        0.07275089359754287,
+    ),
+    "azure-code-fit": (
+        "azure_llm_2023_code.csv",
+        dict(median=1474.4720124392948, sigma=0.8105426026986667, lo=3, hi=7437, step=1),
+        dict(median=11.773218456576569, sigma=1.3131434558018107, lo=6, hi=1899, step=1),
+        -0.021462355756450335,
+    ),
+    "mooncake-fit": (
+        "mooncake_conversation.jsonl",
+        dict(median=7292.503328104486, sigma=1.000976811936519, lo=891, hi=126195, step=8),
+        dict(median=276.80720574404927, sigma=0.6531424016963304, lo=1, hi=2000, step=1),
+        0.07169248903587952,
+    ),
+}
+
+PRESETS = {
+    "paper-v1": "the paper's v1 workload: P geometric mean 100 on {0,1,..}, D geometric mean 500 "
+    "on {1,2,..}, independent (theta = 100 + 499 = 599)",
+    **{
+        name: f"fit to {trace}, illustrative: log-normal marginals + Gaussian copula "
+        f"(rank corr {rc:+.3f})"
+        for name, (trace, _, _, rc) in _FITS.items()
+    },
+}
+
+
+def list_presets() -> dict[str, str]:
+    """Preset names and one-line descriptions (for --help texts)."""
+    return dict(PRESETS)
+
+
+def preset(name: str) -> ParametricWorkload:
+    """Build a preset workload by name."""
+    if name == "paper-v1":
+        return families.independent(
+            families.geometric(100.0, min=0),
+            families.geometric(500.0, min=1),
+            name="paper-v1",
+            label=PRESETS["paper-v1"],
+        )
+    if name in _FITS:
+        _, p, d, rc = _FITS[name]
+        return families.copula(
+            families.lognormal(**p),
+            families.lognormal(**d),
+            rc,
+            name=name,
+            label=f"fit to {_FITS[name][0]}, illustrative",
+        )
+    raise InputError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})", field="workload")
+
+
+# ----------------------------------------------------------------------------- spec grammar
+_KEYS = {
+    "deterministic": {"prompt", "decode", "corr"},
+    "geometric": {"prompt", "decode", "corr"},
+    "uniform": {"prompt", "decode", "corr"},
+    "lognormal": {
+        "prompt",
+        "decode",
+        "sigma",
+        "prompt_sigma",
+        "decode_sigma",
+        "prompt_max",
+        "decode_max",
+        "prompt_step",
+        "corr",
+    },
+    "zipf": {"prompt", "decode", "exponent", "prompt_exponent", "decode_exponent", "corr"},
+}
+
+
+def _number(key: str, text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise InputError(f"not a number: {text!r}", field=key) from None
+    if not math.isfinite(x):
+        raise InputError(f"not finite: {text!r}", field=key)
+    return x
+
+
+def _integer(key: str, text: str) -> int:
+    x = _number(key, text)
+    if x != int(x):
+        raise InputError(f"not an integer: {text!r}", field=key)
+    return int(x)
+
+
+def _range(key: str, text: str) -> tuple[int, int]:
+    if ".." in text:
+        a, _, b = text.partition("..")
+        return _integer(key, a), _integer(key, b)
+    x = _integer(key, text)
+    return x, x
+
+
+def _field(fields: dict, family: str, key: str, default=None):
+    if key in fields:
+        return fields[key]
+    if default is not None:
+        return default
+    raise InputError(f"missing key '{key}' for family '{family}'", field=key)
+
+
+def _with_field(key: str, fn, *args, **kwargs):
+    """Call a family constructor; re-label its InputError with the spec key."""
+    try:
+        return fn(*args, **kwargs)
+    except InputError as err:
+        sub = f" ({err.field})" if err.field else ""
+        raise InputError(f"{err.reason}{sub}", field=key) from None
+
+
+def _parse_term(term: str):
+    family, sep, rest = term.partition(":")
+    family = family.strip().lower()
+    if not sep or family not in _KEYS:
+        raise InputError(
+            f"unknown workload {term!r}: not a file, a preset ({', '.join(PRESETS)}) or a "
+            f"spec FAMILY:key=value,... with FAMILY in {', '.join(_KEYS)}",
+            field="workload",
+        )
+    fields: dict[str, str] = {}
+    for item in rest.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, eq, value = item.partition("=")
+        key, value = key.strip().lower(), value.strip()
+        if not eq or not value:
+            raise InputError(f"expected key=value, got {item!r}", field=key or "workload")
+        if key not in _KEYS[family]:
+            raise InputError(
+                f"unknown key for '{family}' (known: {', '.join(sorted(_KEYS[family]))})",
+                field=key,
+            )
+        if key in fields:
+            raise InputError("given twice", field=key)
+        fields[key] = value
+    f = families
+    if family == "deterministic":
+        p = _with_field(
+            "prompt", f.deterministic, _integer("prompt", _field(fields, family, "prompt"))
+        )
+        d = _with_field(
+            "decode", f.deterministic, _integer("decode", _field(fields, family, "decode"))
+        )
+    elif family == "geometric":
+        p = _with_field(
+            "prompt", f.geometric, _number("prompt", _field(fields, family, "prompt")), min=0
+        )
+        d = _with_field(
+            "decode", f.geometric, _number("decode", _field(fields, family, "decode")), min=1
+        )
+    elif family == "uniform":
+        p = _with_field("prompt", f.uniform, *_range("prompt", _field(fields, family, "prompt")))
+        d = _with_field("decode", f.uniform, *_range("decode", _field(fields, family, "decode")))
+    elif family == "lognormal":
+        sig = fields.get("sigma")
+        margs = []
+        for which, lo in (("prompt", 0), ("decode", 1)):
+            if sig is None and f"{which}_sigma" not in fields:
+                raise InputError("missing key (or prompt_sigma, decode_sigma)", field="sigma")
+            s = _number(f"{which}_sigma", fields.get(f"{which}_sigma", sig))
+            hi = fields.get(f"{which}_max")
+            step = fields.get(f"{which}_step")
+            margs.append(
+                _with_field(
+                    which,
+                    f.lognormal,
+                    s,
+                    median=_number(which, _field(fields, family, which)),
+                    lo=lo,
+                    hi=None if hi is None else _integer(f"{which}_max", hi),
+                    step=1 if step is None else _integer(f"{which}_step", step),
+                )
+            )
+        p, d = margs
+    else:  # zipf
+        ex = fields.get("exponent")
+        margs = []
+        for which in ("prompt", "decode"):
+            if ex is None and f"{which}_exponent" not in fields:
+                raise InputError("missing key (or prompt_exponent...)", field="exponent")
+            a = _number(f"{which}_exponent", fields.get(f"{which}_exponent", ex))
+            lo, hi = _range(which, _field(fields, family, which))
+            margs.append(_with_field(which, f.zipf, a, hi=hi, lo=lo))
+        p, d = margs
+    corr = _number("corr", fields.get("corr", "0"))
+    if not -0.999 <= corr <= 0.999:
+        raise InputError(f"rank correlation must be in [-0.999, 0.999], got {corr}", field="corr")
+    if d.values[0] < 1:
+        raise InputError("decode steps must be >= 1", field="decode")
+    return _with_field("workload", f.copula, p, d, corr, name=term.strip())
+
+
+def parse_spec(spec: str) -> ParametricWorkload:
+    """Parse a parametric spec string (grammar in the module docstring)."""
+    terms = [t for t in spec.split(";") if t.strip()]
+    if not terms:
+        raise InputError("empty workload spec", field="workload")
+    parts = []
+    for term in terms:
+        weight = 1.0
+        head, star, tail = term.partition("*")
+        if star and ":" not in head:
+            weight = _number("weight", head.strip())
+            if not weight > 0:
+                raise InputError(f"mixture weight must be > 0, got {head.strip()}", field="weight")
+            term = tail
+        parts.append((weight, _parse_term(term)))
+    if len(parts) == 1:
+        return parts[0][1]
+    return families.mixture(parts, name=spec.strip())
+
+
+def resolve_workload(spec: str, fmt: str | None = None, decode_mapping: str = "output"):
+    """Resolve ``--workload``: an existing file -> trace; a preset name; or a parametric spec.
+
+    Returns a TraceWorkload or ParametricWorkload. Raises InputError for anything else."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise InputError("empty workload", field="workload")
+    if os.path.exists(spec):
+        from .traces import load_trace
+
+        return load_trace(spec, fmt=fmt, decode_mapping=decode_mapping)
+    name = spec.strip()
+    if name in PRESETS:
+        return preset(name)
+    if ":" not in name and ("/" in name or "." in name.rsplit("/", 1)[-1]):
+        raise InputError("no such file", path=spec)
+    return parse_spec(name)
