@@ -1,0 +1,120 @@
+"""Exact steady state (MODEL.md 5, beyond the paper), float64 NumPy.
+
+In stationarity the B slots of a worker are independent with law pi, so a worker's load has the
+law pi^{*B} (B-fold convolution, done by FFT), the r workers are independent too, and the barrier
+``M_r = max_j T_j`` has CDF ``F_B(w)^r``. For a non-decreasing ``h`` on the lattice
+``w_0 < w_1 < ...``::
+
+    E[h(M_r)] = h(w_0) + sum_{i >= 1} (h(w_i) - h(w_{i-1})) * Pr(M_r >= w_i)
+    Pr(M_r >= w_i) = 1 - F_B(w_{i-1})^r = -expm1(r * log1p(-S_B(w_{i-1})))
+
+with the survival function ``S_B`` summed from the upper tail (accurate where F_B is near 1).
+``h(w) = max(G(r), alpha_A w + beta_A)`` (pipelined) or ``alpha_A w + beta_A`` plus ``G(r)``
+(serial). One pass over the lattice per r gives ``E[tau(r)]`` for every r = 1..r_max.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.fft
+
+from .errors import InputError
+from .latency import Latency, ModelOptions
+from .slotload import SlotLoadPMF
+
+DEFAULT_OPTIONS = ModelOptions()
+
+__all__ = ["exact_step_times", "exact_throughput", "other_stage_times", "worker_load_pmf"]
+
+
+def worker_load_pmf(slot_pmf: SlotLoadPMF, batch: int) -> SlotLoadPMF:
+    """Law of a worker's load, the sum of ``batch`` i.i.d. slot loads (pi convolved B times).
+
+    FFT of length >= B (n - 1) + 1, raised to the B-th power, inverted; tiny negative round-off
+    values are clipped to 0, the result renormalised, zero ends trimmed. The lattice width is
+    preserved and ``start`` becomes ``B * start``. Float64; cost O(B n log(B n)).
+    """
+    batch = int(batch)
+    if batch < 1:
+        raise InputError(f"batch must be >= 1, got {batch}", field="batch")
+    p = np.asarray(slot_pmf.pmf, dtype=np.float64)
+    nz = np.nonzero(p > 0)[0]
+    if nz.size == 0:
+        raise InputError("slot-load pmf has no mass")
+    lo, hi = int(nz[0]), int(nz[-1])
+    p = p[lo : hi + 1] / p[lo : hi + 1].sum()
+    start = slot_pmf.start + slot_pmf.width * lo
+    if batch == 1 or p.shape[0] == 1:
+        out = p if batch == 1 else np.ones(1)
+    else:
+        n_out = batch * (p.shape[0] - 1) + 1
+        size = scipy.fft.next_fast_len(n_out, real=True)
+        spec = scipy.fft.rfft(p, size)
+        out = scipy.fft.irfft(spec**batch, size)[:n_out]
+        out = np.clip(out, 0.0, None)
+        out /= out.sum()
+    return SlotLoadPMF(start=int(batch * start), width=int(slot_pmf.width), pmf=out)
+
+
+def other_stage_times(lat: Latency, r_max: int, batch: int, opts: ModelOptions) -> np.ndarray:
+    """G(r) for r = 1..r_max, float64: max(t_C, t_F) (pipelined) or t_C + t_F (serial)."""
+    r = np.arange(1, int(r_max) + 1, dtype=np.float64)
+    b = float(batch)
+    tf = float(lat.alpha_ffn) * r * b + float(lat.beta_ffn)
+    x = r * b if opts.comm_scaling == "aggregate" else np.full_like(r, b)
+    tc = float(lat.alpha_comm) * x + float(lat.beta_comm)
+    return np.maximum(tc, tf) if opts.overlap == "pipelined" else tc + tf
+
+
+def exact_step_times(
+    slot_pmf: SlotLoadPMF,
+    lat: Latency,
+    batch: int,
+    r_max: int,
+    opts: ModelOptions = DEFAULT_OPTIONS,
+    worker_pmf: SlotLoadPMF | None = None,
+) -> np.ndarray:
+    """E[tau(r)] for r = 1..r_max (float64, shape (r_max,)) in the exact steady state.
+
+    ``slot_pmf`` is the stationary per-slot load law pi; pass ``worker_pmf`` (from
+    :func:`worker_load_pmf`) to reuse a convolution already done.
+    """
+    r_max = int(r_max)
+    if r_max < 1:
+        raise InputError(f"r_max must be >= 1, got {r_max}", field="r_max")
+    wp = worker_pmf if worker_pmf is not None else worker_load_pmf(slot_pmf, batch)
+    p = wp.pmf
+    w = wp.start + wp.width * np.arange(p.shape[0], dtype=np.float64)
+    t_attn = float(lat.alpha_attn) * w + float(lat.beta_attn)
+    # survival S(w_{i-1}) = Pr(T > w_{i-1}) = sum_{j >= i} p_j, for i = 1..n-1
+    tail = np.cumsum(p[::-1])[::-1]
+    surv_prev = np.clip(tail[1:], 0.0, 1.0)
+    log_f_prev = np.log1p(-surv_prev)  # log F(w_{i-1}); -inf where F = 0
+    g = other_stage_times(lat, r_max, batch, opts)
+    out = np.empty(r_max, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for k in range(r_max):
+            r = k + 1
+            exceed = -np.expm1(r * log_f_prev)  # Pr(M_r >= w_i), i = 1..n-1
+            if opts.overlap == "pipelined":
+                h = np.maximum(g[k], t_attn)
+                out[k] = h[0] + np.dot(np.diff(h), exceed)
+            else:
+                out[k] = t_attn[0] + np.dot(np.diff(t_attn), exceed) + g[k]
+    return out
+
+
+def exact_throughput(
+    slot_pmf: SlotLoadPMF,
+    lat: Latency,
+    batch: int,
+    r_max: int,
+    opts: ModelOptions = DEFAULT_OPTIONS,
+    worker_pmf: SlotLoadPMF | None = None,
+) -> np.ndarray:
+    """Throughput per instance (per unit cost), tokens/s, for r = 1..r_max:
+    ``1e6 r B / ((r c_A + c_F) E[tau(r)])``."""
+    tau = exact_step_times(slot_pmf, lat, batch, r_max, opts, worker_pmf=worker_pmf)
+    r = np.arange(1, int(r_max) + 1, dtype=np.float64)
+    cost = r * float(lat.cost_attn) + float(lat.cost_ffn)
+    return 1e6 * r * float(batch) / (cost * tau)

@@ -1,0 +1,382 @@
+"""Closed-form provisioning (MODEL.md 5): mean-field regimes and the Gaussian barrier, in JAX.
+
+Notation (time unit: microseconds; B = slots per Attention instance, r = Attention instances
+per FFN instance, continuous r >= 1 allowed everywhere):
+
+* mean Attention time  ``tA_bar = alpha_A * B * theta + beta_A``
+* other stages         ``G(r) = max(t_C(r), t_F(r))`` (pipelined) or ``t_C(r) + t_F(r)`` (serial)
+* mean-field step      ``tau_bar(r) = max(tA_bar, G(r))`` (pipelined) or ``tA_bar + G(r)`` (serial)
+* Gaussian barrier     worker load ~ N(B theta, B v) i.i.d. across the r workers, so with
+  ``mu_A = tA_bar``, ``s_A = alpha_A sqrt(B v)``, ``z = (G - mu_A) / s_A``::
+
+      E[tau] = G + s_A * int_z^inf (1 - Phi(x)^r) dx          (pipelined)
+      E[tau] = mu_A + s_A * m_r + G                           (serial)
+
+  with ``m_r = E[max of r standard normals]``.
+
+* throughput per instance (per unit cost) ``1e6 * r B / ((r c_A + c_F) E[tau])`` tokens/s.
+
+Every JAX function here is pure and jit-able: :class:`~afd_jax.latency.Latency`, ``theta``,
+``slot_var``, ``r`` and ``batch`` are traced (differentiable) arguments, broadcasting
+elementwise; :class:`~afd_jax.latency.ModelOptions` and ``method`` are static. Computation
+happens in the floating dtype of the array inputs (float64 under ``jax_enable_x64`` when the
+inputs are float64, float32 otherwise); Python scalars are weakly typed and never upcast.
+
+The integral ``int_a^inf (1 - Phi^r)`` is done by a fixed composite Gauss-Legendre rule
+(``_PANELS`` panels x ``_NODES`` nodes) on ``[max(z, L), U]`` with ``L = -12``, ``U = 12``: below
+``L`` the integrand is 1 to within ``Phi(-12)^r < 2e-33`` (r >= 1), above ``U`` it is below
+``r * 2e-33``. The integrand is evaluated as ``-expm1(r * log Phi(x))`` with ``log Phi`` from
+``log_ndtr`` for x < 0 and ``log1p(-ndtr(-x))`` for x > 0, accurate in both tails.
+Panels are at most 1 standard deviation wide, where a 16-node rule is exact to rounding
+(tests/test_theory.py checks 1e-10 relative against scipy ``quad``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import log_ndtr, ndtr
+
+from .latency import Latency, ModelOptions, instance_cost, other_stages
+
+DEFAULT_OPTIONS = ModelOptions()
+
+__all__ = [
+    "Candidate",
+    "MeanFieldOptimum",
+    "expected_max_std_normal",
+    "gaussian_optimum_continuous",
+    "gaussian_step_time",
+    "gaussian_throughput",
+    "mean_attention_time",
+    "mean_field_optimum",
+    "mean_field_regime",
+    "mean_field_step_time",
+    "mean_field_throughput",
+]
+
+REGIMES = ("attention", "communication", "ffn")
+
+_LOWER = -12.0
+_UPPER = 12.0
+_PANELS = 24
+_NODES = 16
+_GL_X, _GL_W = np.polynomial.legendre.leggauss(_NODES)  # nodes/weights on [-1, 1], float64
+
+
+def _float_dtype(*xs):
+    """The floating dtype of the array inputs (Python scalars are weak and ignored)."""
+    dtypes = []
+    for x in jax.tree_util.tree_leaves(xs):
+        if isinstance(x, int | float) and not isinstance(x, bool):
+            continue
+        dt = jnp.asarray(x).dtype
+        if jnp.issubdtype(dt, jnp.floating):
+            dtypes.append(dt)
+    if not dtypes:
+        return jnp.asarray(1.0).dtype  # float64 under x64, float32 otherwise
+    return max(dtypes, key=lambda d: jnp.dtype(d).itemsize)
+
+
+def _cast(dtype, *xs):
+    return tuple(jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype=dtype), x) for x in xs)
+
+
+def _tail_integral(a, r):
+    """int_a^U (1 - Phi(x)^r) dx for a <= U, elementwise (a, r broadcast); fixed quadrature.
+
+    Nodes: ``_PANELS`` equal panels of [a, U], ``_NODES`` Gauss-Legendre nodes each."""
+    dtype = a.dtype
+    gl_x = jnp.asarray(_GL_X, dtype=dtype)
+    gl_w = jnp.asarray(_GL_W, dtype=dtype)
+    k = jnp.arange(_PANELS, dtype=dtype)
+    # local coordinate in [0, 1] of every node: (k + (x + 1) / 2) / PANELS, shape (PANELS*NODES,)
+    t = ((k[:, None] + 0.5 * (gl_x[None, :] + 1.0)) / _PANELS).reshape(-1)
+    w = jnp.broadcast_to(gl_w[None, :] * (0.5 / _PANELS), (_PANELS, _NODES)).reshape(-1)
+    a_, r_ = jnp.broadcast_arrays(a, r)
+    lead = (1,) * a_.ndim
+    t, w = t.reshape(lead + (-1,)), w.reshape(lead + (-1,))
+    length = _UPPER - a_
+    x = a_[..., None] + length[..., None] * t
+    # log Phi(x): log_ndtr is accurate for x < 0; for x > 0 use log1p of the survival function
+    # (log_ndtr loses relative precision in 1 - Phi around x = 5..8).
+    log_left = log_ndtr(jnp.minimum(x, 0.0))
+    log_right = jnp.log1p(-ndtr(-jnp.maximum(x, 0.0)))
+    log_phi = jnp.where(x < 0, log_left, log_right)
+    f = -jnp.expm1(r_[..., None] * log_phi)
+    return length * jnp.sum(f * w, axis=-1)
+
+
+def _barrier_excess(z, r):
+    """int_z^inf (1 - Phi(x)^r) dx for any real z (r >= 1)."""
+    a = jnp.clip(z, _LOWER, _UPPER)
+    return jnp.maximum(_LOWER - z, 0.0) + _tail_integral(a, r)
+
+
+def expected_max_std_normal(r):
+    """m_r = E[max of r i.i.d. standard normals] for continuous r >= 1 (m_1 = 0, m_2 = 1/sqrt(pi)).
+
+    m_r = L + int_L^inf (1 - Phi^r) dx - int_-inf^L Phi^r dx with L = -12 (last term < 1e-33).
+    """
+    dtype = _float_dtype(r)
+    (r,) = _cast(dtype, r)
+    lower = jnp.full(jnp.shape(r), _LOWER, dtype=dtype)
+    return _LOWER + _tail_integral(lower, r)
+
+
+def mean_attention_time(lat: Latency, theta, batch):
+    """tA_bar = alpha_A * B * theta + beta_A (the Attention time at the mean load)."""
+    return lat.alpha_attn * batch * theta + lat.beta_attn
+
+
+def mean_field_step_time(lat: Latency, theta, r, batch, opts: ModelOptions = DEFAULT_OPTIONS):
+    """tau_bar(r) = max(tA_bar, G(r)) (pipelined) or tA_bar + G(r) (serial); broadcasts in r."""
+    dtype = _float_dtype(lat, theta, r, batch)
+    lat, theta, r, batch = _cast(dtype, lat, theta, r, batch)
+    ta = mean_attention_time(lat, theta, batch)
+    g = other_stages(lat, r, batch, opts)
+    return jnp.maximum(ta, g) if opts.overlap == "pipelined" else ta + g
+
+
+def mean_field_throughput(lat: Latency, theta, r, batch, opts: ModelOptions = DEFAULT_OPTIONS):
+    """1e6 r B / ((r c_A + c_F) tau_bar(r)) tokens/s per instance (per unit cost)."""
+    dtype = _float_dtype(lat, theta, r, batch)
+    lat, theta, r, batch = _cast(dtype, lat, theta, r, batch)
+    tau = mean_field_step_time(lat, theta, r, batch, opts)
+    return 1e6 * r * batch / (instance_cost(lat, r) * tau)
+
+
+def gaussian_step_time(
+    lat: Latency,
+    theta,
+    slot_var,
+    r,
+    batch,
+    opts: ModelOptions = DEFAULT_OPTIONS,
+    method: str = "tail",
+):
+    """E[tau(r)] under the Gaussian barrier (MODEL.md 5).
+
+    method="tail" (default): ``G + s_A * int_z^inf (1 - Phi(x)^r) dx`` (pipelined), exact for
+    Gaussian loads. method="max_of_means": ``max(mu_A + s_A m_r, G)``, the cruder form that puts
+    the max outside the expectation. Serial overlap: ``mu_A + s_A m_r + G`` for both methods.
+    With ``slot_var = 0`` both reduce to the mean field. Arguments broadcast elementwise;
+    ``opts`` and ``method`` are static.
+    """
+    if method not in ("tail", "max_of_means"):
+        raise ValueError(f"method must be 'tail' or 'max_of_means', got {method!r}")
+    dtype = _float_dtype(lat, theta, slot_var, r, batch)
+    lat, theta, slot_var, r, batch = _cast(dtype, lat, theta, slot_var, r, batch)
+    mu = mean_attention_time(lat, theta, batch)
+    bv = batch * slot_var
+    s = jnp.where(bv > 0, lat.alpha_attn * jnp.sqrt(jnp.where(bv > 0, bv, 1.0)), 0.0)
+    g = other_stages(lat, r, batch, opts)
+    positive = s > 0
+    s_safe = jnp.where(positive, s, 1.0)
+    if opts.overlap == "serial" or method == "max_of_means":
+        m_r = expected_max_std_normal(r)
+        attn = mu + jnp.where(positive, s, 0.0) * m_r
+        return attn + g if opts.overlap == "serial" else jnp.maximum(attn, g)
+    z = jnp.where(positive, (g - mu) / s_safe, 0.0)
+    tail = g + s_safe * _barrier_excess(z, r)
+    return jnp.where(positive, tail, jnp.maximum(mu, g))
+
+
+def gaussian_throughput(
+    lat: Latency,
+    theta,
+    slot_var,
+    r,
+    batch,
+    opts: ModelOptions = DEFAULT_OPTIONS,
+    method: str = "tail",
+):
+    """1e6 r B / ((r c_A + c_F) E[tau(r)]) tokens/s with the Gaussian-barrier E[tau]."""
+    dtype = _float_dtype(lat, theta, slot_var, r, batch)
+    lat, theta, slot_var, r, batch = _cast(dtype, lat, theta, slot_var, r, batch)
+    tau = gaussian_step_time(lat, theta, slot_var, r, batch, opts, method)
+    return 1e6 * r * batch / (instance_cost(lat, r) * tau)
+
+
+gaussian_throughput_jit = jax.jit(gaussian_throughput, static_argnames=("opts", "method"))
+"""``jax.jit(gaussian_throughput)`` with ``opts``/``method`` static: new coefficient values,
+theta, slot_var or r of the same shape/dtype reuse the compiled code."""
+
+
+def gaussian_optimum_continuous(
+    lat: Latency,
+    theta: float,
+    slot_var: float,
+    batch: int,
+    opts: ModelOptions = DEFAULT_OPTIONS,
+    r_max: int = 64,
+    method: str = "tail",
+    grid: int = 2001,
+) -> float:
+    """Host helper: the continuous r in [1, r_max] maximising the Gaussian throughput.
+
+    A uniform grid of ``grid`` points, then two zooms (each ``grid`` points over the two grid
+    cells around the best point): resolution ``(r_max - 1) / grid**3``.
+    """
+    lo, hi = 1.0, float(r_max)
+    best = lo
+    for _ in range(3):
+        rs = np.linspace(lo, hi, grid)
+        tp = np.asarray(
+            gaussian_throughput_jit(lat, theta, slot_var, jnp.asarray(rs), batch, opts, method)
+        )
+        i = int(np.nanargmax(tp))
+        best = float(rs[i])
+        step = (hi - lo) / (grid - 1)
+        lo, hi = max(1.0, best - step), min(float(r_max), best + step)
+    return best
+
+
+# --------------------------------------------------------------------------------------------
+# Mean-field optimum (host Python, float64)
+
+
+class Candidate(NamedTuple):
+    """A candidate ratio of MODEL.md 5: ``name``, continuous ``r`` (clipped to [1, r_max]),
+    mean-field ``throughput`` there (tokens/s per instance or per unit cost)."""
+
+    name: str
+    r: float
+    throughput: float
+
+
+class MeanFieldOptimum(NamedTuple):
+    """Result of :func:`mean_field_optimum`.
+
+    r_continuous: the best candidate (the continuous argmax of the mean-field throughput on
+    [1, r_max]); r_best: the better of its neighbouring integers; regime: "attention",
+    "communication" or "ffn" (the stage that stops the throughput from growing at
+    r_continuous); candidates: every point considered, with its throughput.
+    """
+
+    r_continuous: float
+    r_best: int
+    regime: str
+    candidates: tuple[Candidate, ...]
+
+
+def _stage_lines(lat: Latency, theta: float, batch: float, opts: ModelOptions):
+    """Each stage time as (slope, intercept) in r (floats)."""
+    ta = float(lat.alpha_attn) * batch * theta + float(lat.beta_attn)
+    if opts.comm_scaling == "aggregate":
+        comm = (float(lat.alpha_comm) * batch, float(lat.beta_comm))
+    else:
+        comm = (0.0, float(lat.alpha_comm) * batch + float(lat.beta_comm))
+    ffn = (float(lat.alpha_ffn) * batch, float(lat.beta_ffn))
+    return {"attention": (0.0, ta), "communication": comm, "ffn": ffn}
+
+
+def mean_field_regime(
+    lat: Latency, theta: float, r: float, batch: int, opts: ModelOptions = DEFAULT_OPTIONS
+) -> str:
+    """The stage with the largest mean-field time at r (ties: attention, communication, ffn)."""
+    lines = _stage_lines(lat, float(theta), float(batch), opts)
+    times = {k: a * r + b for k, (a, b) in lines.items()}
+    top = max(times.values())
+    for k in REGIMES:
+        if times[k] >= top * (1 - 1e-12):
+            return k
+    return "attention"  # pragma: no cover
+
+
+def _mf_throughput_host(lat, theta, r, batch, opts) -> float:
+    lines = _stage_lines(lat, theta, batch, opts)
+    t = {k: a * r + b for k, (a, b) in lines.items()}
+    if opts.overlap == "pipelined":
+        tau = max(t.values())
+    else:
+        tau = sum(t.values())
+    cost = r * float(lat.cost_attn) + float(lat.cost_ffn)
+    return 1e6 * r * batch / (cost * tau) if tau > 0 else math.inf
+
+
+def mean_field_optimum(
+    lat: Latency,
+    theta: float,
+    batch: int,
+    opts: ModelOptions = DEFAULT_OPTIONS,
+    r_max: int = 64,
+) -> MeanFieldOptimum:
+    """Continuous and integer mean-field optimum over r in [1, r_max] (MODEL.md 5).
+
+    tau_bar is piecewise linear in r, so the throughput ``r / ((r c_A + c_F) tau_bar)`` is
+    increasing on constant pieces and unimodal on a linear piece ``a r + b`` with peak
+    ``sqrt(c_F b / (c_A a))``. Its maximum is therefore at a candidate: the balance points
+    ``(tA_bar - beta_s) / (alpha_s B)`` of every growing stage s, the peaks
+    ``sqrt(c_F beta_s / (c_A alpha_s B))``, the C/F crossover and the grid ends 1, r_max
+    (serial overlap: one linear piece, its peak and the ends). With ``per_worker``
+    communication the paper's v1 rule ``max{r_A, r_C, r_peak}`` is also listed. The integer
+    choice compares floor and ceil of the continuous optimum.
+
+    Regime: pipelined, the stage binding just below r_continuous (just above when it is 1):
+    "attention" when the optimum is the balance point or the attention-bound end, otherwise the
+    growing stage whose peak (or crossover) it is. Serial: the largest stage at r_continuous.
+    """
+    theta, batch, r_max = float(theta), float(batch), int(r_max)
+    ca, cf = float(lat.cost_attn), float(lat.cost_ffn)
+    lines = _stage_lines(lat, theta, batch, opts)
+    ta = lines["attention"][1]
+    raw: list[tuple[str, float]] = [("grid_min", 1.0), ("grid_max", float(r_max))]
+    if opts.overlap == "pipelined":
+        for stage, short in (("ffn", "ffn"), ("communication", "comm")):
+            a, b = lines[stage]
+            if a > 0:
+                raw.append((f"balance_{short}", (ta - b) / a))
+                raw.append((f"peak_{short}", math.sqrt(cf * b / (ca * a))))
+        (ac, bc), (af, bf) = lines["communication"], lines["ffn"]
+        if af != ac:
+            raw.append(("crossover_comm_ffn", (bc - bf) / (af - ac)))
+        if opts.comm_scaling == "per_worker" and af > 0:
+            r_a = (ta - bf) / af
+            r_c = (bc - bf) / af
+            r_peak = math.sqrt(cf * bf / (ca * af))
+            raw.append(("paper_v1_rule", max(r_a, r_c, r_peak)))
+    else:
+        a = sum(s[0] for s in lines.values())
+        b = sum(s[1] for s in lines.values())
+        if a > 0:
+            raw.append(("peak_serial", math.sqrt(cf * b / (ca * a))))
+    candidates = []
+    for name, r in raw:
+        if not math.isfinite(r):
+            continue
+        r = min(max(r, 1.0), float(r_max))
+        candidates.append(Candidate(name, r, _mf_throughput_host(lat, theta, r, batch, opts)))
+    # Best candidate; ties go to the smaller r (fewer instances for the same throughput).
+    best = max(candidates, key=lambda c: (c.throughput, -c.r))
+    r_cont = best.r
+    lo, hi = max(1, math.floor(r_cont)), min(r_max, math.ceil(r_cont))
+    t_lo = _mf_throughput_host(lat, theta, float(lo), batch, opts)
+    t_hi = _mf_throughput_host(lat, theta, float(hi), batch, opts)
+    r_best = lo if t_lo >= t_hi else hi
+    if opts.overlap == "pipelined":
+        eps = 1e-7 * max(1.0, r_cont)
+        probe = r_cont - eps if r_cont - eps >= 1.0 else r_cont + eps
+    else:
+        probe = r_cont
+    regime = mean_field_regime(lat, theta, probe, batch, opts)
+    return MeanFieldOptimum(r_cont, int(r_best), regime, tuple(candidates))
+
+
+def regime_segments(
+    lat: Latency, theta: float, batch: int, opts: ModelOptions, r_max: int, points: int = 4001
+) -> list[tuple[float, float, str]]:
+    """[(r_from, r_to, regime)] partition of [1, r_max] by the binding mean-field stage."""
+    rs = np.linspace(1.0, float(r_max), points)
+    labels = [mean_field_regime(lat, theta, float(r), batch, opts) for r in rs]
+    out = []
+    start = 0
+    for i in range(1, len(rs) + 1):
+        if i == len(rs) or labels[i] != labels[start]:
+            out.append((float(rs[start]), float(rs[min(i, len(rs) - 1)]), labels[start]))
+            start = i
+    return out
