@@ -1,0 +1,254 @@
+"""afd_jax.sweep: spec validation, scenario expansion, every method against an independent
+per-scenario computation, streaming + kill-and-resume (byte-identical table)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from afd_jax import sweep as S
+from afd_jax.errors import InputError
+from afd_jax.latency import Latency
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_trace(path: Path, rows) -> str:
+    """A tiny Azure-format trace (ContextTokens = P, GeneratedTokens = D)."""
+    lines = ["TIMESTAMP,ContextTokens,GeneratedTokens"]
+    lines += [f"2023-11-16 18:15:46.{i:06d},{p},{d}" for i, (p, d) in enumerate(rows)]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+@pytest.fixture
+def traces(tmp_path):
+    a = write_trace(tmp_path / "a.csv", [(5, 3), (20, 1), (9, 7), (0, 4), (13, 2), (30, 5)])
+    b = write_trace(tmp_path / "b.csv", [(40, 10), (2, 1), (17, 6), (25, 25)])
+    return a, b
+
+
+def spec_text(traces, out, extra: str = "", methods='["mean_field", "gaussian", "exact"]'):
+    a, b = traces
+    return f"""
+r_max = 12
+methods = {methods}
+output = "{out}"
+chunk_size = 5
+batch = [4, 16]
+{extra}
+[workloads]
+specs = ["{a}", "{b}"]
+[latency.set]
+alpha_attn = 0.02
+beta_attn = 30.0
+alpha_ffn = 0.15
+beta_ffn = 60.0
+alpha_comm = 0.05
+beta_comm = 20.0
+[latency.grid]
+alpha_attn = {{ logspace = [-2, -1, 3] }}
+beta_ffn = [40.0, 200.0]
+"""
+
+
+BASE = "batch = [1]\n[workloads]\nspecs=['x']"
+
+
+def parse(text: str, path="spec.toml"):
+    return S.parse_spec(tomllib.loads(text), path)
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("bogus = 1\nbatch = [1]\n[workloads]\nspecs=['x']", "bogus"),
+        ("batch = []\n[workloads]\nspecs=['x']", "batch"),
+        ("batch = [0]\n[workloads]\nspecs=['x']", "batch"),
+        ("batch = [1.5]\n[workloads]\nspecs=['x']", "batch"),
+        ("methods = ['nope']\nbatch = [1]\n[workloads]\nspecs=['x']", "methods"),
+        ("methods = []\nbatch = [1]\n[workloads]\nspecs=['x']", "methods"),
+        ("r_max = 0\nbatch = [1]\n[workloads]\nspecs=['x']", "r_max"),
+        ("batch = [1]\n[workloads]\nspecs=[]", "workloads"),
+        ("batch = [1]\n[workloads]\nspecs=['x']\nextra=1", "workloads.extra"),
+        (f"{BASE}\n[latency.grid]\nalpha_atn=[1]", "latency.grid.alpha_atn"),
+        (f"{BASE}\n[latency.grid]\nbeta_ffn=[]", "latency.grid.beta_ffn"),
+        (
+            "batch = [1]\n[workloads]\nspecs=['x']\n[latency.grid]\nbeta_ffn={linspace=[1,2,0]}",
+            "latency.grid.beta_ffn.linspace",
+        ),
+        (
+            "batch = [1]\n[workloads]\nspecs=['x']\n[latency.random]\nn=3\n"
+            "beta_ffn={uniform=[5,1]}",
+            "latency.random.beta_ffn.uniform",
+        ),
+        (
+            "batch = [1]\n[workloads]\nspecs=['x']\n[latency.random]\nn=0\n"
+            "beta_ffn={uniform=[1,5]}",
+            "latency.random.n",
+        ),
+        ("batch = [1]\n[workloads]\nspecs=['x']\n[latency]\noverlap='sideways'", "latency.overlap"),
+        ("format = 'xlsx'\nbatch = [1]\n[workloads]\nspecs=['x']", "format"),
+        ("batch = [1]\n[workloads]\nspecs=['x']\n[mc]\nsteps=0", "mc.steps"),
+        (
+            "batch = [1]\n[workloads]\n[[workloads.family]]\nfamily='geometric'\n"
+            "params={prompt=[]}",
+            "workloads.family[0].params.prompt",
+        ),
+    ],
+)
+def test_bad_spec_names_the_key(text, key):
+    with pytest.raises(InputError) as err:
+        parse(text, "bad.toml")
+    assert err.value.field == key
+    assert err.value.path == "bad.toml"
+
+
+def test_invalid_value_rejected_before_any_work(traces, tmp_path):
+    out = tmp_path / "o.csv"
+    text = spec_text(traces, out).replace("beta_ffn = [40.0, 200.0]", "beta_ffn = [40.0, -1.0]")
+    plan_err = None
+    try:
+        S.make_plan(parse(text))
+    except InputError as err:
+        plan_err = err
+    assert plan_err is not None and plan_err.field == "latency.grid.beta_ffn"
+    assert not out.exists() and not S.parts_dir(out).exists()
+
+
+def test_grid_forms():
+    np.testing.assert_allclose(S.grid_values({"linspace": [1, 3, 3]}, "k"), [1, 2, 3])
+    np.testing.assert_allclose(S.grid_values({"logspace": [0, 2, 3]}, "k"), [1, 10, 100])
+    np.testing.assert_allclose(S.grid_values({"geomspace": [2, 8, 3]}, "k"), [2, 4, 8])
+    np.testing.assert_allclose(S.grid_values({"range": [0, 1, 0.25]}, "k"), np.arange(5) / 4)
+    assert S.grid_values({"values": [3, 4]}, "k", integer=True).tolist() == [3, 4]
+
+
+def test_scenarios_product_order_and_random_samples(traces, tmp_path):
+    extra = ""
+    text = spec_text(traces, tmp_path / "o.csv", extra) + (
+        "[latency.random]\nn = 4\nseed = 3\nbeta_comm = {uniform = [10, 50]}\n"
+        "cost_attn = {loguniform = [0.5, 2.0]}\n"
+    )
+    plan = S.make_plan(parse(text))
+    assert plan.n_scenarios == 2 * 2 * (3 * 2) * 4
+    # workload outermost, then batch, then latency (grid in key order, then the sample)
+    assert plan.wl_index.tolist() == [0] * 48 + [1] * 48
+    assert plan.batch[:48].tolist() == [4] * 24 + [16] * 24
+    j = Latency._fields.index
+    np.testing.assert_allclose(plan.coeffs[:24:8, j("alpha_attn")], [0.01, 10**-1.5, 0.1])
+    np.testing.assert_allclose(plan.coeffs[:8:4, j("beta_ffn")], [40.0, 200.0])
+    bc, ca = plan.coeffs[:, j("beta_comm")], plan.coeffs[:, j("cost_attn")]
+    assert np.all((bc >= 10) & (bc <= 50)) and np.all((ca >= 0.5) & (ca <= 2.0))
+    assert np.unique(bc).size == 4  # the same 4 samples under every grid point
+    np.testing.assert_array_equal(bc[:4], bc[4:8])
+    again = S.make_plan(parse(text))  # seeded: reproducible
+    np.testing.assert_array_equal(again.coeffs, plan.coeffs)
+    assert "beta_comm" in plan.swept and "alpha_attn" in plan.swept and "batch" in plan.swept
+
+
+# ---------------------------------------------------------------------------------------------
+# numbers against independent per-scenario computations
+
+
+@pytest.mark.parametrize("latency_extra", ["", "comm_scaling = 'per_worker'\noverlap = 'serial'"])
+def test_methods_match_per_scenario_references(traces, tmp_path, latency_extra):
+    from afd_jax.workloads import resolve_workload
+
+    from afd_jax import exact, theory
+    from afd_jax.slotload import slot_load_pmf
+
+    out = tmp_path / "o.csv"
+    text = spec_text(traces, out).replace(
+        "[latency.set]", f"[latency]\n{latency_extra}\n[latency.set]"
+    )
+    plan = S.make_plan(parse(text))
+    res = S.run_sweep(plan, progress=False)
+    assert res.n_rows == plan.n_scenarios * 12 and res.chunks_computed == res.n_chunks
+    t = S.read_table(out)
+    assert len(t["r"]) == res.n_rows
+    rng = np.random.default_rng(0)
+    for i in rng.choice(plan.n_scenarios, 6, replace=False):
+        rows = slice(12 * i, 12 * (i + 1))
+        assert np.all(t["scenario"][rows] == i)
+        lat = Latency(*plan.coeffs[i])
+        b = int(plan.batch[i])
+        w = resolve_workload(plan.spec.workloads[plan.wl_index[i]][1])
+        ref_exact = exact.exact_throughput(slot_load_pmf(w), lat, b, 12, plan.opts)
+        np.testing.assert_allclose(t["tput_exact"][rows], ref_exact, rtol=1e-11)
+        e = plan.workloads[plan.wl_index[i]]
+        r = np.arange(1.0, 13.0)
+        mf = theory.mean_field_throughput(lat, e.theta, r, b, plan.opts)
+        ga = theory.gaussian_throughput(lat, e.theta, e.slot_var, r, b, plan.opts)
+        np.testing.assert_allclose(t["tput_mean_field"][rows], np.asarray(mf), rtol=1e-12)
+        np.testing.assert_allclose(t["tput_gaussian"][rows], np.asarray(ga), rtol=1e-12)
+        assert t["r_best_exact"][12 * i] == np.argmax(ref_exact) + 1
+        regimes = [theory.mean_field_regime(lat, e.theta, float(rr), b, plan.opts) for rr in r]
+        assert t["regime"][rows].tolist() == regimes
+
+
+# ---------------------------------------------------------------------------------------------
+# streaming, kill and resume
+
+
+def run_cli(args, env_extra=None):
+    env = dict(os.environ)
+    env.update(env_extra or {})
+    env.setdefault("JAX_PLATFORMS", "cpu")
+    return subprocess.run(
+        [sys.executable, "-m", "afd_jax", "sweep", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+
+
+def test_kill_and_resume_gives_identical_table(traces, tmp_path):
+    full, part = tmp_path / "full.csv", tmp_path / "part.csv"
+    spec = tmp_path / "s.toml"
+    spec.write_text(spec_text(traces, full))
+    plan = S.make_plan(S.load_spec(spec))
+    S.run_sweep(plan, progress=False)  # uninterrupted reference (in process)
+    n_chunks = -(-plan.n_scenarios // 5)
+
+    killed = run_cli([str(spec), "--out", str(part), "--quiet"], {S.ABORT_ENV: "2"})
+    assert killed.returncode == -9, killed.stderr  # SIGKILL after 2 chunks
+    parts = S.parts_dir(part)
+    names = sorted(p.name for p in parts.glob("part-*.csv"))
+    assert names == ["part-000000.csv", "part-000001.csv"]
+    assert not part.exists()
+    with pytest.raises(InputError, match="--resume"):  # never silently overwritten
+        S.run_sweep(plan, output=str(part), progress=False)
+
+    res = S.run_sweep(plan, output=str(part), resume=True, progress=False)
+    assert res.chunks_computed == n_chunks - 2  # nothing finished is recomputed
+    assert part.read_bytes() == full.read_bytes()
+    assert not list(parts.glob("part-*.csv"))  # merged, parts removed, manifest kept
+    again = S.run_sweep(plan, output=str(part), resume=True, progress=False)
+    assert again.rows_computed == 0  # a finished sweep resumes to nothing
+    assert part.read_bytes() == full.read_bytes()
+    fresh = S.run_sweep(plan, output=str(part), progress=False)  # plain rerun starts over
+    assert fresh.chunks_computed == n_chunks and part.read_bytes() == full.read_bytes()
+
+
+def test_resume_refuses_a_different_spec(traces, tmp_path):
+    out = tmp_path / "o.csv"
+    spec = tmp_path / "s.toml"
+    spec.write_text(spec_text(traces, out))
+    killed = run_cli([str(spec), "--quiet"], {S.ABORT_ENV: "1"})
+    assert killed.returncode == -9
+    other = S.make_plan(parse(spec_text(traces, out).replace("r_max = 12", "r_max = 11")))
+    with pytest.raises(InputError, match="different spec"):
+        S.run_sweep(other, resume=True, progress=False)
