@@ -163,10 +163,9 @@ def test_scenarios_product_order_and_random_samples(traces, tmp_path):
 
 @pytest.mark.parametrize("latency_extra", ["", "comm_scaling = 'per_worker'\noverlap = 'serial'"])
 def test_methods_match_per_scenario_references(traces, tmp_path, latency_extra):
-    from afd_jax.workloads import resolve_workload
-
     from afd_jax import exact, theory
     from afd_jax.slotload import slot_load_pmf
+    from afd_jax.workloads import resolve_workload
 
     out = tmp_path / "o.csv"
     text = spec_text(traces, out).replace(
