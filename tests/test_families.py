@@ -1,0 +1,178 @@
+"""Parametric families: exact theta / v against closed forms, a brute-force bivariate-normal
+reference, and large-sample estimates from the JAX samplers (tolerance: 5 Monte Carlo SE)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+import pytest
+from afd_jax.kernels import sample_requests
+from scipy.stats import multivariate_normal
+
+from afd_jax import families as fam
+from afd_jax.errors import InputError
+from afd_jax.samplers import make_sampler
+from afd_jax.workloads import list_presets, resolve_workload
+
+
+def _stats_from_joint(pv, dv, joint):
+    """theta, v, corr from an explicit joint pmf matrix joint[i, j] = Pr(P=pv[i], D=dv[j])."""
+    P, D = np.meshgrid(pv.astype(float), dv.astype(float), indexing="ij")
+    ed = (joint * D).sum()
+    theta = (joint * (D * P + D * (D - 1) / 2)).sum() / ed
+    second = (joint * (D * P**2 + P * D * (D - 1) + D * (D - 1) * (2 * D - 1) / 6)).sum() / ed
+    return theta, second - theta**2
+
+
+def test_geometric_closed_form_paper_v1():
+    w = resolve_workload("paper-v1")
+    s = fam.parametric_stats(w)
+    assert s.theta == pytest.approx(599.0, rel=1e-10, abs=0)
+    assert s.mean_prompt == pytest.approx(100.0, rel=1e-10)
+    assert s.mean_decode == pytest.approx(500.0, rel=1e-10)
+    # v for independent P, geometric D: Var P + Var_pi(age) + ..., check against the
+    # explicit formula E[D P^2 + P D(D-1) + D(D-1)(2D-1)/6]/E[D] - theta^2
+    p = 1 / 500
+    ed, ed2, ed3 = 1 / p, (2 - p) / p**2, (6 - 6 * p + p * p) / p**3
+    q = 1 / 101  # prompt geometric on {0,..}: mean (1-q)/q = 100
+    ep, ep2 = (1 - q) / q, (1 - q) * (2 - q) / q**2
+    second = (ed * ep2 + ep * (ed2 - ed) + (2 * ed3 - 3 * ed2 + ed) / 6) / ed
+    assert s.slot_var == pytest.approx(second - 599.0**2, rel=1e-9)
+
+
+@pytest.mark.parametrize("mean_d", [2.0, 37.5])
+def test_geometric_decode_theta(mean_d):
+    w = fam.independent(fam.uniform(3, 40), fam.geometric(mean_d))
+    p = 1 / mean_d
+    assert fam.parametric_stats(w).theta == pytest.approx(21.5 + (1 - p) / p, rel=1e-10)
+
+
+def test_deterministic_decode_theta():
+    w = fam.independent(fam.geometric(30.0, min=0), fam.deterministic(11))
+    s = fam.parametric_stats(w)
+    assert s.theta == pytest.approx(30.0 + 5.0, rel=1e-10)
+    # with D fixed, v = Var P + Var(uniform age on 0..d-1) = 30*31 + (d^2-1)/12
+    assert s.slot_var == pytest.approx(30 * 31 + (11**2 - 1) / 12, rel=1e-9)
+
+
+def test_marginal_means():
+    assert fam.geometric(7.0, min=0).mean() == pytest.approx(7.0, rel=1e-12)
+    assert fam.uniform(4, 10).mean() == pytest.approx(7.0)
+    m = fam.lognormal(0.5, mean=200.0, lo=0, hi=None)
+    assert m.mean() == pytest.approx(200.0, rel=2e-4)  # rounding to integers: O(1/mean^2)
+    z = fam.zipf(1.5, hi=50)
+    k = np.arange(1, 51.0)
+    assert z.mean() == pytest.approx((k**-0.5).sum() / (k**-1.5).sum())
+    with pytest.raises(InputError):
+        fam.geometric(0.5, min=1)
+
+
+@pytest.mark.parametrize("rank_corr", [0.6, -0.35])
+def test_copula_matches_bivariate_normal_reference(rank_corr):
+    """Small supports: the joint pmf from bivariate-normal rectangle probabilities."""
+    pm = fam.lognormal(0.9, median=6.0, lo=0, hi=25)
+    dm = fam.geometric(4.0)
+    w = fam.copula(pm, dm, rank_corr)
+    rho = fam.gaussian_corr(rank_corr)
+    from scipy.special import ndtri
+
+    a = ndtri(np.clip(np.cumsum(pm.pmf), 0, 1))
+    b = ndtri(np.clip(np.cumsum(dm.pmf), 0, 1))
+    a, b = np.clip(a, -12, 12), np.clip(b, -12, 12)
+    mvn = multivariate_normal(mean=[0, 0], cov=[[1, rho], [rho, 1]], abseps=1e-12, releps=1e-12)
+    grid = np.stack(np.meshgrid(a, b, indexing="ij"), axis=-1)
+    cdf = mvn.cdf(grid.reshape(-1, 2)).reshape(a.size, b.size)
+    cdf = np.pad(cdf, ((1, 0), (1, 0)))
+    joint = np.diff(np.diff(cdf, axis=0), axis=1)
+    theta_ref, v_ref = _stats_from_joint(pm.values, dm.values, joint)
+    s = fam.parametric_stats(w)
+    assert s.theta == pytest.approx(theta_ref, rel=1e-7)
+    assert s.slot_var == pytest.approx(v_ref, rel=1e-6)
+
+
+def test_mixture_combines_length_biased():
+    a = fam.independent(fam.deterministic(10), fam.deterministic(4))
+    b = fam.independent(fam.deterministic(100), fam.deterministic(1))
+    s = fam.parametric_stats(fam.mixture([(0.25, a), (0.75, b)]))
+    # slot-steps: 0.25 * (10+11+12+13) + 0.75 * 100 over 0.25*4 + 0.75*1
+    assert s.theta == pytest.approx((0.25 * 46 + 0.75 * 100) / 1.75)
+
+
+def _mc_check(w, n, seed):
+    st = fam.parametric_stats(w)
+    fn = jax.jit(sample_requests, static_argnums=2)
+    p, d = fn(jax.random.key(seed), make_sampler(w), (n,))
+    p, d = np.asarray(p, np.float64), np.asarray(d, np.float64)
+    num = d * p + d * (d - 1) / 2
+    theta_hat = num.sum() / d.sum()
+    se = np.sqrt(np.mean((num - theta_hat * d) ** 2) / n) / d.mean()  # delta method
+    assert abs(theta_hat - st.theta) < 5 * se
+    sec = d * p**2 + p * d * (d - 1) + d * (d - 1) * (2 * d - 1) / 6
+    m2 = sec.sum() / d.sum()
+    se2 = np.sqrt(np.mean((sec - m2 * d) ** 2) / n) / d.mean()
+    assert abs(m2 - (st.slot_var + st.theta**2)) < 5 * se2 + 2 * theta_hat * 5 * se
+    corr = np.corrcoef(p, d)[0, 1]
+    assert abs(corr - st.corr_prompt_decode) < 5 * (1 - corr**2) / math.sqrt(n) * 3
+
+
+def test_copula_stats_match_large_sample():
+    w = fam.mixture(
+        [
+            (
+                0.8,
+                fam.copula(
+                    fam.lognormal(0.8, median=800, lo=0, hi=6000),
+                    fam.lognormal(0.7, median=150, lo=1, hi=1000),
+                    0.5,
+                ),
+            ),
+            (0.2, fam.copula(fam.zipf(1.1, lo=1, hi=3000), fam.geometric(40.0), -0.4)),
+        ]
+    )
+    _mc_check(w, 1_000_000, 0)
+
+
+def test_presets_are_labelled():
+    ps = list_presets()
+    assert {"paper-v1", "azure-conv-fit", "azure-code-fit", "mooncake-fit"} <= set(ps)
+    for name in ("azure-conv-fit", "azure-code-fit", "mooncake-fit"):
+        w = resolve_workload(name)
+        assert w.label.startswith("fit to ") and "illustrative" in w.label
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ("nosuchfamily:prompt=1,decode=2", "workload"),
+        ("not-a-preset", "workload"),
+        ("geometric:prompt=100", "decode"),
+        ("geometric:prompt=abc,decode=5", "prompt"),
+        ("geometric:prompt=100,decode=0.5", "decode"),
+        ("geometric:prompt=100,decode=5,colour=red", "colour"),
+        ("deterministic:prompt=1.5,decode=2", "prompt"),
+        ("deterministic:prompt=1,decode=0", "decode"),
+        ("uniform:prompt=5..2,decode=1", "prompt"),
+        ("lognormal:prompt=100,decode=5", "sigma"),
+        ("zipf:prompt=1..10,decode=1..5", "exponent"),
+        ("geometric:prompt=1,decode=2,corr=1.5", "corr"),
+        ("-1*geometric:prompt=1,decode=2;geometric:prompt=1,decode=3", "weight"),
+        ("geometric:prompt=nan,decode=2", "prompt"),
+    ],
+)
+def test_bad_specs(spec, field):
+    with pytest.raises(InputError) as err:
+        resolve_workload(spec)
+    assert err.value.field == field
+
+
+def test_spec_grammar():
+    w = resolve_workload(
+        "0.7*geometric:prompt=100,decode=500;0.3*deterministic:prompt=2000,decode=20"
+    )
+    assert len(w.components) == 2 and np.allclose(w.weights, [0.7, 0.3])
+    w = resolve_workload("lognormal:prompt=800,decode=150,sigma=0.8,decode_max=2000,corr=0.3")
+    assert w.components[0].rank_corr == 0.3 and w.components[0].decode.values[-1] == 2000
+    w = resolve_workload("uniform:prompt=0..200,decode=5")
+    assert fam.parametric_stats(w).theta == pytest.approx(100 + 2)
