@@ -73,9 +73,12 @@ def plot_sweep(table_path, out_dir, plan, x=None, y=None) -> list[str]:
     random_fields = {f for f, *_ in plan.spec.latency_random}
     keep = np.ones(first.shape[0], dtype=bool)
     held = []
+    axes_on_family = any(a.startswith("wl_") for a in (x, y))
     for p in plan.swept:
         if p in (x, y) or p in random_fields:
             continue
+        if (p == "workload" and axes_on_family) or (p.startswith("wl_") and "workload" in (x, y)):
+            continue  # the workload label and its family parameters move together
         v0 = scen[p][0]
         keep &= scen[p] == v0
         held.append(f"{p}={v0 if isinstance(v0, str) else f'{v0:g}'}")
@@ -101,11 +104,11 @@ def plot_sweep(table_path, out_dir, plan, x=None, y=None) -> list[str]:
         ax.set_ylabel(y)
         if xcats:
             ax.set_xticks(range(len(xcats)), xcats, rotation=30, ha="right", fontsize=7)
-        elif np.all(xs > 0) and xs.max() / xs.min() > 50:
+        elif np.all(xs > 0) and xs.max() / xs.min() > 9:
             ax.set_xscale("log")
         if ycats:
             ax.set_yticks(range(len(ycats)), ycats, fontsize=7)
-        elif np.all(ys > 0) and ys.max() / ys.min() > 50:
+        elif np.all(ys > 0) and ys.max() / ys.min() > 9:
             ax.set_yscale("log")
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5), constrained_layout=True)
