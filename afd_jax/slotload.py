@@ -88,13 +88,17 @@ def _lattice_pi_component(comp) -> tuple[int, np.ndarray]:
         lat_s = _convolve(lat_p[: int(pv[-1]) - start + 1], lat_d)  # index l - start
         lat_s = np.concatenate([lat_s, np.zeros(max(0, n + 1 - lat_s.size))])[: n + 1]
     else:
+        # P-marginal and P+D law both from the same quadrature joint law (consistency)
         lat_s = np.zeros(n + 1)
+        marg_p = np.zeros(pv.size)
         for atoms, rows in copula_conditional_rows(comp):
             d = dv[atoms]
+            joint = rows * dp[atoms, None]
+            marg_p += joint.sum(axis=0)
             idx = (pv[None, :] - start) + d[:, None]
-            lat_s += np.bincount(
-                idx.ravel(), weights=(rows * dp[atoms, None]).ravel(), minlength=n + 1
-            )[: n + 1]
+            lat_s += np.bincount(idx.ravel(), weights=joint.ravel(), minlength=n + 1)[: n + 1]
+        lat_p[:] = 0.0
+        lat_p[pv - start] = marg_p
     return start, np.cumsum(lat_p - lat_s)[:n]
 
 
