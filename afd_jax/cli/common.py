@@ -77,3 +77,70 @@ def emit_json(obj) -> None:
         return x
 
     sys.stdout.write(json.dumps(clean(obj), indent=2) + "\n")
+
+
+LATENCY_FLAGS = (
+    ("alpha_attn", "us per KV token of a worker's load"),
+    ("beta_attn", "us, fixed Attention time per step"),
+    ("alpha_ffn", "us per token of the FFN batch (r*B tokens)"),
+    ("beta_ffn", "us, fixed FFN time per step"),
+    ("alpha_comm", "us per communicated token (X = r*B or B)"),
+    ("beta_comm", "us, fixed communication time per step"),
+    ("cost_attn", "relative cost of an Attention instance (default 1)"),
+    ("cost_ffn", "relative cost of an FFN instance (default 1)"),
+)
+DEFAULT_LATENCY = "paper-v1"
+
+
+def add_latency_args(parser) -> None:
+    """--latency FILE_OR_PRESET, the six coefficient flags, costs, --comm-scaling, --overlap."""
+    g = parser.add_argument_group(
+        "latency model (microseconds; docs/latency_presets.md)",
+        "flags override the values of --latency",
+    )
+    g.add_argument(
+        "--latency",
+        metavar="FILE_OR_PRESET",
+        default=None,
+        help=f"latency TOML file or preset name (default: {DEFAULT_LATENCY} unless all six "
+        "--alpha-*/--beta-* flags are given)",
+    )
+    for key, text in LATENCY_FLAGS:
+        g.add_argument("--" + key.replace("_", "-"), dest=key, type=float, default=None, help=text)
+    g.add_argument(
+        "--comm-scaling",
+        choices=("aggregate", "per_worker"),
+        default=None,
+        help="communicated tokens X = r*B (aggregate, default) or B (per_worker, paper v1)",
+    )
+    g.add_argument(
+        "--overlap",
+        choices=("pipelined", "serial"),
+        default=None,
+        help="tau = max of the stages (pipelined, default) or their sum (serial)",
+    )
+
+
+def load_latency(args):
+    """(Latency, ModelOptions) from the latency flags (and --load-offset when present)."""
+    from ..latency_io import resolve_latency
+
+    overrides = {key: getattr(args, key, None) for key, _ in LATENCY_FLAGS}
+    spec = getattr(args, "latency", None)
+    six = [k for k, _ in LATENCY_FLAGS[:6]]
+    if spec is None and not all(overrides[k] is not None for k in six):
+        if any(overrides[k] is not None for k in six):
+            missing = [k for k in six if overrides[k] is None]
+            raise InputError(
+                "give --latency FILE_OR_PRESET or all six coefficient flags; missing "
+                + ", ".join("--" + k.replace("_", "-") for k in missing),
+                field="latency",
+            )
+        spec = DEFAULT_LATENCY
+    return resolve_latency(
+        spec,
+        overrides=overrides,
+        comm_scaling=getattr(args, "comm_scaling", None),
+        overlap=getattr(args, "overlap", None),
+        load_offset=int(getattr(args, "load_offset", 0) or 0),
+    )

@@ -1,0 +1,87 @@
+"""Figures for the provisioning commands (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import InputError
+
+REGIME_COLOURS = {"attention": "#dbe9f6", "communication": "#fde9d9", "ffn": "#e2f0d9"}
+METHOD_STYLE = {
+    "mean_field": ("mean field", "#1f77b4", "o"),
+    "gaussian": ("Gaussian barrier", "#d62728", "s"),
+    "exact": ("exact steady state", "#2ca02c", "^"),
+}
+
+
+def plot_provision(result: dict, path: str | Path) -> Path:
+    """Throughput per instance vs r for the three methods (``result`` = the provision JSON).
+
+    Shades the mean-field regimes (``result["regimes"]``), marks each method's best integer r,
+    draws the continuous optima as dotted lines, and names the workload and coefficients in the
+    title. Writes ``path`` (format from its suffix: .png, .pdf, .svg).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    curve = result["curve"]
+    rs = [row["r"] for row in curve]
+    fig, ax = plt.subplots(figsize=(8.0, 5.0), constrained_layout=True)
+    seen = set()
+    for seg in result.get("regimes", []):
+        name = seg["regime"]
+        ax.axvspan(
+            seg["from"],
+            seg["to"],
+            color=REGIME_COLOURS[name],
+            alpha=0.8,
+            lw=0,
+            label=None if name in seen else f"{name}-bound (mean field)",
+        )
+        seen.add(name)
+    for key, (label, colour, marker) in METHOD_STYLE.items():
+        ys = [row[key] for row in curve]
+        ax.plot(rs, ys, color=colour, lw=1.6, label=label)
+        best = result["r_best"][key]
+        y_best = curve[best - 1][key]
+        ax.plot([best], [y_best], marker=marker, color=colour, ms=9, mec="black", ls="none")
+        ax.annotate(
+            f"r={best}",
+            (best, y_best),
+            textcoords="offset points",
+            xytext=(4, 6),
+            fontsize=8,
+            color=colour,
+        )
+    for key in ("mean_field", "gaussian"):
+        r_star = result["r_star"].get(key)
+        if r_star is not None:
+            ax.axvline(r_star, color=METHOD_STYLE[key][1], ls=":", lw=1.0)
+    lat = result["latency"]
+    ax.set_xlabel("r (Attention instances per FFN instance)")
+    ax.set_ylabel(f"throughput ({result['throughput_unit']})")
+    ax.set_xlim(1, max(rs))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    coeffs = (
+        f"aA={lat['alpha_attn']:g} bA={lat['beta_attn']:g} aF={lat['alpha_ffn']:g} "
+        f"bF={lat['beta_ffn']:g} aC={lat['alpha_comm']:g} bC={lat['beta_comm']:g} "
+        f"cA={lat['cost_attn']:g} cF={lat['cost_ffn']:g} [{lat['comm_scaling']}, "
+        f"{lat['overlap']}] (us)"
+    )
+    ax.set_title(
+        f"workload {result['workload']} (theta={result['theta']:.1f}, "
+        f"sd={result['slot_std']:.1f}), B={result['batch']}, latency {result['latency_source']}"
+        f"\n{coeffs}",
+        fontsize=9,
+    )
+    try:
+        fig.savefig(path, dpi=120)
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot write plot: {err}", path=str(path)) from err
+    finally:
+        plt.close(fig)
+    return path
