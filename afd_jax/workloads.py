@@ -17,7 +17,7 @@
        geometric      prompt=MEAN decode=MEAN        P on {0,1,..}, D on {1,2,..}
        uniform        prompt=LO..HI decode=LO..HI    (a single INT means LO = HI)
        lognormal      prompt=MEDIAN decode=MEDIAN sigma=S | prompt_sigma=S decode_sigma=S
-                      [prompt_max=INT] [decode_max=INT] [prompt_step=INT]
+                      [prompt_max=INT] [decode_max=INT] [prompt_step=INT] [decode_step=INT]
        zipf           prompt=LO..HI decode=LO..HI exponent=A | prompt_exponent= decode_exponent=
 
    e.g. ``geometric:prompt=100,decode=500``,
@@ -114,6 +114,7 @@ _KEYS = {
         "prompt_max",
         "decode_max",
         "prompt_step",
+        "decode_step",
         "corr",
     },
     "zipf": {"prompt", "decode", "exponent", "prompt_exponent", "decode_exponent", "corr"},
