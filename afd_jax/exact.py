@@ -89,7 +89,8 @@ def exact_step_times(
     # survival S(w_{i-1}) = Pr(T > w_{i-1}) = sum_{j >= i} p_j, for i = 1..n-1
     tail = np.cumsum(p[::-1])[::-1]
     surv_prev = np.clip(tail[1:], 0.0, 1.0)
-    log_f_prev = np.log1p(-surv_prev)  # log F(w_{i-1}); -inf where F = 0
+    with np.errstate(divide="ignore"):
+        log_f_prev = np.log1p(-surv_prev)  # log F(w_{i-1}); -inf where F = 0
     g = other_stage_times(lat, r_max, batch, opts)
     out = np.empty(r_max, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -1,0 +1,82 @@
+"""``afd-jax calibrate PROFILE.csv``: fit the linear stage latencies, write a latency TOML."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..errors import InputError
+from .common import emit_json, finite_nonneg
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "calibrate",
+        help="fit latency coefficients from measured (stage, tokens, time_us) rows",
+        description=(
+            "Least-squares fit time = alpha * tokens + beta for each stage (attn, ffn, comm) "
+            "of a profile CSV with header stage,tokens,time_us; reports R^2 and residuals and "
+            "writes a latency TOML usable with --latency (docs/latency_presets.md)."
+        ),
+    )
+    p.add_argument("profile", metavar="PROFILE.csv")
+    p.add_argument("--out", metavar="FILE", default=None, help="write the latency TOML here")
+    p.add_argument("--comm-scaling", choices=("aggregate", "per_worker"), default="aggregate")
+    p.add_argument("--overlap", choices=("pipelined", "serial"), default="pipelined")
+    p.add_argument("--cost-attn", type=float, default=1.0)
+    p.add_argument("--cost-ffn", type=float, default=1.0)
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..calibrate import calibrate
+    from ..latency_io import format_latency_toml, validate_latency
+
+    for name in ("cost_attn", "cost_ffn"):
+        value = finite_nonneg(name, getattr(args, name))
+        if value <= 0:
+            raise InputError(f"must be > 0, got {value}", field=name)
+    lat, opts, fits = calibrate(
+        args.profile, args.comm_scaling, args.overlap, args.cost_attn, args.cost_ffn
+    )
+    validate_latency(lat)
+    meta = {
+        "source": f"afd-jax calibrate {Path(args.profile).name}",
+        **{f"r_squared_{s}": f.r_squared for s, f in fits.items()},
+        **{f"rmse_us_{s}": f.rmse for s, f in fits.items()},
+    }
+    text = format_latency_toml(lat, opts, meta)
+    if args.out:
+        try:
+            Path(args.out).write_text(text, encoding="utf-8")
+        except OSError as err:
+            raise InputError(f"cannot write: {err.strerror}", path=args.out) from err
+        print(f"wrote {args.out}", file=sys.stderr)
+    if args.json:
+        emit_json(
+            {
+                "latency": {
+                    **lat._asdict(),
+                    "comm_scaling": opts.comm_scaling,
+                    "overlap": opts.overlap,
+                },
+                "fits": {s: f.as_dict() for s, f in fits.items()},
+                "out": args.out,
+            }
+        )
+        return 0
+    print(
+        f"{'stage':<6} {'alpha (us/tok)':>15} {'beta (us)':>12} {'n':>5} {'R^2':>9} "
+        f"{'rmse us':>10} {'max |res|':>10}"
+    )
+    for s, f in fits.items():
+        note = f"  ({f.constrained})" if f.constrained else ""
+        print(
+            f"{s:<6} {f.alpha:>15.6g} {f.beta:>12.6g} {f.n:>5} {f.r_squared:>9.5f} "
+            f"{f.rmse:>10.4g} {f.max_abs_residual:>10.4g}{note}"
+        )
+    if not args.out:
+        print()
+        print(text, end="")
+    return 0
