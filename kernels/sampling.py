@@ -113,3 +113,100 @@ def sample_slot_load(key, sampler, shape):
     """Draw stationary slot loads (int32) from pi."""
     prompt, _, age = sample_stationary(key, sampler, shape)
     return prompt + age
+
+
+class AliasSampler(NamedTuple):
+    """A finite table of request atoms drawn by Walker's alias method (O(1) per draw).
+
+    prompt, decode: int32[n]. For the request law and the length-biased law (weights w_k and
+    w_k D_k): ``*_prob`` float32[n] (accept probability of column k) and ``*_alias`` int32[n]
+    (the other atom of column k). A draw takes a uniform column k and keeps it with probability
+    ``prob[k]``, else takes ``alias[k]``. Same laws as :class:`TableSampler`.
+    """
+
+    prompt: jax.Array
+    decode: jax.Array
+    req_prob: jax.Array
+    req_alias: jax.Array
+    lb_prob: jax.Array
+    lb_alias: jax.Array
+
+
+def _alias_table(weight):
+    """Walker/Vose alias table of float64 weights (host, NumPy): (prob float64, alias int64)."""
+    import numpy as np
+
+    n = weight.shape[0]
+    p = weight / weight.sum() * n
+    prob = np.ones(n, np.float64)
+    alias = np.arange(n, dtype=np.int64)
+    small = [i for i in range(n) if p[i] < 1.0]
+    large = [i for i in range(n) if p[i] >= 1.0]
+    while small and large:
+        s, g = small.pop(), large.pop()
+        prob[s], alias[s] = p[s], g
+        p[g] = p[g] + p[s] - 1.0
+        (small if p[g] < 1.0 else large).append(g)
+    return prob, alias
+
+
+def alias_sampler(prompt, decode, weight=None, size=None) -> AliasSampler:
+    """Build an :class:`AliasSampler` (host-side, float64 weights; rows with decode == 0 or
+    zero weight are dropped). ``weight`` defaults to uniform over rows. ``size``: pad the table
+    with zero-weight rows to this many rows (fixed shapes avoid recompiling for every table;
+    zero-weight columns always defer to their alias, so the laws are unchanged)."""
+    import numpy as np
+
+    prompt = np.asarray(prompt, dtype=np.int64)
+    decode = np.asarray(decode, dtype=np.int64)
+    w = np.ones(prompt.shape, np.float64) if weight is None else np.asarray(weight, np.float64)
+    keep = (w > 0) & (decode > 0)
+    prompt, decode, w = prompt[keep], decode[keep], w[keep]
+    if size is not None and size > prompt.shape[0]:
+        pad = size - prompt.shape[0]
+        prompt = np.concatenate([prompt, np.zeros(pad, np.int64)])
+        decode = np.concatenate([decode, np.ones(pad, np.int64)])
+        w = np.concatenate([w, np.zeros(pad)])
+    rp, ra = _alias_table(w)
+    lp, la = _alias_table(w * decode)
+    return AliasSampler(
+        jnp.asarray(prompt, jnp.int32),
+        jnp.asarray(decode, jnp.int32),
+        jnp.asarray(rp, jnp.float32),
+        jnp.asarray(ra, jnp.int32),
+        jnp.asarray(lp, jnp.float32),
+        jnp.asarray(la, jnp.int32),
+    )
+
+
+def alias_pick(prob, alias, bits0, bits1):
+    """Alias draw from two uint32 words: column ``bits0 mod n``, accept if the 24-bit uniform
+    of ``bits1`` is below ``prob`` (modulo bias <= n / 2**32)."""
+    n = prob.shape[0]
+    col = (bits0 % jnp.uint32(n)).astype(jnp.int32)
+    u = (bits1 >> jnp.uint32(8)).astype(jnp.float32) * jnp.float32(2.0**-24)
+    return jnp.where(u < prob[col], col, alias[col])
+
+
+def alias_requests_from_bits(s: AliasSampler, bits0, bits1):
+    """Fresh requests (prompt, decode) int32 from two uint32 arrays of random words."""
+    idx = alias_pick(s.req_prob, s.req_alias, bits0, bits1)
+    return s.prompt[idx], s.decode[idx]
+
+
+def _alias_draw(key, prob, alias, shape):
+    bits = jr.bits(key, (2,) + tuple(shape), dtype=jnp.uint32)
+    return alias_pick(prob, alias, bits[0], bits[1])
+
+
+def _alias_requests(key, s: AliasSampler, shape):
+    idx = _alias_draw(key, s.req_prob, s.req_alias, shape)
+    return s.prompt[idx], s.decode[idx]
+
+
+def _alias_lb_requests(key, s: AliasSampler, shape):
+    idx = _alias_draw(key, s.lb_prob, s.lb_alias, shape)
+    return s.prompt[idx], s.decode[idx]
+
+
+register_sampler(AliasSampler, _alias_requests, _alias_lb_requests)

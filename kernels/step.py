@@ -37,16 +37,17 @@ def bundle_step_stats(worker_loads, model: StepModel, serial: bool):
     (sum over j <= r of max_i t_A,i - t_A,j), ``ffn_idle`` (tau - t_F), ``max_load``.
     """
     loads = worker_loads.astype(jnp.float32)
+    lead = (1,) * (loads.ndim - 1)  # explicit broadcasting (rank promotion may be "raise")
     max_load = jax.lax.cummax(loads, axis=loads.ndim - 1)
     sum_load = jnp.cumsum(loads, axis=-1)
-    r = jnp.arange(1, loads.shape[-1] + 1, dtype=jnp.float32)
+    r = jnp.arange(1, loads.shape[-1] + 1, dtype=jnp.float32).reshape(lead + (-1,))
     max_ta = model.alpha_attn * max_load + model.beta_attn
     sum_ta = model.alpha_attn * sum_load + model.beta_attn * r
-    tau = step_times(max_ta, model.other, serial)
+    tau = step_times(max_ta, model.other.reshape(lead + (-1,)), serial)
     return {
         "tau": tau,
         "attn_idle": r * tau - sum_ta,
         "barrier_wait": r * max_ta - sum_ta,
-        "ffn_idle": tau - model.t_ffn,
+        "ffn_idle": tau - model.t_ffn.reshape(lead + (-1,)),
         "max_load": max_load,
     }

@@ -1,0 +1,208 @@
+"""Benchmark: slot-steps per second of the three Monte Carlo kernels against a plain NumPy
+step-by-step simulator (vectorised over slots, one Python iteration per step, redrawing only
+the finished slots), on the same workload and sizes, in one run.
+
+    python experiments/bench_kernels.py --trace ../shared/traces/azure_llm_2023_conv.csv \
+        --out docs/benchmarks.md [--append] [--size cpu|gpu]
+
+A slot-step is one slot advanced by one decode step (barrier kernel: one slot of one
+stationary snapshot). Each kernel is timed on a second call (compiled), the compile time
+is reported separately. Writes a Markdown section naming the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+SIZES = {
+    # name: (r_max, B, T fast, T trajectory, T numpy, barrier snapshots, replications)
+    "cpu": dict(
+        r_max=64, batch=256, t_fast=20_000, t_traj=2_000, t_numpy=2_000, snaps=2_048, reps=1
+    ),
+    "gpu": dict(
+        r_max=64, batch=256, t_fast=20_000, t_traj=20_000, t_numpy=2_000, snaps=65_536, reps=64
+    ),
+    "small": dict(r_max=16, batch=32, t_fast=2_000, t_traj=1_000, t_numpy=500, snaps=512, reps=1),
+}
+
+
+def numpy_baseline(prompt, decode, r_max, batch, steps, alpha, beta, other, seed=0):
+    """The simulator a user would write: (r_max, B) slot arrays, one Python iteration per step,
+    fresh requests only for the slots that finished. Returns (mean tau per r, seconds)."""
+    rng = np.random.default_rng(seed)
+    n = prompt.shape[0]
+    lb = np.cumsum(decode.astype(np.float64))
+    lb /= lb[-1]
+    idx = np.searchsorted(lb, rng.random((r_max, batch)), side="right")
+    p, d = prompt[idx].copy(), decode[idx].copy()
+    age = np.floor(rng.random((r_max, batch)) * d).astype(np.int64)
+    tau_sum = np.zeros(r_max)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        worker = (p + age).sum(axis=1)
+        tau_sum += np.maximum(alpha * np.maximum.accumulate(worker) + beta, other)
+        age += 1
+        done = age >= d
+        k = int(done.sum())
+        if k:
+            j = rng.integers(0, n, k)
+            p[done], d[done], age[done] = prompt[j], decode[j], 0
+    return tau_sum / steps, time.perf_counter() - t0
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import jax
+
+    d = jax.devices()[0]
+    return (
+        f"{cpu}, {os.cpu_count()} cores; jax {jax.__version__}; device "
+        f"{d.platform}:{getattr(d, 'device_kind', '')} (x{len(jax.devices())})"
+    )
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--trace",
+        default=os.path.join(
+            os.path.dirname(__file__), "..", "..", "shared", "traces", "azure_llm_2023_conv.csv"
+        ),
+    )
+    ap.add_argument("--out", default=None, help="Markdown file to write")
+    ap.add_argument("--append", action="store_true", help="append instead of overwrite")
+    ap.add_argument("--size", choices=sorted(SIZES), default="cpu")
+    ap.add_argument("--kernels", default="numpy,fast,trajectory,barrier")
+    ap.add_argument("--replications", type=int, default=None)
+    ap.add_argument("--steps-fast", type=int, default=None)
+    ap.add_argument("--memory-budget-mb", type=int, default=None)
+    args = ap.parse_args(argv)
+
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    from afd_jax.latency import Latency
+    from afd_jax.simulate import DEFAULT_MEMORY_BUDGET, simulate
+    from afd_jax.traces import load_trace
+
+    cfg = dict(SIZES[args.size])
+    if args.replications:
+        cfg["reps"] = args.replications
+    if args.steps_fast:
+        cfg["t_fast"] = args.steps_fast
+    budget = (args.memory_budget_mb << 20) if args.memory_budget_mb else DEFAULT_MEMORY_BUDGET
+    w = load_trace(args.trace)
+    keep = w.decode > 0
+    prompt, decode = w.prompt[keep].astype(np.int64), w.decode[keep].astype(np.int64)
+    r_max, batch = cfg["r_max"], cfg["batch"]
+    theta = float((decode * prompt + decode * (decode - 1) / 2).sum() / decode.sum())
+    lat = Latency(
+        alpha_attn=200.0 / (batch * theta),
+        beta_attn=50.0,
+        alpha_ffn=0.02,
+        beta_ffn=40.0,
+        alpha_comm=0.002,
+        beta_comm=10.0,
+    )
+    rows = []
+    kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    slots = r_max * batch
+    if "numpy" in kernels:
+        r = np.arange(1, r_max + 1)
+        other = np.maximum(
+            lat.alpha_ffn * r * batch + lat.beta_ffn, lat.alpha_comm * r * batch + lat.beta_comm
+        )
+        _, sec = numpy_baseline(
+            prompt, decode, r_max, batch, cfg["t_numpy"], lat.alpha_attn, lat.beta_attn, other
+        )
+        rows.append(("numpy step-by-step", cfg["t_numpy"], 1, slots * cfg["t_numpy"], sec, 0.0))
+        print(f"numpy: {slots * cfg['t_numpy'] / sec:.3e} slot-steps/s", file=sys.stderr)
+    plan = {
+        "fast": (cfg["t_fast"], cfg["reps"]),
+        "trajectory": (cfg["t_traj"], cfg["reps"]),
+        "barrier": (cfg["snaps"], cfg["reps"]),
+    }
+    for k in ("fast", "trajectory", "barrier"):
+        if k not in kernels:
+            continue
+        steps, reps = plan[k]
+        kw = dict(kernel=k, steps=steps, replications=reps, memory_budget_bytes=budget)
+        t = time.perf_counter()
+        simulate(w, lat, batch, r_max, seed=1, **kw)
+        first = time.perf_counter() - t
+        res = simulate(w, lat, batch, r_max, seed=2, **kw)
+        rows.append(
+            (
+                f"{k} kernel",
+                steps,
+                reps,
+                res.slot_steps,
+                res.wall_seconds,
+                max(first - res.wall_seconds, 0.0),
+            )
+        )
+        print(f"{k}: {res.slot_steps_per_second:.3e} slot-steps/s", file=sys.stderr)
+
+    base = next((s / t for name, _, _, s, t, _ in rows if name.startswith("numpy")), None)
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"## {args.size} sizes, {now}",
+        "",
+        f"Machine: {machine()}.",
+        f"Workload: `{os.path.basename(args.trace)}` ({prompt.size} requests, theta = "
+        f"{theta:.1f}); r_max = {r_max}, B = {batch} ({slots} slots per replication).",
+        "",
+        "| simulator | steps T | replications | slot-steps | seconds | slot-steps/s | vs NumPy "
+        "| compile s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, steps, reps, ss, sec, comp in rows:
+        rate = ss / sec
+        rel = f"{rate / base:.1f}x" if base else "-"
+        lines.append(
+            f"| {name} | {steps:,} | {reps} | {ss:.3e} | {sec:.2f} | {rate:.3e} | "
+            f"{rel} | {comp:.1f} |"
+        )
+    lines += [
+        "",
+        "Command: `python experiments/bench_kernels.py "
+        + " ".join(sys.argv[1:] if argv is None else argv)
+        + "`",
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        header = (
+            ""
+            if args.append and os.path.exists(args.out)
+            else (
+                "# Kernel benchmarks\n\nSlot-steps per second of the Monte Carlo kernels against a "
+                "plain NumPy step-by-step simulator (`experiments/bench_kernels.py`). Steps T "
+                "differ between simulators where stated (the slow ones run fewer steps; the rate "
+                "is per slot-step). Barrier kernel: T = stationary snapshots. Seconds exclude "
+                "compilation (second call); compile time is listed separately.\n\n"
+            )
+        )
+        with open(args.out, "a" if args.append else "w") as f:
+            f.write(header + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Steady-state barrier sampler and the per-step summaries shared by all Monte Carlo kernels.
+
+Barrier sampler (MODEL.md 5, "exact steady state"): in stationarity the slots are independent
+with law pi, so one step of an r_max-worker bundle is a snapshot of ``r_max x B`` i.i.d. slot
+loads. A worker's load is ``T_j = sum_b load[j, b]`` (int32) and the barrier for every
+r = 1..r_max is the cumulative max over workers (common random numbers across r):
+``tau(r) = max(alpha_A * max_{j<=r} T_j + beta_A, G(r))`` (pipelined) or ``... + G(r)`` (serial).
+
+Every kernel summarises its steps with :func:`summarise_steps` into :class:`StepSums`: float32
+sums over fixed blocks of :data:`BLOCK` steps (never a running sum in a scan carry); the driver
+adds the blocks in float64 on the host. Kernels are pure and un-jitted; shapes and switches are
+static, coefficients and samplers are traced. No imports from afd_jax.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from .sampling import sample_slot_load
+from .step import StepModel, bundle_step_stats
+
+BLOCK = 128
+"""Steps (or snapshots) per summation block: the fixed granularity of float32 sums and of the
+counter-based keys of the barrier sampler. Independent of the chunk size."""
+
+
+class TauHistogram(NamedTuple):
+    """Log-spaced bins of the step time for percentiles: bin ``k`` holds
+    ``exp(log_lo + k / inv_width) <= tau < exp(log_lo + (k + 1) / inv_width)`` (first and last
+    bins also catch everything below/above). log_lo, inv_width: float32 scalars (traced)."""
+
+    log_lo: jax.Array
+    inv_width: jax.Array
+
+
+class StepSums(NamedTuple):
+    """Block sums of one run of steps. ``nb`` = number of blocks, float32 unless stated.
+
+    tau, tau_sq, attn_idle, barrier_wait, ffn_idle: [nb, r_max] sums over the valid steps of
+    tau(r), tau(r)^2, sum_{j<=r}(tau - t_A,j), sum_{j<=r}(max_i t_A,i - t_A,j), tau - t_F.
+    slot_load, slot_load_sq: [nb] sums of the mean slot load of the step (over all r_max x B
+    slots) and of its square. count: int32[nb] valid steps per block. hist: int32[r_max, n_bins]
+    counts of tau(r) per log bin.
+    """
+
+    tau: jax.Array
+    tau_sq: jax.Array
+    attn_idle: jax.Array
+    barrier_wait: jax.Array
+    ffn_idle: jax.Array
+    slot_load: jax.Array
+    slot_load_sq: jax.Array
+    count: jax.Array
+    hist: jax.Array
+
+
+def summarise_steps(
+    worker_loads,
+    valid,
+    model: StepModel,
+    hist: TauHistogram,
+    *,
+    batch: int,
+    serial: bool,
+    n_bins: int,
+) -> StepSums:
+    """Block sums of the step statistics.
+
+    worker_loads: int32[n, r_max] (n a multiple of BLOCK), valid: bool[n] (steps that count).
+    ``batch`` (B), ``serial`` and ``n_bins`` are static.
+    """
+    n, r_max = worker_loads.shape
+    nb = n // BLOCK
+    st = bundle_step_stats(worker_loads, model, serial)
+    w = valid.astype(jnp.float32)
+
+    def bsum(x):
+        return (x * w[:, None]).reshape(nb, BLOCK, r_max).sum(axis=1)
+
+    mean_load = worker_loads.astype(jnp.float32).sum(axis=-1) / jnp.float32(r_max * batch)
+    tau = st["tau"]
+    idx = jnp.floor((jnp.log(tau) - hist.log_lo) * hist.inv_width)
+    idx = jnp.clip(idx, 0, n_bins - 1).astype(jnp.int32)
+    cols = jnp.broadcast_to(jnp.arange(r_max, dtype=jnp.int32)[None, :], idx.shape)
+    counts = (
+        jnp.zeros((r_max, n_bins), jnp.int32)
+        .at[cols, idx]
+        .add(jnp.broadcast_to(valid.astype(jnp.int32)[:, None], idx.shape))
+    )
+    return StepSums(
+        tau=bsum(tau),
+        tau_sq=bsum(tau * tau),
+        attn_idle=bsum(st["attn_idle"]),
+        barrier_wait=bsum(st["barrier_wait"]),
+        ffn_idle=bsum(st["ffn_idle"]),
+        slot_load=(mean_load * w).reshape(nb, BLOCK).sum(axis=1),
+        slot_load_sq=(mean_load * mean_load * w).reshape(nb, BLOCK).sum(axis=1),
+        count=valid.astype(jnp.int32).reshape(nb, BLOCK).sum(axis=1),
+        hist=counts,
+    )
+
+
+def barrier_loads(key, sampler, *, r_max: int, batch: int):
+    """Worker loads of BLOCK independent stationary snapshots of ``r_max x B`` slots.
+
+    key: the block's key (the driver derives it by ``fold_in`` from the replication and block
+    index, so results do not depend on how blocks are grouped into chunks). Slot loads
+    int32[BLOCK, r_max, B] ~ pi; returns the worker loads int32[BLOCK, r_max] (sums over B;
+    the driver checks B * max slot load < 2**31). Summarise with :func:`summarise_steps`.
+    """
+    loads = sample_slot_load(key, sampler, (BLOCK, r_max, batch))
+    return loads.sum(axis=-1, dtype=jnp.int32)
+
+
+def barrier_blocks(
+    keys,
+    n_valid,
+    sampler,
+    model: StepModel,
+    hist: TauHistogram,
+    *,
+    r_max: int,
+    batch: int,
+    serial: bool,
+    n_bins: int,
+) -> StepSums:
+    """``len(keys)`` blocks of snapshots summarised together: keys [nb] (one per block),
+    n_valid int32[nb] (the first n_valid snapshots of a block count). StepSums with nb rows."""
+    loads = jax.vmap(lambda k: barrier_loads(k, sampler, r_max=r_max, batch=batch))(keys)
+    nb = loads.shape[0]
+    valid = jnp.arange(BLOCK, dtype=jnp.int32)[None, :] < n_valid[:, None]
+    return summarise_steps(
+        loads.reshape(nb * BLOCK, r_max),
+        valid.reshape(-1),
+        model,
+        hist,
+        batch=batch,
+        serial=serial,
+        n_bins=n_bins,
+    )
