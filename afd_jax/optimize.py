@@ -170,17 +170,10 @@ def make_scenario(
     def c(x):
         return jnp.asarray(x, dtype=dt)
 
-    return Scenario(
-        Latency(*(c(v) for v in lat)),
-        c(theta),
-        c(slot_var),
-        c(batch),
-        c(step_slo),
-        c(r_min),
-        c(r_max),
-        c(batch_min),
-        c(batch_max),
-    )
+    leaves = [*lat, theta, slot_var, batch, step_slo, r_min, r_max, batch_min, batch_max]
+    leaves = jnp.broadcast_arrays(*(c(v) for v in leaves))  # one common shape
+    n = len(Latency._fields)
+    return Scenario(Latency(*leaves[:n]), *leaves[n:])
 
 
 def smooth_max(a, b, temperature):
@@ -360,24 +353,49 @@ def _smoothed_throughput(scen, r, b, rel_temperature, opts):
     return 1e6 * r * b / (instance_cost(scen.latency, r) * tau)
 
 
-_solve_jit = jax.jit(_solve_one, static_argnums=(1, 2))
 _solve_batched_jit = jax.jit(jax.vmap(_solve_one, in_axes=(0, None, None)), static_argnums=(1, 2))
+
+MIN_BUCKET = 8
+
+
+def _bucket(n: int) -> int:
+    """Padded batch size: the next power of two >= max(n, MIN_BUCKET), so any number of
+    scenarios compiles at most log2(n) solvers and a single scenario reuses the batch-8 one."""
+    return max(MIN_BUCKET, 1 << max(0, (int(n) - 1).bit_length()))
+
+
+def _pad(tree, n: int, size: int):
+    """Pad every leaf's leading axis from n to size by repeating row 0 (a harmless replica)."""
+    if size == n:
+        return tree
+    return jax.tree_util.tree_map(
+        lambda a: jnp.concatenate([a, jnp.broadcast_to(a[:1], (size - n, *a.shape[1:]))]), tree
+    )
+
+
+def _run_padded(fn, trees, *static):
+    n = jax.tree_util.tree_leaves(trees[0])[0].shape[0]
+    size = _bucket(n)
+    out = fn(*(_pad(t, n, size) for t in trees), *static)
+    return jax.tree_util.tree_map(lambda a: a[:n], out)
 
 
 def solve_continuous(
     scen: Scenario, config: SolverConfig = DEFAULT_CONFIG, opts: ModelOptions = DEFAULT_OPTIONS
 ) -> Solution:
-    """Continuous maximiser of the smoothed objective for one scenario (scalar leaves); one
-    compilation per (config, opts, dtype)."""
-    return _solve_jit(scen, config, opts)
+    """Continuous maximiser of the smoothed objective for one scenario (scalar leaves). Runs the
+    batched solver on a padded batch, so it shares its compilation."""
+    one = jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], scen)
+    return jax.tree_util.tree_map(lambda a: a[0], solve_continuous_batched(one, config, opts))
 
 
 def solve_continuous_batched(
     scens: Scenario, config: SolverConfig = DEFAULT_CONFIG, opts: ModelOptions = DEFAULT_OPTIONS
 ) -> Solution:
-    """:func:`solve_continuous` vmapped over a leading scenario axis (every leaf shape (n,));
-    compiled once per (n, config, opts, dtype)."""
-    return _solve_batched_jit(scens, config, opts)
+    """:func:`solve_continuous` vmapped over a leading scenario axis (every leaf shape (n,), e.g.
+    from :func:`make_scenario` with arrays). The batch is padded to a power of two >= 8: one
+    compilation per (bucket, config, opts, dtype); new values never retrace."""
+    return _run_padded(_solve_batched_jit, (scens,), config, opts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -407,7 +425,9 @@ def _sens_one(scen: Scenario, sol: Solution, config: SolverConfig, opts: ModelOp
     return r_sens, b_sens
 
 
-_sens_jit = jax.jit(_sens_one, static_argnums=(2, 3))
+_sens_batched_jit = jax.jit(
+    jax.vmap(_sens_one, in_axes=(0, 0, None, None)), static_argnums=(2, 3)
+)
 
 
 def sensitivities(
@@ -425,7 +445,9 @@ def sensitivities(
     and r reacts through the cross term). ``dr*/dp = r* dx_r/dp``, ``dB*/dp = B* dx_B/dp``.
     Valid at a converged, non-degenerate optimum of the final smoothed problem.
     """
-    return _sens_jit(scen, sol, config, opts)
+    one = jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], (scen, sol))
+    out = _run_padded(_sens_batched_jit, one, config, opts)
+    return jax.tree_util.tree_map(lambda a: a[0], out)
 
 
 # --------------------------------------------------------------------------------------------
