@@ -1,0 +1,160 @@
+"""``afd-jax optimize``: gradient-based provisioning of r (and B) under constraints.
+
+Maximises the smoothed Gaussian-barrier throughput in a continuous r (and B) with optax + Newton,
+picks the integers by exact evaluation, reports which constraints bind and the sensitivities of
+the continuous optimum (docs/optimize.md).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+from ..errors import InputError
+from .common import (
+    add_latency_args,
+    add_workload_args,
+    emit_json,
+    load_latency,
+    load_workload,
+    positive_int,
+)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "optimize",
+        help="gradient-based provisioning of r (and B) with KV-capacity and step-time SLOs",
+        description=(
+            "Maximise the smoothed throughput per instance (per unit cost) over a continuous r "
+            "(and B), choose the integers by exact evaluation of the neighbours, and report "
+            "binding constraints and sensitivities dr*/dp of every coefficient. "
+            "docs/optimize.md."
+        ),
+    )
+    add_workload_args(p)
+    add_latency_args(p)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--batch", "-B", type=int, help="fixed slots per Attention instance")
+    g.add_argument(
+        "--optimize-batch", action="store_true", help="optimise B too (needs --batch-max)"
+    )
+    p.add_argument("--batch-max", type=int, default=None, help="largest B (--optimize-batch)")
+    p.add_argument("--batch-min", type=int, default=1, help="smallest B (default 1)")
+    p.add_argument("--r-min", type=int, default=1, help="smallest r (default 1)")
+    p.add_argument("--r-max", type=int, default=64, help="largest r (default 64)")
+    p.add_argument(
+        "--kv-capacity",
+        type=float,
+        default=None,
+        metavar="TOKENS",
+        help="KV-cache capacity per Attention instance (tokens)",
+    )
+    p.add_argument(
+        "--kv-epsilon",
+        type=float,
+        default=1e-3,
+        metavar="E",
+        help="allowed Pr(worker load > capacity) (default 1e-3)",
+    )
+    p.add_argument(
+        "--step-slo", type=float, default=None, metavar="US", help="mean step-time budget (us)"
+    )
+    p.add_argument(
+        "--step-slo-p99",
+        type=float,
+        default=None,
+        metavar="US",
+        help="P99 step-time budget (us), from the exact law",
+    )
+    p.add_argument(
+        "--neighbourhood",
+        type=int,
+        default=1,
+        help="integers tried around the continuous optimum: floor-k..ceil+k (default 1)",
+    )
+    p.add_argument(
+        "--slot-bins",
+        type=int,
+        default=4096,
+        help="lattice points of the slot-load law for the exact evaluation (default 4096)",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    from ..optimize import optimize
+    from ..slotload import slot_load_pmf
+    from ..statistics import workload_stats
+
+    if args.optimize_batch:
+        positive_int("batch_max", args.batch_max)
+    else:
+        positive_int("batch", args.batch)
+        if args.batch_max is not None:
+            raise InputError("--batch-max needs --optimize-batch", field="batch_max")
+    positive_int("batch_min", args.batch_min)
+    positive_int("r_min", args.r_min)
+    positive_int("r_max", args.r_max)
+    positive_int("slot_bins", args.slot_bins)
+    if args.neighbourhood < 0:
+        raise InputError(f"must be >= 0, got {args.neighbourhood}", field="neighbourhood")
+    if args.kv_capacity is not None and not (
+        math.isfinite(args.kv_capacity) and args.kv_capacity > 0
+    ):
+        raise InputError(f"must be > 0, got {args.kv_capacity}", field="kv_capacity")
+    lat, opts = load_latency(args)
+    w = load_workload(args)
+    t0 = time.perf_counter()
+    stats = workload_stats(w)
+    pmf = slot_load_pmf(w, load_offset=opts.load_offset, max_bins=args.slot_bins)
+    theta = stats.theta + opts.load_offset
+    res = optimize(
+        pmf,
+        theta,
+        stats.slot_var,
+        lat,
+        opts,
+        batch=args.batch,
+        optimize_batch=args.optimize_batch,
+        batch_min=args.batch_min,
+        batch_max=args.batch_max,
+        kv_capacity=args.kv_capacity,
+        kv_epsilon=args.kv_epsilon,
+        step_slo=args.step_slo,
+        step_slo_p99=args.step_slo_p99,
+        r_min=args.r_min,
+        r_max=args.r_max,
+        neighbourhood=args.neighbourhood,
+    )
+    print(f"optimize: {time.perf_counter() - t0:.2f} s", file=sys.stderr)
+    out = res.to_json()
+    out["workload"] = args.workload
+    if args.json:
+        emit_json(out)
+        return 0
+    print(f"workload {args.workload}: theta = {theta:.1f}, slot std = {stats.slot_var**0.5:.1f}")
+    print(
+        f"continuous optimum: r = {res.r_continuous:.3f}, B = {res.batch_continuous:.2f} "
+        f"({res.iterations} iterations, converged: {res.converged})"
+    )
+    print(
+        f"chosen: r = {res.r}, B = {res.batch}: {res.throughput:,.0f} tokens/s per instance, "
+        f"E[tau] = {res.step_time:.2f} us, P99 tau = {res.step_time_p99:.2f} us (exact)"
+    )
+    for name, c in res.constraints.items():
+        binds = c["binds"]
+        print(f"  constraint {name}: limit {c['limit']}, value {c['value']:.6g}, binds {binds}")
+    print("sensitivities of r*:")
+    for name, v in res.sensitivities["r"].items():
+        print(f"  dr*/d{name} = {v:.6g}")
+    if "batch" in res.sensitivities:
+        print("sensitivities of B*:")
+        for name, v in res.sensitivities["batch"].items():
+            print(f"  dB*/d{name} = {v:.6g}")
+    return 0

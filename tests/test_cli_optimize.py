@@ -1,0 +1,91 @@
+"""``afd-jax optimize`` end to end: JSON keys, agreement with the library, exit status 2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from afd_jax.cli import main
+from afd_jax.exact import exact_step_times, worker_load_pmf
+from afd_jax.latency_io import resolve_latency
+from afd_jax.optimize import optimize
+from afd_jax.slotload import slot_load_pmf
+from afd_jax.statistics import workload_stats
+from afd_jax.traces import load_trace
+
+LAT = [
+    "--alpha-attn", "0.01", "--beta-attn", "50", "--alpha-ffn", "0.05",
+    "--beta-ffn", "100", "--alpha-comm", "0.01", "--beta-comm", "20",
+]  # fmt: skip
+
+
+@pytest.fixture
+def trace(tmp_path):
+    rng = np.random.default_rng(7)
+    path = tmp_path / "small.csv"
+    rows = ["TIMESTAMP,ContextTokens,GeneratedTokens"]
+    for i in range(400):
+        rows.append(f"2023-11-16 18:15:{i % 60:02d}.0,{rng.integers(0, 200)},{rng.geometric(0.03)}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _run(capsys, argv):
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_json_joint_batch_with_constraints(capsys, trace):
+    argv = ["optimize", "--workload", str(trace), *LAT, "--optimize-batch", "--batch-max", "48"]
+    argv += ["--kv-capacity", "7000", "--kv-epsilon", "1e-2", "--step-slo", "150", "--r-max", "40"]
+    code, out, _ = _run(capsys, [*argv, "--json"])
+    assert code == 0
+    obj = json.loads(out)
+    for key in ("r_continuous", "r", "batch", "throughput", "iterations", "converged"):
+        assert key in obj
+    assert set(obj["sensitivities"]) == {"r", "batch"}
+    assert "theta" in obj["sensitivities"]["r"] and "alpha_ffn" in obj["sensitivities"]["r"]
+    assert {"kv_capacity", "step_slo", "r_max", "batch_max"} <= set(obj["constraints"])
+    # the same problem through the library
+    w = load_trace(trace)
+    keys = [a[2:].replace("-", "_") for a in LAT[::2]]
+    lat, opts = resolve_latency(overrides=dict(zip(keys, map(float, LAT[1::2]), strict=True)))
+    pmf = slot_load_pmf(w, max_bins=4096)
+    st = workload_stats(w)
+    res = optimize(
+        pmf, st.theta, st.slot_var, lat, opts, optimize_batch=True, batch_max=48,
+        kv_capacity=7000, kv_epsilon=1e-2, step_slo=150, r_max=40,
+    )  # fmt: skip
+    assert (obj["r"], obj["batch"]) == (res.r, res.batch)
+    # constraints hold under the exact law
+    wp = worker_load_pmf(pmf, obj["batch"])
+    assert float(np.sum(wp.pmf[wp.support > 7000])) <= 1e-2
+    assert exact_step_times(pmf, lat, obj["batch"], obj["r"], opts, wp)[-1] <= 150
+
+
+def test_human_output(capsys, trace):
+    code, out, _ = _run(capsys, ["optimize", "--workload", str(trace), *LAT, "--batch", "16"])
+    assert code == 0
+    assert "chosen: r =" in out and "dr*/dtheta" in out
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--batch", "0"],
+        ["--optimize-batch"],  # no --batch-max
+        ["--batch", "16", "--batch-max", "32"],
+        ["--batch", "16", "--step-slo", "-5"],
+        ["--batch", "16", "--step-slo", "1"],  # infeasible
+        ["--batch", "16", "--kv-capacity", "10"],  # B = 16 cannot fit
+        ["--batch", "16", "--kv-epsilon", "2", "--kv-capacity", "1e6"],
+        ["--batch", "16", "--r-min", "5", "--r-max", "3"],
+    ],
+)
+def test_bad_input_exits_2(capsys, trace, extra):
+    code, out, err = _run(capsys, ["optimize", "--workload", str(trace), *LAT, *extra])
+    assert code == 2
+    assert out == "" and "error" in err and "Traceback" not in err
