@@ -25,6 +25,7 @@ added in float64 on the host.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -294,29 +295,41 @@ def _summarise_reps(loads, t0, warmup, t_end, model, hist, *, batch, serial):
     return rows._replace(hist=sums.hist)
 
 
+@jax.jit
 def _rep_keys(base, reps, tag):
+    """Keys fold_in(fold_in(base, rep), tag) (jitted on its own: compiled once, shared)."""
     return jax.vmap(lambda i: jr.fold_in(jr.fold_in(base, i), tag))(reps)
 
 
+@jax.jit
+def _block_keys(base, reps, blocks):
+    return jax.vmap(lambda i, b: jr.fold_in(jr.fold_in(base, i), b))(reps, blocks)
+
+
 @partial(jax.jit, static_argnames=("r_max", "batch", "serial"))
-def _barrier_chunk(base, reps, blocks, n_valid, sampler, model, hist, *, r_max, batch, serial):
-    keys = jax.vmap(lambda i, b: jr.fold_in(jr.fold_in(base, i), b))(reps, blocks)
+def _barrier_chunk(keys, n_valid, sampler, model, hist, *, r_max, batch, serial):
     return KB.barrier_blocks(
-        keys, n_valid, sampler, model, hist, r_max=r_max, batch=batch, serial=serial, n_bins=N_BINS
+        keys,
+        n_valid,
+        sampler,
+        model,
+        hist,
+        r_max=r_max,
+        batch=batch,
+        serial=serial,
+        n_bins=N_BINS,
     )
 
 
 @partial(jax.jit, static_argnames=("shape", "init"))
-def _init_chunk(base, reps, sampler, *, shape, init):
-    keys = _rep_keys(base, reps, 0)
+def _init_chunk(keys, sampler, *, shape, init):
     return jax.vmap(lambda k: KT.init_slots(k, sampler, shape, init))(keys)
 
 
 @partial(jax.jit, static_argnames=("length", "batch", "serial"))
 def _trajectory_chunk(
-    base, reps, states, t0, sampler, model, hist, warmup, t_end, *, length, batch, serial
+    keys, states, t0, sampler, model, hist, warmup, t_end, *, length, batch, serial
 ):
-    keys = _rep_keys(base, reps, 1)
     seg = partial(KT.trajectory_segment, length=length)
     states, loads = jax.vmap(seg, in_axes=(0, 0, None, None))(keys, states, t0, sampler)
     sums = _summarise_reps(loads, t0, warmup, t_end, model, hist, batch=batch, serial=serial)
@@ -325,22 +338,8 @@ def _trajectory_chunk(
 
 @partial(jax.jit, static_argnames=("length", "n_requests", "batch", "serial"))
 def _fast_chunk(
-    base,
-    reps,
-    states,
-    t0,
-    sampler,
-    model,
-    hist,
-    warmup,
-    t_end,
-    *,
-    length,
-    n_requests,
-    batch,
-    serial,
+    keys, states, t0, sampler, model, hist, warmup, t_end, *, length, n_requests, batch, serial
 ):
-    keys = _rep_keys(base, reps, 1)
     seg = partial(KF.fast_segment, length=length, n_requests=n_requests)
     states, loads, covered = jax.vmap(seg, in_axes=(0, 0, None))(keys, states, sampler)
     sums = _summarise_reps(loads, t0, warmup, t_end, model, hist, batch=batch, serial=serial)
@@ -463,6 +462,38 @@ def simulate(
     Raises InputError on bad sizes or when B * max slot load (plus the segment for "fast")
     could overflow int32.
     """
+    with _rng_mode():
+        return _simulate(**locals())
+
+
+def _rng_mode():
+    """Threefry in its non-partitionable form inside the driver: the same bits on every
+    device count here (one device per run), and XLA compiles it several times faster on CPU
+    than the partitionable form (seconds per kernel). Fixed, so results stay reproducible."""
+    ctx = getattr(jax, "threefry_partitionable", None)
+    return ctx(False) if ctx is not None else contextlib.nullcontext()
+
+
+def _simulate(
+    workload_or_sampler,
+    lat,
+    batch,
+    r_max,
+    *,
+    kernel,
+    steps,
+    warmup,
+    replications,
+    init,
+    seed,
+    opts,
+    level,
+    memory_budget_bytes,
+    max_slot_load,
+    segment_steps,
+    replications_per_call,
+    progress,
+):
     if kernel not in KERNELS:
         raise InputError(f"kernel must be one of {', '.join(KERNELS)}", field="kernel")
     if init not in INITS:
@@ -486,7 +517,7 @@ def simulate(
             "the barrier kernel samples the steady state: no warmup or cold init", field="kernel"
         )
     sampler, max_load = _sampler_and_max_load(workload_or_sampler, opts, max_slot_load)
-    if batch * (max_load + 1) >= INT32_LIMIT:
+    if batch * max_load >= INT32_LIMIT:
         raise InputError(
             f"B * max slot load = {batch} * {max_load} could overflow int32 worker loads; use a "
             "smaller batch (or a workload with shorter requests)",
@@ -516,10 +547,11 @@ def simulate(
             blk = work_blk[idx]
             nv = np.minimum(KB.BLOCK, steps - blk * KB.BLOCK).astype(np.int32)
             nv[n_real:] = 0
+            keys = _block_keys(
+                base, jnp.asarray(work_rep[idx], jnp.int32), jnp.asarray(blk, jnp.int32)
+            )
             sums = _barrier_chunk(
-                base,
-                jnp.asarray(work_rep[idx], jnp.int32),
-                jnp.asarray(blk, jnp.int32),
+                keys,
                 jnp.asarray(nv),
                 sampler,
                 model,
@@ -690,11 +722,11 @@ def _run_trajectories(
         n_real = reps.size
         reps_p = np.concatenate([reps, np.full(chunk - n_real, reps[-1])])
         reps_j = jnp.asarray(reps_p, jnp.int32)
-        states = _init_chunk(base, reps_j, sampler, shape=(r_max, batch), init=init)
+        states = _init_chunk(_rep_keys(base, reps_j, 0), sampler, shape=(r_max, batch), init=init)
+        k_stream = _rep_keys(base, reps_j, 1)
         for t0 in range(0, total, length):
             args = (
-                base,
-                reps_j,
+                k_stream,
                 states,
                 jnp.int32(t0),
                 sampler,

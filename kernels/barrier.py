@@ -57,6 +57,18 @@ class StepSums(NamedTuple):
     hist: jax.Array
 
 
+def block_sum(x):
+    """Sums over consecutive blocks of BLOCK rows: x [nb * BLOCK, ...] -> [nb, ...].
+
+    An explicit pairwise tree of elementwise adds (a fixed order), so the float32 result of a
+    block is bit-identical whatever the number of blocks or replications in the call (a
+    ``sum`` reduction may be vectorised differently for different shapes)."""
+    y = x.reshape((-1, BLOCK) + x.shape[1:])
+    while y.shape[1] > 1:
+        y = y[:, 0::2] + y[:, 1::2]
+    return y[:, 0]
+
+
 def summarise_steps(
     worker_loads,
     valid,
@@ -72,13 +84,12 @@ def summarise_steps(
     worker_loads: int32[n, r_max] (n a multiple of BLOCK), valid: bool[n] (steps that count).
     ``batch`` (B), ``serial`` and ``n_bins`` are static.
     """
-    n, r_max = worker_loads.shape
-    nb = n // BLOCK
+    r_max = worker_loads.shape[1]
     st = bundle_step_stats(worker_loads, model, serial)
     w = valid.astype(jnp.float32)
 
     def bsum(x):
-        return (x * w[:, None]).reshape(nb, BLOCK, r_max).sum(axis=1)
+        return block_sum(x * w[:, None])
 
     mean_load = worker_loads.astype(jnp.float32).sum(axis=-1) / jnp.float32(r_max * batch)
     tau = st["tau"]
@@ -96,9 +107,9 @@ def summarise_steps(
         attn_idle=bsum(st["attn_idle"]),
         barrier_wait=bsum(st["barrier_wait"]),
         ffn_idle=bsum(st["ffn_idle"]),
-        slot_load=(mean_load * w).reshape(nb, BLOCK).sum(axis=1),
-        slot_load_sq=(mean_load * mean_load * w).reshape(nb, BLOCK).sum(axis=1),
-        count=valid.astype(jnp.int32).reshape(nb, BLOCK).sum(axis=1),
+        slot_load=block_sum(mean_load * w),
+        slot_load_sq=block_sum(mean_load * mean_load * w),
+        count=block_sum(valid.astype(jnp.int32)),
         hist=counts,
     )
 

@@ -74,6 +74,7 @@ def _uniform_age(key, decode):
 
 _REQUESTS = {}
 _STATIONARY_REQUESTS = {}
+_STATIONARY = {}  # optional direct stationary-state samplers (one random draw instead of two)
 
 
 def register_sampler(cls, requests, length_biased_requests):
@@ -104,6 +105,8 @@ def sample_requests(key, sampler, shape):
 def sample_stationary(key, sampler, shape):
     """Stationary slot state: (prompt, decode, age) int32, age uniform in 0..decode-1 of a
     length-biased request. The load ``prompt + age`` has law pi (MODEL.md 4)."""
+    if type(sampler) in _STATIONARY:
+        return _STATIONARY[type(sampler)](key, sampler, tuple(shape))
     k_req, k_age = jr.split(key)
     prompt, decode = _STATIONARY_REQUESTS[type(sampler)](k_req, sampler, tuple(shape))
     return prompt, decode, _uniform_age(k_age, decode)
@@ -209,4 +212,15 @@ def _alias_lb_requests(key, s: AliasSampler, shape):
     return s.prompt[idx], s.decode[idx]
 
 
+def _alias_stationary(key, s: AliasSampler, shape):
+    """Stationary state from one draw of 3 words: length-biased column, accept, age."""
+    bits = jr.bits(key, (3,) + tuple(shape), dtype=jnp.uint32)
+    idx = alias_pick(s.lb_prob, s.lb_alias, bits[0], bits[1])
+    prompt, decode = s.prompt[idx], s.decode[idx]
+    u = (bits[2] >> jnp.uint32(8)).astype(jnp.float32) * jnp.float32(2.0**-24)
+    age = jnp.clip(jnp.floor(u * decode.astype(jnp.float32)).astype(jnp.int32), 0, decode - 1)
+    return prompt, decode, age
+
+
 register_sampler(AliasSampler, _alias_requests, _alias_lb_requests)
+_STATIONARY[AliasSampler] = _alias_stationary

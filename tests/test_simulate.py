@@ -1,0 +1,124 @@
+"""The simulate driver: chunk-size independence, the cold-start lockstep artefact, the int32
+overflow guard and input validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from afd_jax.kernels import sampling as KS
+
+from afd_jax.errors import InputError
+from afd_jax.latency import Latency
+from afd_jax.simulate import simulate
+
+LAT = Latency(
+    alpha_attn=0.05, beta_attn=10.0, alpha_ffn=0.5, beta_ffn=20.0, alpha_comm=0.01, beta_comm=2.0
+)
+FIELDS = (
+    "mean_tau",
+    "se_tau",
+    "throughput",
+    "idle_attn",
+    "idle_ffn",
+    "barrier_share",
+    "step_p50",
+    "step_p99",
+)
+
+
+@pytest.fixture(scope="module")
+def small_sampler():
+    rng = np.random.default_rng(0)
+    p = rng.integers(0, 300, 500)
+    d = rng.integers(1, 60, 500)
+    return KS.alias_sampler(p, d, size=1024), int((p + d - 1).max())
+
+
+def _same(a, b):
+    for f in FIELDS:
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f), err_msg=f)
+    assert a.mean_slot_load == b.mean_slot_load
+
+
+@pytest.mark.parametrize("kernel", ["trajectory", "fast"])
+def test_trajectory_results_do_not_depend_on_chunking(small_sampler, kernel):
+    s, m = small_sampler
+    kw = dict(kernel=kernel, steps=600, warmup=100, replications=3, seed=7, max_slot_load=m)
+    a = simulate(s, LAT, 4, 8, segment_steps=128, replications_per_call=1, **kw)
+    b = simulate(s, LAT, 4, 8, segment_steps=512, replications_per_call=3, **kw)
+    _same(a, b)
+    c = simulate(s, LAT, 4, 8, segment_steps=512, replications_per_call=3, **{**kw, "seed": 8})
+    assert not np.array_equal(a.mean_tau, c.mean_tau)  # the seed matters
+
+
+def test_barrier_results_do_not_depend_on_chunking(small_sampler):
+    s, m = small_sampler
+    kw = dict(kernel="barrier", steps=300, replications=2, seed=7, max_slot_load=m)
+    a = simulate(s, LAT, 4, 8, replications_per_call=1, **kw)
+    b = simulate(s, LAT, 4, 8, replications_per_call=4, **kw)
+    _same(a, b)
+
+
+def test_cold_start_lockstep_shrinks_the_barrier():
+    """Fixed D: a cold start keeps every slot at the same age forever (lockstep), so worker
+    loads differ only through P; the stationary start has uniform ages and a larger barrier.
+    Both have the same mean slot load E[P] + (d - 1)/2 over a window of whole cycles."""
+    d, r_max, batch = 64, 8, 4  # the shapes of the other tests here: no extra compiles
+    p = np.arange(21)  # P uniform on 0..20: Var P = 36.7 << Var(age) = (d^2 - 1)/12 = 341
+    s = KS.alias_sampler(p, np.full(p.size, d), size=1024)
+    lat = Latency(0.05, 10.0, 0.0, 0.0, 0.0, 0.0)  # Attention only: tau = the barrier
+    kw = dict(
+        steps=10 * d,
+        replications=8,
+        seed=1,
+        max_slot_load=20 + d - 1,
+        segment_steps=128,
+        replications_per_call=1,
+    )
+    res = {
+        (k, init): simulate(s, lat, batch, r_max, kernel=k, init=init, **kw)
+        for k in ("trajectory", "fast")
+        for init in ("cold", "stationary")
+    }
+    theta = 10.0 + (d - 1) / 2
+    for (k, init), r in res.items():
+        assert abs(r.mean_slot_load - theta) <= 4 * r.se_slot_load + 1e-9 * theta, (k, init)
+    for k in ("trajectory", "fast"):
+        cold, stat = res[(k, "cold")], res[(k, "stationary")]
+        assert cold.barrier_share[-1] < 0.5 * stat.barrier_share[-1]
+        # in lockstep the barrier excess is only the max over workers of sum P - B E[P]
+        assert cold.mean_tau[-1] + 4 * cold.se_tau[-1] < stat.mean_tau[-1] - 4 * stat.se_tau[-1]
+    # the two trajectory kernels agree statistically (cold start, not only steady state)
+    a, b = res[("trajectory", "cold")], res[("fast", "cold")]
+    assert np.all(np.abs(a.mean_tau - b.mean_tau) <= 4 * np.hypot(a.se_tau, b.se_tau) + 1e-6)
+
+
+def test_int32_overflow_guard_edge():
+    batch = 2
+    ok = 2**30 - 1  # B * max load = 2**31 - 2: the largest worker load fits int32
+    s = KS.alias_sampler([ok], [1], size=1024)
+    lat = Latency(1e-6, 1.0, 0.0, 0.0, 0.0, 0.0)
+    res = simulate(s, lat, batch, 2, kernel="barrier", steps=128, replications=1)
+    expected = 1e-6 * batch * ok + 1.0
+    np.testing.assert_allclose(res.mean_tau, expected, rtol=1e-6)
+    big = KS.alias_sampler([ok + 1], [1], size=1024)  # B * max load = 2**31: refused
+    with pytest.raises(InputError, match="overflow"):
+        simulate(big, lat, batch, 2, kernel="barrier", steps=128, replications=1)
+    with pytest.raises(InputError, match="overflow"):  # the fast kernel also needs room for t
+        simulate(s, lat, batch, 2, kernel="fast", steps=128, replications=1)
+
+
+def test_bad_inputs(small_sampler):
+    s, m = small_sampler
+    for kw in (
+        dict(kernel="nope"),
+        dict(init="warm"),
+        dict(steps=0),
+        dict(replications=0),
+        dict(kernel="barrier", init="cold"),
+        dict(level=1.5),
+    ):
+        with pytest.raises(InputError):
+            simulate(s, LAT, 4, 8, max_slot_load=m, **kw)
+    with pytest.raises(InputError):
+        simulate(s, LAT, 0, 8, max_slot_load=m)
