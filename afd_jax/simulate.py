@@ -54,7 +54,7 @@ INT32_LIMIT = 2**31
 DEFAULT_MEMORY_BUDGET = 1 << 30
 _DEFAULT_OPTS = ModelOptions()
 _TARGET_SLOT_STEPS_PER_CALL = 1 << 28  # progress granularity of the trajectory kernels
-_FAST_MAX_SEGMENT = 1 << 14
+_FAST_MAX_SEGMENT = 1 << 15
 
 
 @dataclass(frozen=True)
@@ -362,11 +362,7 @@ class _Acc:
     def __init__(self, n_rep: int, r_max: int, keep_blocks: bool):
         z = partial(np.zeros, dtype=np.float64)
         self.tau, self.tau_sq = z((n_rep, r_max)), z((n_rep, r_max))
-        self.attn_idle, self.barrier, self.ffn_idle = (
-            z((n_rep, r_max)),
-            z((n_rep, r_max)),
-            z((n_rep, r_max)),
-        )
+        self.max_attn, self.worker_load = z((n_rep, r_max)), z((n_rep, r_max))
         self.load, self.load_sq, self.count = z(n_rep), z(n_rep), z(n_rep)
         self.hist = np.zeros((r_max, N_BINS), np.int64)
         self.keep_blocks = keep_blocks
@@ -379,9 +375,8 @@ class _Acc:
         for name, dst in (
             ("tau", self.tau),
             ("tau_sq", self.tau_sq),
-            ("attn_idle", self.attn_idle),
-            ("barrier_wait", self.barrier),
-            ("ffn_idle", self.ffn_idle),
+            ("max_attn", self.max_attn),
+            ("worker_load", self.worker_load),
         ):
             np.add.at(dst, reps[rows], getattr(s, name)[rows].sum(axis=1))
         np.add.at(self.load, reps[rows], s.slot_load[rows].sum(axis=1))
@@ -611,6 +606,13 @@ def _simulate(
     cost = r * float(lat.cost_attn) + float(lat.cost_ffn)
     scale = 1e6 * r * batch / cost
     tot_tau = acc.tau.sum(axis=0)
+    # idle sums from linear block sums (MODEL.md 3), float64
+    n_steps = acc.count.sum()
+    a_attn, b_attn = float(lat.alpha_attn), float(lat.beta_attn)
+    sum_attn = a_attn * np.cumsum(acc.worker_load.sum(axis=0)) + b_attn * r * n_steps
+    attn_idle = r * tot_tau - sum_attn
+    t_ffn = float(lat.alpha_ffn) * r * batch + float(lat.beta_ffn)
+    ffn_idle = tot_tau - n_steps * t_ffn
     pct = _percentiles(acc.hist, log_lo, inv_w)
     with np.errstate(divide="ignore", invalid="ignore"):
         lo_tau, hi_tau = mean_tau - q * se_tau, mean_tau + q * se_tau
@@ -621,11 +623,10 @@ def _simulate(
             throughput=scale / mean_tau,
             ci_low=scale / hi_tau,
             ci_high=np.where(lo_tau > 0, scale / lo_tau, np.inf),
-            idle_attn=acc.attn_idle.sum(axis=0) / (r * tot_tau),
-            idle_ffn=acc.ffn_idle.sum(axis=0) / tot_tau,
-            idle_bundle=(acc.attn_idle.sum(axis=0) + acc.ffn_idle.sum(axis=0))
-            / ((r + 1) * tot_tau),
-            barrier_share=acc.barrier.sum(axis=0) / (r * tot_tau),
+            idle_attn=attn_idle / (r * tot_tau),
+            idle_ffn=ffn_idle / tot_tau,
+            idle_bundle=(attn_idle + ffn_idle) / ((r + 1) * tot_tau),
+            barrier_share=(r * acc.max_attn.sum(axis=0) - sum_attn) / (r * tot_tau),
             step_p50=pct[0],
             step_p90=pct[1],
             step_p99=pct[2],
@@ -651,9 +652,9 @@ def _fast_requests(length: int, mean_d: float, sd_d: float) -> int:
     m = max(mean_d, 1.0)
     n = length / m
     k = int(math.ceil(n + 5.0 * (sd_d / m) * math.sqrt(n + 1.0) + 4.0))
-    # round up to the ladder 8, 12, 16, 24, 32, 48, ... (fewer shapes, fewer compiles)
-    p2 = 1 << max(3, (k - 1).bit_length() - 1)
-    return p2 if k <= p2 else (3 * p2 // 2 if k <= 3 * p2 // 2 else 2 * p2)
+    # round up to 8 values per octave (<= 12.5 % extra work, few distinct shapes to compile)
+    step = 1 << max(0, (k - 1).bit_length() - 4)
+    return max(8, -(-k // step) * step)
 
 
 def _run_trajectories(

@@ -35,7 +35,9 @@ SIZES = {
 
 def numpy_baseline(prompt, decode, r_max, batch, steps, alpha, beta, other, seed=0):
     """The simulator a user would write: (r_max, B) slot arrays, one Python iteration per step,
-    fresh requests only for the slots that finished. Returns (mean tau per r, seconds)."""
+    fresh requests only for the slots that finished; the same outputs as the kernels (mean
+    tau, Attention idle and barrier wait per r, step-time percentiles, mean slot load).
+    Returns (dict of results, seconds)."""
     rng = np.random.default_rng(seed)
     n = prompt.shape[0]
     lb = np.cumsum(decode.astype(np.float64))
@@ -43,18 +45,36 @@ def numpy_baseline(prompt, decode, r_max, batch, steps, alpha, beta, other, seed
     idx = np.searchsorted(lb, rng.random((r_max, batch)), side="right")
     p, d = prompt[idx].copy(), decode[idx].copy()
     age = np.floor(rng.random((r_max, batch)) * d).astype(np.int64)
-    tau_sum = np.zeros(r_max)
+    r = np.arange(1, r_max + 1)
+    tau_steps = np.empty((steps, r_max))
+    idle_sum, wait_sum, load_sum = np.zeros(r_max), np.zeros(r_max), 0.0
     t0 = time.perf_counter()
-    for _ in range(steps):
+    for t in range(steps):
         worker = (p + age).sum(axis=1)
-        tau_sum += np.maximum(alpha * np.maximum.accumulate(worker) + beta, other)
+        max_ta = alpha * np.maximum.accumulate(worker) + beta
+        sum_ta = alpha * np.cumsum(worker) + beta * r
+        tau = np.maximum(max_ta, other)
+        tau_steps[t] = tau
+        idle_sum += r * tau - sum_ta
+        wait_sum += r * max_ta - sum_ta
+        load_sum += worker.sum() / (r_max * batch)
         age += 1
         done = age >= d
         k = int(done.sum())
         if k:
             j = rng.integers(0, n, k)
             p[done], d[done], age[done] = prompt[j], decode[j], 0
-    return tau_sum / steps, time.perf_counter() - t0
+    mean_tau = tau_steps.mean(axis=0)
+    pct = np.percentile(tau_steps, [50, 90, 99], axis=0)
+    sec = time.perf_counter() - t0
+    out = dict(
+        mean_tau=mean_tau,
+        idle=idle_sum / (r * mean_tau * steps),
+        wait=wait_sum / (r * mean_tau * steps),
+        pct=pct,
+        load=load_sum / steps,
+    )
+    return out, sec
 
 
 def machine() -> str:

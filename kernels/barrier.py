@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from .sampling import sample_slot_load
-from .step import StepModel, bundle_step_stats
+from .step import StepModel, step_times
 
 BLOCK = 128
 """Steps (or snapshots) per summation block: the fixed granularity of float32 sums and of the
@@ -39,8 +39,11 @@ class TauHistogram(NamedTuple):
 class StepSums(NamedTuple):
     """Block sums of one run of steps. ``nb`` = number of blocks, float32 unless stated.
 
-    tau, tau_sq, attn_idle, barrier_wait, ffn_idle: [nb, r_max] sums over the valid steps of
-    tau(r), tau(r)^2, sum_{j<=r}(tau - t_A,j), sum_{j<=r}(max_i t_A,i - t_A,j), tau - t_F.
+    tau, tau_sq, max_attn: [nb, r_max] sums over the valid steps of tau(r), tau(r)^2 and the
+    barrier Attention time max_{j<=r} t_A,j. worker_load: [nb, r_max] sums of each worker's
+    load T_j. The idle sums follow on the host (float64) because they are linear in T_j:
+    sum_{j<=r} (tau - t_A,j) = r tau - alpha_A sum_{j<=r} T_j - r beta_A, barrier wait
+    r max_{j<=r} t_A,j - sum_{j<=r} t_A,j, FFN idle tau - t_F(r).
     slot_load, slot_load_sq: [nb] sums of the mean slot load of the step (over all r_max x B
     slots) and of its square. count: int32[nb] valid steps per block. hist: int32[r_max, n_bins]
     counts of tau(r) per log bin.
@@ -48,9 +51,8 @@ class StepSums(NamedTuple):
 
     tau: jax.Array
     tau_sq: jax.Array
-    attn_idle: jax.Array
-    barrier_wait: jax.Array
-    ffn_idle: jax.Array
+    max_attn: jax.Array
+    worker_load: jax.Array
     slot_load: jax.Array
     slot_load_sq: jax.Array
     count: jax.Array
@@ -82,17 +84,22 @@ def summarise_steps(
     """Block sums of the step statistics.
 
     worker_loads: int32[n, r_max] (n a multiple of BLOCK), valid: bool[n] (steps that count).
-    ``batch`` (B), ``serial`` and ``n_bins`` are static.
+    ``batch`` (B), ``serial`` and ``n_bins`` are static. Per step and r: the barrier
+    ``M_r = max_{j<=r} T_j`` (cumulative max over workers: common random numbers across r),
+    ``max_attn = alpha_A M_r + beta_A``, ``tau = max(max_attn, G(r))`` (pipelined) or
+    ``max_attn + G(r)`` (serial).
     """
     r_max = worker_loads.shape[1]
-    st = bundle_step_stats(worker_loads, model, serial)
+    loads = worker_loads.astype(jnp.float32)
     w = valid.astype(jnp.float32)
+    max_load = jax.lax.cummax(loads, axis=1)
+    max_attn = model.alpha_attn * max_load + model.beta_attn
+    tau = step_times(max_attn, model.other.reshape(1, -1), serial)
 
     def bsum(x):
         return block_sum(x * w[:, None])
 
-    mean_load = worker_loads.astype(jnp.float32).sum(axis=-1) / jnp.float32(r_max * batch)
-    tau = st["tau"]
+    mean_load = loads.sum(axis=-1) / jnp.float32(r_max * batch)
     idx = jnp.floor((jnp.log(tau) - hist.log_lo) * hist.inv_width)
     idx = jnp.clip(idx, 0, n_bins - 1).astype(jnp.int32)
     cols = jnp.broadcast_to(jnp.arange(r_max, dtype=jnp.int32)[None, :], idx.shape)
@@ -104,9 +111,8 @@ def summarise_steps(
     return StepSums(
         tau=bsum(tau),
         tau_sq=bsum(tau * tau),
-        attn_idle=bsum(st["attn_idle"]),
-        barrier_wait=bsum(st["barrier_wait"]),
-        ffn_idle=bsum(st["ffn_idle"]),
+        max_attn=bsum(max_attn),
+        worker_load=bsum(loads),
         slot_load=block_sum(mean_load * w),
         slot_load_sq=block_sum(mean_load * mean_load * w),
         count=block_sum(valid.astype(jnp.int32)),

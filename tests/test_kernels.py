@@ -101,5 +101,11 @@ def test_steady_state_matches_exact(case, kernel):
     assert np.all(err <= tol), (case["name"], kernel, np.max(err / tol))
     # the comparison has power: the barrier moves tau by many SEs between r = 1 and r = 8
     assert case["exact"][7] - case["exact"][0] > 10 * res.se_tau[7]
+    # FFN idle fraction 1 - t_F / E[tau]: error propagated from the SE of E[tau]
+    lat, ex = case["lat"], case["exact"]
+    t_ffn = lat.alpha_ffn * B * np.arange(1, R_MAX + 1) + lat.beta_ffn
+    err_idle = np.abs(res.idle_ffn - (1.0 - t_ffn / ex))
+    assert np.all(err_idle <= 4.0 * t_ffn * res.se_tau / ex**2 + 1e-5)
+    assert res.barrier_share[0] == pytest.approx(0.0, abs=1e-6)  # one worker never waits
     # slot load equals theta (length-biased mean) within MC error
     assert abs(res.mean_slot_load - case["theta"]) <= 4.0 * res.se_slot_load
