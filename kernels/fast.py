@@ -29,24 +29,40 @@ from .sampling import AliasSampler, alias_requests_from_bits, sample_requests
 from .trajectory import SlotState
 
 
+def _mix32(x):
+    """lowbias32 integer mixer (C. Wellons): a bijection of uint32 with strong avalanche."""
+    x = x ^ (x >> jnp.uint32(16))
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> jnp.uint32(15))
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> jnp.uint32(16))
+
+
 def fresh_requests(key_stream, drawn, sampler, n_requests: int):
     """Requests ``drawn .. drawn + n_requests - 1`` of every slot.
 
-    drawn: int32[r_max, B] request counters. Request n of slot i is a function of
-    ``fold_in(fold_in(key_stream, i), n)`` only. For an :class:`AliasSampler` the 64 bits of
-    that folded key (one threefry hash per request) drive the alias draw directly; other
-    samplers get the folded key. Returns (prompt, decode) int32[r_max, B, K].
+    drawn: int32[r_max, B] request counters. Request n of slot i is a function of the slot key
+    ``fold_in(key_stream, i)`` and of n only. Other samplers draw with the key
+    ``fold_in(slot_key, n)``; an :class:`AliasSampler` (the hot path) draws from two 32-bit
+    words of a keyed integer hash of n (two rounds of the ``lowbias32`` mixer per word, keyed
+    by the 64 bits of the threefry slot key), several times cheaper than a threefry hash per
+    request and of ample quality for picking table rows.
+    Returns (prompt, decode) int32[r_max, B, K].
     """
     shape = drawn.shape
     slot_ids = jnp.arange(drawn.size, dtype=jnp.int32)
     slot_keys = jax.vmap(jr.fold_in, in_axes=(None, 0))(key_stream, slot_ids)
     counters = drawn.reshape(-1, 1) + jnp.arange(n_requests, dtype=jnp.int32)[None, :]
-    fold = jax.vmap(jax.vmap(jr.fold_in, in_axes=(None, 0)))
-    keys = fold(slot_keys, counters)  # [S, K]
     if isinstance(sampler, AliasSampler):
-        words = jr.key_data(keys)
-        prompt, decode = alias_requests_from_bits(sampler, words[..., 0], words[..., 1])
+        words = jr.key_data(slot_keys)  # [S, 2] (threefry: 2 words; other impls: more)
+        k0, k1 = words[:, 0:1], words[:, 1:2]
+        c = counters.astype(jnp.uint32)
+        bits0 = _mix32(_mix32(c ^ k0) + k1)
+        bits1 = _mix32(_mix32(c ^ k1) + (k0 ^ jnp.uint32(0x9E3779B9)))
+        prompt, decode = alias_requests_from_bits(sampler, bits0, bits1)
     else:
+        fold = jax.vmap(jax.vmap(jr.fold_in, in_axes=(None, 0)))
+        keys = fold(slot_keys, counters)  # [S, K]
         draw = jax.vmap(jax.vmap(lambda k: sample_requests(k, sampler, ())))
         prompt, decode = draw(keys)
     return prompt.reshape(shape + (n_requests,)), decode.reshape(shape + (n_requests,))

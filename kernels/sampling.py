@@ -121,18 +121,18 @@ def sample_slot_load(key, sampler, shape):
 class AliasSampler(NamedTuple):
     """A finite table of request atoms drawn by Walker's alias method (O(1) per draw).
 
-    prompt, decode: int32[n]. For the request law and the length-biased law (weights w_k and
-    w_k D_k): ``*_prob`` float32[n] (accept probability of column k) and ``*_alias`` int32[n]
-    (the other atom of column k). A draw takes a uniform column k and keeps it with probability
-    ``prob[k]``, else takes ``alias[k]``. Same laws as :class:`TableSampler`.
+    prompt, decode: int32[n], the atoms. ``req_table`` / ``lb_table``: int32[n, 5] for the
+    request law and the length-biased law (weights w_k and w_k D_k); row k holds
+    ``(threshold, P_k, D_k, P_alias(k), D_alias(k))``. A draw takes a uniform column k and
+    keeps atom k when a 24-bit uniform integer is below ``threshold = round(prob_k * 2**24)``,
+    else takes its alias. One packed row gather per draw. Same laws as :class:`TableSampler`
+    (acceptance probabilities rounded to 2**-24).
     """
 
     prompt: jax.Array
     decode: jax.Array
-    req_prob: jax.Array
-    req_alias: jax.Array
-    lb_prob: jax.Array
-    lb_alias: jax.Array
+    req_table: jax.Array
+    lb_table: jax.Array
 
 
 def _alias_table(weight):
@@ -153,6 +153,16 @@ def _alias_table(weight):
     return prob, alias
 
 
+def _packed(prompt, decode, weight):
+    import numpy as np
+
+    prob, alias = _alias_table(weight)
+    thr = np.minimum(np.round(prob * 2**24), 2**24).astype(np.int64)
+    return jnp.asarray(
+        np.stack([thr, prompt, decode, prompt[alias], decode[alias]], axis=1), jnp.int32
+    )
+
+
 def alias_sampler(prompt, decode, weight=None, size=None) -> AliasSampler:
     """Build an :class:`AliasSampler` (host-side, float64 weights; rows with decode == 0 or
     zero weight are dropped). ``weight`` defaults to uniform over rows. ``size``: pad the table
@@ -170,53 +180,44 @@ def alias_sampler(prompt, decode, weight=None, size=None) -> AliasSampler:
         prompt = np.concatenate([prompt, np.zeros(pad, np.int64)])
         decode = np.concatenate([decode, np.ones(pad, np.int64)])
         w = np.concatenate([w, np.zeros(pad)])
-    rp, ra = _alias_table(w)
-    lp, la = _alias_table(w * decode)
     return AliasSampler(
         jnp.asarray(prompt, jnp.int32),
         jnp.asarray(decode, jnp.int32),
-        jnp.asarray(rp, jnp.float32),
-        jnp.asarray(ra, jnp.int32),
-        jnp.asarray(lp, jnp.float32),
-        jnp.asarray(la, jnp.int32),
+        _packed(prompt, decode, w),
+        _packed(prompt, decode, w * decode),
     )
 
 
-def alias_pick(prob, alias, bits0, bits1):
-    """Alias draw from two uint32 words: column ``bits0 mod n``, accept if the 24-bit uniform
-    of ``bits1`` is below ``prob`` (modulo bias <= n / 2**32)."""
-    n = prob.shape[0]
+def alias_pick(table, bits0, bits1):
+    """Alias draw from two uint32 words: column ``bits0 mod n`` (modulo bias <= n / 2**32),
+    keep it if the top 24 bits of ``bits1`` are below its threshold. Returns (prompt, decode)
+    int32."""
+    n = table.shape[0]
     col = (bits0 % jnp.uint32(n)).astype(jnp.int32)
-    u = (bits1 >> jnp.uint32(8)).astype(jnp.float32) * jnp.float32(2.0**-24)
-    return jnp.where(u < prob[col], col, alias[col])
+    row = jnp.take(table, col, axis=0, mode="clip")
+    keep = (bits1 >> jnp.uint32(8)).astype(jnp.int32) < row[..., 0]
+    return jnp.where(keep, row[..., 1], row[..., 3]), jnp.where(keep, row[..., 2], row[..., 4])
 
 
 def alias_requests_from_bits(s: AliasSampler, bits0, bits1):
     """Fresh requests (prompt, decode) int32 from two uint32 arrays of random words."""
-    idx = alias_pick(s.req_prob, s.req_alias, bits0, bits1)
-    return s.prompt[idx], s.decode[idx]
-
-
-def _alias_draw(key, prob, alias, shape):
-    bits = jr.bits(key, (2,) + tuple(shape), dtype=jnp.uint32)
-    return alias_pick(prob, alias, bits[0], bits[1])
+    return alias_pick(s.req_table, bits0, bits1)
 
 
 def _alias_requests(key, s: AliasSampler, shape):
-    idx = _alias_draw(key, s.req_prob, s.req_alias, shape)
-    return s.prompt[idx], s.decode[idx]
+    bits = jr.bits(key, (2,) + tuple(shape), dtype=jnp.uint32)
+    return alias_pick(s.req_table, bits[0], bits[1])
 
 
 def _alias_lb_requests(key, s: AliasSampler, shape):
-    idx = _alias_draw(key, s.lb_prob, s.lb_alias, shape)
-    return s.prompt[idx], s.decode[idx]
+    bits = jr.bits(key, (2,) + tuple(shape), dtype=jnp.uint32)
+    return alias_pick(s.lb_table, bits[0], bits[1])
 
 
 def _alias_stationary(key, s: AliasSampler, shape):
     """Stationary state from one draw of 3 words: length-biased column, accept, age."""
     bits = jr.bits(key, (3,) + tuple(shape), dtype=jnp.uint32)
-    idx = alias_pick(s.lb_prob, s.lb_alias, bits[0], bits[1])
-    prompt, decode = s.prompt[idx], s.decode[idx]
+    prompt, decode = alias_pick(s.lb_table, bits[0], bits[1])
     u = (bits[2] >> jnp.uint32(8)).astype(jnp.float32) * jnp.float32(2.0**-24)
     age = jnp.clip(jnp.floor(u * decode.astype(jnp.float32)).astype(jnp.int32), 0, decode - 1)
     return prompt, decode, age
