@@ -1,0 +1,226 @@
+"""Finite-pool cold-start simulator: the paper's v1 simulator (MODEL.md 6).
+
+``r`` Attention workers x ``B`` slots start empty at t = 0 and serve a finite pool of ``N``
+requests ``(P_i, D_i)`` in pool order:
+
+* at t = 0 slot ``s = j*B + b`` (worker j, slot b) takes pool request ``s`` (if ``s < N``);
+* every step, an active slot holding request (P, D) at age k has load ``P + k`` (the prompt
+  already includes any ``load_offset``) and emits one token; then it ages by one, and a slot
+  whose request finished (age == D) takes the next pool request (ties: lower slot index
+  first), or goes idle (load 0, no token) once the pool is empty;
+* the run stops after the step at which ``completed >= target`` (e.g. ``ceil(0.8 N)``), or
+  when no slot is active.
+
+Step time (MODEL.md 2), with ``tA_j = alpha_A T_j + beta_A`` for the r workers (an idle worker
+still pays ``beta_A``) and the barrier ``max_j tA_j``::
+
+    tau = max(max_j tA_j, t_C, t_F)         (pipelined)    or   max_j tA_j + t_C + t_F  (serial)
+    t_F = alpha_F X_F + beta_F,  t_C = alpha_C X_C + beta_C
+
+``ffn_tokens`` (static) chooses X: ``"nominal"`` (default, MODEL.md 2): ``X_F = r B`` and
+``X_C = r B`` (aggregate) or ``B`` (per worker) whatever the slots hold; ``"active"``: the
+number of active slots of the bundle (``X_C`` per worker: the most active slots of a worker),
+i.e. a FFN whose cost shrinks as the pool drains.
+
+Shapes: the slot arrays have ``r_pad * B`` entries (``r_pad`` static, e.g. the next power of
+two); the bundle size ``r <= r_pad`` is traced, slots of workers ``j >= r`` are masked. Tokens,
+loads and counters are int32 (the driver checks ``B * max load`` and ``sum D`` fit); times are
+float32 with a compensated (Kahan) running sum of tau. Pure and un-jitted; no afd_jax imports.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+FFN_TOKENS = ("nominal", "active")
+
+
+class PoolModel(NamedTuple):
+    """Latency coefficients as float32 scalars (traced): t_A(T) = alpha_attn T + beta_attn,
+    t_F = alpha_ffn X_F + beta_ffn, t_C = alpha_comm X_C + beta_comm."""
+
+    alpha_attn: jax.Array
+    beta_attn: jax.Array
+    alpha_ffn: jax.Array
+    beta_ffn: jax.Array
+    alpha_comm: jax.Array
+    beta_comm: jax.Array
+
+
+class PoolState(NamedTuple):
+    """Carry of the step loop. prompt, decode, age: int32[r_pad*B]; active: bool[r_pad*B];
+    scalars int32: next_request (pool index of the next fresh request), completed, tokens,
+    steps; elapsed, elapsed_comp: float32 (Kahan sum of tau and its compensation);
+    attn_steps: int32, steps where the barrier Attention time set tau (pipelined)."""
+
+    prompt: jax.Array
+    decode: jax.Array
+    age: jax.Array
+    active: jax.Array
+    next_request: jax.Array
+    completed: jax.Array
+    tokens: jax.Array
+    steps: jax.Array
+    elapsed: jax.Array
+    elapsed_comp: jax.Array
+    attn_steps: jax.Array
+
+
+class PoolInfo(NamedTuple):
+    """Result of :func:`pool_run` (scalars): tokens (int32, emitted in the window), steps
+    (int32), completed (int32, requests finished in the window), elapsed (float32, sum of tau
+    over the window), attn_steps (int32, steps whose tau was the barrier Attention time)."""
+
+    tokens: jax.Array
+    steps: jax.Array
+    completed: jax.Array
+    elapsed: jax.Array
+    attn_steps: jax.Array
+
+
+def pool_init(pool_prompt, pool_decode, r, n, *, batch: int, r_pad: int) -> PoolState:
+    """Cold start: slot s < min(r B, N) holds pool request s at age 0; the rest are idle.
+
+    pool_prompt, pool_decode: int32[N_max] (decode >= 1); the pool is their first ``n``
+    entries (int32 scalar, traced, 1 <= n <= N_max: pools of several sizes share one compile);
+    r: int32 scalar (traced), 1 <= r <= r_pad.
+    """
+    n = jnp.asarray(n, jnp.int32)
+    slots = r_pad * batch
+    s = jnp.arange(slots, dtype=jnp.int32)
+    n_bundle = jnp.asarray(r, jnp.int32) * jnp.int32(batch)
+    active = (s < n_bundle) & (s < n)
+    idx = jnp.minimum(s, n - 1)
+    zero = jnp.zeros((), jnp.int32)
+    return PoolState(
+        prompt=jnp.where(active, pool_prompt[idx], 0).astype(jnp.int32),
+        decode=jnp.where(active, pool_decode[idx], 1).astype(jnp.int32),
+        age=jnp.zeros((slots,), jnp.int32),
+        active=active,
+        next_request=jnp.minimum(n_bundle, n),
+        completed=zero,
+        tokens=zero,
+        steps=zero,
+        elapsed=jnp.zeros((), jnp.float32),
+        elapsed_comp=jnp.zeros((), jnp.float32),
+        attn_steps=zero,
+    )
+
+
+def pool_step_time(
+    state: PoolState,
+    r,
+    model: PoolModel,
+    *,
+    batch: int,
+    r_pad: int,
+    comm_aggregate: bool,
+    serial: bool,
+    ffn_tokens: str,
+):
+    """(tau, attention_binds) of the current step, float32 scalar and bool (see module doc)."""
+    loads = jnp.where(state.active, state.prompt + state.age, 0).reshape(r_pad, batch)
+    worker_load = jnp.sum(loads, axis=1, dtype=jnp.int32)
+    worker_active = jnp.sum(state.active.reshape(r_pad, batch), axis=1, dtype=jnp.int32)
+    in_bundle = jnp.arange(r_pad, dtype=jnp.int32) < r
+    max_load = jnp.max(jnp.where(in_bundle, worker_load, 0))
+    t_attn = model.alpha_attn * max_load.astype(jnp.float32) + model.beta_attn
+    if ffn_tokens == "nominal":
+        x_ffn = (jnp.asarray(r, jnp.int32) * jnp.int32(batch)).astype(jnp.float32)
+        x_comm = x_ffn if comm_aggregate else jnp.float32(batch)
+    else:
+        n_active = jnp.sum(jnp.where(in_bundle, worker_active, 0), dtype=jnp.int32)
+        x_ffn = n_active.astype(jnp.float32)
+        if comm_aggregate:
+            x_comm = x_ffn
+        else:
+            x_comm = jnp.max(jnp.where(in_bundle, worker_active, 0)).astype(jnp.float32)
+    t_ffn = model.alpha_ffn * x_ffn + model.beta_ffn
+    t_comm = model.alpha_comm * x_comm + model.beta_comm
+    if serial:
+        return t_attn + t_comm + t_ffn, jnp.asarray(True)
+    other = jnp.maximum(t_comm, t_ffn)
+    return jnp.maximum(t_attn, other), t_attn >= other
+
+
+def pool_advance(state: PoolState, pool_prompt, pool_decode, n, tau, attn_binds) -> PoolState:
+    """Account one step (tokens, tau) then age the slots and refill finished ones in slot order
+    from the first ``n`` pool entries (idle once they are used up)."""
+    n_active = jnp.sum(state.active, dtype=jnp.int32)
+    # Kahan summation of tau (a plain float32 running sum drifts over 10^4+ steps)
+    y = tau - state.elapsed_comp
+    t = state.elapsed + y
+    comp = (t - state.elapsed) - y
+    age = state.age + state.active.astype(jnp.int32)
+    done = state.active & (age >= state.decode)
+    n_done = jnp.sum(done, dtype=jnp.int32)
+    rank = jnp.cumsum(done.astype(jnp.int32)) - 1
+    idx = state.next_request + rank
+    refill = done & (idx < n)
+    src = jnp.clip(idx, 0, n - 1)
+    return PoolState(
+        prompt=jnp.where(refill, pool_prompt[src], state.prompt),
+        decode=jnp.where(refill, pool_decode[src], state.decode),
+        age=jnp.where(done, 0, age),
+        active=jnp.where(done, refill, state.active),
+        next_request=jnp.minimum(state.next_request + n_done, n),
+        completed=state.completed + n_done,
+        tokens=state.tokens + n_active,
+        steps=state.steps + 1,
+        elapsed=t,
+        elapsed_comp=comp,
+        attn_steps=state.attn_steps + attn_binds.astype(jnp.int32),
+    )
+
+
+def pool_run(
+    pool_prompt,
+    pool_decode,
+    n,
+    r,
+    target,
+    model: PoolModel,
+    *,
+    batch: int,
+    r_pad: int,
+    comm_aggregate: bool,
+    serial: bool,
+    ffn_tokens: str = "nominal",
+) -> PoolInfo:
+    """Run the cold-start finite-pool simulation on the pool ``pool_*[:n]`` until
+    ``completed >= target`` (int32 scalar, 1 <= target <= n) or no slot is active;
+    ``lax.while_loop`` (one compiled loop per static ``(N_max, batch, r_pad, comm_aggregate,
+    serial, ffn_tokens)``; n, r, target and the coefficients are traced, so it vmaps over
+    pools and r).
+
+    Throughput per instance (per unit cost) of the window: ``1e6 tokens / ((r c_A + c_F)
+    elapsed)`` tokens/s (computed by the driver).
+    """
+    if ffn_tokens not in FFN_TOKENS:
+        raise ValueError(f"ffn_tokens must be one of {FFN_TOKENS}, got {ffn_tokens!r}")
+    r = jnp.asarray(r, jnp.int32)
+    n = jnp.asarray(n, jnp.int32)
+    target = jnp.asarray(target, jnp.int32)
+    state = pool_init(pool_prompt, pool_decode, r, n, batch=batch, r_pad=r_pad)
+
+    def cond(st: PoolState):
+        return (st.completed < target) & jnp.any(st.active)
+
+    def body(st: PoolState):
+        tau, attn = pool_step_time(
+            st,
+            r,
+            model,
+            batch=batch,
+            r_pad=r_pad,
+            comm_aggregate=comm_aggregate,
+            serial=serial,
+            ffn_tokens=ffn_tokens,
+        )
+        return pool_advance(st, pool_prompt, pool_decode, n, tau, attn)
+
+    final = jax.lax.while_loop(cond, body, state)
+    return PoolInfo(final.tokens, final.steps, final.completed, final.elapsed, final.attn_steps)
