@@ -436,7 +436,7 @@ def simulate(
     seed: int = 0,
     opts: ModelOptions = _DEFAULT_OPTS,
     level: float = 0.95,
-    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
+    memory_budget_bytes: int | None = None,
     max_slot_load: int | None = None,
     segment_steps: int | None = None,
     replications_per_call: int | None = None,
@@ -450,13 +450,18 @@ def simulate(
       lat, opts: latency coefficients and model switches; batch B; r_max workers.
       kernel: "barrier" (i.i.d. stationary snapshots: ``steps`` per replication), "trajectory"
         or "fast" (``warmup`` + ``steps`` decode steps per replication, ``init`` start).
-      memory_budget_bytes: sizes the chunks. ``segment_steps`` / ``replications_per_call``
+      memory_budget_bytes: sizes the chunks (default 1 GiB on CPU, 8 GiB on an accelerator).
+        ``segment_steps`` / ``replications_per_call``
         override the automatic chunk sizes (results are the same whatever they are).
       progress: tqdm bar on stderr (only when stderr is a terminal).
 
     Raises InputError on bad sizes or when B * max slot load (plus the segment for "fast")
     could overflow int32.
     """
+    if memory_budget_bytes is None:
+        memory_budget_bytes = DEFAULT_MEMORY_BUDGET * (
+            1 if jax.devices()[0].platform == "cpu" else 8
+        )
     with _rng_mode():
         return _simulate(**locals())
 
@@ -626,7 +631,7 @@ def _simulate(
             idle_attn=attn_idle / (r * tot_tau),
             idle_ffn=ffn_idle / tot_tau,
             idle_bundle=(attn_idle + ffn_idle) / ((r + 1) * tot_tau),
-            barrier_share=(r * acc.max_attn.sum(axis=0) - sum_attn) / (r * tot_tau),
+            barrier_share=np.maximum(r * acc.max_attn.sum(axis=0) - sum_attn, 0.0) / (r * tot_tau),
             step_p50=pct[0],
             step_p90=pct[1],
             step_p99=pct[2],

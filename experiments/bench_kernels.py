@@ -117,7 +117,7 @@ def main(argv=None) -> int:
 
     jax.config.update("jax_enable_x64", True)
     from afd_jax.latency import Latency
-    from afd_jax.simulate import DEFAULT_MEMORY_BUDGET, simulate
+    from afd_jax.simulate import simulate
     from afd_jax.traces import load_trace
 
     cfg = dict(SIZES[args.size])
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
         cfg["reps"] = args.replications
     if args.steps_fast:
         cfg["t_fast"] = args.steps_fast
-    budget = (args.memory_budget_mb << 20) if args.memory_budget_mb else DEFAULT_MEMORY_BUDGET
+    budget = (args.memory_budget_mb << 20) if args.memory_budget_mb else None
     w = load_trace(args.trace)
     keep = w.decode > 0
     prompt, decode = w.prompt[keep].astype(np.int64), w.decode[keep].astype(np.int64)

@@ -25,17 +25,8 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
-from .sampling import AliasSampler, alias_requests_from_bits, sample_requests
+from .sampling import AliasSampler, alias_requests_from_bits, mix32, sample_requests
 from .trajectory import SlotState
-
-
-def _mix32(x):
-    """lowbias32 integer mixer (C. Wellons): a bijection of uint32 with strong avalanche."""
-    x = x ^ (x >> jnp.uint32(16))
-    x = x * jnp.uint32(0x7FEB352D)
-    x = x ^ (x >> jnp.uint32(15))
-    x = x * jnp.uint32(0x846CA68B)
-    return x ^ (x >> jnp.uint32(16))
 
 
 def fresh_requests(key_stream, drawn, sampler, n_requests: int):
@@ -57,8 +48,8 @@ def fresh_requests(key_stream, drawn, sampler, n_requests: int):
         words = jr.key_data(slot_keys)  # [S, 2] (threefry: 2 words; other impls: more)
         k0, k1 = words[:, 0:1], words[:, 1:2]
         c = counters.astype(jnp.uint32)
-        bits0 = _mix32(_mix32(c ^ k0) + k1)
-        bits1 = _mix32(_mix32(c ^ k1) + (k0 ^ jnp.uint32(0x9E3779B9)))
+        bits0 = mix32(mix32(c ^ k0) + k1)
+        bits1 = mix32(mix32(c ^ k1) + (k0 ^ jnp.uint32(0x9E3779B9)))
         prompt, decode = alias_requests_from_bits(sampler, bits0, bits1)
     else:
         fold = jax.vmap(jax.vmap(jr.fold_in, in_axes=(None, 0)))

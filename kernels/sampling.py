@@ -204,6 +204,15 @@ def alias_requests_from_bits(s: AliasSampler, bits0, bits1):
     return alias_pick(s.req_table, bits0, bits1)
 
 
+def mix32(x):
+    """lowbias32 integer mixer (C. Wellons): a bijection of uint32 with strong avalanche."""
+    x = x ^ (x >> jnp.uint32(16))
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> jnp.uint32(15))
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> jnp.uint32(16))
+
+
 def _alias_requests(key, s: AliasSampler, shape):
     bits = jr.bits(key, (2,) + tuple(shape), dtype=jnp.uint32)
     return alias_pick(s.req_table, bits[0], bits[1])
