@@ -1,0 +1,51 @@
+"""``afd-jax reproduce``: the paper's claims checked at scale (docs/reproduction.md)."""
+
+from __future__ import annotations
+
+import sys
+
+from .common import emit_json
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "reproduce",
+        help="reproduce the paper's claims (v1 setup, workloads x B x regimes) into a folder",
+        description=(
+            "Runs the reproduction (docs/reproduction.md) and writes CSV tables, report.md "
+            "and PNG figures into --out. A rerun into the same folder resumes (finished parts "
+            "are skipped). --quick is the small CI configuration (no traces, under a minute)."
+        ),
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--quick", action="store_true", help="small configuration (CI)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--traces-dir",
+        metavar="PATH",
+        default=None,
+        help="folder with the shared traces (default ../shared/traces next to the repository "
+        "when present; full mode only)",
+    )
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    p.add_argument("--json", action="store_true", help="print the run's meta data as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..reproduce import run_reproduction
+
+    meta = run_reproduction(
+        args.out,
+        quick=args.quick,
+        seed=args.seed,
+        traces_dir=args.traces_dir,
+        plots=not args.no_plots,
+    )
+    if args.json:
+        emit_json(meta)
+    else:
+        print(f"wrote {args.out}/report.md ({meta['mode']} mode, {meta['wall_seconds']} s)")
+        if meta["skipped_workloads"]:
+            print(f"skipped workloads: {', '.join(meta['skipped_workloads'])}", file=sys.stderr)
+    return 0
