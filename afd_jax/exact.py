@@ -19,10 +19,8 @@ import numpy as np
 import scipy.fft
 
 from .errors import InputError
-from .latency import Latency, ModelOptions
+from .latency import DEFAULT_OPTIONS, Latency, ModelOptions
 from .slotload import SlotLoadPMF
-
-DEFAULT_OPTIONS = ModelOptions()
 
 __all__ = ["exact_step_times", "exact_throughput", "other_stage_times", "worker_load_pmf"]
 

@@ -41,6 +41,9 @@ class ModelOptions(NamedTuple):
     load_offset: int = 0
 
 
+DEFAULT_OPTIONS = ModelOptions()
+
+
 def t_attn(lat: Latency, load):
     """Attention time for a worker load T (tokens)."""
     return lat.alpha_attn * load + lat.beta_attn
@@ -51,19 +54,19 @@ def t_ffn(lat: Latency, r, batch):
     return lat.alpha_ffn * r * batch + lat.beta_ffn
 
 
-def t_comm(lat: Latency, r, batch, opts: ModelOptions = ModelOptions()):
+def t_comm(lat: Latency, r, batch, opts: ModelOptions = DEFAULT_OPTIONS):
     """Communication time: X = r*B (aggregate) or B (per_worker)."""
     x = r * batch if opts.comm_scaling == "aggregate" else batch * jnp.ones_like(r * 1.0)
     return lat.alpha_comm * x + lat.beta_comm
 
 
-def other_stages(lat: Latency, r, batch, opts: ModelOptions = ModelOptions()):
+def other_stages(lat: Latency, r, batch, opts: ModelOptions = DEFAULT_OPTIONS):
     """The non-Attention part of the step: max(t_C, t_F) (pipelined) or t_C + t_F (serial)."""
     tc, tf = t_comm(lat, r, batch, opts), t_ffn(lat, r, batch)
     return jnp.maximum(tc, tf) if opts.overlap == "pipelined" else tc + tf
 
 
-def step_time(lat: Latency, attn_time, r, batch, opts: ModelOptions = ModelOptions()):
+def step_time(lat: Latency, attn_time, r, batch, opts: ModelOptions = DEFAULT_OPTIONS):
     """tau given the barrier Attention time max_j t_A(T_j)."""
     g = other_stages(lat, r, batch, opts)
     return jnp.maximum(attn_time, g) if opts.overlap == "pipelined" else attn_time + g

@@ -57,6 +57,7 @@ from . import theory
 from .errors import InputError
 from .latency import (
     COEFFICIENTS,
+    DEFAULT_OPTIONS,
     Latency,
     ModelOptions,
     instance_cost,
@@ -124,7 +125,6 @@ class SolverConfig(NamedTuple):
 
 
 DEFAULT_CONFIG = SolverConfig()
-DEFAULT_OPTIONS = ModelOptions()
 
 
 class Solution(NamedTuple):
@@ -425,9 +425,7 @@ def _sens_one(scen: Scenario, sol: Solution, config: SolverConfig, opts: ModelOp
     return r_sens, b_sens
 
 
-_sens_batched_jit = jax.jit(
-    jax.vmap(_sens_one, in_axes=(0, 0, None, None)), static_argnums=(2, 3)
-)
+_sens_batched_jit = jax.jit(jax.vmap(_sens_one, in_axes=(0, 0, None, None)), static_argnums=(2, 3))
 
 
 def sensitivities(

@@ -41,9 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import log_ndtr, ndtr
 
-from .latency import Latency, ModelOptions, instance_cost, other_stages
-
-DEFAULT_OPTIONS = ModelOptions()
+from .latency import DEFAULT_OPTIONS, Latency, ModelOptions, instance_cost, other_stages
 
 __all__ = [
     "Candidate",
