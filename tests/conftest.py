@@ -9,6 +9,8 @@ from pathlib import Path
 import jax
 import pytest
 
+# CLI tests run in-process: keep them hermetic (no persistent XLA cache in ~/.cache).
+os.environ.setdefault("AFD_JAX_CACHE", "0")
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
