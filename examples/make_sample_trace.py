@@ -10,9 +10,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from afd_jax.kernels import sample_requests
 from afd_jax.samplers import make_sampler
 from afd_jax.workloads import resolve_workload
-from afd_jax.kernels import sample_requests
 
 OUT = Path(__file__).with_name("sample_trace.csv")
 

@@ -8,11 +8,11 @@ import math
 import jax
 import numpy as np
 import pytest
-from afd_jax.kernels import sample_requests
 from scipy.stats import multivariate_normal
 
 from afd_jax import families as fam
 from afd_jax.errors import InputError
+from afd_jax.kernels import sample_requests
 from afd_jax.samplers import make_sampler
 from afd_jax.workloads import list_presets, resolve_workload
 

@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from afd_jax.kernels import CopulaSampler, TableSampler, sample_requests, sample_slot_load
 from scipy.stats import chi2
 
 from afd_jax import families as fam
+from afd_jax.kernels import CopulaSampler, TableSampler, sample_requests, sample_slot_load
 from afd_jax.samplers import make_sampler
 from afd_jax.slotload import slot_load_pmf
 from afd_jax.workload import TraceWorkload
