@@ -152,9 +152,9 @@ def run(args) -> int:
         print(f"  constraint {name}: limit {c['limit']}, value {c['value']:.6g}, binds {binds}")
     print("sensitivities of r*:")
     for name, v in res.sensitivities["r"].items():
-        print(f"  dr*/d{name} = {v:.6g}")
+        print(f"  dr*/d{name} = {v + 0.0:.6g}")  # + 0.0: no "-0"
     if "batch" in res.sensitivities:
         print("sensitivities of B*:")
         for name, v in res.sensitivities["batch"].items():
-            print(f"  dB*/d{name} = {v:.6g}")
+            print(f"  dB*/d{name} = {v + 0.0:.6g}")
     return 0
