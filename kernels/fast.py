@@ -12,10 +12,11 @@ measurement), computed per segment of ``L`` steps as renewal sequences:
   then a cumulative sum over t. The driver checks ``B * (max slot load + L + 1) < 2**31``.
 * the state at the end of the segment is the request active at local time L.
 
-Randomness is counter-based per request: the n-th fresh request of slot i uses
-``fold_in(fold_in(key_stream, i), n)``, so the numbers do not depend on the segment length, on
-K or on how replications are chunked. ``K`` (static) must cover the segment: the kernel returns a
-flag, and the driver redoes the segment with a larger K when some slot falls short.
+Randomness is counter-based per request: the n-th fresh request of slot i comes from the
+Threefry-2x32 block ``(n, 0)`` keyed by the slot key ``fold_in(key_stream, i)`` (alias tables;
+other samplers: the key ``fold_in(slot_key, n)``), so the numbers do not depend on the segment
+length, on K or on how replications are chunked. ``K`` (static) must cover the segment: the
+kernel returns a flag, and the driver redoes the segment with a larger K when some slot falls short.
 Pure and un-jitted. No imports from afd_jax.
 """
 
@@ -25,38 +26,84 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
-from .sampling import AliasSampler, alias_requests_from_bits, mix32, sample_requests
+from .sampling import AliasSampler, alias_requests_from_bits, sample_requests
 from .trajectory import SlotState
+
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def threefry2x32(k0, k1, x0, x1):
+    """Threefry-2x32 with 20 rounds (Random123; Salmon et al. 2011): the block cipher behind
+    ``jax.random``, written out unrolled.
+
+    k0, k1: the key words, x0, x1: the count words, uint32 arrays (broadcasting). Returns the
+    two output words. Bit-identical to ``jax.extend.random.threefry_2x32`` (checked in
+    tests/test_kernels.py, with the Random123 known-answer vectors); JAX lowers that one on CPU
+    as a rolled loop that materialises the state every 4 rounds, about 6x slower here.
+    """
+    ks = (k0, k1, k0 ^ k1 ^ jnp.uint32(0x1BD11BDA))
+    x0 = x0 + ks[0]
+    x1 = x1 + ks[1]
+    for i in range(5):
+        for r in _ROTATIONS[i % 2]:
+            x0 = x0 + x1
+            x1 = ((x1 << jnp.uint32(r)) | (x1 >> jnp.uint32(32 - r))) ^ x0
+        x0 = x0 + ks[(i + 1) % 3]
+        x1 = x1 + ks[(i + 2) % 3] + jnp.uint32(i + 1)
+    return x0, x1
+
+
+def request_bits(slot_words, counters):
+    """Two uint32 random words per request from Threefry-2x32, counter-based.
+
+    slot_words: uint32[S, 2], the threefry key words of each slot's key; counters: uint32[K, S]
+    (request numbers n). Request n of slot i is the Threefry-2x32 block of the count pair
+    ``(n, 0)`` under the key ``slot_words[i]``: its two output words, i.e.
+    ``jax.extend.random.threefry_2x32(slot_words[i], [n, 0])``. Returns (bits0, bits1)
+    uint32[K, S], each a function of (slot key, n) only.
+    """
+    k0, k1 = slot_words[:, 0], slot_words[:, 1]
+    zero = jnp.zeros_like(k0)
+
+    # one request index per scan step: the while loop materialises the bits, which XLA would
+    # otherwise fuse into (and recompute for) every gather that consumes them
+    def body(_, c):
+        return None, threefry2x32(k0, k1, c, zero)
+
+    return jax.lax.scan(body, None, counters)[1]
 
 
 def fresh_requests(key_stream, drawn, sampler, n_requests: int):
-    """Requests ``drawn .. drawn + n_requests - 1`` of every slot.
+    """Requests ``drawn .. drawn + n_requests - 1`` of every slot, request index leading.
 
     drawn: int32[r_max, B] request counters. Request n of slot i is a function of the slot key
-    ``fold_in(key_stream, i)`` and of n only. Other samplers draw with the key
-    ``fold_in(slot_key, n)``; an :class:`AliasSampler` (the hot path) draws from two 32-bit
-    words of a keyed integer hash of n (two rounds of the ``lowbias32`` mixer per word, keyed
-    by the 64 bits of the threefry slot key), several times cheaper than a threefry hash per
-    request and of ample quality for picking table rows.
-    Returns (prompt, decode) int32[r_max, B, K].
+    ``fold_in(key_stream, i)`` and of n only. An :class:`AliasSampler` (the hot path) draws
+    from the two output words of one Threefry-2x32 block (:func:`request_bits`); other
+    samplers draw with the key ``fold_in(slot_key, n)``.
+    Returns (prompt, decode) int32[K, r_max, B] (K = ``n_requests``, static).
     """
     shape = drawn.shape
-    slot_ids = jnp.arange(drawn.size, dtype=jnp.int32)
+    n_slots = drawn.size
+    slot_ids = jnp.arange(n_slots, dtype=jnp.int32)
     slot_keys = jax.vmap(jr.fold_in, in_axes=(None, 0))(key_stream, slot_ids)
-    counters = drawn.reshape(-1, 1) + jnp.arange(n_requests, dtype=jnp.int32)[None, :]
+    counters = drawn.reshape(1, -1) + jnp.arange(n_requests, dtype=jnp.int32)[:, None]  # [K, S]
     if isinstance(sampler, AliasSampler):
-        words = jr.key_data(slot_keys)  # [S, 2] (threefry: 2 words; other impls: more)
-        k0, k1 = words[:, 0:1], words[:, 1:2]
-        c = counters.astype(jnp.uint32)
-        bits0 = mix32(mix32(c ^ k0) + k1)
-        bits1 = mix32(mix32(c ^ k1) + (k0 ^ jnp.uint32(0x9E3779B9)))
+        words = jr.key_data(slot_keys)[:, :2].astype(jnp.uint32)  # threefry key: 2 words
+        bits0, bits1 = request_bits(words, counters.astype(jnp.uint32))
         prompt, decode = alias_requests_from_bits(sampler, bits0, bits1)
     else:
-        fold = jax.vmap(jax.vmap(jr.fold_in, in_axes=(None, 0)))
-        keys = fold(slot_keys, counters)  # [S, K]
+        fold = jax.vmap(jax.vmap(jr.fold_in, in_axes=(0, 0)), in_axes=(None, 0))
+        keys = fold(slot_keys, counters)  # [K, S]
         draw = jax.vmap(jax.vmap(lambda k: sample_requests(k, sampler, ())))
         prompt, decode = draw(keys)
-    return prompt.reshape(shape + (n_requests,)), decode.reshape(shape + (n_requests,))
+    out = (n_requests,) + shape
+    return prompt.reshape(out), decode.reshape(out)
+
+
+def _cumsum0(x):
+    """Inclusive int32 prefix sum over axis 0 (exact; a parallel scan, several times faster
+    than ``jnp.cumsum`` on XLA:CPU)."""
+    return jax.lax.associative_scan(jnp.add, x, axis=0)
 
 
 def fast_segment(key_stream, state: SlotState, sampler, *, length: int, n_requests: int):
@@ -67,41 +114,64 @@ def fast_segment(key_stream, state: SlotState, sampler, *, length: int, n_reques
     scalar) is False when some slot's K requests end before the segment does (the results are
     then invalid and the driver reruns with a larger K: the request stream does not depend on
     K, so the rerun is reproducible).
+
+    One ``lax.scan`` over the K fresh requests (vectors over all r_max * B slots) gives each
+    request's start ``s_k = s_{k-1} + D_{k-1}``, its scatter position and change
+    ``c_k - c_{k-1}`` (``c = P - s``: the load at local time t is ``c + t``), and picks the
+    request active at local time L. The difference array is laid out ``[L + 1, r_max]`` so
+    that its prefix sum runs over the leading axis.
     """
     r_max, batch = state.prompt.shape
-    p_new, d_new = fresh_requests(key_stream, state.drawn, sampler, n_requests)
-    rem0 = state.decode - state.age  # steps left of the current request, >= 1
-    ends_new = rem0[..., None] + jnp.cumsum(d_new, axis=-1, dtype=jnp.int32)
-    starts_new = ends_new - d_new
-    prompt = jnp.concatenate([state.prompt[..., None], p_new], axis=-1)  # [r_max, B, K+1]
-    decode = jnp.concatenate([state.decode[..., None], d_new], axis=-1)
-    start = jnp.concatenate([-state.age[..., None], starts_new], axis=-1)
-    end = start + decode
-    covered = jnp.all(end[..., -1] > length)
+    p_new, d_new = fresh_requests(key_stream, state.drawn, sampler, n_requests)  # [K, r, B]
+    n_slots = r_max * batch
+    rows = jnp.repeat(jnp.arange(r_max, dtype=jnp.int32), batch)  # worker of each slot
+    cur_p, cur_d, cur_age = (x.reshape(n_slots) for x in state[:3])
+    rem0 = cur_d - cur_age  # steps left of the current request, >= 1
+    still = rem0 > length  # the current request is still active at local time L
 
-    c = prompt - start  # load of a request at local time t is c + t
-    # slot constant c_0 from t = 0, then c_k - c_{k-1} from the start of request k (>= 1);
-    # starts at or beyond L land in the spare bin L
-    rows = jnp.broadcast_to(jnp.arange(r_max, dtype=jnp.int32)[:, None, None], starts_new.shape)
-    delta = c[..., 1:] - c[..., :-1]
-    diff = jnp.zeros((r_max, length + 1), jnp.int32)
-    diff = diff.at[rows, jnp.minimum(starts_new, length)].add(delta)
-    base = c[..., 0].sum(axis=-1, dtype=jnp.int32)
-    t_local = jnp.arange(length, dtype=jnp.int32)
-    worker = jnp.cumsum(diff, axis=-1, dtype=jnp.int32)[:, :length] + (
-        base[:, None] + jnp.int32(batch) * t_local[None, :]
+    def body(carry, request):
+        end_prev, c_prev, act_p, act_d, act_s, n_ended = carry
+        p, d = request
+        start = end_prev
+        end = start + d
+        c = p - start
+        active = (start <= length) & (end > length)
+        out = (jnp.minimum(start, length) * jnp.int32(r_max) + rows, c - c_prev)
+        carry = (
+            end,
+            c,
+            jnp.where(active, p, act_p),
+            jnp.where(active, d, act_d),
+            jnp.where(active, start, act_s),
+            n_ended + (end <= length).astype(jnp.int32),
+        )
+        return carry, out
+
+    c0 = cur_p + cur_age  # current request: c = P - (-age)
+    init = (rem0, c0, cur_p, cur_d, -cur_age, jnp.where(still, 0, 1).astype(jnp.int32))
+    (end_k, _, act_p, act_d, act_s, n_ended), (flat, delta) = jax.lax.scan(
+        body, init, (p_new.reshape(n_requests, n_slots), d_new.reshape(n_requests, n_slots))
     )
-    worker_loads = worker.T  # [L, r_max]
+    covered = jnp.all(end_k > length)
 
-    # the request active at local time L: index j = number of requests ended by then
-    j = jnp.sum(end <= length, axis=-1, dtype=jnp.int32)[..., None]
+    # slot constant c_0 from t = 0, then c_k - c_{k-1} from the start of request k (>= 1);
+    # starts at or beyond L land in the spare row L
+    diff = jnp.zeros(((length + 1) * r_max,), jnp.int32)
+    diff = diff.at[flat.reshape(-1)].add(delta.reshape(-1), mode="promise_in_bounds")
+    base = c0.reshape(r_max, batch).sum(axis=-1, dtype=jnp.int32)
+    t_local = jnp.arange(length, dtype=jnp.int32)[:, None]
+    worker_loads = _cumsum0(diff.reshape(length + 1, r_max))[:length] + (
+        base[None, :] + jnp.int32(batch) * t_local
+    )  # [L, r_max]
+
+    shape = (r_max, batch)
     new_state = SlotState(
-        jnp.take_along_axis(prompt, j, axis=-1)[..., 0],
-        jnp.take_along_axis(decode, j, axis=-1)[..., 0],
-        jnp.int32(length) - jnp.take_along_axis(start, j, axis=-1)[..., 0],
-        state.drawn + j[..., 0],
+        act_p.reshape(shape),
+        act_d.reshape(shape),
+        (jnp.int32(length) - act_s).reshape(shape),
+        state.drawn + n_ended.reshape(shape),
     )
     return new_state, worker_loads, covered
 
 
-__all__ = ["fast_segment", "fresh_requests"]
+__all__ = ["fast_segment", "fresh_requests", "request_bits", "threefry2x32"]
