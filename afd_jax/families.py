@@ -262,7 +262,7 @@ def _latent_nodes(decode: Marginal, rho: float):
     normalised to sum 1 within each atom, and the atom index of each node (sorted).
     """
     s = math.sqrt(1.0 - rho * rho)
-    cdf = np.cumsum(decode.pmf)
+    cdf = np.minimum(np.cumsum(decode.pmf), 1.0)  # rounding: an interior cdf may exceed 1
     cdf[-1] = 1.0
     lo_u = np.concatenate([[0.0], cdf[:-1]])
     b0 = np.clip(ndtri(lo_u), -Z_MAX, Z_MAX)
