@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from afd_jax.kernels import sampling as KS
 from conftest import trace_path
 
 from afd_jax.exact import exact_step_times
+from afd_jax.kernels import sampling as KS
 from afd_jax.latency import Latency, ModelOptions
 from afd_jax.simulate import simulate
 from afd_jax.slotload import SlotLoadPMF
@@ -109,3 +109,60 @@ def test_steady_state_matches_exact(case, kernel):
     assert res.barrier_share[0] == pytest.approx(0.0, abs=1e-6)  # one worker never waits
     # slot load equals theta (length-biased mean) within MC error
     assert abs(res.mean_slot_load - case["theta"]) <= 4.0 * res.se_slot_load
+
+
+def test_threefry_matches_jax_and_random123():
+    """The unrolled Threefry-2x32 of the fast kernel is JAX's threefry_2x32 bit for bit, and
+    reproduces the Random123 known-answer vectors (threefry2x32_20)."""
+    import jax.numpy as jnp
+    from jax.extend.random import threefry_2x32
+
+    from afd_jax.kernels.fast import request_bits, threefry2x32
+
+    kat = [  # (key, counter, expected output) from Random123's kat_vectors
+        ((0, 0), (0, 0), (0x6B200159, 0x99BA4EFE)),
+        ((0xFFFFFFFF,) * 2, (0xFFFFFFFF,) * 2, (0x1CB996FC, 0xBB002BE7)),
+        ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0)),
+    ]
+    for key, ctr, out in kat:
+        u = [jnp.asarray(v, jnp.uint32) for v in key + ctr]
+        assert tuple(int(x) for x in threefry2x32(*u)) == out
+    rng = np.random.default_rng(5)
+    words = rng.integers(0, 2**32, (7, 2), dtype=np.uint64).astype(np.uint32)
+    counts = rng.integers(0, 2**32, (5, 7), dtype=np.uint64).astype(np.uint32)
+    b0, b1 = request_bits(jnp.asarray(words), jnp.asarray(counts))
+    for i in range(7):
+        c = jnp.asarray(np.stack([counts[:, i], np.zeros(5, np.uint32)]))
+        ref = threefry_2x32(jnp.asarray(words[i]), c)
+        np.testing.assert_array_equal(np.asarray(b0[:, i]), np.asarray(ref[0]))
+        np.testing.assert_array_equal(np.asarray(b1[:, i]), np.asarray(ref[1]))
+
+
+def test_fast_kernel_z_scores_are_standard():
+    """Over independent seeds the fast kernel's z = (estimate - exact) / SE behaves like
+    Student t with replications - 1 df (~N(0, 1)): mean, mean |z| and the fraction beyond 2
+    within 4 standard errors (binomial for the fraction). One r per seed (cycling through
+    1..32), so the z's are independent. Catches a biased generator or a wrong SE."""
+    import scipy.stats
+
+    p, d, w = _table("azure_conv")
+    sampler = KS.alias_sampler(p, d, w, size=TABLE)
+    lat = _latency(_theta(p, d, w))
+    exact = exact_step_times(_slot_pmf(p, d, w), lat, B, R_MAX, ModelOptions())
+    r_list = (1, 2, 4, 8, 16, 32)
+    n, reps = 30, RUNS["fast"]["replications"]
+    z = np.empty(n)
+    for i in range(n):
+        res = simulate(
+            sampler, lat, B, R_MAX, kernel="fast", seed=1000 + i,
+            max_slot_load=int((p + d - 1).max()), **RUNS["fast"],
+        )  # fmt: skip
+        r = r_list[i % len(r_list)]
+        z[i] = (res.mean_tau[r - 1] - exact[r - 1]) / res.se_tau[r - 1]
+    df = reps - 1
+    e_abs = float(scipy.stats.t.expect(abs, args=(df,)))
+    sd_abs = np.sqrt(df / (df - 2) - e_abs**2)
+    p2 = float(2 * scipy.stats.t.sf(2.0, df))
+    assert abs(z.mean()) <= 4 * np.sqrt(df / (df - 2) / n), z
+    assert abs(np.abs(z).mean() - e_abs) <= 4 * sd_abs / np.sqrt(n), z
+    assert np.mean(np.abs(z) > 2) <= p2 + 4 * np.sqrt(p2 * (1 - p2) / n), z
