@@ -106,6 +106,13 @@ def _cumsum0(x):
     return jax.lax.associative_scan(jnp.add, x, axis=0)
 
 
+def _slot_words(key_stream, n_slots: int):
+    """uint32[S, 2]: the threefry key words of the slot keys ``fold_in(key_stream, i)``."""
+    slot_ids = jnp.arange(n_slots, dtype=jnp.int32)
+    slot_keys = jax.vmap(jr.fold_in, in_axes=(None, 0))(key_stream, slot_ids)
+    return jr.key_data(slot_keys)[:, :2].astype(jnp.uint32)
+
+
 def fast_segment(key_stream, state: SlotState, sampler, *, length: int, n_requests: int):
     """Run the next ``length`` steps with K = ``n_requests`` fresh requests per slot (static).
 
@@ -115,28 +122,56 @@ def fast_segment(key_stream, state: SlotState, sampler, *, length: int, n_reques
     then invalid and the driver reruns with a larger K: the request stream does not depend on
     K, so the rerun is reproducible).
 
-    One ``lax.scan`` over the K fresh requests (vectors over all r_max * B slots) gives each
-    request's start ``s_k = s_{k-1} + D_{k-1}``, its scatter position and change
-    ``c_k - c_{k-1}`` (``c = P - s``: the load at local time t is ``c + t``), and picks the
-    request active at local time L. The difference array is laid out ``[L + 1, r_max]`` so
-    that its prefix sum runs over the leading axis.
+    One ``lax.scan`` over the K fresh requests, each step a vector over all r_max * B slots:
+    draw request k (the requests of :func:`fresh_requests`), its start
+    ``s_k = s_{k-1} + D_{k-1}``, scatter-add its change ``c_k - c_{k-1}`` (``c = P - s``: the
+    load at local time t is ``c + t``) into the difference array ``int32[(L + 1) * r_max]``
+    (row ``min(s_k, L)``, laid out ``[L + 1, r_max]`` so that the prefix sum runs over the
+    leading axis), and keep the request active at local time L. For an
+    :class:`AliasSampler` the Threefry bits of request k + 1 are computed in step k and
+    carried (the loop state is materialised, so XLA does not recompute the hash inside each
+    table gather); other samplers take their requests from :func:`fresh_requests`.
     """
     r_max, batch = state.prompt.shape
-    p_new, d_new = fresh_requests(key_stream, state.drawn, sampler, n_requests)  # [K, r, B]
     n_slots = r_max * batch
     rows = jnp.repeat(jnp.arange(r_max, dtype=jnp.int32), batch)  # worker of each slot
     cur_p, cur_d, cur_age = (x.reshape(n_slots) for x in state[:3])
     rem0 = cur_d - cur_age  # steps left of the current request, >= 1
     still = rem0 > length  # the current request is still active at local time L
+    c0 = cur_p + cur_age  # current request: c = P - (-age)
 
-    def body(carry, request):
-        end_prev, c_prev, act_p, act_d, act_s, n_ended = carry
-        p, d = request
+    if isinstance(sampler, AliasSampler):
+        words = _slot_words(key_stream, n_slots)
+        k0, k1 = words[:, 0], words[:, 1]
+        zero = jnp.zeros_like(k0)
+        n0 = state.drawn.reshape(n_slots).astype(jnp.uint32)
+
+        def draw(bits, k):  # request k from its carried bits; bits of request k + 1
+            p, d = alias_requests_from_bits(sampler, *bits)
+            return p, d, threefry2x32(k0, k1, n0 + (k + jnp.uint32(1)), zero)
+
+        extra0 = threefry2x32(k0, k1, n0, zero)
+        xs = jnp.arange(n_requests, dtype=jnp.uint32)
+    else:
+        p_new, d_new = fresh_requests(key_stream, state.drawn, sampler, n_requests)
+
+        def draw(extra, pd):
+            return pd[0], pd[1], extra
+
+        extra0 = ()
+        xs = (p_new.reshape(n_requests, n_slots), d_new.reshape(n_requests, n_slots))
+
+    def body(carry, x):
+        end_prev, c_prev, act_p, act_d, act_s, n_ended, diff, extra = carry
+        p, d, extra = draw(extra, x)
         start = end_prev
         end = start + d
         c = p - start
         active = (start <= length) & (end > length)
-        out = (jnp.minimum(start, length) * jnp.int32(r_max) + rows, c - c_prev)
+        # slot constant c_0 from t = 0 (base below), then c_k - c_{k-1} from the start of
+        # request k; starts at or beyond L land in the spare row L
+        flat = jnp.minimum(start, length) * jnp.int32(r_max) + rows
+        diff = diff.at[flat].add(c - c_prev, mode="promise_in_bounds")
         carry = (
             end,
             c,
@@ -144,26 +179,23 @@ def fast_segment(key_stream, state: SlotState, sampler, *, length: int, n_reques
             jnp.where(active, d, act_d),
             jnp.where(active, start, act_s),
             n_ended + (end <= length).astype(jnp.int32),
+            diff,
+            extra,
         )
-        return carry, out
+        return carry, None
 
-    c0 = cur_p + cur_age  # current request: c = P - (-age)
-    init = (rem0, c0, cur_p, cur_d, -cur_age, jnp.where(still, 0, 1).astype(jnp.int32))
-    (end_k, _, act_p, act_d, act_s, n_ended), (flat, delta) = jax.lax.scan(
-        body, init, (p_new.reshape(n_requests, n_slots), d_new.reshape(n_requests, n_slots))
-    )
+    diff0 = jnp.zeros(((length + 1) * r_max,), jnp.int32)
+    ended0 = jnp.where(still, 0, 1).astype(jnp.int32)
+    init = (rem0, c0, cur_p, cur_d, -cur_age, ended0, diff0, extra0)
+    carry, _ = jax.lax.scan(body, init, xs)
+    end_k, _, act_p, act_d, act_s, n_ended, diff, _ = carry
     covered = jnp.all(end_k > length)
 
-    # slot constant c_0 from t = 0, then c_k - c_{k-1} from the start of request k (>= 1);
-    # starts at or beyond L land in the spare row L
-    diff = jnp.zeros(((length + 1) * r_max,), jnp.int32)
-    diff = diff.at[flat.reshape(-1)].add(delta.reshape(-1), mode="promise_in_bounds")
     base = c0.reshape(r_max, batch).sum(axis=-1, dtype=jnp.int32)
     t_local = jnp.arange(length, dtype=jnp.int32)[:, None]
     worker_loads = _cumsum0(diff.reshape(length + 1, r_max))[:length] + (
         base[None, :] + jnp.int32(batch) * t_local
     )  # [L, r_max]
-
     shape = (r_max, batch)
     new_state = SlotState(
         act_p.reshape(shape),
