@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from afd_jax.kernels import sampling as KS
 
 from afd_jax.errors import InputError
+from afd_jax.kernels import sampling as KS
 from afd_jax.latency import Latency
 from afd_jax.simulate import simulate
 
