@@ -135,13 +135,18 @@ def _fmt(v) -> str:
             return "nan"
         if math.isinf(v):
             return "inf" if v > 0 else "-inf"
+        if abs(v) < 1e-7:
+            # Below the float32 resolution of the kernels and the round-off of 1 - a/b:
+            # such a value is zero, and its digits would differ across JAX versions.
+            return "0"
         s = f"{v:.6g}"
         return "0" if s == "-0" else s
     return str(v)
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    """Write rows (dicts with the same keys) atomically, floats at 6 significant digits."""
+    """Write rows (dicts with the same keys) atomically, floats at 6 significant digits
+    (magnitudes below 1e-7 as 0)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w", newline="") as f:
