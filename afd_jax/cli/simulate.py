@@ -3,6 +3,12 @@
 Runs one of the JAX kernels (barrier sampler, step-by-step trajectories, fast renewal
 trajectories) and prints, per r, the throughput per instance with a confidence interval, idle
 fractions, the barrier share and step-time percentiles.
+
+Two measurement windows (``--window``): ``steps`` (default): ``--steps`` decode steps after
+``--warmup`` of an infinite request stream (``--init`` stationary or cold); ``completions``:
+the paper's v1 simulator (:func:`afd_jax.pool.pool_simulate`): a cold start on a finite pool of
+``--requests`` requests, throughput over the time until ``--completion-fraction`` of them have
+completed, each r = 1..r_max run on its own (same pools for every r).
 """
 
 from __future__ import annotations
@@ -18,6 +24,13 @@ from .common import (
     load_workload,
     positive_int,
 )
+
+WINDOWS = ("steps", "completions")
+DEFAULT_STEPS = 4096
+DEFAULT_REQUESTS = 10_000
+DEFAULT_FRACTION = 0.8
+_STEP_ONLY = ("kernel", "steps", "warmup", "init")
+_POOL_ONLY = ("requests", "completion_fraction", "ffn_tokens")
 
 
 def add_parser(subparsers) -> None:
@@ -35,25 +48,63 @@ def add_parser(subparsers) -> None:
     add_latency_args(p)
     p.add_argument("--r-max", type=int, default=32, help="largest r simulated (default 32)")
     p.add_argument(
+        "--window",
+        choices=WINDOWS,
+        default="steps",
+        help="steps: a window of --steps decode steps (default); completions: cold start on a "
+        "finite pool of --requests, measured until --completion-fraction of them completed "
+        "(the paper's v1 simulator)",
+    )
+    p.add_argument(
         "--kernel",
         choices=("barrier", "trajectory", "fast"),
-        default="fast",
-        help="barrier: i.i.d. steady-state snapshots; trajectory: step-by-step slots; fast: "
-        "the same trajectories by renewal sequences (default)",
+        default=None,
+        help="steps window: barrier: i.i.d. steady-state snapshots; trajectory: step-by-step "
+        "slots; fast: the same trajectories by renewal sequences (default)",
     )
     p.add_argument(
         "--steps",
         type=int,
-        default=4096,
-        help="measured decode steps per replication (barrier: snapshots per replication)",
+        default=None,
+        help="measured decode steps per replication (barrier: snapshots per replication; "
+        f"default {DEFAULT_STEPS})",
     )
-    p.add_argument("--warmup", type=int, default=0, help="discarded steps (trajectory kernels)")
-    p.add_argument("--replications", type=int, default=8, help="independent replications")
+    p.add_argument(
+        "--warmup", type=int, default=None, help="discarded steps (trajectory kernels; default 0)"
+    )
+    p.add_argument(
+        "--replications",
+        type=int,
+        default=8,
+        help="independent replications (completions window: request pools)",
+    )
     p.add_argument(
         "--init",
         choices=("stationary", "cold"),
-        default="stationary",
-        help="stationary start (default) or all slots fresh (the paper's v1 simulator)",
+        default=None,
+        help="stationary start (default) or all slots fresh (the paper's v1 simulator); the "
+        "completions window is always cold",
+    )
+    g = p.add_argument_group("completions window (--window completions)")
+    g.add_argument(
+        "--requests",
+        type=int,
+        default=None,
+        help=f"requests N in each pool (default {DEFAULT_REQUESTS})",
+    )
+    g.add_argument(
+        "--completion-fraction",
+        type=float,
+        default=None,
+        help=f"measure until this fraction of the N requests completed, in (0, 1] (default "
+        f"{DEFAULT_FRACTION})",
+    )
+    g.add_argument(
+        "--ffn-tokens",
+        choices=("nominal", "active"),
+        default=None,
+        help="FFN/communication tokens: the nominal r*B (default, MODEL.md 2) or only the "
+        "active slots (an FFN whose cost shrinks as the pool drains)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--level", type=float, default=0.95, help="confidence level (default 0.95)")
@@ -66,21 +117,55 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_window_flags(args) -> None:
+    """Flags of the other window are an error (InputError), not silently ignored."""
+    if args.window == "completions":
+        bad = [k for k in _STEP_ONLY if getattr(args, k) is not None]
+        if args.init == "cold":
+            bad.remove("init")  # the completions window is a cold start: allowed, redundant
+        if bad:
+            raise InputError(
+                f"{', '.join(_flag(k) for k in bad)} not allowed with --window completions "
+                "(a cold start measured until a fraction of a finite pool completed)",
+                field=bad[0],
+            )
+    else:
+        bad = [k for k in _POOL_ONLY if getattr(args, k) is not None]
+        if bad:
+            raise InputError(
+                f"{', '.join(_flag(k) for k in bad)} need --window completions", field=bad[0]
+            )
+
+
 def run(args) -> int:
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    from ..simulate import simulate
 
+    _check_window_flags(args)
     positive_int("batch", args.batch)
     positive_int("r-max", args.r_max)
-    positive_int("steps", args.steps)
     positive_int("replications", args.replications)
     positive_int("memory-budget-mb", args.memory_budget_mb)
-    if args.warmup < 0:
-        raise InputError(f"must be >= 0, got {args.warmup}", field="warmup")
     if args.seed < 0:
         raise InputError(f"must be >= 0, got {args.seed}", field="seed")
+    if not 0 < args.level < 1:
+        raise InputError(f"must be in (0, 1), got {args.level}", field="level")
+    if args.window == "completions":
+        return _run_pool(args)
+    from ..simulate import simulate
+
+    args.kernel = args.kernel or "fast"
+    args.steps = DEFAULT_STEPS if args.steps is None else args.steps
+    args.warmup = 0 if args.warmup is None else args.warmup
+    args.init = args.init or "stationary"
+    positive_int("steps", args.steps)
+    if args.warmup < 0:
+        raise InputError(f"must be >= 0, got {args.warmup}", field="warmup")
     w = load_workload(args)
     lat, opts = load_latency(args)
     res = simulate(
@@ -100,6 +185,7 @@ def run(args) -> int:
         progress=not args.quiet,
     )
     out = res.to_json()
+    out["window"] = {"kind": "steps", "steps": res.steps, "warmup": res.warmup}
     out["workload"] = args.workload
     if args.plot:
         _plot(res, args.plot, args.workload)
@@ -116,22 +202,102 @@ def run(args) -> int:
         f"{res.slot_steps:.3e} slot-steps in {res.wall_seconds:.2f} s "
         f"({res.slot_steps_per_second:.3e}/s) on {res.device}"
     )
-    lvl = int(round(100 * res.level))
-    print(
-        f"{'r':>3} {'tokens/s/inst':>13} {lvl:>3}% CI{'':>14} {'idle A':>7} {'idle F':>7} "
-        f"{'barrier':>7} {'P50 us':>9} {'P99 us':>9}"
-    )
-    for row in res.results_table():
-        mark = " *" if row["r"] == res.r_best else ""
-        print(
-            f"{row['r']:>3} {row['throughput']:>13.1f} [{row['ci_low']:>9.1f}, "
-            f"{row['ci_high']:>9.1f}] {row['idle_attn']:>7.3f} {row['idle_ffn']:>7.3f} "
-            f"{row['barrier_share']:>7.3f} {row['step_p50']:>9.1f} {row['step_p99']:>9.1f}{mark}"
-        )
-    print(f"best r = {res.r_best} (*)")
+    _print_table(res.results_table(), res.r_best, res.level)
     if args.plot:
         print(f"figure: {args.plot}", file=sys.stderr)
     return 0
+
+
+def _run_pool(args) -> int:
+    """--window completions: :func:`afd_jax.pool.pool_simulate` for r = 1..r_max."""
+    import time
+
+    from ..pool import pool_simulate
+    from ..simulate import device_name
+
+    n = DEFAULT_REQUESTS if args.requests is None else args.requests
+    x = DEFAULT_FRACTION if args.completion_fraction is None else args.completion_fraction
+    positive_int("requests", n)
+    if not 0 < x <= 1:
+        raise InputError(f"must be in (0, 1], got {x}", field="completion-fraction")
+    ffn_tokens = args.ffn_tokens or "nominal"
+    w = load_workload(args)
+    lat, opts = load_latency(args)
+    t0 = time.perf_counter()
+    res = pool_simulate(
+        w,
+        lat,
+        args.batch,
+        range(1, args.r_max + 1),
+        n_requests=n,
+        completion_fraction=x,
+        replications=args.replications,
+        seed=args.seed,
+        opts=opts,
+        ffn_tokens=ffn_tokens,
+        level=args.level,
+        diagnostics=True,
+        progress=not args.quiet,
+    )
+    wall = time.perf_counter() - t0
+    out = res.to_json()
+    out.update(
+        r_max=args.r_max,
+        wall_seconds=wall,
+        slot_steps_per_second=res.slot_steps / wall if wall > 0 else float("nan"),
+        device=device_name(),
+        workload=args.workload,
+    )
+    if args.plot:
+        _plot(_PoolPlot(res), args.plot, args.workload)
+        out["plot"] = args.plot
+    if args.json:
+        emit_json(out)
+        return 0
+    print(
+        f"workload {args.workload}: B = {res.batch}, pool kernel (cold start), "
+        f"{res.replications} pools x {res.n_requests} requests, window: first "
+        f"{res.completion_fraction:.0%} of completions, FFN tokens {res.ffn_tokens}, "
+        f"seed {res.seed}"
+    )
+    print(
+        f"{res.slot_steps:.3e} slot-steps in {wall:.2f} s "
+        f"({out['slot_steps_per_second']:.3e}/s) on {out['device']}"
+    )
+    _print_table(res.results_table(), res.r_best, res.level, busy=True)
+    if args.plot:
+        print(f"figure: {args.plot}", file=sys.stderr)
+    return 0
+
+
+class _PoolPlot:
+    """PoolResult seen through the attributes _plot reads."""
+
+    kernel = "pool (cold start)"
+
+    def __init__(self, res):
+        self._res = res
+
+    def __getattr__(self, name):
+        return getattr(self._res, name)
+
+
+def _print_table(rows, r_best: int, level: float, busy: bool = False) -> None:
+    lvl = int(round(100 * level))
+    print(
+        f"{'r':>3} {'tokens/s/inst':>13} {lvl:>3}% CI{'':>14} {'idle A':>7} {'idle F':>7} "
+        f"{'barrier':>7} {'P50 us':>9} {'P99 us':>9}" + (f" {'busy':>6}" if busy else "")
+    )
+    for row in rows:
+        mark = " *" if row["r"] == r_best else ""
+        extra = f" {row['active_fraction']:>6.3f}" if busy else ""
+        print(
+            f"{row['r']:>3} {row['throughput']:>13.1f} [{row['ci_low']:>9.1f}, "
+            f"{row['ci_high']:>9.1f}] {row['idle_attn']:>7.3f} {row['idle_ffn']:>7.3f} "
+            f"{row['barrier_share']:>7.3f} {row['step_p50']:>9.1f} {row['step_p99']:>9.1f}"
+            f"{extra}{mark}"
+        )
+    print(f"best r = {r_best} (*)" + ("; busy: mean fraction of slots active" if busy else ""))
 
 
 def _plot(res, path: str, title: str) -> None:
