@@ -16,17 +16,20 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 
-def _commands() -> list[str]:
+def _blocks() -> list[list[str]]:
+    """The `afd-jax ...` commands of each bash block (a block's commands run in order: the
+    calibrate example writes the latency file the next line reads)."""
     out = []
     for block in re.findall(r"```bash\n(.*?)```", README, re.S):
-        for line in block.strip().splitlines():
-            cmd = line.split("&&")[-1].strip()
-            if cmd.startswith("afd-jax "):
-                out.append(cmd)
+        cmds = [line.split("&&")[-1].strip() for line in block.strip().splitlines()]
+        cmds = [c for c in cmds if c.startswith("afd-jax ")]
+        if cmds:
+            out.append(cmds)
     return out
 
 
-COMMANDS = _commands()
+BLOCKS = _blocks()
+COMMANDS = [c for block in BLOCKS for c in block]
 
 
 def test_readme_lists_the_main_commands():
@@ -35,20 +38,18 @@ def test_readme_lists_the_main_commands():
     assert any("reproduce --quick" in c for c in COMMANDS)
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("readme")
-    for name in ("examples", "experiments"):
-        (d / name).symlink_to(ROOT / name, target_is_directory=True)
-    return d
-
-
 # The reproduce quick mode is run (and compared with the committed results) by test_reproduce.
-@pytest.mark.parametrize("cmd", [c for c in COMMANDS if " reproduce " not in c + " "])
-def test_readme_command_runs(cmd, workdir, monkeypatch, capsys):
-    monkeypatch.chdir(workdir)
-    assert main(shlex.split(cmd)[1:]) == 0, cmd
-    assert capsys.readouterr().out.strip(), "prints a result"
+RUN = [b for b in BLOCKS if not any(" reproduce " in c for c in b)]
+
+
+@pytest.mark.parametrize("block", RUN, ids=[b[0][:60] for b in RUN])
+def test_readme_block_runs(block, tmp_path, monkeypatch, capsys):
+    for name in ("examples", "experiments"):
+        (tmp_path / name).symlink_to(ROOT / name, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    for cmd in block:
+        assert main(shlex.split(cmd)[1:]) == 0, cmd
+        assert capsys.readouterr().out.strip(), f"{cmd} prints a result"
 
 
 def test_readme_python_snippet_runs(capsys):
