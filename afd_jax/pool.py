@@ -90,6 +90,7 @@ class PoolResult:
     ffn_tokens: str
     idle_attn: np.ndarray | None = None
     idle_ffn: np.ndarray | None = None
+    idle_bundle: np.ndarray | None = None
     barrier_share: np.ndarray | None = None
     step_p50: np.ndarray | None = None
     step_p90: np.ndarray | None = None
@@ -109,7 +110,15 @@ class PoolResult:
         """One dict per r (the keys of ``SimulationResult.results_table`` plus the pool's own;
         a diagnostic that was not computed is None)."""
         keys = ("throughput", "ci_low", "ci_high", "se")
-        diag = ("idle_attn", "idle_ffn", "barrier_share", "step_p50", "step_p90", "step_p99")
+        diag = (
+            "idle_attn",
+            "idle_ffn",
+            "idle_bundle",
+            "barrier_share",
+            "step_p50",
+            "step_p90",
+            "step_p99",
+        )
         extra = ("tokens", "steps", "elapsed_us", "active_fraction", "attn_fraction")
         rows = []
         for i, r in enumerate(self.r):
@@ -485,10 +494,14 @@ def _diagnostics(lat, batch, r_arr, ffn_tokens, tokens, steps, elapsed, diag) ->
     else:
         s_ffn = a_ffn * tokens.sum(1) + b_ffn * n_steps
     pct = np.asarray(diag["pct"], np.float64)
+    # clipped at 0: where tau == t_F every step the float32 sum of tau can fall 1e-7 short
+    idle_attn = np.maximum(0.0, 1.0 - (a_attn * s_load + r * b_attn * n_steps) / (r * s_tau))
+    idle_ffn = np.maximum(0.0, 1.0 - s_ffn / s_tau)
     return dict(
-        # clipped at 0: where tau == t_F every step the float32 sum of tau can fall 1e-7 short
-        idle_attn=np.maximum(0.0, 1.0 - (a_attn * s_load + r * b_attn * n_steps) / (r * s_tau)),
-        idle_ffn=np.maximum(0.0, 1.0 - s_ffn / s_tau),
+        idle_attn=idle_attn,
+        idle_ffn=idle_ffn,
+        # MODEL.md 3: (sum_j (tau - t_A,j) + (tau - t_F)) / ((r + 1) tau), summed over steps
+        idle_bundle=(r * idle_attn + idle_ffn) / (r + 1.0),
         barrier_share=a_attn * (r * s_max - s_load) / (r * s_tau),
         step_p50=pct[:, 0],
         step_p90=pct[:, 1],

@@ -249,7 +249,7 @@ def _methods_curve(w, lat, opts, batch: int, r_max: int, slot_bins: int):
     pmf = slot_load_pmf(w, load_offset=int(opts.load_offset), max_bins=slot_bins)
     wp = worker_load_pmf(pmf, batch)
     rs = np.arange(1, r_max + 1, dtype=np.float64)
-    theta, var = float(st.theta), float(st.slot_var)
+    theta, var = float(st.theta) + opts.load_offset, float(st.slot_var)
     mf_curve = np.array([_mf(lat, theta, float(r), batch, opts) for r in rs])
     gauss = np.asarray(
         gaussian_throughput_jit(lat, theta, var, jnp.asarray(rs), float(batch), opts, "tail"),
@@ -284,7 +284,8 @@ def _optimiser(pmf, st, lat, opts, batch: int, r_max: int, enabled: bool = True)
         from .optimize import optimize
     except ImportError:  # pragma: no cover - optimiser module missing
         return math.nan, None
-    res = optimize(pmf, float(st.theta), float(st.slot_var), lat, opts, batch=batch, r_max=r_max)
+    theta = float(st.theta) + opts.load_offset
+    res = optimize(pmf, theta, float(st.slot_var), lat, opts, batch=batch, r_max=r_max)
     return float(res.r_continuous), int(res.r)
 
 

@@ -273,12 +273,13 @@ def _percentiles(hist: np.ndarray, log_lo: float, inv_w: float, qs=(0.5, 0.9, 0.
 # ---------------------------------------------------------------- jitted entry points
 
 
-def _summarise_reps(loads, t0, warmup, t_end, model, hist, *, batch, serial):
+def _summarise_reps(loads, t0, warmup, t_end, n_real, model, hist, *, batch, serial):
     """loads int32[reps, L, r_max] -> StepSums with block rows [reps, L // BLOCK, ...] and the
-    histogram summed over replications."""
+    histogram summed over the first ``n_real`` replications (the rest are padding copies)."""
     reps, length, r_max = loads.shape
     t = t0 + jnp.arange(length, dtype=jnp.int32)
-    valid = jnp.broadcast_to(((t >= warmup) & (t < t_end))[None, :], (reps, length))
+    real = jnp.arange(reps, dtype=jnp.int32) < n_real
+    valid = real[:, None] & ((t >= warmup) & (t < t_end))[None, :]
     sums = KB.summarise_steps(
         loads.reshape(reps * length, r_max),
         valid.reshape(-1),
@@ -328,21 +329,38 @@ def _init_chunk(keys, sampler, *, shape, init):
 
 @partial(jax.jit, static_argnames=("length", "batch", "serial"))
 def _trajectory_chunk(
-    keys, states, t0, sampler, model, hist, warmup, t_end, *, length, batch, serial
+    keys, states, t0, sampler, model, hist, warmup, t_end, n_real, *, length, batch, serial
 ):
     seg = partial(KT.trajectory_segment, length=length)
     states, loads = jax.vmap(seg, in_axes=(0, 0, None, None))(keys, states, t0, sampler)
-    sums = _summarise_reps(loads, t0, warmup, t_end, model, hist, batch=batch, serial=serial)
+    sums = _summarise_reps(
+        loads, t0, warmup, t_end, n_real, model, hist, batch=batch, serial=serial
+    )
     return states, sums
 
 
 @partial(jax.jit, static_argnames=("length", "n_requests", "batch", "serial"))
 def _fast_chunk(
-    keys, states, t0, sampler, model, hist, warmup, t_end, *, length, n_requests, batch, serial
+    keys,
+    states,
+    t0,
+    sampler,
+    model,
+    hist,
+    warmup,
+    t_end,
+    n_real,
+    *,
+    length,
+    n_requests,
+    batch,
+    serial,
 ):
     seg = partial(KF.fast_segment, length=length, n_requests=n_requests)
     states, loads, covered = jax.vmap(seg, in_axes=(0, 0, None))(keys, states, sampler)
-    sums = _summarise_reps(loads, t0, warmup, t_end, model, hist, batch=batch, serial=serial)
+    sums = _summarise_reps(
+        loads, t0, warmup, t_end, n_real, model, hist, batch=batch, serial=serial
+    )
     return states, sums, jnp.all(covered)
 
 
@@ -740,6 +758,7 @@ def _run_trajectories(
                 hist,
                 jnp.int32(warmup),
                 jnp.int32(total),
+                jnp.int32(n_real),
             )
             if kernel == "trajectory":
                 states, sums = _trajectory_chunk(*args, length=length, batch=batch, serial=serial)

@@ -541,7 +541,9 @@ def make_plan(spec: SweepSpec) -> SweepPlan:
                 f"workload {s!r}: {err}", path=spec.path, field=f"workloads[{i}]"
             ) from None
         st = workload_stats(w)
-        entries.append(WorkloadEntry(label, params, w, float(st.theta), float(st.slot_var)))
+        # the analytic methods see the mean slot load, theta + load_offset (MODEL.md 1)
+        theta = float(st.theta) + spec.load_offset
+        entries.append(WorkloadEntry(label, params, w, theta, float(st.slot_var)))
     # swept fields need no base value: give resolve_latency a placeholder (overwritten below)
     overrides = {k: v[0] for k, v in spec.latency_grid}
     overrides.update({k: lo for k, _, lo, _ in spec.latency_random})

@@ -329,20 +329,20 @@ def mean_field_optimum(
             a, b = lines[stage]
             if a > 0:
                 raw.append((f"balance_{short}", (ta - b) / a))
-                raw.append((f"peak_{short}", math.sqrt(cf * b / (ca * a))))
+                raw.append((f"peak_{short}", math.sqrt(max(cf * b / (ca * a), 0.0))))
         (ac, bc), (af, bf) = lines["communication"], lines["ffn"]
         if af != ac:
             raw.append(("crossover_comm_ffn", (bc - bf) / (af - ac)))
         if opts.comm_scaling == "per_worker" and af > 0:
             r_a = (ta - bf) / af
             r_c = (bc - bf) / af
-            r_peak = math.sqrt(cf * bf / (ca * af))
+            r_peak = math.sqrt(max(cf * bf / (ca * af), 0.0))
             raw.append(("paper_v1_rule", max(r_a, r_c, r_peak)))
     else:
         a = sum(s[0] for s in lines.values())
         b = sum(s[1] for s in lines.values())
         if a > 0:
-            raw.append(("peak_serial", math.sqrt(cf * b / (ca * a))))
+            raw.append(("peak_serial", math.sqrt(max(cf * b / (ca * a), 0.0))))
     candidates = []
     for name, r in raw:
         if not math.isfinite(r):

@@ -242,6 +242,10 @@ def test_pool_diagnostics_against_float64_reference():
         assert res.idle_ffn[i] == pytest.approx(1 - s_f / s_tau, abs=1e-5)
         assert res.barrier_share[i] == pytest.approx(barrier, abs=1e-5)
         assert barrier > 0.01
+        # MODEL.md 3 bundle idle: sum_j (tau - t_A,j) + (tau - t_F) over (r + 1) tau
+        attn_idle = r * s_tau - (lat.alpha_attn * s_tot + r * lat.beta_attn * len(taus))
+        bundle = (attn_idle + (s_tau - s_f)) / ((r + 1) * s_tau)
+        assert res.idle_bundle[i] == pytest.approx(bundle, abs=1e-5)
         # histogram percentiles: within two log bins of the exact order statistic
         _, inv_w = _tau_range(lat, batch, r, int((prompt + decode - 1).max()), opts)
         pcts = (res.step_p50, res.step_p90, res.step_p99)

@@ -251,3 +251,36 @@ def test_resume_refuses_a_different_spec(traces, tmp_path):
     other = S.make_plan(parse(spec_text(traces, out).replace("r_max = 12", "r_max = 11")))
     with pytest.raises(InputError, match="different spec"):
         S.run_sweep(other, resume=True, progress=False)
+
+
+def test_load_offset_reaches_every_method(traces, tmp_path):
+    """With workloads.load_offset = 1 the analytic methods see theta + 1 and the exact method
+    the shifted pi: each column equals its reference computed with the offset."""
+    from afd_jax import exact, theory
+    from afd_jax.slotload import slot_load_pmf
+    from afd_jax.statistics import workload_stats
+    from afd_jax.workloads import resolve_workload
+
+    out = tmp_path / "o.csv"
+    text = spec_text(traces, out).replace("[workloads]", "[workloads]\nload_offset = 1")
+    plan = S.make_plan(parse(text))
+    S.run_sweep(plan, progress=False)
+    t = S.read_table(out)
+    r = np.arange(1.0, 13.0)
+    sensitive = 0
+    for i in range(plan.n_scenarios):
+        rows = slice(12 * i, 12 * (i + 1))
+        lat = Latency(*plan.coeffs[i])
+        b = int(plan.batch[i])
+        opts = plan.opts._replace(load_offset=1)
+        w = resolve_workload(plan.spec.workloads[plan.wl_index[i]][1])
+        theta = workload_stats(w).theta
+        mf = np.asarray(theory.mean_field_throughput(lat, theta + 1.0, r, b, opts))
+        np.testing.assert_allclose(t["tput_mean_field"][rows], mf, rtol=1e-12)
+        mf0 = np.asarray(theory.mean_field_throughput(lat, theta, r, b, opts))
+        sensitive += not np.allclose(mf, mf0, rtol=1e-12)
+        if i < 2:
+            pmf = slot_load_pmf(w, load_offset=1)
+            ref_exact = exact.exact_throughput(pmf, lat, b, 12, opts)
+            np.testing.assert_allclose(t["tput_exact"][rows], ref_exact, rtol=1e-11)
+    assert sensitive > 0, "some scenario must be Attention-bound for the check to bite"

@@ -263,3 +263,11 @@ def test_mean_field_grid_end_when_unbounded():
     lat = Latency(0.01, 100.0, 0.0, 50.0, 0.0, 10.0)
     opt = mean_field_optimum(lat, 599.0, 256, ModelOptions(), 24)
     assert (opt.r_continuous, opt.r_best, opt.regime) == (24.0, 24, "attention")
+
+
+def test_negative_intercept_from_the_api_does_not_crash():
+    """Coefficients come validated from the CLI, but a library caller may pass a negative
+    intercept: the peak candidate is then clipped, not a math domain error."""
+    lat = Latency(0.01, 100.0, 0.5, -10.0, 0.5, 100.0)
+    opt = mean_field_optimum(lat, 599.0, 256, ModelOptions(comm_scaling="per_worker"), r_max=64)
+    assert 1 <= opt.r_best <= 64
