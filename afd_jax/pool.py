@@ -181,19 +181,22 @@ def _pool_model(lat: Latency) -> KP.PoolModel:
     )
 
 
-@partial(jax.jit, static_argnames=("batch", "r_pad", "comm_aggregate", "serial", "ffn_tokens"))
-def _run_pools(
-    prompt, decode, n, r, target, model, *, batch, r_pad, comm_aggregate, serial, ffn_tokens
-):
-    run = partial(
-        KP.pool_run,
-        batch=batch,
-        r_pad=r_pad,
-        comm_aggregate=comm_aggregate,
-        serial=serial,
-        ffn_tokens=ffn_tokens,
-    )
-    return jax.vmap(lambda p, d: run(p, d, n, r, target, model))(prompt, decode)
+_POOL_STATIC = ("batch", "r_pad", "comm_aggregate", "serial", "ffn_tokens")
+
+
+def _vmap_pools(run_one, static_argnames):
+    """Jitted ``run_one`` vmapped over the leading (pool) axis of ``prompt`` / ``decode``;
+    the other positional arguments are shared by every pool, keywords are static."""
+
+    @partial(jax.jit, static_argnames=static_argnames)
+    def run(prompt, decode, *shared, **static):
+        return jax.vmap(lambda p, d: run_one(p, d, *shared, **static))(prompt, decode)
+
+    return run
+
+
+# (prompt, decode, n, r, target, model, *, batch, r_pad, comm_aggregate, serial, ffn_tokens)
+_run_pools = _vmap_pools(KP.pool_run, _POOL_STATIC)
 
 
 class _DiagSums(NamedTuple):
@@ -274,37 +277,9 @@ def _pool_run_diag(
     return KP.PoolInfo(st.tokens, st.steps, st.completed, st.elapsed, st.attn_steps), d
 
 
-@partial(
-    jax.jit,
-    static_argnames=("batch", "r_pad", "comm_aggregate", "serial", "ffn_tokens", "n_bins"),
-)
-def _run_pools_diag(
-    prompt,
-    decode,
-    n,
-    r,
-    target,
-    model,
-    log_lo,
-    inv_w,
-    *,
-    batch,
-    r_pad,
-    comm_aggregate,
-    serial,
-    ffn_tokens,
-    n_bins,
-):
-    run = partial(
-        _pool_run_diag,
-        batch=batch,
-        r_pad=r_pad,
-        comm_aggregate=comm_aggregate,
-        serial=serial,
-        ffn_tokens=ffn_tokens,
-        n_bins=n_bins,
-    )
-    return jax.vmap(lambda p, d: run(p, d, n, r, target, model, log_lo, inv_w))(prompt, decode)
+# (prompt, decode, n, r, target, model, log_lo, inv_w, *, batch, r_pad, comm_aggregate,
+#  serial, ffn_tokens, n_bins)
+_run_pools_diag = _vmap_pools(_pool_run_diag, (*_POOL_STATIC, "n_bins"))
 
 
 def _tau_range(lat: Latency, batch: int, r: int, max_load: int, opts: ModelOptions):
