@@ -11,6 +11,7 @@ import time
 
 from ..errors import InputError
 from .common import (
+    LATENCY_FLAGS,
     add_latency_args,
     add_workload_args,
     emit_json,
@@ -204,19 +205,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     w = load_workload(args)
     source = args.latency or ("paper-v1" if args.alpha_attn is None else "flags")
-    if args.latency and any(
-        getattr(args, k) is not None
-        for k in (
-            "alpha_attn",
-            "beta_attn",
-            "alpha_ffn",
-            "beta_ffn",
-            "alpha_comm",
-            "beta_comm",
-            "cost_attn",
-            "cost_ffn",
-        )
-    ):
+    if args.latency and any(getattr(args, k) is not None for k, _ in LATENCY_FLAGS):
         source += " + flags"
     res = provision(w, args.workload, args.batch, lat, opts, args.r_max, args.slot_bins, source)
     res["timings_s"]["total_s"] = time.perf_counter() - t0
