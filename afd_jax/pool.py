@@ -51,6 +51,7 @@ from .errors import InputError
 from .kernels import pool as KP
 from .kernels import sampling as KS
 from .latency import Latency, ModelOptions
+from .simulate import STEP_DIAGNOSTICS
 from .workload import ParametricWorkload, TraceWorkload
 
 __all__ = ["PoolResult", "draw_pools", "pool_simulate"]
@@ -110,20 +111,11 @@ class PoolResult:
         """One dict per r (the keys of ``SimulationResult.results_table`` plus the pool's own;
         a diagnostic that was not computed is None)."""
         keys = ("throughput", "ci_low", "ci_high", "se")
-        diag = (
-            "idle_attn",
-            "idle_ffn",
-            "idle_bundle",
-            "barrier_share",
-            "step_p50",
-            "step_p90",
-            "step_p99",
-        )
         extra = ("tokens", "steps", "elapsed_us", "active_fraction", "attn_fraction")
         rows = []
         for i, r in enumerate(self.r):
             row = {"r": int(r), **{k: float(getattr(self, k)[i]) for k in keys}}
-            for k in diag:
+            for k in STEP_DIAGNOSTICS:
                 v = getattr(self, k)
                 row[k] = None if v is None else float(v[i])
             row.update({k: float(getattr(self, k)[i]) for k in extra})

@@ -46,6 +46,17 @@ from .kernels import trajectory as KT
 from .latency import Latency, ModelOptions
 from .workload import ParametricWorkload, TraceWorkload
 
+# Per-r step diagnostics every simulator reports (MODEL.md 3; `results` rows of the CLI JSON).
+STEP_DIAGNOSTICS = (
+    "idle_attn",
+    "idle_ffn",
+    "idle_bundle",
+    "barrier_share",
+    "step_p50",
+    "step_p90",
+    "step_p99",
+)
+
 KERNELS = ("barrier", "trajectory", "fast")
 INITS = ("stationary", "cold")
 N_BINS = 4096
@@ -107,20 +118,7 @@ class SimulationResult:
         return self.slot_steps / self.wall_seconds if self.wall_seconds > 0 else float("nan")
 
     def results_table(self) -> list[dict]:
-        keys = (
-            "throughput",
-            "ci_low",
-            "ci_high",
-            "idle_attn",
-            "idle_ffn",
-            "idle_bundle",
-            "barrier_share",
-            "step_p50",
-            "step_p90",
-            "step_p99",
-            "mean_tau",
-            "se_tau",
-        )
+        keys = ("throughput", "ci_low", "ci_high", *STEP_DIAGNOSTICS, "mean_tau", "se_tau")
         return [
             {"r": int(r), **{k: float(getattr(self, k)[i]) for k in keys}}
             for i, r in enumerate(self.r)
