@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import importlib
 
-from .errors import InputError
-from .latency import DEFAULT_OPTIONS, Latency, ModelOptions
-from .workload import (
+from afd_jax.errors import InputError
+from afd_jax.model.latency import DEFAULT_OPTIONS, Latency, ModelOptions
+from afd_jax.workload.containers import (
     CopulaComponent,
     Marginal,
     ParametricWorkload,
@@ -26,31 +26,31 @@ from .workload import (
 __version__ = "0.1.0"
 
 # public name -> module that defines it. The functions named like their module (simulate,
-# optimize, calibrate) are imported from it: `from afd_jax.simulate import simulate`.
+# optimize, calibrate) are imported from it: `from afd_jax.montecarlo.simulate import simulate`.
 _LAZY = {
-    "load_trace": "traces",
-    "trace_stats": "statistics",
-    "workload_stats": "statistics",
-    "theta_confidence_interval": "statistics",
-    "resolve_workload": "workloads",
-    "list_presets": "workloads",
-    "SlotLoadPMF": "slotload",
-    "slot_load_pmf": "slotload",
-    "make_sampler": "samplers",
-    "resolve_latency": "latency_io",
-    "mean_field_step_time": "theory",
-    "mean_field_throughput": "theory",
-    "mean_field_optimum": "theory",
-    "gaussian_step_time": "theory",
-    "gaussian_throughput": "theory",
-    "worker_load_pmf": "exact",
-    "exact_step_times": "exact",
-    "exact_throughput": "exact",
-    "SimulationResult": "simulate",
-    "pool_simulate": "pool",
-    "load_spec": "sweep",
-    "make_plan": "sweep",
-    "run_sweep": "sweep",
+    "load_trace": "workload.traces",
+    "trace_stats": "workload.statistics",
+    "workload_stats": "workload.statistics",
+    "theta_confidence_interval": "workload.statistics",
+    "resolve_workload": "workload.specs",
+    "list_presets": "workload.specs",
+    "SlotLoadPMF": "workload.slotload",
+    "slot_load_pmf": "workload.slotload",
+    "make_sampler": "montecarlo.samplers",
+    "resolve_latency": "model.latency_io",
+    "mean_field_step_time": "model.theory",
+    "mean_field_throughput": "model.theory",
+    "mean_field_optimum": "model.theory",
+    "gaussian_step_time": "model.theory",
+    "gaussian_throughput": "model.theory",
+    "worker_load_pmf": "model.exact",
+    "exact_step_times": "model.exact",
+    "exact_throughput": "model.exact",
+    "SimulationResult": "montecarlo.simulate",
+    "pool_simulate": "montecarlo.pool",
+    "load_spec": "studies.sweep",
+    "make_plan": "studies.sweep",
+    "run_sweep": "studies.sweep",
 }
 
 

@@ -11,8 +11,8 @@ import jax
 import numpy as np
 
 from afd_jax.kernels import sample_requests
-from afd_jax.samplers import make_sampler
-from afd_jax.workloads import resolve_workload
+from afd_jax.montecarlo.samplers import make_sampler
+from afd_jax.workload.specs import resolve_workload
 
 OUT = Path(__file__).with_name("sample_trace.csv")
 

@@ -120,9 +120,9 @@ def main(argv=None) -> int:
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    from afd_jax.latency import Latency
-    from afd_jax.simulate import simulate
-    from afd_jax.traces import load_trace
+    from afd_jax.model.latency import Latency
+    from afd_jax.montecarlo.simulate import simulate
+    from afd_jax.workload.traces import load_trace
 
     cfg = dict(SIZES[args.size])
     if args.replications:

@@ -22,7 +22,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-from afd_jax import sweep as S  # noqa: E402
+from afd_jax.studies import sweep as S  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

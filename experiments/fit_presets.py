@@ -20,8 +20,8 @@ plus a weak pull (``/ 0.5`` in log-median and log-sigma) towards the start point
 under-determined directions stay put. Start: the trace's rows split at the median decode length
 (D <= median vs D > median); each half moment-matched (log-normal mean and variance equal to the
 half's, Spearman of the half), w = share of the first half. Deterministic (no random numbers;
-finite-difference Jacobian). Prints the constants for ``afd_jax/workloads.py`` and a fit-vs-trace
-table, and writes experiments/results/fit_presets.json.
+finite-difference Jacobian). Prints the constants for ``afd_jax/workload/specs.py`` and a
+fit-vs-trace table, and writes experiments/results/fit_presets.json.
 
 Usage: python experiments/fit_presets.py [TRACES_DIR]   (default ../shared/traces)
 """
@@ -38,10 +38,10 @@ import numpy as np
 from scipy.optimize import least_squares
 from scipy.stats import spearmanr
 
-from afd_jax import families
-from afd_jax.statistics import workload_stats
-from afd_jax.traces import load_trace
-from afd_jax.workload import ParametricWorkload
+from afd_jax.workload import families
+from afd_jax.workload.containers import ParametricWorkload
+from afd_jax.workload.statistics import workload_stats
+from afd_jax.workload.traces import load_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = {
@@ -211,7 +211,7 @@ def main(traces_dir: Path) -> int:
         t0 = time.perf_counter()
         out[name] = fit_trace(traces_dir / fname)
         print(f"{name}: fitted in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    print("# constants for afd_jax/workloads.py (_FITS)")
+    print("# constants for afd_jax/workload/specs.py (_FITS)")
     for name, f in out.items():
         comps = [
             (

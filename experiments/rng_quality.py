@@ -2,7 +2,7 @@
 
 For each seed the fast kernel estimates E[tau(r)] (r = 1..R_MAX, ``replications`` independent
 replications, SE from their spread) and z(r) = (estimate - exact) / SE, exact from the FFT
-computation (afd_jax.exact) of the slot-load law built from the request table. Under a good
+computation (afd_jax.model.exact) of the slot-load law built from the request table. Under a good
 generator the z(r) of one r over independent seeds are i.i.d., close to N(0, 1) (Student t with
 replications - 1 degrees of freedom). z's of different r within a seed are correlated (common
 random numbers), so the summary uses one r per seed (r cycling through R_LIST), plus per-r
@@ -28,7 +28,7 @@ R_LIST = (1, 2, 4, 8, 16, 32)
 
 
 def _table(name, traces):
-    from afd_jax.traces import load_trace
+    from afd_jax.workload.traces import load_trace
 
     if name == "geometric":
         a, q = 60 / 61, 1 / 20
@@ -44,11 +44,11 @@ def _table(name, traces):
 
 def z_scores(name, seeds, steps, reps, traces):
     """z[seed, r] of the fast kernel against the exact E[tau(r)]."""
-    from afd_jax.exact import exact_step_times
     from afd_jax.kernels import sampling as KS
-    from afd_jax.latency import Latency, ModelOptions
-    from afd_jax.simulate import simulate
-    from afd_jax.slotload import SlotLoadPMF
+    from afd_jax.model.exact import exact_step_times
+    from afd_jax.model.latency import Latency, ModelOptions
+    from afd_jax.montecarlo.simulate import simulate
+    from afd_jax.workload.slotload import SlotLoadPMF
 
     p, d, w = _table(name, traces)
     diff = np.zeros(int((p + d).max()) + 1)

@@ -14,7 +14,8 @@ A length-biased request (probability proportional to D, MODEL.md 4), drawn exact
     U_D ~ Uniform[F_D(d-), F_D(d))   (the latent uniform given D = d)
     then Z_1, Z_2, P as above.
 
-Tables (built on the host by ``afd_jax.samplers.make_sampler``): CDFs float32 with the last real
+Tables (built on the host by ``afd_jax.montecarlo.samplers.make_sampler``): CDFs float32 with the
+last real
 entry exactly 1 and padding 2.0 (never selected); values int32 padded with the row's last value.
 Float32 CDFs drop atoms of mass below ~6e-8 near the top of the CDF (error of that order in any
 probability). Uniforms are clipped to [2^-25, 1 - 2^-24] before ``ndtri`` (finite latents).

@@ -1,4 +1,4 @@
-"""Calibration by least squares (afd_jax.calibrate, `afd-jax calibrate`): recovers known
+"""Calibration by least squares (afd_jax.model.calibrate, `afd-jax calibrate`): recovers known
 coefficients, matches numpy.polyfit, reports bad CSV with line and field."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from afd_jax.calibrate import calibrate, fit_stage
 from afd_jax.cli import main
 from afd_jax.errors import InputError
-from afd_jax.latency import Latency
-from afd_jax.latency_io import resolve_latency
+from afd_jax.model.calibrate import calibrate, fit_stage
+from afd_jax.model.latency import Latency
+from afd_jax.model.latency_io import resolve_latency
 
 TRUE = {"attn": (0.004, 900.0), "ffn": (1.5, 8000.0), "comm": (1.0, 950.0)}
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from afd_jax.cli import main
-from afd_jax.exact import exact_step_times, worker_load_pmf
-from afd_jax.latency_io import resolve_latency
-from afd_jax.optimize import optimize
-from afd_jax.slotload import slot_load_pmf
-from afd_jax.statistics import workload_stats
-from afd_jax.traces import load_trace
+from afd_jax.model.exact import exact_step_times, worker_load_pmf
+from afd_jax.model.latency_io import resolve_latency
+from afd_jax.studies.optimize import optimize
+from afd_jax.workload.slotload import slot_load_pmf
+from afd_jax.workload.statistics import workload_stats
+from afd_jax.workload.traces import load_trace
 
 LAT = [
     "--alpha-attn", "0.01", "--beta-attn", "50", "--alpha-ffn", "0.05",

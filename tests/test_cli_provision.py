@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from afd_jax.cli import main
-from afd_jax.exact import exact_throughput
-from afd_jax.latency_io import resolve_latency
-from afd_jax.slotload import slot_load_pmf
-from afd_jax.statistics import workload_stats
-from afd_jax.theory import gaussian_throughput, mean_field_throughput
-from afd_jax.workloads import resolve_workload
+from afd_jax.model.exact import exact_throughput
+from afd_jax.model.latency_io import resolve_latency
+from afd_jax.model.theory import gaussian_throughput, mean_field_throughput
+from afd_jax.workload.slotload import slot_load_pmf
+from afd_jax.workload.specs import resolve_workload
+from afd_jax.workload.statistics import workload_stats
 
 BASE = ["provision", "--workload", "paper-v1", "--batch", "256", "--r-max", "16"]
 

@@ -122,15 +122,15 @@ def _pool_args(**over):
 
 
 def _pool_latency():
-    from afd_jax.latency_io import resolve_latency
+    from afd_jax.model.latency_io import resolve_latency
 
     over = {k[2:].replace("-", "_"): float(v) for k, v in POOL_LAT.items()}
     return resolve_latency(None, overrides=over)
 
 
 def test_completions_window_json_equals_pool_simulate(capsys):
-    from afd_jax.pool import pool_simulate
-    from afd_jax.workloads import resolve_workload
+    from afd_jax.montecarlo.pool import pool_simulate
+    from afd_jax.workload.specs import resolve_workload
 
     assert main(_pool_args() + ["--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -207,8 +207,8 @@ def test_pool_diagnostics_against_float64_reference():
     """Throughput, idle fractions, barrier share and percentiles of pool_simulate(...,
     diagnostics=True) against a float64 re-simulation of the same pools; the diagnostics loop
     gives the same integers as the plain kernel loop."""
-    from afd_jax.pool import _tau_range, draw_pools, pool_simulate
-    from afd_jax.workloads import resolve_workload
+    from afd_jax.montecarlo.pool import _tau_range, draw_pools, pool_simulate
+    from afd_jax.workload.specs import resolve_workload
 
     w = resolve_workload(str(trace_path("azure_code")))
     lat, opts = _pool_latency()

@@ -6,8 +6,8 @@ import json
 
 from test_sweep import spec_text, traces  # noqa: F401  (fixture)
 
-from afd_jax import sweep as S
 from afd_jax.cli import main
+from afd_jax.studies import sweep as S
 
 
 def test_json_summary_and_plots(traces, tmp_path, capsys):  # noqa: F811

@@ -13,7 +13,7 @@ import pytest
 from conftest import trace_path
 
 from afd_jax.cli import main
-from afd_jax.statistics import theta_confidence_interval, trace_stats
+from afd_jax.workload.statistics import theta_confidence_interval, trace_stats
 
 REQUIRED_KEYS = {
     "n_requests",
@@ -212,20 +212,21 @@ def test_bad_input_subprocess_no_traceback(tmp_path):
 
 
 def test_unknown_preset_or_spec(capsys):
-    # Not a file and not a known preset/spec (whether or not afd_jax.workloads exists yet).
+    # Not a file and not a known preset/spec (whether or not afd_jax.workload.specs exists yet).
     code, out, err = run_cli(capsys, "no_such_preset_xyz", "--json")
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and "no_such_preset_xyz" in err
 
 
 def test_parametric_workload_reports_exact(capsys, monkeypatch):
-    """A non-file TRACE goes through afd_jax.workloads.resolve_workload; a parametric workload's
+    """A non-file TRACE goes through afd_jax.workload.specs.resolve_workload; a parametric
+    workload's
     statistics are exact, so its CI is [theta, theta]. Here P = 100 and D = 5 are fixed:
     theta = 100 + (5-1)/2 = 102, v = (5^2-1)/12 = 2."""
-    pytest.importorskip("afd_jax.families")
+    pytest.importorskip("afd_jax.workload.families")
     import types
 
-    from afd_jax.workload import CopulaComponent, Marginal, ParametricWorkload
+    from afd_jax.workload.containers import CopulaComponent, Marginal, ParametricWorkload
 
     fixed = ParametricWorkload(
         name="fixed",
@@ -237,9 +238,9 @@ def test_parametric_workload_reports_exact(capsys, monkeypatch):
         weights=np.array([1.0]),
         label="test workload",
     )
-    fake = types.ModuleType("afd_jax.workloads")
+    fake = types.ModuleType("afd_jax.workload.specs")
     fake.resolve_workload = lambda spec, fmt=None, decode_mapping="output": fixed
-    monkeypatch.setitem(sys.modules, "afd_jax.workloads", fake)
+    monkeypatch.setitem(sys.modules, "afd_jax.workload.specs", fake)
     code, out, _ = run_cli(capsys, "fixed", "--json")
     assert code == 0
     obj = json.loads(out)

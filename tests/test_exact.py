@@ -1,4 +1,4 @@
-"""Exact steady state (afd_jax.exact) against brute-force enumeration and direct convolution;
+"""Exact steady state (afd_jax.model.exact) against brute-force enumeration and direct convolution;
 the Gaussian barrier converges to it as B grows on a light-tailed law."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from afd_jax.errors import InputError
-from afd_jax.exact import exact_step_times, exact_throughput, worker_load_pmf
-from afd_jax.latency import Latency, ModelOptions
-from afd_jax.slotload import SlotLoadPMF
-from afd_jax.theory import gaussian_step_time
+from afd_jax.model.exact import exact_step_times, exact_throughput, worker_load_pmf
+from afd_jax.model.latency import Latency, ModelOptions
+from afd_jax.model.theory import gaussian_step_time
+from afd_jax.workload.slotload import SlotLoadPMF
 
 OPTIONS = [
     ModelOptions(),

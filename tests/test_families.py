@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from afd_jax import families as fam
 from afd_jax.errors import InputError
 from afd_jax.kernels import sample_requests
-from afd_jax.samplers import make_sampler
-from afd_jax.workloads import list_presets, resolve_workload
+from afd_jax.montecarlo.samplers import make_sampler
+from afd_jax.workload import families as fam
+from afd_jax.workload.specs import list_presets, resolve_workload
 
 
 def _stats_from_joint(pv, dv, joint):

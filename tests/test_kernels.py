@@ -1,7 +1,7 @@
 """Monte Carlo kernels against the exact steady state and against each other.
 
 Statistical tests: fixed seeds, tolerance 4 Monte Carlo standard errors (plus float32 round-off
-where the SE is 0). The reference E[tau(r)] is the exact FFT computation (afd_jax.exact) of a
+where the SE is 0). The reference E[tau(r)] is the exact FFT computation (afd_jax.model.exact) of a
 slot-load law pi built here independently from the request table by difference arrays.
 All three workloads share one padded alias-table shape, so each kernel compiles once.
 """
@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from conftest import trace_path
 
-from afd_jax.exact import exact_step_times
 from afd_jax.kernels import sampling as KS
-from afd_jax.latency import Latency, ModelOptions
-from afd_jax.simulate import simulate
-from afd_jax.slotload import SlotLoadPMF
-from afd_jax.traces import load_trace
+from afd_jax.model.exact import exact_step_times
+from afd_jax.model.latency import Latency, ModelOptions
+from afd_jax.montecarlo.simulate import simulate
+from afd_jax.workload.slotload import SlotLoadPMF
+from afd_jax.workload.traces import load_trace
 
 B, R_MAX, TABLE = 8, 32, 1 << 18
 

@@ -1,4 +1,5 @@
-"""Latency presets, TOML files and overrides (afd_jax.latency_io): validation names the file and
+"""Latency presets, TOML files and overrides (afd_jax.model.latency_io): validation names the file
+and
 key; presets ship as package data; files round-trip."""
 
 from __future__ import annotations
@@ -8,14 +9,14 @@ import math
 import pytest
 
 from afd_jax.errors import InputError
-from afd_jax.latency import Latency, ModelOptions
-from afd_jax.latency_io import (
+from afd_jax.model.latency import Latency, ModelOptions
+from afd_jax.model.latency_io import (
     format_latency_toml,
     list_presets,
     read_latency_file,
     resolve_latency,
 )
-from afd_jax.theory import mean_field_optimum
+from afd_jax.model.theory import mean_field_optimum
 
 GOOD = """
 [meta]

@@ -1,4 +1,4 @@
-"""Gradient-based provisioning (afd_jax/optimize.py) against independent references: the
+"""Gradient-based provisioning (afd_jax/studies/optimize.py) against independent references: the
 unsmoothed Gaussian model (theory), the exact steady state (exact, float64 NumPy, brute-force
 grids) and finite differences of the converged solver."""
 
@@ -10,12 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from afd_jax import optimize as opt
-from afd_jax import theory
-from afd_jax.exact import exact_step_times, exact_throughput, worker_load_pmf
-from afd_jax.latency import Latency, ModelOptions
-from afd_jax.slotload import slot_load_pmf
-from afd_jax.workload import TraceWorkload
+from afd_jax.model import theory
+from afd_jax.model.exact import exact_step_times, exact_throughput, worker_load_pmf
+from afd_jax.model.latency import Latency, ModelOptions
+from afd_jax.studies import optimize as opt
+from afd_jax.workload.containers import TraceWorkload
+from afd_jax.workload.slotload import slot_load_pmf
 
 R_MAX = 48
 

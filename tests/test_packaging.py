@@ -51,7 +51,7 @@ def test_wheel_layout(wheel):
     assert "afd_jax/kernels/__init__.py" in names
     assert "afd_jax/kernels/sampling.py" in names
     assert "afd_jax/cli/__init__.py" in names
-    assert "afd_jax/traces.py" in names
+    assert "afd_jax/workload/traces.py" in names
     assert not [n for n in names if n.startswith("kernels/")], names
     tops = {n.split("/", 1)[0] for n in names}
     assert tops <= {"afd_jax"} | {t for t in tops if t.endswith((".dist-info", ".data"))}, tops

@@ -18,10 +18,10 @@ from conftest import trace_path
 from scipy.special import ndtr
 from scipy.stats import spearmanr
 
-from afd_jax import families
-from afd_jax.statistics import workload_stats
-from afd_jax.traces import load_trace
-from afd_jax.workloads import list_presets, resolve_workload
+from afd_jax.workload import families
+from afd_jax.workload.specs import list_presets, resolve_workload
+from afd_jax.workload.statistics import workload_stats
+from afd_jax.workload.traces import load_trace
 
 PRESET_TRACE = {
     "azure-conv-fit": "azure_conv",

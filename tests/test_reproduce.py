@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from afd_jax.errors import InputError
-from afd_jax.latency import Latency, ModelOptions
-from afd_jax.pool import pool_simulate
-from afd_jax.reproduce import REGIMES, regime_latency
-from afd_jax.theory import mean_field_optimum
+from afd_jax.model.latency import Latency, ModelOptions
+from afd_jax.model.theory import mean_field_optimum
+from afd_jax.montecarlo.pool import pool_simulate
+from afd_jax.studies.reproduce import REGIMES, regime_latency
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -181,7 +181,7 @@ def test_regime_latency_lands_in_regime(theta, batch):
 
 
 def test_quick_mode_regenerates_committed_csvs(tmp_path):
-    from afd_jax.reproduce import run_reproduction
+    from afd_jax.studies.reproduce import run_reproduction
 
     committed = ROOT / "experiments" / "results" / "quick"
     run_reproduction(tmp_path, quick=True, seed=0, plots=False)

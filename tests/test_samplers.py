@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from scipy.stats import chi2
 
-from afd_jax import families as fam
 from afd_jax.kernels import CopulaSampler, TableSampler, sample_requests, sample_slot_load
-from afd_jax.samplers import make_sampler
-from afd_jax.slotload import slot_load_pmf
-from afd_jax.workload import TraceWorkload
+from afd_jax.montecarlo.samplers import make_sampler
+from afd_jax.workload import families as fam
+from afd_jax.workload.containers import TraceWorkload
+from afd_jax.workload.slotload import slot_load_pmf
 
 N = 200_000
 

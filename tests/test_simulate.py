@@ -8,8 +8,8 @@ import pytest
 
 from afd_jax.errors import InputError
 from afd_jax.kernels import sampling as KS
-from afd_jax.latency import Latency
-from afd_jax.simulate import simulate
+from afd_jax.model.latency import Latency
+from afd_jax.montecarlo.simulate import simulate
 
 LAT = Latency(
     alpha_attn=0.05, beta_attn=10.0, alpha_ffn=0.5, beta_ffn=20.0, alpha_comm=0.01, beta_comm=2.0

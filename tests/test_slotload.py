@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from afd_jax import families as fam
-from afd_jax.slotload import coarsen, slot_load_pmf
-from afd_jax.workload import TraceWorkload
+from afd_jax.workload import families as fam
+from afd_jax.workload.containers import TraceWorkload
+from afd_jax.workload.slotload import coarsen, slot_load_pmf
 
 
 def _random_trace(seed, n=300):

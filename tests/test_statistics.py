@@ -9,8 +9,8 @@ import pytest
 from conftest import trace_path
 
 from afd_jax.errors import InputError
-from afd_jax.statistics import theta_confidence_interval, trace_stats, workload_stats
-from afd_jax.traces import load_trace
+from afd_jax.workload.statistics import theta_confidence_interval, trace_stats, workload_stats
+from afd_jax.workload.traces import load_trace
 
 # MODEL.md section 7: rows, mean P, mean D, E[P]+E[D], theta, sqrt(v) (printed to 0.1).
 TABLE7 = {

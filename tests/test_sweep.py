@@ -1,4 +1,4 @@
-"""afd_jax.sweep: spec validation, scenario expansion, every method against an independent
+"""afd_jax.studies.sweep: spec validation, scenario expansion, every method against an independent
 per-scenario computation, streaming + kill-and-resume (byte-identical table)."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from afd_jax import sweep as S
 from afd_jax.errors import InputError
-from afd_jax.latency import Latency
+from afd_jax.model.latency import Latency
+from afd_jax.studies import sweep as S
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -163,9 +163,9 @@ def test_scenarios_product_order_and_random_samples(traces, tmp_path):
 
 @pytest.mark.parametrize("latency_extra", ["", "comm_scaling = 'per_worker'\noverlap = 'serial'"])
 def test_methods_match_per_scenario_references(traces, tmp_path, latency_extra):
-    from afd_jax import exact, theory
-    from afd_jax.slotload import slot_load_pmf
-    from afd_jax.workloads import resolve_workload
+    from afd_jax.model import exact, theory
+    from afd_jax.workload.slotload import slot_load_pmf
+    from afd_jax.workload.specs import resolve_workload
 
     out = tmp_path / "o.csv"
     text = spec_text(traces, out).replace(
@@ -256,10 +256,10 @@ def test_resume_refuses_a_different_spec(traces, tmp_path):
 def test_load_offset_reaches_every_method(traces, tmp_path):
     """With workloads.load_offset = 1 the analytic methods see theta + 1 and the exact method
     the shifted pi: each column equals its reference computed with the offset."""
-    from afd_jax import exact, theory
-    from afd_jax.slotload import slot_load_pmf
-    from afd_jax.statistics import workload_stats
-    from afd_jax.workloads import resolve_workload
+    from afd_jax.model import exact, theory
+    from afd_jax.workload.slotload import slot_load_pmf
+    from afd_jax.workload.specs import resolve_workload
+    from afd_jax.workload.statistics import workload_stats
 
     out = tmp_path / "o.csv"
     text = spec_text(traces, out).replace("[workloads]", "[workloads]\nload_offset = 1")

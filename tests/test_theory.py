@@ -1,4 +1,4 @@
-"""Mean-field regimes/optimum and the Gaussian barrier (afd_jax.theory) against independent
+"""Mean-field regimes/optimum and the Gaussian barrier (afd_jax.model.theory) against independent
 references: scipy quad in float64, a fine-grid argmax, finite differences, closed forms."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from afd_jax.latency import Latency, ModelOptions
-from afd_jax.theory import (
+from afd_jax.model.latency import Latency, ModelOptions
+from afd_jax.model.theory import (
     expected_max_std_normal,
     gaussian_step_time,
     gaussian_throughput,
@@ -160,7 +160,7 @@ def test_jitted_gaussian_does_not_retrace_on_new_coefficients():
     assert len(traces) == 1
     assert not np.allclose(np.asarray(a), np.asarray(b))
     # the module-level jitted entry point, too
-    from afd_jax.theory import gaussian_throughput_jit
+    from afd_jax.model.theory import gaussian_throughput_jit
 
     gaussian_throughput_jit(PAPER, 599.0, 360000.0, rs, 256, PER_WORKER)
     size = gaussian_throughput_jit._cache_size()

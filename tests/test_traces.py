@@ -10,7 +10,7 @@ import pytest
 from conftest import trace_path
 
 from afd_jax.errors import InputError
-from afd_jax.traces import load_trace
+from afd_jax.workload.traces import load_trace
 
 P = [100, 0, 37, 5]
 OUT = [3, 1, 0, 12]

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import InputError
+from afd_jax.errors import InputError
 
 # Order shown in --help. A module that does not exist yet is skipped.
 SUBCOMMANDS = ("theta", "provision", "calibrate", "simulate", "optimize", "sweep", "reproduce")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..errors import InputError
-from .common import emit_json, finite_nonneg
+from afd_jax.cli.common import emit_json, finite_nonneg
+from afd_jax.errors import InputError
 
 
 def add_parser(subparsers) -> None:
@@ -30,8 +30,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..calibrate import calibrate
-    from ..latency_io import format_latency_toml, validate_latency
+    from afd_jax.model.calibrate import calibrate
+    from afd_jax.model.latency_io import format_latency_toml, validate_latency
 
     for name in ("cost_attn", "cost_ffn"):
         value = finite_nonneg(name, getattr(args, name))

@@ -6,7 +6,7 @@ import json
 import math
 import sys
 
-from ..errors import InputError
+from afd_jax.errors import InputError
 
 
 def add_workload_args(parser, required: bool = True) -> None:
@@ -41,7 +41,7 @@ def add_workload_args(parser, required: bool = True) -> None:
 
 def load_workload(args):
     """Resolve --workload (path or preset) into a workload object."""
-    from ..workloads import resolve_workload
+    from afd_jax.workload.specs import resolve_workload
 
     return resolve_workload(
         args.workload, fmt=args.trace_format, decode_mapping=args.decode_mapping
@@ -123,7 +123,7 @@ def add_latency_args(parser) -> None:
 
 def load_latency(args):
     """(Latency, ModelOptions) from the latency flags (and --load-offset when present)."""
-    from ..latency_io import resolve_latency
+    from afd_jax.model.latency_io import resolve_latency
 
     overrides = {key: getattr(args, key, None) for key, _ in LATENCY_FLAGS}
     spec = getattr(args, "latency", None)

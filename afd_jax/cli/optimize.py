@@ -11,8 +11,7 @@ import math
 import sys
 import time
 
-from ..errors import InputError
-from .common import (
+from afd_jax.cli.common import (
     add_latency_args,
     add_workload_args,
     emit_json,
@@ -20,6 +19,7 @@ from .common import (
     load_workload,
     positive_int,
 )
+from afd_jax.errors import InputError
 
 
 def add_parser(subparsers) -> None:
@@ -88,9 +88,9 @@ def run(args) -> int:
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    from ..optimize import optimize
-    from ..slotload import slot_load_pmf
-    from ..statistics import workload_stats
+    from afd_jax.studies.optimize import optimize
+    from afd_jax.workload.slotload import slot_load_pmf
+    from afd_jax.workload.statistics import workload_stats
 
     if args.optimize_batch:
         positive_int("batch_max", args.batch_max)

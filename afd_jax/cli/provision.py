@@ -9,8 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
-from ..errors import InputError
-from .common import (
+from afd_jax.cli.common import (
     LATENCY_FLAGS,
     add_latency_args,
     add_workload_args,
@@ -19,6 +18,7 @@ from .common import (
     load_workload,
     positive_int,
 )
+from afd_jax.errors import InputError
 
 
 def add_parser(subparsers) -> None:
@@ -61,17 +61,17 @@ def provision(
     import jax.numpy as jnp
     import numpy as np
 
-    from ..exact import exact_throughput, worker_load_pmf
-    from ..latency_io import validate_latency
-    from ..slotload import slot_load_pmf
-    from ..statistics import workload_stats
-    from ..theory import (
+    from afd_jax.model.exact import exact_throughput, worker_load_pmf
+    from afd_jax.model.latency_io import validate_latency
+    from afd_jax.model.theory import (
         gaussian_optimum_continuous,
         gaussian_throughput_jit,
         mean_field_optimum,
         mean_field_throughput,
         regime_segments,
     )
+    from afd_jax.workload.slotload import slot_load_pmf
+    from afd_jax.workload.statistics import workload_stats
 
     positive_int("batch", batch)
     positive_int("r_max", r_max)
@@ -210,7 +210,7 @@ def run(args) -> int:
     res = provision(w, args.workload, args.batch, lat, opts, args.r_max, args.slot_bins, source)
     res["timings_s"]["total_s"] = time.perf_counter() - t0
     if args.plot:
-        from ..plots import plot_provision
+        from afd_jax.studies.plots import plot_provision
 
         plot_provision(res, args.plot)
         res["plot"] = args.plot

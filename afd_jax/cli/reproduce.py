@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import emit_json
+from afd_jax.cli.common import emit_json
 
 
 def add_parser(subparsers) -> None:
@@ -33,7 +33,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..reproduce import run_reproduction
+    from afd_jax.studies.reproduce import run_reproduction
 
     meta = run_reproduction(
         args.out,

@@ -6,7 +6,8 @@ fractions, the barrier share and step-time percentiles.
 
 Two measurement windows (``--window``): ``steps`` (default): ``--steps`` decode steps after
 ``--warmup`` of an infinite request stream (``--init`` stationary or cold); ``completions``:
-the paper's v1 simulator (:func:`afd_jax.pool.pool_simulate`): a cold start on a finite pool of
+the paper's v1 simulator (:func:`afd_jax.montecarlo.pool.pool_simulate`): a cold start on a finite
+pool of
 ``--requests`` requests, throughput over the time until ``--completion-fraction`` of them have
 completed, each r = 1..r_max run on its own (same pools for every r).
 """
@@ -15,8 +16,7 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import InputError
-from .common import (
+from afd_jax.cli.common import (
     add_latency_args,
     add_workload_args,
     emit_json,
@@ -24,6 +24,7 @@ from .common import (
     load_workload,
     positive_int,
 )
+from afd_jax.errors import InputError
 
 WINDOWS = ("steps", "completions")
 DEFAULT_STEPS = 4096
@@ -157,7 +158,7 @@ def run(args) -> int:
         raise InputError(f"must be in (0, 1), got {args.level}", field="level")
     if args.window == "completions":
         return _run_pool(args)
-    from ..simulate import simulate
+    from afd_jax.montecarlo.simulate import simulate
 
     args.kernel = args.kernel or "fast"
     args.steps = DEFAULT_STEPS if args.steps is None else args.steps
@@ -209,11 +210,11 @@ def run(args) -> int:
 
 
 def _run_pool(args) -> int:
-    """--window completions: :func:`afd_jax.pool.pool_simulate` for r = 1..r_max."""
+    """--window completions: :func:`afd_jax.montecarlo.pool.pool_simulate` for r = 1..r_max."""
     import time
 
-    from ..pool import pool_simulate
-    from ..simulate import device_name
+    from afd_jax.montecarlo.pool import pool_simulate
+    from afd_jax.montecarlo.simulate import device_name
 
     n = DEFAULT_REQUESTS if args.requests is None else args.requests
     x = DEFAULT_FRACTION if args.completion_fraction is None else args.completion_fraction

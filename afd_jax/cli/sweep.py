@@ -8,8 +8,8 @@ from __future__ import annotations
 import sys
 import time
 
-from ..errors import InputError
-from .common import emit_json
+from afd_jax.cli.common import emit_json
+from afd_jax.errors import InputError
 
 
 def add_parser(subparsers) -> None:
@@ -60,7 +60,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     import jax
 
-    from .. import sweep as S
+    from afd_jax.studies import sweep as S
 
     t0 = time.perf_counter()
     jax.config.update("jax_enable_x64", True)
@@ -79,7 +79,7 @@ def run(args) -> int:
             ) from None
     plan = S.make_plan(spec)  # resolves and validates everything before any evaluation
     if args.plot_dir:
-        from ..sweep_plots import check_axes
+        from afd_jax.studies.sweep_plots import check_axes
 
         check_axes(plan, args.plot_x, args.plot_y)
     pidx, pcount = 0, 1
@@ -103,7 +103,7 @@ def run(args) -> int:
     )
     plots = []
     if args.plot_dir and pidx == 0:
-        from ..sweep_plots import plot_sweep
+        from afd_jax.studies.sweep_plots import plot_sweep
 
         plots = plot_sweep(res.output, args.plot_dir, plan, args.plot_x, args.plot_y)
     summary = res.summary()

@@ -8,8 +8,8 @@ import math
 import sys
 from pathlib import Path
 
-from ..errors import InputError
-from .common import emit_json
+from afd_jax.cli.common import emit_json
+from afd_jax.errors import InputError
 
 # Names that are clearly meant as files: a missing one is "no such file", not a preset spec.
 _FILE_SUFFIXES = (".csv", ".jsonl", ".json", ".tsv", ".txt", ".gz")
@@ -66,7 +66,7 @@ def add_parser(subparsers) -> None:
 
 
 def _resolve(args):
-    from ..traces import load_trace
+    from afd_jax.workload.traces import load_trace
 
     path = Path(args.trace)
     if path.exists():
@@ -80,7 +80,7 @@ def _resolve(args):
     if args.trace.lower().endswith(_FILE_SUFFIXES) or "/" in args.trace:
         raise InputError("no such file", path=args.trace)
     try:
-        from ..workloads import resolve_workload
+        from afd_jax.workload.specs import resolve_workload
     except ModuleNotFoundError as err:
         if err.name and err.name.endswith("workloads"):
             raise InputError(
@@ -91,8 +91,8 @@ def _resolve(args):
 
 
 def run(args) -> int:
-    from ..statistics import theta_confidence_interval, workload_stats
-    from ..workload import TraceWorkload
+    from afd_jax.workload.containers import TraceWorkload
+    from afd_jax.workload.statistics import theta_confidence_interval, workload_stats
 
     if not (0.0 < args.level < 1.0) or not math.isfinite(args.level):
         raise InputError(f"must be in (0, 1), got {args.level}", field="--level")

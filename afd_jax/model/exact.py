@@ -18,9 +18,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft
 
-from .errors import InputError
-from .latency import DEFAULT_OPTIONS, Latency, ModelOptions
-from .slotload import SlotLoadPMF
+from afd_jax.errors import InputError
+from afd_jax.model.latency import DEFAULT_OPTIONS, Latency, ModelOptions
+from afd_jax.workload.slotload import SlotLoadPMF
 
 __all__ = ["exact_step_times", "exact_throughput", "other_stage_times", "worker_load_pmf"]
 

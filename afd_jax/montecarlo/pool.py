@@ -18,7 +18,8 @@ FFN and communication times use the nominal ``r B`` tokens by default (MODEL.md 
 
 ``diagnostics=True`` runs the same kernel steps in a loop that also sums, per step, the bundle's
 total and largest worker load and bins tau into a log-spaced histogram, and adds the idle
-fractions, the barrier share and step-time percentiles (as :mod:`afd_jax.simulate`; ratios of
+fractions, the barrier share and step-time percentiles (as :mod:`afd_jax.montecarlo.simulate`;
+ratios of
 sums over all steps of all pools' windows):
 
     idle_attn = 1 - (alpha_A S_T + r beta_A steps) / (r S_tau)
@@ -47,12 +48,12 @@ import jax.random as jr
 import numpy as np
 import scipy.stats
 
-from .errors import InputError
-from .kernels import pool as KP
-from .kernels import sampling as KS
-from .latency import Latency, ModelOptions
-from .simulate import STEP_DIAGNOSTICS
-from .workload import ParametricWorkload, TraceWorkload
+from afd_jax.errors import InputError
+from afd_jax.kernels import pool as KP
+from afd_jax.kernels import sampling as KS
+from afd_jax.model.latency import Latency, ModelOptions
+from afd_jax.montecarlo.simulate import STEP_DIAGNOSTICS
+from afd_jax.workload.containers import ParametricWorkload, TraceWorkload
 
 __all__ = ["PoolResult", "draw_pools", "pool_simulate"]
 
@@ -144,7 +145,7 @@ class PoolResult:
 
 def _sampler(source, load_offset: int):
     if isinstance(source, TraceWorkload | ParametricWorkload):
-        from .samplers import make_sampler
+        from afd_jax.montecarlo.samplers import make_sampler
 
         return make_sampler(source, load_offset=load_offset)
     return source  # a sampler pytree already (load_offset is the caller's business)

@@ -16,9 +16,9 @@ per FFN instance, continuous r >= 1 allowed everywhere):
 
 * throughput per instance (per unit cost) ``1e6 * r B / ((r c_A + c_F) E[tau])`` tokens/s.
 
-Every JAX function here is pure and jit-able: :class:`~afd_jax.latency.Latency`, ``theta``,
+Every JAX function here is pure and jit-able: :class:`~afd_jax.model.latency.Latency`, ``theta``,
 ``slot_var``, ``r`` and ``batch`` are traced (differentiable) arguments, broadcasting
-elementwise; :class:`~afd_jax.latency.ModelOptions` and ``method`` are static. Computation
+elementwise; :class:`~afd_jax.model.latency.ModelOptions` and ``method`` are static. Computation
 happens in the floating dtype of the array inputs (float64 under ``jax_enable_x64`` when the
 inputs are float64, float32 otherwise); Python scalars are weakly typed and never upcast.
 
@@ -41,7 +41,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import log_ndtr, ndtr
 
-from .latency import DEFAULT_OPTIONS, Latency, ModelOptions, instance_cost, other_stages
+from afd_jax.model.latency import (
+    DEFAULT_OPTIONS,
+    Latency,
+    ModelOptions,
+    instance_cost,
+    other_stages,
+)
 
 __all__ = [
     "Candidate",

@@ -3,16 +3,17 @@
 ``make_sampler(w, load_offset=0)`` returns a pytree accepted by
 ``afd_jax.kernels.sample_requests`` / ``sample_stationary`` / ``sample_slot_load``:
 
-* :class:`~afd_jax.workload.TraceWorkload` -> ``TableSampler`` over the rows
+* :class:`~afd_jax.workload.containers.TraceWorkload` -> ``TableSampler`` over the rows
   (``prompt + load_offset``, ``decode``); rows with D = 0 get zero weight.
-* :class:`~afd_jax.workload.ParametricWorkload` -> :class:`~afd_jax.kernels.copula.CopulaSampler`:
+* :class:`~afd_jax.workload.containers.ParametricWorkload` ->
+:class:`~afd_jax.kernels.copula.CopulaSampler`:
   padded inverse-CDF tables of every component (float32 CDFs, int32 values, prompt values
   shifted by ``load_offset``), mixture weights w_k and length-biased weights w_k E_k[D].
 
 ``load_offset`` is added to the prompt so that ``prompt + age`` is the slot load of
 MODEL.md 1 (``P + k + load_offset``). Built with NumPy in float64, stored in float32/int32.
 
->>> from afd_jax import families
+>>> from afd_jax.workload import families
 >>> s = make_sampler(families.independent(families.geometric(10, min=0), families.geometric(5)))
 >>> type(s).__name__
 'CopulaSampler'
@@ -22,11 +23,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
-from .families import gaussian_corr
-from .kernels.copula import CopulaSampler
-from .kernels.sampling import TableSampler, table_sampler
-from .workload import ParametricWorkload, TraceWorkload
+from afd_jax.errors import InputError
+from afd_jax.kernels.copula import CopulaSampler
+from afd_jax.kernels.sampling import TableSampler, table_sampler
+from afd_jax.workload.containers import ParametricWorkload, TraceWorkload
+from afd_jax.workload.families import gaussian_corr
 
 __all__ = ["make_sampler"]
 

@@ -2,7 +2,7 @@
 
 ``resolve_workload(spec, fmt=None, decode_mapping="output") -> Workload``
 
-1. ``spec`` names an existing file: :func:`afd_jax.traces.load_trace`.
+1. ``spec`` names an existing file: :func:`afd_jax.workload.traces.load_trace`.
 2. ``spec`` is a preset name (:func:`list_presets`).
 3. Otherwise a parametric spec (grammar; docs/workloads.md has examples)::
 
@@ -33,9 +33,9 @@ from __future__ import annotations
 import math
 import os
 
-from . import families
-from .errors import InputError
-from .workload import ParametricWorkload
+from afd_jax.errors import InputError
+from afd_jax.workload import families
+from afd_jax.workload.containers import ParametricWorkload
 
 __all__ = ["PRESETS", "list_presets", "preset", "resolve_workload"]
 
@@ -313,7 +313,7 @@ def resolve_workload(spec: str, fmt: str | None = None, decode_mapping: str = "o
     if not isinstance(spec, str) or not spec.strip():
         raise InputError("empty workload", field="workload")
     if os.path.exists(spec):
-        from .traces import load_trace
+        from afd_jax.workload.traces import load_trace
 
         return load_trace(spec, fmt=fmt, decode_mapping=decode_mapping)
     name = spec.strip()

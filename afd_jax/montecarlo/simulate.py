@@ -37,14 +37,14 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-from .errors import InputError
-from .kernels import barrier as KB
-from .kernels import fast as KF
-from .kernels import sampling as KS
-from .kernels import step as KStep
-from .kernels import trajectory as KT
-from .latency import Latency, ModelOptions
-from .workload import ParametricWorkload, TraceWorkload
+from afd_jax.errors import InputError
+from afd_jax.kernels import barrier as KB
+from afd_jax.kernels import fast as KF
+from afd_jax.kernels import sampling as KS
+from afd_jax.kernels import step as KStep
+from afd_jax.kernels import trajectory as KT
+from afd_jax.model.latency import Latency, ModelOptions
+from afd_jax.workload.containers import ParametricWorkload, TraceWorkload
 
 # Per-r step diagnostics every simulator reports (MODEL.md 3; `results` rows of the CLI JSON).
 STEP_DIAGNOSTICS = (
@@ -209,14 +209,14 @@ def _as_alias(sampler):
 
 def _make_sampler(w, load_offset: int):
     try:
-        from .samplers import make_sampler
+        from afd_jax.montecarlo.samplers import make_sampler
     except ImportError:
         make_sampler = None
     if make_sampler is not None:
         return make_sampler(w, load_offset=load_offset)
     if isinstance(w, TraceWorkload):
         return KS.table_sampler(np.asarray(w.prompt) + load_offset, w.decode)
-    raise InputError("parametric workloads need afd_jax.samplers (not available)")
+    raise InputError("parametric workloads need afd_jax.montecarlo.samplers (not available)")
 
 
 def step_model(lat: Latency, batch: int, r_max: int, opts: ModelOptions) -> KStep.StepModel:

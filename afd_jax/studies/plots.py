@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import InputError
+from afd_jax.errors import InputError
 
 REGIME_COLOURS = {"attention": "#dbe9f6", "communication": "#fde9d9", "ffn": "#e2f0d9"}
 METHOD_STYLE = {

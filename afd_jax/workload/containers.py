@@ -10,8 +10,8 @@ A workload is the law of a request (P, D): P >= 0 prompt tokens, D >= 1 decode s
   marginals for P and D on integer supports, tied by a Gaussian copula with a given rank
   (Spearman) correlation (0 = independent).
 
-Statistics (theta, v, ...) are free functions in :mod:`afd_jax.statistics`; the stationary
-slot-load law in :mod:`afd_jax.slotload`.
+Statistics (theta, v, ...) are free functions in :mod:`afd_jax.workload.statistics`; the stationary
+slot-load law in :mod:`afd_jax.workload.slotload`.
 """
 
 from __future__ import annotations

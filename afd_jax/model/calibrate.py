@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .latency import Latency, ModelOptions
+from afd_jax.errors import InputError
+from afd_jax.model.latency import Latency, ModelOptions
 
 STAGE_NAMES = {
     "attn": "attn",

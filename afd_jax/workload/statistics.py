@@ -24,8 +24,8 @@ from statistics import NormalDist
 
 import numpy as np
 
-from .errors import InputError
-from .workload import ParametricWorkload, TraceWorkload, WorkloadStats
+from afd_jax.errors import InputError
+from afd_jax.workload.containers import ParametricWorkload, TraceWorkload, WorkloadStats
 
 CI_METHODS = ("delta", "bootstrap")
 
@@ -92,11 +92,12 @@ def trace_stats(prompt, decode) -> WorkloadStats:
 
 def workload_stats(w) -> WorkloadStats:
     """Statistics of any workload: a :class:`TraceWorkload` (estimators above) or a
-    :class:`ParametricWorkload` (exact moments, :func:`afd_jax.families.parametric_stats`)."""
+    :class:`ParametricWorkload` (exact moments,
+    :func:`afd_jax.workload.families.parametric_stats`)."""
     if isinstance(w, TraceWorkload):
         return trace_stats(w.prompt, w.decode)
     if isinstance(w, ParametricWorkload):
-        from .families import parametric_stats
+        from afd_jax.workload.families import parametric_stats
 
         return parametric_stats(w)
     raise TypeError(f"not a workload: {type(w).__name__}")

@@ -4,7 +4,8 @@
 
 * ``v1_curves.csv``   the v1 setup (MODEL.md 6), per r: mean-field, Gaussian and exact
   throughput, stationary Monte Carlo (``simulate``, barrier kernel) with its CI, and the
-  paper's cold-start finite-pool simulator (:mod:`afd_jax.pool`: nominal FFN tokens; a subset
+  paper's cold-start finite-pool simulator (:mod:`afd_jax.montecarlo.pool`: nominal FFN tokens; a
+  subset
   of r also with active-token FFN cost) with its CI across pools.
 * ``v1_summary.csv``  one row per quantity: every method's r*, the simulation optima and the
   relative gaps; the r = 32 shortfall against mean field and the part the barriers explain.
@@ -22,7 +23,7 @@ rerun with the same configuration skips finished parts (resume).
 
 Latency scenarios. The v1 setup uses the ``paper-v1`` preset (r* = 9.3 at theta = 599,
 B = 256). Elsewhere, coefficient sets are ``paper-v1`` rescaled to each (workload, B) so the
-optimum lands in a chosen regime (verified with :func:`afd_jax.theory.mean_field_optimum`):
+optimum lands in a chosen regime (verified with :func:`afd_jax.model.theory.mean_field_optimum`):
 with ``s = tA_bar / tA_bar_v1`` (``tA_bar = alpha_A B theta + beta_A``, Attention coefficients
 kept), every FFN/communication intercept is multiplied by s and every slope by ``s * 256 / B``
 ("attention": the balance point stays r* = 9.3); "communication": the per-worker
@@ -43,8 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .latency import Latency, ModelOptions
+from afd_jax.errors import InputError
+from afd_jax.model.latency import Latency, ModelOptions
 
 __all__ = ["CONFIGS", "config", "regime_latency", "run_reproduction"]
 
@@ -176,7 +177,7 @@ def _num(x) -> float:
 
 def regime_latency(theta: float, batch: int, regime: str) -> tuple[Latency, ModelOptions]:
     """paper-v1 rescaled to (theta, B) with the optimum in ``regime`` (module docstring)."""
-    from .latency_io import resolve_latency
+    from afd_jax.model.latency_io import resolve_latency
 
     base, opts = resolve_latency("paper-v1")
     ta = float(base.alpha_attn) * batch * theta + float(base.beta_attn)
@@ -199,7 +200,7 @@ def regime_latency(theta: float, batch: int, regime: str) -> tuple[Latency, Mode
 
 
 def _load_workload(name: str, traces_dir: Path | None):
-    from .workloads import resolve_workload
+    from afd_jax.workload.specs import resolve_workload
 
     if name in PARAMETRIC:
         return resolve_workload(PARAMETRIC[name])
@@ -229,7 +230,7 @@ def _log(msg: str) -> None:
 
 
 def _v1_latency(batch: int):
-    from .latency_io import resolve_latency
+    from afd_jax.model.latency_io import resolve_latency
 
     if batch == 256:
         return resolve_latency("paper-v1")
@@ -240,10 +241,14 @@ def _methods_curve(w, lat, opts, batch: int, r_max: int, slot_bins: int):
     """Mean-field, Gaussian, exact throughput for r = 1..r_max and the optima (host floats)."""
     import jax.numpy as jnp
 
-    from .exact import exact_throughput, worker_load_pmf
-    from .slotload import slot_load_pmf
-    from .statistics import workload_stats
-    from .theory import gaussian_optimum_continuous, gaussian_throughput_jit, mean_field_optimum
+    from afd_jax.model.exact import exact_throughput, worker_load_pmf
+    from afd_jax.model.theory import (
+        gaussian_optimum_continuous,
+        gaussian_throughput_jit,
+        mean_field_optimum,
+    )
+    from afd_jax.workload.slotload import slot_load_pmf
+    from afd_jax.workload.statistics import workload_stats
 
     st = workload_stats(w)
     pmf = slot_load_pmf(w, load_offset=int(opts.load_offset), max_bins=slot_bins)
@@ -271,7 +276,7 @@ def _methods_curve(w, lat, opts, batch: int, r_max: int, slot_bins: int):
 
 
 def _mf(lat, theta, r, batch, opts) -> float:
-    from .theory import _mf_throughput_host
+    from afd_jax.model.theory import _mf_throughput_host
 
     return _mf_throughput_host(lat, theta, r, float(batch), opts)
 
@@ -281,7 +286,7 @@ def _optimiser(pmf, st, lat, opts, batch: int, r_max: int, enabled: bool = True)
     if not enabled:
         return math.nan, None
     try:
-        from .optimize import optimize
+        from afd_jax.studies.optimize import optimize
     except ImportError:  # pragma: no cover - optimiser module missing
         return math.nan, None
     theta = float(st.theta) + opts.load_offset
@@ -290,7 +295,7 @@ def _optimiser(pmf, st, lat, opts, batch: int, r_max: int, enabled: bool = True)
 
 
 def _simulate_stationary(w, lat, opts, batch, r_max, steps, reps, seed):
-    from .simulate import simulate
+    from afd_jax.montecarlo.simulate import simulate
 
     return simulate(
         w,
@@ -306,8 +311,8 @@ def _simulate_stationary(w, lat, opts, batch, r_max, steps, reps, seed):
 
 
 def _part_v1(cfg: dict, parts: Path) -> None:
-    from .pool import pool_simulate
-    from .workloads import resolve_workload
+    from afd_jax.montecarlo.pool import pool_simulate
+    from afd_jax.workload.specs import resolve_workload
 
     if (parts / "v1_curves.csv").exists() and (parts / "v1_summary.csv").exists():
         _log("v1: done already (resume)")
@@ -413,8 +418,8 @@ def _part_v1(cfg: dict, parts: Path) -> None:
 
 
 def _part_drain(cfg: dict, parts: Path) -> None:
-    from .pool import pool_simulate
-    from .workloads import resolve_workload
+    from afd_jax.montecarlo.pool import pool_simulate
+    from afd_jax.workload.specs import resolve_workload
 
     if (parts / "v1_drain.csv").exists():
         _log("drain: done already (resume)")
@@ -424,7 +429,7 @@ def _part_drain(cfg: dict, parts: Path) -> None:
     lat, opts = _v1_latency(b)
     r = 32 if cfg["v1_r_max"] >= 32 else cfg["v1_r_max"]
     mf = _mf(lat, 599.0, float(r), b, opts)
-    from .pool import draw_pools
+    from afd_jax.montecarlo.pool import draw_pools
 
     n_max = max(cfg["v1_drain_requests"])
     pools = draw_pools(w, n_max, cfg["v1_drain_replications"], cfg["seed"], int(opts.load_offset))
@@ -466,7 +471,7 @@ def _part_drain(cfg: dict, parts: Path) -> None:
 
 
 def _part_grid(cfg: dict, parts: Path, name: str, batch: int, traces_dir) -> None:
-    from .theory import mean_field_optimum
+    from afd_jax.model.theory import mean_field_optimum
 
     tag = f"grid_{name}_B{batch}"
     if (parts / f"{tag}.csv").exists() and (parts / f"{tag}_curves.csv").exists():
@@ -478,7 +483,7 @@ def _part_grid(cfg: dict, parts: Path, name: str, batch: int, traces_dir) -> Non
     rows, curves = [], []
     base = None
     for regime in REGIMES:
-        from .statistics import workload_stats
+        from afd_jax.workload.statistics import workload_stats
 
         st = workload_stats(w) if base is None else base["stats"]
         theta, naive = float(st.theta), float(st.naive_mean_sum)
@@ -630,7 +635,7 @@ def run_reproduction(
     write_report(out, cfg, used, skipped)
     if plots:
         write_plots(out)
-    from .simulate import device_name
+    from afd_jax.montecarlo.simulate import device_name
 
     meta = dict(
         mode=cfg["mode"],

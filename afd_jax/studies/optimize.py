@@ -2,7 +2,7 @@
 optax, then choose the integers by exact evaluation (docs/optimize.md).
 
 Smoothed objective (temperature ``T`` in microseconds, ``T -> 0`` recovers the Gaussian model
-of :func:`afd_jax.theory.gaussian_step_time`):
+of :func:`afd_jax.model.theory.gaussian_step_time`):
 
 * other stages      ``G_T(r) = T * logaddexp(t_C/T, t_F/T)`` (pipelined; ``max <= G_T <= max +
   T log 2``) or ``t_C + t_F`` (serial, no max);
@@ -36,7 +36,7 @@ coordinates at an active bound have zero sensitivity. ``dr*/dp = r* dx_r/dp``.
 
 Integer choice and constraints (:func:`optimize`, host float64): candidates ``floor(r_c) - k ..
 ceil(r_c) + k`` (and the same for B), extended while the best feasible candidate sits on the
-edge of the window; each is evaluated by :mod:`afd_jax.exact`. Constraints: KV capacity
+edge of the window; each is evaluated by :mod:`afd_jax.model.exact`. Constraints: KV capacity
 (``Pr(worker load > capacity) <= eps`` under the exact worker-load law -> the largest allowed
 B), mean step time ``E[tau] <= S``, P99 step time (from the exact law of the barrier max), r and
 B bounds. A constraint *binds* when a candidate with higher exact throughput violates it.
@@ -53,9 +53,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import theory
-from .errors import InputError
-from .latency import (
+from afd_jax.errors import InputError
+from afd_jax.model import theory
+from afd_jax.model.latency import (
     COEFFICIENTS,
     DEFAULT_OPTIONS,
     Latency,
@@ -189,7 +189,7 @@ def smoothed_step_time(
 ):
     """``E_T[tau]`` (us): the Gaussian-barrier step time with both maxima smoothed at temperature
     ``T`` (us) as in the module docstring; ``T = 0`` equals
-    :func:`afd_jax.theory.gaussian_step_time` (method "tail"). Elementwise in every argument;
+    :func:`afd_jax.model.theory.gaussian_step_time` (method "tail"). Elementwise in every argument;
     ``opts`` is static."""
     mu = theory.mean_attention_time(lat, theta, batch)
     tc, tf = t_comm(lat, r, batch, opts), t_ffn(lat, r, batch)
@@ -456,7 +456,7 @@ def kv_batch_limit(slot_pmf, capacity: float, epsilon: float, batch_max: int) ->
     """Largest B in [1, batch_max] with ``Pr(worker load > capacity) <= epsilon`` under the exact
     worker-load law (pi convolved B times); 0 when even B = 1 violates it. The tail grows with
     B (loads are >= 0), so a bisection over B is exact."""
-    from .exact import worker_load_pmf
+    from afd_jax.model.exact import worker_load_pmf
 
     def ok(b):
         wp = worker_load_pmf(slot_pmf, b)
@@ -483,7 +483,7 @@ def exact_p99_step_times(
     """q-quantile of tau(r) for r = 1..r_max (float64) under the exact law: tau is a
     non-decreasing function of the barrier max M_r, whose CDF is ``F_B^r``, so
     ``Q_q(tau) = tau(Q_q(M_r))`` with ``Q_q(M_r) = min{w : F_B(w) >= q^(1/r)}``."""
-    from .exact import other_stage_times
+    from afd_jax.model.exact import other_stage_times
 
     p = worker_pmf.pmf
     w = worker_pmf.support
@@ -549,7 +549,7 @@ class _ExactCache:
         self.worker, self.mean, self.p99 = {}, {}, {}
 
     def get(self, b: int, r: int) -> tuple[float, float]:
-        from .exact import exact_step_times, worker_load_pmf
+        from afd_jax.model.exact import exact_step_times, worker_load_pmf
 
         if b not in self.worker:
             self.worker[b] = worker_load_pmf(self.slot_pmf, b)
@@ -584,7 +584,7 @@ def optimize(
     """Provision one bundle: continuous optimum of the smoothed objective, then the best feasible
     integer (r, B) among its neighbours by exact evaluation (module docstring).
 
-    slot_pmf: the stationary slot-load law (:func:`afd_jax.slotload.slot_load_pmf`); theta,
+    slot_pmf: the stationary slot-load law (:func:`afd_jax.workload.slotload.slot_load_pmf`); theta,
     slot_var: its mean and variance (the Gaussian model's inputs); batch: fixed B (or, with
     optimize_batch, ignored except as a default for batch_max); constraints as in the module
     docstring (None = not set). Raises InputError for bad or infeasible settings.

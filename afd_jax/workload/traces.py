@@ -1,4 +1,4 @@
-"""Request-trace loaders: a trace file -> :class:`~afd_jax.workload.TraceWorkload`.
+"""Request-trace loaders: a trace file -> :class:`~afd_jax.workload.containers.TraceWorkload`.
 
 Formats (see docs/traces.md):
 
@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .workload import TraceWorkload
+from afd_jax.errors import InputError
+from afd_jax.workload.containers import TraceWorkload
 
 #: Known formats: name -> (container, prompt field, output field).
 FORMATS: dict[str, tuple[str, str | None, str | None]] = {

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from afd_jax.errors import InputError
 
 _REGIME_COLOURS = {"attention": "#4C72B0", "communication": "#DD8452", "ffn": "#55A868"}
 
@@ -64,7 +64,7 @@ def plot_sweep(table_path, out_dir, plan, x=None, y=None) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .sweep import read_table
+    from afd_jax.studies.sweep import read_table
 
     x, y = check_axes(plan, x, y)
     table = read_table(table_path)

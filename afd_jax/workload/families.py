@@ -1,6 +1,7 @@
 """Parametric workload families with exact moments (MODEL.md 4).
 
-Marginals (laws of P or D on non-negative integers) are :class:`~afd_jax.workload.Marginal`
+Marginals (laws of P or D on non-negative integers) are
+:class:`~afd_jax.workload.containers.Marginal`
 objects: sorted unique int64 ``values`` and a float64 ``pmf``. Infinite supports are truncated
 at the first point where the remaining tail mass is below ``TAIL = 1e-15`` and renormalised (the
 change of theta is then ~1e-15 * support^2 / E[D]: 2e-10 for the paper-v1 geometric).
@@ -15,7 +16,7 @@ Marginal constructors::
                                            conditioned on lo <= X <= hi (truncation)
     zipf(exponent, lo=1, hi)               P(X = k) proportional to k^-exponent on {lo, ..., hi}
 
-Workload constructors return :class:`~afd_jax.workload.ParametricWorkload`::
+Workload constructors return :class:`~afd_jax.workload.containers.ParametricWorkload`::
 
     independent(prompt, decode)            P and D independent
     copula(prompt, decode, rank_corr)      Gaussian copula, rank_corr = Spearman rho_s of the
@@ -35,8 +36,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from scipy.special import ndtr, ndtri
 
-from .errors import InputError
-from .workload import CopulaComponent, Marginal, ParametricWorkload, WorkloadStats
+from afd_jax.errors import InputError
+from afd_jax.workload.containers import CopulaComponent, Marginal, ParametricWorkload, WorkloadStats
 
 TAIL = 1e-15  # truncation threshold for infinite supports (tail mass left out, < 1e-12)
 MAX_SUPPORT = 1 << 24  # refuse marginals with more atoms than this (memory)
@@ -426,7 +427,8 @@ def raw_moments(comp: CopulaComponent) -> dict[str, float]:
 
 
 def parametric_stats(w: ParametricWorkload) -> WorkloadStats:
-    """Exact :class:`~afd_jax.workload.WorkloadStats` of a parametric workload (MODEL.md 4).
+    """Exact :class:`~afd_jax.workload.containers.WorkloadStats` of a parametric workload (MODEL.md
+    4).
 
     With mixture weights w_k and component moments E_k[.]::
 

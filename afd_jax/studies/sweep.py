@@ -10,20 +10,23 @@ Scenarios are the Cartesian product ``workloads x batches x latency``, in that n
 For every scenario and every r = 1..r_max the sweep reports the throughput per instance (tokens/s,
 MODEL.md 3) of each requested method:
 
-* ``mean_field`` and ``gaussian`` (:mod:`afd_jax.theory`, JAX): ``jax.vmap`` over scenarios and r,
+* ``mean_field`` and ``gaussian`` (:mod:`afd_jax.model.theory`, JAX): ``jax.vmap`` over scenarios
+and r,
   jitted once per chunk shape, the chunk sharded over every local device along a 1-D
   ``"scenarios"`` mesh axis (:class:`jax.sharding.NamedSharding`). Each scenario's numbers are
   computed independently of every other, so results do not depend on the chunk size or the device
   count.
-* ``exact`` (float64 NumPy): the worker-load law ``pi^{*B}`` (:func:`afd_jax.exact.worker_load_pmf`,
+* ``exact`` (float64 NumPy): the worker-load law ``pi^{*B}``
+(:func:`afd_jax.model.exact.worker_load_pmf`,
   FFT) depends only on (workload, B); it is computed once per group and turned into the max-law
   tables ``F^r`` and ``S_r(k) = sum_{i<k} Pr(W_max = w_i) w_i``. For a scenario with attention
   coefficients (a, b) and other-stage time G(r) the pipelined step time is then O(1):
   ``E[max(G, a W_max + b)] = G F^r(w_{k-1}) + a (E[W_max] - S_r(k)) + b (1 - F^r(w_{k-1}))``
   with ``k = #{i: w_i < (G - b)/a}``, and ``E[a W_max + b] + G`` when serial -- the same sum as
-  :func:`afd_jax.exact.exact_step_times`, evaluated for all coefficient scenarios at once.
-* ``mc`` (:func:`afd_jax.simulate.simulate`, one call per scenario; small sweeps only) and
-  ``optimize`` (:mod:`afd_jax.optimize`, one call per scenario) where those modules exist.
+  :func:`afd_jax.model.exact.exact_step_times`, evaluated for all coefficient scenarios at once.
+* ``mc`` (:func:`afd_jax.montecarlo.simulate.simulate`, one call per scenario; small sweeps only)
+and
+  ``optimize`` (:mod:`afd_jax.studies.optimize`, one call per scenario) where those modules exist.
 
 Per scenario the table also carries ``theta``, ``slot_std``, the mean-field binding ``regime`` at
 each r, and ``r_best_<method>`` (the integer argmax of that method's throughput over 1..r_max).
@@ -60,8 +63,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .latency import COMM_SCALINGS, OVERLAPS, Latency, ModelOptions
+from afd_jax.errors import InputError
+from afd_jax.model.latency import COMM_SCALINGS, OVERLAPS, Latency, ModelOptions
 
 METHODS = ("mean_field", "gaussian", "exact", "mc", "optimize")
 LATENCY_FIELDS = Latency._fields  # 6 coefficients + cost_attn, cost_ffn
@@ -528,9 +531,9 @@ def _latency_key(spec: SweepSpec, f: str) -> str:
 
 def make_plan(spec: SweepSpec) -> SweepPlan:
     """Resolve workloads (statistics), the latency base and the scenario table; validate values."""
-    from .latency_io import resolve_latency
-    from .statistics import workload_stats
-    from .workloads import resolve_workload
+    from afd_jax.model.latency_io import resolve_latency
+    from afd_jax.workload.specs import resolve_workload
+    from afd_jax.workload.statistics import workload_stats
 
     entries = []
     for i, (label, s, params) in enumerate(spec.workloads):
@@ -587,14 +590,14 @@ def _analytic_fns(opts: ModelOptions, r_max: int, gauss_method: str) -> dict:
     Inputs (all shape [n], one float dtype): a :class:`Latency` of [n] arrays, theta, slot_var,
     batch. ``"mean_field"`` returns ``regime`` int32[n, r_max] (0 attention, 1 communication,
     2 FFN: the stage with the largest mean-field time at r, ties in that order as in
-    :func:`afd_jax.theory.mean_field_regime`) and ``tput_mean_field``; ``"gaussian"`` returns
+    :func:`afd_jax.model.theory.mean_field_regime`) and ``tput_mean_field``; ``"gaussian"`` returns
     ``tput_gaussian`` (tokens/s, float[n, r_max]).
     """
     import jax
     import jax.numpy as jnp
 
-    from . import latency as L
-    from . import theory
+    from afd_jax.model import latency as L
+    from afd_jax.model import theory
 
     def mean_field(lat: Latency, theta, slot_var, batch):
         r = jnp.arange(1, r_max + 1, dtype=theta.dtype)
@@ -643,7 +646,7 @@ class _ExactTables:
     """Max-law tables of the worker load for one (workload, B) group (float64).
 
     With the worker-load lattice ``w_i = start + width * i`` (i < n) and survival
-    ``S(w) = Pr(T > w)`` summed from the upper tail (as in :mod:`afd_jax.exact`):
+    ``S(w) = Pr(T > w)`` summed from the upper tail (as in :mod:`afd_jax.model.exact`):
     ``exceed[r-1, i] = Pr(M_r >= w_i) = -expm1(r log1p(-S(w_{i-1})))`` for i = 0..n (1 at i = 0,
     0 at i = n) and ``upper[r-1, k] = sum_{i >= k} Pr(M_r = w_i) w_i`` (0 at k = n).
     """
@@ -776,8 +779,8 @@ class _Evaluator:
         return out
 
     def _worker_pmf(self, wl: int, batch: int):
-        from .exact import worker_load_pmf
-        from .slotload import slot_load_pmf
+        from afd_jax.model.exact import worker_load_pmf
+        from afd_jax.workload.slotload import slot_load_pmf
 
         if self._slot_key != wl:
             kw = {}
@@ -826,12 +829,13 @@ class _Evaluator:
         return res
 
     def _optimize(self, sl: slice) -> np.ndarray:
-        """Continuous optimum r_c of the smoothed Gaussian objective (:mod:`afd_jax.optimize`),
+        """Continuous optimum r_c of the smoothed Gaussian objective
+        (:mod:`afd_jax.studies.optimize`),
         vmapped over the chunk (padded to a fixed shape, sharded like the analytic kernels)."""
         import jax
         import jax.numpy as jnp
 
-        from .optimize import make_scenario, solve_continuous_batched
+        from afd_jax.studies.optimize import make_scenario, solve_continuous_batched
 
         p = self.plan
         n = sl.stop - sl.start
@@ -853,9 +857,10 @@ class _Evaluator:
 
     def _mc(self, sl: slice) -> tuple[np.ndarray, np.ndarray]:
         """Monte Carlo throughput and its standard error (delta method from the SE of E[tau]),
-        one :func:`afd_jax.simulate.simulate` call per scenario with seed = mc.seed + scenario
+        one :func:`afd_jax.montecarlo.simulate.simulate` call per scenario with seed = mc.seed +
+        scenario
         index (so results do not depend on chunking)."""
-        from .simulate import simulate
+        from afd_jax.montecarlo.simulate import simulate
 
         p, spec = self.plan, self.spec
         t0 = time.perf_counter()

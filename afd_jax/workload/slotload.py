@@ -40,7 +40,7 @@ def _lattice_pi_trace(w) -> tuple[int, np.ndarray]:
     decode = np.asarray(w.decode, np.int64)
     keep = decode > 0
     if not np.any(keep):
-        from .errors import InputError
+        from afd_jax.errors import InputError
 
         raise InputError("every decode length is 0: no slot is ever held", field="decode")
     prompt, decode = prompt[keep], decode[keep]
@@ -69,10 +69,11 @@ def _lattice_pi_component(comp) -> tuple[int, np.ndarray]:
     ``pmf_P(l) - pmf_{P+D}(l)``. For independent P, D the law of P + D is the convolution of the
     two pmfs (:func:`_convolve`, FFT when large); for a copula it is accumulated over the
     decode atoms d of ``pmf_D(d) * Pr(P = l - d | D = d)`` (the conditional rows of
-    :func:`afd_jax.families.copula_conditional_rows`, chunked), so pi, theta and v come from the
+    :func:`afd_jax.workload.families.copula_conditional_rows`, chunked), so pi, theta and v come
+    from the
     same joint law.
     """
-    from .families import copula_conditional_rows, gaussian_corr
+    from afd_jax.workload.families import copula_conditional_rows, gaussian_corr
 
     pv, pp = comp.prompt.values, comp.prompt.pmf
     dv, dp = comp.decode.values, comp.decode.pmf
@@ -136,12 +137,12 @@ def slot_load_pmf(w, load_offset: int = 0, max_bins: int = 1 << 16) -> SlotLoadP
       Exact: its mean and variance are the trace's theta_hat and v_hat.
     * ParametricWorkload: per component ``pmf_P - pmf_{P+D}`` cumulated (see
       :func:`_lattice_pi_component`); a mixture weights component k by ``w_k E_k[D]``. Its mean
-      and variance are those of :func:`afd_jax.families.parametric_stats`.
+      and variance are those of :func:`afd_jax.workload.families.parametric_stats`.
 
     Then :func:`coarsen` to at most ``max_bins`` lattice points (mean exact, variance + at most
     width^2/4). Returns :class:`SlotLoadPMF` (start, width, pmf summing to 1).
     """
-    from .workload import ParametricWorkload, TraceWorkload
+    from afd_jax.workload.containers import ParametricWorkload, TraceWorkload
 
     if isinstance(w, TraceWorkload):
         start, lat = _lattice_pi_trace(w)

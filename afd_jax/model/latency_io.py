@@ -25,8 +25,8 @@ import tomllib
 from importlib import resources
 from pathlib import Path
 
-from .errors import InputError
-from .latency import COEFFICIENTS, COMM_SCALINGS, OVERLAPS, Latency, ModelOptions
+from afd_jax.errors import InputError
+from afd_jax.model.latency import COEFFICIENTS, COMM_SCALINGS, OVERLAPS, Latency, ModelOptions
 
 __all__ = [
     "LATENCY_KEYS",

@@ -1,0 +1,173 @@
+"""The one home of the stage-latency model: stage times, step time, idle and throughput
+(docs/model.md 2, 3).
+
+Every other module (mean field, Gaussian, exact, Monte Carlo, optimiser, sweep, reproduction)
+calls these functions instead of writing the formulas again. Each function works on Python
+floats, NumPy arrays (float64 references stay NumPy, no JAX dispatch) and JAX arrays or tracers
+alike (differentiable, vmappable, jittable): only arithmetic and :func:`maximum` are used.
+
+Stage latencies are *stage objects*. Today every stage is an :class:`AffineStage`
+``t(x) = alpha * x + beta``; :func:`stage_time` is the single place that evaluates a stage, so a
+non-affine stage (a measured table, interpolated) plugs in here without touching its callers.
+
+Coefficients travel as a :class:`Latency` NamedTuple (a pytree: differentiable, vmappable); the
+structural switches as a hashable :class:`ModelOptions` (static under ``jit``). Time unit:
+microseconds; throughput in tokens/s.
+
+Equations (docs/model.md 2-3), with X = r*B (``comm_scaling="aggregate"``) or B (``"per_worker"``)::
+
+    t_A(T) = alpha_A T + beta_A          t_F(r) = alpha_F r B + beta_F
+    t_C(r) = alpha_C X + beta_C          G(r) = max(t_C, t_F)  (pipelined) | t_C + t_F  (serial)
+    tau    = max(max_j t_A(T_j), G(r))   (pipelined) | max_j t_A(T_j) + G(r)  (serial)
+    throughput = 1e6 r B / ((r c_A + c_F) E[tau])     tokens/s per instance (per unit cost)
+
+>>> lat = Latency(0.01, 100.0, 0.5, 443.0, 0.5, 100.0)
+>>> float(other_stages(lat, 4, 64, ModelOptions(comm_scaling="per_worker")))
+571.0
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+COMM_SCALINGS = ("aggregate", "per_worker")
+OVERLAPS = ("pipelined", "serial")
+COEFFICIENTS = ("alpha_attn", "beta_attn", "alpha_ffn", "beta_ffn", "alpha_comm", "beta_comm")
+STAGES = ("attn", "ffn", "comm")
+
+
+class AffineStage(NamedTuple):
+    """A stage whose time is affine in its token count: ``t(x) = alpha * x + beta`` (us)."""
+
+    alpha: float
+    beta: float
+
+
+class Latency(NamedTuple):
+    """Stage coefficients (us per token, us) and instance costs.
+
+    t_A(T) = alpha_attn*T + beta_attn;  t_F(r) = alpha_ffn*r*B + beta_ffn;
+    t_C(r) = alpha_comm*X + beta_comm with X = r*B ("aggregate") or B ("per_worker").
+    The stage objects are :attr:`attn`, :attr:`ffn` and :attr:`comm`.
+    """
+
+    alpha_attn: float
+    beta_attn: float
+    alpha_ffn: float
+    beta_ffn: float
+    alpha_comm: float
+    beta_comm: float
+    cost_attn: float = 1.0
+    cost_ffn: float = 1.0
+
+    @property
+    def attn(self) -> AffineStage:
+        return AffineStage(self.alpha_attn, self.beta_attn)
+
+    @property
+    def ffn(self) -> AffineStage:
+        return AffineStage(self.alpha_ffn, self.beta_ffn)
+
+    @property
+    def comm(self) -> AffineStage:
+        return AffineStage(self.alpha_comm, self.beta_comm)
+
+
+class ModelOptions(NamedTuple):
+    """Static switches of the model (hashable)."""
+
+    comm_scaling: str = "aggregate"
+    overlap: str = "pipelined"
+    load_offset: int = 0
+
+
+DEFAULT_OPTIONS = ModelOptions()
+
+
+def _is_jax(*xs) -> bool:
+    return any(isinstance(x, jax.Array) for x in xs)
+
+
+def maximum(a, b):
+    """Elementwise max: NumPy for NumPy/Python inputs, ``jnp`` when either is a JAX array."""
+    return jnp.maximum(a, b) if _is_jax(a, b) else np.maximum(a, b)
+
+
+def stage_time(stage: AffineStage, tokens):
+    """Time (us) of one stage for a token count (the only place a stage is evaluated)."""
+    return stage.alpha * tokens + stage.beta
+
+
+def t_attn(lat: Latency, load):
+    """Attention time for a worker load T (tokens): ``alpha_A T + beta_A``."""
+    return stage_time(lat.attn, load)
+
+
+def t_ffn(lat: Latency, r, batch):
+    """FFN time for r workers of batch B (aggregated r*B tokens): ``alpha_F r B + beta_F``."""
+    return stage_time(lat.ffn, r * batch)
+
+
+def comm_tokens(r, batch, opts: ModelOptions = DEFAULT_OPTIONS):
+    """Tokens X on the A<->F link per step: r*B (aggregate) or B (per_worker), shaped like r."""
+    if opts.comm_scaling == "aggregate":
+        return r * batch
+    ones = jnp.ones_like(r * 1.0) if _is_jax(r) else np.ones_like(np.asarray(r) * 1.0)
+    return batch * ones
+
+
+def t_comm(lat: Latency, r, batch, opts: ModelOptions = DEFAULT_OPTIONS):
+    """Communication time ``alpha_C X + beta_C``, X = r*B (aggregate) or B (per_worker)."""
+    return stage_time(lat.comm, comm_tokens(r, batch, opts))
+
+
+def combine(opts: ModelOptions, a, b):
+    """How two stage times compose: max (pipelined, overlapped) or sum (serial)."""
+    return maximum(a, b) if opts.overlap == "pipelined" else a + b
+
+
+def other_stages(lat: Latency, r, batch, opts: ModelOptions = DEFAULT_OPTIONS):
+    """G(r): the non-Attention part of the step, max(t_C, t_F) (pipelined) or t_C + t_F."""
+    return combine(opts, t_comm(lat, r, batch, opts), t_ffn(lat, r, batch))
+
+
+def step_time(lat: Latency, attn_time, r, batch, opts: ModelOptions = DEFAULT_OPTIONS):
+    """tau given the barrier Attention time ``max_j t_A(T_j)``: combine(attn, G(r))."""
+    return combine(opts, attn_time, other_stages(lat, r, batch, opts))
+
+
+def step_time_from_other(attn_time, other, opts: ModelOptions = DEFAULT_OPTIONS):
+    """tau from the barrier Attention time and a precomputed G(r) (vectorised callers)."""
+    return combine(opts, attn_time, other)
+
+
+def instance_cost(lat: Latency, r):
+    """Cost of an rA-1F bundle: r*c_A + c_F (= r + 1 with unit costs)."""
+    return r * lat.cost_attn + lat.cost_ffn
+
+
+def throughput(lat: Latency, r, batch, mean_step_time):
+    """Throughput per instance (per unit cost) in tokens/s: 1e6 r B / ((r c_A + c_F) E[tau])."""
+    return 1e6 * r * batch / (instance_cost(lat, r) * mean_step_time)
+
+
+def token_rate(lat: Latency, r, tokens, elapsed):
+    """Tokens/s per instance (per unit cost) from a token count over an elapsed time (us):
+    1e6 tokens / ((r c_A + c_F) elapsed) (finite-pool runs, where slots may be empty)."""
+    return 1e6 * tokens / (instance_cost(lat, r) * elapsed)
+
+
+def ffn_idle(lat: Latency, tau, r, batch):
+    """FFN idle time in a step of length tau: ``tau - t_F(r)``."""
+    return tau - t_ffn(lat, r, batch)
+
+
+def bundle_idle_fraction(attn_idle, ffn_idle_time, r, tau):
+    """Bundle idle fraction ``(sum_j (tau - t_A,j) + (tau - t_F)) / ((r + 1) tau)``, given the
+    summed Attention idle ``sum_j (tau - t_A,j)`` and the FFN idle ``tau - t_F`` (sums over steps
+    allowed: pass the summed tau)."""
+    return (attn_idle + ffn_idle_time) / ((r + 1) * tau)
