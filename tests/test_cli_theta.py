@@ -171,6 +171,25 @@ BAD_INPUTS = {
         [":2:", "invalid JSON"],
     ),
     "bad-level": ("a.csv", H + "1,2\n", ["--level", "1.5"], ["--level"]),
+    # issue 13 class 4: malformed rows are errors, not data read shifted
+    "extra-field": (
+        "a.csv",
+        "TIMESTAMP,ContextTokens,GeneratedTokens\nt,4,6\n1,5,200,20\n",
+        [],
+        [":3:", "field #4", "row has 4 fields, header has 3"],
+    ),
+    "duplicate-column": (
+        "a.csv",
+        "ContextTokens,GeneratedTokens,ContextTokens\n1,5,200\n",
+        [],
+        [":1:", "field ContextTokens", "appears twice"],
+    ),
+    "duplicate-json-key": (
+        "m.jsonl",
+        '{"input_length": 1, "output_length": 2, "input_length": 7}\n',
+        [],
+        [":1:", "field input_length", "given twice"],
+    ),
 }
 
 
@@ -186,6 +205,39 @@ def test_bad_input(capsys, tmp_path, case):
         assert str(path) in err
     for s in expected:
         assert s in err, (s, err)
+
+
+def test_malformed_row_subprocess_one_line(tmp_path):
+    """Issue 13 class 4 end to end: `afd-jax theta FILE` exits 2 with one line on stderr."""
+    path = _bad(tmp_path, "t.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n1,5,200,20\n")
+    res = subprocess.run(
+        [sys.executable, "-m", "afd_jax", "theta", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+    assert res.stderr.startswith(f"afd-jax theta: error: {path}:2: field #4: row has 4 fields")
+
+
+def test_one_row_trace_says_zero_width(capsys, tmp_path):
+    """Issue 13 class 7: a one-row trace's [theta, theta] interval comes with a note (table row
+    'warning', JSON theta_ci_note); a trace with spread has none (JSON null)."""
+    path = _bad(tmp_path, "one.csv", H + "100,20\n")
+    code, out, _ = run_cli(capsys, path, "--json")
+    obj = json.loads(out)
+    assert code == 0 and obj["theta_ci_low"] == obj["theta_ci_high"] == 109.5
+    assert "zero-width interval" in obj["theta_ci_note"]
+    assert "only 1 request row" in obj["theta_ci_note"]
+    code, out, _ = run_cli(capsys, path)
+    lines = dict(line.split(None, 1) for line in out.splitlines() if line.startswith("warning"))
+    assert code == 0 and "zero-width interval" in lines["warning"]
+    path = _bad(tmp_path, "two.csv", H + "100,20\n7,3\n")
+    code, out, _ = run_cli(capsys, path, "--json")
+    assert json.loads(out)["theta_ci_note"] is None
+    code, out, _ = run_cli(capsys, path)
+    assert "warning" not in out
 
 
 def test_missing_file(capsys, tmp_path):

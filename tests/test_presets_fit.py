@@ -1,6 +1,6 @@
 """The trace-fitted presets reproduce their trace's slot-load statistics.
 
-The exact theta and sqrt(v) of each preset (``families.parametric_stats``, MODEL.md 4) are
+The exact theta and sqrt(v) of each preset (``families.parametric_stats``, docs/model.md 4) are
 compared with the trace's (``statistics.workload_stats``, float64 over all rows): the fit
 (experiments/fit_presets.py) matches them to < 0.01 %; the test allows 0.5 % (margin for the
 6-digit constants and the copula quadrature). E[P], E[D] are matched to < 0.1 % (allowed: 1 %).

@@ -6,9 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from afd_jax.errors import InputError
 from afd_jax.workload import families as fam
+from afd_jax.workload import slotload
 from afd_jax.workload.containers import TraceWorkload
-from afd_jax.workload.slotload import coarsen, slot_load_pmf
+from afd_jax.workload.slotload import MAX_LATTICE, coarsen, slot_load_pmf
+from afd_jax.workload.statistics import trace_stats
 
 
 def _random_trace(seed, n=300):
@@ -79,3 +82,51 @@ def test_coarsen_exact_small():
     np.testing.assert_allclose(out.pmf, [0.1 + 0.1, 0.1 + 0.3 + 0.2, 0.2, 0.0][: out.pmf.size])
     x = 10 + np.arange(7.0)
     assert out.mean() == pytest.approx(pmf @ x)
+
+
+# ------------------------------------------------- memory is bounded before allocating (issue 13)
+
+
+def test_wide_trace_is_binned_without_the_unit_lattice():
+    """A row with P = 1e12 made a 7 TiB bincount; now pi goes straight to <= max_bins points."""
+    w = TraceWorkload("wide", np.array([1, 5, 10**12]), np.array([20, 200, 3]))
+    pi = slot_load_pmf(w, max_bins=4096)
+    assert pi.pmf.size <= 4096 and pi.width > 1
+    assert pi.pmf.sum() == pytest.approx(1.0, abs=1e-12) and np.all(pi.pmf >= 0)
+    assert pi.mean() == pytest.approx(trace_stats(w.prompt, w.decode).theta, rel=1e-9)
+    shifted = slot_load_pmf(w, load_offset=1, max_bins=4096)
+    assert shifted.start == pi.start + 1 and shifted.width == pi.width
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_direct_coarse_path_equals_coarsen(monkeypatch, seed):
+    """The direct coarse binning gives coarsen()'s masses (rounding only) on random traces."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 60))
+    p = rng.integers(0, int(rng.integers(1, 5000)), n)
+    d = rng.integers(0, int(rng.integers(2, 800)), n)
+    d[0] = max(d[0], 1)
+    w = TraceWorkload("t", p.astype(np.int64), d.astype(np.int64))
+    max_bins = int(rng.integers(2, 200))
+    ref = slot_load_pmf(w, max_bins=max_bins)
+    monkeypatch.setattr(slotload, "MAX_LATTICE", max_bins)  # force the direct path
+    got = slot_load_pmf(w, max_bins=max_bins)
+    assert (got.start, got.width, got.pmf.size) == (ref.start, ref.width, ref.pmf.size)
+    np.testing.assert_allclose(got.pmf, ref.pmf, rtol=0, atol=1e-12)
+
+
+def test_lattice_over_the_limit_is_an_input_error():
+    wide = TraceWorkload("wide", np.array([0, 10**12]), np.array([1, 1]))
+    with pytest.raises(InputError, match="--slot-bins") as info:
+        slot_load_pmf(wide, max_bins=MAX_LATTICE + 1)
+    assert info.value.field == "slot_bins" and f"{MAX_LATTICE:,}" in str(info.value)
+    far = fam.mixture(
+        [
+            (0.5, fam.independent(fam.deterministic(0), fam.deterministic(1))),
+            (0.5, fam.independent(fam.deterministic(10**12), fam.deterministic(1))),
+        ],
+        name="far",
+    )
+    with pytest.raises(InputError, match="lattice points") as info:
+        slot_load_pmf(far)
+    assert info.value.field == "workload" and f"{MAX_LATTICE:,}" in str(info.value)

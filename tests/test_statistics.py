@@ -1,4 +1,4 @@
-"""Workload statistics: MODEL.md 7 table, slot-step expansion, closed forms, CI coverage."""
+"""Workload statistics: docs/model.md 7 table, slot-step expansion, closed forms, CI coverage."""
 
 from __future__ import annotations
 
@@ -9,10 +9,15 @@ import pytest
 from conftest import trace_path
 
 from afd_jax.errors import InputError
-from afd_jax.workload.statistics import theta_confidence_interval, trace_stats, workload_stats
+from afd_jax.workload.statistics import (
+    theta_confidence_interval,
+    theta_interval_note,
+    trace_stats,
+    workload_stats,
+)
 from afd_jax.workload.traces import load_trace
 
-# MODEL.md section 7: rows, mean P, mean D, E[P]+E[D], theta, sqrt(v) (printed to 0.1).
+# docs/model.md section 7: rows, mean P, mean D, E[P]+E[D], theta, sqrt(v) (printed to 0.1).
 TABLE7 = {
     "azure_conv": (19366, 1154.7, 211.1, 1365.8, 1226.5, 712.9),
     "azure_code": (8819, 2047.8, 27.9, 2075.7, 2130.4, 1951.6),
@@ -66,7 +71,7 @@ def _check_against_history(prompt, decode):
     assert s.n_zero_decode == int(np.sum(decode == 0))
     np.testing.assert_allclose(s.mean_prompt, prompt.mean(), rtol=1e-12)
     np.testing.assert_allclose(s.mean_decode, decode.mean(), rtol=1e-12)
-    # MODEL.md 4's raw-moment form of v agrees with the centred form used in the code.
+    # docs/model.md 4's raw-moment form of v agrees with the centred form used in the code.
     p, d = prompt.astype(float), decode.astype(float)
     m2 = np.sum(d * p**2 + p * d * (d - 1) + d * (d - 1) * (2 * d - 1) / 6) / d.sum()
     np.testing.assert_allclose(s.slot_var, m2 - s.theta**2, rtol=1e-9, atol=1e-6)
@@ -111,7 +116,7 @@ def test_bad_arrays():
 
 def geometric_trace(rng, n, q, p):
     """P geometric on {0,1,..} (mean (1-q)/q), D geometric on {1,2,..} (mean 1/p), independent:
-    theta = E[P] + (1-p)/p (MODEL.md 4)."""
+    theta = E[P] + (1-p)/p (docs/model.md 4)."""
     return rng.geometric(q, n) - 1, rng.geometric(p, n)
 
 
@@ -162,3 +167,16 @@ def test_ci_properties():
     p0 = np.concatenate([prompt, [7, 8]])
     d0 = np.concatenate([decode, [0, 0]])
     assert trace_stats(p0, d0).theta == theta
+
+
+def test_theta_interval_note_names_a_zero_width_interval():
+    """Issue 13 class 7: a zero-width interval never goes unexplained."""
+    lo, hi = theta_confidence_interval([100], [20])
+    assert lo == hi
+    assert "only 1 request row" in theta_interval_note([20], lo, hi)
+    lo, hi = theta_confidence_interval([100, 7], [20, 0])  # the D = 0 row holds no slot
+    assert lo == hi and "only 1 request row" in theta_interval_note([20, 0], lo, hi)
+    lo, hi = theta_confidence_interval([5, 5, 5], [4, 4, 4])  # identical rows: se = 0
+    assert lo == hi and "no spread" in theta_interval_note([4, 4, 4], lo, hi)
+    lo, hi = theta_confidence_interval([5, 50, 9], [4, 3, 8])
+    assert hi > lo and theta_interval_note([4, 3, 8], lo, hi) is None

@@ -177,6 +177,50 @@ def test_bad_jsonl_value(tmp_path, value, reason):
     assert (info.value.line, info.value.field) == (3, "input_length")
 
 
+def test_row_with_extra_fields(tmp_path):
+    """Issue 13 class 4: `1,5,200,20` under three columns was read shifted (P = 5, D = 200)."""
+    path = tmp_path / "x.csv"
+    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\nt,4,6\n1,5,200,20\n")
+    with pytest.raises(InputError, match="row has 4 fields, header has 3") as info:
+        load_trace(path)
+    assert (info.value.path, info.value.line, info.value.field) == (str(path), 3, "#4")
+    assert "'20'" in str(info.value)
+
+
+def test_row_with_blank_extra_fields_is_read(tmp_path):
+    """Trailing empty cells (`t,5,6,,`) shift nothing: the row is read as written."""
+    path = tmp_path / "x.csv"
+    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\nt,5,6,,\nt,7,8\n")
+    w = load_trace(path)
+    np.testing.assert_array_equal(w.prompt, [5, 7])
+    np.testing.assert_array_equal(w.decode, [6, 8])
+
+
+def test_duplicate_column_name(tmp_path):
+    """Issue 13 class 4: a column named twice silently used the first one."""
+    path = tmp_path / "d.csv"
+    path.write_text("ContextTokens,GeneratedTokens,ContextTokens\n1,5,200\n")
+    with pytest.raises(InputError, match="appears twice") as info:
+        load_trace(path)
+    assert (info.value.line, info.value.field) == (1, "ContextTokens")
+    # an unrelated column named twice is as ambiguous a header: refused too
+    path.write_text("x,ContextTokens,GeneratedTokens,x\n0,1,5,0\n")
+    with pytest.raises(InputError, match="appears twice") as info:
+        load_trace(path)
+    assert info.value.field == "x"
+
+
+def test_duplicate_json_key(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(
+        '{"input_length": 1, "output_length": 2}\n'
+        '{"input_length": 1, "output_length": 2, "output_length": 9}\n'
+    )
+    with pytest.raises(InputError, match="given twice") as info:
+        load_trace(path)
+    assert (info.value.line, info.value.field) == (2, "output_length")
+
+
 def test_missing_file_and_unknown_format(tmp_path, azure):
     with pytest.raises(InputError, match="no such file"):
         load_trace(tmp_path / "nope.csv")

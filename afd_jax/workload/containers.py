@@ -1,7 +1,7 @@
 """Workload containers: what a request stream looks like.
 
 A workload is the law of a request (P, D): P >= 0 prompt tokens, D >= 1 decode steps
-(MODEL.md 1, 4). Two kinds, both immutable dataclasses of float64/int64 NumPy arrays
+(docs/model.md 1, 4). Two kinds, both immutable dataclasses of float64/int64 NumPy arrays
 (host-side descriptions; the JAX samplers in ``afd_jax.kernels.sampling`` are built from them):
 
 * :class:`TraceWorkload` -- the empirical law of a request trace (rows with D = 0 are kept but
@@ -81,10 +81,10 @@ Workload = TraceWorkload | ParametricWorkload
 
 @dataclass(frozen=True)
 class WorkloadStats:
-    """Summary statistics of a workload (float64). ``theta`` and ``slot_var`` follow MODEL.md 4:
-    theta = E[D P + D (D-1)/2] / E[D], slot_var = v. For traces, ``n_requests`` counts rows and
-    ``n_zero_decode`` the rows with D = 0 (kept, zero weight); for parametric workloads both are
-    0 and the moments are exact."""
+    """Summary statistics of a workload (float64). ``theta`` and ``slot_var`` follow
+    docs/model.md 4: theta = E[D P + D (D-1)/2] / E[D], slot_var = v. For traces,
+    ``n_requests`` counts rows and ``n_zero_decode`` the rows with D = 0 (kept, zero weight); for
+    parametric workloads both are 0 and the moments are exact."""
 
     n_requests: int
     n_zero_decode: int

@@ -1,4 +1,4 @@
-"""Parametric workload families with exact moments (MODEL.md 4).
+"""Parametric workload families with exact moments (docs/model.md 4).
 
 Marginals (laws of P or D on non-negative integers) are
 :class:`~afd_jax.workload.containers.Marginal`
@@ -427,8 +427,8 @@ def raw_moments(comp: CopulaComponent) -> dict[str, float]:
 
 
 def parametric_stats(w: ParametricWorkload) -> WorkloadStats:
-    """Exact :class:`~afd_jax.workload.containers.WorkloadStats` of a parametric workload (MODEL.md
-    4).
+    """Exact :class:`~afd_jax.workload.containers.WorkloadStats` of a parametric workload
+    (docs/model.md 4).
 
     With mixture weights w_k and component moments E_k[.]::
 

@@ -1,9 +1,15 @@
-"""The stationary per-slot load law pi (MODEL.md 4) as a float64 pmf on a lattice.
+"""The stationary per-slot load law pi (docs/model.md 4) as a float64 pmf on a lattice.
 
 ``pi(l) = Pr(P <= l <= P + D - 1) / E[D]``. When the support is wider than ``max_bins`` the
 pmf is put on a coarser lattice of width ``width`` by splitting each point's mass linearly
 between its two neighbouring lattice points: the mean is preserved exactly and the variance
 grows by at most width**2 / 4 (docs/workloads.md states the resulting error bounds).
+
+Memory is bounded before anything is allocated: no array has more than :data:`MAX_LATTICE`
+points. A trace whose loads span more tokens than that (a row with P = 1e12) is binned straight
+onto the coarse lattice (:func:`_coarse_pi_trace`, memory O(rows + max_bins)); a parametric
+workload that wide, or a ``max_bins`` above the limit, is an
+:class:`~afd_jax.errors.InputError` naming the size and the limit.
 """
 
 from __future__ import annotations
@@ -11,6 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from afd_jax.errors import InputError
+from afd_jax.workload.containers import ParametricWorkload, TraceWorkload
+from afd_jax.workload.families import copula_conditional_rows, gaussian_corr
+
+#: The most points of any lattice array built here (float64: 256 MiB per array).
+MAX_LATTICE = 1 << 25
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,17 +46,19 @@ class SlotLoadPMF:
         return float(np.dot(x * x, self.pmf))
 
 
-def _lattice_pi_trace(w) -> tuple[int, np.ndarray]:
-    """Unnormalised pi of a trace on the lattice start..end: difference array (+1 at P_i,
-    -1 at P_i + D_i), cumulative sum. Rows with D = 0 cancel (zero weight)."""
+def _held_rows(w) -> tuple[np.ndarray, np.ndarray]:
+    """The (P, D) rows of a trace that hold a slot (D > 0), int64."""
     prompt = np.asarray(w.prompt, np.int64)
     decode = np.asarray(w.decode, np.int64)
     keep = decode > 0
     if not np.any(keep):
-        from afd_jax.errors import InputError
-
         raise InputError("every decode length is 0: no slot is ever held", field="decode")
-    prompt, decode = prompt[keep], decode[keep]
+    return prompt[keep], decode[keep]
+
+
+def _lattice_pi_trace(prompt: np.ndarray, decode: np.ndarray) -> tuple[int, np.ndarray]:
+    """Unnormalised pi of a trace on the lattice start..end: difference array (+1 at P_i,
+    -1 at P_i + D_i), cumulative sum."""
     start = int(prompt.min())
     end = int((prompt + decode).max())  # exclusive
     n = end - start
@@ -70,11 +85,8 @@ def _lattice_pi_component(comp) -> tuple[int, np.ndarray]:
     two pmfs (:func:`_convolve`, FFT when large); for a copula it is accumulated over the
     decode atoms d of ``pmf_D(d) * Pr(P = l - d | D = d)`` (the conditional rows of
     :func:`afd_jax.workload.families.copula_conditional_rows`, chunked), so pi, theta and v come
-    from the
-    same joint law.
+    from the same joint law.
     """
-    from afd_jax.workload.families import copula_conditional_rows, gaussian_corr
-
     pv, pp = comp.prompt.values, comp.prompt.pmf
     dv, dp = comp.decode.values, comp.decode.pmf
     start = int(pv[0])
@@ -103,6 +115,63 @@ def _lattice_pi_component(comp) -> tuple[int, np.ndarray]:
     return start, np.cumsum(lat_p - lat_s)[:n]
 
 
+def _coarse_lattice(n: int, max_bins: int) -> tuple[int, int]:
+    """(width, number of points) of the coarse lattice for ``n`` unit points, ``max_bins`` >= 2:
+    ``width = ceil((n - 1) / (max_bins - 1))``, at most ``max_bins`` points."""
+    width = -(-(n - 1) // (max_bins - 1))
+    return width, (n - 1) // width + 1 + (1 if (n - 1) % width else 0)
+
+
+def _coarse_pi_trace(
+    prompt: np.ndarray, decode: np.ndarray, max_bins: int
+) -> tuple[int, int, np.ndarray]:
+    """Unnormalised pi of a trace put straight onto the coarse lattice of :func:`coarsen`,
+    without the unit lattice: (start, width, masses), memory O(rows + max_bins).
+
+    Row i adds 1 at each load offset m in [a, b) = [P_i - start, P_i + D_i - start); offset
+    ``m = q w + r`` sends ``1 - r/w`` to lattice point q and ``r/w`` to q + 1 (as
+    :func:`coarsen` does). Summed in closed form per row, with only positive terms (no
+    cancellation of large numbers):
+
+    * a and b in one cell q (points r = r_a..r_b - 1, D of them): ``(2w - r_a - r_b + 1) D / 2w``
+      to q and ``(r_a + r_b - 1) D / 2w`` to q + 1;
+    * otherwise the first, partial cell (t = w - r_a points): ``t (t + 1) / 2w`` to q_a and
+      ``t - t (t + 1) / 2w`` to q_a + 1; every full cell c in q_a + 1..q_b - 1: ``(w + 1)/2`` to c
+      and ``(w - 1)/2`` to c + 1 (range sums by difference arrays of integer counts); the last,
+      partial cell (r_b points): ``r_b - r_b (r_b - 1) / 2w`` to q_b, ``r_b (r_b - 1) / 2w`` to
+      q_b + 1.
+    """
+    start = int(prompt.min())
+    n = int((prompt + decode).max()) - start
+    width, nb = _coarse_lattice(n, max_bins)
+    lo, hi = prompt - start, prompt + decode - start
+    qa, qb = lo // width, hi // width
+    w = float(width)
+    ra, rb = (lo % width).astype(np.float64), (hi % width).astype(np.float64)
+    size = int(qb.max()) + 2
+    out = np.zeros(size)
+
+    def add(idx, weights):
+        out[:] += np.bincount(idx, weights=weights, minlength=size)[:size]
+
+    one = qa == qb
+    d = decode[one].astype(np.float64)
+    add(qa[one], (2.0 * w - ra[one] - rb[one] + 1.0) * d / (2.0 * w))
+    add(qa[one] + 1, (ra[one] + rb[one] - 1.0) * d / (2.0 * w))
+    qa, qb, ra, rb = qa[~one], qb[~one], ra[~one], rb[~one]
+    t = w - ra
+    add(qa, t * (t + 1.0) / (2.0 * w))
+    add(qa + 1, t - t * (t + 1.0) / (2.0 * w))
+    full_own = np.cumsum(np.bincount(qa + 1, minlength=size) - np.bincount(qb, minlength=size))
+    full_next = np.cumsum(
+        np.bincount(qa + 2, minlength=size + 1) - np.bincount(qb + 1, minlength=size + 1)
+    )
+    out += full_own[:size] * ((w + 1.0) / 2.0) + full_next[:size] * ((w - 1.0) / 2.0)
+    add(qb, rb - rb * (rb - 1.0) / (2.0 * w))
+    add(qb + 1, rb * (rb - 1.0) / (2.0 * w))
+    return start, width, out[:nb]
+
+
 def coarsen(start: int, pmf: np.ndarray, max_bins: int) -> SlotLoadPMF:
     """Put a pmf on the unit lattice ``start + i`` onto a lattice of width
     ``width = ceil((n - 1) / (max_bins - 1))`` with at most ``max_bins`` points.
@@ -118,43 +187,83 @@ def coarsen(start: int, pmf: np.ndarray, max_bins: int) -> SlotLoadPMF:
         raise ValueError("max_bins must be >= 2")
     if n <= max_bins:
         return SlotLoadPMF(int(start), 1, pmf)
-    width = -(-(n - 1) // (max_bins - 1))
+    width, nb = _coarse_lattice(n, max_bins)
     i = np.arange(n)
     base, frac = i // width, (i % width) / width
-    nb = (n - 1) // width + 1 + (1 if (n - 1) % width else 0)
     out = np.bincount(base, weights=(1.0 - frac) * pmf, minlength=nb)
     out += np.bincount(base + 1, weights=frac * pmf, minlength=nb)[:nb]
     return SlotLoadPMF(int(start), int(width), out[:nb])
 
 
+def _check_size(points: int, what: str, option: str, field: str) -> None:
+    if points > MAX_LATTICE:
+        raise InputError(
+            f"{what} needs {points:,} lattice points ({8 * points / 2**30:,.1f} GiB per array), "
+            f"more than the limit of {MAX_LATTICE:,}; {option}",
+            field=field,
+        )
+
+
+def _trace_pi(w: TraceWorkload, max_bins: int) -> tuple[int, int, np.ndarray]:
+    """(start, width, unnormalised masses) of a trace's pi, coarsened to at most ``max_bins``."""
+    prompt, decode = _held_rows(w)
+    n = int((prompt + decode).max()) - int(prompt.min())
+    _check_size(min(n, max_bins), "the slot-load law", "lower max_bins (--slot-bins)", "slot_bins")
+    if n > MAX_LATTICE:  # too wide for the unit lattice: bin straight onto the coarse one
+        return _coarse_pi_trace(prompt, decode, max_bins)
+    start, lat = _lattice_pi_trace(prompt, decode)
+    return start, 1, lat
+
+
+def _parametric_pi(w: ParametricWorkload) -> tuple[int, np.ndarray]:
+    """(start, unnormalised masses on the unit lattice) of a parametric workload's pi."""
+    comps = w.components
+    start = min(int(c.prompt.values[0]) for c in comps)
+    end = max(int(c.prompt.values[-1] + c.decode.values[-1]) for c in comps)
+    _check_size(
+        end - start,
+        f"the slot-load law of {w.name!r} (loads {start:,}..{end:,})",
+        "narrow the token ranges of the workload (for example prompt_max, decode_max)",
+        "workload",
+    )
+    parts = [_lattice_pi_component(c) for c in comps]
+    lat = np.zeros(end - start)
+    for wk, (s, p) in zip(np.asarray(w.weights, np.float64), parts, strict=True):
+        lat[s - start : s - start + p.size] += wk * p
+    return start, lat
+
+
 def slot_load_pmf(w, load_offset: int = 0, max_bins: int = 1 << 16) -> SlotLoadPMF:
-    """The stationary per-slot load law pi of a workload (float64), MODEL.md 4.
+    """The stationary per-slot load law pi of a workload (float64), docs/model.md 4.
 
     ``pi(l) = Pr(P <= l <= P + D - 1) / E[D]``, shifted by ``load_offset`` (slot load at decode
     step k is ``P + k + load_offset``).
 
     * TraceWorkload: difference array over rows (+1 at P_i, -1 at P_i + D_i), cumsum, / sum D.
-      Exact: its mean and variance are the trace's theta_hat and v_hat.
+      Exact: its mean and variance are the trace's theta_hat and v_hat. A trace spanning more
+      than :data:`MAX_LATTICE` tokens is binned straight onto the coarse lattice
+      (:func:`_coarse_pi_trace`).
     * ParametricWorkload: per component ``pmf_P - pmf_{P+D}`` cumulated (see
       :func:`_lattice_pi_component`); a mixture weights component k by ``w_k E_k[D]``. Its mean
       and variance are those of :func:`afd_jax.workload.families.parametric_stats`.
 
     Then :func:`coarsen` to at most ``max_bins`` lattice points (mean exact, variance + at most
     width^2/4). Returns :class:`SlotLoadPMF` (start, width, pmf summing to 1).
-    """
-    from afd_jax.workload.containers import ParametricWorkload, TraceWorkload
 
+    Raises:
+      InputError: a lattice of more than :data:`MAX_LATTICE` points would be needed
+        (``max_bins`` above it, or a parametric workload that wide).
+    """
+    if max_bins < 2:
+        raise ValueError("max_bins must be >= 2")
     if isinstance(w, TraceWorkload):
-        start, lat = _lattice_pi_trace(w)
+        start, width, lat = _trace_pi(w, max_bins)
     elif isinstance(w, ParametricWorkload):
-        parts = [_lattice_pi_component(c) for c in w.components]
-        start = min(s for s, _ in parts)
-        end = max(s + p.size for s, p in parts)
-        lat = np.zeros(end - start)
-        for wk, (s, p) in zip(np.asarray(w.weights, np.float64), parts, strict=True):
-            lat[s - start : s - start + p.size] += wk * p
+        (start, lat), width = _parametric_pi(w), 1
     else:
         raise TypeError(f"expected a TraceWorkload or ParametricWorkload, got {type(w).__name__}")
     lat = np.maximum(lat, 0.0)  # remove rounding negatives (|x| ~ 1e-16)
     total = lat.sum()
+    if width > 1:
+        return SlotLoadPMF(start + int(load_offset), width, lat / total)
     return coarsen(start + int(load_offset), lat / total, max_bins)

@@ -30,12 +30,13 @@ Bad specs raise :class:`~afd_jax.errors.InputError` naming the offending field.
 
 from __future__ import annotations
 
-import math
 import os
 
 from afd_jax.errors import InputError
 from afd_jax.workload import families
 from afd_jax.workload.containers import ParametricWorkload
+from afd_jax.workload.numbers import parse_float, parse_int
+from afd_jax.workload.traces import load_trace
 
 __all__ = ["PRESETS", "list_presets", "preset", "resolve_workload"]
 
@@ -161,28 +162,11 @@ _KEYS = {
 }
 
 
-def _number(key: str, text: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        raise InputError(f"not a number: {text!r}", field=key) from None
-    if not math.isfinite(x):
-        raise InputError(f"not finite: {text!r}", field=key)
-    return x
-
-
-def _integer(key: str, text: str) -> int:
-    x = _number(key, text)
-    if x != int(x):
-        raise InputError(f"not an integer: {text!r}", field=key)
-    return int(x)
-
-
 def _range(key: str, text: str) -> tuple[int, int]:
     if ".." in text:
         a, _, b = text.partition("..")
-        return _integer(key, a), _integer(key, b)
-    x = _integer(key, text)
+        return parse_int(a, key), parse_int(b, key)
+    x = parse_int(text, key)
     return x, x
 
 
@@ -232,17 +216,17 @@ def _parse_term(term: str):
     f = families
     if family == "deterministic":
         p = _with_field(
-            "prompt", f.deterministic, _integer("prompt", _field(fields, family, "prompt"))
+            "prompt", f.deterministic, parse_int(_field(fields, family, "prompt"), "prompt")
         )
         d = _with_field(
-            "decode", f.deterministic, _integer("decode", _field(fields, family, "decode"))
+            "decode", f.deterministic, parse_int(_field(fields, family, "decode"), "decode")
         )
     elif family == "geometric":
         p = _with_field(
-            "prompt", f.geometric, _number("prompt", _field(fields, family, "prompt")), min=0
+            "prompt", f.geometric, parse_float(_field(fields, family, "prompt"), "prompt"), min=0
         )
         d = _with_field(
-            "decode", f.geometric, _number("decode", _field(fields, family, "decode")), min=1
+            "decode", f.geometric, parse_float(_field(fields, family, "decode"), "decode"), min=1
         )
     elif family == "uniform":
         p = _with_field("prompt", f.uniform, *_range("prompt", _field(fields, family, "prompt")))
@@ -253,7 +237,7 @@ def _parse_term(term: str):
         for which, lo in (("prompt", 0), ("decode", 1)):
             if sig is None and f"{which}_sigma" not in fields:
                 raise InputError("missing key (or prompt_sigma, decode_sigma)", field="sigma")
-            s = _number(f"{which}_sigma", fields.get(f"{which}_sigma", sig))
+            s = parse_float(fields.get(f"{which}_sigma", sig), f"{which}_sigma")
             hi = fields.get(f"{which}_max")
             step = fields.get(f"{which}_step")
             margs.append(
@@ -261,10 +245,10 @@ def _parse_term(term: str):
                     which,
                     f.lognormal,
                     s,
-                    median=_number(which, _field(fields, family, which)),
+                    median=parse_float(_field(fields, family, which), which),
                     lo=lo,
-                    hi=None if hi is None else _integer(f"{which}_max", hi),
-                    step=1 if step is None else _integer(f"{which}_step", step),
+                    hi=None if hi is None else parse_int(hi, f"{which}_max"),
+                    step=1 if step is None else parse_int(step, f"{which}_step"),
                 )
             )
         p, d = margs
@@ -274,11 +258,11 @@ def _parse_term(term: str):
         for which in ("prompt", "decode"):
             if ex is None and f"{which}_exponent" not in fields:
                 raise InputError("missing key (or prompt_exponent...)", field="exponent")
-            a = _number(f"{which}_exponent", fields.get(f"{which}_exponent", ex))
+            a = parse_float(fields.get(f"{which}_exponent", ex), f"{which}_exponent")
             lo, hi = _range(which, _field(fields, family, which))
             margs.append(_with_field(which, f.zipf, a, hi=hi, lo=lo))
         p, d = margs
-    corr = _number("corr", fields.get("corr", "0"))
+    corr = parse_float(fields.get("corr", "0"), "corr")
     if not -0.999 <= corr <= 0.999:
         raise InputError(f"rank correlation must be in [-0.999, 0.999], got {corr}", field="corr")
     if d.values[0] < 1:
@@ -296,7 +280,7 @@ def parse_spec(spec: str) -> ParametricWorkload:
         weight = 1.0
         head, star, tail = term.partition("*")
         if star and ":" not in head:
-            weight = _number("weight", head.strip())
+            weight = parse_float(head.strip(), "weight")
             if not weight > 0:
                 raise InputError(f"mixture weight must be > 0, got {head.strip()}", field="weight")
             term = tail
@@ -313,8 +297,6 @@ def resolve_workload(spec: str, fmt: str | None = None, decode_mapping: str = "o
     if not isinstance(spec, str) or not spec.strip():
         raise InputError("empty workload", field="workload")
     if os.path.exists(spec):
-        from afd_jax.workload.traces import load_trace
-
         return load_trace(spec, fmt=fmt, decode_mapping=decode_mapping)
     name = spec.strip()
     if name in PRESETS:

@@ -1,4 +1,4 @@
-"""Workload statistics (MODEL.md 4), host-side float64 NumPy.
+"""Workload statistics (docs/model.md 4), host-side float64 NumPy.
 
 For a trace {(P_i, D_i)}, i = 1..n (renewal-reward estimators; every slot-step of the trace
 counts once):
@@ -7,15 +7,16 @@ counts once):
   (the mean over all slot-steps of the slot load P_i + k, k = 0..D_i-1);
 * ``v_hat = sum_i S_i / sum_i D_i`` with ``S_i = sum_k (P_i + k - theta_hat)^2
   = D_i c_i^2 + c_i D_i (D_i - 1) + D_i (D_i - 1)(2 D_i - 1) / 6``, ``c_i = P_i - theta_hat``
-  (the same as MODEL.md's ``E[D P^2 + P D (D-1) + D (D-1)(2D-1)/6] / E[D] - theta^2``, written
-  centred so no large terms cancel);
+  (the same as the raw-moment form ``E[D P^2 + P D (D-1) + D (D-1)(2D-1)/6] / E[D] - theta^2``
+  of docs/model.md 4, written centred so no large terms cancel);
 * ``mean_prompt``, ``mean_decode``: plain means over *all* rows (rows with D = 0 included, as a
   spreadsheet would compute them); ``naive_mean_sum`` = their sum (the paper's v1 E[P] + E[D]);
 * ``corr_prompt_decode``: Pearson correlation of P and D over the rows with D > 0 (those that
   hold a slot); NaN when either is constant.
 
 A confidence interval for theta: :func:`theta_confidence_interval` (delta method for the ratio
-estimator, or a seeded percentile bootstrap).
+estimator, or a seeded percentile bootstrap); :func:`theta_interval_note` says why an interval
+has zero width (a one-row trace, or rows without spread), so that it is never shown silently.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 
 from afd_jax.errors import InputError
 from afd_jax.workload.containers import ParametricWorkload, TraceWorkload, WorkloadStats
+from afd_jax.workload.families import parametric_stats
 
 CI_METHODS = ("delta", "bootstrap")
 
@@ -97,8 +99,6 @@ def workload_stats(w) -> WorkloadStats:
     if isinstance(w, TraceWorkload):
         return trace_stats(w.prompt, w.decode)
     if isinstance(w, ParametricWorkload):
-        from afd_jax.workload.families import parametric_stats
-
         return parametric_stats(w)
     raise TypeError(f"not a workload: {type(w).__name__}")
 
@@ -165,3 +165,30 @@ def theta_confidence_interval(
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(thetas, [alpha, 1.0 - alpha])
     return float(low), float(high)
+
+
+def theta_interval_note(decode, low: float, high: float) -> str | None:
+    """Why the interval (low, high) for theta has zero width, or None when it has width.
+
+    A trace in which a single row holds a slot (D > 0) gives no spread to estimate; rows whose
+    loads all average the same per decode step (``N_i = theta D_i``, e.g. identical rows) give a
+    standard error of 0. Either way the interval is [theta, theta] and says nothing about the
+    uncertainty of theta: the CLI prints this note next to it (JSON ``theta_ci_note``).
+
+    >>> theta_interval_note([5], 12.0, 12.0)
+    'zero-width interval: only 1 request row holds a slot, so there is no spread to estimate'
+    >>> theta_interval_note([5, 3], 11.0, 13.0) is None
+    True
+    """
+    if high > low:
+        return None
+    held = int(np.sum(np.asarray(decode) > 0))
+    if held < 2:
+        return (
+            f"zero-width interval: only {held} request row holds a slot, so there is no spread "
+            "to estimate"
+        )
+    return (
+        f"zero-width interval: the {held} rows that hold a slot all have the same mean load per "
+        "decode step, so they show no spread"
+    )

@@ -17,12 +17,14 @@ The format is detected from the CSV header / the first JSON object; ``fmt`` over
 ``prompt_field``/``decode_field`` override the column names of any format. A ``.gz`` file (or any
 file starting with the gzip magic bytes) is decompressed on the fly.
 
-Decode mapping (MODEL.md 4): ``"output"`` (default) D = output tokens; ``"output-minus-one"``
+Decode mapping (docs/model.md 4): ``"output"`` (default) D = output tokens; ``"output-minus-one"``
 D = max(output tokens - 1, 0) (engines whose prefill emits the first token; a request with no
 output token holds no decode slot either). Rows with D = 0 are kept with zero weight.
 
 Every problem raises :class:`~afd_jax.errors.InputError` naming the file, the 1-based physical
-line and the field.
+line and the field. Rows are checked against the header: a CSV row with more non-blank fields
+than the header (``1,5,200,20`` under three columns, which would otherwise be read shifted) and
+a column name given twice in the header (or a key given twice in a JSON object) are errors.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import numpy as np
 
 from afd_jax.errors import InputError
 from afd_jax.workload.containers import TraceWorkload
+from afd_jax.workload.numbers import integral, parse_float
 
 #: Known formats: name -> (container, prompt field, output field).
 FORMATS: dict[str, tuple[str, str | None, str | None]] = {
@@ -220,6 +223,7 @@ def _parse_csv(text, spath, fmt, prompt_field, decode_field):
         raise InputError(f"malformed CSV: {err}", path=spath, line=reader.line_num) from None
     if header is None:
         raise InputError("empty trace: no header and no request rows", path=spath, line=1)
+    _check_unique_columns(header, spath, header_line)
     fmt, pf, df = _resolve_fields(
         spath, fmt, header, prompt_field, decode_field, "csv", header_line
     )
@@ -240,6 +244,15 @@ def _parse_csv(text, spath, fmt, prompt_field, decode_field):
         for row in reader:
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue  # blank line
+            if len(row) > len(header) and any(c.strip() for c in row[len(header) :]):
+                extra = next(c for c in row[len(header) :] if c.strip())
+                raise InputError(
+                    f"row has {len(row)} fields, header has {len(header)} (extra value "
+                    f"{extra.strip()!r}; a stray delimiter would shift the columns)",
+                    path=spath,
+                    line=reader.line_num,
+                    field=f"#{len(header) + 1}",
+                )
             if len(row) <= need:
                 missing = pf if len(row) <= ip else df
                 raise InputError(
@@ -259,6 +272,36 @@ def _parse_csv(text, spath, fmt, prompt_field, decode_field):
     return fmt, pf, df, prompt, output, last
 
 
+def _check_unique_columns(header: list[str], spath: str, line: int) -> None:
+    """A column name given twice is ambiguous (which one holds P?): an error naming it."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(header, start=1):
+        if name and name in seen:
+            raise InputError(
+                f"column name appears twice in the header (columns #{seen[name]} and #{i})",
+                path=spath,
+                line=line,
+                field=name,
+            )
+        seen.setdefault(name, i)
+
+
+class _DuplicateKeyError(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """``object_pairs_hook`` for :func:`json.loads`: a key given twice is an error."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKeyError(key)
+        out[key] = value
+    return out
+
+
 def _parse_jsonl(text, spath, fmt, prompt_field, decode_field):
     prompts: list = []
     outputs: list = []
@@ -269,9 +312,13 @@ def _parse_jsonl(text, spath, fmt, prompt_field, decode_field):
         if not s:
             continue
         try:
-            obj = json.loads(s)
+            obj = json.loads(s, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as err:
             raise InputError(f"invalid JSON: {err.msg}", path=spath, line=lineno) from None
+        except _DuplicateKeyError as err:
+            raise InputError(
+                "key given twice in one JSON object", path=spath, line=lineno, field=err.key
+            ) from None
         if not isinstance(obj, dict):
             raise InputError("expected one JSON object per line", path=spath, line=lineno)
         if pf is None:
@@ -326,13 +373,12 @@ def _to_int_array(values: list, line_nums: list[int], spath: str, fld: str) -> n
 
 
 def _parse_number_str(s: str, line: int, spath: str, fld: str) -> int:
-    if s == "":
-        raise InputError("empty value", path=spath, line=line, field=fld)
-    try:
-        f = float(s)
-    except ValueError:
-        raise InputError(f"not a number: {s!r}", path=spath, line=line, field=fld) from None
-    return _integral(f, s, line, spath, fld)
+    f = parse_float(s, fld, path=spath, line=line)
+    if f < 0:
+        raise InputError(
+            f"negative value {s!r} (token counts are >= 0)", path=spath, line=line, field=fld
+        )
+    return integral(f, s, fld, path=spath, line=line)
 
 
 def _parse_json_number(v, line: int, spath: str, fld: str) -> int:
@@ -340,16 +386,9 @@ def _parse_json_number(v, line: int, spath: str, fld: str) -> int:
         raise InputError("null value", path=spath, line=line, field=fld)
     if isinstance(v, bool) or not isinstance(v, int | float):
         raise InputError(f"not a number: {v!r}", path=spath, line=line, field=fld)
-    return _integral(float(v), v, line, spath, fld)
-
-
-def _integral(f: float, raw, line: int, spath: str, fld: str) -> int:
-    if not math.isfinite(f):
-        raise InputError(f"non-finite value {raw!r}", path=spath, line=line, field=fld)
-    if f < 0:
+    f = float(v)
+    if math.isfinite(f) and f < 0:
         raise InputError(
-            f"negative value {raw!r} (token counts are >= 0)", path=spath, line=line, field=fld
+            f"negative value {v!r} (token counts are >= 0)", path=spath, line=line, field=fld
         )
-    if f != math.floor(f):
-        raise InputError(f"not an integer token count: {raw!r}", path=spath, line=line, field=fld)
-    return int(f)
+    return integral(f, v, fld, path=spath, line=line)

@@ -1,0 +1,54 @@
+"""Number parsing shared by the workload readers: trace cells (:mod:`afd_jax.workload.traces`)
+and spec values (:mod:`afd_jax.workload.specs`).
+
+Each helper raises :class:`~afd_jax.errors.InputError` naming the field (and, for trace cells,
+the file and line) with one of the reasons ``empty value``, ``not a number: 'x'``,
+``non-finite value 'x'`` or ``not an integer: 'x'``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from afd_jax.errors import InputError
+
+
+def parse_float(
+    text: str, field: str | None, *, path: str | None = None, line: int | None = None
+) -> float:
+    """A finite float from ``text`` (surrounding blanks ignored)."""
+    s = text.strip()
+    if s == "":
+        raise InputError("empty value", path=path, line=line, field=field)
+    try:
+        x = float(s)
+    except ValueError:
+        raise InputError(f"not a number: {s!r}", path=path, line=line, field=field) from None
+    if not math.isfinite(x):
+        raise InputError(f"non-finite value {s!r}", path=path, line=line, field=field)
+    return x
+
+
+def integral(
+    x: float, raw, field: str | None, *, path: str | None = None, line: int | None = None
+) -> int:
+    """``x`` as an int when it is a finite whole number (``3.0`` -> 3); ``raw`` is what the user
+    wrote, quoted in the error."""
+    if not math.isfinite(x):
+        raise InputError(f"non-finite value {raw!r}", path=path, line=line, field=field)
+    if x != math.floor(x):
+        raise InputError(f"not an integer: {raw!r}", path=path, line=line, field=field)
+    return int(x)
+
+
+def parse_int(
+    text: str, field: str | None, *, path: str | None = None, line: int | None = None
+) -> int:
+    """An integer from ``text``: ``"12"``, ``"12.0"`` and ``"1.2e3"`` are accepted, ``"3.5"`` is
+    not."""
+    s = text.strip()
+    try:
+        return int(s)
+    except ValueError:
+        pass
+    return integral(parse_float(s, field, path=path, line=line), s, field, path=path, line=line)
