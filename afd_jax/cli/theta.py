@@ -92,7 +92,11 @@ def _resolve(args):
 
 def run(args) -> int:
     from afd_jax.workload.containers import TraceWorkload
-    from afd_jax.workload.statistics import theta_confidence_interval, workload_stats
+    from afd_jax.workload.statistics import (
+        theta_confidence_interval,
+        theta_interval_note,
+        workload_stats,
+    )
 
     if not (0.0 < args.level < 1.0) or not math.isfinite(args.level):
         raise InputError(f"must be in (0, 1), got {args.level}", field="--level")
@@ -111,10 +115,12 @@ def run(args) -> int:
         )
         ci_method, source, fmt = args.ci_method, w.source, w.format
         mapping = w.decode_mapping
+        note = theta_interval_note(w.decode, low, high)
     else:  # parametric: the moments are exact
         low = high = stats.theta
         ci_method, source, fmt = "exact", getattr(w, "label", "") or w.name, "parametric"
         mapping = args.decode_mapping
+        note = None
     out = {
         "source": source,
         "name": w.name,
@@ -130,6 +136,7 @@ def run(args) -> int:
         "theta_ci_high": high,
         "ci_level": args.level,
         "ci_method": ci_method,
+        "theta_ci_note": note,
         "slot_var": stats.slot_var,
         "slot_std": stats.slot_std,
         "corr_prompt_decode": stats.corr_prompt_decode,
@@ -155,6 +162,7 @@ def run(args) -> int:
         ("E[P] + E[D]", f"{stats.naive_mean_sum:,.1f}"),
         ("theta", f"{stats.theta:,.1f}"),
         ("theta CI", ci),
+        *([("warning", note)] if note else []),
         ("theta / (E[P]+E[D])", f"{out['theta_over_naive']:.3f}"),
         ("slot std sqrt(v)", f"{stats.slot_std:,.1f}"),
         ("corr(P, D)", f"{stats.corr_prompt_decode:.3f}"),
