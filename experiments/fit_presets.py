@@ -1,4 +1,4 @@
-"""Fit the parametric presets to the three shared traces (joint fit on the slot-load statistics).
+"""Fit the parametric presets to the three public traces (joint fit on the slot-load statistics).
 
 Model (per trace, docs/workloads.md "Fit method"): a 2-component mixture
 ``w * C1 + (1 - w) * C2``; each component ``Ck = copula(P_k, D_k, rho_k)`` has discretised
@@ -23,7 +23,8 @@ half's, Spearman of the half), w = share of the first half. Deterministic (no ra
 finite-difference Jacobian). Prints the constants for ``afd_jax/workload/specs.py`` and a
 fit-vs-trace table, and writes experiments/results/fit_presets.json.
 
-Usage: python experiments/fit_presets.py [TRACES_DIR]   (default ../shared/traces)
+Usage: python experiments/fit_presets.py TRACES_DIR   (the folder holding the three traces,
+azure_llm_2023_conv.csv, azure_llm_2023_code.csv and mooncake_conversation.jsonl)
 """
 
 from __future__ import annotations
@@ -240,4 +241,6 @@ def main(traces_dir: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT.parent / "shared" / "traces"))
+    if len(sys.argv) != 2:
+        sys.exit(f"usage: python {sys.argv[0]} TRACES_DIR")
+    sys.exit(main(Path(sys.argv[1])))
