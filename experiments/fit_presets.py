@@ -85,7 +85,7 @@ def spearman_exact(w: ParametricWorkload) -> float:
         if families.gaussian_corr(c.rank_corr) == 0.0 or rp_k.size == 1 or rd_k.size == 1:
             cond = np.full(rd_k.size, float(c.prompt.pmf @ rp_k))
         else:  # E[R_P | D = d] from the factorisation rows = A @ G (no |D| x |P| product)
-            amat, grid = families._conditional_factors(c)
+            amat, grid = families.conditional_factors(c)
             cond = amat @ (grid @ rp_k)
         cross += float(wk) * float((c.decode.pmf * rd_k) @ cond)
     var_p = float(ppmf @ rp**2) - 0.25

@@ -45,6 +45,7 @@ Z_MAX = 8.5  # latent normal range used by the copula quadrature (mass outside: 
 
 __all__ = [
     "copula",
+    "conditional_factors",
     "copula_conditional_rows",
     "deterministic",
     "gaussian_corr",
@@ -354,13 +355,13 @@ def copula_conditional_rows(
             b = min(nd, a + budget)
             yield slice(a, b), np.broadcast_to(p.pmf, (b - a, npp))
         return
-    amat, grid = _conditional_factors(comp)
+    amat, grid = conditional_factors(comp)
     for a in range(0, nd, budget):
         b = min(nd, a + budget)
         yield slice(a, b), amat[a:b] @ grid
 
 
-def _conditional_factors(comp: CopulaComponent) -> tuple[np.ndarray, np.ndarray]:
+def conditional_factors(comp: CopulaComponent) -> tuple[np.ndarray, np.ndarray]:
     """(A, G) with ``Pr(P = p_k | D = d_i) = (A @ G)[i, k]`` for a copula component with rho != 0:
     G[j] = Pr(P = . | Z_D = x_j) at points x_j (the quadrature nodes themselves, or a Chebyshev
     grid when that is smaller), A[i, j] the quadrature/interpolation weights of atom i."""
@@ -413,7 +414,7 @@ def raw_moments(comp: CopulaComponent) -> dict[str, float]:
         p2 = float(comp.prompt.pmf @ pv**2)
         out.update(p1=p1, p2=p2, pd=p1 * out["d1"], pdd=p1 * out["d2"], ppd=p2 * out["d1"])
         return out
-    amat, grid = _conditional_factors(comp)
+    amat, grid = conditional_factors(comp)
     cond1 = amat @ (grid @ pv)
     cond2 = amat @ (grid @ pv**2)
     out.update(
