@@ -25,6 +25,8 @@ from afd_jax.workload.specs import resolve_workload
 
 __all__ = [
     "CONFIGS",
+    "GRID_METHODS",
+    "NO_TRACES",
     "PAPER_R",
     "PARAMETRIC",
     "TRACES",
@@ -39,6 +41,8 @@ __all__ = [
 
 V1_TA_BAR = 0.01 * 256 * 599 + 100.0  # paper-v1 tA_bar at theta = 599, B = 256 (us)
 PAPER_R = (1, 2, 4, 8, 16, 24, 32)
+# the methods compared on the workload grid (columns r_<method>, relerr_<method>, ...)
+GRID_METHODS = ("mean_field", "gaussian", "exact", "optimiser", "naive_mean_field")
 
 PARAMETRIC = {
     "geometric": "paper-v1",
@@ -52,6 +56,8 @@ TRACES = {
     "azure-code": "azure_llm_2023_code.csv",
     "mooncake": "mooncake_conversation.jsonl",
 }
+# why the trace scenarios are left out when no folder is given (log line and report)
+NO_TRACES = "no traces folder given: --traces-dir or AFD_TRACES_DIR"
 
 CONFIGS = {
     "full": dict(

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from afd_jax.model.theory import REGIMES
+from afd_jax.studies.reproduce.configs import GRID_METHODS
 from afd_jax.studies.reproduce.parts import as_float, read_csv
-from afd_jax.studies.reproduce.runs import GRID_METHODS
 
 __all__ = ["write_plots"]
 

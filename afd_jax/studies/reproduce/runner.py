@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 from afd_jax.montecarlo.simulate import device_name
 from afd_jax.studies.reproduce.configs import (
+    NO_TRACES,
     TRACES,
     available_workloads,
     check_traces_dir,
@@ -19,7 +20,7 @@ from afd_jax.studies.reproduce.configs import (
 )
 from afd_jax.studies.reproduce.parts import assemble, parts_folder
 from afd_jax.studies.reproduce.plots import write_plots
-from afd_jax.studies.reproduce.report import NO_TRACES, write_report
+from afd_jax.studies.reproduce.report import write_report
 from afd_jax.studies.reproduce.runs import grid_tag, log, part_drain, part_grid, part_v1
 
 __all__ = ["RunPlan", "plan_reproduction", "run_reproduction"]

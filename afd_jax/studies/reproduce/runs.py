@@ -33,9 +33,7 @@ from afd_jax.studies.reproduce.parts import part_done, write_csv
 from afd_jax.workload.specs import resolve_workload
 from afd_jax.workload.statistics import workload_stats
 
-__all__ = ["GRID_METHODS", "float64", "grid_tag", "log", "part_drain", "part_grid", "part_v1"]
-
-GRID_METHODS = ("mean_field", "gaussian", "exact", "optimiser", "naive_mean_field")
+__all__ = ["float64", "grid_tag", "log", "part_drain", "part_grid", "part_v1"]
 
 
 def log(msg: str) -> None:
