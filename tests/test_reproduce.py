@@ -5,17 +5,29 @@ from __future__ import annotations
 
 import filecmp
 import math
+import shutil
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from afd_jax.cli import build_parser, main
+from afd_jax.cli.reproduce import traces_dir
 from afd_jax.errors import InputError
 from afd_jax.model.latency import Latency, ModelOptions
-from afd_jax.model.theory import mean_field_optimum
+from afd_jax.model.theory import REGIMES, mean_field_optimum
 from afd_jax.montecarlo.pool import pool_simulate
-from afd_jax.studies.reproduce import REGIMES, regime_latency
+from afd_jax.studies.reproduce import (
+    config,
+    plan_reproduction,
+    regime_latency,
+    run_reproduction,
+    write_report,
+)
+from afd_jax.studies.reproduce.configs import TRACES
+from afd_jax.studies.reproduce.runs import part_drain
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -181,8 +193,6 @@ def test_regime_latency_lands_in_regime(theta, batch):
 
 
 def test_quick_mode_regenerates_committed_csvs(tmp_path):
-    from afd_jax.studies.reproduce import run_reproduction
-
     committed = ROOT / "experiments" / "results" / "quick"
     run_reproduction(tmp_path, quick=True, seed=0, plots=False)
     names = sorted(p.name for p in committed.glob("*.csv"))
@@ -195,3 +205,76 @@ def test_quick_mode_regenerates_committed_csvs(tmp_path):
     run_reproduction(tmp_path, quick=True, seed=0, plots=False)
     for name in names:
         assert filecmp.cmp(tmp_path / name, committed / name, shallow=False), name
+
+
+COMMITTED_QUICK = ROOT / "experiments" / "results" / "quick"
+
+
+def test_float64_in_a_scope_leaves_the_global_flag(tmp_path):
+    """With float64 off globally, a part still computes in float64 (the committed drain table
+    regenerates byte for byte) and the global flag stays off."""
+    with jax.enable_x64(False):
+        part_drain(config(quick=True, seed=0), tmp_path)
+        assert not jax.config.jax_enable_x64
+        assert jnp.asarray(1.0).dtype == jnp.float32
+    name = "v1_drain.csv"
+    assert filecmp.cmp(tmp_path / name, COMMITTED_QUICK / name, shallow=False)
+
+
+def test_no_traces_folder_is_said_before_the_run_and_in_the_report(tmp_path, capsys):
+    plan = plan_reproduction(quick=False, seed=0, traces_dir=None)
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "no traces folder given" in err and "AFD_TRACES_DIR" in err
+    assert all(name in err for name in TRACES)
+    assert plan.skipped == list(TRACES) and plan.traces_dir is None
+    for csv_file in COMMITTED_QUICK.glob("*.csv"):
+        shutil.copy(csv_file, tmp_path)
+    write_report(tmp_path, plan.cfg, plan.used, plan.skipped, plan.skip_reason)
+    report = (tmp_path / "report.md").read_text()
+    assert (
+        "Skipped: azure-conv, azure-code, mooncake (no traces folder given: --traces-dir or "
+        "AFD_TRACES_DIR)." in report
+    )
+    # quick mode never reads traces: nothing to say
+    plan_reproduction(quick=True, seed=0, traces_dir=None)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("how", ["flag", "environment", "missing folder"])
+def test_traces_folder_without_traces_is_refused_before_any_work(
+    tmp_path, monkeypatch, capsys, how
+):
+    folder = tmp_path / "traces"
+    if how != "missing folder":
+        folder.mkdir()
+        (folder / "other.csv").write_text("x\n")
+    out = tmp_path / "out"
+    argv = ["reproduce", "--out", str(out), "--no-plots"]
+    monkeypatch.delenv("AFD_TRACES_DIR", raising=False)
+    if how == "environment":
+        monkeypatch.setenv("AFD_TRACES_DIR", str(folder))
+    else:
+        argv += ["--traces-dir", str(folder)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert str(folder) in err
+    assert all(name in err for name in TRACES.values())
+    assert not out.exists()
+    with pytest.raises(InputError):
+        plan_reproduction(quick=False, seed=0, traces_dir=folder)
+
+
+def test_traces_folder_from_flag_or_environment(tmp_path, monkeypatch):
+    parser = build_parser()
+    monkeypatch.delenv("AFD_TRACES_DIR", raising=False)
+    assert traces_dir(parser.parse_args(["reproduce", "--out", "x"])) is None
+    monkeypatch.setenv("AFD_TRACES_DIR", str(tmp_path))
+    assert traces_dir(parser.parse_args(["reproduce", "--out", "x"])) == str(tmp_path)
+    args = parser.parse_args(["reproduce", "--out", "x", "--traces-dir", "elsewhere"])
+    assert traces_dir(args) == "elsewhere"
+    (tmp_path / TRACES["mooncake"]).write_text("")
+    plan = plan_reproduction(quick=False, seed=0, traces_dir=tmp_path)
+    assert plan.skipped == ["azure-conv", "azure-code"]
+    assert plan.skip_reason == "trace files not found"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from afd_jax.cli.common import emit_json
+
+TRACES_ENV = "AFD_TRACES_DIR"
 
 
 def add_parser(subparsers) -> None:
@@ -24,22 +27,32 @@ def add_parser(subparsers) -> None:
         "--traces-dir",
         metavar="PATH",
         default=None,
-        help="folder with the shared traces (default ../shared/traces next to the repository "
-        "when present; full mode only)",
+        help=f"folder with the public traces (default ${TRACES_ENV}; without either, the full "
+        "mode runs without the trace scenarios; quick mode never reads traces)",
     )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--json", action="store_true", help="print the run's meta data as JSON")
     p.set_defaults(func=run)
 
 
+def traces_dir(args) -> str | None:
+    """--traces-dir, else $AFD_TRACES_DIR, else None (no traces folder)."""
+    return args.traces_dir or os.environ.get(TRACES_ENV) or None
+
+
 def run(args) -> int:
+    # JAX and the study are imported when the command runs, as in the other commands, so that
+    # parsing (afd-jax --help, other commands) does not pay for them.
+    import jax
+
     from afd_jax.studies.reproduce import run_reproduction
 
+    jax.config.update("jax_enable_x64", True)
     meta = run_reproduction(
         args.out,
         quick=args.quick,
         seed=args.seed,
-        traces_dir=args.traces_dir,
+        traces_dir=traces_dir(args),
         plots=not args.no_plots,
     )
     if args.json:

@@ -1,0 +1,122 @@
+"""The entry point of the reproduction: plan (configuration, traces, workloads; bad input is
+refused before any work), run or resume the parts, assemble the tables, write the report, the
+figures and ``meta.json``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+from afd_jax.montecarlo.simulate import device_name
+from afd_jax.studies.reproduce.configs import (
+    NO_TRACES,
+    TRACES,
+    available_workloads,
+    check_traces_dir,
+    config,
+    config_hash,
+)
+from afd_jax.studies.reproduce.parts import assemble, parts_folder
+from afd_jax.studies.reproduce.plots import write_plots
+from afd_jax.studies.reproduce.report import write_report
+from afd_jax.studies.reproduce.runs import grid_tag, log, part_drain, part_grid, part_v1
+
+__all__ = ["RunPlan", "plan_reproduction", "run_reproduction"]
+
+
+class RunPlan(NamedTuple):
+    """What a run computes: its configuration, the traces folder (None: none given), the
+    workloads used and skipped, and why they were skipped (None: none skipped)."""
+
+    cfg: dict
+    traces_dir: Path | None
+    used: list[str]
+    skipped: list[str]
+    skip_reason: str | None
+
+
+def plan_reproduction(quick: bool = False, seed: int = 0, traces_dir=None) -> RunPlan:
+    """The plan of a run. A given ``traces_dir`` that holds none of the expected traces raises
+    :class:`afd_jax.errors.InputError`; none given in full mode logs one line saying that the
+    trace scenarios are left out."""
+    cfg = config(quick, seed)
+    traces_dir = check_traces_dir(traces_dir)
+    used, skipped = available_workloads(cfg, None if quick else traces_dir)
+    reason = None
+    if skipped and quick:
+        reason = "quick mode never reads traces"
+    elif skipped and traces_dir is None:
+        reason = NO_TRACES
+    elif skipped:
+        reason = "trace files not found"
+    wanted = [name for name in cfg["workloads"] if name in TRACES]
+    if wanted and traces_dir is None:
+        log(f"{NO_TRACES}; running without the trace scenarios ({', '.join(wanted)})")
+    return RunPlan(cfg, traces_dir, used, skipped, reason)
+
+
+def _run_parts(plan: RunPlan, parts: Path) -> dict:
+    """Run (or resume) every part; returns the seconds each took."""
+    cfg, timings = plan.cfg, {}
+
+    def timed(label, fn, *args):
+        t = time.perf_counter()
+        fn(*args)
+        timings[label] = round(time.perf_counter() - t, 2)
+
+    timed("v1", part_v1, cfg, parts)
+    timed("drain", part_drain, cfg, parts)
+    for name in plan.used:
+        for b in cfg["batches"]:
+            timed(grid_tag(name, b), part_grid, cfg, parts, name, b, plan.traces_dir)
+    return timings
+
+
+def _final_tables(plan: RunPlan) -> dict[str, list[str]]:
+    """Each final table and the part files it is assembled from."""
+    tags = [grid_tag(name, b) for name in plan.used for b in plan.cfg["batches"]]
+    tables = {name: [name] for name in ("v1_curves.csv", "v1_summary.csv", "v1_drain.csv")}
+    tables["workloads.csv"] = [f"{tag}.csv" for tag in tags]
+    tables["workload_curves.csv"] = [f"{tag}_curves.csv" for tag in tags]
+    return tables
+
+
+def run_reproduction(
+    out,
+    quick: bool = False,
+    seed: int = 0,
+    traces_dir=None,
+    plots: bool = True,
+) -> dict:
+    """Run (or resume) the reproduction into ``out``; returns the meta dict
+    (docs/reproduction.md).
+
+    ``traces_dir``: folder with the traces of :data:`afd_jax.studies.reproduce.configs.TRACES`
+    (None: run without the trace scenarios, said in one line on stderr and in the report).
+    Quick mode never uses traces. Computes in float64 scopes; the global JAX configuration is
+    left alone.
+    """
+    out = Path(out)
+    plan = plan_reproduction(quick, seed, traces_dir)
+    parts = parts_folder(out, plan.cfg)
+    t0 = time.perf_counter()
+    timings = _run_parts(plan, parts)
+    assemble(out, parts, _final_tables(plan))
+    write_report(out, plan.cfg, plan.used, plan.skipped, plan.skip_reason)
+    if plots:
+        write_plots(out)
+    meta = dict(
+        mode=plan.cfg["mode"],
+        seed=seed,
+        config=plan.cfg,
+        config_hash=config_hash(plan.cfg),
+        workloads=plan.used,
+        skipped_workloads=plan.skipped,
+        wall_seconds=round(time.perf_counter() - t0, 2),
+        part_seconds=timings,
+        device=device_name(),
+    )
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
