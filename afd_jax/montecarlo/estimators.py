@@ -167,7 +167,7 @@ def pool_idle(lat: Latency, r, s_tau, s_load, s_max_load, n_steps, s_ffn):
     return IdleFractions(
         idle_attn=idle_attn,
         idle_ffn=idle_ffn,
-        idle_bundle=(r * idle_attn + idle_ffn) / (r + 1.0),
+        idle_bundle=bundle_idle_fraction(r * idle_attn, idle_ffn, r, 1.0),
         barrier_share=a_attn * (r * s_max_load - s_load) / (r * s_tau),
     )
 
