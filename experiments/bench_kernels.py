@@ -2,8 +2,8 @@
 step-by-step simulator (vectorised over slots, one Python iteration per step, redrawing only
 the finished slots), on the same workload and sizes, in one run.
 
-    python experiments/bench_kernels.py --trace ../shared/traces/azure_llm_2023_conv.csv \
-        --out docs/benchmarks.md [--append] [--size cpu|gpu]
+    python experiments/bench_kernels.py --trace TRACE.csv --out docs/benchmarks.md \
+        [--append] [--size cpu|gpu]
 
 A slot-step is one slot advanced by one decode step (barrier kernel: one slot of one
 stationary snapshot). Every simulator is timed ``--repeat`` times (default 3) and the fastest
@@ -20,7 +20,12 @@ import platform
 import sys
 import time
 
+import jax
 import numpy as np
+
+from afd_jax.model.latency import Latency, ModelOptions, other_stages
+from afd_jax.montecarlo.simulate import simulate
+from afd_jax.workload.traces import load_trace
 
 SIZES = {
     # name: (r_max, B, T fast, T trajectory, T numpy, barrier snapshots, replications)
@@ -88,8 +93,6 @@ def machine() -> str:
                     break
     except OSError:
         pass
-    import jax
-
     d = jax.devices()[0]
     return (
         f"{cpu}, {os.cpu_count()} cores; jax {jax.__version__}; device "
@@ -97,13 +100,12 @@ def machine() -> str:
     )
 
 
-def main(argv=None) -> int:
+def _parse(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--trace",
-        default=os.path.join(
-            os.path.dirname(__file__), "..", "..", "shared", "traces", "azure_llm_2023_conv.csv"
-        ),
+        default=os.path.join(os.path.dirname(__file__), "..", "examples", "sample_trace.csv"),
+        help="request trace (default: the repository's synthetic examples/sample_trace.csv)",
     )
     ap.add_argument("--out", default=None, help="Markdown file to write")
     ap.add_argument("--append", action="store_true", help="append instead of overwrite")
@@ -115,87 +117,50 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--repeat", type=int, default=3, help="timed runs per simulator (the fastest counts)"
     )
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    import jax
 
-    jax.config.update("jax_enable_x64", True)
-    from afd_jax.model.latency import Latency
-    from afd_jax.montecarlo.simulate import simulate
-    from afd_jax.workload.traces import load_trace
-
-    cfg = dict(SIZES[args.size])
-    if args.replications:
-        cfg["reps"] = args.replications
-    if args.steps_fast:
-        cfg["t_fast"] = args.steps_fast
-    budget = (args.memory_budget_mb << 20) if args.memory_budget_mb else None
-    w = load_trace(args.trace)
-    keep = w.decode > 0
-    prompt, decode = w.prompt[keep].astype(np.int64), w.decode[keep].astype(np.int64)
+def _numpy_row(prompt, decode, lat, cfg, repeat):
     r_max, batch = cfg["r_max"], cfg["batch"]
-    theta = float((decode * prompt + decode * (decode - 1) / 2).sum() / decode.sum())
-    lat = Latency(
-        alpha_attn=200.0 / (batch * theta),
-        beta_attn=50.0,
-        alpha_ffn=0.02,
-        beta_ffn=40.0,
-        alpha_comm=0.002,
-        beta_comm=10.0,
+    other = other_stages(lat, np.arange(1, r_max + 1), batch, ModelOptions())
+    sec = min(
+        numpy_baseline(
+            prompt, decode, r_max, batch, cfg["t_numpy"], lat.alpha_attn, lat.beta_attn, other
+        )[1]
+        for _ in range(max(1, repeat))
     )
-    rows = []
-    kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
     slots = r_max * batch
-    if "numpy" in kernels:
-        r = np.arange(1, r_max + 1)
-        other = np.maximum(
-            lat.alpha_ffn * r * batch + lat.beta_ffn, lat.alpha_comm * r * batch + lat.beta_comm
-        )
-        sec = min(
-            numpy_baseline(
-                prompt, decode, r_max, batch, cfg["t_numpy"], lat.alpha_attn, lat.beta_attn, other
-            )[1]
-            for _ in range(max(1, args.repeat))
-        )
-        rows.append(("numpy step-by-step", cfg["t_numpy"], 1, slots * cfg["t_numpy"], sec, 0.0))
-        print(f"numpy: {slots * cfg['t_numpy'] / sec:.3e} slot-steps/s", file=sys.stderr)
-    plan = {
-        "fast": (cfg["t_fast"], cfg["reps"]),
-        "trajectory": (cfg["t_traj"], cfg["reps"]),
-        "barrier": (cfg["snaps"], cfg["reps"]),
-    }
-    for k in ("fast", "trajectory", "barrier"):
-        if k not in kernels:
-            continue
-        steps, reps = plan[k]
-        kw = dict(kernel=k, steps=steps, replications=reps, memory_budget_bytes=budget)
-        t = time.perf_counter()
-        simulate(w, lat, batch, r_max, seed=1, **kw)
-        first = time.perf_counter() - t
-        res = min(
-            (simulate(w, lat, batch, r_max, seed=2, **kw) for _ in range(max(1, args.repeat))),
-            key=lambda x: x.wall_seconds,
-        )
-        rows.append(
-            (
-                f"{k} kernel",
-                steps,
-                reps,
-                res.slot_steps,
-                res.wall_seconds,
-                max(first - res.wall_seconds, 0.0),
-            )
-        )
-        print(f"{k}: {res.slot_steps_per_second:.3e} slot-steps/s", file=sys.stderr)
+    print(f"numpy: {slots * cfg['t_numpy'] / sec:.3e} slot-steps/s", file=sys.stderr)
+    return ("numpy step-by-step", cfg["t_numpy"], 1, slots * cfg["t_numpy"], sec, 0.0)
 
+
+def _kernel_row(k, w, lat, cfg, budget, repeat):
+    steps = {"fast": cfg["t_fast"], "trajectory": cfg["t_traj"], "barrier": cfg["snaps"]}[k]
+    reps = cfg["reps"]
+    r_max, batch = cfg["r_max"], cfg["batch"]
+    kw = dict(kernel=k, steps=steps, replications=reps, memory_budget_bytes=budget)
+    t = time.perf_counter()
+    simulate(w, lat, batch, r_max, seed=1, **kw)
+    first = time.perf_counter() - t
+    res = min(
+        (simulate(w, lat, batch, r_max, seed=2, **kw) for _ in range(max(1, repeat))),
+        key=lambda x: x.wall_seconds,
+    )
+    print(f"{k}: {res.slot_steps_per_second:.3e} slot-steps/s", file=sys.stderr)
+    first_extra = max(first - res.wall_seconds, 0.0)
+    return (f"{k} kernel", steps, reps, res.slot_steps, res.wall_seconds, first_extra)
+
+
+def _markdown(rows, args, argv, n_requests, theta, cfg) -> str:
     base = next((s / t for name, _, _, s, t, _ in rows if name.startswith("numpy")), None)
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    r_max, batch = cfg["r_max"], cfg["batch"]
     lines = [
         f"## {args.size} sizes, {now}",
         "",
         f"Machine: {machine()}.",
-        f"Workload: `{os.path.basename(args.trace)}` ({prompt.size} requests, theta = "
-        f"{theta:.1f}); r_max = {r_max}, B = {batch} ({slots} slots per replication).",
+        f"Workload: `{os.path.basename(args.trace)}` ({n_requests} requests, theta = "
+        f"{theta:.1f}); r_max = {r_max}, B = {batch} ({r_max * batch} slots per replication).",
         "",
         "| simulator | steps T | replications | slot-steps | seconds | slot-steps/s | vs NumPy "
         "| compile s |",
@@ -215,21 +180,49 @@ def main(argv=None) -> int:
         + "`",
         "",
     ]
-    text = "\n".join(lines)
+    return "\n".join(lines)
+
+
+_HEADER = (
+    "# Kernel benchmarks\n\nSlot-steps per second of the Monte Carlo kernels against a "
+    "plain NumPy step-by-step simulator (`experiments/bench_kernels.py`). Steps T "
+    "differ between simulators where stated (the slow ones run fewer steps; the rate "
+    "is per slot-step). Barrier kernel: T = stationary snapshots. Seconds: the fastest "
+    "of --repeat timed runs (default 3) for every simulator, kernels compiled "
+    "beforehand (compile time listed separately).\n\n"
+)
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    jax.config.update("jax_enable_x64", True)
+    cfg = dict(SIZES[args.size])
+    if args.replications:
+        cfg["reps"] = args.replications
+    if args.steps_fast:
+        cfg["t_fast"] = args.steps_fast
+    budget = (args.memory_budget_mb << 20) if args.memory_budget_mb else None
+    w = load_trace(args.trace)
+    keep = w.decode > 0
+    prompt, decode = w.prompt[keep].astype(np.int64), w.decode[keep].astype(np.int64)
+    theta = float((decode * prompt + decode * (decode - 1) / 2).sum() / decode.sum())
+    lat = Latency(
+        alpha_attn=200.0 / (cfg["batch"] * theta),
+        beta_attn=50.0,
+        alpha_ffn=0.02,
+        beta_ffn=40.0,
+        alpha_comm=0.002,
+        beta_comm=10.0,
+    )
+    kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    rows = [_numpy_row(prompt, decode, lat, cfg, args.repeat)] if "numpy" in kernels else []
+    for k in ("fast", "trajectory", "barrier"):
+        if k in kernels:
+            rows.append(_kernel_row(k, w, lat, cfg, budget, args.repeat))
+    text = _markdown(rows, args, argv, prompt.size, theta, cfg)
     print(text)
     if args.out:
-        header = (
-            ""
-            if args.append and os.path.exists(args.out)
-            else (
-                "# Kernel benchmarks\n\nSlot-steps per second of the Monte Carlo kernels against a "
-                "plain NumPy step-by-step simulator (`experiments/bench_kernels.py`). Steps T "
-                "differ between simulators where stated (the slow ones run fewer steps; the rate "
-                "is per slot-step). Barrier kernel: T = stationary snapshots. Seconds: the fastest "
-                "of --repeat timed runs (default 3) for every simulator, kernels compiled "
-                "beforehand (compile time listed separately).\n\n"
-            )
-        )
+        header = "" if args.append and os.path.exists(args.out) else _HEADER
         with open(args.out, "a" if args.append else "w") as f:
             f.write(header + text)
     return 0

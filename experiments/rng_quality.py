@@ -8,9 +8,11 @@ replications - 1 degrees of freedom). z's of different r within a seed are corre
 random numbers), so the summary uses one r per seed (r cycling through R_LIST), plus per-r
 summaries over seeds.
 
-    python experiments/rng_quality.py [--seeds 60] [--workload azure_conv] [--old-hash]
+    python experiments/rng_quality.py --traces TRACES_DIR [--seeds 60] [--workload azure_conv]
 
-``--old-hash`` swaps in a module passed with ``--hash-module`` (for comparisons only).
+``--traces``: the folder holding the Azure LLM 2023 CSVs (not needed for ``--workload
+geometric``). ``--hash-module``: a module whose ``install()`` swaps in another hash (for
+comparisons only).
 """
 
 from __future__ import annotations
@@ -21,15 +23,22 @@ import math
 import sys
 import time
 
+import jax
 import numpy as np
+import scipy.stats
+
+from afd_jax.kernels import sampling as KS
+from afd_jax.model.exact import exact_step_times
+from afd_jax.model.latency import Latency, ModelOptions
+from afd_jax.montecarlo.simulate import simulate
+from afd_jax.workload.slotload import SlotLoadPMF
+from afd_jax.workload.traces import load_trace
 
 B, R_MAX, TABLE = 8, 32, 1 << 18
 R_LIST = (1, 2, 4, 8, 16, 32)
 
 
 def _table(name, traces):
-    from afd_jax.workload.traces import load_trace
-
     if name == "geometric":
         a, q = 60 / 61, 1 / 20
         p_vals, d_vals = np.arange(701), np.arange(1, 251)
@@ -44,12 +53,6 @@ def _table(name, traces):
 
 def z_scores(name, seeds, steps, reps, traces):
     """z[seed, r] of the fast kernel against the exact E[tau(r)]."""
-    from afd_jax.kernels import sampling as KS
-    from afd_jax.model.exact import exact_step_times
-    from afd_jax.model.latency import Latency, ModelOptions
-    from afd_jax.montecarlo.simulate import simulate
-    from afd_jax.workload.slotload import SlotLoadPMF
-
     p, d, w = _table(name, traces)
     diff = np.zeros(int((p + d).max()) + 1)
     np.add.at(diff, p, w)
@@ -78,8 +81,6 @@ def z_scores(name, seeds, steps, reps, traces):
 
 def summary(z, reps):
     """Independent subset (one r per seed) and per-r statistics with 4-sigma binomial bounds."""
-    import scipy.stats
-
     n = z.shape[0]
     cols = np.array([R_LIST[i % len(R_LIST)] - 1 for i in range(n)])
     zi = z[np.arange(n), cols]
@@ -114,11 +115,11 @@ def main(argv=None) -> int:
     ap.add_argument("--workload", default="azure_conv")
     ap.add_argument("--steps", type=int, default=256)
     ap.add_argument("--replications", type=int, default=32)
-    ap.add_argument("--traces", default="../shared/traces")
+    ap.add_argument("--traces", default=None, help="folder of the Azure LLM 2023 CSV traces")
     ap.add_argument("--hash-module", default=None, help="module with install() (comparisons)")
     args = ap.parse_args(argv)
-    import jax
-
+    if args.workload != "geometric" and args.traces is None:
+        ap.error("--traces is needed for the trace workloads")
     jax.config.update("jax_enable_x64", True)
     if args.hash_module:
         importlib.import_module(args.hash_module).install()

@@ -1,24 +1,31 @@
-"""Pure JAX kernels (installed as ``afd_jax.kernels``): samplers, slot trajectories and barrier
-maxima. Un-jitted and composable; drivers in ``afd_jax`` own the jit boundary. Nothing here
-imports ``afd_jax``."""
+"""Pure JAX kernels (installed as ``afd_jax.kernels``): samplers, slot trajectories, barrier
+maxima and the finite request pool, behind one contract (:mod:`.contract`: ``init`` /
+``segment``, state apart from info). Un-jitted and composable; drivers in ``afd_jax`` own the jit
+boundary. Nothing here imports ``afd_jax``."""
 
+from .contract import Kernel, SegmentInfo, SegmentParams
 from .copula import CopulaSampler
 from .sampling import (
+    DRAWS,
+    AliasSampler,
     TableSampler,
-    register_sampler,
     sample_requests,
     sample_slot_load,
     sample_stationary,
     table_sampler,
 )
-from .step import StepModel, bundle_step_stats, step_times
+from .step import StepModel, kahan_add, step_times
 
 __all__ = [
+    "DRAWS",
+    "AliasSampler",
     "CopulaSampler",
+    "Kernel",
+    "SegmentInfo",
+    "SegmentParams",
     "StepModel",
     "TableSampler",
-    "bundle_step_stats",
-    "register_sampler",
+    "kahan_add",
     "sample_requests",
     "sample_slot_load",
     "sample_stationary",

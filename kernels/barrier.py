@@ -1,6 +1,6 @@
 """Steady-state barrier sampler and the per-step summaries shared by all Monte Carlo kernels.
 
-Barrier sampler (MODEL.md 5, "exact steady state"): in stationarity the slots are independent
+Barrier sampler (docs/model.md 5, "exact steady state"): in stationarity the slots are independent
 with law pi, so one step of an r_max-worker bundle is a snapshot of ``r_max x B`` i.i.d. slot
 loads. A worker's load is ``T_j = sum_b load[j, b]`` (int32) and the barrier for every
 r = 1..r_max is the cumulative max over workers (common random numbers across r):
@@ -14,11 +14,13 @@ static, coefficients and samplers are traced. No imports from afd_jax.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from .contract import Kernel, SegmentInfo
 from .sampling import sample_slot_load
 from .step import StepModel, step_times
 
@@ -133,25 +135,15 @@ def barrier_loads(key, sampler, *, r_max: int, batch: int):
     return loads.sum(axis=-1, dtype=jnp.int32)
 
 
-def barrier_blocks(
-    keys,
-    n_valid,
-    sampler,
-    model: StepModel,
-    hist: TauHistogram,
-    *,
-    r_max: int,
-    batch: int,
-    serial: bool,
-    n_bins: int,
+def summarise_rows(
+    loads, valid, model: StepModel, hist: TauHistogram, *, batch: int, serial: bool, n_bins: int
 ) -> StepSums:
-    """``len(keys)`` blocks of snapshots summarised together: keys [nb] (one per block),
-    n_valid int32[nb] (the first n_valid snapshots of a block count). StepSums with nb rows."""
-    loads = jax.vmap(lambda k: barrier_loads(k, sampler, r_max=r_max, batch=batch))(keys)
-    nb = loads.shape[0]
-    valid = jnp.arange(BLOCK, dtype=jnp.int32)[None, :] < n_valid[:, None]
-    return summarise_steps(
-        loads.reshape(nb * BLOCK, r_max),
+    """:func:`summarise_steps` of several rows (replications, or blocks of snapshots) at once:
+    loads int32[rows, L, r_max], valid bool[rows, L] (L a multiple of BLOCK). Returns StepSums
+    with block rows [rows, L // BLOCK, ...] and the histogram summed over all rows."""
+    rows, length, r_max = loads.shape
+    sums = summarise_steps(
+        loads.reshape(rows * length, r_max),
         valid.reshape(-1),
         model,
         hist,
@@ -159,3 +151,24 @@ def barrier_blocks(
         serial=serial,
         n_bins=n_bins,
     )
+    nb = length // BLOCK
+    out = jax.tree_util.tree_map(
+        lambda x: x.reshape((rows, nb) + x.shape[1:]), sums._replace(hist=None)
+    )
+    return out._replace(hist=sums.hist)
+
+
+@cache
+def barrier_kernel(r_max: int, batch: int) -> Kernel:
+    """The barrier sampler under the contract of :mod:`kernels.contract`: stateless (``init``
+    gives ``()``); ``segment(key, (), params)`` draws one block of BLOCK snapshots
+    (:func:`barrier_loads`; the key is the block's key)."""
+
+    def init_fn(key, params):
+        return ()
+
+    def segment(key, state, params):
+        loads = barrier_loads(key, params.sampler, r_max=r_max, batch=batch)
+        return state, SegmentInfo(loads, jnp.asarray(True))
+
+    return Kernel("barrier", init_fn, segment)

@@ -8,7 +8,7 @@ latent normal correlation ``rho_k``. A fresh request:
     Z_1 = ndtri(U_D);      Z_2 = rho_k Z_1 + sqrt(1 - rho_k^2) eps,   eps ~ N(0, 1)
     P   = F_P^-1(Phi(Z_2))
 
-A length-biased request (probability proportional to D, MODEL.md 4), drawn exactly:
+A length-biased request (probability proportional to D, docs/model.md 4), drawn exactly:
 
     k ~ w_k E_k[D];   D = d with probability d pmf(d) / E_k[D];
     U_D ~ Uniform[F_D(d-), F_D(d))   (the latent uniform given D = d)
@@ -30,8 +30,6 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 from jax.scipy.special import ndtr, ndtri
-
-from .sampling import register_sampler
 
 __all__ = ["CopulaSampler", "copula_length_biased_requests", "copula_requests"]
 
@@ -115,6 +113,3 @@ def copula_length_biased_requests(key, s: CopulaSampler, shape):
     u_d = lo + (hi - lo) * jr.uniform(k_u, shape, dtype=jnp.float32)
     prompt = _prompt_given_latent(k_p, s, comp, _latent(u_d))
     return prompt, decode
-
-
-register_sampler(CopulaSampler, copula_requests, copula_length_biased_requests)

@@ -22,12 +22,15 @@ Pure and un-jitted. No imports from afd_jax.
 
 from __future__ import annotations
 
+from functools import cache
+
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 
+from .contract import Kernel, SegmentInfo
 from .sampling import AliasSampler, alias_requests_from_bits, sample_requests
-from .trajectory import SlotState
+from .trajectory import SlotState, init_slots
 
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 
@@ -206,4 +209,25 @@ def fast_segment(key_stream, state: SlotState, sampler, *, length: int, n_reques
     return new_state, worker_loads, covered
 
 
-__all__ = ["fast_segment", "fresh_requests", "request_bits", "threefry2x32"]
+@cache
+def fast_kernel(shape: tuple, init: str, length: int, n_requests: int) -> Kernel:
+    """The fast renewal kernel under the contract of :mod:`kernels.contract`: the initial state
+    of :func:`kernels.trajectory.init_slots`, ``segment`` = :func:`fast_segment` (the next
+    ``length`` steps, K = ``n_requests`` fresh requests per slot); ``enlarge()`` doubles K."""
+
+    def init_fn(key, params):
+        return init_slots(key, params.sampler, shape, init)
+
+    def segment(key_stream, state, params):
+        state, loads, covered = fast_segment(
+            key_stream, state, params.sampler, length=length, n_requests=n_requests
+        )
+        return state, SegmentInfo(loads, covered)
+
+    def enlarge():
+        return fast_kernel(shape, init, length, 2 * n_requests)
+
+    return Kernel("fast", init_fn, segment, enlarge)
+
+
+__all__ = ["fast_kernel", "fast_segment", "fresh_requests", "request_bits", "threefry2x32"]

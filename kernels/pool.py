@@ -1,4 +1,4 @@
-"""Finite-pool cold-start simulator: the paper's v1 simulator (MODEL.md 6).
+"""Finite-pool cold-start simulator: the paper's v1 simulator (docs/model.md 6).
 
 ``r`` Attention workers x ``B`` slots start empty at t = 0 and serve a finite pool of ``N``
 requests ``(P_i, D_i)`` in pool order:
@@ -11,13 +11,13 @@ requests ``(P_i, D_i)`` in pool order:
 * the run stops after the step at which ``completed >= target`` (e.g. ``ceil(0.8 N)``), or
   when no slot is active.
 
-Step time (MODEL.md 2), with ``tA_j = alpha_A T_j + beta_A`` for the r workers (an idle worker
+Step time (docs/model.md 2), with ``tA_j = alpha_A T_j + beta_A`` for the r workers (an idle worker
 still pays ``beta_A``) and the barrier ``max_j tA_j``::
 
     tau = max(max_j tA_j, t_C, t_F)         (pipelined)    or   max_j tA_j + t_C + t_F  (serial)
     t_F = alpha_F X_F + beta_F,  t_C = alpha_C X_C + beta_C
 
-``ffn_tokens`` (static) chooses X: ``"nominal"`` (default, MODEL.md 2): ``X_F = r B`` and
+``ffn_tokens`` (static) chooses X: ``"nominal"`` (default, docs/model.md 2): ``X_F = r B`` and
 ``X_C = r B`` (aggregate) or ``B`` (per worker) whatever the slots hold; ``"active"``: the
 number of active slots of the bundle (``X_C`` per worker: the most active slots of a worker),
 i.e. a FFN whose cost shrinks as the pool drains.
@@ -30,10 +30,15 @@ float32 with a compensated (Kahan) running sum of tau. Pure and un-jitted; no af
 
 from __future__ import annotations
 
+from functools import cache, partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from .barrier import TauHistogram
+from .contract import Kernel
+from .step import kahan_add
 
 FFN_TOKENS = ("nominal", "active")
 
@@ -151,9 +156,7 @@ def pool_advance(state: PoolState, pool_prompt, pool_decode, n, tau, attn_binds)
     from the first ``n`` pool entries (idle once they are used up)."""
     n_active = jnp.sum(state.active, dtype=jnp.int32)
     # Kahan summation of tau (a plain float32 running sum drifts over 10^4+ steps)
-    y = tau - state.elapsed_comp
-    t = state.elapsed + y
-    comp = (t - state.elapsed) - y
+    t, comp = kahan_add(state.elapsed, state.elapsed_comp, tau)
     age = state.age + state.active.astype(jnp.int32)
     done = state.active & (age >= state.decode)
     n_done = jnp.sum(done, dtype=jnp.int32)
@@ -176,6 +179,117 @@ def pool_advance(state: PoolState, pool_prompt, pool_decode, n, tau, attn_binds)
     )
 
 
+class PoolDiag(NamedTuple):
+    """Optional extra carry of the pool loop (float32 Kahan pairs, int32 histogram): load: sum
+    over steps of the bundle's total worker load; max_load: of its largest worker load; hist:
+    int32[n_bins] counts of tau per log bin (:class:`kernels.barrier.TauHistogram`; the end
+    bins catch the rest)."""
+
+    load: jax.Array
+    load_comp: jax.Array
+    max_load: jax.Array
+    max_comp: jax.Array
+    hist: jax.Array
+
+
+class PoolParams(NamedTuple):
+    """Traced arguments of a pool run: pool_prompt, pool_decode int32[N_max]; n (pool size),
+    r (bundle size), target (completions that end the window): int32 scalars; model:
+    :class:`PoolModel`; bins: :class:`kernels.barrier.TauHistogram` (diagnostics) or None."""
+
+    pool_prompt: jax.Array
+    pool_decode: jax.Array
+    n: jax.Array
+    r: jax.Array
+    target: jax.Array
+    model: PoolModel
+    bins: TauHistogram | None = None
+
+
+def _observe(d: PoolDiag, st: PoolState, tau, r, bins: TauHistogram, *, batch, r_pad, n_bins):
+    """Adds one step to the diagnostics sums (loads before the slots age)."""
+    loads = jnp.where(st.active, st.prompt + st.age, 0).reshape(r_pad, batch)
+    in_bundle = jnp.arange(r_pad, dtype=jnp.int32) < r
+    wl = jnp.where(in_bundle, jnp.sum(loads, axis=1, dtype=jnp.int32), 0)
+    load, load_c = kahan_add(d.load, d.load_comp, jnp.sum(wl.astype(jnp.float32)))
+    mx, mx_c = kahan_add(d.max_load, d.max_comp, jnp.max(wl).astype(jnp.float32))
+    pos = jnp.floor((jnp.log(jnp.maximum(tau, jnp.float32(1e-30))) - bins.log_lo) * bins.inv_width)
+    k = jnp.clip(pos, 0, n_bins - 1).astype(jnp.int32)
+    return PoolDiag(load, load_c, mx, mx_c, d.hist.at[k].add(jnp.int32(1)))
+
+
+def pool_segment(
+    key,
+    state: PoolState,
+    params: PoolParams,
+    *,
+    batch: int,
+    r_pad: int,
+    comm_aggregate: bool,
+    serial: bool,
+    ffn_tokens: str,
+    n_bins: int = 0,
+):
+    """Steps ``state`` until ``completed >= target`` or no slot is active (``lax.while_loop``;
+    ``key`` unused: the pool is the randomness). Returns ``(final state, info)``: info is
+    :class:`PoolInfo`, or ``(PoolInfo, PoolDiag)`` when ``n_bins > 0`` (static): the same
+    steps, with the diagnostics sums carried alongside."""
+    p = params
+    kw = dict(batch=batch, r_pad=r_pad)
+    z = jnp.zeros((), jnp.float32)
+    diag0 = PoolDiag(z, z, z, z, jnp.zeros((n_bins,), jnp.int32)) if n_bins else ()
+
+    def cond(c):
+        st = c[0]
+        return (st.completed < p.target) & jnp.any(st.active)
+
+    def body(c):
+        st, d = c
+        tau, attn = pool_step_time(
+            st,
+            p.r,
+            p.model,
+            **kw,
+            comm_aggregate=comm_aggregate,
+            serial=serial,
+            ffn_tokens=ffn_tokens,
+        )
+        if n_bins:
+            d = _observe(d, st, tau, p.r, p.bins, **kw, n_bins=n_bins)
+        st = pool_advance(st, p.pool_prompt, p.pool_decode, p.n, tau, attn)
+        return st, d
+
+    st, d = jax.lax.while_loop(cond, body, (state, diag0))
+    info = PoolInfo(st.tokens, st.steps, st.completed, st.elapsed, st.attn_steps)
+    return st, ((info, d) if n_bins else info)
+
+
+@cache
+def pool_kernel(
+    batch: int, r_pad: int, comm_aggregate: bool, serial: bool, ffn_tokens: str, n_bins: int = 0
+) -> Kernel:
+    """The finite pool under the contract of :mod:`kernels.contract`: ``init(key, params)`` =
+    :func:`pool_init` (cold start), ``segment`` = :func:`pool_segment` (the whole window)."""
+    if ffn_tokens not in FFN_TOKENS:
+        raise ValueError(f"ffn_tokens must be one of {FFN_TOKENS}, got {ffn_tokens!r}")
+
+    def init_fn(key, params: PoolParams):
+        r = jnp.asarray(params.r, jnp.int32)
+        n = jnp.asarray(params.n, jnp.int32)
+        return pool_init(params.pool_prompt, params.pool_decode, r, n, batch=batch, r_pad=r_pad)
+
+    segment = partial(
+        pool_segment,
+        batch=batch,
+        r_pad=r_pad,
+        comm_aggregate=comm_aggregate,
+        serial=serial,
+        ffn_tokens=ffn_tokens,
+        n_bins=n_bins,
+    )
+    return Kernel("pool", init_fn, segment)
+
+
 def pool_run(
     pool_prompt,
     pool_decode,
@@ -194,33 +308,18 @@ def pool_run(
     ``completed >= target`` (int32 scalar, 1 <= target <= n) or no slot is active;
     ``lax.while_loop`` (one compiled loop per static ``(N_max, batch, r_pad, comm_aggregate,
     serial, ffn_tokens)``; n, r, target and the coefficients are traced, so it vmaps over
-    pools and r).
+    pools and r): :func:`pool_kernel` ``init`` then ``segment``.
 
     Throughput per instance (per unit cost) of the window: ``1e6 tokens / ((r c_A + c_F)
     elapsed)`` tokens/s (computed by the driver).
     """
-    if ffn_tokens not in FFN_TOKENS:
-        raise ValueError(f"ffn_tokens must be one of {FFN_TOKENS}, got {ffn_tokens!r}")
-    r = jnp.asarray(r, jnp.int32)
-    n = jnp.asarray(n, jnp.int32)
-    target = jnp.asarray(target, jnp.int32)
-    state = pool_init(pool_prompt, pool_decode, r, n, batch=batch, r_pad=r_pad)
-
-    def cond(st: PoolState):
-        return (st.completed < target) & jnp.any(st.active)
-
-    def body(st: PoolState):
-        tau, attn = pool_step_time(
-            st,
-            r,
-            model,
-            batch=batch,
-            r_pad=r_pad,
-            comm_aggregate=comm_aggregate,
-            serial=serial,
-            ffn_tokens=ffn_tokens,
-        )
-        return pool_advance(st, pool_prompt, pool_decode, n, tau, attn)
-
-    final = jax.lax.while_loop(cond, body, state)
-    return PoolInfo(final.tokens, final.steps, final.completed, final.elapsed, final.attn_steps)
+    kernel = pool_kernel(batch, r_pad, comm_aggregate, serial, ffn_tokens)
+    params = PoolParams(
+        pool_prompt,
+        pool_decode,
+        jnp.asarray(n, jnp.int32),
+        jnp.asarray(r, jnp.int32),
+        jnp.asarray(target, jnp.int32),
+        model,
+    )
+    return kernel.segment(None, kernel.init(None, params), params)[1]

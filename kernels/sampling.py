@@ -5,19 +5,25 @@ every sampler kind:
 
 * ``sample_requests(key, sampler, shape) -> (prompt, decode)``: fresh i.i.d. requests (int32).
 * ``sample_stationary(key, sampler, shape) -> (prompt, decode, age)``: the stationary slot state
-  (MODEL.md 4): a request drawn with probability proportional to D (length bias), and a uniform
+  (docs/model.md 4): a request drawn with probability proportional to D (length bias), and a uniform
   age in 0..D-1. The slot load is ``prompt + age``.
 
-Dispatch is on the Python type of the sampler (static under ``jit``). No imports from afd_jax.
+Dispatch is on the Python type of the sampler (static under ``jit``), through one table built at
+the end of this module (:data:`DRAWS`: every sampler kind and its draw functions, in one place).
+No imports from afd_jax.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
+
+from .copula import CopulaSampler, copula_length_biased_requests, copula_requests
 
 
 class TableSampler(NamedTuple):
@@ -39,8 +45,6 @@ def table_sampler(prompt, decode, weight=None) -> TableSampler:
 
     Rows with decode == 0 get zero weight. ``weight`` defaults to uniform over rows.
     """
-    import numpy as np
-
     prompt = np.asarray(prompt, dtype=np.int64)
     decode = np.asarray(decode, dtype=np.int64)
     w = np.ones(prompt.shape, np.float64) if weight is None else np.asarray(weight, np.float64)
@@ -72,18 +76,6 @@ def _uniform_age(key, decode):
     return jnp.clip(age, 0, decode - 1)
 
 
-_REQUESTS = {}
-_STATIONARY_REQUESTS = {}
-_STATIONARY = {}  # optional direct stationary-state samplers (one random draw instead of two)
-
-
-def register_sampler(cls, requests, length_biased_requests):
-    """Register a sampler kind: ``requests(key, s, shape)`` draws fresh (P, D);
-    ``length_biased_requests(key, s, shape)`` draws (P, D) with probability proportional to D."""
-    _REQUESTS[cls] = requests
-    _STATIONARY_REQUESTS[cls] = length_biased_requests
-
-
 def _table_requests(key, s: TableSampler, shape):
     idx = _pick(s.cdf_request, jr.uniform(key, shape, dtype=jnp.float32))
     return s.prompt[idx], s.decode[idx]
@@ -92,30 +84,6 @@ def _table_requests(key, s: TableSampler, shape):
 def _table_lb_requests(key, s: TableSampler, shape):
     idx = _pick(s.cdf_length_biased, jr.uniform(key, shape, dtype=jnp.float32))
     return s.prompt[idx], s.decode[idx]
-
-
-register_sampler(TableSampler, _table_requests, _table_lb_requests)
-
-
-def sample_requests(key, sampler, shape):
-    """Fresh i.i.d. requests: returns (prompt, decode), int32 arrays of ``shape``."""
-    return _REQUESTS[type(sampler)](key, sampler, tuple(shape))
-
-
-def sample_stationary(key, sampler, shape):
-    """Stationary slot state: (prompt, decode, age) int32, age uniform in 0..decode-1 of a
-    length-biased request. The load ``prompt + age`` has law pi (MODEL.md 4)."""
-    if type(sampler) in _STATIONARY:
-        return _STATIONARY[type(sampler)](key, sampler, tuple(shape))
-    k_req, k_age = jr.split(key)
-    prompt, decode = _STATIONARY_REQUESTS[type(sampler)](k_req, sampler, tuple(shape))
-    return prompt, decode, _uniform_age(k_age, decode)
-
-
-def sample_slot_load(key, sampler, shape):
-    """Draw stationary slot loads (int32) from pi."""
-    prompt, _, age = sample_stationary(key, sampler, shape)
-    return prompt + age
 
 
 class AliasSampler(NamedTuple):
@@ -137,8 +105,6 @@ class AliasSampler(NamedTuple):
 
 def _alias_table(weight):
     """Walker/Vose alias table of float64 weights (host, NumPy): (prob float64, alias int64)."""
-    import numpy as np
-
     n = weight.shape[0]
     p = weight / weight.sum() * n
     prob = np.ones(n, np.float64)
@@ -154,8 +120,6 @@ def _alias_table(weight):
 
 
 def _packed(prompt, decode, weight):
-    import numpy as np
-
     prob, alias = _alias_table(weight)
     thr = np.minimum(np.round(prob * 2**24), 2**24).astype(np.int64)
     return jnp.asarray(
@@ -168,8 +132,6 @@ def alias_sampler(prompt, decode, weight=None, size=None) -> AliasSampler:
     zero weight are dropped). ``weight`` defaults to uniform over rows. ``size``: pad the table
     with zero-weight rows to this many rows (fixed shapes avoid recompiling for every table;
     zero-weight columns always defer to their alias, so the laws are unchanged)."""
-    import numpy as np
-
     prompt = np.asarray(prompt, dtype=np.int64)
     decode = np.asarray(decode, dtype=np.int64)
     w = np.ones(prompt.shape, np.float64) if weight is None else np.asarray(weight, np.float64)
@@ -223,5 +185,41 @@ def _alias_stationary(key, s: AliasSampler, shape):
     return prompt, decode, age
 
 
-register_sampler(AliasSampler, _alias_requests, _alias_lb_requests)
-_STATIONARY[AliasSampler] = _alias_stationary
+class Draws(NamedTuple):
+    """The draw functions of one sampler kind: ``requests(key, s, shape)`` fresh (P, D);
+    ``length_biased(key, s, shape)`` (P, D) with probability proportional to D; ``stationary``
+    (optional) the stationary (P, D, age) in one draw, else length-biased request + uniform age."""
+
+    requests: Callable
+    length_biased: Callable
+    stationary: Callable | None = None
+
+
+DRAWS = {
+    TableSampler: Draws(_table_requests, _table_lb_requests),
+    AliasSampler: Draws(_alias_requests, _alias_lb_requests, _alias_stationary),
+    CopulaSampler: Draws(copula_requests, copula_length_biased_requests),
+}
+"""Every sampler kind and its draws: the one dispatch table (a new kind is added here)."""
+
+
+def sample_requests(key, sampler, shape):
+    """Fresh i.i.d. requests: returns (prompt, decode), int32 arrays of ``shape``."""
+    return DRAWS[type(sampler)].requests(key, sampler, tuple(shape))
+
+
+def sample_stationary(key, sampler, shape):
+    """Stationary slot state: (prompt, decode, age) int32, age uniform in 0..decode-1 of a
+    length-biased request. The load ``prompt + age`` has law pi (docs/model.md 4)."""
+    draws = DRAWS[type(sampler)]
+    if draws.stationary is not None:
+        return draws.stationary(key, sampler, tuple(shape))
+    k_req, k_age = jr.split(key)
+    prompt, decode = draws.length_biased(k_req, sampler, tuple(shape))
+    return prompt, decode, _uniform_age(k_age, decode)
+
+
+def sample_slot_load(key, sampler, shape):
+    """Draw stationary slot loads (int32) from pi."""
+    prompt, _, age = sample_stationary(key, sampler, shape)
+    return prompt + age

@@ -1,7 +1,8 @@
-"""Step-time arithmetic shared by the Monte Carlo kernels (MODEL.md 2, 3).
+"""Step-time arithmetic shared by the Monte Carlo kernels (docs/model.md 2, 3).
 
-The driver precomputes the non-Attention stage time per r; the kernels only need the Attention
-coefficients to turn worker loads into tau. No imports from afd_jax.
+The driver precomputes the non-Attention stage time G(r) per r (with ``afd_jax.model.latency``);
+the kernels only need the Attention coefficients to turn worker loads into tau. No imports from
+afd_jax.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import jax.numpy as jnp
 
 class StepModel(NamedTuple):
     """alpha_attn, beta_attn: scalars (float32). other: float32[r_max], the non-Attention stage
-    time for r = 1..r_max (max(t_C, t_F) when pipelined, t_C + t_F when serial). t_ffn:
-    float32[r_max], the FFN time (for its idle time)."""
+    time G(r) for r = 1..r_max (max(t_C, t_F) when pipelined, t_C + t_F when serial). t_ffn:
+    float32[r_max], the FFN time t_F(r)."""
 
     alpha_attn: jax.Array
     beta_attn: jax.Array
@@ -24,30 +25,17 @@ class StepModel(NamedTuple):
 
 
 def step_times(max_attn_time, other, serial: bool):
-    """tau from the barrier Attention time and the other stages (broadcasting)."""
+    """tau from the barrier Attention time and the other stages (broadcasting):
+    ``max(max_attn, G)`` (pipelined) or ``max_attn + G`` (serial), docs/model.md 2."""
     return max_attn_time + other if serial else jnp.maximum(max_attn_time, other)
 
 
-def bundle_step_stats(worker_loads, model: StepModel, serial: bool):
-    """Per-r step statistics from the worker loads of one step.
+def kahan_add(total, comp, x):
+    """One step of a compensated (Kahan) sum: returns the new (total, compensation). A float32
+    running sum in a loop carry drifts over 10^4+ steps; this one does not."""
+    y = x - comp
+    t = total + y
+    return t, (t - total) - y
 
-    worker_loads: int32[..., r_max] (loads of workers 1..r_max). For every r = 1..r_max the
-    bundle is made of the first r workers (common random numbers across r). Returns a dict of
-    float32[..., r_max]: ``tau``, ``attn_idle`` (sum over j <= r of tau - t_A,j), ``barrier_wait``
-    (sum over j <= r of max_i t_A,i - t_A,j), ``ffn_idle`` (tau - t_F), ``max_load``.
-    """
-    loads = worker_loads.astype(jnp.float32)
-    lead = (1,) * (loads.ndim - 1)  # explicit broadcasting (rank promotion may be "raise")
-    max_load = jax.lax.cummax(loads, axis=loads.ndim - 1)
-    sum_load = jnp.cumsum(loads, axis=-1)
-    r = jnp.arange(1, loads.shape[-1] + 1, dtype=jnp.float32).reshape(lead + (-1,))
-    max_ta = model.alpha_attn * max_load + model.beta_attn
-    sum_ta = model.alpha_attn * sum_load + model.beta_attn * r
-    tau = step_times(max_ta, model.other.reshape(lead + (-1,)), serial)
-    return {
-        "tau": tau,
-        "attn_idle": r * tau - sum_ta,
-        "barrier_wait": r * max_ta - sum_ta,
-        "ffn_idle": tau - model.t_ffn.reshape(lead + (-1,)),
-        "max_load": max_load,
-    }
+
+__all__ = ["StepModel", "kahan_add", "step_times"]

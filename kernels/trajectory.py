@@ -1,9 +1,9 @@
-"""Slot trajectories stepped one decode step at a time (MODEL.md 1, 4).
+"""Slot trajectories stepped one decode step at a time (docs/model.md 1, 4).
 
 ``r_max x B`` slots, each holding a request (P, D) at age k in 0..D-1; its load is P + k (the
 sampler already includes any ``load_offset``). Per step every worker's load is the int32 sum of
-its B slots, the step statistics follow :func:`kernels.step.bundle_step_stats`, then every slot
-ages by one and a slot whose request finished (age == D) takes a fresh request at age 0.
+its B slots (summarised by :func:`kernels.barrier.summarise_steps`), then every slot ages by
+one and a slot whose request finished (age == D) takes a fresh request at age 0.
 
 Randomness is counter-based: the fresh draws of absolute step ``t`` use
 ``fold_in(key_stream, t)``, so a run split into segments of any length gives the same numbers.
@@ -12,12 +12,14 @@ Pure and un-jitted; lengths and switches static, coefficients traced. No imports
 
 from __future__ import annotations
 
+from functools import cache
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 
+from .contract import Kernel, SegmentInfo
 from .sampling import sample_requests, sample_stationary
 
 INITS = ("stationary", "cold")
@@ -75,4 +77,29 @@ def trajectory_segment(key_stream, state: SlotState, t0, sampler, *, length: int
     return jax.lax.scan(body, state, jnp.arange(length, dtype=jnp.int32))
 
 
-__all__ = ["INITS", "SlotState", "advance", "init_slots", "trajectory_segment"]
+@cache
+def trajectory_kernel(shape: tuple, init: str, length: int) -> Kernel:
+    """The step-by-step kernel under the contract of :mod:`kernels.contract`: ``init(key,
+    params)`` = :func:`init_slots` of ``shape`` (r_max, B); ``segment(key_stream, state,
+    params)`` = :func:`trajectory_segment` of ``length`` steps from ``params.t0``."""
+
+    def init_fn(key, params):
+        return init_slots(key, params.sampler, shape, init)
+
+    def segment(key_stream, state, params):
+        state, loads = trajectory_segment(
+            key_stream, state, params.t0, params.sampler, length=length
+        )
+        return state, SegmentInfo(loads, jnp.asarray(True))
+
+    return Kernel("trajectory", init_fn, segment)
+
+
+__all__ = [
+    "INITS",
+    "SlotState",
+    "advance",
+    "init_slots",
+    "trajectory_kernel",
+    "trajectory_segment",
+]

@@ -207,7 +207,7 @@ def test_pool_diagnostics_against_float64_reference():
     """Throughput, idle fractions, barrier share and percentiles of pool_simulate(...,
     diagnostics=True) against a float64 re-simulation of the same pools; the diagnostics loop
     gives the same integers as the plain kernel loop."""
-    from afd_jax.montecarlo.pool import _tau_range, draw_pools, pool_simulate
+    from afd_jax.montecarlo.pool import draw_pools, pool_simulate, tau_range
     from afd_jax.workload.specs import resolve_workload
 
     w = resolve_workload(str(trace_path("azure_code")))
@@ -247,7 +247,7 @@ def test_pool_diagnostics_against_float64_reference():
         bundle = (attn_idle + (s_tau - s_f)) / ((r + 1) * s_tau)
         assert res.idle_bundle[i] == pytest.approx(bundle, abs=1e-5)
         # histogram percentiles: within two log bins of the exact order statistic
-        _, inv_w = _tau_range(lat, batch, r, int((prompt + decode - 1).max()), opts)
+        _, inv_w = tau_range(lat, batch, r, int((prompt + decode - 1).max()), opts)
         pcts = (res.step_p50, res.step_p90, res.step_p99)
         for q, est in zip((0.5, 0.9, 0.99), pcts, strict=True):
             exact = np.quantile(taus, q, method="inverted_cdf")

@@ -6,10 +6,11 @@ fractions, the barrier share and step-time percentiles.
 
 Two measurement windows (``--window``): ``steps`` (default): ``--steps`` decode steps after
 ``--warmup`` of an infinite request stream (``--init`` stationary or cold); ``completions``:
-the paper's v1 simulator (:func:`afd_jax.montecarlo.pool.pool_simulate`): a cold start on a finite
-pool of
-``--requests`` requests, throughput over the time until ``--completion-fraction`` of them have
-completed, each r = 1..r_max run on its own (same pools for every r).
+the paper's v1 simulator (:func:`afd_jax.montecarlo.pool.pool_simulate`): a cold start on a
+finite pool of ``--requests`` requests, throughput over the time until
+``--completion-fraction`` of them have completed, each r = 1..r_max run on its own (same pools
+for every r). Both return the one ``MonteCarloResult``, printed by the same code with the same
+columns.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from afd_jax.cli.common import (
     positive_int,
 )
 from afd_jax.errors import InputError
+from afd_jax.montecarlo.result import MonteCarloResult
+from afd_jax.studies.plots import plot_simulation
 
 WINDOWS = ("steps", "completions")
 DEFAULT_STEPS = 4096
@@ -104,7 +107,7 @@ def add_parser(subparsers) -> None:
         "--ffn-tokens",
         choices=("nominal", "active"),
         default=None,
-        help="FFN/communication tokens: the nominal r*B (default, MODEL.md 2) or only the "
+        help="FFN/communication tokens: the nominal r*B (default, docs/model.md 2) or only the "
         "active slots (an FFN whose cost shrinks as the pool drains)",
     )
     p.add_argument("--seed", type=int, default=0)
@@ -142,6 +145,10 @@ def _check_window_flags(args) -> None:
             )
 
 
+# JAX and the drivers are imported when the command runs, not when the parser is built (the CLI
+# builds every command's parser at start).
+
+
 def run(args) -> int:
     import jax
 
@@ -156,8 +163,25 @@ def run(args) -> int:
         raise InputError(f"must be >= 0, got {args.seed}", field="seed")
     if not 0 < args.level < 1:
         raise InputError(f"must be in (0, 1), got {args.level}", field="level")
-    if args.window == "completions":
-        return _run_pool(args)
+    res = _run_pool(args) if args.window == "completions" else _run_steps(args)
+    out = res.to_json()
+    out["workload"] = args.workload
+    if args.plot:
+        plot_simulation(res, args.plot, args.workload)
+        out["plot"] = args.plot
+    if args.json:
+        emit_json(out)
+        return 0
+    for line in _describe(res, args.workload):
+        print(line)
+    _print_table(res.results_table(), res.r_best, res.level)
+    if args.plot:
+        print(f"figure: {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _run_steps(args) -> MonteCarloResult:
+    """--window steps: :func:`afd_jax.montecarlo.simulate.simulate` for r = 1..r_max."""
     from afd_jax.montecarlo.simulate import simulate
 
     args.kernel = args.kernel or "fast"
@@ -169,7 +193,7 @@ def run(args) -> int:
         raise InputError(f"must be >= 0, got {args.warmup}", field="warmup")
     w = load_workload(args)
     lat, opts = load_latency(args)
-    res = simulate(
+    return simulate(
         w,
         lat,
         args.batch,
@@ -185,47 +209,20 @@ def run(args) -> int:
         memory_budget_bytes=args.memory_budget_mb << 20,
         progress=not args.quiet,
     )
-    out = res.to_json()
-    out["window"] = {"kind": "steps", "steps": res.steps, "warmup": res.warmup}
-    out["workload"] = args.workload
-    if args.plot:
-        _plot(res, args.plot, args.workload)
-        out["plot"] = args.plot
-    if args.json:
-        emit_json(out)
-        return 0
-    print(
-        f"workload {args.workload}: B = {res.batch}, kernel {res.kernel} ({res.init} start), "
-        f"{res.replications} x {res.steps} steps, seed {res.seed}"
-    )
-    print(
-        f"mean slot load {res.mean_slot_load:.1f} +- {res.se_slot_load:.1f}; "
-        f"{res.slot_steps:.3e} slot-steps in {res.wall_seconds:.2f} s "
-        f"({res.slot_steps_per_second:.3e}/s) on {res.device}"
-    )
-    _print_table(res.results_table(), res.r_best, res.level)
-    if args.plot:
-        print(f"figure: {args.plot}", file=sys.stderr)
-    return 0
 
 
-def _run_pool(args) -> int:
+def _run_pool(args) -> MonteCarloResult:
     """--window completions: :func:`afd_jax.montecarlo.pool.pool_simulate` for r = 1..r_max."""
-    import time
-
     from afd_jax.montecarlo.pool import pool_simulate
-    from afd_jax.montecarlo.simulate import device_name
 
     n = DEFAULT_REQUESTS if args.requests is None else args.requests
     x = DEFAULT_FRACTION if args.completion_fraction is None else args.completion_fraction
     positive_int("requests", n)
     if not 0 < x <= 1:
         raise InputError(f"must be in (0, 1], got {x}", field="completion-fraction")
-    ffn_tokens = args.ffn_tokens or "nominal"
     w = load_workload(args)
     lat, opts = load_latency(args)
-    t0 = time.perf_counter()
-    res = pool_simulate(
+    return pool_simulate(
         w,
         lat,
         args.batch,
@@ -235,95 +232,44 @@ def _run_pool(args) -> int:
         replications=args.replications,
         seed=args.seed,
         opts=opts,
-        ffn_tokens=ffn_tokens,
+        ffn_tokens=args.ffn_tokens or "nominal",
         level=args.level,
         diagnostics=True,
         progress=not args.quiet,
     )
-    wall = time.perf_counter() - t0
-    out = res.to_json()
-    out.update(
-        r_max=args.r_max,
-        wall_seconds=wall,
-        slot_steps_per_second=res.slot_steps / wall if wall > 0 else float("nan"),
-        device=device_name(),
-        workload=args.workload,
-    )
-    if args.plot:
-        _plot(_PoolPlot(res), args.plot, args.workload)
-        out["plot"] = args.plot
-    if args.json:
-        emit_json(out)
-        return 0
-    print(
-        f"workload {args.workload}: B = {res.batch}, pool kernel (cold start), "
-        f"{res.replications} pools x {res.n_requests} requests, window: first "
-        f"{res.completion_fraction:.0%} of completions, FFN tokens {res.ffn_tokens}, "
-        f"seed {res.seed}"
-    )
-    print(
-        f"{res.slot_steps:.3e} slot-steps in {wall:.2f} s "
-        f"({out['slot_steps_per_second']:.3e}/s) on {out['device']}"
-    )
-    _print_table(res.results_table(), res.r_best, res.level, busy=True)
-    if args.plot:
-        print(f"figure: {args.plot}", file=sys.stderr)
-    return 0
 
 
-class _PoolPlot:
-    """PoolResult seen through the attributes _plot reads."""
+def _describe(res: MonteCarloResult, workload: str) -> list[str]:
+    """The two header lines: what was simulated, and how much of it how fast."""
+    win = res.window
+    if win["kind"] == "completions":
+        what = (
+            f"pool kernel (cold start), {res.replications} pools x {win['requests']} requests, "
+            f"window: first {win['fraction']:.0%} of completions, FFN tokens {res.ffn_tokens}"
+        )
+        load = ""
+    else:
+        what = f"kernel {res.kernel} ({res.init} start), {res.replications} x {win['steps']} steps"
+        load = f"mean slot load {res.mean_slot_load:.1f} +- {res.se_slot_load:.1f}; "
+    return [
+        f"workload {workload}: B = {res.batch}, {what}, seed {res.seed}",
+        f"{load}{res.slot_steps:.3e} slot-steps in {res.wall_seconds:.2f} s "
+        f"({res.slot_steps_per_second:.3e}/s) on {res.device}",
+    ]
 
-    kernel = "pool (cold start)"
 
-    def __init__(self, res):
-        self._res = res
-
-    def __getattr__(self, name):
-        return getattr(self._res, name)
-
-
-def _print_table(rows, r_best: int, level: float, busy: bool = False) -> None:
+def _print_table(rows, r_best: int, level: float) -> None:
     lvl = int(round(100 * level))
     print(
         f"{'r':>3} {'tokens/s/inst':>13} {lvl:>3}% CI{'':>14} {'idle A':>7} {'idle F':>7} "
-        f"{'barrier':>7} {'P50 us':>9} {'P99 us':>9}" + (f" {'busy':>6}" if busy else "")
+        f"{'barrier':>7} {'P50 us':>9} {'P99 us':>9} {'busy':>6}"
     )
     for row in rows:
         mark = " *" if row["r"] == r_best else ""
-        extra = f" {row['active_fraction']:>6.3f}" if busy else ""
         print(
             f"{row['r']:>3} {row['throughput']:>13.1f} [{row['ci_low']:>9.1f}, "
             f"{row['ci_high']:>9.1f}] {row['idle_attn']:>7.3f} {row['idle_ffn']:>7.3f} "
             f"{row['barrier_share']:>7.3f} {row['step_p50']:>9.1f} {row['step_p99']:>9.1f}"
-            f"{extra}{mark}"
+            f" {row['active_fraction']:>6.3f}{mark}"
         )
-    print(f"best r = {r_best} (*)" + ("; busy: mean fraction of slots active" if busy else ""))
-
-
-def _plot(res, path: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    a1.plot(res.r, res.throughput, "o-", ms=3, label=f"{res.kernel} kernel")
-    a1.fill_between(res.r, res.ci_low, res.ci_high, alpha=0.3, label=f"{res.level:.0%} CI")
-    a1.set_xlabel("r (Attention instances per FFN)")
-    a1.set_ylabel("throughput per instance (tokens/s)")
-    a1.legend()
-    a2.plot(res.r, res.idle_attn, label="Attention idle")
-    a2.plot(res.r, res.idle_ffn, label="FFN idle")
-    a2.plot(res.r, res.barrier_share, label="barrier share")
-    a2.set_xlabel("r")
-    a2.set_ylabel("fraction of time")
-    a2.legend()
-    fig.suptitle(f"{title}: B = {res.batch}")
-    fig.tight_layout()
-    try:
-        fig.savefig(path)
-    except (OSError, ValueError) as err:
-        raise InputError(f"cannot write figure: {err}", path=path) from err
-    finally:
-        plt.close(fig)
+    print(f"best r = {r_best} (*); busy: mean fraction of slots active")

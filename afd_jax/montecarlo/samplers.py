@@ -1,17 +1,19 @@
-"""Host workload -> JAX sampler pytree.
+"""Host workload -> JAX sampler pytree: the one sampler factory of every Monte Carlo driver.
 
-``make_sampler(w, load_offset=0)`` returns a pytree accepted by
+``make_sampler(w, load_offset=0, draw="table")`` returns a pytree accepted by
 ``afd_jax.kernels.sample_requests`` / ``sample_stationary`` / ``sample_slot_load``:
 
 * :class:`~afd_jax.workload.containers.TraceWorkload` -> ``TableSampler`` over the rows
-  (``prompt + load_offset``, ``decode``); rows with D = 0 get zero weight.
+  (``prompt + load_offset``, ``decode``); rows with D = 0 get zero weight. ``draw="alias"``:
+  the same law as an ``AliasSampler`` (O(1) draws, table padded to a power of two >= 1024: few
+  shapes, few compiles), the one the steps-window kernels use.
 * :class:`~afd_jax.workload.containers.ParametricWorkload` ->
 :class:`~afd_jax.kernels.copula.CopulaSampler`:
   padded inverse-CDF tables of every component (float32 CDFs, int32 values, prompt values
   shifted by ``load_offset``), mixture weights w_k and length-biased weights w_k E_k[D].
 
 ``load_offset`` is added to the prompt so that ``prompt + age`` is the slot load of
-MODEL.md 1 (``P + k + load_offset``). Built with NumPy in float64, stored in float32/int32.
+docs/model.md 1 (``P + k + load_offset``). Built with NumPy in float64, stored in float32/int32.
 
 >>> from afd_jax.workload import families
 >>> s = make_sampler(families.independent(families.geometric(10, min=0), families.geometric(5)))
@@ -21,15 +23,18 @@ MODEL.md 1 (``P + k + load_offset``). Built with NumPy in float64, stored in flo
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 
 from afd_jax.errors import InputError
 from afd_jax.kernels.copula import CopulaSampler
-from afd_jax.kernels.sampling import TableSampler, table_sampler
+from afd_jax.kernels.sampling import AliasSampler, TableSampler, alias_sampler, table_sampler
 from afd_jax.workload.containers import ParametricWorkload, TraceWorkload
 from afd_jax.workload.families import gaussian_corr
 
-__all__ = ["make_sampler"]
+__all__ = ["DRAW_METHODS", "as_alias", "make_sampler", "max_slot_load", "table_size"]
+
+DRAW_METHODS = ("table", "alias")
 
 _INT32_MAX = np.iinfo(np.int32).max
 
@@ -52,8 +57,6 @@ def _pad(rows: list[np.ndarray], fill_last: bool, pad_value, dtype) -> np.ndarra
 
 
 def _copula_sampler(w: ParametricWorkload, load_offset: int) -> CopulaSampler:
-    import jax.numpy as jnp
-
     weights = np.asarray(w.weights, np.float64)
     mean_d = np.array([c.decode.mean() for c in w.components])
     pv, pc, dv, dc, dlb, rho = [], [], [], [], [], []
@@ -80,18 +83,78 @@ def _copula_sampler(w: ParametricWorkload, load_offset: int) -> CopulaSampler:
     )
 
 
-def make_sampler(w, load_offset: int = 0) -> TableSampler | CopulaSampler:
-    """JAX sampler pytree of a workload (see the module docstring). ``load_offset`` in {0, 1}."""
+def table_size(n: int) -> int:
+    """Alias tables are padded to a power of two (>= 1024): fewer shapes, fewer compiles."""
+    return max(1024, 1 << max(0, (int(n) - 1).bit_length()))
+
+
+def as_alias(sampler):
+    """A TableSampler becomes the equivalent AliasSampler (O(1) draws); others pass through."""
+    if isinstance(sampler, TableSampler):
+        cdf = np.asarray(sampler.cdf_request, np.float64)
+        w = np.diff(cdf, prepend=0.0)
+        return alias_sampler(
+            np.asarray(sampler.prompt), np.asarray(sampler.decode), w, size=table_size(w.size)
+        )
+    return sampler
+
+
+def _trace_sampler(w: TraceWorkload, load_offset: int, draw: str):
+    prompt = np.asarray(w.prompt, np.int64)
+    decode = np.asarray(w.decode, np.int64)
+    if draw == "alias":
+        keep = decode > 0
+        return alias_sampler(prompt + load_offset, decode, size=table_size(int(keep.sum())))
+    if not np.any(decode > 0):
+        raise InputError("every decode length is 0: no slot is ever held", field="decode")
+    if (prompt + decode).max() + load_offset > _INT32_MAX:
+        raise InputError("prompt + decode exceed int32", field="workload")
+    return table_sampler(prompt + int(load_offset), decode)
+
+
+def make_sampler(w, load_offset: int = 0, draw: str = "table"):
+    """JAX sampler pytree of a workload (see the module docstring). ``load_offset`` in {0, 1};
+    ``draw``: "table" (inverse CDF) or "alias" (Walker alias, trace workloads only; parametric
+    workloads always give a CopulaSampler). A sampler pytree passes through (``draw="alias"``
+    turns a TableSampler into the equivalent AliasSampler; load_offset is the caller's)."""
     if int(load_offset) != load_offset or load_offset < 0:
         raise InputError(f"load_offset must be a non-negative integer, got {load_offset!r}")
+    if draw not in DRAW_METHODS:
+        raise ValueError(f"draw must be one of {DRAW_METHODS}, got {draw!r}")
     if isinstance(w, TraceWorkload):
-        prompt = np.asarray(w.prompt, np.int64)
-        decode = np.asarray(w.decode, np.int64)
-        if not np.any(decode > 0):
-            raise InputError("every decode length is 0: no slot is ever held", field="decode")
-        if (prompt + decode).max() + load_offset > _INT32_MAX:
-            raise InputError("prompt + decode exceed int32", field="workload")
-        return table_sampler(prompt + int(load_offset), decode)
+        return _trace_sampler(w, int(load_offset), draw)
     if isinstance(w, ParametricWorkload):
         return _copula_sampler(w, int(load_offset))
+    if isinstance(w, TableSampler | AliasSampler | CopulaSampler):
+        return as_alias(w) if draw == "alias" else w
     raise TypeError(f"expected a TraceWorkload or ParametricWorkload, got {type(w).__name__}")
+
+
+def max_slot_load(source, load_offset: int = 0, given: int | None = None) -> int:
+    """The largest possible slot load ``P + D - 1`` (+ load_offset) of a workload or a table
+    sampler (for the int32 overflow checks), at least ``given``. Raises InputError for a
+    workload without a request of D >= 1, or a sampler whose largest load is unknown and no
+    ``given``."""
+    off = int(load_offset)
+    if isinstance(source, TraceWorkload):
+        d = np.asarray(source.decode, np.int64)
+        p = np.asarray(source.prompt, np.int64)
+        keep = d > 0
+        if not keep.any():
+            raise InputError("workload has no request with D >= 1", field="workload")
+        m = int((p[keep] + d[keep] - 1).max()) + off
+    elif isinstance(source, ParametricWorkload):
+        m = max(
+            int(c.prompt.values[c.prompt.pmf > 0].max())
+            + int(c.decode.values[c.decode.pmf > 0].max())
+            - 1
+            for c in source.components
+        )
+        m += off
+    elif given is not None:
+        return int(given)
+    elif isinstance(source, TableSampler | AliasSampler):
+        return int(np.max(np.asarray(source.prompt, np.int64) + np.asarray(source.decode) - 1))
+    else:
+        raise InputError("pass max_slot_load= for a sampler that is not a TableSampler")
+    return m if given is None else max(m, int(given))

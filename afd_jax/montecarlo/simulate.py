@@ -1,11 +1,13 @@
-"""Monte Carlo driver: the jit boundary, chunking, counter-based keys, float64 estimators.
+"""Monte Carlo driver of the steps window: the jit boundary, chunking, float64 estimators.
 
 ``simulate(workload_or_sampler, lat, batch, r_max, kernel=...)`` runs one of three kernels
-(``afd_jax.kernels``) for an ``r_max``-worker bundle and reports, for every r = 1..r_max (the
-bundle of workers 1..r, common random numbers), the mean step time ``E[tau(r)]`` with its Monte
-Carlo standard error, the throughput per instance ``1e6 r B / ((r c_A + c_F) E[tau])`` tokens/s
-with a confidence interval, idle fractions (MODEL.md 3), the barrier share and step-time
-percentiles.
+(``afd_jax.kernels``, all on the contract of ``afd_jax.kernels.contract``) for an
+``r_max``-worker bundle through the chunk loop of :mod:`afd_jax.montecarlo.spine`, and reports,
+for every r = 1..r_max (the bundle of workers 1..r, common random numbers), the mean step time
+``E[tau(r)]`` with its Monte Carlo standard error, the throughput per instance
+``1e6 r B / ((r c_A + c_F) E[tau])`` tokens/s with a confidence interval, idle fractions
+(docs/model.md 3), the barrier share and step-time percentiles, as a
+:class:`~afd_jax.montecarlo.result.MonteCarloResult`.
 
 * ``kernel="barrier"``: ``steps * replications`` i.i.d. stationary snapshots. SE from the
   i.i.d. snapshots.
@@ -13,7 +15,8 @@ percentiles.
 * ``kernel="fast"``: the same model via renewal sequences (work ~ number of requests).
   For both trajectory kernels, ``warmup`` steps are discarded and ``steps`` measured per
   replication; the SE comes from the spread of the replication means (t-quantile CI) when
-  ``replications >= 2``, from :data:`N_BATCHES` batch means otherwise.
+  ``replications >= 2``, from :data:`~afd_jax.montecarlo.estimators.N_BATCHES` batch means
+  otherwise.
 
 Keys: ``key_rep = fold_in(key(seed), replication)``; barrier snapshots come in blocks of
 ``BLOCK`` keyed ``fold_in(key_rep, block)``; trajectories use ``fold_in(key_rep, 0)`` for the
@@ -25,12 +28,10 @@ added in float64 on the host.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import sys
 import time
-from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,348 +40,159 @@ import numpy as np
 
 from afd_jax.errors import InputError
 from afd_jax.kernels import barrier as KB
-from afd_jax.kernels import fast as KF
 from afd_jax.kernels import sampling as KS
-from afd_jax.kernels import step as KStep
-from afd_jax.kernels import trajectory as KT
+from afd_jax.kernels.barrier import barrier_kernel
+from afd_jax.kernels.contract import SegmentParams
+from afd_jax.kernels.fast import fast_kernel
+from afd_jax.kernels.step import StepModel
+from afd_jax.kernels.trajectory import INITS, trajectory_kernel
+from afd_jax.model import latency as L
 from afd_jax.model.latency import Latency, ModelOptions
+from afd_jax.montecarlo import estimators as E
+from afd_jax.montecarlo.result import STEP_DIAGNOSTICS, MonteCarloResult
+from afd_jax.montecarlo.samplers import make_sampler, max_slot_load
+from afd_jax.montecarlo.spine import (
+    Chunk,
+    Progress,
+    Window,
+    block_keys,
+    device_name,
+    init_chunk,
+    rep_keys,
+    rng_mode,
+    run_chunks,
+    segment_chunk,
+)
 from afd_jax.workload.containers import ParametricWorkload, TraceWorkload
 
-# Per-r step diagnostics every simulator reports (MODEL.md 3; `results` rows of the CLI JSON).
-STEP_DIAGNOSTICS = (
-    "idle_attn",
-    "idle_ffn",
-    "idle_bundle",
-    "barrier_share",
-    "step_p50",
-    "step_p90",
-    "step_p99",
-)
+SimulationResult = MonteCarloResult
+"""The result of :func:`simulate` (the one Monte Carlo result type)."""
 
 KERNELS = ("barrier", "trajectory", "fast")
-INITS = ("stationary", "cold")
-N_BINS = 4096
-N_BATCHES = 20
-INT32_LIMIT = 2**31
 DEFAULT_MEMORY_BUDGET = 1 << 30
 _DEFAULT_OPTS = ModelOptions()
 _TARGET_SLOT_STEPS_PER_CALL = 1 << 28  # progress granularity of the trajectory kernels
 _FAST_MAX_SEGMENT = 1 << 15
 
 
-@dataclass(frozen=True)
-class SimulationResult:
-    """Per-r arrays (float64, shape (r_max,), index r - 1) and run facts.
+class StepsRun(NamedTuple):
+    """The validated configuration of one steps-window run (sizes are Python ints)."""
 
-    mean_tau, se_tau: E[tau(r)] (us) and its MC standard error. throughput, ci_low, ci_high:
-    tokens/s per instance (per unit cost) and the confidence interval at ``level``. idle_attn:
-    fraction of Attention time idle, sum_j (tau - t_A,j) / (r tau); idle_ffn: (tau - t_F)/tau;
-    idle_bundle: (sum_j (tau - t_A,j) + tau - t_F) / ((r + 1) tau); barrier_share: barrier wait
-    sum_j (max_i t_A,i - t_A,j) / (r tau) (all ratios of sums over the measured steps).
-    step_p50/p90/p99: step-time percentiles. mean_slot_load (scalar) and its SE: the average
-    load over all r_max x B slots (equals theta in steady state).
-    """
-
-    r: np.ndarray
-    mean_tau: np.ndarray
-    se_tau: np.ndarray
-    throughput: np.ndarray
-    ci_low: np.ndarray
-    ci_high: np.ndarray
-    idle_attn: np.ndarray
-    idle_ffn: np.ndarray
-    idle_bundle: np.ndarray
-    barrier_share: np.ndarray
-    step_p50: np.ndarray
-    step_p90: np.ndarray
-    step_p99: np.ndarray
-    mean_slot_load: float
-    se_slot_load: float
     kernel: str
-    init: str
     batch: int
     r_max: int
     steps: int
     warmup: int
     replications: int
+    init: str
     seed: int
     level: float
-    slot_steps: int
-    wall_seconds: float
-    device: str
+    serial: bool
+    budget: int
+    segment_steps: int | None
+    reps_per_call: int | None
 
     @property
-    def r_best(self) -> int:
-        return int(np.argmax(self.throughput)) + 1
-
-    @property
-    def slot_steps_per_second(self) -> float:
-        return self.slot_steps / self.wall_seconds if self.wall_seconds > 0 else float("nan")
-
-    def results_table(self) -> list[dict]:
-        keys = ("throughput", "ci_low", "ci_high", *STEP_DIAGNOSTICS, "mean_tau", "se_tau")
-        return [
-            {"r": int(r), **{k: float(getattr(self, k)[i]) for k in keys}}
-            for i, r in enumerate(self.r)
-        ]
-
-    def to_json(self) -> dict:
-        return {
-            "kernel": self.kernel,
-            "init": self.init,
-            "batch": self.batch,
-            "r_max": self.r_max,
-            "steps": self.steps,
-            "warmup": self.warmup,
-            "replications": self.replications,
-            "seed": self.seed,
-            "level": self.level,
-            "results": self.results_table(),
-            "r_best": self.r_best,
-            "mean_slot_load": self.mean_slot_load,
-            "se_slot_load": self.se_slot_load,
-            "slot_steps": self.slot_steps,
-            "wall_seconds": self.wall_seconds,
-            "slot_steps_per_second": self.slot_steps_per_second,
-            "device": self.device,
-        }
+    def slots(self) -> int:
+        return self.r_max * self.batch
 
 
-def device_name() -> str:
-    d = jax.devices()[0]
-    return f"{d.platform}:{getattr(d, 'device_kind', d.platform)}"
+class StepsSetup(NamedTuple):
+    """What every chunk of a run shares: sampler pytree, StepModel, histogram bins (traced
+    float32 and the float64 (log_lo, inv_w)), base key and the largest slot load."""
+
+    sampler: object
+    model: StepModel
+    hist: KB.TauHistogram
+    bins: tuple
+    base: jax.Array
+    max_load: int
 
 
 # ---------------------------------------------------------------- inputs
 
 
-def _sampler_and_max_load(source, opts: ModelOptions, max_slot_load):
-    """Sampler pytree and the largest possible slot load (for the overflow check)."""
+def _check_run(kernel, batch, r_max, steps, warmup, replications, init, level) -> None:
+    if kernel not in KERNELS:
+        raise InputError(f"kernel must be one of {', '.join(KERNELS)}", field="kernel")
+    if init not in INITS:
+        raise InputError(f"init must be one of {', '.join(INITS)}", field="init")
+    for name, v, lo in (
+        ("batch", batch, 1),
+        ("r_max", r_max, 1),
+        ("steps", steps, 1),
+        ("replications", replications, 1),
+        ("warmup", warmup, 0),
+    ):
+        if not isinstance(v, int | np.integer) or v < lo:
+            raise InputError(f"must be an integer >= {lo}, got {v!r}", field=name)
+    if not 0 < level < 1:
+        raise InputError(f"must be in (0, 1), got {level}", field="level")
+    if kernel == "barrier" and (warmup or init != "stationary"):
+        raise InputError(
+            "the barrier kernel samples the steady state: no warmup or cold init", field="kernel"
+        )
+
+
+def _sampler_and_max_load(source, opts: ModelOptions, given):
+    """Alias (or copula) sampler pytree and the largest possible slot load."""
     off = int(opts.load_offset)
-    if isinstance(source, TraceWorkload):
-        d = np.asarray(source.decode, np.int64)
-        p = np.asarray(source.prompt, np.int64)
-        keep = d > 0
-        if not keep.any():
-            raise InputError("workload has no request with D >= 1", field="workload")
-        max_load = int((p[keep] + d[keep] - 1).max()) + off
-        sampler = KS.alias_sampler(p + off, d, size=_table_size(int(keep.sum())))
-    elif isinstance(source, ParametricWorkload):
-        max_load = (
-            max(
-                int(c.prompt.values[c.prompt.pmf > 0].max())
-                + int(c.decode.values[c.decode.pmf > 0].max())
-                - 1
-                for c in source.components
-            )
-            + off
-        )
-        sampler = _make_sampler(source, off)
-    else:
-        sampler = _as_alias(source)
-        if max_slot_load is not None:
-            max_load = int(max_slot_load)
-        elif isinstance(sampler, KS.TableSampler | KS.AliasSampler):
-            max_load = int(
-                np.max(np.asarray(sampler.prompt, np.int64) + np.asarray(sampler.decode) - 1)
-            )
-        else:
-            raise InputError("pass max_slot_load= for a sampler that is not a TableSampler")
-    if max_slot_load is not None:
-        max_load = max(max_load, int(max_slot_load))
-    return sampler, max_load
+    if isinstance(source, TraceWorkload | ParametricWorkload):
+        max_load = max_slot_load(source, off, given)
+        return make_sampler(source, off, draw="alias"), max_load
+    sampler = make_sampler(source, draw="alias")
+    return sampler, max_slot_load(sampler, given=given)
 
 
-def _table_size(n: int) -> int:
-    """Alias tables are padded to a power of two (>= 1024): fewer shapes, fewer compiles."""
-    return max(1024, 1 << max(0, (int(n) - 1).bit_length()))
-
-
-def _as_alias(sampler):
-    """A TableSampler becomes the equivalent AliasSampler (O(1) draws); others pass through."""
-    if isinstance(sampler, KS.TableSampler):
-        cdf = np.asarray(sampler.cdf_request, np.float64)
-        w = np.diff(cdf, prepend=0.0)
-        return KS.alias_sampler(
-            np.asarray(sampler.prompt), np.asarray(sampler.decode), w, size=_table_size(w.size)
-        )
-    return sampler
-
-
-def _make_sampler(w, load_offset: int):
-    try:
-        from afd_jax.montecarlo.samplers import make_sampler
-    except ImportError:
-        make_sampler = None
-    if make_sampler is not None:
-        return make_sampler(w, load_offset=load_offset)
-    if isinstance(w, TraceWorkload):
-        return KS.table_sampler(np.asarray(w.prompt) + load_offset, w.decode)
-    raise InputError("parametric workloads need afd_jax.montecarlo.samplers (not available)")
-
-
-def step_model(lat: Latency, batch: int, r_max: int, opts: ModelOptions) -> KStep.StepModel:
-    """StepModel (float32) with G(r) and t_F(r) for r = 1..r_max computed in float64."""
+def step_model(lat: Latency, batch: int, r_max: int, opts: ModelOptions) -> StepModel:
+    """StepModel (float32) with G(r) and t_F(r) for r = 1..r_max computed in float64
+    (``afd_jax.model.latency``)."""
+    lat = Latency(*(float(x) for x in lat))
     r = np.arange(1, r_max + 1, dtype=np.float64)
-    b = float(batch)
-    tf = float(lat.alpha_ffn) * r * b + float(lat.beta_ffn)
-    x = r * b if opts.comm_scaling == "aggregate" else np.full_like(r, b)
-    tc = float(lat.alpha_comm) * x + float(lat.beta_comm)
-    other = np.maximum(tc, tf) if opts.overlap == "pipelined" else tc + tf
-    return KStep.StepModel(
+    return StepModel(
         jnp.asarray(lat.alpha_attn, jnp.float32),
         jnp.asarray(lat.beta_attn, jnp.float32),
-        jnp.asarray(other, jnp.float32),
-        jnp.asarray(tf, jnp.float32),
+        jnp.asarray(L.other_stages(lat, r, batch, opts), jnp.float32),
+        jnp.asarray(L.t_ffn(lat, r, batch), jnp.float32),
     )
 
 
-def _histogram(lat, batch, max_load, model: KStep.StepModel, serial: bool):
-    """Log bins spanning every possible tau."""
+def _histogram(lat, batch, max_load, model: StepModel, serial: bool):
+    """Log bins spanning every possible tau: (TauHistogram, (log_lo, inv_w))."""
     other = np.asarray(model.other, np.float64)
-    a, b = float(lat.alpha_attn), float(lat.beta_attn)
-    hi_attn = a * batch * max_load + b
-    lo = (b + other.min()) if serial else max(b, other.min())
-    hi = (hi_attn + other.max()) if serial else max(hi_attn, other.max())
-    hi = max(hi, 1e-30) * 1.001
-    lo = max(lo, hi * 1e-9, 1e-30) * 0.999
-    log_lo, log_hi = math.log(lo), math.log(hi)
-    inv_w = N_BINS / max(log_hi - log_lo, 1e-9)
-    return KB.TauHistogram(jnp.asarray(log_lo, jnp.float32), jnp.asarray(inv_w, jnp.float32)), (
-        log_lo,
-        inv_w,
-    )
+    lows = (float(lat.beta_attn), other.min())
+    highs = (E.attn_time_max(lat, batch, max_load), other.max())
+    log_lo, inv_w = E.tau_bins(*E.stage_bounds(lows, highs, serial))
+    hist = KB.TauHistogram(jnp.asarray(log_lo, jnp.float32), jnp.asarray(inv_w, jnp.float32))
+    return hist, (log_lo, inv_w)
 
 
-def _percentiles(hist: np.ndarray, log_lo: float, inv_w: float, qs=(0.5, 0.9, 0.99)):
-    """Percentiles per r from int64[r_max, n_bins] counts (linear within a bin in log tau)."""
-    out = np.full((len(qs), hist.shape[0]), np.nan)
-    for i in range(hist.shape[0]):
-        c = np.cumsum(hist[i].astype(np.float64))
-        if c[-1] <= 0:
-            continue
-        for k, q in enumerate(qs):
-            target = q * c[-1]
-            j = int(np.searchsorted(c, target, side="left"))
-            prev = c[j - 1] if j > 0 else 0.0
-            frac = (target - prev) / max(c[j] - prev, 1.0)
-            out[k, i] = math.exp(log_lo + (j + frac) / inv_w)
-    return out
-
-
-# ---------------------------------------------------------------- jitted entry points
-
-
-def _summarise_reps(loads, t0, warmup, t_end, n_real, model, hist, *, batch, serial):
-    """loads int32[reps, L, r_max] -> StepSums with block rows [reps, L // BLOCK, ...] and the
-    histogram summed over the first ``n_real`` replications (the rest are padding copies)."""
-    reps, length, r_max = loads.shape
-    t = t0 + jnp.arange(length, dtype=jnp.int32)
-    real = jnp.arange(reps, dtype=jnp.int32) < n_real
-    valid = real[:, None] & ((t >= warmup) & (t < t_end))[None, :]
-    sums = KB.summarise_steps(
-        loads.reshape(reps * length, r_max),
-        valid.reshape(-1),
-        model,
-        hist,
-        batch=batch,
-        serial=serial,
-        n_bins=N_BINS,
-    )
-    nb = length // KB.BLOCK
-    rows = jax.tree_util.tree_map(
-        lambda x: x.reshape((reps, nb) + x.shape[1:]), sums._replace(hist=None)
-    )
-    return rows._replace(hist=sums.hist)
-
-
-@jax.jit
-def _rep_keys(base, reps, tag):
-    """Keys fold_in(fold_in(base, rep), tag) (jitted on its own: compiled once, shared)."""
-    return jax.vmap(lambda i: jr.fold_in(jr.fold_in(base, i), tag))(reps)
-
-
-@jax.jit
-def _block_keys(base, reps, blocks):
-    return jax.vmap(lambda i, b: jr.fold_in(jr.fold_in(base, i), b))(reps, blocks)
-
-
-@partial(jax.jit, static_argnames=("r_max", "batch", "serial"))
-def _barrier_chunk(keys, n_valid, sampler, model, hist, *, r_max, batch, serial):
-    return KB.barrier_blocks(
-        keys,
-        n_valid,
-        sampler,
-        model,
-        hist,
-        r_max=r_max,
-        batch=batch,
-        serial=serial,
-        n_bins=N_BINS,
-    )
-
-
-@partial(jax.jit, static_argnames=("shape", "init"))
-def _init_chunk(keys, sampler, *, shape, init):
-    return jax.vmap(lambda k: KT.init_slots(k, sampler, shape, init))(keys)
-
-
-@partial(jax.jit, static_argnames=("length", "batch", "serial"))
-def _trajectory_chunk(
-    keys, states, t0, sampler, model, hist, warmup, t_end, n_real, *, length, batch, serial
-):
-    seg = partial(KT.trajectory_segment, length=length)
-    states, loads = jax.vmap(seg, in_axes=(0, 0, None, None))(keys, states, t0, sampler)
-    sums = _summarise_reps(
-        loads, t0, warmup, t_end, n_real, model, hist, batch=batch, serial=serial
-    )
-    return states, sums
-
-
-@partial(jax.jit, static_argnames=("length", "n_requests", "batch", "serial"))
-def _fast_chunk(
-    keys,
-    states,
-    t0,
-    sampler,
-    model,
-    hist,
-    warmup,
-    t_end,
-    n_real,
-    *,
-    length,
-    n_requests,
-    batch,
-    serial,
-):
-    seg = partial(KF.fast_segment, length=length, n_requests=n_requests)
-    states, loads, covered = jax.vmap(seg, in_axes=(0, 0, None))(keys, states, sampler)
-    sums = _summarise_reps(
-        loads, t0, warmup, t_end, n_real, model, hist, batch=batch, serial=serial
-    )
-    return states, sums, jnp.all(covered)
-
-
-@partial(jax.jit, static_argnames=("n",))
-def _pilot_decode(key, sampler, *, n):
-    _, d = KS.sample_requests(key, sampler, (n,))
-    d = d.astype(jnp.float32)
-    return d.mean(), d.std()
+def _setup(source, lat, opts, run: StepsRun, given) -> StepsSetup:
+    sampler, max_load = _sampler_and_max_load(source, opts, given)
+    if run.batch * max_load >= E.INT32_LIMIT:
+        raise InputError(
+            f"B * max slot load = {run.batch} * {max_load} could overflow int32 worker loads; "
+            "use a smaller batch (or a workload with shorter requests)",
+            field="batch",
+        )
+    model = step_model(lat, run.batch, run.r_max, opts)
+    hist, bins = _histogram(lat, run.batch, max_load, model, run.serial)
+    return StepsSetup(sampler, model, hist, bins, jr.key(run.seed), max_load)
 
 
 # ---------------------------------------------------------------- accumulation
 
 
-class _Acc:
-    """Float64 host accumulators per replication (and per block for batch means)."""
+class StepAccumulator:
+    """Float64 host sums of the kernels' float32 block sums, per replication (and per block
+    for batch means)."""
 
     def __init__(self, n_rep: int, r_max: int, keep_blocks: bool):
         z = partial(np.zeros, dtype=np.float64)
         self.tau, self.tau_sq = z((n_rep, r_max)), z((n_rep, r_max))
         self.max_attn, self.worker_load = z((n_rep, r_max)), z((n_rep, r_max))
         self.load, self.load_sq, self.count = z(n_rep), z(n_rep), z(n_rep)
-        self.hist = np.zeros((r_max, N_BINS), np.int64)
+        self.hist = np.zeros((r_max, E.N_BINS), np.int64)
         self.keep_blocks = keep_blocks
         self.block_tau, self.block_load, self.block_count = [], [], []
 
@@ -405,36 +217,6 @@ class _Acc:
             self.block_count.append(s.count[0])
 
 
-def _mean_se(totals, counts, level, iid_sq=None):
-    """Mean over all counted steps and its SE; returns (mean, se, quantile)."""
-    import scipy.stats
-
-    n = counts.sum()
-    mean = totals.sum(axis=0) / n
-    if iid_sq is not None:  # i.i.d. samples
-        var = np.maximum(iid_sq.sum(axis=0) / n - mean**2, 0.0) * n / max(n - 1, 1)
-        return mean, np.sqrt(var / n), float(scipy.stats.norm.ppf(0.5 + level / 2))
-    k = counts.shape[0]
-    means = totals / counts.reshape((-1,) + (1,) * (totals.ndim - 1))
-    se = means.std(axis=0, ddof=1) / math.sqrt(k)
-    return mean, se, float(scipy.stats.t.ppf(0.5 + level / 2, k - 1))
-
-
-def _batch_means(block_vals, block_counts, n_batches):
-    """Split the measured blocks into contiguous batches; per-batch (totals, counts)."""
-    vals = np.concatenate(block_vals, axis=0)
-    cnt = np.concatenate(block_counts, axis=0)
-    keep = cnt > 0
-    vals, cnt = vals[keep], cnt[keep]
-    nb = min(n_batches, vals.shape[0])
-    if nb < 2:
-        return None
-    edges = np.linspace(0, vals.shape[0], nb + 1).astype(int)
-    tot = np.stack([vals[a:b].sum(axis=0) for a, b in zip(edges[:-1], edges[1:], strict=True)])
-    c = np.array([cnt[a:b].sum() for a, b in zip(edges[:-1], edges[1:], strict=True)])
-    return tot, c
-
-
 # ---------------------------------------------------------------- driver
 
 
@@ -457,7 +239,7 @@ def simulate(
     segment_steps: int | None = None,
     replications_per_call: int | None = None,
     progress: bool = False,
-) -> SimulationResult:
+) -> MonteCarloResult:
     """Monte Carlo estimate of the per-r step time and throughput of an r_max-worker bundle.
 
     Args:
@@ -474,198 +256,75 @@ def simulate(
     Raises InputError on bad sizes or when B * max slot load (plus the segment for "fast")
     could overflow int32.
     """
+    _check_run(kernel, batch, r_max, steps, warmup, replications, init, level)
     if memory_budget_bytes is None:
-        memory_budget_bytes = DEFAULT_MEMORY_BUDGET * (
-            1 if jax.devices()[0].platform == "cpu" else 8
-        )
-    with _rng_mode():
-        return _simulate(**locals())
-
-
-def _rng_mode():
-    """Threefry in its non-partitionable form inside the driver: the same bits on every
-    device count here (one device per run), and XLA compiles it several times faster on CPU
-    than the partitionable form (seconds per kernel). Fixed, so results stay reproducible."""
-    ctx = getattr(jax, "threefry_partitionable", None)
-    return ctx(False) if ctx is not None else contextlib.nullcontext()
-
-
-def _simulate(
-    workload_or_sampler,
-    lat,
-    batch,
-    r_max,
-    *,
-    kernel,
-    steps,
-    warmup,
-    replications,
-    init,
-    seed,
-    opts,
-    level,
-    memory_budget_bytes,
-    max_slot_load,
-    segment_steps,
-    replications_per_call,
-    progress,
-):
-    if kernel not in KERNELS:
-        raise InputError(f"kernel must be one of {', '.join(KERNELS)}", field="kernel")
-    if init not in INITS:
-        raise InputError(f"init must be one of {', '.join(INITS)}", field="init")
-    for name, v, lo in (
-        ("batch", batch, 1),
-        ("r_max", r_max, 1),
-        ("steps", steps, 1),
-        ("replications", replications, 1),
-        ("warmup", warmup, 0),
-    ):
-        if not isinstance(v, int | np.integer) or v < lo:
-            raise InputError(f"must be an integer >= {lo}, got {v!r}", field=name)
-    if not 0 < level < 1:
-        raise InputError(f"must be in (0, 1), got {level}", field="level")
-    batch, r_max, steps, warmup, replications = map(
-        int, (batch, r_max, steps, warmup, replications)
+        on_cpu = jax.devices()[0].platform == "cpu"
+        memory_budget_bytes = DEFAULT_MEMORY_BUDGET * (1 if on_cpu else 8)
+    run = StepsRun(
+        kernel,
+        *map(int, (batch, r_max, steps, warmup, replications)),
+        init,
+        int(seed),
+        level,
+        opts.overlap == "serial",
+        int(memory_budget_bytes),
+        segment_steps,
+        replications_per_call,
     )
-    if kernel == "barrier" and (warmup or init != "stationary"):
-        raise InputError(
-            "the barrier kernel samples the steady state: no warmup or cold init", field="kernel"
-        )
-    sampler, max_load = _sampler_and_max_load(workload_or_sampler, opts, max_slot_load)
-    if batch * max_load >= INT32_LIMIT:
-        raise InputError(
-            f"B * max slot load = {batch} * {max_load} could overflow int32 worker loads; use a "
-            "smaller batch (or a workload with shorter requests)",
-            field="batch",
-        )
-    serial = opts.overlap == "serial"
-    model = step_model(lat, batch, r_max, opts)
-    hist, (log_lo, inv_w) = _histogram(lat, batch, max_load, model, serial)
-    slots = r_max * batch
-    t_start = time.perf_counter()
-    bar = _progress_bar(progress, kernel)
-    base = jr.key(seed)
+    with rng_mode():
+        setup = _setup(workload_or_sampler, lat, opts, run, max_slot_load)
+        t_start = time.perf_counter()
+        bar = Progress(progress, f"simulate[{kernel}]")
+        if kernel == "barrier":
+            acc = _run_barrier(run, setup, bar)
+        else:
+            acc = _run_trajectories(run, setup, bar)
+        bar.close()
+        wall = time.perf_counter() - t_start
+        return _result(lat, run, setup, acc, wall)
 
-    if kernel == "barrier":
-        acc = _Acc(1, r_max, keep_blocks=False)
-        n_blocks_rep = -(-steps // KB.BLOCK)
-        per_block = KB.BLOCK * slots * 48
-        chunk = max(1, min(memory_budget_bytes // per_block, n_blocks_rep * replications))
-        if replications_per_call:
-            chunk = int(replications_per_call)
-        work_rep = np.repeat(np.arange(replications), n_blocks_rep)
-        work_blk = np.tile(np.arange(n_blocks_rep), replications)
+
+def _run_barrier(run: StepsRun, setup: StepsSetup, bar: Progress) -> StepAccumulator:
+    """Blocks of i.i.d. snapshots, grouped into chunks of blocks (all into one accumulator
+    row: the snapshots are i.i.d. across replications)."""
+    acc = StepAccumulator(1, run.r_max, keep_blocks=False)
+    n_blocks_rep = -(-run.steps // KB.BLOCK)
+    per_block = KB.BLOCK * run.slots * 48
+    chunk = max(1, min(run.budget // per_block, n_blocks_rep * run.replications))
+    if run.reps_per_call:
+        chunk = int(run.reps_per_call)
+    work_rep = np.repeat(np.arange(run.replications), n_blocks_rep)
+    work_blk = np.tile(np.arange(n_blocks_rep), run.replications)
+    kernel = barrier_kernel(run.r_max, run.batch)
+    params = SegmentParams(setup.sampler, jnp.int32(0))
+
+    def chunks():
         n_work = work_rep.size
         for c0 in range(0, n_work, chunk):
             idx = np.minimum(np.arange(c0, c0 + chunk), n_work - 1)
-            n_real = min(chunk, n_work - c0)
             blk = work_blk[idx]
-            nv = np.minimum(KB.BLOCK, steps - blk * KB.BLOCK).astype(np.int32)
-            nv[n_real:] = 0
-            keys = _block_keys(
-                base, jnp.asarray(work_rep[idx], jnp.int32), jnp.asarray(blk, jnp.int32)
-            )
-            sums = _barrier_chunk(
-                keys,
-                jnp.asarray(nv),
-                sampler,
-                model,
-                hist,
-                r_max=r_max,
-                batch=batch,
-                serial=serial,
-            )
-            sums = jax.tree_util.tree_map(lambda x: x[None], sums._replace(hist=None))._replace(
-                hist=sums.hist
-            )
-            acc.add(np.zeros(1, np.int64), sums, 1)
-            _tick(bar, int(nv.sum()) * slots)
-        n = acc.count
-        mean_tau, se_tau, q = _mean_se(acc.tau, n, level, iid_sq=acc.tau_sq)
-        load_mean, load_se, _ = _mean_se(acc.load, n, level, iid_sq=acc.load_sq)
-        slot_steps = steps * replications * slots
-    else:
-        acc = _run_trajectories(
-            kernel,
-            sampler,
-            model,
-            hist,
-            base,
-            batch,
-            r_max,
-            steps,
-            warmup,
-            replications,
-            init,
-            serial,
-            max_load,
-            memory_budget_bytes,
-            segment_steps,
-            replications_per_call,
-            bar,
-        )
-        if replications >= 2:
-            mean_tau, se_tau, q = _mean_se(acc.tau, acc.count, level)
-            load_mean, load_se, _ = _mean_se(acc.load, acc.count, level)
-        else:
-            bm = _batch_means(acc.block_tau, acc.block_count, N_BATCHES)
-            bl = _batch_means(acc.block_load, acc.block_count, N_BATCHES)
-            if bm is None:
-                mean_tau = acc.tau.sum(axis=0) / acc.count.sum()
-                se_tau, q = np.full(r_max, np.nan), np.nan
-                load_mean, load_se = float(acc.load.sum() / acc.count.sum()), float("nan")
-            else:
-                mean_tau, se_tau, q = _mean_se(bm[0], bm[1], level)
-                load_mean, load_se, _ = _mean_se(bl[0], bl[1], level)
-        slot_steps = (steps + warmup) * replications * slots
-    if bar is not None:
-        bar.close()
-    wall = time.perf_counter() - t_start
+            nv = np.minimum(KB.BLOCK, run.steps - blk * KB.BLOCK).astype(np.int32)
+            nv[min(chunk, n_work - c0) :] = 0
+            yield Chunk(idx, chunk, (0,), (work_rep[idx], blk, nv))
 
-    r = np.arange(1, r_max + 1)
-    cost = r * float(lat.cost_attn) + float(lat.cost_ffn)
-    scale = 1e6 * r * batch / cost
-    tot_tau = acc.tau.sum(axis=0)
-    # idle sums from linear block sums (MODEL.md 3), float64
-    n_steps = acc.count.sum()
-    a_attn, b_attn = float(lat.alpha_attn), float(lat.beta_attn)
-    sum_attn = a_attn * np.cumsum(acc.worker_load.sum(axis=0)) + b_attn * r * n_steps
-    attn_idle = r * tot_tau - sum_attn
-    t_ffn = float(lat.alpha_ffn) * r * batch + float(lat.beta_ffn)
-    ffn_idle = tot_tau - n_steps * t_ffn
-    pct = _percentiles(acc.hist, log_lo, inv_w)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lo_tau, hi_tau = mean_tau - q * se_tau, mean_tau + q * se_tau
-        return SimulationResult(
-            r=r,
-            mean_tau=mean_tau,
-            se_tau=se_tau,
-            throughput=scale / mean_tau,
-            ci_low=scale / hi_tau,
-            ci_high=np.where(lo_tau > 0, scale / lo_tau, np.inf),
-            idle_attn=attn_idle / (r * tot_tau),
-            idle_ffn=ffn_idle / tot_tau,
-            idle_bundle=(attn_idle + ffn_idle) / ((r + 1) * tot_tau),
-            barrier_share=np.maximum(r * acc.max_attn.sum(axis=0) - sum_attn, 0.0) / (r * tot_tau),
-            step_p50=pct[0],
-            step_p90=pct[1],
-            step_p99=pct[2],
-            mean_slot_load=float(np.asarray(load_mean)),
-            se_slot_load=float(np.asarray(load_se)),
-            kernel=kernel,
-            init=init,
-            batch=batch,
-            r_max=r_max,
-            steps=steps,
-            warmup=warmup,
-            replications=replications,
-            seed=int(seed),
-            level=level,
-            slot_steps=int(slot_steps),
-            wall_seconds=wall,
-            device=device_name(),
+    def advance(c: Chunk, t0, state):
+        reps, blk, nv = c.data
+        keys = block_keys(setup.base, jnp.asarray(reps, jnp.int32), jnp.asarray(blk, jnp.int32))
+        window = Window(jnp.int32(0), jnp.int32(0), jnp.asarray(nv), jnp.int32(c.n_real))
+        kw = dict(kernel=kernel, batch=run.batch, serial=run.serial)
+        _, sums, _ = segment_chunk(keys, state, params, window, setup.model, setup.hist, **kw)
+        # the chunk's blocks are one row of the accumulator: [1, blocks, ...]
+        rows = jax.tree_util.tree_map(
+            lambda x: x.reshape((1, -1) + x.shape[2:]), sums._replace(hist=None)
         )
+        return state, rows._replace(hist=sums.hist)
+
+    def record(c: Chunk, t0, sums):
+        acc.add(np.zeros(1, np.int64), sums, 1)
+        bar.tick(int(c.data[2].sum()) * run.slots)
+
+    run_chunks(chunks(), lambda c: (), advance, record)
+    return acc
 
 
 def _fast_requests(length: int, mean_d: float, sd_d: float) -> int:
@@ -678,115 +337,208 @@ def _fast_requests(length: int, mean_d: float, sd_d: float) -> int:
     return max(8, -(-k // step) * step)
 
 
-def _run_trajectories(
-    kernel,
-    sampler,
-    model,
-    hist,
-    base,
-    batch,
-    r_max,
-    steps,
-    warmup,
-    replications,
-    init,
-    serial,
-    max_load,
-    budget,
-    segment_steps,
-    reps_per_call,
-    bar,
-):
-    slots = r_max * batch
-    total = warmup + steps
-    total_blocks = -(-total // KB.BLOCK)
+@partial(jax.jit, static_argnames=("n",))
+def _pilot_decode(key, sampler, *, n):
+    _, d = KS.sample_requests(key, sampler, (n,))
+    d = d.astype(jnp.float32)
+    return d.mean(), d.std()
+
+
+class _Plan(NamedTuple):
+    """Chunk sizes of a trajectory run: steps per segment, replications per call, K."""
+
+    length: int
+    reps_per_call: int
+    n_requests: int
+
+
+def _segment_length(run: StepsRun) -> int:
+    total_blocks = -(-(run.warmup + run.steps) // KB.BLOCK)
+    if run.segment_steps:
+        return KB.BLOCK * max(1, -(-int(run.segment_steps) // KB.BLOCK))
+    if run.kernel == "trajectory":
+        per_call = run.slots * KB.BLOCK * max(1, run.replications)
+        blocks = max(1, _TARGET_SLOT_STEPS_PER_CALL // per_call)
+        return KB.BLOCK * min(total_blocks, blocks)
+    n_seg = -(-total_blocks // (_FAST_MAX_SEGMENT // KB.BLOCK))
+    return KB.BLOCK * -(-total_blocks // n_seg)  # equal segments, little padding
+
+
+def _plan(run: StepsRun, setup: StepsSetup) -> _Plan:
+    """Replications per call from the memory budget; steps per call from it too."""
+    total_blocks = -(-(run.warmup + run.steps) // KB.BLOCK)
     mean_d = sd_d = 0.0
-    if kernel == "fast":
-        md, sd = _pilot_decode(jr.key(12345), sampler, n=1 << 16)
+    if run.kernel == "fast":
+        md, sd = _pilot_decode(jr.key(12345), setup.sampler, n=1 << 16)
         mean_d, sd_d = float(md), float(sd)
-    # chunk sizes: replications per call from the memory budget, steps per call from it too
-    if segment_steps:
-        length = KB.BLOCK * max(1, -(-int(segment_steps) // KB.BLOCK))
-    elif kernel == "trajectory":
-        blocks = max(1, _TARGET_SLOT_STEPS_PER_CALL // (slots * KB.BLOCK * max(1, replications)))
-        length = KB.BLOCK * min(total_blocks, blocks)
-    else:
-        max_blocks = _FAST_MAX_SEGMENT // KB.BLOCK
-        n_seg = -(-total_blocks // max_blocks)
-        length = KB.BLOCK * -(-total_blocks // n_seg)  # equal segments, little padding
 
     def mem_per_rep(length):
-        stats = length * r_max * 4 * 24
-        if kernel == "trajectory":
-            return slots * 64 + stats
-        return slots * (_fast_requests(length, mean_d, sd_d) + 1) * 64 + stats
+        stats = length * run.r_max * 4 * 24
+        if run.kernel == "trajectory":
+            return run.slots * 64 + stats
+        return run.slots * (_fast_requests(length, mean_d, sd_d) + 1) * 64 + stats
 
-    if kernel == "fast" and not segment_steps:
-        while length > KB.BLOCK and mem_per_rep(length) > budget:
+    length = _segment_length(run)
+    if run.kernel == "fast" and not run.segment_steps:
+        while length > KB.BLOCK and mem_per_rep(length) > run.budget:
             blocks = length // KB.BLOCK
             n_seg = -(-total_blocks // max(1, blocks // 2))
             length = KB.BLOCK * -(-total_blocks // n_seg)
-    if kernel == "fast" and batch * (max_load + length + 1) >= INT32_LIMIT:
+    if run.kernel == "fast" and run.batch * (setup.max_load + length + 1) >= E.INT32_LIMIT:
         raise InputError(
-            f"B * (max slot load + segment) = {batch} * ({max_load} + {length}) could overflow "
-            "int32 in the fast kernel; use a smaller batch or the trajectory kernel",
+            f"B * (max slot load + segment) = {run.batch} * ({setup.max_load} + {length}) could "
+            "overflow int32 in the fast kernel; use a smaller batch or the trajectory kernel",
             field="batch",
         )
-    chunk = (
-        int(reps_per_call)
-        if reps_per_call
-        else max(1, min(replications, budget // mem_per_rep(length)))
-    )
-    n_req = _fast_requests(length, mean_d, sd_d) if kernel == "fast" else 0
-    acc = _Acc(replications, r_max, keep_blocks=replications == 1)
-    for c0 in range(0, replications, chunk):
-        reps = np.arange(c0, min(c0 + chunk, replications))
-        n_real = reps.size
-        reps_p = np.concatenate([reps, np.full(chunk - n_real, reps[-1])])
-        reps_j = jnp.asarray(reps_p, jnp.int32)
-        states = _init_chunk(_rep_keys(base, reps_j, 0), sampler, shape=(r_max, batch), init=init)
-        k_stream = _rep_keys(base, reps_j, 1)
-        for t0 in range(0, total, length):
-            args = (
-                k_stream,
-                states,
-                jnp.int32(t0),
-                sampler,
-                model,
-                hist,
-                jnp.int32(warmup),
-                jnp.int32(total),
-                jnp.int32(n_real),
+    if run.reps_per_call:
+        chunk = int(run.reps_per_call)
+    else:
+        chunk = max(1, min(run.replications, run.budget // mem_per_rep(length)))
+    n_req = _fast_requests(length, mean_d, sd_d) if run.kernel == "fast" else 0
+    return _Plan(length, chunk, n_req)
+
+
+def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress) -> StepAccumulator:
+    """Replications in chunks, each stepped segment by segment; the fast kernel's segment is
+    redone with a larger K (``kernel.enlarge()``) when its requests fall short."""
+    plan = _plan(run, setup)
+    total = run.warmup + run.steps
+    shape = (run.r_max, run.batch)
+    if run.kernel == "trajectory":
+        kernel = trajectory_kernel(shape, run.init, plan.length)
+    else:
+        kernel = fast_kernel(shape, run.init, plan.length, plan.n_requests)
+    current = [kernel]  # the fast kernel's K only grows
+    acc = StepAccumulator(run.replications, run.r_max, keep_blocks=run.replications == 1)
+    chunk = plan.reps_per_call
+
+    def chunks():
+        for c0 in range(0, run.replications, chunk):
+            reps = np.arange(c0, min(c0 + chunk, run.replications))
+            reps_p = np.concatenate([reps, np.full(chunk - reps.size, reps[-1])])
+            yield Chunk(reps_p, reps.size, tuple(range(0, total, plan.length)))
+
+    def start(c: Chunk):
+        reps_j = jnp.asarray(c.rows, jnp.int32)
+        params = SegmentParams(setup.sampler, jnp.int32(0))
+        states = init_chunk(rep_keys(setup.base, reps_j, 0), params, kernel=current[0])
+        return rep_keys(setup.base, reps_j, 1), states
+
+    def advance(c: Chunk, t0, state):
+        k_stream, states = state
+        params = SegmentParams(setup.sampler, jnp.int32(t0))
+        t_end = jnp.full((chunk,), total, jnp.int32)
+        window = Window(jnp.int32(t0), jnp.int32(run.warmup), t_end, jnp.int32(c.n_real))
+        while True:
+            kw = dict(kernel=current[0], batch=run.batch, serial=run.serial)
+            new, sums, covered = segment_chunk(
+                k_stream, states, params, window, setup.model, setup.hist, **kw
             )
-            if kernel == "trajectory":
-                states, sums = _trajectory_chunk(*args, length=length, batch=batch, serial=serial)
-            else:
-                while True:
-                    new_states, sums, covered = _fast_chunk(
-                        *args, length=length, n_requests=n_req, batch=batch, serial=serial
-                    )
-                    if bool(covered):
-                        break
-                    n_req *= 2
-                states = new_states
-            acc.add(reps_p, sums, n_real)
-            _tick(bar, n_real * slots * min(length, total - t0))
+            if current[0].enlarge is None or bool(covered):
+                return (k_stream, new), sums
+            current[0] = current[0].enlarge()
+
+    def record(c: Chunk, t0, sums):
+        acc.add(c.rows, sums, c.n_real)
+        bar.tick(c.n_real * run.slots * min(plan.length, total - t0))
+
+    run_chunks(chunks(), start, advance, record)
     return acc
 
 
-def _progress_bar(progress: bool, kernel: str):
-    if not progress or not sys.stderr.isatty():
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(desc=f"simulate[{kernel}]", unit="slot-step", unit_scale=True, file=sys.stderr)
+# ---------------------------------------------------------------- estimates
 
 
-def _tick(bar, n):
-    if bar is not None:
-        bar.update(n)
+class _Means(NamedTuple):
+    mean_tau: np.ndarray
+    se_tau: np.ndarray
+    q: float
+    load_mean: float
+    load_se: float
 
 
-__all__ = ["KERNELS", "SimulationResult", "device_name", "simulate", "step_model"]
+def _means(run: StepsRun, acc: StepAccumulator) -> _Means:
+    """E[tau(r)], the mean slot load and their SEs: i.i.d. snapshots (barrier), replication
+    means, or batch means of a single replication."""
+    if run.kernel == "barrier":
+        mean_tau, se_tau, q = E.mean_se(acc.tau, acc.count, run.level, iid_sq=acc.tau_sq)
+        load_mean, load_se, _ = E.mean_se(acc.load, acc.count, run.level, iid_sq=acc.load_sq)
+    elif run.replications >= 2:
+        mean_tau, se_tau, q = E.mean_se(acc.tau, acc.count, run.level)
+        load_mean, load_se, _ = E.mean_se(acc.load, acc.count, run.level)
+    else:
+        bm = E.batch_means(acc.block_tau, acc.block_count)
+        bl = E.batch_means(acc.block_load, acc.block_count)
+        if bm is None:
+            mean_tau = acc.tau.sum(axis=0) / acc.count.sum()
+            se_tau, q = np.full(run.r_max, np.nan), np.nan
+            load_mean, load_se = float(acc.load.sum() / acc.count.sum()), float("nan")
+        else:
+            mean_tau, se_tau, q = E.mean_se(bm[0], bm[1], run.level)
+            load_mean, load_se, _ = E.mean_se(bl[0], bl[1], run.level)
+    return _Means(mean_tau, se_tau, q, float(np.asarray(load_mean)), float(np.asarray(load_se)))
+
+
+def _result(lat, run: StepsRun, setup: StepsSetup, acc: StepAccumulator, wall: float):
+    """The MonteCarloResult of a steps-window run (float64 host arithmetic)."""
+    lat = Latency(*(float(x) for x in lat))
+    m = _means(run, acc)
+    r = np.arange(1, run.r_max + 1)
+    scale = L.throughput(lat, r, run.batch, 1.0)  # tokens/s per instance at tau = 1 us
+    n_steps = acc.count.sum()
+    idle = E.stream_idle(
+        lat,
+        run.batch,
+        r,
+        acc.tau.sum(axis=0),
+        np.cumsum(acc.worker_load.sum(axis=0)),
+        acc.max_attn.sum(axis=0),
+        n_steps,
+        L.t_ffn(lat, r, run.batch),
+    )
+    pct = E.percentiles(acc.hist, *setup.bins)
+    total = run.steps if run.kernel == "barrier" else run.steps + run.warmup
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lo_tau, hi_tau = m.mean_tau - m.q * m.se_tau, m.mean_tau + m.q * m.se_tau
+        throughput = scale / m.mean_tau
+        ones = np.ones(run.r_max)
+        return MonteCarloResult(
+            r=r,
+            throughput=throughput,
+            se=throughput * m.se_tau / m.mean_tau,
+            ci_low=scale / hi_tau,
+            ci_high=np.where(lo_tau > 0, scale / lo_tau, np.inf),
+            kernel=run.kernel,
+            init=run.init,
+            batch=run.batch,
+            replications=run.replications,
+            seed=run.seed,
+            level=run.level,
+            window={"kind": "steps", "steps": run.steps, "warmup": run.warmup},
+            slot_steps=int(total * run.replications * run.slots),
+            wall_seconds=wall,
+            device=device_name(),
+            mean_tau=m.mean_tau,
+            se_tau=m.se_tau,
+            **{k: v for k, v in zip(STEP_DIAGNOSTICS[:4], idle, strict=True)},
+            step_p50=pct[0],
+            step_p90=pct[1],
+            step_p99=pct[2],
+            tokens=run.steps * r * run.batch * ones,
+            steps=run.steps * ones,
+            elapsed_us=run.steps * m.mean_tau,
+            active_fraction=ones,
+            mean_slot_load=m.load_mean,
+            se_slot_load=m.load_se,
+        )
+
+
+__all__ = [
+    "INITS",
+    "KERNELS",
+    "STEP_DIAGNOSTICS",
+    "SimulationResult",
+    "device_name",
+    "simulate",
+    "step_model",
+]

@@ -85,3 +85,38 @@ def plot_provision(result: dict, path: str | Path) -> Path:
     finally:
         plt.close(fig)
     return path
+
+
+def plot_simulation(result, path: str | Path, title: str) -> Path:
+    """Monte Carlo figure of one ``afd-jax simulate`` run (a
+    :class:`~afd_jax.montecarlo.result.MonteCarloResult`, either window): throughput per
+    instance vs r with its confidence band, and the Attention idle, FFN idle and barrier share
+    fractions vs r. Writes ``path`` (format from its suffix: .png, .pdf, .svg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = result
+    kernel = "pool (cold start)" if res.kernel == "pool" else res.kernel
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    a1.plot(res.r, res.throughput, "o-", ms=3, label=f"{kernel} kernel")
+    a1.fill_between(res.r, res.ci_low, res.ci_high, alpha=0.3, label=f"{res.level:.0%} CI")
+    a1.set_xlabel("r (Attention instances per FFN)")
+    a1.set_ylabel("throughput per instance (tokens/s)")
+    a1.legend()
+    a2.plot(res.r, res.idle_attn, label="Attention idle")
+    a2.plot(res.r, res.idle_ffn, label="FFN idle")
+    a2.plot(res.r, res.barrier_share, label="barrier share")
+    a2.set_xlabel("r")
+    a2.set_ylabel("fraction of time")
+    a2.legend()
+    fig.suptitle(f"{title}: B = {res.batch}")
+    fig.tight_layout()
+    try:
+        fig.savefig(path)
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot write figure: {err}", path=str(path)) from err
+    finally:
+        plt.close(fig)
+    return Path(path)

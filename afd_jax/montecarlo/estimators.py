@@ -1,0 +1,190 @@
+"""Host-side float64 estimators shared by every Monte Carlo driver (docs/model.md 3).
+
+* the step-time histogram: :data:`N_BINS` log-spaced bins over a range that covers every
+  possible tau (:func:`tau_bins`, :func:`stage_bounds`), and percentiles read from it
+  (:func:`percentiles`, linear within a bin in log tau);
+* means with standard errors and confidence quantiles: i.i.d. samples, replication means
+  (t quantile) or :data:`N_BATCHES` batch means of one long run (:func:`mean_se`,
+  :func:`batch_means`, :func:`ci_quantile`);
+* idle fractions and the barrier share as ratios of sums over the measured steps
+  (:func:`stream_idle` for a stream of full slots, :func:`pool_idle` for a draining pool);
+* the int32 guard :data:`INT32_LIMIT` (compensated sums live in the kernels:
+  ``afd_jax.kernels.kahan_add``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import scipy.stats
+
+from afd_jax.model.latency import Latency, bundle_idle_fraction, maximum
+
+N_BINS = 4096
+"""Log-spaced step-time bins of every driver's histogram."""
+N_BATCHES = 20
+"""Batch means of a single replication."""
+INT32_LIMIT = 2**31
+"""Worker loads and token counts are int32: drivers refuse runs that could reach this."""
+
+
+def stage_bounds(lows, highs, serial: bool) -> tuple[float, float]:
+    """Bounds of tau from the bounds of its stages (in order): their sum (serial, added left to
+    right) or their max (pipelined), docs/model.md 2."""
+    if serial:
+        lo, hi = lows[0], highs[0]
+        for a, b in zip(lows[1:], highs[1:], strict=True):
+            lo, hi = lo + a, hi + b
+        return lo, hi
+    return max(lows), max(highs)
+
+
+def tau_bins(lo: float, hi: float) -> tuple[float, float]:
+    """(log_lo, inv_w) of :data:`N_BINS` log bins spanning [lo, hi] with a small margin: bin k
+    holds ``log_lo + k / inv_w <= log tau < log_lo + (k + 1) / inv_w``."""
+    hi = max(hi, 1e-30) * 1.001
+    lo = max(lo, hi * 1e-9, 1e-30) * 0.999
+    log_lo, log_hi = math.log(lo), math.log(hi)
+    return log_lo, N_BINS / max(log_hi - log_lo, 1e-9)
+
+
+def attn_time_max(lat: Latency, batch: int, max_slot_load: int) -> float:
+    """Largest Attention time: every slot of a worker at the largest slot load."""
+    return float(lat.alpha_attn) * batch * max_slot_load + float(lat.beta_attn)
+
+
+def _quantiles_of(counts: np.ndarray, log_lo: float, inv_w: float, qs) -> list[float]:
+    c = np.cumsum(counts.astype(np.float64))
+    if c[-1] <= 0:
+        return [float("nan")] * len(qs)
+    out = []
+    for q in qs:
+        target = q * c[-1]
+        j = int(np.searchsorted(c, target, side="left"))
+        prev = c[j - 1] if j > 0 else 0.0
+        frac = (target - prev) / max(c[j] - prev, 1.0)
+        out.append(math.exp(log_lo + (j + frac) / inv_w))
+    return out
+
+
+def percentiles(hist: np.ndarray, log_lo: float, inv_w: float, qs=(0.5, 0.9, 0.99)):
+    """Percentiles of tau from histogram counts int64[..., n_bins] (one histogram per leading
+    index): float64[len(qs), ...] (NaN where a histogram is empty)."""
+    hist = np.asarray(hist)
+    flat = hist.reshape(-1, hist.shape[-1])
+    out = np.array([_quantiles_of(h, log_lo, inv_w, qs) for h in flat], np.float64)
+    return out.T.reshape((len(qs),) + hist.shape[:-1])
+
+
+def ci_quantile(level: float, dof: int | None = None) -> float:
+    """Two-sided quantile of a confidence interval at ``level``: normal (``dof`` None) or
+    Student t with ``dof`` degrees of freedom."""
+    if dof is None:
+        return float(scipy.stats.norm.ppf(0.5 + level / 2))
+    return float(scipy.stats.t.ppf(0.5 + level / 2, dof))
+
+
+def mean_se(totals, counts, level, iid_sq=None):
+    """Mean over all counted steps and its standard error; returns (mean, se, quantile).
+
+    ``iid_sq`` given: i.i.d. samples (totals, sums of squares over ``counts`` samples, normal
+    quantile). Else ``totals[k]`` / ``counts[k]`` are the means of k independent groups
+    (replications or batches): SE from their spread, t quantile with k - 1 dof."""
+    n = counts.sum()
+    mean = totals.sum(axis=0) / n
+    if iid_sq is not None:
+        var = np.maximum(iid_sq.sum(axis=0) / n - mean**2, 0.0) * n / max(n - 1, 1)
+        return mean, np.sqrt(var / n), ci_quantile(level)
+    k = counts.shape[0]
+    means = totals / counts.reshape((-1,) + (1,) * (totals.ndim - 1))
+    se = means.std(axis=0, ddof=1) / math.sqrt(k)
+    return mean, se, ci_quantile(level, k - 1)
+
+
+def sample_mean_se(samples: np.ndarray, level: float):
+    """Mean over the last axis of independent samples, its SE and the t quantile (NaN SE and
+    quantile for a single sample)."""
+    k = samples.shape[-1]
+    mean = samples.mean(axis=-1)
+    if k >= 2:
+        return mean, samples.std(axis=-1, ddof=1) / math.sqrt(k), ci_quantile(level, k - 1)
+    return mean, np.full_like(mean, np.nan), np.nan
+
+
+def batch_means(block_vals, block_counts, n_batches=N_BATCHES):
+    """Split the measured blocks into contiguous batches; per-batch (totals, counts), or None
+    when fewer than two batches have steps."""
+    vals = np.concatenate(block_vals, axis=0)
+    cnt = np.concatenate(block_counts, axis=0)
+    keep = cnt > 0
+    vals, cnt = vals[keep], cnt[keep]
+    nb = min(n_batches, vals.shape[0])
+    if nb < 2:
+        return None
+    edges = np.linspace(0, vals.shape[0], nb + 1).astype(int)
+    tot = np.stack([vals[a:b].sum(axis=0) for a, b in zip(edges[:-1], edges[1:], strict=True)])
+    c = np.array([cnt[a:b].sum() for a, b in zip(edges[:-1], edges[1:], strict=True)])
+    return tot, c
+
+
+class IdleFractions(NamedTuple):
+    """Per-r ratios of sums over the measured steps (docs/model.md 3): idle_attn =
+    sum (tau - t_A,j) / (r sum tau); idle_ffn = sum (tau - t_F) / sum tau; idle_bundle =
+    (sum_j (tau - t_A,j) + tau - t_F) / ((r + 1) tau); barrier_share = sum_j (max_i t_A,i -
+    t_A,j) / (r sum tau)."""
+
+    idle_attn: np.ndarray
+    idle_ffn: np.ndarray
+    idle_bundle: np.ndarray
+    barrier_share: np.ndarray
+
+
+def stream_idle(lat: Latency, batch, r, s_tau, s_load_cum, s_max_attn, n_steps, t_ffn_r):
+    """Idle fractions of a stream of full slots (steps window), float64 per r: ``s_tau`` sum
+    of tau, ``s_load_cum`` sum of sum_{j<=r} T_j, ``s_max_attn`` sum of max_{j<=r} t_A,j,
+    ``t_ffn_r`` t_F(r) per step (every step has r B tokens)."""
+    a_attn, b_attn = float(lat.alpha_attn), float(lat.beta_attn)
+    sum_attn = a_attn * s_load_cum + b_attn * r * n_steps
+    attn_idle = r * s_tau - sum_attn
+    ffn_idle = s_tau - n_steps * t_ffn_r
+    return IdleFractions(
+        idle_attn=attn_idle / (r * s_tau),
+        idle_ffn=ffn_idle / s_tau,
+        idle_bundle=bundle_idle_fraction(attn_idle, ffn_idle, r, s_tau),
+        barrier_share=maximum(r * s_max_attn - sum_attn, 0.0) / (r * s_tau),
+    )
+
+
+def pool_idle(lat: Latency, r, s_tau, s_load, s_max_load, n_steps, s_ffn):
+    """Idle fractions of a draining pool, float64 per r, from float32 Kahan sums: ``s_load``
+    sum of sum_{j<r} T_j, ``s_max_load`` sum of max_j T_j, ``s_ffn`` sum of t_F. Clipped at 0:
+    where tau == t_F every step the float32 sum of tau can fall 1e-7 short."""
+    a_attn, b_attn = float(lat.alpha_attn), float(lat.beta_attn)
+    idle_attn = np.maximum(0.0, 1.0 - (a_attn * s_load + r * b_attn * n_steps) / (r * s_tau))
+    idle_ffn = np.maximum(0.0, 1.0 - s_ffn / s_tau)
+    return IdleFractions(
+        idle_attn=idle_attn,
+        idle_ffn=idle_ffn,
+        idle_bundle=bundle_idle_fraction(r * idle_attn, idle_ffn, r, 1.0),
+        barrier_share=a_attn * (r * s_max_load - s_load) / (r * s_tau),
+    )
+
+
+__all__ = [
+    "INT32_LIMIT",
+    "N_BATCHES",
+    "N_BINS",
+    "IdleFractions",
+    "attn_time_max",
+    "batch_means",
+    "ci_quantile",
+    "mean_se",
+    "percentiles",
+    "pool_idle",
+    "sample_mean_se",
+    "stage_bounds",
+    "stream_idle",
+    "tau_bins",
+]

@@ -1,0 +1,144 @@
+"""The spine of every Monte Carlo driver: the one chunk loop, the jitted chunk of a
+steps-window kernel, counter-based keys, device and progress facts.
+
+Any kernel built on the contract of ``afd_jax.kernels.contract`` (``init`` / ``segment``, state
+apart from info) runs through :func:`run_chunks`: a driver cuts its work into chunks (groups of
+replications, blocks of snapshots, bundle sizes r), each chunk starts a state and advances it
+over its segments, and every segment's info is recorded. Steps-window kernels share one jitted
+chunk function, :func:`segment_chunk` (vmap of ``kernel.segment`` over the chunk's rows, then
+float32 block sums, ``afd_jax.kernels.barrier.summarise_rows``); a new kernel or policy plugs
+in by building a :class:`~afd_jax.kernels.contract.Kernel`, without a new driver.
+
+Keys: ``fold_in(fold_in(key(seed), replication), tag)`` (:func:`rep_keys`), or per block of
+snapshots ``fold_in(fold_in(key(seed), replication), block)`` (:func:`block_keys`), so results do
+not depend on how work is chunked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from tqdm import tqdm
+
+from afd_jax.kernels.barrier import summarise_rows
+from afd_jax.montecarlo.estimators import N_BINS
+
+
+class Chunk(NamedTuple):
+    """One unit of work of :func:`run_chunks`: ``rows`` (the replication or block index of each
+    row, padded to the chunk size), ``n_real`` (rows that count), ``segments`` (the start step
+    of each segment), ``data`` (anything the driver's callbacks need)."""
+
+    rows: Any
+    n_real: int
+    segments: tuple
+    data: Any = None
+
+
+def run_chunks(
+    chunks: Iterable[Chunk],
+    start: Callable[[Chunk], Any],
+    advance: Callable[[Chunk, Any, Any], tuple],
+    record: Callable[[Chunk, Any, Any], None],
+) -> None:
+    """The one chunk loop: for every chunk, ``state = start(chunk)``, then for every segment
+    ``state, info = advance(chunk, segment, state)`` and ``record(chunk, segment, info)``."""
+    for chunk in chunks:
+        state = start(chunk)
+        for seg in chunk.segments:
+            state, info = advance(chunk, seg, state)
+            record(chunk, seg, info)
+
+
+class Window(NamedTuple):
+    """Which steps of a chunk count (traced int32): step ``t0 + i`` of row k counts when
+    ``k < n_real`` and ``warmup <= t0 + i < t_end[k]``."""
+
+    t0: jax.Array
+    warmup: jax.Array
+    t_end: jax.Array
+    n_real: jax.Array
+
+
+@partial(jax.jit, static_argnames=("kernel",))
+def init_chunk(keys, params, *, kernel):
+    """``kernel.init`` for every row of a chunk (keys [rows])."""
+    return jax.vmap(lambda k: kernel.init(k, params))(keys)
+
+
+@partial(jax.jit, static_argnames=("kernel", "batch", "serial"))
+def segment_chunk(keys, states, params, window: Window, model, hist, *, kernel, batch, serial):
+    """One segment of a steps-window kernel for every row of a chunk, summarised: returns
+    ``(states, StepSums with block rows [rows, L // BLOCK], covered)``; ``covered`` False
+    means rerun the segment with ``kernel.enlarge()``."""
+    states, info = jax.vmap(kernel.segment, in_axes=(0, 0, None))(keys, states, params)
+    rows, length = info.loads.shape[:2]
+    t = window.t0 + jnp.arange(length, dtype=jnp.int32)
+    real = jnp.arange(rows, dtype=jnp.int32) < window.n_real
+    valid = real[:, None] & ((t[None, :] >= window.warmup) & (t[None, :] < window.t_end[:, None]))
+    sums = summarise_rows(info.loads, valid, model, hist, batch=batch, serial=serial, n_bins=N_BINS)
+    return states, sums, jnp.all(info.covered)
+
+
+@jax.jit
+def rep_keys(base, reps, tag):
+    """Keys fold_in(fold_in(base, rep), tag) (jitted on its own: compiled once, shared)."""
+    return jax.vmap(lambda i: jr.fold_in(jr.fold_in(base, i), tag))(reps)
+
+
+@jax.jit
+def block_keys(base, reps, blocks):
+    """Keys fold_in(fold_in(base, rep), block) of blocks of snapshots."""
+    return jax.vmap(lambda i, b: jr.fold_in(jr.fold_in(base, i), b))(reps, blocks)
+
+
+def device_name() -> str:
+    """``platform:device kind`` of the first JAX device."""
+    d = jax.devices()[0]
+    return f"{d.platform}:{getattr(d, 'device_kind', d.platform)}"
+
+
+def rng_mode():
+    """Threefry in its non-partitionable form inside the drivers: the same bits on every
+    device count here (one device per run), and XLA compiles it several times faster on CPU
+    than the partitionable form (seconds per kernel). Fixed, so results stay reproducible."""
+    ctx = getattr(jax, "threefry_partitionable", None)
+    return ctx(False) if ctx is not None else contextlib.nullcontext()
+
+
+class Progress:
+    """A tqdm bar on stderr (only when asked and stderr is a terminal); a no-op otherwise."""
+
+    def __init__(self, enabled: bool, desc: str, unit: str = "slot-step"):
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            self.bar = tqdm(desc=desc, unit=unit, unit_scale=True, file=sys.stderr)
+
+    def tick(self, n) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+__all__ = [
+    "Chunk",
+    "Progress",
+    "Window",
+    "block_keys",
+    "device_name",
+    "init_chunk",
+    "rep_keys",
+    "rng_mode",
+    "run_chunks",
+    "segment_chunk",
+]

@@ -1,0 +1,135 @@
+"""The Monte Carlo spine: the kernel contract (a new kernel plugs into the one chunk function
+and chunk loop), the shared estimators, the one result type of both windows, the sampler
+factory and its explicit dispatch table."""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+from afd_jax.kernels import DRAWS, AliasSampler, CopulaSampler, TableSampler
+from afd_jax.kernels import sampling as KS
+from afd_jax.kernels.barrier import BLOCK, TauHistogram
+from afd_jax.kernels.contract import Kernel, SegmentInfo, SegmentParams
+from afd_jax.kernels.step import StepModel, kahan_add
+from afd_jax.model.latency import Latency
+from afd_jax.montecarlo import estimators as E
+from afd_jax.montecarlo.pool import PoolResult, pool_simulate
+from afd_jax.montecarlo.result import ROW_FIELDS, MonteCarloResult
+from afd_jax.montecarlo.samplers import make_sampler, max_slot_load
+from afd_jax.montecarlo.simulate import SimulationResult, simulate
+from afd_jax.montecarlo.spine import Chunk, Window, run_chunks, segment_chunk
+from afd_jax.workload.containers import TraceWorkload
+
+LAT = Latency(0.05, 10.0, 0.5, 20.0, 0.01, 2.0)
+
+
+@cache
+def _ramp_kernel(r_max: int, length: int) -> Kernel:
+    """A toy kernel: worker j's load at absolute step t is (j + 1) * (t + 1); state = the
+    number of segments run."""
+
+    def init(key, params):
+        return jnp.zeros((), jnp.int32)
+
+    def segment(key, state, params):
+        t = params.t0 + jnp.arange(length, dtype=jnp.int32)
+        loads = (t[:, None] + 1) * jnp.arange(1, r_max + 1, dtype=jnp.int32)[None, :]
+        return state + 1, SegmentInfo(loads, jnp.asarray(True))
+
+    return Kernel("ramp", init, segment)
+
+
+def test_a_new_kernel_runs_through_the_chunk_loop():
+    r_max, length, total, warmup = 3, BLOCK, 3 * BLOCK, 64
+    kernel = _ramp_kernel(r_max, length)
+    model = StepModel(
+        jnp.float32(1.0), jnp.float32(0.0), jnp.zeros(r_max, jnp.float32), jnp.zeros(r_max)
+    )
+    hist = TauHistogram(jnp.float32(0.0), jnp.float32(1.0))
+    taus = []
+
+    def advance(c, t0, state):
+        params = SegmentParams(None, jnp.int32(t0))
+        window = Window(jnp.int32(t0), jnp.int32(warmup), jnp.full((2,), total), jnp.int32(1))
+        kw = dict(kernel=kernel, batch=1, serial=False)
+        state, sums, covered = segment_chunk(c.rows, state, params, window, model, hist, **kw)
+        assert bool(covered)
+        return state, sums
+
+    def record(c, t0, sums):
+        taus.append(np.asarray(sums.tau, np.float64))
+
+    def start(c):
+        return jnp.zeros((2,), jnp.int32)
+
+    run_chunks([Chunk(jnp.arange(2), 1, tuple(range(0, total, length)))], start, advance, record)
+    tau = np.concatenate(taus, axis=1)  # [rows, blocks, r_max]
+    # tau(r) = max_{j<=r} (j + 1)(t + 1) = r (t + 1); steps warmup..total-1 of row 0 count
+    t = np.arange(warmup, total)
+    expected = np.arange(1, r_max + 1) * (t + 1).sum()
+    np.testing.assert_array_equal(tau[0].sum(axis=0), expected)
+    assert not tau[1].any()  # the padding row counts nowhere
+
+
+def test_estimators():
+    assert E.stage_bounds((1.0, 2.0, 3.0), (4.0, 5.0, 6.0), serial=True) == (6.0, 15.0)
+    assert E.stage_bounds((1.0, 2.0), (4.0, 5.0), serial=False) == (2.0, 5.0)
+    log_lo, inv_w = E.tau_bins(10.0, 1000.0)
+    assert log_lo < math.log(10.0) and log_lo + E.N_BINS / inv_w > math.log(1000.0)
+    # percentiles of several histograms equal those of each alone
+    rng = np.random.default_rng(0)
+    hist = rng.integers(0, 5, (3, E.N_BINS))
+    both = E.percentiles(hist, log_lo, inv_w)
+    for i in range(3):
+        np.testing.assert_array_equal(both[:, i], E.percentiles(hist[i], log_lo, inv_w))
+    assert np.isnan(E.percentiles(np.zeros(E.N_BINS, np.int64), log_lo, inv_w)).all()
+    x = rng.normal(size=(2, 5))
+    mean, se, q = E.sample_mean_se(x, 0.95)
+    np.testing.assert_allclose(se, x.std(axis=1, ddof=1) / math.sqrt(5))
+    assert q == pytest.approx(2.776445, rel=1e-6)
+    # Kahan: a float32 sum of 10^5 x 0.1 stays within float32 rounding of the exact value
+    tot = comp = jnp.float32(0.0)
+    for _ in range(1000):
+        tot, comp = kahan_add(tot, comp, jnp.float32(0.1))
+    assert abs(float(tot) - 1000 * float(np.float32(0.1))) < 1e-3
+
+
+def test_sampler_factory_and_dispatch():
+    w = TraceWorkload(name="t", prompt=np.array([5, 7, 9]), decode=np.array([1, 0, 4]))
+    table = make_sampler(w)
+    alias = make_sampler(w, load_offset=1, draw="alias")
+    assert isinstance(table, TableSampler) and isinstance(alias, AliasSampler)
+    assert alias.req_table.shape[0] == 1024  # padded: one compile for small tables
+    assert max_slot_load(w, 1) == 9 + 4 - 1 + 1 and max_slot_load(w, 1, given=100) == 100
+    assert make_sampler(table) is table and isinstance(
+        make_sampler(table, draw="alias"), AliasSampler
+    )
+    assert set(DRAWS) == {TableSampler, AliasSampler, CopulaSampler}
+    p, d = KS.sample_requests(jr.key(0), alias, (64,))
+    assert set(np.asarray(d).tolist()) <= {1, 4} and set(np.asarray(p).tolist()) <= {6, 10}
+
+
+def test_both_windows_return_one_result_type():
+    assert SimulationResult is MonteCarloResult and PoolResult is MonteCarloResult
+    s = KS.alias_sampler(np.arange(20), np.full(20, 3), size=1024)
+    steps = simulate(s, LAT, 2, 2, kernel="barrier", steps=128, replications=2, max_slot_load=21)
+    pools = (np.tile(np.arange(12, dtype=np.int32), (2, 1)), np.full((2, 12), 3, np.int32))
+    done = pool_simulate(None, LAT, 2, [1, 2], pools=pools, n_requests=None, diagnostics=True)
+    for res in (steps, done):
+        rows = res.results_table()
+        assert [row["r"] for row in rows] == [1, 2]
+        assert all(set(row) == {"r", *ROW_FIELDS} for row in rows)
+        js = res.to_json()
+        assert js["r_max"] == 2 and js["window"]["kind"] in ("steps", "completions")
+    assert steps.active_fraction.tolist() == [1.0, 1.0] and steps.attn_fraction is None
+    assert done.se_tau is None and done.window == {
+        "kind": "completions",
+        "requests": 12,
+        "fraction": 0.8,
+    }
