@@ -97,9 +97,14 @@ def maximum(a, b):
     return jnp.maximum(a, b) if _is_jax(a, b) else np.maximum(a, b)
 
 
-def stage_time(stage: AffineStage, tokens):
-    """Time (us) of one stage for a token count (the only place a stage is evaluated)."""
-    return stage.alpha * tokens + stage.beta
+def stage_time(stage: AffineStage, tokens, *factors):
+    """Time (us) of one stage (the only place a stage is evaluated) for the token count
+    ``tokens * factors[0] * ...``. The factors are applied to ``alpha`` left to right
+    (``alpha * r * B``, not ``alpha * (r * B)``), the float rounding every caller had before."""
+    scaled = stage.alpha * tokens
+    for factor in factors:
+        scaled = scaled * factor
+    return scaled + stage.beta
 
 
 def t_attn(lat: Latency, load):
@@ -109,7 +114,7 @@ def t_attn(lat: Latency, load):
 
 def t_ffn(lat: Latency, r, batch):
     """FFN time for r workers of batch B (aggregated r*B tokens): ``alpha_F r B + beta_F``."""
-    return stage_time(lat.ffn, r * batch)
+    return stage_time(lat.ffn, r, batch)
 
 
 def comm_tokens(r, batch, opts: ModelOptions = DEFAULT_OPTIONS):
