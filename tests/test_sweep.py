@@ -18,6 +18,7 @@ from afd_jax.errors import InputError
 from afd_jax.model import exact, theory
 from afd_jax.model.latency import Latency
 from afd_jax.studies import sweep as S
+from afd_jax.studies.store import MANIFEST, PartsExist, PartsMismatch, PartStore
 from afd_jax.workload.slotload import slot_load_pmf
 from afd_jax.workload.specs import resolve_workload
 from afd_jax.workload.statistics import workload_stats
@@ -328,3 +329,29 @@ def test_load_offset_reaches_every_method(traces, tmp_path):
             ref_exact = exact.exact_throughput(pmf, lat, b, 12, opts)
             np.testing.assert_allclose(t["tput_exact"][rows], ref_exact, rtol=1e-11)
     assert sensitive > 0, "some scenario must be Attention-bound for the check to bite"
+
+
+def test_part_store_open_resume_merge_finish(tmp_path):
+    """The store under the sweep: a fresh run writes its manifest, unfinished parts are never
+    silently reused or overwritten, merge concatenates in the given order, finish keeps the
+    manifest and a plain reopen of a finished run starts over."""
+    store = PartStore(tmp_path / "parts")
+    assert store.open({"digest": "a", "n": 1}, resume=False) == (
+        {"digest": "a", "n": 1, "complete": False},
+        False,
+    )
+    store.write("p1", "x,1\n")
+    with pytest.raises(PartsExist):
+        store.open({"digest": "a", "n": 2}, resume=False)
+    with pytest.raises(PartsMismatch):
+        store.open({"digest": "b"}, resume=True)
+    opened = store.open({"digest": "a", "n": 2}, resume=True)
+    assert opened.resumed and opened.manifest["n"] == 1  # the manifest on disk is in effect
+    assert store.missing(["p0", "p1"]) == ["p0"] and store.read("p1") == "x,1\n"
+    store.write("p0", "x,0\n")
+    store.merge(["p0", "p1"], tmp_path / "out.csv", "x,i\n")
+    assert (tmp_path / "out.csv").read_text() == "x,i\nx,0\nx,1\n"
+    (store.folder / "p2.tmp99").write_text("a killed writer's leftover")
+    assert store.finish(opened.manifest, ["p0", "p1"])["complete"]
+    assert sorted(p.name for p in store.folder.iterdir()) == [MANIFEST]
+    assert not store.open({"digest": "c"}, resume=False).resumed  # finished: starts over

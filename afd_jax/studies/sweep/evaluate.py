@@ -30,14 +30,22 @@ from afd_jax.model.exact import (
     max_law_tables,
     worker_load_pmf,
 )
-from afd_jax.model.latency import Latency, ModelOptions
+from afd_jax.model.latency import AffineStage, Latency, ModelOptions
 from afd_jax.montecarlo.simulate import simulate
 from afd_jax.studies.optimize import make_scenario, solve_continuous_batched
 from afd_jax.studies.sweep.fields import LATENCY_FIELDS
 from afd_jax.studies.sweep.plan import SweepPlan
 from afd_jax.workload.slotload import slot_load_pmf
 
-__all__ = ["DeviceMesh", "Evaluator", "ExactGroups", "analytic_kernels", "exact_chunk", "mc_chunk"]
+__all__ = [
+    "DeviceMesh",
+    "Evaluator",
+    "ExactGroups",
+    "analytic_kernels",
+    "exact_chunk",
+    "mc_chunk",
+    "other_stage_times",
+]
 
 
 def analytic_kernels(opts: ModelOptions, r_max: int, gauss_method: str) -> dict:
@@ -125,6 +133,19 @@ class ExactGroups:
         return self._tables
 
 
+def other_stage_times(lat: Latency, r, batch, opts: ModelOptions) -> np.ndarray:
+    """G(r) = combine(t_C, t_F) (docs/model.md 2) for a :class:`Latency` of [n, 1] arrays, r of
+    shape [1, r_max] and B of shape [n, 1], from :mod:`afd_jax.model.latency`'s stage functions.
+
+    The FFN time is evaluated as ``(alpha_F r) B + beta_F`` (an affine stage of slope
+    ``alpha_F r`` in B), the rounding order of :func:`afd_jax.model.exact.other_stage_times` and
+    of every sweep table so far; :func:`afd_jax.model.latency.t_ffn` rounds
+    ``alpha_F (r B) + beta_F``, which differs in the last bit for about one entry in ten.
+    """
+    t_f = L.stage_time(AffineStage(lat.alpha_ffn * r, lat.beta_ffn), batch)
+    return L.combine(opts, L.t_comm(lat, r, batch, opts), t_f)
+
+
 def exact_chunk(groups: ExactGroups, sl: slice) -> np.ndarray:
     """Exact throughput float64[n, r_max] of the scenarios in ``sl`` (docs/model.md 5)."""
     p = groups.plan
@@ -133,7 +154,7 @@ def exact_chunk(groups: ExactGroups, sl: slice) -> np.ndarray:
     lat = Latency(*(coeffs[:, j][:, None] for j in range(len(LATENCY_FIELDS))))
     r = np.arange(1, r_max + 1, dtype=np.float64)[None, :]
     batch = b.astype(np.float64)[:, None]
-    other = L.other_stages(lat, r, batch, p.opts)  # G(r), float64[n, r_max]
+    other = other_stage_times(lat, r, batch, p.opts)  # G(r), float64[n, r_max]
     tau = np.empty((wl.shape[0], r_max), dtype=np.float64)
     group = wl * (int(p.batch.max()) + 1) + b
     starts = np.flatnonzero(np.diff(group, prepend=-1))
