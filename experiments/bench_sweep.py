@@ -20,9 +20,7 @@ from pathlib import Path
 
 import jax
 
-jax.config.update("jax_enable_x64", True)
-
-from afd_jax.studies import sweep as S  # noqa: E402
+from afd_jax.studies.sweep import load_spec, make_plan, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,13 +41,14 @@ def main() -> None:
     ap.add_argument("--chunk-size", type=int, default=None)
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args()
+    jax.config.update("jax_enable_x64", True)  # float64, as the CLI runs it
     os.chdir(ROOT)  # the spec's trace paths are relative to the project root
-    spec = S.load_spec(args.spec)
+    spec = load_spec(args.spec)
     t0 = time.perf_counter()
-    plan = S.make_plan(spec)
+    plan = make_plan(spec)
     t_plan = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
-        res = S.run_sweep(
+        res = run_sweep(
             plan, output=str(Path(tmp) / "bench.csv"), chunk_size=args.chunk_size, progress=True
         )
         size = (Path(tmp) / "bench.csv").stat().st_size

@@ -4,8 +4,10 @@ per-scenario computation, streaming + kill-and-resume (byte-identical table)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -13,8 +15,13 @@ import numpy as np
 import pytest
 
 from afd_jax.errors import InputError
+from afd_jax.model import exact, theory
 from afd_jax.model.latency import Latency
 from afd_jax.studies import sweep as S
+from afd_jax.studies.store import MANIFEST, PartsExist, PartsMismatch, PartStore
+from afd_jax.workload.slotload import slot_load_pmf
+from afd_jax.workload.specs import resolve_workload
+from afd_jax.workload.statistics import workload_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +69,7 @@ BASE = "batch = [1]\n[workloads]\nspecs=['x']"
 
 
 def parse(text: str, path="spec.toml"):
-    return S.parse_spec(tomllib.loads(text), path)
+    return S.parse_sweep_spec(tomllib.loads(text), path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,10 +170,6 @@ def test_scenarios_product_order_and_random_samples(traces, tmp_path):
 
 @pytest.mark.parametrize("latency_extra", ["", "comm_scaling = 'per_worker'\noverlap = 'serial'"])
 def test_methods_match_per_scenario_references(traces, tmp_path, latency_extra):
-    from afd_jax.model import exact, theory
-    from afd_jax.workload.slotload import slot_load_pmf
-    from afd_jax.workload.specs import resolve_workload
-
     out = tmp_path / "o.csv"
     text = spec_text(traces, out).replace(
         "[latency.set]", f"[latency]\n{latency_extra}\n[latency.set]"
@@ -200,41 +203,88 @@ def test_methods_match_per_scenario_references(traces, tmp_path, latency_extra):
 # streaming, kill and resume
 
 
-def run_cli(args, env_extra=None):
+def cli_env(env_extra=None) -> dict:
     env = dict(os.environ)
     env.update(env_extra or {})
     env.setdefault("JAX_PLATFORMS", "cpu")
+    return env
+
+
+def run_cli(args, env_extra=None):
     return subprocess.run(
         [sys.executable, "-m", "afd_jax", "sweep", *args],
         capture_output=True,
         text=True,
-        env=env,
+        env=cli_env(env_extra),
         cwd=ROOT,
         timeout=300,
     )
 
 
+def kill_after_parts(args, parts: Path, n_parts: int = 2, timeout_s: float = 300.0) -> list[str]:
+    """Start ``afd-jax sweep ARGS`` and SIGKILL it (from the test side) as soon as ``n_parts``
+    part files exist; returns the sorted names of the parts it left. The spec must have many more
+    chunks than ``n_parts``, so the run is still far from done when the parts are seen."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "afd_jax", "sweep", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+        cwd=ROOT,
+    )
+    t0 = time.monotonic()
+    try:
+        while len(list(parts.glob("part-*.csv"))) < n_parts:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() - t0 < timeout_s, "no parts written in time"
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    return sorted(p.name for p in parts.glob("part-*.csv"))
+
+
+# 240 scenarios in chunks of one: the run is still far from done when its first parts appear
+MANY_CHUNKS = (
+    ("chunk_size = 5", "chunk_size = 1"),
+    ("logspace = [-2, -1, 3]", "logspace = [-2, -1, 30]"),
+)
+
+
+def many_chunks_spec(traces, out) -> str:
+    text = spec_text(traces, out)
+    for old, new in MANY_CHUNKS:
+        text = text.replace(old, new)
+    return text
+
+
 def test_kill_and_resume_gives_identical_table(traces, tmp_path):
     full, part = tmp_path / "full.csv", tmp_path / "part.csv"
     spec = tmp_path / "s.toml"
-    spec.write_text(spec_text(traces, full))
+    spec.write_text(many_chunks_spec(traces, full))
     plan = S.make_plan(S.load_spec(spec))
     S.run_sweep(plan, progress=False)  # uninterrupted reference (in process)
-    n_chunks = -(-plan.n_scenarios // 5)
+    n_chunks = plan.n_scenarios
+    assert n_chunks == 240
 
-    killed = run_cli([str(spec), "--out", str(part), "--quiet"], {S.ABORT_ENV: "2"})
-    assert killed.returncode == -9, killed.stderr  # SIGKILL after 2 chunks
     parts = S.parts_dir(part)
-    names = sorted(p.name for p in parts.glob("part-*.csv"))
-    assert names == ["part-000000.csv", "part-000001.csv"]
+    names = kill_after_parts([str(spec), "--out", str(part), "--quiet"], parts)
+    k = len(names)
+    assert 2 <= k < n_chunks
+    assert names == [S.part_name(c) for c in range(k)]  # chunks are written in order
     assert not part.exists()
     with pytest.raises(InputError, match="--resume"):  # never silently overwritten
         S.run_sweep(plan, output=str(part), progress=False)
 
     res = S.run_sweep(plan, output=str(part), resume=True, progress=False)
-    assert res.chunks_computed == n_chunks - 2  # nothing finished is recomputed
+    assert res.chunks_computed == n_chunks - k  # nothing finished is recomputed
     assert part.read_bytes() == full.read_bytes()
-    assert not list(parts.glob("part-*.csv"))  # merged, parts removed, manifest kept
+    assert not list(parts.glob("part-*"))  # merged, parts (and stray temp files) removed
+    assert (parts / "manifest.json").is_file()  # manifest kept
     again = S.run_sweep(plan, output=str(part), resume=True, progress=False)
     assert again.rows_computed == 0  # a finished sweep resumes to nothing
     assert part.read_bytes() == full.read_bytes()
@@ -245,10 +295,10 @@ def test_kill_and_resume_gives_identical_table(traces, tmp_path):
 def test_resume_refuses_a_different_spec(traces, tmp_path):
     out = tmp_path / "o.csv"
     spec = tmp_path / "s.toml"
-    spec.write_text(spec_text(traces, out))
-    killed = run_cli([str(spec), "--quiet"], {S.ABORT_ENV: "1"})
-    assert killed.returncode == -9
-    other = S.make_plan(parse(spec_text(traces, out).replace("r_max = 12", "r_max = 11")))
+    spec.write_text(many_chunks_spec(traces, out))
+    assert kill_after_parts([str(spec), "--quiet"], S.parts_dir(out), n_parts=1)
+    text = many_chunks_spec(traces, out).replace("r_max = 12", "r_max = 11")
+    other = S.make_plan(parse(text))
     with pytest.raises(InputError, match="different spec"):
         S.run_sweep(other, resume=True, progress=False)
 
@@ -256,11 +306,6 @@ def test_resume_refuses_a_different_spec(traces, tmp_path):
 def test_load_offset_reaches_every_method(traces, tmp_path):
     """With workloads.load_offset = 1 the analytic methods see theta + 1 and the exact method
     the shifted pi: each column equals its reference computed with the offset."""
-    from afd_jax.model import exact, theory
-    from afd_jax.workload.slotload import slot_load_pmf
-    from afd_jax.workload.specs import resolve_workload
-    from afd_jax.workload.statistics import workload_stats
-
     out = tmp_path / "o.csv"
     text = spec_text(traces, out).replace("[workloads]", "[workloads]\nload_offset = 1")
     plan = S.make_plan(parse(text))
@@ -284,3 +329,29 @@ def test_load_offset_reaches_every_method(traces, tmp_path):
             ref_exact = exact.exact_throughput(pmf, lat, b, 12, opts)
             np.testing.assert_allclose(t["tput_exact"][rows], ref_exact, rtol=1e-11)
     assert sensitive > 0, "some scenario must be Attention-bound for the check to bite"
+
+
+def test_part_store_open_resume_merge_finish(tmp_path):
+    """The store under the sweep: a fresh run writes its manifest, unfinished parts are never
+    silently reused or overwritten, merge concatenates in the given order, finish keeps the
+    manifest and a plain reopen of a finished run starts over."""
+    store = PartStore(tmp_path / "parts")
+    assert store.open({"digest": "a", "n": 1}, resume=False) == (
+        {"digest": "a", "n": 1, "complete": False},
+        False,
+    )
+    store.write("p1", "x,1\n")
+    with pytest.raises(PartsExist):
+        store.open({"digest": "a", "n": 2}, resume=False)
+    with pytest.raises(PartsMismatch):
+        store.open({"digest": "b"}, resume=True)
+    opened = store.open({"digest": "a", "n": 2}, resume=True)
+    assert opened.resumed and opened.manifest["n"] == 1  # the manifest on disk is in effect
+    assert store.missing(["p0", "p1"]) == ["p0"] and store.read("p1") == "x,1\n"
+    store.write("p0", "x,0\n")
+    store.merge(["p0", "p1"], tmp_path / "out.csv", "x,i\n")
+    assert (tmp_path / "out.csv").read_text() == "x,i\nx,0\nx,1\n"
+    (store.folder / "p2.tmp99").write_text("a killed writer's leftover")
+    assert store.finish(opened.manifest, ["p0", "p1"])["complete"]
+    assert sorted(p.name for p in store.folder.iterdir()) == [MANIFEST]
+    assert not store.open({"digest": "c"}, resume=False).resumed  # finished: starts over

@@ -8,8 +8,11 @@ from __future__ import annotations
 import sys
 import time
 
+import jax
+
 from afd_jax.cli.common import emit_json
 from afd_jax.errors import InputError
+from afd_jax.studies.sweep import check_axes, load_spec, make_plan, plot_sweep, run_sweep
 
 
 def add_parser(subparsers) -> None:
@@ -57,30 +60,29 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _check_parquet(spec, out: str, spec_path: str) -> None:
+    """Parquet output needs pyarrow (an optional dependency): InputError before any work."""
+    if spec.format == "parquet" or out.endswith(".parquet"):
+        try:
+            import pyarrow  # noqa: F401  (optional dependency, only probed here)
+        except ImportError:
+            raise InputError(
+                'Parquet output needs pyarrow (pip install pyarrow); use format = "csv"',
+                path=spec_path,
+                field="format",
+            ) from None
+
+
 def run(args) -> int:
-    import jax
-
-    from afd_jax.studies import sweep as S
-
     t0 = time.perf_counter()
     jax.config.update("jax_enable_x64", True)
     if args.chunk_size is not None and args.chunk_size < 1:
         raise InputError(f"must be >= 1, got {args.chunk_size}", field="--chunk-size")
-    spec = S.load_spec(args.spec)
+    spec = load_spec(args.spec)
     out = args.out or spec.output
-    if spec.format == "parquet" or out.endswith(".parquet"):
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError:
-            raise InputError(
-                'Parquet output needs pyarrow (pip install pyarrow); use format = "csv"',
-                path=args.spec,
-                field="format",
-            ) from None
-    plan = S.make_plan(spec)  # resolves and validates everything before any evaluation
+    _check_parquet(spec, out, args.spec)
+    plan = make_plan(spec)  # resolves and validates everything before any evaluation
     if args.plot_dir:
-        from afd_jax.studies.sweep_plots import check_axes
-
         check_axes(plan, args.plot_x, args.plot_y)
     pidx, pcount = 0, 1
     if args.distributed:
@@ -92,7 +94,7 @@ def run(args) -> int:
             f"({', '.join(spec.methods)}) on {len(jax.local_devices())} device(s)",
             file=sys.stderr,
         )
-    res = S.run_sweep(
+    res = run_sweep(
         plan,
         output=out,
         resume=args.resume,
@@ -103,8 +105,6 @@ def run(args) -> int:
     )
     plots = []
     if args.plot_dir and pidx == 0:
-        from afd_jax.studies.sweep_plots import plot_sweep
-
         plots = plot_sweep(res.output, args.plot_dir, plan, args.plot_x, args.plot_y)
     summary = res.summary()
     summary["wall_seconds"] = time.perf_counter() - t0

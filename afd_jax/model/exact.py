@@ -117,3 +117,133 @@ def exact_throughput(
     r = np.arange(1, int(r_max) + 1, dtype=np.float64)
     cost = r * float(lat.cost_attn) + float(lat.cost_ffn)
     return 1e6 * r * float(batch) / (cost * tau)
+
+
+# ----------------------------------------------------------------------------------------------
+# Max-law tables: E[tau(r)] for many Attention coefficient scenarios of one (workload, B) at once
+# ----------------------------------------------------------------------------------------------
+# (appended section: its imports sit here so the top of the file stays untouched; hoist on merge)
+
+from typing import NamedTuple  # noqa: E402
+
+from afd_jax.model.latency import (  # noqa: E402
+    AffineStage,
+    maximum,
+    stage_time,
+    step_time_from_other,
+)
+
+__all__ += [
+    "MaxLawTables",
+    "max_exceedance",
+    "max_law_step_times",
+    "max_law_tables",
+    "trim_fft_noise",
+]
+
+
+class MaxLawTables(NamedTuple):
+    """Max-law tables of the worker load for one (workload, B) group (float64, docs/model.md 5).
+
+    With the worker-load lattice ``w_i = start + width * i`` (i < n) and survival
+    ``S(w) = Pr(T > w)`` summed from the upper tail (as in :func:`exact_step_times`):
+    ``exceed[r-1, i] = Pr(M_r >= w_i) = -expm1(r log1p(-S(w_{i-1})))`` for i = 0..n (1 at i = 0,
+    0 at i = n) and ``upper[r-1, k] = sum_{i >= k} Pr(M_r = w_i) w_i`` (0 at k = n); both
+    float64[r_max, n + 1]. Build with :func:`max_law_tables`; evaluate with
+    :func:`max_law_step_times`.
+    """
+
+    start: float
+    width: float
+    exceed: np.ndarray
+    upper: np.ndarray
+
+    @property
+    def n(self) -> int:
+        """Number of lattice points."""
+        return self.exceed.shape[1] - 1
+
+    @property
+    def mean_max(self) -> np.ndarray:
+        """E[M_r] for r = 1..r_max, float64[r_max]."""
+        return self.upper[:, 0]
+
+
+def trim_fft_noise(worker_pmf: SlotLoadPMF, noise_floor: float = 1e-14) -> SlotLoadPMF:
+    """Drop the FFT round-off tails of a worker-load law (:func:`worker_load_pmf`).
+
+    The FFT convolution leaves round-off of ~1e-15 * max(pmf) on every lattice point, far beyond
+    the real support (B = 256: ~900k points instead of ~50k). Keep the range between the first and
+    last point above ``noise_floor * max(pmf)`` and lump each dropped tail's mass (kept only if
+    <= 1e-10) onto the nearest kept point: E[h] moves by at most that mass times
+    r_max * (h(w_max) - h(w_min)). ``noise_floor = 0`` keeps everything.
+    """
+    pmf = np.asarray(worker_pmf.pmf, dtype=np.float64)
+    if not (noise_floor > 0 and pmf.size > 2):
+        return worker_pmf
+    above = np.flatnonzero(pmf > noise_floor * pmf.max())
+    lo, hi = int(above[0]), int(above[-1]) + 1
+    low_mass, high_mass = pmf[:lo].sum(), pmf[hi:].sum()
+    lo, low_mass = (lo, low_mass) if low_mass <= 1e-10 else (0, 0.0)
+    hi, high_mass = (hi, high_mass) if high_mass <= 1e-10 else (pmf.size, 0.0)
+    if not (hi - lo >= 2 and (lo > 0 or hi < pmf.size)):
+        return worker_pmf
+    kept = pmf[lo:hi].copy()
+    kept[0] += low_mass
+    kept[-1] += high_mass
+    return SlotLoadPMF(
+        start=worker_pmf.start + worker_pmf.width * lo, width=worker_pmf.width, pmf=kept
+    )
+
+
+def max_exceedance(pmf: np.ndarray, r_max: int) -> np.ndarray:
+    """``Pr(M_r >= w_i) = -expm1(r log1p(-S(w_{i-1})))`` for r = 1..r_max, i = 1..n-1
+    (float64[r_max, n - 1]; the survival ``S`` summed from the upper tail of ``pmf``)."""
+    tail = np.cumsum(pmf[::-1])[::-1]  # Pr(T >= w_i)
+    surv_prev = np.clip(tail[1:], 0.0, 1.0)  # Pr(T > w_{i-1}), i = 1..n-1
+    r = np.arange(1, int(r_max) + 1, dtype=np.float64)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return -np.expm1(r * np.log1p(-surv_prev)[None, :])
+
+
+def max_law_tables(worker_pmf: SlotLoadPMF, r_max: int, noise_floor: float = 1e-14) -> MaxLawTables:
+    """The :class:`MaxLawTables` of a worker-load law (after :func:`trim_fft_noise`)."""
+    worker_pmf = trim_fft_noise(worker_pmf, noise_floor)
+    pmf = np.asarray(worker_pmf.pmf, dtype=np.float64)
+    start, width = float(worker_pmf.start), float(worker_pmf.width)
+    w = start + width * np.arange(pmf.shape[0], dtype=np.float64)
+    r_max = int(r_max)
+    exceed = np.concatenate(
+        [np.ones((r_max, 1)), max_exceedance(pmf, r_max), np.zeros((r_max, 1))], axis=1
+    )  # [r_max, n + 1]
+    mass = exceed[:, :-1] - exceed[:, 1:]  # Pr(M_r = w_i)
+    up = np.cumsum((mass * w[None, :])[:, ::-1], axis=1)[:, ::-1]
+    upper = np.concatenate([up, np.zeros((r_max, 1))], axis=1)  # [r_max, n + 1]
+    return MaxLawTables(start, width, exceed, upper)
+
+
+def max_law_step_times(
+    tables: MaxLawTables, alpha_attn, beta_attn, other, opts: ModelOptions = DEFAULT_OPTIONS
+) -> np.ndarray:
+    """E[tau] float64[n_s, r_max] for Attention coefficients (a, b): float64[n_s] and the other
+    stages G(r): float64[n_s, r_max], O(1) per entry (docs/model.md 5).
+
+    Pipelined: ``E[max(G, a M_r + b)] = G Pr(M_r < w_k) + a sum_{i>=k} Pr(M_r = w_i) w_i
+    + b Pr(M_r >= w_k)`` with ``k`` the first lattice index where ``a w_k + b >= G``
+    (``max(G, b)`` when a = 0); serial: ``a E[M_r] + b + G``. The same sum as
+    :func:`exact_step_times`, for every scenario at once.
+    """
+    a2, b2 = alpha_attn[:, None], beta_attn[:, None]
+    if opts.overlap != "pipelined":
+        attn = stage_time(AffineStage(a2, b2), tables.mean_max[None, :])
+        return step_time_from_other(attn, other, opts)
+    pos = a2 > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        thr = (other - b2) / np.where(pos, a2, 1.0)  # a w + b >= G  <=>  w >= thr
+        k = np.ceil((thr - tables.start) / tables.width)
+    k = np.clip(np.nan_to_num(k, nan=0.0, posinf=tables.n, neginf=0.0), 0, tables.n)
+    k = k.astype(np.int64)
+    rows = np.arange(other.shape[1])[None, :]
+    q = tables.exceed[rows, k]
+    tau = other * (1.0 - q) + a2 * tables.upper[rows, k] + b2 * q
+    return np.where(pos, tau, maximum(other, b2))

@@ -1,0 +1,188 @@
+"""One store for result parts: atomic part files, a manifest, resume, merge and read.
+
+Long studies (``afd-jax sweep``, ``afd-jax reproduce``) write each result part as soon as it is
+done, so a killed run loses at most the part in progress and a rerun continues from the
+finished ones. A :class:`PartStore` is a folder::
+
+    <folder>/manifest.json   what the parts belong to (a digest of the spec or configuration,
+                             plus anything the caller pins: columns, chunk size, ...) and
+                             whether the run completed
+    <folder>/<name>          one text file per finished part
+
+API (every write is atomic: temp file in the same folder, fsync, ``os.replace``; a killed
+process leaves a part whole or absent, never half-written):
+
+* ``store = PartStore(folder)``; ``opened = store.open(manifest, resume=...)`` creates the folder
+  and writes ``manifest`` (a JSON-able dict with a ``"digest"`` key), or, with ``resume=True``,
+  continues the parts already there (``opened.manifest`` is the manifest on disk: the caller
+  reads its pinned settings back). It raises :class:`PartsExist` when parts exist but
+  ``resume`` is False, :class:`PartsMismatch` when they belong to another digest (or differ in
+  another ``match`` key); a completed run's folder is cleared and started over when ``resume``
+  is False.
+* ``store.has(*names)``, ``store.missing(names)``, ``store.write(name, text)``,
+  ``store.read(name)``, ``store.path(name)`` for one part.
+* ``store.merge(names, out, header)`` concatenates parts (in the given order) into ``out``
+  atomically; ``store.finish(manifest, names)`` marks the manifest complete and removes the
+  merged parts (the manifest stays, so a resumed finished run has nothing to do).
+* ``wait_until(cond, timeout_s, what)`` polls a condition (multi-process runs: one process
+  waits for the parts the others write into the same folder).
+
+>>> import tempfile
+>>> store = PartStore(tempfile.mkdtemp())
+>>> store.open({"digest": "abc"}, resume=True).resumed
+False
+>>> store.write("a.csv", "1\\n")
+>>> store.has("a.csv"), store.missing(["a.csv", "b.csv"])
+(True, ['b.csv'])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from afd_jax.errors import InputError
+
+__all__ = [
+    "MANIFEST",
+    "Opened",
+    "PartStore",
+    "PartsExist",
+    "PartsMismatch",
+    "atomic_write",
+    "wait_until",
+]
+
+MANIFEST = "manifest.json"
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(path.name + f".tmp{os.getpid()}")
+
+
+def atomic_write(path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temp file beside it, fsync, ``os.replace``)."""
+    path = Path(path)
+    tmp = _tmp_path(path)
+    with open(tmp, "w", newline="") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def wait_until(cond, timeout_s: float, what: str, poll_s: float = 0.5) -> None:
+    """Poll ``cond()`` until it is true; RuntimeError naming ``what`` after ``timeout_s``."""
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout_s:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(poll_s)
+
+
+class PartsExist(InputError):
+    """Parts of an unfinished run exist and the caller did not ask to resume them."""
+
+
+class PartsMismatch(InputError):
+    """The parts in the folder belong to another spec or configuration."""
+
+
+class Opened(NamedTuple):
+    """What :meth:`PartStore.open` found: the manifest in effect and whether parts resumed."""
+
+    manifest: dict
+    resumed: bool
+
+
+@dataclass(frozen=True)
+class PartStore:
+    """A folder of result parts and their manifest (module docstring)."""
+
+    folder: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "folder", Path(self.folder))
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.folder / MANIFEST
+
+    def path(self, name: str) -> Path:
+        return self.folder / name
+
+    def has(self, *names: str) -> bool:
+        """Whether every named part is finished."""
+        return all(self.path(n).is_file() for n in names)
+
+    def missing(self, names) -> list:
+        """The names (in order) whose part is not finished yet."""
+        return [n for n in names if not self.path(n).is_file()]
+
+    def write(self, name: str, text: str) -> None:
+        """Write one part atomically."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.path(name), text)
+
+    def read(self, name: str) -> str:
+        with open(self.path(name), newline="") as fh:
+            return fh.read()
+
+    def read_manifest(self) -> dict | None:
+        """The manifest on disk, None when there is none."""
+        if not self.manifest_path.is_file():
+            return None
+        return json.loads(self.manifest_path.read_text())
+
+    def write_manifest(self, manifest: dict) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.manifest_path, json.dumps(manifest, indent=1))
+
+    def open(self, manifest: dict, *, resume: bool, match=("digest",)) -> Opened:
+        """Start a run (write ``manifest`` with ``complete = False``) or resume the one on disk.
+
+        Raises :class:`PartsExist` (parts of an unfinished run, ``resume`` False) or
+        :class:`PartsMismatch` (``resume`` True but a ``match`` key differs)."""
+        found = self.read_manifest()
+        if found is not None and found.get("complete") and not resume:
+            shutil.rmtree(self.folder)  # a finished run's record: a plain rerun starts over
+            found = None
+        if found is None:
+            manifest = {**manifest, "complete": False}
+            self.write_manifest(manifest)
+            return Opened(manifest, False)
+        if not resume:
+            raise PartsExist(f"partial results exist in {self.folder}")
+        if any(found.get(k) != manifest.get(k) for k in match):
+            raise PartsMismatch(f"the partial results in {self.folder} come from elsewhere")
+        return Opened(found, True)
+
+    def merge(self, names, out, header: str = "") -> None:
+        """Write ``header`` and the named parts, in order, into ``out`` atomically."""
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _tmp_path(out)
+        with open(tmp, "w", newline="") as fh:
+            fh.write(header)
+            for name in names:
+                with open(self.path(name)) as part:
+                    shutil.copyfileobj(part, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+
+    def finish(self, manifest: dict, names) -> dict:
+        """Mark the run complete (manifest kept) and remove the named parts and any temp file
+        a killed writer left behind; returns the completed manifest."""
+        manifest = {**manifest, "complete": True}
+        self.write_manifest(manifest)
+        for name in names:
+            self.path(name).unlink(missing_ok=True)
+        for stray in self.folder.glob("*.tmp*"):
+            stray.unlink(missing_ok=True)
+        return manifest

@@ -1,0 +1,176 @@
+"""Sweep plan: everything resolved (workloads, latency, the scenario table) before any evaluation.
+
+Scenarios are the Cartesian product ``workloads x batches x latency``, in that nesting order
+(latency innermost: grid in spec key order, then the random-sample index; docs/sweep.md).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+
+from afd_jax.errors import InputError
+from afd_jax.model.latency import Latency, ModelOptions
+from afd_jax.model.latency_io import resolve_latency
+from afd_jax.studies.sweep.fields import LATENCY_FIELDS, columns
+from afd_jax.studies.sweep.spec import SweepSpec
+from afd_jax.workload.specs import resolve_workload
+from afd_jax.workload.statistics import workload_stats
+
+__all__ = ["SweepPlan", "WorkloadEntry", "make_plan"]
+
+
+@dataclass(eq=False)
+class WorkloadEntry:
+    """One resolved workload: its label, family parameters, workload object, theta (+ load
+    offset) and slot-load variance."""
+
+    label: str
+    params: dict
+    workload: object
+    theta: float
+    slot_var: float
+
+
+@dataclass(eq=False)
+class SweepPlan:
+    """A spec with its inputs resolved. ``wl_index``, ``batch``: int64[n_scenarios];
+    ``coeffs``: float64[n_scenarios, 8] in ``Latency._fields`` order."""
+
+    spec: SweepSpec
+    opts: ModelOptions
+    workloads: list[WorkloadEntry]
+    wl_index: np.ndarray
+    batch: np.ndarray
+    coeffs: np.ndarray
+    swept: tuple[str, ...]  # parameter columns that vary
+    family_params: tuple[str, ...]
+
+    @property
+    def n_scenarios(self) -> int:
+        return int(self.batch.shape[0])
+
+    def columns(self) -> list[str]:
+        """The table's columns (:func:`afd_jax.studies.sweep.fields.columns`)."""
+        return columns(self.spec.methods, self.family_params)
+
+
+def _random_latency(spec: SweepSpec, grid: np.ndarray, n_combos: int) -> np.ndarray:
+    """The grid repeated ``random_n`` times with the seeded random fields filled in."""
+    n = spec.random_n
+    key = jr.key(spec.random_seed)
+    out = np.repeat(grid, n, axis=0)
+    for k, dist, lo, hi in spec.latency_random:
+        # one stream per field (fold_in its index): adding a field does not change the others
+        u = np.asarray(
+            jax.device_get(
+                jr.uniform(jr.fold_in(key, LATENCY_FIELDS.index(k)), (n,), dtype=jnp.float32)
+            ),
+            dtype=np.float64,
+        )
+        vals = (
+            lo + (hi - lo) * u
+            if dist == "uniform"
+            else np.exp(np.log(lo) + (np.log(hi) - np.log(lo)) * u)
+        )
+        out[:, LATENCY_FIELDS.index(k)] = np.tile(vals, n_combos)
+    return out
+
+
+def _latency_samples(spec: SweepSpec, base: Latency) -> np.ndarray:
+    """float64[n_lat, 8]: the grid product (spec key order) x the seeded random sample."""
+    base_vec = np.array([float(getattr(base, f)) for f in LATENCY_FIELDS], dtype=np.float64)
+    for k, v in spec.latency_set.items():
+        base_vec[LATENCY_FIELDS.index(k)] = v
+    names = [k for k, _ in spec.latency_grid]
+    combos = list(itertools.product(*[v for _, v in spec.latency_grid])) or [()]
+    grid = np.repeat(base_vec[None, :], len(combos), axis=0)
+    for j, k in enumerate(names):
+        grid[:, LATENCY_FIELDS.index(k)] = [c[j] for c in combos]
+    if not spec.latency_random:
+        return grid
+    return _random_latency(spec, grid, len(combos))
+
+
+def _latency_key(spec: SweepSpec, f: str) -> str:
+    if f in dict(spec.latency_grid):
+        return f"latency.grid.{f}"
+    if f in {k for k, *_ in spec.latency_random}:
+        return f"latency.random.{f}"
+    if f in spec.latency_set:
+        return f"latency.set.{f}"
+    return "latency.base"
+
+
+def _check_latency_values(coeffs: np.ndarray, spec: SweepSpec) -> None:
+    for j, f in enumerate(LATENCY_FIELDS):
+        col = coeffs[:, j]
+        key = _latency_key(spec, f)
+        if not np.all(np.isfinite(col)):
+            raise InputError("non-finite value", path=spec.path, field=key)
+        if f.startswith("cost") and np.any(col <= 0):
+            raise InputError(f"costs must be > 0 (got {col.min():g})", path=spec.path, field=key)
+        if np.any(col < 0):
+            raise InputError(
+                f"coefficients must be >= 0 (got {col.min():g})", path=spec.path, field=key
+            )
+
+
+def _resolve_workloads(spec: SweepSpec) -> list[WorkloadEntry]:
+    entries = []
+    for i, (label, s, params) in enumerate(spec.workloads):
+        try:
+            w = resolve_workload(s, fmt=spec.trace_format, decode_mapping=spec.decode_mapping)
+        except InputError as err:
+            raise InputError(
+                f"workload {s!r}: {err}", path=spec.path, field=f"workloads[{i}]"
+            ) from None
+        st = workload_stats(w)
+        # the analytic methods see the mean slot load, theta + load_offset (docs/model.md 1)
+        theta = float(st.theta) + spec.load_offset
+        entries.append(WorkloadEntry(label, params, w, theta, float(st.slot_var)))
+    return entries
+
+
+def _resolve_latency(spec: SweepSpec) -> tuple[Latency, ModelOptions]:
+    # swept fields need no base value: give resolve_latency a placeholder (overwritten later)
+    overrides = {k: v[0] for k, v in spec.latency_grid}
+    overrides.update({k: lo for k, _, lo, _ in spec.latency_random})
+    overrides.update(spec.latency_set)
+    try:
+        return resolve_latency(
+            spec=spec.latency_base,
+            overrides=overrides,
+            comm_scaling=spec.comm_scaling,
+            overlap=spec.overlap,
+            load_offset=spec.load_offset,
+        )
+    except InputError as err:
+        raise InputError(f"latency: {err}", path=spec.path, field="latency") from None
+
+
+def make_plan(spec: SweepSpec) -> SweepPlan:
+    """Resolve workloads (statistics), the latency base and the scenario table; validate values."""
+    entries = _resolve_workloads(spec)
+    base, opts = _resolve_latency(spec)
+    lat = _latency_samples(spec, base)
+    _check_latency_values(lat, spec)
+
+    n_wl, n_b, n_lat = len(entries), len(spec.batches), lat.shape[0]
+    wl_index = np.repeat(np.arange(n_wl, dtype=np.int64), n_b * n_lat)
+    batch = np.tile(np.repeat(np.asarray(spec.batches, dtype=np.int64), n_lat), n_wl)
+    coeffs = np.tile(lat, (n_wl * n_b, 1))
+    fam = tuple(dict.fromkeys(p for e in entries for p in e.params))
+    swept = []
+    if n_wl > 1:
+        swept.append("workload")
+    swept += [f"wl_{p}" for p in fam if len({e.params.get(p) for e in entries}) > 1]
+    if n_b > 1:
+        swept.append("batch")
+    swept += [f for j, f in enumerate(LATENCY_FIELDS) if np.unique(lat[:, j]).size > 1]
+    return SweepPlan(spec, opts, entries, wl_index, batch, coeffs, tuple(swept), fam)

@@ -1,0 +1,224 @@
+"""Running a sweep: chunk scheduling over processes and devices, streaming parts, resume, merge.
+
+**Streaming and resume.** Scenarios are cut into chunks of ``chunk_size``; every finished chunk is
+written to ``<output>.parts/part-NNNNNN.csv`` through :class:`afd_jax.studies.store.PartStore`
+(atomic); its ``manifest.json`` (written first) pins the spec digest, the chunk size and the
+columns. ``resume=True`` recomputes only the missing parts; the final table is the concatenation
+of the parts in chunk order, so it is byte-identical to an uninterrupted run.
+
+**Multi-host.** With ``process_count > 1`` (``jax.distributed.initialize()`` then
+``jax.process_index()/process_count()``), process p computes chunks ``c % process_count == p`` on
+its local devices and writes parts to the shared output folder; process 0 waits for every part
+and merges (docs/sweep.md).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+from tqdm import tqdm
+
+from afd_jax.errors import InputError
+from afd_jax.studies.store import PartsExist, PartsMismatch, PartStore, wait_until
+from afd_jax.studies.sweep.evaluate import Evaluator
+from afd_jax.studies.sweep.plan import SweepPlan
+from afd_jax.studies.sweep.spec import SweepSpec
+from afd_jax.studies.sweep.table import format_rows
+
+__all__ = ["SweepResult", "default_chunk_size", "parts_dir", "part_name", "run_sweep"]
+
+
+def default_chunk_size(spec: SweepSpec, n_scenarios: int, n_devices: int = 1) -> int:
+    """Scenarios per chunk from the memory budget: about r_max * 8 bytes * (rows of working
+    arrays per method; the Gaussian tail integral's quadrature dominates), at least the device
+    count, at most 8192 (so progress and checkpoints stay frequent)."""
+    per = 16 + (256 if "gaussian" in spec.methods else 0) + (32 if "exact" in spec.methods else 0)
+    per_scenario = spec.r_max * 8 * per
+    n = int(spec.memory_budget_mb * 2**20 // per_scenario)
+    n = max(n_devices, min(n, 8192, max(n_scenarios, 1)))
+    return n
+
+
+@dataclass
+class SweepResult:
+    """What a sweep did. ``rows_computed``: (scenario, r) rows evaluated by this call (0 when
+    everything was already done); ``method_seconds``: wall time spent in each method."""
+
+    output: str
+    n_scenarios: int
+    n_rows: int
+    n_chunks: int
+    chunks_computed: int
+    rows_computed: int
+    chunk_size: int
+    wall_seconds: float
+    method_seconds: dict
+    devices: int
+
+    def summary(self) -> dict:
+        evals = {
+            m: (self.rows_computed / s if s > 0 else None) for m, s in self.method_seconds.items()
+        }
+        return {
+            "n_scenarios": self.n_scenarios,
+            "n_rows": self.n_rows,
+            "output": self.output,
+            "wall_seconds": self.wall_seconds,
+            "evaluations_per_second": evals,
+            "chunks": self.n_chunks,
+            "chunks_computed": self.chunks_computed,
+            "rows_computed": self.rows_computed,
+            "chunk_size": self.chunk_size,
+            "devices": self.devices,
+        }
+
+
+def parts_dir(output: str | Path) -> Path:
+    """The folder of an output's parts and manifest: ``<output>.parts``."""
+    out = Path(output)
+    return out.with_name(out.name + ".parts")
+
+
+def part_name(chunk: int) -> str:
+    """File name of chunk ``chunk``'s part."""
+    return f"part-{chunk:06d}.csv"
+
+
+def _open_store(plan: SweepPlan, out: Path, resume: bool, chunk_size, progress: bool):
+    """Open (or resume) the parts store of ``out``; returns (store, manifest, resumed). A resumed
+    run keeps the chunk size of its manifest."""
+    spec, n = plan.spec, plan.n_scenarios
+    store = PartStore(parts_dir(out))
+    n_dev = len(jax.local_devices())
+    size = chunk_size or spec.chunk_size or default_chunk_size(spec, n, n_dev)
+    manifest = {
+        "digest": spec.digest(),
+        "spec": spec.canonical(),
+        "chunk_size": size,
+        "n_scenarios": n,
+        "n_chunks": -(-n // size),
+        "columns": plan.columns(),
+        "format": spec.format,
+    }
+    try:
+        opened = store.open(manifest, resume=resume, match=("digest", "columns"))
+    except PartsExist:
+        raise InputError(
+            f"partial sweep results exist in {store.folder}; pass --resume to continue them or "
+            "delete that folder to start over",
+            path=str(out),
+        ) from None
+    except PartsMismatch:
+        raise InputError(
+            f"the partial results in {store.folder} come from a different spec; delete that "
+            "folder or run without --resume",
+            path=spec.path,
+        ) from None
+    man = opened.manifest
+    requested = chunk_size is not None and chunk_size != man["chunk_size"]
+    if opened.resumed and requested and progress:
+        print(
+            f"afd-jax sweep: resuming with the original chunk size {man['chunk_size']}",
+            file=sys.stderr,
+        )
+    return store, man, opened.resumed
+
+
+def _progress_bar(sizes: dict, done: set, progress: bool):
+    if not progress:
+        return None
+    return tqdm(
+        total=sum(sizes.values()),
+        initial=sum(n for c, n in sizes.items() if c in done),
+        unit="scen",
+        desc="sweep",
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+
+
+def _compute_chunks(plan, store, chunk_size: int, todo: list, bar) -> dict:
+    """Evaluate and write the chunks ``todo`` (in order); returns the method timings."""
+    n = plan.n_scenarios
+    ev = Evaluator(plan, chunk_size)
+    try:
+        for c in todo:
+            lo, hi = c * chunk_size, min(n, (c + 1) * chunk_size)
+            store.write(part_name(c), format_rows(plan, lo, hi, ev.evaluate(lo, hi)))
+            if bar is not None:
+                bar.update(hi - lo)
+    finally:
+        if bar is not None:
+            bar.close()
+    return ev.seconds
+
+
+def _merge(store: PartStore, out: Path, columns: list, names: list, fmt: str) -> None:
+    """The final table: header + parts in chunk order (CSV), converted when Parquet."""
+    header = ",".join(columns) + "\n"
+    if fmt == "csv":
+        store.merge(names, out, header)
+        return
+    import pyarrow.csv as pacsv  # optional dependency, only for Parquet output
+    import pyarrow.parquet as pq
+
+    csv_path = out.with_name(out.name + f".csvtmp{os.getpid()}")
+    store.merge(names, csv_path, header)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    pq.write_table(pacsv.read_csv(csv_path), tmp)
+    csv_path.unlink()
+    os.replace(tmp, out)
+
+
+def run_sweep(
+    plan: SweepPlan,
+    *,
+    output: str | None = None,
+    resume: bool = False,
+    chunk_size: int | None = None,
+    progress: bool = True,
+    process_index: int = 0,
+    process_count: int = 1,
+    merge_timeout_s: float = 86400.0,
+) -> SweepResult:
+    """Evaluate every scenario of ``plan`` and write the table (see the module docstring).
+
+    Raises InputError when partial results exist and ``resume`` is False, or when they belong to
+    a different spec.
+    """
+    t_start = time.perf_counter()
+    spec, n = plan.spec, plan.n_scenarios
+    out = Path(output or spec.output)
+    if process_index != 0:  # other hosts join the run process 0 set up (its manifest)
+        manifest_file = PartStore(parts_dir(out)).manifest_path
+        wait_until(manifest_file.is_file, merge_timeout_s, "the manifest")
+        resume = True
+    store, man, resumed = _open_store(plan, out, resume, chunk_size, progress)
+    chunk_size, n_chunks = int(man["chunk_size"]), -(-n // int(man["chunk_size"]))
+    n_dev = len(jax.local_devices())
+    if resumed and man.get("complete") and out.is_file():
+        seconds = dict.fromkeys(spec.methods, 0.0)
+        return SweepResult(
+            str(out), n, n * spec.r_max, man["n_chunks"], 0, 0, chunk_size,
+            time.perf_counter() - t_start, seconds, n_dev,
+        )  # fmt: skip
+    names = [part_name(c) for c in range(n_chunks)]
+    mine = [c for c in range(n_chunks) if c % process_count == process_index]
+    todo = [c for c in mine if not store.has(names[c])]
+    sizes = {c: min(n, (c + 1) * chunk_size) - c * chunk_size for c in mine}
+    bar = _progress_bar(sizes, set(mine) - set(todo), progress)
+    seconds = _compute_chunks(plan, store, chunk_size, todo, bar)
+    if process_index == 0:
+        wait_until(lambda: store.has(*names), merge_timeout_s, "the other processes' parts")
+        _merge(store, out, plan.columns(), names, spec.format)
+        store.finish(man, names)  # keeps the manifest: --resume then has nothing to do
+    rows = sum(sizes[c] for c in todo) * spec.r_max
+    return SweepResult(
+        str(out), n, n * spec.r_max, n_chunks, len(todo), rows, chunk_size,
+        time.perf_counter() - t_start, seconds, n_dev,
+    )  # fmt: skip
