@@ -6,7 +6,19 @@ import json
 import math
 import sys
 
-from afd_jax.errors import InputError
+from afd_jax.errors import InputError, finite_nonneg, positive_int
+
+__all__ = [
+    "DEFAULT_LATENCY",
+    "LATENCY_FLAGS",
+    "add_latency_args",
+    "add_workload_args",
+    "emit_json",
+    "finite_nonneg",  # re-exported from afd_jax.errors
+    "load_latency",
+    "load_workload",
+    "positive_int",  # re-exported from afd_jax.errors
+]
 
 
 def add_workload_args(parser, required: bool = True) -> None:
@@ -46,18 +58,6 @@ def load_workload(args):
     return resolve_workload(
         args.workload, fmt=args.trace_format, decode_mapping=args.decode_mapping
     )
-
-
-def positive_int(name: str, value: int) -> int:
-    if value is None or value < 1:
-        raise InputError(f"must be an integer >= 1, got {value}", field=name)
-    return value
-
-
-def finite_nonneg(name: str, value: float) -> float:
-    if value is None or not math.isfinite(value) or value < 0:
-        raise InputError(f"must be a finite number >= 0, got {value}", field=name)
-    return value
 
 
 def emit_json(obj) -> None:
