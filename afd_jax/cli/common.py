@@ -7,6 +7,8 @@ import math
 import sys
 
 from afd_jax.errors import InputError, finite_nonneg, positive_int
+from afd_jax.model.latency_io import resolve_latency
+from afd_jax.workload.specs import resolve_workload
 
 __all__ = [
     "DEFAULT_LATENCY",
@@ -53,8 +55,6 @@ def add_workload_args(parser, required: bool = True) -> None:
 
 def load_workload(args):
     """Resolve --workload (path or preset) into a workload object."""
-    from afd_jax.workload.specs import resolve_workload
-
     return resolve_workload(
         args.workload, fmt=args.trace_format, decode_mapping=args.decode_mapping
     )
@@ -123,8 +123,6 @@ def add_latency_args(parser) -> None:
 
 def load_latency(args):
     """(Latency, ModelOptions) from the latency flags (and --load-offset when present)."""
-    from afd_jax.model.latency_io import resolve_latency
-
     overrides = {key: getattr(args, key, None) for key, _ in LATENCY_FLAGS}
     spec = getattr(args, "latency", None)
     six = [k for k, _ in LATENCY_FLAGS[:6]]
