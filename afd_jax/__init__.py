@@ -1,7 +1,18 @@
 """afd-jax: provisioning and Monte Carlo for Attention-FFN disaggregated LLM serving.
 
 The public API is re-exported here (loaded lazily, so ``import afd_jax`` stays cheap);
-implementation modules may change. See docs/architecture.md for the layers.
+implementation modules may change. See docs/architecture.md for the layers. The verbs:
+
+* :func:`provision` -> :class:`ProvisionResult`: r by mean field, Gaussian barrier and exact
+  steady state (``afd-jax provision``);
+* :func:`simulate` / :func:`pool_simulate`: Monte Carlo of the bundle, stationary or finite
+  request pool (``afd-jax simulate``);
+* :func:`optimize` -> :class:`OptimizeResult`: r (and B) under constraints (``afd-jax optimize``);
+* :func:`run_sweep`: scenario grids from a TOML spec (``afd-jax sweep``);
+* :func:`calibrate`: latency coefficients from a measured profile (``afd-jax calibrate``);
+
+plus the containers (workloads, :class:`Latency`, :class:`ModelOptions`, statistics) and the
+model functions they are built on.
 
 >>> import afd_jax
 >>> w = afd_jax.resolve_workload("paper-v1")
@@ -28,6 +39,16 @@ __version__ = "0.1.0"
 # public name -> module that defines it. The functions named like their module (simulate,
 # optimize, calibrate) are imported from it: `from afd_jax.montecarlo.simulate import simulate`.
 _LAZY = {
+    # the verbs
+    "provision": "studies.provision",
+    "ProvisionResult": "studies.provision",
+    "simulate": "montecarlo.simulate",
+    "pool_simulate": "montecarlo.pool",
+    "optimize": "studies.optimize",
+    "OptimizeResult": "studies.optimize",
+    "run_sweep": "studies.sweep",
+    "calibrate": "model.calibrate",
+    # workloads and their statistics
     "load_trace": "workload.traces",
     "trace_stats": "workload.statistics",
     "workload_stats": "workload.statistics",
@@ -36,7 +57,7 @@ _LAZY = {
     "list_presets": "workload.specs",
     "SlotLoadPMF": "workload.slotload",
     "slot_load_pmf": "workload.slotload",
-    "make_sampler": "montecarlo.samplers",
+    # the model
     "resolve_latency": "model.latency_io",
     "mean_field_step_time": "model.theory",
     "mean_field_throughput": "model.theory",
@@ -46,11 +67,11 @@ _LAZY = {
     "worker_load_pmf": "model.exact",
     "exact_step_times": "model.exact",
     "exact_throughput": "model.exact",
+    # Monte Carlo and studies
+    "make_sampler": "montecarlo.samplers",
     "SimulationResult": "montecarlo.simulate",
-    "pool_simulate": "montecarlo.pool",
     "load_spec": "studies.sweep",
     "make_plan": "studies.sweep",
-    "run_sweep": "studies.sweep",
 }
 
 

@@ -13,6 +13,7 @@ import pytest
 from conftest import trace_path
 
 from afd_jax.cli import main
+from afd_jax.cli import theta as cli_theta
 from afd_jax.workload.statistics import theta_confidence_interval, trace_stats
 
 REQUIRED_KEYS = {
@@ -276,8 +277,6 @@ def test_parametric_workload_reports_exact(capsys, monkeypatch):
     statistics are exact, so its CI is [theta, theta]. Here P = 100 and D = 5 are fixed:
     theta = 100 + (5-1)/2 = 102, v = (5^2-1)/12 = 2."""
     pytest.importorskip("afd_jax.workload.families")
-    import types
-
     from afd_jax.workload.containers import CopulaComponent, Marginal, ParametricWorkload
 
     fixed = ParametricWorkload(
@@ -290,9 +289,11 @@ def test_parametric_workload_reports_exact(capsys, monkeypatch):
         weights=np.array([1.0]),
         label="test workload",
     )
-    fake = types.ModuleType("afd_jax.workload.specs")
-    fake.resolve_workload = lambda spec, fmt=None, decode_mapping="output": fixed
-    monkeypatch.setitem(sys.modules, "afd_jax.workload.specs", fake)
+
+    def fake(spec, fmt=None, decode_mapping="output"):
+        return fixed
+
+    monkeypatch.setattr(cli_theta, "resolve_workload", fake)
     code, out, _ = run_cli(capsys, "fixed", "--json")
     assert code == 0
     obj = json.loads(out)

@@ -75,7 +75,7 @@ def test_gaussian_float32_runs_in_float32():
 
 
 def test_expected_max_of_normals_table():
-    # MODEL.md 5 table (4 decimals) and the closed forms m_1 = 0, m_2 = 1/sqrt(pi),
+    # docs/model.md 5 table (4 decimals) and the closed forms m_1 = 0, m_2 = 1/sqrt(pi),
     # m_3 = 3 / (2 sqrt(pi)).
     rs = jnp.asarray([1.0, 2.0, 3.0, 4.0, 8.0, 16.0, 32.0, 64.0])
     m = np.asarray(expected_max_std_normal(rs))

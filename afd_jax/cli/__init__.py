@@ -1,8 +1,9 @@
 """The ``afd-jax`` command line.
 
 Each subcommand lives in its own module ``afd_jax.cli.<name>`` exposing
-``add_parser(subparsers)`` and ``run(args) -> int``. Bad input (:class:`afd_jax.errors.InputError`)
-becomes one line on stderr and exit status 2.
+``add_parser(subparsers)`` and ``run(args) -> int``; it parses, calls the library and formats.
+Bad input (:class:`afd_jax.errors.InputError`) becomes one line on stderr and exit status 2.
+Bare ``afd-jax`` lists the commands, one line each; ``afd-jax --version`` prints the version.
 """
 
 from __future__ import annotations
@@ -11,11 +12,15 @@ import argparse
 import importlib
 import os
 import sys
+import textwrap
 from pathlib import Path
 
+import jax
+
+from afd_jax import __version__
 from afd_jax.errors import InputError
 
-# Order shown in --help. A module that does not exist yet is skipped.
+# Order shown in --help and in the bare `afd-jax` listing.
 SUBCOMMANDS = ("theta", "provision", "calibrate", "simulate", "optimize", "sweep", "reproduce")
 
 
@@ -25,7 +30,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"afd-jax: error: {message}\n")
 
 
+class _Commands:
+    """The subparsers action, recording each command's one-line help for the bare listing."""
+
+    def __init__(self, action):
+        self.action, self.help = action, {}
+
+    def add_parser(self, name, **kwargs):
+        self.help[name] = kwargs.get("help", "")
+        return self.action.add_parser(name, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``afd-jax`` parser; ``parser.commands`` maps each command to its one-line help."""
     parser = _Parser(
         prog="afd-jax",
         description=(
@@ -33,17 +50,24 @@ def build_parser() -> argparse.ArgumentParser:
             "statistics, closed-form and exact A/F ratios, Monte Carlo in JAX."
         ),
     )
+    parser.add_argument("--version", action="version", version=f"afd-jax {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    commands = _Commands(sub)
     for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"{__name__}.{name}":
-                continue
-            raise
-        module.add_parser(sub)
+        importlib.import_module(f"{__name__}.{name}").add_parser(commands)
+    parser.commands = commands.help
     return parser
+
+
+def command_listing(parser: argparse.ArgumentParser) -> str:
+    """What bare ``afd-jax`` prints: usage, then every command with its one-line help."""
+    width = max(len(name) for name in parser.commands)
+    about = textwrap.fill(parser.description, 100)
+    lines = [parser.format_usage().rstrip(), "", about, "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in parser.commands.items()]
+    lines += ["", "`afd-jax COMMAND --help` describes a command; `afd-jax --version` the version."]
+    return "\n".join(lines) + "\n"
 
 
 def _enable_compilation_cache() -> None:
@@ -52,8 +76,6 @@ def _enable_compilation_cache() -> None:
     ~/.cache/afd-jax/xla; AFD_JAX_CACHE=0 turns it off."""
     if os.environ.get("AFD_JAX_CACHE", "1") == "0":
         return
-    import jax
-
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     folder = os.environ.get("AFD_JAX_CACHE_DIR") or str(Path(base) / "afd-jax" / "xla")
     try:
@@ -66,6 +88,10 @@ def _enable_compilation_cache() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:
+        sys.stdout.write(command_listing(parser))
+        return 0
     args = parser.parse_args(argv)
     _enable_compilation_cache()
     try:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from afd_jax.cli.common import emit_json, finite_nonneg
 from afd_jax.errors import InputError
+from afd_jax.model.calibrate import calibrate
+from afd_jax.model.latency_io import format_latency_toml, validate_latency
 
 
 def add_parser(subparsers) -> None:
@@ -30,9 +32,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from afd_jax.model.calibrate import calibrate
-    from afd_jax.model.latency_io import format_latency_toml, validate_latency
-
     for name in ("cost_attn", "cost_ffn"):
         value = finite_nonneg(name, getattr(args, name))
         if value <= 0:

@@ -6,7 +6,21 @@ import json
 import math
 import sys
 
-from afd_jax.errors import InputError
+from afd_jax.errors import InputError, finite_nonneg, positive_int
+from afd_jax.model.latency_io import resolve_latency
+from afd_jax.workload.specs import resolve_workload
+
+__all__ = [
+    "DEFAULT_LATENCY",
+    "LATENCY_FLAGS",
+    "add_latency_args",
+    "add_workload_args",
+    "emit_json",
+    "finite_nonneg",  # re-exported from afd_jax.errors
+    "load_latency",
+    "load_workload",
+    "positive_int",  # re-exported from afd_jax.errors
+]
 
 
 def add_workload_args(parser, required: bool = True) -> None:
@@ -41,23 +55,9 @@ def add_workload_args(parser, required: bool = True) -> None:
 
 def load_workload(args):
     """Resolve --workload (path or preset) into a workload object."""
-    from afd_jax.workload.specs import resolve_workload
-
     return resolve_workload(
         args.workload, fmt=args.trace_format, decode_mapping=args.decode_mapping
     )
-
-
-def positive_int(name: str, value: int) -> int:
-    if value is None or value < 1:
-        raise InputError(f"must be an integer >= 1, got {value}", field=name)
-    return value
-
-
-def finite_nonneg(name: str, value: float) -> float:
-    if value is None or not math.isfinite(value) or value < 0:
-        raise InputError(f"must be a finite number >= 0, got {value}", field=name)
-    return value
 
 
 def emit_json(obj) -> None:
@@ -123,8 +123,6 @@ def add_latency_args(parser) -> None:
 
 def load_latency(args):
     """(Latency, ModelOptions) from the latency flags (and --load-offset when present)."""
-    from afd_jax.model.latency_io import resolve_latency
-
     overrides = {key: getattr(args, key, None) for key, _ in LATENCY_FLAGS}
     spec = getattr(args, "latency", None)
     six = [k for k, _ in LATENCY_FLAGS[:6]]

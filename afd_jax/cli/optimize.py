@@ -11,6 +11,8 @@ import math
 import sys
 import time
 
+import jax
+
 from afd_jax.cli.common import (
     add_latency_args,
     add_workload_args,
@@ -20,6 +22,9 @@ from afd_jax.cli.common import (
     positive_int,
 )
 from afd_jax.errors import InputError
+from afd_jax.studies.optimize import optimize
+from afd_jax.workload.slotload import slot_load_pmf
+from afd_jax.workload.statistics import workload_stats
 
 
 def add_parser(subparsers) -> None:
@@ -85,13 +90,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    import jax
-
     jax.config.update("jax_enable_x64", True)
-    from afd_jax.studies.optimize import optimize
-    from afd_jax.workload.slotload import slot_load_pmf
-    from afd_jax.workload.statistics import workload_stats
-
     if args.optimize_batch:
         positive_int("batch_max", args.batch_max)
     else:

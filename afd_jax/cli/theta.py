@@ -1,5 +1,5 @@
 """``afd-jax theta``: workload statistics of a trace (or preset) with a confidence interval for
-theta (MODEL.md 4)."""
+theta (docs/model.md 4)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,21 @@ from pathlib import Path
 
 from afd_jax.cli.common import emit_json
 from afd_jax.errors import InputError
+from afd_jax.workload.containers import TraceWorkload
+from afd_jax.workload.specs import resolve_workload
+from afd_jax.workload.statistics import (
+    theta_confidence_interval,
+    theta_interval_note,
+    workload_stats,
+)
+from afd_jax.workload.traces import load_trace
 
 # Names that are clearly meant as files: a missing one is "no such file", not a preset spec.
 _FILE_SUFFIXES = (".csv", ".jsonl", ".json", ".tsv", ".txt", ".gz")
 
 HELP = "workload statistics: theta (per-slot mean load), slot std, means, CI for theta"
 DESCRIPTION = """\
-Estimate the workload statistics of a request trace (MODEL.md 4):
+Estimate the workload statistics of a request trace (docs/model.md 4):
   theta = sum(D P + D(D-1)/2) / sum(D)  (long-run mean KV load of one slot),
   slot_std = sqrt(v) (per-slot stationary standard deviation), mean prompt/decode, their naive
   sum E[P]+E[D], the P-D correlation, row counts, and a confidence interval for theta.
@@ -66,8 +74,6 @@ def add_parser(subparsers) -> None:
 
 
 def _resolve(args):
-    from afd_jax.workload.traces import load_trace
-
     path = Path(args.trace)
     if path.exists():
         return load_trace(
@@ -79,25 +85,10 @@ def _resolve(args):
         )
     if args.trace.lower().endswith(_FILE_SUFFIXES) or "/" in args.trace:
         raise InputError("no such file", path=args.trace)
-    try:
-        from afd_jax.workload.specs import resolve_workload
-    except ModuleNotFoundError as err:
-        if err.name and err.name.endswith("workloads"):
-            raise InputError(
-                "no such file (and presets are not available)", path=args.trace
-            ) from None
-        raise
     return resolve_workload(args.trace, fmt=args.trace_format, decode_mapping=args.decode_mapping)
 
 
 def run(args) -> int:
-    from afd_jax.workload.containers import TraceWorkload
-    from afd_jax.workload.statistics import (
-        theta_confidence_interval,
-        theta_interval_note,
-        workload_stats,
-    )
-
     if not (0.0 < args.level < 1.0) or not math.isfinite(args.level):
         raise InputError(f"must be in (0, 1), got {args.level}", field="--level")
     if args.ci_method == "bootstrap" and args.n_boot < 2:

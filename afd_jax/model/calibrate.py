@@ -1,4 +1,4 @@
-"""Least-squares calibration of the linear stage latencies (MODEL.md 2) from a profile.
+"""Least-squares calibration of the linear stage latencies (docs/model.md 2) from a profile.
 
 Profile CSV, header ``stage,tokens,time_us`` (extra columns are ignored), one measurement a
 row. ``stage`` is ``attn``/``attention``, ``ffn`` or ``comm``/``communication``; ``tokens`` is
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from afd_jax.errors import InputError
-from afd_jax.model.latency import Latency, ModelOptions
+from afd_jax.model.latency import STAGES, AffineStage, Latency, ModelOptions, stage_time
 
 STAGE_NAMES = {
     "attn": "attn",
@@ -29,7 +29,6 @@ STAGE_NAMES = {
     "comm": "comm",
     "communication": "comm",
 }
-STAGES = ("attn", "ffn", "comm")
 
 
 @dataclass(frozen=True)
@@ -145,9 +144,10 @@ def fit_stage(stage: str, tokens: np.ndarray, times: np.ndarray) -> StageFit:
         cand.append((float(np.dot(tokens, times)) / xx if xx > 0 else 0.0, 0.0, "beta=0"))
         cand = [(a, b, c) for a, b, c in cand if a >= 0 and b >= 0]
         alpha, beta, constrained = min(
-            cand, key=lambda t: float(np.sum((times - t[0] * tokens - t[1]) ** 2))
+            cand,
+            key=lambda t: float(np.sum((times - stage_time(AffineStage(t[0], t[1]), tokens)) ** 2)),
         )
-    resid = times - (alpha * tokens + beta)
+    resid = times - stage_time(AffineStage(alpha, beta), tokens)
     ss_res = float(np.sum(resid**2))
     ss_tot = float(np.sum((times - times.mean()) ** 2))
     r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0)
@@ -170,7 +170,18 @@ def calibrate(
     cost_attn: float = 1.0,
     cost_ffn: float = 1.0,
 ) -> tuple[Latency, ModelOptions, dict[str, StageFit]]:
-    """Fit every stage of the profile; returns (Latency, ModelOptions, {stage: StageFit})."""
+    """Fit every stage of the profile; returns (Latency, ModelOptions, {stage: StageFit}).
+
+    ``path``: a CSV with header ``stage,tokens,time_us`` (module docstring); ``comm_scaling`` and
+    ``overlap`` say how the model uses the fitted stages (the communication rows' tokens are X =
+    r*B or B accordingly); costs are copied into the Latency. Raises InputError naming the file,
+    line and field for bad rows or a stage without >= 2 distinct token counts.
+
+    >>> from afd_jax import calibrate
+    >>> lat, opts, fits = calibrate("examples/profile.csv", comm_scaling="per_worker")
+    >>> round(lat.alpha_attn, 4), round(lat.beta_attn, 1), opts.comm_scaling, fits["attn"].n
+    (0.0102, 78.0, 'per_worker', 10)
+    """
     data = read_profile(path)
     fits = {}
     for stage in STAGES:

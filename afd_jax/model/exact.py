@@ -1,4 +1,4 @@
-"""Exact steady state (MODEL.md 5, beyond the paper), float64 NumPy.
+"""Exact steady state (docs/model.md 5, beyond the paper), float64 NumPy.
 
 In stationarity the B slots of a worker are independent with law pi, so a worker's load has the
 law pi^{*B} (B-fold convolution, done by FFT), the r workers are independent too, and the barrier
@@ -9,20 +9,46 @@ law pi^{*B} (B-fold convolution, done by FFT), the r workers are independent too
     Pr(M_r >= w_i) = 1 - F_B(w_{i-1})^r = -expm1(r * log1p(-S_B(w_{i-1})))
 
 with the survival function ``S_B`` summed from the upper tail (accurate where F_B is near 1).
-``h(w) = max(G(r), alpha_A w + beta_A)`` (pipelined) or ``alpha_A w + beta_A`` plus ``G(r)``
-(serial). One pass over the lattice per r gives ``E[tau(r)]`` for every r = 1..r_max.
+``h(w) = max(G(r), t_A(w))`` (pipelined) or ``E[t_A(M_r)] + G(r)`` (serial), the step time of
+:func:`afd_jax.model.latency.step_time_from_other` with ``G(r)`` from
+:func:`afd_jax.model.latency.other_stages`. One pass over the lattice per r gives ``E[tau(r)]``
+for every r = 1..r_max; the throughput is :func:`afd_jax.model.latency.throughput`.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import scipy.fft
 
 from afd_jax.errors import InputError
-from afd_jax.model.latency import DEFAULT_OPTIONS, Latency, ModelOptions
+from afd_jax.model.latency import (
+    DEFAULT_OPTIONS,
+    AffineStage,
+    Latency,
+    ModelOptions,
+    maximum,
+    other_stages,
+    stage_time,
+    step_time_from_other,
+    t_attn,
+    throughput,
+)
 from afd_jax.workload.slotload import SlotLoadPMF
 
-__all__ = ["exact_step_times", "exact_throughput", "other_stage_times", "worker_load_pmf"]
+__all__ = [
+    "exact_step_times",
+    "exact_throughput",
+    "host_latency",
+    "MaxLawTables",
+    "max_exceedance",
+    "max_law_step_times",
+    "max_law_tables",
+    "other_stage_times",
+    "trim_fft_noise",
+    "worker_load_pmf",
+]
 
 
 def worker_load_pmf(slot_pmf: SlotLoadPMF, batch: int) -> SlotLoadPMF:
@@ -54,14 +80,20 @@ def worker_load_pmf(slot_pmf: SlotLoadPMF, batch: int) -> SlotLoadPMF:
     return SlotLoadPMF(start=int(batch * start), width=int(slot_pmf.width), pmf=out)
 
 
+def host_latency(lat: Latency) -> Latency:
+    """The latency with every leaf a Python float (NumPy float64 arithmetic, no JAX dispatch)."""
+    return Latency(*(float(v) for v in lat))
+
+
 def other_stage_times(lat: Latency, r_max: int, batch: int, opts: ModelOptions) -> np.ndarray:
-    """G(r) for r = 1..r_max, float64: max(t_C, t_F) (pipelined) or t_C + t_F (serial)."""
+    """G(r) for r = 1..r_max, float64 (:func:`afd_jax.model.latency.other_stages`)."""
     r = np.arange(1, int(r_max) + 1, dtype=np.float64)
-    b = float(batch)
-    tf = float(lat.alpha_ffn) * r * b + float(lat.beta_ffn)
-    x = r * b if opts.comm_scaling == "aggregate" else np.full_like(r, b)
-    tc = float(lat.alpha_comm) * x + float(lat.beta_comm)
-    return np.maximum(tc, tf) if opts.overlap == "pipelined" else tc + tf
+    return other_stages(host_latency(lat), r, float(batch), opts)
+
+
+def _expectation(values: np.ndarray, exceed: np.ndarray) -> float:
+    """E[h(M)] = h(w_0) + sum_i (h(w_i) - h(w_{i-1})) Pr(M >= w_i) for h on the lattice."""
+    return values[0] + np.dot(np.diff(values), exceed)
 
 
 def exact_step_times(
@@ -83,7 +115,7 @@ def exact_step_times(
     wp = worker_pmf if worker_pmf is not None else worker_load_pmf(slot_pmf, batch)
     p = wp.pmf
     w = wp.start + wp.width * np.arange(p.shape[0], dtype=np.float64)
-    t_attn = float(lat.alpha_attn) * w + float(lat.beta_attn)
+    t_a = t_attn(host_latency(lat), w)
     # survival S(w_{i-1}) = Pr(T > w_{i-1}) = sum_{j >= i} p_j, for i = 1..n-1
     tail = np.cumsum(p[::-1])[::-1]
     surv_prev = np.clip(tail[1:], 0.0, 1.0)
@@ -95,11 +127,10 @@ def exact_step_times(
         for k in range(r_max):
             r = k + 1
             exceed = -np.expm1(r * log_f_prev)  # Pr(M_r >= w_i), i = 1..n-1
-            if opts.overlap == "pipelined":
-                h = np.maximum(g[k], t_attn)
-                out[k] = h[0] + np.dot(np.diff(h), exceed)
-            else:
-                out[k] = t_attn[0] + np.dot(np.diff(t_attn), exceed) + g[k]
+            if opts.overlap == "pipelined":  # E[max(t_A(M_r), G)]
+                out[k] = _expectation(step_time_from_other(t_a, g[k], opts), exceed)
+            else:  # E[t_A(M_r)] + G
+                out[k] = step_time_from_other(_expectation(t_a, exceed), g[k], opts)
     return out
 
 
@@ -115,31 +146,12 @@ def exact_throughput(
     ``1e6 r B / ((r c_A + c_F) E[tau(r)])``."""
     tau = exact_step_times(slot_pmf, lat, batch, r_max, opts, worker_pmf=worker_pmf)
     r = np.arange(1, int(r_max) + 1, dtype=np.float64)
-    cost = r * float(lat.cost_attn) + float(lat.cost_ffn)
-    return 1e6 * r * float(batch) / (cost * tau)
+    return throughput(host_latency(lat), r, float(batch), tau)
 
 
 # ----------------------------------------------------------------------------------------------
 # Max-law tables: E[tau(r)] for many Attention coefficient scenarios of one (workload, B) at once
 # ----------------------------------------------------------------------------------------------
-# (appended section: its imports sit here so the top of the file stays untouched; hoist on merge)
-
-from typing import NamedTuple  # noqa: E402
-
-from afd_jax.model.latency import (  # noqa: E402
-    AffineStage,
-    maximum,
-    stage_time,
-    step_time_from_other,
-)
-
-__all__ += [
-    "MaxLawTables",
-    "max_exceedance",
-    "max_law_step_times",
-    "max_law_tables",
-    "trim_fft_noise",
-]
 
 
 class MaxLawTables(NamedTuple):

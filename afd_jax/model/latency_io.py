@@ -1,4 +1,4 @@
-"""Latency coefficients from presets, TOML files and CLI overrides (MODEL.md 2).
+"""Latency coefficients from presets, TOML files and CLI overrides (docs/model.md 2).
 
 A latency file is TOML with a ``[latency]`` table (time unit: microseconds)::
 

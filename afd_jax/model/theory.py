@@ -1,11 +1,14 @@
-"""Closed-form provisioning (MODEL.md 5): mean-field regimes and the Gaussian barrier, in JAX.
+"""Closed-form provisioning (docs/model.md 5): mean-field regimes and the Gaussian barrier, in JAX.
 
 Notation (time unit: microseconds; B = slots per Attention instance, r = Attention instances
 per FFN instance, continuous r >= 1 allowed everywhere):
 
-* mean Attention time  ``tA_bar = alpha_A * B * theta + beta_A``
+* mean Attention time  ``tA_bar = t_A(B theta) = alpha_A * (B theta) + beta_A``
 * other stages         ``G(r) = max(t_C(r), t_F(r))`` (pipelined) or ``t_C(r) + t_F(r)`` (serial)
 * mean-field step      ``tau_bar(r) = max(tA_bar, G(r))`` (pipelined) or ``tA_bar + G(r)`` (serial)
+
+Stage times, G(r), the step time and the throughput are those of :mod:`afd_jax.model.latency`
+(docs/model.md 2-3); this module adds the barrier laws on top.
 * Gaussian barrier     worker load ~ N(B theta, B v) i.i.d. across the r workers, so with
   ``mu_A = tA_bar``, ``s_A = alpha_A sqrt(B v)``, ``z = (G - mu_A) / s_A``::
 
@@ -45,22 +48,32 @@ from afd_jax.model.latency import (
     DEFAULT_OPTIONS,
     Latency,
     ModelOptions,
-    instance_cost,
     other_stages,
+    step_time,
+    step_time_from_other,
+    t_attn,
+    t_comm,
+    t_ffn,
+    throughput,
 )
 
 __all__ = [
+    "REGIMES",
     "Candidate",
     "MeanFieldOptimum",
     "expected_max_std_normal",
     "gaussian_optimum_continuous",
     "gaussian_step_time",
+    "gaussian_step_time_jit",
     "gaussian_throughput",
+    "gaussian_throughput_jit",
     "mean_attention_time",
     "mean_field_optimum",
     "mean_field_regime",
     "mean_field_step_time",
     "mean_field_throughput",
+    "mean_field_throughput_host",
+    "regime_segments",
 ]
 
 REGIMES = ("attention", "communication", "ffn")
@@ -133,25 +146,22 @@ def expected_max_std_normal(r):
 
 
 def mean_attention_time(lat: Latency, theta, batch):
-    """tA_bar = alpha_A * B * theta + beta_A (the Attention time at the mean load)."""
-    return lat.alpha_attn * batch * theta + lat.beta_attn
+    """tA_bar = t_A(B theta): the Attention time at the mean worker load B theta."""
+    return t_attn(lat, batch * theta)
 
 
 def mean_field_step_time(lat: Latency, theta, r, batch, opts: ModelOptions = DEFAULT_OPTIONS):
     """tau_bar(r) = max(tA_bar, G(r)) (pipelined) or tA_bar + G(r) (serial); broadcasts in r."""
     dtype = _float_dtype(lat, theta, r, batch)
     lat, theta, r, batch = _cast(dtype, lat, theta, r, batch)
-    ta = mean_attention_time(lat, theta, batch)
-    g = other_stages(lat, r, batch, opts)
-    return jnp.maximum(ta, g) if opts.overlap == "pipelined" else ta + g
+    return step_time(lat, mean_attention_time(lat, theta, batch), r, batch, opts)
 
 
 def mean_field_throughput(lat: Latency, theta, r, batch, opts: ModelOptions = DEFAULT_OPTIONS):
     """1e6 r B / ((r c_A + c_F) tau_bar(r)) tokens/s per instance (per unit cost)."""
     dtype = _float_dtype(lat, theta, r, batch)
     lat, theta, r, batch = _cast(dtype, lat, theta, r, batch)
-    tau = mean_field_step_time(lat, theta, r, batch, opts)
-    return 1e6 * r * batch / (instance_cost(lat, r) * tau)
+    return throughput(lat, r, batch, mean_field_step_time(lat, theta, r, batch, opts))
 
 
 def gaussian_step_time(
@@ -163,7 +173,7 @@ def gaussian_step_time(
     opts: ModelOptions = DEFAULT_OPTIONS,
     method: str = "tail",
 ):
-    """E[tau(r)] under the Gaussian barrier (MODEL.md 5).
+    """E[tau(r)] under the Gaussian barrier (docs/model.md 5).
 
     method="tail" (default): ``G + s_A * int_z^inf (1 - Phi(x)^r) dx`` (pipelined), exact for
     Gaussian loads. method="max_of_means": ``max(mu_A + s_A m_r, G)``, the cruder form that puts
@@ -184,10 +194,10 @@ def gaussian_step_time(
     if opts.overlap == "serial" or method == "max_of_means":
         m_r = expected_max_std_normal(r)
         attn = mu + jnp.where(positive, s, 0.0) * m_r
-        return attn + g if opts.overlap == "serial" else jnp.maximum(attn, g)
+        return step_time_from_other(attn, g, opts)
     z = jnp.where(positive, (g - mu) / s_safe, 0.0)
     tail = g + s_safe * _barrier_excess(z, r)
-    return jnp.where(positive, tail, jnp.maximum(mu, g))
+    return jnp.where(positive, tail, step_time_from_other(mu, g, opts))
 
 
 def gaussian_throughput(
@@ -202,13 +212,17 @@ def gaussian_throughput(
     """1e6 r B / ((r c_A + c_F) E[tau(r)]) tokens/s with the Gaussian-barrier E[tau]."""
     dtype = _float_dtype(lat, theta, slot_var, r, batch)
     lat, theta, slot_var, r, batch = _cast(dtype, lat, theta, slot_var, r, batch)
-    tau = gaussian_step_time(lat, theta, slot_var, r, batch, opts, method)
-    return 1e6 * r * batch / (instance_cost(lat, r) * tau)
+    return throughput(
+        lat, r, batch, gaussian_step_time(lat, theta, slot_var, r, batch, opts, method)
+    )
 
 
 gaussian_throughput_jit = jax.jit(gaussian_throughput, static_argnames=("opts", "method"))
 """``jax.jit(gaussian_throughput)`` with ``opts``/``method`` static: new coefficient values,
 theta, slot_var or r of the same shape/dtype reuse the compiled code."""
+
+gaussian_step_time_jit = jax.jit(gaussian_step_time, static_argnames=("opts", "method"))
+"""``jax.jit(gaussian_step_time)``, static like :data:`gaussian_throughput_jit`."""
 
 
 def gaussian_optimum_continuous(
@@ -245,7 +259,7 @@ def gaussian_optimum_continuous(
 
 
 class Candidate(NamedTuple):
-    """A candidate ratio of MODEL.md 5: ``name``, continuous ``r`` (clipped to [1, r_max]),
+    """A candidate ratio of docs/model.md 5: ``name``, continuous ``r`` (clipped to [1, r_max]),
     mean-field ``throughput`` there (tokens/s per instance or per unit cost)."""
 
     name: str
@@ -269,22 +283,31 @@ class MeanFieldOptimum(NamedTuple):
 
 
 def _stage_lines(lat: Latency, theta: float, batch: float, opts: ModelOptions):
-    """Each stage time as (slope, intercept) in r (floats)."""
-    ta = float(lat.alpha_attn) * batch * theta + float(lat.beta_attn)
+    """Each mean-field stage time as (slope, intercept) in r (floats): where the candidates of
+    :func:`mean_field_optimum` lie. Stage times themselves come from :mod:`.latency`."""
+    ta = float(mean_attention_time(lat, theta, batch))
     if opts.comm_scaling == "aggregate":
         comm = (float(lat.alpha_comm) * batch, float(lat.beta_comm))
     else:
-        comm = (0.0, float(lat.alpha_comm) * batch + float(lat.beta_comm))
+        comm = (0.0, float(t_comm(lat, 1.0, batch, opts)))
     ffn = (float(lat.alpha_ffn) * batch, float(lat.beta_ffn))
     return {"attention": (0.0, ta), "communication": comm, "ffn": ffn}
+
+
+def _host_stage_times(lat: Latency, theta: float, r: float, batch: float, opts: ModelOptions):
+    """Mean-field stage times at r (host floats), keyed like :data:`REGIMES`."""
+    return {
+        "attention": float(mean_attention_time(lat, theta, batch)),
+        "communication": float(t_comm(lat, r, batch, opts)),
+        "ffn": float(t_ffn(lat, r, batch)),
+    }
 
 
 def mean_field_regime(
     lat: Latency, theta: float, r: float, batch: int, opts: ModelOptions = DEFAULT_OPTIONS
 ) -> str:
     """The stage with the largest mean-field time at r (ties: attention, communication, ffn)."""
-    lines = _stage_lines(lat, float(theta), float(batch), opts)
-    times = {k: a * r + b for k, (a, b) in lines.items()}
+    times = _host_stage_times(_host(lat), float(theta), float(r), float(batch), opts)
     top = max(times.values())
     for k in REGIMES:
         if times[k] >= top * (1 - 1e-12):
@@ -292,15 +315,46 @@ def mean_field_regime(
     return "attention"  # pragma: no cover
 
 
-def _mf_throughput_host(lat, theta, r, batch, opts) -> float:
-    lines = _stage_lines(lat, theta, batch, opts)
-    t = {k: a * r + b for k, (a, b) in lines.items()}
-    if opts.overlap == "pipelined":
-        tau = max(t.values())
-    else:
-        tau = sum(t.values())
-    cost = r * float(lat.cost_attn) + float(lat.cost_ffn)
-    return 1e6 * r * batch / (cost * tau) if tau > 0 else math.inf
+def mean_field_throughput_host(
+    lat: Latency, theta: float, r: float, batch: float, opts: ModelOptions = DEFAULT_OPTIONS
+) -> float:
+    """:func:`mean_field_throughput` at one r in host float64 (inf where tau_bar = 0)."""
+    lat, theta, r, batch = _host(lat), float(theta), float(r), float(batch)
+    tau = float(step_time(lat, mean_attention_time(lat, theta, batch), r, batch, opts))
+    return float(throughput(lat, r, batch, tau)) if tau > 0 else math.inf
+
+
+_mf_throughput_host = mean_field_throughput_host  # old private name, still imported elsewhere
+
+
+def _host(lat: Latency) -> Latency:
+    return Latency(*(float(v) for v in lat))
+
+
+def _candidate_points(lines: dict, opts: ModelOptions, r_max: int, ca: float, cf: float):
+    """(name, continuous r) of every point where the mean-field throughput may peak."""
+    ta = lines["attention"][1]
+    raw: list[tuple[str, float]] = [("grid_min", 1.0), ("grid_max", float(r_max))]
+    if opts.overlap == "serial":
+        a = sum(s[0] for s in lines.values())
+        b = sum(s[1] for s in lines.values())
+        if a > 0:
+            raw.append(("peak_serial", math.sqrt(max(cf * b / (ca * a), 0.0))))
+        return raw
+    for stage, short in (("ffn", "ffn"), ("communication", "comm")):
+        a, b = lines[stage]
+        if a > 0:
+            raw.append((f"balance_{short}", (ta - b) / a))
+            raw.append((f"peak_{short}", math.sqrt(max(cf * b / (ca * a), 0.0))))
+    (ac, bc), (af, bf) = lines["communication"], lines["ffn"]
+    if af != ac:
+        raw.append(("crossover_comm_ffn", (bc - bf) / (af - ac)))
+    if opts.comm_scaling == "per_worker" and af > 0:
+        r_a = (ta - bf) / af
+        r_c = (bc - bf) / af
+        r_peak = math.sqrt(max(cf * bf / (ca * af), 0.0))
+        raw.append(("paper_v1_rule", max(r_a, r_c, r_peak)))
+    return raw
 
 
 def mean_field_optimum(
@@ -310,7 +364,7 @@ def mean_field_optimum(
     opts: ModelOptions = DEFAULT_OPTIONS,
     r_max: int = 64,
 ) -> MeanFieldOptimum:
-    """Continuous and integer mean-field optimum over r in [1, r_max] (MODEL.md 5).
+    """Continuous and integer mean-field optimum over r in [1, r_max] (docs/model.md 5).
 
     tau_bar is piecewise linear in r, so the throughput ``r / ((r c_A + c_F) tau_bar)`` is
     increasing on constant pieces and unimodal on a linear piece ``a r + b`` with peak
@@ -325,42 +379,22 @@ def mean_field_optimum(
     "attention" when the optimum is the balance point or the attention-bound end, otherwise the
     growing stage whose peak (or crossover) it is. Serial: the largest stage at r_continuous.
     """
+    lat = _host(lat)
     theta, batch, r_max = float(theta), float(batch), int(r_max)
-    ca, cf = float(lat.cost_attn), float(lat.cost_ffn)
     lines = _stage_lines(lat, theta, batch, opts)
-    ta = lines["attention"][1]
-    raw: list[tuple[str, float]] = [("grid_min", 1.0), ("grid_max", float(r_max))]
-    if opts.overlap == "pipelined":
-        for stage, short in (("ffn", "ffn"), ("communication", "comm")):
-            a, b = lines[stage]
-            if a > 0:
-                raw.append((f"balance_{short}", (ta - b) / a))
-                raw.append((f"peak_{short}", math.sqrt(max(cf * b / (ca * a), 0.0))))
-        (ac, bc), (af, bf) = lines["communication"], lines["ffn"]
-        if af != ac:
-            raw.append(("crossover_comm_ffn", (bc - bf) / (af - ac)))
-        if opts.comm_scaling == "per_worker" and af > 0:
-            r_a = (ta - bf) / af
-            r_c = (bc - bf) / af
-            r_peak = math.sqrt(max(cf * bf / (ca * af), 0.0))
-            raw.append(("paper_v1_rule", max(r_a, r_c, r_peak)))
-    else:
-        a = sum(s[0] for s in lines.values())
-        b = sum(s[1] for s in lines.values())
-        if a > 0:
-            raw.append(("peak_serial", math.sqrt(max(cf * b / (ca * a), 0.0))))
     candidates = []
-    for name, r in raw:
+    for name, r in _candidate_points(lines, opts, r_max, lat.cost_attn, lat.cost_ffn):
         if not math.isfinite(r):
             continue
         r = min(max(r, 1.0), float(r_max))
-        candidates.append(Candidate(name, r, _mf_throughput_host(lat, theta, r, batch, opts)))
+        candidates.append(
+            Candidate(name, r, mean_field_throughput_host(lat, theta, r, batch, opts))
+        )
     # Best candidate; ties go to the smaller r (fewer instances for the same throughput).
-    best = max(candidates, key=lambda c: (c.throughput, -c.r))
-    r_cont = best.r
+    r_cont = max(candidates, key=lambda c: (c.throughput, -c.r)).r
     lo, hi = max(1, math.floor(r_cont)), min(r_max, math.ceil(r_cont))
-    t_lo = _mf_throughput_host(lat, theta, float(lo), batch, opts)
-    t_hi = _mf_throughput_host(lat, theta, float(hi), batch, opts)
+    t_lo = mean_field_throughput_host(lat, theta, float(lo), batch, opts)
+    t_hi = mean_field_throughput_host(lat, theta, float(hi), batch, opts)
     r_best = lo if t_lo >= t_hi else hi
     if opts.overlap == "pipelined":
         eps = 1e-7 * max(1.0, r_cont)

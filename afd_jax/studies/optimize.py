@@ -55,14 +55,24 @@ import optax
 
 from afd_jax.errors import InputError
 from afd_jax.model import theory
+from afd_jax.model.exact import (
+    exact_step_times,
+    host_latency,
+    other_stage_times,
+    worker_load_pmf,
+)
 from afd_jax.model.latency import (
     COEFFICIENTS,
     DEFAULT_OPTIONS,
     Latency,
     ModelOptions,
     instance_cost,
+    other_stages,
+    step_time_from_other,
+    t_attn,
     t_comm,
     t_ffn,
+    throughput,
 )
 
 __all__ = [
@@ -192,8 +202,10 @@ def smoothed_step_time(
     :func:`afd_jax.model.theory.gaussian_step_time` (method "tail"). Elementwise in every argument;
     ``opts`` is static."""
     mu = theory.mean_attention_time(lat, theta, batch)
-    tc, tf = t_comm(lat, r, batch, opts), t_ffn(lat, r, batch)
-    g = smooth_max(tc, tf, temperature) if opts.overlap == "pipelined" else tc + tf
+    if opts.overlap == "pipelined":
+        g = smooth_max(t_comm(lat, r, batch, opts), t_ffn(lat, r, batch), temperature)
+    else:
+        g = other_stages(lat, r, batch, opts)
     s2 = lat.alpha_attn**2 * batch * slot_var + temperature**2
     s = jnp.sqrt(jnp.where(s2 > 0, s2, 1.0))
     s = jnp.where(s2 > 0, s, 0.0)
@@ -246,15 +258,9 @@ def _active(x, g, lo, hi):
     return ((x <= lo) & (g < 0)) | ((x >= hi) & (g > 0))
 
 
-_TRACES = {"solve": 0}
-
-
-def _solve_one(scen: Scenario, config: SolverConfig, opts: ModelOptions) -> Solution:
-    _TRACES["solve"] += 1  # runs at trace time only: counts compilations (tests)
-    dt = scen.theta.dtype
-    lo, hi = _bounds(scen)
-    # start: geometric middle of the r bounds; B at its upper bound (throughput grows with B)
-    x = jnp.stack([0.5 * (lo[0] + hi[0]), hi[1]])
+def _adam_phase(neg, x, lo, hi, config: SolverConfig, dt):
+    """``config.adam_steps`` projected Adam steps on ``neg(x, t)`` while the relative
+    temperature t anneals geometrically and the learning rate decays (``lax.scan``)."""
     n = config.adam_steps
     t0, t1 = config.temperature_start, config.temperature_final
     temp_sched = optax.exponential_decay(t0, max(n - 1, 1), t1 / t0, end_value=t1)
@@ -265,10 +271,6 @@ def _solve_one(scen: Scenario, config: SolverConfig, opts: ModelOptions) -> Solu
         end_value=config.final_learning_rate,
     )
     opt = optax.adam(lr_sched)
-
-    def neg(x, t):
-        return -smoothed_objective(x, scen, t, opts)
-
     grad_neg = jax.grad(neg)
 
     def adam_step(carry, k):
@@ -283,24 +285,50 @@ def _solve_one(scen: Scenario, config: SolverConfig, opts: ModelOptions) -> Solu
     with jax.numpy_dtype_promotion("standard"):
         state0 = opt.init(x)
     (x, _), _ = jax.lax.scan(adam_step, (x, state0), jnp.arange(n))
+    return x
 
-    t_fin = jnp.asarray(t1, dtype=dt)
+
+def _projected_derivatives(neg, x, t_fin, lo, hi):
+    """(f, projected gradient, Hessian masked to the free coordinates, active mask) of
+    ``neg(., t_fin)`` at x."""
+
+    def vg(x):
+        f, g = jax.value_and_grad(neg)(x, t_fin)
+        return g, (f, g)
+
+    h, (f, g) = jax.jacfwd(vg, has_aux=True)(x)
+    act = _active(x, -g, lo, hi)
+    free = ~act
+    eye = jnp.eye(x.shape[0], dtype=x.dtype)
+    return f, jnp.where(act, 0.0, g), jnp.where(free[:, None] & free[None, :], h, eye), act
+
+
+def _backtrack(neg, x, step, pg, f0, accept_first, t_fin, lo, hi):
+    """Armijo backtracking along ``step`` (halving, at most 40 tries): (step length, accepted)."""
+
+    def ls_cond(s):
+        a, ok, i = s
+        return ~ok & (i < 40)
+
+    def ls_body(s):
+        a, _, i = s
+        xn = jnp.clip(x + a * step, lo, hi)
+        ok = neg(xn, t_fin) <= f0 + 1e-4 * jnp.dot(pg, xn - x)
+        return jnp.where(ok, a, 0.5 * a), ok, i + 1
+
+    one = jnp.asarray(1.0, x.dtype)
+    ls0 = (one, accept_first, jnp.asarray(0, jnp.int32))
+    a, ok, _ = jax.lax.while_loop(ls_cond, ls_body, ls0)
+    return a, ok
+
+
+def _newton_phase(neg, x, lo, hi, t_fin, config: SolverConfig):
+    """Projected Newton steps at the final temperature with backtracking, until the projected
+    gradient is below gtol, the step below xtol, or ``config.newton_steps``: (x, steps)."""
+    dt = x.dtype
     eps = float(jnp.finfo(dt).eps)
     gtol = max(config.gtol, 10 * eps)
     xtol = max(config.xtol, 10 * eps)
-
-    def fgh(x):
-        """(f, projected gradient, Hessian masked to the free coordinates, active mask)."""
-
-        def vg(x):
-            f, g = jax.value_and_grad(neg)(x, t_fin)
-            return g, (f, g)
-
-        h, (f, g) = jax.jacfwd(vg, has_aux=True)(x)
-        act = _active(x, -g, lo, hi)
-        free = ~act
-        eye = jnp.eye(x.shape[0], dtype=dt)
-        return f, jnp.where(act, 0.0, g), jnp.where(free[:, None] & free[None, :], h, eye), act
 
     def cond(c):
         _, k, done = c
@@ -308,7 +336,7 @@ def _solve_one(scen: Scenario, config: SolverConfig, opts: ModelOptions) -> Solu
 
     def newton(c):
         x, k, _ = c
-        f0, pg, hm, _ = fgh(x)
+        f0, pg, hm, _ = _projected_derivatives(neg, x, t_fin, lo, hi)
         gn = jnp.max(jnp.abs(pg))
         eye = jnp.eye(x.shape[0], dtype=dt)
         pd = jnp.all(jnp.linalg.eigvalsh(hm) > 0)
@@ -317,20 +345,7 @@ def _solve_one(scen: Scenario, config: SolverConfig, opts: ModelOptions) -> Solu
         step = jnp.clip(step, -0.25, 0.25)
         # at the rounding floor of f the Armijo test is meaningless: take the Newton step
         floor = pd & (-jnp.dot(pg, step) <= 1e3 * eps * (1.0 + jnp.abs(f0)))
-
-        def ls_cond(s):
-            a, ok, i = s
-            return ~ok & (i < 40)
-
-        def ls_body(s):
-            a, _, i = s
-            xn = jnp.clip(x + a * step, lo, hi)
-            ok = neg(xn, t_fin) <= f0 + 1e-4 * jnp.dot(pg, xn - x)
-            return jnp.where(ok, a, 0.5 * a), ok, i + 1
-
-        one = jnp.asarray(1.0, dt)
-        ls0 = (one, floor, jnp.asarray(0, jnp.int32))
-        a, ok, _ = jax.lax.while_loop(ls_cond, ls_body, ls0)
+        a, ok = _backtrack(neg, x, step, pg, f0, floor, t_fin, lo, hi)
         xn = jnp.where(ok, jnp.clip(x + a * step, lo, hi), x)
         dx = jnp.max(jnp.abs(xn - x))
         small = dx <= xtol * (1.0 + jnp.max(jnp.abs(x)))
@@ -339,18 +354,35 @@ def _solve_one(scen: Scenario, config: SolverConfig, opts: ModelOptions) -> Solu
 
     init = (x, jnp.asarray(0, jnp.int32), jnp.asarray(False))
     x, k, _ = jax.lax.while_loop(cond, newton, init)
-    _, pg, _, act = fgh(x)
+    return x, k, gtol
+
+
+def _solve_one(scen: Scenario, config: SolverConfig, opts: ModelOptions) -> Solution:
+    """Adam while annealing, then Newton at the final temperature (module docstring)."""
+    dt = scen.theta.dtype
+    lo, hi = _bounds(scen)
+
+    def neg(x, t):
+        return -smoothed_objective(x, scen, t, opts)
+
+    # start: geometric middle of the r bounds; B at its upper bound (throughput grows with B)
+    x = jnp.stack([0.5 * (lo[0] + hi[0]), hi[1]])
+    x = _adam_phase(neg, x, lo, hi, config, dt)
+    t_fin = jnp.asarray(config.temperature_final, dtype=dt)
+    x, k, gtol = _newton_phase(neg, x, lo, hi, t_fin, config)
+    _, pg, _, act = _projected_derivatives(neg, x, t_fin, lo, hi)
     gn = jnp.max(jnp.abs(pg))
     r, b = _unpack(x)
     thr = _smoothed_throughput(scen, r, b, t_fin, opts)
     converged = gn <= gtol
+    n = config.adam_steps
     return Solution(r, b, thr, gn, jnp.asarray(n, jnp.int32) + k, converged, act)
 
 
 def _smoothed_throughput(scen, r, b, rel_temperature, opts):
     temp = rel_temperature * _temperature_scale(scen, opts)
     tau = smoothed_step_time(scen.latency, scen.theta, scen.slot_var, r, b, temp, opts)
-    return 1e6 * r * b / (instance_cost(scen.latency, r) * tau)
+    return throughput(scen.latency, r, b, tau)
 
 
 _solve_batched_jit = jax.jit(jax.vmap(_solve_one, in_axes=(0, None, None)), static_argnums=(1, 2))
@@ -403,7 +435,6 @@ def solve_continuous_batched(
 
 
 def _sens_one(scen: Scenario, sol: Solution, config: SolverConfig, opts: ModelOptions):
-    _TRACES["sens"] = _TRACES.get("sens", 0) + 1
     t_fin = jnp.asarray(config.temperature_final, dtype=scen.theta.dtype)
     x_star = jnp.stack([jnp.log(sol.r), jnp.log(sol.batch)])
     act = sol.at_bound
@@ -456,7 +487,6 @@ def kv_batch_limit(slot_pmf, capacity: float, epsilon: float, batch_max: int) ->
     """Largest B in [1, batch_max] with ``Pr(worker load > capacity) <= epsilon`` under the exact
     worker-load law (pi convolved B times); 0 when even B = 1 violates it. The tail grows with
     B (loads are >= 0), so a bisection over B is exact."""
-    from afd_jax.model.exact import worker_load_pmf
 
     def ok(b):
         wp = worker_load_pmf(slot_pmf, b)
@@ -483,17 +513,15 @@ def exact_p99_step_times(
     """q-quantile of tau(r) for r = 1..r_max (float64) under the exact law: tau is a
     non-decreasing function of the barrier max M_r, whose CDF is ``F_B^r``, so
     ``Q_q(tau) = tau(Q_q(M_r))`` with ``Q_q(M_r) = min{w : F_B(w) >= q^(1/r)}``."""
-    from afd_jax.model.exact import other_stage_times
-
     p = worker_pmf.pmf
     w = worker_pmf.support
     cdf = 1.0 - np.concatenate([np.cumsum(p[::-1])[::-1][1:], [0.0]])  # F(w_i) via the tail
     r = np.arange(1, int(r_max) + 1, dtype=np.float64)
     level = q ** (1.0 / r)
     idx = np.minimum(np.searchsorted(cdf, level - 1e-15, side="left"), w.shape[0] - 1)
-    t_a = float(lat.alpha_attn) * w[idx] + float(lat.beta_attn)
+    t_a = t_attn(host_latency(lat), w[idx])
     g = other_stage_times(lat, int(r_max), batch, opts)
-    return np.maximum(t_a, g) if opts.overlap == "pipelined" else t_a + g
+    return step_time_from_other(t_a, g, opts)
 
 
 @dataclass
@@ -549,8 +577,6 @@ class _ExactCache:
         self.worker, self.mean, self.p99 = {}, {}, {}
 
     def get(self, b: int, r: int) -> tuple[float, float]:
-        from afd_jax.model.exact import exact_step_times, worker_load_pmf
-
         if b not in self.worker:
             self.worker[b] = worker_load_pmf(self.slot_pmf, b)
         if b not in self.mean or self.mean[b].shape[0] < r:
@@ -559,6 +585,191 @@ class _ExactCache:
             self.mean[b] = exact_step_times(self.slot_pmf, self.lat, b, r_hi, self.opts, wp)
             self.p99[b] = exact_p99_step_times(wp, self.lat, b, r_hi, self.opts)
         return float(self.mean[b][r - 1]), float(self.p99[b][r - 1])
+
+
+class _Limits(NamedTuple):
+    """The integer constraints of :func:`optimize` (None = not set); ``batch_max`` is the user's
+    bound, ``kv_limit`` the largest B the KV capacity allows."""
+
+    r_min: int
+    r_max: int
+    optimize_batch: bool
+    batch_min: int
+    batch_max: int
+    kv_limit: int | None
+    step_slo: float | None
+    step_slo_p99: float | None
+
+    def violations(self, r: int, b: int, mean: float, p99: float) -> list[str]:
+        v = []
+        if r < self.r_min:
+            v.append("r_min")
+        if r > self.r_max:
+            v.append("r_max")
+        if self.optimize_batch and b < self.batch_min:
+            v.append("batch_min")
+        if self.optimize_batch and b > self.batch_max:
+            v.append("batch_max")
+        if self.kv_limit is not None and b > self.kv_limit:
+            v.append("kv_capacity")
+        if self.step_slo is not None and mean > self.step_slo:
+            v.append("step_slo")
+        if self.step_slo_p99 is not None and p99 > self.step_slo_p99:
+            v.append("step_slo_p99")
+        return v
+
+
+def _check_settings(
+    optimize_batch, batch, batch_min, batch_max, r_min, r_max, slos, kv_capacity, kv_epsilon
+):
+    """Raise InputError for bad settings; returns batch_max (defaulting to batch)."""
+    if r_min < 1 or r_max < r_min:
+        raise InputError(f"need 1 <= r_min <= r_max, got {r_min}, {r_max}", field="r")
+    if optimize_batch:
+        if batch_max is None:
+            batch_max = batch
+        if batch_max is None or batch_max < max(batch_min, 1):
+            raise InputError("--optimize-batch needs --batch-max >= batch_min", field="batch_max")
+    else:
+        if batch is None or batch < 1:
+            raise InputError(f"batch must be an integer >= 1, got {batch}", field="batch")
+    for name, v in slos:
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise InputError(f"must be a finite number > 0, got {v}", field=name)
+    if kv_capacity is not None and not (0 < kv_epsilon < 1):
+        raise InputError(f"kv epsilon must be in (0, 1), got {kv_epsilon}", field="kv_epsilon")
+    return batch_max
+
+
+def _kv_limit(slot_pmf, kv_capacity, kv_epsilon, b_hi_user, optimize_batch, batch):
+    """The KV-capacity bound on B (None without a capacity); InputError when infeasible."""
+    if kv_capacity is None:
+        return None
+    kv_limit = kv_batch_limit(slot_pmf, kv_capacity, kv_epsilon, b_hi_user)
+    if kv_limit < 1:
+        raise InputError(
+            f"KV capacity {kv_capacity:g} tokens is exceeded with probability > "
+            f"{kv_epsilon:g} even at B = 1",
+            field="kv_capacity",
+        )
+    if not optimize_batch and kv_limit < batch:
+        raise InputError(
+            f"batch {batch} exceeds the KV capacity (Pr(load > {kv_capacity:g}) > "
+            f"{kv_epsilon:g}); the largest allowed batch is {kv_limit}",
+            field="kv_capacity",
+        )
+    return kv_limit
+
+
+class _Candidates:
+    """Exact evaluation of integer (r, B) candidates, memoised: throughput, E[tau], P99 tau and
+    the constraints each violates."""
+
+    def __init__(self, slot_pmf, lat: Latency, opts: ModelOptions, limits: _Limits):
+        self.cache = _ExactCache(slot_pmf, lat, opts)
+        self.lat, self.limits = host_latency(lat), limits
+        self.evaluated: dict[tuple[int, int], dict] = {}
+
+    def evaluate(self, r: int, b: int) -> dict:
+        if (r, b) not in self.evaluated:
+            mean, p99 = self.cache.get(b, r)
+            self.evaluated[(r, b)] = {
+                "r": r,
+                "batch": b,
+                "throughput": throughput(self.lat, r, b, mean),
+                "step_time": mean,
+                "step_time_p99": p99,
+                "violates": self.limits.violations(r, b, mean, p99),
+            }
+        return self.evaluated[(r, b)]
+
+
+def _grow_windows(best: dict, r_win, b_win, r_lim: int, b_lim: int, k: int, optimize_batch):
+    """Extend each window past an edge holding the best candidate; True when one grew."""
+    grown = False
+    if best["r"] == r_win[0] and r_win[0] > 1:
+        r_win[0] = max(1, r_win[0] - k - 1)
+        grown = True
+    if best["r"] == r_win[1] and r_win[1] < r_lim:
+        r_win[1] = min(r_lim, r_win[1] + k + 1)
+        grown = True
+    if optimize_batch and best["batch"] == b_win[0] and b_win[0] > 1:
+        b_win[0] = max(1, b_win[0] - k - 1)
+        grown = True
+    if optimize_batch and best["batch"] == b_win[1] and b_win[1] < b_lim:
+        b_win[1] = min(b_lim, b_win[1] + k + 1)
+        grown = True
+    return grown
+
+
+def _search_integers(cands: _Candidates, r_c: float, b_c: float, batch, b_cap: int, k: int):
+    """Best feasible integer (r, B) around the continuous optimum: a window floor - k .. ceil + k,
+    widened downwards while nothing in it is feasible and extended while the best candidate sits
+    on its edge (a local search on the exact objective)."""
+    lim = cands.limits
+    opt_b = lim.optimize_batch
+    r_lim, b_lim = int(lim.r_max) + 1, (b_cap + 1 if opt_b else int(batch))
+    r_win = [max(1, math.floor(r_c) - k), min(r_lim, math.ceil(r_c) + k)]
+    b_win = (
+        [max(1, math.floor(b_c) - k), min(b_lim, math.ceil(b_c) + k)]
+        if opt_b
+        else [int(batch), int(batch)]
+    )
+    while True:
+        feas = [
+            c
+            for r in range(r_win[0], r_win[1] + 1)
+            for b in range(b_win[0], b_win[1] + 1)
+            if not (c := cands.evaluate(r, b))["violates"]
+        ]
+        if not feas:
+            if r_win[0] == 1 and b_win[0] == 1 or (r_win[0] == 1 and not opt_b):
+                raise InputError(
+                    "no feasible (r, batch): the step-time SLO or bounds cannot be met",
+                    field="step_slo",
+                )
+            r_win[0] = max(1, r_win[0] - 2 * (r_win[1] - r_win[0] + 1))
+            if opt_b:
+                b_win[0] = max(1, b_win[0] - 2 * (b_win[1] - b_win[0] + 1))
+            continue
+        best = max(feas, key=lambda c: (c["throughput"], -c["r"], -c["batch"]))
+        if not _grow_windows(best, r_win, b_win, r_lim, b_lim, k, opt_b):
+            return best
+
+
+def _constraint_report(best: dict, cands: _Candidates, kv_capacity, kv_epsilon) -> dict:
+    """{constraint: limit, value, binds}: a constraint binds when a candidate with a higher
+    exact throughput violates it."""
+    lim = cands.limits
+    better = [c for c in cands.evaluated.values() if c["throughput"] > best["throughput"]]
+    constraints = {}
+
+    def report(name, limit, value):
+        constraints[name] = {
+            "limit": limit,
+            "value": value,
+            "binds": any(name in c["violates"] for c in better),
+        }
+
+    report("r_min", lim.r_min, best["r"])
+    report("r_max", lim.r_max, best["r"])
+    if lim.optimize_batch:
+        report("batch_min", lim.batch_min, best["batch"])
+        report("batch_max", lim.batch_max, best["batch"])
+    if kv_capacity is not None:
+        wp = cands.cache.worker[best["batch"]]
+        constraints["kv_capacity"] = {
+            "limit": kv_capacity,
+            "epsilon": kv_epsilon,
+            "batch_limit": lim.kv_limit,
+            "value": _tail_above(wp, kv_capacity),
+            "binds": any("kv_capacity" in c["violates"] for c in better),
+        }
+    if lim.step_slo is not None:
+        report("step_slo", lim.step_slo, best["step_time"])
+    if lim.step_slo_p99 is not None:
+        report("step_slo_p99", lim.step_slo_p99, best["step_time_p99"])
+    return constraints
 
 
 def optimize(
@@ -588,39 +799,22 @@ def optimize(
     slot_var: its mean and variance (the Gaussian model's inputs); batch: fixed B (or, with
     optimize_batch, ignored except as a default for batch_max); constraints as in the module
     docstring (None = not set). Raises InputError for bad or infeasible settings.
-    """
-    if r_min < 1 or r_max < r_min:
-        raise InputError(f"need 1 <= r_min <= r_max, got {r_min}, {r_max}", field="r")
-    if optimize_batch:
-        if batch_max is None:
-            batch_max = batch
-        if batch_max is None or batch_max < max(batch_min, 1):
-            raise InputError("--optimize-batch needs --batch-max >= batch_min", field="batch_max")
-    else:
-        if batch is None or batch < 1:
-            raise InputError(f"batch must be an integer >= 1, got {batch}", field="batch")
-    for name, v in (("step_slo", step_slo), ("step_slo_p99", step_slo_p99)):
-        if v is not None and not (math.isfinite(v) and v > 0):
-            raise InputError(f"must be a finite number > 0, got {v}", field=name)
-    if kv_capacity is not None and not (0 < kv_epsilon < 1):
-        raise InputError(f"kv epsilon must be in (0, 1), got {kv_epsilon}", field="kv_epsilon")
 
+    >>> import jax; jax.config.update("jax_enable_x64", True)  # float64, as the CLI
+    >>> from afd_jax import optimize, resolve_latency, resolve_workload, slot_load_pmf
+    >>> from afd_jax import workload_stats
+    >>> w = resolve_workload("paper-v1")
+    >>> st, lat_opts = workload_stats(w), resolve_latency("paper-v1")
+    >>> res = optimize(slot_load_pmf(w), st.theta, st.slot_var, *lat_opts, batch=256, r_max=32)
+    >>> res.r, round(res.r_continuous, 2)
+    (10, 9.82)
+    """
+    slos = (("step_slo", step_slo), ("step_slo_p99", step_slo_p99))
+    batch_max = _check_settings(
+        optimize_batch, batch, batch_min, batch_max, r_min, r_max, slos, kv_capacity, kv_epsilon
+    )
     b_hi_user = int(batch_max) if optimize_batch else int(batch)
-    kv_limit = None
-    if kv_capacity is not None:
-        kv_limit = kv_batch_limit(slot_pmf, kv_capacity, kv_epsilon, b_hi_user)
-        if kv_limit < 1:
-            raise InputError(
-                f"KV capacity {kv_capacity:g} tokens is exceeded with probability > "
-                f"{kv_epsilon:g} even at B = 1",
-                field="kv_capacity",
-            )
-        if not optimize_batch and kv_limit < batch:
-            raise InputError(
-                f"batch {batch} exceeds the KV capacity (Pr(load > {kv_capacity:g}) > "
-                f"{kv_epsilon:g}); the largest allowed batch is {kv_limit}",
-                field="kv_capacity",
-            )
+    kv_limit = _kv_limit(slot_pmf, kv_capacity, kv_epsilon, b_hi_user, optimize_batch, batch)
     if optimize_batch:
         b_lo, b_hi = float(batch_min), float(min(b_hi_user, kv_limit or b_hi_user))
         b_ref = b_hi
@@ -640,114 +834,13 @@ def optimize(
     sol = solve_continuous(scen, config, opts)
     r_c, b_c = float(sol.r), float(sol.batch)
 
-    cache = _ExactCache(slot_pmf, lat, opts)
-    b_cap = int(min(b_hi_user, kv_limit or b_hi_user))
-
-    def violations(r: int, b: int, mean: float, p99: float) -> list[str]:
-        v = []
-        if r < r_min:
-            v.append("r_min")
-        if r > r_max:
-            v.append("r_max")
-        if optimize_batch and b < batch_min:
-            v.append("batch_min")
-        if optimize_batch and b > b_hi_user:
-            v.append("batch_max")
-        if kv_limit is not None and b > kv_limit:
-            v.append("kv_capacity")
-        if step_slo is not None and mean > step_slo:
-            v.append("step_slo")
-        if step_slo_p99 is not None and p99 > step_slo_p99:
-            v.append("step_slo_p99")
-        return v
-
-    evaluated: dict[tuple[int, int], dict] = {}
-
-    def evaluate(r: int, b: int) -> dict:
-        if (r, b) not in evaluated:
-            mean, p99 = cache.get(b, r)
-            thr = 1e6 * r * b / ((r * float(lat.cost_attn) + float(lat.cost_ffn)) * mean)
-            evaluated[(r, b)] = {
-                "r": r,
-                "batch": b,
-                "throughput": thr,
-                "step_time": mean,
-                "step_time_p99": p99,
-                "violates": violations(r, b, mean, p99),
-            }
-        return evaluated[(r, b)]
-
-    k = int(neighbourhood)
-    r_lim, b_lim = int(r_max) + 1, (b_cap + 1 if optimize_batch else int(batch))
-    r_win = [max(1, math.floor(r_c) - k), min(r_lim, math.ceil(r_c) + k)]
-    b_win = (
-        [max(1, math.floor(b_c) - k), min(b_lim, math.ceil(b_c) + k)]
-        if optimize_batch
-        else [int(batch), int(batch)]
+    limits = _Limits(
+        r_min, r_max, optimize_batch, batch_min, b_hi_user, kv_limit, step_slo, step_slo_p99
     )
-    while True:
-        cands = [
-            evaluate(r, b)
-            for r in range(r_win[0], r_win[1] + 1)
-            for b in range(b_win[0], b_win[1] + 1)
-        ]
-        feas = [c for c in cands if not c["violates"]]
-        if not feas:
-            if r_win[0] == 1 and b_win[0] == 1 or (r_win[0] == 1 and not optimize_batch):
-                raise InputError(
-                    "no feasible (r, batch): the step-time SLO or bounds cannot be met",
-                    field="step_slo",
-                )
-            r_win[0] = max(1, r_win[0] - 2 * (r_win[1] - r_win[0] + 1))
-            if optimize_batch:
-                b_win[0] = max(1, b_win[0] - 2 * (b_win[1] - b_win[0] + 1))
-            continue
-        best = max(feas, key=lambda c: (c["throughput"], -c["r"], -c["batch"]))
-        grown = False
-        # local search on the exact objective: extend the window past an edge holding the best
-        if best["r"] == r_win[0] and r_win[0] > 1:
-            r_win[0] = max(1, r_win[0] - k - 1)
-            grown = True
-        if best["r"] == r_win[1] and r_win[1] < r_lim:
-            r_win[1] = min(r_lim, r_win[1] + k + 1)
-            grown = True
-        if optimize_batch and best["batch"] == b_win[0] and b_win[0] > 1:
-            b_win[0] = max(1, b_win[0] - k - 1)
-            grown = True
-        if optimize_batch and best["batch"] == b_win[1] and b_win[1] < b_lim:
-            b_win[1] = min(b_lim, b_win[1] + k + 1)
-            grown = True
-        if not grown:
-            break
-
-    better = [c for c in evaluated.values() if c["throughput"] > best["throughput"]]
-    constraints = {}
-
-    def report(name, limit, value):
-        constraints[name] = {
-            "limit": limit,
-            "value": value,
-            "binds": any(name in c["violates"] for c in better),
-        }
-
-    report("r_min", r_min, best["r"])
-    report("r_max", r_max, best["r"])
-    if optimize_batch:
-        report("batch_min", batch_min, best["batch"])
-        report("batch_max", b_hi_user, best["batch"])
-    if kv_capacity is not None:
-        wp = cache.worker[best["batch"]]
-        constraints["kv_capacity"] = {
-            "limit": kv_capacity,
-            "epsilon": kv_epsilon,
-            "batch_limit": kv_limit,
-            "value": _tail_above(wp, kv_capacity),
-            "binds": any("kv_capacity" in c["violates"] for c in better),
-        }
-    if step_slo is not None:
-        report("step_slo", step_slo, best["step_time"])
-    if step_slo_p99 is not None:
-        report("step_slo_p99", step_slo_p99, best["step_time_p99"])
+    cands = _Candidates(slot_pmf, lat, opts, limits)
+    b_cap = int(min(b_hi_user, kv_limit or b_hi_user))
+    best = _search_integers(cands, r_c, b_c, batch, b_cap, int(neighbourhood))
+    constraints = _constraint_report(best, cands, kv_capacity, kv_epsilon)
 
     rs, bs = sensitivities(scen, sol, config, opts)
     sens = {"r": _named(rs, optimize_batch)}
@@ -770,7 +863,7 @@ def optimize(
         kv_batch_limit=kv_limit,
         sensitivities=sens,
         constraints=constraints,
-        candidates=sorted(evaluated.values(), key=lambda c: (c["r"], c["batch"])),
+        candidates=sorted(cands.evaluated.values(), key=lambda c: (c["r"], c["batch"])),
     )
 
 

@@ -1,0 +1,244 @@
+"""Recommend the A/F ratio r: the library verb behind ``afd-jax provision`` (docs/provisioning.md).
+
+Three predictions of the throughput per instance for r = 1..r_max (docs/model.md 5), side by
+side:
+
+* mean field: ``tau_bar(r) = step_time(t_A(B theta), r)``, its closed-form continuous optimum r*
+  and the binding regime (:func:`afd_jax.model.theory.mean_field_optimum`);
+* Gaussian barrier: worker loads ~ N(B theta, B v), E[tau] by the tail integral
+  (:func:`afd_jax.model.theory.gaussian_step_time`), its continuous optimum by a zoomed grid;
+* exact steady state: pi convolved B times by FFT, the barrier max's law ``F_B^r``
+  (:func:`afd_jax.model.exact.exact_step_times`).
+
+Every throughput is :func:`afd_jax.model.latency.throughput` of the method's E[tau(r)]. The
+result is a :class:`ProvisionResult`; the CLI prints its :meth:`ProvisionResult.to_json` or a
+table of it. Enable float64 (``jax.config.update("jax_enable_x64", True)``, as the CLI does) for
+the CLI's numbers; the library never flips that switch itself.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import jax.numpy as jnp
+import numpy as np
+
+from afd_jax.errors import InputError, positive_int
+from afd_jax.model.exact import exact_step_times, host_latency, worker_load_pmf
+from afd_jax.model.latency import Latency, ModelOptions, throughput
+from afd_jax.model.latency_io import resolve_latency, validate_latency
+from afd_jax.model.theory import (
+    Candidate,
+    gaussian_optimum_continuous,
+    gaussian_step_time_jit,
+    gaussian_throughput_jit,
+    mean_field_optimum,
+    mean_field_step_time,
+    mean_field_throughput,
+    regime_segments,
+)
+from afd_jax.workload.slotload import SlotLoadPMF, slot_load_pmf
+from afd_jax.workload.specs import resolve_workload
+from afd_jax.workload.statistics import workload_stats
+
+__all__ = ["METHODS", "ProvisionResult", "provision"]
+
+METHODS = ("mean_field", "gaussian", "exact")
+
+
+@dataclass(frozen=True)
+class ProvisionResult:
+    """Outcome of :func:`provision` (host NumPy float64 and Python scalars).
+
+    r: ``1.0 .. r_max`` (float64, shape (r_max,)); throughput / step_time: {method: array of
+    shape (r_max,)} in tokens/s per instance (per unit cost) and us, for every method of
+    :data:`METHODS`; r_best: {method: best integer r}; r_star: continuous optima {"mean_field",
+    "gaussian"}; regime: the mean-field binding stage ("attention", "communication", "ffn");
+    candidates: the mean-field candidate points; regimes: [(r_from, r_to, regime)] over
+    [1, r_max]; exact_lattice: sizes of the slot and worker lattices; timings_s: seconds per
+    method.
+    """
+
+    workload: str
+    batch: int
+    r_max: int
+    theta: float
+    slot_var: float
+    latency: Latency
+    opts: ModelOptions
+    latency_source: str
+    r: np.ndarray
+    throughput: dict
+    step_time: dict
+    r_best: dict
+    r_star: dict
+    regime: str
+    candidates: tuple[Candidate, ...]
+    regimes: tuple[tuple[float, float, str], ...]
+    exact_lattice: dict
+    timings_s: dict
+
+    @property
+    def slot_std(self) -> float:
+        """Standard deviation of a slot's load (tokens)."""
+        return float(np.sqrt(self.slot_var))
+
+    @property
+    def throughput_unit(self) -> str:
+        unit = float(self.latency.cost_attn) == 1.0 and float(self.latency.cost_ffn) == 1.0
+        return "tokens/s per instance" if unit else "tokens/s per unit cost"
+
+    def to_json(self) -> dict:
+        """The ``afd-jax provision --json`` object (fresh dicts: the caller may add keys)."""
+        lat, thr = self.latency, self.throughput
+        exact = thr["exact"]
+        return {
+            "workload": self.workload,
+            "batch": int(self.batch),
+            "r_max": int(self.r_max),
+            "theta": self.theta,
+            "slot_std": self.slot_std,
+            "load_offset": self.opts.load_offset,
+            "latency_source": self.latency_source,
+            "latency": {
+                **{k: float(v) for k, v in lat._asdict().items()},
+                "comm_scaling": self.opts.comm_scaling,
+                "overlap": self.opts.overlap,
+            },
+            "time_unit": "us",
+            "regime": self.regime,
+            "r_star": dict(self.r_star),
+            "r_best": dict(self.r_best),
+            "throughput_at_best": {m: float(thr[m][self.r_best[m] - 1]) for m in METHODS},
+            # what each method's choice achieves under the exact steady state
+            "exact_throughput_of_choice": {k: float(exact[v - 1]) for k, v in self.r_best.items()},
+            "candidates": [
+                {"name": c.name, "r": c.r, "throughput": c.throughput} for c in self.candidates
+            ],
+            "regimes": [{"from": a, "to": b, "regime": name} for a, b, name in self.regimes],
+            "curve": [
+                {"r": int(r), **{m: float(thr[m][i]) for m in METHODS}}
+                for i, r in enumerate(self.r)
+            ],
+            "throughput_unit": self.throughput_unit,
+            "exact_lattice": dict(self.exact_lattice),
+            "timings_s": dict(self.timings_s),
+        }
+
+
+def _resolve_inputs(workload, latency, opts):
+    """(workload object, its name, Latency, ModelOptions, latency source) from objects or specs."""
+    name = workload if isinstance(workload, str) else ""
+    if isinstance(workload, str):
+        workload = resolve_workload(workload)
+    source = latency if isinstance(latency, str) else ""
+    if isinstance(latency, str):
+        latency, file_opts = resolve_latency(latency)
+        opts = file_opts if opts is None else opts
+    return workload, name, latency, opts if opts is not None else ModelOptions(), source
+
+
+def _mean_field(lat, theta, rs, batch, opts, r_max):
+    opt = mean_field_optimum(lat, theta, batch, opts, r_max)
+    thr = np.asarray(mean_field_throughput(lat, theta, jnp.asarray(rs), batch, opts))
+    tau = np.asarray(mean_field_step_time(lat, theta, jnp.asarray(rs), batch, opts))
+    return opt, thr, tau
+
+
+def _gaussian(lat, theta, slot_var, rs, batch, opts, r_max):
+    r = jnp.asarray(rs)
+    thr = np.asarray(gaussian_throughput_jit(lat, theta, slot_var, r, batch, opts, "tail"))
+    tau = np.asarray(gaussian_step_time_jit(lat, theta, slot_var, r, batch, opts, "tail"))
+    r_star = gaussian_optimum_continuous(lat, theta, slot_var, batch, opts, r_max)
+    return thr, tau, r_star
+
+
+def _exact(w, lat, rs, batch, opts, r_max, slot_bins) -> tuple[np.ndarray, np.ndarray, dict]:
+    slot: SlotLoadPMF = slot_load_pmf(w, load_offset=opts.load_offset, max_bins=slot_bins)
+    worker = worker_load_pmf(slot, batch)
+    tau = exact_step_times(slot, lat, batch, r_max, opts, worker_pmf=worker)
+    thr = throughput(host_latency(lat), rs, float(batch), tau)
+    lattice = {
+        "slot_bins": int(slot.pmf.shape[0]),
+        "width": int(slot.width),
+        "worker_points": int(worker.pmf.shape[0]),
+    }
+    return thr, tau, lattice
+
+
+def provision(
+    workload,
+    latency,
+    batch: int,
+    *,
+    r_max: int = 64,
+    opts: ModelOptions | None = None,
+    slot_bins: int = 4096,
+    workload_name: str | None = None,
+    latency_source: str | None = None,
+) -> ProvisionResult:
+    """Throughput per instance vs r = 1..r_max by mean field, Gaussian barrier and exact steady
+    state; the best integer r of each, the continuous optima and the binding regime.
+
+    workload: a workload object or a spec (trace path, preset, parametric spec: docs/workloads.md);
+    latency: a :class:`~afd_jax.model.latency.Latency` or a preset name / TOML path (its
+    ``comm_scaling``/``overlap`` are used unless ``opts`` is given); batch: B, slots per
+    Attention instance; slot_bins: lattice points of the slot-load law for the exact method.
+    workload_name / latency_source: labels for the output (default: the specs given).
+    Raises :class:`~afd_jax.errors.InputError` for bad input.
+
+    >>> import jax; jax.config.update("jax_enable_x64", True)  # float64, as the CLI
+    >>> from afd_jax import provision
+    >>> res = provision("paper-v1", "paper-v1", 256, r_max=16)
+    >>> res.regime, round(res.r_star["mean_field"], 3), res.r_best["exact"]
+    ('attention', 9.3, 10)
+    >>> res.throughput["exact"].shape, res.to_json()["throughput_unit"]
+    ((16,), 'tokens/s per instance')
+    """
+    w, name, lat, opts, source = _resolve_inputs(workload, latency, opts)
+    positive_int("batch", batch)
+    positive_int("r_max", r_max)
+    if slot_bins < 2:
+        raise InputError(f"must be >= 2, got {slot_bins}", field="slot_bins")
+    validate_latency(lat)
+    stats = workload_stats(w)
+    theta = float(stats.theta) + opts.load_offset
+    slot_var = float(stats.slot_var)
+    rs = np.arange(1, r_max + 1, dtype=np.float64)
+    timings = {}
+
+    t0 = time.perf_counter()
+    mf_opt, mf_thr, mf_tau = _mean_field(lat, theta, rs, batch, opts, r_max)
+    timings["mean_field_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    g_thr, g_tau, g_star = _gaussian(lat, theta, slot_var, rs, batch, opts, r_max)
+    timings["gaussian_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ex_thr, ex_tau, lattice = _exact(w, lat, rs, batch, opts, r_max, slot_bins)
+    timings["exact_s"] = time.perf_counter() - t0
+
+    return ProvisionResult(
+        workload=name if workload_name is None else workload_name,
+        batch=int(batch),
+        r_max=int(r_max),
+        theta=theta,
+        slot_var=slot_var,
+        latency=lat,
+        opts=opts,
+        latency_source=source if latency_source is None else latency_source,
+        r=rs,
+        throughput={"mean_field": mf_thr, "gaussian": g_thr, "exact": ex_thr},
+        step_time={"mean_field": mf_tau, "gaussian": g_tau, "exact": ex_tau},
+        r_best={
+            "mean_field": int(mf_opt.r_best),
+            "gaussian": int(np.argmax(g_thr)) + 1,
+            "exact": int(np.argmax(ex_thr)) + 1,
+        },
+        r_star={"mean_field": float(mf_opt.r_continuous), "gaussian": float(g_star)},
+        regime=mf_opt.regime,
+        candidates=tuple(mf_opt.candidates),
+        regimes=tuple(regime_segments(lat, theta, batch, opts, r_max)),
+        exact_lattice=lattice,
+        timings_s=timings,
+    )
