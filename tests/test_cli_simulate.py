@@ -173,7 +173,7 @@ def test_completions_window_human_output(capsys):
 
 
 def _reference_pool(prompt, decode, r, batch, lat, target, ffn_tokens):
-    """float64 reference of the cold-start finite pool (MODEL.md 6, pipelined, aggregate
+    """float64 reference of the cold-start finite pool (docs/model.md 6, pipelined, aggregate
     communication): per-step tau, total and largest worker load, t_F; tokens."""
     n = len(prompt)
     slots = r * batch
@@ -242,7 +242,7 @@ def test_pool_diagnostics_against_float64_reference():
         assert res.idle_ffn[i] == pytest.approx(1 - s_f / s_tau, abs=1e-5)
         assert res.barrier_share[i] == pytest.approx(barrier, abs=1e-5)
         assert barrier > 0.01
-        # MODEL.md 3 bundle idle: sum_j (tau - t_A,j) + (tau - t_F) over (r + 1) tau
+        # docs/model.md 3 bundle idle: sum_j (tau - t_A,j) + (tau - t_F) over (r + 1) tau
         attn_idle = r * s_tau - (lat.alpha_attn * s_tot + r * lat.beta_attn * len(taus))
         bundle = (attn_idle + (s_tau - s_f)) / ((r + 1) * s_tau)
         assert res.idle_bundle[i] == pytest.approx(bundle, abs=1e-5)

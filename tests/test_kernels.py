@@ -35,7 +35,7 @@ def _table(name):
 
 
 def _slot_pmf(p, d, w):
-    """pi(l) = sum_k w_k [p_k <= l < p_k + d_k] / sum_k w_k d_k (MODEL.md 4), float64."""
+    """pi(l) = sum_k w_k [p_k <= l < p_k + d_k] / sum_k w_k d_k (docs/model.md 4), float64."""
     diff = np.zeros(int((p + d).max()) + 1)
     np.add.at(diff, p, w)
     np.add.at(diff, p + d, -w)

@@ -25,9 +25,13 @@ from afd_jax.model import latency as L
 from afd_jax.model import theory
 from afd_jax.model.exact import exact_step_times, exact_throughput, worker_load_pmf
 from afd_jax.model.latency import Latency, ModelOptions
+from afd_jax.montecarlo.simulate import simulate
 from afd_jax.studies.provision import METHODS, provision
+from afd_jax.studies.sweep import make_plan, read_table, run_sweep
+from afd_jax.studies.sweep.spec import parse_sweep_spec
 from afd_jax.workload.containers import TraceWorkload
 from afd_jax.workload.slotload import slot_load_pmf
+from afd_jax.workload.specs import resolve_workload
 from afd_jax.workload.statistics import workload_stats
 
 OPTIONS = [
@@ -162,3 +166,60 @@ def test_provision_curves_are_the_model_curves(i):
         res.step_time["exact"], exact_step_times(slot, lat, batch, R_MAX, opts)
     )
     assert res.to_json()["curve"][0]["exact"] == float(res.throughput["exact"][0])
+
+
+# Monte Carlo and sweep paths: with every request (P, D = 1) every slot holds exactly P tokens,
+# so every worker load is B P and the barrier is t_A(B P) exactly; each path must then give the
+# latency module's step time and throughput (Monte Carlo kernels compute in float32).
+DET_P, DET_B, DET_RMAX = 300, 16, 6
+DET_LAT = Latency(0.02, 90.0, 0.35, 400.0, 0.25, 120.0, 1.0, 1.5)
+
+
+def _deterministic_reference(opts):
+    rs = np.arange(1, DET_RMAX + 1, dtype=np.float64)
+    attn = L.t_attn(DET_LAT, float(DET_B * DET_P))
+    tau = L.step_time(DET_LAT, attn, rs, DET_B, opts)
+    return tau, L.throughput(DET_LAT, rs, DET_B, tau)
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: f"{o.comm_scaling}-{o.overlap}")
+@pytest.mark.parametrize("kernel", ["barrier", "fast"])
+def test_monte_carlo_step_time_is_the_latency_model(opts, kernel):
+    w = resolve_workload(f"deterministic:prompt={DET_P},decode=1")
+    res = simulate(w, DET_LAT, DET_B, DET_RMAX, kernel=kernel, steps=256, replications=2, opts=opts)
+    tau, thr = _deterministic_reference(opts)
+    np.testing.assert_allclose(res.mean_tau, tau, rtol=2e-6)
+    np.testing.assert_allclose(res.throughput, thr, rtol=2e-6)
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: f"{o.comm_scaling}-{o.overlap}")
+def test_sweep_columns_are_the_latency_model(opts, tmp_path):
+    lat = dict(zip(Latency._fields, DET_LAT, strict=True))
+    spec = parse_sweep_spec(
+        {
+            "name": "latency-model",
+            "r_max": DET_RMAX,
+            "methods": ["mean_field", "exact"],
+            "batch": [DET_B],
+            "output": str(tmp_path / "t.csv"),
+            "workloads": {
+                "family": [
+                    {"family": "deterministic", "params": {"prompt": [DET_P], "decode": [1]}}
+                ]
+            },
+            "latency": {
+                "base": "paper-v1",
+                "set": lat,
+                "comm_scaling": opts.comm_scaling,
+                "overlap": opts.overlap,
+            },
+        }
+    )
+    run_sweep(make_plan(spec), output=str(tmp_path / "t.csv"), progress=False)
+    table = read_table(tmp_path / "t.csv")
+    _, thr = _deterministic_reference(opts)
+    for method in ("mean_field", "exact"):
+        order = np.argsort(table["r"])
+        np.testing.assert_array_equal(table["r"][order], np.arange(1, DET_RMAX + 1))
+        got = np.asarray(table[f"tput_{method}"], dtype=np.float64)[order]
+        np.testing.assert_allclose(got, thr, rtol=1e-9)

@@ -324,9 +324,6 @@ def mean_field_throughput_host(
     return float(throughput(lat, r, batch, tau)) if tau > 0 else math.inf
 
 
-_mf_throughput_host = mean_field_throughput_host  # old private name, still imported elsewhere
-
-
 def _host(lat: Latency) -> Latency:
     return Latency(*(float(v) for v in lat))
 

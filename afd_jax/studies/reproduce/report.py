@@ -42,7 +42,7 @@ def _v1_intro(cfg: dict, summ: dict) -> list[str]:
         "Throughput is tokens/s per instance. Latency coefficients are illustrative "
         "(docs/latency_presets.md), so absolute numbers mean nothing; ratios and optima do.",
         "",
-        "## 1. The v1 setup (MODEL.md 6)",
+        "## 1. The v1 setup (docs/model.md 6)",
         "",
         f"paper-v1 workload (theta = {as_float(summ['theta']):.1f}), B = {summ['batch']}, "
         f"{latency}; "

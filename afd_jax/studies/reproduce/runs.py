@@ -41,13 +41,21 @@ def log(msg: str) -> None:
     print(f"[reproduce] {msg}", file=sys.stderr, flush=True)
 
 
+def _x64_scope(enabled: bool):
+    """``jax.enable_x64`` where this JAX has it (0.6 and later), else the experimental one."""
+    scope = getattr(jax, "enable_x64", None)
+    if scope is None:  # pragma: no cover - older JAX
+        from jax.experimental import enable_x64 as scope
+    return scope(enabled)
+
+
 def float64(fn):
     """Run ``fn`` with float64 enabled in a scope (``jax.enable_x64``): the global JAX
     configuration is left as the caller set it."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with jax.enable_x64(True):
+        with _x64_scope(True):
             return fn(*args, **kwargs)
 
     return wrapper
