@@ -1,0 +1,93 @@
+"""``afd-jax hardware``: latency presets from NVIDIA AIConfigurator's measured kernel tables.
+
+``hardware list`` shows what the installed tables cover; ``hardware build`` writes one table
+latency file for an Attention and an FFN instance (docs/hardware.md). Both need the optional
+extra ``pip install "afd-jax[hardware]"``; without it they exit 2 with one line.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from afd_jax.cli.common import emit_json
+from afd_jax.errors import InputError, positive_int
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "hardware",
+        help="latency presets from NVIDIA AIConfigurator's measured kernel tables (extra)",
+        description=(
+            "Build latency files for real models on real GPUs from NVIDIA AIConfigurator's "
+            "measured kernel tables (needs pip install 'afd-jax[hardware]'; docs/hardware.md)."
+        ),
+    )
+    sub = p.add_subparsers(dest="hardware_command", metavar="{list,build}", required=True)
+    lst = sub.add_parser("list", help="systems, frameworks (versions) and models covered")
+    lst.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    b = sub.add_parser("build", help="write one table latency file (MODEL@SYSTEM layout)")
+    b.add_argument("--model", required=True, help="Hugging Face id, e.g. deepseek-ai/DeepSeek-V3")
+    b.add_argument("--system", required=True, help="Attention system, e.g. h200_sxm, gb200")
+    b.add_argument("--ffn-system", default=None, help="FFN system (default: --system)")
+    b.add_argument("--framework", default="trtllm", help="trtllm (default), sglang or vllm")
+    b.add_argument("--attn-gpus", type=int, default=8, help="GPUs of one Attention instance (TP)")
+    b.add_argument("--ffn-gpus", type=int, default=16, help="GPUs of the FFN instance (EP)")
+    b.add_argument("--out", required=True, metavar="FILE.toml")
+    b.add_argument("--json", action="store_true", help="fit errors as one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from afd_jax.studies import aic
+
+    if args.hardware_command == "list":
+        cov = aic.coverage()
+        if args.json:
+            emit_json(cov)
+            return 0
+        print(f"NVIDIA AIConfigurator {cov['aiconfigurator_version']} (Apache-2.0) covers:")
+        print("systems (framework: versions):")
+        for system, fws in cov["systems"].items():
+            text = "; ".join(f"{fw}: {', '.join(v)}" for fw, v in sorted(fws.items()))
+            print(f"  {system:<20} {text}")
+        print(f"models ({len(cov['models'])}):")
+        for model in cov["models"]:
+            print(f"  {model}")
+        return 0
+    return _build(args)
+
+
+def _build(args) -> int:
+    from afd_jax.studies import aic
+    from afd_jax.studies.hardware import build_preset
+
+    dep = aic.Deployment(
+        model=args.model,
+        attn_system=args.system,
+        ffn_system=args.ffn_system or args.system,
+        framework=args.framework,
+        attn_gpus=positive_int("attn_gpus", args.attn_gpus),
+        ffn_gpus=positive_int("ffn_gpus", args.ffn_gpus),
+    )
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise InputError("folder does not exist", path=str(out), field="out")
+    flags = ["--model", dep.model, "--system", dep.attn_system, "--ffn-system", dep.ffn_system]
+    flags += ["--framework", dep.framework, "--attn-gpus", str(dep.attn_gpus)]
+    flags += ["--ffn-gpus", str(dep.ffn_gpus), "--out", out.name]
+    text, errors, _ = build_preset(dep, "afd-jax hardware build " + shlex.join(flags))
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise InputError(f"cannot write: {err.strerror}", path=str(out)) from err
+    print(f"wrote {out}", file=sys.stderr)
+    if args.json:
+        emit_json({"out": str(out), "fit": {s: e._asdict() for s, e in errors.items()}})
+        return 0
+    print(f"{'stage':<6} {'points':>6} {'MAPE %':>9} {'worst %':>9}  worst point")
+    for stage, e in errors.items():
+        where = f"x = {e.worst_x:g} tokens" + (f", B = {e.worst_batch}" if e.worst_batch else "")
+        print(f"{stage:<6} {e.n:>6} {100 * e.mape:>9.4f} {100 * e.worst:>9.4f}  {where}")
+    return 0
