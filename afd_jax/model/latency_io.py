@@ -42,9 +42,12 @@ LATENCY_KEYS = COEFFICIENTS + ("comm_scaling", "overlap") + COST_KEYS
 
 
 def list_presets() -> list[str]:
-    """Names of the shipped latency presets."""
+    """Names of the shipped affine latency presets. The measured table presets
+    (``MODEL@SYSTEM``, docs/hardware.md) are listed by
+    ``afd_jax.studies.hardware.list_hardware_presets`` until this reader evaluates tables."""
     folder = resources.files("afd_jax") / "presets"
-    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
+    names = (p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
+    return sorted(n for n in names if "@" not in n)
 
 
 def _number(value, key: str, path: str | None, *, positive: bool = False) -> float:

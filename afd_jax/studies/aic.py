@@ -142,7 +142,10 @@ def _side(session):
     from aiconfigurator.sdk.afd_partition import build_afd_ops_partition
     from aiconfigurator.sdk.config import RuntimeConfig
 
-    a_model, f_model = session._build_models()
+    try:
+        a_model, f_model = session._build_models()
+    except ValueError as err:  # e.g. a quantisation block that the split does not divide
+        raise InputError(f"AIConfigurator rejects this split: {err}") from err
     return (
         a_model,
         f_model,
@@ -285,6 +288,17 @@ def measure(dep: Deployment) -> dict:
     "hardware": {...}, "provenance": {...}}``; the grids are the module constants.
     """
     version = require_extra()
+    try:
+        return _measure(dep, version)
+    except InputError:
+        raise
+    except Exception as err:  # AIConfigurator's own errors (missing table rows, bad split)
+        if not type(err).__module__.startswith("aiconfigurator"):
+            raise
+        raise InputError(f"AIConfigurator: {str(err).splitlines()[0]}") from err
+
+
+def _measure(dep: Deployment, version: str) -> dict:
     a_session = _session(dep, dep.attn_system)
     same = dep.ffn_system == dep.attn_system
     f_session = a_session if same else _session(dep, dep.ffn_system)

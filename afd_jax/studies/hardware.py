@@ -258,13 +258,15 @@ NOTICE = (
 
 
 def preset_name(model: str, attn_system: str, ffn_system: str) -> str:
-    """``MODEL@SYSTEM`` (``MODEL@ASYS+FSYS`` for mixed pools), model = HF id tail, lower case.
+    """``MODEL@SYSTEM`` (``MODEL@ASYS+FSYS`` for mixed pools): HF id tail, lower case, without
+    an ``-FP8`` / ``-Instruct`` suffix.
 
     >>> preset_name("deepseek-ai/DeepSeek-V3", "h200_sxm", "h200_sxm")
     'deepseek-v3@h200_sxm'
     """
     system = attn_system if attn_system == ffn_system else f"{attn_system}+{ffn_system}"
-    return f"{model.split('/')[-1].lower()}@{system}"
+    short = model.split("/")[-1].lower().removesuffix("-fp8").removesuffix("-instruct")
+    return f"{short}@{system}"
 
 
 def _stage_tables(points: dict, grids) -> tuple[list[StageTable], StageTable, StageTable]:
