@@ -171,3 +171,36 @@ def test_build_rejects_a_split_that_does_not_fit(tmp_path, capsys):
     assert main([*args, "--ffn-gpus", "8", "--out", str(tmp_path / "x.toml")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "ffn_gpus" in err
+
+
+@needs_extra
+def test_stages_match_aiconfigurators_own_afd_decode_step():
+    """Our per-stage sums equal AIConfigurator's AFD session (its decode step at context
+    isl + 1 = 1024, one microbatch): t_A(B, T = 1024 B), t_F(N = workers * B), t_C(B)."""
+    from aiconfigurator.sdk.config import RuntimeConfig
+
+    from afd_jax.studies import aic
+
+    dep = aic.Deployment("Qwen/Qwen3-235B-A22B-FP8", "h200_sxm", "h200_sxm", "trtllm", 4, 8)
+    session = aic._session(dep, dep.attn_system)
+    a_model, f_model = session._build_models()
+    batch = 64
+    session._afd_config.a_batch_size = batch
+    step = session._simulate_phase(
+        phase="decode",
+        runtime_config=RuntimeConfig(isl=1023, osl=2, batch_size=batch),
+        a_model=a_model,
+        f_model=f_model,
+        free_gpu_memory_fraction=None,
+        max_seq_len=None,
+    )
+    layers_ms_to_us = a_model._num_layers * 1000.0
+    workers = session._afd_config.n_a_workers  # 2 TP4 Attention workers share the FFN here
+    points = aic.measure(dep)
+    ours = {
+        "t_a_layer": points["attn"][batch][aic.CONTEXTS.index(1024)],
+        "t_f_layer": points["ffn"][aic.FFN_TOKENS.index(workers * batch)],
+        "t_c_layer": points["comm"][aic.COMM_TOKENS.index(batch)],
+    }
+    for key, value in ours.items():
+        assert value == pytest.approx(step[key] * layers_ms_to_us, rel=1e-12), key
