@@ -204,3 +204,20 @@ def test_stages_match_aiconfigurators_own_afd_decode_step():
     }
     for key, value in ours.items():
         assert value == pytest.approx(step[key] * layers_ms_to_us, rel=1e-12), key
+
+
+@needs_extra
+@pytest.mark.slow
+def test_mixed_pools_take_each_side_and_the_slower_link(tmp_path):
+    """H200 Attention + GB200 FFN: attention = the H200 preset's, FFN = the GB200 preset's,
+    link = the pointwise max of both (the running max commutes with the max)."""
+    out = tmp_path / "mixed.toml"
+    args = ["hardware", "build", "--model", "deepseek-ai/DeepSeek-V3", "--system", "h200_sxm"]
+    assert main([*args, "--ffn-system", "gb200", "--ffn-gpus", "16", "--out", str(out)]) == 0
+    mixed = read_preset(out)["latency"]
+    h200 = read_preset(preset_path("deepseek-v3@h200_sxm"))["latency"]
+    gb200 = read_preset(preset_path("deepseek-v3@gb200"))["latency"]
+    assert mixed["attn"] == h200["attn"] and mixed["ffn"] == gb200["ffn"]
+    link = np.maximum(h200["comm"]["time_us"], gb200["comm"]["time_us"])
+    assert mixed["comm"]["time_us"] == link.tolist()
+    assert h200["comm"]["time_us"] != gb200["comm"]["time_us"]  # the max has work to do

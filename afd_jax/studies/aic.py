@@ -98,11 +98,14 @@ def _gpus_per_node(system: str) -> int:
 
 def _session(dep: Deployment, system: str):
     """AIConfigurator's AFD session for ``dep`` on ``system``, built by its own estimate entry
-    (quantisation defaults, database version) and stopped before it runs."""
+    (quantisation defaults, database version) and stopped before it runs. The FFN side of a
+    mixed deployment only uses the session's FFN model, so there the Attention TP is reduced
+    to what one ``system`` node holds (AIConfigurator keeps an Attention worker in a node)."""
     from aiconfigurator.cli.api import cli_estimate
     from aiconfigurator.sdk import inference_session
 
     gpn = _gpus_per_node(system)
+    attn_tp = dep.attn_gpus if system == dep.attn_system else math.gcd(dep.attn_gpus, gpn)
     if dep.ffn_gpus % gpn:
         raise InputError(
             f"must be a multiple of {system}'s {gpn} GPUs per node, got {dep.ffn_gpus}",
@@ -124,8 +127,8 @@ def _session(dep: Deployment, system: str):
                 system,
                 mode="afd",
                 backend_name=dep.framework,
-                n_a_nodes=max(1, math.ceil(dep.attn_gpus / gpn)),
-                a_tp_size=dep.attn_gpus,
+                n_a_nodes=max(1, math.ceil(attn_tp / gpn)),
+                a_tp_size=attn_tp,
                 n_f_nodes=dep.ffn_gpus // gpn,
                 f_moe_ep_size=dep.ffn_gpus,
                 num_microbatches=1,
