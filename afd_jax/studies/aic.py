@@ -279,6 +279,14 @@ def _hardware(dep: Deployment, a_session, f_session, a_side, f_side) -> dict:
     }
 
 
+def _quantization(model) -> str:
+    """The quantisation AIConfigurator resolved for the model (its defaults for the system)."""
+    cfg = model.config
+    modes = (("gemm", cfg.gemm_quant_mode), ("moe", cfg.moe_quant_mode))
+    modes += (("kv cache", cfg.kvcache_quant_mode),)
+    return ", ".join(f"{name} {getattr(mode, 'name', mode)}" for name, mode in modes)
+
+
 class _Partition(NamedTuple):
     attn_ops: list | None
     ffn_ops: list | None = None
@@ -320,6 +328,7 @@ def _measure(dep: Deployment, version: str) -> dict:
             "aiconfigurator_version": version,
             "framework_version": ", ".join(sorted(dbs)),
             "comm_source": f"AIConfigurator AFDTransfer P2P, source = {comm_source}",
+            "quantization": _quantization(f_side[1]),
             "table_files": sorted(
                 set(_table_files(a_session._database, dep.attn_system))
                 | set(_table_files(f_session._database, dep.ffn_system))
