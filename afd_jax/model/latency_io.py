@@ -90,17 +90,23 @@ def _check_table(table: dict, path: str | None) -> dict:
     return out
 
 
-def read_latency_file(path: str | Path) -> dict:
-    """Parse and validate a latency TOML file; returns the (possibly partial) [latency] dict."""
+def load_latency_toml(path: str | Path) -> dict:
+    """The TOML dict of a latency file; InputError naming the file if unreadable or invalid."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise InputError(f"cannot read latency file: {err.strerror}", path=str(path)) from err
     except tomllib.TOMLDecodeError as err:
         raise InputError(f"invalid TOML: {err}", path=str(path)) from err
     except UnicodeDecodeError as err:
         raise InputError("not a UTF-8 text file", path=str(path)) from err
+
+
+def read_latency_file(path: str | Path) -> dict:
+    """Parse and validate a latency TOML file; returns the (possibly partial) [latency] dict."""
+    path = Path(path)
+    data = load_latency_toml(path)
     for key in data:
         if key not in ("latency", "meta"):
             raise InputError(

@@ -231,25 +231,12 @@ def _table_files(db, system: str) -> list[str]:
 
 def _hardware(dep: Deployment, a_session, f_session, a_side, f_side) -> dict:
     a_model, f_model = a_side[0], f_side[1]
+    one_token = dict(phase="decode", batch_size=1, isl=1, osl=1, prefix=0, max_seq_len=2)
     a_mem = a_session._estimate_a_memory_dict(
-        a_model=a_model,
-        a_partition=_Partition(a_side[2]),
-        phase="decode",
-        batch_size=1,
-        isl=1,
-        osl=1,
-        prefix=0,
-        max_seq_len=2,
+        a_model=a_model, a_partition=_Partition(a_side[2]), **one_token
     )
     f_mem = f_session._estimate_f_memory_dict(
-        f_model=f_model,
-        f_partition=_Partition(None, f_side[3]),
-        phase="decode",
-        batch_size=1,
-        isl=1,
-        osl=1,
-        prefix=0,
-        max_seq_len=2,
+        f_model=f_model, f_partition=_Partition(None, f_side[3]), **one_token
     )
     for side, mem, session in (("attn", a_mem, a_session), ("ffn", f_mem, f_session)):
         capacity = float(session._database.system_spec["gpu"]["mem_capacity"])

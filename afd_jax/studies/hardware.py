@@ -14,7 +14,6 @@ rounded to :data:`DECIMALS` decimals of a microsecond. Its fit error against the
 from __future__ import annotations
 
 import math
-import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
@@ -22,6 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from afd_jax.errors import InputError
+from afd_jax.model.latency_io import load_latency_toml
 
 __all__ = [
     "DECIMALS",
@@ -192,13 +192,7 @@ def preset_path(name: str) -> Path:
 
 def read_preset(path: str | Path) -> dict:
     """Parse a table latency file and check it (:func:`check_preset`); returns the TOML dict."""
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise InputError(f"cannot read latency file: {err.strerror}", path=str(path)) from err
-    except tomllib.TOMLDecodeError as err:
-        raise InputError(f"invalid TOML: {err}", path=str(path)) from err
+    data = load_latency_toml(path)
     check_preset(data, str(path))
     return data
 
