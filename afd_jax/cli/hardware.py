@@ -41,11 +41,12 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from afd_jax.studies import aic
+    from afd_jax.studies.hardware import list_hardware_presets
 
     if args.hardware_command == "list":
         cov = aic.coverage()
         if args.json:
-            emit_json(cov)
+            emit_json({**cov, "presets": list_hardware_presets()})
             return 0
         print(f"NVIDIA AIConfigurator {cov['aiconfigurator_version']} (Apache-2.0) covers:")
         print("systems (framework: versions):")
@@ -55,6 +56,7 @@ def run(args) -> int:
         print(f"models ({len(cov['models'])}):")
         for model in cov["models"]:
             print(f"  {model}")
+        print(f"shipped presets (--latency NAME): {', '.join(list_hardware_presets())}")
         return 0
     return _build(args)
 

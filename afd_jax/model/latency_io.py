@@ -42,12 +42,21 @@ LATENCY_KEYS = COEFFICIENTS + ("comm_scaling", "overlap") + COST_KEYS
 
 
 def list_presets() -> list[str]:
-    """Names of the shipped affine latency presets. The measured table presets
-    (``MODEL@SYSTEM``, docs/hardware.md) are listed by
-    ``afd_jax.studies.hardware.list_hardware_presets`` until this reader evaluates tables."""
+    """Names of the shipped latency presets. A measured table preset (``MODEL@SYSTEM``,
+    docs/hardware.md) is listed only if :func:`read_latency_file` accepts it, i.e. once this
+    reader evaluates table stages; ``afd_jax.studies.hardware.list_hardware_presets`` lists
+    them all."""
     folder = resources.files("afd_jax") / "presets"
     names = (p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
-    return sorted(n for n in names if "@" not in n)
+    return sorted(n for n in names if "@" not in n or _readable(folder / f"{n}.toml"))
+
+
+def _readable(path) -> bool:
+    try:
+        read_latency_file(Path(str(path)))
+    except InputError:
+        return False
+    return True
 
 
 def _number(value, key: str, path: str | None, *, positive: bool = False) -> float:
