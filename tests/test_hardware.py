@@ -222,3 +222,21 @@ def test_mixed_pools_take_each_side_and_the_slower_link(tmp_path):
     link = np.maximum(h200["comm"]["time_us"], gb200["comm"]["time_us"])
     assert mixed["comm"]["time_us"] == link.tolist()
     assert h200["comm"]["time_us"] != gb200["comm"]["time_us"]  # the max has work to do
+
+
+@needs_extra
+@pytest.mark.parametrize(
+    "flags, field",
+    [
+        (["--model", "foo/bar", "--system", "h200_sxm"], "field model"),
+        (["--model", "deepseek-ai/DeepSeek-V3", "--system", "h999"], "field system"),
+        (["--model", "deepseek-ai/DeepSeek-V3", "--system", "b60"], "field framework"),
+        (["--model", "deepseek-ai/DeepSeek-V3", "--system", "h200_sxm", "--ffn-gpus", "12"],
+         "field ffn_gpus"),
+    ],
+)  # fmt: skip
+def test_build_names_the_bad_flag_before_work(flags, field, tmp_path, capsys):
+    assert main(["hardware", "build", *flags, "--out", str(tmp_path / "x.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and field in err
+    assert not (tmp_path / "x.toml").exists()

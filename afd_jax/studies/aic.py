@@ -91,9 +91,8 @@ def _gpus_per_node(system: str) -> int:
 
     try:
         return int(load_system_spec(system)["node"]["num_gpus_per_node"])
-    except Exception as err:  # unknown system: AIConfigurator raises several kinds
-        known = ", ".join(coverage()["systems"])
-        raise InputError(f"unknown system {system!r} (known: {known})", field="system") from err
+    except Exception as err:  # a system yaml without a node section
+        raise InputError(f"no node description for {system!r}", field="system") from err
 
 
 def _session(dep: Deployment, system: str):
@@ -296,7 +295,28 @@ def measure(dep: Deployment) -> dict:
         raise InputError(f"AIConfigurator: {str(err).splitlines()[0]}") from err
 
 
+def _validate(dep: Deployment) -> None:
+    """Model, systems and framework known to the installed tables (before any work)."""
+    cov = coverage()
+    if dep.model not in cov["models"] and not Path(dep.model).is_dir():
+        raise InputError(
+            f"{dep.model!r} is not among AIConfigurator's models (afd-jax hardware list)",
+            field="model",
+        )
+    for field, system in (("system", dep.attn_system), ("ffn_system", dep.ffn_system)):
+        frameworks = cov["systems"].get(system)
+        if frameworks is None:
+            known = ", ".join(cov["systems"])
+            raise InputError(f"unknown system {system!r} (known: {known})", field=field)
+        if dep.framework not in frameworks:
+            raise InputError(
+                f"no {dep.framework!r} tables for {system} (has: {', '.join(sorted(frameworks))})",
+                field="framework",
+            )
+
+
 def _measure(dep: Deployment, version: str) -> dict:
+    _validate(dep)
     a_session = _session(dep, dep.attn_system)
     same = dep.ffn_system == dep.attn_system
     f_session = a_session if same else _session(dep, dep.ffn_system)
