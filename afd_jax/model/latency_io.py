@@ -31,6 +31,7 @@ from afd_jax.model.latency import COEFFICIENTS, COMM_SCALINGS, OVERLAPS, Latency
 __all__ = [
     "LATENCY_KEYS",
     "format_latency_toml",
+    "latency_file",
     "list_presets",
     "read_latency_file",
     "resolve_latency",
@@ -99,9 +100,9 @@ def read_latency_file(path: str | Path) -> dict:
     except UnicodeDecodeError as err:
         raise InputError("not a UTF-8 text file", path=str(path)) from err
     for key in data:
-        if key not in ("latency", "meta"):
+        if key not in ("latency", "meta", "hardware", "costs"):
             raise InputError(
-                "unknown top-level key (allowed tables: [latency], [meta])",
+                "unknown top-level key (allowed tables: [latency], [meta], [hardware], [costs])",
                 path=str(path),
                 field=key,
             )
@@ -120,6 +121,11 @@ def _spec_path(spec: str) -> tuple[Path, bool]:
         f"unknown latency preset or file {spec!r} (presets: {', '.join(list_presets())})",
         field="latency",
     )
+
+
+def latency_file(spec: str) -> Path:
+    """The TOML file of a latency preset name or path (InputError for an unknown preset)."""
+    return _spec_path(str(spec))[0]
 
 
 def validate_latency(lat: Latency, where: str | None = None) -> Latency:
