@@ -21,7 +21,16 @@ from afd_jax import __version__
 from afd_jax.errors import InputError
 
 # Order shown in --help and in the bare `afd-jax` listing.
-SUBCOMMANDS = ("theta", "provision", "calibrate", "simulate", "optimize", "sweep", "reproduce")
+SUBCOMMANDS = (
+    "theta",
+    "provision",
+    "calibrate",
+    "simulate",
+    "optimize",
+    "plan",
+    "sweep",
+    "reproduce",
+)
 
 
 class _Parser(argparse.ArgumentParser):
