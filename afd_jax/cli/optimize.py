@@ -15,13 +15,16 @@ import jax
 
 from afd_jax.cli.common import (
     add_latency_args,
+    add_ratio_args,
     add_workload_args,
     emit_json,
     load_latency,
+    load_ratios,
     load_workload,
     positive_int,
 )
 from afd_jax.errors import InputError
+from afd_jax.studies.elasticity import optimum_elasticities, round_elasticity
 from afd_jax.studies.optimize import optimize
 from afd_jax.workload.slotload import slot_load_pmf
 from afd_jax.workload.statistics import workload_stats
@@ -49,6 +52,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-min", type=int, default=1, help="smallest B (default 1)")
     p.add_argument("--r-min", type=int, default=1, help="smallest r (default 1)")
     p.add_argument("--r-max", type=int, default=64, help="largest r (default 64)")
+    add_ratio_args(p)
     p.add_argument(
         "--kv-capacity",
         type=float,
@@ -107,6 +111,7 @@ def run(args) -> int:
         math.isfinite(args.kv_capacity) and args.kv_capacity > 0
     ):
         raise InputError(f"must be > 0, got {args.kv_capacity}", field="kv_capacity")
+    r_values = load_ratios(args, args.r_max)
     lat, opts = load_latency(args)
     w = load_workload(args)
     t0 = time.perf_counter()
@@ -130,10 +135,18 @@ def run(args) -> int:
         r_min=args.r_min,
         r_max=args.r_max,
         neighbourhood=args.neighbourhood,
+        r_values=r_values,
+    )
+    r_lo, r_hi = (args.r_min, args.r_max) if r_values is None else (r_values[0], r_values[-1])
+    raw, _ = optimum_elasticities(
+        lat, theta, stats.slot_var, res.batch, opts, float(r_lo), float(r_hi)
     )
     print(f"optimize: {time.perf_counter() - t0:.2f} s", file=sys.stderr)
     out = res.to_json()
     out["workload"] = args.workload
+    out["elasticities"] = {
+        k: {n: round_elasticity(v) for n, v in d.items()} for k, d in raw.items()
+    }
     if args.json:
         emit_json(out)
         return 0
@@ -149,11 +162,21 @@ def run(args) -> int:
     for name, c in res.constraints.items():
         binds = c["binds"]
         print(f"  constraint {name}: limit {c['limit']}, value {c['value']:.6g}, binds {binds}")
-    print("sensitivities of r*:")
-    for name, v in res.sensitivities["r"].items():
-        print(f"  dr*/d{name} = {v + 0.0:.6g}")  # + 0.0: no "-0"
-    if "batch" in res.sensitivities:
-        print("sensitivities of B*:")
-        for name, v in res.sensitivities["batch"].items():
-            print(f"  dB*/d{name} = {v + 0.0:.6g}")
+    _print_sensitivities(res.sensitivities, out["elasticities"], res.batch)
     return 0
+
+
+def _print_sensitivities(sens: dict, elasticities: dict, batch: int) -> None:
+    """Elasticities (% per %, rounded) first; then the raw derivatives to 3 digits."""
+    print(f"elasticities at B = {batch} (% per %):")
+    print(f"  {'input':<16} {'r*':>7} {'throughput':>11}")
+    for name in elasticities["r_star"]:
+        e_r, e_t = elasticities["r_star"][name], elasticities["throughput"][name]
+        print(f"  {name:<16} {e_r:>7g} {e_t:>11g}")
+    print("sensitivities of r* (raw derivatives, 3 digits):")
+    for name, v in sens["r"].items():
+        print(f"  dr*/d{name} = {float(f'{v:.3g}') + 0.0:g}")  # + 0.0: no "-0"
+    if "batch" in sens:
+        print("sensitivities of B*:")
+        for name, v in sens["batch"].items():
+            print(f"  dB*/d{name} = {float(f'{v:.3g}') + 0.0:g}")

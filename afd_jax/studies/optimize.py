@@ -825,11 +825,11 @@ def optimize(
         optimize_batch, batch, batch_min, batch_max, r_min, r_max, slos, kv_capacity, kv_epsilon
     )
     b_hi_user = int(batch_max) if optimize_batch else int(batch)
-    r_allowed = None
+    r_allowed, r_lo, r_hi = None, r_min, r_max
     if r_values is not None:
         r_allowed = tuple(int(v) for v in feasible_ratios(list(r_values), r_max=r_max))
-        r_min, r_max = max(r_min, r_allowed[0]), min(r_max, r_allowed[-1])
-        if r_min > r_max:
+        r_lo, r_hi = max(r_min, r_allowed[0]), min(r_max, r_allowed[-1])
+        if r_lo > r_hi:
             raise InputError("no value of r_values lies within [r_min, r_max]", field="r_values")
     kv_limit = _kv_limit(slot_pmf, kv_capacity, kv_epsilon, b_hi_user, optimize_batch, batch)
     if optimize_batch:
@@ -843,8 +843,8 @@ def optimize(
         slot_var,
         b_ref,
         step_slo=math.inf if step_slo is None else step_slo,
-        r_min=float(r_min),
-        r_max=float(r_max),
+        r_min=float(r_lo),
+        r_max=float(r_hi),
         batch_min=b_lo,
         batch_max=b_hi,
     )
