@@ -238,11 +238,13 @@ def per_gpu_latency(lat: Latency, hw: Hardware, unit: str = "gpu") -> Latency:
     gives tokens/s per GPU, tokens per USD or tokens per joule."""
     if not hw.has_gpus:
         raise InputError("needs attn_gpus and ffn_gpus ([hardware] or flags)", field="attn_gpus")
-    scale_a, scale_f = {
-        "gpu": (1.0, 1.0),
-        "usd": (_need(hw.attn_price, "price_attn") / 3600, _need(hw.ffn_price, "price_ffn") / 3600),
-        "watt": (_need(hw.attn_power, "power_attn"), _need(hw.ffn_power, "power_ffn")),
-    }[unit]
+    if unit == "usd":
+        scale_a = _need(hw.attn_price, "price_attn") / 3600
+        scale_f = _need(hw.ffn_price, "price_ffn") / 3600
+    elif unit == "watt":
+        scale_a, scale_f = _need(hw.attn_power, "power_attn"), _need(hw.ffn_power, "power_ffn")
+    else:
+        scale_a = scale_f = 1.0
     return lat._replace(cost_attn=hw.attn_gpus * scale_a, cost_ffn=hw.ffn_gpus * scale_f)
 
 

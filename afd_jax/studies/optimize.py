@@ -645,6 +645,17 @@ def _check_settings(
     return batch_max
 
 
+def _ratio_bounds(r_values, r_min: int, r_max: int):
+    """(allowed r as a tuple or None, lower and upper bound of the continuous r)."""
+    if r_values is None:
+        return None, r_min, r_max
+    allowed = tuple(int(v) for v in feasible_ratios(list(r_values), r_max=r_max))
+    r_lo, r_hi = max(r_min, allowed[0]), min(r_max, allowed[-1])
+    if r_lo > r_hi:
+        raise InputError("no value of r_values lies within [r_min, r_max]", field="r_values")
+    return allowed, r_lo, r_hi
+
+
 def _kv_limit(slot_pmf, kv_capacity, kv_epsilon, b_hi_user, optimize_batch, batch):
     """The KV-capacity bound on B (None without a capacity); InputError when infeasible."""
     if kv_capacity is None:
@@ -825,12 +836,7 @@ def optimize(
         optimize_batch, batch, batch_min, batch_max, r_min, r_max, slos, kv_capacity, kv_epsilon
     )
     b_hi_user = int(batch_max) if optimize_batch else int(batch)
-    r_allowed, r_lo, r_hi = None, r_min, r_max
-    if r_values is not None:
-        r_allowed = tuple(int(v) for v in feasible_ratios(list(r_values), r_max=r_max))
-        r_lo, r_hi = max(r_min, r_allowed[0]), min(r_max, r_allowed[-1])
-        if r_lo > r_hi:
-            raise InputError("no value of r_values lies within [r_min, r_max]", field="r_values")
+    r_allowed, r_lo, r_hi = _ratio_bounds(r_values, r_min, r_max)
     kv_limit = _kv_limit(slot_pmf, kv_capacity, kv_epsilon, b_hi_user, optimize_batch, batch)
     if optimize_batch:
         b_lo, b_hi = float(batch_min), float(min(b_hi_user, kv_limit or b_hi_user))
@@ -852,16 +858,8 @@ def optimize(
     r_c, b_c = float(sol.r), float(sol.batch)
 
     limits = _Limits(
-        r_min,
-        r_max,
-        optimize_batch,
-        batch_min,
-        b_hi_user,
-        kv_limit,
-        step_slo,
-        step_slo_p99,
-        r_allowed,
-    )
+        r_min, r_max, optimize_batch, batch_min, b_hi_user, kv_limit, step_slo, step_slo_p99
+    )._replace(r_values=r_allowed)
     cands = _Candidates(slot_pmf, lat, opts, limits)
     b_cap = int(min(b_hi_user, kv_limit or b_hi_user))
     best = _search_integers(cands, r_c, b_c, batch, b_cap, int(neighbourhood))
