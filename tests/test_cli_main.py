@@ -20,7 +20,7 @@ def test_bare_command_lists_every_command(capsys):
     for name in SUBCOMMANDS:
         (line,) = [ln for ln in lines if ln.split()[:1] == [name]]
         assert len(line.split()) > 1, line  # the command and its one-line help
-    assert len(SUBCOMMANDS) == 7
+    assert len(SUBCOMMANDS) == 8 and "plan" in SUBCOMMANDS
 
 
 def test_version(capsys):
