@@ -107,7 +107,7 @@ def test_missing_gpu_counts_and_prices(capsys, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text(Path(SMALL).read_text().replace("[costs]", "[costs]\nbogus = 1"))
     code, _, err = _run(capsys, ["plan", "--workload", WORKLOAD, "--latency", str(bad)])
-    assert code == 2 and f"{bad}: field bogus" in err
+    assert code == 2 and f"{bad}: field costs: unknown key 'bogus'" in err
 
 
 def test_provision_r_values_and_user_terms(capsys):

@@ -52,7 +52,7 @@ def test_read_hardware_defaults_and_overrides(tmp_path):
     with pytest.raises(InputError, match=r"bad.toml: field attn_gpus: must be an integer"):
         read_hardware(bad)
     bad.write_text(Path(SMALL).read_text().replace("price_ffn = 4.0", "price = 4.0"))
-    with pytest.raises(InputError, match=r"field price: unknown key in \[costs\]"):
+    with pytest.raises(InputError, match=r"field costs: unknown key 'price'"):
         read_hardware(bad)
 
 

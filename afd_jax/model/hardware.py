@@ -40,6 +40,7 @@ __all__ = [
     "SYSTEMS",
     "Hardware",
     "SystemDefaults",
+    "check_hardware_tables",
     "feasible_ratios",
     "kv_capacity_tokens",
     "per_gpu_latency",
@@ -186,10 +187,18 @@ def _check_section(table, allowed, name: str, path: str | None) -> dict:
     for key, value in table.items():
         if key not in allowed:
             raise InputError(
-                f"unknown key in [{name}] (allowed: {', '.join(allowed)})", path=path, field=key
+                f"unknown key {key!r} (allowed: {', '.join(allowed)})", path=path, field=name
             )
         out[key] = _check_value(key, value, path)
     return out
+
+
+def check_hardware_tables(data: dict, path: str | None) -> dict:
+    """Validate the ``[hardware]`` and ``[costs]`` tables of a parsed latency file; returns
+    their values merged (InputError names the file and the table or key)."""
+    fields = _check_section(data.get("hardware", {}), HARDWARE_KEYS, "hardware", path)
+    fields.update(_check_section(data.get("costs", {}), COST_KEYS, "costs", path))
+    return fields
 
 
 def read_hardware(path: str | Path | None, overrides: dict | None = None) -> Hardware:
@@ -203,8 +212,7 @@ def read_hardware(path: str | Path | None, overrides: dict | None = None) -> Har
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
             raise InputError(f"cannot read latency file: {err}", path=where) from err
-    fields = _check_section(data.get("hardware", {}), HARDWARE_KEYS, "hardware", where)
-    fields.update(_check_section(data.get("costs", {}), COST_KEYS, "costs", where))
+    fields = check_hardware_tables(data, where)
     extra = {k: v for k, v in (overrides or {}).items() if v is not None}
     fields.update(_check_section(extra, HARDWARE_KEYS + COST_KEYS, "flags", None))
     # an unknown system name is allowed; its figures then come from [costs] or the flags

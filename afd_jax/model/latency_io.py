@@ -26,6 +26,7 @@ from importlib import resources
 from pathlib import Path
 
 from afd_jax.errors import InputError
+from afd_jax.model.hardware import check_hardware_tables
 from afd_jax.model.latency import COEFFICIENTS, COMM_SCALINGS, OVERLAPS, Latency, ModelOptions
 
 __all__ = [
@@ -108,6 +109,7 @@ def read_latency_file(path: str | Path) -> dict:
             )
     if "latency" not in data or not isinstance(data["latency"], dict):
         raise InputError("missing [latency] table", path=str(path))
+    check_hardware_tables(data, str(path))
     return _check_table(data["latency"], str(path))
 
 
