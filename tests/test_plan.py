@@ -264,3 +264,18 @@ def test_provision_user_terms():
     assert u["tokens_per_s_per_gpu"] == pytest.approx(per_instance * (r + 1) / (2 * r + 4))
     assert res["hardware"]["ffn_system"] == "gb200" and res["hardware"]["power_ffn_w"] == 1200.0
     assert "user_terms" not in provision("paper-v1", AFFINE, 64, r_max=8).to_json()
+
+
+@pytest.mark.parametrize("obj", ["plan", "hardware"])
+def test_docstring_examples_run(obj):
+    import doctest
+
+    import afd_jax.model.hardware as hardware_module
+
+    target = plan if obj == "plan" else hardware_module
+    tests = doctest.DocTestFinder(recurse=False).find(target, obj, globs={})
+    assert sum(len(t.examples) for t in tests) > 0
+    runner = doctest.DocTestRunner()
+    for test in tests:
+        runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0

@@ -17,6 +17,7 @@ replaced (the one formula ``1e6 r B / ((r c_A + c_F) E[tau])``):
 * tokens per joule:          c_A = attn_gpus power_A,        c_F = ffn_gpus power_F (W = J/s);
   joules per token = 1 / tokens per joule.
 
+>>> from afd_jax.model.hardware import Hardware
 >>> hw = Hardware(attn_gpus=8, ffn_gpus=16, attn_system="h200_sxm", ffn_system="h200_sxm")
 >>> float(hw.attn_price), float(hw.attn_power)
 (3.79, 700.0)
