@@ -279,3 +279,21 @@ def test_docstring_examples_run(obj):
     for test in tests:
         runner.run(test)
     assert runner.summarize(verbose=False).failed == 0
+
+
+def test_front_on_a_shared_trace_matches_provision():
+    """On a shipped trace: every front point is provision's exact throughput at (r, B)."""
+    from conftest import trace_path
+
+    trace = str(trace_path("azure_code"))
+    hw = read_hardware(AFFINE)
+    res = plan(trace, AFFINE, hardware=hw, batches=(16, 32), r_max=8, elasticities=False)
+    lat, opts = resolve_latency(AFFINE)
+    curves = {
+        b: provision(trace, per_gpu_latency(lat, hw, "gpu"), b, r_max=8, opts=opts)
+        for b in (16, 32)
+    }
+    assert res.front
+    for p in res.front:
+        exact = curves[p["batch"]].throughput["exact"][p["r"] - 1]
+        assert p["tokens_per_s_per_gpu"] == pytest.approx(exact, rel=1e-12)
