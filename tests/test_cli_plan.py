@@ -10,7 +10,7 @@ import pytest
 
 from afd_jax import plan
 from afd_jax.cli import main
-from afd_jax.model.hardware import read_hardware
+from afd_jax.model.hardware import kv_capacity_tokens, read_hardware
 
 DATA = Path(__file__).parent / "data"
 SMALL = str(DATA / "plan-small.toml")
@@ -140,11 +140,28 @@ def test_elasticities_and_tornado(capsys, tmp_path):
 @pytest.mark.slow
 def test_optimize_r_values_and_elasticities(capsys):
     argv = ["optimize", "--workload", WORKLOAD, "--latency", SMALL, "-B", "8", "--r-max", "12"]
-    code, out, _ = _run(capsys, [*argv, "--r-values", "2,5,9", "--json"])
+    code, out, _ = _run(capsys, [*argv, "--r-values", "2,5,9", "--kv-capacity", "auto", "--json"])
     obj = json.loads(out)
+    capacity = kv_capacity_tokens(read_hardware(SMALL), 0.1)
+    assert obj["constraints"]["kv_capacity"]["limit"] == pytest.approx(capacity, rel=1e-15)
     assert code == 0 and obj["r"] in (2, 5, 9) and obj["constraints"]["r_values"]["limit"] == [
         2, 5, 9,
     ]  # fmt: skip
     assert set(obj["elasticities"]["r_star"]) >= {"theta", "batch", "attn_time", "cost_ffn"}
     code, out, _ = _run(capsys, argv)
     assert code == 0 and "elasticities at B = 8" in out and "dr*/dtheta" in out
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--kv-capacity", "lots"], "expected a number or auto"),
+        (["--kv-capacity", "-5"], "must be > 0"),
+        (["--kv-capacity", "auto", "--latency", "paper-v1"], "auto needs attn_gpus"),
+        (["--r-values", "0"], "field r_values"),
+    ],
+)
+def test_optimize_bad_kv_and_r_flags(capsys, extra, needle):
+    argv = ["optimize", "--workload", WORKLOAD, "--latency", SMALL, "-B", "8", *extra]
+    code, out, err = _run(capsys, argv)
+    assert code == 2 and out == "" and needle in err and len(err.strip().splitlines()) == 1

@@ -297,3 +297,23 @@ def test_front_on_a_shared_trace_matches_provision():
     for p in res.front:
         exact = curves[p["batch"]].throughput["exact"][p["r"] - 1]
         assert p["tokens_per_s_per_gpu"] == pytest.approx(exact, rel=1e-12)
+
+
+@pytest.mark.slow
+def test_optimize_chooses_among_r_values():
+    """optimize's integer choice with r_values is the exact argmax over the allowed r (brute
+    force over the exact curve), and the restriction bites (the free argmax is not allowed)."""
+    from afd_jax import exact_throughput, optimize, workload_stats
+
+    w = resolve_workload("paper-v1")
+    st, (lat, opts) = workload_stats(w), resolve_latency("paper-v1")
+    pmf = slot_load_pmf(w, max_bins=4096)
+    allowed = (4, 8, 12, 16)
+    res = optimize(pmf, st.theta, st.slot_var, lat, opts, batch=256, r_max=32, r_values=allowed)
+    thr = exact_throughput(pmf, lat, 256, 32, opts)
+    assert int(np.argmax(thr)) + 1 not in allowed
+    assert res.r == max(allowed, key=lambda r: thr[r - 1])
+    assert res.throughput == pytest.approx(thr[res.r - 1], rel=1e-12)
+    assert res.constraints["r_values"]["binds"] and res.constraints["r_max"]["limit"] == 32
+    with pytest.raises(InputError, match="r_values"):
+        optimize(pmf, st.theta, st.slot_var, lat, opts, batch=256, r_max=32, r_values=(40,))

@@ -14,16 +14,19 @@ import time
 import jax
 
 from afd_jax.cli.common import (
+    add_hardware_args,
     add_latency_args,
     add_ratio_args,
     add_workload_args,
     emit_json,
+    load_hardware,
     load_latency,
     load_ratios,
     load_workload,
     positive_int,
 )
 from afd_jax.errors import InputError
+from afd_jax.model.hardware import kv_capacity_tokens
 from afd_jax.studies.elasticity import optimum_elasticities, round_elasticity
 from afd_jax.studies.optimize import optimize
 from afd_jax.workload.slotload import slot_load_pmf
@@ -55,11 +58,19 @@ def add_parser(subparsers) -> None:
     add_ratio_args(p)
     p.add_argument(
         "--kv-capacity",
-        type=float,
         default=None,
-        metavar="TOKENS",
-        help="KV-cache capacity per Attention instance (tokens)",
+        metavar="TOKENS|auto",
+        help="KV-cache capacity per Attention instance (tokens); auto: from the latency file's "
+        "[hardware] (GPUs x memory x (1 - --kv-reserved) - weights) / KV bytes per token",
     )
+    p.add_argument(
+        "--kv-reserved",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="with --kv-capacity auto: fraction of GPU memory kept back (default 0.1)",
+    )
+    add_hardware_args(p)
     p.add_argument(
         "--kv-epsilon",
         type=float,
@@ -93,6 +104,29 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _kv_capacity(args) -> float | None:
+    """--kv-capacity as tokens: a number > 0, or "auto" from the hardware (None = no limit)."""
+    text = args.kv_capacity
+    if text is None:
+        return None
+    if text.strip().lower() == "auto":
+        capacity = kv_capacity_tokens(load_hardware(args), args.kv_reserved)
+        if capacity is None:
+            raise InputError(
+                "auto needs attn_gpus, the GPU memory and kv_bytes_per_token ([hardware] of "
+                "--latency, or --attn-gpus/--attn-system/--memory-attn-gib)",
+                field="kv_capacity",
+            )
+        return capacity
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"expected a number or auto, got {text!r}", field="kv_capacity") from None
+    if not (math.isfinite(value) and value > 0):
+        raise InputError(f"must be > 0, got {value}", field="kv_capacity")
+    return value
+
+
 def run(args) -> int:
     jax.config.update("jax_enable_x64", True)
     if args.optimize_batch:
@@ -107,10 +141,7 @@ def run(args) -> int:
     positive_int("slot_bins", args.slot_bins)
     if args.neighbourhood < 0:
         raise InputError(f"must be >= 0, got {args.neighbourhood}", field="neighbourhood")
-    if args.kv_capacity is not None and not (
-        math.isfinite(args.kv_capacity) and args.kv_capacity > 0
-    ):
-        raise InputError(f"must be > 0, got {args.kv_capacity}", field="kv_capacity")
+    kv_capacity = _kv_capacity(args)
     r_values = load_ratios(args, args.r_max)
     lat, opts = load_latency(args)
     w = load_workload(args)
@@ -128,7 +159,7 @@ def run(args) -> int:
         optimize_batch=args.optimize_batch,
         batch_min=args.batch_min,
         batch_max=args.batch_max,
-        kv_capacity=args.kv_capacity,
+        kv_capacity=kv_capacity,
         kv_epsilon=args.kv_epsilon,
         step_slo=args.step_slo,
         step_slo_p99=args.step_slo_p99,
