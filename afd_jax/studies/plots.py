@@ -151,7 +151,17 @@ def plot_plan_front(result: dict, path: str | Path) -> Path:
     key = metric[result["objective"]]
     unit = {"per_gpu": "tokens/s per GPU", "per_dollar": "tokens per USD"}[result["objective"]]
     fig, ax = plt.subplots(figsize=(8.0, 5.0), constrained_layout=True)
-    pts = result["points"]
+    outside = [p for p in result["points"] if set(p["violates"]) - {"tpot_p99"}]
+    pts = [p for p in result["points"] if not set(p["violates"]) - {"tpot_p99"}]
+    if outside:
+        ax.scatter(
+            [p["tpot_p99_ms"] for p in outside],
+            [p[key] for p in outside],
+            facecolors="none",
+            edgecolors="grey",
+            s=14,
+            label="over KV capacity or GPU budget",
+        )
     sc = ax.scatter(
         [p["tpot_p99_ms"] for p in pts],
         [p[key] for p in pts],
