@@ -49,12 +49,13 @@ INPUTS = (
     "cost_attn",
     "cost_ffn",
 )
-_STAGE_OF_INPUT = {"attn_time": "_attn", "ffn_time": "_ffn", "comm_time": "_comm"}
+_STAGE_OF_INPUT = {"attn_time": "attn", "ffn_time": "ffn", "comm_time": "comm"}
 
 
-def _stage_fields(suffix: str) -> set[str]:
-    """The Latency fields of one stage's time (not its cost), by name: ``*_attn`` etc."""
-    return {f for f in Latency._fields if f.endswith(suffix) and not f.startswith("cost")}
+def _stage_fields(stage: str) -> set[str]:
+    """The Latency fields of one stage's time (not its cost), by name: those naming the stage
+    (``alpha_attn``, ``beta_attn``; any other parameter of that stage's time function too)."""
+    return {f for f in Latency._fields if stage in f.split("_") and not f.startswith("cost")}
 
 
 def input_tangent(scen: Scenario, name: str) -> Scenario:
