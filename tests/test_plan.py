@@ -257,13 +257,13 @@ def test_plan_errors(kwargs, field):
 
 def test_provision_user_terms():
     hw = read_hardware(AFFINE)
-    res = provision("paper-v1", AFFINE, 64, r_max=8, hardware=hw).to_json()
+    res = provision("paper-v1", AFFINE, 64, r_max=12, hardware=hw).to_json()
     u, r = res["user_terms"], res["r_best"]["exact"]
     assert (u["r"], u["gpus"]) == (r, 2 * r + 4)
     per_instance = res["curve"][r - 1]["exact"]  # unit costs: per instance, r + 1 instances
     assert u["tokens_per_s_per_gpu"] == pytest.approx(per_instance * (r + 1) / (2 * r + 4))
     assert res["hardware"]["ffn_system"] == "gb200" and res["hardware"]["power_ffn_w"] == 1200.0
-    assert "user_terms" not in provision("paper-v1", AFFINE, 64, r_max=8).to_json()
+    assert "user_terms" not in provision("paper-v1", AFFINE, 64, r_max=12).to_json()
 
 
 @pytest.mark.parametrize("obj", ["plan", "hardware"])
@@ -287,10 +287,10 @@ def test_front_on_a_shared_trace_matches_provision():
 
     trace = str(trace_path("azure_code"))
     hw = read_hardware(AFFINE)
-    res = plan(trace, AFFINE, hardware=hw, batches=(16, 32), r_max=8, elasticities=False)
+    res = plan(trace, AFFINE, hardware=hw, batches=(16, 32), r_max=12, elasticities=False)
     lat, opts = resolve_latency(AFFINE)
     curves = {
-        b: provision(trace, per_gpu_latency(lat, hw, "gpu"), b, r_max=8, opts=opts)
+        b: provision(trace, per_gpu_latency(lat, hw, "gpu"), b, r_max=12, opts=opts)
         for b in (16, 32)
     }
     assert res.front
