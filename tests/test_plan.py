@@ -15,6 +15,7 @@ from afd_jax.errors import InputError
 from afd_jax.model.hardware import (
     SYSTEMS,
     Hardware,
+    check_ffn_fits,
     feasible_ratios,
     kv_capacity_tokens,
     per_gpu_latency,
@@ -91,6 +92,12 @@ def test_kv_capacity_tokens_closed_form():
         kv_capacity_tokens(hw._replace(attn_weight_bytes=1e12))
     with pytest.raises(InputError, match="kv_reserved"):
         kv_capacity_tokens(hw, 1.0)
+    # FFN: 2 x 80 GiB x 0.9 = 1.546e11 B usable
+    check_ffn_fits(hw._replace(ffn_weight_bytes=1.5e11))
+    with pytest.raises(InputError, match="ffn_weight_bytes"):
+        check_ffn_fits(hw._replace(ffn_weight_bytes=1.6e11))
+    with pytest.raises(InputError, match="FFN weights"):
+        plan(SMALL_WORKLOAD, SMALL, hardware=hw._replace(ffn_weight_bytes=1.6e11), batches=(4,))
 
 
 def _direct_worker_pmf(slot, batch):

@@ -41,6 +41,7 @@ __all__ = [
     "SYSTEMS",
     "Hardware",
     "SystemDefaults",
+    "check_ffn_fits",
     "check_hardware_tables",
     "feasible_ratios",
     "kv_capacity_tokens",
@@ -155,6 +156,11 @@ class Hardware(NamedTuple):
         return self._resolve(self.memory_attn_gib, self.attn_system, 0)
 
     @property
+    def ffn_memory_gib(self):
+        """GiB per FFN GPU."""
+        return self._resolve(self.memory_ffn_gib, self.ffn_system, 0)
+
+    @property
     def has_gpus(self) -> bool:
         return self.attn_gpus is not None and self.ffn_gpus is not None
 
@@ -239,6 +245,21 @@ def kv_capacity_tokens(hw: Hardware, reserved_fraction: float = 0.1) -> float | 
             field="attn_weight_bytes",
         )
     return free / hw.kv_bytes_per_token
+
+
+def check_ffn_fits(hw: Hardware, reserved_fraction: float = 0.1) -> None:
+    """InputError when the FFN weights exceed the usable memory of the FFN instance
+    (``ffn_gpus * memory * 2**30 * (1 - reserved)``); silent when a figure is unknown."""
+    mem = hw.ffn_memory_gib
+    if hw.ffn_gpus is None or mem is None or hw.ffn_weight_bytes is None:
+        return
+    usable = hw.ffn_gpus * mem * 2.0**30 * (1.0 - reserved_fraction)
+    if hw.ffn_weight_bytes > usable:
+        raise InputError(
+            f"the FFN weights ({hw.ffn_weight_bytes:.3g} B) exceed the usable memory of "
+            f"{hw.ffn_gpus} FFN GPUs ({usable:.3g} B): give more --ffn-gpus",
+            field="ffn_weight_bytes",
+        )
 
 
 def per_gpu_latency(lat: Latency, hw: Hardware, unit: str = "gpu") -> Latency:

@@ -32,6 +32,7 @@ from afd_jax.model.exact import (
 )
 from afd_jax.model.hardware import (
     Hardware,
+    check_ffn_fits,
     feasible_ratios,
     kv_capacity_tokens,
     per_gpu_latency,
@@ -195,6 +196,7 @@ def _check(hw: Hardware, objective: str, batches, tpot_p99_ms, budget_gpus, kv_e
 
 
 def _kv_limit(slot, hw: Hardware, kv_reserved: float, kv_epsilon: float, b_max: int):
+    check_ffn_fits(hw, kv_reserved)
     capacity = kv_capacity_tokens(hw, kv_reserved)
     if capacity is None:
         return None, None
