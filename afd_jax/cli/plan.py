@@ -120,9 +120,11 @@ def _print_inputs(res: dict) -> None:
         f"{_fmt(hw['power_ffn_w'], 'g')}"
     )
     if res["kv_capacity_tokens"] is not None:
+        limit = res["kv_batch_limit"]
+        fits = "every B given fits" if limit >= res["batches"][-1] else f"B <= {limit}"
         print(
             f"KV capacity   {res['kv_capacity_tokens']:,.0f} tokens per Attention instance -> "
-            f"B <= {res['kv_batch_limit']} (Pr(overflow) <= {res['kv_epsilon']:g})"
+            f"{fits} (Pr(overflow) <= {res['kv_epsilon']:g})"
         )
     limits = [f"P99 TPOT <= {res['tpot_p99_slo_ms']:g} ms"] if res["tpot_p99_slo_ms"] else []
     limits += [f"<= {res['budget_gpus']} GPUs"] if res["budget_gpus"] else []
