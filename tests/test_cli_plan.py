@@ -133,7 +133,7 @@ def test_elasticities_and_tornado(capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_optimize_r_values_and_elasticities(capsys):
+def test_optimize_r_values_and_elasticities(capsys, tmp_path):
     argv = ["optimize", "--workload", WORKLOAD, "--latency", SMALL, "-B", "8", "--r-max", "12"]
     code, out, _ = _run(capsys, [*argv, "--r-values", "2,5,9", "--kv-capacity", "auto", "--json"])
     obj = json.loads(out)
@@ -143,8 +143,10 @@ def test_optimize_r_values_and_elasticities(capsys):
         2, 5, 9,
     ]  # fmt: skip
     assert set(obj["elasticities"]["r_star"]) >= {"theta", "batch", "attn_time", "cost_ffn"}
-    code, out, _ = _run(capsys, argv)
+    fig = tmp_path / "tornado.png"
+    code, out, _ = _run(capsys, [*argv, "--tornado", str(fig)])
     assert code == 0 and "elasticities at B = 8" in out and "dr*/dtheta" in out
+    assert fig.read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,7 @@ from afd_jax.errors import InputError
 from afd_jax.model.hardware import kv_capacity_tokens
 from afd_jax.studies.elasticity import optimum_elasticities, round_elasticity
 from afd_jax.studies.optimize import optimize
+from afd_jax.studies.plots import plot_tornado
 from afd_jax.workload.slotload import slot_load_pmf
 from afd_jax.workload.statistics import workload_stats
 
@@ -101,6 +102,7 @@ def add_parser(subparsers) -> None:
         help="lattice points of the slot-load law for the exact evaluation (default 4096)",
     )
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--tornado", metavar="FILE", help="tornado figure of the elasticities")
     p.set_defaults(func=run)
 
 
@@ -178,6 +180,10 @@ def run(args) -> int:
     out["elasticities"] = {
         k: {n: round_elasticity(v) for n, v in d.items()} for k, d in raw.items()
     }
+    if args.tornado:
+        plot_tornado(raw, args.tornado, f"elasticities at B = {res.batch} ({args.workload})")
+        out["tornado"] = args.tornado
+        print(f"wrote {args.tornado}", file=sys.stderr)
     if args.json:
         emit_json(out)
         return 0
