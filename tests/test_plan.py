@@ -57,6 +57,13 @@ def test_read_hardware_defaults_and_overrides(tmp_path):
         read_hardware(bad)
 
 
+def test_plan_reads_the_hardware_of_a_latency_file():
+    kw = dict(batches=(8,), r_max=4, elasticities=False)
+    by_name = plan(SMALL_WORKLOAD, SMALL, **kw)
+    assert by_name.hardware == read_hardware(SMALL)
+    assert by_name.points == plan(SMALL_WORKLOAD, SMALL, hardware=read_hardware(SMALL), **kw).points
+
+
 def test_latency_file_with_hardware_still_reads():
     lat, opts = resolve_latency(SMALL)
     assert (lat.alpha_attn, lat.cost_attn, opts.comm_scaling) == (2.0, 1.0, "aggregate")

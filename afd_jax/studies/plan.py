@@ -36,10 +36,11 @@ from afd_jax.model.hardware import (
     feasible_ratios,
     kv_capacity_tokens,
     per_gpu_latency,
+    read_hardware,
     user_metrics,
 )
 from afd_jax.model.latency import ModelOptions, throughput
-from afd_jax.model.latency_io import validate_latency
+from afd_jax.model.latency_io import latency_file, validate_latency
 from afd_jax.model.theory import mean_field_regime
 from afd_jax.studies.elasticity import optimum_elasticities, round_elasticity
 from afd_jax.studies.optimize import exact_p99_step_times, kv_batch_limit
@@ -218,7 +219,7 @@ def plan(
     workload,
     latency,
     *,
-    hardware: Hardware,
+    hardware: Hardware | None = None,
     opts: ModelOptions | None = None,
     batches=DEFAULT_BATCHES,
     r_values=None,
@@ -239,8 +240,9 @@ def plan(
     GPU, "per_dollar": tokens per USD) against P99 TPOT, the best configuration under the P99
     TPOT SLO (ms), the KV capacity (``kv_reserved`` of the GPU memory kept back, overflow
     probability <= ``kv_epsilon``) and the GPU budget, the ``top`` ranked feasible points and,
-    with ``elasticities``, the elasticities of r* and throughput at the best B.
-    InputError for bad input (checked before any work).
+    with ``elasticities``, the elasticities of r* and throughput at the best B. ``hardware``
+    defaults to the ``[hardware]``/``[costs]`` tables of ``latency`` when it is a preset name or
+    file. InputError for bad input (checked before any work).
 
     >>> import jax; jax.config.update("jax_enable_x64", True)  # float64, as the CLI
     >>> from afd_jax import plan
@@ -251,6 +253,8 @@ def plan(
     >>> [p["r"] for p in res.front], res.best["r"]
     ([2, 4], 4)
     """
+    if hardware is None:  # the [hardware]/[costs] tables of a preset or file given by name
+        hardware = read_hardware(latency_file(latency) if isinstance(latency, str) else None)
     w, name, lat, opts, source = _resolve_inputs(workload, latency, opts)
     positive_int("r_max", r_max)
     rs = feasible_ratios(None if r_values is None else list(r_values), r_max=r_max)
