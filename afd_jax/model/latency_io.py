@@ -14,7 +14,9 @@ A latency file is TOML with a ``[latency]`` table (time unit: microseconds)::
     cost_attn = 1.0               # optional instance costs (default 1, 1)
     cost_ffn = 1.0
 
-and an optional free-form ``[meta]`` table. A preset is such a file shipped in
+an optional free-form ``[meta]`` table, and optional ``[hardware]`` / ``[costs]`` tables (GPU
+counts, systems, KV bytes per token, per-GPU prices and power), validated here and read by
+:func:`afd_jax.model.hardware.read_hardware` (docs/plan.md). A preset is such a file shipped in
 ``afd_jax/presets/`` (``list_presets()``; docs/latency_presets.md derives each one).
 """
 
