@@ -8,6 +8,9 @@ implementation modules may change. See docs/architecture.md for the layers. The 
 * :func:`simulate` / :func:`pool_simulate`: Monte Carlo of the bundle, stationary or finite
   request pool (``afd-jax simulate``);
 * :func:`optimize` -> :class:`OptimizeResult`: r (and B) under constraints (``afd-jax optimize``);
+* :func:`plan` -> :class:`PlanResult`: Pareto front of throughput per GPU (or per USD) against
+  P99 time per output token, the best (r, B) under SLO, KV capacity and GPU budget
+  (``afd-jax plan``);
 * :func:`run_sweep`: scenario grids from a TOML spec (``afd-jax sweep``);
 * :func:`calibrate`: latency coefficients from a measured profile (``afd-jax calibrate``);
 
@@ -46,6 +49,8 @@ _LAZY = {
     "pool_simulate": "montecarlo.pool",
     "optimize": "studies.optimize",
     "OptimizeResult": "studies.optimize",
+    "plan": "studies.plan",
+    "PlanResult": "studies.plan",
     "run_sweep": "studies.sweep",
     "calibrate": "model.calibrate",
     # workloads and their statistics

@@ -27,6 +27,7 @@ SUBCOMMANDS = (
     "calibrate",
     "simulate",
     "optimize",
+    "plan",
     "sweep",
     "reproduce",
     "hardware",

@@ -7,17 +7,23 @@ import math
 import sys
 
 from afd_jax.errors import InputError, finite_nonneg, positive_int
-from afd_jax.model.latency_io import resolve_latency
+from afd_jax.model.hardware import Hardware, feasible_ratios, read_hardware
+from afd_jax.model.latency_io import latency_file, resolve_latency
 from afd_jax.workload.specs import resolve_workload
 
 __all__ = [
     "DEFAULT_LATENCY",
     "LATENCY_FLAGS",
+    "add_hardware_args",
     "add_latency_args",
+    "add_ratio_args",
     "add_workload_args",
     "emit_json",
     "finite_nonneg",  # re-exported from afd_jax.errors
+    "load_hardware",
     "load_latency",
+    "load_ratios",
+    "parse_int_list",
     "load_workload",
     "positive_int",  # re-exported from afd_jax.errors
 ]
@@ -142,3 +148,77 @@ def load_latency(args):
         overlap=getattr(args, "overlap", None),
         load_offset=int(getattr(args, "load_offset", 0) or 0),
     )
+
+
+HARDWARE_FLAGS = (
+    ("attn_gpus", int, "N", "GPUs of one Attention instance (overrides [hardware])"),
+    ("ffn_gpus", int, "N", "GPUs of the FFN instance (overrides [hardware])"),
+    ("attn_system", str, "NAME", "system of the Attention GPUs, e.g. h200_sxm (docs/plan.md)"),
+    ("ffn_system", str, "NAME", "system of the FFN GPUs, e.g. gb200"),
+    ("price_attn", float, "USD", "price per Attention GPU-hour (default: the system's)"),
+    ("price_ffn", float, "USD", "price per FFN GPU-hour (default: the system's)"),
+    ("power_attn", float, "W", "power per Attention GPU (default: the system's TDP)"),
+    ("power_ffn", float, "W", "power per FFN GPU (default: the system's TDP)"),
+    ("memory_attn_gib", float, "GIB", "memory per Attention GPU (default: the system's)"),
+)
+
+
+def add_hardware_args(parser) -> None:
+    """GPU counts, systems, per-GPU price / power / memory (override the latency file's
+    [hardware] and [costs] tables and the system defaults; docs/plan.md)."""
+    g = parser.add_argument_group(
+        "hardware and costs (docs/plan.md)",
+        "override the latency file's [hardware]/[costs] tables and the per-system defaults",
+    )
+    for key, kind, metavar, text in HARDWARE_FLAGS:
+        g.add_argument(
+            "--" + key.replace("_", "-"), dest=key, type=kind, metavar=metavar, help=text
+        )
+
+
+def load_hardware(args) -> Hardware:
+    """The :class:`Hardware` of --latency's file (a preset or path; none for flags only),
+    then the hardware flags."""
+    spec = getattr(args, "latency", None)
+    path = latency_file(spec) if spec else None
+    overrides = {key: getattr(args, key, None) for key, *_ in HARDWARE_FLAGS}
+    return read_hardware(path, overrides)
+
+
+def parse_int_list(text: str | None, field: str) -> list[int] | None:
+    """``"2,4,8"`` -> [2, 4, 8] (None for None); InputError naming ``field`` otherwise."""
+    if text is None:
+        return None
+    out = []
+    for part in text.split(","):
+        try:
+            out.append(int(part.strip()))
+        except ValueError:
+            raise InputError(
+                f"expected comma-separated integers, got {part.strip()!r}", field=field
+            ) from None
+    return out
+
+
+def add_ratio_args(parser) -> None:
+    """--r-values LIST / --r-step N: the feasible r (hardware allows only some)."""
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument(
+        "--r-values",
+        metavar="LIST",
+        default=None,
+        help="feasible r only, comma-separated (e.g. 2,4,8,16); every method chooses among them",
+    )
+    g.add_argument(
+        "--r-step",
+        type=int,
+        metavar="N",
+        default=None,
+        help="feasible r are the multiples of N up to --r-max (node granularity)",
+    )
+
+
+def load_ratios(args, r_max: int):
+    """The feasible r from --r-values / --r-step (sorted int array), None = every r."""
+    values = parse_int_list(args.r_values, "r_values")
+    return feasible_ratios(values, args.r_step, r_max)

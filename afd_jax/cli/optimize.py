@@ -14,15 +14,22 @@ import time
 import jax
 
 from afd_jax.cli.common import (
+    add_hardware_args,
     add_latency_args,
+    add_ratio_args,
     add_workload_args,
     emit_json,
+    load_hardware,
     load_latency,
+    load_ratios,
     load_workload,
     positive_int,
 )
 from afd_jax.errors import InputError
+from afd_jax.model.hardware import kv_capacity_tokens
+from afd_jax.studies.elasticity import optimum_elasticities, round_elasticity
 from afd_jax.studies.optimize import optimize
+from afd_jax.studies.plots import plot_tornado
 from afd_jax.workload.slotload import slot_load_pmf
 from afd_jax.workload.statistics import workload_stats
 
@@ -49,13 +56,22 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-min", type=int, default=1, help="smallest B (default 1)")
     p.add_argument("--r-min", type=int, default=1, help="smallest r (default 1)")
     p.add_argument("--r-max", type=int, default=64, help="largest r (default 64)")
+    add_ratio_args(p)
     p.add_argument(
         "--kv-capacity",
-        type=float,
         default=None,
-        metavar="TOKENS",
-        help="KV-cache capacity per Attention instance (tokens)",
+        metavar="TOKENS|auto",
+        help="KV-cache capacity per Attention instance (tokens); auto: from the latency file's "
+        "[hardware] (GPUs x memory x (1 - --kv-reserved) - weights) / KV bytes per token",
     )
+    p.add_argument(
+        "--kv-reserved",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="with --kv-capacity auto: fraction of GPU memory kept back (default 0.1)",
+    )
+    add_hardware_args(p)
     p.add_argument(
         "--kv-epsilon",
         type=float,
@@ -86,7 +102,31 @@ def add_parser(subparsers) -> None:
         help="lattice points of the slot-load law for the exact evaluation (default 4096)",
     )
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--tornado", metavar="FILE", help="tornado figure of the elasticities")
     p.set_defaults(func=run)
+
+
+def _kv_capacity(args) -> float | None:
+    """--kv-capacity as tokens: a number > 0, or "auto" from the hardware (None = no limit)."""
+    text = args.kv_capacity
+    if text is None:
+        return None
+    if text.strip().lower() == "auto":
+        capacity = kv_capacity_tokens(load_hardware(args), args.kv_reserved)
+        if capacity is None:
+            raise InputError(
+                "auto needs attn_gpus, the GPU memory and kv_bytes_per_token ([hardware] of "
+                "--latency, or --attn-gpus/--attn-system/--memory-attn-gib)",
+                field="kv_capacity",
+            )
+        return capacity
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"expected a number or auto, got {text!r}", field="kv_capacity") from None
+    if not (math.isfinite(value) and value > 0):
+        raise InputError(f"must be > 0, got {value}", field="kv_capacity")
+    return value
 
 
 def run(args) -> int:
@@ -103,10 +143,8 @@ def run(args) -> int:
     positive_int("slot_bins", args.slot_bins)
     if args.neighbourhood < 0:
         raise InputError(f"must be >= 0, got {args.neighbourhood}", field="neighbourhood")
-    if args.kv_capacity is not None and not (
-        math.isfinite(args.kv_capacity) and args.kv_capacity > 0
-    ):
-        raise InputError(f"must be > 0, got {args.kv_capacity}", field="kv_capacity")
+    kv_capacity = _kv_capacity(args)
+    r_values = load_ratios(args, args.r_max)
     lat, opts = load_latency(args)
     w = load_workload(args)
     t0 = time.perf_counter()
@@ -123,17 +161,29 @@ def run(args) -> int:
         optimize_batch=args.optimize_batch,
         batch_min=args.batch_min,
         batch_max=args.batch_max,
-        kv_capacity=args.kv_capacity,
+        kv_capacity=kv_capacity,
         kv_epsilon=args.kv_epsilon,
         step_slo=args.step_slo,
         step_slo_p99=args.step_slo_p99,
         r_min=args.r_min,
         r_max=args.r_max,
         neighbourhood=args.neighbourhood,
+        r_values=r_values,
+    )
+    r_lo, r_hi = (args.r_min, args.r_max) if r_values is None else (r_values[0], r_values[-1])
+    raw, _ = optimum_elasticities(
+        lat, theta, stats.slot_var, res.batch, opts, float(r_lo), float(r_hi)
     )
     print(f"optimize: {time.perf_counter() - t0:.2f} s", file=sys.stderr)
     out = res.to_json()
     out["workload"] = args.workload
+    out["elasticities"] = {
+        k: {n: round_elasticity(v) for n, v in d.items()} for k, d in raw.items()
+    }
+    if args.tornado:
+        plot_tornado(raw, args.tornado, f"elasticities at B = {res.batch} ({args.workload})")
+        out["tornado"] = args.tornado
+        print(f"wrote {args.tornado}", file=sys.stderr)
     if args.json:
         emit_json(out)
         return 0
@@ -149,11 +199,21 @@ def run(args) -> int:
     for name, c in res.constraints.items():
         binds = c["binds"]
         print(f"  constraint {name}: limit {c['limit']}, value {c['value']:.6g}, binds {binds}")
-    print("sensitivities of r*:")
-    for name, v in res.sensitivities["r"].items():
-        print(f"  dr*/d{name} = {v + 0.0:.6g}")  # + 0.0: no "-0"
-    if "batch" in res.sensitivities:
-        print("sensitivities of B*:")
-        for name, v in res.sensitivities["batch"].items():
-            print(f"  dB*/d{name} = {v + 0.0:.6g}")
+    _print_sensitivities(res.sensitivities, out["elasticities"], res.batch)
     return 0
+
+
+def _print_sensitivities(sens: dict, elasticities: dict, batch: int) -> None:
+    """Elasticities (% per %, rounded) first; then the raw derivatives to 3 digits."""
+    print(f"elasticities at B = {batch} (% per %):")
+    print(f"  {'input':<16} {'r*':>7} {'throughput':>11}")
+    for name in elasticities["r_star"]:
+        e_r, e_t = elasticities["r_star"][name], elasticities["throughput"][name]
+        print(f"  {name:<16} {e_r:>7g} {e_t:>11g}")
+    print("sensitivities of r* (raw derivatives, 3 digits):")
+    for name, v in sens["r"].items():
+        print(f"  dr*/d{name} = {float(f'{v:.3g}') + 0.0:g}")  # + 0.0: no "-0"
+    if "batch" in sens:
+        print("sensitivities of B*:")
+        for name, v in sens["batch"].items():
+            print(f"  dB*/d{name} = {float(f'{v:.3g}') + 0.0:g}")

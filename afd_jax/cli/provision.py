@@ -14,10 +14,14 @@ import jax
 
 from afd_jax.cli.common import (
     LATENCY_FLAGS,
+    add_hardware_args,
     add_latency_args,
+    add_ratio_args,
     add_workload_args,
     emit_json,
+    load_hardware,
     load_latency,
+    load_ratios,
     load_workload,
     positive_int,
 )
@@ -39,6 +43,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch", "-B", type=int, required=True, help="slots per Attention instance")
     add_latency_args(p)
     p.add_argument("--r-max", type=int, default=64, help="largest r considered (default 64)")
+    add_ratio_args(p)
+    add_hardware_args(p)
     p.add_argument(
         "--slot-bins",
         type=int,
@@ -91,6 +97,23 @@ def _print_summary(res: dict) -> None:
             f"{row['exact']:>14,.1f}{mark}",
             file=out,
         )
+    _print_user_terms(res)
+
+
+def _print_user_terms(res: dict) -> None:
+    """The exact choice in user terms (only when the GPU counts are known)."""
+    if "r_values" in res:
+        print(f"\nfeasible r    {', '.join(str(v) for v in res['r_values'])}")
+    u = res.get("user_terms")
+    if u is None:
+        return
+    print(f"\nexact choice r = {u['r']}, B = {u['batch']} on {u['gpus']} GPUs:")
+    print(f"  tokens/s per GPU        {u['tokens_per_s_per_gpu']:,.1f}")
+    if u["tokens_per_dollar"] is not None:
+        print(f"  tokens per USD          {u['tokens_per_dollar']:,.0f}")
+        print(f"  USD per million tokens  {u['cost_per_million_tokens']:.4g}")
+    if u["joules_per_token"] is not None:
+        print(f"  joules per token        {u['joules_per_token']:.4g}")
 
 
 def _latency_source(args) -> str:
@@ -106,6 +129,8 @@ def run(args) -> int:
     positive_int("batch", args.batch)
     positive_int("r_max", args.r_max)
     lat, opts = load_latency(args)
+    r_values = load_ratios(args, args.r_max)
+    hardware = load_hardware(args)
     t0 = time.perf_counter()
     w = load_workload(args)
     result = provision(
@@ -117,6 +142,8 @@ def run(args) -> int:
         slot_bins=args.slot_bins,
         workload_name=args.workload,
         latency_source=_latency_source(args),
+        r_values=r_values,
+        hardware=hardware,
     )
     res = result.to_json()
     res["timings_s"]["total_s"] = time.perf_counter() - t0

@@ -38,6 +38,7 @@ from afd_jax.model.latency import (
 from afd_jax.workload.slotload import SlotLoadPMF
 
 __all__ = [
+    "exact_barrier_attention_times",
     "exact_step_times",
     "exact_throughput",
     "host_latency",
@@ -147,6 +148,19 @@ def exact_throughput(
     tau = exact_step_times(slot_pmf, lat, batch, r_max, opts, worker_pmf=worker_pmf)
     r = np.arange(1, int(r_max) + 1, dtype=np.float64)
     return throughput(host_latency(lat), r, float(batch), tau)
+
+
+def exact_barrier_attention_times(worker_pmf: SlotLoadPMF, lat: Latency, r_max: int) -> np.ndarray:
+    """E[t_A(M_r)], the mean barrier Attention time, for r = 1..r_max (float64, shape (r_max,)):
+    the expectation formula of the module docstring with h = t_A (non-decreasing) and the
+    exceedances of :func:`max_exceedance`. r = 1 gives E[t_A(T)] of one worker, so the barrier
+    share of docs/model.md 3 is ``(E[t_A(M_r)] - E[t_A(T)]) / E[tau(r)]``."""
+    p = np.asarray(worker_pmf.pmf, dtype=np.float64)
+    t_a = t_attn(host_latency(lat), worker_pmf.support)
+    if p.shape[0] == 1:
+        return np.full(int(r_max), float(t_a[0]))
+    exceed = max_exceedance(p, int(r_max))
+    return np.array([_expectation(t_a, row) for row in exceed])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ A latency file is TOML with a ``[latency]`` table (time unit: microseconds)::
     cost_attn = 1.0               # optional instance costs (default 1, 1)
     cost_ffn = 1.0
 
-and an optional free-form ``[meta]`` table. A preset is such a file shipped in
+an optional free-form ``[meta]`` table, and optional ``[hardware]`` / ``[costs]`` tables (GPU
+counts, systems, KV bytes per token, per-GPU prices and power), validated here and read by
+:func:`afd_jax.model.hardware.read_hardware` (docs/plan.md). A preset is such a file shipped in
 ``afd_jax/presets/`` (``list_presets()``; docs/latency_presets.md derives each one).
 """
 
@@ -26,11 +28,13 @@ from importlib import resources
 from pathlib import Path
 
 from afd_jax.errors import InputError
+from afd_jax.model.hardware import check_hardware_tables
 from afd_jax.model.latency import COEFFICIENTS, COMM_SCALINGS, OVERLAPS, Latency, ModelOptions
 
 __all__ = [
     "LATENCY_KEYS",
     "format_latency_toml",
+    "latency_file",
     "list_presets",
     "read_latency_file",
     "resolve_latency",
@@ -117,14 +121,15 @@ def read_latency_file(path: str | Path) -> dict:
     path = Path(path)
     data = load_latency_toml(path)
     for key in data:
-        if key not in ("latency", "meta"):
+        if key not in ("latency", "meta", "hardware", "costs"):
             raise InputError(
-                "unknown top-level key (allowed tables: [latency], [meta])",
+                "unknown top-level key (allowed tables: [latency], [meta], [hardware], [costs])",
                 path=str(path),
                 field=key,
             )
     if "latency" not in data or not isinstance(data["latency"], dict):
         raise InputError("missing [latency] table", path=str(path))
+    check_hardware_tables(data, str(path))
     return _check_table(data["latency"], str(path))
 
 
@@ -138,6 +143,11 @@ def _spec_path(spec: str) -> tuple[Path, bool]:
         f"unknown latency preset or file {spec!r} (presets: {', '.join(list_presets())})",
         field="latency",
     )
+
+
+def latency_file(spec: str) -> Path:
+    """The TOML file of a latency preset name or path (InputError for an unknown preset)."""
+    return _spec_path(str(spec))[0]
 
 
 def validate_latency(lat: Latency, where: str | None = None) -> Latency:

@@ -61,6 +61,7 @@ from afd_jax.model.exact import (
     other_stage_times,
     worker_load_pmf,
 )
+from afd_jax.model.hardware import feasible_ratios
 from afd_jax.model.latency import (
     COEFFICIENTS,
     DEFAULT_OPTIONS,
@@ -599,9 +600,12 @@ class _Limits(NamedTuple):
     kv_limit: int | None
     step_slo: float | None
     step_slo_p99: float | None
+    r_values: tuple[int, ...] | None = None
 
     def violations(self, r: int, b: int, mean: float, p99: float) -> list[str]:
         v = []
+        if self.r_values is not None and r not in self.r_values:
+            v.append("r_values")
         if r < self.r_min:
             v.append("r_min")
         if r > self.r_max:
@@ -639,6 +643,17 @@ def _check_settings(
     if kv_capacity is not None and not (0 < kv_epsilon < 1):
         raise InputError(f"kv epsilon must be in (0, 1), got {kv_epsilon}", field="kv_epsilon")
     return batch_max
+
+
+def _ratio_bounds(r_values, r_min: int, r_max: int):
+    """(allowed r as a tuple or None, lower and upper bound of the continuous r)."""
+    if r_values is None:
+        return None, r_min, r_max
+    allowed = tuple(int(v) for v in feasible_ratios(list(r_values), r_max=r_max))
+    r_lo, r_hi = max(r_min, allowed[0]), min(r_max, allowed[-1])
+    if r_lo > r_hi:
+        raise InputError("no value of r_values lies within [r_min, r_max]", field="r_values")
+    return allowed, r_lo, r_hi
 
 
 def _kv_limit(slot_pmf, kv_capacity, kv_epsilon, b_hi_user, optimize_batch, batch):
@@ -710,6 +725,8 @@ def _search_integers(cands: _Candidates, r_c: float, b_c: float, batch, b_cap: i
     opt_b = lim.optimize_batch
     r_lim, b_lim = int(lim.r_max) + 1, (b_cap + 1 if opt_b else int(batch))
     r_win = [max(1, math.floor(r_c) - k), min(r_lim, math.ceil(r_c) + k)]
+    if lim.r_values is not None:  # few allowed r: every one (one exact pass per B serves all r)
+        r_win = [min(lim.r_values), max(lim.r_values)]
     b_win = (
         [max(1, math.floor(b_c) - k), min(b_lim, math.ceil(b_c) + k)]
         if opt_b
@@ -751,6 +768,8 @@ def _constraint_report(best: dict, cands: _Candidates, kv_capacity, kv_epsilon) 
             "binds": any(name in c["violates"] for c in better),
         }
 
+    if lim.r_values is not None:
+        report("r_values", list(lim.r_values), best["r"])
     report("r_min", lim.r_min, best["r"])
     report("r_max", lim.r_max, best["r"])
     if lim.optimize_batch:
@@ -791,6 +810,7 @@ def optimize(
     r_max: int = 64,
     neighbourhood: int = 1,
     config: SolverConfig = DEFAULT_CONFIG,
+    r_values=None,
 ) -> OptimizeResult:
     """Provision one bundle: continuous optimum of the smoothed objective, then the best feasible
     integer (r, B) among its neighbours by exact evaluation (module docstring).
@@ -798,7 +818,9 @@ def optimize(
     slot_pmf: the stationary slot-load law (:func:`afd_jax.workload.slotload.slot_load_pmf`); theta,
     slot_var: its mean and variance (the Gaussian model's inputs); batch: fixed B (or, with
     optimize_batch, ignored except as a default for batch_max); constraints as in the module
-    docstring (None = not set). Raises InputError for bad or infeasible settings.
+    docstring (None = not set); r_values: the feasible integers r (None = all; the continuous
+    optimum is searched between their extremes, the integer choice is one of them). Raises
+    InputError for bad or infeasible settings.
 
     >>> import jax; jax.config.update("jax_enable_x64", True)  # float64, as the CLI
     >>> from afd_jax import optimize, resolve_latency, resolve_workload, slot_load_pmf
@@ -814,6 +836,7 @@ def optimize(
         optimize_batch, batch, batch_min, batch_max, r_min, r_max, slos, kv_capacity, kv_epsilon
     )
     b_hi_user = int(batch_max) if optimize_batch else int(batch)
+    r_allowed, r_lo, r_hi = _ratio_bounds(r_values, r_min, r_max)
     kv_limit = _kv_limit(slot_pmf, kv_capacity, kv_epsilon, b_hi_user, optimize_batch, batch)
     if optimize_batch:
         b_lo, b_hi = float(batch_min), float(min(b_hi_user, kv_limit or b_hi_user))
@@ -826,8 +849,8 @@ def optimize(
         slot_var,
         b_ref,
         step_slo=math.inf if step_slo is None else step_slo,
-        r_min=float(r_min),
-        r_max=float(r_max),
+        r_min=float(r_lo),
+        r_max=float(r_hi),
         batch_min=b_lo,
         batch_max=b_hi,
     )
@@ -836,7 +859,7 @@ def optimize(
 
     limits = _Limits(
         r_min, r_max, optimize_batch, batch_min, b_hi_user, kv_limit, step_slo, step_slo_p99
-    )
+    )._replace(r_values=r_allowed)
     cands = _Candidates(slot_pmf, lat, opts, limits)
     b_cap = int(min(b_hi_user, kv_limit or b_hi_user))
     best = _search_integers(cands, r_c, b_c, batch, b_cap, int(neighbourhood))

@@ -120,3 +120,102 @@ def plot_simulation(result, path: str | Path, title: str) -> Path:
     finally:
         plt.close(fig)
     return Path(path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(plt, fig, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` (format from its suffix) and close it; InputError on failure."""
+    try:
+        fig.savefig(path, dpi=120)
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot write figure: {err}", path=str(path)) from err
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
+def plot_plan_front(result: dict, path: str | Path) -> Path:
+    """The plan figure (``result`` = the ``afd-jax plan --json`` object with ``points``): every
+    evaluated (r, B) as objective vs P99 time per output token, coloured by B, the Pareto front
+    as a step line, the best configuration starred and the P99 SLO as a vertical line."""
+    plt = _pyplot()
+    metric = {"per_gpu": "tokens_per_s_per_gpu", "per_dollar": "tokens_per_dollar"}
+    key = metric[result["objective"]]
+    unit = {"per_gpu": "tokens/s per GPU", "per_dollar": "tokens per USD"}[result["objective"]]
+    fig, ax = plt.subplots(figsize=(8.0, 5.0), constrained_layout=True)
+    outside = [p for p in result["points"] if set(p["violates"]) - {"tpot_p99"}]
+    pts = [p for p in result["points"] if not set(p["violates"]) - {"tpot_p99"}]
+    if outside:
+        ax.scatter(
+            [p["tpot_p99_ms"] for p in outside],
+            [p[key] for p in outside],
+            facecolors="none",
+            edgecolors="grey",
+            s=14,
+            label="over KV capacity or GPU budget",
+        )
+    sc = ax.scatter(
+        [p["tpot_p99_ms"] for p in pts],
+        [p[key] for p in pts],
+        c=[p["batch"] for p in pts],
+        cmap="viridis",
+        s=14,
+        alpha=0.7,
+    )
+    fig.colorbar(sc, ax=ax, label="B (slots per Attention instance)")
+    front = result["front"]
+    ax.step(
+        [p["tpot_p99_ms"] for p in front],
+        [p[key] for p in front],
+        where="post",
+        color="black",
+        lw=1.4,
+        label="Pareto front",
+    )
+    best = result.get("best")
+    if best is not None:
+        ax.plot(best["tpot_p99_ms"], best[key], "*", color="#d62728", ms=16, mec="black")
+        ax.annotate(
+            f"best r={best['r']}, B={best['batch']}",
+            (best["tpot_p99_ms"], best[key]),
+            textcoords="offset points",
+            xytext=(6, -12),
+            fontsize=8,
+        )
+    if result.get("tpot_p99_slo_ms") is not None:
+        ax.axvline(result["tpot_p99_slo_ms"], color="#d62728", ls="--", lw=1.0, label="P99 SLO")
+    ax.set_xlabel("P99 time per output token (ms, exact barrier law)")
+    ax.set_ylabel(unit)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"workload {result['workload']}, latency {result['latency_source']}", fontsize=9)
+    return _save(plt, fig, path)
+
+
+def plot_tornado(elasticities: dict, path: str | Path, title: str = "") -> Path:
+    """Tornado figure: one bar per input for the elasticity of r* (left panel) and of the
+    throughput (right panel), percent per percent, inputs sorted by the largest |elasticity|."""
+    plt = _pyplot()
+    names = sorted(
+        elasticities["throughput"],
+        key=lambda n: max(abs(elasticities["r_star"][n]), abs(elasticities["throughput"][n])),
+    )
+    fig, axes = plt.subplots(1, 2, figsize=(9.0, 4.0), sharey=True, constrained_layout=True)
+    panels = (("r_star", "d ln r* / d ln input"), ("throughput", "d ln throughput / d ln input"))
+    for ax, (which, label) in zip(axes, panels, strict=True):
+        vals = [elasticities[which][n] for n in names]
+        colours = ["#2ca02c" if v >= 0 else "#d62728" for v in vals]
+        ax.barh(names, vals, color=colours)
+        ax.axvline(0.0, color="black", lw=0.8)
+        ax.set_xlabel(label)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(title or "elasticities (% per %)", fontsize=10)
+    return _save(plt, fig, path)

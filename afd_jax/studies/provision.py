@@ -26,6 +26,7 @@ import numpy as np
 
 from afd_jax.errors import InputError, positive_int
 from afd_jax.model.exact import exact_step_times, host_latency, worker_load_pmf
+from afd_jax.model.hardware import Hardware, feasible_ratios, user_metrics
 from afd_jax.model.latency import Latency, ModelOptions, throughput
 from afd_jax.model.latency_io import resolve_latency, validate_latency
 from afd_jax.model.theory import (
@@ -42,7 +43,7 @@ from afd_jax.workload.slotload import SlotLoadPMF, slot_load_pmf
 from afd_jax.workload.specs import resolve_workload
 from afd_jax.workload.statistics import workload_stats
 
-__all__ = ["METHODS", "ProvisionResult", "provision"]
+__all__ = ["METHODS", "ProvisionResult", "best_allowed_r", "hardware_json", "provision"]
 
 METHODS = ("mean_field", "gaussian", "exact")
 
@@ -78,6 +79,8 @@ class ProvisionResult:
     regimes: tuple[tuple[float, float, str], ...]
     exact_lattice: dict
     timings_s: dict
+    r_values: tuple[int, ...] | None = None
+    hardware: Hardware | None = None
 
     @property
     def slot_std(self) -> float:
@@ -124,7 +127,49 @@ class ProvisionResult:
             "throughput_unit": self.throughput_unit,
             "exact_lattice": dict(self.exact_lattice),
             "timings_s": dict(self.timings_s),
+            **self._hardware_json(),
         }
+
+    def _hardware_json(self) -> dict:
+        """``r_values`` when r is restricted; ``hardware`` and ``user_terms`` (the exact choice
+        in tokens/s per GPU, tokens per USD, USD per million tokens, J per token) when the GPU
+        counts are known."""
+        out = {}
+        if self.r_values is not None:
+            out["r_values"] = [int(v) for v in self.r_values]
+        hw = self.hardware
+        if hw is not None and hw.has_gpus:
+            r = self.r_best["exact"]
+            tau = self.step_time["exact"][r - 1]
+            out["hardware"] = hardware_json(hw)
+            metrics = user_metrics(self.latency, hw, r, self.batch, tau)
+            out["user_terms"] = {"r": r, "batch": int(self.batch), **metrics}
+        return out
+
+
+def hardware_json(hw: Hardware) -> dict:
+    """The hardware echo of the JSON outputs: GPU counts, systems and the resolved per-GPU
+    price (USD/h), power (W) and memory (GiB)."""
+    return {
+        "attn_gpus": hw.attn_gpus,
+        "ffn_gpus": hw.ffn_gpus,
+        "attn_system": hw.attn_system,
+        "ffn_system": hw.ffn_system,
+        "price_attn_usd_per_gpu_hour": hw.attn_price,
+        "price_ffn_usd_per_gpu_hour": hw.ffn_price,
+        "power_attn_w": hw.attn_power,
+        "power_ffn_w": hw.ffn_power,
+        "memory_attn_gib": hw.attn_memory_gib,
+    }
+
+
+def best_allowed_r(values: np.ndarray, r_values) -> int:
+    """The r (1-based index into ``values``) with the largest value, among ``r_values`` (all r
+    when None); ties go to the smallest r."""
+    if r_values is None:
+        return int(np.argmax(values)) + 1
+    allowed = np.asarray(r_values, dtype=np.int64)
+    return int(allowed[int(np.argmax(np.asarray(values)[allowed - 1]))])
 
 
 def _resolve_inputs(workload, latency, opts):
@@ -177,6 +222,8 @@ def provision(
     slot_bins: int = 4096,
     workload_name: str | None = None,
     latency_source: str | None = None,
+    r_values=None,
+    hardware: Hardware | None = None,
 ) -> ProvisionResult:
     """Throughput per instance vs r = 1..r_max by mean field, Gaussian barrier and exact steady
     state; the best integer r of each, the continuous optima and the binding regime.
@@ -185,7 +232,10 @@ def provision(
     latency: a :class:`~afd_jax.model.latency.Latency` or a preset name / TOML path (its
     ``comm_scaling``/``overlap`` are used unless ``opts`` is given); batch: B, slots per
     Attention instance; slot_bins: lattice points of the slot-load law for the exact method.
-    workload_name / latency_source: labels for the output (default: the specs given).
+    workload_name / latency_source: labels for the output (default: the specs given);
+    r_values: the feasible r (integers in 1..r_max; None = all): every method's best integer r
+    is chosen among them (the continuous optima are not); hardware: GPU counts, prices and power
+    (:class:`~afd_jax.model.hardware.Hardware`) for the outputs in user terms.
     Raises :class:`~afd_jax.errors.InputError` for bad input.
 
     >>> import jax; jax.config.update("jax_enable_x64", True)  # float64, as the CLI
@@ -202,6 +252,7 @@ def provision(
     if slot_bins < 2:
         raise InputError(f"must be >= 2, got {slot_bins}", field="slot_bins")
     validate_latency(lat)
+    allowed = None if r_values is None else feasible_ratios(list(r_values), r_max=r_max)
     stats = workload_stats(w)
     theta = float(stats.theta) + opts.load_offset
     slot_var = float(stats.slot_var)
@@ -231,9 +282,11 @@ def provision(
         throughput={"mean_field": mf_thr, "gaussian": g_thr, "exact": ex_thr},
         step_time={"mean_field": mf_tau, "gaussian": g_tau, "exact": ex_tau},
         r_best={
-            "mean_field": int(mf_opt.r_best),
-            "gaussian": int(np.argmax(g_thr)) + 1,
-            "exact": int(np.argmax(ex_thr)) + 1,
+            "mean_field": int(mf_opt.r_best)
+            if allowed is None
+            else best_allowed_r(mf_thr, allowed),
+            "gaussian": best_allowed_r(g_thr, allowed),
+            "exact": best_allowed_r(ex_thr, allowed),
         },
         r_star={"mean_field": float(mf_opt.r_continuous), "gaussian": float(g_star)},
         regime=mf_opt.regime,
@@ -241,4 +294,6 @@ def provision(
         regimes=tuple(regime_segments(lat, theta, batch, opts, r_max)),
         exact_lattice=lattice,
         timings_s=timings,
+        r_values=None if allowed is None else tuple(int(v) for v in allowed),
+        hardware=hardware,
     )
