@@ -28,6 +28,7 @@ from afd_jax.model.latency import (
     AffineStage,
     Latency,
     ModelOptions,
+    host_latency,
     maximum,
     other_stages,
     stage_time,
@@ -80,11 +81,6 @@ def worker_load_pmf(slot_pmf: SlotLoadPMF, batch: int) -> SlotLoadPMF:
     return SlotLoadPMF(start=int(batch * start), width=int(slot_pmf.width), pmf=out)
 
 
-def host_latency(lat: Latency) -> Latency:
-    """The latency with every leaf a Python float (NumPy float64 arithmetic, no JAX dispatch)."""
-    return Latency(*(float(v) for v in lat))
-
-
 def other_stage_times(lat: Latency, r_max: int, batch: int, opts: ModelOptions) -> np.ndarray:
     """G(r) for r = 1..r_max, float64 (:func:`afd_jax.model.latency.other_stages`)."""
     r = np.arange(1, int(r_max) + 1, dtype=np.float64)
@@ -115,7 +111,7 @@ def exact_step_times(
     wp = worker_pmf if worker_pmf is not None else worker_load_pmf(slot_pmf, batch)
     p = wp.pmf
     w = wp.start + wp.width * np.arange(p.shape[0], dtype=np.float64)
-    t_a = t_attn(host_latency(lat), w)
+    t_a = t_attn(host_latency(lat), w, float(batch))
     # survival S(w_{i-1}) = Pr(T > w_{i-1}) = sum_{j >= i} p_j, for i = 1..n-1
     tail = np.cumsum(p[::-1])[::-1]
     surv_prev = np.clip(tail[1:], 0.0, 1.0)

@@ -205,6 +205,12 @@ def pool_simulate(
     batch = int(batch)
     r_values = [int(r) for r in r_values]
     _check_args(batch, r_values, completion_fraction, ffn_tokens)
+    if L.has_tables(lat):
+        raise InputError(
+            "the finite-pool (completions) window needs affine stages; a latency with measured "
+            "tables runs with the steps window (simulate) or the analytic methods",
+            field="latency",
+        )
     t_start = time.perf_counter()
     pl = _pools(
         workload_or_sampler,

@@ -27,7 +27,7 @@ import numpy as np
 from afd_jax.errors import InputError, positive_int
 from afd_jax.model.exact import exact_step_times, host_latency, worker_load_pmf
 from afd_jax.model.latency import Latency, ModelOptions, throughput
-from afd_jax.model.latency_io import resolve_latency, validate_latency
+from afd_jax.model.latency_io import latency_summary, resolve_latency, validate_latency
 from afd_jax.model.theory import (
     Candidate,
     gaussian_optimum_continuous,
@@ -102,7 +102,7 @@ class ProvisionResult:
             "load_offset": self.opts.load_offset,
             "latency_source": self.latency_source,
             "latency": {
-                **{k: float(v) for k, v in lat._asdict().items()},
+                **latency_summary(lat),
                 "comm_scaling": self.opts.comm_scaling,
                 "overlap": self.opts.overlap,
             },
@@ -201,7 +201,7 @@ def provision(
     positive_int("r_max", r_max)
     if slot_bins < 2:
         raise InputError(f"must be >= 2, got {slot_bins}", field="slot_bins")
-    validate_latency(lat)
+    validate_latency(lat, batch=batch)
     stats = workload_stats(w)
     theta = float(stats.theta) + opts.load_offset
     slot_var = float(stats.slot_var)
