@@ -44,6 +44,7 @@ __all__ = [
     "host_latency",
     "MaxLawTables",
     "max_exceedance",
+    "max_law_curve_step_times",
     "max_law_step_times",
     "max_law_tables",
     "other_stage_times",
@@ -255,3 +256,23 @@ def max_law_step_times(
     q = tables.exceed[rows, k]
     tau = other * (1.0 - q) + a2 * tables.upper[rows, k] + b2 * q
     return np.where(pos, tau, maximum(other, b2))
+
+
+def max_law_curve_step_times(
+    tables: MaxLawTables, attn_times: np.ndarray, other, opts: ModelOptions = DEFAULT_OPTIONS
+) -> np.ndarray:
+    """E[tau] float64[n_s, r_max] for one non-decreasing Attention time ``attn_times``
+    (float64[n], t_A at the lattice points ``start + width * i``: a table stage) shared by
+    the scenarios, and their other stages G(r): float64[n_s, r_max].
+
+    Pipelined: ``E[max(G, t_A(M_r))] = G Pr(M_r < w_k) + sum_{i>=k} Pr(M_r = w_i) t_A(w_i)``
+    with ``k`` the first lattice index where ``t_A(w_k) >= G``; serial: ``E[t_A(M_r)] + G``
+    (:func:`max_law_step_times` for an affine stage, the same sum)."""
+    mass = tables.exceed[:, :-1] - tables.exceed[:, 1:]  # Pr(M_r = w_i)
+    up = np.cumsum((mass * attn_times[None, :])[:, ::-1], axis=1)[:, ::-1]
+    upper = np.concatenate([up, np.zeros((up.shape[0], 1))], axis=1)  # [r_max, n + 1]
+    if opts.overlap != "pipelined":
+        return step_time_from_other(upper[None, :, 0], other, opts)
+    k = np.searchsorted(attn_times, other, side="left")
+    rows = np.arange(other.shape[1])[None, :]
+    return other * (1.0 - tables.exceed[rows, k]) + upper[rows, k]

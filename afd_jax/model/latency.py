@@ -48,6 +48,8 @@ COMM_SCALINGS = ("aggregate", "per_worker")
 OVERLAPS = ("pipelined", "serial")
 COEFFICIENTS = ("alpha_attn", "beta_attn", "alpha_ffn", "beta_ffn", "alpha_comm", "beta_comm")
 STAGES = ("attn", "ffn", "comm")
+SCALAR_FIELDS = COEFFICIENTS + ("cost_attn", "cost_ffn")
+"""The scalar fields of :class:`Latency` (every field but ``tables``)."""
 AB = ("alpha", "beta")
 
 

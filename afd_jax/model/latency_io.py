@@ -52,6 +52,7 @@ __all__ = [
     "list_presets",
     "read_latency_file",
     "resolve_latency",
+    "scalar_items",
     "validate_latency",
 ]
 
@@ -255,7 +256,7 @@ def validate_latency(lat: Latency, where: str | None = None, batch=None) -> Late
     """Check every coefficient finite and >= 0 and the costs > 0 (InputError otherwise); the
     pair of a stage given as a table is not checked (it is NaN). With ``batch`` (a B or an
     array of them), also that an Attention table covers it (:func:`check_batch`)."""
-    for key, value in _scalar_items(lat):
+    for key, value in scalar_items(lat):
         _number(value, key, where, positive=key in COST_KEYS)
     if batch is not None:
         check_batch(lat.attn, batch, where)
@@ -265,7 +266,7 @@ def validate_latency(lat: Latency, where: str | None = None, batch=None) -> Late
 def latency_summary(lat: Latency) -> dict:
     """JSON-ready coefficients and costs, with ``"tables"``: each table stage's knot count
     (and batches for the Attention tables); the affine pairs that tables replace are left out."""
-    out: dict = {k: float(v) for k, v in _scalar_items(lat)}
+    out: dict = {k: float(v) for k, v in scalar_items(lat)}
     tables = lat.tables._asdict() if lat.tables is not None else {}
     described = {}
     for name, stage in tables.items():
@@ -300,7 +301,7 @@ def format_stages(summary: dict, short: bool = False) -> str:
     return " ".join(parts)
 
 
-def _scalar_items(lat: Latency) -> list[tuple[str, float]]:
+def scalar_items(lat: Latency) -> list[tuple[str, float]]:
     """(key, value) of the coefficients and costs, without the pairs that tables replace."""
     tables = lat.tables._asdict() if lat.tables is not None else {}
     return [
@@ -341,8 +342,8 @@ def resolve_latency(
     for key in extra:
         if key in COEFFICIENTS and key.split("_", 1)[1] in tables:
             raise InputError(
-                f"stage {key.split('_', 1)[1]} is a measured table; --{key.replace('_', '-')} "
-                "does not apply to it",
+                f"stage {key.split('_', 1)[1]} is a measured table; {key} (flag "
+                f"--{key.replace('_', '-')}) does not apply to it",
                 path=where,
                 field=key,
             )
@@ -388,7 +389,7 @@ def format_latency_toml(lat: Latency, opts: ModelOptions, meta: dict | None = No
         lines += [f"{k} = {val(v)}" for k, v in meta.items()]
         lines.append("")
     lines.append("[latency]")
-    lines += [f"{k} = {float(v)!r}" for k, v in _scalar_items(lat)]
+    lines += [f"{k} = {float(v)!r}" for k, v in scalar_items(lat)]
     lines.append(f'comm_scaling = "{opts.comm_scaling}"')
     lines.append(f'overlap = "{opts.overlap}"')
     lines += _format_tables(lat.tables._asdict() if lat.tables is not None else {})
