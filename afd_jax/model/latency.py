@@ -29,6 +29,7 @@ Equations (docs/model.md 2-3), with X = r*B (``comm_scaling="aggregate"``) or B 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -62,13 +63,12 @@ class StageTables(NamedTuple):
 
 
 class Latency(NamedTuple):
-    """Stage coefficients (us per token, us), instance costs and measured stages.
+    """Stage coefficients (us per token, us) and instance costs: every stage affine.
 
     t_A(T) = alpha_attn*T + beta_attn;  t_F(r) = alpha_ffn*r*B + beta_ffn;
     t_C(r) = alpha_comm*X + beta_comm with X = r*B ("aggregate") or B ("per_worker").
-    A stage given in ``tables`` (:class:`StageTables`) replaces its affine pair, which is then
-    NaN (so a stray direct read shows). The stage objects are :attr:`attn`, :attr:`ffn` and
-    :attr:`comm`; evaluate them with :func:`stage_time` only.
+    The stage objects are :attr:`attn`, :attr:`ffn` and :attr:`comm` (evaluate them with
+    :func:`stage_time` only); :attr:`tables` is None (see :class:`TableLatency`).
     """
 
     alpha_attn: float
@@ -79,49 +79,70 @@ class Latency(NamedTuple):
     beta_comm: float
     cost_attn: float = 1.0
     cost_ffn: float = 1.0
-    tables: StageTables | None = None
-
-    def _stage(self, name: str):
-        table = None if self.tables is None else getattr(self.tables, name)
-        if table is not None:
-            return table
-        return AffineStage(getattr(self, f"alpha_{name}"), getattr(self, f"beta_{name}"))
 
     @property
-    def attn(self):
-        return self._stage("attn")
+    def tables(self) -> None:
+        return None
 
-    @property
-    def ffn(self):
-        return self._stage("ffn")
 
-    @property
-    def comm(self):
-        return self._stage("comm")
+class TableLatency(NamedTuple):
+    """A :class:`Latency` with measured stages: the same eight scalars plus ``tables``
+    (:class:`StageTables`). A stage given in ``tables`` replaces its affine pair, which is then
+    NaN (so a stray direct read shows). Every model function takes either type."""
+
+    alpha_attn: float
+    beta_attn: float
+    alpha_ffn: float
+    beta_ffn: float
+    alpha_comm: float
+    beta_comm: float
+    cost_attn: float
+    cost_ffn: float
+    tables: StageTables
+
+
+def _stage(lat, name: str):
+    """Stage object ``name`` of a latency: its table, else ``AffineStage(alpha, beta)``."""
+    table = None if lat.tables is None else getattr(lat.tables, name)
+    if table is not None:
+        return table
+    return AffineStage(getattr(lat, f"alpha_{name}"), getattr(lat, f"beta_{name}"))
+
+
+for _cls in (Latency, TableLatency):
+    for _name in STAGES:
+        setattr(_cls, _name, property(partial(_stage, name=_name)))
+
+
+def make_latency(scalars, tables: StageTables | None = None):
+    """:class:`Latency` of the eight scalars, or :class:`TableLatency` when ``tables`` is given."""
+    if tables is None:
+        return Latency(*scalars)
+    return TableLatency(*scalars, tables=tables)
 
 
 def table_latency(
     attn=None, ffn=None, comm=None, *, affine: Latency | None = None, costs=(1.0, 1.0)
-) -> Latency:
-    """A :class:`Latency` with the given table stages; the other stages keep the affine pairs
-    of ``affine`` (NaN pairs where a table replaces them, or where ``affine`` is None)."""
+) -> TableLatency:
+    """A :class:`TableLatency` with the given table stages; the other stages keep the affine
+    pairs of ``affine`` (NaN pairs where a table replaces them, or where ``affine`` is None)."""
     base = affine if affine is not None else Latency(*(float("nan"),) * 6, *costs)
     tables = StageTables(attn, ffn, comm)
     nan = float("nan")
     repl = {f"{k}_{s}": nan for s in STAGES if getattr(tables, s) is not None for k in AB}
-    return base._replace(tables=tables, **repl)
+    return make_latency(tuple(base[: len(SCALAR_FIELDS)]), tables)._replace(**repl)
 
 
-def host_latency(lat: Latency) -> Latency:
+def host_latency(lat):
     """The latency with every coefficient a Python float and every table float64 NumPy (NumPy
-    arithmetic, no JAX dispatch)."""
+    arithmetic, no JAX dispatch); same type as ``lat``."""
     tables = lat.tables
     if tables is not None:
         tables = jax.tree_util.tree_map(lambda a: np.asarray(a, dtype=np.float64), tables)
-    return Latency(*(float(v) for v in lat[: len(COEFFICIENTS) + 2]), tables=tables)
+    return make_latency([float(v) for v in lat[: len(SCALAR_FIELDS)]], tables)
 
 
-def has_tables(lat: Latency) -> bool:
+def has_tables(lat) -> bool:
     """True when any stage of ``lat`` is a measured table."""
     return lat.tables is not None and any(t is not None for t in lat.tables)
 

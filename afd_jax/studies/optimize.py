@@ -67,6 +67,7 @@ from afd_jax.model.latency import (
     Latency,
     ModelOptions,
     instance_cost,
+    make_latency,
     other_stages,
     stage_slope,
     step_time_from_other,
@@ -187,7 +188,7 @@ def make_scenario(
     leaves = [*lat[:n], theta, slot_var, batch, step_slo, r_min, r_max, batch_min, batch_max]
     leaves = jnp.broadcast_arrays(*(c(v) for v in leaves))  # one common shape
     tables = None if lat.tables is None else jax.tree_util.tree_map(c, lat.tables)
-    return Scenario(Latency(*leaves[:n], tables=tables), *leaves[n:])
+    return Scenario(make_latency(leaves[:n], tables), *leaves[n:])
 
 
 def smooth_max(a, b, temperature):

@@ -155,7 +155,7 @@ def exact_chunk(groups: ExactGroups, sl: slice) -> np.ndarray:
     p = groups.plan
     r_max = p.spec.r_max
     wl, b, coeffs = p.wl_index[sl], p.batch[sl], p.coeffs[sl]
-    lat = Latency(*(coeffs[:, j][:, None] for j in range(len(LATENCY_FIELDS))), tables=p.tables)
+    lat = L.make_latency([coeffs[:, j][:, None] for j in range(len(LATENCY_FIELDS))], p.tables)
     r = np.arange(1, r_max + 1, dtype=np.float64)[None, :]
     batch = b.astype(np.float64)[:, None]
     other = other_stage_times(lat, r, batch, p.opts)  # G(r), float64[n, r_max]

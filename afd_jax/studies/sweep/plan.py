@@ -15,7 +15,7 @@ import jax.random as jr
 import numpy as np
 
 from afd_jax.errors import InputError
-from afd_jax.model.latency import Latency, ModelOptions, StageTables
+from afd_jax.model.latency import Latency, ModelOptions, StageTables, make_latency
 from afd_jax.model.latency_io import resolve_latency, scalar_items, validate_latency
 from afd_jax.studies.sweep.fields import LATENCY_FIELDS, columns
 from afd_jax.studies.sweep.spec import SweepSpec
@@ -63,7 +63,7 @@ class SweepPlan:
             tables = jax.tree_util.tree_map(
                 lambda a: convert(np.broadcast_to(a, lead + np.shape(a))), tables
             )
-        return Latency(*scal, tables=tables)
+        return make_latency(scal, tables)
 
     @property
     def n_scenarios(self) -> int:
