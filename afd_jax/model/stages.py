@@ -207,10 +207,18 @@ def invert_stage(time_fn, slope_fn, target, lo, hi, iterations: int = 60):
     xp = _xp(target, lo, hi)
     a, b = _stop_gradient(lo + 0 * target), _stop_gradient(hi + 0 * target)
     goal = _stop_gradient(target)
-    for _ in range(iterations):
+
+    def halve(_, ab):
+        a, b = ab
         mid = 0.5 * (a + b)
         up = time_fn(mid) >= goal
-        a, b = xp.where(up, a, mid), xp.where(up, mid, b)
+        return xp.where(up, a, mid), xp.where(up, mid, b)
+
+    if xp is jnp:
+        a, b = jax.lax.fori_loop(0, iterations, halve, (a, b))
+    else:
+        for i in range(iterations):
+            a, b = halve(i, (a, b))
     root = 0.5 * (a + b)
     slope = slope_fn(root)
     ok = (slope > 0) & (root > lo + 0 * root) & (root < hi + 0 * root)

@@ -76,7 +76,9 @@ __all__ = [
     "mean_field_optimum",
     "mean_field_regime",
     "mean_field_step_time",
+    "mean_field_step_time_jit",
     "mean_field_throughput",
+    "mean_field_throughput_jit",
     "mean_field_throughput_host",
     "regime_segments",
 ]
@@ -232,9 +234,10 @@ def _gaussian_table_step_time(lat, theta, slot_var, r, batch, opts, method):
         return stage_slope(lat.attn, ex(mean) + ex(s) * x, ex(batch)) * ex(s)
 
     def weight(x):
-        return slope_at(x, lambda a: jnp.asarray(a)[..., None])
+        return slope_at(x, lambda a: jnp.broadcast_to(a, x.shape[:-1])[..., None])
 
-    shape = jnp.broadcast_shapes(jnp.shape(g), jnp.shape(mean), jnp.shape(s))
+    shape = jnp.broadcast_shapes(jnp.shape(g), jnp.shape(mean), jnp.shape(s), jnp.shape(r))
+    g = jnp.broadcast_to(g, shape)
     lower = jnp.full(shape, _LOWER, dtype=g.dtype)
     a_low = attn_at(lower)
     mean_only = step_time_from_other(t_attn(lat, mean, batch), g, opts)
@@ -269,6 +272,13 @@ theta, slot_var or r of the same shape/dtype reuse the compiled code."""
 
 gaussian_step_time_jit = jax.jit(gaussian_step_time, static_argnames=("opts", "method"))
 """``jax.jit(gaussian_step_time)``, static like :data:`gaussian_throughput_jit`."""
+
+mean_field_throughput_jit = jax.jit(mean_field_throughput, static_argnames="opts")
+"""``jax.jit(mean_field_throughput)`` (``opts`` static): for table latencies, whose many small
+operations are slow op by op."""
+
+mean_field_step_time_jit = jax.jit(mean_field_step_time, static_argnames="opts")
+"""``jax.jit(mean_field_step_time)`` (``opts`` static)."""
 
 
 def gaussian_optimum_continuous(

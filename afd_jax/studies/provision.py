@@ -26,7 +26,7 @@ import numpy as np
 
 from afd_jax.errors import InputError, positive_int
 from afd_jax.model.exact import exact_step_times, host_latency, worker_load_pmf
-from afd_jax.model.latency import Latency, ModelOptions, throughput
+from afd_jax.model.latency import Latency, ModelOptions, has_tables, throughput
 from afd_jax.model.latency_io import latency_summary, resolve_latency, validate_latency
 from afd_jax.model.theory import (
     Candidate,
@@ -35,7 +35,9 @@ from afd_jax.model.theory import (
     gaussian_throughput_jit,
     mean_field_optimum,
     mean_field_step_time,
+    mean_field_step_time_jit,
     mean_field_throughput,
+    mean_field_throughput_jit,
     regime_segments,
 )
 from afd_jax.workload.slotload import SlotLoadPMF, slot_load_pmf
@@ -141,8 +143,11 @@ def _resolve_inputs(workload, latency, opts):
 
 def _mean_field(lat, theta, rs, batch, opts, r_max):
     opt = mean_field_optimum(lat, theta, batch, opts, r_max)
-    thr = np.asarray(mean_field_throughput(lat, theta, jnp.asarray(rs), batch, opts))
-    tau = np.asarray(mean_field_step_time(lat, theta, jnp.asarray(rs), batch, opts))
+    thr_fn, tau_fn = mean_field_throughput, mean_field_step_time
+    if has_tables(lat):  # many small ops: compiled (affine stays eager, bit for bit)
+        thr_fn, tau_fn = mean_field_throughput_jit, mean_field_step_time_jit
+    thr = np.asarray(thr_fn(lat, theta, jnp.asarray(rs), batch, opts))
+    tau = np.asarray(tau_fn(lat, theta, jnp.asarray(rs), batch, opts))
     return opt, thr, tau
 
 
