@@ -85,20 +85,12 @@ class Latency(NamedTuple):
         return None
 
 
-class TableLatency(NamedTuple):
-    """A :class:`Latency` with measured stages: the same eight scalars plus ``tables``
-    (:class:`StageTables`). A stage given in ``tables`` replaces its affine pair, which is then
-    NaN (so a stray direct read shows). Every model function takes either type."""
-
-    alpha_attn: float
-    beta_attn: float
-    alpha_ffn: float
-    beta_ffn: float
-    alpha_comm: float
-    beta_comm: float
-    cost_attn: float
-    cost_ffn: float
-    tables: StageTables
+TableLatency = NamedTuple(
+    "TableLatency", [(name, float) for name in SCALAR_FIELDS] + [("tables", StageTables)]
+)
+TableLatency.__doc__ = """A :class:`Latency` with measured stages: the same eight scalars plus
+``tables`` (:class:`StageTables`). A stage given in ``tables`` replaces its affine pair, which
+is then NaN (so a stray direct read shows). Every model function takes either type."""
 
 
 def _stage(lat, name: str):
