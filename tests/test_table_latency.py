@@ -364,3 +364,26 @@ def test_batch_outside_tables_and_pool_rejected(moe, workload):
         simulate(w, lat, 4, 4, opts=opts)
     with pytest.raises(InputError, match="affine stages"):
         pool_simulate(w, lat, 16, [2], opts=opts)
+
+
+def test_sweep_rejects_a_coefficient_of_a_table_stage(tmp_path):
+    from afd_jax.studies.sweep import make_plan
+    from afd_jax.studies.sweep.spec import parse_sweep_spec
+
+    def spec(latency):
+        return parse_sweep_spec(
+            {
+                "r_max": 4,
+                "methods": ["mean_field"],
+                "batch": [16],
+                "output": str(tmp_path / "t.csv"),
+                "workloads": {"specs": [WORKLOAD]},
+                "latency": {"base": str(DATA), **latency},
+            }
+        )
+
+    with pytest.raises(InputError, match="stage ffn is a measured table; alpha_ffn"):
+        make_plan(spec({"grid": {"alpha_ffn": [1.0, 2.0]}}))
+    plan = make_plan(spec({"grid": {"cost_ffn": [1.0, 2.0]}}))
+    assert plan.n_scenarios == 2 and plan.swept == ("cost_ffn",)
+    assert plan.latency(np.arange(2)).tables.ffn.x.shape == (2, 9)
