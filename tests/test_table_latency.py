@@ -284,6 +284,7 @@ def test_moe_monte_carlo_within_4_se_of_exact(moe, workload):
     assert np.all(np.abs(z) < 4), z
 
 
+@pytest.mark.slow
 def test_moe_gradients_match_finite_differences(moe, workload):
     lat, opts = moe
     _, theta, var, _ = workload
