@@ -70,6 +70,10 @@ _LAZY = {
     "gaussian_step_time": "model.theory",
     "gaussian_throughput": "model.theory",
     "worker_load_pmf": "model.exact",
+    "TableLatency": "model.latency",
+    "table_latency": "model.latency",
+    "table_stage": "model.stages",
+    "attn_table": "model.stages",
     "exact_step_times": "model.exact",
     "exact_throughput": "model.exact",
     # Monte Carlo and studies

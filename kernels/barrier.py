@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from .contract import Kernel, SegmentInfo
 from .sampling import sample_slot_load
-from .step import StepModel, step_times
+from .step import StepModel, attn_times, step_times
 
 BLOCK = 128
 """Steps (or snapshots) per summation block: the fixed granularity of float32 sums and of the
@@ -43,7 +43,9 @@ class StepSums(NamedTuple):
 
     tau, tau_sq, max_attn: [nb, r_max] sums over the valid steps of tau(r), tau(r)^2 and the
     barrier Attention time max_{j<=r} t_A,j. worker_load: [nb, r_max] sums of each worker's
-    load T_j. The idle sums follow on the host (float64) because they are linear in T_j:
+    load T_j (with a table Attention stage, ``model.attn_grid``: of its Attention time
+    t_A(T_j) instead, so the idle sums below stay linear with alpha_A = 1, beta_A = 0). The
+    idle sums follow on the host (float64) because they are linear in T_j:
     sum_{j<=r} (tau - t_A,j) = r tau - alpha_A sum_{j<=r} T_j - r beta_A, barrier wait
     r max_{j<=r} t_A,j - sum_{j<=r} t_A,j, FFN idle tau - t_F(r).
     slot_load, slot_load_sq: [nb] sums of the mean slot load of the step (over all r_max x B
@@ -96,7 +98,7 @@ def summarise_steps(
     w = valid.astype(jnp.float32)
     # exact running max; a parallel scan is ~3x faster than lax.cummax on XLA:CPU
     max_load = jax.lax.associative_scan(jnp.maximum, loads, axis=1)
-    max_attn = model.alpha_attn * max_load + model.beta_attn
+    max_attn = attn_times(model, max_load)  # t_A non-decreasing: max_j t_A(T_j) = t_A(M_r)
     tau = step_times(max_attn, model.other.reshape(1, -1), serial)
 
     def bsum(x):
@@ -115,7 +117,7 @@ def summarise_steps(
         tau=bsum(tau),
         tau_sq=bsum(tau * tau),
         max_attn=bsum(max_attn),
-        worker_load=bsum(loads),
+        worker_load=bsum(loads if model.attn_grid is None else attn_times(model, loads)),
         slot_load=block_sum(mean_load * w),
         slot_load_sq=block_sum(mean_load * mean_load * w),
         count=block_sum(valid.astype(jnp.int32)),

@@ -25,6 +25,7 @@ from afd_jax.cli.common import (
     load_workload,
     positive_int,
 )
+from afd_jax.model.latency_io import format_stages
 from afd_jax.studies.plots import plot_provision
 from afd_jax.studies.provision import provision
 
@@ -64,10 +65,8 @@ def _print_summary(res: dict) -> None:
     print(f"theta         {res['theta']:.2f} tokens  (slot sd {res['slot_std']:.2f})", file=out)
     print(f"batch B       {res['batch']}", file=out)
     print(
-        f"latency       {res['latency_source']}: alpha_attn={lat['alpha_attn']:g} "
-        f"beta_attn={lat['beta_attn']:g} alpha_ffn={lat['alpha_ffn']:g} "
-        f"beta_ffn={lat['beta_ffn']:g} alpha_comm={lat['alpha_comm']:g} "
-        f"beta_comm={lat['beta_comm']:g} us; costs {lat['cost_attn']:g}/{lat['cost_ffn']:g}; "
+        f"latency       {res['latency_source']}: {format_stages(lat)} us; "
+        f"costs {lat['cost_attn']:g}/{lat['cost_ffn']:g}; "
         f"{lat['comm_scaling']}, {lat['overlap']}",
         file=out,
     )

@@ -28,6 +28,7 @@ from afd_jax.model.latency import (
     AffineStage,
     Latency,
     ModelOptions,
+    host_latency,
     maximum,
     other_stages,
     stage_time,
@@ -44,6 +45,7 @@ __all__ = [
     "host_latency",
     "MaxLawTables",
     "max_exceedance",
+    "max_law_curve_step_times",
     "max_law_step_times",
     "max_law_tables",
     "other_stage_times",
@@ -81,11 +83,6 @@ def worker_load_pmf(slot_pmf: SlotLoadPMF, batch: int) -> SlotLoadPMF:
     return SlotLoadPMF(start=int(batch * start), width=int(slot_pmf.width), pmf=out)
 
 
-def host_latency(lat: Latency) -> Latency:
-    """The latency with every leaf a Python float (NumPy float64 arithmetic, no JAX dispatch)."""
-    return Latency(*(float(v) for v in lat))
-
-
 def other_stage_times(lat: Latency, r_max: int, batch: int, opts: ModelOptions) -> np.ndarray:
     """G(r) for r = 1..r_max, float64 (:func:`afd_jax.model.latency.other_stages`)."""
     r = np.arange(1, int(r_max) + 1, dtype=np.float64)
@@ -116,7 +113,7 @@ def exact_step_times(
     wp = worker_pmf if worker_pmf is not None else worker_load_pmf(slot_pmf, batch)
     p = wp.pmf
     w = wp.start + wp.width * np.arange(p.shape[0], dtype=np.float64)
-    t_a = t_attn(host_latency(lat), w)
+    t_a = t_attn(host_latency(lat), w, float(batch))
     # survival S(w_{i-1}) = Pr(T > w_{i-1}) = sum_{j >= i} p_j, for i = 1..n-1
     tail = np.cumsum(p[::-1])[::-1]
     surv_prev = np.clip(tail[1:], 0.0, 1.0)
@@ -273,3 +270,23 @@ def max_law_step_times(
     q = tables.exceed[rows, k]
     tau = other * (1.0 - q) + a2 * tables.upper[rows, k] + b2 * q
     return np.where(pos, tau, maximum(other, b2))
+
+
+def max_law_curve_step_times(
+    tables: MaxLawTables, attn_times: np.ndarray, other, opts: ModelOptions = DEFAULT_OPTIONS
+) -> np.ndarray:
+    """E[tau] float64[n_s, r_max] for one non-decreasing Attention time ``attn_times``
+    (float64[n], t_A at the lattice points ``start + width * i``: a table stage) shared by
+    the scenarios, and their other stages G(r): float64[n_s, r_max].
+
+    Pipelined: ``E[max(G, t_A(M_r))] = G Pr(M_r < w_k) + sum_{i>=k} Pr(M_r = w_i) t_A(w_i)``
+    with ``k`` the first lattice index where ``t_A(w_k) >= G``; serial: ``E[t_A(M_r)] + G``
+    (:func:`max_law_step_times` for an affine stage, the same sum)."""
+    mass = tables.exceed[:, :-1] - tables.exceed[:, 1:]  # Pr(M_r = w_i)
+    up = np.cumsum((mass * attn_times[None, :])[:, ::-1], axis=1)[:, ::-1]
+    upper = np.concatenate([up, np.zeros((up.shape[0], 1))], axis=1)  # [r_max, n + 1]
+    if opts.overlap != "pipelined":
+        return step_time_from_other(upper[None, :, 0], other, opts)
+    k = np.searchsorted(attn_times, other, side="left")
+    rows = np.arange(other.shape[1])[None, :]
+    return other * (1.0 - tables.exceed[rows, k]) + upper[rows, k]

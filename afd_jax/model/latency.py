@@ -6,9 +6,10 @@ calls these functions instead of writing the formulas again. Each function works
 floats, NumPy arrays (float64 references stay NumPy, no JAX dispatch) and JAX arrays or tracers
 alike (differentiable, vmappable, jittable): only arithmetic and :func:`maximum` are used.
 
-Stage latencies are *stage objects*. Today every stage is an :class:`AffineStage`
-``t(x) = alpha * x + beta``; :func:`stage_time` is the single place that evaluates a stage, so a
-non-affine stage (a measured table, interpolated) plugs in here without touching its callers.
+Stage latencies are *stage objects* (:mod:`afd_jax.model.stages`): an :class:`AffineStage`
+``t(x) = alpha * x + beta`` or a measured table (:class:`TableStage`, PCHIP-interpolated; the
+Attention stage as an :class:`AttnTable`, one table per batch B). :func:`stage_time` is the
+single place that evaluates a stage; affine stages keep the affine formulas bit for bit.
 
 Coefficients travel as a :class:`Latency` NamedTuple (a pytree: differentiable, vmappable); the
 structural switches as a hashable :class:`ModelOptions` (static under ``jit``). Time unit:
@@ -28,31 +29,46 @@ Equations (docs/model.md 2-3), with X = r*B (``comm_scaling="aggregate"``) or B 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from afd_jax.model.stages import (
+    AffineStage,
+    AttnTable,
+    TableStage,
+    eval_stage,
+    is_affine,
+    slope_stage,
+)
+
 COMM_SCALINGS = ("aggregate", "per_worker")
 OVERLAPS = ("pipelined", "serial")
 COEFFICIENTS = ("alpha_attn", "beta_attn", "alpha_ffn", "beta_ffn", "alpha_comm", "beta_comm")
 STAGES = ("attn", "ffn", "comm")
+SCALAR_FIELDS = COEFFICIENTS + ("cost_attn", "cost_ffn")
+"""The scalar fields of :class:`Latency` (every field but ``tables``)."""
+AB = ("alpha", "beta")
 
 
-class AffineStage(NamedTuple):
-    """A stage whose time is affine in its token count: ``t(x) = alpha * x + beta`` (us)."""
+class StageTables(NamedTuple):
+    """The measured (table) stages of a :class:`Latency`; ``None`` where a stage is affine."""
 
-    alpha: float
-    beta: float
+    attn: AttnTable | None = None
+    ffn: TableStage | None = None
+    comm: TableStage | None = None
 
 
 class Latency(NamedTuple):
-    """Stage coefficients (us per token, us) and instance costs.
+    """Stage coefficients (us per token, us) and instance costs: every stage affine.
 
     t_A(T) = alpha_attn*T + beta_attn;  t_F(r) = alpha_ffn*r*B + beta_ffn;
     t_C(r) = alpha_comm*X + beta_comm with X = r*B ("aggregate") or B ("per_worker").
-    The stage objects are :attr:`attn`, :attr:`ffn` and :attr:`comm`.
+    The stage objects are :attr:`attn`, :attr:`ffn` and :attr:`comm` (evaluate them with
+    :func:`stage_time` only); :attr:`tables` is None (see :class:`TableLatency`).
     """
 
     alpha_attn: float
@@ -65,16 +81,62 @@ class Latency(NamedTuple):
     cost_ffn: float = 1.0
 
     @property
-    def attn(self) -> AffineStage:
-        return AffineStage(self.alpha_attn, self.beta_attn)
+    def tables(self) -> None:
+        return None
 
-    @property
-    def ffn(self) -> AffineStage:
-        return AffineStage(self.alpha_ffn, self.beta_ffn)
 
-    @property
-    def comm(self) -> AffineStage:
-        return AffineStage(self.alpha_comm, self.beta_comm)
+TableLatency = NamedTuple(
+    "TableLatency", [(name, float) for name in SCALAR_FIELDS] + [("tables", StageTables)]
+)
+TableLatency.__doc__ = """A :class:`Latency` with measured stages: the same eight scalars plus
+``tables`` (:class:`StageTables`). A stage given in ``tables`` replaces its affine pair, which
+is then NaN (so a stray direct read shows). Every model function takes either type."""
+
+
+def _stage(lat, name: str):
+    """Stage object ``name`` of a latency: its table, else ``AffineStage(alpha, beta)``."""
+    table = None if lat.tables is None else getattr(lat.tables, name)
+    if table is not None:
+        return table
+    return AffineStage(getattr(lat, f"alpha_{name}"), getattr(lat, f"beta_{name}"))
+
+
+for _cls in (Latency, TableLatency):
+    for _name in STAGES:
+        setattr(_cls, _name, property(partial(_stage, name=_name)))
+
+
+def make_latency(scalars, tables: StageTables | None = None):
+    """:class:`Latency` of the eight scalars, or :class:`TableLatency` when ``tables`` is given."""
+    if tables is None:
+        return Latency(*scalars)
+    return TableLatency(*scalars, tables=tables)
+
+
+def table_latency(
+    attn=None, ffn=None, comm=None, *, affine: Latency | None = None, costs=(1.0, 1.0)
+) -> TableLatency:
+    """A :class:`TableLatency` with the given table stages; the other stages keep the affine
+    pairs of ``affine`` (NaN pairs where a table replaces them, or where ``affine`` is None)."""
+    base = affine if affine is not None else Latency(*(float("nan"),) * 6, *costs)
+    tables = StageTables(attn, ffn, comm)
+    nan = float("nan")
+    repl = {f"{k}_{s}": nan for s in STAGES if getattr(tables, s) is not None for k in AB}
+    return make_latency(tuple(base[: len(SCALAR_FIELDS)]), tables)._replace(**repl)
+
+
+def host_latency(lat):
+    """The latency with every coefficient a Python float and every table float64 NumPy (NumPy
+    arithmetic, no JAX dispatch); same type as ``lat``."""
+    tables = lat.tables
+    if tables is not None:
+        tables = jax.tree_util.tree_map(lambda a: np.asarray(a, dtype=np.float64), tables)
+    return make_latency([float(v) for v in lat[: len(SCALAR_FIELDS)]], tables)
+
+
+def has_tables(lat) -> bool:
+    """True when any stage of ``lat`` is a measured table."""
+    return lat.tables is not None and any(t is not None for t in lat.tables)
 
 
 class ModelOptions(NamedTuple):
@@ -97,19 +159,31 @@ def maximum(a, b):
     return jnp.maximum(a, b) if _is_jax(a, b) else np.maximum(a, b)
 
 
-def stage_time(stage: AffineStage, tokens, *factors):
+def stage_time(stage, tokens, *factors, batch=None):
     """Time (us) of one stage (the only place a stage is evaluated) for the token count
-    ``tokens * factors[0] * ...``. The factors are applied to ``alpha`` left to right
-    (``alpha * r * B``, not ``alpha * (r * B)``), the float rounding every caller had before."""
+    ``tokens * factors[0] * ...``. Affine: the factors are applied to ``alpha`` left to right
+    (``alpha * r * B``, not ``alpha * (r * B)``), the float rounding every caller had before.
+    Table: the PCHIP interpolation of :func:`afd_jax.model.stages.eval_stage` (``batch`` picks
+    the Attention table)."""
+    if not is_affine(stage):
+        for factor in factors:
+            tokens = tokens * factor
+        return eval_stage(stage, tokens, batch)
     scaled = stage.alpha * tokens
     for factor in factors:
         scaled = scaled * factor
     return scaled + stage.beta
 
 
-def t_attn(lat: Latency, load):
-    """Attention time for a worker load T (tokens): ``alpha_A T + beta_A``."""
-    return stage_time(lat.attn, load)
+def stage_slope(stage, tokens, batch=None):
+    """dt/dx of a stage at the token count x (us per token): ``alpha`` when affine."""
+    return slope_stage(stage, tokens, batch)
+
+
+def t_attn(lat: Latency, load, batch=None):
+    """Attention time for a worker load T (tokens): ``alpha_A T + beta_A`` (a table: the
+    interpolated time of the tables for ``batch``)."""
+    return stage_time(lat.attn, load, batch=batch)
 
 
 def t_ffn(lat: Latency, r, batch):

@@ -14,9 +14,13 @@ A latency file is TOML with a ``[latency]`` table (time unit: microseconds)::
     cost_attn = 1.0               # optional instance costs (default 1, 1)
     cost_ffn = 1.0
 
-an optional free-form ``[meta]`` table, and optional ``[hardware]`` / ``[costs]`` tables (GPU
+and an optional free-form ``[meta]`` table, and optional ``[hardware]`` / ``[costs]`` tables (GPU
 counts, systems, KV bytes per token, per-GPU prices and power), validated here and read by
-:func:`afd_jax.model.hardware.read_hardware` (docs/plan.md). A preset is such a file shipped in
+:func:`afd_jax.model.hardware.read_hardware` (docs/plan.md). A stage may instead be a sub-table:
+affine ``[latency.ffn] alpha = .., beta = ..`` or measured, ``[latency.ffn] tokens = [..],
+time_us = [..]`` (likewise ``[latency.comm]``) and ``[[latency.attn.table]] batch = ..,
+kv_tokens = [..], time_us = [..]`` (one per batch); x strictly increasing, times > 0 and
+non-decreasing (docs/latency_presets.md, the file format). A preset is such a file shipped in
 ``afd_jax/presets/`` (``list_presets()``; docs/latency_presets.md derives each one).
 """
 
@@ -27,22 +31,41 @@ import tomllib
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
+
 from afd_jax.errors import InputError
 from afd_jax.model.hardware import check_hardware_tables
-from afd_jax.model.latency import COEFFICIENTS, COMM_SCALINGS, OVERLAPS, Latency, ModelOptions
+from afd_jax.model.latency import (
+    COEFFICIENTS,
+    COMM_SCALINGS,
+    OVERLAPS,
+    STAGES,
+    Latency,
+    ModelOptions,
+    table_latency,
+)
+from afd_jax.model.stages import AttnTable, TableStage, check_batch, table_stage
 
 __all__ = [
     "LATENCY_KEYS",
     "format_latency_toml",
+    "format_stages",
     "latency_file",
+    "latency_summary",
     "list_presets",
     "read_latency_file",
     "resolve_latency",
+    "scalar_items",
     "validate_latency",
 ]
 
 COST_KEYS = ("cost_attn", "cost_ffn")
 LATENCY_KEYS = COEFFICIENTS + ("comm_scaling", "overlap") + COST_KEYS
+TABLE_KEY = "tables"
+"""Key of the parsed stage objects in :func:`read_latency_file`'s dict (``{stage: object}``)."""
+TOP_LEVEL = ("latency", "meta", "hardware", "costs")
+"""Top-level tables of a latency file ([hardware] and [costs] are checked by
+:func:`afd_jax.model.hardware.check_hardware_tables`)."""
 
 
 def list_presets() -> list[str]:
@@ -79,11 +102,15 @@ def _number(value, key: str, path: str | None, *, positive: bool = False) -> flo
 def _check_table(table: dict, path: str | None) -> dict:
     """Validate a [latency]-style mapping (keys subset of LATENCY_KEYS); returns clean values."""
     out = {}
+    stages = {k: v for k, v in table.items() if k in STAGES}
+    if stages:
+        out.update(_check_stages(stages, path))
     for key, value in table.items():
+        if key in STAGES:
+            continue
         if key not in LATENCY_KEYS:
-            raise InputError(
-                f"unknown key (allowed: {', '.join(LATENCY_KEYS)})", path=path, field=key
-            )
+            allowed = ", ".join(LATENCY_KEYS + STAGES)
+            raise InputError(f"unknown key (allowed: {allowed})", path=path, field=key)
         if key == "comm_scaling":
             if value not in COMM_SCALINGS:
                 raise InputError(
@@ -103,6 +130,100 @@ def _check_table(table: dict, path: str | None) -> dict:
     return out
 
 
+def _array(value, field: str, path: str | None, *, positive: bool) -> np.ndarray:
+    """A list of >= 2 finite numbers (> 0 or >= 0) as float64."""
+    if not isinstance(value, list) or len(value) < 2:
+        raise InputError("must be a list of at least 2 numbers", path=path, field=field)
+    out = [_number(v, f"{field}[{i}]", path, positive=positive) for i, v in enumerate(value)]
+    return np.asarray(out, dtype=np.float64)
+
+
+def _curve(table: dict, x_key: str, field: str, path: str | None) -> TableStage:
+    """A measured stage curve: x strictly increasing, times > 0 and non-decreasing."""
+    for key in table:
+        if key not in (x_key, "time_us"):
+            raise InputError(
+                f"unknown key (allowed: {x_key}, time_us)", path=path, field=f"{field}.{key}"
+            )
+    for key in (x_key, "time_us"):
+        if key not in table:
+            raise InputError("missing key", path=path, field=f"{field}.{key}")
+    x = _array(table[x_key], f"{field}.{x_key}", path, positive=False)
+    y = _array(table["time_us"], f"{field}.time_us", path, positive=True)
+    if x.shape != y.shape:
+        raise InputError(
+            f"{x_key} has {x.size} entries, time_us {y.size}", path=path, field=f"{field}.time_us"
+        )
+    for name, arr, ok in ((x_key, x, np.diff(x) > 0), ("time_us", y, np.diff(y) >= 0)):
+        if not ok.all():
+            i = int(np.argmin(ok)) + 1
+            rule = "strictly increasing" if name == x_key else "non-decreasing"
+            raise InputError(
+                f"must be {rule}: entry {i} ({arr[i]:g}) after {arr[i - 1]:g}",
+                path=path,
+                field=f"{field}.{name}",
+            )
+    return table_stage(x, y)
+
+
+def _attn_tables(entries, path: str | None) -> AttnTable:
+    field = "latency.attn.table"
+    if not isinstance(entries, list) or not entries:
+        raise InputError(
+            "must be an array of tables [[latency.attn.table]]", path=path, field=field
+        )
+    rows = {}
+    for i, entry in enumerate(entries):
+        where = f"{field}[{i}]"
+        if not isinstance(entry, dict):
+            raise InputError("must be a table", path=path, field=where)
+        if "batch" not in entry:
+            raise InputError("missing batch", path=path, field=f"{where}.batch")
+        batch = _number(entry["batch"], f"{where}.batch", path, positive=True)
+        if batch in rows:
+            raise InputError(f"batch {batch:g} given twice", path=path, field=f"{where}.batch")
+        curve = {k: v for k, v in entry.items() if k != "batch"}
+        rows[batch] = _curve(curve, "kv_tokens", where, path)
+    batches = sorted(rows)
+    return AttnTable(np.asarray(batches), tuple(rows[b] for b in batches))
+
+
+def _check_stage(name: str, value, path: str | None):
+    """One ``[latency.<stage>]`` sub-table: ``{alpha, beta}`` (affine) or a measured table."""
+    field = f"latency.{name}"
+    if not isinstance(value, dict):
+        raise InputError("must be a table", path=path, field=field)
+    if "alpha" in value or "beta" in value:
+        for key in value:
+            if key not in ("alpha", "beta"):
+                raise InputError(
+                    "an affine stage takes alpha and beta only", path=path, field=f"{field}.{key}"
+                )
+        if not ("alpha" in value and "beta" in value):
+            raise InputError("an affine stage needs both alpha and beta", path=path, field=field)
+        return {f"{k}_{name}": _number(value[k], f"{field}.{k}", path) for k in ("alpha", "beta")}
+    if name == "attn":
+        if set(value) != {"table"}:
+            raise InputError(
+                "give [[latency.attn.table]] entries (batch, kv_tokens, time_us) or alpha/beta",
+                path=path,
+                field=field,
+            )
+        return {TABLE_KEY: {name: _attn_tables(value["table"], path)}}
+    return {TABLE_KEY: {name: _curve(value, "tokens", field, path)}}
+
+
+def _check_stages(stages: dict, path: str | None) -> dict:
+    out: dict = {TABLE_KEY: {}}
+    for name, value in stages.items():
+        parsed = _check_stage(name, value, path)
+        out[TABLE_KEY].update(parsed.pop(TABLE_KEY, {}))
+        out.update(parsed)
+    if not out[TABLE_KEY]:
+        del out[TABLE_KEY]
+    return out
+
+
 def load_latency_toml(path: str | Path) -> dict:
     """The TOML dict of a latency file; InputError naming the file if unreadable or invalid."""
     path = Path(path)
@@ -117,11 +238,12 @@ def load_latency_toml(path: str | Path) -> dict:
 
 
 def read_latency_file(path: str | Path) -> dict:
-    """Parse and validate a latency TOML file; returns the (possibly partial) [latency] dict."""
+    """Parse and validate a latency TOML file; returns the (possibly partial) [latency] dict,
+    with measured stages as objects under :data:`TABLE_KEY`."""
     path = Path(path)
     data = load_latency_toml(path)
     for key in data:
-        if key not in ("latency", "meta", "hardware", "costs"):
+        if key not in TOP_LEVEL:
             raise InputError(
                 "unknown top-level key (allowed tables: [latency], [meta], [hardware], [costs])",
                 path=str(path),
@@ -130,7 +252,16 @@ def read_latency_file(path: str | Path) -> dict:
     if "latency" not in data or not isinstance(data["latency"], dict):
         raise InputError("missing [latency] table", path=str(path))
     check_hardware_tables(data, str(path))
-    return _check_table(data["latency"], str(path))
+    out = _check_table(data["latency"], str(path))
+    for name in STAGES:
+        flat = [k for k in (f"alpha_{name}", f"beta_{name}") if k in data["latency"]]
+        if flat and name in data["latency"]:
+            raise InputError(
+                f"stage {name} given twice ({flat[0]} and [latency.{name}])",
+                path=str(path),
+                field=flat[0],
+            )
+    return out
 
 
 def _spec_path(spec: str) -> tuple[Path, bool]:
@@ -150,11 +281,63 @@ def latency_file(spec: str) -> Path:
     return _spec_path(str(spec))[0]
 
 
-def validate_latency(lat: Latency, where: str | None = None) -> Latency:
-    """Check every coefficient finite and >= 0 and the costs > 0 (InputError otherwise)."""
-    for key, value in lat._asdict().items():
+def validate_latency(lat: Latency, where: str | None = None, batch=None) -> Latency:
+    """Check every coefficient finite and >= 0 and the costs > 0 (InputError otherwise); the
+    pair of a stage given as a table is not checked (it is NaN). With ``batch`` (a B or an
+    array of them), also that an Attention table covers it (:func:`check_batch`)."""
+    for key, value in scalar_items(lat):
         _number(value, key, where, positive=key in COST_KEYS)
+    if batch is not None:
+        check_batch(lat.attn, batch, where)
     return lat
+
+
+def latency_summary(lat: Latency) -> dict:
+    """JSON-ready coefficients and costs, with ``"tables"``: each table stage's knot count
+    (and batches for the Attention tables); the affine pairs that tables replace are left out."""
+    out: dict = {k: float(v) for k, v in scalar_items(lat)}
+    tables = lat.tables._asdict() if lat.tables is not None else {}
+    described = {}
+    for name, stage in tables.items():
+        if isinstance(stage, AttnTable):
+            described[name] = {"batches": [float(b) for b in np.asarray(stage.batches)]}
+        elif stage is not None:
+            described[name] = {"points": int(np.asarray(stage.x).shape[0])}
+    if described:
+        out[TABLE_KEY] = described
+    return out
+
+
+_SHORT = {"alpha": "a", "beta": "b", "attn": "A", "ffn": "F", "comm": "C"}
+
+
+def format_stages(summary: dict, short: bool = False) -> str:
+    """One line of the stages of a :func:`latency_summary` dict: ``alpha_attn=.. beta_attn=..``
+    (``short``: ``aA=.. bA=..``) per affine stage, ``ffn=table(12 points)`` or
+    ``attn=table(B 64,128)`` per table stage."""
+    parts = []
+    tables = summary.get(TABLE_KEY, {})
+    for stage in STAGES:
+        label = _SHORT[stage] if short else stage
+        if stage in tables:
+            t = tables[stage]
+            inner = f"B {','.join(f'{b:g}' for b in t['batches'])}" if "batches" in t else ""
+            parts.append(f"{label}=table({inner or str(t['points']) + ' points'})")
+            continue
+        for k in ("alpha", "beta"):
+            name = _SHORT[k] + _SHORT[stage] if short else f"{k}_{stage}"
+            parts.append(f"{name}={summary[f'{k}_{stage}']:g}")
+    return " ".join(parts)
+
+
+def scalar_items(lat: Latency) -> list[tuple[str, float]]:
+    """(key, value) of the coefficients and costs, without the pairs that tables replace."""
+    tables = lat.tables._asdict() if lat.tables is not None else {}
+    return [
+        (k, v)
+        for k, v in lat._asdict().items()
+        if k != TABLE_KEY and not (k in COEFFICIENTS and tables.get(k.split("_")[1]) is not None)
+    ]
 
 
 def resolve_latency(
@@ -184,7 +367,16 @@ def resolve_latency(
     if overlap is not None:
         extra["overlap"] = overlap
     table.update(_check_table(extra, None))
-    missing = [k for k in COEFFICIENTS if k not in table]
+    tables = table.pop(TABLE_KEY, {})
+    for key in extra:
+        if key in COEFFICIENTS and key.split("_", 1)[1] in tables:
+            raise InputError(
+                f"stage {key.split('_', 1)[1]} is a measured table; {key} (flag "
+                f"--{key.replace('_', '-')}) does not apply to it",
+                path=where,
+                field=key,
+            )
+    missing = [k for k in COEFFICIENTS if k not in table and k.split("_", 1)[1] not in tables]
     if missing:
         raise InputError(
             f"missing latency coefficient(s): {', '.join(missing)} (give --latency "
@@ -194,10 +386,12 @@ def resolve_latency(
             field=missing[0],
         )
     lat = Latency(
-        **{k: float(table[k]) for k in COEFFICIENTS},
+        **{k: float(table.get(k, math.nan)) for k in COEFFICIENTS},
         cost_attn=float(table.get("cost_attn", 1.0)),
         cost_ffn=float(table.get("cost_ffn", 1.0)),
     )
+    if tables:
+        lat = table_latency(**tables, affine=lat)
     if load_offset not in (0, 1):
         raise InputError(f"must be 0 or 1, got {load_offset}", field="load_offset")
     opts = ModelOptions(
@@ -224,7 +418,28 @@ def format_latency_toml(lat: Latency, opts: ModelOptions, meta: dict | None = No
         lines += [f"{k} = {val(v)}" for k, v in meta.items()]
         lines.append("")
     lines.append("[latency]")
-    lines += [f"{k} = {float(v)!r}" for k, v in lat._asdict().items()]
+    lines += [f"{k} = {float(v)!r}" for k, v in scalar_items(lat)]
     lines.append(f'comm_scaling = "{opts.comm_scaling}"')
     lines.append(f'overlap = "{opts.overlap}"')
+    lines += _format_tables(lat.tables._asdict() if lat.tables is not None else {})
     return "\n".join(lines) + "\n"
+
+
+def _floats(a) -> str:
+    return "[" + ", ".join(repr(float(v)) for v in np.asarray(a)) + "]"
+
+
+def _format_tables(tables: dict) -> list[str]:
+    """TOML lines of the measured stages (knots only; slopes are recomputed on reading)."""
+    lines = []
+    attn = tables.get("attn")
+    if attn is not None:
+        for b, row in zip(np.asarray(attn.batches), attn.rows, strict=True):
+            lines += ["", "[[latency.attn.table]]", f"batch = {float(b)!r}"]
+            lines += [f"kv_tokens = {_floats(row.x)}", f"time_us = {_floats(row.y)}"]
+    for name in ("ffn", "comm"):
+        stage = tables.get(name)
+        if stage is not None:
+            lines += ["", f"[latency.{name}]", f"tokens = {_floats(stage.x)}"]
+            lines.append(f"time_us = {_floats(stage.y)}")
+    return lines

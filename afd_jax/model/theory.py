@@ -48,7 +48,11 @@ from afd_jax.model.latency import (
     DEFAULT_OPTIONS,
     Latency,
     ModelOptions,
+    comm_tokens,
+    host_latency,
+    is_affine,
     other_stages,
+    stage_slope,
     step_time,
     step_time_from_other,
     t_attn,
@@ -56,6 +60,7 @@ from afd_jax.model.latency import (
     t_ffn,
     throughput,
 )
+from afd_jax.model.stages import invert_stage
 
 __all__ = [
     "REGIMES",
@@ -71,7 +76,9 @@ __all__ = [
     "mean_field_optimum",
     "mean_field_regime",
     "mean_field_step_time",
+    "mean_field_step_time_jit",
     "mean_field_throughput",
+    "mean_field_throughput_jit",
     "mean_field_throughput_host",
     "regime_segments",
 ]
@@ -103,8 +110,9 @@ def _cast(dtype, *xs):
     return tuple(jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype=dtype), x) for x in xs)
 
 
-def _tail_integral(a, r):
-    """int_a^U (1 - Phi(x)^r) dx for a <= U, elementwise (a, r broadcast); fixed quadrature.
+def _tail_integral(a, r, weight=None):
+    """int_a^U (1 - Phi(x)^r) w(x) dx for a <= U, elementwise (a, r broadcast); fixed
+    quadrature. ``weight`` (default ``w = 1``) maps the nodes x [..., k] to w(x) [..., k].
 
     Nodes: ``_PANELS`` equal panels of [a, U], ``_NODES`` Gauss-Legendre nodes each."""
     dtype = a.dtype
@@ -125,6 +133,8 @@ def _tail_integral(a, r):
     log_right = jnp.log1p(-ndtr(-jnp.maximum(x, 0.0)))
     log_phi = jnp.where(x < 0, log_left, log_right)
     f = -jnp.expm1(r_[..., None] * log_phi)
+    if weight is not None:
+        f = f * weight(x)
     return length * jnp.sum(f * w, axis=-1)
 
 
@@ -147,7 +157,7 @@ def expected_max_std_normal(r):
 
 def mean_attention_time(lat: Latency, theta, batch):
     """tA_bar = t_A(B theta): the Attention time at the mean worker load B theta."""
-    return t_attn(lat, batch * theta)
+    return t_attn(lat, batch * theta, batch)
 
 
 def mean_field_step_time(lat: Latency, theta, r, batch, opts: ModelOptions = DEFAULT_OPTIONS):
@@ -185,6 +195,8 @@ def gaussian_step_time(
         raise ValueError(f"method must be 'tail' or 'max_of_means', got {method!r}")
     dtype = _float_dtype(lat, theta, slot_var, r, batch)
     lat, theta, slot_var, r, batch = _cast(dtype, lat, theta, slot_var, r, batch)
+    if not is_affine(lat.attn):
+        return _gaussian_table_step_time(lat, theta, slot_var, r, batch, opts, method)
     mu = mean_attention_time(lat, theta, batch)
     bv = batch * slot_var
     s = jnp.where(bv > 0, lat.alpha_attn * jnp.sqrt(jnp.where(bv > 0, bv, 1.0)), 0.0)
@@ -198,6 +210,43 @@ def gaussian_step_time(
     z = jnp.where(positive, (g - mu) / s_safe, 0.0)
     tail = g + s_safe * _barrier_excess(z, r)
     return jnp.where(positive, tail, step_time_from_other(mu, g, opts))
+
+
+def _gaussian_table_step_time(lat, theta, slot_var, r, batch, opts, method):
+    """E[tau] under the Gaussian barrier for any non-decreasing t_A (an Attention table).
+
+    Worker loads N(m, s^2), m = B theta, s^2 = B v; with ``a(x) = t_A(m + s x)`` and the
+    standardised root ``z`` of ``a(z) = G`` in [L, U] (:func:`invert_stage`)::
+
+        E[tau] = G + max(a(L) - G, 0) + int_z^U a'(x) (1 - Phi(x)^r) dx      (pipelined)
+        E[t_A(M_r)] = a(L) + int_L^U a'(x) (1 - Phi(x)^r) dx                  (serial, max_of_means)
+
+    For an affine t_A, ``a'(x) = alpha_A s`` and this is the affine formula."""
+    mean, bv = batch * theta, batch * slot_var
+    positive = bv > 0
+    s = jnp.sqrt(jnp.where(positive, bv, 1.0))
+    g = other_stages(lat, r, batch, opts)
+
+    def attn_at(x, ex=lambda a: a):
+        return t_attn(lat, ex(mean) + ex(s) * x, ex(batch))
+
+    def slope_at(x, ex=lambda a: a):
+        return stage_slope(lat.attn, ex(mean) + ex(s) * x, ex(batch)) * ex(s)
+
+    def weight(x):
+        return slope_at(x, lambda a: jnp.broadcast_to(a, x.shape[:-1])[..., None])
+
+    shape = jnp.broadcast_shapes(jnp.shape(g), jnp.shape(mean), jnp.shape(s), jnp.shape(r))
+    g = jnp.broadcast_to(g, shape)
+    lower = jnp.full(shape, _LOWER, dtype=g.dtype)
+    a_low = attn_at(lower)
+    mean_only = step_time_from_other(t_attn(lat, mean, batch), g, opts)
+    if opts.overlap == "serial" or method == "max_of_means":
+        attn = a_low + _tail_integral(lower, r, weight)
+        return jnp.where(positive, step_time_from_other(attn, g, opts), mean_only)
+    z = invert_stage(attn_at, slope_at, g, lower, jnp.full(shape, _UPPER, dtype=g.dtype))
+    tail = g + jnp.maximum(a_low - g, 0.0) + _tail_integral(z, r, weight)
+    return jnp.where(positive, tail, mean_only)
 
 
 def gaussian_throughput(
@@ -223,6 +272,13 @@ theta, slot_var or r of the same shape/dtype reuse the compiled code."""
 
 gaussian_step_time_jit = jax.jit(gaussian_step_time, static_argnames=("opts", "method"))
 """``jax.jit(gaussian_step_time)``, static like :data:`gaussian_throughput_jit`."""
+
+mean_field_throughput_jit = jax.jit(mean_field_throughput, static_argnames="opts")
+"""``jax.jit(mean_field_throughput)`` (``opts`` static): for table latencies, whose many small
+operations are slow op by op."""
+
+mean_field_step_time_jit = jax.jit(mean_field_step_time, static_argnames="opts")
+"""``jax.jit(mean_field_step_time)`` (``opts`` static)."""
 
 
 def gaussian_optimum_continuous(
@@ -325,7 +381,7 @@ def mean_field_throughput_host(
 
 
 def _host(lat: Latency) -> Latency:
-    return Latency(*(float(v) for v in lat))
+    return host_latency(lat)
 
 
 def _candidate_points(lines: dict, opts: ModelOptions, r_max: int, ca: float, cf: float):
@@ -354,6 +410,56 @@ def _candidate_points(lines: dict, opts: ModelOptions, r_max: int, ca: float, cf
     return raw
 
 
+def _log_slope(lat: Latency, theta: float, rs: np.ndarray, batch: float, opts: ModelOptions):
+    """d/dr log of the mean-field throughput, ``1/r - c_A/(r c_A + c_F) - tau'(r)/tau(r)``
+    (one-sided where tau has a kink), float64 NumPy."""
+    ta = float(mean_attention_time(lat, theta, batch))
+    t_c, t_f = t_comm(lat, rs, batch, opts), t_ffn(lat, rs, batch)
+    d_f = stage_slope(lat.ffn, rs * batch) * batch
+    d_c = stage_slope(lat.comm, comm_tokens(rs, batch, opts)) * batch
+    d_c = d_c if opts.comm_scaling == "aggregate" else 0.0 * d_c
+    if opts.overlap == "serial":
+        d_tau, tau = d_c + d_f, ta + t_c + t_f
+    else:
+        d_g = np.where(t_c > t_f, d_c, d_f)
+        tau = np.maximum(ta, np.maximum(t_c, t_f))
+        d_tau = np.where(np.maximum(t_c, t_f) > ta, d_g, 0.0)
+    ca, cf = lat.cost_attn, lat.cost_ffn
+    return 1.0 / rs - ca / (rs * ca + cf) - d_tau / tau
+
+
+def _table_candidate_points(lat: Latency, theta: float, batch: float, opts, r_max: int):
+    """Candidates of a model with a table FFN or communication stage: the balance points
+    ``t_s(r) = tA_bar`` (root finding, each stage monotone in r) and every local maximum of the
+    throughput, where ``d log throughput / dr`` changes sign from + to - on a grid of
+    :data:`_TABLE_GRID` points, refined by bisection (a kink or a smooth peak alike)."""
+    ta = float(mean_attention_time(lat, theta, batch))
+    raw: list[tuple[str, float]] = [("grid_min", 1.0), ("grid_max", float(r_max))]
+    lo, hi = np.float64(1.0), np.float64(r_max)
+    stages = {"ffn": (lambda r: t_ffn(lat, r, batch), lat.ffn)}
+    if opts.comm_scaling == "aggregate":
+        stages["comm"] = (lambda r: t_comm(lat, r, batch, opts), lat.comm)
+    for short, (fn, stage) in stages.items():
+        if fn(lo) < ta < fn(hi):
+            slope = lambda r, st=stage: stage_slope(st, r * batch) * batch  # noqa: E731
+            root = invert_stage(fn, slope, ta, lo, hi)
+            raw.append((f"balance_{short}", float(root)))
+    rs = np.linspace(1.0, float(r_max), _TABLE_GRID)
+    h = _log_slope(lat, theta, rs, batch, opts)
+    turn = np.flatnonzero((h[:-1] > 0) & (h[1:] <= 0))
+    a, b = rs[turn], rs[turn + 1]
+    for _ in range(60):  # bisection: the log slope is > 0 left of each maximum
+        mid = 0.5 * (a + b)
+        up = _log_slope(lat, theta, mid, batch, opts) > 0
+        a, b = np.where(up, mid, a), np.where(up, b, mid)
+    for r in 0.5 * (a + b):
+        raw.append((f"peak_{mean_field_regime(lat, theta, float(r), batch, opts)}", float(r)))
+    return raw
+
+
+_TABLE_GRID = 2049
+
+
 def mean_field_optimum(
     lat: Latency,
     theta: float,
@@ -378,9 +484,13 @@ def mean_field_optimum(
     """
     lat = _host(lat)
     theta, batch, r_max = float(theta), float(batch), int(r_max)
-    lines = _stage_lines(lat, theta, batch, opts)
+    if is_affine(lat.ffn) and is_affine(lat.comm):
+        lines = _stage_lines(lat, theta, batch, opts)
+        points = _candidate_points(lines, opts, r_max, lat.cost_attn, lat.cost_ffn)
+    else:
+        points = _table_candidate_points(lat, theta, batch, opts, r_max)
     candidates = []
-    for name, r in _candidate_points(lines, opts, r_max, lat.cost_attn, lat.cost_ffn):
+    for name, r in points:
         if not math.isfinite(r):
             continue
         r = min(max(r, 1.0), float(r_max))

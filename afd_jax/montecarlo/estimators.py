@@ -20,7 +20,14 @@ from typing import NamedTuple
 import numpy as np
 import scipy.stats
 
-from afd_jax.model.latency import Latency, bundle_idle_fraction, maximum
+from afd_jax.model.latency import (
+    Latency,
+    bundle_idle_fraction,
+    host_latency,
+    is_affine,
+    maximum,
+    t_attn,
+)
 
 N_BINS = 4096
 """Log-spaced step-time bins of every driver's histogram."""
@@ -52,7 +59,7 @@ def tau_bins(lo: float, hi: float) -> tuple[float, float]:
 
 def attn_time_max(lat: Latency, batch: int, max_slot_load: int) -> float:
     """Largest Attention time: every slot of a worker at the largest slot load."""
-    return float(lat.alpha_attn) * batch * max_slot_load + float(lat.beta_attn)
+    return float(t_attn(host_latency(lat), float(batch) * max_slot_load, float(batch)))
 
 
 def _quantiles_of(counts: np.ndarray, log_lo: float, inv_w: float, qs) -> list[float]:
@@ -144,8 +151,11 @@ class IdleFractions(NamedTuple):
 def stream_idle(lat: Latency, batch, r, s_tau, s_load_cum, s_max_attn, n_steps, t_ffn_r):
     """Idle fractions of a stream of full slots (steps window), float64 per r: ``s_tau`` sum
     of tau, ``s_load_cum`` sum of sum_{j<=r} T_j, ``s_max_attn`` sum of max_{j<=r} t_A,j,
-    ``t_ffn_r`` t_F(r) per step (every step has r B tokens)."""
+    ``t_ffn_r`` t_F(r) per step (every step has r B tokens). With a table Attention stage the
+    kernels sum t_A,j instead of T_j (``kernels.barrier.StepSums``): alpha_A = 1, beta_A = 0."""
     a_attn, b_attn = float(lat.alpha_attn), float(lat.beta_attn)
+    if not is_affine(lat.attn):
+        a_attn, b_attn = 1.0, 0.0
     sum_attn = a_attn * s_load_cum + b_attn * r * n_steps
     attn_idle = r * s_tau - sum_attn
     ffn_idle = s_tau - n_steps * t_ffn_r

@@ -114,7 +114,7 @@ def _pool_chunk(prompt, decode, n, r, target, model, bins, *, kernel):
 
 def tau_range(lat: Latency, batch: int, r: int, max_load: int, opts: ModelOptions):
     """(log_lo, inv_w) of log bins spanning every possible tau of a bundle of size r."""
-    lat = Latency(*(float(x) for x in lat))
+    lat = L.host_latency(lat)
     lows = (lat.beta_attn, lat.beta_comm, lat.beta_ffn)
     highs = (
         E.attn_time_max(lat, batch, max_load),
@@ -205,6 +205,12 @@ def pool_simulate(
     batch = int(batch)
     r_values = [int(r) for r in r_values]
     _check_args(batch, r_values, completion_fraction, ffn_tokens)
+    if L.has_tables(lat):
+        raise InputError(
+            "the finite-pool (completions) window needs affine stages; a latency with measured "
+            "tables runs with the steps window (simulate) or the analytic methods",
+            field="latency",
+        )
     t_start = time.perf_counter()
     pl = _pools(
         workload_or_sampler,
@@ -266,7 +272,7 @@ def _record(sums: dict, info, bins) -> None:
 
 def _result(lat, batch, r_values, window, sums, ffn_tokens, level, seed, wall):
     """The MonteCarloResult of a completions-window run (float64 host arithmetic)."""
-    lat = Latency(*(float(x) for x in lat))
+    lat = L.host_latency(lat)
     tokens, steps = np.stack(sums["tokens"]), np.stack(sums["steps"])
     elapsed, attn = np.stack(sums["elapsed"]), np.stack(sums["attn_steps"])
     replications = tokens.shape[1]

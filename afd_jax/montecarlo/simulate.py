@@ -44,10 +44,11 @@ from afd_jax.kernels import sampling as KS
 from afd_jax.kernels.barrier import barrier_kernel
 from afd_jax.kernels.contract import SegmentParams
 from afd_jax.kernels.fast import fast_kernel
-from afd_jax.kernels.step import StepModel
+from afd_jax.kernels.step import AttnGrid, StepModel
 from afd_jax.kernels.trajectory import INITS, trajectory_kernel
 from afd_jax.model import latency as L
 from afd_jax.model.latency import Latency, ModelOptions
+from afd_jax.model.stages import check_batch
 from afd_jax.montecarlo import estimators as E
 from afd_jax.montecarlo.result import STEP_DIAGNOSTICS, MonteCarloResult
 from afd_jax.montecarlo.samplers import make_sampler, max_slot_load
@@ -144,23 +145,52 @@ def _sampler_and_max_load(source, opts: ModelOptions, given):
     return sampler, max_slot_load(sampler, given=given)
 
 
-def step_model(lat: Latency, batch: int, r_max: int, opts: ModelOptions) -> StepModel:
+ATTN_GRID = 65536
+"""Intervals of the load grid on which a table Attention stage reaches the kernels: every
+integer load when B * max slot load <= ATTN_GRID (exact), else uniform, read linearly."""
+
+
+def attn_grid(lat: Latency, batch: int, max_load: int) -> AttnGrid:
+    """The table Attention time of ``lat`` at B = ``batch`` (``afd_jax.model.latency``, float64)
+    on a uniform grid over [0, B * max slot load] (:data:`ATTN_GRID` intervals, width >= 1)."""
+    top = max(int(batch) * int(max_load), 1)
+    n = min(top, ATTN_GRID)
+    width = top / n
+    loads = width * np.arange(n + 1, dtype=np.float64)
+    values = L.t_attn(L.host_latency(lat), loads, float(batch))
+    return AttnGrid(
+        jnp.asarray(0.0, jnp.float32),
+        jnp.asarray(1.0 / width, jnp.float32),
+        jnp.asarray(values, jnp.float32),
+    )
+
+
+def step_model(
+    lat: Latency, batch: int, r_max: int, opts: ModelOptions, max_load: int | None = None
+) -> StepModel:
     """StepModel (float32) with G(r) and t_F(r) for r = 1..r_max computed in float64
-    (``afd_jax.model.latency``)."""
-    lat = Latency(*(float(x) for x in lat))
+    (``afd_jax.model.latency``); a table Attention stage travels as an :func:`attn_grid`
+    (``max_load``, the largest slot load, is then required)."""
+    lat = L.host_latency(lat)
     r = np.arange(1, r_max + 1, dtype=np.float64)
+    grid = None
+    if not L.is_affine(lat.attn):
+        if max_load is None:
+            raise ValueError("a table Attention stage needs max_load")
+        grid = attn_grid(lat, batch, max_load)
     return StepModel(
         jnp.asarray(lat.alpha_attn, jnp.float32),
         jnp.asarray(lat.beta_attn, jnp.float32),
         jnp.asarray(L.other_stages(lat, r, batch, opts), jnp.float32),
         jnp.asarray(L.t_ffn(lat, r, batch), jnp.float32),
+        grid,
     )
 
 
 def _histogram(lat, batch, max_load, model: StepModel, serial: bool):
     """Log bins spanning every possible tau: (TauHistogram, (log_lo, inv_w))."""
     other = np.asarray(model.other, np.float64)
-    lows = (float(lat.beta_attn), other.min())
+    lows = (float(L.t_attn(L.host_latency(lat), 0.0, float(batch))), other.min())
     highs = (E.attn_time_max(lat, batch, max_load), other.max())
     log_lo, inv_w = E.tau_bins(*E.stage_bounds(lows, highs, serial))
     hist = KB.TauHistogram(jnp.asarray(log_lo, jnp.float32), jnp.asarray(inv_w, jnp.float32))
@@ -175,7 +205,7 @@ def _setup(source, lat, opts, run: StepsRun, given) -> StepsSetup:
             "use a smaller batch (or a workload with shorter requests)",
             field="batch",
         )
-    model = step_model(lat, run.batch, run.r_max, opts)
+    model = step_model(lat, run.batch, run.r_max, opts, max_load)
     hist, bins = _histogram(lat, run.batch, max_load, model, run.serial)
     return StepsSetup(sampler, model, hist, bins, jr.key(run.seed), max_load)
 
@@ -257,6 +287,7 @@ def simulate(
     could overflow int32.
     """
     _check_run(kernel, batch, r_max, steps, warmup, replications, init, level)
+    check_batch(lat.attn, batch)
     if memory_budget_bytes is None:
         on_cpu = jax.devices()[0].platform == "cpu"
         memory_budget_bytes = DEFAULT_MEMORY_BUDGET * (1 if on_cpu else 8)
@@ -481,7 +512,7 @@ def _means(run: StepsRun, acc: StepAccumulator) -> _Means:
 
 def _result(lat, run: StepsRun, setup: StepsSetup, acc: StepAccumulator, wall: float):
     """The MonteCarloResult of a steps-window run (float64 host arithmetic)."""
-    lat = Latency(*(float(x) for x in lat))
+    lat = L.host_latency(lat)
     m = _means(run, acc)
     r = np.arange(1, run.r_max + 1)
     scale = L.throughput(lat, r, run.batch, 1.0)  # tokens/s per instance at tau = 1 us

@@ -63,18 +63,22 @@ from afd_jax.model.exact import (
 )
 from afd_jax.model.hardware import feasible_ratios
 from afd_jax.model.latency import (
-    COEFFICIENTS,
     DEFAULT_OPTIONS,
+    SCALAR_FIELDS,
     Latency,
     ModelOptions,
     instance_cost,
+    make_latency,
     other_stages,
+    stage_slope,
     step_time_from_other,
     t_attn,
     t_comm,
     t_ffn,
     throughput,
 )
+from afd_jax.model.latency_io import scalar_items
+from afd_jax.model.stages import check_batch
 
 __all__ = [
     "OptimizeResult",
@@ -93,7 +97,7 @@ __all__ = [
     "solve_continuous_batched",
 ]
 
-PARAMETERS = (*COEFFICIENTS, "cost_attn", "cost_ffn", "theta", "slot_var", "batch", "step_slo")
+PARAMETERS = (*SCALAR_FIELDS, "theta", "slot_var", "batch", "step_slo")
 
 
 class Scenario(NamedTuple):
@@ -181,10 +185,11 @@ def make_scenario(
     def c(x):
         return jnp.asarray(x, dtype=dt)
 
-    leaves = [*lat, theta, slot_var, batch, step_slo, r_min, r_max, batch_min, batch_max]
+    n = len(SCALAR_FIELDS)
+    leaves = [*lat[:n], theta, slot_var, batch, step_slo, r_min, r_max, batch_min, batch_max]
     leaves = jnp.broadcast_arrays(*(c(v) for v in leaves))  # one common shape
-    n = len(Latency._fields)
-    return Scenario(Latency(*leaves[:n]), *leaves[n:])
+    tables = None if lat.tables is None else jax.tree_util.tree_map(c, lat.tables)
+    return Scenario(make_latency(leaves[:n], tables), *leaves[n:])
 
 
 def smooth_max(a, b, temperature):
@@ -207,7 +212,10 @@ def smoothed_step_time(
         g = smooth_max(t_comm(lat, r, batch, opts), t_ffn(lat, r, batch), temperature)
     else:
         g = other_stages(lat, r, batch, opts)
-    s2 = lat.alpha_attn**2 * batch * slot_var + temperature**2
+    # s_A = t_A'(B theta) sqrt(B v): alpha_A sqrt(B v) for an affine stage; a table Attention
+    # stage is linearised at the mean load here (the integer choice uses the whole table).
+    slope = stage_slope(lat.attn, batch * theta, batch)
+    s2 = slope**2 * batch * slot_var + temperature**2
     s = jnp.sqrt(jnp.where(s2 > 0, s2, 1.0))
     s = jnp.where(s2 > 0, s, 0.0)
     # The theory module's Gaussian barrier for N(mu, s^2) workers and other stages g: a
@@ -520,7 +528,7 @@ def exact_p99_step_times(
     r = np.arange(1, int(r_max) + 1, dtype=np.float64)
     level = q ** (1.0 / r)
     idx = np.minimum(np.searchsorted(cdf, level - 1e-15, side="left"), w.shape[0] - 1)
-    t_a = t_attn(host_latency(lat), w[idx])
+    t_a = t_attn(host_latency(lat), w[idx], float(batch))
     g = other_stage_times(lat, int(r_max), batch, opts)
     return step_time_from_other(t_a, g, opts)
 
@@ -854,6 +862,7 @@ def optimize(
         batch_min=b_lo,
         batch_max=b_hi,
     )
+    check_batch(lat.attn, [b_lo, b_hi])
     sol = solve_continuous(scen, config, opts)
     r_c, b_c = float(sol.r), float(sol.batch)
 
@@ -894,7 +903,7 @@ def _named(s: Scenario, optimize_batch: bool) -> dict:
     """Flatten a sensitivity Scenario into {parameter: float}. With a fixed B, the derivative in
     B moves batch, batch_min and batch_max together; with B optimised, the reference batch is
     not a parameter (batch_min/batch_max are)."""
-    out = {name: float(v) for name, v in zip(Latency._fields, s.latency, strict=True)}
+    out = {name: float(v) for name, v in scalar_items(s.latency)}
     out["theta"], out["slot_var"] = float(s.theta), float(s.slot_var)
     out["step_slo"] = float(s.step_slo)
     out["r_min"], out["r_max"] = float(s.r_min), float(s.r_max)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from afd_jax.errors import InputError
+from afd_jax.model.latency_io import format_stages
 
 REGIME_COLOURS = {"attention": "#dbe9f6", "communication": "#fde9d9", "ffn": "#e2f0d9"}
 METHOD_STYLE = {
@@ -67,8 +68,7 @@ def plot_provision(result: dict, path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     coeffs = (
-        f"aA={lat['alpha_attn']:g} bA={lat['beta_attn']:g} aF={lat['alpha_ffn']:g} "
-        f"bF={lat['beta_ffn']:g} aC={lat['alpha_comm']:g} bC={lat['beta_comm']:g} "
+        f"{format_stages(lat, short=True)} "
         f"cA={lat['cost_attn']:g} cF={lat['cost_ffn']:g} [{lat['comm_scaling']}, "
         f"{lat['overlap']}] (us)"
     )

@@ -27,8 +27,8 @@ import numpy as np
 from afd_jax.errors import InputError, positive_int
 from afd_jax.model.exact import exact_step_times, host_latency, worker_load_pmf
 from afd_jax.model.hardware import Hardware, feasible_ratios, user_metrics
-from afd_jax.model.latency import Latency, ModelOptions, throughput
-from afd_jax.model.latency_io import resolve_latency, validate_latency
+from afd_jax.model.latency import Latency, ModelOptions, has_tables, throughput
+from afd_jax.model.latency_io import latency_summary, resolve_latency, validate_latency
 from afd_jax.model.theory import (
     Candidate,
     gaussian_optimum_continuous,
@@ -36,7 +36,9 @@ from afd_jax.model.theory import (
     gaussian_throughput_jit,
     mean_field_optimum,
     mean_field_step_time,
+    mean_field_step_time_jit,
     mean_field_throughput,
+    mean_field_throughput_jit,
     regime_segments,
 )
 from afd_jax.workload.slotload import SlotLoadPMF, slot_load_pmf
@@ -105,7 +107,7 @@ class ProvisionResult:
             "load_offset": self.opts.load_offset,
             "latency_source": self.latency_source,
             "latency": {
-                **{k: float(v) for k, v in lat._asdict().items()},
+                **latency_summary(lat),
                 "comm_scaling": self.opts.comm_scaling,
                 "overlap": self.opts.overlap,
             },
@@ -186,8 +188,11 @@ def _resolve_inputs(workload, latency, opts):
 
 def _mean_field(lat, theta, rs, batch, opts, r_max):
     opt = mean_field_optimum(lat, theta, batch, opts, r_max)
-    thr = np.asarray(mean_field_throughput(lat, theta, jnp.asarray(rs), batch, opts))
-    tau = np.asarray(mean_field_step_time(lat, theta, jnp.asarray(rs), batch, opts))
+    thr_fn, tau_fn = mean_field_throughput, mean_field_step_time
+    if has_tables(lat):  # many small ops: compiled (affine stays eager, bit for bit)
+        thr_fn, tau_fn = mean_field_throughput_jit, mean_field_step_time_jit
+    thr = np.asarray(thr_fn(lat, theta, jnp.asarray(rs), batch, opts))
+    tau = np.asarray(tau_fn(lat, theta, jnp.asarray(rs), batch, opts))
     return opt, thr, tau
 
 
@@ -251,7 +256,7 @@ def provision(
     positive_int("r_max", r_max)
     if slot_bins < 2:
         raise InputError(f"must be >= 2, got {slot_bins}", field="slot_bins")
-    validate_latency(lat)
+    validate_latency(lat, batch=batch)
     allowed = None if r_values is None else feasible_ratios(list(r_values), r_max=r_max)
     stats = workload_stats(w)
     theta = float(stats.theta) + opts.load_offset

@@ -26,6 +26,7 @@ from afd_jax.model import latency as L
 from afd_jax.model import theory
 from afd_jax.model.exact import (
     MaxLawTables,
+    max_law_curve_step_times,
     max_law_step_times,
     max_law_tables,
     worker_load_pmf,
@@ -142,7 +143,10 @@ def other_stage_times(lat: Latency, r, batch, opts: ModelOptions) -> np.ndarray:
     of every sweep table so far; :func:`afd_jax.model.latency.t_ffn` rounds
     ``alpha_F (r B) + beta_F``, which differs in the last bit for about one entry in ten.
     """
-    t_f = L.stage_time(AffineStage(lat.alpha_ffn * r, lat.beta_ffn), batch)
+    if L.is_affine(lat.ffn):
+        t_f = L.stage_time(AffineStage(lat.alpha_ffn * r, lat.beta_ffn), batch)
+    else:
+        t_f = L.t_ffn(lat, r, batch)
     return L.combine(opts, L.t_comm(lat, r, batch, opts), t_f)
 
 
@@ -151,7 +155,7 @@ def exact_chunk(groups: ExactGroups, sl: slice) -> np.ndarray:
     p = groups.plan
     r_max = p.spec.r_max
     wl, b, coeffs = p.wl_index[sl], p.batch[sl], p.coeffs[sl]
-    lat = Latency(*(coeffs[:, j][:, None] for j in range(len(LATENCY_FIELDS))))
+    lat = L.make_latency([coeffs[:, j][:, None] for j in range(len(LATENCY_FIELDS))], p.tables)
     r = np.arange(1, r_max + 1, dtype=np.float64)[None, :]
     batch = b.astype(np.float64)[:, None]
     other = other_stage_times(lat, r, batch, p.opts)  # G(r), float64[n, r_max]
@@ -162,7 +166,14 @@ def exact_chunk(groups: ExactGroups, sl: slice) -> np.ndarray:
     ia, ib = LATENCY_FIELDS.index("alpha_attn"), LATENCY_FIELDS.index("beta_attn")
     for s, e in zip(starts, ends, strict=True):
         tables = groups.tables(int(wl[s]), int(b[s]))
-        tau[s:e] = max_law_step_times(tables, coeffs[s:e, ia], coeffs[s:e, ib], other[s:e], p.opts)
+        if L.is_affine(lat.attn):
+            tau[s:e] = max_law_step_times(
+                tables, coeffs[s:e, ia], coeffs[s:e, ib], other[s:e], p.opts
+            )
+        else:
+            w = tables.start + tables.width * np.arange(tables.n, dtype=np.float64)
+            t_a = L.t_attn(lat, w, float(b[s]))
+            tau[s:e] = max_law_curve_step_times(tables, t_a, other[s:e], p.opts)
     return L.throughput(lat, r, batch, tau)
 
 
@@ -177,7 +188,7 @@ def mc_chunk(plan: SweepPlan, sl: slice) -> tuple[np.ndarray, np.ndarray]:
     for i in range(sl.start, sl.stop):
         res = simulate(
             plan.workloads[int(plan.wl_index[i])].workload,
-            Latency(*(float(x) for x in plan.coeffs[i])),
+            plan.latency(i, float),
             int(plan.batch[i]),
             spec.r_max,
             seed=seed + i,
@@ -228,7 +239,7 @@ class Evaluator:
         n = sl.stop - sl.start
         idx = padded_index(sl.start, sl.stop, self.padded)
         put = self.dev.put
-        lat = Latency(*(put(jnp.asarray(p.coeffs[idx, j], dt)) for j in range(len(LATENCY_FIELDS))))
+        lat = p.latency(idx, lambda a: put(jnp.asarray(a, dt)))
         args = (
             lat,
             put(jnp.asarray(self._theta[p.wl_index[idx]], dt)),
@@ -255,7 +266,7 @@ class Evaluator:
         idx = padded_index(sl.start, sl.stop, self.padded)
         t0 = time.perf_counter()
         scen = make_scenario(
-            Latency(*(p.coeffs[idx, j] for j in range(len(LATENCY_FIELDS)))),
+            p.latency(idx),
             self._theta[p.wl_index[idx]],
             self._var[p.wl_index[idx]],
             p.batch[idx].astype(np.float64),

@@ -6,13 +6,13 @@ this module, so none of them imports another just for a name.
 
 from __future__ import annotations
 
-from afd_jax.model.latency import Latency
+from afd_jax.model.latency import SCALAR_FIELDS
 from afd_jax.model.theory import REGIMES
 
 __all__ = ["FORMATS", "LATENCY_FIELDS", "METHODS", "REGIMES", "columns", "row_methods"]
 
 METHODS = ("mean_field", "gaussian", "exact", "mc", "optimize")
-LATENCY_FIELDS = Latency._fields  # 6 coefficients + cost_attn, cost_ffn
+LATENCY_FIELDS = SCALAR_FIELDS  # 6 coefficients + cost_attn, cost_ffn (tables ride along)
 FORMATS = ("csv", "parquet")
 
 

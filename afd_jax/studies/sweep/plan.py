@@ -15,8 +15,8 @@ import jax.random as jr
 import numpy as np
 
 from afd_jax.errors import InputError
-from afd_jax.model.latency import Latency, ModelOptions
-from afd_jax.model.latency_io import resolve_latency
+from afd_jax.model.latency import Latency, ModelOptions, StageTables, make_latency
+from afd_jax.model.latency_io import resolve_latency, scalar_items, validate_latency
 from afd_jax.studies.sweep.fields import LATENCY_FIELDS, columns
 from afd_jax.studies.sweep.spec import SweepSpec
 from afd_jax.workload.specs import resolve_workload
@@ -50,6 +50,20 @@ class SweepPlan:
     coeffs: np.ndarray
     swept: tuple[str, ...]  # parameter columns that vary
     family_params: tuple[str, ...]
+    tables: StageTables | None = None  # measured stages of the base, shared by every scenario
+
+    def latency(self, idx, convert=lambda a: a) -> Latency:
+        """The :class:`Latency` of scenarios ``idx`` (an index array: every leaf gets that
+        leading axis, tables broadcast; an int: scalars and the tables as they are), leaves
+        passed through ``convert`` (only the scalars for an int)."""
+        scal = [convert(self.coeffs[idx, j]) for j in range(len(LATENCY_FIELDS))]
+        tables = self.tables
+        if tables is not None and np.ndim(idx):
+            lead = np.shape(idx)
+            tables = jax.tree_util.tree_map(
+                lambda a: convert(np.broadcast_to(a, lead + np.shape(a))), tables
+            )
+        return make_latency(scal, tables)
 
     @property
     def n_scenarios(self) -> int:
@@ -107,9 +121,11 @@ def _latency_key(spec: SweepSpec, f: str) -> str:
     return "latency.base"
 
 
-def _check_latency_values(coeffs: np.ndarray, spec: SweepSpec) -> None:
+def _check_latency_values(coeffs: np.ndarray, spec: SweepSpec, base: Latency) -> None:
     for j, f in enumerate(LATENCY_FIELDS):
         col = coeffs[:, j]
+        if f not in dict(scalar_items(base)):
+            continue  # the pair of a measured (table) stage: NaN, never swept
         key = _latency_key(spec, f)
         if not np.all(np.isfinite(col)):
             raise InputError("non-finite value", path=spec.path, field=key)
@@ -159,7 +175,7 @@ def make_plan(spec: SweepSpec) -> SweepPlan:
     entries = _resolve_workloads(spec)
     base, opts = _resolve_latency(spec)
     lat = _latency_samples(spec, base)
-    _check_latency_values(lat, spec)
+    _check_latency_values(lat, spec, base)
 
     n_wl, n_b, n_lat = len(entries), len(spec.batches), lat.shape[0]
     wl_index = np.repeat(np.arange(n_wl, dtype=np.int64), n_b * n_lat)
@@ -173,4 +189,7 @@ def make_plan(spec: SweepSpec) -> SweepPlan:
     if n_b > 1:
         swept.append("batch")
     swept += [f for j, f in enumerate(LATENCY_FIELDS) if np.unique(lat[:, j]).size > 1]
-    return SweepPlan(spec, opts, entries, wl_index, batch, coeffs, tuple(swept), fam)
+    plan = SweepPlan(spec, opts, entries, wl_index, batch, coeffs, tuple(swept), fam, base.tables)
+    if base.tables is not None:
+        validate_latency(base, spec.path, batch=np.asarray(spec.batches))
+    return plan

@@ -1,0 +1,246 @@
+"""Stage objects: affine and measured-table stage latencies (docs/model.md 2.1).
+
+A stage maps a token count x to a time (us). Two kinds:
+
+* :class:`AffineStage` ``t(x) = alpha x + beta``;
+* :class:`TableStage`, a measured table ``(x_i, t_i)``, strictly increasing x, non-decreasing
+  t > 0, interpolated by the monotone cubic Hermite rule of Fritsch and Carlson (PCHIP): C1,
+  monotone between the knots, exact on collinear knots. Beyond the ends the time is linear with
+  the end slope (C1 there too, so gradients and root finding stay well defined).
+* :class:`AttnTable`, the Attention stage measured per batch B: one :class:`TableStage` of the
+  worker's KV load T per batch, linear interpolation in B between adjacent tables (linear
+  extrapolation with the end pair beyond them; the entry points reject a B outside the tables,
+  :func:`check_batch`).
+
+Every function is written once for NumPy and JAX (``xp`` dispatch: NumPy in -> NumPy out, no JAX
+dispatch; JAX in -> JAX out, jit/vmap/grad). The Hermite slopes are computed when a table is
+built (:func:`table_stage`), in the array library of the knots, so gradients with respect to the
+knot times flow through them when the table is built under JAX.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "AffineStage",
+    "AttnTable",
+    "TableStage",
+    "attn_table",
+    "check_batch",
+    "eval_stage",
+    "invert_stage",
+    "is_affine",
+    "pchip_slopes",
+    "slope_stage",
+    "table_stage",
+]
+
+
+class AffineStage(NamedTuple):
+    """A stage whose time is affine in its token count: ``t(x) = alpha * x + beta`` (us)."""
+
+    alpha: float
+    beta: float
+
+
+class TableStage(NamedTuple):
+    """A measured stage: knots ``x`` (tokens, strictly increasing), times ``y`` (us) and the
+    PCHIP slopes ``d`` (us per token) at the knots; each float[n], n >= 2."""
+
+    x: jax.Array
+    y: jax.Array
+    d: jax.Array
+
+
+class AttnTable(NamedTuple):
+    """Attention measured per batch: ``batches`` float[nb] (strictly increasing) and one
+    :class:`TableStage` of the worker load T per batch (``rows``, a tuple of length nb)."""
+
+    batches: jax.Array
+    rows: tuple
+
+
+def _xp(*xs):
+    leaves = jax.tree_util.tree_leaves(xs)
+    return jnp if any(isinstance(x, jax.Array) for x in leaves) else np
+
+
+def is_affine(stage) -> bool:
+    """True for an :class:`AffineStage` (the fast path, bit for bit the affine formulas)."""
+    return isinstance(stage, AffineStage)
+
+
+def pchip_slopes(x, y):
+    """Fritsch-Carlson slopes at the knots (float[n], n >= 2): interior weighted harmonic mean
+    of the neighbouring secants (0 where they differ in sign or one is 0), one-sided
+    three-point ends limited to keep monotonicity (scipy's ``PchipInterpolator`` rule)."""
+    xp = _xp(x, y)
+    h = xp.diff(x)
+    delta = xp.diff(y) / h
+    if x.shape[0] == 2:
+        return xp.concatenate([delta, delta])
+    h0, h1, d0, d1 = h[:-1], h[1:], delta[:-1], delta[1:]
+    w1, w2 = 2 * h1 + h0, h1 + 2 * h0
+    same = d0 * d1 > 0
+    safe0, safe1 = xp.where(same, d0, 1.0), xp.where(same, d1, 1.0)
+    inner = xp.where(same, (w1 + w2) / (w1 / safe0 + w2 / safe1), 0.0)
+
+    def end(h0, h1, d0, d1):
+        d = ((2 * h0 + h1) * d0 - h0 * d1) / (h0 + h1)
+        d = xp.where(d * d0 <= 0, 0.0, d)
+        return xp.where((d0 * d1 <= 0) & (xp.abs(d) > xp.abs(3 * d0)), 3 * d0, d)
+
+    first = end(h[0], h[1], delta[0], delta[1])
+    last = end(h[-1], h[-2], delta[-1], delta[-2])
+    return xp.concatenate([xp.reshape(first, (1,)), inner, xp.reshape(last, (1,))])
+
+
+def table_stage(x, y) -> TableStage:
+    """A :class:`TableStage` from knots (NumPy float64 unless JAX arrays are given)."""
+    xp = _xp(x, y)
+    x, y = xp.asarray(x, dtype=float), xp.asarray(y, dtype=float)
+    return TableStage(x, y, pchip_slopes(x, y))
+
+
+def attn_table(batches, rows) -> AttnTable:
+    """An :class:`AttnTable` from batches and ``[(kv_tokens, time_us), ...]`` per batch."""
+    return AttnTable(np.asarray(batches, dtype=float), tuple(table_stage(x, y) for x, y in rows))
+
+
+def _segment(stage: TableStage, x, xp):
+    """Interval index k (clipped to 0..n-2), its width h and local coordinate t of x."""
+    n = stage.x.shape[0]
+    k = xp.clip(xp.searchsorted(stage.x, x, side="right") - 1, 0, n - 2)
+    h = stage.x[k + 1] - stage.x[k]
+    return k, h, (x - stage.x[k]) / h
+
+
+def _like(stage: TableStage, x, xp):
+    """The stage's arrays and x in one array library and floating dtype (that of a floating
+    JAX x, else the table's)."""
+    dtype = stage.x.dtype
+    if xp is jnp and jnp.issubdtype(jnp.result_type(x), jnp.floating):
+        dtype = jnp.result_type(x)
+    stage = TableStage(*(xp.asarray(a, dtype=dtype) for a in stage))
+    return stage, xp.asarray(x, dtype=dtype)
+
+
+def _hermite(stage: TableStage, x, derivative: bool):
+    xp = _xp(stage, x)
+    stage, x = _like(stage, x, xp)
+    k, h, t = _segment(stage, x, xp)
+    y0, y1, d0, d1 = stage.y[k], stage.y[k + 1], stage.d[k] * h, stage.d[k + 1] * h
+    if derivative:
+        inside = (6 * t - 6) * t * (y0 - y1) + (3 * t - 4) * t * d0 + d0 + (3 * t - 2) * t * d1
+        inside = inside / h
+    else:
+        s = 1 - t
+        inside = (1 + 2 * t) * s * s * y0 + t * s * s * d0
+        inside = inside + t * t * ((3 - 2 * t) * y1 - s * d1)
+    x_lo, x_hi = stage.x[0], stage.x[-1]
+    if derivative:
+        below, above = stage.d[0] + 0 * x, stage.d[-1] + 0 * x
+    else:
+        below = stage.y[0] + stage.d[0] * (x - x_lo)
+        above = stage.y[-1] + stage.d[-1] * (x - x_hi)
+    return xp.where(x < x_lo, below, xp.where(x > x_hi, above, inside))
+
+
+def _batch_weights(batches, batch, xp):
+    """(i, w): the pair of tables (i, i + 1) around ``batch`` and the weight of table i + 1."""
+    nb = batches.shape[0]
+    if nb == 1:
+        return 0, 0.0
+    i = xp.clip(xp.searchsorted(batches, batch, side="right") - 1, 0, nb - 2)
+    return i, (batch - batches[i]) / (batches[i + 1] - batches[i])
+
+
+def _attn(stage: AttnTable, x, batch, derivative: bool):
+    if batch is None:
+        raise ValueError("an Attention table needs the batch B")
+    xp = _xp(stage, x, batch)
+    values = xp.stack(
+        [xp.broadcast_to(_hermite(row, x, derivative), xp.shape(x * batch)) for row in stage.rows]
+    )
+    if len(stage.rows) == 1:
+        return values[0]
+    batches = xp.asarray(stage.batches, dtype=values.dtype)
+    i, w = _batch_weights(batches, xp.asarray(batch, dtype=values.dtype), xp)
+    lo = xp.take_along_axis(values, xp.broadcast_to(i, values.shape[1:])[None], 0)[0]
+    hi = xp.take_along_axis(values, xp.broadcast_to(i + 1, values.shape[1:])[None], 0)[0]
+    return lo + w * (hi - lo)
+
+
+def eval_stage(stage, x, batch=None):
+    """Time (us) of a table stage at token count x (``batch`` for an :class:`AttnTable`)."""
+    if isinstance(stage, AttnTable):
+        return _attn(stage, x, batch, derivative=False)
+    return _hermite(stage, x, derivative=False)
+
+
+def slope_stage(stage, x, batch=None):
+    """dt/dx (us per token) of any stage at x: ``alpha`` for an affine stage."""
+    if is_affine(stage):
+        return stage.alpha + 0 * x
+    if isinstance(stage, AttnTable):
+        return _attn(stage, x, batch, derivative=True)
+    return _hermite(stage, x, derivative=True)
+
+
+def _stop_gradient(x):
+    return jax.lax.stop_gradient(x) if isinstance(x, jax.Array) else x
+
+
+def invert_stage(time_fn, slope_fn, target, lo, hi, iterations: int = 60):
+    """The x in [lo, hi] with ``time_fn(x) = target`` for a non-decreasing ``time_fn``
+    (``lo`` when ``time_fn(lo) >= target``, ``hi`` when ``time_fn(hi) <= target``).
+
+    Bisection for ``iterations`` halvings (gradient stopped), then one Newton step, so that the
+    derivative of the root is the implicit-function one ``-d(time - target) / slope``
+    (no step where the slope is 0 or the root sits at an end). NumPy or JAX (jit/vmap/grad).
+    """
+    xp = _xp(target, lo, hi)
+    a, b = _stop_gradient(lo + 0 * target), _stop_gradient(hi + 0 * target)
+    goal = _stop_gradient(target)
+
+    def halve(_, ab):
+        a, b = ab
+        mid = 0.5 * (a + b)
+        up = time_fn(mid) >= goal
+        return xp.where(up, a, mid), xp.where(up, mid, b)
+
+    if xp is jnp:
+        a, b = jax.lax.fori_loop(0, iterations, halve, (a, b))
+    else:
+        for i in range(iterations):
+            a, b = halve(i, (a, b))
+    root = 0.5 * (a + b)
+    slope = slope_fn(root)
+    ok = (slope > 0) & (root > lo + 0 * root) & (root < hi + 0 * root)
+    step = xp.where(ok, (time_fn(root) - target) / xp.where(ok, slope, 1.0), 0.0)
+    return root - step
+
+
+def check_batch(stage, batch, where: str | None = None) -> None:
+    """InputError unless every B in ``batch`` lies within the batches of an Attention table
+    (a single table: B must equal its batch). No-op for other stages."""
+    if not isinstance(stage, AttnTable):
+        return
+    from afd_jax.errors import InputError
+
+    have = np.asarray(stage.batches, dtype=float)
+    bs = np.atleast_1d(np.asarray(batch, dtype=float))
+    bad = bs[(bs < have[0]) | (bs > have[-1])]
+    if bad.size:
+        listed = ", ".join(f"{b:g}" for b in have)
+        raise InputError(
+            f"batch B={bad[0]:g} is outside the Attention tables (batches: {listed}); "
+            "B between two tables is interpolated linearly, beyond them it is not measured",
+            path=where,
+            field="batch",
+        )

@@ -1,0 +1,74 @@
+"""``--latency FILE.toml`` with measured (table) stages through the CLI: provision, simulate,
+optimize and sweep run on tests/data/moe_table.toml and agree with each other; a bad table
+exits 2 with one line naming the file and field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from afd_jax.cli import main
+from afd_jax.studies import sweep as S
+
+DATA = Path(__file__).parent / "data" / "moe_table.toml"
+WORKLOAD = "uniform:prompt=50..150,decode=100..300"
+COMMON = ["--workload", WORKLOAD, "--latency", str(DATA), "--batch", "16"]
+
+
+def _json(capsys, args):
+    assert main(args + ["--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.slow
+def test_table_latency_in_provision_simulate_optimize_sweep(capsys, tmp_path):
+    prov = _json(capsys, ["provision", *COMMON, "--r-max", "48"])
+    exact = np.array([row["exact"] for row in prov["curve"]])
+    assert prov["latency"]["tables"]["attn"]["batches"] == [8.0, 16.0, 32.0]
+    assert prov["r_best"]["exact"] == int(np.argmax(exact)) + 1
+
+    # Monte Carlo (barrier: exact steady state) within 4 standard errors of exact
+    sim = _json(
+        capsys,
+        ["simulate", *COMMON, "--r-max", "48", "--kernel", "barrier", "--steps", "1024"],
+    )
+    for row in sim["results"]:
+        ref = 1e6 * row["r"] * 16 / ((row["r"] + 1) * row["mean_tau"])
+        assert row["throughput"] == pytest.approx(ref, rel=1e-12)
+        assert abs(row["throughput"] - exact[row["r"] - 1]) < 4 * row["se"]
+
+    # optimize: the integer choice is the exact grid optimum
+    opt = _json(capsys, ["optimize", *COMMON, "--r-max", "48"])
+    assert opt["r"] == prov["r_best"]["exact"]
+    assert opt["throughput"] == pytest.approx(float(exact.max()), rel=1e-12)
+
+    spec = tmp_path / "s.toml"
+    out = tmp_path / "o.csv"
+    spec.write_text(
+        f'r_max = 48\nmethods = ["mean_field", "exact"]\noutput = "{out}"\nbatch = [16]\n'
+        f'[workloads]\nspecs = ["{WORKLOAD}"]\n[latency]\nbase = "{DATA}"\n'
+        "[exact]\nslot_bins = 4096\n"
+    )
+    assert main(["sweep", str(spec), "--quiet"]) == 0
+    t = S.read_table(out)
+    np.testing.assert_allclose(np.asarray(t["tput_exact"], float), exact, rtol=1e-9)
+    mf = np.array([row["mean_field"] for row in prov["curve"]])
+    np.testing.assert_allclose(np.asarray(t["tput_mean_field"], float), mf, rtol=1e-12)
+
+
+@pytest.mark.slow
+def test_table_provision_and_bad_table_exits_2(capsys, tmp_path):
+    prov = _json(capsys, ["provision", *COMMON, "--r-max", "8", "--slot-bins", "256"])
+    assert prov["r_best"]["exact"] >= 1 and "alpha_attn" not in prov["latency"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text(DATA.read_text().replace("time_us = [300.0, 500.0", "time_us = [300.0, 200.0"))
+    for cmd in (["provision", "--r-max", "4"], ["simulate", "--r-max", "4"]):
+        args = [*cmd, "--workload", WORKLOAD, "--latency", str(bad), "--batch", "16"]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "bad.toml" in err and "latency.ffn.time_us" in err
+    assert main(["provision", *COMMON[:4], "--batch", "64", "--r-max", "4"]) == 2
+    assert "batches: 8, 16, 32" in capsys.readouterr().err
