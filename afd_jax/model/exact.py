@@ -147,13 +147,16 @@ def exact_throughput(
     return throughput(host_latency(lat), r, float(batch), tau)
 
 
-def exact_barrier_attention_times(worker_pmf: SlotLoadPMF, lat: Latency, r_max: int) -> np.ndarray:
-    """E[t_A(M_r)], the mean barrier Attention time, for r = 1..r_max (float64, shape (r_max,)):
+def exact_barrier_attention_times(
+    worker_pmf: SlotLoadPMF, lat: Latency, r_max: int, batch: int
+) -> np.ndarray:
+    """E[t_A(M_r)], the mean barrier Attention time, for r = 1..r_max (float64, shape (r_max,)),
+    for workers of batch B (``worker_pmf`` the law of one worker's load at that B):
     the expectation formula of the module docstring with h = t_A (non-decreasing) and the
     exceedances of :func:`max_exceedance`. r = 1 gives E[t_A(T)] of one worker, so the barrier
     share of docs/model.md 3 is ``(E[t_A(M_r)] - E[t_A(T)]) / E[tau(r)]``."""
     p = np.asarray(worker_pmf.pmf, dtype=np.float64)
-    t_a = t_attn(host_latency(lat), worker_pmf.support)
+    t_a = t_attn(host_latency(lat), worker_pmf.support, float(batch))
     if p.shape[0] == 1:
         return np.full(int(r_max), float(t_a[0]))
     exceed = max_exceedance(p, int(r_max))

@@ -138,7 +138,7 @@ def _batch_points(ctx, b: int) -> list:
     mean = exact_step_times(ctx["slot"], lat, b, r_hi, opts, worker_pmf=worker)
     p50 = exact_p99_step_times(worker, lat, b, r_hi, opts, q=0.5)
     p99 = exact_p99_step_times(worker, lat, b, r_hi, opts, q=0.99)
-    barrier = exact_barrier_attention_times(worker, lat, r_hi)
+    barrier = exact_barrier_attention_times(worker, lat, r_hi, b)
     out = []
     for r in (int(v) for v in rs):
         tau = float(mean[r - 1])
