@@ -331,3 +331,32 @@ def test_optimize_chooses_among_r_values():
     assert res.constraints["r_values"]["binds"] and res.constraints["r_max"]["limit"] == 32
     with pytest.raises(InputError, match="r_values"):
         optimize(pmf, st.theta, st.slot_var, lat, opts, batch=256, r_max=32, r_values=(40,))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["deepseek-v3@h200_sxm", "qwen3-235b-a22b@gb200"])
+def test_front_on_a_measured_preset_matches_provision(preset, tmp_path):
+    """On a shipped trace and a shipped measured (table) preset: every front point is
+    provision's exact throughput at (r, B), the P99 is at least the P50, and the figure is
+    drawn."""
+    from conftest import trace_path
+
+    from afd_jax.model.latency_io import latency_file
+    from afd_jax.studies.plots import plot_plan_front
+
+    trace = str(trace_path("azure_conv"))
+    res = plan(trace, preset, batches=(32, 64), r_max=8, elasticities=False)
+    hw = read_hardware(latency_file(preset))
+    lat, opts = resolve_latency(preset)
+    curves = {
+        b: provision(trace, per_gpu_latency(lat, hw, "gpu"), b, r_max=8, opts=opts)
+        for b in (32, 64)
+    }
+    assert res.front and res.best is not None
+    for p in res.front:
+        exact = curves[p["batch"]].throughput["exact"][p["r"] - 1]
+        assert p["tokens_per_s_per_gpu"] == pytest.approx(exact, rel=1e-12)
+        assert p["tpot_p99_ms"] >= p["tpot_p50_ms"] > 0
+    out = tmp_path / "front.png"
+    plot_plan_front({**res.to_json(), "points": res.points}, out)
+    assert out.stat().st_size > 0
