@@ -49,6 +49,7 @@ from afd_jax.kernels.trajectory import INITS, trajectory_kernel
 from afd_jax.model import latency as L
 from afd_jax.model.latency import Latency, ModelOptions
 from afd_jax.montecarlo import estimators as E
+from afd_jax.montecarlo.dynamics import Dynamics, DynRun, simulate_dynamics
 from afd_jax.montecarlo.result import STEP_DIAGNOSTICS, MonteCarloResult
 from afd_jax.montecarlo.samplers import make_sampler, max_slot_load
 from afd_jax.montecarlo.spine import (
@@ -239,6 +240,7 @@ def simulate(
     segment_steps: int | None = None,
     replications_per_call: int | None = None,
     progress: bool = False,
+    dynamics: Dynamics | None = None,
 ) -> MonteCarloResult:
     """Monte Carlo estimate of the per-r step time and throughput of an r_max-worker bundle.
 
@@ -252,10 +254,15 @@ def simulate(
         ``segment_steps`` / ``replications_per_call``
         override the automatic chunk sizes (results are the same whatever they are).
       progress: tqdm bar on stderr (only when stderr is a terminal).
+      dynamics: None (today's model) or a :class:`~afd_jax.kernels.dynamics.Dynamics`: the
+        dynamics kernel (routing, KV capacity, micro-batches, noise, expert imbalance;
+        docs/dynamics.md) runs instead of ``kernel`` (``afd_jax.montecarlo.dynamics``).
 
     Raises InputError on bad sizes or when B * max slot load (plus the segment for "fast")
     could overflow int32.
     """
+    if dynamics is not None:
+        kernel = "trajectory"  # the dynamics kernel steps slots one decode step at a time
     _check_run(kernel, batch, r_max, steps, warmup, replications, init, level)
     if memory_budget_bytes is None:
         on_cpu = jax.devices()[0].platform == "cpu"
@@ -271,6 +278,8 @@ def simulate(
         segment_steps,
         replications_per_call,
     )
+    if dynamics is not None:
+        return _simulate_dynamics(workload_or_sampler, lat, run, opts, dynamics, max_slot_load)
     with rng_mode():
         setup = _setup(workload_or_sampler, lat, opts, run, max_slot_load)
         t_start = time.perf_counter()
@@ -282,6 +291,16 @@ def simulate(
         bar.close()
         wall = time.perf_counter() - t_start
         return _result(lat, run, setup, acc, wall)
+
+
+def _simulate_dynamics(source, lat, run: StepsRun, opts, dynamics, given) -> MonteCarloResult:
+    """The dynamics kernel with the same sampler, sizes and chunking options."""
+    sampler, max_load = _sampler_and_max_load(source, opts, given)
+    sizes = (run.batch, run.r_max, run.steps, run.warmup, run.replications, run.init, run.seed)
+    drun = DynRun(*sizes, run.level, opts, dynamics)
+    chunking = dict(budget=run.budget, reps_per_call=run.reps_per_call)
+    chunking["segment_steps"] = run.segment_steps
+    return simulate_dynamics(sampler, max_load, lat, drun, **chunking)
 
 
 def _run_barrier(run: StepsRun, setup: StepsSetup, bar: Progress) -> StepAccumulator:

@@ -67,6 +67,13 @@ class Window(NamedTuple):
     n_real: jax.Array
 
 
+def window_mask(window: Window, rows: int, length: int):
+    """bool[rows, length]: which steps of a segment count (see :class:`Window`)."""
+    t = window.t0 + jnp.arange(length, dtype=jnp.int32)
+    real = jnp.arange(rows, dtype=jnp.int32) < window.n_real
+    return real[:, None] & ((t[None, :] >= window.warmup) & (t[None, :] < window.t_end[:, None]))
+
+
 @partial(jax.jit, static_argnames=("kernel",))
 def init_chunk(keys, params, *, kernel):
     """``kernel.init`` for every row of a chunk (keys [rows])."""
@@ -79,10 +86,7 @@ def segment_chunk(keys, states, params, window: Window, model, hist, *, kernel, 
     ``(states, StepSums with block rows [rows, L // BLOCK], covered)``; ``covered`` False
     means rerun the segment with ``kernel.enlarge()``."""
     states, info = jax.vmap(kernel.segment, in_axes=(0, 0, None))(keys, states, params)
-    rows, length = info.loads.shape[:2]
-    t = window.t0 + jnp.arange(length, dtype=jnp.int32)
-    real = jnp.arange(rows, dtype=jnp.int32) < window.n_real
-    valid = real[:, None] & ((t[None, :] >= window.warmup) & (t[None, :] < window.t_end[:, None]))
+    valid = window_mask(window, *info.loads.shape[:2])
     sums = summarise_rows(info.loads, valid, model, hist, batch=batch, serial=serial, n_bins=N_BINS)
     return states, sums, jnp.all(info.covered)
 
@@ -141,4 +145,5 @@ __all__ = [
     "rng_mode",
     "run_chunks",
     "segment_chunk",
+    "window_mask",
 ]
