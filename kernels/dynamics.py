@@ -120,17 +120,21 @@ def expert_rank_loads(key, cfg: Dynamics, shape):
     ``expert // (E / G)``: int32[*shape[:-1], G] (sums to k * shape[-1])."""
     e, g = cfg.experts, cfg.expert_ranks
     logw = -jnp.float32(cfg.expert_skew) * jnp.log(jnp.arange(1, e + 1, dtype=jnp.float32))
-    gumbel = jr.gumbel(key, tuple(shape) + (e,), jnp.float32) + logw
+    gumbel = jr.gumbel(key, tuple(shape) + (e,), jnp.float32) + logw.reshape(
+        (1,) * len(shape) + (e,)
+    )
     _, top = jax.lax.top_k(gumbel, cfg.expert_k)
     rank = top // (e // g)
-    hits = rank[..., None] == jnp.arange(g, dtype=jnp.int32)
+    hits = rank[..., None] == jnp.arange(g, dtype=jnp.int32).reshape((1,) * rank.ndim + (g,))
     return hits.sum(axis=(-3, -2), dtype=jnp.int32)
 
 
 def microbatch_loads(load, occ, m: int):
     """Loads of the m micro-batches (slots b with b % m == i): int32[..., m]."""
     s = load.shape[-1]
-    member = (jnp.arange(s, dtype=jnp.int32) % m)[:, None] == jnp.arange(m, dtype=jnp.int32)
+    member = (jnp.arange(s, dtype=jnp.int32) % m)[:, None] == jnp.arange(m, dtype=jnp.int32)[
+        None, :
+    ]
     return jnp.where(occ, load, 0) @ member.astype(jnp.int32)
 
 
@@ -189,10 +193,10 @@ def _choose_worker(key, rt: _Route, p, active, cfg: Dynamics, batch: int):
     pool = jnp.where(short.any(), short, room)
     big = jnp.iinfo(jnp.int32).max
     if cfg.routing == "balanced":
-        return jnp.argmin(jnp.where(pool, rt.load, big)), room.any()
+        return jnp.argmin(jnp.where(pool, rt.load, big)).astype(jnp.int32), room.any()
     g = jr.gumbel(key, (cfg.routing_d,) + pool.shape, jnp.float32)
-    cand = jnp.argmax(jnp.where(pool, g, -jnp.inf), axis=-1)
-    return cand[jnp.argmin(rt.load[cand])], room.any()
+    cand = jnp.argmax(jnp.where(pool[None, :], g, -jnp.inf), axis=-1)
+    return cand[jnp.argmin(rt.load[cand])].astype(jnp.int32), room.any()
 
 
 def route_bundle(key, st: DynState, fresh, n_active, cfg: Dynamics, batch: int):
@@ -204,14 +208,14 @@ def route_bundle(key, st: DynState, fresh, n_active, cfg: Dynamics, batch: int):
     active = jnp.arange(st.occ.shape[0], dtype=jnp.int32) < n_active
     load = jnp.where(st.occ, st.prompt + st.age, 0).sum(axis=-1, dtype=jnp.int32)
     count = st.occ.sum(axis=-1, dtype=jnp.int32)
-    n_fresh = n_active * batch - count.sum()
+    n_fresh = n_active * batch - count.sum(dtype=jnp.int32)
     n_slots = st.occ.shape[1]
 
     def body(rt: _Route):
         p, d, src = fresh[0][rt.i], fresh[1][rt.i], fresh[2][rt.i]
         j, ok = _choose_worker(jr.fold_in(key, rt.i), rt, p, active, cfg, batch)
         own = (src // n_slots == j) & ~rt.occ[j, src % n_slots]
-        slot = jnp.where(own, src % n_slots, jnp.argmin(rt.occ[j]))
+        slot = jnp.where(own, src % n_slots, jnp.argmin(rt.occ[j]).astype(jnp.int32))
         put = ok.astype(jnp.int32)
         return _Route(
             rt.i + 1,
@@ -269,7 +273,7 @@ def init_dynamics(key, sampler, r_max: int, batch: int, init: str, cfg: Dynamics
         return DynState(s.prompt[None], s.decode[None], s.age[None], full)
     pad = ((0, 0), (0, cfg.slot_slack))
     one = [jnp.pad(x, pad) for x in (s.prompt, s.decode, s.age)]
-    one[1] = jnp.where(jnp.arange(batch + cfg.slot_slack) < batch, one[1], 1)
+    one[1] = jnp.where(jnp.arange(batch + cfg.slot_slack)[None, :] < batch, one[1], 1)
     w = jnp.arange(r_max, dtype=jnp.int32)
     occ = (w[None, :, None] <= w[:, None, None]) & (
         jnp.arange(batch + cfg.slot_slack)[None, None, :] < batch

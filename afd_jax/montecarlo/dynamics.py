@@ -90,7 +90,7 @@ def _per_r(x, cfg: Dynamics, r_max: int):
     """Per step x[L, nb, r_max, ...] -> [L, r, workers, ...] of bundle b(r), masked j < r."""
     idx = jnp.arange(r_max, dtype=jnp.int32) if cfg.routed else jnp.zeros(r_max, jnp.int32)
     mask = jnp.arange(r_max)[None, :] < jnp.arange(1, r_max + 1)[:, None]
-    mask = mask.reshape(mask.shape + (1,) * (x.ndim - 3))
+    mask = mask.reshape((1,) + mask.shape + (1,) * (x.ndim - 3))
     return jnp.where(mask, x[:, idx], jnp.zeros((), x.dtype))
 
 
@@ -98,9 +98,21 @@ def _ffn_factor(info, cfg: Dynamics, r, batch: int):
     """phi [L, r]: most loaded expert rank over the mean (1 when expert routing is off)."""
     if info.ranks is None:
         return None
-    tok = _per_r(info.ranks, cfg, r.shape[0]).sum(axis=2)
+    tok = _per_r(info.ranks, cfg, r.shape[1]).sum(axis=2, dtype=jnp.int32)
     per_rank = jnp.float32(cfg.expert_k * batch / cfg.expert_ranks) * r
     return tok.max(axis=-1).astype(jnp.float32) / per_rank
+
+
+def tree_sum(x, axis: int):
+    """Sum over ``axis`` by a pairwise tree of elementwise adds (zero-padded to a power of
+    two): a fixed order, so the float32 result does not depend on how many rows are vmapped
+    (a ``sum`` reduction may be vectorised differently for different shapes)."""
+    y = jnp.moveaxis(x, axis, 0)
+    n = 1 << max(0, (y.shape[0] - 1).bit_length())
+    y = jnp.concatenate([y, jnp.zeros((n - y.shape[0],) + y.shape[1:], y.dtype)])
+    while y.shape[0] > 1:
+        y = y[0::2] + y[1::2]
+    return y[0]
 
 
 def flow_shop(attn, comm, ffn):
@@ -117,30 +129,32 @@ def flow_shop(attn, comm, ffn):
 def step_stages(info, dm: DynModel, *, batch: int, opts: ModelOptions, cfg: Dynamics):
     """Per step and r: (tau, sum_i A_i, attention busy, barrier wait, FFN busy, empty)."""
     r_max = dm.r.shape[0]
+    r = dm.r[None, :]  # [1, r]: per step and r
     attn = L.t_attn(dm.lat, _per_r(info.loads, cfg, r_max).astype(jnp.float32))
     if info.noise is not None:
         attn = attn * _per_r(info.noise, cfg, r_max)[..., None]
-    mask = (jnp.arange(r_max)[None, :] < dm.r[:, None])[..., None]
+    mask = (jnp.arange(r_max, dtype=jnp.float32)[None, :] < dm.r[:, None])[None, :, :, None]
     attn = jnp.where(mask, attn, 0.0)
     barrier = attn.max(axis=2)  # [L, r, m]
-    busy = attn.sum(axis=(2, 3))
+    busy = tree_sum(tree_sum(attn, 3), 2)
     m = max(cfg.microbatches, 1)
     per_mb = jnp.float32(batch / m)
-    phi = _ffn_factor(info, cfg, dm.r, batch)
-    ffn = L.t_ffn(dm.lat, dm.r, per_mb if phi is None else per_mb * phi)
+    phi = _ffn_factor(info, cfg, r, batch)
+    ffn = L.t_ffn(dm.lat, r, per_mb if phi is None else per_mb * phi)
     if cfg.microbatches == 0:
         if phi is None:
-            other = L.other_stages(dm.lat, dm.r, batch, opts)
+            other = L.other_stages(dm.lat, r, batch, opts)
         else:
-            other = L.combine(opts, L.t_comm(dm.lat, dm.r, batch, opts), ffn)
+            other = L.combine(opts, L.t_comm(dm.lat, r, batch, opts), ffn)
         tau = L.step_time_from_other(barrier[..., 0], other, opts)
     else:
-        tau = flow_shop(barrier, L.t_comm(dm.lat, dm.r, per_mb, opts), ffn)
-    empty = (jnp.int32(batch) - _per_r(info.occupied, cfg, r_max)).sum(axis=2)
-    empty = empty - (r_max - jnp.arange(1, r_max + 1, dtype=jnp.int32)) * batch
+        tau = flow_shop(barrier, L.t_comm(dm.lat, r, per_mb, opts), ffn)
+    empty = (jnp.int32(batch) - _per_r(info.occupied, cfg, r_max)).sum(axis=2, dtype=jnp.int32)
+    empty = empty - (r_max - jnp.arange(1, r_max + 1, dtype=jnp.int32))[None, :] * batch
     ffn_busy = jnp.broadcast_to(ffn * m, tau.shape)
-    wait = dm.r * barrier.sum(axis=-1) - busy
-    return tau, barrier.sum(axis=-1), busy, wait, ffn_busy, empty.astype(jnp.float32)
+    barrier_sum = tree_sum(barrier, 2)
+    wait = r * barrier_sum - busy
+    return tau, barrier_sum, busy, wait, ffn_busy, empty.astype(jnp.float32)
 
 
 def summarise_dynamics(info, valid, dm: DynModel, hist, *, batch, opts, cfg) -> DynSums:
