@@ -215,6 +215,66 @@ def check_dynamics(cfg: Dynamics, batch: int) -> None:
             bad(f"need 1 <= k <= E, G dividing E, skew >= 0; got E={e} k={k} G={g}", "experts")
 
 
+DYNAMICS_KEYS = (
+    "routing",
+    "routing_d",
+    "slot_slack",
+    "kv_capacity",
+    "microbatches",
+    "jitter_cv",
+    "straggler",
+    "experts",
+    "expert_skew",
+)
+"""Option names of :func:`dynamics_options` (the sweep's ``[mc]`` keys; CLI flags with -)."""
+
+
+def dynamics_options(values: dict, prefix: str = "", path: str | None = None, dash=False):
+    """A :class:`Dynamics` from option values (None when none is given): ``routing`` (str),
+    ``routing_d``, ``slot_slack``, ``kv_capacity``, ``microbatches`` (ints), ``jitter_cv``,
+    ``expert_skew`` (numbers), ``straggler`` [p, s] and ``experts`` [E, k, G]. InputError
+    names ``prefix + key`` (``-`` for ``_`` when ``dash``; and ``path``) on a wrong type or
+    range; sizes tied to B are checked by :func:`check_dynamics` when B is known."""
+    given = {k: v for k, v in values.items() if k in DYNAMICS_KEYS and v is not None}
+    if not given:
+        return None
+
+    def err(key, msg):
+        return InputError(msg, path=path, field=prefix + (key.replace("_", "-") if dash else key))
+
+    def num(key, v, kind):
+        if isinstance(v, bool) or not isinstance(v, kind):
+            raise err(key, f"expected {'an integer' if kind is int else 'a number'}, got {v!r}")
+        return v
+
+    out = {}
+    for key, v in given.items():
+        if key == "routing":
+            if v not in ROUTINGS:
+                raise err(key, f"expected one of {', '.join(ROUTINGS)}, got {v!r}")
+            out[key] = v
+        elif key in ("straggler", "experts"):
+            n = 2 if key == "straggler" else 3
+            if not isinstance(v, list | tuple) or len(v) != n:
+                raise err(key, f"expected {'p,s' if n == 2 else 'E,k,G'}, got {v!r}")
+            if key == "straggler":
+                out.update(straggler_p=float(num(key, v[0], int | float)))
+                out.update(straggler_s=float(num(key, v[1], int | float)))
+            else:
+                e, k, g = (num(key, x, int) for x in v)
+                out.update(experts=e, expert_k=k, expert_ranks=g)
+        elif key in ("jitter_cv", "expert_skew"):
+            out[key] = float(num(key, v, int | float))
+        else:
+            out[key] = num(key, v, int)
+    cfg = Dynamics(**out)
+    try:
+        check_dynamics(cfg, batch=2 * max(cfg.microbatches, 1) * (cfg.slot_slack + 1))
+    except InputError as e:
+        raise err(e.field.replace("-", "_"), e.reason) from None
+    return cfg
+
+
 class _Acc:
     """Float64 host sums per replication [n_rep, r_max] and the histogram."""
 
@@ -401,9 +461,11 @@ def simulate_dynamics(sampler, max_load: int, lat: Latency, run: DynRun, **chunk
 
 
 __all__ = [
+    "DYNAMICS_KEYS",
     "DynRun",
     "Dynamics",
     "check_dynamics",
+    "dynamics_options",
     "flow_shop",
     "simulate_dynamics",
     "step_stages",
