@@ -11,7 +11,7 @@ loop of :mod:`afd_jax.montecarlo.spine` and reports a
 
 Per step and bundle size r (workers j < r of bundle ``b(r)``: 0 in place, r - 1 when routed),
 with a_{j,i} = t_A(T_{j,i}) * eps_j the Attention time of micro-batch i on worker j and
-A_i = max_j a_{j,i} (docs/model.md 9):
+A_i = max_j a_{j,i} (docs/model.md 12):
 
 * m off: ``tau = step_time_from_other(A_1, combine(t_C(r), t_F(r B phi)))``;
 * m >= 1, the ping-pong flow shop of Attention, communication and FFN over the m micro-batches
