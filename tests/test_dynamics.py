@@ -245,3 +245,101 @@ def test_bad_dynamics_are_input_errors(trace, cfg, field):
     with pytest.raises(InputError) as e:
         _run(trace, dynamics=cfg)
     assert e.value.field == field
+
+
+# ---------------------------------------------------------------- CLI and sweep
+
+
+def _cli(*extra):
+    from conftest import trace_path
+
+    base = ["simulate", "--quiet", "--workload", str(trace_path("azure_code")), "--batch", "4"]
+    base += ["--r-max", "3", "--steps", "256", "--replications", "2", "--latency", "paper-v1"]
+    return base + list(extra)
+
+
+def test_cli_dynamics_json_reports_empty_slots_and_the_idealised_optimum(capsys):
+    from afd_jax.cli import main
+
+    assert main(_cli("--straggler", "0.05,2", "--kv-capacity", "3000", "--json")) == 0
+    import json
+
+    out = json.loads(capsys.readouterr().out)
+    assert out["kernel"] == "dynamics"
+    assert out["dynamics"]["straggler_p"] == 0.05 and out["dynamics"]["kv_capacity"] == 3000
+    assert set(out["idealised"]["r_best"]) == {"mean_field", "gaussian", "exact"}
+    for row in out["results"]:
+        assert 0.0 <= row["empty_slot_fraction"] < 1.0
+        assert row["ci_low"] <= row["throughput"] <= row["ci_high"]
+
+
+@pytest.mark.parametrize(
+    "extra, field",
+    [
+        (("--microbatches", "3"), "microbatches"),
+        (("--routing", "balanced", "--kernel", "fast"), "kernel"),
+        (("--slot-slack", "1"), "slot-slack"),
+        (("--experts", "6,2,4"), "experts"),
+    ],
+)
+def test_cli_bad_dynamics_exit_2_with_one_line(capsys, extra, field):
+    from afd_jax.cli import main
+
+    assert main(_cli(*extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"field {field}" in err[0]
+
+
+@pytest.mark.parametrize(
+    "mc, key",
+    [
+        ("routing='random'", "mc.routing"),
+        ("straggler=[0.1]", "mc.straggler"),
+        ("experts=[8, 2, 3]", "mc.experts"),
+        ("jitter_cv='x'", "mc.jitter_cv"),
+    ],
+)
+def test_sweep_mc_dynamics_are_validated_with_the_spec(mc, key):
+    import tomllib
+
+    from afd_jax.studies.sweep import spec as S
+
+    text = f"batch = [1]\n[workloads]\nspecs=['x']\n[mc]\n{mc}"
+    with pytest.raises(InputError) as err:
+        S.parse_sweep_spec(tomllib.loads(text), "bad.toml")
+    assert err.value.field == key and err.value.path == "bad.toml"
+
+
+def test_sweep_mc_method_runs_the_dynamics(tmp_path, trace):
+    import tomllib
+
+    from afd_jax.studies.sweep import spec as S
+    from afd_jax.studies.sweep.evaluate import mc_chunk
+    from afd_jax.studies.sweep.plan import make_plan
+
+    path = tmp_path / "t.csv"
+    rows = "\n".join(f"{p},{d}" for p, d in zip(trace.prompt, trace.decode, strict=True))
+    path.write_text("ContextTokens,GeneratedTokens\n" + rows + "\n")
+    text = f"""
+r_max = 4
+methods = ["mc"]
+batch = [4]
+[workloads]
+specs = ["{path}"]
+[latency.set]
+alpha_attn = 0.05
+beta_attn = 10.0
+alpha_ffn = 0.5
+beta_ffn = 20.0
+alpha_comm = 0.01
+beta_comm = 2.0
+[mc]
+steps = 256
+replications = 2
+seed = 3
+jitter_cv = 0.3
+"""
+    plan = make_plan(S.parse_sweep_spec(tomllib.loads(text), "s.toml"))
+    got, _ = mc_chunk(plan, slice(0, 1))
+    want = _run(plan.workloads[0].workload, dynamics=Dynamics(jitter_cv=0.3))
+    np.testing.assert_allclose(got[0], want.throughput, rtol=1e-12)
