@@ -32,12 +32,12 @@ TRACES = {
     "azure_code": "azure_llm_2023_code.csv",
     "mooncake": "mooncake_conversation.jsonl",
 }
-BATCH, R_MAX = 48, 12
+BATCH, R_MAX = 36, 12
 ROUTING = {
     "in-place": Dynamics(),
     "balanced": Dynamics(routing="balanced"),
     "power-of-2": Dynamics(routing="power-of-d", routing_d=2),
-    "balanced, slack 6": Dynamics(routing="balanced", slot_slack=6),
+    "balanced, slack 4": Dynamics(routing="balanced", slot_slack=4),
 }
 MICRO = {f"m={m}": Dynamics(microbatches=m) for m in (1, 2, 3, 4)}
 EFFECTS = {

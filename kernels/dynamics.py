@@ -9,12 +9,15 @@ keyed by ``fold_in(key_stream, t)`` exactly as :mod:`.trajectory`) refill the bu
 * ``routing="in-place"``: a freed slot takes its own fresh request (the paper); workers are
   independent, so one r_max-worker bundle serves every r (workers 1..r, common random numbers).
   Without a KV capacity the slots evolve exactly as :func:`.trajectory.advance`.
-* ``"balanced"`` / ``"power-of-d"``: the step's fresh requests are routed one by one
-  (``lax.while_loop``) to a worker with room (at most B + s requests; a worker below B - s is
-  served first): ``balanced`` takes them longest prompt first and sends each to the lightest
-  worker (greedy LPT); ``power-of-d`` takes them in draw order and sends each to the lighter of
-  d workers drawn uniformly among those with room. Routing couples workers, so bundle b
-  (b + 1 workers, padded to r_max) is simulated for every r (``n_bundles = r_max``).
+* ``"balanced"`` / ``"power-of-d"`` / ``"lookahead"``: the step's fresh requests are routed
+  one by one (``lax.while_loop``) to a worker with room (at most B + s requests; a worker below
+  B - s is served first): ``balanced`` takes them longest prompt first and sends each to the
+  lightest worker (greedy LPT); ``power-of-d`` takes them in draw order and sends each to the
+  lighter of d workers drawn uniformly among those with room; ``lookahead`` k holds up to k - 1
+  requests back: each new request joins them, the lightest worker with room is chosen and of
+  the k it takes the one that brings it nearest the mean worker load (k = 1: each request in
+  draw order to the lightest worker). Routing couples workers,
+  so bundle b (b + 1 workers, padded to r_max) is simulated for every r (``n_bundles = r_max``).
 * ``kv_capacity`` C > 0: a request is admitted only if its worker's load plus its prompt stays
   <= C. In place, an empty slot keeps its pending request and retries each step, first in slot
   order (head of line per worker); routed, a request that fits nowhere ends the step's routing.
@@ -42,14 +45,15 @@ from .contract import Kernel
 from .sampling import sample_requests
 from .trajectory import SlotState, advance, init_slots
 
-ROUTINGS = ("in-place", "balanced", "power-of-d")
+ROUTINGS = ("in-place", "balanced", "power-of-d", "lookahead")
 _NOISE_TAG, _EXPERT_TAG, _ROUTE_TAG = 1, 2, 3
 
 
 class Dynamics(NamedTuple):
     """Static configuration of the dynamics (hashable). Defaults are the paper's bundle.
 
-    routing: one of :data:`ROUTINGS`; routing_d: candidates of power-of-d; slot_slack s: a
+    routing: one of :data:`ROUTINGS`; routing_d: candidates of power-of-d; lookahead k: the
+    waiting requests a lookahead router chooses from; slot_slack s: a
     worker holds B - s .. B + s requests; kv_capacity: tokens per worker (0: unlimited);
     microbatches m (0: off, the overlap switch decides; m >= 1: the ping-pong schedule);
     jitter_cv, straggler_p, straggler_s: Attention-time noise; experts E (0: off), expert_k,
@@ -57,6 +61,7 @@ class Dynamics(NamedTuple):
 
     routing: str = "in-place"
     routing_d: int = 2
+    lookahead: int = 1
     slot_slack: int = 0
     kv_capacity: int = 0
     microbatches: int = 0
@@ -81,12 +86,14 @@ class Dynamics(NamedTuple):
 class DynState(NamedTuple):
     """Slots of ``n_bundles x r_max x S`` (S = B, or B + s when routed): request (prompt,
     decode, age) int32 and ``occ`` bool (the slot holds an admitted request; an empty in-place
-    slot keeps its pending request)."""
+    slot keeps its pending request). ``queue``: int32[n_bundles, k - 1, 3] the (prompt,
+    decode, valid) of the requests a lookahead router holds back (None for other policies)."""
 
     prompt: jax.Array
     decode: jax.Array
     age: jax.Array
     occ: jax.Array
+    queue: jax.Array | None = None
 
 
 class DynamicsInfo(NamedTuple):
@@ -182,6 +189,25 @@ class _Route(NamedTuple):
     load: jax.Array
     count: jax.Array
     stop: jax.Array
+    queue: jax.Array | None
+
+
+def _from_window(rt: _Route, new, j, active, cfg: Dynamics):
+    """Lookahead: of the held-back requests and the new one, the one that brings worker j
+    nearest the mean worker load, |T_j + p - (sum T + p) / n|, (p, d, src, queue); the new
+    request takes the chosen one's place. Else the new request (p, d, src) itself."""
+    if cfg.routing != "lookahead":
+        return (*new, rt.queue)
+    p, d, src = new
+    window = jnp.concatenate([rt.queue, jnp.stack([p, d, jnp.int32(1)])[None, :]])
+    n = active.sum(dtype=jnp.int32).astype(jnp.float32)
+    total = jnp.where(active, rt.load, 0).sum(dtype=jnp.int32)
+    wp = window[:, 0]
+    gap = jnp.abs((rt.load[j] + wp).astype(jnp.float32) - (total + wp).astype(jnp.float32) / n)
+    c = jnp.argmin(jnp.where(window[:, 2] > 0, gap, jnp.inf)).astype(jnp.int32)
+    last = window.shape[0] - 1
+    src = jnp.where(c == last, src, jnp.int32(-1))
+    return window[c, 0], window[c, 1], src, window.at[c].set(window[last])[:last]
 
 
 def _choose_worker(key, rt: _Route, p, active, cfg: Dynamics, batch: int):
@@ -192,7 +218,7 @@ def _choose_worker(key, rt: _Route, p, active, cfg: Dynamics, batch: int):
     short = room & (rt.count < batch - cfg.slot_slack)
     pool = jnp.where(short.any(), short, room)
     big = jnp.iinfo(jnp.int32).max
-    if cfg.routing == "balanced":
+    if cfg.routing in ("balanced", "lookahead"):
         return jnp.argmin(jnp.where(pool, rt.load, big)).astype(jnp.int32), room.any()
     g = jr.gumbel(key, (cfg.routing_d,) + pool.shape, jnp.float32)
     cand = jnp.argmax(jnp.where(pool[None, :], g, -jnp.inf), axis=-1)
@@ -212,8 +238,11 @@ def route_bundle(key, st: DynState, fresh, n_active, cfg: Dynamics, batch: int):
     n_slots = st.occ.shape[1]
 
     def body(rt: _Route):
-        p, d, src = fresh[0][rt.i], fresh[1][rt.i], fresh[2][rt.i]
-        j, ok = _choose_worker(jr.fold_in(key, rt.i), rt, p, active, cfg, batch)
+        new = (fresh[0][rt.i], fresh[1][rt.i], fresh[2][rt.i])
+        j, ok = _choose_worker(jr.fold_in(key, rt.i), rt, new[0], active, cfg, batch)
+        p, d, src, queue = _from_window(rt, new, j, active, cfg)
+        if cfg.routing == "lookahead" and cfg.kv_capacity > 0:
+            ok = ok & (rt.load[j] + p <= cfg.kv_capacity)
         own = (src // n_slots == j) & ~rt.occ[j, src % n_slots]
         slot = jnp.where(own, src % n_slots, jnp.argmin(rt.occ[j]).astype(jnp.int32))
         put = ok.astype(jnp.int32)
@@ -226,11 +255,13 @@ def route_bundle(key, st: DynState, fresh, n_active, cfg: Dynamics, batch: int):
             rt.load.at[j].add(put * p),
             rt.count.at[j].add(put),
             ~ok,
+            None if queue is None else jnp.where(ok, queue, rt.queue),
         )
 
-    rt = _Route(jnp.int32(0), st.prompt, st.decode, st.age, st.occ, load, count, jnp.bool_(False))
+    rt = _Route(jnp.int32(0), st.prompt, st.decode, st.age, st.occ, load, count, jnp.bool_(False),
+                st.queue)  # fmt: skip
     rt = jax.lax.while_loop(lambda r: (r.i < n_fresh) & ~r.stop, body, rt)
-    return DynState(rt.prompt, rt.decode, rt.age, rt.occ)
+    return DynState(rt.prompt, rt.decode, rt.age, rt.occ, rt.queue)
 
 
 def advance_routed(key, st: DynState, sampler, cfg: Dynamics, batch: int) -> DynState:
@@ -240,7 +271,7 @@ def advance_routed(key, st: DynState, sampler, cfg: Dynamics, batch: int) -> Dyn
     age = jnp.where(st.occ, st.age + 1, 0)
     done = st.occ & (age >= st.decode)
     occ = st.occ & ~done
-    left = DynState(st.prompt, st.decode, jnp.where(occ, age, 0), occ)
+    left = DynState(st.prompt, st.decode, jnp.where(occ, age, 0), occ, st.queue)
     n_w, s = st.occ.shape[1:]
     prompt, decode = sample_requests(key, sampler, (n_w, s))
     k_route = jr.fold_in(key, _ROUTE_TAG)
@@ -278,7 +309,12 @@ def init_dynamics(key, sampler, r_max: int, batch: int, init: str, cfg: Dynamics
     occ = (w[None, :, None] <= w[:, None, None]) & (
         jnp.arange(batch + cfg.slot_slack)[None, None, :] < batch
     )
-    return DynState(*(jnp.broadcast_to(x, occ.shape) for x in one), occ)
+    queue = None
+    if cfg.routing == "lookahead":  # k - 1 requests already waiting (the same for every bundle)
+        qp, qd = sample_requests(jr.fold_in(key, _ROUTE_TAG), sampler, (cfg.lookahead - 1,))
+        one_q = jnp.stack([qp, qd, jnp.ones_like(qp)], axis=-1)
+        queue = jnp.broadcast_to(one_q[None], (r_max, cfg.lookahead - 1, 3))
+    return DynState(*(jnp.broadcast_to(x, occ.shape) for x in one), occ, queue)
 
 
 def step_info(key, st: DynState, cfg: Dynamics, batch: int):

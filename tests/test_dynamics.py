@@ -60,7 +60,7 @@ def test_in_place_dynamics_reproduce_the_trajectory_kernel(trace):
 @pytest.mark.parametrize("slack", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_one_worker_makes_every_routing_policy_identical(trace, slack):
     ref = None
-    for routing in ("balanced", "power-of-d") + (("in-place",) if slack == 0 else ()):
+    for routing in ("balanced", "power-of-d", "lookahead") + (("in-place",) if slack == 0 else ()):
         res = _run(trace, dynamics=Dynamics(routing=routing, slot_slack=slack))
         if ref is None:
             ref = res
@@ -110,10 +110,13 @@ OPTIONS = [
         marks=pytest.mark.slow,
     ),
     pytest.param(Dynamics(routing="power-of-d", routing_d=3, **EXPERTS), marks=pytest.mark.slow),
+    pytest.param(
+        Dynamics(routing="lookahead", lookahead=4, kv_capacity=600), marks=pytest.mark.slow
+    ),
 ]
 
 
-@pytest.mark.parametrize("cfg", OPTIONS, ids=["in-place", "balanced", "power-of-d"])
+@pytest.mark.parametrize("cfg", OPTIONS, ids=["in-place", "balanced", "power-of-d", "lookahead"])
 def test_same_seed_same_numbers_whatever_the_chunking(trace, cfg):
     kw = dict(dynamics=cfg, steps=300, replications=3)
     a = _run(trace, segment_steps=128, replications_per_call=1, **kw)
@@ -238,6 +241,7 @@ def test_expert_imbalance_only_slows_the_ffn(trace):
         (Dynamics(routing="balanced", slot_slack=4), "slot-slack"),
         (Dynamics(microbatches=3), "microbatches"),
         (Dynamics(straggler_p=1.5), "straggler"),
+        (Dynamics(routing="lookahead", lookahead=0), "lookahead"),
         (Dynamics(experts=6, expert_k=2, expert_ranks=4), "experts"),
     ],
 )
@@ -343,3 +347,13 @@ jitter_cv = 0.3
     got, _ = mc_chunk(plan, slice(0, 1))
     want = _run(plan.workloads[0].workload, dynamics=Dynamics(jitter_cv=0.3))
     np.testing.assert_allclose(got[0], want.throughput, rtol=1e-12)
+
+
+def test_lookahead_keeps_the_admitted_mix_and_balances(trace):
+    """Holding k - 1 requests back changes the order of admission, not the mix: the mean slot
+    load stays that of in-place within 4 SE; the barrier share falls at r = 4."""
+    a = _run(trace, dynamics=Dynamics(), steps=1024)
+    b = _run(trace, dynamics=Dynamics(routing="lookahead", lookahead=4), steps=1024)
+    se = math.hypot(a.se_slot_load, b.se_slot_load)
+    assert abs(a.mean_slot_load - b.mean_slot_load) < 4 * se
+    assert b.barrier_share[3] < a.barrier_share[3]

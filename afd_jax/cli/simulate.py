@@ -148,9 +148,13 @@ def add_dynamics_args(p) -> None:
         choices=ROUTINGS,
         default=None,
         help="fresh requests to freed slots: in-place (the paper), balanced (longest prompt to "
-        "the lightest worker) or power-of-d (lighter of d workers)",
+        "the lightest worker), power-of-d (lighter of d workers) or lookahead (longest of k "
+        "waiting requests to the lightest worker)",
     )
     g.add_argument("--routing-d", type=int, default=None, help="power-of-d candidates (2)")
+    g.add_argument(
+        "--lookahead", type=int, default=None, help="requests a lookahead router chooses from (1)"
+    )
     g.add_argument(
         "--slot-slack", type=int, default=None, help="a worker holds B-s..B+s requests (0)"
     )

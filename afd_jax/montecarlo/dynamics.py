@@ -197,6 +197,8 @@ def check_dynamics(cfg: Dynamics, batch: int) -> None:
         bad(f"must be one of {', '.join(ROUTINGS)}, got {cfg.routing!r}", "routing")
     if cfg.routing_d < 1:
         bad(f"must be >= 1, got {cfg.routing_d}", "routing-d")
+    if cfg.lookahead < 1:
+        bad(f"must be >= 1, got {cfg.lookahead}", "lookahead")
     if not 0 <= cfg.slot_slack < batch:
         bad(f"must be in 0..B-1 = {batch - 1}, got {cfg.slot_slack}", "slot-slack")
     if cfg.slot_slack and not cfg.routed:
@@ -218,6 +220,7 @@ def check_dynamics(cfg: Dynamics, batch: int) -> None:
 DYNAMICS_KEYS = (
     "routing",
     "routing_d",
+    "lookahead",
     "slot_slack",
     "kv_capacity",
     "microbatches",
@@ -231,10 +234,10 @@ DYNAMICS_KEYS = (
 
 def dynamics_options(values: dict, prefix: str = "", path: str | None = None, dash=False):
     """A :class:`Dynamics` from option values (None when none is given): ``routing`` (str),
-    ``routing_d``, ``slot_slack``, ``kv_capacity``, ``microbatches`` (ints), ``jitter_cv``,
-    ``expert_skew`` (numbers), ``straggler`` [p, s] and ``experts`` [E, k, G]. InputError
-    names ``prefix + key`` (``-`` for ``_`` when ``dash``; and ``path``) on a wrong type or
-    range; sizes tied to B are checked by :func:`check_dynamics` when B is known."""
+    ``routing_d``, ``lookahead``, ``slot_slack``, ``kv_capacity``, ``microbatches`` (ints),
+    ``jitter_cv``, ``expert_skew`` (numbers), ``straggler`` [p, s] and ``experts`` [E, k, G].
+    InputError names ``prefix + key`` (``-`` for ``_`` when ``dash``; and ``path``) on a wrong
+    type or range; sizes tied to B are checked by :func:`check_dynamics` when B is known."""
     given = {k: v for k, v in values.items() if k in DYNAMICS_KEYS and v is not None}
     if not given:
         return None
