@@ -38,6 +38,7 @@ ROUTING = {
     "balanced": Dynamics(routing="balanced"),
     "power-of-2": Dynamics(routing="power-of-d", routing_d=2),
     "balanced, slack 4": Dynamics(routing="balanced", slot_slack=4),
+    "lookahead 8": Dynamics(routing="lookahead", lookahead=8),
 }
 MICRO = {f"m={m}": Dynamics(microbatches=m) for m in (1, 2, 3, 4)}
 EFFECTS = {
