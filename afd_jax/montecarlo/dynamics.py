@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +49,7 @@ from afd_jax.montecarlo.spine import (
     device_name,
     init_chunk,
     rep_keys,
+    replication_chunks,
     rng_mode,
     run_chunks,
     window_mask,
@@ -300,65 +301,54 @@ class _Acc:
 
 
 class DynRun(NamedTuple):
-    """The validated sizes of one run (Python ints) and its switches."""
+    """One run: ``run`` the validated steps-window configuration of
+    :func:`afd_jax.montecarlo.simulate.simulate` (sizes, seed, level, chunking), ``opts`` the
+    model switches, ``cfg`` the dynamics."""
 
-    batch: int
-    r_max: int
-    steps: int
-    warmup: int
-    replications: int
-    init: str
-    seed: int
-    level: float
+    run: Any
     opts: ModelOptions
     cfg: Dynamics
 
 
-def _segment_length(run: DynRun, rows: int, budget: int, segment_steps) -> int:
+def _segment_length(drun: DynRun, rows: int) -> int:
     """Steps per call: a multiple of BLOCK within the memory budget (never changes numbers)."""
-    if segment_steps:
-        return KB.BLOCK * max(1, -(-int(segment_steps) // KB.BLOCK))
-    cfg = run.cfg
+    run, _, cfg = drun
+    if run.segment_steps:
+        return KB.BLOCK * max(1, -(-int(run.segment_steps) // KB.BLOCK))
     width = max(cfg.microbatches, cfg.expert_ranks if cfg.experts else 1, 1) + 2
     per_step = rows * run.r_max * run.r_max * width * 4 * 8
     total_blocks = -(-(run.warmup + run.steps) // KB.BLOCK)
-    return KB.BLOCK * max(1, min(total_blocks, budget // (KB.BLOCK * per_step)))
+    return KB.BLOCK * max(1, min(total_blocks, run.budget // (KB.BLOCK * per_step)))
 
 
-def _histogram(lat: Latency, run: DynRun, max_load: int):
+def _histogram(lat: Latency, drun: DynRun, max_load: int):
     """Log bins from the shortest stage to a generous bound on tau (noise, phi, m)."""
+    run, opts, cfg = drun
     r = np.arange(1, run.r_max + 1, dtype=np.float64)
-    cfg = run.cfg
-    other = L.other_stages(lat, r, run.batch, run.opts)
+    other = L.other_stages(lat, r, run.batch, opts)
     noise = max(cfg.straggler_s, 1.0) * (1.0 + 12.0 * cfg.jitter_cv)
     phi = cfg.expert_ranks if cfg.experts else 1.0
     hi = E.attn_time_max(lat, run.batch, max_load) * noise * max(cfg.microbatches, 1)
-    hi = hi + float(np.max(L.t_comm(lat, r, run.batch, run.opts) + L.t_ffn(lat, r, run.batch)))
+    hi = hi + float(np.max(L.t_comm(lat, r, run.batch, opts) + L.t_ffn(lat, r, run.batch)))
     lo = min(float(lat.beta_attn), float(other.min())) / 2.0
     return E.tau_bins(max(lo, 1e-6), hi * phi)
 
 
-def run_dynamics(sampler, max_load: int, lat: Latency, run: DynRun, *, budget, chunking, bar):
-    """The chunk loop over replications: returns the host accumulator."""
-    reps_per_call, segment_steps = chunking
-    slots = run.r_max * run.batch * (run.r_max if run.cfg.routed else 1)
-    chunk = int(reps_per_call or max(1, min(run.replications, budget // (slots * 64 + 1))))
-    length = _segment_length(run, chunk, budget, segment_steps)
+def run_dynamics(sampler, max_load: int, lat: Latency, drun: DynRun, bar: Progress):
+    """The chunk loop over replications: (host accumulator, bins, slot-steps)."""
+    run, opts, cfg = drun
+    slots = run.r_max * run.batch * (run.r_max if cfg.routed else 1)
+    chunk = int(run.reps_per_call or max(1, min(run.replications, run.budget // (slots * 64 + 1))))
+    length = _segment_length(drun, chunk)
     total = run.warmup + run.steps
-    kernel = dynamics_kernel(run.r_max, run.batch, run.init, length, run.cfg)
-    log_lo, inv_w = _histogram(lat, run, max_load)
+    kernel = dynamics_kernel(run.r_max, run.batch, run.init, length, cfg)
+    log_lo, inv_w = _histogram(lat, drun, max_load)
     hist = KB.TauHistogram(jnp.float32(log_lo), jnp.float32(inv_w))
     dm = DynModel(
         Latency(*(jnp.float32(x) for x in lat)), jnp.arange(1, run.r_max + 1, dtype=jnp.float32)
     )
     base = jax.random.key(run.seed)
     acc = _Acc(run.replications, run.r_max)
-
-    def chunks():
-        for c0 in range(0, run.replications, chunk):
-            reps = np.arange(c0, min(c0 + chunk, run.replications))
-            reps_p = np.concatenate([reps, np.full(chunk - reps.size, reps[-1])])
-            yield Chunk(reps_p, reps.size, tuple(range(0, total, length)))
 
     def start(c: Chunk):
         reps_j = jnp.asarray(c.rows, jnp.int32)
@@ -372,7 +362,7 @@ def run_dynamics(sampler, max_load: int, lat: Latency, run: DynRun, *, budget, c
         window = Window(jnp.int32(t0), jnp.int32(run.warmup), t_end, jnp.int32(c.n_real))
         states, sums = dynamics_chunk(
             keys, states, SegmentParams(sampler, jnp.int32(t0)), window, dm, hist,
-            kernel=kernel, batch=run.batch, opts=run.opts, cfg=run.cfg,
+            kernel=kernel, batch=run.batch, opts=opts, cfg=cfg,
         )  # fmt: skip
         return (keys, states), sums
 
@@ -380,12 +370,13 @@ def run_dynamics(sampler, max_load: int, lat: Latency, run: DynRun, *, budget, c
         acc.add(c.rows, sums, c.n_real)
         bar.tick(c.n_real * slots * min(length, total - t0))
 
-    run_chunks(chunks(), start, advance, record)
+    run_chunks(replication_chunks(run.replications, chunk, total, length), start, advance, record)
     return acc, (log_lo, inv_w), total * run.replications * slots
 
 
-def dynamics_result(lat: Latency, run: DynRun, acc: _Acc, bins, slot_steps, wall):
+def dynamics_result(lat: Latency, drun: DynRun, acc: _Acc, bins, slot_steps, wall):
     """MonteCarloResult (float64 host arithmetic) with ``empty_slot_fraction``."""
+    run, _, cfg = drun
     lat = Latency(*(float(x) for x in lat))
     r = np.arange(1, run.r_max + 1, dtype=np.float64)
     mean_tau, se_tau, q = E.mean_se(acc.v["tau"], acc.count, run.level)
@@ -432,15 +423,15 @@ def dynamics_result(lat: Latency, run: DynRun, acc: _Acc, bins, slot_steps, wall
             mean_slot_load=float(load_mean),
             se_slot_load=float(load_se),
             empty_slot_fraction=s["empty"] / (n * r * run.batch),
-            dynamics=run.cfg._asdict(),
+            dynamics=cfg._asdict(),
         )
 
 
-def simulate_dynamics(sampler, max_load: int, lat: Latency, run: DynRun, **chunking):
-    """Run the dynamics kernel (``sampler`` a sampler pytree with its largest slot load);
-    ``chunking``: budget, reps_per_call, segment_steps, progress. Replications >= 2 (the SE
-    comes from the spread of the replication means)."""
-    check_dynamics(run.cfg, run.batch)
+def simulate_dynamics(sampler, max_load: int, lat: Latency, drun: DynRun, progress=False):
+    """Run the dynamics kernel (``sampler`` a sampler pytree with its largest slot load).
+    Replications >= 2 (the SE comes from the spread of the replication means)."""
+    run, _, cfg = drun
+    check_dynamics(cfg, run.batch)
     if run.replications < 2:
         raise InputError("the dynamics kernel needs >= 2 replications", field="replications")
     if run.batch * max_load >= E.INT32_LIMIT:
@@ -449,18 +440,10 @@ def simulate_dynamics(sampler, max_load: int, lat: Latency, run: DynRun, **chunk
         )
     with rng_mode():
         t0 = time.perf_counter()
-        bar = Progress(chunking.get("progress", False), "simulate[dynamics]")
-        acc, bins, slot_steps = run_dynamics(
-            sampler,
-            max_load,
-            lat,
-            run,
-            budget=chunking["budget"],
-            chunking=(chunking.get("reps_per_call"), chunking.get("segment_steps")),
-            bar=bar,
-        )
+        bar = Progress(progress, "simulate[dynamics]")
+        acc, bins, slot_steps = run_dynamics(sampler, max_load, lat, drun, bar)
         bar.close()
-        return dynamics_result(lat, run, acc, bins, slot_steps, time.perf_counter() - t0)
+        return dynamics_result(lat, drun, acc, bins, slot_steps, time.perf_counter() - t0)
 
 
 __all__ = [

@@ -60,6 +60,7 @@ from afd_jax.montecarlo.spine import (
     device_name,
     init_chunk,
     rep_keys,
+    replication_chunks,
     rng_mode,
     run_chunks,
     segment_chunk,
@@ -279,7 +280,9 @@ def simulate(
         replications_per_call,
     )
     if dynamics is not None:
-        return _simulate_dynamics(workload_or_sampler, lat, run, opts, dynamics, max_slot_load)
+        return _simulate_dynamics(
+            workload_or_sampler, lat, run, opts, dynamics, max_slot_load, progress
+        )
     with rng_mode():
         setup = _setup(workload_or_sampler, lat, opts, run, max_slot_load)
         t_start = time.perf_counter()
@@ -293,14 +296,10 @@ def simulate(
         return _result(lat, run, setup, acc, wall)
 
 
-def _simulate_dynamics(source, lat, run: StepsRun, opts, dynamics, given) -> MonteCarloResult:
+def _simulate_dynamics(source, lat, run: StepsRun, opts, dynamics, given, progress):
     """The dynamics kernel with the same sampler, sizes and chunking options."""
     sampler, max_load = _sampler_and_max_load(source, opts, given)
-    sizes = (run.batch, run.r_max, run.steps, run.warmup, run.replications, run.init, run.seed)
-    drun = DynRun(*sizes, run.level, opts, dynamics)
-    chunking = dict(budget=run.budget, reps_per_call=run.reps_per_call)
-    chunking["segment_steps"] = run.segment_steps
-    return simulate_dynamics(sampler, max_load, lat, drun, **chunking)
+    return simulate_dynamics(sampler, max_load, lat, DynRun(run, opts, dynamics), progress)
 
 
 def _run_barrier(run: StepsRun, setup: StepsSetup, bar: Progress) -> StepAccumulator:
@@ -431,12 +430,6 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress) -> StepAc
     acc = StepAccumulator(run.replications, run.r_max, keep_blocks=run.replications == 1)
     chunk = plan.reps_per_call
 
-    def chunks():
-        for c0 in range(0, run.replications, chunk):
-            reps = np.arange(c0, min(c0 + chunk, run.replications))
-            reps_p = np.concatenate([reps, np.full(chunk - reps.size, reps[-1])])
-            yield Chunk(reps_p, reps.size, tuple(range(0, total, plan.length)))
-
     def start(c: Chunk):
         reps_j = jnp.asarray(c.rows, jnp.int32)
         params = SegmentParams(setup.sampler, jnp.int32(0))
@@ -461,7 +454,9 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress) -> StepAc
         acc.add(c.rows, sums, c.n_real)
         bar.tick(c.n_real * run.slots * min(plan.length, total - t0))
 
-    run_chunks(chunks(), start, advance, record)
+    run_chunks(
+        replication_chunks(run.replications, chunk, total, plan.length), start, advance, record
+    )
     return acc
 
 

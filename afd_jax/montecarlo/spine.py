@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 from tqdm import tqdm
 
 from afd_jax.kernels.barrier import summarise_rows
@@ -55,6 +56,15 @@ def run_chunks(
         for seg in chunk.segments:
             state, info = advance(chunk, seg, state)
             record(chunk, seg, info)
+
+
+def replication_chunks(replications: int, chunk: int, total: int, length: int):
+    """Chunks of ``chunk`` replications (the last padded with copies of its last replication,
+    which do not count), each run over segments of ``length`` steps up to ``total``."""
+    for c0 in range(0, replications, chunk):
+        reps = np.arange(c0, min(c0 + chunk, replications))
+        reps_p = np.concatenate([reps, np.full(chunk - reps.size, reps[-1])])
+        yield Chunk(reps_p, reps.size, tuple(range(0, total, length)))
 
 
 class Window(NamedTuple):
@@ -142,6 +152,7 @@ __all__ = [
     "device_name",
     "init_chunk",
     "rep_keys",
+    "replication_chunks",
     "rng_mode",
     "run_chunks",
     "segment_chunk",
