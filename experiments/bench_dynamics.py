@@ -2,10 +2,11 @@
 trajectory kernel, same workload, sizes and run.
 
     python experiments/bench_dynamics.py --trace TRACE.csv [--r-max 16 --batch 64 --steps 512]
-        [--out docs/benchmarks.md --append] [--note "shared, loaded"]
+        [--out docs/benchmarks.md --append] [--note "shared, loaded"] [--only LABEL ...]
 
 Each configuration is compiled by a first call (its extra time is reported) and then timed
-``--repeat`` times, the fastest counting. Two rates: per bundle slot (r_max B slots per step,
+``--repeat`` times, the fastest counting (today's trajectory kernel always runs, as the
+reference; ``--only`` picks the other rows). Two rates: per bundle slot (r_max B slots per step,
 what one simulation answers for every r) and per simulated slot (load-aware routing simulates
 one bundle per r, sum_r r B = r_max (r_max + 1) B / 2 slots, padded to r_max^2 B).
 """
@@ -33,6 +34,7 @@ CONFIGS = {
     "experts 64,6,8": Dynamics(experts=64, expert_k=6, expert_ranks=8),
     "balanced": Dynamics(routing="balanced"),
     "power-of-2": Dynamics(routing="power-of-d"),
+    "lookahead 8": Dynamics(routing="lookahead", lookahead=8),
 }
 
 
@@ -64,6 +66,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--append", action="store_true")
     ap.add_argument("--note", default="")
+    ap.add_argument("--only", nargs="*", default=None, help="configuration labels to run")
     args = ap.parse_args()
     jax.config.update("jax_enable_x64", True)
     w = load_trace(args.trace)
@@ -83,6 +86,8 @@ def main() -> None:
         "|---|---|---|---|",
     ]
     for label, cfg in CONFIGS.items():
+        if args.only and label not in args.only and cfg is not None:
+            continue
         comp, bundle, sim = bench(w, lat, opts, cfg, args)
         lines.append(f"| {label} | {bundle:.3e} | {sim:.3e} | {comp:.1f} |")
         print(lines[-1], flush=True)
