@@ -117,14 +117,9 @@ def tree_sum(x, axis: int):
 
 
 def flow_shop(attn, comm, ffn):
-    """Makespan of the m micro-batches through Attention -> communication -> FFN in order:
-    attn [..., m] (A_i), comm and ffn per micro-batch (broadcasting). m = 1: A + C + F."""
-    a = c = f = jnp.zeros_like(attn[..., 0])
-    for i in range(attn.shape[-1]):
-        a = a + attn[..., i]
-        c = jnp.maximum(c, a) + comm
-        f = jnp.maximum(f, c) + ffn
-    return f
+    """:func:`afd_jax.model.latency.microbatch_step_time` of attn [..., m] (A_i per
+    micro-batch; comm and ffn broadcasting): the makespan of the m micro-batches."""
+    return L.microbatch_step_time([attn[..., i] for i in range(attn.shape[-1])], comm, ffn)
 
 
 def step_stages(info, dm: DynModel, *, batch: int, opts: ModelOptions, cfg: Dynamics):
