@@ -79,6 +79,7 @@ _LAZY = {
     # Monte Carlo and studies
     "make_sampler": "montecarlo.samplers",
     "SimulationResult": "montecarlo.simulate",
+    "Dynamics": "montecarlo.dynamics",
     "load_spec": "studies.sweep",
     "make_plan": "studies.sweep",
 }

@@ -75,6 +75,19 @@ def block_sum(x):
     return y[:, 0]
 
 
+def tau_histogram(tau, valid, hist: TauHistogram, n_bins: int):
+    """Counts int32[r_max, n_bins] of tau [n, r_max] per log bin over the valid [n] steps."""
+    r_max = tau.shape[1]
+    idx = jnp.floor((jnp.log(tau) - hist.log_lo) * hist.inv_width)
+    idx = jnp.clip(idx, 0, n_bins - 1).astype(jnp.int32)
+    cols = jnp.broadcast_to(jnp.arange(r_max, dtype=jnp.int32)[None, :], idx.shape)
+    return (
+        jnp.zeros((r_max, n_bins), jnp.int32)
+        .at[cols, idx]
+        .add(jnp.broadcast_to(valid.astype(jnp.int32)[:, None], idx.shape))
+    )
+
+
 def summarise_steps(
     worker_loads,
     valid,
@@ -105,14 +118,7 @@ def summarise_steps(
         return block_sum(x * w[:, None])
 
     mean_load = loads.sum(axis=-1) / jnp.float32(r_max * batch)
-    idx = jnp.floor((jnp.log(tau) - hist.log_lo) * hist.inv_width)
-    idx = jnp.clip(idx, 0, n_bins - 1).astype(jnp.int32)
-    cols = jnp.broadcast_to(jnp.arange(r_max, dtype=jnp.int32)[None, :], idx.shape)
-    counts = (
-        jnp.zeros((r_max, n_bins), jnp.int32)
-        .at[cols, idx]
-        .add(jnp.broadcast_to(valid.astype(jnp.int32)[:, None], idx.shape))
-    )
+    counts = tau_histogram(tau, valid, hist, n_bins)
     return StepSums(
         tau=bsum(tau),
         tau_sq=bsum(tau * tau),

@@ -15,6 +15,7 @@ columns.
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from afd_jax.cli.common import (
@@ -26,6 +27,8 @@ from afd_jax.cli.common import (
     positive_int,
 )
 from afd_jax.errors import InputError
+from afd_jax.kernels.dynamics import ROUTINGS
+from afd_jax.montecarlo.dynamics import DYNAMICS_KEYS, dynamics_options
 from afd_jax.montecarlo.result import MonteCarloResult
 from afd_jax.studies.plots import plot_simulation
 
@@ -110,6 +113,7 @@ def add_parser(subparsers) -> None:
         help="FFN/communication tokens: the nominal r*B (default, docs/model.md 2) or only the "
         "active slots (an FFN whose cost shrinks as the pool drains)",
     )
+    add_dynamics_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--level", type=float, default=0.95, help="confidence level (default 0.95)")
     p.add_argument(
@@ -119,6 +123,75 @@ def add_parser(subparsers) -> None:
     p.add_argument("--plot", metavar="FILE", default=None, help="write a figure (.png/.pdf/.svg)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def _numbers(kind, n: int, what: str):
+    """argparse type of ``n`` comma-separated numbers (``p,s`` or ``E,k,G``)."""
+
+    def parse(text: str):
+        parts = text.split(",")
+        try:
+            if len(parts) != n:
+                raise ValueError
+            return [kind(x) for x in parts]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+    return parse
+
+
+def add_dynamics_args(p) -> None:
+    """Options of the dynamics kernel (docs/dynamics.md); any of them selects it."""
+    g = p.add_argument_group("dynamics (steps window; any of these runs the dynamics kernel)")
+    g.add_argument(
+        "--routing",
+        choices=ROUTINGS,
+        default=None,
+        help="fresh requests to freed slots: in-place (the paper), balanced (longest prompt to "
+        "the lightest worker), power-of-d (lighter of d workers) or lookahead (longest of k "
+        "waiting requests to the lightest worker)",
+    )
+    g.add_argument("--routing-d", type=int, default=None, help="power-of-d candidates (2)")
+    g.add_argument(
+        "--lookahead", type=int, default=None, help="requests a lookahead router chooses from (1)"
+    )
+    g.add_argument(
+        "--slot-slack", type=int, default=None, help="a worker holds B-s..B+s requests (0)"
+    )
+    g.add_argument(
+        "--kv-capacity", type=int, default=None, help="KV tokens per worker (default unlimited)"
+    )
+    g.add_argument(
+        "--microbatches", type=int, default=None, help="m micro-batches, ping-pong schedule"
+    )
+    g.add_argument("--jitter-cv", type=float, default=None, help="Attention-time noise CV")
+    g.add_argument(
+        "--straggler",
+        type=_numbers(float, 2, "p,s"),
+        default=None,
+        metavar="P,S",
+        help="with probability p a worker's Attention takes s times longer",
+    )
+    g.add_argument(
+        "--experts",
+        type=_numbers(int, 3, "E,k,G"),
+        default=None,
+        metavar="E,K,G",
+        help="MoE FFN: top-k of E experts on G ranks; the most loaded rank sets t_F",
+    )
+    g.add_argument(
+        "--expert-skew", type=float, default=None, help="Zipf exponent of expert popularity (0)"
+    )
+
+
+def _dynamics(args):
+    """The Dynamics of the flags, or None (today's kernels)."""
+    cfg = dynamics_options({k: getattr(args, k) for k in DYNAMICS_KEYS}, dash=True)
+    if cfg is not None and args.kernel is not None:
+        raise InputError("dynamics options run their own kernel; drop --kernel", field="kernel")
+    if cfg is not None and args.window == "completions":
+        raise InputError("dynamics options need --window steps", field="window")
+    return cfg
 
 
 def _flag(name: str) -> str:
@@ -155,6 +228,7 @@ def run(args) -> int:
     jax.config.update("jax_enable_x64", True)
 
     _check_window_flags(args)
+    dynamics = _dynamics(args)
     positive_int("batch", args.batch)
     positive_int("r-max", args.r_max)
     positive_int("replications", args.replications)
@@ -163,9 +237,11 @@ def run(args) -> int:
         raise InputError(f"must be >= 0, got {args.seed}", field="seed")
     if not 0 < args.level < 1:
         raise InputError(f"must be in (0, 1), got {args.level}", field="level")
-    res = _run_pool(args) if args.window == "completions" else _run_steps(args)
+    res = _run_pool(args) if args.window == "completions" else _run_steps(args, dynamics)
     out = res.to_json()
     out["workload"] = args.workload
+    if dynamics is not None:
+        out["idealised"] = _idealised(args)
     if args.plot:
         plot_simulation(res, args.plot, args.workload)
         out["plot"] = args.plot
@@ -175,12 +251,20 @@ def run(args) -> int:
     for line in _describe(res, args.workload):
         print(line)
     _print_table(res.results_table(), res.r_best, res.level)
+    if dynamics is not None:
+        ideal = out["idealised"]["r_best"]
+        print(
+            f"empty slots (r = {res.r_best}): {res.empty_slot_fraction[res.r_best - 1]:.3f}; "
+            "idealised model r*: "
+            + ", ".join(f"{k} {v}" for k, v in ideal.items())
+            + f"; simulated with the dynamics: {res.r_best}"
+        )
     if args.plot:
         print(f"figure: {args.plot}", file=sys.stderr)
     return 0
 
 
-def _run_steps(args) -> MonteCarloResult:
+def _run_steps(args, dynamics=None) -> MonteCarloResult:
     """--window steps: :func:`afd_jax.montecarlo.simulate.simulate` for r = 1..r_max."""
     from afd_jax.montecarlo.simulate import simulate
 
@@ -208,7 +292,21 @@ def _run_steps(args) -> MonteCarloResult:
         level=args.level,
         memory_budget_bytes=args.memory_budget_mb << 20,
         progress=not args.quiet,
+        dynamics=dynamics,
     )
+
+
+def _idealised(args) -> dict:
+    """Best r and throughput of the idealised model (mean field, Gaussian, exact), reported
+    beside a dynamics run (:func:`afd_jax.studies.provision.provision`)."""
+    from afd_jax.studies.provision import provision
+
+    lat, opts = load_latency(args)
+    ref = provision(load_workload(args), lat, args.batch, r_max=args.r_max, opts=opts)
+    return {
+        "r_best": {k: int(v) for k, v in ref.r_best.items()},
+        "throughput": {k: [float(x) for x in v] for k, v in ref.throughput.items()},
+    }
 
 
 def _run_pool(args) -> MonteCarloResult:

@@ -250,3 +250,18 @@ def bundle_idle_fraction(attn_idle, ffn_idle_time, r, tau):
     summed Attention idle ``sum_j (tau - t_A,j)`` and the FFN idle ``tau - t_F`` (sums over steps
     allowed: pass the summed tau)."""
     return (attn_idle + ffn_idle_time) / ((r + 1) * tau)
+
+
+def microbatch_step_time(attn, comm, ffn):
+    """Step time of m micro-batches in a ping-pong schedule (docs/model.md 12): a flow shop
+    Attention -> communication -> FFN, each stage taking the micro-batches in order.
+    ``attn``: sequence of the m barrier Attention times A_i (arrays broadcasting together);
+    ``comm``, ``ffn``: the stage times of one micro-batch, t_C(r, B/m) and t_F(r, B/m).
+    ``a_i = a_{i-1} + A_i``, ``c_i = max(c_{i-1}, a_i) + comm``, ``f_i = max(f_{i-1}, c_i) + ffn``,
+    tau = f_m; m = 1 gives the serial step ``A + t_C + t_F``."""
+    a = c = f = 0.0
+    for attn_i in attn:
+        a = a + attn_i
+        c = maximum(c, a) + comm
+        f = maximum(f, c) + ffn
+    return f

@@ -54,7 +54,9 @@ class MonteCarloResult:
     float64[len(r), replications] (completions window). mean_slot_load, se_slot_load: average
     load over all slots and its SE (steps window; theta in steady state).
     ``window``: {"kind": "steps", "steps", "warmup"} or {"kind": "completions", "requests",
-    "fraction"}.
+    "fraction"}. empty_slot_fraction: share of the r B slots without an admitted request, and
+    dynamics: the options of the dynamics kernel (docs/dynamics.md); None (absent from rows and
+    JSON) for the other kernels.
     """
 
     r: np.ndarray
@@ -90,6 +92,8 @@ class MonteCarloResult:
     mean_slot_load: float | None = None
     se_slot_load: float | None = None
     ffn_tokens: str = "nominal"
+    empty_slot_fraction: np.ndarray | None = None
+    dynamics: dict | None = None
 
     @property
     def r_max(self) -> int:
@@ -123,6 +127,8 @@ class MonteCarloResult:
             for k in ROW_FIELDS:
                 v = getattr(self, k)
                 row[k] = None if v is None else float(v[i])
+            if self.empty_slot_fraction is not None:
+                row["empty_slot_fraction"] = float(self.empty_slot_fraction[i])
             rows.append(row)
         return rows
 
@@ -139,6 +145,8 @@ class MonteCarloResult:
             "ffn_tokens": self.ffn_tokens,
             "window": dict(self.window),
         }
+        if self.dynamics is not None:
+            out["dynamics"] = dict(self.dynamics)
         if self.window.get("kind") == "steps":
             out.update(steps=self.window["steps"], warmup=self.window["warmup"])
         out.update(

@@ -50,6 +50,7 @@ from afd_jax.model import latency as L
 from afd_jax.model.latency import Latency, ModelOptions
 from afd_jax.model.stages import check_batch
 from afd_jax.montecarlo import estimators as E
+from afd_jax.montecarlo.dynamics import Dynamics, DynRun, simulate_dynamics
 from afd_jax.montecarlo.result import STEP_DIAGNOSTICS, MonteCarloResult
 from afd_jax.montecarlo.samplers import make_sampler, max_slot_load
 from afd_jax.montecarlo.spine import (
@@ -60,6 +61,7 @@ from afd_jax.montecarlo.spine import (
     device_name,
     init_chunk,
     rep_keys,
+    replication_chunks,
     rng_mode,
     run_chunks,
     segment_chunk,
@@ -269,6 +271,7 @@ def simulate(
     segment_steps: int | None = None,
     replications_per_call: int | None = None,
     progress: bool = False,
+    dynamics: Dynamics | None = None,
 ) -> MonteCarloResult:
     """Monte Carlo estimate of the per-r step time and throughput of an r_max-worker bundle.
 
@@ -282,10 +285,15 @@ def simulate(
         ``segment_steps`` / ``replications_per_call``
         override the automatic chunk sizes (results are the same whatever they are).
       progress: tqdm bar on stderr (only when stderr is a terminal).
+      dynamics: None (today's model) or a :class:`~afd_jax.kernels.dynamics.Dynamics`: the
+        dynamics kernel (routing, KV capacity, micro-batches, noise, expert imbalance;
+        docs/dynamics.md) runs instead of ``kernel`` (``afd_jax.montecarlo.dynamics``).
 
     Raises InputError on bad sizes or when B * max slot load (plus the segment for "fast")
     could overflow int32.
     """
+    if dynamics is not None:
+        kernel = "trajectory"  # the dynamics kernel steps slots one decode step at a time
     _check_run(kernel, batch, r_max, steps, warmup, replications, init, level)
     check_batch(lat.attn, batch)
     if memory_budget_bytes is None:
@@ -302,6 +310,10 @@ def simulate(
         segment_steps,
         replications_per_call,
     )
+    if dynamics is not None:
+        return _simulate_dynamics(
+            workload_or_sampler, lat, run, opts, dynamics, max_slot_load, progress
+        )
     with rng_mode():
         setup = _setup(workload_or_sampler, lat, opts, run, max_slot_load)
         t_start = time.perf_counter()
@@ -313,6 +325,12 @@ def simulate(
         bar.close()
         wall = time.perf_counter() - t_start
         return _result(lat, run, setup, acc, wall)
+
+
+def _simulate_dynamics(source, lat, run: StepsRun, opts, dynamics, given, progress):
+    """The dynamics kernel with the same sampler, sizes and chunking options."""
+    sampler, max_load = _sampler_and_max_load(source, opts, given)
+    return simulate_dynamics(sampler, max_load, lat, DynRun(run, opts, dynamics), progress)
 
 
 def _run_barrier(run: StepsRun, setup: StepsSetup, bar: Progress) -> StepAccumulator:
@@ -443,12 +461,6 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress) -> StepAc
     acc = StepAccumulator(run.replications, run.r_max, keep_blocks=run.replications == 1)
     chunk = plan.reps_per_call
 
-    def chunks():
-        for c0 in range(0, run.replications, chunk):
-            reps = np.arange(c0, min(c0 + chunk, run.replications))
-            reps_p = np.concatenate([reps, np.full(chunk - reps.size, reps[-1])])
-            yield Chunk(reps_p, reps.size, tuple(range(0, total, plan.length)))
-
     def start(c: Chunk):
         reps_j = jnp.asarray(c.rows, jnp.int32)
         params = SegmentParams(setup.sampler, jnp.int32(0))
@@ -473,7 +485,9 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress) -> StepAc
         acc.add(c.rows, sums, c.n_real)
         bar.tick(c.n_real * run.slots * min(plan.length, total - t0))
 
-    run_chunks(chunks(), start, advance, record)
+    run_chunks(
+        replication_chunks(run.replications, chunk, total, plan.length), start, advance, record
+    )
     return acc
 
 

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 from tqdm import tqdm
 
 from afd_jax.kernels.barrier import summarise_rows
@@ -57,6 +58,15 @@ def run_chunks(
             record(chunk, seg, info)
 
 
+def replication_chunks(replications: int, chunk: int, total: int, length: int):
+    """Chunks of ``chunk`` replications (the last padded with copies of its last replication,
+    which do not count), each run over segments of ``length`` steps up to ``total``."""
+    for c0 in range(0, replications, chunk):
+        reps = np.arange(c0, min(c0 + chunk, replications))
+        reps_p = np.concatenate([reps, np.full(chunk - reps.size, reps[-1])])
+        yield Chunk(reps_p, reps.size, tuple(range(0, total, length)))
+
+
 class Window(NamedTuple):
     """Which steps of a chunk count (traced int32): step ``t0 + i`` of row k counts when
     ``k < n_real`` and ``warmup <= t0 + i < t_end[k]``."""
@@ -65,6 +75,13 @@ class Window(NamedTuple):
     warmup: jax.Array
     t_end: jax.Array
     n_real: jax.Array
+
+
+def window_mask(window: Window, rows: int, length: int):
+    """bool[rows, length]: which steps of a segment count (see :class:`Window`)."""
+    t = window.t0 + jnp.arange(length, dtype=jnp.int32)
+    real = jnp.arange(rows, dtype=jnp.int32) < window.n_real
+    return real[:, None] & ((t[None, :] >= window.warmup) & (t[None, :] < window.t_end[:, None]))
 
 
 @partial(jax.jit, static_argnames=("kernel",))
@@ -79,10 +96,7 @@ def segment_chunk(keys, states, params, window: Window, model, hist, *, kernel, 
     ``(states, StepSums with block rows [rows, L // BLOCK], covered)``; ``covered`` False
     means rerun the segment with ``kernel.enlarge()``."""
     states, info = jax.vmap(kernel.segment, in_axes=(0, 0, None))(keys, states, params)
-    rows, length = info.loads.shape[:2]
-    t = window.t0 + jnp.arange(length, dtype=jnp.int32)
-    real = jnp.arange(rows, dtype=jnp.int32) < window.n_real
-    valid = real[:, None] & ((t[None, :] >= window.warmup) & (t[None, :] < window.t_end[:, None]))
+    valid = window_mask(window, *info.loads.shape[:2])
     sums = summarise_rows(info.loads, valid, model, hist, batch=batch, serial=serial, n_bins=N_BINS)
     return states, sums, jnp.all(info.covered)
 
@@ -138,7 +152,9 @@ __all__ = [
     "device_name",
     "init_chunk",
     "rep_keys",
+    "replication_chunks",
     "rng_mode",
     "run_chunks",
     "segment_chunk",
+    "window_mask",
 ]

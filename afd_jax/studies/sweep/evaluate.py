@@ -32,6 +32,7 @@ from afd_jax.model.exact import (
     worker_load_pmf,
 )
 from afd_jax.model.latency import AffineStage, Latency, ModelOptions
+from afd_jax.montecarlo.dynamics import DYNAMICS_KEYS, dynamics_options
 from afd_jax.montecarlo.simulate import simulate
 from afd_jax.studies.optimize import make_scenario, solve_continuous_batched
 from afd_jax.studies.sweep.fields import LATENCY_FIELDS
@@ -182,8 +183,11 @@ def mc_chunk(plan: SweepPlan, sl: slice) -> tuple[np.ndarray, np.ndarray]:
     one :func:`afd_jax.montecarlo.simulate.simulate` call per scenario with seed = mc.seed +
     scenario index (so results do not depend on chunking)."""
     spec = plan.spec
-    kw = dict(spec.mc)
+    kw = {k: v for k, v in spec.mc.items() if k not in DYNAMICS_KEYS}
     seed = int(kw.pop("seed", 0))
+    dynamics = dynamics_options(spec.mc, "mc.")
+    if dynamics is not None:
+        kw.pop("kernel", None)
     vals, errs = [], []
     for i in range(sl.start, sl.stop):
         res = simulate(
@@ -193,6 +197,7 @@ def mc_chunk(plan: SweepPlan, sl: slice) -> tuple[np.ndarray, np.ndarray]:
             spec.r_max,
             seed=seed + i,
             opts=plan.opts,
+            dynamics=dynamics,
             **kw,
         )
         tput = np.asarray(res.throughput, dtype=np.float64)

@@ -18,6 +18,7 @@ import numpy as np
 
 from afd_jax.errors import InputError
 from afd_jax.model.latency import COMM_SCALINGS, OVERLAPS
+from afd_jax.montecarlo.dynamics import DYNAMICS_KEYS, dynamics_options
 from afd_jax.studies.sweep.fields import FORMATS, LATENCY_FIELDS, METHODS
 
 __all__ = ["SweepSpec", "grid_values", "load_spec", "parse_sweep_spec"]
@@ -43,7 +44,7 @@ _LATENCY_KEYS = {"base", "comm_scaling", "overlap", "set", "grid", "random"}
 _RANDOM_DISTS = ("uniform", "loguniform")
 _GRID_FORMS = ("values", "linspace", "logspace", "geomspace", "range")
 _EXACT_KEYS = {"slot_bins", "noise_floor"}
-_MC_KEYS = {"steps", "warmup", "replications", "seed", "init", "kernel"}
+_MC_KEYS = {"steps", "warmup", "replications", "seed", "init", "kernel", *DYNAMICS_KEYS}
 _GAUSSIAN_KEYS = {"method"}
 
 
@@ -368,6 +369,7 @@ def _parse_method_options(data: dict, path: str) -> dict:
         raise _err("expected 'stationary' or 'cold'", "mc.init", path)
     if "kernel" in mc and mc["kernel"] not in ("barrier", "trajectory", "fast"):
         raise _err("expected 'barrier', 'trajectory' or 'fast'", "mc.kernel", path)
+    dynamics_options(mc, "mc.", path)  # the dynamics options (docs/dynamics.md), validated now
     gauss = data.get("gaussian", {})
     _check_keys(gauss, _GAUSSIAN_KEYS, "gaussian", path)
     if "method" in gauss and gauss["method"] not in ("tail", "max_of_means"):

@@ -1,0 +1,453 @@
+"""Monte Carlo driver of the dynamics kernel (docs/dynamics.md): routing, slot slack,
+KV-capacity admission, micro-batch pipelining, Attention-time noise and stragglers, expert
+imbalance, each an option of :func:`afd_jax.montecarlo.simulate.simulate` (``dynamics=``).
+
+The kernel (``afd_jax.kernels.dynamics``) reports per step, per bundle and worker, the loads of
+the m micro-batches, the occupied slots, the noise and the tokens per expert rank; this module
+turns them into step times through ``afd_jax.model.latency`` (t_attn, t_comm, t_ffn,
+other_stages, combine, step_time_from_other: the one home of those formulas), runs the chunk
+loop of :mod:`afd_jax.montecarlo.spine` and reports a
+:class:`~afd_jax.montecarlo.result.MonteCarloResult` with ``empty_slot_fraction``.
+
+Per step and bundle size r (workers j < r of bundle ``b(r)``: 0 in place, r - 1 when routed),
+with a_{j,i} = t_A(T_{j,i}) * eps_j the Attention time of micro-batch i on worker j and
+A_i = max_j a_{j,i} (docs/model.md 12):
+
+* m off: ``tau = step_time_from_other(A_1, combine(t_C(r), t_F(r B phi)))``;
+* m >= 1, the ping-pong flow shop of Attention, communication and FFN over the m micro-batches
+  (B/m slots each): ``a_i = a_{i-1} + A_i``, ``c_i = max(c_{i-1}, a_i) + t_C(r, B/m)``,
+  ``f_i = max(f_{i-1}, c_i) + t_F(r, phi B/m)``, ``tau = f_m`` (m = 1: the serial step);
+* phi = G max_g N_g / (k r B) >= 1, the most loaded expert rank over the mean (1 when off).
+
+Barrier share: sum_i (r A_i - sum_j a_{j,i}) / (r tau); idle fractions from the busy times;
+throughput ``latency.token_rate`` of the admitted tokens (r B minus the empty slots) over the
+summed tau, its SE from the SE of E[tau] (the empty fraction's own noise is not included).
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from afd_jax.errors import InputError
+from afd_jax.kernels import barrier as KB
+from afd_jax.kernels.contract import SegmentParams
+from afd_jax.kernels.dynamics import ROUTINGS, Dynamics, dynamics_kernel
+from afd_jax.model import latency as L
+from afd_jax.model.latency import Latency, ModelOptions
+from afd_jax.montecarlo import estimators as E
+from afd_jax.montecarlo.result import MonteCarloResult
+from afd_jax.montecarlo.spine import (
+    Chunk,
+    Progress,
+    Window,
+    device_name,
+    init_chunk,
+    rep_keys,
+    replication_chunks,
+    rng_mode,
+    run_chunks,
+    window_mask,
+)
+
+_SUMS = ("tau", "tau_sq", "max_attn", "attn_busy", "wait", "ffn_busy", "empty")
+
+
+class DynSums(NamedTuple):
+    """Block sums [rows, nb, r_max] (float32) of tau, tau^2, the barrier Attention time
+    sum_i A_i, the summed Attention busy time sum_{j,i} a_{j,i}, the barrier wait, the FFN
+    busy time and the empty slots; slot_load, slot_load_sq, count [rows, nb]; hist [r_max,
+    bins]."""
+
+    tau: jax.Array
+    tau_sq: jax.Array
+    max_attn: jax.Array
+    attn_busy: jax.Array
+    wait: jax.Array
+    ffn_busy: jax.Array
+    empty: jax.Array
+    slot_load: jax.Array
+    slot_load_sq: jax.Array
+    count: jax.Array
+    hist: jax.Array
+
+
+class DynModel(NamedTuple):
+    """Traced model of the summaries: Latency with float32 fields and r = 1..r_max."""
+
+    lat: Latency
+    r: jax.Array
+
+
+# ---------------------------------------------------------------- step times
+
+
+def _per_r(x, cfg: Dynamics, r_max: int):
+    """Per step x[L, nb, r_max, ...] -> [L, r, workers, ...] of bundle b(r), masked j < r."""
+    idx = jnp.arange(r_max, dtype=jnp.int32) if cfg.routed else jnp.zeros(r_max, jnp.int32)
+    mask = jnp.arange(r_max)[None, :] < jnp.arange(1, r_max + 1)[:, None]
+    mask = mask.reshape((1,) + mask.shape + (1,) * (x.ndim - 3))
+    return jnp.where(mask, x[:, idx], jnp.zeros((), x.dtype))
+
+
+def _ffn_factor(info, cfg: Dynamics, r, batch: int):
+    """phi [L, r]: most loaded expert rank over the mean (1 when expert routing is off)."""
+    if info.ranks is None:
+        return None
+    tok = _per_r(info.ranks, cfg, r.shape[1]).sum(axis=2, dtype=jnp.int32)
+    per_rank = jnp.float32(cfg.expert_k * batch / cfg.expert_ranks) * r
+    return tok.max(axis=-1).astype(jnp.float32) / per_rank
+
+
+def tree_sum(x, axis: int):
+    """Sum over ``axis`` by a pairwise tree of elementwise adds (zero-padded to a power of
+    two): a fixed order, so the float32 result does not depend on how many rows are vmapped
+    (a ``sum`` reduction may be vectorised differently for different shapes)."""
+    y = jnp.moveaxis(x, axis, 0)
+    n = 1 << max(0, (y.shape[0] - 1).bit_length())
+    y = jnp.concatenate([y, jnp.zeros((n - y.shape[0],) + y.shape[1:], y.dtype)])
+    while y.shape[0] > 1:
+        y = y[0::2] + y[1::2]
+    return y[0]
+
+
+def flow_shop(attn, comm, ffn):
+    """:func:`afd_jax.model.latency.microbatch_step_time` of attn [..., m] (A_i per
+    micro-batch; comm and ffn broadcasting): the makespan of the m micro-batches."""
+    return L.microbatch_step_time([attn[..., i] for i in range(attn.shape[-1])], comm, ffn)
+
+
+def step_stages(info, dm: DynModel, *, batch: int, opts: ModelOptions, cfg: Dynamics):
+    """Per step and r: (tau, sum_i A_i, attention busy, barrier wait, FFN busy, empty)."""
+    r_max = dm.r.shape[0]
+    r = dm.r[None, :]  # [1, r]: per step and r
+    attn = L.t_attn(dm.lat, _per_r(info.loads, cfg, r_max).astype(jnp.float32))
+    if info.noise is not None:
+        attn = attn * _per_r(info.noise, cfg, r_max)[..., None]
+    mask = (jnp.arange(r_max, dtype=jnp.float32)[None, :] < dm.r[:, None])[None, :, :, None]
+    attn = jnp.where(mask, attn, 0.0)
+    barrier = attn.max(axis=2)  # [L, r, m]
+    busy = tree_sum(tree_sum(attn, 3), 2)
+    m = max(cfg.microbatches, 1)
+    per_mb = jnp.float32(batch / m)
+    phi = _ffn_factor(info, cfg, r, batch)
+    ffn = L.t_ffn(dm.lat, r, per_mb if phi is None else per_mb * phi)
+    if cfg.microbatches == 0:
+        if phi is None:
+            other = L.other_stages(dm.lat, r, batch, opts)
+        else:
+            other = L.combine(opts, L.t_comm(dm.lat, r, batch, opts), ffn)
+        tau = L.step_time_from_other(barrier[..., 0], other, opts)
+    else:
+        tau = flow_shop(barrier, L.t_comm(dm.lat, r, per_mb, opts), ffn)
+    empty = (jnp.int32(batch) - _per_r(info.occupied, cfg, r_max)).sum(axis=2, dtype=jnp.int32)
+    empty = empty - (r_max - jnp.arange(1, r_max + 1, dtype=jnp.int32))[None, :] * batch
+    ffn_busy = jnp.broadcast_to(ffn * m, tau.shape)
+    barrier_sum = tree_sum(barrier, 2)
+    wait = r * barrier_sum - busy
+    return tau, barrier_sum, busy, wait, ffn_busy, empty.astype(jnp.float32)
+
+
+def summarise_dynamics(info, valid, dm: DynModel, hist, *, batch, opts, cfg) -> DynSums:
+    """Block sums of one row's segment (info with leading [L]; valid bool[L])."""
+    stages = step_stages(info, dm, batch=batch, opts=opts, cfg=cfg)
+    tau = stages[0]
+    w = valid.astype(jnp.float32)[:, None]
+    sums = [KB.block_sum(x * w) for x in (tau, tau * tau, *stages[1:])]
+    full = info.loads[:, -1 if cfg.routed else 0].sum(axis=(-1, -2), dtype=jnp.int32)
+    load = full.astype(jnp.float32) / jnp.float32(dm.r.shape[0] * batch)
+    return DynSums(
+        *sums,
+        KB.block_sum(load * w[:, 0]),
+        KB.block_sum(load * load * w[:, 0]),
+        KB.block_sum(valid.astype(jnp.int32)),
+        KB.tau_histogram(tau, valid, hist, E.N_BINS),
+    )
+
+
+@partial(jax.jit, static_argnames=("kernel", "batch", "opts", "cfg"))
+def dynamics_chunk(keys, states, params, window: Window, dm, hist, *, kernel, batch, opts, cfg):
+    """One segment of the dynamics kernel for every row of a chunk, summarised."""
+    states, info = jax.vmap(kernel.segment, in_axes=(0, 0, None))(keys, states, params)
+    valid = window_mask(window, *info.loads.shape[:2])
+    summ = partial(summarise_dynamics, dm=dm, hist=hist, batch=batch, opts=opts, cfg=cfg)
+    sums = jax.vmap(summ)(info, valid)
+    return states, sums._replace(hist=sums.hist.sum(axis=0))
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def check_dynamics(cfg: Dynamics, batch: int) -> None:
+    """InputError on a bad configuration (checked before any work)."""
+
+    def bad(msg, field):
+        raise InputError(msg, field=field)
+
+    if cfg.routing not in ROUTINGS:
+        bad(f"must be one of {', '.join(ROUTINGS)}, got {cfg.routing!r}", "routing")
+    if cfg.routing_d < 1:
+        bad(f"must be >= 1, got {cfg.routing_d}", "routing-d")
+    if cfg.lookahead < 1:
+        bad(f"must be >= 1, got {cfg.lookahead}", "lookahead")
+    if not 0 <= cfg.slot_slack < batch:
+        bad(f"must be in 0..B-1 = {batch - 1}, got {cfg.slot_slack}", "slot-slack")
+    if cfg.slot_slack and not cfg.routed:
+        bad("needs a load-aware --routing (in place every worker keeps B requests)", "slot-slack")
+    if cfg.kv_capacity < 0:
+        bad(f"must be >= 0 tokens, got {cfg.kv_capacity}", "kv-capacity")
+    if cfg.microbatches < 0 or (cfg.microbatches and batch % cfg.microbatches):
+        bad(f"must divide B = {batch}, got {cfg.microbatches}", "microbatches")
+    if not cfg.jitter_cv >= 0:
+        bad(f"must be >= 0, got {cfg.jitter_cv}", "jitter-cv")
+    if not (0 <= cfg.straggler_p <= 1 and cfg.straggler_s >= 1):
+        bad(f"needs 0 <= p <= 1 and s >= 1, got {cfg.straggler_p},{cfg.straggler_s}", "straggler")
+    if cfg.experts:
+        e, k, g = cfg.experts, cfg.expert_k, cfg.expert_ranks
+        if not (1 <= k <= e and g >= 1 and e % g == 0 and cfg.expert_skew >= 0):
+            bad(f"need 1 <= k <= E, G dividing E, skew >= 0; got E={e} k={k} G={g}", "experts")
+
+
+DYNAMICS_KEYS = (
+    "routing",
+    "routing_d",
+    "lookahead",
+    "slot_slack",
+    "kv_capacity",
+    "microbatches",
+    "jitter_cv",
+    "straggler",
+    "experts",
+    "expert_skew",
+)
+"""Option names of :func:`dynamics_options` (the sweep's ``[mc]`` keys; CLI flags with -)."""
+
+
+def dynamics_options(values: dict, prefix: str = "", path: str | None = None, dash=False):
+    """A :class:`Dynamics` from option values (None when none is given): ``routing`` (str),
+    ``routing_d``, ``lookahead``, ``slot_slack``, ``kv_capacity``, ``microbatches`` (ints),
+    ``jitter_cv``, ``expert_skew`` (numbers), ``straggler`` [p, s] and ``experts`` [E, k, G].
+    InputError names ``prefix + key`` (``-`` for ``_`` when ``dash``; and ``path``) on a wrong
+    type or range; sizes tied to B are checked by :func:`check_dynamics` when B is known."""
+    given = {k: v for k, v in values.items() if k in DYNAMICS_KEYS and v is not None}
+    if not given:
+        return None
+
+    def err(key, msg):
+        return InputError(msg, path=path, field=prefix + (key.replace("_", "-") if dash else key))
+
+    def num(key, v, kind):
+        if isinstance(v, bool) or not isinstance(v, kind):
+            raise err(key, f"expected {'an integer' if kind is int else 'a number'}, got {v!r}")
+        return v
+
+    out = {}
+    for key, v in given.items():
+        if key == "routing":
+            if v not in ROUTINGS:
+                raise err(key, f"expected one of {', '.join(ROUTINGS)}, got {v!r}")
+            out[key] = v
+        elif key in ("straggler", "experts"):
+            n = 2 if key == "straggler" else 3
+            if not isinstance(v, list | tuple) or len(v) != n:
+                raise err(key, f"expected {'p,s' if n == 2 else 'E,k,G'}, got {v!r}")
+            if key == "straggler":
+                out.update(straggler_p=float(num(key, v[0], int | float)))
+                out.update(straggler_s=float(num(key, v[1], int | float)))
+            else:
+                e, k, g = (num(key, x, int) for x in v)
+                out.update(experts=e, expert_k=k, expert_ranks=g)
+        elif key in ("jitter_cv", "expert_skew"):
+            out[key] = float(num(key, v, int | float))
+        else:
+            out[key] = num(key, v, int)
+    cfg = Dynamics(**out)
+    try:
+        check_dynamics(cfg, batch=2 * max(cfg.microbatches, 1) * (cfg.slot_slack + 1))
+    except InputError as e:
+        raise err(e.field.replace("-", "_"), e.reason) from None
+    return cfg
+
+
+class _Acc:
+    """Float64 host sums per replication [n_rep, r_max] and the histogram."""
+
+    def __init__(self, n_rep: int, r_max: int):
+        self.v = {k: np.zeros((n_rep, r_max)) for k in _SUMS}
+        self.load, self.load_sq, self.count = np.zeros(n_rep), np.zeros(n_rep), np.zeros(n_rep)
+        self.hist = np.zeros((r_max, E.N_BINS), np.int64)
+
+    def add(self, reps, sums: DynSums, n_real: int):
+        rows = reps[:n_real]
+        for k in _SUMS:
+            np.add.at(self.v[k], rows, np.asarray(getattr(sums, k), np.float64)[:n_real].sum(1))
+        for name in ("load", "load_sq", "count"):
+            src = {"load": sums.slot_load, "load_sq": sums.slot_load_sq, "count": sums.count}
+            np.add.at(getattr(self, name), rows, np.asarray(src[name], np.float64)[:n_real].sum(1))
+        self.hist += np.asarray(sums.hist, np.int64)
+
+
+# ---------------------------------------------------------------- driver
+
+
+class DynRun(NamedTuple):
+    """One run: ``run`` the validated steps-window configuration of
+    :func:`afd_jax.montecarlo.simulate.simulate` (sizes, seed, level, chunking), ``opts`` the
+    model switches, ``cfg`` the dynamics."""
+
+    run: Any
+    opts: ModelOptions
+    cfg: Dynamics
+
+
+def _segment_length(drun: DynRun, rows: int) -> int:
+    """Steps per call: a multiple of BLOCK within the memory budget (never changes numbers)."""
+    run, _, cfg = drun
+    if run.segment_steps:
+        return KB.BLOCK * max(1, -(-int(run.segment_steps) // KB.BLOCK))
+    width = max(cfg.microbatches, cfg.expert_ranks if cfg.experts else 1, 1) + 2
+    per_step = rows * run.r_max * run.r_max * width * 4 * 8
+    total_blocks = -(-(run.warmup + run.steps) // KB.BLOCK)
+    return KB.BLOCK * max(1, min(total_blocks, run.budget // (KB.BLOCK * per_step)))
+
+
+def _histogram(lat: Latency, drun: DynRun, max_load: int):
+    """Log bins from the shortest stage to a generous bound on tau (noise, phi, m)."""
+    run, opts, cfg = drun
+    r = np.arange(1, run.r_max + 1, dtype=np.float64)
+    other = L.other_stages(lat, r, run.batch, opts)
+    noise = max(cfg.straggler_s, 1.0) * (1.0 + 12.0 * cfg.jitter_cv)
+    phi = cfg.expert_ranks if cfg.experts else 1.0
+    hi = E.attn_time_max(lat, run.batch, max_load) * noise * max(cfg.microbatches, 1)
+    hi = hi + float(np.max(L.t_comm(lat, r, run.batch, opts) + L.t_ffn(lat, r, run.batch)))
+    lo = min(float(lat.beta_attn), float(other.min())) / 2.0
+    return E.tau_bins(max(lo, 1e-6), hi * phi)
+
+
+def run_dynamics(sampler, max_load: int, lat: Latency, drun: DynRun, bar: Progress):
+    """The chunk loop over replications: (host accumulator, bins, slot-steps)."""
+    run, opts, cfg = drun
+    slots = run.r_max * run.batch * (run.r_max if cfg.routed else 1)
+    chunk = int(run.reps_per_call or max(1, min(run.replications, run.budget // (slots * 64 + 1))))
+    length = _segment_length(drun, chunk)
+    total = run.warmup + run.steps
+    kernel = dynamics_kernel(run.r_max, run.batch, run.init, length, cfg)
+    log_lo, inv_w = _histogram(lat, drun, max_load)
+    hist = KB.TauHistogram(jnp.float32(log_lo), jnp.float32(inv_w))
+    dm = DynModel(
+        Latency(*(jnp.float32(x) for x in lat)), jnp.arange(1, run.r_max + 1, dtype=jnp.float32)
+    )
+    base = jax.random.key(run.seed)
+    acc = _Acc(run.replications, run.r_max)
+
+    def start(c: Chunk):
+        reps_j = jnp.asarray(c.rows, jnp.int32)
+        params = SegmentParams(sampler, jnp.int32(0))
+        states = init_chunk(rep_keys(base, reps_j, 0), params, kernel=kernel)
+        return rep_keys(base, reps_j, 1), states
+
+    def advance(c: Chunk, t0, state):
+        keys, states = state
+        t_end = jnp.full((chunk,), total, jnp.int32)
+        window = Window(jnp.int32(t0), jnp.int32(run.warmup), t_end, jnp.int32(c.n_real))
+        states, sums = dynamics_chunk(
+            keys, states, SegmentParams(sampler, jnp.int32(t0)), window, dm, hist,
+            kernel=kernel, batch=run.batch, opts=opts, cfg=cfg,
+        )  # fmt: skip
+        return (keys, states), sums
+
+    def record(c: Chunk, t0, sums):
+        acc.add(c.rows, sums, c.n_real)
+        bar.tick(c.n_real * slots * min(length, total - t0))
+
+    run_chunks(replication_chunks(run.replications, chunk, total, length), start, advance, record)
+    return acc, (log_lo, inv_w), total * run.replications * slots
+
+
+def dynamics_result(lat: Latency, drun: DynRun, acc: _Acc, bins, slot_steps, wall):
+    """MonteCarloResult (float64 host arithmetic) with ``empty_slot_fraction``."""
+    run, _, cfg = drun
+    lat = Latency(*(float(x) for x in lat))
+    r = np.arange(1, run.r_max + 1, dtype=np.float64)
+    mean_tau, se_tau, q = E.mean_se(acc.v["tau"], acc.count, run.level)
+    load_mean, load_se, _ = E.mean_se(acc.load, acc.count, run.level)
+    s = {k: v.sum(axis=0) for k, v in acc.v.items()}
+    n = acc.count.sum()
+    tokens = n * r * run.batch - s["empty"]
+    thr = L.token_rate(lat, r, tokens, s["tau"])
+    attn_idle = r * s["tau"] - s["attn_busy"]
+    ffn_idle = s["tau"] - s["ffn_busy"]
+    pct = E.percentiles(acc.hist, *bins)
+    ones = np.ones(run.r_max)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = se_tau / mean_tau
+        return MonteCarloResult(
+            r=r.astype(np.int64),
+            throughput=thr,
+            se=thr * rel,
+            ci_low=thr / (1 + q * rel),
+            ci_high=np.where(q * rel < 1, thr / (1 - q * rel), np.inf),
+            kernel="dynamics",
+            init=run.init,
+            batch=run.batch,
+            replications=run.replications,
+            seed=run.seed,
+            level=run.level,
+            window={"kind": "steps", "steps": run.steps, "warmup": run.warmup},
+            slot_steps=int(slot_steps),
+            wall_seconds=wall,
+            device=device_name(),
+            mean_tau=mean_tau,
+            se_tau=se_tau,
+            idle_attn=attn_idle / (r * s["tau"]),
+            idle_ffn=ffn_idle / s["tau"],
+            idle_bundle=L.bundle_idle_fraction(attn_idle, ffn_idle, r, s["tau"]),
+            barrier_share=s["wait"] / (r * s["tau"]),
+            step_p50=pct[0],
+            step_p90=pct[1],
+            step_p99=pct[2],
+            tokens=tokens / run.replications,
+            steps=run.steps * ones,
+            elapsed_us=s["tau"] / run.replications,
+            active_fraction=tokens / (n * r * run.batch),
+            mean_slot_load=float(load_mean),
+            se_slot_load=float(load_se),
+            empty_slot_fraction=s["empty"] / (n * r * run.batch),
+            dynamics=cfg._asdict(),
+        )
+
+
+def simulate_dynamics(sampler, max_load: int, lat: Latency, drun: DynRun, progress=False):
+    """Run the dynamics kernel (``sampler`` a sampler pytree with its largest slot load).
+    Replications >= 2 (the SE comes from the spread of the replication means)."""
+    run, _, cfg = drun
+    check_dynamics(cfg, run.batch)
+    if run.replications < 2:
+        raise InputError("the dynamics kernel needs >= 2 replications", field="replications")
+    if run.batch * max_load >= E.INT32_LIMIT:
+        raise InputError(
+            f"B * max slot load = {run.batch} * {max_load} could overflow int32", field="batch"
+        )
+    with rng_mode():
+        t0 = time.perf_counter()
+        bar = Progress(progress, "simulate[dynamics]")
+        acc, bins, slot_steps = run_dynamics(sampler, max_load, lat, drun, bar)
+        bar.close()
+        return dynamics_result(lat, drun, acc, bins, slot_steps, time.perf_counter() - t0)
+
+
+__all__ = [
+    "DYNAMICS_KEYS",
+    "DynRun",
+    "Dynamics",
+    "check_dynamics",
+    "dynamics_options",
+    "flow_shop",
+    "simulate_dynamics",
+    "step_stages",
+]

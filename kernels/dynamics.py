@@ -1,0 +1,375 @@
+"""Step kernel with serving dynamics (docs/dynamics.md): request routing across Attention
+workers, slot slack, KV-capacity-limited admission, micro-batch loads, stage-time noise and
+stragglers, and expert-parallel rank loads of the FFN.
+
+The backlog is saturated (decode-saturated, as in the paper): every step the requests that
+finished free their slots and fresh i.i.d. requests (the sampler's draws at the freed slots,
+keyed by ``fold_in(key_stream, t)`` exactly as :mod:`.trajectory`) refill the bundle to r*B.
+
+* ``routing="in-place"``: a freed slot takes its own fresh request (the paper); workers are
+  independent, so one r_max-worker bundle serves every r (workers 1..r, common random numbers).
+  Without a KV capacity the slots evolve exactly as :func:`.trajectory.advance`.
+* ``"balanced"`` / ``"power-of-d"`` / ``"lookahead"``: the step's fresh requests are routed
+  one by one (``lax.while_loop``) to a worker with room (at most B + s requests; a worker below
+  B - s is served first): ``balanced`` takes them longest prompt first and sends each to the
+  lightest worker (greedy LPT); ``power-of-d`` takes them in draw order and sends each to the
+  lighter of d workers drawn uniformly among those with room; ``lookahead`` k holds up to k - 1
+  requests back: each new request joins them, the lightest worker with room is chosen and of
+  the k it takes the one that brings it nearest the mean worker load (k = 1: each request in
+  draw order to the lightest worker). Routing couples workers,
+  so bundle b (b + 1 workers, padded to r_max) is simulated for every r (``n_bundles = r_max``).
+* ``kv_capacity`` C > 0: a request is admitted only if its worker's load plus its prompt stays
+  <= C. In place, an empty slot keeps its pending request and retries each step, first in slot
+  order (head of line per worker); routed, a request that fits nowhere ends the step's routing.
+
+Per step :class:`DynamicsInfo` gives, per bundle and worker, the loads of the ``m``
+micro-batches (slots ``b`` with ``b % m == i``), the occupied slots, the stage-time noise
+(lognormal with mean one and CV ``jitter_cv``, times ``straggler_s`` with probability
+``straggler_p``) and the tokens per expert-parallel rank (each of the B tokens picks top-k of E
+experts by Gumbel top-k over Zipf weights ``(e + 1)^-skew``; rank = expert // (E / G)). The
+step time is computed from these by the driver (``afd_jax.montecarlo.dynamics``, through
+``afd_jax.model.latency``). Pure and un-jitted; the configuration is static. No imports from
+afd_jax.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+
+from .contract import Kernel
+from .sampling import sample_requests
+from .trajectory import SlotState, advance, init_slots
+
+ROUTINGS = ("in-place", "balanced", "power-of-d", "lookahead")
+_NOISE_TAG, _EXPERT_TAG, _ROUTE_TAG = 1, 2, 3
+
+
+class Dynamics(NamedTuple):
+    """Static configuration of the dynamics (hashable). Defaults are the paper's bundle.
+
+    routing: one of :data:`ROUTINGS`; routing_d: candidates of power-of-d; lookahead k: the
+    waiting requests a lookahead router chooses from; slot_slack s: a
+    worker holds B - s .. B + s requests; kv_capacity: tokens per worker (0: unlimited);
+    microbatches m (0: off, the overlap switch decides; m >= 1: the ping-pong schedule);
+    jitter_cv, straggler_p, straggler_s: Attention-time noise; experts E (0: off), expert_k,
+    expert_ranks G, expert_skew (0: uniform routing over experts)."""
+
+    routing: str = "in-place"
+    routing_d: int = 2
+    lookahead: int = 1
+    slot_slack: int = 0
+    kv_capacity: int = 0
+    microbatches: int = 0
+    jitter_cv: float = 0.0
+    straggler_p: float = 0.0
+    straggler_s: float = 1.0
+    experts: int = 0
+    expert_k: int = 1
+    expert_ranks: int = 1
+    expert_skew: float = 0.0
+
+    @property
+    def routed(self) -> bool:
+        """True when workers are coupled (one bundle per r)."""
+        return self.routing != "in-place"
+
+    @property
+    def noisy(self) -> bool:
+        return self.jitter_cv > 0 or (self.straggler_p > 0 and self.straggler_s != 1)
+
+
+class DynState(NamedTuple):
+    """Slots of ``n_bundles x r_max x S`` (S = B, or B + s when routed): request (prompt,
+    decode, age) int32 and ``occ`` bool (the slot holds an admitted request; an empty in-place
+    slot keeps its pending request). ``queue``: int32[n_bundles, k - 1, 3] the (prompt,
+    decode, valid) of the requests a lookahead router holds back (None for other policies)."""
+
+    prompt: jax.Array
+    decode: jax.Array
+    age: jax.Array
+    occ: jax.Array
+    queue: jax.Array | None = None
+
+
+class DynamicsInfo(NamedTuple):
+    """Per segment: ``loads`` int32[L, nb, r_max, m] micro-batch loads; ``occupied``
+    int32[L, nb, r_max]; ``noise`` float32[L, nb, r_max] (None when noiseless); ``ranks``
+    int32[L, nb, r_max, G] tokens per expert rank (None when off)."""
+
+    loads: jax.Array
+    occupied: jax.Array
+    noise: jax.Array | None
+    ranks: jax.Array | None
+
+
+# ---------------------------------------------------------------- per-step draws
+
+
+def attention_noise(key, cfg: Dynamics, shape):
+    """Multiplicative noise of mean one per worker: lognormal of CV ``jitter_cv`` times
+    ``straggler_s`` with probability ``straggler_p`` (float32 of ``shape``)."""
+    k_j, k_s = jr.split(key)
+    sigma2 = jnp.log1p(jnp.float32(cfg.jitter_cv) ** 2)
+    z = jr.normal(k_j, shape, jnp.float32)
+    eps = jnp.exp(jnp.sqrt(sigma2) * z - sigma2 / 2)
+    slow = jr.uniform(k_s, shape, jnp.float32) < jnp.float32(cfg.straggler_p)
+    return eps * jnp.where(slow, jnp.float32(cfg.straggler_s), jnp.float32(1.0))
+
+
+def expert_rank_loads(key, cfg: Dynamics, shape):
+    """Tokens per expert-parallel rank: each of the ``shape[-1]`` tokens of ``shape`` picks
+    top-k distinct experts of E (Gumbel top-k over weights (e + 1)^-skew), summed per rank
+    ``expert // (E / G)``: int32[*shape[:-1], G] (sums to k * shape[-1])."""
+    e, g = cfg.experts, cfg.expert_ranks
+    logw = -jnp.float32(cfg.expert_skew) * jnp.log(jnp.arange(1, e + 1, dtype=jnp.float32))
+    gumbel = jr.gumbel(key, tuple(shape) + (e,), jnp.float32) + logw.reshape(
+        (1,) * len(shape) + (e,)
+    )
+    _, top = jax.lax.top_k(gumbel, cfg.expert_k)
+    rank = top // (e // g)
+    hits = rank[..., None] == jnp.arange(g, dtype=jnp.int32).reshape((1,) * rank.ndim + (g,))
+    return hits.sum(axis=(-3, -2), dtype=jnp.int32)
+
+
+def microbatch_loads(load, occ, m: int):
+    """Loads of the m micro-batches (slots b with b % m == i): int32[..., m]."""
+    s = load.shape[-1]
+    member = (jnp.arange(s, dtype=jnp.int32) % m)[:, None] == jnp.arange(m, dtype=jnp.int32)[
+        None, :
+    ]
+    return jnp.where(occ, load, 0) @ member.astype(jnp.int32)
+
+
+# ---------------------------------------------------------------- in-place advance
+
+
+def admit_in_place(prompt, age, occ, capacity):
+    """KV admission per worker (last axis = slots): the empty slots' pending requests enter
+    in slot order while the worker's load plus their prompts stays <= capacity."""
+    load = jnp.where(occ, prompt + age, 0).sum(axis=-1, keepdims=True, dtype=jnp.int32)
+    pending = jnp.where(occ, 0, prompt)
+    over = (load + jnp.cumsum(pending, axis=-1, dtype=jnp.int32)) > capacity
+    blocked = jnp.cumsum(over & ~occ, axis=-1, dtype=jnp.int32) > 0
+    return occ | ~blocked
+
+
+def advance_in_place(key, st: DynState, sampler, cfg: Dynamics) -> DynState:
+    """One step in place: :func:`.trajectory.advance` (every slot occupied), or with a KV
+    capacity: finished slots take a pending fresh request, then :func:`admit_in_place`."""
+    if cfg.kv_capacity <= 0:
+        s = advance(key, SlotState(st.prompt, st.decode, st.age, st.age), sampler)
+        return DynState(s.prompt, s.decode, s.age, st.occ)
+    age = jnp.where(st.occ, st.age + 1, 0)
+    done = st.occ & (age >= st.decode)
+    prompt, decode = sample_requests(key, sampler, st.age.shape)
+    occ = st.occ & ~done
+    new = DynState(
+        jnp.where(done, prompt, st.prompt),
+        jnp.where(done, decode, st.decode),
+        jnp.where(occ, age, 0),
+        occ,
+    )
+    return new._replace(occ=admit_in_place(new.prompt, new.age, occ, cfg.kv_capacity))
+
+
+# ---------------------------------------------------------------- routed advance
+
+
+class _Route(NamedTuple):
+    i: jax.Array
+    prompt: jax.Array
+    decode: jax.Array
+    age: jax.Array
+    occ: jax.Array
+    load: jax.Array
+    count: jax.Array
+    stop: jax.Array
+    queue: jax.Array | None
+
+
+def _from_window(rt: _Route, new, j, active, cfg: Dynamics):
+    """Lookahead: of the held-back requests and the new one, the one that brings worker j
+    nearest the mean worker load, |T_j + p - (sum T + p) / n|, (p, d, src, queue); the new
+    request takes the chosen one's place. Else the new request (p, d, src) itself."""
+    if cfg.routing != "lookahead":
+        return (*new, rt.queue)
+    p, d, src = new
+    window = jnp.concatenate([rt.queue, jnp.stack([p, d, jnp.int32(1)])[None, :]])
+    n = active.sum(dtype=jnp.int32).astype(jnp.float32)
+    total = jnp.where(active, rt.load, 0).sum(dtype=jnp.int32)
+    wp = window[:, 0]
+    gap = jnp.abs((rt.load[j] + wp).astype(jnp.float32) - (total + wp).astype(jnp.float32) / n)
+    c = jnp.argmin(jnp.where(window[:, 2] > 0, gap, jnp.inf)).astype(jnp.int32)
+    last = window.shape[0] - 1
+    src = jnp.where(c == last, src, jnp.int32(-1))
+    return window[c, 0], window[c, 1], src, window.at[c].set(window[last])[:last]
+
+
+def _choose_worker(key, rt: _Route, p, active, cfg: Dynamics, batch: int):
+    """The worker of a request of prompt p, and whether any worker could take it."""
+    room = active & (rt.count < batch + cfg.slot_slack)
+    if cfg.kv_capacity > 0:
+        room = room & (rt.load + p <= cfg.kv_capacity)
+    short = room & (rt.count < batch - cfg.slot_slack)
+    pool = jnp.where(short.any(), short, room)
+    big = jnp.iinfo(jnp.int32).max
+    if cfg.routing in ("balanced", "lookahead"):
+        return jnp.argmin(jnp.where(pool, rt.load, big)).astype(jnp.int32), room.any()
+    g = jr.gumbel(key, (cfg.routing_d,) + pool.shape, jnp.float32)
+    cand = jnp.argmax(jnp.where(pool[None, :], g, -jnp.inf), axis=-1)
+    return cand[jnp.argmin(rt.load[cand])].astype(jnp.int32), room.any()
+
+
+def route_bundle(key, st: DynState, fresh, n_active, cfg: Dynamics, batch: int):
+    """Route the fresh requests of one bundle (st: [r_max, S] after the finished requests
+    left, ages advanced). fresh = (prompt, decode, flat slot it was drawn at) [r_max * S]
+    ordered as routed; the first ``n_active * B - occupied`` are routed, each into its own slot
+    when that is on the chosen worker and free (so one worker routes exactly as in place), else
+    into the worker's first free slot."""
+    active = jnp.arange(st.occ.shape[0], dtype=jnp.int32) < n_active
+    load = jnp.where(st.occ, st.prompt + st.age, 0).sum(axis=-1, dtype=jnp.int32)
+    count = st.occ.sum(axis=-1, dtype=jnp.int32)
+    n_fresh = n_active * batch - count.sum(dtype=jnp.int32)
+    n_slots = st.occ.shape[1]
+
+    def body(rt: _Route):
+        new = (fresh[0][rt.i], fresh[1][rt.i], fresh[2][rt.i])
+        j, ok = _choose_worker(jr.fold_in(key, rt.i), rt, new[0], active, cfg, batch)
+        p, d, src, queue = _from_window(rt, new, j, active, cfg)
+        if cfg.routing == "lookahead" and cfg.kv_capacity > 0:
+            ok = ok & (rt.load[j] + p <= cfg.kv_capacity)
+        own = (src // n_slots == j) & ~rt.occ[j, src % n_slots]
+        slot = jnp.where(own, src % n_slots, jnp.argmin(rt.occ[j]).astype(jnp.int32))
+        put = ok.astype(jnp.int32)
+        return _Route(
+            rt.i + 1,
+            rt.prompt.at[j, slot].set(jnp.where(ok, p, rt.prompt[j, slot])),
+            rt.decode.at[j, slot].set(jnp.where(ok, d, rt.decode[j, slot])),
+            rt.age.at[j, slot].set(jnp.where(ok, 0, rt.age[j, slot])),
+            rt.occ.at[j, slot].set(rt.occ[j, slot] | ok),
+            rt.load.at[j].add(put * p),
+            rt.count.at[j].add(put),
+            ~ok,
+            None if queue is None else jnp.where(ok, queue, rt.queue),
+        )
+
+    rt = _Route(jnp.int32(0), st.prompt, st.decode, st.age, st.occ, load, count, jnp.bool_(False),
+                st.queue)  # fmt: skip
+    rt = jax.lax.while_loop(lambda r: (r.i < n_fresh) & ~r.stop, body, rt)
+    return DynState(rt.prompt, rt.decode, rt.age, rt.occ, rt.queue)
+
+
+def advance_routed(key, st: DynState, sampler, cfg: Dynamics, batch: int) -> DynState:
+    """One routed step of every bundle: finished requests leave; the fresh requests (the
+    draws at the freed slots first, then at the other empty slots, in slot order; sorted
+    longest prompt first for ``balanced``) are routed by :func:`route_bundle`."""
+    age = jnp.where(st.occ, st.age + 1, 0)
+    done = st.occ & (age >= st.decode)
+    occ = st.occ & ~done
+    left = DynState(st.prompt, st.decode, jnp.where(occ, age, 0), occ, st.queue)
+    n_w, s = st.occ.shape[1:]
+    prompt, decode = sample_requests(key, sampler, (n_w, s))
+    k_route = jr.fold_in(key, _ROUTE_TAG)
+
+    def one(b, bundle: DynState, done_b):
+        rank = jnp.where(done_b, 0, jnp.where(bundle.occ, 2, 1)).reshape(-1)
+        order = jnp.argsort(rank, stable=True)
+        p, d = prompt.reshape(-1)[order], decode.reshape(-1)[order]
+        if cfg.routing == "balanced":
+            n_fresh = (b + 1) * batch - bundle.occ.sum(dtype=jnp.int32)
+            live = jnp.arange(p.size, dtype=jnp.int32) < n_fresh
+            by_len = jnp.argsort(jnp.where(live, -p, 1), stable=True)
+            p, d, order = p[by_len], d[by_len], order[by_len]
+        fresh = (p, d, order.astype(jnp.int32))
+        return route_bundle(jr.fold_in(k_route, b), bundle, fresh, b + 1, cfg, batch)
+
+    nb = st.occ.shape[0]
+    return jax.vmap(one)(jnp.arange(nb, dtype=jnp.int32), left, done)
+
+
+# ---------------------------------------------------------------- kernel
+
+
+def init_dynamics(key, sampler, r_max: int, batch: int, init: str, cfg: Dynamics) -> DynState:
+    """In place: :func:`.trajectory.init_slots` of (r_max, B) (the trajectory kernel's state).
+    Routed: the same slots for every bundle b, workers > b and slack slots empty."""
+    s = init_slots(key, sampler, (r_max, batch), init)
+    if not cfg.routed:
+        full = jnp.ones((1, r_max, batch), bool)
+        return DynState(s.prompt[None], s.decode[None], s.age[None], full)
+    pad = ((0, 0), (0, cfg.slot_slack))
+    one = [jnp.pad(x, pad) for x in (s.prompt, s.decode, s.age)]
+    one[1] = jnp.where(jnp.arange(batch + cfg.slot_slack)[None, :] < batch, one[1], 1)
+    w = jnp.arange(r_max, dtype=jnp.int32)
+    occ = (w[None, :, None] <= w[:, None, None]) & (
+        jnp.arange(batch + cfg.slot_slack)[None, None, :] < batch
+    )
+    queue = None
+    if cfg.routing == "lookahead":  # k - 1 requests already waiting (the same for every bundle)
+        qp, qd = sample_requests(jr.fold_in(key, _ROUTE_TAG), sampler, (cfg.lookahead - 1,))
+        one_q = jnp.stack([qp, qd, jnp.ones_like(qp)], axis=-1)
+        queue = jnp.broadcast_to(one_q[None], (r_max, cfg.lookahead - 1, 3))
+    return DynState(*(jnp.broadcast_to(x, occ.shape) for x in one), occ, queue)
+
+
+def step_info(key, st: DynState, cfg: Dynamics, batch: int):
+    """The step's (loads [nb, r_max, m], occupied, noise, ranks) before the slots advance."""
+    m = max(cfg.microbatches, 1)
+    loads = microbatch_loads(st.prompt + st.age, st.occ, m)
+    occupied = st.occ.sum(axis=-1, dtype=jnp.int32)
+    nb, n_w = occupied.shape
+    noise = ranks = None
+    if cfg.noisy:
+        eps = attention_noise(jr.fold_in(key, _NOISE_TAG), cfg, (n_w,))
+        noise = jnp.broadcast_to(eps, (nb, n_w))
+    if cfg.experts > 0:
+        r = expert_rank_loads(jr.fold_in(key, _EXPERT_TAG), cfg, (n_w, batch))
+        ranks = jnp.broadcast_to(r, (nb, n_w, cfg.expert_ranks))
+    return loads, occupied, noise, ranks
+
+
+def dynamics_segment(key_stream, st: DynState, t0, sampler, cfg: Dynamics, *, batch, length):
+    """Absolute steps t0 .. t0 + length - 1: (state, DynamicsInfo with a leading [length])."""
+
+    def body(carry, i):
+        key = jr.fold_in(key_stream, t0 + i)
+        info = step_info(key, carry, cfg, batch)
+        if cfg.routed:
+            return advance_routed(key, carry, sampler, cfg, batch), info
+        return advance_in_place(key, carry, sampler, cfg), info
+
+    st, (loads, occ, noise, ranks) = jax.lax.scan(body, st, jnp.arange(length, dtype=jnp.int32))
+    return st, DynamicsInfo(loads, occ, noise, ranks)
+
+
+@cache
+def dynamics_kernel(r_max: int, batch: int, init: str, length: int, cfg: Dynamics) -> Kernel:
+    """The dynamics kernel under the contract of :mod:`.contract` (``segment`` returns
+    :class:`DynamicsInfo`; the driver summarises it)."""
+
+    def init_fn(key, params):
+        return init_dynamics(key, params.sampler, r_max, batch, init, cfg)
+
+    def segment(key_stream, state, params):
+        return dynamics_segment(
+            key_stream, state, params.t0, params.sampler, cfg, batch=batch, length=length
+        )
+
+    return Kernel("dynamics", init_fn, segment)
+
+
+__all__ = [
+    "ROUTINGS",
+    "DynState",
+    "Dynamics",
+    "DynamicsInfo",
+    "attention_noise",
+    "dynamics_kernel",
+    "expert_rank_loads",
+    "microbatch_loads",
+]

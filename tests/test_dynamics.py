@@ -1,0 +1,380 @@
+"""The dynamics kernel (docs/dynamics.md): limits it must reduce to, the exact steady state,
+closed forms of the flow shop, quadrature of the noisy barrier, enumeration of expert-rank
+maxima, and chunk-size independence for every option."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+import scipy.integrate
+import scipy.stats
+
+from afd_jax.errors import InputError
+from afd_jax.kernels import sampling as KS
+from afd_jax.kernels.dynamics import Dynamics, attention_noise, expert_rank_loads
+from afd_jax.model.exact import exact_step_times
+from afd_jax.model.latency import Latency, ModelOptions
+from afd_jax.montecarlo.dynamics import flow_shop
+from afd_jax.montecarlo.simulate import simulate
+from afd_jax.workload.containers import TraceWorkload
+from afd_jax.workload.slotload import slot_load_pmf
+
+LAT = Latency(
+    alpha_attn=0.05, beta_attn=10.0, alpha_ffn=0.5, beta_ffn=20.0, alpha_comm=0.01, beta_comm=2.0
+)
+SERIAL = ModelOptions(overlap="serial")
+KW = dict(steps=256, warmup=0, replications=2, seed=3)
+
+
+@pytest.fixture(scope="module")
+def trace():
+    """A small heavy-ish tailed trace workload and its sampler facts."""
+    rng = np.random.default_rng(0)
+    p = np.minimum(rng.pareto(1.5, 400) * 40, 600).astype(np.int64)
+    d = rng.integers(1, 40, 400)
+    return TraceWorkload("synthetic", p, d)
+
+
+def _run(w, r_max=4, batch=4, **kw):
+    return simulate(w, LAT, batch, r_max, **{**KW, **kw})
+
+
+def test_in_place_dynamics_reproduce_the_trajectory_kernel(trace):
+    a = _run(trace, kernel="trajectory")
+    b = _run(trace, dynamics=Dynamics())
+    np.testing.assert_array_equal(a.mean_tau, b.mean_tau)
+    np.testing.assert_array_equal(a.se_tau, b.se_tau)
+    np.testing.assert_allclose(a.throughput, b.throughput, rtol=1e-12)
+    np.testing.assert_allclose(a.barrier_share, b.barrier_share, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.idle_ffn, b.idle_ffn, rtol=1e-5)
+    assert b.kernel == "dynamics" and np.all(b.empty_slot_fraction == 0)
+    assert "empty_slot_fraction" in b.results_table()[0]
+    assert "empty_slot_fraction" not in a.results_table()[0]
+
+
+@pytest.mark.parametrize("slack", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_one_worker_makes_every_routing_policy_identical(trace, slack):
+    ref = None
+    for routing in ("balanced", "power-of-d", "lookahead") + (("in-place",) if slack == 0 else ()):
+        res = _run(trace, dynamics=Dynamics(routing=routing, slot_slack=slack))
+        if ref is None:
+            ref = res
+        np.testing.assert_array_equal(res.mean_tau[0], ref.mean_tau[0], err_msg=routing)
+
+
+def test_kv_capacity_above_any_load_equals_no_capacity(trace):
+    batch = 4
+    cap = batch * int((trace.prompt + trace.decode).max()) + 1
+    a = _run(trace, dynamics=Dynamics())
+    b = _run(trace, dynamics=Dynamics(kv_capacity=cap))
+    np.testing.assert_array_equal(a.mean_tau, b.mean_tau)
+
+
+@pytest.mark.slow
+def test_kv_capacity_above_any_load_equals_no_capacity_when_routed(trace):
+    cap = 4 * int((trace.prompt + trace.decode).max()) + 1
+    c = _run(trace, dynamics=Dynamics(routing="balanced"))
+    d = _run(trace, dynamics=Dynamics(routing="balanced", kv_capacity=cap))
+    np.testing.assert_array_equal(c.mean_tau, d.mean_tau)
+
+
+def test_kv_capacity_leaves_slots_empty_and_costs_throughput(trace):
+    a = _run(trace, dynamics=Dynamics())
+    b = _run(trace, dynamics=Dynamics(kv_capacity=400))
+    assert np.all(b.empty_slot_fraction > 0.05) and np.all(b.empty_slot_fraction < 1)
+    np.testing.assert_allclose(b.active_fraction, 1 - b.empty_slot_fraction)
+    assert np.all(b.throughput < a.throughput)
+
+
+def test_in_place_agrees_with_the_exact_steady_state(trace):
+    # the in-place KV path (capacity never binding); segments of 256 steps, 2 replications
+    # per call: the kernel compiled for the other tests
+    cap = 4 * int((trace.prompt + trace.decode).max()) + 1
+    res = _run(trace, steps=2048, warmup=128, replications=4, seed=11, segment_steps=256,
+               replications_per_call=2, dynamics=Dynamics(kv_capacity=cap))  # fmt: skip
+    exact = exact_step_times(slot_load_pmf(trace), LAT, 4, 4)
+    assert np.all(np.abs(res.mean_tau - exact) < 4 * res.se_tau), (res.mean_tau, exact)
+
+
+NOISE = dict(jitter_cv=0.3, straggler_p=0.1, straggler_s=3.0)
+EXPERTS = dict(experts=8, expert_k=2, expert_ranks=4, expert_skew=1.0)
+OPTIONS = [
+    Dynamics(kv_capacity=500, microbatches=2, **NOISE, **EXPERTS),
+    pytest.param(
+        Dynamics(routing="balanced", slot_slack=1, kv_capacity=500, microbatches=2, **NOISE),
+        marks=pytest.mark.slow,
+    ),
+    pytest.param(Dynamics(routing="power-of-d", routing_d=3, **EXPERTS), marks=pytest.mark.slow),
+    pytest.param(
+        Dynamics(routing="lookahead", lookahead=4, kv_capacity=600), marks=pytest.mark.slow
+    ),
+]
+
+
+@pytest.mark.parametrize("cfg", OPTIONS, ids=["in-place", "balanced", "power-of-d", "lookahead"])
+def test_same_seed_same_numbers_whatever_the_chunking(trace, cfg):
+    kw = dict(dynamics=cfg, steps=300, replications=3)
+    a = _run(trace, segment_steps=128, replications_per_call=1, **kw)
+    b = _run(trace, segment_steps=384, replications_per_call=2, **kw)
+    for f in ("mean_tau", "se_tau", "throughput", "barrier_share", "empty_slot_fraction"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f), err_msg=f)
+    np.testing.assert_array_equal(a.step_p99, b.step_p99)
+
+
+# ---------------------------------------------------------------- noise
+
+
+def test_zero_jitter_is_no_noise():
+    eps = attention_noise(jr.key(0), Dynamics(jitter_cv=0.0, straggler_s=3.0), (1000,))
+    np.testing.assert_array_equal(np.asarray(eps), 1.0)
+
+
+def test_jitter_has_mean_one_and_the_asked_cv():
+    eps = np.asarray(attention_noise(jr.key(1), Dynamics(jitter_cv=0.4), (200_000,)), np.float64)
+    se = eps.std() / math.sqrt(eps.size)
+    assert abs(eps.mean() - 1.0) < 4 * se
+    assert abs(eps.std() / eps.mean() - 0.4) < 0.01
+
+
+def _expected_max_noise(r: int, cv: float, p: float, s: float) -> float:
+    """E[max of r i.i.d. noise draws] by quadrature of 1 - F(x)^r."""
+    sigma = math.sqrt(math.log1p(cv * cv))
+    mu = -sigma * sigma / 2
+
+    def cdf(x):
+        base = scipy.stats.lognorm.cdf(x, sigma, scale=math.exp(mu))
+        slow = scipy.stats.lognorm.cdf(x / s, sigma, scale=math.exp(mu))
+        return (1 - p) * base + p * slow
+
+    val, _ = scipy.integrate.quad(lambda x: 1 - cdf(x) ** r, 0, np.inf, limit=200)
+    return val
+
+
+def test_noisy_barrier_matches_quadrature_with_deterministic_loads():
+    sampler = KS.table_sampler(np.array([50]), np.array([1]))  # every load is 50 per slot
+    cfg = Dynamics(jitter_cv=0.3, straggler_p=0.1, straggler_s=2.0)
+    batch, r_max = 4, 6
+    res = simulate(sampler, LAT, batch, r_max, steps=1024, replications=4, seed=5,
+                   opts=SERIAL, dynamics=cfg)  # fmt: skip
+    r = np.arange(1, r_max + 1)
+    t_a = LAT.alpha_attn * 50 * batch + LAT.beta_attn
+    other = (LAT.alpha_comm * r * batch + LAT.beta_comm) + (LAT.alpha_ffn * r * batch + 20.0)
+    want = np.array([t_a * _expected_max_noise(k, 0.3, 0.1, 2.0) for k in r]) + other
+    assert np.all(np.abs(res.mean_tau - want) < 4 * res.se_tau), (res.mean_tau, want)
+
+
+# ---------------------------------------------------------------- micro-batches
+
+
+def test_one_microbatch_equals_the_serial_step(trace):
+    a = _run(trace, opts=SERIAL, dynamics=Dynamics())
+    b = _run(trace, dynamics=Dynamics(microbatches=1))
+    np.testing.assert_allclose(b.mean_tau, a.mean_tau, rtol=2e-6)
+    np.testing.assert_allclose(b.barrier_share, a.barrier_share, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("stages", [(30.0, 10.0, 20.0), (5.0, 40.0, 12.0), (8.0, 8.0, 8.0)])
+def test_flow_shop_of_equal_microbatches_tends_to_the_pipelined_step(stages):
+    a, c, f = stages
+    for m in (1, 2, 3, 8, 64):
+        got = float(flow_shop(jnp.full((m,), a / m, jnp.float32), c / m, f / m))
+        # identical jobs: one job's three stages, then m - 1 more of the bottleneck stage
+        want = (a + c + f) / m + (m - 1) * max(a, c, f) / m
+        assert got == pytest.approx(want, rel=1e-5)
+    assert want == pytest.approx(max(a, c, f), rel=(a + c + f) / (64 * max(a, c, f)))
+
+
+# ---------------------------------------------------------------- expert imbalance
+
+
+def _exact_max_rank_load(tokens: int, e: int, k: int, g: int, skew: float) -> float:
+    """E[max_g N_g] by enumerating the ordered top-k picks of every token (Plackett-Luce
+    with weights (e + 1)^-skew, uniform when skew = 0)."""
+    w = np.arange(1, e + 1, dtype=np.float64) ** -skew
+    picks, probs = [], []
+    for seq in itertools.permutations(range(e), k):
+        p, left = 1.0, w.sum()
+        for x in seq:
+            p *= w[x] / left
+            left -= w[x]
+        counts = np.bincount(np.array(seq) // (e // g), minlength=g)
+        picks.append(counts)
+        probs.append(p)
+    total = 0.0
+    for combo in itertools.product(range(len(picks)), repeat=tokens):
+        n = sum(picks[i] for i in combo)
+        total += math.prod(probs[i] for i in combo) * n.max()
+    return total
+
+
+@pytest.mark.parametrize("skew", [0.0, 1.0])
+def test_expert_rank_maximum_matches_enumeration(skew):
+    tokens, e, k, g = 3, 4, 2, 2
+    cfg = Dynamics(experts=e, expert_k=k, expert_ranks=g, expert_skew=skew)
+    n = np.asarray(expert_rank_loads(jr.key(2), cfg, (20_000, tokens)))
+    assert np.all(n.sum(axis=-1) == k * tokens)
+    mx = n.max(axis=-1).astype(np.float64)
+    want = _exact_max_rank_load(tokens, e, k, g, skew)
+    assert abs(mx.mean() - want) < 4 * mx.std() / math.sqrt(mx.size), (mx.mean(), want)
+
+
+def test_expert_imbalance_only_slows_the_ffn(trace):
+    a = _run(trace, dynamics=Dynamics())
+    b = _run(trace, dynamics=Dynamics(experts=16, expert_k=2, expert_ranks=4))
+    assert np.all(b.mean_tau >= a.mean_tau)
+    assert np.all(b.idle_ffn <= a.idle_ffn + 1e-9)
+
+
+# ---------------------------------------------------------------- inputs
+
+
+@pytest.mark.parametrize(
+    "cfg, field",
+    [
+        (Dynamics(routing="random"), "routing"),
+        (Dynamics(slot_slack=1), "slot-slack"),
+        (Dynamics(routing="balanced", slot_slack=4), "slot-slack"),
+        (Dynamics(microbatches=3), "microbatches"),
+        (Dynamics(straggler_p=1.5), "straggler"),
+        (Dynamics(routing="lookahead", lookahead=0), "lookahead"),
+        (Dynamics(experts=6, expert_k=2, expert_ranks=4), "experts"),
+    ],
+)
+def test_bad_dynamics_are_input_errors(trace, cfg, field):
+    with pytest.raises(InputError) as e:
+        _run(trace, dynamics=cfg)
+    assert e.value.field == field
+
+
+# ---------------------------------------------------------------- CLI and sweep
+
+
+def _cli(*extra):
+    from conftest import trace_path
+
+    base = ["simulate", "--quiet", "--workload", str(trace_path("azure_code")), "--batch", "4"]
+    base += ["--r-max", "3", "--steps", "256", "--replications", "2", "--latency", "paper-v1"]
+    return base + list(extra)
+
+
+def test_cli_dynamics_json_reports_empty_slots_and_the_idealised_optimum(capsys):
+    from afd_jax.cli import main
+
+    assert main(_cli("--straggler", "0.05,2", "--kv-capacity", "3000", "--json")) == 0
+    import json
+
+    out = json.loads(capsys.readouterr().out)
+    assert out["kernel"] == "dynamics"
+    assert out["dynamics"]["straggler_p"] == 0.05 and out["dynamics"]["kv_capacity"] == 3000
+    assert set(out["idealised"]["r_best"]) == {"mean_field", "gaussian", "exact"}
+    for row in out["results"]:
+        assert 0.0 <= row["empty_slot_fraction"] < 1.0
+        assert row["ci_low"] <= row["throughput"] <= row["ci_high"]
+
+
+@pytest.mark.parametrize(
+    "extra, field",
+    [
+        (("--microbatches", "3"), "microbatches"),
+        (("--routing", "balanced", "--kernel", "fast"), "kernel"),
+        (("--slot-slack", "1"), "slot-slack"),
+        (("--experts", "6,2,4"), "experts"),
+    ],
+)
+def test_cli_bad_dynamics_exit_2_with_one_line(capsys, extra, field):
+    from afd_jax.cli import main
+
+    assert main(_cli(*extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"field {field}" in err[0]
+
+
+@pytest.mark.parametrize(
+    "mc, key",
+    [
+        ("routing='random'", "mc.routing"),
+        ("straggler=[0.1]", "mc.straggler"),
+        ("experts=[8, 2, 3]", "mc.experts"),
+        ("jitter_cv='x'", "mc.jitter_cv"),
+    ],
+)
+def test_sweep_mc_dynamics_are_validated_with_the_spec(mc, key):
+    import tomllib
+
+    from afd_jax.studies.sweep import spec as S
+
+    text = f"batch = [1]\n[workloads]\nspecs=['x']\n[mc]\n{mc}"
+    with pytest.raises(InputError) as err:
+        S.parse_sweep_spec(tomllib.loads(text), "bad.toml")
+    assert err.value.field == key and err.value.path == "bad.toml"
+
+
+def test_sweep_mc_method_runs_the_dynamics(tmp_path, trace):
+    import tomllib
+
+    from afd_jax.studies.sweep import spec as S
+    from afd_jax.studies.sweep.evaluate import mc_chunk
+    from afd_jax.studies.sweep.plan import make_plan
+
+    path = tmp_path / "t.csv"
+    rows = "\n".join(f"{p},{d}" for p, d in zip(trace.prompt, trace.decode, strict=True))
+    path.write_text("ContextTokens,GeneratedTokens\n" + rows + "\n")
+    text = f"""
+r_max = 4
+methods = ["mc"]
+batch = [4]
+[workloads]
+specs = ["{path}"]
+[latency.set]
+alpha_attn = 0.05
+beta_attn = 10.0
+alpha_ffn = 0.5
+beta_ffn = 20.0
+alpha_comm = 0.01
+beta_comm = 2.0
+[mc]
+steps = 256
+replications = 2
+seed = 3
+jitter_cv = 0.3
+"""
+    plan = make_plan(S.parse_sweep_spec(tomllib.loads(text), "s.toml"))
+    got, _ = mc_chunk(plan, slice(0, 1))
+    want = _run(plan.workloads[0].workload, dynamics=Dynamics(jitter_cv=0.3))
+    np.testing.assert_allclose(got[0], want.throughput, rtol=1e-12)
+
+
+def test_lookahead_keeps_the_admitted_mix_and_balances(trace):
+    """Holding k - 1 requests back changes the order of admission, not the mix: the mean slot
+    load stays that of in-place within 4 SE; the barrier share falls at r = 4."""
+    a = _run(trace, dynamics=Dynamics(), steps=1024)
+    b = _run(trace, dynamics=Dynamics(routing="lookahead", lookahead=4), steps=1024)
+    se = math.hypot(a.se_slot_load, b.se_slot_load)
+    assert abs(a.mean_slot_load - b.mean_slot_load) < 4 * se
+    assert b.barrier_share[3] < a.barrier_share[3]
+
+
+@pytest.mark.slow
+def test_load_aware_routing_beats_in_place_on_a_heavy_tailed_shared_trace():
+    """azure_code, paper-v1, B = 36, r = 4 (the setting of docs/dynamics.md): balanced and
+    lookahead cut the barrier share by half or more and raise the throughput by more than 4
+    combined SE (fixed seed)."""
+    from conftest import trace_path
+
+    from afd_jax.model.latency_io import resolve_latency
+    from afd_jax.workload.traces import load_trace
+
+    w = load_trace(trace_path("azure_code"))
+    lat, opts = resolve_latency("paper-v1")
+    kw = dict(steps=2048, warmup=512, replications=3, seed=1, opts=opts)
+    base = simulate(w, lat, 36, 4, dynamics=Dynamics(), **kw)
+    for cfg in (Dynamics(routing="balanced"), Dynamics(routing="lookahead", lookahead=8)):
+        res = simulate(w, lat, 36, 4, dynamics=cfg, **kw)
+        assert res.barrier_share[3] < 0.5 * base.barrier_share[3], cfg.routing
+        se = math.hypot(res.se[3], base.se[3])
+        assert res.throughput[3] - base.throughput[3] > 4 * se, cfg.routing
