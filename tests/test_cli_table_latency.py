@@ -72,3 +72,18 @@ def test_table_provision_and_bad_table_exits_2(capsys, tmp_path):
         assert err.count("\n") == 1 and "bad.toml" in err and "latency.ffn.time_us" in err
     assert main(["provision", *COMMON[:4], "--batch", "64", "--r-max", "4"]) == 2
     assert "batches: 8, 16, 32" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--steps", "64", "--routing", "balanced"],
+        ["--steps", "64", "--jitter-cv", "0.1"],
+        ["--window", "completions", "--requests", "64"],
+    ],
+)
+def test_affine_only_simulators_refuse_tables(capsys, extra):
+    """The dynamics kernel and the finite pool need affine stages: exit 2, one line, no work."""
+    code = main(["simulate", *COMMON, "--r-max", "4", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "needs affine stages" in err[0]

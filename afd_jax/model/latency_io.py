@@ -42,6 +42,7 @@ from afd_jax.model.latency import (
     STAGES,
     Latency,
     ModelOptions,
+    has_tables,
     table_latency,
 )
 from afd_jax.model.stages import AttnTable, TableStage, check_batch, table_stage
@@ -443,3 +444,13 @@ def _format_tables(tables: dict) -> list[str]:
             lines += ["", f"[latency.{name}]", f"tokens = {_floats(stage.x)}"]
             lines.append(f"time_us = {_floats(stage.y)}")
     return lines
+
+
+def require_affine(lat: Latency, what: str) -> None:
+    """InputError when ``lat`` has a measured (table) stage: ``what`` needs affine stages."""
+    if has_tables(lat):
+        raise InputError(
+            f"{what} needs affine stages; a latency with measured tables runs with the default "
+            "steps-window kernels (simulate without dynamics options) or the analytic methods",
+            field="latency",
+        )

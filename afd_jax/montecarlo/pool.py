@@ -58,6 +58,7 @@ from afd_jax.kernels import sampling as KS
 from afd_jax.kernels.barrier import TauHistogram
 from afd_jax.model import latency as L
 from afd_jax.model.latency import Latency, ModelOptions
+from afd_jax.model.latency_io import require_affine
 from afd_jax.montecarlo import estimators as E
 from afd_jax.montecarlo.result import MonteCarloResult
 from afd_jax.montecarlo.samplers import make_sampler
@@ -205,12 +206,7 @@ def pool_simulate(
     batch = int(batch)
     r_values = [int(r) for r in r_values]
     _check_args(batch, r_values, completion_fraction, ffn_tokens)
-    if L.has_tables(lat):
-        raise InputError(
-            "the finite-pool (completions) window needs affine stages; a latency with measured "
-            "tables runs with the steps window (simulate) or the analytic methods",
-            field="latency",
-        )
+    require_affine(lat, "the finite-pool (completions) window")
     t_start = time.perf_counter()
     pl = _pools(
         workload_or_sampler,
