@@ -53,6 +53,7 @@ class MonteCarloResult:
     steps whose tau was the barrier Attention time. per_pool_throughput:
     float64[len(r), replications] (completions window). mean_slot_load, se_slot_load: average
     load over all slots and its SE (steps window; theta in steady state).
+    devices, processes: how many devices (over all processes) and processes shared the rows.
     ``window``: {"kind": "steps", "steps", "warmup"} or {"kind": "completions", "requests",
     "fraction"}.
     """
@@ -90,6 +91,8 @@ class MonteCarloResult:
     mean_slot_load: float | None = None
     se_slot_load: float | None = None
     ffn_tokens: str = "nominal"
+    devices: int = 1
+    processes: int = 1
 
     @property
     def r_max(self) -> int:
@@ -150,6 +153,8 @@ class MonteCarloResult:
             wall_seconds=self.wall_seconds,
             slot_steps_per_second=self.slot_steps_per_second,
             device=self.device,
+            devices=self.devices,
+            processes=self.processes,
         )
         return out
 

@@ -28,6 +28,7 @@ added in float64 on the host.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from functools import partial
@@ -54,6 +55,7 @@ from afd_jax.montecarlo.samplers import make_sampler, max_slot_load
 from afd_jax.montecarlo.spine import (
     Chunk,
     Progress,
+    RowMesh,
     Window,
     block_keys,
     device_name,
@@ -275,16 +277,18 @@ def simulate(
         setup = _setup(workload_or_sampler, lat, opts, run, max_slot_load)
         t_start = time.perf_counter()
         bar = Progress(progress, f"simulate[{kernel}]")
+        mesh = RowMesh()
         if kernel == "barrier":
-            acc = _run_barrier(run, setup, bar)
+            acc = _run_barrier(run, setup, bar, mesh)
         else:
-            acc = _run_trajectories(run, setup, bar)
+            acc = _run_trajectories(run, setup, bar, mesh)
         bar.close()
         wall = time.perf_counter() - t_start
-        return _result(lat, run, setup, acc, wall)
+        res = _result(lat, run, setup, acc, wall)
+        return dataclasses.replace(res, devices=mesh.n, processes=mesh.processes)
 
 
-def _run_barrier(run: StepsRun, setup: StepsSetup, bar: Progress) -> StepAccumulator:
+def _run_barrier(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh):
     """Blocks of i.i.d. snapshots, grouped into chunks of blocks (all into one accumulator
     row: the snapshots are i.i.d. across replications)."""
     acc = StepAccumulator(1, run.r_max, keep_blocks=False)
@@ -293,6 +297,7 @@ def _run_barrier(run: StepsRun, setup: StepsSetup, bar: Progress) -> StepAccumul
     chunk = max(1, min(run.budget // per_block, n_blocks_rep * run.replications))
     if run.reps_per_call:
         chunk = int(run.reps_per_call)
+    chunk = mesh.round_up(chunk)
     work_rep = np.repeat(np.arange(run.replications), n_blocks_rep)
     work_blk = np.tile(np.arange(n_blocks_rep), run.replications)
     kernel = barrier_kernel(run.r_max, run.batch)
@@ -308,11 +313,12 @@ def _run_barrier(run: StepsRun, setup: StepsSetup, bar: Progress) -> StepAccumul
             yield Chunk(idx, chunk, (0,), (work_rep[idx], blk, nv))
 
     def advance(c: Chunk, t0, state):
-        reps, blk, nv = c.data
-        keys = block_keys(setup.base, jnp.asarray(reps, jnp.int32), jnp.asarray(blk, jnp.int32))
-        window = Window(jnp.int32(0), jnp.int32(0), jnp.asarray(nv), jnp.int32(c.n_real))
+        reps, blk, nv = mesh.put(tuple(np.asarray(x, np.int32) for x in c.data))
+        keys = block_keys(setup.base, reps, blk)
+        window = Window(jnp.int32(0), jnp.int32(0), nv, jnp.int32(c.n_real))
         kw = dict(kernel=kernel, batch=run.batch, serial=run.serial)
         _, sums, _ = segment_chunk(keys, state, params, window, setup.model, setup.hist, **kw)
+        sums = mesh.fetch(sums)
         # the chunk's blocks are one row of the accumulator: [1, blocks, ...]
         rows = jax.tree_util.tree_map(
             lambda x: x.reshape((1, -1) + x.shape[2:]), sums._replace(hist=None)
@@ -398,7 +404,7 @@ def _plan(run: StepsRun, setup: StepsSetup) -> _Plan:
     return _Plan(length, chunk, n_req)
 
 
-def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress) -> StepAccumulator:
+def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh):
     """Replications in chunks, each stepped segment by segment; the fast kernel's segment is
     redone with a larger K (``kernel.enlarge()``) when its requests fall short."""
     plan = _plan(run, setup)
@@ -410,7 +416,7 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress) -> StepAc
         kernel = fast_kernel(shape, run.init, plan.length, plan.n_requests)
     current = [kernel]  # the fast kernel's K only grows
     acc = StepAccumulator(run.replications, run.r_max, keep_blocks=run.replications == 1)
-    chunk = plan.reps_per_call
+    chunk = mesh.round_up(plan.reps_per_call)
 
     def chunks():
         for c0 in range(0, run.replications, chunk):
@@ -419,7 +425,7 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress) -> StepAc
             yield Chunk(reps_p, reps.size, tuple(range(0, total, plan.length)))
 
     def start(c: Chunk):
-        reps_j = jnp.asarray(c.rows, jnp.int32)
+        reps_j = mesh.put(c.rows.astype(np.int32))
         params = SegmentParams(setup.sampler, jnp.int32(0))
         states = init_chunk(rep_keys(setup.base, reps_j, 0), params, kernel=current[0])
         return rep_keys(setup.base, reps_j, 1), states
@@ -427,7 +433,7 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress) -> StepAc
     def advance(c: Chunk, t0, state):
         k_stream, states = state
         params = SegmentParams(setup.sampler, jnp.int32(t0))
-        t_end = jnp.full((chunk,), total, jnp.int32)
+        t_end = mesh.put(np.full((chunk,), total, np.int32))
         window = Window(jnp.int32(t0), jnp.int32(run.warmup), t_end, jnp.int32(c.n_real))
         while True:
             kw = dict(kernel=current[0], batch=run.batch, serial=run.serial)
@@ -435,7 +441,7 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress) -> StepAc
                 k_stream, states, params, window, setup.model, setup.hist, **kw
             )
             if current[0].enlarge is None or bool(covered):
-                return (k_stream, new), sums
+                return (k_stream, new), mesh.fetch(sums)
             current[0] = current[0].enlarge()
 
     def record(c: Chunk, t0, sums):

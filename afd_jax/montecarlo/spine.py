@@ -12,6 +12,14 @@ in by building a :class:`~afd_jax.kernels.contract.Kernel`, without a new driver
 Keys: ``fold_in(fold_in(key(seed), replication), tag)`` (:func:`rep_keys`), or per block of
 snapshots ``fold_in(fold_in(key(seed), replication), block)`` (:func:`block_keys`), so results do
 not depend on how work is chunked.
+
+Devices: the rows of a chunk are split over every device (:class:`RowMesh`: a 1-D
+``jax.sharding`` mesh, axis ``"rows"``; chunk sizes are rounded up to a multiple of the device
+count with padded rows that do not count). With ``jax.distributed`` initialised the mesh spans
+every process's devices (each process runs the same driver code; results come back to every
+process through :meth:`RowMesh.fetch`); inside :func:`local_devices_only` (the sweep, whose
+processes work on different scenarios) it spans this process's devices. Every row is computed
+on one device from its own key, so results are bit-identical whatever the device count.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from afd_jax.kernels.barrier import summarise_rows
@@ -99,6 +109,58 @@ def block_keys(base, reps, blocks):
     return jax.vmap(lambda i, b: jr.fold_in(jr.fold_in(base, i), b))(reps, blocks)
 
 
+_SCOPE = {"local": False}
+
+
+@contextlib.contextmanager
+def local_devices_only():
+    """Inside: :class:`RowMesh` uses this process's devices only (no cross-process work)."""
+    old = _SCOPE["local"]
+    _SCOPE["local"] = True
+    try:
+        yield
+    finally:
+        _SCOPE["local"] = old
+
+
+class RowMesh:
+    """A 1-D mesh (axis ``"rows"``) over every device of the run: all processes' devices, or
+    this process's inside :func:`local_devices_only`."""
+
+    def __init__(self):
+        self.multi = jax.process_count() > 1 and not _SCOPE["local"]
+        devs = jax.devices() if self.multi else jax.local_devices()
+        self.n = len(devs)
+        self.processes = jax.process_count() if self.multi else 1
+        self.sharding = NamedSharding(Mesh(np.array(devs), ("rows",)), PartitionSpec("rows"))
+
+    def round_up(self, rows: int) -> int:
+        """The smallest multiple of the device count >= rows (>= 1)."""
+        return -(-max(1, int(rows)) // self.n) * self.n
+
+    def put(self, tree):
+        """Arrays with a leading axis of ``round_up`` rows, split over the devices (every
+        process passes the same full array)."""
+        if not self.multi:
+            return jax.device_put(tree, self.sharding)
+
+        def put_one(x):
+            x = np.asarray(x)
+            return jax.make_array_from_callback(x.shape, self.sharding, lambda i: x[i])
+
+        return jax.tree_util.tree_map(put_one, tree)
+
+    def fetch(self, tree):
+        """NumPy copies of (possibly sharded) outputs, whole on every process."""
+        if not self.multi:
+            return jax.device_get(tree)
+        from jax.experimental import multihost_utils
+
+        return jax.tree_util.tree_map(
+            lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), tree
+        )
+
+
 def device_name() -> str:
     """``platform:device kind`` of the first JAX device."""
     d = jax.devices()[0]
@@ -133,10 +195,12 @@ class Progress:
 __all__ = [
     "Chunk",
     "Progress",
+    "RowMesh",
     "Window",
     "block_keys",
     "device_name",
     "init_chunk",
+    "local_devices_only",
     "rep_keys",
     "rng_mode",
     "run_chunks",
