@@ -13,6 +13,7 @@ from afd_jax.workload.specs import resolve_workload
 __all__ = [
     "DEFAULT_LATENCY",
     "LATENCY_FLAGS",
+    "add_distributed_args",
     "add_latency_args",
     "add_workload_args",
     "emit_json",
@@ -20,6 +21,7 @@ __all__ = [
     "load_latency",
     "load_workload",
     "positive_int",  # re-exported from afd_jax.errors
+    "start_distributed",
 ]
 
 
@@ -142,3 +144,33 @@ def load_latency(args):
         overlap=getattr(args, "overlap", None),
         load_offset=int(getattr(args, "load_offset", 0) or 0),
     )
+
+
+def add_distributed_args(parser) -> None:
+    """--coordinator / --num-processes / --process-id: join a jax.distributed run."""
+    g = parser.add_argument_group("several processes (jax.distributed)")
+    g.add_argument(
+        "--coordinator",
+        default=None,
+        metavar="HOST:PORT",
+        help="address of process 0's coordinator; with --num-processes and --process-id this "
+        "process joins a jax.distributed run (SLURM and other clusters: --distributed alone)",
+    )
+    g.add_argument("--num-processes", type=int, default=None, metavar="N")
+    g.add_argument("--process-id", type=int, default=None, metavar="I")
+
+
+def start_distributed(args) -> None:
+    """``jax.distributed.initialize`` from the flags (or the cluster's environment)."""
+    import jax
+
+    if args.coordinator:
+        n, i = args.num_processes, args.process_id
+        if n is None or i is None or not 0 <= i < n:
+            raise InputError(
+                "--coordinator needs --num-processes N and --process-id I with 0 <= I < N",
+                field="--process-id",
+            )
+        jax.distributed.initialize(args.coordinator, num_processes=n, process_id=i)
+    else:
+        jax.distributed.initialize()
