@@ -18,12 +18,14 @@ from __future__ import annotations
 import sys
 
 from afd_jax.cli.common import (
+    add_distributed_args,
     add_latency_args,
     add_workload_args,
     emit_json,
     load_latency,
     load_workload,
     positive_int,
+    start_distributed,
 )
 from afd_jax.errors import InputError
 from afd_jax.montecarlo.result import MonteCarloResult
@@ -118,6 +120,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--plot", metavar="FILE", default=None, help="write a figure (.png/.pdf/.svg)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() (a cluster JAX detects, e.g. SLURM): every "
+        "process's devices share the replications; process 0 prints (README)",
+    )
+    add_distributed_args(p)
     p.set_defaults(func=run)
 
 
@@ -163,7 +172,11 @@ def run(args) -> int:
         raise InputError(f"must be >= 0, got {args.seed}", field="seed")
     if not 0 < args.level < 1:
         raise InputError(f"must be in (0, 1), got {args.level}", field="level")
+    if args.distributed or args.coordinator:
+        start_distributed(args)
     res = _run_pool(args) if args.window == "completions" else _run_steps(args)
+    if jax.process_index() != 0:
+        return 0  # every process holds the same result; process 0 reports it
     out = res.to_json()
     out["workload"] = args.workload
     if args.plot:
