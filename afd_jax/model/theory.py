@@ -138,7 +138,20 @@ def _barrier_excess(z, r):
     q = 0.5 * jax.lax.erfc(jnp.abs(x) * (1.0 / math.sqrt(2.0)))  # the smaller tail of Phi
     log_phi = jnp.where(x < 0, jnp.log(q), jnp.log1p(-q))
     f = -jnp.expm1(r[..., None] * log_phi)
-    return jnp.maximum(lo - z, 0.0) + length * jnp.sum(f * w, axis=-1)
+    return jnp.maximum(lo - z, 0.0) + length * _fixed_order_sum(f * w)
+
+
+def _fixed_order_sum(x):
+    """Sum over the last axis by halving (then a left-to-right tail): elementwise adds in a
+    fixed order, so the rounding does not depend on how XLA lays out or vectorises a reduce
+    (the same bits on every device count and chunk shape)."""
+    while x.shape[-1] % 2 == 0:
+        half = x.shape[-1] // 2
+        x = x[..., :half] + x[..., half:]
+    total = x[..., 0]
+    for i in range(1, x.shape[-1]):
+        total = total + x[..., i]
+    return total
 
 
 def expected_max_std_normal(r):
