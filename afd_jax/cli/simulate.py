@@ -42,7 +42,6 @@ _POOL_ONLY = ("requests", "completion_fraction", "ffn_tokens")
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "simulate",
-        help="Monte Carlo simulation of the rA-1F bundle (JAX kernels)",
         description=(
             "Simulate r_max Attention workers of B slots each and report, for every r <= "
             "r_max (common random numbers), throughput per instance with a confidence "

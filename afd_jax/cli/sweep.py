@@ -20,7 +20,6 @@ from afd_jax.studies.sweep import check_axes, load_spec, make_plan, plot_sweep, 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "sweep",
-        help="sensitivity sweep from a TOML spec (vmapped, multi-device, resumable)",
         description=(
             "Evaluate every scenario of a sweep spec (workloads x batch sizes x latency "
             "coefficients/costs) for r = 1..r_max by the chosen methods (mean_field, gaussian, "

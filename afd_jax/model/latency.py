@@ -28,10 +28,9 @@ Equations (docs/model.md 2-3), with X = r*B (``comm_scaling="aggregate"``) or B 
 
 from __future__ import annotations
 
+import sys
 from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 COMM_SCALINGS = ("aggregate", "per_worker")
@@ -89,12 +88,21 @@ DEFAULT_OPTIONS = ModelOptions()
 
 
 def _is_jax(*xs) -> bool:
-    return any(isinstance(x, jax.Array) for x in xs)
+    """Whether any input is a JAX array (JAX is not imported for that: without it loaded there
+    are none, so NumPy-only callers such as ``afd-jax theta`` start without JAX)."""
+    jax = sys.modules.get("jax")
+    return jax is not None and any(isinstance(x, jax.Array) for x in xs)
+
+
+def _jnp():
+    import jax.numpy as jnp
+
+    return jnp
 
 
 def maximum(a, b):
     """Elementwise max: NumPy for NumPy/Python inputs, ``jnp`` when either is a JAX array."""
-    return jnp.maximum(a, b) if _is_jax(a, b) else np.maximum(a, b)
+    return _jnp().maximum(a, b) if _is_jax(a, b) else np.maximum(a, b)
 
 
 def stage_time(stage: AffineStage, tokens, *factors):
@@ -121,7 +129,7 @@ def comm_tokens(r, batch, opts: ModelOptions = DEFAULT_OPTIONS):
     """Tokens X on the A<->F link per step: r*B (aggregate) or B (per_worker), shaped like r."""
     if opts.comm_scaling == "aggregate":
         return r * batch
-    ones = jnp.ones_like(r * 1.0) if _is_jax(r) else np.ones_like(np.asarray(r) * 1.0)
+    ones = _jnp().ones_like(r * 1.0) if _is_jax(r) else np.ones_like(np.asarray(r) * 1.0)
     return batch * ones
 
 
