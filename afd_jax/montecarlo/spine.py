@@ -88,13 +88,23 @@ def segment_chunk(keys, states, params, window: Window, model, hist, *, kernel, 
     """One segment of a steps-window kernel for every row of a chunk, summarised: returns
     ``(states, StepSums with block rows [rows, L // BLOCK], covered)``; ``covered`` False
     means rerun the segment with ``kernel.enlarge()``."""
-    states, info = jax.vmap(kernel.segment, in_axes=(0, 0, None))(keys, states, params)
+    states, info = _map_rows(lambda k, s: kernel.segment(k, s, params), keys, states)
     rows, length = info.loads.shape[:2]
     t = window.t0 + jnp.arange(length, dtype=jnp.int32)
     real = jnp.arange(rows, dtype=jnp.int32) < window.n_real
     valid = real[:, None] & ((t[None, :] >= window.warmup) & (t[None, :] < window.t_end[:, None]))
     sums = summarise_rows(info.loads, valid, model, hist, batch=batch, serial=serial, n_bins=N_BINS)
     return states, sums, jnp.all(info.covered)
+
+
+def _map_rows(f, *xs):
+    """``f`` over the leading (row) axis: one row after another per device on CPU (each row's
+    per-step vectors stay in cache, so the cost per slot-step does not grow with the rows of a
+    chunk), ``vmap`` (one wide program) on accelerators. The kernels' outputs are integers
+    (``SegmentInfo.loads``), so both give the same bits."""
+    if jax.default_backend() == "cpu":
+        return jax.lax.map(lambda a: f(*a), xs)
+    return jax.vmap(f)(*xs)
 
 
 @jax.jit
