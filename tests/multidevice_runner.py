@@ -1,5 +1,6 @@
 """Run by tests/test_multidevice.py in a subprocess (the device count is fixed at JAX start):
-small simulate (three kernels) and pool_simulate runs, printed as one JSON object.
+small simulate runs (the fast kernel: the replication path the trajectory kernel shares; the
+barrier kernel: blocks of snapshots) and a pool_simulate run, printed as one JSON object.
 
     python tests/multidevice_runner.py            # one process
     python tests/multidevice_runner.py ADDR N I   # process I of N, jax.distributed at ADDR
@@ -27,7 +28,6 @@ def runs() -> dict:
     kw = dict(seed=7, max_slot_load=m)
     res = {
         "fast": simulate(s, lat, 4, 8, kernel="fast", steps=600, warmup=100, replications=3, **kw),
-        "trajectory": simulate(s, lat, 4, 8, kernel="trajectory", steps=300, replications=3, **kw),
         "barrier": simulate(s, lat, 4, 8, kernel="barrier", steps=300, replications=2, **kw),
         "pool": pool_simulate(
             s, lat, 4, [1, 3], n_requests=200, replications=3, seed=7, diagnostics=True

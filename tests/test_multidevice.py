@@ -1,4 +1,4 @@
-"""simulate (barrier, trajectory, fast) and pool_simulate split their rows over 4 (forced host)
+"""simulate (fast and barrier kernels) and pool_simulate split their rows over 4 (forced host)
 CPU devices, and over 2 processes joined by jax.distributed on a localhost coordinator: the
 numbers equal one device's bit for bit and the JSON says how many devices/processes took part."""
 

@@ -40,8 +40,7 @@ def _start(spec, out, addr, i, extra=()):
     )
 
 
-@pytest.fixture
-def single(traces, tmp_path):  # noqa: F811
+def _single(traces, tmp_path):  # noqa: F811
     spec = _spec(traces, tmp_path)
     out = tmp_path / "one.csv"
     proc = run_cli([str(spec), "--out", str(out), "--quiet", "--json"])
@@ -50,8 +49,13 @@ def single(traces, tmp_path):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_two_processes_write_the_single_process_table(single, tmp_path):
-    spec, ref = single
+def test_two_processes_then_a_killed_one(traces, tmp_path):  # noqa: F811
+    spec, ref = _single(traces, tmp_path)
+    _two_processes_write_the_single_process_table(spec, ref, tmp_path)
+    _killed_process_is_reported_and_resume_loses_nothing(spec, ref, tmp_path)
+
+
+def _two_processes_write_the_single_process_table(spec, ref, tmp_path):
     out = tmp_path / "two.csv"
     addr = f"127.0.0.1:{free_port()}"
     procs = [_start(spec, out, addr, i) for i in range(2)]
@@ -65,11 +69,9 @@ def test_two_processes_write_the_single_process_table(single, tmp_path):
     assert out.read_bytes() == ref
 
 
-@pytest.mark.slow
-def test_killed_process_is_reported_and_resume_loses_nothing(single, tmp_path):
-    spec, ref = single
-    out = tmp_path / "two.csv"
-    parts = tmp_path / "two.csv.parts"
+def _killed_process_is_reported_and_resume_loses_nothing(spec, ref, tmp_path):
+    out = tmp_path / "killed.csv"
+    parts = tmp_path / "killed.csv.parts"
     addr = f"127.0.0.1:{free_port()}"
     procs = [_start(spec, out, addr, i, ("--peer-timeout", "3")) for i in range(2)]
     try:
