@@ -266,7 +266,8 @@ def _describe(res: MonteCarloResult, workload: str) -> list[str]:
     return [
         f"workload {workload}: B = {res.batch}, {what}, seed {res.seed}",
         f"{load}{res.slot_steps:.3e} slot-steps in {res.wall_seconds:.2f} s "
-        f"({res.slot_steps_per_second:.3e}/s) on {res.device}",
+        f"({res.slot_steps_per_second:.3e}/s) on {res.device} x{res.devices}"
+        + (f" ({res.processes} processes)" if res.processes > 1 else ""),
     ]
 
 
