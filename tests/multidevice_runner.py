@@ -2,8 +2,9 @@
 small simulate runs (the fast kernel: the replication path the trajectory kernel shares; the
 barrier kernel: blocks of snapshots) and a pool_simulate run, printed as one JSON object.
 
-    python tests/multidevice_runner.py            # one process
-    python tests/multidevice_runner.py ADDR N I   # process I of N, jax.distributed at ADDR
+    python tests/multidevice_runner.py            # one process, every run
+    python tests/multidevice_runner.py ADDR N I   # process I of N, jax.distributed at ADDR:
+                                                  # the fast kernel and the pool only
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import jax
 import numpy as np
 
 
-def runs() -> dict:
+def runs(names=("fast", "barrier", "pool")) -> dict:
     from afd_jax.kernels import sampling as KS
     from afd_jax.model.latency import Latency
     from afd_jax.montecarlo.pool import pool_simulate
@@ -26,13 +27,18 @@ def runs() -> dict:
     p, d = rng.integers(0, 300, 500), rng.integers(1, 60, 500)
     s, m = KS.alias_sampler(p, d, size=1024), int((p + d - 1).max())
     kw = dict(seed=7, max_slot_load=m)
-    res = {
-        "fast": simulate(s, lat, 4, 8, kernel="fast", steps=600, warmup=100, replications=3, **kw),
-        "barrier": simulate(s, lat, 4, 8, kernel="barrier", steps=300, replications=2, **kw),
-        "pool": pool_simulate(
+    make = {
+        "fast": lambda: simulate(
+            s, lat, 4, 8, kernel="fast", steps=600, warmup=100, replications=3, **kw
+        ),
+        "barrier": lambda: simulate(
+            s, lat, 4, 8, kernel="barrier", steps=300, replications=2, **kw
+        ),
+        "pool": lambda: pool_simulate(
             s, lat, 4, [1, 3], n_requests=200, replications=3, seed=7, diagnostics=True
         ),
     }
+    res = {name: make[name]() for name in names}
     out = {}
     for name, r in res.items():
         js = r.to_json()
@@ -48,6 +54,8 @@ def main() -> None:
     if len(sys.argv) > 1:
         addr, n, i = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
         jax.distributed.initialize(addr, num_processes=n, process_id=i)
+        print(json.dumps(runs(("fast", "pool"))))
+        return
     print(json.dumps(runs()))
 
 
