@@ -316,7 +316,7 @@ def _run_barrier(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh)
         reps, blk, nv = mesh.put(tuple(np.asarray(x, np.int32) for x in c.data))
         keys = block_keys(setup.base, reps, blk)
         window = Window(jnp.int32(0), jnp.int32(0), nv, jnp.int32(c.n_real))
-        kw = dict(kernel=kernel, batch=run.batch, serial=run.serial)
+        kw = dict(kernel=kernel, batch=run.batch, serial=run.serial, groups=mesh.n)
         _, sums, _ = segment_chunk(keys, state, params, window, setup.model, setup.hist, **kw)
         sums = mesh.fetch(sums)
         # the chunk's blocks are one row of the accumulator: [1, blocks, ...]
@@ -436,7 +436,7 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: Row
         t_end = mesh.put(np.full((chunk,), total, np.int32))
         window = Window(jnp.int32(t0), jnp.int32(run.warmup), t_end, jnp.int32(c.n_real))
         while True:
-            kw = dict(kernel=current[0], batch=run.batch, serial=run.serial)
+            kw = dict(kernel=current[0], batch=run.batch, serial=run.serial, groups=mesh.n)
             new, sums, covered = segment_chunk(
                 k_stream, states, params, window, setup.model, setup.hist, **kw
             )

@@ -83,12 +83,15 @@ def init_chunk(keys, params, *, kernel):
     return jax.vmap(lambda k: kernel.init(k, params))(keys)
 
 
-@partial(jax.jit, static_argnames=("kernel", "batch", "serial"))
-def segment_chunk(keys, states, params, window: Window, model, hist, *, kernel, batch, serial):
+@partial(jax.jit, static_argnames=("kernel", "batch", "serial", "groups"))
+def segment_chunk(
+    keys, states, params, window: Window, model, hist, *, kernel, batch, serial, groups=1
+):
     """One segment of a steps-window kernel for every row of a chunk, summarised: returns
     ``(states, StepSums with block rows [rows, L // BLOCK], covered)``; ``covered`` False
-    means rerun the segment with ``kernel.enlarge()``."""
-    states, info = _map_rows(lambda k, s: kernel.segment(k, s, params), keys, states)
+    means rerun the segment with ``kernel.enlarge()``. ``groups``: the device count of the
+    rows' mesh (the rows form that many contiguous groups, one per device)."""
+    states, info = _map_rows(lambda k, s: kernel.segment(k, s, params), groups, keys, states)
     rows, length = info.loads.shape[:2]
     t = window.t0 + jnp.arange(length, dtype=jnp.int32)
     real = jnp.arange(rows, dtype=jnp.int32) < window.n_real
@@ -97,14 +100,18 @@ def segment_chunk(keys, states, params, window: Window, model, hist, *, kernel, 
     return states, sums, jnp.all(info.covered)
 
 
-def _map_rows(f, *xs):
-    """``f`` over the leading (row) axis: one row after another per device on CPU (each row's
-    per-step vectors stay in cache, so the cost per slot-step does not grow with the rows of a
-    chunk), ``vmap`` (one wide program) on accelerators. The kernels' outputs are integers
-    (``SegmentInfo.loads``), so both give the same bits."""
-    if jax.default_backend() == "cpu":
-        return jax.lax.map(lambda a: f(*a), xs)
-    return jax.vmap(f)(*xs)
+def _map_rows(f, groups: int, *xs):
+    """``f`` over the leading (row) axis: on CPU one row after another within each of
+    ``groups`` contiguous groups (one per device, ``vmap`` across them, so a sharded row axis
+    is never looped over; each row's per-step vectors stay in cache, so the cost per slot-step
+    does not grow with the rows of a chunk), one wide ``vmap`` on accelerators. The kernels'
+    outputs are integers (``SegmentInfo.loads``), so both give the same bits."""
+    if jax.default_backend() != "cpu":
+        return jax.vmap(f)(*xs)
+    split = partial(jax.tree_util.tree_map, lambda x: x.reshape((groups, -1) + x.shape[1:]))
+    merge = partial(jax.tree_util.tree_map, lambda x: x.reshape((-1,) + x.shape[2:]))
+    out = jax.vmap(lambda *g: jax.lax.map(lambda a: f(*a), g))(*split(xs))
+    return merge(out)
 
 
 @jax.jit
