@@ -39,44 +39,45 @@ SIZES = {
 }
 
 
-def numpy_baseline(prompt, decode, r_max, batch, steps, alpha, beta, other, seed=0):
-    """The simulator a user would write: (r_max, B) slot arrays, one Python iteration per step,
-    fresh requests only for the slots that finished; the same outputs as the kernels (mean
-    tau, Attention idle and barrier wait per r, step-time percentiles, mean slot load).
-    Returns (dict of results, seconds)."""
+def numpy_baseline(prompt, decode, r_max, batch, steps, alpha, beta, other, seed=0, reps=1):
+    """The simulator a user would write: (reps, r_max, B) slot arrays (replications vectorised
+    too), one Python iteration per step, fresh requests only for the slots that finished; the
+    same outputs as the kernels (mean tau, Attention idle and barrier wait per r, step-time
+    percentiles, mean slot load). Returns (dict of results, seconds)."""
     rng = np.random.default_rng(seed)
     n = prompt.shape[0]
     lb = np.cumsum(decode.astype(np.float64))
     lb /= lb[-1]
-    idx = np.searchsorted(lb, rng.random((r_max, batch)), side="right")
+    shape = (reps, r_max, batch)
+    idx = np.searchsorted(lb, rng.random(shape), side="right")
     p, d = prompt[idx].copy(), decode[idx].copy()
-    age = np.floor(rng.random((r_max, batch)) * d).astype(np.int64)
+    age = np.floor(rng.random(shape) * d).astype(np.int64)
     r = np.arange(1, r_max + 1)
-    tau_steps = np.empty((steps, r_max))
-    idle_sum, wait_sum, load_sum = np.zeros(r_max), np.zeros(r_max), 0.0
+    tau_steps = np.empty((steps, reps, r_max))
+    idle_sum, wait_sum, load_sum = np.zeros((reps, r_max)), np.zeros((reps, r_max)), 0.0
     t0 = time.perf_counter()
     for t in range(steps):
-        worker = (p + age).sum(axis=1)
-        max_ta = alpha * np.maximum.accumulate(worker) + beta
-        sum_ta = alpha * np.cumsum(worker) + beta * r
+        worker = (p + age).sum(axis=2)
+        max_ta = alpha * np.maximum.accumulate(worker, axis=1) + beta
+        sum_ta = alpha * np.cumsum(worker, axis=1) + beta * r
         tau = np.maximum(max_ta, other)
         tau_steps[t] = tau
         idle_sum += r * tau - sum_ta
         wait_sum += r * max_ta - sum_ta
-        load_sum += worker.sum() / (r_max * batch)
+        load_sum += worker.sum() / (reps * r_max * batch)
         age += 1
         done = age >= d
         k = int(done.sum())
         if k:
             j = rng.integers(0, n, k)
             p[done], d[done], age[done] = prompt[j], decode[j], 0
-    mean_tau = tau_steps.mean(axis=0)
-    pct = np.percentile(tau_steps, [50, 90, 99], axis=0)
+    mean_tau = tau_steps.mean(axis=(0, 1))
+    pct = np.percentile(tau_steps.reshape(-1, r_max), [50, 90, 99], axis=0)
     sec = time.perf_counter() - t0
     out = dict(
         mean_tau=mean_tau,
-        idle=idle_sum / (r * mean_tau * steps),
-        wait=wait_sum / (r * mean_tau * steps),
+        idle=idle_sum.sum(0) / (r * mean_tau * steps * reps),
+        wait=wait_sum.sum(0) / (r * mean_tau * steps * reps),
         pct=pct,
         load=load_sum / steps,
     )
@@ -116,6 +117,12 @@ def _parse(argv):
     ap.add_argument("--memory-budget-mb", type=int, default=None)
     ap.add_argument(
         "--repeat", type=int, default=3, help="timed runs per simulator (the fastest counts)"
+    )
+    ap.add_argument(
+        "--scaling",
+        action="store_true",
+        help="instead: the fast kernel's slot-steps/s at 1..64 replications and 2,000..200,000 "
+        "steps, and its ratio to the NumPy baseline at 1 and 32 replications",
     )
     return ap.parse_args(argv)
 
@@ -183,6 +190,59 @@ def _markdown(rows, args, argv, n_requests, theta, cfg) -> str:
     return "\n".join(lines)
 
 
+def _fast_rate(w, lat, cfg, steps, reps, repeat, budget):
+    """Best-of-``repeat`` slot-steps/s of the fast kernel (compiled by a first call)."""
+    kw = dict(kernel="fast", steps=steps, replications=reps, memory_budget_bytes=budget)
+    simulate(w, lat, cfg["batch"], cfg["r_max"], seed=1, **kw)
+    runs = [simulate(w, lat, cfg["batch"], cfg["r_max"], seed=2, **kw) for _ in range(repeat)]
+    return max(r.slot_steps_per_second for r in runs)
+
+
+def _numpy_rate(prompt, decode, lat, cfg, steps, reps, repeat):
+    r_max, batch = cfg["r_max"], cfg["batch"]
+    other = other_stages(lat, np.arange(1, r_max + 1), batch, ModelOptions())
+    args = (prompt, decode, r_max, batch, steps, lat.alpha_attn, lat.beta_attn, other)
+    sec = min(numpy_baseline(*args, reps=reps)[1] for _ in range(repeat))
+    return r_max * batch * steps * reps / sec
+
+
+SCALING_REPS = (1, 8, 32, 64)
+SCALING_STEPS = (2_000, 20_000, 200_000)
+
+
+def scaling(args, w, prompt, decode, lat, cfg, budget) -> str:
+    """Markdown rows: per-slot-step rate against the job size, and the NumPy ratio."""
+    load = os.getloadavg()[0]
+    lines = [
+        f"## scaling, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}",
+        "",
+        f"Machine: {machine()}; load average {load:.1f} at the start.",
+        f"r_max = {cfg['r_max']}, B = {cfg['batch']}; fast kernel, best of {args.repeat}.",
+        "",
+        "| replications | steps | slot-steps/s | vs first row |",
+        "|---|---|---|---|",
+    ]
+    sizes = [(reps, 5_000) for reps in SCALING_REPS] + [(1, t) for t in SCALING_STEPS]
+    first = None
+    for reps, steps in sizes:
+        rate = _fast_rate(w, lat, cfg, steps, reps, args.repeat, budget)
+        first = first or rate
+        lines.append(f"| {reps} | {steps:,} | {rate:.3e} | {rate / first:.2f} |")
+        print(lines[-1], file=sys.stderr)
+    lines += [
+        "",
+        "| replications | NumPy slot-steps/s | fast slot-steps/s | ratio |",
+        "|---|---|---|---|",
+    ]
+    for reps in (1, 32):
+        base = _numpy_rate(prompt, decode, lat, cfg, max(200, 2_000 // reps), reps, args.repeat)
+        fast = _fast_rate(w, lat, cfg, 5_000, reps, args.repeat, budget)
+        lines.append(f"| {reps} | {base:.3e} | {fast:.3e} | {fast / base:.1f}x |")
+        print(lines[-1], file=sys.stderr)
+    lines += ["", f"Load average at the end: {os.getloadavg()[0]:.1f}.", ""]
+    return "\n".join(lines)
+
+
 _HEADER = (
     "# Kernel benchmarks\n\nSlot-steps per second of the Monte Carlo kernels against a "
     "plain NumPy step-by-step simulator (`experiments/bench_kernels.py`). Steps T "
@@ -214,6 +274,13 @@ def main(argv=None) -> int:
         alpha_comm=0.002,
         beta_comm=10.0,
     )
+    if args.scaling:
+        text = scaling(args, w, prompt, decode, lat, cfg, budget)
+        print(text)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(text)
+        return 0
     kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
     rows = [_numpy_row(prompt, decode, lat, cfg, args.repeat)] if "numpy" in kernels else []
     for k in ("fast", "trajectory", "barrier"):

@@ -22,7 +22,7 @@ from afd_jax import plan
 from afd_jax.model.latency_io import list_presets
 
 TRACES = ("azure_llm_2023_conv.csv", "azure_llm_2023_code.csv", "mooncake_conversation.jsonl")
-BATCHES = (16, 32, 64, 128, 256)
+BATCHES = (16, 32, 64, 128, 256, 512)
 FIELDS = (
     "preset",
     "trace",

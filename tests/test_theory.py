@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
+from afd_jax.model import theory
 from afd_jax.model.latency import Latency, ModelOptions
 from afd_jax.model.theory import (
     expected_max_std_normal,
@@ -63,6 +64,30 @@ def test_gaussian_tail_matches_quad_reference(case):
     got = np.asarray(gaussian_step_time(lat, theta, v, jnp.asarray(rs), batch, opts))
     ref = np.array([quad_step_time(lat, theta, v, r, batch, opts) for r in rs])
     np.testing.assert_allclose(got, ref, rtol=1e-10, atol=0)
+
+
+def _quad_excess(z: float, r: float) -> float:
+    """float64 reference: int_z^inf (1 - Phi^r) dx by adaptive quad (split at 0)."""
+
+    def f(x):
+        return -np.expm1(r * stats.norm.logcdf(x))
+
+    lo = max(z, -40.0)
+    pieces = [(lo, 0.0), (0.0, np.inf)] if lo < 0 else [(lo, np.inf)]
+    total = lo - z
+    for a, b in pieces:
+        total += integrate.quad(f, a, b, epsabs=0, epsrel=1e-13, limit=200)[0]
+    return total
+
+
+@pytest.mark.parametrize("r", [1.0, 2.0, 7.5, 64.0, 256.0])
+def test_barrier_excess_within_stated_bound(r):
+    # docs: 8 x 12 Gauss-Legendre nodes on the window [lo_r, hi_r]; 1e-9 relative (the
+    # issue's bar) plus an absolute floor far below any step time's rounding.
+    zs = np.array([-30.0, -12.0, -6.0, -3.0, -1.0, -0.2, 0.0, 0.7, 1.9, 3.0, 5.0, 8.0, 11.0])
+    got = np.asarray(theory._barrier_excess(jnp.asarray(zs), jnp.full(zs.shape, r)))
+    ref = np.array([_quad_excess(float(z), r) for z in zs])
+    np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-15)
 
 
 def test_gaussian_float32_runs_in_float32():

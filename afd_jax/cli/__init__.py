@@ -15,23 +15,23 @@ import sys
 import textwrap
 from pathlib import Path
 
-import jax
-
 from afd_jax import __version__
 from afd_jax.errors import InputError
 
-# Order shown in --help and in the bare `afd-jax` listing.
-SUBCOMMANDS = (
-    "theta",
-    "provision",
-    "calibrate",
-    "simulate",
-    "optimize",
-    "plan",
-    "sweep",
-    "reproduce",
-    "hardware",
-)
+# Each command's one-line help, in the order shown in --help and in the bare `afd-jax` listing.
+# Kept here so that the listing, --help and --version import no command module (nor JAX).
+COMMAND_HELP = {
+    "theta": "workload statistics: theta (per-slot mean load), slot std, means, CI for theta",
+    "provision": "recommend the A/F ratio r (mean field, Gaussian barrier, exact steady state)",
+    "calibrate": "fit latency coefficients from measured (stage, tokens, time_us) rows",
+    "simulate": "Monte Carlo simulation of the rA-1F bundle (JAX kernels)",
+    "optimize": "gradient-based provisioning of r (and B) with KV-capacity and step-time SLOs",
+    "plan": "Pareto front of throughput per GPU (or USD) vs P99 TPOT; best (r, B), elasticities",
+    "sweep": "sensitivity sweep from a TOML spec (vmapped, multi-device, resumable)",
+    "reproduce": "reproduce the paper's claims (v1 setup, workloads x B x regimes) into a folder",
+    "hardware": "latency presets from NVIDIA AIConfigurator's measured kernel tables (extra)",
+}
+SUBCOMMANDS = tuple(COMMAND_HELP)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,12 +47,17 @@ class _Commands:
         self.action, self.help = action, {}
 
     def add_parser(self, name, **kwargs):
-        self.help[name] = kwargs.get("help", "")
+        kwargs.setdefault("help", COMMAND_HELP[name])
+        self.help[name] = kwargs["help"]
         return self.action.add_parser(name, **kwargs)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``afd-jax`` parser; ``parser.commands`` maps each command to its one-line help."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``afd-jax`` parser; ``parser.commands`` maps each command to its one-line help.
+
+    ``only``: import and build that command's arguments alone (the others are listed with their
+    one-line help and no arguments); the empty string builds none (``--help``, ``--version``:
+    no command module, and so no JAX, is imported)."""
     parser = _Parser(
         prog="afd-jax",
         description=(
@@ -65,7 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     commands = _Commands(sub)
     for name in SUBCOMMANDS:
-        importlib.import_module(f"{__name__}.{name}").add_parser(commands)
+        if only is None or only == name:
+            importlib.import_module(f"{__name__}.{name}").add_parser(commands)
+        else:
+            commands.add_parser(name)
     parser.commands = commands.help
     return parser
 
@@ -92,13 +100,22 @@ def _enable_compilation_cache() -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)
     except OSError:
         return  # read-only home: run without the cache
-    jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    settings = {
+        "jax_compilation_cache_dir": folder,
+        "jax_persistent_cache_min_compile_time_secs": 0.5,
+    }
+    if "jax" in sys.modules:  # already imported (in-process callers, tests)
+        for k, v in settings.items():
+            sys.modules["jax"].config.update(k, v)
+    else:  # JAX reads these when (and if) a command imports it
+        for k, v in settings.items():
+            os.environ.setdefault(k.upper(), str(v))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), "")
+    parser = build_parser(command if command in SUBCOMMANDS else "")
     if not argv:
         sys.stdout.write(command_listing(parser))
         return 0

@@ -14,7 +14,6 @@ from afd_jax.model.latency_io import format_latency_toml, validate_latency
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "calibrate",
-        help="fit latency coefficients from measured (stage, tokens, time_us) rows",
         description=(
             "Least-squares fit time = alpha * tokens + beta for each stage (attn, ffn, comm) "
             "of a profile CSV with header stage,tokens,time_us; reports R^2 and residuals and "

@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULT_LATENCY",
     "LATENCY_FLAGS",
     "add_hardware_args",
+    "add_distributed_args",
     "add_latency_args",
     "add_ratio_args",
     "add_workload_args",
@@ -26,6 +27,7 @@ __all__ = [
     "parse_int_list",
     "load_workload",
     "positive_int",  # re-exported from afd_jax.errors
+    "start_distributed",
 ]
 
 
@@ -222,3 +224,33 @@ def load_ratios(args, r_max: int):
     """The feasible r from --r-values / --r-step (sorted int array), None = every r."""
     values = parse_int_list(args.r_values, "r_values")
     return feasible_ratios(values, args.r_step, r_max)
+
+
+def add_distributed_args(parser) -> None:
+    """--coordinator / --num-processes / --process-id: join a jax.distributed run."""
+    g = parser.add_argument_group("several processes (jax.distributed)")
+    g.add_argument(
+        "--coordinator",
+        default=None,
+        metavar="HOST:PORT",
+        help="address of process 0's coordinator; with --num-processes and --process-id this "
+        "process joins a jax.distributed run (SLURM and other clusters: --distributed alone)",
+    )
+    g.add_argument("--num-processes", type=int, default=None, metavar="N")
+    g.add_argument("--process-id", type=int, default=None, metavar="I")
+
+
+def start_distributed(args) -> None:
+    """``jax.distributed.initialize`` from the flags (or the cluster's environment)."""
+    import jax
+
+    if args.coordinator:
+        n, i = args.num_processes, args.process_id
+        if n is None or i is None or not 0 <= i < n:
+            raise InputError(
+                "--coordinator needs --num-processes N and --process-id I with 0 <= I < N",
+                field="--process-id",
+            )
+        jax.distributed.initialize(args.coordinator, num_processes=n, process_id=i)
+    else:
+        jax.distributed.initialize()

@@ -18,7 +18,6 @@ from afd_jax.errors import InputError, positive_int
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "hardware",
-        help="latency presets from NVIDIA AIConfigurator's measured kernel tables (extra)",
         description=(
             "Build latency files for real models on real GPUs from NVIDIA AIConfigurator's "
             "measured kernel tables (needs pip install 'afd-jax[hardware]'; docs/hardware.md)."

@@ -37,7 +37,6 @@ from afd_jax.workload.statistics import workload_stats
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "optimize",
-        help="gradient-based provisioning of r (and B) with KV-capacity and step-time SLOs",
         description=(
             "Maximise the smoothed throughput per instance (per unit cost) over a continuous r "
             "(and B), choose the integers by exact evaluation of the neighbours, and report "

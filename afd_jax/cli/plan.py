@@ -34,7 +34,6 @@ from afd_jax.studies.plots import plot_plan_front, plot_tornado
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "plan",
-        help="Pareto front of throughput per GPU (or USD) vs P99 TPOT; best (r, B), elasticities",
         description=(
             "Evaluate every (r, B) by the exact steady state: throughput per GPU, per USD, USD "
             "per million tokens, joules per token, P50/P99 time per output token (the exact "

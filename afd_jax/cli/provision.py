@@ -33,7 +33,6 @@ from afd_jax.studies.provision import provision
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "provision",
-        help="recommend the A/F ratio r (mean field, Gaussian barrier, exact steady state)",
         description=(
             "Throughput per instance vs r for r = 1..r_max by the mean-field closed form, the "
             "Gaussian barrier and the exact steady state; reports the binding regime, the "

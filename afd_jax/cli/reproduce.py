@@ -13,7 +13,6 @@ TRACES_ENV = "AFD_TRACES_DIR"
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "reproduce",
-        help="reproduce the paper's claims (v1 setup, workloads x B x regimes) into a folder",
         description=(
             "Runs the reproduction (docs/reproduction.md) and writes CSV tables, report.md "
             "and PNG figures into --out. A rerun into the same folder resumes (finished parts "

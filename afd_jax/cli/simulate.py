@@ -19,12 +19,14 @@ import argparse
 import sys
 
 from afd_jax.cli.common import (
+    add_distributed_args,
     add_latency_args,
     add_workload_args,
     emit_json,
     load_latency,
     load_workload,
     positive_int,
+    start_distributed,
 )
 from afd_jax.errors import InputError
 from afd_jax.kernels.dynamics import ROUTINGS
@@ -43,7 +45,6 @@ _POOL_ONLY = ("requests", "completion_fraction", "ffn_tokens")
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "simulate",
-        help="Monte Carlo simulation of the rA-1F bundle (JAX kernels)",
         description=(
             "Simulate r_max Attention workers of B slots each and report, for every r <= "
             "r_max (common random numbers), throughput per instance with a confidence "
@@ -122,6 +123,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--plot", metavar="FILE", default=None, help="write a figure (.png/.pdf/.svg)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() (a cluster JAX detects, e.g. SLURM): every "
+        "process's devices share the replications; process 0 prints (README)",
+    )
+    add_distributed_args(p)
     p.set_defaults(func=run)
 
 
@@ -237,7 +245,11 @@ def run(args) -> int:
         raise InputError(f"must be >= 0, got {args.seed}", field="seed")
     if not 0 < args.level < 1:
         raise InputError(f"must be in (0, 1), got {args.level}", field="level")
+    if args.distributed or args.coordinator:
+        start_distributed(args)
     res = _run_pool(args) if args.window == "completions" else _run_steps(args, dynamics)
+    if jax.process_index() != 0:
+        return 0  # every process holds the same result; process 0 reports it
     out = res.to_json()
     out["workload"] = args.workload
     if dynamics is not None:
@@ -352,7 +364,8 @@ def _describe(res: MonteCarloResult, workload: str) -> list[str]:
     return [
         f"workload {workload}: B = {res.batch}, {what}, seed {res.seed}",
         f"{load}{res.slot_steps:.3e} slot-steps in {res.wall_seconds:.2f} s "
-        f"({res.slot_steps_per_second:.3e}/s) on {res.device}",
+        f"({res.slot_steps_per_second:.3e}/s) on {res.device} x{res.devices}"
+        + (f" ({res.processes} processes)" if res.processes > 1 else ""),
     ]
 
 

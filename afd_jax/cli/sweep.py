@@ -5,20 +5,21 @@ One table row per (scenario, r) with each method's throughput, written in atomic
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
 import jax
 
-from afd_jax.cli.common import emit_json
+from afd_jax.cli.common import add_distributed_args, emit_json, start_distributed
 from afd_jax.errors import InputError
+from afd_jax.studies.store import PeersLost
 from afd_jax.studies.sweep import check_axes, load_spec, make_plan, plot_sweep, run_sweep
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "sweep",
-        help="sensitivity sweep from a TOML spec (vmapped, multi-device, resumable)",
         description=(
             "Evaluate every scenario of a sweep spec (workloads x batch sizes x latency "
             "coefficients/costs) for r = 1..r_max by the chosen methods (mean_field, gaussian, "
@@ -57,6 +58,15 @@ def add_parser(subparsers) -> None:
         help="call jax.distributed.initialize() (multi-host; see docs/sweep.md) and split the "
         "chunks over the processes",
     )
+    add_distributed_args(p)
+    p.add_argument(
+        "--peer-timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="multi-process: process 0 reports a process whose heartbeat is older than S "
+        "seconds and stops (finished chunks are kept; rerun with --resume); default 120",
+    )
     p.set_defaults(func=run)
 
 
@@ -85,8 +95,8 @@ def run(args) -> int:
     if args.plot_dir:
         check_axes(plan, args.plot_x, args.plot_y)
     pidx, pcount = 0, 1
-    if args.distributed:
-        jax.distributed.initialize()
+    if args.distributed or args.coordinator:
+        start_distributed(args)
         pidx, pcount = jax.process_index(), jax.process_count()
     if not args.quiet:
         print(
@@ -94,15 +104,23 @@ def run(args) -> int:
             f"({', '.join(spec.methods)}) on {len(jax.local_devices())} device(s)",
             file=sys.stderr,
         )
-    res = run_sweep(
-        plan,
-        output=out,
-        resume=args.resume,
-        chunk_size=args.chunk_size,
-        progress=not args.quiet,
-        process_index=pidx,
-        process_count=pcount,
-    )
+    try:
+        res = run_sweep(
+            plan,
+            output=out,
+            resume=args.resume,
+            chunk_size=args.chunk_size,
+            progress=not args.quiet,
+            process_index=pidx,
+            process_count=pcount,
+            peer_timeout_s=args.peer_timeout,
+        )
+    except PeersLost as err:
+        print(f"afd-jax sweep: {err}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # jax.distributed's exit barrier would wait for the lost process, then abort: leave now
+        os._exit(3)
     plots = []
     if args.plot_dir and pidx == 0:
         plots = plot_sweep(res.output, args.plot_dir, plan, args.plot_x, args.plot_y)

@@ -22,7 +22,6 @@ from afd_jax.workload.traces import load_trace
 # Names that are clearly meant as files: a missing one is "no such file", not a preset spec.
 _FILE_SUFFIXES = (".csv", ".jsonl", ".json", ".tsv", ".txt", ".gz")
 
-HELP = "workload statistics: theta (per-slot mean load), slot std, means, CI for theta"
 DESCRIPTION = """\
 Estimate the workload statistics of a request trace (docs/model.md 4):
   theta = sum(D P + D(D-1)/2) / sum(D)  (long-run mean KV load of one slot),
@@ -38,7 +37,6 @@ workload preset / parametric spec (exact statistics, no CI needed). See docs/tra
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "theta",
-        help=HELP,
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

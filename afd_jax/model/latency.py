@@ -29,11 +29,10 @@ Equations (docs/model.md 2-3), with X = r*B (``comm_scaling="aggregate"``) or B 
 
 from __future__ import annotations
 
+import sys
 from functools import partial
 from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from afd_jax.model.stages import (
@@ -130,6 +129,8 @@ def host_latency(lat):
     arithmetic, no JAX dispatch); same type as ``lat``."""
     tables = lat.tables
     if tables is not None:
+        import jax  # tables are JAX pytrees (afd_jax.model.stages imports JAX)
+
         tables = jax.tree_util.tree_map(lambda a: np.asarray(a, dtype=np.float64), tables)
     return make_latency([float(v) for v in lat[: len(SCALAR_FIELDS)]], tables)
 
@@ -151,12 +152,21 @@ DEFAULT_OPTIONS = ModelOptions()
 
 
 def _is_jax(*xs) -> bool:
-    return any(isinstance(x, jax.Array) for x in xs)
+    """Whether any input is a JAX array (JAX is not imported for that: without it loaded there
+    are none, so NumPy-only callers such as ``afd-jax theta`` start without JAX)."""
+    jax = sys.modules.get("jax")
+    return jax is not None and any(isinstance(x, jax.Array) for x in xs)
+
+
+def _jnp():
+    import jax.numpy as jnp
+
+    return jnp
 
 
 def maximum(a, b):
     """Elementwise max: NumPy for NumPy/Python inputs, ``jnp`` when either is a JAX array."""
-    return jnp.maximum(a, b) if _is_jax(a, b) else np.maximum(a, b)
+    return _jnp().maximum(a, b) if _is_jax(a, b) else np.maximum(a, b)
 
 
 def stage_time(stage, tokens, *factors, batch=None):
@@ -195,7 +205,7 @@ def comm_tokens(r, batch, opts: ModelOptions = DEFAULT_OPTIONS):
     """Tokens X on the A<->F link per step: r*B (aggregate) or B (per_worker), shaped like r."""
     if opts.comm_scaling == "aggregate":
         return r * batch
-    ones = jnp.ones_like(r * 1.0) if _is_jax(r) else np.ones_like(np.asarray(r) * 1.0)
+    ones = _jnp().ones_like(r * 1.0) if _is_jax(r) else np.ones_like(np.asarray(r) * 1.0)
     return batch * ones
 
 

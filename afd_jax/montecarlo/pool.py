@@ -41,6 +41,7 @@ workers ``j >= r`` are masked, so r = 1..64 costs 7 compiles.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -62,7 +63,7 @@ from afd_jax.model.latency_io import require_affine
 from afd_jax.montecarlo import estimators as E
 from afd_jax.montecarlo.result import MonteCarloResult
 from afd_jax.montecarlo.samplers import make_sampler
-from afd_jax.montecarlo.spine import Chunk, device_name, run_chunks
+from afd_jax.montecarlo.spine import Chunk, RowMesh, device_name, run_chunks
 from afd_jax.workload.containers import ParametricWorkload, TraceWorkload
 
 __all__ = ["PoolResult", "draw_pools", "pool_simulate", "r_bucket", "tau_range"]
@@ -220,6 +221,10 @@ def pool_simulate(
     )
     model = _pool_model(lat)
     sums = {k: [] for k in ("tokens", "steps", "elapsed", "attn_steps", "load", "max", "pct")}
+    mesh = RowMesh()
+    n_pools = pl.prompt.shape[0]
+    rows = _padded_rows(n_pools, mesh.round_up(n_pools))
+    prompt, decode = mesh.put((np.asarray(pl.prompt)[rows], np.asarray(pl.decode)[rows]))
 
     def advance(c: Chunk, seg, state):
         r = c.data
@@ -237,7 +242,8 @@ def pool_simulate(
             n_bins,
         )
         scalars = (jnp.asarray(x, jnp.int32) for x in (pl.n, r, pl.target))
-        info = _pool_chunk(pl.prompt, pl.decode, *scalars, model, bins, kernel=kernel)
+        info = _pool_chunk(prompt, decode, *scalars, model, bins, kernel=kernel)
+        info = jax.tree_util.tree_map(lambda x: x[:n_pools], mesh.fetch(info))
         return state, (info, host_bins)
 
     def record(c: Chunk, seg, out):
@@ -246,11 +252,17 @@ def pool_simulate(
             done = f"({len(sums['tokens'])}/{len(r_values)})"
             print(f"pool: r = {c.data} done {done}", file=sys.stderr)
 
-    chunks = (Chunk(None, pl.prompt.shape[0], (0,), r) for r in r_values)
+    chunks = (Chunk(None, n_pools, (0,), r) for r in r_values)
     run_chunks(chunks, lambda c: None, advance, record)
     wall = time.perf_counter() - t_start
     window = {"kind": "completions", "requests": pl.n, "fraction": float(completion_fraction)}
-    return _result(lat, batch, r_values, window, sums, ffn_tokens, level, seed, wall)
+    res = _result(lat, batch, r_values, window, sums, ffn_tokens, level, seed, wall)
+    return dataclasses.replace(res, devices=mesh.n, processes=mesh.processes)
+
+
+def _padded_rows(n: int, padded: int) -> np.ndarray:
+    """Row indices 0..n-1 padded to ``padded`` by repeating the last (the copies are dropped)."""
+    return np.minimum(np.arange(padded), n - 1)
 
 
 def _record(sums: dict, info, bins) -> None:

@@ -53,6 +53,7 @@ class MonteCarloResult:
     steps whose tau was the barrier Attention time. per_pool_throughput:
     float64[len(r), replications] (completions window). mean_slot_load, se_slot_load: average
     load over all slots and its SE (steps window; theta in steady state).
+    devices, processes: how many devices (over all processes) and processes shared the rows.
     ``window``: {"kind": "steps", "steps", "warmup"} or {"kind": "completions", "requests",
     "fraction"}. empty_slot_fraction: share of the r B slots without an admitted request, and
     dynamics: the options of the dynamics kernel (docs/dynamics.md); None (absent from rows and
@@ -94,6 +95,8 @@ class MonteCarloResult:
     ffn_tokens: str = "nominal"
     empty_slot_fraction: np.ndarray | None = None
     dynamics: dict | None = None
+    devices: int = 1
+    processes: int = 1
 
     @property
     def r_max(self) -> int:
@@ -158,6 +161,8 @@ class MonteCarloResult:
             wall_seconds=self.wall_seconds,
             slot_steps_per_second=self.slot_steps_per_second,
             device=self.device,
+            devices=self.devices,
+            processes=self.processes,
         )
         return out
 

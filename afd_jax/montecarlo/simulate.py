@@ -28,6 +28,7 @@ added in float64 on the host.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from functools import partial
@@ -57,6 +58,7 @@ from afd_jax.montecarlo.samplers import make_sampler, max_slot_load
 from afd_jax.montecarlo.spine import (
     Chunk,
     Progress,
+    RowMesh,
     Window,
     block_keys,
     device_name,
@@ -319,13 +321,15 @@ def simulate(
         setup = _setup(workload_or_sampler, lat, opts, run, max_slot_load)
         t_start = time.perf_counter()
         bar = Progress(progress, f"simulate[{kernel}]")
+        mesh = RowMesh()
         if kernel == "barrier":
-            acc = _run_barrier(run, setup, bar)
+            acc = _run_barrier(run, setup, bar, mesh)
         else:
-            acc = _run_trajectories(run, setup, bar)
+            acc = _run_trajectories(run, setup, bar, mesh)
         bar.close()
         wall = time.perf_counter() - t_start
-        return _result(lat, run, setup, acc, wall)
+        res = _result(lat, run, setup, acc, wall)
+        return dataclasses.replace(res, devices=mesh.n, processes=mesh.processes)
 
 
 def _simulate_dynamics(source, lat, run: StepsRun, opts, dynamics, given, progress):
@@ -335,7 +339,7 @@ def _simulate_dynamics(source, lat, run: StepsRun, opts, dynamics, given, progre
     return simulate_dynamics(sampler, max_load, lat, DynRun(run, opts, dynamics), progress)
 
 
-def _run_barrier(run: StepsRun, setup: StepsSetup, bar: Progress) -> StepAccumulator:
+def _run_barrier(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh):
     """Blocks of i.i.d. snapshots, grouped into chunks of blocks (all into one accumulator
     row: the snapshots are i.i.d. across replications)."""
     acc = StepAccumulator(1, run.r_max, keep_blocks=False)
@@ -344,6 +348,7 @@ def _run_barrier(run: StepsRun, setup: StepsSetup, bar: Progress) -> StepAccumul
     chunk = max(1, min(run.budget // per_block, n_blocks_rep * run.replications))
     if run.reps_per_call:
         chunk = int(run.reps_per_call)
+    chunk = mesh.round_up(chunk)
     work_rep = np.repeat(np.arange(run.replications), n_blocks_rep)
     work_blk = np.tile(np.arange(n_blocks_rep), run.replications)
     kernel = barrier_kernel(run.r_max, run.batch)
@@ -359,11 +364,12 @@ def _run_barrier(run: StepsRun, setup: StepsSetup, bar: Progress) -> StepAccumul
             yield Chunk(idx, chunk, (0,), (work_rep[idx], blk, nv))
 
     def advance(c: Chunk, t0, state):
-        reps, blk, nv = c.data
-        keys = block_keys(setup.base, jnp.asarray(reps, jnp.int32), jnp.asarray(blk, jnp.int32))
-        window = Window(jnp.int32(0), jnp.int32(0), jnp.asarray(nv), jnp.int32(c.n_real))
-        kw = dict(kernel=kernel, batch=run.batch, serial=run.serial)
+        reps, blk, nv = mesh.put(tuple(np.asarray(x, np.int32) for x in c.data))
+        keys = block_keys(setup.base, reps, blk)
+        window = Window(jnp.int32(0), jnp.int32(0), nv, jnp.int32(c.n_real))
+        kw = dict(kernel=kernel, batch=run.batch, serial=run.serial, groups=mesh.n)
         _, sums, _ = segment_chunk(keys, state, params, window, setup.model, setup.hist, **kw)
+        sums = mesh.fetch(sums)
         # the chunk's blocks are one row of the accumulator: [1, blocks, ...]
         rows = jax.tree_util.tree_map(
             lambda x: x.reshape((1, -1) + x.shape[2:]), sums._replace(hist=None)
@@ -449,7 +455,7 @@ def _plan(run: StepsRun, setup: StepsSetup) -> _Plan:
     return _Plan(length, chunk, n_req)
 
 
-def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress) -> StepAccumulator:
+def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh):
     """Replications in chunks, each stepped segment by segment; the fast kernel's segment is
     redone with a larger K (``kernel.enlarge()``) when its requests fall short."""
     plan = _plan(run, setup)
@@ -461,10 +467,10 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress) -> StepAc
         kernel = fast_kernel(shape, run.init, plan.length, plan.n_requests)
     current = [kernel]  # the fast kernel's K only grows
     acc = StepAccumulator(run.replications, run.r_max, keep_blocks=run.replications == 1)
-    chunk = plan.reps_per_call
+    chunk = mesh.round_up(plan.reps_per_call)
 
     def start(c: Chunk):
-        reps_j = jnp.asarray(c.rows, jnp.int32)
+        reps_j = mesh.put(c.rows.astype(np.int32))
         params = SegmentParams(setup.sampler, jnp.int32(0))
         states = init_chunk(rep_keys(setup.base, reps_j, 0), params, kernel=current[0])
         return rep_keys(setup.base, reps_j, 1), states
@@ -472,15 +478,15 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress) -> StepAc
     def advance(c: Chunk, t0, state):
         k_stream, states = state
         params = SegmentParams(setup.sampler, jnp.int32(t0))
-        t_end = jnp.full((chunk,), total, jnp.int32)
+        t_end = mesh.put(np.full((chunk,), total, np.int32))
         window = Window(jnp.int32(t0), jnp.int32(run.warmup), t_end, jnp.int32(c.n_real))
         while True:
-            kw = dict(kernel=current[0], batch=run.batch, serial=run.serial)
+            kw = dict(kernel=current[0], batch=run.batch, serial=run.serial, groups=mesh.n)
             new, sums, covered = segment_chunk(
                 k_stream, states, params, window, setup.model, setup.hist, **kw
             )
             if current[0].enlarge is None or bool(covered):
-                return (k_stream, new), sums
+                return (k_stream, new), mesh.fetch(sums)
             current[0] = current[0].enlarge()
 
     def record(c: Chunk, t0, sums):

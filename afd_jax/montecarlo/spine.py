@@ -12,6 +12,14 @@ in by building a :class:`~afd_jax.kernels.contract.Kernel`, without a new driver
 Keys: ``fold_in(fold_in(key(seed), replication), tag)`` (:func:`rep_keys`), or per block of
 snapshots ``fold_in(fold_in(key(seed), replication), block)`` (:func:`block_keys`), so results do
 not depend on how work is chunked.
+
+Devices: the rows of a chunk are split over every device (:class:`RowMesh`: a 1-D
+``jax.sharding`` mesh, axis ``"rows"``; chunk sizes are rounded up to a multiple of the device
+count with padded rows that do not count). With ``jax.distributed`` initialised the mesh spans
+every process's devices (each process runs the same driver code; results come back to every
+process through :meth:`RowMesh.fetch`); inside :func:`local_devices_only` (the sweep, whose
+processes work on different scenarios) it spans this process's devices. Every row is computed
+on one device from its own key, so results are bit-identical whatever the device count.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from afd_jax.kernels.barrier import summarise_rows
@@ -90,15 +99,32 @@ def init_chunk(keys, params, *, kernel):
     return jax.vmap(lambda k: kernel.init(k, params))(keys)
 
 
-@partial(jax.jit, static_argnames=("kernel", "batch", "serial"))
-def segment_chunk(keys, states, params, window: Window, model, hist, *, kernel, batch, serial):
+@partial(jax.jit, static_argnames=("kernel", "batch", "serial", "groups"))
+def segment_chunk(
+    keys, states, params, window: Window, model, hist, *, kernel, batch, serial, groups=1
+):
     """One segment of a steps-window kernel for every row of a chunk, summarised: returns
     ``(states, StepSums with block rows [rows, L // BLOCK], covered)``; ``covered`` False
-    means rerun the segment with ``kernel.enlarge()``."""
-    states, info = jax.vmap(kernel.segment, in_axes=(0, 0, None))(keys, states, params)
+    means rerun the segment with ``kernel.enlarge()``. ``groups``: the device count of the
+    rows' mesh (the rows form that many contiguous groups, one per device)."""
+    states, info = _map_rows(lambda k, s: kernel.segment(k, s, params), groups, keys, states)
     valid = window_mask(window, *info.loads.shape[:2])
     sums = summarise_rows(info.loads, valid, model, hist, batch=batch, serial=serial, n_bins=N_BINS)
     return states, sums, jnp.all(info.covered)
+
+
+def _map_rows(f, groups: int, *xs):
+    """``f`` over the leading (row) axis: on CPU one row after another within each of
+    ``groups`` contiguous groups (one per device, ``vmap`` across them, so a sharded row axis
+    is never looped over; each row's per-step vectors stay in cache, so the cost per slot-step
+    does not grow with the rows of a chunk), one wide ``vmap`` on accelerators. The kernels'
+    outputs are integers (``SegmentInfo.loads``), so both give the same bits."""
+    if jax.default_backend() != "cpu":
+        return jax.vmap(f)(*xs)
+    split = partial(jax.tree_util.tree_map, lambda x: x.reshape((groups, -1) + x.shape[1:]))
+    merge = partial(jax.tree_util.tree_map, lambda x: x.reshape((-1,) + x.shape[2:]))
+    out = jax.vmap(lambda *g: jax.lax.map(lambda a: f(*a), g))(*split(xs))
+    return merge(out)
 
 
 @jax.jit
@@ -111,6 +137,58 @@ def rep_keys(base, reps, tag):
 def block_keys(base, reps, blocks):
     """Keys fold_in(fold_in(base, rep), block) of blocks of snapshots."""
     return jax.vmap(lambda i, b: jr.fold_in(jr.fold_in(base, i), b))(reps, blocks)
+
+
+_SCOPE = {"local": False}
+
+
+@contextlib.contextmanager
+def local_devices_only():
+    """Inside: :class:`RowMesh` uses this process's devices only (no cross-process work)."""
+    old = _SCOPE["local"]
+    _SCOPE["local"] = True
+    try:
+        yield
+    finally:
+        _SCOPE["local"] = old
+
+
+class RowMesh:
+    """A 1-D mesh (axis ``"rows"``) over every device of the run: all processes' devices, or
+    this process's inside :func:`local_devices_only`."""
+
+    def __init__(self):
+        self.multi = jax.process_count() > 1 and not _SCOPE["local"]
+        devs = jax.devices() if self.multi else jax.local_devices()
+        self.n = len(devs)
+        self.processes = jax.process_count() if self.multi else 1
+        self.sharding = NamedSharding(Mesh(np.array(devs), ("rows",)), PartitionSpec("rows"))
+
+    def round_up(self, rows: int) -> int:
+        """The smallest multiple of the device count >= rows (>= 1)."""
+        return -(-max(1, int(rows)) // self.n) * self.n
+
+    def put(self, tree):
+        """Arrays with a leading axis of ``round_up`` rows, split over the devices (every
+        process passes the same full array)."""
+        if not self.multi:
+            return jax.device_put(tree, self.sharding)
+
+        def put_one(x):
+            x = np.asarray(x)
+            return jax.make_array_from_callback(x.shape, self.sharding, lambda i: x[i])
+
+        return jax.tree_util.tree_map(put_one, tree)
+
+    def fetch(self, tree):
+        """NumPy copies of (possibly sharded) outputs, whole on every process."""
+        if not self.multi:
+            return jax.device_get(tree)
+        from jax.experimental import multihost_utils
+
+        return jax.tree_util.tree_map(
+            lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), tree
+        )
 
 
 def device_name() -> str:
@@ -147,10 +225,12 @@ class Progress:
 __all__ = [
     "Chunk",
     "Progress",
+    "RowMesh",
     "Window",
     "block_keys",
     "device_name",
     "init_chunk",
+    "local_devices_only",
     "rep_keys",
     "replication_chunks",
     "rng_mode",

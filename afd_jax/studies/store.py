@@ -26,6 +26,11 @@ process leaves a part whole or absent, never half-written):
   merged parts (the manifest stays, so a resumed finished run has nothing to do).
 * ``wait_until(cond, timeout_s, what)`` polls a condition (multi-process runs: one process
   waits for the parts the others write into the same folder).
+* ``Heartbeat(folder, process)`` (a context manager) touches ``<folder>/alive-<process>`` every
+  second while a process works; ``store.wait_for_parts(names, owner, ...)`` waits for parts
+  written by other processes and raises :class:`PeersLost`, naming the processes and parts,
+  when an owner's heartbeat is older than ``peer_timeout_s`` (a killed process): the finished
+  parts stay, and a rerun with ``resume=True`` computes only the lost ones.
 
 >>> import tempfile
 >>> store = PartStore(tempfile.mkdtemp())
@@ -41,6 +46,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +56,8 @@ from afd_jax.errors import InputError
 
 __all__ = [
     "MANIFEST",
+    "Heartbeat",
+    "PeersLost",
     "Opened",
     "PartStore",
     "PartsExist",
@@ -83,6 +91,41 @@ def wait_until(cond, timeout_s: float, what: str, poll_s: float = 0.5) -> None:
         if time.monotonic() - t0 > timeout_s:
             raise RuntimeError(f"timed out waiting for {what}")
         time.sleep(poll_s)
+
+
+class PeersLost(RuntimeError):
+    """Processes that owned unfinished parts stopped (no heartbeat): the run cannot complete
+    now; a rerun with resume continues from the finished parts."""
+
+
+def heartbeat_path(folder, process: int) -> Path:
+    return Path(folder) / f"alive-{int(process)}"
+
+
+class Heartbeat:
+    """Touch ``alive-<process>`` in ``folder`` every ``period_s`` seconds (a daemon thread)
+    from ``__enter__`` to ``__exit__``."""
+
+    def __init__(self, folder, process: int, period_s: float = 1.0):
+        self.path, self.period = heartbeat_path(folder, process), float(period_s)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while True:
+            self.path.touch()
+            if self._stop.wait(self.period):
+                return
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.touch()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
 
 
 class PartsExist(InputError):
@@ -176,6 +219,33 @@ class PartStore:
             os.fsync(fh.fileno())
         os.replace(tmp, out)
 
+    def wait_for_parts(self, names, owner, peer_timeout_s: float, timeout_s: float, poll_s=0.5):
+        """Wait until every named part exists; ``owner(i)`` is the process writing part i.
+        Raises :class:`PeersLost` when a process with missing parts has not beaten its
+        heartbeat for ``peer_timeout_s`` (or never did, that long after the wait began),
+        RuntimeError after ``timeout_s``."""
+        t0 = time.monotonic()
+        while missing := [i for i, n in enumerate(names) if not self.path(n).is_file()]:
+            now, wall = time.monotonic(), time.time()
+            lost = {}
+            for i in missing:
+                hb = heartbeat_path(self.folder, owner(i))
+                age = wall - hb.stat().st_mtime if hb.is_file() else now - t0
+                if age > peer_timeout_s:
+                    lost.setdefault(owner(i), []).append(names[i])
+            if lost:
+                who = "; ".join(
+                    f"process {p}: {len(v)} part(s) ({v[0]}...)" for p, v in lost.items()
+                )
+                raise PeersLost(
+                    f"no heartbeat for {peer_timeout_s:g} s from {who}; "
+                    f"{len(names) - len(missing)} of {len(names)} parts are kept in "
+                    f"{self.folder}: run again with --resume to finish"
+                )
+            if now - t0 > timeout_s:
+                raise RuntimeError("timed out waiting for the other processes' parts")
+            time.sleep(poll_s)
+
     def finish(self, manifest: dict, names) -> dict:
         """Mark the run complete (manifest kept) and remove the named parts and any temp file
         a killed writer left behind; returns the completed manifest."""
@@ -183,6 +253,6 @@ class PartStore:
         self.write_manifest(manifest)
         for name in names:
             self.path(name).unlink(missing_ok=True)
-        for stray in self.folder.glob("*.tmp*"):
+        for stray in [*self.folder.glob("*.tmp*"), *self.folder.glob("alive-*")]:
             stray.unlink(missing_ok=True)
         return manifest

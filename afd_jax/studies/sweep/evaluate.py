@@ -34,6 +34,7 @@ from afd_jax.model.exact import (
 from afd_jax.model.latency import AffineStage, Latency, ModelOptions
 from afd_jax.montecarlo.dynamics import DYNAMICS_KEYS, dynamics_options
 from afd_jax.montecarlo.simulate import simulate
+from afd_jax.montecarlo.spine import local_devices_only
 from afd_jax.studies.optimize import make_scenario, solve_continuous_batched
 from afd_jax.studies.sweep.fields import LATENCY_FIELDS
 from afd_jax.studies.sweep.plan import SweepPlan
@@ -190,16 +191,17 @@ def mc_chunk(plan: SweepPlan, sl: slice) -> tuple[np.ndarray, np.ndarray]:
         kw.pop("kernel", None)
     vals, errs = [], []
     for i in range(sl.start, sl.stop):
-        res = simulate(
-            plan.workloads[int(plan.wl_index[i])].workload,
-            plan.latency(i, float),
-            int(plan.batch[i]),
-            spec.r_max,
-            seed=seed + i,
-            opts=plan.opts,
-            dynamics=dynamics,
-            **kw,
-        )
+        with local_devices_only():  # processes work on different scenarios
+            res = simulate(
+                plan.workloads[int(plan.wl_index[i])].workload,
+                plan.latency(i, float),
+                int(plan.batch[i]),
+                spec.r_max,
+                seed=seed + i,
+                opts=plan.opts,
+                dynamics=dynamics,
+                **kw,
+            )
         tput = np.asarray(res.throughput, dtype=np.float64)
         vals.append(tput)
         errs.append(tput * np.asarray(res.se_tau) / np.asarray(res.mean_tau))

@@ -9,7 +9,10 @@ of the parts in chunk order, so it is byte-identical to an uninterrupted run.
 **Multi-host.** With ``process_count > 1`` (``jax.distributed.initialize()`` then
 ``jax.process_index()/process_count()``), process p computes chunks ``c % process_count == p`` on
 its local devices and writes parts to the shared output folder; process 0 waits for every part
-and merges (docs/sweep.md).
+and merges (docs/sweep.md). Every process beats a heartbeat file in the parts folder; when a
+process with unfinished chunks stops beating for ``peer_timeout_s`` (killed, host lost),
+process 0 raises :class:`afd_jax.studies.store.PeersLost` naming it, and a rerun with
+``resume=True`` computes only the missing chunks (the table is the same).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import jax
 from tqdm import tqdm
 
 from afd_jax.errors import InputError
-from afd_jax.studies.store import PartsExist, PartsMismatch, PartStore, wait_until
+from afd_jax.studies.store import Heartbeat, PartsExist, PartsMismatch, PartStore, wait_until
 from afd_jax.studies.sweep.evaluate import Evaluator
 from afd_jax.studies.sweep.plan import SweepPlan
 from afd_jax.studies.sweep.spec import SweepSpec
@@ -59,6 +62,7 @@ class SweepResult:
     wall_seconds: float
     method_seconds: dict
     devices: int
+    processes: int = 1
 
     def summary(self) -> dict:
         evals = {
@@ -75,6 +79,7 @@ class SweepResult:
             "rows_computed": self.rows_computed,
             "chunk_size": self.chunk_size,
             "devices": self.devices,
+            "processes": self.processes,
         }
 
 
@@ -185,6 +190,7 @@ def run_sweep(
     process_index: int = 0,
     process_count: int = 1,
     merge_timeout_s: float = 86400.0,
+    peer_timeout_s: float = 120.0,
 ) -> SweepResult:
     """Evaluate every scenario of ``plan`` and write the table (see the module docstring).
 
@@ -212,13 +218,15 @@ def run_sweep(
     todo = [c for c in mine if not store.has(names[c])]
     sizes = {c: min(n, (c + 1) * chunk_size) - c * chunk_size for c in mine}
     bar = _progress_bar(sizes, set(mine) - set(todo), progress)
-    seconds = _compute_chunks(plan, store, chunk_size, todo, bar)
+    with Heartbeat(store.folder, process_index):
+        seconds = _compute_chunks(plan, store, chunk_size, todo, bar)
     if process_index == 0:
-        wait_until(lambda: store.has(*names), merge_timeout_s, "the other processes' parts")
+        owner = lambda c: c % process_count  # noqa: E731
+        store.wait_for_parts(names, owner, peer_timeout_s, merge_timeout_s)
         _merge(store, out, plan.columns(), names, spec.format)
         store.finish(man, names)  # keeps the manifest: --resume then has nothing to do
     rows = sum(sizes[c] for c in todo) * spec.r_max
     return SweepResult(
         str(out), n, n * spec.r_max, n_chunks, len(todo), rows, chunk_size,
-        time.perf_counter() - t_start, seconds, n_dev,
+        time.perf_counter() - t_start, seconds, n_dev, process_count,
     )  # fmt: skip

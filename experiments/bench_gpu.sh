@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The one prepared GPU benchmark: fills the GPU rows of docs/benchmarks.md in a single run of
+# under 8 minutes on one H100/H200 (each step has its own timeout; a failed step is reported
+# and the next one still runs). Needs a Python with jax[cuda] and this package importable.
+#
+#   bash experiments/bench_gpu.sh [TRACES_DIR] [OUT_DIR]
+#
+# TRACES_DIR holds azure_llm_2023_conv.csv and azure_llm_2023_code.csv (default
+# $AFD_TRACES_DIR, else ../shared/traces); OUT_DIR (default bench_gpu_out) receives
+# devices.txt, kernels.md (fast/trajectory/barrier vs NumPy at r_max = 64, B = 256,
+# 64 replications), fast_256.md (the fast kernel with 256 replications: the 1e12 target),
+# scaling.md (rate vs replications and steps) and sweep.json (scenario-r evaluations/s).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+TRACES=$(realpath "${1:-${AFD_TRACES_DIR:-../shared/traces}}")
+OUT=$(realpath -m "${2:-bench_gpu_out}")
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+TRACE="$TRACES/azure_llm_2023_conv.csv"
+T0=$(date +%s)
+
+step() {  # step NAME TIMEOUT_S COMMAND...
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (limit ${limit}s, $(($(date +%s) - T0))s elapsed)" >&2
+    timeout "$limit" "$@" || echo "== $name FAILED (exit $?)" >&2
+}
+
+step devices 60 python -c "import jax; print(jax.__version__, jax.devices())" |
+    tee "$OUT/devices.txt"
+step kernels 150 python experiments/bench_kernels.py --trace "$TRACE" --size gpu --repeat 3 \
+    --out "$OUT/kernels.md"
+step fast_256 80 python experiments/bench_kernels.py --trace "$TRACE" --size gpu \
+    --kernels fast --replications 256 --memory-budget-mb 32768 --repeat 3 \
+    --out "$OUT/fast_256.md"
+step scaling 120 python experiments/bench_kernels.py --trace "$TRACE" --size gpu --scaling \
+    --repeat 2 --out "$OUT/scaling.md"
+sed "s#\.\./shared/traces#$TRACES#g" experiments/sweeps/bench_10k.toml >"$OUT/bench_10k.toml"
+step sweep 60 python experiments/bench_sweep.py --spec "$OUT/bench_10k.toml" \
+    --out "$OUT/sweep.json"
+echo "== done in $(($(date +%s) - T0))s; results in $OUT" >&2
+cat "$OUT"/*.md "$OUT/sweep.json" 2>/dev/null

@@ -1,0 +1,82 @@
+"""simulate (fast and barrier kernels) and pool_simulate split their rows over 4 (forced host)
+CPU devices, and over 2 processes joined by jax.distributed on a localhost coordinator: the
+numbers equal one device's bit for bit and the JSON says how many devices/processes took part."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNNER = str(ROOT / "tests" / "multidevice_runner.py")
+
+
+def _env(n_dev: int) -> dict:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    env.pop("XLA_FLAGS", None)
+    if n_dev > 1:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_dev}"
+    return env
+
+
+def _strip(out: dict) -> dict:
+    return {
+        k: {f: v for f, v in js.items() if f not in ("devices", "processes")}
+        for k, js in out.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def one_device() -> dict:
+    proc = subprocess.run(
+        [sys.executable, RUNNER], env=_env(1), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.slow
+def test_four_devices_identical_to_one(one_device):
+    proc = subprocess.run(
+        [sys.executable, RUNNER], env=_env(4), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    four = json.loads(proc.stdout)
+    assert {js["devices"] for js in four.values()} == {4}
+    assert {js["devices"] for js in one_device.values()} == {1}
+    assert _strip(four) == _strip(one_device)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_identical_to_one(one_device):
+    addr = f"127.0.0.1:{free_port()}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, RUNNER, addr, "2", str(i)],
+            env=_env(1),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+    for out, _ in outs:
+        got = json.loads(out.strip().splitlines()[-1])  # gloo prints a line first
+        assert {(js["devices"], js["processes"]) for js in got.values()} == {(2, 2)}
+        assert _strip(got) == {k: v for k, v in _strip(one_device).items() if k in got}
+        assert sorted(got) == ["fast", "pool"]
