@@ -20,11 +20,13 @@ knot times flow through them when the table is built under JAX.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import sys
+from typing import TYPE_CHECKING, NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
+
+if TYPE_CHECKING:  # JAX is imported only by callers that use JAX arrays
+    import jax
 
 __all__ = [
     "AffineStage",
@@ -65,9 +67,19 @@ class AttnTable(NamedTuple):
     rows: tuple
 
 
+def _jax_loaded():
+    """The ``jax`` module if it is loaded, else None: without JAX loaded there are no JAX arrays,
+    so NumPy-only callers (``afd-jax theta``) never import it."""
+    return sys.modules.get("jax")
+
+
 def _xp(*xs):
+    """``jax.numpy`` when any leaf of ``xs`` is a JAX array, else NumPy."""
+    jax = _jax_loaded()
+    if jax is None:
+        return np
     leaves = jax.tree_util.tree_leaves(xs)
-    return jnp if any(isinstance(x, jax.Array) for x in leaves) else np
+    return jax.numpy if any(isinstance(x, jax.Array) for x in leaves) else np
 
 
 def is_affine(stage) -> bool:
@@ -124,8 +136,8 @@ def _like(stage: TableStage, x, xp):
     """The stage's arrays and x in one array library and floating dtype (that of a floating
     JAX x, else the table's)."""
     dtype = stage.x.dtype
-    if xp is jnp and jnp.issubdtype(jnp.result_type(x), jnp.floating):
-        dtype = jnp.result_type(x)
+    if xp is not np and xp.issubdtype(xp.result_type(x), xp.floating):
+        dtype = xp.result_type(x)
     stage = TableStage(*(xp.asarray(a, dtype=dtype) for a in stage))
     return stage, xp.asarray(x, dtype=dtype)
 
@@ -193,7 +205,8 @@ def slope_stage(stage, x, batch=None):
 
 
 def _stop_gradient(x):
-    return jax.lax.stop_gradient(x) if isinstance(x, jax.Array) else x
+    jax = _jax_loaded()
+    return jax.lax.stop_gradient(x) if jax is not None and isinstance(x, jax.Array) else x
 
 
 def invert_stage(time_fn, slope_fn, target, lo, hi, iterations: int = 60):
@@ -214,8 +227,8 @@ def invert_stage(time_fn, slope_fn, target, lo, hi, iterations: int = 60):
         up = time_fn(mid) >= goal
         return xp.where(up, a, mid), xp.where(up, mid, b)
 
-    if xp is jnp:
-        a, b = jax.lax.fori_loop(0, iterations, halve, (a, b))
+    if xp is not np:
+        a, b = _jax_loaded().lax.fori_loop(0, iterations, halve, (a, b))
     else:
         for i in range(iterations):
             a, b = halve(i, (a, b))
