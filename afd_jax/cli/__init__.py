@@ -19,15 +19,15 @@ import jax
 
 from afd_jax import __version__
 from afd_jax.errors import InputError
+from afd_jax.memory import budget, current_budget, format_bytes
 
 # Order shown in --help and in the bare `afd-jax` listing.
 SUBCOMMANDS = ("theta", "provision", "calibrate", "simulate", "optimize", "sweep", "reproduce")
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own usage errors also exit 2, in one line + usage
-        self.print_usage(sys.stderr)
-        self.exit(2, f"afd-jax: error: {message}\n")
+    def error(self, message):  # argparse's own usage errors also exit 2, in one line
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 class _Commands:
@@ -95,9 +95,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _enable_compilation_cache()
     try:
-        return int(args.func(args) or 0)
+        with budget(getattr(args, "memory_budget", None)):
+            return int(args.func(args) or 0)
     except InputError as err:
         print(f"afd-jax {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except MemoryError:  # last resort: an allocation no estimate foresaw
+        limit = format_bytes(current_budget())
+        print(
+            f"afd-jax {args.command}: error: out of memory (memory budget {limit}); lower the "
+            "sizes or --memory-budget (docs/reliability.md)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("afd-jax: interrupted", file=sys.stderr)

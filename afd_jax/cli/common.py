@@ -2,25 +2,78 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
+from pathlib import Path
 
-from afd_jax.errors import InputError, finite_nonneg, positive_int
+from afd_jax.errors import (
+    InputError,
+    check_output_file,
+    check_seed,
+    finite_nonneg,
+    positive_int,
+)
+from afd_jax.memory import DEFAULT_FRACTION, parse_size
 from afd_jax.model.latency_io import resolve_latency
 from afd_jax.workload.specs import resolve_workload
 
 __all__ = [
     "DEFAULT_LATENCY",
     "LATENCY_FLAGS",
+    "PLOT_SUFFIXES",
     "add_latency_args",
+    "add_memory_budget_arg",
     "add_workload_args",
+    "check_seed",  # re-exported from afd_jax.errors
     "emit_json",
     "finite_nonneg",  # re-exported from afd_jax.errors
     "load_latency",
     "load_workload",
+    "plot_file",
     "positive_int",  # re-exported from afd_jax.errors
 ]
+
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except InputError as err:
+        raise argparse.ArgumentTypeError(err.reason) from None
+
+
+def add_memory_budget_arg(parser) -> None:
+    """``--memory-budget SIZE``: the most memory the command may plan to use (afd_jax.memory);
+    the CLI's main runs the command under it. Every command with large inputs adds it."""
+    parser.add_argument(
+        "--memory-budget",
+        type=_size,
+        default=None,
+        metavar="SIZE",
+        help=f"refuse work whose memory estimate exceeds SIZE (512M, 2G, or MiB; default "
+        f"{DEFAULT_FRACTION:.0%} of physical memory, less under ulimit -v; "
+        "docs/reliability.md)",
+    )
+
+
+def plot_file(path: str | None, option: str = "--plot") -> Path | None:
+    """The figure file of ``--plot NAME``, checked before any work: NAME without a suffix gets
+    ``.png`` (the file actually written, which the command reports); other suffixes than
+    PLOT_SUFFIXES and unwritable places are an InputError."""
+    if path is None:
+        return None
+    out = Path(path)
+    if out.suffix == "" and not out.is_dir():
+        out = out.with_name(out.name + ".png")
+    if out.suffix.lower() not in PLOT_SUFFIXES:
+        raise InputError(
+            f"{option}: unsupported figure suffix {out.suffix!r} (use {', '.join(PLOT_SUFFIXES)})",
+            path=str(out),
+        )
+    return check_output_file(out, option)
 
 
 def add_workload_args(parser, required: bool = True) -> None:

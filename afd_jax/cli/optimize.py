@@ -15,6 +15,7 @@ import jax
 
 from afd_jax.cli.common import (
     add_latency_args,
+    add_memory_budget_arg,
     add_workload_args,
     emit_json,
     load_latency,
@@ -22,6 +23,7 @@ from afd_jax.cli.common import (
     positive_int,
 )
 from afd_jax.errors import InputError
+from afd_jax.model.exact import require_worker_load
 from afd_jax.studies.optimize import optimize
 from afd_jax.workload.slotload import slot_load_pmf
 from afd_jax.workload.statistics import workload_stats
@@ -85,6 +87,7 @@ def add_parser(subparsers) -> None:
         default=4096,
         help="lattice points of the slot-load law for the exact evaluation (default 4096)",
     )
+    add_memory_budget_arg(p)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=run)
 
@@ -112,6 +115,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     stats = workload_stats(w)
     pmf = slot_load_pmf(w, load_offset=opts.load_offset, max_bins=args.slot_bins)
+    require_worker_load(len(pmf.pmf), args.batch_max if args.optimize_batch else args.batch)
     theta = stats.theta + opts.load_offset
     res = optimize(
         pmf,

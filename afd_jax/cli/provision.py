@@ -15,10 +15,12 @@ import jax
 from afd_jax.cli.common import (
     LATENCY_FLAGS,
     add_latency_args,
+    add_memory_budget_arg,
     add_workload_args,
     emit_json,
     load_latency,
     load_workload,
+    plot_file,
     positive_int,
 )
 from afd_jax.studies.plots import plot_provision
@@ -46,8 +48,11 @@ def add_parser(subparsers) -> None:
         help="lattice points of the slot-load law for the exact method (default 4096; the "
         "variance grows by at most width^2/4, docs/workloads.md)",
     )
+    add_memory_budget_arg(p)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    p.add_argument("--plot", metavar="FILE", default=None, help="write a figure (.png/.pdf/.svg)")
+    p.add_argument(
+        "--plot", metavar="FILE", default=None, help="write a figure (.png/.pdf/.svg; default .png)"
+    )
     p.set_defaults(func=run)
 
 
@@ -105,6 +110,7 @@ def run(args) -> int:
     jax.config.update("jax_enable_x64", True)
     positive_int("batch", args.batch)
     positive_int("r_max", args.r_max)
+    plot = plot_file(args.plot)
     lat, opts = load_latency(args)
     t0 = time.perf_counter()
     w = load_workload(args)
@@ -120,10 +126,10 @@ def run(args) -> int:
     )
     res = result.to_json()
     res["timings_s"]["total_s"] = time.perf_counter() - t0
-    if args.plot:
-        plot_provision(res, args.plot)
-        res["plot"] = args.plot
-        print(f"wrote {args.plot}", file=sys.stderr)
+    if plot:
+        plot_provision(res, plot)
+        res["plot"] = str(plot)
+        print(f"wrote {plot}", file=sys.stderr)
     if args.json:
         emit_json(res)
     else:

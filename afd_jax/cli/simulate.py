@@ -19,13 +19,17 @@ import sys
 
 from afd_jax.cli.common import (
     add_latency_args,
+    add_memory_budget_arg,
     add_workload_args,
+    check_seed,
     emit_json,
     load_latency,
     load_workload,
+    plot_file,
     positive_int,
 )
 from afd_jax.errors import InputError
+from afd_jax.memory import current_budget
 from afd_jax.montecarlo.result import MonteCarloResult
 from afd_jax.studies.plots import plot_simulation
 
@@ -113,8 +117,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--level", type=float, default=0.95, help="confidence level (default 0.95)")
     p.add_argument(
-        "--memory-budget-mb", type=int, default=1024, help="chunk size budget (default 1024)"
+        "--memory-budget-mb",
+        type=int,
+        default=1024,
+        help="chunk size budget (default 1024, at most half of --memory-budget)",
     )
+    add_memory_budget_arg(p)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--plot", metavar="FILE", default=None, help="write a figure (.png/.pdf/.svg)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -159,24 +167,24 @@ def run(args) -> int:
     positive_int("r-max", args.r_max)
     positive_int("replications", args.replications)
     positive_int("memory-budget-mb", args.memory_budget_mb)
-    if args.seed < 0:
-        raise InputError(f"must be >= 0, got {args.seed}", field="seed")
+    check_seed("seed", args.seed)
     if not 0 < args.level < 1:
         raise InputError(f"must be in (0, 1), got {args.level}", field="level")
+    plot = plot_file(args.plot)
     res = _run_pool(args) if args.window == "completions" else _run_steps(args)
     out = res.to_json()
     out["workload"] = args.workload
-    if args.plot:
-        plot_simulation(res, args.plot, args.workload)
-        out["plot"] = args.plot
+    if plot:
+        plot_simulation(res, plot, args.workload)
+        out["plot"] = str(plot)
     if args.json:
         emit_json(out)
         return 0
     for line in _describe(res, args.workload):
         print(line)
     _print_table(res.results_table(), res.r_best, res.level)
-    if args.plot:
-        print(f"figure: {args.plot}", file=sys.stderr)
+    if plot:
+        print(f"figure: {plot}", file=sys.stderr)
     return 0
 
 
@@ -206,7 +214,7 @@ def _run_steps(args) -> MonteCarloResult:
         seed=args.seed,
         opts=opts,
         level=args.level,
-        memory_budget_bytes=args.memory_budget_mb << 20,
+        memory_budget_bytes=min(args.memory_budget_mb << 20, current_budget() // 2),
         progress=not args.quiet,
     )
 

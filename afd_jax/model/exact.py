@@ -23,6 +23,7 @@ import numpy as np
 import scipy.fft
 
 from afd_jax.errors import InputError
+from afd_jax.memory import require
 from afd_jax.model.latency import (
     DEFAULT_OPTIONS,
     AffineStage,
@@ -47,8 +48,20 @@ __all__ = [
     "max_law_tables",
     "other_stage_times",
     "trim_fft_noise",
+    "require_worker_load",
     "worker_load_pmf",
 ]
+
+
+def require_worker_load(n_slot_bins: int, batch: int) -> None:
+    """InputError (afd_jax.memory) when the FFT of :func:`worker_load_pmf` for a slot law on
+    ``n_slot_bins`` lattice points and ``batch`` slots exceeds the memory budget: input,
+    spectrum, its power, output and a clipped copy, about five float64 arrays of the FFT size."""
+    n_out = int(batch) * (max(int(n_slot_bins), 2) - 1) + 1
+    size = scipy.fft.next_fast_len(n_out, real=True)
+    require(
+        5 * 8 * size, f"the worker-load law of B = {batch} slots", "lower --batch or --slot-bins"
+    )
 
 
 def worker_load_pmf(slot_pmf: SlotLoadPMF, batch: int) -> SlotLoadPMF:
@@ -73,6 +86,7 @@ def worker_load_pmf(slot_pmf: SlotLoadPMF, batch: int) -> SlotLoadPMF:
     else:
         n_out = batch * (p.shape[0] - 1) + 1
         size = scipy.fft.next_fast_len(n_out, real=True)
+        require_worker_load(p.shape[0], batch)
         spec = scipy.fft.rfft(p, size)
         out = scipy.fft.irfft(spec**batch, size)[:n_out]
         out = np.clip(out, 0.0, None)

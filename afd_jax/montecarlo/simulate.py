@@ -46,6 +46,7 @@ from afd_jax.kernels.contract import SegmentParams
 from afd_jax.kernels.fast import fast_kernel
 from afd_jax.kernels.step import StepModel
 from afd_jax.kernels.trajectory import INITS, trajectory_kernel
+from afd_jax.memory import require
 from afd_jax.model import latency as L
 from afd_jax.model.latency import Latency, ModelOptions
 from afd_jax.montecarlo import estimators as E
@@ -132,6 +133,25 @@ def _check_run(kernel, batch, r_max, steps, warmup, replications, init, level) -
         raise InputError(
             "the barrier kernel samples the steady state: no warmup or cold init", field="kernel"
         )
+
+
+def _require_memory(kernel, r_max, steps, warmup, replications) -> None:
+    """Before any work: host arrays that grow with the run (barrier: two int64 indices per
+    snapshot block; trajectories: the int32 step counter, and the per-block sums of a single
+    replication) against the memory budget."""
+    n_blocks = -(-(int(steps) + int(warmup)) // KB.BLOCK)
+    hint = "lower --steps or --replications"
+    if kernel == "barrier":
+        require(16 * n_blocks * replications, f"the block index of {steps} snapshots", hint)
+        return
+    if steps + warmup >= E.INT32_LIMIT:
+        raise InputError(
+            f"warmup + steps = {steps + warmup} exceeds the int32 step counter of the "
+            "trajectory kernels (< 2^31); use --kernel barrier or fewer --steps",
+            field="steps",
+        )
+    if replications == 1:
+        require(8 * (r_max + 2) * n_blocks, f"the block sums of {steps} steps", hint)
 
 
 def _sampler_and_max_load(source, opts: ModelOptions, given):
@@ -257,6 +277,7 @@ def simulate(
     could overflow int32.
     """
     _check_run(kernel, batch, r_max, steps, warmup, replications, init, level)
+    _require_memory(kernel, r_max, steps, warmup, replications)
     if memory_budget_bytes is None:
         on_cpu = jax.devices()[0].platform == "cpu"
         memory_budget_bytes = DEFAULT_MEMORY_BUDGET * (1 if on_cpu else 8)
