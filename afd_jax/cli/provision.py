@@ -23,8 +23,11 @@ from afd_jax.cli.common import (
     plot_file,
     positive_int,
 )
+from afd_jax.memory import require
 from afd_jax.studies.plots import plot_provision
 from afd_jax.studies.provision import provision
+
+CURVE_ROW_BYTES = 4096  # one r of the curve: the three methods' arrays and its JSON row
 
 
 def add_parser(subparsers) -> None:
@@ -111,6 +114,7 @@ def run(args) -> int:
     positive_int("batch", args.batch)
     positive_int("r_max", args.r_max)
     plot = plot_file(args.plot)
+    require(CURVE_ROW_BYTES * args.r_max, f"the r = 1..{args.r_max} curve", "lower --r-max")
     lat, opts = load_latency(args)
     t0 = time.perf_counter()
     w = load_workload(args)

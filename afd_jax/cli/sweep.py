@@ -10,9 +10,10 @@ import time
 
 import jax
 
-from afd_jax.cli.common import emit_json
-from afd_jax.errors import InputError
+from afd_jax.cli.common import add_memory_budget_arg, emit_json
+from afd_jax.errors import InputError, check_output_dir, check_output_file
 from afd_jax.studies.sweep import check_axes, load_spec, make_plan, plot_sweep, run_sweep
+from afd_jax.studies.sweep.run import parts_dir
 
 
 def add_parser(subparsers) -> None:
@@ -50,6 +51,7 @@ def add_parser(subparsers) -> None:
         "--plot-y", default=None, help="y parameter of the maps (default: second swept parameter)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_memory_budget_arg(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument(
         "--distributed",
@@ -73,6 +75,29 @@ def _check_parquet(spec, out: str, spec_path: str) -> None:
             ) from None
 
 
+def _distributed() -> tuple[int, int]:
+    """(process index, process count) after ``jax.distributed.initialize()``; InputError when
+    JAX finds no coordinator (no cluster environment and no JAX_COORDINATOR_ADDRESS)."""
+    try:
+        jax.distributed.initialize()
+    except (ValueError, RuntimeError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(
+            f"--distributed needs a cluster (SLURM, Cloud TPU, ...) or JAX_COORDINATOR_ADDRESS, "
+            f"JAX_NUM_PROCESSES and JAX_PROCESS_ID: {reason}",
+            field="--distributed",
+        ) from None
+    return jax.process_index(), jax.process_count()
+
+
+def _check_outputs(args, out: str) -> None:
+    """Every place the sweep writes, before any work: the table, its parts folder, the maps."""
+    check_output_file(out, "--out")
+    check_output_dir(parts_dir(out), "--out (its .parts folder)")
+    if args.plot_dir:
+        check_output_dir(args.plot_dir, "--plot-dir")
+
+
 def run(args) -> int:
     t0 = time.perf_counter()
     jax.config.update("jax_enable_x64", True)
@@ -80,14 +105,12 @@ def run(args) -> int:
         raise InputError(f"must be >= 1, got {args.chunk_size}", field="--chunk-size")
     spec = load_spec(args.spec)
     out = args.out or spec.output
+    _check_outputs(args, out)
     _check_parquet(spec, out, args.spec)
     plan = make_plan(spec)  # resolves and validates everything before any evaluation
     if args.plot_dir:
         check_axes(plan, args.plot_x, args.plot_y)
-    pidx, pcount = 0, 1
-    if args.distributed:
-        jax.distributed.initialize()
-        pidx, pcount = jax.process_index(), jax.process_count()
+    pidx, pcount = _distributed() if args.distributed else (0, 1)
     if not args.quiet:
         print(
             f"afd-jax sweep: {plan.n_scenarios} scenarios x r = 1..{spec.r_max} "

@@ -236,6 +236,11 @@ def max_law_tables(worker_pmf: SlotLoadPMF, r_max: int, noise_floor: float = 1e-
     """The :class:`MaxLawTables` of a worker-load law (after :func:`trim_fft_noise`)."""
     worker_pmf = trim_fft_noise(worker_pmf, noise_floor)
     pmf = np.asarray(worker_pmf.pmf, dtype=np.float64)
+    require(  # exceed, mass, their products and cumulative sums: six [r_max, n + 1] tables
+        48 * int(r_max) * (pmf.shape[0] + 1),
+        f"the law of the barrier for r = 1..{r_max} on {pmf.shape[0]} lattice points",
+        "lower --r-max, --batch or --slot-bins",
+    )
     start, width = float(worker_pmf.start), float(worker_pmf.width)
     w = start + width * np.arange(pmf.shape[0], dtype=np.float64)
     r_max = int(r_max)

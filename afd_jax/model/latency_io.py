@@ -25,11 +25,22 @@ import tomllib
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
+
 from afd_jax.errors import InputError
-from afd_jax.model.latency import COEFFICIENTS, COMM_SCALINGS, OVERLAPS, Latency, ModelOptions
+from afd_jax.model.latency import (
+    COEFFICIENTS,
+    COMM_SCALINGS,
+    OVERLAPS,
+    Latency,
+    ModelOptions,
+    step_time,
+    t_attn,
+)
 
 __all__ = [
     "LATENCY_KEYS",
+    "check_step_time",
     "format_latency_toml",
     "list_presets",
     "read_latency_file",
@@ -122,11 +133,31 @@ def _spec_path(spec: str) -> tuple[Path, bool]:
     )
 
 
+def check_step_time(lat: Latency, where: str | None = None) -> Latency:
+    """InputError when the step time can be 0 (throughput infinite): with coefficients >= 0,
+    tau is non-decreasing in the worker load T, r and B, so its least value is tau(T = 0,
+    r = B = 1) (either overlap, either comm scaling); it must be > 0. Coefficients may be
+    arrays (a sweep's scenarios): every one is checked, the first bad one is named."""
+    least = np.asarray(step_time(lat, t_attn(lat, 0.0), 1, 1), dtype=np.float64)
+    bad = np.flatnonzero(~(least.reshape(-1) > 0))
+    if bad.size:
+        which = f" (scenario {int(bad[0])})" if least.ndim else ""
+        raise InputError(
+            f"the step time can be 0{which}: all three beta are 0 and alpha_ffn = alpha_comm = "
+            "0, so an empty worker takes no time and the throughput is infinite; give a "
+            "positive fixed time or FFN/communication coefficient",
+            path=where,
+            field="beta_attn",
+        )
+    return lat
+
+
 def validate_latency(lat: Latency, where: str | None = None) -> Latency:
-    """Check every coefficient finite and >= 0 and the costs > 0 (InputError otherwise)."""
+    """Check every coefficient finite and >= 0, the costs > 0 and the step time > 0
+    (:func:`check_step_time`); InputError otherwise."""
     for key, value in lat._asdict().items():
         _number(value, key, where, positive=key in COST_KEYS)
-    return lat
+    return check_step_time(lat, where)
 
 
 def resolve_latency(
@@ -170,6 +201,7 @@ def resolve_latency(
         cost_attn=float(table.get("cost_attn", 1.0)),
         cost_ffn=float(table.get("cost_ffn", 1.0)),
     )
+    check_step_time(lat, where)
     if load_offset not in (0, 1):
         raise InputError(f"must be 0 or 1, got {load_offset}", field="load_offset")
     opts = ModelOptions(

@@ -135,10 +135,14 @@ def _check_run(kernel, batch, r_max, steps, warmup, replications, init, level) -
         )
 
 
-def _require_memory(kernel, r_max, steps, warmup, replications) -> None:
-    """Before any work: host arrays that grow with the run (barrier: two int64 indices per
-    snapshot block; trajectories: the int32 step counter, and the per-block sums of a single
-    replication) against the memory budget."""
+def _require_memory(kernel, batch, r_max, steps, warmup, replications) -> None:
+    """Before any work: the smallest chunk (one block of snapshots, one replication's slots)
+    and host arrays that grow with the run (barrier: two int64 indices per snapshot block;
+    trajectories: the int32 step counter, and the per-block sums of a single replication)
+    against the memory budget."""
+    slots = int(batch) * int(r_max)
+    least = slots * (KB.BLOCK * 48 if kernel == "barrier" else 64)
+    require(least, f"one chunk of {r_max} x {batch} slots", "lower --batch or --r-max")
     n_blocks = -(-(int(steps) + int(warmup)) // KB.BLOCK)
     hint = "lower --steps or --replications"
     if kernel == "barrier":
@@ -187,14 +191,31 @@ def _histogram(lat, batch, max_load, model: StepModel, serial: bool):
     return hist, (log_lo, inv_w)
 
 
-def _setup(source, lat, opts, run: StepsRun, given) -> StepsSetup:
-    sampler, max_load = _sampler_and_max_load(source, opts, given)
-    if run.batch * max_load >= E.INT32_LIMIT:
+def check_int32(batch: int, max_load: int) -> None:
+    """InputError when B * (largest slot load) could overflow the kernels' int32 worker loads."""
+    if int(batch) * int(max_load) >= E.INT32_LIMIT:
         raise InputError(
-            f"B * max slot load = {run.batch} * {max_load} could overflow int32 worker loads; "
+            f"B * max slot load = {batch} * {max_load} could overflow int32 worker loads; "
             "use a smaller batch (or a workload with shorter requests)",
             field="batch",
         )
+
+
+def preflight(source, batch: int, r_max: int, opts: ModelOptions = _DEFAULT_OPTS, **run) -> None:
+    """Every check :func:`simulate` makes before its work, without doing it (a sweep validates
+    its Monte Carlo scenarios before writing any state): argument ranges, memory, int32.
+    ``run``: kernel, steps, warmup, replications, init as in :func:`simulate`."""
+    kw = dict(kernel="barrier", steps=4096, warmup=0, replications=8, init="stationary")
+    kw.update(run)
+    _check_run(kw["kernel"], batch, r_max, kw["steps"], kw["warmup"], kw["replications"],
+               kw["init"], 0.95)  # fmt: skip
+    _require_memory(kw["kernel"], batch, r_max, kw["steps"], kw["warmup"], kw["replications"])
+    check_int32(batch, max_slot_load(source, int(opts.load_offset)))
+
+
+def _setup(source, lat, opts, run: StepsRun, given) -> StepsSetup:
+    sampler, max_load = _sampler_and_max_load(source, opts, given)
+    check_int32(run.batch, max_load)
     model = step_model(lat, run.batch, run.r_max, opts)
     hist, bins = _histogram(lat, run.batch, max_load, model, run.serial)
     return StepsSetup(sampler, model, hist, bins, jr.key(run.seed), max_load)
@@ -277,7 +298,7 @@ def simulate(
     could overflow int32.
     """
     _check_run(kernel, batch, r_max, steps, warmup, replications, init, level)
-    _require_memory(kernel, r_max, steps, warmup, replications)
+    _require_memory(kernel, batch, r_max, steps, warmup, replications)
     if memory_budget_bytes is None:
         on_cpu = jax.devices()[0].platform == "cpu"
         memory_budget_bytes = DEFAULT_MEMORY_BUDGET * (1 if on_cpu else 8)

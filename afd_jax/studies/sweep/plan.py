@@ -14,9 +14,11 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-from afd_jax.errors import InputError
+from afd_jax.errors import SEED_LIMIT, InputError
+from afd_jax.model.exact import require_worker_load
 from afd_jax.model.latency import Latency, ModelOptions
-from afd_jax.model.latency_io import resolve_latency
+from afd_jax.model.latency_io import check_step_time, resolve_latency
+from afd_jax.montecarlo.simulate import preflight
 from afd_jax.studies.sweep.fields import LATENCY_FIELDS, columns
 from afd_jax.studies.sweep.spec import SweepSpec
 from afd_jax.workload.specs import resolve_workload
@@ -119,6 +121,7 @@ def _check_latency_values(coeffs: np.ndarray, spec: SweepSpec) -> None:
             raise InputError(
                 f"coefficients must be >= 0 (got {col.min():g})", path=spec.path, field=key
             )
+    check_step_time(Latency(*coeffs.T), spec.path)
 
 
 def _resolve_workloads(spec: SweepSpec) -> list[WorkloadEntry]:
@@ -173,4 +176,24 @@ def make_plan(spec: SweepSpec) -> SweepPlan:
     if n_b > 1:
         swept.append("batch")
     swept += [f for j, f in enumerate(LATENCY_FIELDS) if np.unique(lat[:, j]).size > 1]
-    return SweepPlan(spec, opts, entries, wl_index, batch, coeffs, tuple(swept), fam)
+    plan = SweepPlan(spec, opts, entries, wl_index, batch, coeffs, tuple(swept), fam)
+    _check_methods(plan)
+    return plan
+
+
+def _check_methods(plan: SweepPlan) -> None:
+    """What the methods would find only while running (after the sweep's state is written):
+    the exact method's FFT against the memory budget, the Monte Carlo int32 and memory limits
+    and its seeds (mc.seed + scenario index < 2^32). InputError naming the spec file."""
+    spec, b_max = plan.spec, max(plan.spec.batches)
+    try:
+        if "exact" in spec.methods:
+            require_worker_load(int(spec.exact.get("slot_bins", 1 << 16)), b_max)
+        if "mc" in spec.methods:
+            kw = {k: v for k, v in spec.mc.items() if k != "seed"}
+            if int(spec.mc.get("seed", 0)) + plan.n_scenarios > SEED_LIMIT:
+                raise InputError("mc.seed + number of scenarios must be < 2^32", field="mc.seed")
+            for e in plan.workloads:
+                preflight(e.workload, b_max, spec.r_max, plan.opts, **kw)
+    except InputError as err:
+        raise InputError(f"{err}", path=spec.path) from None
