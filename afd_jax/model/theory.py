@@ -125,7 +125,22 @@ def _tail_integral(a, r):
     log_right = jnp.log1p(-ndtr(-jnp.maximum(x, 0.0)))
     log_phi = jnp.where(x < 0, log_left, log_right)
     f = -jnp.expm1(r_[..., None] * log_phi)
-    return length * jnp.sum(f * w, axis=-1)
+    return length * _pairwise_sum(f * w)
+
+
+def _pairwise_sum(x):
+    """Sum over the last axis in one fixed pairwise order, written as elementwise adds of
+    halves (zero-padded to a power of two). A ``jnp.sum`` reduction is free to be vectorised
+    differently for different leading shapes (a sweep chunk of 150 scenarios vs 1), which
+    changed the last bit of the Gaussian throughput with the chunk size; these adds cannot
+    be reordered, so every scenario gets the same bits whatever it is batched with."""
+    n = x.shape[-1]
+    size = 1 << (n - 1).bit_length()
+    x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, size - n)])
+    while x.shape[-1] > 1:
+        half = x.shape[-1] // 2
+        x = x[..., :half] + x[..., half:]
+    return x[..., 0]
 
 
 def _barrier_excess(z, r):
