@@ -85,6 +85,7 @@ def _print_summary(res: dict) -> None:
         + ", ".join(f"{k.replace('_', ' ')} {rb[k]} ({tb[k]:,.0f} exact)" for k in rb),
         file=out,
     )
+    print(_lattice_note(res["exact_lattice"]), file=out)
     print(f"\nthroughput ({res['throughput_unit']}):", file=out)
     print(f"{'r':>4} {'mean field':>14} {'Gaussian':>14} {'exact':>14}", file=out)
     marks = {v: k for k, v in rb.items()}
@@ -98,6 +99,27 @@ def _print_summary(res: dict) -> None:
             f"{row['r']:>4} {row['mean_field']:>14,.1f} {row['gaussian']:>14,.1f} "
             f"{row['exact']:>14,.1f}{mark}",
             file=out,
+        )
+
+
+def _lattice_note(lattice: dict) -> str:
+    """The exact method's slot-load lattice and the bound on its error (docs/reliability.md)."""
+    err = lattice["max_rel_error"]
+    bound = "unbounded" if err is None or err == float("inf") else f"within {err:.2%}"
+    return f"exact lattice {lattice['slot_bins']} points of width {lattice['width']} tokens: " + (
+        "no binning" if lattice["width"] == 1 else f"exact throughput {bound} (--slot-bins)"
+    )
+
+
+def _warn_lattice(lattice: dict) -> None:
+    """A coarse lattice is said on stderr (also with --json): over 1 % possible error."""
+    err = lattice["max_rel_error"]
+    if not err <= 0.01:
+        shown = "an unbounded" if err == float("inf") else f"up to {err:.1%}"
+        print(
+            f"afd-jax provision: warning: the slot-load lattice (width {lattice['width']}) "
+            f"allows {shown} error in the exact throughput; raise --slot-bins",
+            file=sys.stderr,
         )
 
 
@@ -130,6 +152,7 @@ def run(args) -> int:
     )
     res = result.to_json()
     res["timings_s"]["total_s"] = time.perf_counter() - t0
+    _warn_lattice(res["exact_lattice"])
     if plot:
         plot_provision(res, plot)
         res["plot"] = str(plot)

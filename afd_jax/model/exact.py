@@ -39,6 +39,7 @@ from afd_jax.model.latency import (
 from afd_jax.workload.slotload import SlotLoadPMF
 
 __all__ = [
+    "binning_error_bound",
     "exact_step_times",
     "exact_throughput",
     "host_latency",
@@ -51,6 +52,22 @@ __all__ = [
     "require_worker_load",
     "worker_load_pmf",
 ]
+
+
+def binning_error_bound(lat: Latency, batch: int, width: int, mean_step_time) -> np.ndarray:
+    """Relative bound on the error of the exact throughput caused by a slot-load lattice of
+    ``width`` tokens (float64, shaped like ``mean_step_time``; 0 when width = 1).
+
+    Binning moves every slot load by less than one width (mass split between the two
+    neighbouring lattice points, :func:`afd_jax.workload.slotload.coarsen`), so a coupling moves
+    each worker's load by less than ``B * width`` and, the step time being 1-Lipschitz in the
+    Attention time, ``|E[tau] - E[tau_binned]| < alpha_attn * B * width =: s``. The throughput
+    is proportional to 1 / E[tau], so its relative error is below ``s / (E[tau_binned] - s)``
+    (infinite when s >= E[tau_binned]: the lattice says nothing)."""
+    tau = np.asarray(mean_step_time, dtype=np.float64)
+    shift = float(host_latency(lat).alpha_attn) * int(batch) * int(width) if width > 1 else 0.0
+    with np.errstate(divide="ignore"):
+        return np.where(tau > shift, shift / np.maximum(tau - shift, 0.0), np.inf)
 
 
 def require_worker_load(n_slot_bins: int, batch: int) -> None:

@@ -143,6 +143,8 @@ def _require_memory(kernel, batch, r_max, steps, warmup, replications) -> None:
     slots = int(batch) * int(r_max)
     least = slots * (KB.BLOCK * 48 if kernel == "barrier" else 64)
     require(least, f"one chunk of {r_max} x {batch} slots", "lower --batch or --r-max")
+    sums = 8 * int(replications) * (4 * int(r_max) + 3)  # StepAccumulator's float64 sums
+    require(sums, f"the sums of {replications} replications", "lower --replications")
     n_blocks = -(-(int(steps) + int(warmup)) // KB.BLOCK)
     hint = "lower --steps or --replications"
     if kernel == "barrier":

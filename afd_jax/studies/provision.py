@@ -25,7 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from afd_jax.errors import InputError, positive_int
-from afd_jax.model.exact import exact_step_times, host_latency, worker_load_pmf
+from afd_jax.model.exact import (
+    binning_error_bound,
+    exact_step_times,
+    host_latency,
+    worker_load_pmf,
+)
 from afd_jax.model.latency import Latency, ModelOptions, throughput
 from afd_jax.model.latency_io import resolve_latency, validate_latency
 from afd_jax.model.theory import (
@@ -163,6 +168,8 @@ def _exact(w, lat, rs, batch, opts, r_max, slot_bins) -> tuple[np.ndarray, np.nd
         "slot_bins": int(slot.pmf.shape[0]),
         "width": int(slot.width),
         "worker_points": int(worker.pmf.shape[0]),
+        # relative bound on the lattice's error in the exact throughput, worst r
+        "max_rel_error": float(np.max(binning_error_bound(lat, batch, slot.width, tau))),
     }
     return thr, tau, lattice
 
