@@ -97,6 +97,7 @@ def _open_store(plan: SweepPlan, out: Path, resume: bool, chunk_size, progress: 
     store = PartStore(parts_dir(out))
     n_dev = len(jax.local_devices())
     size = chunk_size or spec.chunk_size or default_chunk_size(spec, n, n_dev)
+    size = min(size, max(n, n_dev))  # a chunk past the last scenario would only be padding
     manifest = {
         "digest": spec.digest(),
         "spec": spec.canonical(),
