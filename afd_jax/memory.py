@@ -112,13 +112,15 @@ def parse_size(text: str, field: str = "memory-budget") -> int:
     return int(value)
 
 
-def require(nbytes: float, what: str, hint: str) -> None:
+def require(nbytes: float, what: str, hint: str, path: str | None = None) -> None:
     """InputError when ``nbytes`` (an estimate) exceeds the budget in effect. ``what`` names
-    the allocation, ``hint`` the inputs that shrink it (e.g. "lower --batch")."""
+    the allocation, ``hint`` the inputs that shrink it (e.g. "lower --batch"), ``path`` the
+    file they come from."""
     limit = current_budget()
     if nbytes > limit:
         raise InputError(
             f"{what} needs about {format_bytes(nbytes)}, over the memory budget of "
             f"{format_bytes(limit)} (--memory-budget; or {hint})",
+            path=path,
             field="memory-budget",
         )

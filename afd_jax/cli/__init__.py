@@ -92,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         sys.stdout.write(command_listing(parser))
         return 0
+    bad = [a for a in argv if "\x00" in a]
+    if bad:  # no file name, number or spec can hold one; os calls raise ValueError on it
+        print(f"afd-jax: error: argument {bad[0]!r} contains a NUL byte", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     _enable_compilation_cache()
     try:

@@ -126,8 +126,8 @@ def _int(x, key, path, lo: int | None = None) -> int:
 SCENARIO_BYTES = 256
 
 
-def _require_grid(n: float, key: str) -> None:
-    require(SCENARIO_BYTES * n, f"the grid {key} of {n:.6g} points", "use fewer grid points")
+def _require_grid(n: float, key: str, path: str) -> None:
+    require(SCENARIO_BYTES * n, f"the grid {key} of {n:.6g} points", "use fewer points", path)
 
 
 def _spaced_grid(form: str, args: list, sub: str, path: str) -> np.ndarray:
@@ -144,12 +144,12 @@ def _spaced_grid(form: str, args: list, sub: str, path: str) -> np.ndarray:
         if step <= 0 or b < a:
             raise _err("need step > 0 and stop >= start (empty grid otherwise)", sub, path)
         n = int(math.floor((b - a) / step + 1e-9)) + 1
-        _require_grid(n, sub)
+        _require_grid(n, sub, path)
         return a + step * np.arange(n, dtype=np.float64)
     n = _int(args[2], sub, path)
     if n < 1:
         raise _err(f"empty grid (n = {n})", sub, path)
-    _require_grid(n, sub)
+    _require_grid(n, sub, path)
     if form == "linspace":
         return np.linspace(a, b, n)
     if form == "logspace":
@@ -260,7 +260,7 @@ def _family_workloads(families, path: str) -> list[tuple[str, str, dict]]:
             raise _err("expected a table of parameter grids", f"{where}.params", path)
         names = list(params)
         grids = [grid_values(params[n], f"{where}.params.{n}", path) for n in names]
-        _require_grid(math.prod(len(g) for g in grids) + len(out), f"{where}.params")
+        _require_grid(math.prod(len(g) for g in grids) + len(out), f"{where}.params", path)
         for combo in itertools.product(*grids):
             body = ",".join(f"{n}={_fmt_param(v)}" for n, v in zip(names, combo, strict=True))
             spec_str = f"{fname}:{body}"
@@ -402,7 +402,7 @@ def parse_sweep_spec(data: dict, path: str = "<spec>") -> SweepSpec:
     options = _parse_method_options(data, path)
     n_lat = math.prod(len(v) for _, v in latency["latency_grid"]) * max(1, latency["random_n"])
     n = len(workloads["workloads"]) * len(top["batches"]) * n_lat
-    require(SCENARIO_BYTES * n, f"the sweep's {n:.6g} scenarios", "use fewer grid points")
+    require(SCENARIO_BYTES * n, f"the sweep's {n:.6g} scenarios", "use fewer points", path)
     return SweepSpec(path=str(path), **top, **workloads, **latency, **options)
 
 
