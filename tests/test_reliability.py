@@ -108,7 +108,8 @@ def test_memory_budget_option_and_default(monkeypatch, capsys):
     assert memory.parse_size("2G") == 2 << 30 and memory.parse_size("512") == 512 << 20
     with pytest.raises(InputError):
         memory.parse_size("lots")
-    refused(["provision", "--workload", WL, "-B", 4, "--memory-budget", "x"], capsys, "--memory-budget")
+    bad = ["provision", "--workload", WL, "-B", 4, "--memory-budget", "x"]
+    refused(bad, capsys, "--memory-budget")
     # default: half the physical memory, at most the address-space limit less the runtime
     monkeypatch.setattr(memory, "_physical_memory", lambda: 64 << 30)
     monkeypatch.setattr(memory, "_address_space_limit", lambda: None)
