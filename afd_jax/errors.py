@@ -59,6 +59,12 @@ def check_seed(name: str, value: int, path: str | None = None) -> int:
     return value
 
 
+def _nonempty(path, option: str) -> Path:
+    if not str(path).strip():
+        raise InputError(f"{option}: empty path")
+    return Path(path)
+
+
 def _writable_dir(folder: Path) -> bool:
     return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
 
@@ -73,7 +79,7 @@ def _existing_ancestor(path: Path) -> Path:
 def check_output_file(path: str | os.PathLike, option: str) -> Path:
     """Before any work: ``path`` can be written as a file (not a folder; its folder exists or
     can be created, and is writable). InputError naming ``option`` otherwise; creates nothing."""
-    out = Path(path)
+    out = _nonempty(path, option)
     if out.is_dir():
         raise InputError(f"{option}: is a folder, expected a file name", path=str(out))
     if out.exists() and not os.access(out, os.W_OK):
@@ -88,7 +94,7 @@ def check_output_file(path: str | os.PathLike, option: str) -> Path:
 def check_output_dir(path: str | os.PathLike, option: str) -> Path:
     """Before any work: ``path`` is a writable folder or can be created as one. InputError
     naming ``option`` otherwise; creates nothing."""
-    out = Path(path)
+    out = _nonempty(path, option)
     if out.exists() and not out.is_dir():
         raise InputError(f"{option}: exists and is not a folder", path=str(out))
     base = _existing_ancestor(out)

@@ -72,6 +72,7 @@ class Case:
     command: str
     argv: list
     what: str
+    value: str = ""
 
 
 @dataclass
@@ -211,7 +212,7 @@ def cases_for(command: str, sub, corpus: Corpus) -> list[Case]:
                 argv += [flag, value]
             else:
                 argv[index] = value
-            out.append(Case(command, argv, f"{flag or dest} = {value!r}"))
+            out.append(Case(command, argv, f"{flag or dest} = {value!r}", value))
     return out
 
 
@@ -230,8 +231,9 @@ def _alarm(signum, frame):
     raise _Timeout
 
 
-def run_in_process(case: Case, timeout_s: float = TIMEOUT_S) -> Outcome:
-    """Run one case through ``afd_jax.cli.main`` in this process (SIGALRM as the timeout)."""
+def run_in_process(case: Case, cwd, timeout_s: float = TIMEOUT_S) -> Outcome:
+    """Run one case through ``afd_jax.cli.main`` in this process, in the folder ``cwd`` (a
+    relative output such as ``--out nan`` lands there), SIGALRM as the timeout."""
     from afd_jax.cli import main
 
     out, err = io.StringIO(), io.StringIO()
@@ -240,7 +242,8 @@ def run_in_process(case: Case, timeout_s: float = TIMEOUT_S) -> Outcome:
     signal.alarm(int(timeout_s))
     t0 = time.perf_counter()
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        redirect = contextlib.redirect_stdout(out), contextlib.redirect_stderr(err)
+        with contextlib.chdir(cwd), redirect[0], redirect[1]:
             try:
                 rc = main(case.argv)
             except SystemExit as exc:  # argparse
@@ -258,10 +261,12 @@ def run_in_process(case: Case, timeout_s: float = TIMEOUT_S) -> Outcome:
     return Outcome(case, rc, out.getvalue(), err.getvalue(), time.perf_counter() - t0)
 
 
-def run_subprocess(case: Case, timeout_s: float = TIMEOUT_S) -> Outcome:
-    """Run one case as ``python -m afd_jax`` (a real exit status: an abort shows as < 0)."""
+def run_subprocess(case: Case, cwd, timeout_s: float = TIMEOUT_S) -> Outcome:
+    """Run one case as ``python -m afd_jax`` in ``cwd`` (a real exit status: an abort shows as
+    a negative one)."""
     t0 = time.perf_counter()
-    env = {**os.environ, "AFD_JAX_CACHE": "0"}
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "AFD_JAX_CACHE": "0", "PYTHONPATH": path}
     try:
         p = subprocess.run(
             [sys.executable, "-m", "afd_jax", *case.argv],
@@ -269,7 +274,7 @@ def run_subprocess(case: Case, timeout_s: float = TIMEOUT_S) -> Outcome:
             text=True,
             timeout=timeout_s,
             env=env,
-            cwd=str(ROOT),
+            cwd=str(cwd),
         )
         rc, so, se = p.returncode, p.stdout, p.stderr
     except subprocess.TimeoutExpired:
@@ -303,10 +308,12 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Corpus(Path(tmp), random.Random(args.seed))
         cases = sample(all_cases(corpus), args.per_command, args.seed)
-        outcomes = [run_in_process(c) for c in cases]
+        work = Path(tmp) / "cwd"
+        work.mkdir()
+        outcomes = [run_in_process(c, work) for c in cases]
         rng = random.Random(args.seed + 1)
         procs = rng.sample(cases, min(args.subprocess, len(cases)))
-        outcomes += [run_subprocess(c) for c in procs]
+        outcomes += [run_subprocess(c, work) for c in procs]
     bad = [(o, o.problem()) for o in outcomes if o.problem()]
     report = {
         "cases": len(outcomes),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,17 +20,26 @@ from afd_jax.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("adversarial", ROOT / "experiments/adversarial.py")
-adversarial = importlib.util.module_from_spec(_spec)
+adversarial = sys.modules.setdefault("adversarial", importlib.util.module_from_spec(_spec))
 _spec.loader.exec_module(adversarial)
 
 PER_COMMAND = 6
 COMMANDS = list(adversarial._subparsers(build_parser()))
 SLOW = {"reproduce"}  # a valid mutation runs the quick reproduction (about 20 s)
+# Values no option accepts (the fast sample: they are refused before any JAX work); the slow
+# sample also draws the valid-but-extreme ones (0, 0.5, 1e12, ...), which may run the command.
+REFUSED = {"", "abc", "\x00", "1e400", "nan", "99999999999999999999", "-9223372036854775809"}
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return adversarial.Corpus(tmp_path_factory.mktemp("corpus"), random.Random(0))
+
+
+@pytest.fixture(scope="module")
+def cwd(tmp_path_factory):
+    """Where the commands run: relative outputs (``--out nan``) land here, not in the repo."""
+    return tmp_path_factory.mktemp("cwd")
 
 
 def _cases(corpus, command):
@@ -52,23 +62,29 @@ def test_every_subcommand_is_covered(corpus):
     assert {c.command for c in cases if noise & set(c.argv)} == set(COMMANDS)  # files too
 
 
-@pytest.mark.parametrize(
-    "command", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c for c in COMMANDS]
-)
-def test_malformed_inputs_in_process(corpus, command):
-    cases = adversarial.sample(_cases(corpus, command), PER_COMMAND, seed=13)
-    _check([adversarial.run_in_process(c) for c in cases])
-
-
-def test_malformed_inputs_as_processes(corpus):
-    """A real process: an XLA abort or an interpreter crash would show as a signal."""
-    noise = corpus.bad_files["random bytes"]
-    case = adversarial.Case("provision", ["provision", "--workload", noise, "-B", "4"], "noise")
-    _check([adversarial.run_subprocess(case)])
+@pytest.mark.parametrize("command", COMMANDS)
+def test_refused_inputs_in_process(corpus, cwd, command):
+    files = set(corpus.bad_files.values())
+    cases = [c for c in _cases(corpus, command) if c.value in REFUSED | files]
+    _check([adversarial.run_in_process(c, cwd) for c in adversarial.sample(cases, PER_COMMAND, 13)])
 
 
 @pytest.mark.slow
-def test_more_malformed_inputs_as_processes(corpus):
+@pytest.mark.parametrize("command", COMMANDS)
+def test_malformed_inputs_in_process(corpus, cwd, command):
+    cases = adversarial.sample(_cases(corpus, command), PER_COMMAND, seed=13)
+    _check([adversarial.run_in_process(c, cwd) for c in cases])
+
+
+def test_malformed_inputs_as_processes(corpus, cwd):
+    """A real process: an XLA abort or an interpreter crash would show as a signal."""
+    noise = corpus.bad_files["random bytes"]
+    case = adversarial.Case("provision", ["provision", "--workload", noise, "-B", "4"], "noise")
+    _check([adversarial.run_subprocess(case, cwd)])
+
+
+@pytest.mark.slow
+def test_more_malformed_inputs_as_processes(corpus, cwd):
     rng = random.Random(5)
     cases = [c for command in COMMANDS if command not in SLOW for c in _cases(corpus, command)]
-    _check([adversarial.run_subprocess(c) for c in rng.sample(cases, 6)])
+    _check([adversarial.run_subprocess(c, cwd) for c in rng.sample(cases, 6)])
