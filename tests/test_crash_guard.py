@@ -25,7 +25,7 @@ _spec.loader.exec_module(adversarial)
 
 PER_COMMAND = 6
 COMMANDS = list(adversarial._subparsers(build_parser()))
-SLOW = {"reproduce"}  # a valid mutation runs the quick reproduction (about 20 s)
+SLOW = {"reproduce"}  # any valid --out (abc, nan, ...) runs the quick reproduction (20 s each)
 # Values no option accepts (the fast sample: they are refused before any JAX work); the slow
 # sample also draws the valid-but-extreme ones (0, 0.5, 1e12, ...), which may run the command.
 REFUSED = {"", "abc", "\x00", "1e400", "nan", "99999999999999999999", "-9223372036854775809"}
@@ -62,7 +62,9 @@ def test_every_subcommand_is_covered(corpus):
     assert {c.command for c in cases if noise & set(c.argv)} == set(COMMANDS)  # files too
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize(
+    "command", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c for c in COMMANDS]
+)
 def test_refused_inputs_in_process(corpus, cwd, command):
     files = set(corpus.bad_files.values())
     cases = [c for c in _cases(corpus, command) if c.value in REFUSED | files]
