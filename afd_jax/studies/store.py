@@ -71,11 +71,15 @@ def atomic_write(path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (temp file beside it, fsync, ``os.replace``)."""
     path = Path(path)
     tmp = _tmp_path(path)
-    with open(tmp, "w", newline="") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write leaves no stray temp file
+        raise
 
 
 def wait_until(cond, timeout_s: float, what: str, poll_s: float = 0.5) -> None:
