@@ -55,15 +55,12 @@ BAD_NUMBERS = (
 FILE_DESTS = {"workload", "latency", "trace", "profile", "spec", "traces_dir", "out", "plot"}
 FILE_DESTS |= {"plot_dir"}
 SPEC = """name = "adv"
+batch = [4]
 r_max = 3
-methods = ["mean_field", "gaussian"]
-batch = [4, 8]
-[workloads]
-[[workloads.family]]
-family = "geometric"
-params = { prompt = [100, 200], decode = [20] }
 [latency]
 base = "paper-v1"
+[workloads]
+specs = ["geometric:prompt=200,decode=20", "paper-v1"]
 """
 
 
