@@ -33,6 +33,7 @@ __all__ = [
     "load_workload",
     "plot_file",
     "positive_int",  # re-exported from afd_jax.errors
+    "warn_lattice",
 ]
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
@@ -195,3 +196,15 @@ def load_latency(args):
         overlap=getattr(args, "overlap", None),
         load_offset=int(getattr(args, "load_offset", 0) or 0),
     )
+
+
+def warn_lattice(command: str, max_rel_error: float, width: int) -> None:
+    """Say on stderr (also with --json) when the slot-load lattice of the exact method allows
+    more than 1 % error in its throughput (afd_jax.model.exact.binning_error_bound)."""
+    if not max_rel_error <= 0.01:
+        shown = "an unbounded" if max_rel_error == float("inf") else f"up to {max_rel_error:.1%}"
+        print(
+            f"afd-jax {command}: warning: the slot-load lattice (width {width}) allows {shown} "
+            "error in the exact throughput; raise --slot-bins",
+            file=sys.stderr,
+        )

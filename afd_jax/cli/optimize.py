@@ -21,9 +21,10 @@ from afd_jax.cli.common import (
     load_latency,
     load_workload,
     positive_int,
+    warn_lattice,
 )
 from afd_jax.errors import InputError
-from afd_jax.model.exact import require_worker_load
+from afd_jax.model.exact import binning_error_bound, require_worker_load
 from afd_jax.studies.optimize import optimize
 from afd_jax.workload.slotload import slot_load_pmf
 from afd_jax.workload.statistics import workload_stats
@@ -136,7 +137,10 @@ def run(args) -> int:
         neighbourhood=args.neighbourhood,
     )
     print(f"optimize: {time.perf_counter() - t0:.2f} s", file=sys.stderr)
+    bound = float(binning_error_bound(lat, res.batch, pmf.width, res.step_time))
+    warn_lattice("optimize", bound, pmf.width)
     out = res.to_json()
+    out["exact_lattice"] = {"width": int(pmf.width), "max_rel_error": bound}
     out["workload"] = args.workload
     if args.json:
         emit_json(out)

@@ -22,6 +22,7 @@ from afd_jax.cli.common import (
     load_workload,
     plot_file,
     positive_int,
+    warn_lattice,
 )
 from afd_jax.memory import require
 from afd_jax.studies.plots import plot_provision
@@ -111,18 +112,6 @@ def _lattice_note(lattice: dict) -> str:
     )
 
 
-def _warn_lattice(lattice: dict) -> None:
-    """A coarse lattice is said on stderr (also with --json): over 1 % possible error."""
-    err = lattice["max_rel_error"]
-    if not err <= 0.01:
-        shown = "an unbounded" if err == float("inf") else f"up to {err:.1%}"
-        print(
-            f"afd-jax provision: warning: the slot-load lattice (width {lattice['width']}) "
-            f"allows {shown} error in the exact throughput; raise --slot-bins",
-            file=sys.stderr,
-        )
-
-
 def _latency_source(args) -> str:
     """How the latency was given: a preset/file name, "flags", or "<name> + flags"."""
     source = args.latency or ("paper-v1" if args.alpha_attn is None else "flags")
@@ -152,7 +141,8 @@ def run(args) -> int:
     )
     res = result.to_json()
     res["timings_s"]["total_s"] = time.perf_counter() - t0
-    _warn_lattice(res["exact_lattice"])
+    lattice = res["exact_lattice"]
+    warn_lattice("provision", lattice["max_rel_error"], lattice["width"])
     if plot:
         plot_provision(res, plot)
         res["plot"] = str(plot)
