@@ -84,8 +84,17 @@ base = "paper-v1"
         ["simulate", "--workload", WL, "-B", 8, "--r-max", 2, "--window", "completions"]
         + ["--requests", 10**9, "--quiet"],
         ["simulate", "--workload", WL, "-B", 8, "--r-max", 2, "--replications", 10**12],
+        ["provision", "--workload", WL, "--batch", 10**20],  # past a C ssize_t
     ],
-    ids=["provision", "optimize", "optimize-batch", "barrier-steps", "pool", "replications"],
+    ids=[
+        "provision",
+        "optimize",
+        "optimize-batch",
+        "barrier-steps",
+        "pool",
+        "replications",
+        "provision-1e20",
+    ],
 )
 def test_sizes_refused_before_allocating(argv, capsys):
     line = refused(argv + ["--memory-budget", "1G"], capsys, "--memory-budget", "1.0 GiB")

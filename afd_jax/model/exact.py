@@ -75,7 +75,8 @@ def require_worker_load(n_slot_bins: int, batch: int) -> None:
     ``n_slot_bins`` lattice points and ``batch`` slots exceeds the memory budget: input,
     spectrum, its power, output and a clipped copy, about five float64 arrays of the FFT size."""
     n_out = int(batch) * (max(int(n_slot_bins), 2) - 1) + 1
-    size = scipy.fft.next_fast_len(n_out, real=True)
+    # next_fast_len takes a C ssize_t; far past any memory the length itself is the estimate
+    size = scipy.fft.next_fast_len(n_out, real=True) if n_out < 2**40 else n_out
     require(
         5 * 8 * size, f"the worker-load law of B = {batch} slots", "lower --batch or --slot-bins"
     )
