@@ -7,6 +7,8 @@ into one line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 
 class InputError(ValueError):
@@ -44,3 +46,59 @@ def finite_nonneg(name: str, value: float) -> float:
     if value is None or not math.isfinite(value) or value < 0:
         raise InputError(f"must be a finite number >= 0, got {value}", field=name)
     return value
+
+
+SEED_LIMIT = 2**32  # jax.random.key takes a seed in [0, 2^32) on every platform the same way
+
+
+def check_seed(name: str, value: int, path: str | None = None) -> int:
+    """``value`` when it is an integer in [0, 2^32) (every seed of afd-jax: the key derivation
+    ``jax.random.key(seed)`` then ``fold_in``), else InputError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+        raise InputError(f"must be an integer in [0, 2^32), got {value!r}", path=path, field=name)
+    return value
+
+
+def _nonempty(path, option: str) -> Path:
+    if not str(path).strip():
+        raise InputError(f"{option}: empty path")
+    return Path(path)
+
+
+def _writable_dir(folder: Path) -> bool:
+    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_output_file(path: str | os.PathLike, option: str) -> Path:
+    """Before any work: ``path`` can be written as a file (not a folder; its folder exists or
+    can be created, and is writable). InputError naming ``option`` otherwise; creates nothing."""
+    out = _nonempty(path, option)
+    if out.is_dir():
+        raise InputError(f"{option}: is a folder, expected a file name", path=str(out))
+    if out.exists() and not os.access(out, os.W_OK):
+        raise InputError(f"{option}: file is not writable", path=str(out))
+    base = _existing_ancestor(out.parent)
+    if not _writable_dir(base):
+        why = "is not a folder" if base.exists() and not base.is_dir() else "is not writable"
+        raise InputError(f"{option}: cannot write here ({base} {why})", path=str(out))
+    return out
+
+
+def check_output_dir(path: str | os.PathLike, option: str) -> Path:
+    """Before any work: ``path`` is a writable folder or can be created as one. InputError
+    naming ``option`` otherwise; creates nothing."""
+    out = _nonempty(path, option)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{option}: exists and is not a folder", path=str(out))
+    base = _existing_ancestor(out)
+    if not _writable_dir(base):
+        why = "is not a folder" if base.exists() and not base.is_dir() else "is not writable"
+        raise InputError(f"{option}: cannot write here ({base} {why})", path=str(out))
+    return out

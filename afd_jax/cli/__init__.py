@@ -17,6 +17,7 @@ from pathlib import Path
 
 from afd_jax import __version__
 from afd_jax.errors import InputError
+from afd_jax.memory import budget, current_budget, format_bytes
 
 # Each command's one-line help, in the order shown in --help and in the bare `afd-jax` listing.
 # Kept here so that the listing, --help and --version import no command module (nor JAX).
@@ -35,9 +36,8 @@ SUBCOMMANDS = tuple(COMMAND_HELP)
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own usage errors also exit 2, in one line + usage
-        self.print_usage(sys.stderr)
-        self.exit(2, f"afd-jax: error: {message}\n")
+    def error(self, message):  # argparse's own usage errors also exit 2, in one line
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 class _Commands:
@@ -119,12 +119,25 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         sys.stdout.write(command_listing(parser))
         return 0
+    bad = [a for a in argv if "\x00" in a]
+    if bad:  # no file name, number or spec can hold one; os calls raise ValueError on it
+        print(f"afd-jax: error: argument {bad[0]!r} contains a NUL byte", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     _enable_compilation_cache()
     try:
-        return int(args.func(args) or 0)
+        with budget(getattr(args, "memory_budget", None)):
+            return int(args.func(args) or 0)
     except InputError as err:
         print(f"afd-jax {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except MemoryError:  # last resort: an allocation no estimate foresaw
+        limit = format_bytes(current_budget())
+        print(
+            f"afd-jax {args.command}: error: out of memory (memory budget {limit}); lower the "
+            "sizes or --memory-budget (docs/reliability.md)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("afd-jax: interrupted", file=sys.stderr)

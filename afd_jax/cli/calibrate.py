@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from afd_jax.cli.common import emit_json, finite_nonneg
-from afd_jax.errors import InputError
+from afd_jax.errors import InputError, check_output_file
 from afd_jax.model.calibrate import calibrate
 from afd_jax.model.latency_io import format_latency_toml, validate_latency
 
@@ -35,10 +35,12 @@ def run(args) -> int:
         value = finite_nonneg(name, getattr(args, name))
         if value <= 0:
             raise InputError(f"must be > 0, got {value}", field=name)
+    if args.out:
+        check_output_file(args.out, "--out")
     lat, opts, fits = calibrate(
         args.profile, args.comm_scaling, args.overlap, args.cost_attn, args.cost_ffn
     )
-    validate_latency(lat)
+    validate_latency(lat, args.profile)
     meta = {
         "source": f"afd-jax calibrate {Path(args.profile).name}",
         **{f"r_squared_{s}": f.r_squared for s, f in fits.items()},

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
+from pathlib import Path
 
-from afd_jax.errors import InputError, finite_nonneg, positive_int
+from afd_jax.errors import (
+    InputError,
+    check_output_file,
+    check_seed,
+    finite_nonneg,
+    positive_int,
+)
+from afd_jax.memory import DEFAULT_FRACTION, parse_size
 from afd_jax.model.hardware import Hardware, feasible_ratios, read_hardware
 from afd_jax.model.latency_io import latency_file, resolve_latency
 from afd_jax.workload.specs import resolve_workload
@@ -18,7 +27,10 @@ __all__ = [
     "add_distributed_args",
     "add_latency_args",
     "add_ratio_args",
+    "PLOT_SUFFIXES",
+    "add_memory_budget_arg",
     "add_workload_args",
+    "check_seed",  # re-exported from afd_jax.errors
     "emit_json",
     "finite_nonneg",  # re-exported from afd_jax.errors
     "load_hardware",
@@ -26,9 +38,51 @@ __all__ = [
     "load_ratios",
     "parse_int_list",
     "load_workload",
+    "plot_file",
     "positive_int",  # re-exported from afd_jax.errors
     "start_distributed",
+    "warn_lattice",
 ]
+
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except InputError as err:
+        raise argparse.ArgumentTypeError(err.reason) from None
+
+
+def add_memory_budget_arg(parser) -> None:
+    """``--memory-budget SIZE``: the most memory the command may plan to use (afd_jax.memory);
+    the CLI's main runs the command under it. Every command with large inputs adds it."""
+    parser.add_argument(
+        "--memory-budget",
+        type=_size,
+        default=None,
+        metavar="SIZE",
+        help=f"refuse work whose memory estimate exceeds SIZE (512M, 2G, or MiB; default "
+        f"{DEFAULT_FRACTION:.0%} of physical memory, less under ulimit -v; "
+        "docs/reliability.md)",
+    )
+
+
+def plot_file(path: str | None, option: str = "--plot") -> Path | None:
+    """The figure file of ``--plot NAME``, checked before any work: NAME without a suffix gets
+    ``.png`` (the file actually written, which the command reports); other suffixes than
+    PLOT_SUFFIXES and unwritable places are an InputError."""
+    if path is None:
+        return None
+    out = Path(path)
+    if out.suffix == "" and not out.is_dir():
+        out = out.with_name(out.name + ".png")
+    if out.suffix.lower() not in PLOT_SUFFIXES:
+        raise InputError(
+            f"{option}: unsupported figure suffix {out.suffix!r} (use {', '.join(PLOT_SUFFIXES)})",
+            path=str(out),
+        )
+    return check_output_file(out, option)
 
 
 def add_workload_args(parser, required: bool = True) -> None:
@@ -252,5 +306,25 @@ def start_distributed(args) -> None:
                 field="--process-id",
             )
         jax.distributed.initialize(args.coordinator, num_processes=n, process_id=i)
-    else:
+        return
+    try:
         jax.distributed.initialize()
+    except (ValueError, RuntimeError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(
+            f"--distributed needs a cluster (SLURM, Cloud TPU, ...) or JAX_COORDINATOR_ADDRESS, "
+            f"JAX_NUM_PROCESSES and JAX_PROCESS_ID: {reason}",
+            field="--distributed",
+        ) from None
+
+
+def warn_lattice(command: str, max_rel_error: float, width: int) -> None:
+    """Say on stderr (also with --json) when the slot-load lattice of the exact method allows
+    more than 1 % error in its throughput (afd_jax.model.exact.binning_error_bound)."""
+    if not max_rel_error <= 0.01:
+        shown = "an unbounded" if max_rel_error == float("inf") else f"up to {max_rel_error:.1%}"
+        print(
+            f"afd-jax {command}: warning: the slot-load lattice (width {width}) allows {shown} "
+            "error in the exact throughput; raise --slot-bins",
+            file=sys.stderr,
+        )

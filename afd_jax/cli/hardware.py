@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import shlex
 import sys
-from pathlib import Path
 
 from afd_jax.cli.common import emit_json
-from afd_jax.errors import InputError, positive_int
+from afd_jax.errors import InputError, check_output_file, positive_int
+from afd_jax.studies.store import atomic_write
 
 
 def add_parser(subparsers) -> None:
@@ -72,15 +72,13 @@ def _build(args) -> int:
         attn_gpus=positive_int("attn_gpus", args.attn_gpus),
         ffn_gpus=positive_int("ffn_gpus", args.ffn_gpus),
     )
-    out = Path(args.out)
-    if not out.parent.is_dir():
-        raise InputError("folder does not exist", path=str(out), field="out")
+    out = check_output_file(args.out, "--out")
     flags = ["--model", dep.model, "--system", dep.attn_system, "--ffn-system", dep.ffn_system]
     flags += ["--framework", dep.framework, "--attn-gpus", str(dep.attn_gpus)]
     flags += ["--ffn-gpus", str(dep.ffn_gpus), "--out", out.name]
     text, errors, _ = build_preset(dep, "afd-jax hardware build " + shlex.join(flags))
     try:
-        out.write_text(text, encoding="utf-8")
+        atomic_write(out, text)
     except OSError as err:
         raise InputError(f"cannot write: {err.strerror}", path=str(out)) from err
     print(f"wrote {out}", file=sys.stderr)

@@ -16,6 +16,7 @@ import jax
 from afd_jax.cli.common import (
     add_hardware_args,
     add_latency_args,
+    add_memory_budget_arg,
     add_ratio_args,
     add_workload_args,
     emit_json,
@@ -23,9 +24,12 @@ from afd_jax.cli.common import (
     load_latency,
     load_ratios,
     load_workload,
+    plot_file,
     positive_int,
+    warn_lattice,
 )
 from afd_jax.errors import InputError
+from afd_jax.model.exact import binning_error_bound, require_worker_load
 from afd_jax.model.hardware import kv_capacity_tokens
 from afd_jax.studies.elasticity import optimum_elasticities, round_elasticity
 from afd_jax.studies.optimize import optimize
@@ -100,6 +104,7 @@ def add_parser(subparsers) -> None:
         default=4096,
         help="lattice points of the slot-load law for the exact evaluation (default 4096)",
     )
+    add_memory_budget_arg(p)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--tornado", metavar="FILE", help="tornado figure of the elasticities")
     p.set_defaults(func=run)
@@ -130,6 +135,7 @@ def _kv_capacity(args) -> float | None:
 
 def run(args) -> int:
     jax.config.update("jax_enable_x64", True)
+    tornado = plot_file(args.tornado, "--tornado")
     if args.optimize_batch:
         positive_int("batch_max", args.batch_max)
     else:
@@ -149,6 +155,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     stats = workload_stats(w)
     pmf = slot_load_pmf(w, load_offset=opts.load_offset, max_bins=args.slot_bins)
+    require_worker_load(len(pmf.pmf), args.batch_max if args.optimize_batch else args.batch)
     theta = stats.theta + opts.load_offset
     res = optimize(
         pmf,
@@ -174,15 +181,18 @@ def run(args) -> int:
         lat, theta, stats.slot_var, res.batch, opts, float(r_lo), float(r_hi)
     )
     print(f"optimize: {time.perf_counter() - t0:.2f} s", file=sys.stderr)
+    bound = float(binning_error_bound(lat, res.batch, pmf.width, res.step_time))
+    warn_lattice("optimize", bound, pmf.width)
     out = res.to_json()
+    out["exact_lattice"] = {"width": int(pmf.width), "max_rel_error": bound}
     out["workload"] = args.workload
     out["elasticities"] = {
         k: {n: round_elasticity(v) for n, v in d.items()} for k, d in raw.items()
     }
-    if args.tornado:
-        plot_tornado(raw, args.tornado, f"elasticities at B = {res.batch} ({args.workload})")
-        out["tornado"] = args.tornado
-        print(f"wrote {args.tornado}", file=sys.stderr)
+    if tornado:
+        plot_tornado(raw, tornado, f"elasticities at B = {res.batch} ({args.workload})")
+        out["tornado"] = str(tornado)
+        print(f"wrote {tornado}", file=sys.stderr)
     if args.json:
         emit_json(out)
         return 0

@@ -15,6 +15,7 @@ import jax
 from afd_jax.cli.common import (
     add_hardware_args,
     add_latency_args,
+    add_memory_budget_arg,
     add_ratio_args,
     add_workload_args,
     emit_json,
@@ -23,10 +24,12 @@ from afd_jax.cli.common import (
     load_ratios,
     load_workload,
     parse_int_list,
+    plot_file,
     positive_int,
 )
 from afd_jax.cli.provision import _latency_source
 from afd_jax.errors import InputError
+from afd_jax.model.exact import require_worker_load
 from afd_jax.studies.plan import DEFAULT_BATCHES, OBJECTIVES, plan
 from afd_jax.studies.plots import plot_plan_front, plot_tornado
 
@@ -82,6 +85,7 @@ def add_parser(subparsers) -> None:
     g.add_argument("--json", action="store_true", help="one JSON object on stdout")
     g.add_argument("--plot", metavar="FILE", help="figure of the front (.png/.pdf/.svg)")
     g.add_argument("--tornado", metavar="FILE", help="tornado figure of the elasticities")
+    add_memory_budget_arg(p)
     p.set_defaults(func=run)
 
 
@@ -179,8 +183,10 @@ def run(args) -> int:
         )
     if not 0 <= args.kv_reserved < 1:
         raise InputError(f"must be in [0, 1), got {args.kv_reserved}", field="kv_reserved")
+    plot, tornado = plot_file(args.plot), plot_file(args.tornado, "--tornado")
     lat, opts = load_latency(args)
     hardware = load_hardware(args)
+    require_worker_load(args.slot_bins, max(batches or DEFAULT_BATCHES))
     result = plan(
         load_workload(args),
         lat,
@@ -201,15 +207,15 @@ def run(args) -> int:
         latency_source=_latency_source(args),
     )
     res = result.to_json()
-    if args.plot:
-        plot_plan_front({**res, "points": result.points}, args.plot)
-        res["plot"] = args.plot
-        print(f"wrote {args.plot}", file=sys.stderr)
-    if args.tornado and result.elasticities_raw:
+    if plot:
+        plot_plan_front({**res, "points": result.points}, plot)
+        res["plot"] = str(plot)
+        print(f"wrote {plot}", file=sys.stderr)
+    if tornado and result.elasticities_raw:
         title = f"elasticities at B = {result.best['batch']} ({args.workload})"
-        plot_tornado(result.elasticities_raw, args.tornado, title)
-        res["tornado"] = args.tornado
-        print(f"wrote {args.tornado}", file=sys.stderr)
+        plot_tornado(result.elasticities_raw, tornado, title)
+        res["tornado"] = str(tornado)
+        print(f"wrote {tornado}", file=sys.stderr)
     if args.json:
         emit_json(res)
     else:

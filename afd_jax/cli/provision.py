@@ -16,6 +16,7 @@ from afd_jax.cli.common import (
     LATENCY_FLAGS,
     add_hardware_args,
     add_latency_args,
+    add_memory_budget_arg,
     add_ratio_args,
     add_workload_args,
     emit_json,
@@ -23,11 +24,16 @@ from afd_jax.cli.common import (
     load_latency,
     load_ratios,
     load_workload,
+    plot_file,
     positive_int,
+    warn_lattice,
 )
+from afd_jax.memory import require
 from afd_jax.model.latency_io import format_stages
 from afd_jax.studies.plots import plot_provision
 from afd_jax.studies.provision import provision
+
+CURVE_ROW_BYTES = 4096  # one r of the curve: the three methods' arrays and its JSON row
 
 
 def add_parser(subparsers) -> None:
@@ -52,8 +58,11 @@ def add_parser(subparsers) -> None:
         help="lattice points of the slot-load law for the exact method (default 4096; the "
         "variance grows by at most width^2/4, docs/workloads.md)",
     )
+    add_memory_budget_arg(p)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    p.add_argument("--plot", metavar="FILE", default=None, help="write a figure (.png/.pdf/.svg)")
+    p.add_argument(
+        "--plot", metavar="FILE", default=None, help="write a figure (.png/.pdf/.svg; default .png)"
+    )
     p.set_defaults(func=run)
 
 
@@ -81,6 +90,7 @@ def _print_summary(res: dict) -> None:
         + ", ".join(f"{k.replace('_', ' ')} {rb[k]} ({tb[k]:,.0f} exact)" for k in rb),
         file=out,
     )
+    print(_lattice_note(res["exact_lattice"]), file=out)
     print(f"\nthroughput ({res['throughput_unit']}):", file=out)
     print(f"{'r':>4} {'mean field':>14} {'Gaussian':>14} {'exact':>14}", file=out)
     marks = {v: k for k, v in rb.items()}
@@ -114,6 +124,15 @@ def _print_user_terms(res: dict) -> None:
         print(f"  joules per token        {u['joules_per_token']:.4g}")
 
 
+def _lattice_note(lattice: dict) -> str:
+    """The exact method's slot-load lattice and the bound on its error (docs/reliability.md)."""
+    err = lattice["max_rel_error"]
+    bound = "unbounded" if err is None or err == float("inf") else f"within {err:.2%}"
+    return f"exact lattice {lattice['slot_bins']} points of width {lattice['width']} tokens: " + (
+        "no binning" if lattice["width"] == 1 else f"exact throughput {bound} (--slot-bins)"
+    )
+
+
 def _latency_source(args) -> str:
     """How the latency was given: a preset/file name, "flags", or "<name> + flags"."""
     source = args.latency or ("paper-v1" if args.alpha_attn is None else "flags")
@@ -126,6 +145,8 @@ def run(args) -> int:
     jax.config.update("jax_enable_x64", True)
     positive_int("batch", args.batch)
     positive_int("r_max", args.r_max)
+    plot = plot_file(args.plot)
+    require(CURVE_ROW_BYTES * args.r_max, f"the r = 1..{args.r_max} curve", "lower --r-max")
     lat, opts = load_latency(args)
     r_values = load_ratios(args, args.r_max)
     hardware = load_hardware(args)
@@ -145,10 +166,12 @@ def run(args) -> int:
     )
     res = result.to_json()
     res["timings_s"]["total_s"] = time.perf_counter() - t0
-    if args.plot:
-        plot_provision(res, args.plot)
-        res["plot"] = args.plot
-        print(f"wrote {args.plot}", file=sys.stderr)
+    lattice = res["exact_lattice"]
+    warn_lattice("provision", lattice["max_rel_error"], lattice["width"])
+    if plot:
+        plot_provision(res, plot)
+        res["plot"] = str(plot)
+        print(f"wrote {plot}", file=sys.stderr)
     if args.json:
         emit_json(res)
     else:

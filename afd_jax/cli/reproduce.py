@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
-from afd_jax.cli.common import emit_json
+from afd_jax.cli.common import check_seed, emit_json
+from afd_jax.errors import check_output_dir
 
 TRACES_ENV = "AFD_TRACES_DIR"
 
@@ -47,6 +48,8 @@ def run(args) -> int:
     from afd_jax.studies.reproduce import run_reproduction
 
     jax.config.update("jax_enable_x64", True)
+    check_seed("--seed", args.seed)
+    check_output_dir(args.out, "--out")
     meta = run_reproduction(
         args.out,
         quick=args.quick,

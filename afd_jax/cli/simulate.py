@@ -21,15 +21,19 @@ import sys
 from afd_jax.cli.common import (
     add_distributed_args,
     add_latency_args,
+    add_memory_budget_arg,
     add_workload_args,
+    check_seed,
     emit_json,
     load_latency,
     load_workload,
+    plot_file,
     positive_int,
     start_distributed,
 )
 from afd_jax.errors import InputError
 from afd_jax.kernels.dynamics import ROUTINGS
+from afd_jax.memory import current_budget
 from afd_jax.montecarlo.dynamics import DYNAMICS_KEYS, dynamics_options
 from afd_jax.montecarlo.result import MonteCarloResult
 from afd_jax.studies.plots import plot_simulation
@@ -118,8 +122,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--level", type=float, default=0.95, help="confidence level (default 0.95)")
     p.add_argument(
-        "--memory-budget-mb", type=int, default=1024, help="chunk size budget (default 1024)"
+        "--memory-budget-mb",
+        type=int,
+        default=1024,
+        help="chunk size budget (default 1024, at most half of --memory-budget)",
     )
+    add_memory_budget_arg(p)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--plot", metavar="FILE", default=None, help="write a figure (.png/.pdf/.svg)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -241,10 +249,10 @@ def run(args) -> int:
     positive_int("r-max", args.r_max)
     positive_int("replications", args.replications)
     positive_int("memory-budget-mb", args.memory_budget_mb)
-    if args.seed < 0:
-        raise InputError(f"must be >= 0, got {args.seed}", field="seed")
+    check_seed("seed", args.seed)
     if not 0 < args.level < 1:
         raise InputError(f"must be in (0, 1), got {args.level}", field="level")
+    plot = plot_file(args.plot)
     if args.distributed or args.coordinator:
         start_distributed(args)
     res = _run_pool(args) if args.window == "completions" else _run_steps(args, dynamics)
@@ -254,9 +262,9 @@ def run(args) -> int:
     out["workload"] = args.workload
     if dynamics is not None:
         out["idealised"] = _idealised(args)
-    if args.plot:
-        plot_simulation(res, args.plot, args.workload)
-        out["plot"] = args.plot
+    if plot:
+        plot_simulation(res, plot, args.workload)
+        out["plot"] = str(plot)
     if args.json:
         emit_json(out)
         return 0
@@ -271,8 +279,8 @@ def run(args) -> int:
             + ", ".join(f"{k} {v}" for k, v in ideal.items())
             + f"; simulated with the dynamics: {res.r_best}"
         )
-    if args.plot:
-        print(f"figure: {args.plot}", file=sys.stderr)
+    if plot:
+        print(f"figure: {plot}", file=sys.stderr)
     return 0
 
 
@@ -302,7 +310,7 @@ def _run_steps(args, dynamics=None) -> MonteCarloResult:
         seed=args.seed,
         opts=opts,
         level=args.level,
-        memory_budget_bytes=args.memory_budget_mb << 20,
+        memory_budget_bytes=min(args.memory_budget_mb << 20, current_budget() // 2),
         progress=not args.quiet,
         dynamics=dynamics,
     )

@@ -11,10 +11,16 @@ import time
 
 import jax
 
-from afd_jax.cli.common import add_distributed_args, emit_json, start_distributed
-from afd_jax.errors import InputError
+from afd_jax.cli.common import (
+    add_distributed_args,
+    add_memory_budget_arg,
+    emit_json,
+    start_distributed,
+)
+from afd_jax.errors import InputError, check_output_dir, check_output_file
 from afd_jax.studies.store import PeersLost
 from afd_jax.studies.sweep import check_axes, load_spec, make_plan, plot_sweep, run_sweep
+from afd_jax.studies.sweep.run import parts_dir
 
 
 def add_parser(subparsers) -> None:
@@ -51,6 +57,7 @@ def add_parser(subparsers) -> None:
         "--plot-y", default=None, help="y parameter of the maps (default: second swept parameter)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_memory_budget_arg(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument(
         "--distributed",
@@ -83,6 +90,14 @@ def _check_parquet(spec, out: str, spec_path: str) -> None:
             ) from None
 
 
+def _check_outputs(args, out: str) -> None:
+    """Every place the sweep writes, before any work: the table, its parts folder, the maps."""
+    check_output_file(out, "--out")
+    check_output_dir(parts_dir(out), "--out (its .parts folder)")
+    if args.plot_dir:
+        check_output_dir(args.plot_dir, "--plot-dir")
+
+
 def run(args) -> int:
     t0 = time.perf_counter()
     jax.config.update("jax_enable_x64", True)
@@ -90,6 +105,7 @@ def run(args) -> int:
         raise InputError(f"must be >= 1, got {args.chunk_size}", field="--chunk-size")
     spec = load_spec(args.spec)
     out = args.out or spec.output
+    _check_outputs(args, out)
     _check_parquet(spec, out, args.spec)
     plan = make_plan(spec)  # resolves and validates everything before any evaluation
     if args.plot_dir:

@@ -8,7 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-from afd_jax.cli.common import emit_json
+from afd_jax.cli.common import check_seed, emit_json
 from afd_jax.errors import InputError
 from afd_jax.workload.containers import TraceWorkload
 from afd_jax.workload.specs import resolve_workload
@@ -91,6 +91,7 @@ def run(args) -> int:
         raise InputError(f"must be in (0, 1), got {args.level}", field="--level")
     if args.ci_method == "bootstrap" and args.n_boot < 2:
         raise InputError(f"must be >= 2, got {args.n_boot}", field="--n-boot")
+    check_seed("--seed", args.seed)
     w = _resolve(args)
     stats = workload_stats(w)
     if isinstance(w, TraceWorkload):

@@ -23,6 +23,7 @@ import numpy as np
 import scipy.fft
 
 from afd_jax.errors import InputError
+from afd_jax.memory import require
 from afd_jax.model.latency import (
     DEFAULT_OPTIONS,
     AffineStage,
@@ -36,9 +37,11 @@ from afd_jax.model.latency import (
     t_attn,
     throughput,
 )
+from afd_jax.model.stages import max_slope
 from afd_jax.workload.slotload import SlotLoadPMF
 
 __all__ = [
+    "binning_error_bound",
     "exact_barrier_attention_times",
     "exact_step_times",
     "exact_throughput",
@@ -50,8 +53,39 @@ __all__ = [
     "max_law_tables",
     "other_stage_times",
     "trim_fft_noise",
+    "require_worker_load",
     "worker_load_pmf",
 ]
+
+
+def binning_error_bound(lat: Latency, batch: int, width: int, mean_step_time) -> np.ndarray:
+    """Relative bound on the error of the exact throughput caused by a slot-load lattice of
+    ``width`` tokens (float64, shaped like ``mean_step_time``; 0 when width = 1).
+
+    Binning moves every slot load by less than one width (mass split between the two
+    neighbouring lattice points, :func:`afd_jax.workload.slotload.coarsen`), so a coupling moves
+    each worker's load by less than ``B * width`` and, the step time being 1-Lipschitz in the
+    Attention time, ``|E[tau] - E[tau_binned]| < L_A * B * width =: s`` with L_A the largest
+    slope of t_A (``alpha_attn``; for a table :func:`afd_jax.model.stages.max_slope`). The
+    throughput is proportional to 1 / E[tau], so its relative error is below
+    ``s / (E[tau_binned] - s)``
+    (infinite when s >= E[tau_binned]: the lattice says nothing)."""
+    tau = np.asarray(mean_step_time, dtype=np.float64)
+    shift = max_slope(host_latency(lat).attn) * int(batch) * int(width) if width > 1 else 0.0
+    with np.errstate(divide="ignore"):
+        return np.where(tau > shift, shift / np.maximum(tau - shift, 0.0), np.inf)
+
+
+def require_worker_load(n_slot_bins: int, batch: int) -> None:
+    """InputError (afd_jax.memory) when the FFT of :func:`worker_load_pmf` for a slot law on
+    ``n_slot_bins`` lattice points and ``batch`` slots exceeds the memory budget: input,
+    spectrum, its power, output and a clipped copy, about five float64 arrays of the FFT size."""
+    n_out = int(batch) * (max(int(n_slot_bins), 2) - 1) + 1
+    # next_fast_len takes a C ssize_t; far past any memory the length itself is the estimate
+    size = scipy.fft.next_fast_len(n_out, real=True) if n_out < 2**40 else n_out
+    require(
+        5 * 8 * size, f"the worker-load law of B = {batch} slots", "lower --batch or --slot-bins"
+    )
 
 
 def worker_load_pmf(slot_pmf: SlotLoadPMF, batch: int) -> SlotLoadPMF:
@@ -76,6 +110,7 @@ def worker_load_pmf(slot_pmf: SlotLoadPMF, batch: int) -> SlotLoadPMF:
     else:
         n_out = batch * (p.shape[0] - 1) + 1
         size = scipy.fft.next_fast_len(n_out, real=True)
+        require_worker_load(p.shape[0], batch)
         spec = scipy.fft.rfft(p, size)
         out = scipy.fft.irfft(spec**batch, size)[:n_out]
         out = np.clip(out, 0.0, None)
@@ -236,6 +271,11 @@ def max_law_tables(worker_pmf: SlotLoadPMF, r_max: int, noise_floor: float = 1e-
     """The :class:`MaxLawTables` of a worker-load law (after :func:`trim_fft_noise`)."""
     worker_pmf = trim_fft_noise(worker_pmf, noise_floor)
     pmf = np.asarray(worker_pmf.pmf, dtype=np.float64)
+    require(  # exceed, mass, their products and cumulative sums: six [r_max, n + 1] tables
+        48 * int(r_max) * (pmf.shape[0] + 1),
+        f"the law of the barrier for r = 1..{r_max} on {pmf.shape[0]} lattice points",
+        "lower --r-max, --batch or --slot-bins",
+    )
     start, width = float(worker_pmf.start), float(worker_pmf.width)
     w = start + width * np.arange(pmf.shape[0], dtype=np.float64)
     r_max = int(r_max)

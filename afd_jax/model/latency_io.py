@@ -43,12 +43,15 @@ from afd_jax.model.latency import (
     Latency,
     ModelOptions,
     has_tables,
+    step_time,
+    t_attn,
     table_latency,
 )
 from afd_jax.model.stages import AttnTable, TableStage, check_batch, table_stage
 
 __all__ = [
     "LATENCY_KEYS",
+    "check_step_time",
     "format_latency_toml",
     "format_stages",
     "latency_file",
@@ -277,20 +280,42 @@ def _spec_path(spec: str) -> tuple[Path, bool]:
     )
 
 
+def check_step_time(lat: Latency, where: str | None = None) -> Latency:
+    """InputError when the step time can be 0 (throughput infinite): with coefficients >= 0,
+    tau is non-decreasing in the worker load T, r and B, so its least value is tau(T = 0,
+    r = B = 1) (either overlap, either comm scaling); it must be > 0. Coefficients may be
+    arrays (a sweep's scenarios): every one is checked, the first bad one is named."""
+    if has_tables(lat):  # measured times are > 0 (checked when read), so tau > 0
+        return lat
+    least = np.asarray(step_time(lat, t_attn(lat, 0.0), 1, 1), dtype=np.float64)
+    bad = np.flatnonzero(~(least.reshape(-1) > 0))
+    if bad.size:
+        which = f" (scenario {int(bad[0])})" if least.ndim else ""
+        raise InputError(
+            f"the step time can be 0{which}: all three beta are 0 and alpha_ffn = alpha_comm = "
+            "0, so an empty worker takes no time and the throughput is infinite; give a "
+            "positive fixed time or FFN/communication coefficient",
+            path=where,
+            field="beta_attn",
+        )
+    return lat
+
+
 def latency_file(spec: str) -> Path:
     """The TOML file of a latency preset name or path (InputError for an unknown preset)."""
     return _spec_path(str(spec))[0]
 
 
 def validate_latency(lat: Latency, where: str | None = None, batch=None) -> Latency:
-    """Check every coefficient finite and >= 0 and the costs > 0 (InputError otherwise); the
+    """Check every coefficient finite and >= 0, the costs > 0 and the step time > 0
+    (:func:`check_step_time`; InputError otherwise); the
     pair of a stage given as a table is not checked (it is NaN). With ``batch`` (a B or an
     array of them), also that an Attention table covers it (:func:`check_batch`)."""
     for key, value in scalar_items(lat):
         _number(value, key, where, positive=key in COST_KEYS)
     if batch is not None:
         check_batch(lat.attn, batch, where)
-    return lat
+    return check_step_time(lat, where)
 
 
 def latency_summary(lat: Latency) -> dict:
@@ -393,6 +418,7 @@ def resolve_latency(
     )
     if tables:
         lat = table_latency(**tables, affine=lat)
+    check_step_time(lat, where)
     if load_offset not in (0, 1):
         raise InputError(f"must be 0 or 1, got {load_offset}", field="load_offset")
     opts = ModelOptions(

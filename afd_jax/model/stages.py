@@ -32,6 +32,7 @@ __all__ = [
     "AffineStage",
     "AttnTable",
     "TableStage",
+    "max_slope",
     "attn_table",
     "check_batch",
     "eval_stage",
@@ -202,6 +203,27 @@ def slope_stage(stage, x, batch=None):
     if isinstance(stage, AttnTable):
         return _attn(stage, x, batch, derivative=True)
     return _hermite(stage, x, derivative=True)
+
+
+def max_slope(stage) -> float:
+    """The largest dt/dx of a stage anywhere (a Lipschitz constant; NumPy, float): ``alpha``
+    when affine; for a table, the exact maximum of each interval's quadratic derivative (at its
+    ends or its vertex) and the end slopes used beyond the table; for per-batch Attention
+    tables, the largest over the rows (interpolation in B mixes two rows convexly)."""
+    if is_affine(stage):
+        return float(stage.alpha)
+    if isinstance(stage, AttnTable):
+        return max(max_slope(row) for row in stage.rows)
+    x, y, d = (np.asarray(a, dtype=np.float64) for a in stage)
+    delta = np.diff(y) / np.diff(x)
+    d0, d1 = d[:-1], d[1:]
+    # p'(t) = 6 t (1 - t) delta + d0 (3t^2 - 4t + 1) + d1 (3t^2 - 2t) on t in [0, 1]
+    a2 = 3 * (d0 + d1) - 6 * delta
+    a1 = 6 * delta - 4 * d0 - 2 * d1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vertex = np.clip(np.where(a2 != 0, -a1 / (2 * a2), 0.0), 0.0, 1.0)
+    inside = a2 * vertex**2 + a1 * vertex + d0
+    return float(max(d.max(), inside.max()))
 
 
 def _stop_gradient(x):

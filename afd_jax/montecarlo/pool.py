@@ -57,6 +57,7 @@ from afd_jax.errors import InputError
 from afd_jax.kernels import pool as KP
 from afd_jax.kernels import sampling as KS
 from afd_jax.kernels.barrier import TauHistogram
+from afd_jax.memory import require
 from afd_jax.model import latency as L
 from afd_jax.model.latency import Latency, ModelOptions
 from afd_jax.model.latency_io import require_affine
@@ -159,6 +160,12 @@ def _pools(source, pools, n_requests, replications, seed, opts, batch, fraction)
     if pools is None:
         if n_requests is None or n_requests < 1 or replications < 1:
             raise InputError("need n_requests >= 1 and replications >= 1", field="n_requests")
+        # int32 prompt and decode on the device, their int64 copies and the draw on the host
+        require(
+            48 * int(n_requests) * int(replications),
+            f"{replications} pools of {n_requests} requests",
+            "lower --requests or --replications",
+        )
         pools = draw_pools(source, n_requests, replications, seed, int(opts.load_offset))
     prompt, decode = (jnp.asarray(a, jnp.int32) for a in pools)
     n_max = prompt.shape[1]

@@ -47,6 +47,7 @@ from afd_jax.kernels.contract import SegmentParams
 from afd_jax.kernels.fast import fast_kernel
 from afd_jax.kernels.step import AttnGrid, StepModel
 from afd_jax.kernels.trajectory import INITS, trajectory_kernel
+from afd_jax.memory import require
 from afd_jax.model import latency as L
 from afd_jax.model.latency import Latency, ModelOptions
 from afd_jax.model.latency_io import require_affine
@@ -140,6 +141,31 @@ def _check_run(kernel, batch, r_max, steps, warmup, replications, init, level) -
         )
 
 
+def _require_memory(kernel, batch, r_max, steps, warmup, replications) -> None:
+    """Before any work: the smallest chunk (one block of snapshots, one replication's slots)
+    and host arrays that grow with the run (barrier: two int64 indices per snapshot block;
+    trajectories: the int32 step counter, and the per-block sums of a single replication)
+    against the memory budget."""
+    slots = int(batch) * int(r_max)
+    least = slots * (KB.BLOCK * 48 if kernel == "barrier" else 64)
+    require(least, f"one chunk of {r_max} x {batch} slots", "lower --batch or --r-max")
+    sums = 8 * int(replications) * (4 * int(r_max) + 3)  # StepAccumulator's float64 sums
+    require(sums, f"the sums of {replications} replications", "lower --replications")
+    n_blocks = -(-(int(steps) + int(warmup)) // KB.BLOCK)
+    hint = "lower --steps or --replications"
+    if kernel == "barrier":
+        require(16 * n_blocks * replications, f"the block index of {steps} snapshots", hint)
+        return
+    if steps + warmup >= E.INT32_LIMIT:
+        raise InputError(
+            f"warmup + steps = {steps + warmup} exceeds the int32 step counter of the "
+            "trajectory kernels (< 2^31); use --kernel barrier or fewer --steps",
+            field="steps",
+        )
+    if replications == 1:
+        require(8 * (r_max + 2) * n_blocks, f"the block sums of {steps} steps", hint)
+
+
 def _sampler_and_max_load(source, opts: ModelOptions, given):
     """Alias (or copula) sampler pytree and the largest possible slot load."""
     off = int(opts.load_offset)
@@ -202,14 +228,31 @@ def _histogram(lat, batch, max_load, model: StepModel, serial: bool):
     return hist, (log_lo, inv_w)
 
 
-def _setup(source, lat, opts, run: StepsRun, given) -> StepsSetup:
-    sampler, max_load = _sampler_and_max_load(source, opts, given)
-    if run.batch * max_load >= E.INT32_LIMIT:
+def check_int32(batch: int, max_load: int) -> None:
+    """InputError when B * (largest slot load) could overflow the kernels' int32 worker loads."""
+    if int(batch) * int(max_load) >= E.INT32_LIMIT:
         raise InputError(
-            f"B * max slot load = {run.batch} * {max_load} could overflow int32 worker loads; "
+            f"B * max slot load = {batch} * {max_load} could overflow int32 worker loads; "
             "use a smaller batch (or a workload with shorter requests)",
             field="batch",
         )
+
+
+def preflight(source, batch: int, r_max: int, opts: ModelOptions = _DEFAULT_OPTS, **run) -> None:
+    """Every check :func:`simulate` makes before its work, without doing it (a sweep validates
+    its Monte Carlo scenarios before writing any state): argument ranges, memory, int32.
+    ``run``: kernel, steps, warmup, replications, init as in :func:`simulate`."""
+    kw = dict(kernel="barrier", steps=4096, warmup=0, replications=8, init="stationary")
+    kw.update(run)
+    _check_run(kw["kernel"], batch, r_max, kw["steps"], kw["warmup"], kw["replications"],
+               kw["init"], 0.95)  # fmt: skip
+    _require_memory(kw["kernel"], batch, r_max, kw["steps"], kw["warmup"], kw["replications"])
+    check_int32(batch, max_slot_load(source, int(opts.load_offset)))
+
+
+def _setup(source, lat, opts, run: StepsRun, given) -> StepsSetup:
+    sampler, max_load = _sampler_and_max_load(source, opts, given)
+    check_int32(run.batch, max_load)
     model = step_model(lat, run.batch, run.r_max, opts, max_load)
     hist, bins = _histogram(lat, run.batch, max_load, model, run.serial)
     return StepsSetup(sampler, model, hist, bins, jr.key(run.seed), max_load)
@@ -299,6 +342,7 @@ def simulate(
         kernel = "trajectory"  # the dynamics kernel steps slots one decode step at a time
     _check_run(kernel, batch, r_max, steps, warmup, replications, init, level)
     check_batch(lat.attn, batch)
+    _require_memory(kernel, batch, r_max, steps, warmup, replications)
     if memory_budget_bytes is None:
         on_cpu = jax.devices()[0].platform == "cpu"
         memory_budget_bytes = DEFAULT_MEMORY_BUDGET * (1 if on_cpu else 8)

@@ -25,7 +25,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from afd_jax.errors import InputError, positive_int
-from afd_jax.model.exact import exact_step_times, host_latency, worker_load_pmf
+from afd_jax.model.exact import (
+    binning_error_bound,
+    exact_step_times,
+    host_latency,
+    require_worker_load,
+    worker_load_pmf,
+)
 from afd_jax.model.hardware import Hardware, feasible_ratios, user_metrics
 from afd_jax.model.latency import Latency, ModelOptions, has_tables, throughput
 from afd_jax.model.latency_io import latency_summary, resolve_latency, validate_latency
@@ -204,8 +210,7 @@ def _gaussian(lat, theta, slot_var, rs, batch, opts, r_max):
     return thr, tau, r_star
 
 
-def _exact(w, lat, rs, batch, opts, r_max, slot_bins) -> tuple[np.ndarray, np.ndarray, dict]:
-    slot: SlotLoadPMF = slot_load_pmf(w, load_offset=opts.load_offset, max_bins=slot_bins)
+def _exact(slot: SlotLoadPMF, lat, rs, batch, opts, r_max) -> tuple[np.ndarray, np.ndarray, dict]:
     worker = worker_load_pmf(slot, batch)
     tau = exact_step_times(slot, lat, batch, r_max, opts, worker_pmf=worker)
     thr = throughput(host_latency(lat), rs, float(batch), tau)
@@ -213,6 +218,8 @@ def _exact(w, lat, rs, batch, opts, r_max, slot_bins) -> tuple[np.ndarray, np.nd
         "slot_bins": int(slot.pmf.shape[0]),
         "width": int(slot.width),
         "worker_points": int(worker.pmf.shape[0]),
+        # relative bound on the lattice's error in the exact throughput, worst r
+        "max_rel_error": float(np.max(binning_error_bound(lat, batch, slot.width, tau))),
     }
     return thr, tau, lattice
 
@@ -258,6 +265,8 @@ def provision(
         raise InputError(f"must be >= 2, got {slot_bins}", field="slot_bins")
     validate_latency(lat, batch=batch)
     allowed = None if r_values is None else feasible_ratios(list(r_values), r_max=r_max)
+    slot = slot_load_pmf(w, load_offset=opts.load_offset, max_bins=slot_bins)
+    require_worker_load(slot.pmf.shape[0], batch)  # the FFT, before any other work
     stats = workload_stats(w)
     theta = float(stats.theta) + opts.load_offset
     slot_var = float(stats.slot_var)
@@ -271,7 +280,7 @@ def provision(
     g_thr, g_tau, g_star = _gaussian(lat, theta, slot_var, rs, batch, opts, r_max)
     timings["gaussian_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ex_thr, ex_tau, lattice = _exact(w, lat, rs, batch, opts, r_max, slot_bins)
+    ex_thr, ex_tau, lattice = _exact(slot, lat, rs, batch, opts, r_max)
     timings["exact_s"] = time.perf_counter() - t0
 
     return ProvisionResult(

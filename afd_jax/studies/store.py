@@ -43,6 +43,7 @@ False
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -61,6 +62,7 @@ __all__ = [
     "Opened",
     "PartStore",
     "PartsExist",
+    "PartsLocked",
     "PartsMismatch",
     "atomic_write",
     "wait_until",
@@ -77,11 +79,15 @@ def atomic_write(path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (temp file beside it, fsync, ``os.replace``)."""
     path = Path(path)
     tmp = _tmp_path(path)
-    with open(tmp, "w", newline="") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write leaves no stray temp file
+        raise
 
 
 def wait_until(cond, timeout_s: float, what: str, poll_s: float = 0.5) -> None:
@@ -136,6 +142,10 @@ class PartsMismatch(InputError):
     """The parts in the folder belong to another spec or configuration."""
 
 
+class PartsLocked(InputError):
+    """Another process holds the folder's lock (a concurrent run on the same output)."""
+
+
 class Opened(NamedTuple):
     """What :meth:`PartStore.open` found: the manifest in effect and whether parts resumed."""
 
@@ -186,6 +196,16 @@ class PartStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write(self.manifest_path, json.dumps(manifest, indent=1))
 
+    def _clear(self) -> None:
+        """Remove everything but the lock files (a holder keeps its lock)."""
+        for child in self.folder.iterdir():
+            if child.name.startswith("lock."):
+                continue
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+
     def open(self, manifest: dict, *, resume: bool, match=("digest",)) -> Opened:
         """Start a run (write ``manifest`` with ``complete = False``) or resume the one on disk.
 
@@ -193,7 +213,7 @@ class PartStore:
         :class:`PartsMismatch` (``resume`` True but a ``match`` key differs)."""
         found = self.read_manifest()
         if found is not None and found.get("complete") and not resume:
-            shutil.rmtree(self.folder)  # a finished run's record: a plain rerun starts over
+            self._clear()  # a finished run's record: a plain rerun starts over
             found = None
         if found is None:
             manifest = {**manifest, "complete": False}
@@ -204,6 +224,27 @@ class PartStore:
         if any(found.get(k) != manifest.get(k) for k in match):
             raise PartsMismatch(f"the partial results in {self.folder} come from elsewhere")
         return Opened(found, True)
+
+    @contextlib.contextmanager
+    def lock(self, tag: str = "0"):
+        """Hold ``<folder>/lock.<tag>`` exclusively for the body (an advisory ``flock``, freed
+        by the kernel when the process dies, so never stale). A second holder fails at once
+        with :class:`PartsLocked` instead of waiting. Multi-process runs lock one tag each."""
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fh = open(self.folder / f"lock.{tag}", "a+")  # noqa: SIM115 (held for the body)
+        try:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise PartsLocked(
+                    f"another run is using {self.folder} (its lock is held); wait for it to "
+                    "finish or stop it"
+                ) from None
+            yield self
+        finally:
+            fh.close()
 
     def merge(self, names, out, header: str = "") -> None:
         """Write ``header`` and the named parts, in order, into ``out`` atomically."""

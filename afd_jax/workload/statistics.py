@@ -26,6 +26,7 @@ from statistics import NormalDist
 import numpy as np
 
 from afd_jax.errors import InputError
+from afd_jax.memory import require
 from afd_jax.workload.containers import ParametricWorkload, TraceWorkload, WorkloadStats
 from afd_jax.workload.families import parametric_stats
 
@@ -103,6 +104,10 @@ def workload_stats(w) -> WorkloadStats:
     raise TypeError(f"not a workload: {type(w).__name__}")
 
 
+# Work bound of the bootstrap: resamples x rows drawn (about a minute of host work).
+MAX_BOOTSTRAP_DRAWS = 10**10
+
+
 def theta_confidence_interval(
     prompt,
     decode,
@@ -147,6 +152,13 @@ def theta_confidence_interval(
         return theta - z * se, theta + z * se
     if n_boot < 2:
         raise InputError(f"n_boot must be >= 2, got {n_boot}", field="n_boot")
+    if n_boot * n > MAX_BOOTSTRAP_DRAWS:
+        raise InputError(
+            f"n_boot x rows = {n_boot} x {n} resampled rows is over the limit of "
+            f"{MAX_BOOTSTRAP_DRAWS:.0e} (minutes of work); lower --n-boot",
+            field="n_boot",
+        )
+    require(8 * n_boot, f"{n_boot} bootstrap resamples", "lower --n-boot")
     rng = np.random.default_rng(seed)
     chunk = max(1, min(n_boot, 2_000_000 // n))
     thetas = np.empty(n_boot, dtype=np.float64)

@@ -14,9 +14,16 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-from afd_jax.errors import InputError
+from afd_jax.errors import SEED_LIMIT, InputError
+from afd_jax.model.exact import require_worker_load
 from afd_jax.model.latency import Latency, ModelOptions, StageTables, make_latency
-from afd_jax.model.latency_io import resolve_latency, scalar_items, validate_latency
+from afd_jax.model.latency_io import (
+    check_step_time,
+    resolve_latency,
+    scalar_items,
+    validate_latency,
+)
+from afd_jax.montecarlo.simulate import preflight
 from afd_jax.studies.sweep.fields import LATENCY_FIELDS, columns
 from afd_jax.studies.sweep.spec import SweepSpec
 from afd_jax.workload.specs import resolve_workload
@@ -135,6 +142,7 @@ def _check_latency_values(coeffs: np.ndarray, spec: SweepSpec, base: Latency) ->
             raise InputError(
                 f"coefficients must be >= 0 (got {col.min():g})", path=spec.path, field=key
             )
+    check_step_time(Latency(*coeffs.T), spec.path)
 
 
 def _resolve_workloads(spec: SweepSpec) -> list[WorkloadEntry]:
@@ -192,4 +200,23 @@ def make_plan(spec: SweepSpec) -> SweepPlan:
     plan = SweepPlan(spec, opts, entries, wl_index, batch, coeffs, tuple(swept), fam, base.tables)
     if base.tables is not None:
         validate_latency(base, spec.path, batch=np.asarray(spec.batches))
+    _check_methods(plan)
     return plan
+
+
+def _check_methods(plan: SweepPlan) -> None:
+    """What the methods would find only while running (after the sweep's state is written):
+    the exact method's FFT against the memory budget, the Monte Carlo int32 and memory limits
+    and its seeds (mc.seed + scenario index < 2^32). InputError naming the spec file."""
+    spec, b_max = plan.spec, max(plan.spec.batches)
+    try:
+        if "exact" in spec.methods:
+            require_worker_load(int(spec.exact.get("slot_bins", 1 << 16)), b_max)
+        if "mc" in spec.methods:
+            kw = {k: v for k, v in spec.mc.items() if k != "seed"}
+            if int(spec.mc.get("seed", 0)) + plan.n_scenarios > SEED_LIMIT:
+                raise InputError("mc.seed + number of scenarios must be < 2^32", field="mc.seed")
+            for e in plan.workloads:
+                preflight(e.workload, b_max, spec.r_max, plan.opts, **kw)
+    except InputError as err:
+        raise InputError(f"{err}", path=spec.path) from None

@@ -43,6 +43,15 @@ def check_axes(plan, x: str | None, y: str | None) -> tuple[str, str]:
             f"maps need two distinct swept parameters (swept: {', '.join(swept) or 'none'})",
             field="--plot-dir",
         )
+    for name, flag in ((x, "--plot-x"), (y, "--plot-y")):
+        param = name[3:] if name.startswith("wl_") else None
+        lacking = [e.label for e in plan.workloads if param and param not in e.params]
+        if lacking:
+            raise InputError(
+                f"{name!r} is not a parameter of every workload (not of {lacking[0]!r}); map "
+                "over a parameter all workloads share, or split the spec",
+                field=flag,
+            )
     return x, y
 
 

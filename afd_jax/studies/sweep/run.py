@@ -18,6 +18,7 @@ process 0 raises :class:`afd_jax.studies.store.PeersLost` naming it, and a rerun
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -101,6 +102,7 @@ def _open_store(plan: SweepPlan, out: Path, resume: bool, chunk_size, progress: 
     store = PartStore(parts_dir(out))
     n_dev = len(jax.local_devices())
     size = chunk_size or spec.chunk_size or default_chunk_size(spec, n, n_dev)
+    size = min(size, max(n, n_dev))  # a chunk past the last scenario would only be padding
     manifest = {
         "digest": spec.digest(),
         "spec": spec.canonical(),
@@ -194,16 +196,33 @@ def run_sweep(
 ) -> SweepResult:
     """Evaluate every scenario of ``plan`` and write the table (see the module docstring).
 
-    Raises InputError when partial results exist and ``resume`` is False, or when they belong to
-    a different spec.
+    Holds the lock of the parts folder (one per process index) for the whole run: a concurrent
+    run on the same output fails at once. A run that fails before its first part leaves no
+    parts folder behind. Raises InputError when partial results exist and ``resume`` is False,
+    when they belong to a different spec, or when another run holds the lock.
     """
     t_start = time.perf_counter()
-    spec, n = plan.spec, plan.n_scenarios
-    out = Path(output or spec.output)
+    out = Path(output or plan.spec.output)
     if process_index != 0:  # other hosts join the run process 0 set up (its manifest)
         manifest_file = PartStore(parts_dir(out)).manifest_path
         wait_until(manifest_file.is_file, merge_timeout_s, "the manifest")
         resume = True
+    folder = parts_dir(out)
+    fresh = not folder.exists()
+    try:
+        with PartStore(folder).lock(str(process_index)):
+            where = (process_index, process_count, merge_timeout_s, peer_timeout_s)
+            return _run_locked(plan, out, resume, chunk_size, progress, where, t_start)
+    except BaseException:
+        if fresh and process_index == 0 and not any(folder.glob("part-*")):
+            shutil.rmtree(folder, ignore_errors=True)  # a failed start leaves no state
+        raise
+
+
+def _run_locked(plan, out: Path, resume, chunk_size, progress, where, t_start) -> SweepResult:
+    """The body of :func:`run_sweep`, under the lock of the parts folder."""
+    process_index, process_count, merge_timeout_s, peer_timeout_s = where
+    spec, n = plan.spec, plan.n_scenarios
     store, man, resumed = _open_store(plan, out, resume, chunk_size, progress)
     chunk_size, n_chunks = int(man["chunk_size"]), -(-n // int(man["chunk_size"]))
     n_dev = len(jax.local_devices())
@@ -221,8 +240,9 @@ def run_sweep(
     with Heartbeat(store.folder, process_index):
         seconds = _compute_chunks(plan, store, chunk_size, todo, bar)
     if process_index == 0:
-        owner = lambda c: c % process_count  # noqa: E731
-        store.wait_for_parts(names, owner, peer_timeout_s, merge_timeout_s)
+        if process_count > 1:  # a single process wrote every part itself: nothing to wait for
+            owner = lambda c: c % process_count  # noqa: E731
+            store.wait_for_parts(names, owner, peer_timeout_s, merge_timeout_s)
         _merge(store, out, plan.columns(), names, spec.format)
         store.finish(man, names)  # keeps the manifest: --resume then has nothing to do
     rows = sum(sizes[c] for c in todo) * spec.r_max

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from afd_jax.errors import InputError
+from afd_jax.errors import InputError, check_seed
+from afd_jax.memory import require
 from afd_jax.model.latency import COMM_SCALINGS, OVERLAPS
 from afd_jax.montecarlo.dynamics import DYNAMICS_KEYS, dynamics_options
 from afd_jax.studies.sweep.fields import FORMATS, LATENCY_FIELDS, METHODS
@@ -121,6 +122,15 @@ def _int(x, key, path, lo: int | None = None) -> int:
     return int(x)
 
 
+# Host memory per scenario of a plan (its 8 float64 coefficients twice, indices, the rows of a
+# chunk's arrays): the estimate checked before a grid is expanded.
+SCENARIO_BYTES = 256
+
+
+def _require_grid(n: float, key: str, path: str) -> None:
+    require(SCENARIO_BYTES * n, f"the grid {key} of {n:.6g} points", "use fewer points", path)
+
+
 def _spaced_grid(form: str, args: list, sub: str, path: str) -> np.ndarray:
     """The linspace / logspace / geomspace / range forms of :func:`grid_values`."""
     if len(args) != 3:
@@ -135,10 +145,12 @@ def _spaced_grid(form: str, args: list, sub: str, path: str) -> np.ndarray:
         if step <= 0 or b < a:
             raise _err("need step > 0 and stop >= start (empty grid otherwise)", sub, path)
         n = int(math.floor((b - a) / step + 1e-9)) + 1
+        _require_grid(n, sub, path)
         return a + step * np.arange(n, dtype=np.float64)
     n = _int(args[2], sub, path)
     if n < 1:
         raise _err(f"empty grid (n = {n})", sub, path)
+    _require_grid(n, sub, path)
     if form == "linspace":
         return np.linspace(a, b, n)
     if form == "logspace":
@@ -249,6 +261,7 @@ def _family_workloads(families, path: str) -> list[tuple[str, str, dict]]:
             raise _err("expected a table of parameter grids", f"{where}.params", path)
         names = list(params)
         grids = [grid_values(params[n], f"{where}.params.{n}", path) for n in names]
+        _require_grid(math.prod(len(g) for g in grids) + len(out), f"{where}.params", path)
         for combo in itertools.product(*grids):
             body = ",".join(f"{n}={_fmt_param(v)}" for n, v in zip(names, combo, strict=True))
             spec_str = f"{fname}:{body}"
@@ -307,7 +320,7 @@ def _parse_random(rnd, lgrid, path: str) -> dict:
         raise _err("empty sample (n must be >= 1)", "latency.random.n", path)
     if random_n and not lrandom:
         raise _err("n given but no parameter to sample", "latency.random", path)
-    random_seed = _int(rnd.get("seed", 0), "latency.random.seed", path, lo=0)
+    random_seed = check_seed("latency.random.seed", rnd.get("seed", 0), path)
     return dict(latency_random=tuple(lrandom), random_n=random_n, random_seed=random_seed)
 
 
@@ -362,9 +375,10 @@ def _parse_method_options(data: dict, path: str) -> dict:
     for k in ("steps", "replications"):
         if k in mc:
             _int(mc[k], f"mc.{k}", path, lo=1)
-    for k in ("warmup", "seed"):
-        if k in mc:
-            _int(mc[k], f"mc.{k}", path, lo=0)
+    if "warmup" in mc:
+        _int(mc["warmup"], "mc.warmup", path, lo=0)
+    if "seed" in mc:
+        check_seed("mc.seed", mc["seed"], path)
     if "init" in mc and mc["init"] not in ("stationary", "cold"):
         raise _err("expected 'stationary' or 'cold'", "mc.init", path)
     if "kernel" in mc and mc["kernel"] not in ("barrier", "trajectory", "fast"):
@@ -388,6 +402,9 @@ def parse_sweep_spec(data: dict, path: str = "<spec>") -> SweepSpec:
     workloads = _parse_workloads(data["workloads"], path)
     latency = _parse_latency(data.get("latency", {}), path)
     options = _parse_method_options(data, path)
+    n_lat = math.prod(len(v) for _, v in latency["latency_grid"]) * max(1, latency["random_n"])
+    n = len(workloads["workloads"]) * len(top["batches"]) * n_lat
+    require(SCENARIO_BYTES * n, f"the sweep's {n:.6g} scenarios", "use fewer points", path)
     return SweepSpec(path=str(path), **top, **workloads, **latency, **options)
 
 
@@ -397,7 +414,11 @@ def load_spec(path) -> SweepSpec:
     if not p.is_file():
         raise InputError("no such spec file", path=str(path))
     try:
-        data = tomllib.loads(p.read_text())
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise InputError(f"not valid TOML: {err}", path=str(path)) from None
+    except UnicodeDecodeError:
+        raise InputError("not a UTF-8 text file (a TOML spec)", path=str(path)) from None
+    except OSError as err:
+        raise InputError(f"cannot read: {err.strerror}", path=str(path)) from None
     return parse_sweep_spec(data, str(path))
