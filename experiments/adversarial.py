@@ -143,6 +143,19 @@ def _subparsers(parser):
     raise RuntimeError("no subcommands")
 
 
+def command_parsers(parser) -> dict:
+    """Every command line's parser by its words: ``"theta"``, ..., and for a command with its
+    own subcommands (``hardware``) one entry per subcommand (``"hardware list"``)."""
+    out = {}
+    for name, sub in _subparsers(parser).items():
+        nested = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
+        if nested:
+            out.update({f"{name} {n}": p for n, p in nested[0].choices.items()})
+        else:
+            out[name] = sub
+    return out
+
+
 def _good_value(dest: str, command: str, corpus: Corpus, tag: str) -> str:
     """A valid value for a required input, known by its name (fallback "1")."""
     if dest == "workload":
@@ -168,7 +181,7 @@ FLAGS = ("quick", "quiet", "no_plots")
 
 def base_argv(command: str, sub, corpus: Corpus, tag: str) -> tuple[list, dict]:
     """(argv, {dest: (flag or None, index of its value in argv)}) of a valid small run."""
-    argv, where = [command], {}
+    argv, where = command.split(), {}
     for action in sub._actions:
         if not action.option_strings and action.dest != "help":
             where[action.dest] = (None, len(argv))
@@ -216,7 +229,7 @@ def cases_for(command: str, sub, corpus: Corpus) -> list[Case]:
 def all_cases(corpus: Corpus) -> list[Case]:
     from afd_jax.cli import build_parser
 
-    subs = _subparsers(build_parser())
+    subs = command_parsers(build_parser())
     return [c for name, sub in subs.items() for c in cases_for(name, sub, corpus)]
 
 
