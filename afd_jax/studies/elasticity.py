@@ -25,7 +25,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from afd_jax.model.latency import DEFAULT_OPTIONS, Latency, ModelOptions
+from afd_jax.model.latency import DEFAULT_OPTIONS, SCALAR_FIELDS, Latency, ModelOptions
+from afd_jax.model.stages import AttnTable, TableStage
 from afd_jax.studies.optimize import (
     DEFAULT_CONFIG,
     Scenario,
@@ -55,7 +56,24 @@ _STAGE_OF_INPUT = {"attn_time": "attn", "ffn_time": "ffn", "comm_time": "comm"}
 def _stage_fields(stage: str) -> set[str]:
     """The Latency fields of one stage's time (not its cost), by name: those naming the stage
     (``alpha_attn``, ``beta_attn``; any other parameter of that stage's time function too)."""
-    return {f for f in Latency._fields if stage in f.split("_") and not f.startswith("cost")}
+    return {f for f in SCALAR_FIELDS if stage in f.split("_") and not f.startswith("cost")}
+
+
+def _table_tangent(table):
+    """d (s * table) / ds: the times and slopes, not the knots (nor the batches)."""
+    if isinstance(table, AttnTable):
+        return AttnTable(jnp.zeros_like(table.batches), tuple(map(_table_tangent, table.rows)))
+    return TableStage(jnp.zeros_like(table.x), table.y, table.d)
+
+
+def _stage_tangent(lat, zero_lat, stage: str):
+    """The latency tangent of scaling one stage's time function by s at s = 1: its affine
+    coefficients, or its table's times and slopes (the NaN pair a table replaces stays 0)."""
+    tables = getattr(lat, "tables", None)
+    table = getattr(tables, stage) if tables is not None else None
+    if table is None:
+        return zero_lat._replace(**{f: getattr(lat, f) for f in _stage_fields(stage)})
+    return zero_lat._replace(tables=zero_lat.tables._replace(**{stage: _table_tangent(table)}))
 
 
 def input_tangent(scen: Scenario, name: str) -> Scenario:
@@ -63,14 +81,7 @@ def input_tangent(scen: Scenario, name: str) -> Scenario:
     zero = jax.tree_util.tree_map(jnp.zeros_like, scen)
     lat = scen.latency
     if name in _STAGE_OF_INPUT:
-        keep = _stage_fields(_STAGE_OF_INPUT[name])
-        lat_t = Latency(
-            *(
-                v if f in keep else jnp.zeros_like(v)
-                for f, v in zip(Latency._fields, lat, strict=True)
-            )
-        )
-        return zero._replace(latency=lat_t)
+        return zero._replace(latency=_stage_tangent(lat, zero.latency, _STAGE_OF_INPUT[name]))
     if name in ("cost_attn", "cost_ffn"):
         return zero._replace(latency=zero.latency._replace(**{name: getattr(lat, name)}))
     if name == "workload_scale":
@@ -83,8 +94,9 @@ def input_tangent(scen: Scenario, name: str) -> Scenario:
 
 
 def _dot(a, b):
-    leaves = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda x, y: x * y, a, b))
-    return sum(float(v) for v in leaves)
+    """Sum over every leaf of a * b (b a tangent: where it is 0, a NaN of a counts as 0)."""
+    prod = jax.tree_util.tree_map(lambda x, y: jnp.where(y == 0, 0.0, x * y), a, b)
+    return sum(float(jnp.sum(v)) for v in jax.tree_util.tree_leaves(prod))
 
 
 def _log_throughput(x, scen: Scenario, rel_temperature, opts: ModelOptions):

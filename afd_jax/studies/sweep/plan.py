@@ -142,7 +142,7 @@ def _check_latency_values(coeffs: np.ndarray, spec: SweepSpec, base: Latency) ->
             raise InputError(
                 f"coefficients must be >= 0 (got {col.min():g})", path=spec.path, field=key
             )
-    check_step_time(Latency(*coeffs.T), spec.path)
+    check_step_time(make_latency(tuple(coeffs.T), base.tables), spec.path)
 
 
 def _resolve_workloads(spec: SweepSpec) -> list[WorkloadEntry]:
