@@ -63,7 +63,7 @@ def add_memory_budget_arg(parser) -> None:
         default=None,
         metavar="SIZE",
         help=f"refuse work whose memory estimate exceeds SIZE (512M, 2G, or MiB; default "
-        f"{DEFAULT_FRACTION:.0%} of physical memory, less under ulimit -v; "
+        f"{DEFAULT_FRACTION:.0%}% of physical memory, less under ulimit -v; "
         "docs/reliability.md)",
     )
 
