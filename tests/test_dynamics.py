@@ -109,14 +109,14 @@ OPTIONS = [
         Dynamics(routing="balanced", slot_slack=1, kv_capacity=500, microbatches=2, **NOISE),
         marks=pytest.mark.slow,
     ),
-    pytest.param(Dynamics(routing="power-of-d", routing_d=3, **EXPERTS), marks=pytest.mark.slow),
     pytest.param(
         Dynamics(routing="lookahead", lookahead=4, kv_capacity=600), marks=pytest.mark.slow
     ),
 ]
 
 
-@pytest.mark.parametrize("cfg", OPTIONS, ids=["in-place", "balanced", "power-of-d", "lookahead"])
+# power-of-d shares the routed path of balanced and lookahead (its choice is tested above)
+@pytest.mark.parametrize("cfg", OPTIONS, ids=["in-place", "balanced", "lookahead"])
 def test_same_seed_same_numbers_whatever_the_chunking(trace, cfg):
     kw = dict(dynamics=cfg, steps=300, replications=3)
     a = _run(trace, segment_steps=128, replications_per_call=1, **kw)
