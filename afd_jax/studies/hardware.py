@@ -21,6 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from afd_jax.errors import InputError
+from afd_jax.model.hardware import HARDWARE_KEYS
 from afd_jax.model.latency_io import load_latency_toml
 
 __all__ = [
@@ -157,19 +158,6 @@ PROVENANCE_KEYS = (
     "table_files",
     "licence",
     "notice",
-)
-HARDWARE_KEYS = (
-    "model",
-    "attn_system",
-    "ffn_system",
-    "framework",
-    "attn_gpus",
-    "ffn_gpus",
-    "attn_parallelism",
-    "ffn_parallelism",
-    "kv_bytes_per_token",
-    "attn_weight_bytes",
-    "ffn_weight_bytes",
 )
 
 
