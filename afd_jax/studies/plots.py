@@ -147,8 +147,9 @@ def plot_plan_front(result: dict, path: str | Path) -> Path:
     evaluated (r, B) as objective vs P99 time per output token, coloured by B, the Pareto front
     as a step line, the best configuration starred and the P99 SLO as a vertical line."""
     plt = _pyplot()
-    metric = {"per_gpu": "tokens_per_s_per_gpu", "per_dollar": "tokens_per_dollar"}
-    key = metric[result["objective"]]
+    from afd_jax.studies.plan import OBJECTIVES  # the objective -> metric key, one home
+
+    key = OBJECTIVES[result["objective"]]
     unit = {"per_gpu": "tokens/s per GPU", "per_dollar": "tokens per USD"}[result["objective"]]
     fig, ax = plt.subplots(figsize=(8.0, 5.0), constrained_layout=True)
     outside = [p for p in result["points"] if set(p["violates"]) - {"tpot_p99"}]
