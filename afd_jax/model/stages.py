@@ -125,10 +125,20 @@ def attn_table(batches, rows) -> AttnTable:
     return AttnTable(np.asarray(batches, dtype=float), tuple(table_stage(x, y) for x, y in rows))
 
 
-def _segment(stage: TableStage, x, xp):
-    """Interval index k (clipped to 0..n-2), its width h and local coordinate t of x."""
-    n = stage.x.shape[0]
-    k = xp.clip(xp.searchsorted(stage.x, x, side="right") - 1, 0, n - 2)
+def _search(knots, x, xp):
+    """``searchsorted(knots, x, side="right")``; under JAX by comparing with every knot (a few
+    fused comparisons instead of a loop: tables are short, and the compiled optimiser holds
+    dozens of table evaluations). Knots padded with +inf are never counted."""
+    if xp is np:
+        return np.searchsorted(knots, x, side="right")
+    return xp.searchsorted(knots, x, side="right", method="compare_all")
+
+
+def _segment(stage: TableStage, x, xp, n=None):
+    """Interval index k (clipped to 0..n-2), its width h and local coordinate t of x; ``n``: the
+    number of knots in use (default all; fewer when the row is padded, see :func:`_attn`)."""
+    n = stage.x.shape[0] if n is None else n
+    k = xp.clip(_search(stage.x, x, xp) - 1, 0, n - 2)
     h = stage.x[k + 1] - stage.x[k]
     return k, h, (x - stage.x[k]) / h
 
@@ -143,10 +153,12 @@ def _like(stage: TableStage, x, xp):
     return stage, xp.asarray(x, dtype=dtype)
 
 
-def _hermite(stage: TableStage, x, derivative: bool):
+def _hermite(stage: TableStage, x, derivative: bool, n=None):
+    """PCHIP value (or slope) of one table at x; ``n`` knots in use (default all)."""
     xp = _xp(stage, x)
     stage, x = _like(stage, x, xp)
-    k, h, t = _segment(stage, x, xp)
+    last = -1 if n is None else n - 1
+    k, h, t = _segment(stage, x, xp, n)
     y0, y1, d0, d1 = stage.y[k], stage.y[k + 1], stage.d[k] * h, stage.d[k + 1] * h
     if derivative:
         inside = (6 * t - 6) * t * (y0 - y1) + (3 * t - 4) * t * d0 + d0 + (3 * t - 2) * t * d1
@@ -155,12 +167,12 @@ def _hermite(stage: TableStage, x, derivative: bool):
         s = 1 - t
         inside = (1 + 2 * t) * s * s * y0 + t * s * s * d0
         inside = inside + t * t * ((3 - 2 * t) * y1 - s * d1)
-    x_lo, x_hi = stage.x[0], stage.x[-1]
+    x_lo, x_hi = stage.x[0], stage.x[last]
     if derivative:
-        below, above = stage.d[0] + 0 * x, stage.d[-1] + 0 * x
+        below, above = stage.d[0] + 0 * x, stage.d[last] + 0 * x
     else:
         below = stage.y[0] + stage.d[0] * (x - x_lo)
-        above = stage.y[-1] + stage.d[-1] * (x - x_hi)
+        above = stage.y[last] + stage.d[last] * (x - x_hi)
     return xp.where(x < x_lo, below, xp.where(x > x_hi, above, inside))
 
 
@@ -169,17 +181,40 @@ def _batch_weights(batches, batch, xp):
     nb = batches.shape[0]
     if nb == 1:
         return 0, 0.0
-    i = xp.clip(xp.searchsorted(batches, batch, side="right") - 1, 0, nb - 2)
+    i = xp.clip(_search(batches, batch, xp) - 1, 0, nb - 2)
     return i, (batch - batches[i]) / (batches[i + 1] - batches[i])
+
+
+def _hermite_rows(rows, x, derivative: bool):
+    """JAX: :func:`_hermite` of every row at x as one vmapped evaluation (rows padded to a
+    common length: knots +inf, times and slopes repeated, never read), the same numbers as row
+    by row; a list of per-row values."""
+    jax = _jax_loaded()
+    jnp = jax.numpy
+    width = max(row.x.shape[0] for row in rows)
+
+    def pad(a, value):
+        a = jnp.asarray(a)
+        return jnp.concatenate([a, jnp.full((width - a.shape[0],), value, dtype=a.dtype)])
+
+    stacked = TableStage(
+        *(jnp.stack([pad(r.x, jnp.inf) for r in rows]),)
+        + tuple(jnp.stack([pad(getattr(r, f), getattr(r, f)[-1]) for r in rows]) for f in "yd")
+    )
+    n = jnp.asarray([row.x.shape[0] for row in rows])
+    values = jax.vmap(lambda st, m: _hermite(st, x, derivative, m))(stacked, n)
+    return list(values)
 
 
 def _attn(stage: AttnTable, x, batch, derivative: bool):
     if batch is None:
         raise ValueError("an Attention table needs the batch B")
     xp = _xp(stage, x, batch)
-    values = xp.stack(
-        [xp.broadcast_to(_hermite(row, x, derivative), xp.shape(x * batch)) for row in stage.rows]
-    )
+    if xp is np or len(stage.rows) == 1:
+        each = [_hermite(row, x, derivative) for row in stage.rows]
+    else:
+        each = _hermite_rows(stage.rows, x, derivative)
+    values = xp.stack([xp.broadcast_to(v, xp.shape(x * batch)) for v in each])
     if len(stage.rows) == 1:
         return values[0]
     batches = xp.asarray(stage.batches, dtype=values.dtype)
