@@ -511,6 +511,7 @@ def _scalar_dot(grad_tree: Scenario, tangents: Scenario):
 
     total = 0.0
     for g, t in zip(scalars(grad_tree), scalars(tangents), strict=True):
+        t = jnp.reshape(t, (1,) * g.ndim + t.shape)  # explicit ranks (strict promotion)
         total = total + jnp.where(t == 0, 0.0, g[..., None] * t)
     return total
 
