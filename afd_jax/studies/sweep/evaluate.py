@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 import jax
@@ -51,8 +52,10 @@ __all__ = [
 ]
 
 
+@functools.lru_cache(maxsize=8)
 def analytic_kernels(opts: ModelOptions, r_max: int, gauss_method: str) -> dict:
-    """Jitted chunk kernels, vmapped over scenarios (r = 1..r_max broadcasts inside).
+    """Jitted chunk kernels, vmapped over scenarios (r = 1..r_max broadcasts inside); cached per
+    (options, r_max, method), so sweeps of one shape in a process compile once.
 
     Inputs (all shape [n], one float dtype): a :class:`Latency` of [n] arrays, theta, slot_var,
     batch. ``"mean_field"`` returns ``regime`` int32[n, r_max] (0 attention, 1 communication,
@@ -160,7 +163,7 @@ def exact_chunk(groups: ExactGroups, sl: slice) -> np.ndarray:
     p = groups.plan
     idx = np.arange(sl.start, sl.stop)
     if p.scales is None or p.tables is None:
-        scales = None if p.scales is None else p.scales[idx, :, None]
+        scales = None if p.scales is None else p.scales[idx].T[:, :, None]
         return _exact_rows(groups, idx, _chunk_latency(p, idx, scales))
     out = np.empty((idx.shape[0], p.spec.r_max), dtype=np.float64)
     rows, which = np.unique(p.scales[idx], axis=0, return_inverse=True)
