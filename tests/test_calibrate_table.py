@@ -42,7 +42,8 @@ def sample_rows(tables, repeats: int, sigma: float, seed: int) -> list:
 
     rows = []
     for b, row in zip(tables["attn"].batches, tables["attn"].rows, strict=True):
-        rows += [("attn", x, t, int(b)) for x, y in zip(row.x, row.y, strict=True) for t in noisy(y)]
+        knots = zip(row.x, row.y, strict=True)
+        rows += [("attn", x, t, int(b)) for x, y in knots for t in noisy(y)]
     for stage in ("ffn", "comm"):
         st = tables[stage]
         rows += [(stage, x, t, "") for x, y in zip(st.x, st.y, strict=True) for t in noisy(y)]
