@@ -158,9 +158,11 @@ GOOD += [("comm", 1, 1.0, ""), ("comm", 2, 2.0, "")]
         ([*GOOD, ("attn", 4, 5.0, "2.5")], True, ":8: field batch: must be an integer"),
         ([*GOOD, ("attn", 4, 5.0, "0")], True, ":8: field batch: must be an integer"),
         ([*GOOD, ("attn", 4, "x", 4)], True, ":8: field time_us: not a number"),
-        ([*GOOD, ("attn", 4, 5.0, 8)], True, ": field attn: stage attn, batch 8: needs"),
+        ([*GOOD, ("attn", 4, 5.0, 8)], True, ":8: field tokens: stage attn, batch 8: needs"),
         (GOOD[:4], True, ": field stage: no rows for stage comm"),
-        ([*GOOD[:4], ("comm", 1, 0.0, ""), ("comm", 2, 1, "")], True, ": field comm: stage comm:"),
+        ([*GOOD[:4], ("comm", 2, 1, ""), ("comm", 1, 0.0, "")], True, ":7: field time_us: stage"),
+        ([*GOOD[:4], ("comm", 1, 1e-9, ""), ("comm", 2, 1, "")], True, ":6: field time_us: stage"),
+        ([*GOOD[2:], ("attn", 1, 9e307, 4), ("attn", 2, 1e308, 4)], True, ":6: field time_us:"),
     ],
 )
 def test_bad_csv_exits_2_naming_file_line_field(tmp_path, capsys, rows, batch_column, where):

@@ -65,14 +65,15 @@ def read_profile(path: str | Path, with_batch: bool = False) -> dict[str, tuple]
 
     ``with_batch`` (table calibration): the header must also have a ``batch`` column, required
     on Attention rows (an integer B >= 1: the batch the Attention time was measured at) and
-    ignored on the others; then each stage maps to ``(tokens, time_us, batch)``, batch NaN off
-    Attention rows. InputError naming the file, line and field for a bad row."""
+    ignored on the others; then each stage maps to ``(tokens, time_us, batch, line)``, batch NaN
+    off Attention rows, line the row's line in the file. InputError naming the file, line and
+    field for a bad row."""
     path = Path(path)
     try:
         handle = path.open(newline="", encoding="utf-8")
     except OSError as err:
         raise InputError(f"cannot read profile: {err.strerror}", path=str(path)) from err
-    rows: dict[str, tuple[list, list, list]] = {s: ([], [], []) for s in STAGES}
+    rows: dict[str, tuple[list, ...]] = {s: ([], [], [], []) for s in STAGES}
     with handle:
         reader = csv.reader(handle)
         try:
@@ -94,11 +95,11 @@ def read_profile(path: str | Path, with_batch: bool = False) -> dict[str, tuple]
                         f"expected {len(names)} fields, got {len(row)}", path=str(path), line=lineno
                     )
                 stage, values = _row(row, cols, path, lineno)
-                for acc, v in zip(rows[stage], values, strict=False):
+                for acc, v in zip(rows[stage], [*values, lineno], strict=False):
                     acc.append(v)
         except (csv.Error, UnicodeDecodeError) as err:
             raise InputError(f"malformed CSV: {err}", path=str(path)) from err
-    n = 3 if with_batch else 2
+    n = 4 if with_batch else 2
     return {s: tuple(np.asarray(v, np.float64) for v in acc[:n]) for s, acc in rows.items()}
 
 

@@ -32,7 +32,7 @@ from afd_jax.studies.hardware import (
     monotone_table,
 )
 
-__all__ = ["TableFit", "calibrate_tables", "median_table", "row_errors"]
+__all__ = ["CurveError", "TableFit", "calibrate_tables", "median_table", "row_errors"]
 
 
 class TableFit(NamedTuple):
@@ -47,18 +47,43 @@ class TableFit(NamedTuple):
     notes: list[str]
 
 
+class CurveError(ValueError):
+    """A curve that cannot be stored: ``field`` (``tokens`` or ``time_us``) and the token count
+    ``x`` at fault (None: the whole curve)."""
+
+    def __init__(self, message: str, field: str, x: float | None = None):
+        super().__init__(message)
+        self.field, self.x = field, x
+
+
 def median_table(tokens, times, batch: int | None = None) -> StageTable:
-    """The monotone table of the per-token-count medians of ``(tokens, times)``; ValueError
-    (with the reason) for fewer than 2 distinct token counts or a median time of 0."""
+    """The monotone table of the per-token-count medians of ``(tokens, times)``;
+    :class:`CurveError` for fewer than 2 distinct token counts, a median time of 0 or a time
+    that rounds to 0 or overflows when stored."""
     x, inverse = np.unique(np.asarray(tokens, np.float64), return_inverse=True)
     if x.size < 2:
-        raise ValueError(f"needs measurements at >= 2 distinct token counts, got {x.size}")
+        raise CurveError(
+            f"needs measurements at >= 2 distinct token counts, got {x.size}", "tokens"
+        )
     times = np.asarray(times, np.float64)
     medians = np.array([np.median(times[inverse.reshape(-1) == k]) for k in range(x.size)])
     if np.any(medians <= 0):
         at = x[int(np.argmax(medians <= 0))]
-        raise ValueError(f"median time at {at:g} tokens is 0 (a table needs times > 0)")
-    return monotone_table(x, medians, batch)
+        raise CurveError(
+            f"median time at {at:g} tokens is 0 (a table needs times > 0)", "time_us", at
+        )
+    with np.errstate(over="ignore"):
+        table = monotone_table(x, medians, batch)
+    bad = ~(np.isfinite(table.stored) & (table.stored > 0))
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise CurveError(
+            f"time {medians[k]:g} us at {x[k]:g} tokens is stored as {table.stored[k]:g} "
+            f"(times are kept to {DECIMALS} decimals of a us and must stay finite and > 0)",
+            "time_us",
+            x[k],
+        )
+    return table
 
 
 def _note(stage: str, t: StageTable) -> str | None:
@@ -85,10 +110,11 @@ def row_errors(table: StageTable, tokens, times) -> StageTable:
 
 def _stage_tables(data: dict, path: str) -> tuple[dict, dict]:
     """({stage: [StageTable]}, {stage: [row-error StageTable]}) of the profile; InputError
-    naming the file and the stage (and batch)."""
+    naming the file, the line (the first row of the curve, or at the token count at fault), the
+    field, and the stage and batch."""
     out, rows = {}, {}
     for stage in STAGES:
-        tokens, times, batch = data[stage]
+        tokens, times, batch, lines = data[stage]
         if tokens.size == 0:
             raise InputError(
                 f"no rows for stage {stage} (every stage attn, ffn, comm needs rows)",
@@ -102,9 +128,11 @@ def _stage_tables(data: dict, path: str) -> tuple[dict, dict]:
             b = None if b is None else int(b)
             try:
                 out[stage].append(median_table(tokens[sel], times[sel], b))
-            except ValueError as err:
+            except CurveError as err:
                 where = f"stage {stage}" + (f", batch {b}" if b is not None else "")
-                raise InputError(f"{where}: {err}", path=path, field=stage) from None
+                at = lines[sel][tokens[sel] == err.x] if err.x is not None else lines[sel]
+                line = int(at[0])
+                raise InputError(f"{where}: {err}", path=path, line=line, field=err.field) from None
             rows[stage].append(row_errors(out[stage][-1], tokens[sel], times[sel]))
     return out, rows
 
