@@ -1,13 +1,15 @@
 """Table calibration (afd_jax.studies.calibration, ``afd-jax calibrate --fit table``):
 recovers a known table from noisy repeated measurements within the noise of a median; an
-affine profile becomes a table that gives the affine numbers; the default affine output is
-unchanged; bad CSV names file, line and field; a non-monotone profile is cleaned and said so."""
+affine profile becomes a table that gives the affine numbers (mean field, Gaussian, exact);
+the default affine output is unchanged; bad CSV names file, line and field; a non-monotone
+profile is cleaned and said so."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -82,10 +84,12 @@ AFFINE = Latency(2.0**-6, 100.0, 0.5, 443.0, 0.25, 100.0, 1.0, 2.0)
 
 
 def affine_rows() -> list:
-    """Two identical measurements per point of the affine model (times exact in 3 decimals)."""
+    """Two identical measurements per point of the affine model (times exact in 3 decimals);
+    the knot counts and batches of tests/test_table_latency.py's affine tables (the Gaussian
+    kernel compiles once for both)."""
     a = AFFINE
     kv, tok = (0, 512, 4096, 65536, 262144), (1, 16, 128, 1024, 4096)
-    rows = [("attn", x, a.alpha_attn * x + a.beta_attn, b) for b in (8, 64) for x in kv]
+    rows = [("attn", x, a.alpha_attn * x + a.beta_attn, b) for b in (1, 64, 256) for x in kv]
     rows += [("ffn", x, a.alpha_ffn * x + a.beta_ffn, "") for x in tok]
     rows += [("comm", x, a.alpha_comm * x + a.beta_comm, "") for x in tok]
     return rows * 2
@@ -95,7 +99,7 @@ def test_affine_profile_as_a_table_gives_the_affine_numbers(tmp_path, capsys):
     p = write_profile(tmp_path / "p.csv", affine_rows())
     out = tmp_path / "t.toml"
     args = ["calibrate", str(p), "--fit", "table", "--out", str(out), "--cost-ffn", "2"]
-    assert main([*args, "--comm-scaling", "per_worker"]) == 0
+    assert main(args) == 0
     report = capsys.readouterr().out
     assert report.splitlines()[0].split() == ["stage", "points", "MAPE", "%", "worst", "%"] + [
         "worst",
@@ -103,14 +107,20 @@ def test_affine_profile_as_a_table_gives_the_affine_numbers(tmp_path, capsys):
     ]
     assert "0.0000" in report and "note:" not in report
     tab, opts = resolve_latency(str(out))
-    assert opts == ModelOptions("per_worker", "pipelined") and tab.cost_ffn == 2.0
+    assert opts == ModelOptions("aggregate", "pipelined") and tab.cost_ffn == 2.0
     xs = np.linspace(0.0, 3e5, 301)
-    for b in (8.0, 30.0, 64.0):
+    for b in (1.0, 30.0, 256.0):
         want = AFFINE.alpha_attn * xs + AFFINE.beta_attn
         np.testing.assert_allclose(eval_stage(tab.attn, xs, b), want, rtol=1e-12)
     w = resolve_workload("uniform:prompt=50..150,decode=100..300")
     pmf, r = slot_load_pmf(w, max_bins=512), np.arange(1.0, 13.0)
-    theta = float(workload_stats(w).theta)
+    theta, var = float(workload_stats(w).theta), float(workload_stats(w).slot_var)
+    r24 = jnp.arange(1.0, 25.0)
+    np.testing.assert_allclose(
+        theory.gaussian_step_time_jit(tab, theta, var, r24, 16, opts, "tail"),
+        theory.gaussian_step_time_jit(AFFINE, theta, var, r24, 16, opts, "tail"),
+        rtol=1e-9,
+    )
     for batch in (16, 40):
         np.testing.assert_allclose(
             theory.mean_field_throughput(tab, theta, r, batch, opts),
