@@ -158,3 +158,17 @@ ffn_scale = [0.7, 1.0]
     # slower stages never raise the throughput; a faster FFN lifts it where the FFN binds
     assert np.all(tput[2:] <= tput[:2]) and np.all(tput[0] >= tput[1])
     assert np.any(tput[0] > tput[1])
+
+
+def test_random_scales_are_sampled_on_their_own_streams():
+    rnd = {"n": 5, "seed": 3, "beta_ffn": {"uniform": [40.0, 80.0]}}
+    base = _plan({"set": AFFINE, "random": rnd})
+    rnd["attn_scale"] = {"loguniform": [0.8, 1.25]}
+    scaled = _plan({"set": AFFINE, "random": rnd})
+    assert np.array_equal(scaled.coeffs, base.coeffs)  # adding a scale draws nothing else
+    s = scaled.scales[:, 0]
+    assert np.all((s >= 0.8) & (s <= 1.25)) and np.unique(s).size == 5
+    assert np.all(scaled.scales[:, 1:] == 1.0) and "attn_scale" in scaled.swept
+    lat = scaled.latency(np.arange(5))
+    np.testing.assert_array_equal(lat.alpha_attn, s * AFFINE["alpha_attn"])
+    np.testing.assert_array_equal(lat.beta_ffn, scaled.coeffs[:, 3])
