@@ -39,8 +39,8 @@ def columns(methods, family_params, scales: bool = False) -> list[str]:
     parameters of the workloads (docs/sweep.md, "The table"); the stage scales after the
     latency fields when the spec names one (``scales``)."""
     cols = ["scenario", "workload", *(f"wl_{p}" for p in family_params), "batch"]
-    cols += [*LATENCY_FIELDS, *(SCALE_FIELDS if scales else ()), "theta", "slot_std", "r"]
-    cols.append("regime")
+    scale_cols = SCALE_FIELDS if scales else ()
+    cols += [*LATENCY_FIELDS, *scale_cols, "theta", "slot_std", "r", "regime"]
     for m in methods:
         if m != "optimize":
             cols.append(f"tput_{m}")
