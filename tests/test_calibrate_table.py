@@ -6,6 +6,7 @@ profile is cleaned and said so."""
 
 from __future__ import annotations
 
+import doctest
 import json
 from pathlib import Path
 
@@ -182,3 +183,13 @@ def test_bad_csv_exits_2_naming_file_line_field(tmp_path, capsys, rows, batch_co
     assert main(["calibrate", str(p), "--fit", "table"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].split(str(p))[1].startswith(where), err
+
+
+def test_docstring_example_and_example_profile(monkeypatch):
+    monkeypatch.chdir(ROOT)  # the example reads examples/profile_table.csv
+    tests = doctest.DocTestFinder(recurse=False).find(calibrate_tables, "calibrate_tables")
+    runner = doctest.DocTestRunner()
+    for test in tests:
+        runner.run(test)
+    assert sum(len(t.examples) for t in tests) > 0
+    assert runner.summarize(verbose=False).failed == 0
