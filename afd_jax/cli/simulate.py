@@ -36,6 +36,7 @@ from afd_jax.kernels.dynamics import ROUTINGS
 from afd_jax.memory import current_budget
 from afd_jax.montecarlo.dynamics import DYNAMICS_KEYS, dynamics_options
 from afd_jax.montecarlo.result import MonteCarloResult
+from afd_jax.montecarlo.spine import PRECISIONS
 from afd_jax.studies.plots import plot_simulation
 
 WINDOWS = ("steps", "completions")
@@ -119,6 +120,13 @@ def add_parser(subparsers) -> None:
         "active slots (an FFN whose cost shrinks as the pool drains)",
     )
     add_dynamics_args(p)
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="float dtype of the kernels' step times and sums: float32 (default) or float64 "
+        "(slower; for comparisons beyond float32 rounding)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--level", type=float, default=0.95, help="confidence level (default 0.95)")
     p.add_argument(
@@ -313,6 +321,7 @@ def _run_steps(args, dynamics=None) -> MonteCarloResult:
         memory_budget_bytes=min(args.memory_budget_mb << 20, current_budget() // 2),
         progress=not args.quiet,
         dynamics=dynamics,
+        precision=args.precision,
     )
 
 

@@ -37,8 +37,30 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
+from afd_jax.errors import InputError
 from afd_jax.kernels.barrier import summarise_rows
 from afd_jax.montecarlo.estimators import N_BINS
+
+PRECISIONS = ("float32", "float64")
+"""Float dtypes of the kernels' step-time summaries (``precision=``): float32 is the default
+(every number as before), float64 needs ``jax_enable_x64`` (the CLI enables it)."""
+
+
+def float_dtype(precision: str):
+    """The JAX float dtype of ``precision`` (one of :data:`PRECISIONS`); InputError for an
+    unknown name, or for float64 while ``jax_enable_x64`` is off (JAX would silently give
+    float32)."""
+    if precision not in PRECISIONS:
+        raise InputError(
+            f"must be one of {', '.join(PRECISIONS)}, got {precision!r}", field="precision"
+        )
+    if precision == "float64" and not jax.config.jax_enable_x64:
+        raise InputError(
+            "float64 needs jax_enable_x64 (the CLI enables it; in Python: "
+            'jax.config.update("jax_enable_x64", True) or a jax.enable_x64() scope)',
+            field="precision",
+        )
+    return jnp.float64 if precision == "float64" else jnp.float32
 
 
 class Chunk(NamedTuple):
@@ -223,12 +245,14 @@ class Progress:
 
 
 __all__ = [
+    "PRECISIONS",
     "Chunk",
     "Progress",
     "RowMesh",
     "Window",
     "block_keys",
     "device_name",
+    "float_dtype",
     "init_chunk",
     "local_devices_only",
     "rep_keys",
