@@ -363,6 +363,7 @@ def _run_pool(args) -> MonteCarloResult:
         level=args.level,
         diagnostics=True,
         progress=not args.quiet,
+        precision=args.precision,
     )
 
 

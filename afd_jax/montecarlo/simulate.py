@@ -45,7 +45,7 @@ from afd_jax.kernels import sampling as KS
 from afd_jax.kernels.barrier import barrier_kernel
 from afd_jax.kernels.contract import SegmentParams
 from afd_jax.kernels.fast import fast_kernel
-from afd_jax.kernels.step import AttnGrid, StepModel
+from afd_jax.kernels.step import StepModel
 from afd_jax.kernels.trajectory import INITS, trajectory_kernel
 from afd_jax.memory import require
 from afd_jax.model import latency as L
@@ -57,10 +57,12 @@ from afd_jax.montecarlo.dynamics import Dynamics, DynRun, simulate_dynamics
 from afd_jax.montecarlo.result import STEP_DIAGNOSTICS, MonteCarloResult
 from afd_jax.montecarlo.samplers import make_sampler, max_slot_load
 from afd_jax.montecarlo.spine import (
+    ATTN_GRID,
     Chunk,
     Progress,
     RowMesh,
     Window,
+    attn_grid,
     block_keys,
     device_name,
     float_dtype,
@@ -176,29 +178,6 @@ def _sampler_and_max_load(source, opts: ModelOptions, given):
         return make_sampler(source, off, draw="alias"), max_load
     sampler = make_sampler(source, draw="alias")
     return sampler, max_slot_load(sampler, given=given)
-
-
-ATTN_GRID = 65536
-"""Intervals of the load grid on which a table Attention stage reaches the kernels: every
-integer load when B * max slot load <= ATTN_GRID (exact), else uniform, read linearly."""
-
-
-def attn_grid(
-    lat: Latency, batch, max_load: int, dtype=jnp.float32, top: float | None = None
-) -> AttnGrid:
-    """The table Attention time of ``lat`` at B = ``batch`` (``afd_jax.model.latency``, float64)
-    on a uniform grid over [0, top] (default B * max slot load; :data:`ATTN_GRID` intervals,
-    width >= 1), stored in ``dtype``."""
-    top = max(int(batch * max_load if top is None else top), 1)
-    n = min(top, ATTN_GRID)
-    width = top / n
-    loads = width * np.arange(n + 1, dtype=np.float64)
-    values = L.t_attn(L.host_latency(lat), loads, float(batch))
-    return AttnGrid(
-        jnp.asarray(0.0, dtype),
-        jnp.asarray(1.0 / width, dtype),
-        jnp.asarray(values, dtype),
-    )
 
 
 def step_model(
@@ -650,10 +629,12 @@ def _result(lat, run: StepsRun, setup: StepsSetup, acc: StepAccumulator, wall: f
 
 
 __all__ = [
+    "ATTN_GRID",
     "INITS",
     "KERNELS",
     "STEP_DIAGNOSTICS",
     "SimulationResult",
+    "attn_grid",
     "device_name",
     "simulate",
     "step_model",

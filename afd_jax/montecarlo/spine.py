@@ -39,6 +39,9 @@ from tqdm import tqdm
 
 from afd_jax.errors import InputError
 from afd_jax.kernels.barrier import summarise_rows
+from afd_jax.kernels.step import AttnGrid
+from afd_jax.model import latency as L
+from afd_jax.model.latency import Latency
 from afd_jax.montecarlo.estimators import N_BINS
 
 PRECISIONS = ("float32", "float64")
@@ -61,6 +64,29 @@ def float_dtype(precision: str):
             field="precision",
         )
     return jnp.float64 if precision == "float64" else jnp.float32
+
+
+ATTN_GRID = 65536
+"""Intervals of the load grid on which a table Attention stage reaches the kernels: every
+integer load when B * max slot load <= ATTN_GRID (exact), else uniform, read linearly."""
+
+
+def attn_grid(
+    lat: Latency, batch, max_load: int, dtype=jnp.float32, top: float | None = None
+) -> AttnGrid:
+    """The table Attention time of ``lat`` at B = ``batch`` (``afd_jax.model.latency``, float64)
+    on a uniform grid over [0, top] (default B * max slot load; :data:`ATTN_GRID` intervals,
+    width >= 1), stored in ``dtype``."""
+    top = max(int(batch * max_load if top is None else top), 1)
+    n = min(top, ATTN_GRID)
+    width = top / n
+    loads = width * np.arange(n + 1, dtype=np.float64)
+    values = L.t_attn(L.host_latency(lat), loads, float(batch))
+    return AttnGrid(
+        jnp.asarray(0.0, dtype),
+        jnp.asarray(1.0 / width, dtype),
+        jnp.asarray(values, dtype),
+    )
 
 
 class Chunk(NamedTuple):
@@ -245,11 +271,13 @@ class Progress:
 
 
 __all__ = [
+    "ATTN_GRID",
     "PRECISIONS",
     "Chunk",
     "Progress",
     "RowMesh",
     "Window",
+    "attn_grid",
     "block_keys",
     "device_name",
     "float_dtype",
