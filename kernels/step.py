@@ -39,19 +39,25 @@ class StepModel(NamedTuple):
     attn_grid: AttnGrid | None = None
 
 
-def attn_times(model: StepModel, loads):
-    """Attention time of worker loads (in the model's float dtype): affine, or the grid read
-    linearly (clamped to the grid, which the driver makes cover every possible load)."""
-    grid = model.attn_grid
-    if grid is None:
-        return model.alpha_attn * loads + model.beta_attn
+def grid_times(grid: AttnGrid, x):
+    """A stage time sampled on a uniform grid (:class:`AttnGrid`), read linearly at ``x`` (the
+    grid's dtype; clamped to the grid, which the driver makes cover every possible x)."""
     n = grid.values.shape[0]
-    u = (loads - grid.start) * grid.inv_width
+    u = (x - grid.start) * grid.inv_width
     k = jnp.clip(jnp.floor(u), 0, n - 2)
     frac = u - k
     k = k.astype(jnp.int32)
     lo, hi = grid.values[k], grid.values[k + 1]
     return lo + frac * (hi - lo)
+
+
+def attn_times(model: StepModel, loads):
+    """Attention time of worker loads (in the model's float dtype): affine, or the grid read
+    linearly (:func:`grid_times`)."""
+    grid = model.attn_grid
+    if grid is None:
+        return model.alpha_attn * loads + model.beta_attn
+    return grid_times(grid, loads)
 
 
 def step_times(max_attn_time, other, serial: bool):
@@ -68,4 +74,4 @@ def kahan_add(total, comp, x):
     return t, (t - total) - y
 
 
-__all__ = ["AttnGrid", "StepModel", "attn_times", "kahan_add", "step_times"]
+__all__ = ["AttnGrid", "StepModel", "attn_times", "grid_times", "kahan_add", "step_times"]

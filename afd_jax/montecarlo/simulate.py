@@ -50,7 +50,6 @@ from afd_jax.kernels.trajectory import INITS, trajectory_kernel
 from afd_jax.memory import require
 from afd_jax.model import latency as L
 from afd_jax.model.latency import Latency, ModelOptions
-from afd_jax.model.latency_io import require_affine
 from afd_jax.model.stages import check_batch
 from afd_jax.montecarlo import estimators as E
 from afd_jax.montecarlo.dynamics import Dynamics, DynRun, simulate_dynamics
@@ -375,7 +374,6 @@ def simulate(
 
 def _simulate_dynamics(source, lat, run: StepsRun, opts, dynamics, given, progress):
     """The dynamics kernel with the same sampler, sizes and chunking options."""
-    require_affine(lat, "the dynamics kernel (routing, KV capacity, micro-batches, noise)")
     sampler, max_load = _sampler_and_max_load(source, opts, given)
     return simulate_dynamics(sampler, max_load, lat, DynRun(run, opts, dynamics), progress)
 
