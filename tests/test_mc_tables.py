@@ -109,6 +109,33 @@ def test_float64_needs_x64_and_a_known_precision(workload):
             pool_simulate(workload, LAT, 4, [1], n_requests=8, precision="float64")
 
 
+def _sweep_plan(precision: str):
+    import tomllib
+
+    from afd_jax.studies.sweep import spec as S
+    from afd_jax.studies.sweep.plan import make_plan
+
+    coeffs = "\n".join(f"{k} = {v!r}" for k, v in LAT._asdict().items() if "cost" not in k)
+    text = (
+        f'r_max = 12\nmethods = ["mc"]\nbatch = [16]\n[workloads]\nspecs = ["{WORKLOAD}"]\n'
+        f"[latency.set]\n{coeffs}\n[mc]\nsteps = 256\nreplications = 2\nseed = 3\n"
+        f'kernel = "barrier"\nprecision = "{precision}"\n'
+    )
+    return make_plan(S.parse_sweep_spec(tomllib.loads(text), "s.toml"))
+
+
+def test_sweep_mc_precision_is_the_simulate_option(workload):
+    """The sweep's [mc] precision reaches simulate (the program of the barrier test above)."""
+    from afd_jax.studies.sweep.evaluate import mc_chunk
+
+    with pytest.raises(InputError) as e:
+        _sweep_plan("float16")
+    assert e.value.field == "mc.precision" and e.value.path == "s.toml"
+    got, _ = mc_chunk(_sweep_plan("float64"), slice(0, 1))
+    want = simulate(workload, LAT, 16, 12, kernel="barrier", precision="float64", **STEPS_KW)
+    np.testing.assert_array_equal(got[0], want.throughput)
+
+
 # ------------------------------------------------------------- the finite pool
 
 
