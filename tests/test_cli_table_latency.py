@@ -81,7 +81,16 @@ def test_table_provision_and_bad_table_exits_2(capsys, tmp_path):
 @pytest.mark.parametrize(
     "extra, rtol",
     [
-        (["--steps", "128", "--routing", "balanced", "--precision", "float64"], 1e-12),
+        pytest.param(
+            ["--steps", "128", "--routing", "balanced", "--precision", "float64"],
+            1e-12,
+            marks=pytest.mark.skipif(
+                os.environ.get("AFD_HEAVY_TESTS") != "1",
+                reason="about 40 s on a 2-core CPU, mostly the idealised r* (provision's Gaussian "
+                "on a table preset) a dynamics run prints: set AFD_HEAVY_TESTS=1 (routed dynamics "
+                "on tables: tests/test_mc_tables.py)",
+            ),
+        ),
         (["--window", "completions", "--requests", "64"], 1e-6),
     ],
 )
@@ -94,7 +103,7 @@ def test_table_preset_runs_in_the_pool_and_dynamics_simulators(capsys, extra, rt
     preset = "deepseek-v3@h200_sxm"
     lat, opts = resolve_latency(preset)
     args = ["simulate", "--workload", WORKLOAD, "--latency", preset, "--batch", "8"]
-    out = _json(capsys, [*args, "--r-max", "3", "--replications", "2", "--quiet", *extra])
+    out = _json(capsys, [*args, "--r-max", "2", "--replications", "2", "--quiet", *extra])
     assert out["precision"] == ("float64" if "float64" in extra else "float32")
     r = np.array([row["r"] for row in out["results"]], dtype=np.float64)
     g = L.other_stages(L.host_latency(lat), r, 8, opts)
