@@ -120,15 +120,7 @@ def add_parser(subparsers) -> None:
         "active slots (an FFN whose cost shrinks as the pool drains)",
     )
     add_dynamics_args(p)
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="float32",
-        help="float dtype of the kernels' step times and sums: float32 (default) or float64 "
-        "(slower; for comparisons beyond float32 rounding)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--level", type=float, default=0.95, help="confidence level (default 0.95)")
+    add_run_args(p)
     p.add_argument(
         "--memory-budget-mb",
         type=int,
@@ -147,6 +139,19 @@ def add_parser(subparsers) -> None:
     )
     add_distributed_args(p)
     p.set_defaults(func=run)
+
+
+def add_run_args(p) -> None:
+    """Seed, confidence level and the float precision of the kernels."""
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="float dtype of the kernels' step times and sums: float32 (default) or float64 "
+        "(slower; for comparisons beyond float32 rounding)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--level", type=float, default=0.95, help="confidence level (default 0.95)")
 
 
 def _numbers(kind, n: int, what: str):
