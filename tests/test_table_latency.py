@@ -354,7 +354,11 @@ def test_other_file_errors(tmp_path):
         resolve_latency(str(DATA), overrides={"alpha_ffn": 1.0})
 
 
-def test_batch_outside_tables_and_pool_rejected(moe, workload):
+def test_batch_outside_tables_rejected(moe, workload):
+    """Every method, the finite pool and the dynamics kernel (which read the tables at B/m)
+    refuse a B outside the Attention tables before any work (tables run in every simulator:
+    tests/test_mc_tables.py)."""
+    from afd_jax.kernels.dynamics import Dynamics
     from afd_jax.montecarlo.pool import pool_simulate
 
     lat, opts = moe
@@ -363,8 +367,11 @@ def test_batch_outside_tables_and_pool_rejected(moe, workload):
         provision(w, lat, 64, r_max=4, opts=opts)
     with pytest.raises(InputError, match="outside the Attention tables"):
         simulate(w, lat, 4, 4, opts=opts)
-    with pytest.raises(InputError, match="affine stages"):
-        pool_simulate(w, lat, 16, [2], opts=opts)
+    with pytest.raises(InputError, match="outside the Attention tables"):
+        pool_simulate(w, lat, 64, [2], opts=opts)
+    with pytest.raises(InputError, match="micro-batches of B/m") as e:
+        simulate(w, lat, 16, 4, opts=opts, dynamics=Dynamics(microbatches=4))
+    assert e.value.field == "microbatches"
 
 
 def test_sweep_rejects_a_coefficient_of_a_table_stage(tmp_path):
