@@ -384,6 +384,8 @@ def _describe(res: MonteCarloResult, workload: str) -> list[str]:
     else:
         what = f"kernel {res.kernel} ({res.init} start), {res.replications} x {win['steps']} steps"
         load = f"mean slot load {res.mean_slot_load:.1f} +- {res.se_slot_load:.1f}; "
+    if res.precision != "float32":
+        what += f", {res.precision} step times"
     return [
         f"workload {workload}: B = {res.batch}, {what}, seed {res.seed}",
         f"{load}{res.slot_steps:.3e} slot-steps in {res.wall_seconds:.2f} s "
