@@ -6,9 +6,10 @@ loads. A worker's load is ``T_j = sum_b load[j, b]`` (int32) and the barrier for
 r = 1..r_max is the cumulative max over workers (common random numbers across r):
 ``tau(r) = max(alpha_A * max_{j<=r} T_j + beta_A, G(r))`` (pipelined) or ``... + G(r)`` (serial).
 
-Every kernel summarises its steps with :func:`summarise_steps` into :class:`StepSums`: float32
-sums over fixed blocks of :data:`BLOCK` steps (never a running sum in a scan carry); the driver
-adds the blocks in float64 on the host. Kernels are pure and un-jitted; shapes and switches are
+Every kernel summarises its steps with :func:`summarise_steps` into :class:`StepSums`: sums over
+fixed blocks of :data:`BLOCK` steps (never a running sum in a scan carry) in the float dtype of
+the driver's :class:`~.step.StepModel` (float32 by default, float64 when asked); the driver adds
+the blocks in float64 on the host. Kernels are pure and un-jitted; shapes and switches are
 static, coefficients and samplers are traced. No imports from afd_jax.
 """
 
@@ -32,14 +33,16 @@ counter-based keys of the barrier sampler. Independent of the chunk size."""
 class TauHistogram(NamedTuple):
     """Log-spaced bins of the step time for percentiles: bin ``k`` holds
     ``exp(log_lo + k / inv_width) <= tau < exp(log_lo + (k + 1) / inv_width)`` (first and last
-    bins also catch everything below/above). log_lo, inv_width: float32 scalars (traced)."""
+    bins also catch everything below/above). log_lo, inv_width: scalars (traced) of the
+    StepModel's float dtype."""
 
     log_lo: jax.Array
     inv_width: jax.Array
 
 
 class StepSums(NamedTuple):
-    """Block sums of one run of steps. ``nb`` = number of blocks, float32 unless stated.
+    """Block sums of one run of steps. ``nb`` = number of blocks; floats in the StepModel's
+    dtype (float32 or float64) unless stated.
 
     tau, tau_sq, max_attn: [nb, r_max] sums over the valid steps of tau(r), tau(r)^2 and the
     barrier Attention time max_{j<=r} t_A,j. worker_load: [nb, r_max] sums of each worker's
@@ -104,11 +107,13 @@ def summarise_steps(
     ``batch`` (B), ``serial`` and ``n_bins`` are static. Per step and r: the barrier
     ``M_r = max_{j<=r} T_j`` (cumulative max over workers: common random numbers across r),
     ``max_attn = alpha_A M_r + beta_A``, ``tau = max(max_attn, G(r))`` (pipelined) or
-    ``max_attn + G(r)`` (serial).
+    ``max_attn + G(r)`` (serial). Float arithmetic in ``model.other.dtype`` (the histogram
+    ``hist`` comes in the same dtype): nothing here fixes the precision.
     """
     r_max = worker_loads.shape[1]
-    loads = worker_loads.astype(jnp.float32)
-    w = valid.astype(jnp.float32)
+    dtype = model.other.dtype  # the run's float dtype: float32, or float64 when asked
+    loads = worker_loads.astype(dtype)
+    w = valid.astype(dtype)
     # exact running max; a parallel scan is ~3x faster than lax.cummax on XLA:CPU
     max_load = jax.lax.associative_scan(jnp.maximum, loads, axis=1)
     max_attn = attn_times(model, max_load)  # t_A non-decreasing: max_j t_A(T_j) = t_A(M_r)
@@ -117,7 +122,7 @@ def summarise_steps(
     def bsum(x):
         return block_sum(x * w[:, None])
 
-    mean_load = loads.sum(axis=-1) / jnp.float32(r_max * batch)
+    mean_load = loads.sum(axis=-1) / jnp.asarray(r_max * batch, dtype)
     counts = tau_histogram(tau, valid, hist, n_bins)
     return StepSums(
         tau=bsum(tau),

@@ -175,8 +175,11 @@ def stream_idle(lat: Latency, batch, r, s_tau, s_load_cum, s_max_attn, n_steps, 
 def pool_idle(lat: Latency, r, s_tau, s_load, s_max_load, n_steps, s_ffn):
     """Idle fractions of a draining pool, float64 per r, from float32 Kahan sums: ``s_load``
     sum of sum_{j<r} T_j, ``s_max_load`` sum of max_j T_j, ``s_ffn`` sum of t_F. Clipped at 0:
-    where tau == t_F every step the float32 sum of tau can fall 1e-7 short."""
+    where tau == t_F every step the float32 sum of tau can fall 1e-7 short. With a table
+    Attention stage the kernel sums t_A(T_j) and t_A(max_j T_j): alpha_A = 1, beta_A = 0."""
     a_attn, b_attn = float(lat.alpha_attn), float(lat.beta_attn)
+    if not is_affine(lat.attn):
+        a_attn, b_attn = 1.0, 0.0
     idle_attn = np.maximum(0.0, 1.0 - (a_attn * s_load + r * b_attn * n_steps) / (r * s_tau))
     idle_ffn = np.maximum(0.0, 1.0 - s_ffn / s_tau)
     return IdleFractions(

@@ -45,24 +45,26 @@ from afd_jax.kernels import sampling as KS
 from afd_jax.kernels.barrier import barrier_kernel
 from afd_jax.kernels.contract import SegmentParams
 from afd_jax.kernels.fast import fast_kernel
-from afd_jax.kernels.step import AttnGrid, StepModel
+from afd_jax.kernels.step import StepModel
 from afd_jax.kernels.trajectory import INITS, trajectory_kernel
 from afd_jax.memory import require
 from afd_jax.model import latency as L
 from afd_jax.model.latency import Latency, ModelOptions
-from afd_jax.model.latency_io import require_affine
 from afd_jax.model.stages import check_batch
 from afd_jax.montecarlo import estimators as E
 from afd_jax.montecarlo.dynamics import Dynamics, DynRun, simulate_dynamics
 from afd_jax.montecarlo.result import STEP_DIAGNOSTICS, MonteCarloResult
 from afd_jax.montecarlo.samplers import make_sampler, max_slot_load
 from afd_jax.montecarlo.spine import (
+    ATTN_GRID,
     Chunk,
     Progress,
     RowMesh,
     Window,
+    attn_grid,
     block_keys,
     device_name,
+    float_dtype,
     init_chunk,
     rep_keys,
     replication_chunks,
@@ -98,6 +100,7 @@ class StepsRun(NamedTuple):
     budget: int
     segment_steps: int | None
     reps_per_call: int | None
+    precision: str = "float32"
 
     @property
     def slots(self) -> int:
@@ -176,44 +179,30 @@ def _sampler_and_max_load(source, opts: ModelOptions, given):
     return sampler, max_slot_load(sampler, given=given)
 
 
-ATTN_GRID = 65536
-"""Intervals of the load grid on which a table Attention stage reaches the kernels: every
-integer load when B * max slot load <= ATTN_GRID (exact), else uniform, read linearly."""
-
-
-def attn_grid(lat: Latency, batch: int, max_load: int) -> AttnGrid:
-    """The table Attention time of ``lat`` at B = ``batch`` (``afd_jax.model.latency``, float64)
-    on a uniform grid over [0, B * max slot load] (:data:`ATTN_GRID` intervals, width >= 1)."""
-    top = max(int(batch) * int(max_load), 1)
-    n = min(top, ATTN_GRID)
-    width = top / n
-    loads = width * np.arange(n + 1, dtype=np.float64)
-    values = L.t_attn(L.host_latency(lat), loads, float(batch))
-    return AttnGrid(
-        jnp.asarray(0.0, jnp.float32),
-        jnp.asarray(1.0 / width, jnp.float32),
-        jnp.asarray(values, jnp.float32),
-    )
-
-
 def step_model(
-    lat: Latency, batch: int, r_max: int, opts: ModelOptions, max_load: int | None = None
+    lat: Latency,
+    batch: int,
+    r_max: int,
+    opts: ModelOptions,
+    max_load: int | None = None,
+    dtype=jnp.float32,
 ) -> StepModel:
-    """StepModel (float32) with G(r) and t_F(r) for r = 1..r_max computed in float64
-    (``afd_jax.model.latency``); a table Attention stage travels as an :func:`attn_grid`
-    (``max_load``, the largest slot load, is then required)."""
+    """StepModel (``dtype``: float32, or float64 for ``precision="float64"``) with G(r) and
+    t_F(r) for r = 1..r_max computed in float64 (``afd_jax.model.latency``); a table Attention
+    stage travels as an :func:`attn_grid` (``max_load``, the largest slot load, is then
+    required)."""
     lat = L.host_latency(lat)
     r = np.arange(1, r_max + 1, dtype=np.float64)
     grid = None
     if not L.is_affine(lat.attn):
         if max_load is None:
             raise ValueError("a table Attention stage needs max_load")
-        grid = attn_grid(lat, batch, max_load)
+        grid = attn_grid(lat, batch, max_load, dtype)
     return StepModel(
-        jnp.asarray(lat.alpha_attn, jnp.float32),
-        jnp.asarray(lat.beta_attn, jnp.float32),
-        jnp.asarray(L.other_stages(lat, r, batch, opts), jnp.float32),
-        jnp.asarray(L.t_ffn(lat, r, batch), jnp.float32),
+        jnp.asarray(lat.alpha_attn, dtype),
+        jnp.asarray(lat.beta_attn, dtype),
+        jnp.asarray(L.other_stages(lat, r, batch, opts), dtype),
+        jnp.asarray(L.t_ffn(lat, r, batch), dtype),
         grid,
     )
 
@@ -224,7 +213,8 @@ def _histogram(lat, batch, max_load, model: StepModel, serial: bool):
     lows = (float(L.t_attn(L.host_latency(lat), 0.0, float(batch))), other.min())
     highs = (E.attn_time_max(lat, batch, max_load), other.max())
     log_lo, inv_w = E.tau_bins(*E.stage_bounds(lows, highs, serial))
-    hist = KB.TauHistogram(jnp.asarray(log_lo, jnp.float32), jnp.asarray(inv_w, jnp.float32))
+    dtype = model.other.dtype
+    hist = KB.TauHistogram(jnp.asarray(log_lo, dtype), jnp.asarray(inv_w, dtype))
     return hist, (log_lo, inv_w)
 
 
@@ -253,7 +243,7 @@ def preflight(source, batch: int, r_max: int, opts: ModelOptions = _DEFAULT_OPTS
 def _setup(source, lat, opts, run: StepsRun, given) -> StepsSetup:
     sampler, max_load = _sampler_and_max_load(source, opts, given)
     check_int32(run.batch, max_load)
-    model = step_model(lat, run.batch, run.r_max, opts, max_load)
+    model = step_model(lat, run.batch, run.r_max, opts, max_load, float_dtype(run.precision))
     hist, bins = _histogram(lat, run.batch, max_load, model, run.serial)
     return StepsSetup(sampler, model, hist, bins, jr.key(run.seed), max_load)
 
@@ -318,6 +308,7 @@ def simulate(
     replications_per_call: int | None = None,
     progress: bool = False,
     dynamics: Dynamics | None = None,
+    precision: str = "float32",
 ) -> MonteCarloResult:
     """Monte Carlo estimate of the per-r step time and throughput of an r_max-worker bundle.
 
@@ -334,6 +325,9 @@ def simulate(
       dynamics: None (today's model) or a :class:`~afd_jax.kernels.dynamics.Dynamics`: the
         dynamics kernel (routing, KV capacity, micro-batches, noise, expert imbalance;
         docs/dynamics.md) runs instead of ``kernel`` (``afd_jax.montecarlo.dynamics``).
+      precision: "float32" (default) or "float64": the float dtype of the kernels' step
+        times and block sums (``afd_jax.kernels.barrier.summarise_steps``); float64 needs
+        ``jax_enable_x64`` (InputError otherwise). The random streams are the same.
 
     Raises InputError on bad sizes or when B * max slot load (plus the segment for "fast")
     could overflow int32.
@@ -341,6 +335,7 @@ def simulate(
     if dynamics is not None:
         kernel = "trajectory"  # the dynamics kernel steps slots one decode step at a time
     _check_run(kernel, batch, r_max, steps, warmup, replications, init, level)
+    float_dtype(precision)
     check_batch(lat.attn, batch)
     _require_memory(kernel, batch, r_max, steps, warmup, replications)
     if memory_budget_bytes is None:
@@ -356,6 +351,7 @@ def simulate(
         int(memory_budget_bytes),
         segment_steps,
         replications_per_call,
+        precision,
     )
     if dynamics is not None:
         return _simulate_dynamics(
@@ -378,7 +374,6 @@ def simulate(
 
 def _simulate_dynamics(source, lat, run: StepsRun, opts, dynamics, given, progress):
     """The dynamics kernel with the same sampler, sizes and chunking options."""
-    require_affine(lat, "the dynamics kernel (routing, KV capacity, micro-batches, noise)")
     sampler, max_load = _sampler_and_max_load(source, opts, given)
     return simulate_dynamics(sampler, max_load, lat, DynRun(run, opts, dynamics), progress)
 
@@ -627,14 +622,17 @@ def _result(lat, run: StepsRun, setup: StepsSetup, acc: StepAccumulator, wall: f
             active_fraction=ones,
             mean_slot_load=m.load_mean,
             se_slot_load=m.load_se,
+            precision=run.precision,
         )
 
 
 __all__ = [
+    "ATTN_GRID",
     "INITS",
     "KERNELS",
     "STEP_DIAGNOSTICS",
     "SimulationResult",
+    "attn_grid",
     "device_name",
     "simulate",
     "step_model",

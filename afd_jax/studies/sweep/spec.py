@@ -20,6 +20,7 @@ from afd_jax.errors import InputError, check_seed
 from afd_jax.memory import require
 from afd_jax.model.latency import COMM_SCALINGS, OVERLAPS
 from afd_jax.montecarlo.dynamics import DYNAMICS_KEYS, dynamics_options
+from afd_jax.montecarlo.spine import PRECISIONS
 from afd_jax.studies.sweep.fields import FORMATS, METHODS, SCALE_FIELDS, SWEPT_FIELDS
 
 __all__ = ["SweepSpec", "grid_values", "load_spec", "parse_sweep_spec"]
@@ -45,7 +46,8 @@ _LATENCY_KEYS = {"base", "comm_scaling", "overlap", "set", "grid", "random"}
 _RANDOM_DISTS = ("uniform", "loguniform")
 _GRID_FORMS = ("values", "linspace", "logspace", "geomspace", "range")
 _EXACT_KEYS = {"slot_bins", "noise_floor"}
-_MC_KEYS = {"steps", "warmup", "replications", "seed", "init", "kernel", *DYNAMICS_KEYS}
+_MC_KEYS = {"steps", "warmup", "replications", "seed", "init", "kernel", "precision",
+            *DYNAMICS_KEYS}  # fmt: skip
 _GAUSSIAN_KEYS = {"method"}
 
 
@@ -402,6 +404,8 @@ def _parse_method_options(data: dict, path: str) -> dict:
         raise _err("expected 'stationary' or 'cold'", "mc.init", path)
     if "kernel" in mc and mc["kernel"] not in ("barrier", "trajectory", "fast"):
         raise _err("expected 'barrier', 'trajectory' or 'fast'", "mc.kernel", path)
+    if "precision" in mc and mc["precision"] not in PRECISIONS:
+        raise _err(f"expected one of {', '.join(PRECISIONS)}", "mc.precision", path)
     dynamics_options(mc, "mc.", path)  # the dynamics options (docs/dynamics.md), validated now
     gauss = data.get("gaussian", {})
     _check_keys(gauss, _GAUSSIAN_KEYS, "gaussian", path)
