@@ -465,8 +465,10 @@ def _segment_length(run: StepsRun) -> int:
     return KB.BLOCK * -(-total_blocks // n_seg)  # equal segments, little padding
 
 
-def _plan(run: StepsRun, setup: StepsSetup) -> _Plan:
-    """Replications per call from the memory budget; steps per call from it too."""
+def _plan(run: StepsRun, setup: StepsSetup, devices: int = 1) -> _Plan:
+    """Replications per call from the memory budget; steps per call from it too. On CPU the
+    spine runs a chunk's rows one after another on each of ``devices`` devices, so the kernel's
+    working memory counts once per device and only the per-step statistics once per row."""
     total_blocks = -(-(run.warmup + run.steps) // KB.BLOCK)
     mean_d = sd_d = 0.0
     if run.kernel == "fast":
@@ -493,16 +495,29 @@ def _plan(run: StepsRun, setup: StepsSetup) -> _Plan:
         )
     if run.reps_per_call:
         chunk = int(run.reps_per_call)
+    elif jax.default_backend() == "cpu":
+        stats = length * run.r_max * 4 * 24
+        most = (run.budget - devices * (mem_per_rep(length) - stats)) // stats
+        chunk = _balanced(run.replications, most, devices)
     else:
-        chunk = max(1, min(run.replications, run.budget // mem_per_rep(length)))
+        chunk = _balanced(run.replications, run.budget // mem_per_rep(length), devices)
     n_req = _fast_requests(length, mean_d, sd_d) if run.kernel == "fast" else 0
     return _Plan(length, chunk, n_req)
+
+
+def _balanced(replications: int, most: int, devices: int = 1) -> int:
+    """Replications per call: a multiple of ``devices``, at most ``most`` (but >= one per
+    device), as equal as possible over the fewest calls (32 replications, at most 12 per call
+    on one device: 3 calls of 11, not 12 + 12 + 8 padded to 12)."""
+    units = -(-replications // devices)
+    per = max(1, min(units, most // devices))
+    return devices * -(-units // -(-units // per))
 
 
 def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh):
     """Replications in chunks, each stepped segment by segment; the fast kernel's segment is
     redone with a larger K (``kernel.enlarge()``) when its requests fall short."""
-    plan = _plan(run, setup)
+    plan = _plan(run, setup, mesh.n)
     total = run.warmup + run.steps
     shape = (run.r_max, run.batch)
     if run.kernel == "trajectory":
