@@ -97,16 +97,19 @@ def summarise_steps(
     batch: int,
     serial: bool,
     n_bins: int,
+    workers=None,
 ) -> StepSums:
     """Block sums of the step statistics.
 
     worker_loads: int32[n, r_max] (n a multiple of BLOCK), valid: bool[n] (steps that count).
-    ``batch`` (B), ``serial`` and ``n_bins`` are static. Per step and r: the barrier
+    ``batch`` (B), ``serial`` and ``n_bins`` are static. ``workers``: None, or a traced int32
+    scalar, the real worker count when the columns beyond it are padding (a shape bucket):
+    they are left out of the mean slot load, and every statistic of r <= workers is the same
+    as without them (the driver drops the rest). Per step and r: the barrier
     ``M_r = max_{j<=r} T_j`` (cumulative max over workers: common random numbers across r),
     ``max_attn = alpha_A M_r + beta_A``, ``tau = max(max_attn, G(r))`` (pipelined) or
     ``max_attn + G(r)`` (serial).
     """
-    r_max = worker_loads.shape[1]
     loads = worker_loads.astype(jnp.float32)
     w = valid.astype(jnp.float32)
     # exact running max; a parallel scan is ~3x faster than lax.cummax on XLA:CPU
@@ -117,7 +120,7 @@ def summarise_steps(
     def bsum(x):
         return block_sum(x * w[:, None])
 
-    mean_load = loads.sum(axis=-1) / jnp.float32(r_max * batch)
+    mean_load = _mean_slot_load(loads, batch, workers)
     counts = tau_histogram(tau, valid, hist, n_bins)
     return StepSums(
         tau=bsum(tau),
@@ -129,6 +132,16 @@ def summarise_steps(
         count=block_sum(valid.astype(jnp.int32)),
         hist=counts,
     )
+
+
+def _mean_slot_load(loads, batch: int, workers):
+    """Per step, the summed worker loads over (workers x B) slots (float32, summed over the
+    workers in order: padded workers at the end add exact zeros)."""
+    if workers is None:
+        return loads.sum(axis=-1) / jnp.float32(loads.shape[-1] * batch)
+    real = jnp.arange(loads.shape[-1], dtype=jnp.int32) < workers
+    slots = (workers * jnp.int32(batch)).astype(jnp.float32)
+    return jnp.where(real, loads, jnp.float32(0)).sum(axis=-1) / slots
 
 
 def barrier_loads(key, sampler, *, r_max: int, batch: int):
@@ -144,7 +157,15 @@ def barrier_loads(key, sampler, *, r_max: int, batch: int):
 
 
 def summarise_rows(
-    loads, valid, model: StepModel, hist: TauHistogram, *, batch: int, serial: bool, n_bins: int
+    loads,
+    valid,
+    model: StepModel,
+    hist: TauHistogram,
+    *,
+    batch: int,
+    serial: bool,
+    n_bins: int,
+    workers=None,
 ) -> StepSums:
     """:func:`summarise_steps` of several rows (replications, or blocks of snapshots) at once:
     loads int32[rows, L, r_max], valid bool[rows, L] (L a multiple of BLOCK). Returns StepSums
@@ -158,6 +179,7 @@ def summarise_rows(
         batch=batch,
         serial=serial,
         n_bins=n_bins,
+        workers=workers,
     )
     nb = length // BLOCK
     out = jax.tree_util.tree_map(

@@ -230,4 +230,28 @@ def fast_kernel(shape: tuple, init: str, length: int, n_requests: int) -> Kernel
     return Kernel("fast", init_fn, segment, enlarge)
 
 
-__all__ = ["fast_kernel", "fast_segment", "fresh_requests", "request_bits", "threefry2x32"]
+@cache
+def padded_init(shape: tuple, init: str, workers: int) -> Kernel:
+    """The initial state of a fast kernel of ``shape`` (r_pad, B) padded from ``workers`` real
+    workers (a shape bucket): :func:`kernels.trajectory.init_slots` of (workers, B), i.e. the
+    unpadded kernel's state, then the last real worker repeated into the padded rows. Slot i
+    draws its requests from ``fold_in(key_stream, i)``, and padded workers come after the real
+    ones, so the real slots' requests and loads are those of the unpadded kernel. Only
+    ``init`` is set (``segment`` is the padded :func:`fast_kernel`'s)."""
+
+    def init_fn(key, params):
+        state = init_slots(key, params.sampler, (workers,) + tuple(shape[1:]), init)
+        pad = ((0, shape[0] - workers), (0, 0))
+        return SlotState(*(jnp.pad(x, pad, mode="edge") for x in state))
+
+    return Kernel("fast-init", init_fn, None)
+
+
+__all__ = [
+    "fast_kernel",
+    "fast_segment",
+    "fresh_requests",
+    "padded_init",
+    "request_bits",
+    "threefry2x32",
+]

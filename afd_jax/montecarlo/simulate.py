@@ -44,7 +44,7 @@ from afd_jax.kernels import barrier as KB
 from afd_jax.kernels import sampling as KS
 from afd_jax.kernels.barrier import barrier_kernel
 from afd_jax.kernels.contract import SegmentParams
-from afd_jax.kernels.fast import fast_kernel
+from afd_jax.kernels.fast import fast_kernel, padded_init
 from afd_jax.kernels.step import AttnGrid, StepModel
 from afd_jax.kernels.trajectory import INITS, trajectory_kernel
 from afd_jax.memory import require
@@ -98,6 +98,7 @@ class StepsRun(NamedTuple):
     budget: int
     segment_steps: int | None
     reps_per_call: int | None
+    shape_buckets: bool = True
 
     @property
     def slots(self) -> int:
@@ -316,6 +317,7 @@ def simulate(
     max_slot_load: int | None = None,
     segment_steps: int | None = None,
     replications_per_call: int | None = None,
+    shape_buckets: bool = True,
     progress: bool = False,
     dynamics: Dynamics | None = None,
 ) -> MonteCarloResult:
@@ -330,6 +332,9 @@ def simulate(
       memory_budget_bytes: sizes the chunks (default 1 GiB on CPU, 8 GiB on an accelerator).
         ``segment_steps`` / ``replications_per_call``
         override the automatic chunk sizes (results are the same whatever they are).
+      shape_buckets: the fast kernel runs padded to :func:`bucket_workers` workers (nearby
+        r_max share one compiled program; padded workers are dropped, the numbers are
+        bit-identical to ``False``, which compiles for this r_max exactly).
       progress: tqdm bar on stderr (only when stderr is a terminal).
       dynamics: None (today's model) or a :class:`~afd_jax.kernels.dynamics.Dynamics`: the
         dynamics kernel (routing, KV capacity, micro-batches, noise, expert imbalance;
@@ -356,6 +361,7 @@ def simulate(
         int(memory_budget_bytes),
         segment_steps,
         replications_per_call,
+        bool(shape_buckets),
     )
     if dynamics is not None:
         return _simulate_dynamics(
@@ -426,6 +432,22 @@ def _run_barrier(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh)
 
     run_chunks(chunks(), lambda c: (), advance, record)
     return acc
+
+
+def bucket_workers(r_max: int) -> int:
+    """The shape bucket of ``r_max`` workers for the fast kernel: r_max rounded up to four
+    values per octave (exact up to 8; then steps of 2 to 16, 4 to 32, 8 to 64, 16 to 128...),
+    so that runs with nearby r_max share one compiled program (and its persistent-cache
+    entry) at most 25 % more work. The padded workers never change the numbers."""
+    r_max = int(r_max)
+    step = 1 << max(0, (r_max - 1).bit_length() - 3)
+    return -(-r_max // step) * step
+
+
+def _real_workers(sums, r_max: int):
+    """StepSums (NumPy) of a padded kernel cut to the first ``r_max`` workers."""
+    cut = {f: getattr(sums, f)[..., :r_max] for f in ("tau", "tau_sq", "max_attn", "worker_load")}
+    return sums._replace(hist=sums.hist[:r_max], **cut)
 
 
 def _fast_requests(length: int, mean_d: float, sd_d: float) -> int:
@@ -519,11 +541,17 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: Row
     redone with a larger K (``kernel.enlarge()``) when its requests fall short."""
     plan = _plan(run, setup, mesh.n)
     total = run.warmup + run.steps
-    shape = (run.r_max, run.batch)
+    bucket = run.kernel == "fast" and run.shape_buckets
+    shape = (bucket_workers(run.r_max) if bucket else run.r_max, run.batch)
     if run.kernel == "trajectory":
         kernel = trajectory_kernel(shape, run.init, plan.length)
     else:
         kernel = fast_kernel(shape, run.init, plan.length, plan.n_requests)
+    init_kernel = padded_init(shape, run.init, run.r_max) if bucket else kernel
+    model, workers = setup.model, None
+    if bucket:  # padded workers: G(r) and t_F(r) of the last real r (unused), dropped below
+        pad = partial(jnp.pad, pad_width=(0, shape[0] - run.r_max), mode="edge")
+        model, workers = model._replace(other=pad(model.other), t_ffn=pad(model.t_ffn)), run.r_max
     current = [kernel]  # the fast kernel's K only grows
     acc = StepAccumulator(run.replications, run.r_max, keep_blocks=run.replications == 1)
     chunk = mesh.round_up(plan.reps_per_call)
@@ -531,7 +559,7 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: Row
     def start(c: Chunk):
         reps_j = mesh.put(c.rows.astype(np.int32))
         params = SegmentParams(setup.sampler, jnp.int32(0))
-        states = init_chunk(rep_keys(setup.base, reps_j, 0), params, kernel=current[0])
+        states = init_chunk(rep_keys(setup.base, reps_j, 0), params, kernel=init_kernel)
         return rep_keys(setup.base, reps_j, 1), states
 
     def advance(c: Chunk, t0, state):
@@ -539,13 +567,15 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: Row
         params = SegmentParams(setup.sampler, jnp.int32(t0))
         t_end = mesh.put(np.full((chunk,), total, np.int32))
         window = Window(jnp.int32(t0), jnp.int32(run.warmup), t_end, jnp.int32(c.n_real))
+        if workers is not None:
+            window = window._replace(workers=jnp.int32(workers))
         while True:
             kw = dict(kernel=current[0], batch=run.batch, serial=run.serial, groups=mesh.n)
             new, sums, covered = segment_chunk(
-                k_stream, states, params, window, setup.model, setup.hist, **kw
+                k_stream, states, params, window, model, setup.hist, **kw
             )
             if current[0].enlarge is None or bool(covered):
-                return (k_stream, new), mesh.fetch(sums)
+                return (k_stream, new), _real_workers(mesh.fetch(sums), run.r_max)
             current[0] = current[0].enlarge()
 
     def record(c: Chunk, t0, sums):
@@ -650,6 +680,7 @@ __all__ = [
     "KERNELS",
     "STEP_DIAGNOSTICS",
     "SimulationResult",
+    "bucket_workers",
     "device_name",
     "simulate",
     "step_model",
