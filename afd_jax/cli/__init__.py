@@ -88,7 +88,7 @@ def command_listing(parser: argparse.ArgumentParser) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _enable_compilation_cache() -> None:
+def enable_compilation_cache() -> None:
     """Persist XLA compilations across CLI runs (a second `afd-jax optimize` starts in seconds,
     not tens of seconds). Folder: $AFD_JAX_CACHE_DIR, else $XDG_CACHE_HOME/afd-jax/xla, else
     ~/.cache/afd-jax/xla; AFD_JAX_CACHE=0 turns it off."""
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"afd-jax: error: argument {bad[0]!r} contains a NUL byte", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
-    _enable_compilation_cache()
+    enable_compilation_cache()
     try:
         with budget(getattr(args, "memory_budget", None)):
             return int(args.func(args) or 0)
