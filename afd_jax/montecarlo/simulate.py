@@ -371,7 +371,8 @@ def simulate(
         setup = _setup(workload_or_sampler, lat, opts, run, max_slot_load)
         t_start = time.perf_counter()
         bar = Progress(progress, f"simulate[{kernel}]")
-        mesh = RowMesh()
+        # one replication of a trajectory kernel is one row: other devices would only pad
+        mesh = RowMesh(1 if kernel != "barrier" and run.replications == 1 else None)
         if kernel == "barrier":
             acc = _run_barrier(run, setup, bar, mesh)
         else:

@@ -160,9 +160,11 @@ class RowMesh:
     """A 1-D mesh (axis ``"rows"``) over every device of the run: all processes' devices, or
     this process's inside :func:`local_devices_only`."""
 
-    def __init__(self):
+    def __init__(self, max_devices: int | None = None):
+        """``max_devices``: in a single process, use at most that many of the local devices
+        (a run of fewer rows than devices would only compute padded rows on the others)."""
         self.multi = jax.process_count() > 1 and not _SCOPE["local"]
-        devs = jax.devices() if self.multi else jax.local_devices()
+        devs = jax.devices() if self.multi else jax.local_devices()[: max_devices or None]
         self.n = len(devs)
         self.processes = jax.process_count() if self.multi else 1
         self.sharding = NamedSharding(Mesh(np.array(devs), ("rows",)), PartitionSpec("rows"))
