@@ -244,16 +244,31 @@ def scaling(args, w, prompt, decode, lat, cfg, budget) -> str:
         "| replications | NumPy slot-steps/s | fast slot-steps/s | ratio |",
         "|---|---|---|---|",
     ]
+    cpu = []
     for reps in (1, 32):
         # NumPy and fast runs alternate, so that both see the same load of a shared machine
         base = fast = 0.0
+        cpu_s = [0.0, 0.0]
         for _ in range(args.repeat):
             steps = max(200, 2_000 // reps)
+            c0 = time.process_time()
             base = max(base, _numpy_rate(prompt, decode, lat, cfg, steps, reps, 1))
+            c1 = time.process_time()
             fast = max(fast, _fast_rate(w, lat, cfg, 5_000, reps, 1, budget, warm=False))
+            cpu_s = [cpu_s[0] + c1 - c0, cpu_s[1] + time.process_time() - c1]
         lines.append(f"| {reps} | {base:.3e} | {fast:.3e} | {fast / base:.1f}x |")
         print(lines[-1], file=sys.stderr)
-    lines += ["", f"Load average at the end: {os.getloadavg()[0]:.1f}.", ""]
+        slots = cfg["r_max"] * cfg["batch"] * reps * args.repeat
+        per_cpu = (slots * steps / cpu_s[0], slots * 5_000 / cpu_s[1])
+        cpu.append(f"{reps}: NumPy {per_cpu[0]:.3e}, fast {per_cpu[1]:.3e} "
+                   f"({per_cpu[1] / per_cpu[0]:.1f}x)")  # fmt: skip
+    lines += [
+        "",
+        "Slot-steps per CPU-second (all threads; less sensitive to the load than wall time), "
+        "replications " + "; ".join(cpu) + ".",
+        f"Load average at the end: {os.getloadavg()[0]:.1f}.",
+        "",
+    ]
     return "\n".join(lines)
 
 
