@@ -156,31 +156,14 @@ def barrier_loads(key, sampler, *, r_max: int, batch: int):
     return loads.sum(axis=-1, dtype=jnp.int32)
 
 
-def summarise_rows(
-    loads,
-    valid,
-    model: StepModel,
-    hist: TauHistogram,
-    *,
-    batch: int,
-    serial: bool,
-    n_bins: int,
-    workers=None,
-) -> StepSums:
+def summarise_rows(loads, valid, model: StepModel, hist: TauHistogram, **kw) -> StepSums:
     """:func:`summarise_steps` of several rows (replications, or blocks of snapshots) at once:
-    loads int32[rows, L, r_max], valid bool[rows, L] (L a multiple of BLOCK). Returns StepSums
-    with block rows [rows, L // BLOCK, ...] and the histogram summed over all rows."""
+    loads int32[rows, L, r_max], valid bool[rows, L] (L a multiple of BLOCK); ``kw``: the
+    keyword arguments of :func:`summarise_steps` (batch, serial, n_bins, workers). Returns
+    StepSums with block rows [rows, L // BLOCK, ...] and the histogram summed over all rows."""
     rows, length, r_max = loads.shape
-    sums = summarise_steps(
-        loads.reshape(rows * length, r_max),
-        valid.reshape(-1),
-        model,
-        hist,
-        batch=batch,
-        serial=serial,
-        n_bins=n_bins,
-        workers=workers,
-    )
+    flat = loads.reshape(rows * length, r_max)
+    sums = summarise_steps(flat, valid.reshape(-1), model, hist, **kw)
     nb = length // BLOCK
     out = jax.tree_util.tree_map(
         lambda x: x.reshape((rows, nb) + x.shape[1:]), sums._replace(hist=None)
