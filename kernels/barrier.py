@@ -97,15 +97,16 @@ def summarise_steps(
     batch: int,
     serial: bool,
     n_bins: int,
-    workers=None,
+    real=None,
 ) -> StepSums:
     """Block sums of the step statistics.
 
     worker_loads: int32[n, r_max] (n a multiple of BLOCK), valid: bool[n] (steps that count).
-    ``batch`` (B), ``serial`` and ``n_bins`` are static. ``workers``: None, or a traced int32
-    scalar, the real worker count when the columns beyond it are padding (a shape bucket):
-    they are left out of the mean slot load, and every statistic of r <= workers is the same
-    as without them (the driver drops the rest). Per step and r: the barrier
+    ``batch`` (B), ``serial`` and ``n_bins`` are static. ``real``: None, or traced int32
+    (workers, B) of a kernel padded to a shape bucket: the columns beyond ``workers`` are
+    padding, left out of the mean slot load (over workers x B real slots), and every
+    statistic of r <= workers is the same as without them (the driver drops the rest). Per
+    step and r: the barrier
     ``M_r = max_{j<=r} T_j`` (cumulative max over workers: common random numbers across r),
     ``max_attn = alpha_A M_r + beta_A``, ``tau = max(max_attn, G(r))`` (pipelined) or
     ``max_attn + G(r)`` (serial).
@@ -120,7 +121,7 @@ def summarise_steps(
     def bsum(x):
         return block_sum(x * w[:, None])
 
-    mean_load = _mean_slot_load(loads, batch, workers)
+    mean_load = _mean_slot_load(loads, batch, real)
     counts = tau_histogram(tau, valid, hist, n_bins)
     return StepSums(
         tau=bsum(tau),
@@ -134,14 +135,15 @@ def summarise_steps(
     )
 
 
-def _mean_slot_load(loads, batch: int, workers):
-    """Per step, the summed worker loads over (workers x B) slots (float32, summed over the
-    workers in order: padded workers at the end add exact zeros)."""
-    if workers is None:
+def _mean_slot_load(loads, batch: int, real):
+    """Per step, the summed worker loads over the (workers x B) real slots (float32, summed
+    over the workers in order: padded workers at the end add exact zeros)."""
+    if real is None:
         return loads.sum(axis=-1) / jnp.float32(loads.shape[-1] * batch)
-    real = jnp.arange(loads.shape[-1], dtype=jnp.int32) < workers
-    slots = (workers * jnp.int32(batch)).astype(jnp.float32)
-    return jnp.where(real, loads, jnp.float32(0)).sum(axis=-1) / slots
+    workers, real_batch = real
+    keep = jnp.arange(loads.shape[-1], dtype=jnp.int32) < workers
+    slots = (workers * real_batch).astype(jnp.float32)
+    return jnp.where(keep, loads, jnp.float32(0)).sum(axis=-1) / slots
 
 
 def barrier_loads(key, sampler, *, r_max: int, batch: int):
@@ -159,7 +161,7 @@ def barrier_loads(key, sampler, *, r_max: int, batch: int):
 def summarise_rows(loads, valid, model: StepModel, hist: TauHistogram, **kw) -> StepSums:
     """:func:`summarise_steps` of several rows (replications, or blocks of snapshots) at once:
     loads int32[rows, L, r_max], valid bool[rows, L] (L a multiple of BLOCK); ``kw``: the
-    keyword arguments of :func:`summarise_steps` (batch, serial, n_bins, workers). Returns
+    keyword arguments of :func:`summarise_steps` (batch, serial, n_bins, real). Returns
     StepSums with block rows [rows, L // BLOCK, ...] and the histogram summed over all rows."""
     rows, length, r_max = loads.shape
     flat = loads.reshape(rows * length, r_max)

@@ -1,7 +1,6 @@
-"""Shape buckets of the fast kernel: a run pads r_max up to ``bucket_workers(r_max)`` so that
-nearby r_max share one compiled program; the padded workers are dropped and the numbers are
-bit-identical to the unpadded run (same seed). The runs use tests/test_kernels.py's fast-kernel
-shapes (B = 8, 32 workers, 256 steps, 32 replications), so its compiled program is shared."""
+"""Shape buckets of the fast kernel: a run pads r_max and B up to ``bucket_size`` so that
+nearby shapes share one compiled program; padded workers are dropped, padded slots carry no
+load, and the numbers are bit-identical to the unpadded run (same seed)."""
 
 from __future__ import annotations
 
@@ -9,10 +8,10 @@ import dataclasses
 
 import numpy as np
 import pytest
-from test_kernels import R_MAX, RUNS, TABLE, B, _latency, _table, _theta
+from test_kernels import TABLE, _latency, _table, _theta
 
 from afd_jax.kernels import sampling as KS
-from afd_jax.montecarlo.simulate import bucket_workers, simulate
+from afd_jax.montecarlo.simulate import bucket_size, simulate
 from afd_jax.montecarlo.spine import segment_chunk
 
 
@@ -25,11 +24,10 @@ def conv():
     )
 
 
-def _run(case, r_max, **kw):
-    args = (case["sampler"], case["lat"], B, r_max)
-    return simulate(
-        *args, kernel="fast", seed=11, max_slot_load=case["max_slot_load"], **RUNS["fast"], **kw
-    )
+def _run(case, r_max, batch, **kw):
+    args = (case["sampler"], case["lat"], batch, r_max)
+    kw.update(kernel="fast", steps=256, warmup=64, replications=3, seed=11)
+    return simulate(*args, max_slot_load=case["max_slot_load"], **kw)
 
 
 def _assert_identical(a, b):
@@ -44,21 +42,22 @@ def _assert_identical(a, b):
 
 
 def test_buckets_are_few_and_tight():
-    assert [bucket_workers(r) for r in (1, 8, 9, 10, 17, 31, 33, 60, 64, 65)] == [
-        1, 8, 10, 10, 20, 32, 40, 64, 64, 80,
+    assert [bucket_size(n) for n in (1, 8, 9, 10, 15, 17, 31, 33, 60, 64, 65, 250)] == [
+        1, 8, 10, 10, 16, 20, 32, 40, 64, 64, 80, 256,
     ]  # fmt: skip
-    for r in range(1, 600):
-        b = bucket_workers(r)
-        assert r <= b < 1.25 * r + 1 and bucket_workers(b) == b
+    for n in range(1, 600):
+        b = bucket_size(n)
+        assert n <= b < 1.25 * n + 1 and bucket_size(b) == b
 
 
-def test_padded_run_equals_unpadded_and_nearby_r_max_compile_once(conv):
-    # r_max = 31 runs padded to 32 workers: every number equals the run compiled for 31
-    padded = _run(conv, R_MAX - 1)
-    _assert_identical(padded, _run(conv, R_MAX - 1, shape_buckets=False))
-    assert padded.mean_tau.shape == (R_MAX - 1,) and bucket_workers(R_MAX - 1) == R_MAX
-    # r_max = 30 (and test_kernels' 32) reuse that program: no new segment compilation
+def test_padded_run_equals_unpadded_and_nearby_shapes_compile_once(conv):
+    # r_max = 31, B = 15 runs padded to 32 workers of 16 slots: every number equals the run
+    # compiled for 31 x 15 (stationary start, warmup, 3 replications: every estimate)
+    padded = _run(conv, 31, 15)
+    _assert_identical(padded, _run(conv, 31, 15, shape_buckets=False))
+    assert padded.mean_tau.shape == (31,)
+    # r_max = 29, B = 15 (also 32 x 16) reuse that program: no new compilation
     compiled = segment_chunk._cache_size()
-    thirty = _run(conv, R_MAX - 2)
+    near = _run(conv, 29, 15)
     assert segment_chunk._cache_size() == compiled
-    assert thirty.mean_tau.shape == (R_MAX - 2,) and np.isfinite(thirty.mean_tau).all()
+    assert near.mean_tau.shape == (29,) and np.isfinite(near.mean_tau).all()

@@ -332,9 +332,10 @@ def simulate(
       memory_budget_bytes: sizes the chunks (default 1 GiB on CPU, 8 GiB on an accelerator).
         ``segment_steps`` / ``replications_per_call``
         override the automatic chunk sizes (results are the same whatever they are).
-      shape_buckets: the fast kernel runs padded to :func:`bucket_workers` workers (nearby
-        r_max share one compiled program; padded workers are dropped, the numbers are
-        bit-identical to ``False``, which compiles for this r_max exactly).
+      shape_buckets: the fast kernel runs with r_max and B padded to :func:`bucket_size`
+        (nearby r_max and B share one compiled program; the padding carries no load and is
+        dropped, the numbers are bit-identical to ``False``, which compiles for the exact
+        shape).
       progress: tqdm bar on stderr (only when stderr is a terminal).
       dynamics: None (today's model) or a :class:`~afd_jax.kernels.dynamics.Dynamics`: the
         dynamics kernel (routing, KV capacity, micro-batches, noise, expert imbalance;
@@ -435,14 +436,44 @@ def _run_barrier(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh)
     return acc
 
 
-def bucket_workers(r_max: int) -> int:
-    """The shape bucket of ``r_max`` workers for the fast kernel: r_max rounded up to four
-    values per octave (exact up to 8; then steps of 2 to 16, 4 to 32, 8 to 64, 16 to 128...),
-    so that runs with nearby r_max share one compiled program (and its persistent-cache
-    entry) at most 25 % more work. The padded workers never change the numbers."""
-    r_max = int(r_max)
-    step = 1 << max(0, (r_max - 1).bit_length() - 3)
-    return -(-r_max // step) * step
+def bucket_size(n: int) -> int:
+    """The shape bucket of ``n`` workers (r_max) or slots per worker (B) for the fast kernel:
+    n rounded up to four values per octave (exact up to 8; then steps of 2 to 16, 4 to 32, 8
+    to 64, 16 to 128...), so that runs with nearby r_max and B share one compiled program (and
+    its persistent-cache entry) for at most 25 % more slots each. The padding never changes
+    the numbers."""
+    n = int(n)
+    step = 1 << max(0, (n - 1).bit_length() - 3)
+    return -(-n // step) * step
+
+
+class _Shapes(NamedTuple):
+    """The kernel of a trajectory run, the kernel that draws its initial state, the StepModel
+    of its worker count, the real (workers, B) when it is padded (else None), and its B."""
+
+    kernel: object
+    init: object
+    model: StepModel
+    real: tuple | None
+    batch: int
+
+
+def _shapes(run: StepsRun, setup: StepsSetup, plan) -> _Shapes:
+    """Trajectory kernel; fast kernel padded to (bucket_size(r_max), bucket_size(B)) unless
+    ``run.shape_buckets`` is False (padded workers: G(r) and t_F(r) of the last real r, unused
+    and dropped by :func:`_real_workers`)."""
+    exact = (run.r_max, run.batch)
+    if run.kernel == "trajectory":
+        kernel = trajectory_kernel(exact, run.init, plan.length)
+        return _Shapes(kernel, kernel, setup.model, None, run.batch)
+    if not run.shape_buckets:
+        kernel = fast_kernel(exact, run.init, plan.length, plan.n_requests)
+        return _Shapes(kernel, kernel, setup.model, None, run.batch)
+    shape = (bucket_size(run.r_max), bucket_size(run.batch))
+    kernel = fast_kernel(shape, run.init, plan.length, plan.n_requests)
+    pad = partial(jnp.pad, pad_width=(0, shape[0] - run.r_max), mode="edge")
+    model = setup.model._replace(other=pad(setup.model.other), t_ffn=pad(setup.model.t_ffn))
+    return _Shapes(kernel, padded_init(shape, run.init, exact), model, exact, shape[1])
 
 
 def _real_workers(sums, r_max: int):
@@ -542,17 +573,7 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: Row
     redone with a larger K (``kernel.enlarge()``) when its requests fall short."""
     plan = _plan(run, setup, mesh.n)
     total = run.warmup + run.steps
-    bucket = run.kernel == "fast" and run.shape_buckets
-    shape = (bucket_workers(run.r_max) if bucket else run.r_max, run.batch)
-    if run.kernel == "trajectory":
-        kernel = trajectory_kernel(shape, run.init, plan.length)
-    else:
-        kernel = fast_kernel(shape, run.init, plan.length, plan.n_requests)
-    init_kernel = padded_init(shape, run.init, run.r_max) if bucket else kernel
-    model, workers = setup.model, None
-    if bucket:  # padded workers: G(r) and t_F(r) of the last real r (unused), dropped below
-        pad = partial(jnp.pad, pad_width=(0, shape[0] - run.r_max), mode="edge")
-        model, workers = model._replace(other=pad(model.other), t_ffn=pad(model.t_ffn)), run.r_max
+    kernel, init_kernel, model, real, batch = _shapes(run, setup, plan)
     current = [kernel]  # the fast kernel's K only grows
     acc = StepAccumulator(run.replications, run.r_max, keep_blocks=run.replications == 1)
     chunk = mesh.round_up(plan.reps_per_call)
@@ -568,10 +589,11 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: Row
         params = SegmentParams(setup.sampler, jnp.int32(t0))
         t_end = mesh.put(np.full((chunk,), total, np.int32))
         window = Window(jnp.int32(t0), jnp.int32(run.warmup), t_end, jnp.int32(c.n_real))
-        if workers is not None:
-            window = window._replace(workers=jnp.int32(workers))
+        if real is not None:
+            params = params._replace(batch=jnp.int32(run.batch))
+            window = window._replace(real=(jnp.int32(run.r_max), jnp.int32(run.batch)))
         while True:
-            kw = dict(kernel=current[0], batch=run.batch, serial=run.serial, groups=mesh.n)
+            kw = dict(kernel=current[0], batch=batch, serial=run.serial, groups=mesh.n)
             new, sums, covered = segment_chunk(
                 k_stream, states, params, window, model, setup.hist, **kw
             )
@@ -681,7 +703,7 @@ __all__ = [
     "KERNELS",
     "STEP_DIAGNOSTICS",
     "SimulationResult",
-    "bucket_workers",
+    "bucket_size",
     "device_name",
     "simulate",
     "step_model",

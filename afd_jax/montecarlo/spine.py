@@ -78,14 +78,14 @@ def replication_chunks(replications: int, chunk: int, total: int, length: int):
 
 class Window(NamedTuple):
     """Which steps of a chunk count (traced int32): step ``t0 + i`` of row k counts when
-    ``k < n_real`` and ``warmup <= t0 + i < t_end[k]``. ``workers``: None, or the real worker
-    count of a kernel padded to a shape bucket (``summarise_rows``)."""
+    ``k < n_real`` and ``warmup <= t0 + i < t_end[k]``. ``real``: None, or the real (workers,
+    B) of a kernel padded to a shape bucket (``summarise_rows``)."""
 
     t0: jax.Array
     warmup: jax.Array
     t_end: jax.Array
     n_real: jax.Array
-    workers: jax.Array | None = None
+    real: tuple | None = None
 
 
 def window_mask(window: Window, rows: int, length: int):
@@ -111,7 +111,7 @@ def segment_chunk(
     rows' mesh (the rows form that many contiguous groups, one per device)."""
     states, info = _map_rows(lambda k, s: kernel.segment(k, s, params), groups, keys, states)
     valid = window_mask(window, *info.loads.shape[:2])
-    kw = dict(batch=batch, serial=serial, n_bins=N_BINS, workers=window.workers)
+    kw = dict(batch=batch, serial=serial, n_bins=N_BINS, real=window.real)
     sums = summarise_rows(info.loads, valid, model, hist, **kw)
     return states, sums, jnp.all(info.covered)
 
