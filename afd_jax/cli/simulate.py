@@ -131,8 +131,8 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--exact-shapes",
         action="store_true",
-        help="fast kernel: compile for this --r-max exactly instead of padding it to a shape "
-        "bucket shared by nearby r_max (the numbers are the same either way)",
+        help="fast kernel: compile for this --r-max and --batch exactly instead of padding "
+        "them to a shape bucket shared by nearby values (the numbers are the same either way)",
     )
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--plot", metavar="FILE", default=None, help="write a figure (.png/.pdf/.svg)")
