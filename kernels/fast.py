@@ -162,9 +162,8 @@ def fast_segment(
     cur_p, cur_d, cur_age = (x.reshape(n_slots) for x in state[:3])
     rem0 = cur_d - cur_age  # steps left of the current request, >= 1
     still = rem0 > length  # the current request is still active at local time L
-    c0 = cur_p + cur_age  # current request: c = P - (-age)
-    if real is not None:
-        c0 = jnp.where(real, c0, 0)
+    c0 = cur_p + cur_age  # current request: c = P - (-age); padded slots: no load
+    c0 = c0 if real is None else jnp.where(real, c0, 0)
 
     if isinstance(sampler, AliasSampler):
         words = _slot_words(key_stream, slot_ids)
@@ -220,9 +219,7 @@ def fast_segment(
     base = c0.reshape(r_max, batch).sum(axis=-1, dtype=jnp.int32)
     t_local = jnp.arange(length, dtype=jnp.int32)[:, None]
     per_step = jnp.int32(batch) if real_batch is None else real_batch  # real slots per worker
-    worker_loads = _cumsum0(diff.reshape(length + 1, r_max))[:length] + (
-        base[None, :] + per_step * t_local
-    )  # [L, r_max]
+    worker_loads = _cumsum0(diff.reshape(length + 1, r_max))[:length] + (base + per_step * t_local)
     shape = (r_max, batch)
     new_state = SlotState(
         act_p.reshape(shape),
