@@ -219,7 +219,9 @@ def fast_segment(
     base = c0.reshape(r_max, batch).sum(axis=-1, dtype=jnp.int32)
     t_local = jnp.arange(length, dtype=jnp.int32)[:, None]
     per_step = jnp.int32(batch) if real_batch is None else real_batch  # real slots per worker
-    worker_loads = _cumsum0(diff.reshape(length + 1, r_max))[:length] + (base + per_step * t_local)
+    worker_loads = _cumsum0(diff.reshape(length + 1, r_max))[:length] + (
+        base[None, :] + per_step * t_local
+    )  # [L, r_max]
     shape = (r_max, batch)
     new_state = SlotState(
         act_p.reshape(shape),
