@@ -100,17 +100,21 @@ def summarise_steps(
     batch: int,
     serial: bool,
     n_bins: int,
+    real=None,
 ) -> StepSums:
     """Block sums of the step statistics.
 
     worker_loads: int32[n, r_max] (n a multiple of BLOCK), valid: bool[n] (steps that count).
-    ``batch`` (B), ``serial`` and ``n_bins`` are static. Per step and r: the barrier
+    ``batch`` (B), ``serial`` and ``n_bins`` are static. ``real``: None, or traced int32
+    (workers, B) of a kernel padded to a shape bucket: the columns beyond ``workers`` are
+    padding, left out of the mean slot load (over workers x B real slots), and every
+    statistic of r <= workers is the same as without them (the driver drops the rest). Per
+    step and r: the barrier
     ``M_r = max_{j<=r} T_j`` (cumulative max over workers: common random numbers across r),
     ``max_attn = alpha_A M_r + beta_A``, ``tau = max(max_attn, G(r))`` (pipelined) or
     ``max_attn + G(r)`` (serial). Float arithmetic in ``model.other.dtype`` (the histogram
     ``hist`` comes in the same dtype): nothing here fixes the precision.
     """
-    r_max = worker_loads.shape[1]
     dtype = model.other.dtype  # the run's float dtype: float32, or float64 when asked
     loads = worker_loads.astype(dtype)
     w = valid.astype(dtype)
@@ -122,7 +126,7 @@ def summarise_steps(
     def bsum(x):
         return block_sum(x * w[:, None])
 
-    mean_load = loads.sum(axis=-1) / jnp.asarray(r_max * batch, dtype)
+    mean_load = _mean_slot_load(loads, batch, real)
     counts = tau_histogram(tau, valid, hist, n_bins)
     return StepSums(
         tau=bsum(tau),
@@ -134,6 +138,19 @@ def summarise_steps(
         count=block_sum(valid.astype(jnp.int32)),
         hist=counts,
     )
+
+
+def _mean_slot_load(loads, batch: int, real):
+    """Per step, the summed worker loads over the (workers x B) real slots (in the loads'
+    float dtype, summed over the workers in order: padded workers at the end add exact
+    zeros)."""
+    dtype = loads.dtype
+    if real is None:
+        return loads.sum(axis=-1) / jnp.asarray(loads.shape[-1] * batch, dtype)
+    workers, real_batch = real
+    keep = jnp.arange(loads.shape[-1], dtype=jnp.int32) < workers
+    slots = (workers * real_batch).astype(dtype)
+    return jnp.where(keep, loads, jnp.zeros((), dtype)).sum(axis=-1) / slots
 
 
 def barrier_loads(key, sampler, *, r_max: int, batch: int):
@@ -148,22 +165,14 @@ def barrier_loads(key, sampler, *, r_max: int, batch: int):
     return loads.sum(axis=-1, dtype=jnp.int32)
 
 
-def summarise_rows(
-    loads, valid, model: StepModel, hist: TauHistogram, *, batch: int, serial: bool, n_bins: int
-) -> StepSums:
+def summarise_rows(loads, valid, model: StepModel, hist: TauHistogram, **kw) -> StepSums:
     """:func:`summarise_steps` of several rows (replications, or blocks of snapshots) at once:
-    loads int32[rows, L, r_max], valid bool[rows, L] (L a multiple of BLOCK). Returns StepSums
-    with block rows [rows, L // BLOCK, ...] and the histogram summed over all rows."""
+    loads int32[rows, L, r_max], valid bool[rows, L] (L a multiple of BLOCK); ``kw``: the
+    keyword arguments of :func:`summarise_steps` (batch, serial, n_bins, real). Returns
+    StepSums with block rows [rows, L // BLOCK, ...] and the histogram summed over all rows."""
     rows, length, r_max = loads.shape
-    sums = summarise_steps(
-        loads.reshape(rows * length, r_max),
-        valid.reshape(-1),
-        model,
-        hist,
-        batch=batch,
-        serial=serial,
-        n_bins=n_bins,
-    )
+    flat = loads.reshape(rows * length, r_max)
+    sums = summarise_steps(flat, valid.reshape(-1), model, hist, **kw)
     nb = length // BLOCK
     out = jax.tree_util.tree_map(
         lambda x: x.reshape((rows, nb) + x.shape[1:]), sums._replace(hist=None)

@@ -128,6 +128,12 @@ def add_parser(subparsers) -> None:
         help="chunk size budget (default 1024, at most half of --memory-budget)",
     )
     add_memory_budget_arg(p)
+    p.add_argument(
+        "--exact-shapes",
+        action="store_true",
+        help="fast kernel: compile for this --r-max and --batch exactly instead of padding "
+        "them to a shape bucket shared by nearby values (the numbers are the same either way)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--plot", metavar="FILE", default=None, help="write a figure (.png/.pdf/.svg)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -324,6 +330,7 @@ def _run_steps(args, dynamics=None) -> MonteCarloResult:
         opts=opts,
         level=args.level,
         memory_budget_bytes=min(args.memory_budget_mb << 20, current_budget() // 2),
+        shape_buckets=not args.exact_shapes,
         progress=not args.quiet,
         dynamics=dynamics,
         precision=args.precision,

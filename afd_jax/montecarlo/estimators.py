@@ -18,7 +18,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-import scipy.stats
+import scipy.special
 
 from afd_jax.model.latency import (
     Latency,
@@ -92,10 +92,12 @@ def percentiles(hist: np.ndarray, log_lo: float, inv_w: float, qs=(0.5, 0.9, 0.9
 
 def ci_quantile(level: float, dof: int | None = None) -> float:
     """Two-sided quantile of a confidence interval at ``level``: normal (``dof`` None) or
-    Student t with ``dof`` degrees of freedom."""
+    Student t with ``dof`` degrees of freedom. (``scipy.special``'s inverse CDFs, which are
+    what ``scipy.stats.norm.ppf`` / ``t.ppf`` evaluate, without the ~1.5 s import of
+    ``scipy.stats``.)"""
     if dof is None:
-        return float(scipy.stats.norm.ppf(0.5 + level / 2))
-    return float(scipy.stats.t.ppf(0.5 + level / 2, dof))
+        return float(scipy.special.ndtri(0.5 + level / 2))
+    return float(scipy.special.stdtrit(dof, 0.5 + level / 2))
 
 
 def mean_se(totals, counts, level, iid_sq=None):

@@ -44,7 +44,7 @@ from afd_jax.kernels import barrier as KB
 from afd_jax.kernels import sampling as KS
 from afd_jax.kernels.barrier import barrier_kernel
 from afd_jax.kernels.contract import SegmentParams
-from afd_jax.kernels.fast import fast_kernel
+from afd_jax.kernels.fast import fast_kernel, padded_init
 from afd_jax.kernels.step import StepModel
 from afd_jax.kernels.trajectory import INITS, trajectory_kernel
 from afd_jax.memory import require
@@ -101,6 +101,7 @@ class StepsRun(NamedTuple):
     segment_steps: int | None
     reps_per_call: int | None
     precision: str = "float32"
+    shape_buckets: bool = True
 
     @property
     def slots(self) -> int:
@@ -306,6 +307,7 @@ def simulate(
     max_slot_load: int | None = None,
     segment_steps: int | None = None,
     replications_per_call: int | None = None,
+    shape_buckets: bool = True,
     progress: bool = False,
     dynamics: Dynamics | None = None,
     precision: str = "float32",
@@ -321,6 +323,10 @@ def simulate(
       memory_budget_bytes: sizes the chunks (default 1 GiB on CPU, 8 GiB on an accelerator).
         ``segment_steps`` / ``replications_per_call``
         override the automatic chunk sizes (results are the same whatever they are).
+      shape_buckets: the fast kernel runs with r_max and B padded to :func:`bucket_size`
+        (nearby r_max and B share one compiled program; the padding carries no load and is
+        dropped, the numbers are bit-identical to ``False``, which compiles for the exact
+        shape).
       progress: tqdm bar on stderr (only when stderr is a terminal).
       dynamics: None (today's model) or a :class:`~afd_jax.kernels.dynamics.Dynamics`: the
         dynamics kernel (routing, KV capacity, micro-batches, noise, expert imbalance;
@@ -352,6 +358,7 @@ def simulate(
         segment_steps,
         replications_per_call,
         precision,
+        bool(shape_buckets),
     )
     if dynamics is not None:
         return _simulate_dynamics(
@@ -361,7 +368,8 @@ def simulate(
         setup = _setup(workload_or_sampler, lat, opts, run, max_slot_load)
         t_start = time.perf_counter()
         bar = Progress(progress, f"simulate[{kernel}]")
-        mesh = RowMesh()
+        # one replication of a trajectory kernel is one row: other devices would only pad
+        mesh = RowMesh(1 if kernel != "barrier" and run.replications == 1 else None)
         if kernel == "barrier":
             acc = _run_barrier(run, setup, bar, mesh)
         else:
@@ -423,6 +431,52 @@ def _run_barrier(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh)
     return acc
 
 
+def bucket_size(n: int) -> int:
+    """The shape bucket of ``n`` workers (r_max) or slots per worker (B) for the fast kernel:
+    n rounded up to four values per octave (exact up to 8; then steps of 2 to 16, 4 to 32, 8
+    to 64, 16 to 128...), so that runs with nearby r_max and B share one compiled program (and
+    its persistent-cache entry) for at most 25 % more slots each. The padding never changes
+    the numbers."""
+    n = int(n)
+    step = 1 << max(0, (n - 1).bit_length() - 3)
+    return -(-n // step) * step
+
+
+class _Shapes(NamedTuple):
+    """The kernel of a trajectory run, the kernel that draws its initial state, the StepModel
+    of its worker count, the real (workers, B) when it is padded (else None), and its B."""
+
+    kernel: object
+    init: object
+    model: StepModel
+    real: tuple | None
+    batch: int
+
+
+def _shapes(run: StepsRun, setup: StepsSetup, plan) -> _Shapes:
+    """Trajectory kernel; fast kernel padded to (bucket_size(r_max), bucket_size(B)) unless
+    ``run.shape_buckets`` is False (padded workers: G(r) and t_F(r) of the last real r, unused
+    and dropped by :func:`_real_workers`)."""
+    exact = (run.r_max, run.batch)
+    if run.kernel == "trajectory":
+        kernel = trajectory_kernel(exact, run.init, plan.length)
+        return _Shapes(kernel, kernel, setup.model, None, run.batch)
+    if not run.shape_buckets:
+        kernel = fast_kernel(exact, run.init, plan.length, plan.n_requests)
+        return _Shapes(kernel, kernel, setup.model, None, run.batch)
+    shape = (bucket_size(run.r_max), bucket_size(run.batch))
+    kernel = fast_kernel(shape, run.init, plan.length, plan.n_requests)
+    pad = partial(jnp.pad, pad_width=(0, shape[0] - run.r_max), mode="edge")
+    model = setup.model._replace(other=pad(setup.model.other), t_ffn=pad(setup.model.t_ffn))
+    return _Shapes(kernel, padded_init(shape, run.init, exact), model, exact, shape[1])
+
+
+def _real_workers(sums, r_max: int):
+    """StepSums (NumPy) of a padded kernel cut to the first ``r_max`` workers."""
+    cut = {f: getattr(sums, f)[..., :r_max] for f in ("tau", "tau_sq", "max_attn", "worker_load")}
+    return sums._replace(hist=sums.hist[:r_max], **cut)
+
+
 def _fast_requests(length: int, mean_d: float, sd_d: float) -> int:
     """Fresh requests per slot that cover ``length`` steps with a wide margin."""
     m = max(mean_d, 1.0)
@@ -460,8 +514,10 @@ def _segment_length(run: StepsRun) -> int:
     return KB.BLOCK * -(-total_blocks // n_seg)  # equal segments, little padding
 
 
-def _plan(run: StepsRun, setup: StepsSetup) -> _Plan:
-    """Replications per call from the memory budget; steps per call from it too."""
+def _plan(run: StepsRun, setup: StepsSetup, devices: int = 1) -> _Plan:
+    """Replications per call from the memory budget; steps per call from it too. On CPU the
+    spine runs a chunk's rows one after another on each of ``devices`` devices, so the kernel's
+    working memory counts once per device and only the per-step statistics once per row."""
     total_blocks = -(-(run.warmup + run.steps) // KB.BLOCK)
     mean_d = sd_d = 0.0
     if run.kernel == "fast":
@@ -488,22 +544,31 @@ def _plan(run: StepsRun, setup: StepsSetup) -> _Plan:
         )
     if run.reps_per_call:
         chunk = int(run.reps_per_call)
+    elif jax.default_backend() == "cpu":
+        stats = length * run.r_max * 4 * 24
+        most = (run.budget - devices * (mem_per_rep(length) - stats)) // stats
+        chunk = _balanced(run.replications, most, devices)
     else:
-        chunk = max(1, min(run.replications, run.budget // mem_per_rep(length)))
+        chunk = _balanced(run.replications, run.budget // mem_per_rep(length), devices)
     n_req = _fast_requests(length, mean_d, sd_d) if run.kernel == "fast" else 0
     return _Plan(length, chunk, n_req)
+
+
+def _balanced(replications: int, most: int, devices: int = 1) -> int:
+    """Replications per call: a multiple of ``devices``, at most ``most`` (but >= one per
+    device), as equal as possible over the fewest calls (32 replications, at most 12 per call
+    on one device: 3 calls of 11, not 12 + 12 + 8 padded to 12)."""
+    units = -(-replications // devices)
+    per = max(1, min(units, most // devices))
+    return devices * -(-units // -(-units // per))
 
 
 def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh):
     """Replications in chunks, each stepped segment by segment; the fast kernel's segment is
     redone with a larger K (``kernel.enlarge()``) when its requests fall short."""
-    plan = _plan(run, setup)
+    plan = _plan(run, setup, mesh.n)
     total = run.warmup + run.steps
-    shape = (run.r_max, run.batch)
-    if run.kernel == "trajectory":
-        kernel = trajectory_kernel(shape, run.init, plan.length)
-    else:
-        kernel = fast_kernel(shape, run.init, plan.length, plan.n_requests)
+    kernel, init_kernel, model, real, batch = _shapes(run, setup, plan)
     current = [kernel]  # the fast kernel's K only grows
     acc = StepAccumulator(run.replications, run.r_max, keep_blocks=run.replications == 1)
     chunk = mesh.round_up(plan.reps_per_call)
@@ -511,7 +576,7 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: Row
     def start(c: Chunk):
         reps_j = mesh.put(c.rows.astype(np.int32))
         params = SegmentParams(setup.sampler, jnp.int32(0))
-        states = init_chunk(rep_keys(setup.base, reps_j, 0), params, kernel=current[0])
+        states = init_chunk(rep_keys(setup.base, reps_j, 0), params, kernel=init_kernel)
         return rep_keys(setup.base, reps_j, 1), states
 
     def advance(c: Chunk, t0, state):
@@ -519,13 +584,16 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: Row
         params = SegmentParams(setup.sampler, jnp.int32(t0))
         t_end = mesh.put(np.full((chunk,), total, np.int32))
         window = Window(jnp.int32(t0), jnp.int32(run.warmup), t_end, jnp.int32(c.n_real))
+        if real is not None:
+            params = params._replace(batch=jnp.int32(run.batch))
+            window = window._replace(real=(jnp.int32(run.r_max), jnp.int32(run.batch)))
         while True:
-            kw = dict(kernel=current[0], batch=run.batch, serial=run.serial, groups=mesh.n)
+            kw = dict(kernel=current[0], batch=batch, serial=run.serial, groups=mesh.n)
             new, sums, covered = segment_chunk(
-                k_stream, states, params, window, setup.model, setup.hist, **kw
+                k_stream, states, params, window, model, setup.hist, **kw
             )
             if current[0].enlarge is None or bool(covered):
-                return (k_stream, new), mesh.fetch(sums)
+                return (k_stream, new), _real_workers(mesh.fetch(sums), run.r_max)
             current[0] = current[0].enlarge()
 
     def record(c: Chunk, t0, sums):
@@ -633,6 +701,7 @@ __all__ = [
     "STEP_DIAGNOSTICS",
     "SimulationResult",
     "attn_grid",
+    "bucket_size",
     "device_name",
     "simulate",
     "step_model",

@@ -126,12 +126,14 @@ def replication_chunks(replications: int, chunk: int, total: int, length: int):
 
 class Window(NamedTuple):
     """Which steps of a chunk count (traced int32): step ``t0 + i`` of row k counts when
-    ``k < n_real`` and ``warmup <= t0 + i < t_end[k]``."""
+    ``k < n_real`` and ``warmup <= t0 + i < t_end[k]``. ``real``: None, or the real (workers,
+    B) of a kernel padded to a shape bucket (``summarise_rows``)."""
 
     t0: jax.Array
     warmup: jax.Array
     t_end: jax.Array
     n_real: jax.Array
+    real: tuple | None = None
 
 
 def window_mask(window: Window, rows: int, length: int):
@@ -157,7 +159,8 @@ def segment_chunk(
     rows' mesh (the rows form that many contiguous groups, one per device)."""
     states, info = _map_rows(lambda k, s: kernel.segment(k, s, params), groups, keys, states)
     valid = window_mask(window, *info.loads.shape[:2])
-    sums = summarise_rows(info.loads, valid, model, hist, batch=batch, serial=serial, n_bins=N_BINS)
+    kw = dict(batch=batch, serial=serial, n_bins=N_BINS, real=window.real)
+    sums = summarise_rows(info.loads, valid, model, hist, **kw)
     return states, sums, jnp.all(info.covered)
 
 
@@ -205,9 +208,11 @@ class RowMesh:
     """A 1-D mesh (axis ``"rows"``) over every device of the run: all processes' devices, or
     this process's inside :func:`local_devices_only`."""
 
-    def __init__(self):
+    def __init__(self, max_devices: int | None = None):
+        """``max_devices``: in a single process, use at most that many of the local devices
+        (a run of fewer rows than devices would only compute padded rows on the others)."""
         self.multi = jax.process_count() > 1 and not _SCOPE["local"]
-        devs = jax.devices() if self.multi else jax.local_devices()
+        devs = jax.devices() if self.multi else jax.local_devices()[: max_devices or None]
         self.n = len(devs)
         self.processes = jax.process_count() if self.multi else 1
         self.sharding = NamedSharding(Mesh(np.array(devs), ("rows",)), PartitionSpec("rows"))
