@@ -273,7 +273,10 @@ def run_in_process(case: Case, cwd, timeout_s: float = TIMEOUT_S) -> Outcome:
 
 def run_subprocess(case: Case, cwd, timeout_s: float = TIMEOUT_S) -> Outcome:
     """Run one case as ``python -m afd_jax`` in ``cwd`` (a real exit status: an abort shows as
-    a negative one)."""
+    a negative one). An argument with a NUL byte cannot reach a process (execve refuses it):
+    such a case runs in-process instead."""
+    if any("\x00" in a for a in case.argv):
+        return run_in_process(case, cwd, timeout_s)
     t0 = time.perf_counter()
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "AFD_JAX_CACHE": "0", "PYTHONPATH": path}

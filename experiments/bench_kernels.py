@@ -20,12 +20,21 @@ import platform
 import sys
 import time
 
-import jax
-import numpy as np
+from afd_jax.cli import cpu_device_flags, enable_compilation_cache
 
-from afd_jax.model.latency import Latency, ModelOptions, other_stages
-from afd_jax.montecarlo.simulate import simulate
-from afd_jax.workload.traces import load_trace
+# as `afd-jax simulate`: one CPU device per core (AFD_JAX_CPU_DEVICES=1: one device), and the
+# persistent compilation cache (a rerun loads its programs instead of compiling them)
+if (_FLAGS := cpu_device_flags(os.environ)) is not None:
+    os.environ["XLA_FLAGS"] = _FLAGS
+enable_compilation_cache()
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from afd_jax.model.latency import Latency, ModelOptions, other_stages  # noqa: E402
+from afd_jax.montecarlo.samplers import make_sampler, max_slot_load  # noqa: E402
+from afd_jax.montecarlo.simulate import simulate  # noqa: E402
+from afd_jax.workload.traces import load_trace  # noqa: E402
 
 SIZES = {
     # name: (r_max, B, T fast, T trajectory, T numpy, barrier snapshots, replications)
@@ -190,10 +199,15 @@ def _markdown(rows, args, argv, n_requests, theta, cfg) -> str:
     return "\n".join(lines)
 
 
-def _fast_rate(w, lat, cfg, steps, reps, repeat, budget):
-    """Best-of-``repeat`` slot-steps/s of the fast kernel (compiled by a first call)."""
+def _fast_rate(w, lat, cfg, steps, reps, repeat, budget, warm=True):
+    """Best-of-``repeat`` slot-steps/s of the fast kernel (compiled by a first call unless
+    ``warm`` is False). ``w``: (sampler, max slot load), built once (the alias table takes
+    0.2 s of host time that ``simulate`` spends before its timer starts)."""
+    w, most = w
     kw = dict(kernel="fast", steps=steps, replications=reps, memory_budget_bytes=budget)
-    simulate(w, lat, cfg["batch"], cfg["r_max"], seed=1, **kw)
+    kw["max_slot_load"] = most
+    if warm:
+        simulate(w, lat, cfg["batch"], cfg["r_max"], seed=1, **kw)
     runs = [simulate(w, lat, cfg["batch"], cfg["r_max"], seed=2, **kw) for _ in range(repeat)]
     return max(r.slot_steps_per_second for r in runs)
 
@@ -234,12 +248,31 @@ def scaling(args, w, prompt, decode, lat, cfg, budget) -> str:
         "| replications | NumPy slot-steps/s | fast slot-steps/s | ratio |",
         "|---|---|---|---|",
     ]
+    cpu = []
     for reps in (1, 32):
-        base = _numpy_rate(prompt, decode, lat, cfg, max(200, 2_000 // reps), reps, args.repeat)
-        fast = _fast_rate(w, lat, cfg, 5_000, reps, args.repeat, budget)
+        # NumPy and fast runs alternate, so that both see the same load of a shared machine
+        base = fast = 0.0
+        cpu_s = [0.0, 0.0]
+        for _ in range(args.repeat):
+            steps = max(200, 2_000 // reps)
+            c0 = time.process_time()
+            base = max(base, _numpy_rate(prompt, decode, lat, cfg, steps, reps, 1))
+            c1 = time.process_time()
+            fast = max(fast, _fast_rate(w, lat, cfg, 5_000, reps, 1, budget, warm=False))
+            cpu_s = [cpu_s[0] + c1 - c0, cpu_s[1] + time.process_time() - c1]
         lines.append(f"| {reps} | {base:.3e} | {fast:.3e} | {fast / base:.1f}x |")
         print(lines[-1], file=sys.stderr)
-    lines += ["", f"Load average at the end: {os.getloadavg()[0]:.1f}.", ""]
+        slots = cfg["r_max"] * cfg["batch"] * reps * args.repeat
+        per_cpu = (slots * steps / cpu_s[0], slots * 5_000 / cpu_s[1])
+        cpu.append(f"{reps}: NumPy {per_cpu[0]:.3e}, fast {per_cpu[1]:.3e} "
+                   f"({per_cpu[1] / per_cpu[0]:.1f}x)")  # fmt: skip
+    lines += [
+        "",
+        "Slot-steps per CPU-second (all threads; less sensitive to the load than wall time), "
+        "replications " + "; ".join(cpu) + ".",
+        f"Load average at the end: {os.getloadavg()[0]:.1f}.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -275,7 +308,8 @@ def main(argv=None) -> int:
         beta_comm=10.0,
     )
     if args.scaling:
-        text = scaling(args, w, prompt, decode, lat, cfg, budget)
+        built = (make_sampler(w, 0, draw="alias"), max_slot_load(w))
+        text = scaling(args, built, prompt, decode, lat, cfg, budget)
         print(text)
         if args.out:
             with open(args.out, "a") as f:

@@ -6,9 +6,10 @@ loads. A worker's load is ``T_j = sum_b load[j, b]`` (int32) and the barrier for
 r = 1..r_max is the cumulative max over workers (common random numbers across r):
 ``tau(r) = max(alpha_A * max_{j<=r} T_j + beta_A, G(r))`` (pipelined) or ``... + G(r)`` (serial).
 
-Every kernel summarises its steps with :func:`summarise_steps` into :class:`StepSums`: float32
-sums over fixed blocks of :data:`BLOCK` steps (never a running sum in a scan carry); the driver
-adds the blocks in float64 on the host. Kernels are pure and un-jitted; shapes and switches are
+Every kernel summarises its steps with :func:`summarise_steps` into :class:`StepSums`: sums over
+fixed blocks of :data:`BLOCK` steps (never a running sum in a scan carry) in the float dtype of
+the driver's :class:`~.step.StepModel` (float32 by default, float64 when asked); the driver adds
+the blocks in float64 on the host. Kernels are pure and un-jitted; shapes and switches are
 static, coefficients and samplers are traced. No imports from afd_jax.
 """
 
@@ -32,14 +33,16 @@ counter-based keys of the barrier sampler. Independent of the chunk size."""
 class TauHistogram(NamedTuple):
     """Log-spaced bins of the step time for percentiles: bin ``k`` holds
     ``exp(log_lo + k / inv_width) <= tau < exp(log_lo + (k + 1) / inv_width)`` (first and last
-    bins also catch everything below/above). log_lo, inv_width: float32 scalars (traced)."""
+    bins also catch everything below/above). log_lo, inv_width: scalars (traced) of the
+    StepModel's float dtype."""
 
     log_lo: jax.Array
     inv_width: jax.Array
 
 
 class StepSums(NamedTuple):
-    """Block sums of one run of steps. ``nb`` = number of blocks, float32 unless stated.
+    """Block sums of one run of steps. ``nb`` = number of blocks; floats in the StepModel's
+    dtype (float32 or float64) unless stated.
 
     tau, tau_sq, max_attn: [nb, r_max] sums over the valid steps of tau(r), tau(r)^2 and the
     barrier Attention time max_{j<=r} t_A,j. worker_load: [nb, r_max] sums of each worker's
@@ -97,18 +100,24 @@ def summarise_steps(
     batch: int,
     serial: bool,
     n_bins: int,
+    real=None,
 ) -> StepSums:
     """Block sums of the step statistics.
 
     worker_loads: int32[n, r_max] (n a multiple of BLOCK), valid: bool[n] (steps that count).
-    ``batch`` (B), ``serial`` and ``n_bins`` are static. Per step and r: the barrier
+    ``batch`` (B), ``serial`` and ``n_bins`` are static. ``real``: None, or traced int32
+    (workers, B) of a kernel padded to a shape bucket: the columns beyond ``workers`` are
+    padding, left out of the mean slot load (over workers x B real slots), and every
+    statistic of r <= workers is the same as without them (the driver drops the rest). Per
+    step and r: the barrier
     ``M_r = max_{j<=r} T_j`` (cumulative max over workers: common random numbers across r),
     ``max_attn = alpha_A M_r + beta_A``, ``tau = max(max_attn, G(r))`` (pipelined) or
-    ``max_attn + G(r)`` (serial).
+    ``max_attn + G(r)`` (serial). Float arithmetic in ``model.other.dtype`` (the histogram
+    ``hist`` comes in the same dtype): nothing here fixes the precision.
     """
-    r_max = worker_loads.shape[1]
-    loads = worker_loads.astype(jnp.float32)
-    w = valid.astype(jnp.float32)
+    dtype = model.other.dtype  # the run's float dtype: float32, or float64 when asked
+    loads = worker_loads.astype(dtype)
+    w = valid.astype(dtype)
     # exact running max; a parallel scan is ~3x faster than lax.cummax on XLA:CPU
     max_load = jax.lax.associative_scan(jnp.maximum, loads, axis=1)
     max_attn = attn_times(model, max_load)  # t_A non-decreasing: max_j t_A(T_j) = t_A(M_r)
@@ -117,7 +126,7 @@ def summarise_steps(
     def bsum(x):
         return block_sum(x * w[:, None])
 
-    mean_load = loads.sum(axis=-1) / jnp.float32(r_max * batch)
+    mean_load = _mean_slot_load(loads, batch, real)
     counts = tau_histogram(tau, valid, hist, n_bins)
     return StepSums(
         tau=bsum(tau),
@@ -129,6 +138,19 @@ def summarise_steps(
         count=block_sum(valid.astype(jnp.int32)),
         hist=counts,
     )
+
+
+def _mean_slot_load(loads, batch: int, real):
+    """Per step, the summed worker loads over the (workers x B) real slots (in the loads'
+    float dtype, summed over the workers in order: padded workers at the end add exact
+    zeros)."""
+    dtype = loads.dtype
+    if real is None:
+        return loads.sum(axis=-1) / jnp.asarray(loads.shape[-1] * batch, dtype)
+    workers, real_batch = real
+    keep = jnp.arange(loads.shape[-1], dtype=jnp.int32) < workers
+    slots = (workers * real_batch).astype(dtype)
+    return jnp.where(keep, loads, jnp.zeros((), dtype)).sum(axis=-1) / slots
 
 
 def barrier_loads(key, sampler, *, r_max: int, batch: int):
@@ -143,22 +165,14 @@ def barrier_loads(key, sampler, *, r_max: int, batch: int):
     return loads.sum(axis=-1, dtype=jnp.int32)
 
 
-def summarise_rows(
-    loads, valid, model: StepModel, hist: TauHistogram, *, batch: int, serial: bool, n_bins: int
-) -> StepSums:
+def summarise_rows(loads, valid, model: StepModel, hist: TauHistogram, **kw) -> StepSums:
     """:func:`summarise_steps` of several rows (replications, or blocks of snapshots) at once:
-    loads int32[rows, L, r_max], valid bool[rows, L] (L a multiple of BLOCK). Returns StepSums
-    with block rows [rows, L // BLOCK, ...] and the histogram summed over all rows."""
+    loads int32[rows, L, r_max], valid bool[rows, L] (L a multiple of BLOCK); ``kw``: the
+    keyword arguments of :func:`summarise_steps` (batch, serial, n_bins, real). Returns
+    StepSums with block rows [rows, L // BLOCK, ...] and the histogram summed over all rows."""
     rows, length, r_max = loads.shape
-    sums = summarise_steps(
-        loads.reshape(rows * length, r_max),
-        valid.reshape(-1),
-        model,
-        hist,
-        batch=batch,
-        serial=serial,
-        n_bins=n_bins,
-    )
+    flat = loads.reshape(rows * length, r_max)
+    sums = summarise_steps(flat, valid.reshape(-1), model, hist, **kw)
     nb = length // BLOCK
     out = jax.tree_util.tree_map(
         lambda x: x.reshape((rows, nb) + x.shape[1:]), sums._replace(hist=None)

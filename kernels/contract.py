@@ -36,10 +36,13 @@ class Kernel(NamedTuple):
 
 class SegmentParams(NamedTuple):
     """Traced arguments of a steps-window segment: the sampler pytree and ``t0`` (int32, the
-    absolute step of the segment's first step)."""
+    absolute step of the segment's first step). ``batch``: None, or (int32) the real slots per
+    worker of a state padded along B to a shape bucket (the fast kernel; padded slots carry no
+    load)."""
 
     sampler: Any
     t0: jax.Array
+    batch: jax.Array | None = None
 
 
 class SegmentInfo(NamedTuple):

@@ -76,18 +76,20 @@ def request_bits(slot_words, counters):
     return jax.lax.scan(body, None, counters)[1]
 
 
-def fresh_requests(key_stream, drawn, sampler, n_requests: int):
+def fresh_requests(key_stream, drawn, sampler, n_requests: int, slot_ids=None):
     """Requests ``drawn .. drawn + n_requests - 1`` of every slot, request index leading.
 
     drawn: int32[r_max, B] request counters. Request n of slot i is a function of the slot key
     ``fold_in(key_stream, i)`` and of n only. An :class:`AliasSampler` (the hot path) draws
     from the two output words of one Threefry-2x32 block (:func:`request_bits`); other
     samplers draw with the key ``fold_in(slot_key, n)``.
+    ``slot_ids``: int32[r_max * B], each slot's index i (default: its position).
     Returns (prompt, decode) int32[K, r_max, B] (K = ``n_requests``, static).
     """
     shape = drawn.shape
     n_slots = drawn.size
-    slot_ids = jnp.arange(n_slots, dtype=jnp.int32)
+    if slot_ids is None:
+        slot_ids = jnp.arange(n_slots, dtype=jnp.int32)
     slot_keys = jax.vmap(jr.fold_in, in_axes=(None, 0))(key_stream, slot_ids)
     counters = drawn.reshape(1, -1) + jnp.arange(n_requests, dtype=jnp.int32)[:, None]  # [K, S]
     if isinstance(sampler, AliasSampler):
@@ -109,14 +111,29 @@ def _cumsum0(x):
     return jax.lax.associative_scan(jnp.add, x, axis=0)
 
 
-def _slot_words(key_stream, n_slots: int):
+def _slot_words(key_stream, slot_ids):
     """uint32[S, 2]: the threefry key words of the slot keys ``fold_in(key_stream, i)``."""
-    slot_ids = jnp.arange(n_slots, dtype=jnp.int32)
     slot_keys = jax.vmap(jr.fold_in, in_axes=(None, 0))(key_stream, slot_ids)
     return jr.key_data(slot_keys)[:, :2].astype(jnp.uint32)
 
 
-def fast_segment(key_stream, state: SlotState, sampler, *, length: int, n_requests: int):
+def _slot_layout(shape, real_batch):
+    """(slot index i of every slot int32[S], real bool[S] or None) of an (r_max, B) layout
+    whose first ``real_batch`` slots per worker are real (None: all). Real slot (j, b) has the
+    index j * real_batch + b, as in the unpadded layout; padded ones come after all of those."""
+    r_max, batch = shape
+    if real_batch is None:
+        return jnp.arange(r_max * batch, dtype=jnp.int32), None
+    j = jnp.arange(r_max, dtype=jnp.int32)[:, None]
+    b = jnp.arange(batch, dtype=jnp.int32)[None, :]
+    real = jnp.broadcast_to(b < real_batch, shape)
+    ids = jnp.where(real, j * real_batch + b, jnp.int32(r_max * batch) + j * batch + b)
+    return ids.reshape(-1), real.reshape(-1)
+
+
+def fast_segment(
+    key_stream, state: SlotState, sampler, *, length: int, n_requests: int, real_batch=None
+):
     """Run the next ``length`` steps with K = ``n_requests`` fresh requests per slot (static).
 
     Same contract as :func:`kernels.trajectory.trajectory_segment` (B is the slot axis of the
@@ -134,17 +151,22 @@ def fast_segment(key_stream, state: SlotState, sampler, *, length: int, n_reques
     :class:`AliasSampler` the Threefry bits of request k + 1 are computed in step k and
     carried (the loop state is materialised, so XLA does not recompute the hash inside each
     table gather); other samplers take their requests from :func:`fresh_requests`.
+    ``real_batch``: None, or (traced int32) the real slots per worker when B is padded to a
+    shape bucket: the real slots draw the unpadded layout's requests, the padded ones add no
+    load (their changes are scattered as zeros).
     """
     r_max, batch = state.prompt.shape
     n_slots = r_max * batch
     rows = jnp.repeat(jnp.arange(r_max, dtype=jnp.int32), batch)  # worker of each slot
+    slot_ids, real = _slot_layout((r_max, batch), real_batch)
     cur_p, cur_d, cur_age = (x.reshape(n_slots) for x in state[:3])
     rem0 = cur_d - cur_age  # steps left of the current request, >= 1
     still = rem0 > length  # the current request is still active at local time L
-    c0 = cur_p + cur_age  # current request: c = P - (-age)
+    c0 = cur_p + cur_age  # current request: c = P - (-age); padded slots: no load
+    c0 = c0 if real is None else jnp.where(real, c0, 0)
 
     if isinstance(sampler, AliasSampler):
-        words = _slot_words(key_stream, n_slots)
+        words = _slot_words(key_stream, slot_ids)
         k0, k1 = words[:, 0], words[:, 1]
         zero = jnp.zeros_like(k0)
         n0 = state.drawn.reshape(n_slots).astype(jnp.uint32)
@@ -156,7 +178,7 @@ def fast_segment(key_stream, state: SlotState, sampler, *, length: int, n_reques
         extra0 = threefry2x32(k0, k1, n0, zero)
         xs = jnp.arange(n_requests, dtype=jnp.uint32)
     else:
-        p_new, d_new = fresh_requests(key_stream, state.drawn, sampler, n_requests)
+        p_new, d_new = fresh_requests(key_stream, state.drawn, sampler, n_requests, slot_ids)
 
         def draw(extra, pd):
             return pd[0], pd[1], extra
@@ -169,7 +191,7 @@ def fast_segment(key_stream, state: SlotState, sampler, *, length: int, n_reques
         p, d, extra = draw(extra, x)
         start = end_prev
         end = start + d
-        c = p - start
+        c = p - start if real is None else jnp.where(real, p - start, 0)
         active = (start <= length) & (end > length)
         # slot constant c_0 from t = 0 (base below), then c_k - c_{k-1} from the start of
         # request k; starts at or beyond L land in the spare row L
@@ -196,8 +218,9 @@ def fast_segment(key_stream, state: SlotState, sampler, *, length: int, n_reques
 
     base = c0.reshape(r_max, batch).sum(axis=-1, dtype=jnp.int32)
     t_local = jnp.arange(length, dtype=jnp.int32)[:, None]
+    per_step = jnp.int32(batch) if real_batch is None else real_batch  # real slots per worker
     worker_loads = _cumsum0(diff.reshape(length + 1, r_max))[:length] + (
-        base[None, :] + jnp.int32(batch) * t_local
+        base[None, :] + per_step * t_local
     )  # [L, r_max]
     shape = (r_max, batch)
     new_state = SlotState(
@@ -219,9 +242,8 @@ def fast_kernel(shape: tuple, init: str, length: int, n_requests: int) -> Kernel
         return init_slots(key, params.sampler, shape, init)
 
     def segment(key_stream, state, params):
-        state, loads, covered = fast_segment(
-            key_stream, state, params.sampler, length=length, n_requests=n_requests
-        )
+        kw = dict(length=length, n_requests=n_requests, real_batch=params.batch)
+        state, loads, covered = fast_segment(key_stream, state, params.sampler, **kw)
         return state, SegmentInfo(loads, covered)
 
     def enlarge():
@@ -230,4 +252,29 @@ def fast_kernel(shape: tuple, init: str, length: int, n_requests: int) -> Kernel
     return Kernel("fast", init_fn, segment, enlarge)
 
 
-__all__ = ["fast_kernel", "fast_segment", "fresh_requests", "request_bits", "threefry2x32"]
+@cache
+def padded_init(shape: tuple, init: str, real: tuple) -> Kernel:
+    """The initial state of a fast kernel of ``shape`` (r_pad, B_pad) padded from ``real`` =
+    (workers, B) (a shape bucket): :func:`kernels.trajectory.init_slots` of (workers, B), i.e.
+    the unpadded kernel's state, then the last real worker and slot repeated into the padding.
+    Real slot (j, b) draws its requests from ``fold_in(key_stream, j * B + b)`` as unpadded
+    (:func:`fast_segment` with ``real_batch`` = B), padded workers come after the real ones and
+    padded slots carry no load, so the real workers' loads are those of the unpadded kernel.
+    Only ``init`` is set (``segment`` is the padded :func:`fast_kernel`'s)."""
+
+    def init_fn(key, params):
+        state = init_slots(key, params.sampler, tuple(real), init)
+        pad = tuple((0, n - m) for n, m in zip(shape, real, strict=True))
+        return SlotState(*(jnp.pad(x, pad, mode="edge") for x in state))
+
+    return Kernel("fast-init", init_fn, None)
+
+
+__all__ = [
+    "fast_kernel",
+    "fast_segment",
+    "fresh_requests",
+    "padded_init",
+    "request_bits",
+    "threefry2x32",
+]

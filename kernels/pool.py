@@ -25,7 +25,11 @@ i.e. a FFN whose cost shrinks as the pool drains.
 Shapes: the slot arrays have ``r_pad * B`` entries (``r_pad`` static, e.g. the next power of
 two); the bundle size ``r <= r_pad`` is traced, slots of workers ``j >= r`` are masked. Tokens,
 loads and counters are int32 (the driver checks ``B * max load`` and ``sum D`` fit); times are
-float32 with a compensated (Kahan) running sum of tau. Pure and un-jitted; no afd_jax imports.
+in the float dtype of the :class:`PoolModel` (float32 by default, float64 when the driver asks)
+with a compensated (Kahan) running sum of tau. Measured (table) stages: the driver passes the
+Attention time on a load grid (:class:`~.step.AttnGrid`, read by :func:`~.step.attn_times`)
+and the FFN / communication times at every integer token count 0..r_pad B (the counts X are
+integers in both ``ffn_tokens`` modes). Pure and un-jitted; no afd_jax imports.
 """
 
 from __future__ import annotations
@@ -38,14 +42,16 @@ import jax.numpy as jnp
 
 from .barrier import TauHistogram
 from .contract import Kernel
-from .step import kahan_add
+from .step import AttnGrid, attn_times, kahan_add
 
 FFN_TOKENS = ("nominal", "active")
 
 
 class PoolModel(NamedTuple):
-    """Latency coefficients as float32 scalars (traced): t_A(T) = alpha_attn T + beta_attn,
-    t_F = alpha_ffn X_F + beta_ffn, t_C = alpha_comm X_C + beta_comm."""
+    """Stage latencies (traced, one float dtype: float32 by default, float64 on request):
+    t_A(T) = alpha_attn T + beta_attn, t_F = alpha_ffn X_F + beta_ffn, t_C = alpha_comm X_C +
+    beta_comm. A measured stage replaces its pair: ``attn_grid`` (:class:`~.step.AttnGrid`,
+    t_A on a load grid), ``ffn`` / ``comm`` ([r_pad B + 1], the time at X = 0, 1, ...)."""
 
     alpha_attn: jax.Array
     beta_attn: jax.Array
@@ -53,12 +59,23 @@ class PoolModel(NamedTuple):
     beta_ffn: jax.Array
     alpha_comm: jax.Array
     beta_comm: jax.Array
+    attn_grid: AttnGrid | None = None
+    ffn: jax.Array | None = None
+    comm: jax.Array | None = None
+
+
+def token_time(values, alpha, beta, tokens):
+    """Time of a stage at the int32 token count ``tokens``: ``alpha X + beta`` (affine,
+    ``values`` None) or ``values[X]`` (a table sampled at every integer count)."""
+    if values is None:
+        return alpha * tokens.astype(alpha.dtype) + beta
+    return values[tokens]
 
 
 class PoolState(NamedTuple):
     """Carry of the step loop. prompt, decode, age: int32[r_pad*B]; active: bool[r_pad*B];
     scalars int32: next_request (pool index of the next fresh request), completed, tokens,
-    steps; elapsed, elapsed_comp: float32 (Kahan sum of tau and its compensation);
+    steps; elapsed, elapsed_comp: the model's float dtype (Kahan sum of tau and its compensation);
     attn_steps: int32, steps where the barrier Attention time set tau (pipelined)."""
 
     prompt: jax.Array
@@ -77,7 +94,8 @@ class PoolState(NamedTuple):
 class PoolInfo(NamedTuple):
     """Result of :func:`pool_run` (scalars): tokens (int32, emitted in the window), steps
     (int32), completed (int32, requests finished in the window), elapsed (float32, sum of tau
-    over the window), attn_steps (int32, steps whose tau was the barrier Attention time)."""
+    over the window, the model's float dtype), attn_steps (int32, steps whose tau was the
+    barrier Attention time)."""
 
     tokens: jax.Array
     steps: jax.Array
@@ -86,12 +104,14 @@ class PoolInfo(NamedTuple):
     attn_steps: jax.Array
 
 
-def pool_init(pool_prompt, pool_decode, r, n, *, batch: int, r_pad: int) -> PoolState:
+def pool_init(
+    pool_prompt, pool_decode, r, n, *, batch: int, r_pad: int, dtype=jnp.float32
+) -> PoolState:
     """Cold start: slot s < min(r B, N) holds pool request s at age 0; the rest are idle.
 
     pool_prompt, pool_decode: int32[N_max] (decode >= 1); the pool is their first ``n``
     entries (int32 scalar, traced, 1 <= n <= N_max: pools of several sizes share one compile);
-    r: int32 scalar (traced), 1 <= r <= r_pad.
+    r: int32 scalar (traced), 1 <= r <= r_pad; ``dtype``: float dtype of the elapsed time.
     """
     n = jnp.asarray(n, jnp.int32)
     slots = r_pad * batch
@@ -109,8 +129,8 @@ def pool_init(pool_prompt, pool_decode, r, n, *, batch: int, r_pad: int) -> Pool
         completed=zero,
         tokens=zero,
         steps=zero,
-        elapsed=jnp.zeros((), jnp.float32),
-        elapsed_comp=jnp.zeros((), jnp.float32),
+        elapsed=jnp.zeros((), dtype),
+        elapsed_comp=jnp.zeros((), dtype),
         attn_steps=zero,
     )
 
@@ -126,29 +146,25 @@ def pool_step_time(
     serial: bool,
     ffn_tokens: str,
 ):
-    """(tau, attention_binds) of the current step, float32 scalar and bool (see module doc)."""
+    """(tau, attention_binds, t_F) of the current step: float scalar, bool, float (module doc)."""
     loads = jnp.where(state.active, state.prompt + state.age, 0).reshape(r_pad, batch)
     worker_load = jnp.sum(loads, axis=1, dtype=jnp.int32)
     worker_active = jnp.sum(state.active.reshape(r_pad, batch), axis=1, dtype=jnp.int32)
     in_bundle = jnp.arange(r_pad, dtype=jnp.int32) < r
     max_load = jnp.max(jnp.where(in_bundle, worker_load, 0))
-    t_attn = model.alpha_attn * max_load.astype(jnp.float32) + model.beta_attn
+    t_attn = attn_times(model, max_load.astype(model.beta_attn.dtype))
     if ffn_tokens == "nominal":
-        x_ffn = (jnp.asarray(r, jnp.int32) * jnp.int32(batch)).astype(jnp.float32)
-        x_comm = x_ffn if comm_aggregate else jnp.float32(batch)
+        x_ffn = jnp.asarray(r, jnp.int32) * jnp.int32(batch)
+        x_comm = x_ffn if comm_aggregate else jnp.int32(batch)
     else:
-        n_active = jnp.sum(jnp.where(in_bundle, worker_active, 0), dtype=jnp.int32)
-        x_ffn = n_active.astype(jnp.float32)
-        if comm_aggregate:
-            x_comm = x_ffn
-        else:
-            x_comm = jnp.max(jnp.where(in_bundle, worker_active, 0)).astype(jnp.float32)
-    t_ffn = model.alpha_ffn * x_ffn + model.beta_ffn
-    t_comm = model.alpha_comm * x_comm + model.beta_comm
+        x_ffn = jnp.sum(jnp.where(in_bundle, worker_active, 0), dtype=jnp.int32)
+        x_comm = x_ffn if comm_aggregate else jnp.max(jnp.where(in_bundle, worker_active, 0))
+    t_ffn = token_time(model.ffn, model.alpha_ffn, model.beta_ffn, x_ffn)
+    t_comm = token_time(model.comm, model.alpha_comm, model.beta_comm, x_comm)
     if serial:
-        return t_attn + t_comm + t_ffn, jnp.asarray(True)
+        return t_attn + t_comm + t_ffn, jnp.asarray(True), t_ffn
     other = jnp.maximum(t_comm, t_ffn)
-    return jnp.maximum(t_attn, other), t_attn >= other
+    return jnp.maximum(t_attn, other), t_attn >= other, t_ffn
 
 
 def pool_advance(state: PoolState, pool_prompt, pool_decode, n, tau, attn_binds) -> PoolState:
@@ -180,16 +196,19 @@ def pool_advance(state: PoolState, pool_prompt, pool_decode, n, tau, attn_binds)
 
 
 class PoolDiag(NamedTuple):
-    """Optional extra carry of the pool loop (float32 Kahan pairs, int32 histogram): load: sum
-    over steps of the bundle's total worker load; max_load: of its largest worker load; hist:
-    int32[n_bins] counts of tau per log bin (:class:`kernels.barrier.TauHistogram`; the end
-    bins catch the rest)."""
+    """Optional extra carry of the pool loop (Kahan pairs in the model's float dtype, int32
+    histogram): load: sum over steps of the bundle's total worker load (a table Attention
+    stage: of the workers' Attention times t_A(T_j)); max_load: of its largest worker load
+    (table: its Attention time); ffn: of t_F; hist: int32[n_bins] counts of tau per log bin
+    (:class:`kernels.barrier.TauHistogram`; the end bins catch the rest)."""
 
     load: jax.Array
     load_comp: jax.Array
     max_load: jax.Array
     max_comp: jax.Array
     hist: jax.Array
+    ffn: jax.Array
+    ffn_comp: jax.Array
 
 
 class PoolParams(NamedTuple):
@@ -206,16 +225,25 @@ class PoolParams(NamedTuple):
     bins: TauHistogram | None = None
 
 
-def _observe(d: PoolDiag, st: PoolState, tau, r, bins: TauHistogram, *, batch, r_pad, n_bins):
-    """Adds one step to the diagnostics sums (loads before the slots age)."""
+def _observe(d: PoolDiag, st: PoolState, step, p: PoolParams, *, batch, r_pad, n_bins):
+    """Adds one step (``step``: its tau and t_F) to the diagnostics sums (loads before the
+    slots age)."""
+    tau, t_ffn = step
     loads = jnp.where(st.active, st.prompt + st.age, 0).reshape(r_pad, batch)
-    in_bundle = jnp.arange(r_pad, dtype=jnp.int32) < r
+    in_bundle = jnp.arange(r_pad, dtype=jnp.int32) < p.r
     wl = jnp.where(in_bundle, jnp.sum(loads, axis=1, dtype=jnp.int32), 0)
-    load, load_c = kahan_add(d.load, d.load_comp, jnp.sum(wl.astype(jnp.float32)))
-    mx, mx_c = kahan_add(d.max_load, d.max_comp, jnp.max(wl).astype(jnp.float32))
-    pos = jnp.floor((jnp.log(jnp.maximum(tau, jnp.float32(1e-30))) - bins.log_lo) * bins.inv_width)
+    dtype = tau.dtype
+    per_worker, largest = wl.astype(dtype), jnp.max(wl).astype(dtype)
+    if p.model.attn_grid is not None:  # sums of Attention times (the idle sums stay linear)
+        per_worker = jnp.where(in_bundle, attn_times(p.model, per_worker), jnp.zeros((), dtype))
+        largest = attn_times(p.model, largest)
+    load, load_c = kahan_add(d.load, d.load_comp, jnp.sum(per_worker))
+    mx, mx_c = kahan_add(d.max_load, d.max_comp, largest)
+    f, f_c = kahan_add(d.ffn, d.ffn_comp, t_ffn)
+    tiny = jnp.asarray(1e-30, dtype)
+    pos = jnp.floor((jnp.log(jnp.maximum(tau, tiny)) - p.bins.log_lo) * p.bins.inv_width)
     k = jnp.clip(pos, 0, n_bins - 1).astype(jnp.int32)
-    return PoolDiag(load, load_c, mx, mx_c, d.hist.at[k].add(jnp.int32(1)))
+    return PoolDiag(load, load_c, mx, mx_c, d.hist.at[k].add(jnp.int32(1)), f, f_c)
 
 
 def pool_segment(
@@ -236,8 +264,8 @@ def pool_segment(
     steps, with the diagnostics sums carried alongside."""
     p = params
     kw = dict(batch=batch, r_pad=r_pad)
-    z = jnp.zeros((), jnp.float32)
-    diag0 = PoolDiag(z, z, z, z, jnp.zeros((n_bins,), jnp.int32)) if n_bins else ()
+    z = jnp.zeros((), p.model.beta_attn.dtype)
+    diag0 = PoolDiag(z, z, z, z, jnp.zeros((n_bins,), jnp.int32), z, z) if n_bins else ()
 
     def cond(c):
         st = c[0]
@@ -245,7 +273,7 @@ def pool_segment(
 
     def body(c):
         st, d = c
-        tau, attn = pool_step_time(
+        tau, attn, t_ffn = pool_step_time(
             st,
             p.r,
             p.model,
@@ -255,7 +283,7 @@ def pool_segment(
             ffn_tokens=ffn_tokens,
         )
         if n_bins:
-            d = _observe(d, st, tau, p.r, p.bins, **kw, n_bins=n_bins)
+            d = _observe(d, st, (tau, t_ffn), p, **kw, n_bins=n_bins)
         st = pool_advance(st, p.pool_prompt, p.pool_decode, p.n, tau, attn)
         return st, d
 
@@ -276,7 +304,15 @@ def pool_kernel(
     def init_fn(key, params: PoolParams):
         r = jnp.asarray(params.r, jnp.int32)
         n = jnp.asarray(params.n, jnp.int32)
-        return pool_init(params.pool_prompt, params.pool_decode, r, n, batch=batch, r_pad=r_pad)
+        return pool_init(
+            params.pool_prompt,
+            params.pool_decode,
+            r,
+            n,
+            batch=batch,
+            r_pad=r_pad,
+            dtype=params.model.beta_attn.dtype,
+        )
 
     segment = partial(
         pool_segment,

@@ -15,8 +15,9 @@ import jax.numpy as jnp
 
 class AttnGrid(NamedTuple):
     """A non-affine Attention time sampled by the driver on the uniform load grid
-    ``start + k / inv_width`` (k < n): float32 scalars ``start``, ``inv_width`` and float32[n]
-    ``values``; read back linearly between grid points (exact at the points)."""
+    ``start + k / inv_width`` (k < n): scalars ``start``, ``inv_width`` and ``values`` [n], all
+    of one float dtype (float32, or float64 when the driver asks); read back linearly between
+    grid points (exact at the points)."""
 
     start: jax.Array
     inv_width: jax.Array
@@ -24,11 +25,12 @@ class AttnGrid(NamedTuple):
 
 
 class StepModel(NamedTuple):
-    """alpha_attn, beta_attn: scalars (float32). other: float32[r_max], the non-Attention stage
-    time G(r) for r = 1..r_max (max(t_C, t_F) when pipelined, t_C + t_F when serial). t_ffn:
-    float32[r_max], the FFN time t_F(r). attn_grid: None for the affine Attention time
-    ``alpha_attn T + beta_attn``, else an :class:`AttnGrid` (a measured table; the
-    coefficients are then unused)."""
+    """alpha_attn, beta_attn: scalars. other: [r_max], the non-Attention stage time G(r) for
+    r = 1..r_max (max(t_C, t_F) when pipelined, t_C + t_F when serial). t_ffn: [r_max], the
+    FFN time t_F(r). Every array has the one float dtype of the run (float32 by default,
+    float64 on request); the summaries take their dtype from ``other``. attn_grid: None for
+    the affine Attention time ``alpha_attn T + beta_attn``, else an :class:`AttnGrid` (a
+    measured table; the coefficients are then unused)."""
 
     alpha_attn: jax.Array
     beta_attn: jax.Array
@@ -37,19 +39,25 @@ class StepModel(NamedTuple):
     attn_grid: AttnGrid | None = None
 
 
-def attn_times(model: StepModel, loads):
-    """Attention time of float32 worker loads: affine, or the grid read linearly (clamped to
-    the grid, which the driver makes cover every possible load)."""
-    grid = model.attn_grid
-    if grid is None:
-        return model.alpha_attn * loads + model.beta_attn
+def grid_times(grid: AttnGrid, x):
+    """A stage time sampled on a uniform grid (:class:`AttnGrid`), read linearly at ``x`` (the
+    grid's dtype; clamped to the grid, which the driver makes cover every possible x)."""
     n = grid.values.shape[0]
-    u = (loads - grid.start) * grid.inv_width
+    u = (x - grid.start) * grid.inv_width
     k = jnp.clip(jnp.floor(u), 0, n - 2)
     frac = u - k
     k = k.astype(jnp.int32)
     lo, hi = grid.values[k], grid.values[k + 1]
     return lo + frac * (hi - lo)
+
+
+def attn_times(model: StepModel, loads):
+    """Attention time of worker loads (in the model's float dtype): affine, or the grid read
+    linearly (:func:`grid_times`)."""
+    grid = model.attn_grid
+    if grid is None:
+        return model.alpha_attn * loads + model.beta_attn
+    return grid_times(grid, loads)
 
 
 def step_times(max_attn_time, other, serial: bool):
@@ -66,4 +74,4 @@ def kahan_add(total, comp, x):
     return t, (t - total) - y
 
 
-__all__ = ["AttnGrid", "StepModel", "attn_times", "kahan_add", "step_times"]
+__all__ = ["AttnGrid", "StepModel", "attn_times", "grid_times", "kahan_add", "step_times"]

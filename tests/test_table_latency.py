@@ -204,12 +204,13 @@ def test_affine_as_table_provision_and_monte_carlo(workload):
     assert a.r_best == b.r_best
     for m in a.throughput:
         np.testing.assert_allclose(b.throughput[m], a.throughput[m], rtol=1e-9)
-    # Monte Carlo: same random numbers; the table reaches the float32 kernel as exact grid
-    # values at integer loads, the affine path computes alpha * T + beta in float32.
-    kw = dict(steps=256, replications=2, opts=opts, seed=3)
+    # Monte Carlo: same random numbers; the table reaches the kernel as float64 grid values at
+    # integer loads, the affine path computes alpha * T + beta, both in float64 (the programs
+    # of tests/test_mc_tables.py, which also checks float32 against float64)
+    kw = dict(steps=256, replications=2, opts=opts, seed=3, precision="float64")
     ma, mb = simulate(w, lat, 16, 12, **kw), simulate(w, tab, 16, 12, **kw)
-    np.testing.assert_allclose(mb.mean_tau, ma.mean_tau, rtol=1e-6)
-    np.testing.assert_allclose(mb.idle_attn, ma.idle_attn, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(mb.mean_tau, ma.mean_tau, rtol=1e-9)
+    np.testing.assert_allclose(mb.idle_attn, ma.idle_attn, rtol=1e-9, atol=1e-12)
 
 
 # ---------------------------------------------------------------- a non-affine table model
@@ -386,7 +387,11 @@ def test_other_file_errors(tmp_path):
         resolve_latency(str(DATA), overrides={"alpha_ffn": 1.0})
 
 
-def test_batch_outside_tables_and_pool_rejected(moe, workload):
+def test_batch_outside_tables_rejected(moe, workload):
+    """Every method, the finite pool and the dynamics kernel (which read the tables at B/m)
+    refuse a B outside the Attention tables before any work (tables run in every simulator:
+    tests/test_mc_tables.py)."""
+    from afd_jax.kernels.dynamics import Dynamics
     from afd_jax.montecarlo.pool import pool_simulate
 
     lat, opts = moe
@@ -395,8 +400,11 @@ def test_batch_outside_tables_and_pool_rejected(moe, workload):
         provision(w, lat, 64, r_max=4, opts=opts)
     with pytest.raises(InputError, match="outside the Attention tables"):
         simulate(w, lat, 4, 4, opts=opts)
-    with pytest.raises(InputError, match="affine stages"):
-        pool_simulate(w, lat, 16, [2], opts=opts)
+    with pytest.raises(InputError, match="outside the Attention tables"):
+        pool_simulate(w, lat, 64, [2], opts=opts)
+    with pytest.raises(InputError, match="micro-batches of B/m") as e:
+        simulate(w, lat, 16, 4, opts=opts, dynamics=Dynamics(microbatches=4))
+    assert e.value.field == "microbatches"
 
 
 def test_sweep_rejects_a_coefficient_of_a_table_stage(tmp_path):

@@ -88,7 +88,7 @@ def command_listing(parser: argparse.ArgumentParser) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _enable_compilation_cache() -> None:
+def enable_compilation_cache() -> None:
     """Persist XLA compilations across CLI runs (a second `afd-jax optimize` starts in seconds,
     not tens of seconds). Folder: $AFD_JAX_CACHE_DIR, else $XDG_CACHE_HOME/afd-jax/xla, else
     ~/.cache/afd-jax/xla; AFD_JAX_CACHE=0 turns it off."""
@@ -112,9 +112,43 @@ def _enable_compilation_cache() -> None:
             os.environ.setdefault(k.upper(), str(v))
 
 
+_DEVICE_FLAG = "--xla_force_host_platform_device_count"
+_MULTICORE_COMMANDS = ("simulate",)  # the steps-window Monte Carlo: rows split over devices
+
+
+def cpu_device_flags(env) -> str | None:
+    """The XLA_FLAGS that give JAX's CPU backend one device per available core (the Monte
+    Carlo spine splits a chunk's rows over the devices: every core works, and the numbers are
+    bit-identical whatever the device count), or None to leave ``env`` as it is: when JAX is
+    already imported, XLA_FLAGS already sets the count, or AFD_JAX_CPU_DEVICES says otherwise
+    (a count; 1 = one device, JAX's own default). Accelerators are unaffected."""
+    flags = env.get("XLA_FLAGS", "")
+    if "jax" in sys.modules or _DEVICE_FLAG in flags:
+        return None
+    want = env.get("AFD_JAX_CPU_DEVICES", "").strip()
+    if want and not (want.isdigit() and int(want) >= 1):
+        raise InputError(f"must be an integer >= 1, got {want!r}", field="AFD_JAX_CPU_DEVICES")
+    n = int(want) if want else len(os.sched_getaffinity(0))
+    return f"{flags} {_DEVICE_FLAG}={n}".strip() if n > 1 else None
+
+
+def _use_every_core() -> None:
+    flags = cpu_device_flags(os.environ)
+    if flags is not None:
+        os.environ["XLA_FLAGS"] = flags
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), "")
+    if command in _MULTICORE_COMMANDS and not any(
+        a.startswith(("--coord", "--dist", "--num-p", "--process-id")) for a in argv
+    ):  # before the command's module imports JAX
+        try:
+            _use_every_core()
+        except InputError as err:
+            print(f"afd-jax {command}: error: {err}", file=sys.stderr)
+            return 2
     parser = build_parser(command if command in SUBCOMMANDS else "")
     if not argv:
         sys.stdout.write(command_listing(parser))
@@ -124,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"afd-jax: error: argument {bad[0]!r} contains a NUL byte", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
-    _enable_compilation_cache()
+    enable_compilation_cache()
     try:
         with budget(getattr(args, "memory_budget", None)):
             return int(args.func(args) or 0)

@@ -141,6 +141,16 @@ def emit_json(obj) -> None:
     sys.stdout.write(json.dumps(clean(obj), indent=2) + "\n")
 
 
+def fit_error_lines(errors: dict) -> list[str]:
+    """Report lines of table fit errors ``{stage: FitError}`` (``hardware build``,
+    ``calibrate --fit table``): points, MAPE %, worst % and the worst point per stage."""
+    lines = [f"{'stage':<6} {'points':>6} {'MAPE %':>9} {'worst %':>9}  worst point"]
+    for stage, e in errors.items():
+        where = f"x = {e.worst_x:g} tokens" + (f", B = {e.worst_batch}" if e.worst_batch else "")
+        lines.append(f"{stage:<6} {e.n:>6} {100 * e.mape:>9.4f} {100 * e.worst:>9.4f}  {where}")
+    return lines
+
+
 LATENCY_FLAGS = (
     ("alpha_attn", "us per KV token of a worker's load"),
     ("beta_attn", "us, fixed Attention time per step"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shlex
 import sys
 
-from afd_jax.cli.common import emit_json
+from afd_jax.cli.common import emit_json, fit_error_lines
 from afd_jax.errors import InputError, check_output_file, positive_int
 from afd_jax.studies.store import atomic_write
 
@@ -85,8 +85,5 @@ def _build(args) -> int:
     if args.json:
         emit_json({"out": str(out), "fit": {s: e._asdict() for s, e in errors.items()}})
         return 0
-    print(f"{'stage':<6} {'points':>6} {'MAPE %':>9} {'worst %':>9}  worst point")
-    for stage, e in errors.items():
-        where = f"x = {e.worst_x:g} tokens" + (f", B = {e.worst_batch}" if e.worst_batch else "")
-        print(f"{stage:<6} {e.n:>6} {100 * e.mape:>9.4f} {100 * e.worst:>9.4f}  {where}")
+    print("\n".join(fit_error_lines(errors)))
     return 0

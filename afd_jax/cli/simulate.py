@@ -36,6 +36,7 @@ from afd_jax.kernels.dynamics import ROUTINGS
 from afd_jax.memory import current_budget
 from afd_jax.montecarlo.dynamics import DYNAMICS_KEYS, dynamics_options
 from afd_jax.montecarlo.result import MonteCarloResult
+from afd_jax.montecarlo.spine import PRECISIONS
 from afd_jax.studies.plots import plot_simulation
 
 WINDOWS = ("steps", "completions")
@@ -119,8 +120,7 @@ def add_parser(subparsers) -> None:
         "active slots (an FFN whose cost shrinks as the pool drains)",
     )
     add_dynamics_args(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--level", type=float, default=0.95, help="confidence level (default 0.95)")
+    add_run_args(p)
     p.add_argument(
         "--memory-budget-mb",
         type=int,
@@ -128,6 +128,12 @@ def add_parser(subparsers) -> None:
         help="chunk size budget (default 1024, at most half of --memory-budget)",
     )
     add_memory_budget_arg(p)
+    p.add_argument(
+        "--exact-shapes",
+        action="store_true",
+        help="fast kernel: compile for this --r-max and --batch exactly instead of padding "
+        "them to a shape bucket shared by nearby values (the numbers are the same either way)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--plot", metavar="FILE", default=None, help="write a figure (.png/.pdf/.svg)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -139,6 +145,19 @@ def add_parser(subparsers) -> None:
     )
     add_distributed_args(p)
     p.set_defaults(func=run)
+
+
+def add_run_args(p) -> None:
+    """Seed, confidence level and the float precision of the kernels."""
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="float dtype of the kernels' step times and sums: float32 (default) or float64 "
+        "(slower; for comparisons beyond float32 rounding)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--level", type=float, default=0.95, help="confidence level (default 0.95)")
 
 
 def _numbers(kind, n: int, what: str):
@@ -311,8 +330,10 @@ def _run_steps(args, dynamics=None) -> MonteCarloResult:
         opts=opts,
         level=args.level,
         memory_budget_bytes=min(args.memory_budget_mb << 20, current_budget() // 2),
+        shape_buckets=not args.exact_shapes,
         progress=not args.quiet,
         dynamics=dynamics,
+        precision=args.precision,
     )
 
 
@@ -354,6 +375,7 @@ def _run_pool(args) -> MonteCarloResult:
         level=args.level,
         diagnostics=True,
         progress=not args.quiet,
+        precision=args.precision,
     )
 
 
@@ -369,6 +391,8 @@ def _describe(res: MonteCarloResult, workload: str) -> list[str]:
     else:
         what = f"kernel {res.kernel} ({res.init} start), {res.replications} x {win['steps']} steps"
         load = f"mean slot load {res.mean_slot_load:.1f} +- {res.se_slot_load:.1f}; "
+    if res.precision != "float32":
+        what += f", {res.precision} step times"
     return [
         f"workload {workload}: B = {res.batch}, {what}, seed {res.seed}",
         f"{load}{res.slot_steps:.3e} slot-steps in {res.wall_seconds:.2f} s "

@@ -1,5 +1,8 @@
 """Least-squares calibration of the linear stage latencies (docs/model.md 2) from a profile.
 
+(Table calibration, ``afd-jax calibrate --fit table``, reads the same CSV with a ``batch``
+column through :func:`read_profile` and lives in :mod:`afd_jax.studies.calibration`.)
+
 Profile CSV, header ``stage,tokens,time_us`` (extra columns are ignored), one measurement a
 row. ``stage`` is ``attn``/``attention``, ``ffn`` or ``comm``/``communication``; ``tokens`` is
 the stage's token count (Attention: the worker load T = sum of its slot loads; FFN: the batch
@@ -57,14 +60,20 @@ class StageFit:
         }
 
 
-def read_profile(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Read the profile CSV -> {stage: (tokens float64[n], time_us float64[n])}."""
+def read_profile(path: str | Path, with_batch: bool = False) -> dict[str, tuple]:
+    """Read the profile CSV -> {stage: (tokens float64[n], time_us float64[n])}.
+
+    ``with_batch`` (table calibration): the header must also have a ``batch`` column, required
+    on Attention rows (an integer B >= 1: the batch the Attention time was measured at) and
+    ignored on the others; then each stage maps to ``(tokens, time_us, batch, line)``, batch NaN
+    off Attention rows, line the row's line in the file. InputError naming the file, line and
+    field for a bad row."""
     path = Path(path)
     try:
         handle = path.open(newline="", encoding="utf-8")
     except OSError as err:
         raise InputError(f"cannot read profile: {err.strerror}", path=str(path)) from err
-    rows: dict[str, tuple[list, list]] = {s: ([], []) for s in STAGES}
+    rows: dict[str, tuple[list, ...]] = {s: ([], [], [], []) for s in STAGES}
     with handle:
         reader = csv.reader(handle)
         try:
@@ -76,16 +85,7 @@ def read_profile(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         except (csv.Error, UnicodeDecodeError) as err:
             raise InputError(f"not a CSV text file: {err}", path=str(path), line=1) from err
         names = [h.strip().lower() for h in header]
-        for col in ("stage", "tokens", "time_us"):
-            if col not in names:
-                raise InputError(
-                    f"missing column (header must contain stage,tokens,time_us; got "
-                    f"{','.join(header)})",
-                    path=str(path),
-                    line=1,
-                    field=col,
-                )
-        i_stage, i_tok, i_time = (names.index(c) for c in ("stage", "tokens", "time_us"))
+        cols = _columns(names, header, path, with_batch)
         try:
             for lineno, row in enumerate(reader, start=2):
                 if not row or all(not c.strip() for c in row) or row[0].lstrip().startswith("#"):
@@ -94,35 +94,82 @@ def read_profile(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                     raise InputError(
                         f"expected {len(names)} fields, got {len(row)}", path=str(path), line=lineno
                     )
-                stage = row[i_stage].strip().lower()
-                if stage not in STAGE_NAMES:
-                    raise InputError(
-                        f"unknown stage {row[i_stage]!r} (attn, ffn or comm)",
-                        path=str(path),
-                        line=lineno,
-                        field="stage",
-                    )
-                vals = []
-                for idx, col in ((i_tok, "tokens"), (i_time, "time_us")):
-                    try:
-                        x = float(row[idx])
-                    except ValueError:
-                        raise InputError(
-                            f"not a number: {row[idx]!r}", path=str(path), line=lineno, field=col
-                        ) from None
-                    if not math.isfinite(x) or x < 0:
-                        raise InputError(
-                            f"must be finite and >= 0, got {row[idx]!r}",
-                            path=str(path),
-                            line=lineno,
-                            field=col,
-                        )
-                    vals.append(x)
-                rows[STAGE_NAMES[stage]][0].append(vals[0])
-                rows[STAGE_NAMES[stage]][1].append(vals[1])
+                stage, values = _row(row, cols, path, lineno)
+                for acc, v in zip(rows[stage], [*values, lineno], strict=False):
+                    acc.append(v)
         except (csv.Error, UnicodeDecodeError) as err:
             raise InputError(f"malformed CSV: {err}", path=str(path)) from err
-    return {s: (np.asarray(x, np.float64), np.asarray(y, np.float64)) for s, (x, y) in rows.items()}
+    n = 4 if with_batch else 2
+    return {s: tuple(np.asarray(v, np.float64) for v in acc[:n]) for s, acc in rows.items()}
+
+
+def _columns(names: list, header: list, path: Path, with_batch: bool) -> dict:
+    """Index of each column the reader uses (``batch`` only ``with_batch``)."""
+    need = ("stage", "tokens", "time_us", "batch") if with_batch else ("stage", "tokens", "time_us")
+    for col in need:
+        if col not in names:
+            what = "stage,tokens,time_us" + (",batch (table fit)" if with_batch else "")
+            raise InputError(
+                f"missing column (header must contain {what}; got {','.join(header)})",
+                path=str(path),
+                line=1,
+                field=col,
+            )
+    return {c: names.index(c) for c in need}
+
+
+def _row(row: list, cols: dict, path: Path, lineno: int) -> tuple[str, list]:
+    """(stage, [tokens, time_us(, batch)]) of one data row, checked."""
+    stage = row[cols["stage"]].strip().lower()
+    if stage not in STAGE_NAMES:
+        raise InputError(
+            f"unknown stage {row[cols['stage']]!r} (attn, ffn or comm)",
+            path=str(path),
+            line=lineno,
+            field="stage",
+        )
+    stage = STAGE_NAMES[stage]
+    vals = []
+    for col in ("tokens", "time_us"):
+        try:
+            x = float(row[cols[col]])
+        except ValueError:
+            raise InputError(
+                f"not a number: {row[cols[col]]!r}", path=str(path), line=lineno, field=col
+            ) from None
+        if not math.isfinite(x) or x < 0:
+            raise InputError(
+                f"must be finite and >= 0, got {row[cols[col]]!r}",
+                path=str(path),
+                line=lineno,
+                field=col,
+            )
+        vals.append(x)
+    if "batch" in cols:
+        vals.append(_batch(row[cols["batch"]].strip(), stage, path, lineno))
+    return stage, vals
+
+
+def _batch(text: str, stage: str, path: Path, lineno: int) -> float:
+    """The batch B of an Attention row (an integer >= 1); NaN for the other stages."""
+    if stage != "attn":
+        return math.nan
+    if not text:
+        raise InputError(
+            "missing batch: an Attention row of a table fit needs the batch B it was measured at",
+            path=str(path),
+            line=lineno,
+            field="batch",
+        )
+    try:
+        b = float(text)
+    except ValueError:
+        b = math.nan
+    if not (math.isfinite(b) and b >= 1 and b == int(b)):
+        raise InputError(
+            f"must be an integer >= 1, got {text!r}", path=str(path), line=lineno, field="batch"
+        )
+    return b
 
 
 def fit_stage(stage: str, tokens: np.ndarray, times: np.ndarray) -> StageFit:

@@ -41,6 +41,7 @@ from afd_jax.model.stages import (
     TableStage,
     eval_stage,
     is_affine,
+    scale_stage,
     slope_stage,
 )
 
@@ -133,6 +134,22 @@ def host_latency(lat):
 
         tables = jax.tree_util.tree_map(lambda a: np.asarray(a, dtype=np.float64), tables)
     return make_latency([float(v) for v in lat[: len(SCALAR_FIELDS)]], tables)
+
+
+def scale_latency(lat, scales: dict):
+    """``lat`` with stage times multiplied, ``scales`` = {stage: s} (s > 0; stages not named
+    keep their times): the one home of stage-time scaling (the sweep's ``attn_scale``,
+    ``ffn_scale``, ``comm_scale``). An affine stage becomes ``(s alpha, s beta)``, a table
+    :func:`afd_jax.model.stages.scale_stage`; same type as ``lat``."""
+    pairs, tables = {}, lat.tables
+    for name, s in scales.items():
+        scaled = scale_stage(getattr(lat, name), s)
+        if is_affine(scaled):
+            pairs.update({f"{k}_{name}": v for k, v in zip(AB, scaled, strict=True)})
+        else:
+            tables = tables._replace(**{name: scaled})
+    lat = lat._replace(**pairs)
+    return lat if tables is None else lat._replace(tables=tables)
 
 
 def has_tables(lat) -> bool:

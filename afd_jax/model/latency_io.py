@@ -470,13 +470,3 @@ def _format_tables(tables: dict) -> list[str]:
             lines += ["", f"[latency.{name}]", f"tokens = {_floats(stage.x)}"]
             lines.append(f"time_us = {_floats(stage.y)}")
     return lines
-
-
-def require_affine(lat: Latency, what: str) -> None:
-    """InputError when ``lat`` has a measured (table) stage: ``what`` needs affine stages."""
-    if has_tables(lat):
-        raise InputError(
-            f"{what} needs affine stages; a latency with measured tables runs with the default "
-            "steps-window kernels (simulate without dynamics options) or the analytic methods",
-            field="latency",
-        )

@@ -39,6 +39,7 @@ __all__ = [
     "invert_stage",
     "is_affine",
     "pchip_slopes",
+    "scale_stage",
     "slope_stage",
     "table_stage",
 ]
@@ -289,6 +290,21 @@ def max_slope(stage) -> float:
         vertex = np.clip(np.where(a2 != 0, -a1 / (2 * a2), 0.0), 0.0, 1.0)
     inside = a2 * vertex**2 + a1 * vertex + d0
     return float(max(d.max(), inside.max()))
+
+
+def scale_stage(stage, scale):
+    """The stage with every time multiplied by ``scale`` (> 0): ``(s alpha, s beta)`` when
+    affine; a table's knot times and slopes times s (PCHIP is linear in them, so the scaled
+    table is ``s`` times the table everywhere, extrapolation included); per-batch Attention
+    tables row by row. ``scale`` is a number, or an array shaped like the coefficients (affine)
+    or like a table's leading axes (tables broadcast over scenarios)."""
+    if is_affine(stage):
+        return AffineStage(stage.alpha * scale, stage.beta * scale)
+    if isinstance(stage, AttnTable):
+        return AttnTable(stage.batches, tuple(scale_stage(row, scale) for row in stage.rows))
+    xp = _xp(stage, scale)
+    s = xp.asarray(scale)[..., None]
+    return TableStage(stage.x, stage.y * s, stage.d * s)
 
 
 def _stop_gradient(x):

@@ -38,15 +38,19 @@ from afd_jax.errors import InputError
 from afd_jax.kernels import barrier as KB
 from afd_jax.kernels.contract import SegmentParams
 from afd_jax.kernels.dynamics import ROUTINGS, Dynamics, dynamics_kernel
+from afd_jax.kernels.step import AttnGrid, grid_times
 from afd_jax.model import latency as L
 from afd_jax.model.latency import Latency, ModelOptions
+from afd_jax.model.stages import check_batch
 from afd_jax.montecarlo import estimators as E
 from afd_jax.montecarlo.result import MonteCarloResult
 from afd_jax.montecarlo.spine import (
     Chunk,
     Progress,
     Window,
+    attn_grid,
     device_name,
+    float_dtype,
     init_chunk,
     rep_keys,
     replication_chunks,
@@ -77,11 +81,28 @@ class DynSums(NamedTuple):
     hist: jax.Array
 
 
+class DynTables(NamedTuple):
+    """Measured (table) stages, sampled by the driver with ``afd_jax.model.latency`` (float64,
+    stored in the run's float dtype): ``attn`` the Attention time of a micro-batch's load on a
+    load grid (:class:`~afd_jax.kernels.step.AttnGrid`, at batch B/m); per r = 1..r_max,
+    ``comm`` t_C(r, B/m), ``ffn`` t_F(r, B/m) and ``other`` G(r) (m off); ``ffn_grid`` t_F on a
+    grid of the most loaded expert rank's tokens (expert imbalance; None when off)."""
+
+    attn: AttnGrid
+    comm: jax.Array
+    ffn: jax.Array
+    other: jax.Array
+    ffn_grid: AttnGrid | None
+
+
 class DynModel(NamedTuple):
-    """Traced model of the summaries: Latency with float32 fields and r = 1..r_max."""
+    """Traced model of the summaries: Latency with fields of the run's float dtype (float32,
+    or float64 on request), r = 1..r_max in that dtype, and ``tables`` (:class:`DynTables`)
+    when a stage is measured (the stage times then come from them)."""
 
     lat: Latency
     r: jax.Array
+    tables: DynTables | None = None
 
 
 # ---------------------------------------------------------------- step times
@@ -100,8 +121,38 @@ def _ffn_factor(info, cfg: Dynamics, r, batch: int):
     if info.ranks is None:
         return None
     tok = _per_r(info.ranks, cfg, r.shape[1]).sum(axis=2, dtype=jnp.int32)
-    per_rank = jnp.float32(cfg.expert_k * batch / cfg.expert_ranks) * r
-    return tok.max(axis=-1).astype(jnp.float32) / per_rank
+    per_rank = jnp.asarray(cfg.expert_k * batch / cfg.expert_ranks, r.dtype) * r
+    return tok.max(axis=-1).astype(r.dtype) / per_rank
+
+
+def _attn_times(dm: DynModel, loads):
+    """Attention time of int32 micro-batch loads (``latency.t_attn``, or the table's grid)."""
+    if dm.tables is None:
+        return L.t_attn(dm.lat, loads.astype(dm.r.dtype))
+    return grid_times(dm.tables.attn, loads.astype(dm.r.dtype))
+
+
+def _ffn_times(dm: DynModel, r, per_mb, phi):
+    """t_F of the step's B/m tokens per worker (times phi): [L or 1, r]."""
+    if dm.tables is None:
+        return L.t_ffn(dm.lat, r, per_mb if phi is None else per_mb * phi)
+    if phi is None:
+        return dm.tables.ffn[None, :]
+    return grid_times(dm.tables.ffn_grid, r * per_mb * phi)
+
+
+def _other_times(dm: DynModel, r, batch: int, opts: ModelOptions):
+    """G(r) of a step without micro-batches or expert imbalance: [1, r]."""
+    if dm.tables is None:
+        return L.other_stages(dm.lat, r, batch, opts)
+    return dm.tables.other[None, :]
+
+
+def _comm_times(dm: DynModel, r, tokens, opts: ModelOptions):
+    """t_C(r) of ``tokens`` = B/m slots per worker: [1, r]."""
+    if dm.tables is None:
+        return L.t_comm(dm.lat, r, tokens, opts)
+    return dm.tables.comm[None, :]
 
 
 def tree_sum(x, axis: int):
@@ -124,43 +175,43 @@ def flow_shop(attn, comm, ffn):
 
 def step_stages(info, dm: DynModel, *, batch: int, opts: ModelOptions, cfg: Dynamics):
     """Per step and r: (tau, sum_i A_i, attention busy, barrier wait, FFN busy, empty)."""
-    r_max = dm.r.shape[0]
+    r_max, dtype = dm.r.shape[0], dm.r.dtype
     r = dm.r[None, :]  # [1, r]: per step and r
-    attn = L.t_attn(dm.lat, _per_r(info.loads, cfg, r_max).astype(jnp.float32))
+    attn = _attn_times(dm, _per_r(info.loads, cfg, r_max))
     if info.noise is not None:
-        attn = attn * _per_r(info.noise, cfg, r_max)[..., None]
-    mask = (jnp.arange(r_max, dtype=jnp.float32)[None, :] < dm.r[:, None])[None, :, :, None]
-    attn = jnp.where(mask, attn, 0.0)
+        attn = attn * _per_r(info.noise, cfg, r_max).astype(dtype)[..., None]
+    mask = (jnp.arange(r_max, dtype=dtype)[None, :] < dm.r[:, None])[None, :, :, None]
+    attn = jnp.where(mask, attn, jnp.zeros((), dtype))
     barrier = attn.max(axis=2)  # [L, r, m]
     busy = tree_sum(tree_sum(attn, 3), 2)
     m = max(cfg.microbatches, 1)
-    per_mb = jnp.float32(batch / m)
+    per_mb = jnp.asarray(batch / m, dtype)
     phi = _ffn_factor(info, cfg, r, batch)
-    ffn = L.t_ffn(dm.lat, r, per_mb if phi is None else per_mb * phi)
+    ffn = _ffn_times(dm, r, per_mb, phi)
     if cfg.microbatches == 0:
         if phi is None:
-            other = L.other_stages(dm.lat, r, batch, opts)
+            other = _other_times(dm, r, batch, opts)
         else:
-            other = L.combine(opts, L.t_comm(dm.lat, r, batch, opts), ffn)
+            other = L.combine(opts, _comm_times(dm, r, batch, opts), ffn)
         tau = L.step_time_from_other(barrier[..., 0], other, opts)
     else:
-        tau = flow_shop(barrier, L.t_comm(dm.lat, r, per_mb, opts), ffn)
+        tau = flow_shop(barrier, _comm_times(dm, r, per_mb, opts), ffn)
     empty = (jnp.int32(batch) - _per_r(info.occupied, cfg, r_max)).sum(axis=2, dtype=jnp.int32)
     empty = empty - (r_max - jnp.arange(1, r_max + 1, dtype=jnp.int32))[None, :] * batch
     ffn_busy = jnp.broadcast_to(ffn * m, tau.shape)
     barrier_sum = tree_sum(barrier, 2)
     wait = r * barrier_sum - busy
-    return tau, barrier_sum, busy, wait, ffn_busy, empty.astype(jnp.float32)
+    return tau, barrier_sum, busy, wait, ffn_busy, empty.astype(dtype)
 
 
 def summarise_dynamics(info, valid, dm: DynModel, hist, *, batch, opts, cfg) -> DynSums:
     """Block sums of one row's segment (info with leading [L]; valid bool[L])."""
     stages = step_stages(info, dm, batch=batch, opts=opts, cfg=cfg)
-    tau = stages[0]
-    w = valid.astype(jnp.float32)[:, None]
+    tau, dtype = stages[0], dm.r.dtype
+    w = valid.astype(dtype)[:, None]
     sums = [KB.block_sum(x * w) for x in (tau, tau * tau, *stages[1:])]
     full = info.loads[:, -1 if cfg.routed else 0].sum(axis=(-1, -2), dtype=jnp.int32)
-    load = full.astype(jnp.float32) / jnp.float32(dm.r.shape[0] * batch)
+    load = full.astype(dtype) / jnp.asarray(dm.r.shape[0] * batch, dtype)
     return DynSums(
         *sums,
         KB.block_sum(load * w[:, 0]),
@@ -316,17 +367,54 @@ def _segment_length(drun: DynRun, rows: int) -> int:
     return KB.BLOCK * max(1, min(total_blocks, run.budget // (KB.BLOCK * per_step)))
 
 
+def _microbatch_slots(batch: int, cfg: Dynamics) -> int:
+    """The most slots of one micro-batch of a worker (B + slack slots, m micro-batches)."""
+    return -(-(batch + cfg.slot_slack) // max(cfg.microbatches, 1))
+
+
 def _histogram(lat: Latency, drun: DynRun, max_load: int):
     """Log bins from the shortest stage to a generous bound on tau (noise, phi, m)."""
     run, opts, cfg = drun
+    lat = L.host_latency(lat)
     r = np.arange(1, run.r_max + 1, dtype=np.float64)
     other = L.other_stages(lat, r, run.batch, opts)
     noise = max(cfg.straggler_s, 1.0) * (1.0 + 12.0 * cfg.jitter_cv)
     phi = cfg.expert_ranks if cfg.experts else 1.0
-    hi = E.attn_time_max(lat, run.batch, max_load) * noise * max(cfg.microbatches, 1)
+    per_mb = run.batch / max(cfg.microbatches, 1)
+    attn_hi = E.attn_time_max(lat, run.batch, max_load)
+    if not L.is_affine(lat.attn):  # a micro-batch's table at B/m (slot slack included)
+        top = _microbatch_slots(run.batch, cfg) * max_load
+        attn_hi = max(attn_hi, float(L.t_attn(lat, float(top), per_mb)))
+    hi = attn_hi * noise * max(cfg.microbatches, 1)
     hi = hi + float(np.max(L.t_comm(lat, r, run.batch, opts) + L.t_ffn(lat, r, run.batch)))
-    lo = min(float(lat.beta_attn), float(other.min())) / 2.0
+    lo = min(float(L.t_attn(lat, 0.0, per_mb)), float(other.min())) / 2.0
     return E.tau_bins(max(lo, 1e-6), hi * phi)
+
+
+def _tables(lat: Latency, drun: DynRun, max_load: int, dtype) -> DynTables | None:
+    """The :class:`DynTables` of a latency with a measured stage (None when all affine): every
+    stage time from ``afd_jax.model.latency`` in float64, stored in ``dtype``."""
+    if not L.has_tables(lat):
+        return None
+    run, opts, cfg = drun
+    lat = L.host_latency(lat)
+    m = max(cfg.microbatches, 1)
+    per_mb = run.batch / m
+    r = np.arange(1, run.r_max + 1, dtype=np.float64)
+    top = _microbatch_slots(run.batch, cfg) * max_load
+    ffn_grid = None
+    if cfg.experts:  # r (B/m) phi = (G / (k m)) N, N the most loaded rank's tokens 0..k r B
+        width = cfg.expert_ranks / (cfg.expert_k * m)
+        x = width * np.arange(cfg.expert_k * run.r_max * run.batch + 1, dtype=np.float64)
+        values = L.stage_time(lat.ffn, x)
+        ffn_grid = AttnGrid(*(jnp.asarray(v, dtype) for v in (0.0, 1.0 / width, values)))
+    return DynTables(
+        attn_grid(lat, per_mb, max_load, dtype, top=top),
+        jnp.asarray(L.t_comm(lat, r, per_mb, opts), dtype),
+        jnp.asarray(L.t_ffn(lat, r, per_mb), dtype),
+        jnp.asarray(L.other_stages(lat, r, run.batch, opts), dtype),
+        ffn_grid,
+    )
 
 
 def run_dynamics(sampler, max_load: int, lat: Latency, drun: DynRun, bar: Progress):
@@ -338,9 +426,13 @@ def run_dynamics(sampler, max_load: int, lat: Latency, drun: DynRun, bar: Progre
     total = run.warmup + run.steps
     kernel = dynamics_kernel(run.r_max, run.batch, run.init, length, cfg)
     log_lo, inv_w = _histogram(lat, drun, max_load)
-    hist = KB.TauHistogram(jnp.float32(log_lo), jnp.float32(inv_w))
+    dtype = float_dtype(run.precision)
+    hist = KB.TauHistogram(jnp.asarray(log_lo, dtype), jnp.asarray(inv_w, dtype))
+    scalars = (jnp.asarray(float(x), dtype) for x in lat[: len(L.SCALAR_FIELDS)])
     dm = DynModel(
-        Latency(*(jnp.float32(x) for x in lat)), jnp.arange(1, run.r_max + 1, dtype=jnp.float32)
+        Latency(*scalars),
+        jnp.arange(1, run.r_max + 1, dtype=dtype),
+        _tables(lat, drun, max_load, dtype),
     )
     base = jax.random.key(run.seed)
     acc = _Acc(run.replications, run.r_max)
@@ -372,7 +464,7 @@ def run_dynamics(sampler, max_load: int, lat: Latency, drun: DynRun, bar: Progre
 def dynamics_result(lat: Latency, drun: DynRun, acc: _Acc, bins, slot_steps, wall):
     """MonteCarloResult (float64 host arithmetic) with ``empty_slot_fraction``."""
     run, _, cfg = drun
-    lat = Latency(*(float(x) for x in lat))
+    lat = L.host_latency(lat)
     r = np.arange(1, run.r_max + 1, dtype=np.float64)
     mean_tau, se_tau, q = E.mean_se(acc.v["tau"], acc.count, run.level)
     load_mean, load_se, _ = E.mean_se(acc.load, acc.count, run.level)
@@ -419,6 +511,7 @@ def dynamics_result(lat: Latency, drun: DynRun, acc: _Acc, bins, slot_steps, wal
             se_slot_load=float(load_se),
             empty_slot_fraction=s["empty"] / (n * r * run.batch),
             dynamics=cfg._asdict(),
+            precision=run.precision,
         )
 
 
@@ -427,6 +520,11 @@ def simulate_dynamics(sampler, max_load: int, lat: Latency, drun: DynRun, progre
     Replications >= 2 (the SE comes from the spread of the replication means)."""
     run, _, cfg = drun
     check_dynamics(cfg, run.batch)
+    try:  # a table Attention stage is read at the micro-batch's B/m slots
+        check_batch(lat.attn, run.batch / max(cfg.microbatches, 1))
+    except InputError as e:
+        field = "microbatches" if cfg.microbatches else "batch"
+        raise InputError(f"{e.reason} (micro-batches of B/m slots)", field=field) from None
     if run.replications < 2:
         raise InputError("the dynamics kernel needs >= 2 replications", field="replications")
     if run.batch * max_load >= E.INT32_LIMIT:

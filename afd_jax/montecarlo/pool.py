@@ -60,11 +60,18 @@ from afd_jax.kernels.barrier import TauHistogram
 from afd_jax.memory import require
 from afd_jax.model import latency as L
 from afd_jax.model.latency import Latency, ModelOptions
-from afd_jax.model.latency_io import require_affine
+from afd_jax.model.stages import check_batch
 from afd_jax.montecarlo import estimators as E
 from afd_jax.montecarlo.result import MonteCarloResult
 from afd_jax.montecarlo.samplers import make_sampler
-from afd_jax.montecarlo.spine import Chunk, RowMesh, device_name, run_chunks
+from afd_jax.montecarlo.spine import (
+    Chunk,
+    RowMesh,
+    attn_grid,
+    device_name,
+    float_dtype,
+    run_chunks,
+)
 from afd_jax.workload.containers import ParametricWorkload, TraceWorkload
 
 __all__ = ["PoolResult", "draw_pools", "pool_simulate", "r_bucket", "tau_range"]
@@ -94,13 +101,20 @@ def _draw(keys, sampler, n: int):
     return jax.vmap(lambda k: KS.sample_requests(k, sampler, (n,)))(keys)
 
 
-def _pool_model(lat: Latency) -> KP.PoolModel:
-    return KP.PoolModel(
-        *(
-            jnp.asarray(float(getattr(lat, k)), jnp.float32)
-            for k in ("alpha_attn", "beta_attn", "alpha_ffn", "beta_ffn", "alpha_comm", "beta_comm")
-        )
-    )
+def _pool_model(lat: Latency, batch: int, r_pad: int, max_load: int, dtype) -> KP.PoolModel:
+    """The kernel's stage latencies in ``dtype``: affine coefficients, and for each measured
+    stage its values from ``afd_jax.model.latency`` (float64): the Attention time on a load
+    grid (:func:`~afd_jax.montecarlo.spine.attn_grid`), the FFN and communication times at
+    every integer token count 0..r_pad B (the counts the kernel can meet)."""
+    lat = L.host_latency(lat)
+    model = KP.PoolModel(*(jnp.asarray(float(getattr(lat, k)), dtype) for k in L.COEFFICIENTS))
+    tokens = np.arange(r_pad * batch + 1, dtype=np.float64)
+
+    def values(stage):
+        return None if L.is_affine(stage) else jnp.asarray(L.stage_time(stage, tokens), dtype)
+
+    grid = None if L.is_affine(lat.attn) else attn_grid(lat, batch, max_load, dtype)
+    return model._replace(attn_grid=grid, ffn=values(lat.ffn), comm=values(lat.comm))
 
 
 @partial(jax.jit, static_argnames=("kernel",))
@@ -118,7 +132,9 @@ def _pool_chunk(prompt, decode, n, r, target, model, bins, *, kernel):
 def tau_range(lat: Latency, batch: int, r: int, max_load: int, opts: ModelOptions):
     """(log_lo, inv_w) of log bins spanning every possible tau of a bundle of size r."""
     lat = L.host_latency(lat)
-    lows = (lat.beta_attn, lat.beta_comm, lat.beta_ffn)
+    lows = tuple(  # every stage at zero tokens (an idle worker still pays t_A(0))
+        float(L.stage_time(stage, 0.0, batch=batch)) for stage in (lat.attn, lat.comm, lat.ffn)
+    )
     highs = (
         E.attn_time_max(lat, batch, max_load),
         L.t_comm(lat, r, batch, opts),
@@ -201,6 +217,7 @@ def pool_simulate(
     pools=None,
     diagnostics: bool = False,
     progress: bool = False,
+    precision: str = "float32",
 ) -> MonteCarloResult:
     """Cold-start finite-pool throughput for every r in ``r_values`` (module docstring).
 
@@ -208,13 +225,16 @@ def pool_simulate(
     (prompt already offset); the first ``n_requests`` of each are the pool (default: all).
     Pools of different sizes drawn with the same seed are nested (prefixes of one stream), and
     compiled code depends on ``N_max`` only. ``diagnostics``: also idle fractions, barrier
-    share and step-time percentiles (module docstring); ``progress``: one stderr line per r.
+    share and step-time percentiles (module docstring); ``progress``: one stderr line per r;
+    ``precision``: float dtype of the kernel's times and sums ("float32" or "float64", which
+    needs ``jax_enable_x64``). Measured (table) stages run as tables (``_pool_model``).
     Raises InputError for bad sizes or possible int32 overflow.
     """
     batch = int(batch)
     r_values = [int(r) for r in r_values]
     _check_args(batch, r_values, completion_fraction, ffn_tokens)
-    require_affine(lat, "the finite-pool (completions) window")
+    dtype = float_dtype(precision)
+    check_batch(lat.attn, batch)
     t_start = time.perf_counter()
     pl = _pools(
         workload_or_sampler,
@@ -226,8 +246,9 @@ def pool_simulate(
         batch,
         completion_fraction,
     )
-    model = _pool_model(lat)
-    sums = {k: [] for k in ("tokens", "steps", "elapsed", "attn_steps", "load", "max", "pct")}
+    model = _pool_model(lat, batch, r_bucket(max(r_values)), pl.max_load, dtype)
+    keys = ("tokens", "steps", "elapsed", "attn_steps", "load", "max", "ffn", "pct")
+    sums = {k: [] for k in keys}
     mesh = RowMesh()
     n_pools = pl.prompt.shape[0]
     rows = _padded_rows(n_pools, mesh.round_up(n_pools))
@@ -238,7 +259,7 @@ def pool_simulate(
         bins, host_bins, n_bins = None, None, 0
         if diagnostics:
             host_bins = tau_range(lat, batch, r, pl.max_load, opts)
-            bins = TauHistogram(*(jnp.asarray(x, jnp.float32) for x in host_bins))
+            bins = TauHistogram(*(jnp.asarray(x, dtype) for x in host_bins))
             n_bins = E.N_BINS
         kernel = KP.pool_kernel(
             batch,
@@ -264,7 +285,7 @@ def pool_simulate(
     wall = time.perf_counter() - t_start
     window = {"kind": "completions", "requests": pl.n, "fraction": float(completion_fraction)}
     res = _result(lat, batch, r_values, window, sums, ffn_tokens, level, seed, wall)
-    return dataclasses.replace(res, devices=mesh.n, processes=mesh.processes)
+    return dataclasses.replace(res, devices=mesh.n, processes=mesh.processes, precision=precision)
 
 
 def _padded_rows(n: int, padded: int) -> np.ndarray:
@@ -278,6 +299,7 @@ def _record(sums: dict, info, bins) -> None:
         info, d = info
         sums["load"].append(np.asarray(d.load, np.float64))
         sums["max"].append(np.asarray(d.max_load, np.float64))
+        sums["ffn"].append(np.asarray(d.ffn, np.float64))
         sums["pct"].append(E.percentiles(np.asarray(d.hist, np.int64).sum(axis=0), *bins))
     sums["tokens"].append(np.asarray(info.tokens, np.float64))
     sums["steps"].append(np.asarray(info.steps, np.float64))
@@ -334,8 +356,10 @@ def _diagnostics(lat, batch, r_arr, ffn_tokens, tokens, steps, elapsed, sums) ->
     r = r_arr.astype(np.float64)
     if ffn_tokens == "nominal":
         s_ffn = n_steps * L.t_ffn(lat, r, batch)
-    else:  # sum over steps of alpha_F (active slots) + beta_F
+    elif L.is_affine(lat.ffn):  # sum over steps of alpha_F (active slots) + beta_F
         s_ffn = lat.alpha_ffn * tokens.sum(1) + lat.beta_ffn * n_steps
+    else:  # a table: the kernel's sum of t_F(active slots)
+        s_ffn = np.stack(sums["ffn"]).sum(1)
     idle = E.pool_idle(
         lat,
         r,

@@ -57,7 +57,8 @@ class MonteCarloResult:
     ``window``: {"kind": "steps", "steps", "warmup"} or {"kind": "completions", "requests",
     "fraction"}. empty_slot_fraction: share of the r B slots without an admitted request, and
     dynamics: the options of the dynamics kernel (docs/dynamics.md); None (absent from rows and
-    JSON) for the other kernels.
+    JSON) for the other kernels. precision: the float dtype of the kernels' step-time sums
+    ("float32" or "float64").
     """
 
     r: np.ndarray
@@ -97,6 +98,7 @@ class MonteCarloResult:
     dynamics: dict | None = None
     devices: int = 1
     processes: int = 1
+    precision: str = "float32"
 
     @property
     def r_max(self) -> int:
@@ -146,6 +148,7 @@ class MonteCarloResult:
             "seed": self.seed,
             "level": self.level,
             "ffn_tokens": self.ffn_tokens,
+            "precision": self.precision,
             "window": dict(self.window),
         }
         if self.dynamics is not None:

@@ -44,25 +44,27 @@ from afd_jax.kernels import barrier as KB
 from afd_jax.kernels import sampling as KS
 from afd_jax.kernels.barrier import barrier_kernel
 from afd_jax.kernels.contract import SegmentParams
-from afd_jax.kernels.fast import fast_kernel
-from afd_jax.kernels.step import AttnGrid, StepModel
+from afd_jax.kernels.fast import fast_kernel, padded_init
+from afd_jax.kernels.step import StepModel
 from afd_jax.kernels.trajectory import INITS, trajectory_kernel
 from afd_jax.memory import require
 from afd_jax.model import latency as L
 from afd_jax.model.latency import Latency, ModelOptions
-from afd_jax.model.latency_io import require_affine
 from afd_jax.model.stages import check_batch
 from afd_jax.montecarlo import estimators as E
 from afd_jax.montecarlo.dynamics import Dynamics, DynRun, simulate_dynamics
 from afd_jax.montecarlo.result import STEP_DIAGNOSTICS, MonteCarloResult
 from afd_jax.montecarlo.samplers import make_sampler, max_slot_load
 from afd_jax.montecarlo.spine import (
+    ATTN_GRID,
     Chunk,
     Progress,
     RowMesh,
     Window,
+    attn_grid,
     block_keys,
     device_name,
+    float_dtype,
     init_chunk,
     rep_keys,
     replication_chunks,
@@ -98,6 +100,8 @@ class StepsRun(NamedTuple):
     budget: int
     segment_steps: int | None
     reps_per_call: int | None
+    precision: str = "float32"
+    shape_buckets: bool = True
 
     @property
     def slots(self) -> int:
@@ -176,44 +180,30 @@ def _sampler_and_max_load(source, opts: ModelOptions, given):
     return sampler, max_slot_load(sampler, given=given)
 
 
-ATTN_GRID = 65536
-"""Intervals of the load grid on which a table Attention stage reaches the kernels: every
-integer load when B * max slot load <= ATTN_GRID (exact), else uniform, read linearly."""
-
-
-def attn_grid(lat: Latency, batch: int, max_load: int) -> AttnGrid:
-    """The table Attention time of ``lat`` at B = ``batch`` (``afd_jax.model.latency``, float64)
-    on a uniform grid over [0, B * max slot load] (:data:`ATTN_GRID` intervals, width >= 1)."""
-    top = max(int(batch) * int(max_load), 1)
-    n = min(top, ATTN_GRID)
-    width = top / n
-    loads = width * np.arange(n + 1, dtype=np.float64)
-    values = L.t_attn(L.host_latency(lat), loads, float(batch))
-    return AttnGrid(
-        jnp.asarray(0.0, jnp.float32),
-        jnp.asarray(1.0 / width, jnp.float32),
-        jnp.asarray(values, jnp.float32),
-    )
-
-
 def step_model(
-    lat: Latency, batch: int, r_max: int, opts: ModelOptions, max_load: int | None = None
+    lat: Latency,
+    batch: int,
+    r_max: int,
+    opts: ModelOptions,
+    max_load: int | None = None,
+    dtype=jnp.float32,
 ) -> StepModel:
-    """StepModel (float32) with G(r) and t_F(r) for r = 1..r_max computed in float64
-    (``afd_jax.model.latency``); a table Attention stage travels as an :func:`attn_grid`
-    (``max_load``, the largest slot load, is then required)."""
+    """StepModel (``dtype``: float32, or float64 for ``precision="float64"``) with G(r) and
+    t_F(r) for r = 1..r_max computed in float64 (``afd_jax.model.latency``); a table Attention
+    stage travels as an :func:`attn_grid` (``max_load``, the largest slot load, is then
+    required)."""
     lat = L.host_latency(lat)
     r = np.arange(1, r_max + 1, dtype=np.float64)
     grid = None
     if not L.is_affine(lat.attn):
         if max_load is None:
             raise ValueError("a table Attention stage needs max_load")
-        grid = attn_grid(lat, batch, max_load)
+        grid = attn_grid(lat, batch, max_load, dtype)
     return StepModel(
-        jnp.asarray(lat.alpha_attn, jnp.float32),
-        jnp.asarray(lat.beta_attn, jnp.float32),
-        jnp.asarray(L.other_stages(lat, r, batch, opts), jnp.float32),
-        jnp.asarray(L.t_ffn(lat, r, batch), jnp.float32),
+        jnp.asarray(lat.alpha_attn, dtype),
+        jnp.asarray(lat.beta_attn, dtype),
+        jnp.asarray(L.other_stages(lat, r, batch, opts), dtype),
+        jnp.asarray(L.t_ffn(lat, r, batch), dtype),
         grid,
     )
 
@@ -224,7 +214,8 @@ def _histogram(lat, batch, max_load, model: StepModel, serial: bool):
     lows = (float(L.t_attn(L.host_latency(lat), 0.0, float(batch))), other.min())
     highs = (E.attn_time_max(lat, batch, max_load), other.max())
     log_lo, inv_w = E.tau_bins(*E.stage_bounds(lows, highs, serial))
-    hist = KB.TauHistogram(jnp.asarray(log_lo, jnp.float32), jnp.asarray(inv_w, jnp.float32))
+    dtype = model.other.dtype
+    hist = KB.TauHistogram(jnp.asarray(log_lo, dtype), jnp.asarray(inv_w, dtype))
     return hist, (log_lo, inv_w)
 
 
@@ -253,7 +244,7 @@ def preflight(source, batch: int, r_max: int, opts: ModelOptions = _DEFAULT_OPTS
 def _setup(source, lat, opts, run: StepsRun, given) -> StepsSetup:
     sampler, max_load = _sampler_and_max_load(source, opts, given)
     check_int32(run.batch, max_load)
-    model = step_model(lat, run.batch, run.r_max, opts, max_load)
+    model = step_model(lat, run.batch, run.r_max, opts, max_load, float_dtype(run.precision))
     hist, bins = _histogram(lat, run.batch, max_load, model, run.serial)
     return StepsSetup(sampler, model, hist, bins, jr.key(run.seed), max_load)
 
@@ -316,8 +307,10 @@ def simulate(
     max_slot_load: int | None = None,
     segment_steps: int | None = None,
     replications_per_call: int | None = None,
+    shape_buckets: bool = True,
     progress: bool = False,
     dynamics: Dynamics | None = None,
+    precision: str = "float32",
 ) -> MonteCarloResult:
     """Monte Carlo estimate of the per-r step time and throughput of an r_max-worker bundle.
 
@@ -330,10 +323,17 @@ def simulate(
       memory_budget_bytes: sizes the chunks (default 1 GiB on CPU, 8 GiB on an accelerator).
         ``segment_steps`` / ``replications_per_call``
         override the automatic chunk sizes (results are the same whatever they are).
+      shape_buckets: the fast kernel runs with r_max and B padded to :func:`bucket_size`
+        (nearby r_max and B share one compiled program; the padding carries no load and is
+        dropped, the numbers are bit-identical to ``False``, which compiles for the exact
+        shape).
       progress: tqdm bar on stderr (only when stderr is a terminal).
       dynamics: None (today's model) or a :class:`~afd_jax.kernels.dynamics.Dynamics`: the
         dynamics kernel (routing, KV capacity, micro-batches, noise, expert imbalance;
         docs/dynamics.md) runs instead of ``kernel`` (``afd_jax.montecarlo.dynamics``).
+      precision: "float32" (default) or "float64": the float dtype of the kernels' step
+        times and block sums (``afd_jax.kernels.barrier.summarise_steps``); float64 needs
+        ``jax_enable_x64`` (InputError otherwise). The random streams are the same.
 
     Raises InputError on bad sizes or when B * max slot load (plus the segment for "fast")
     could overflow int32.
@@ -341,6 +341,7 @@ def simulate(
     if dynamics is not None:
         kernel = "trajectory"  # the dynamics kernel steps slots one decode step at a time
     _check_run(kernel, batch, r_max, steps, warmup, replications, init, level)
+    float_dtype(precision)
     check_batch(lat.attn, batch)
     _require_memory(kernel, batch, r_max, steps, warmup, replications)
     if memory_budget_bytes is None:
@@ -356,6 +357,8 @@ def simulate(
         int(memory_budget_bytes),
         segment_steps,
         replications_per_call,
+        precision,
+        bool(shape_buckets),
     )
     if dynamics is not None:
         return _simulate_dynamics(
@@ -365,7 +368,8 @@ def simulate(
         setup = _setup(workload_or_sampler, lat, opts, run, max_slot_load)
         t_start = time.perf_counter()
         bar = Progress(progress, f"simulate[{kernel}]")
-        mesh = RowMesh()
+        # one replication of a trajectory kernel is one row: other devices would only pad
+        mesh = RowMesh(1 if kernel != "barrier" and run.replications == 1 else None)
         if kernel == "barrier":
             acc = _run_barrier(run, setup, bar, mesh)
         else:
@@ -378,7 +382,6 @@ def simulate(
 
 def _simulate_dynamics(source, lat, run: StepsRun, opts, dynamics, given, progress):
     """The dynamics kernel with the same sampler, sizes and chunking options."""
-    require_affine(lat, "the dynamics kernel (routing, KV capacity, micro-batches, noise)")
     sampler, max_load = _sampler_and_max_load(source, opts, given)
     return simulate_dynamics(sampler, max_load, lat, DynRun(run, opts, dynamics), progress)
 
@@ -428,6 +431,52 @@ def _run_barrier(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh)
     return acc
 
 
+def bucket_size(n: int) -> int:
+    """The shape bucket of ``n`` workers (r_max) or slots per worker (B) for the fast kernel:
+    n rounded up to four values per octave (exact up to 8; then steps of 2 to 16, 4 to 32, 8
+    to 64, 16 to 128...), so that runs with nearby r_max and B share one compiled program (and
+    its persistent-cache entry) for at most 25 % more slots each. The padding never changes
+    the numbers."""
+    n = int(n)
+    step = 1 << max(0, (n - 1).bit_length() - 3)
+    return -(-n // step) * step
+
+
+class _Shapes(NamedTuple):
+    """The kernel of a trajectory run, the kernel that draws its initial state, the StepModel
+    of its worker count, the real (workers, B) when it is padded (else None), and its B."""
+
+    kernel: object
+    init: object
+    model: StepModel
+    real: tuple | None
+    batch: int
+
+
+def _shapes(run: StepsRun, setup: StepsSetup, plan) -> _Shapes:
+    """Trajectory kernel; fast kernel padded to (bucket_size(r_max), bucket_size(B)) unless
+    ``run.shape_buckets`` is False (padded workers: G(r) and t_F(r) of the last real r, unused
+    and dropped by :func:`_real_workers`)."""
+    exact = (run.r_max, run.batch)
+    if run.kernel == "trajectory":
+        kernel = trajectory_kernel(exact, run.init, plan.length)
+        return _Shapes(kernel, kernel, setup.model, None, run.batch)
+    if not run.shape_buckets:
+        kernel = fast_kernel(exact, run.init, plan.length, plan.n_requests)
+        return _Shapes(kernel, kernel, setup.model, None, run.batch)
+    shape = (bucket_size(run.r_max), bucket_size(run.batch))
+    kernel = fast_kernel(shape, run.init, plan.length, plan.n_requests)
+    pad = partial(jnp.pad, pad_width=(0, shape[0] - run.r_max), mode="edge")
+    model = setup.model._replace(other=pad(setup.model.other), t_ffn=pad(setup.model.t_ffn))
+    return _Shapes(kernel, padded_init(shape, run.init, exact), model, exact, shape[1])
+
+
+def _real_workers(sums, r_max: int):
+    """StepSums (NumPy) of a padded kernel cut to the first ``r_max`` workers."""
+    cut = {f: getattr(sums, f)[..., :r_max] for f in ("tau", "tau_sq", "max_attn", "worker_load")}
+    return sums._replace(hist=sums.hist[:r_max], **cut)
+
+
 def _fast_requests(length: int, mean_d: float, sd_d: float) -> int:
     """Fresh requests per slot that cover ``length`` steps with a wide margin."""
     m = max(mean_d, 1.0)
@@ -465,8 +514,10 @@ def _segment_length(run: StepsRun) -> int:
     return KB.BLOCK * -(-total_blocks // n_seg)  # equal segments, little padding
 
 
-def _plan(run: StepsRun, setup: StepsSetup) -> _Plan:
-    """Replications per call from the memory budget; steps per call from it too."""
+def _plan(run: StepsRun, setup: StepsSetup, devices: int = 1) -> _Plan:
+    """Replications per call from the memory budget; steps per call from it too. On CPU the
+    spine runs a chunk's rows one after another on each of ``devices`` devices, so the kernel's
+    working memory counts once per device and only the per-step statistics once per row."""
     total_blocks = -(-(run.warmup + run.steps) // KB.BLOCK)
     mean_d = sd_d = 0.0
     if run.kernel == "fast":
@@ -493,22 +544,31 @@ def _plan(run: StepsRun, setup: StepsSetup) -> _Plan:
         )
     if run.reps_per_call:
         chunk = int(run.reps_per_call)
+    elif jax.default_backend() == "cpu":
+        stats = length * run.r_max * 4 * 24
+        most = (run.budget - devices * (mem_per_rep(length) - stats)) // stats
+        chunk = _balanced(run.replications, most, devices)
     else:
-        chunk = max(1, min(run.replications, run.budget // mem_per_rep(length)))
+        chunk = _balanced(run.replications, run.budget // mem_per_rep(length), devices)
     n_req = _fast_requests(length, mean_d, sd_d) if run.kernel == "fast" else 0
     return _Plan(length, chunk, n_req)
+
+
+def _balanced(replications: int, most: int, devices: int = 1) -> int:
+    """Replications per call: a multiple of ``devices``, at most ``most`` (but >= one per
+    device), as equal as possible over the fewest calls (32 replications, at most 12 per call
+    on one device: 3 calls of 11, not 12 + 12 + 8 padded to 12)."""
+    units = -(-replications // devices)
+    per = max(1, min(units, most // devices))
+    return devices * -(-units // -(-units // per))
 
 
 def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh):
     """Replications in chunks, each stepped segment by segment; the fast kernel's segment is
     redone with a larger K (``kernel.enlarge()``) when its requests fall short."""
-    plan = _plan(run, setup)
+    plan = _plan(run, setup, mesh.n)
     total = run.warmup + run.steps
-    shape = (run.r_max, run.batch)
-    if run.kernel == "trajectory":
-        kernel = trajectory_kernel(shape, run.init, plan.length)
-    else:
-        kernel = fast_kernel(shape, run.init, plan.length, plan.n_requests)
+    kernel, init_kernel, model, real, batch = _shapes(run, setup, plan)
     current = [kernel]  # the fast kernel's K only grows
     acc = StepAccumulator(run.replications, run.r_max, keep_blocks=run.replications == 1)
     chunk = mesh.round_up(plan.reps_per_call)
@@ -516,7 +576,7 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: Row
     def start(c: Chunk):
         reps_j = mesh.put(c.rows.astype(np.int32))
         params = SegmentParams(setup.sampler, jnp.int32(0))
-        states = init_chunk(rep_keys(setup.base, reps_j, 0), params, kernel=current[0])
+        states = init_chunk(rep_keys(setup.base, reps_j, 0), params, kernel=init_kernel)
         return rep_keys(setup.base, reps_j, 1), states
 
     def advance(c: Chunk, t0, state):
@@ -524,13 +584,16 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: Row
         params = SegmentParams(setup.sampler, jnp.int32(t0))
         t_end = mesh.put(np.full((chunk,), total, np.int32))
         window = Window(jnp.int32(t0), jnp.int32(run.warmup), t_end, jnp.int32(c.n_real))
+        if real is not None:
+            params = params._replace(batch=jnp.int32(run.batch))
+            window = window._replace(real=(jnp.int32(run.r_max), jnp.int32(run.batch)))
         while True:
-            kw = dict(kernel=current[0], batch=run.batch, serial=run.serial, groups=mesh.n)
+            kw = dict(kernel=current[0], batch=batch, serial=run.serial, groups=mesh.n)
             new, sums, covered = segment_chunk(
-                k_stream, states, params, window, setup.model, setup.hist, **kw
+                k_stream, states, params, window, model, setup.hist, **kw
             )
             if current[0].enlarge is None or bool(covered):
-                return (k_stream, new), mesh.fetch(sums)
+                return (k_stream, new), _real_workers(mesh.fetch(sums), run.r_max)
             current[0] = current[0].enlarge()
 
     def record(c: Chunk, t0, sums):
@@ -627,14 +690,18 @@ def _result(lat, run: StepsRun, setup: StepsSetup, acc: StepAccumulator, wall: f
             active_fraction=ones,
             mean_slot_load=m.load_mean,
             se_slot_load=m.load_se,
+            precision=run.precision,
         )
 
 
 __all__ = [
+    "ATTN_GRID",
     "INITS",
     "KERNELS",
     "STEP_DIAGNOSTICS",
     "SimulationResult",
+    "attn_grid",
+    "bucket_size",
     "device_name",
     "simulate",
     "step_model",

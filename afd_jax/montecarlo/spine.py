@@ -37,8 +37,56 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
+from afd_jax.errors import InputError
 from afd_jax.kernels.barrier import summarise_rows
+from afd_jax.kernels.step import AttnGrid
+from afd_jax.model import latency as L
+from afd_jax.model.latency import Latency
 from afd_jax.montecarlo.estimators import N_BINS
+
+PRECISIONS = ("float32", "float64")
+"""Float dtypes of the kernels' step-time summaries (``precision=``): float32 is the default
+(every number as before), float64 needs ``jax_enable_x64`` (the CLI enables it)."""
+
+
+def float_dtype(precision: str):
+    """The JAX float dtype of ``precision`` (one of :data:`PRECISIONS`); InputError for an
+    unknown name, or for float64 while ``jax_enable_x64`` is off (JAX would silently give
+    float32)."""
+    if precision not in PRECISIONS:
+        raise InputError(
+            f"must be one of {', '.join(PRECISIONS)}, got {precision!r}", field="precision"
+        )
+    if precision == "float64" and not jax.config.jax_enable_x64:
+        raise InputError(
+            "float64 needs jax_enable_x64 (the CLI enables it; in Python: "
+            'jax.config.update("jax_enable_x64", True) or a jax.enable_x64() scope)',
+            field="precision",
+        )
+    return jnp.float64 if precision == "float64" else jnp.float32
+
+
+ATTN_GRID = 65536
+"""Intervals of the load grid on which a table Attention stage reaches the kernels: every
+integer load when B * max slot load <= ATTN_GRID (exact), else uniform, read linearly."""
+
+
+def attn_grid(
+    lat: Latency, batch, max_load: int, dtype=jnp.float32, top: float | None = None
+) -> AttnGrid:
+    """The table Attention time of ``lat`` at B = ``batch`` (``afd_jax.model.latency``, float64)
+    on a uniform grid over [0, top] (default B * max slot load; :data:`ATTN_GRID` intervals,
+    width >= 1), stored in ``dtype``."""
+    top = max(int(batch * max_load if top is None else top), 1)
+    n = min(top, ATTN_GRID)
+    width = top / n
+    loads = width * np.arange(n + 1, dtype=np.float64)
+    values = L.t_attn(L.host_latency(lat), loads, float(batch))
+    return AttnGrid(
+        jnp.asarray(0.0, dtype),
+        jnp.asarray(1.0 / width, dtype),
+        jnp.asarray(values, dtype),
+    )
 
 
 class Chunk(NamedTuple):
@@ -78,12 +126,14 @@ def replication_chunks(replications: int, chunk: int, total: int, length: int):
 
 class Window(NamedTuple):
     """Which steps of a chunk count (traced int32): step ``t0 + i`` of row k counts when
-    ``k < n_real`` and ``warmup <= t0 + i < t_end[k]``."""
+    ``k < n_real`` and ``warmup <= t0 + i < t_end[k]``. ``real``: None, or the real (workers,
+    B) of a kernel padded to a shape bucket (``summarise_rows``)."""
 
     t0: jax.Array
     warmup: jax.Array
     t_end: jax.Array
     n_real: jax.Array
+    real: tuple | None = None
 
 
 def window_mask(window: Window, rows: int, length: int):
@@ -109,7 +159,8 @@ def segment_chunk(
     rows' mesh (the rows form that many contiguous groups, one per device)."""
     states, info = _map_rows(lambda k, s: kernel.segment(k, s, params), groups, keys, states)
     valid = window_mask(window, *info.loads.shape[:2])
-    sums = summarise_rows(info.loads, valid, model, hist, batch=batch, serial=serial, n_bins=N_BINS)
+    kw = dict(batch=batch, serial=serial, n_bins=N_BINS, real=window.real)
+    sums = summarise_rows(info.loads, valid, model, hist, **kw)
     return states, sums, jnp.all(info.covered)
 
 
@@ -157,9 +208,11 @@ class RowMesh:
     """A 1-D mesh (axis ``"rows"``) over every device of the run: all processes' devices, or
     this process's inside :func:`local_devices_only`."""
 
-    def __init__(self):
+    def __init__(self, max_devices: int | None = None):
+        """``max_devices``: in a single process, use at most that many of the local devices
+        (a run of fewer rows than devices would only compute padded rows on the others)."""
         self.multi = jax.process_count() > 1 and not _SCOPE["local"]
-        devs = jax.devices() if self.multi else jax.local_devices()
+        devs = jax.devices() if self.multi else jax.local_devices()[: max_devices or None]
         self.n = len(devs)
         self.processes = jax.process_count() if self.multi else 1
         self.sharding = NamedSharding(Mesh(np.array(devs), ("rows",)), PartitionSpec("rows"))
@@ -223,12 +276,16 @@ class Progress:
 
 
 __all__ = [
+    "ATTN_GRID",
+    "PRECISIONS",
     "Chunk",
     "Progress",
     "RowMesh",
     "Window",
+    "attn_grid",
     "block_keys",
     "device_name",
+    "float_dtype",
     "init_chunk",
     "local_devices_only",
     "rep_keys",

@@ -30,6 +30,7 @@ __all__ = [
     "StageTable",
     "check_preset",
     "fit_error",
+    "fit_meta",
     "format_preset_toml",
     "list_hardware_presets",
     "monotone_table",
@@ -94,6 +95,14 @@ def fit_error(tables: list[StageTable]) -> FitError:
     )
 
 
+def fit_meta(errors: dict[str, FitError]) -> dict:
+    """The ``[meta]`` keys recording fit errors: ``fit_mape_<stage>``, ``fit_worst_<stage>``."""
+    return {
+        **{f"fit_mape_{s}": round(e.mape, 8) for s, e in errors.items()},
+        **{f"fit_worst_{s}": round(e.worst, 8) for s, e in errors.items()},
+    }
+
+
 # --------------------------------------------------------------------------- the TOML file
 
 
@@ -132,10 +141,13 @@ def format_preset_toml(
 ) -> str:
     """Text of a table latency file (layout: docs/hardware.md, "The file").
 
-    ``latency`` holds the switches (``comm_scaling``, ``overlap``); stage times are the stored
-    (monotone) ones; x values are written as floats.
+    ``latency`` holds the switches (``comm_scaling``, ``overlap``) and optional costs; stage
+    times are the stored (monotone) ones; x values are written as floats; an empty
+    ``hardware`` leaves the ``[hardware]`` table out.
     """
-    lines = ["[meta]", *_keys(meta), "", "[hardware]", *_keys(hardware), ""]
+    lines = ["[meta]", *_keys(meta), ""]
+    if hardware:
+        lines += ["[hardware]", *_keys(hardware), ""]
     lines += ["[latency]", *_keys(latency), ""]
     for t in attn:
         lines += ["[[latency.attn.table]]", f"batch = {int(t.batch)}"]
@@ -287,8 +299,7 @@ def build_preset(dep, command: str = "") -> tuple[str, dict[str, FitError], dict
         "built_with": command or "afd-jax hardware build",
         "time_unit": "microseconds per decode step, all layers",
         "cleanup": f"running max of the measured points, rounded to {DECIMALS} decimals of a us",
-        **{f"fit_mape_{s}": round(e.mape, 8) for s, e in errors.items()},
-        **{f"fit_worst_{s}": round(e.worst, 8) for s, e in errors.items()},
+        **fit_meta(errors),
         "licence": "Apache-2.0",
         "notice": NOTICE,
     }

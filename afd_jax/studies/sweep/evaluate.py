@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 import jax
@@ -51,8 +52,10 @@ __all__ = [
 ]
 
 
+@functools.lru_cache(maxsize=8)
 def analytic_kernels(opts: ModelOptions, r_max: int, gauss_method: str) -> dict:
-    """Jitted chunk kernels, vmapped over scenarios (r = 1..r_max broadcasts inside).
+    """Jitted chunk kernels, vmapped over scenarios (r = 1..r_max broadcasts inside); cached per
+    (options, r_max, method), so sweeps of one shape in a process compile once.
 
     Inputs (all shape [n], one float dtype): a :class:`Latency` of [n] arrays, theta, slot_var,
     batch. ``"mean_field"`` returns ``regime`` int32[n, r_max] (0 attention, 1 communication,
@@ -153,11 +156,37 @@ def other_stage_times(lat: Latency, r, batch, opts: ModelOptions) -> np.ndarray:
 
 
 def exact_chunk(groups: ExactGroups, sl: slice) -> np.ndarray:
-    """Exact throughput float64[n, r_max] of the scenarios in ``sl`` (docs/model.md 5)."""
+    """Exact throughput float64[n, r_max] of the scenarios in ``sl`` (docs/model.md 5).
+
+    Stage scales (:attr:`SweepPlan.scales`) multiply affine pairs per scenario; a table stage,
+    shared by the scenarios, is scaled once per distinct row of scales in the chunk."""
+    p = groups.plan
+    idx = np.arange(sl.start, sl.stop)
+    if p.scales is None or p.tables is None:
+        scales = None if p.scales is None else p.scales[idx].T[:, :, None]
+        return _exact_rows(groups, idx, _chunk_latency(p, idx, scales))
+    out = np.empty((idx.shape[0], p.spec.r_max), dtype=np.float64)
+    rows, which = np.unique(p.scales[idx], axis=0, return_inverse=True)
+    for k, row in enumerate(rows):
+        sel = np.flatnonzero(which.reshape(-1) == k)
+        out[sel] = _exact_rows(groups, idx[sel], _chunk_latency(p, idx[sel], row))
+    return out
+
+
+def _chunk_latency(p: SweepPlan, idx: np.ndarray, scales) -> Latency:
+    """Scalars of scenarios ``idx`` as [n, 1] arrays, the base's tables as they are, stage
+    scales (``scales``: 3 numbers or 3 [n, 1] arrays, or None) applied."""
+    lat = L.make_latency([p.coeffs[idx, j][:, None] for j in range(len(LATENCY_FIELDS))], p.tables)
+    if scales is None:
+        return lat
+    return L.scale_latency(lat, dict(zip(L.STAGES, scales, strict=True)))
+
+
+def _exact_rows(groups: ExactGroups, idx: np.ndarray, lat: Latency) -> np.ndarray:
+    """Exact throughput of scenarios ``idx`` (increasing) whose latency is ``lat``."""
     p = groups.plan
     r_max = p.spec.r_max
-    wl, b, coeffs = p.wl_index[sl], p.batch[sl], p.coeffs[sl]
-    lat = L.make_latency([coeffs[:, j][:, None] for j in range(len(LATENCY_FIELDS))], p.tables)
+    wl, b = p.wl_index[idx], p.batch[idx]
     r = np.arange(1, r_max + 1, dtype=np.float64)[None, :]
     batch = b.astype(np.float64)[:, None]
     other = other_stage_times(lat, r, batch, p.opts)  # G(r), float64[n, r_max]
@@ -165,13 +194,11 @@ def exact_chunk(groups: ExactGroups, sl: slice) -> np.ndarray:
     group = wl * (int(p.batch.max()) + 1) + b
     starts = np.flatnonzero(np.diff(group, prepend=-1))
     ends = np.append(starts[1:], wl.shape[0])
-    ia, ib = LATENCY_FIELDS.index("alpha_attn"), LATENCY_FIELDS.index("beta_attn")
     for s, e in zip(starts, ends, strict=True):
         tables = groups.tables(int(wl[s]), int(b[s]))
         if L.is_affine(lat.attn):
-            tau[s:e] = max_law_step_times(
-                tables, coeffs[s:e, ia], coeffs[s:e, ib], other[s:e], p.opts
-            )
+            alpha, beta = lat.alpha_attn[s:e, 0], lat.beta_attn[s:e, 0]
+            tau[s:e] = max_law_step_times(tables, alpha, beta, other[s:e], p.opts)
         else:
             w = tables.start + tables.width * np.arange(tables.n, dtype=np.float64)
             t_a = L.t_attn(lat, w, float(b[s]))

@@ -16,7 +16,15 @@ import numpy as np
 
 from afd_jax.errors import SEED_LIMIT, InputError
 from afd_jax.model.exact import require_worker_load
-from afd_jax.model.latency import Latency, ModelOptions, StageTables, make_latency
+from afd_jax.model.latency import (
+    COEFFICIENTS,
+    STAGES,
+    Latency,
+    ModelOptions,
+    StageTables,
+    make_latency,
+    scale_latency,
+)
 from afd_jax.model.latency_io import (
     check_step_time,
     resolve_latency,
@@ -24,7 +32,7 @@ from afd_jax.model.latency_io import (
     validate_latency,
 )
 from afd_jax.montecarlo.simulate import preflight
-from afd_jax.studies.sweep.fields import LATENCY_FIELDS, columns
+from afd_jax.studies.sweep.fields import LATENCY_FIELDS, SCALE_FIELDS, SWEPT_FIELDS, columns
 from afd_jax.studies.sweep.spec import SweepSpec
 from afd_jax.workload.specs import resolve_workload
 from afd_jax.workload.statistics import workload_stats
@@ -47,7 +55,8 @@ class WorkloadEntry:
 @dataclass(eq=False)
 class SweepPlan:
     """A spec with its inputs resolved. ``wl_index``, ``batch``: int64[n_scenarios];
-    ``coeffs``: float64[n_scenarios, 8] in ``Latency._fields`` order."""
+    ``coeffs``: float64[n_scenarios, 8] in ``Latency._fields`` order; ``scales``:
+    float64[n_scenarios, 3] (attn, ffn, comm stage-time scales) when the spec names one."""
 
     spec: SweepSpec
     opts: ModelOptions
@@ -58,19 +67,24 @@ class SweepPlan:
     swept: tuple[str, ...]  # parameter columns that vary
     family_params: tuple[str, ...]
     tables: StageTables | None = None  # measured stages of the base, shared by every scenario
+    scales: np.ndarray | None = None
 
     def latency(self, idx, convert=lambda a: a) -> Latency:
         """The :class:`Latency` of scenarios ``idx`` (an index array: every leaf gets that
-        leading axis, tables broadcast; an int: scalars and the tables as they are), leaves
-        passed through ``convert`` (only the scalars for an int)."""
-        scal = [convert(self.coeffs[idx, j]) for j in range(len(LATENCY_FIELDS))]
+        leading axis, tables broadcast; an int: scalars and the tables as they are), stage
+        scales applied (float64, :func:`afd_jax.model.latency.scale_latency`), leaves passed
+        through ``convert`` (only the scalars for an int)."""
         tables = self.tables
-        if tables is not None and np.ndim(idx):
+        batched = tables is not None and np.ndim(idx)
+        if batched:
             lead = np.shape(idx)
-            tables = jax.tree_util.tree_map(
-                lambda a: convert(np.broadcast_to(a, lead + np.shape(a))), tables
-            )
-        return make_latency(scal, tables)
+            tables = jax.tree_util.tree_map(lambda a: np.broadcast_to(a, lead + a.shape), tables)
+        lat = make_latency([self.coeffs[idx, j] for j in range(len(LATENCY_FIELDS))], tables)
+        if self.scales is not None:
+            lat = scale_latency(lat, dict(zip(STAGES, self.scales[idx].T, strict=True)))
+        if batched:
+            lat = lat._replace(tables=jax.tree_util.tree_map(convert, lat.tables))
+        return lat._replace(**{f: convert(getattr(lat, f)) for f in LATENCY_FIELDS})
 
     @property
     def n_scenarios(self) -> int:
@@ -78,7 +92,7 @@ class SweepPlan:
 
     def columns(self) -> list[str]:
         """The table's columns (:func:`afd_jax.studies.sweep.fields.columns`)."""
-        return columns(self.spec.methods, self.family_params)
+        return columns(self.spec.methods, self.family_params, self.scales is not None)
 
 
 def _random_latency(spec: SweepSpec, grid: np.ndarray, n_combos: int) -> np.ndarray:
@@ -90,7 +104,7 @@ def _random_latency(spec: SweepSpec, grid: np.ndarray, n_combos: int) -> np.ndar
         # one stream per field (fold_in its index): adding a field does not change the others
         u = np.asarray(
             jax.device_get(
-                jr.uniform(jr.fold_in(key, LATENCY_FIELDS.index(k)), (n,), dtype=jnp.float32)
+                jr.uniform(jr.fold_in(key, SWEPT_FIELDS.index(k)), (n,), dtype=jnp.float32)
             ),
             dtype=np.float64,
         )
@@ -99,20 +113,22 @@ def _random_latency(spec: SweepSpec, grid: np.ndarray, n_combos: int) -> np.ndar
             if dist == "uniform"
             else np.exp(np.log(lo) + (np.log(hi) - np.log(lo)) * u)
         )
-        out[:, LATENCY_FIELDS.index(k)] = np.tile(vals, n_combos)
+        out[:, SWEPT_FIELDS.index(k)] = np.tile(vals, n_combos)
     return out
 
 
 def _latency_samples(spec: SweepSpec, base: Latency) -> np.ndarray:
-    """float64[n_lat, 8]: the grid product (spec key order) x the seeded random sample."""
+    """float64[n_lat, 11]: the grid product (spec key order) x the seeded random sample; the 8
+    latency fields, then the 3 stage scales (1 unless swept)."""
     base_vec = np.array([float(getattr(base, f)) for f in LATENCY_FIELDS], dtype=np.float64)
+    base_vec = np.concatenate([base_vec, np.ones(len(SCALE_FIELDS))])
     for k, v in spec.latency_set.items():
-        base_vec[LATENCY_FIELDS.index(k)] = v
+        base_vec[SWEPT_FIELDS.index(k)] = v
     names = [k for k, _ in spec.latency_grid]
     combos = list(itertools.product(*[v for _, v in spec.latency_grid])) or [()]
     grid = np.repeat(base_vec[None, :], len(combos), axis=0)
     for j, k in enumerate(names):
-        grid[:, LATENCY_FIELDS.index(k)] = [c[j] for c in combos]
+        grid[:, SWEPT_FIELDS.index(k)] = [c[j] for c in combos]
     if not spec.latency_random:
         return grid
     return _random_latency(spec, grid, len(combos))
@@ -166,6 +182,7 @@ def _resolve_latency(spec: SweepSpec) -> tuple[Latency, ModelOptions]:
     overrides = {k: v[0] for k, v in spec.latency_grid}
     overrides.update({k: lo for k, _, lo, _ in spec.latency_random})
     overrides.update(spec.latency_set)
+    overrides = {k: v for k, v in overrides.items() if k not in SCALE_FIELDS}
     try:
         return resolve_latency(
             spec=spec.latency_base,
@@ -175,7 +192,11 @@ def _resolve_latency(spec: SweepSpec) -> tuple[Latency, ModelOptions]:
             load_offset=spec.load_offset,
         )
     except InputError as err:
-        raise InputError(f"latency: {err}", path=spec.path, field="latency") from None
+        hint = ""
+        if err.field in COEFFICIENTS and "measured table" in err.reason:
+            stage = err.field.split("_", 1)[1]
+            hint = f"; scale its time with {stage}_scale in latency.set, .grid or .random"
+        raise InputError(f"latency: {err}{hint}", path=spec.path, field="latency") from None
 
 
 def make_plan(spec: SweepSpec) -> SweepPlan:
@@ -183,6 +204,7 @@ def make_plan(spec: SweepSpec) -> SweepPlan:
     entries = _resolve_workloads(spec)
     base, opts = _resolve_latency(spec)
     lat = _latency_samples(spec, base)
+    lat, scales = lat[:, : len(LATENCY_FIELDS)], lat[:, len(LATENCY_FIELDS) :]
     _check_latency_values(lat, spec, base)
 
     n_wl, n_b, n_lat = len(entries), len(spec.batches), lat.shape[0]
@@ -197,7 +219,11 @@ def make_plan(spec: SweepSpec) -> SweepPlan:
     if n_b > 1:
         swept.append("batch")
     swept += [f for j, f in enumerate(LATENCY_FIELDS) if np.unique(lat[:, j]).size > 1]
-    plan = SweepPlan(spec, opts, entries, wl_index, batch, coeffs, tuple(swept), fam, base.tables)
+    swept += [f for j, f in enumerate(SCALE_FIELDS) if np.unique(scales[:, j]).size > 1]
+    scales = np.tile(scales, (n_wl * n_b, 1)) if spec.scaled else None
+    plan = SweepPlan(
+        spec, opts, entries, wl_index, batch, coeffs, tuple(swept), fam, base.tables, scales
+    )
     if base.tables is not None:
         validate_latency(base, spec.path, batch=np.asarray(spec.batches))
     _check_methods(plan)

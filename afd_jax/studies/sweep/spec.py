@@ -20,7 +20,8 @@ from afd_jax.errors import InputError, check_seed
 from afd_jax.memory import require
 from afd_jax.model.latency import COMM_SCALINGS, OVERLAPS
 from afd_jax.montecarlo.dynamics import DYNAMICS_KEYS, dynamics_options
-from afd_jax.studies.sweep.fields import FORMATS, LATENCY_FIELDS, METHODS
+from afd_jax.montecarlo.spine import PRECISIONS
+from afd_jax.studies.sweep.fields import FORMATS, METHODS, SCALE_FIELDS, SWEPT_FIELDS
 
 __all__ = ["SweepSpec", "grid_values", "load_spec", "parse_sweep_spec"]
 
@@ -45,7 +46,8 @@ _LATENCY_KEYS = {"base", "comm_scaling", "overlap", "set", "grid", "random"}
 _RANDOM_DISTS = ("uniform", "loguniform")
 _GRID_FORMS = ("values", "linspace", "logspace", "geomspace", "range")
 _EXACT_KEYS = {"slot_bins", "noise_floor"}
-_MC_KEYS = {"steps", "warmup", "replications", "seed", "init", "kernel", *DYNAMICS_KEYS}
+_MC_KEYS = {"steps", "warmup", "replications", "seed", "init", "kernel", "precision",
+            *DYNAMICS_KEYS}  # fmt: skip
 _GAUSSIAN_KEYS = {"method"}
 
 
@@ -82,6 +84,13 @@ class SweepSpec:
     exact: dict = field(default_factory=dict)
     mc: dict = field(default_factory=dict)
     gaussian: dict = field(default_factory=dict)
+
+    @property
+    def scaled(self) -> bool:
+        """Whether the spec names a stage scale (``attn_scale``, ``ffn_scale``, ``comm_scale``):
+        then the table has their columns."""
+        named = [*self.latency_set, *dict(self.latency_grid), *(k for k, *_ in self.latency_random)]
+        return any(k in SCALE_FIELDS for k in named)
 
     def canonical(self) -> dict:
         """Everything that determines the table's content (not where it goes)."""
@@ -298,7 +307,7 @@ def _parse_workloads(wl, path: str) -> dict:
 
 def _parse_random(rnd, lgrid, path: str) -> dict:
     """``[latency.random]``: (field, dist, lo, hi) per sampled field, n and seed."""
-    _check_keys(rnd, set(LATENCY_FIELDS) | {"n", "seed"}, "latency.random", path)
+    _check_keys(rnd, set(SWEPT_FIELDS) | {"n", "seed"}, "latency.random", path)
     lrandom = []
     for k, v in rnd.items():
         if k in ("n", "seed"):
@@ -341,15 +350,15 @@ def _parse_latency(lat, path: str) -> dict:
     if overlap is not None and overlap not in OVERLAPS:
         raise _err(f"expected one of {OVERLAPS}", "latency.overlap", path)
     lset = lat.get("set", {})
-    _check_keys(lset, set(LATENCY_FIELDS), "latency.set", path)
+    _check_keys(lset, set(SWEPT_FIELDS), "latency.set", path)
     lset = {k: _number(v, f"latency.set.{k}", path) for k, v in lset.items()}
     grid = lat.get("grid", {})
-    _check_keys(grid, set(LATENCY_FIELDS), "latency.grid", path)
+    _check_keys(grid, set(SWEPT_FIELDS), "latency.grid", path)
     lgrid = tuple(
         (k, tuple(float(x) for x in grid_values(v, f"latency.grid.{k}", path)))
         for k, v in grid.items()
     )
-    return dict(
+    out = dict(
         latency_base=base,
         comm_scaling=comm,
         overlap=overlap,
@@ -357,6 +366,18 @@ def _parse_latency(lat, path: str) -> dict:
         latency_grid=lgrid,
         **_parse_random(lat.get("random", {}), lgrid, path),
     )
+    _check_scales(out, path)
+    return out
+
+
+def _check_scales(lat: dict, path: str) -> None:
+    """Every stage scale (set, grid values, random lower end) must be > 0."""
+    lows = [(f"latency.set.{k}", v) for k, v in lat["latency_set"].items()]
+    lows += [(f"latency.grid.{k}", min(v)) for k, v in lat["latency_grid"]]
+    lows += [(f"latency.random.{k}.{d}", lo) for k, d, lo, _ in lat["latency_random"]]
+    for key, low in lows:
+        if key.split(".")[2] in SCALE_FIELDS and not low > 0:
+            raise _err(f"a stage scale must be > 0, got {low:g}", key, path)
 
 
 def _parse_method_options(data: dict, path: str) -> dict:
@@ -383,6 +404,8 @@ def _parse_method_options(data: dict, path: str) -> dict:
         raise _err("expected 'stationary' or 'cold'", "mc.init", path)
     if "kernel" in mc and mc["kernel"] not in ("barrier", "trajectory", "fast"):
         raise _err("expected 'barrier', 'trajectory' or 'fast'", "mc.kernel", path)
+    if "precision" in mc and mc["precision"] not in PRECISIONS:
+        raise _err(f"expected one of {', '.join(PRECISIONS)}", "mc.precision", path)
     dynamics_options(mc, "mc.", path)  # the dynamics options (docs/dynamics.md), validated now
     gauss = data.get("gaussian", {})
     _check_keys(gauss, _GAUSSIAN_KEYS, "gaussian", path)

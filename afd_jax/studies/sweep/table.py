@@ -48,12 +48,15 @@ def _best_r_all(methods, r_max: int, res: dict) -> dict:
 
 
 def _scenario_prefix(plan: SweepPlan, i: int) -> str:
-    """scenario, workload, wl_<param>..., batch, the 8 latency fields, theta, slot_std."""
+    """scenario, workload, wl_<param>..., batch, the 8 latency fields, [the 3 stage scales],
+    theta, slot_std."""
     e = plan.workloads[int(plan.wl_index[i])]
     head = [str(i), _csv_field(e.label)]
     head += [_f(e.params[p]) if p in e.params else "" for p in plan.family_params]
     head.append(str(int(plan.batch[i])))
     head += [_f(x) for x in plan.coeffs[i].tolist()]
+    if plan.scales is not None:
+        head += [_f(x) for x in plan.scales[i].tolist()]
     head += [_f(e.theta), _f(math.sqrt(e.slot_var))]
     return ",".join(head)
 
