@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from afd_jax.model.latency import SCALAR_FIELDS
-from afd_jax.model.stages import AttnTable, TableStage
+from afd_jax.model.stages import AttnTable, TableStage, scale_stage
 
 __all__ = ["INPUTS", "TABLE_STAGES", "input_tangent", "input_tangents", "scale_tables"]
 
@@ -88,16 +88,10 @@ def input_tangents(scen):
 
 
 def scale_tables(tables, scales):
-    """``tables`` (:class:`afd_jax.model.latency.StageTables`) with stage i's times and slopes
-    times ``scales[i]`` (order :data:`TABLE_STAGES`): the table of ``s * t(x)`` (PCHIP is linear
-    in them). Differentiating in ``scales`` at 1 gives the stage-time directions of
-    :func:`input_tangent` with one scalar per stage instead of a tangent per knot."""
-
-    def scale(table, s):
-        if table is None:
-            return None
-        if isinstance(table, AttnTable):
-            return AttnTable(table.batches, tuple(scale(row, s) for row in table.rows))
-        return TableStage(table.x, table.y * s, table.d * s)
-
-    return type(tables)(*(scale(getattr(tables, k), scales[i]) for i, k in enumerate(TABLE_STAGES)))
+    """``tables`` (:class:`afd_jax.model.latency.StageTables`) with stage i's time function times
+    ``scales[i]`` (order :data:`TABLE_STAGES`; :func:`afd_jax.model.stages.scale_stage`).
+    Differentiating in ``scales`` at 1 gives the stage-time directions of :func:`input_tangent`
+    with one scalar per stage instead of a tangent per knot."""
+    scaled = [getattr(tables, k) for k in TABLE_STAGES]
+    scaled = [None if t is None else scale_stage(t, scales[i]) for i, t in enumerate(scaled)]
+    return type(tables)(*scaled)
