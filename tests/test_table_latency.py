@@ -1,7 +1,8 @@
 """Measured (table) stage latencies through every method (docs/model.md 2.1).
 
 * the PCHIP interpolation against scipy's ``PchipInterpolator`` (an independent implementation),
-  NumPy and JAX alike, its extrapolation rule, its gradients against finite differences;
+  NumPy and JAX alike, its extrapolation rule, its gradients against finite differences (also
+  through a shipped measured preset);
 * an affine model written as a table of its own (collinear) points gives the affine numbers
   in every method;
 * on a non-affine, MoE-shaped table (tests/data/moe_table.toml): exact against a direct sum,
@@ -36,6 +37,7 @@ from afd_jax.model.stages import (
     table_stage,
 )
 from afd_jax.montecarlo.simulate import simulate
+from afd_jax.studies.directions import scale_tables
 from afd_jax.studies.provision import provision
 from afd_jax.workload.slotload import slot_load_pmf
 from afd_jax.workload.specs import resolve_workload
@@ -304,6 +306,36 @@ def test_moe_gradients_match_finite_differences(moe, workload):
         dn[k] -= h
         fd = (float(f(*up)) - float(f(*dn))) / (2 * h)
         assert g == pytest.approx(fd, rel=1e-5)
+
+
+def test_shipped_preset_gradients_match_finite_differences():
+    """Through a shipped measured preset (deepseek-v3@h200_sxm): d/d(load, B, tokens) of the
+    three stage times, and d/d(scale) of each stage's time function (the elasticity directions
+    of ``directions.scale_tables``), by ``jax.jacfwd`` under ``jit`` against float64 central
+    differences, at a B between two Attention tables and loads inside and beyond the knots.
+    h = 1e-6 relative: truncation (PCHIP is C1, f'' jumps at knots) and rounding both stay
+    below 1e-7 of each derivative here."""
+    lat, _ = resolve_latency("deepseek-v3@h200_sxm")
+    tables = jax.tree_util.tree_map(jnp.asarray, lat.tables)
+
+    @jax.jit
+    def times(v):  # v = (load, batch, tokens, s_attn, s_ffn, s_comm)
+        st = scale_tables(tables, v[3:])
+        attn = eval_stage(st.attn, v[0], v[1])
+        return jnp.stack([attn, eval_stage(st.ffn, v[2]), eval_stage(st.comm, v[2])])
+
+    jac = jax.jit(jax.jacfwd(times))
+    for point in ([6000.0, 48.0, 300.0], [50000.0, 40.0, 700.0], [3.0e6, 100.0, 3000.0]):
+        v0 = np.array([*point, 1.0, 1.0, 1.0])
+        got = np.asarray(jac(jnp.asarray(v0)))
+        for j in range(v0.size):
+            h = 1e-6 * abs(v0[j])
+            up, dn = v0.copy(), v0.copy()
+            up[j] += h
+            dn[j] -= h
+            fd = (np.asarray(times(jnp.asarray(up))) - np.asarray(times(jnp.asarray(dn)))) / (2 * h)
+            np.testing.assert_allclose(got[:, j], fd, rtol=1e-6, atol=1e-9 * np.abs(got).max())
+    assert got[0, 0] > 0 and got[1, 2] > 0 and got[2, 2] > 0  # each grows in its own load
 
 
 # ------------------------------------------------------------------------------ file format

@@ -126,12 +126,41 @@ def attn_table(batches, rows) -> AttnTable:
     return AttnTable(np.asarray(batches, dtype=float), tuple(table_stage(x, y) for x, y in rows))
 
 
-def _segment(stage: TableStage, x, xp):
-    """Interval index k (clipped to 0..n-2), its width h and local coordinate t of x."""
-    n = stage.x.shape[0]
-    k = xp.clip(xp.searchsorted(stage.x, x, side="right") - 1, 0, n - 2)
-    h = stage.x[k + 1] - stage.x[k]
-    return k, h, (x - stage.x[k]) / h
+def _search(knots, x, xp):
+    """``searchsorted(knots, x, side="right")``; under JAX by comparing with every knot (a few
+    fused comparisons instead of a loop: tables are short, and the compiled optimiser holds
+    dozens of table evaluations). Knots padded with +inf are never counted."""
+    if xp is np:
+        return np.searchsorted(knots, x, side="right")
+    return xp.searchsorted(knots, x, side="right", method="compare_all")
+
+
+def _take(a, k, xp):
+    """``a[..., k]``: along the last axis of ``a`` (k integer, shaped like ``a[..., 0]`` or any
+    shape for a 1-D ``a``). Under JAX as a one-hot
+    sum (a fused select and reduce; its derivative a select, not a scatter): the same value, as
+    only one term is not 0."""
+    if xp is np:
+        if a.ndim == 1:
+            return a[k]
+        return np.take_along_axis(a, np.broadcast_to(k, a.shape[:-1])[..., None], -1)[..., 0]
+    k = xp.asarray(k)
+    n = a.shape[-1]
+    shape = xp.broadcast_shapes(a.shape, (*k.shape, n))  # explicit: strict rank promotion
+    knot = xp.broadcast_to(xp.arange(n, dtype=k.dtype), shape)
+    hit = knot == xp.broadcast_to(k[..., None], shape)
+    return xp.sum(xp.where(hit, xp.broadcast_to(a, shape), 0.0), axis=-1)
+
+
+def _segment(stage: TableStage, x, xp, n=None):
+    """Interval index k (clipped to 0..n-2), its width h and local coordinate t of x; ``n``: the
+    number of knots in use (default all; fewer when the row is padded, see
+    :func:`_hermite_rows`)."""
+    n = stage.x.shape[0] if n is None else n
+    k = xp.clip(_search(stage.x, x, xp) - 1, 0, n - 2)
+    x0 = _take(stage.x, k, xp)
+    h = _take(stage.x, k + 1, xp) - x0
+    return k, h, (x - x0) / h
 
 
 def _like(stage: TableStage, x, xp):
@@ -144,11 +173,21 @@ def _like(stage: TableStage, x, xp):
     return stage, xp.asarray(x, dtype=dtype)
 
 
-def _hermite(stage: TableStage, x, derivative: bool):
+def _ends(stage: TableStage, xp, n=None):
+    """(x, y, d) at the first and at the last knot in use (``n`` knots, default all)."""
+    first = (stage.x[0], stage.y[0], stage.d[0])
+    if n is None:
+        return first, (stage.x[-1], stage.y[-1], stage.d[-1])
+    return first, tuple(_take(a, n - 1, xp) for a in stage)
+
+
+def _hermite(stage: TableStage, x, derivative: bool, n=None):
+    """PCHIP value (or slope) of one table at x; ``n`` knots in use (default all)."""
     xp = _xp(stage, x)
     stage, x = _like(stage, x, xp)
-    k, h, t = _segment(stage, x, xp)
-    y0, y1, d0, d1 = stage.y[k], stage.y[k + 1], stage.d[k] * h, stage.d[k + 1] * h
+    k, h, t = _segment(stage, x, xp, n)
+    y0, y1 = _take(stage.y, k, xp), _take(stage.y, k + 1, xp)
+    d0, d1 = _take(stage.d, k, xp) * h, _take(stage.d, k + 1, xp) * h
     if derivative:
         inside = (6 * t - 6) * t * (y0 - y1) + (3 * t - 4) * t * d0 + d0 + (3 * t - 2) * t * d1
         inside = inside / h
@@ -156,12 +195,12 @@ def _hermite(stage: TableStage, x, derivative: bool):
         s = 1 - t
         inside = (1 + 2 * t) * s * s * y0 + t * s * s * d0
         inside = inside + t * t * ((3 - 2 * t) * y1 - s * d1)
-    x_lo, x_hi = stage.x[0], stage.x[-1]
+    (x_lo, y_lo, d_lo), (x_hi, y_hi, d_hi) = _ends(stage, xp, n)
     if derivative:
-        below, above = stage.d[0] + 0 * x, stage.d[-1] + 0 * x
+        below, above = d_lo + 0 * x, d_hi + 0 * x
     else:
-        below = stage.y[0] + stage.d[0] * (x - x_lo)
-        above = stage.y[-1] + stage.d[-1] * (x - x_hi)
+        below = y_lo + d_lo * (x - x_lo)
+        above = y_hi + d_hi * (x - x_hi)
     return xp.where(x < x_lo, below, xp.where(x > x_hi, above, inside))
 
 
@@ -170,23 +209,49 @@ def _batch_weights(batches, batch, xp):
     nb = batches.shape[0]
     if nb == 1:
         return 0, 0.0
-    i = xp.clip(xp.searchsorted(batches, batch, side="right") - 1, 0, nb - 2)
-    return i, (batch - batches[i]) / (batches[i + 1] - batches[i])
+    i = xp.clip(_search(batches, batch, xp) - 1, 0, nb - 2)
+    b0 = _take(batches, i, xp)
+    return i, (batch - b0) / (_take(batches, i + 1, xp) - b0)
+
+
+def _hermite_rows(rows, x, derivative: bool):
+    """JAX: :func:`_hermite` of every row at x as one vmapped evaluation (rows padded to a
+    common length: knots +inf, times and slopes repeated, never read), the same numbers as row
+    by row; float[rows, *x.shape]."""
+    jax = _jax_loaded()
+    jnp = jax.numpy
+    width = max(row.x.shape[0] for row in rows)
+
+    def pad(a, value):
+        a = jnp.asarray(a)
+        return jnp.concatenate([a, jnp.full((width - a.shape[0],), value, dtype=a.dtype)])
+
+    stacked = TableStage(
+        *(jnp.stack([pad(r.x, jnp.inf) for r in rows]),)
+        + tuple(jnp.stack([pad(getattr(r, f), getattr(r, f)[-1]) for r in rows]) for f in "yd")
+    )
+    sizes = [row.x.shape[0] for row in rows]
+    if len(set(sizes)) == 1:  # no padding: the last knot is a static index
+        return jax.vmap(lambda st: _hermite(st, x, derivative))(stacked)
+    n = jnp.asarray(sizes, dtype=jnp.int32)  # the dtype of searchsorted
+    return jax.vmap(lambda st, m: _hermite(st, x, derivative, m))(stacked, n)
 
 
 def _attn(stage: AttnTable, x, batch, derivative: bool):
     if batch is None:
         raise ValueError("an Attention table needs the batch B")
     xp = _xp(stage, x, batch)
-    values = xp.stack(
-        [xp.broadcast_to(_hermite(row, x, derivative), xp.shape(x * batch)) for row in stage.rows]
-    )
+    shape = xp.shape(x * batch)
+    if xp is np or len(stage.rows) == 1:
+        values = xp.stack([xp.broadcast_to(_hermite(r, x, derivative), shape) for r in stage.rows])
+    else:
+        values = _hermite_rows(stage.rows, x, derivative)
+        values = xp.broadcast_to(values, (len(stage.rows), *shape))
     if len(stage.rows) == 1:
         return values[0]
     batches = xp.asarray(stage.batches, dtype=values.dtype)
     i, w = _batch_weights(batches, xp.asarray(batch, dtype=values.dtype), xp)
-    lo = xp.take_along_axis(values, xp.broadcast_to(i, values.shape[1:])[None], 0)[0]
-    hi = xp.take_along_axis(values, xp.broadcast_to(i + 1, values.shape[1:])[None], 0)[0]
+    lo, hi = (_take(xp.moveaxis(values, 0, -1), j, xp) for j in (i, i + 1))
     return lo + w * (hi - lo)
 
 

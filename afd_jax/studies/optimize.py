@@ -79,6 +79,12 @@ from afd_jax.model.latency import (
 )
 from afd_jax.model.latency_io import scalar_items
 from afd_jax.model.stages import check_batch
+from afd_jax.studies.directions import (
+    STAGE_INPUTS,
+    TABLE_STAGES,
+    input_tangents,
+    scale_tables,
+)
 
 __all__ = [
     "OptimizeResult",
@@ -86,6 +92,7 @@ __all__ = [
     "Solution",
     "SolverConfig",
     "exact_p99_step_times",
+    "input_derivatives",
     "kv_batch_limit",
     "make_scenario",
     "optimize",
@@ -443,7 +450,8 @@ def solve_continuous_batched(
 # Sensitivities by implicit differentiation
 
 
-def _sens_one(scen: Scenario, sol: Solution, config: SolverConfig, opts: ModelOptions):
+def _stationarity(scen: Scenario, sol: Solution, config: SolverConfig, opts: ModelOptions):
+    """(residual F(x, p), x*, (dF/dx)^-1 at x*) of :func:`sensitivities`."""
     t_fin = jnp.asarray(config.temperature_final, dtype=scen.theta.dtype)
     x_star = jnp.stack([jnp.log(sol.r), jnp.log(sol.batch)])
     act = sol.at_bound
@@ -457,12 +465,87 @@ def _sens_one(scen: Scenario, sol: Solution, config: SolverConfig, opts: ModelOp
         return jnp.where(act, x - bound, g)
 
     jx = jax.jacfwd(residual, argnums=0)(x_star, scen)  # (2, 2)
-    jp = jax.jacfwd(residual, argnums=1)(x_star, scen)  # Scenario of (2,) leaves
-    inv = jnp.linalg.inv(jx)
+    return residual, x_star, jnp.linalg.inv(jx)
+
+
+def _scalar_part(scen: Scenario):
+    """(the scenario with its scalars only, ``wrap(p, scales)`` rebuilding a full scenario with
+    the stage tables scaled, the unit scales); for an affine scenario (itself, identity, None)."""
+    tables = scen.latency.tables
+    if tables is None:
+        return scen, (lambda p, scales: p), None
+    n = len(SCALAR_FIELDS)
+
+    def wrap(p: Scenario, scales) -> Scenario:
+        return p._replace(latency=make_latency(p.latency[:n], scale_tables(tables, scales)))
+
+    ones = jnp.ones(len(TABLE_STAGES), dtype=scen.theta.dtype)
+    return scen._replace(latency=Latency(*scen.latency[:n])), wrap, ones
+
+
+def _scalar_jacobian(residual, x_star, scen: Scenario):
+    """(dF/dp for every scalar leaf p, a Scenario of (2,) leaves; dF/d scale of each table
+    stage, float[2, 3], or None). A table's knots are not differentiated one by one (NaN in
+    the Scenario): that would multiply the compiled program; a stage's time function scaled
+    as a whole is the direction the elasticities need (:func:`directions.scale_tables`)."""
+    if scen.latency.tables is None:
+        return jax.jacfwd(residual, argnums=1)(x_star, scen), None
+    scalars, wrap, ones = _scalar_part(scen)
+    jp, js = jax.jacfwd(lambda p, s: residual(x_star, wrap(p, s)), argnums=(0, 1))(scalars, ones)
+    nan = jax.tree_util.tree_map(lambda a: jnp.full((2, *a.shape), jnp.nan, a.dtype), scen)
+    return jp._replace(latency=nan.latency._replace(**jp.latency._asdict())), js
+
+
+def _log_throughput(x, scen: Scenario, rel_temperature, opts: ModelOptions):
+    r, b = _unpack(x)
+    return jnp.log(_smoothed_throughput(scen, r, b, rel_temperature, opts))
+
+
+def _scalar_dot(grad_tree: Scenario, tangents: Scenario):
+    """sum over the scalar leaves of grad (shape (..., )) times the stacked tangents (k,):
+    float[..., k]; where a tangent is 0 the leaf does not count (a NaN pair a table replaces)."""
+    n = len(SCALAR_FIELDS)
+
+    def scalars(tree):
+        return [*tree.latency[:n], *tree[1:]]
+
+    total = 0.0
+    for g, t in zip(scalars(grad_tree), scalars(tangents), strict=True):
+        t = jnp.reshape(t, (1,) * g.ndim + t.shape)  # explicit ranks (strict promotion)
+        total = total + jnp.where(t == 0, 0.0, g[..., None] * t)
+    return total
+
+
+def _along_inputs(dx, dx_scale, scen: Scenario, x_star, config: SolverConfig, opts):
+    """(d log r*/ds, d log throughput*/ds), float[k] each, along the inputs of
+    :data:`directions.INPUTS`: the scalar sensitivities ``dx`` (log coordinates) dotted with
+    each tangent, plus the table-scale ones ``dx_scale`` for a stage given as a table; the
+    throughput's total derivative ``d_p ln thr . t + d_x ln thr . dx*/ds``."""
+    tangents = input_tangents(scen)
+    t_fin = jnp.asarray(config.temperature_final, dtype=x_star.dtype)
+    scalars, wrap, ones = _scalar_part(scen)
+    gx, gp, gs = jax.grad(
+        lambda x, p, s: _log_throughput(x, wrap(p, s), t_fin, opts), argnums=(0, 1, 2)
+    )(x_star, scalars, ones)
+    move = _scalar_dot(dx, tangents)  # (2, k)
+    d_thr = _scalar_dot(gp, tangents)  # (k,)
+    if dx_scale is not None:
+        for i, stage in STAGE_INPUTS:
+            if getattr(scen.latency.tables, stage) is not None:
+                j = TABLE_STAGES.index(stage)
+                move = move.at[:, i].add(dx_scale[:, j])
+                d_thr = d_thr.at[i].add(gs[j])
+    return move[0], d_thr + gx @ move
+
+
+def _sens_one(scen: Scenario, sol: Solution, config: SolverConfig, opts: ModelOptions):
+    residual, x_star, inv = _stationarity(scen, sol, config, opts)
+    jp, js = _scalar_jacobian(residual, x_star, scen)  # Scenario of (2,) leaves; (2, 3)
     dx = jax.tree_util.tree_map(lambda leaf: -(inv @ leaf), jp)
     r_sens = jax.tree_util.tree_map(lambda d: sol.r * d[0], dx)
     b_sens = jax.tree_util.tree_map(lambda d: sol.batch * d[1], dx)
-    return r_sens, b_sens
+    dx_scale = None if js is None else -(inv @ js)
+    return r_sens, b_sens, _along_inputs(dx, dx_scale, scen, x_star, config, opts)
 
 
 _sens_batched_jit = jax.jit(jax.vmap(_sens_one, in_axes=(0, 0, None, None)), static_argnums=(2, 3))
@@ -474,8 +557,9 @@ def sensitivities(
     config: SolverConfig = DEFAULT_CONFIG,
     opts: ModelOptions = DEFAULT_OPTIONS,
 ) -> tuple[Scenario, Scenario]:
-    """``(dr*/dp, dB*/dp)`` for every leaf p of the scenario, as two :class:`Scenario` pytrees
-    (same structure; scalars for one scenario).
+    """``(dr*/dp, dB*/dp)`` for every scalar leaf p of the scenario, as two :class:`Scenario`
+    pytrees (same structure; scalars for one scenario; the knots of table stages are NaN: the
+    derivatives along directions that scale a table are :func:`input_derivatives`').
 
     Implicit function theorem on ``F(x, p) = 0`` with ``F_i = dJ_T/dx_i`` on free coordinates
     and ``F_i = x_i - log(bound_i(p))`` on coordinates at an active bound:
@@ -483,6 +567,22 @@ def sensitivities(
     and r reacts through the cross term). ``dr*/dp = r* dx_r/dp``, ``dB*/dp = B* dx_B/dp``.
     Valid at a converged, non-degenerate optimum of the final smoothed problem.
     """
+    return _derivatives(scen, sol, config, opts)[:2]
+
+
+def input_derivatives(
+    scen: Scenario,
+    sol: Solution,
+    config: SolverConfig = DEFAULT_CONFIG,
+    opts: ModelOptions = DEFAULT_OPTIONS,
+):
+    """``(d ln r*/d ln p, d ln throughput*/d ln p)`` (float[k] each) for the inputs of
+    :data:`afd_jax.studies.directions.INPUTS`, in order: the elasticities, computed with the
+    sensitivities by one compiled program (:func:`afd_jax.studies.elasticity.elasticities`)."""
+    return _derivatives(scen, sol, config, opts)[2]
+
+
+def _derivatives(scen: Scenario, sol: Solution, config: SolverConfig, opts: ModelOptions):
     one = jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], (scen, sol))
     out = _run_padded(_sens_batched_jit, one, config, opts)
     return jax.tree_util.tree_map(lambda a: a[0], out)
