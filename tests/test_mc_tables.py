@@ -78,9 +78,7 @@ def assert_float32_rounding(hi, lo, bins_per_log):
 # ------------------------------------------------------------- steps window: three kernels
 
 
-# B = 16, r_max = 12, 256 steps x 2 replications: the shapes of
-# test_table_latency.py::test_affine_as_table_provision_and_monte_carlo (its float32 barrier
-# program is shared in a full run)
+# B = 16, r_max = 12, 256 steps x 2 replications: small, so that compilation dominates
 STEPS_KW = dict(steps=256, replications=2, seed=3)
 
 
