@@ -96,7 +96,7 @@ class DeviceMesh:
         return jax.device_put(x, self.sharded)
 
 
-def float_dtype():
+def _default_float():
     """The JAX default float: float64 under x64, float32 otherwise."""
     return jnp.zeros(()).dtype
 
@@ -269,7 +269,7 @@ class Evaluator:
         return res
 
     def _analytic(self, sl: slice) -> dict:
-        p, dt = self.plan, float_dtype()
+        p, dt = self.plan, _default_float()
         n = sl.stop - sl.start
         idx = padded_index(sl.start, sl.stop, self.padded)
         put = self.dev.put
