@@ -38,11 +38,15 @@ class SegmentParams(NamedTuple):
     """Traced arguments of a steps-window segment: the sampler pytree and ``t0`` (int32, the
     absolute step of the segment's first step). ``batch``: None, or (int32) the real slots per
     worker of a state padded along B to a shape bucket (the fast kernel; padded slots carry no
-    load)."""
+    load). ``workers``: None, or (int32) ``(first, total)``: the state holds the workers
+    ``first .. first + r - 1`` of a bundle of ``total`` workers (one replication whose workers
+    are split over devices; the fast kernel draws every slot's requests by its index in the
+    whole bundle, so the split does not change them)."""
 
     sampler: Any
     t0: jax.Array
     batch: jax.Array | None = None
+    workers: tuple | None = None
 
 
 class SegmentInfo(NamedTuple):

@@ -22,7 +22,8 @@ Pure and un-jitted. No imports from afd_jax.
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -117,22 +118,98 @@ def _slot_words(key_stream, slot_ids):
     return jr.key_data(slot_keys)[:, :2].astype(jnp.uint32)
 
 
-def _slot_layout(shape, real_batch):
+def _slot_layout(shape, real_batch, workers=None):
     """(slot index i of every slot int32[S], real bool[S] or None) of an (r_max, B) layout
     whose first ``real_batch`` slots per worker are real (None: all). Real slot (j, b) has the
-    index j * real_batch + b, as in the unpadded layout; padded ones come after all of those."""
+    index j * real_batch + b, as in the unpadded layout; padded ones come after all of those.
+    ``workers``: None, or (first, total) when the layout holds workers ``first ..`` of a
+    bundle of ``total`` (traced int32): j is then the worker's index in the bundle."""
     r_max, batch = shape
-    if real_batch is None:
-        return jnp.arange(r_max * batch, dtype=jnp.int32), None
-    j = jnp.arange(r_max, dtype=jnp.int32)[:, None]
+    first, total = (0, r_max) if workers is None else workers
+    j = first + jnp.arange(r_max, dtype=jnp.int32)[:, None]
     b = jnp.arange(batch, dtype=jnp.int32)[None, :]
+    if real_batch is None:
+        return (j * batch + b).reshape(-1), None
     real = jnp.broadcast_to(b < real_batch, shape)
-    ids = jnp.where(real, j * real_batch + b, jnp.int32(r_max * batch) + j * batch + b)
-    return ids.reshape(-1), real.reshape(-1)
+    ids = jnp.where(real, j * real_batch + b, total * batch + j * batch + b)
+    return ids.astype(jnp.int32).reshape(-1), real.reshape(-1)
+
+
+class _Slots(NamedTuple):
+    """Per-slot constants of the request scan: each slot's worker ``rows``, ``real`` (bool, or
+    None: all real) and the sampler's draw constants ``consts`` (alias tables: the Threefry
+    key words and the first request number; else ())."""
+
+    rows: jax.Array
+    real: jax.Array | None
+    consts: tuple
+
+
+def _request_scan(slots: _Slots, carry, xs, *, draw, length: int, r_max: int):
+    """The renewal scan of :func:`fast_segment` over the requests ``xs`` (leading axis) of
+    every slot of ``slots``: returns the carry (end and change of the last request, the request
+    active at local time L, requests ended, the difference array, the draw state)."""
+
+    def body(carry, x):
+        end_prev, c_prev, act_p, act_d, act_s, n_ended, diff, extra = carry
+        p, d, extra = draw(slots.consts, extra, x)
+        start = end_prev
+        end = start + d
+        c = p - start if slots.real is None else jnp.where(slots.real, p - start, 0)
+        active = (start <= length) & (end > length)
+        # slot constant c_0 from t = 0 (base below), then c_k - c_{k-1} from the start of
+        # request k; starts at or beyond L land in the spare row L
+        flat = jnp.minimum(start, length) * jnp.int32(r_max) + slots.rows
+        diff = diff.at[flat].add(c - c_prev, mode="promise_in_bounds")
+        carry = (
+            end,
+            c,
+            jnp.where(active, p, act_p),
+            jnp.where(active, d, act_d),
+            jnp.where(active, start, act_s),
+            n_ended + (end <= length).astype(jnp.int32),
+            diff,
+            extra,
+        )
+        return carry, None
+
+    return jax.lax.scan(body, carry, xs)[0]
+
+
+def _tail(scan, slots: _Slots, carry, xs, *, length: int, cap: int):
+    """The remaining requests ``xs`` of the slots whose requests so far end within the
+    segment, gathered into ``cap`` lanes (static): the other slots would only add their
+    requests beyond L to the spare row. Entries past the count are copies of slot 0 that add
+    zeros and are not written back; when more than ``cap`` slots need requests, the rest stay
+    uncovered and the driver reruns the segment with a larger K."""
+    end_prev = carry[0]
+    n_slots = end_prev.shape[0]
+    need = end_prev <= length
+    (idx,) = jnp.nonzero(need, size=cap, fill_value=0)
+    ok = jnp.arange(cap) < need.sum()
+    take = partial(jax.tree_util.tree_map, lambda x: x[idx])
+    real = ok if slots.real is None else ok & slots.real[idx]
+    sub = _Slots(slots.rows[idx], real, take(slots.consts))
+    part = (*take(carry[:6]), carry[6], take(carry[7]))
+    part = (part[0], jnp.where(ok, part[1], 0), *part[2:])  # lanes past the count add zeros
+    per_slot = partial(jax.tree_util.tree_map, lambda x: x[:, idx] if x.ndim == 2 else x)
+    part = scan(sub, part, per_slot(xs))  # request numbers [K] or requests [K, slots]
+    dest = jnp.where(ok, idx, n_slots)
+    pairs = zip(carry[:6], part[:6], strict=True)
+    out = [full.at[dest].set(new, mode="drop") for full, new in pairs]
+    return (*out, part[6], carry[7])
 
 
 def fast_segment(
-    key_stream, state: SlotState, sampler, *, length: int, n_requests: int, real_batch=None
+    key_stream,
+    state: SlotState,
+    sampler,
+    *,
+    length: int,
+    n_requests: int,
+    n_bulk: int | None = None,
+    real_batch=None,
+    workers=None,
 ):
     """Run the next ``length`` steps with K = ``n_requests`` fresh requests per slot (static).
 
@@ -151,14 +228,20 @@ def fast_segment(
     :class:`AliasSampler` the Threefry bits of request k + 1 are computed in step k and
     carried (the loop state is materialised, so XLA does not recompute the hash inside each
     table gather); other samplers take their requests from :func:`fresh_requests`.
+    ``n_bulk`` (static): None, or run only the first ``n_bulk`` requests over all slots and the
+    remaining K - ``n_bulk`` over the few slots still short of L, gathered (:func:`_tail`;
+    the same numbers, less work: K must cover the slot that needs most requests, the typical
+    slot needs far fewer).
     ``real_batch``: None, or (traced int32) the real slots per worker when B is padded to a
     shape bucket: the real slots draw the unpadded layout's requests, the padded ones add no
-    load (their changes are scattered as zeros).
+    load (their changes are scattered as zeros). ``workers``: None, or (first, total) traced
+    int32 when ``state`` holds a slice of a bundle's workers (:func:`_slot_layout`): the slots
+    draw the requests they draw in the whole bundle.
     """
     r_max, batch = state.prompt.shape
     n_slots = r_max * batch
     rows = jnp.repeat(jnp.arange(r_max, dtype=jnp.int32), batch)  # worker of each slot
-    slot_ids, real = _slot_layout((r_max, batch), real_batch)
+    slot_ids, real = _slot_layout((r_max, batch), real_batch, workers)
     cur_p, cur_d, cur_age = (x.reshape(n_slots) for x in state[:3])
     rem0 = cur_d - cur_age  # steps left of the current request, >= 1
     still = rem0 > length  # the current request is still active at local time L
@@ -167,52 +250,37 @@ def fast_segment(
 
     if isinstance(sampler, AliasSampler):
         words = _slot_words(key_stream, slot_ids)
-        k0, k1 = words[:, 0], words[:, 1]
-        zero = jnp.zeros_like(k0)
         n0 = state.drawn.reshape(n_slots).astype(jnp.uint32)
+        consts = (words[:, 0], words[:, 1], n0)
 
-        def draw(bits, k):  # request k from its carried bits; bits of request k + 1
+        def draw(consts, bits, k):  # request k from its carried bits; bits of request k + 1
+            k0, k1, n0 = consts
             p, d = alias_requests_from_bits(sampler, *bits)
-            return p, d, threefry2x32(k0, k1, n0 + (k + jnp.uint32(1)), zero)
+            return p, d, threefry2x32(k0, k1, n0 + (k + jnp.uint32(1)), jnp.zeros_like(k0))
 
-        extra0 = threefry2x32(k0, k1, n0, zero)
+        extra0 = threefry2x32(consts[0], consts[1], n0, jnp.zeros_like(n0))
         xs = jnp.arange(n_requests, dtype=jnp.uint32)
     else:
         p_new, d_new = fresh_requests(key_stream, state.drawn, sampler, n_requests, slot_ids)
+        consts = ()
 
-        def draw(extra, pd):
+        def draw(consts, extra, pd):
             return pd[0], pd[1], extra
 
         extra0 = ()
         xs = (p_new.reshape(n_requests, n_slots), d_new.reshape(n_requests, n_slots))
 
-    def body(carry, x):
-        end_prev, c_prev, act_p, act_d, act_s, n_ended, diff, extra = carry
-        p, d, extra = draw(extra, x)
-        start = end_prev
-        end = start + d
-        c = p - start if real is None else jnp.where(real, p - start, 0)
-        active = (start <= length) & (end > length)
-        # slot constant c_0 from t = 0 (base below), then c_k - c_{k-1} from the start of
-        # request k; starts at or beyond L land in the spare row L
-        flat = jnp.minimum(start, length) * jnp.int32(r_max) + rows
-        diff = diff.at[flat].add(c - c_prev, mode="promise_in_bounds")
-        carry = (
-            end,
-            c,
-            jnp.where(active, p, act_p),
-            jnp.where(active, d, act_d),
-            jnp.where(active, start, act_s),
-            n_ended + (end <= length).astype(jnp.int32),
-            diff,
-            extra,
-        )
-        return carry, None
-
     diff0 = jnp.zeros(((length + 1) * r_max,), jnp.int32)
     ended0 = jnp.where(still, 0, 1).astype(jnp.int32)
-    init = (rem0, c0, cur_p, cur_d, -cur_age, ended0, diff0, extra0)
-    carry, _ = jax.lax.scan(body, init, xs)
+    carry = (rem0, c0, cur_p, cur_d, -cur_age, ended0, diff0, extra0)
+    slots = _Slots(rows, real, consts)
+    scan = partial(_request_scan, draw=draw, length=length, r_max=r_max)
+    bulk = n_requests if n_bulk is None else min(n_bulk, n_requests)
+    carry = scan(slots, carry, jax.tree_util.tree_map(lambda x: x[:bulk], xs))
+    if bulk < n_requests:  # the few slots not yet covered run the remaining requests
+        tail = jax.tree_util.tree_map(lambda x: x[bulk:], xs)
+        cap = min(n_slots, max(256, n_slots // 16))
+        carry = _tail(scan, slots, carry, tail, length=length, cap=cap)
     end_k, _, act_p, act_d, act_s, n_ended, diff, _ = carry
     covered = jnp.all(end_k > length)
 
@@ -233,16 +301,20 @@ def fast_segment(
 
 
 @cache
-def fast_kernel(shape: tuple, init: str, length: int, n_requests: int) -> Kernel:
+def fast_kernel(
+    shape: tuple, init: str, length: int, n_requests: int, n_bulk: int | None = None
+) -> Kernel:
     """The fast renewal kernel under the contract of :mod:`kernels.contract`: the initial state
     of :func:`kernels.trajectory.init_slots`, ``segment`` = :func:`fast_segment` (the next
-    ``length`` steps, K = ``n_requests`` fresh requests per slot); ``enlarge()`` doubles K."""
+    ``length`` steps, K = ``n_requests`` fresh requests per slot, the first ``n_bulk`` of them
+    over all slots); ``enlarge()`` doubles K over all slots."""
 
     def init_fn(key, params):
         return init_slots(key, params.sampler, shape, init)
 
     def segment(key_stream, state, params):
-        kw = dict(length=length, n_requests=n_requests, real_batch=params.batch)
+        kw = dict(length=length, n_requests=n_requests, n_bulk=n_bulk)
+        kw.update(real_batch=params.batch, workers=params.workers)
         state, loads, covered = fast_segment(key_stream, state, params.sampler, **kw)
         return state, SegmentInfo(loads, covered)
 

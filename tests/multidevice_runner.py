@@ -1,6 +1,6 @@
 """Run by tests/test_multidevice.py in a subprocess (the device count is fixed at JAX start):
-small simulate runs (the fast kernel: the replication path the trajectory kernel shares; the
-barrier kernel: blocks of snapshots) and a pool_simulate run, printed as one JSON object.
+small simulate runs (the fast kernel: the replication path the trajectory kernel shares, and
+one replication split over the devices by workers; the barrier kernel: blocks of snapshots) and a pool_simulate run, printed as one JSON object.
 
     python tests/multidevice_runner.py            # one process, every run
     python tests/multidevice_runner.py ADDR N I   # process I of N, jax.distributed at ADDR:
@@ -30,6 +30,10 @@ def runs(names=("fast", "barrier", "pool")) -> dict:
     make = {
         "fast": lambda: simulate(
             s, lat, 4, 8, kernel="fast", steps=600, warmup=100, replications=3, **kw
+        ),
+        # one replication: its workers are split over the devices (spine.segment_split)
+        "fast1": lambda: simulate(
+            s, lat, 3, 8, kernel="fast", steps=700, warmup=100, replications=1, **kw
         ),
         "barrier": lambda: simulate(
             s, lat, 4, 8, kernel="barrier", steps=300, replications=2, **kw

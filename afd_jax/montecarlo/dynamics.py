@@ -51,11 +51,10 @@ from afd_jax.montecarlo.spine import (
     attn_grid,
     device_name,
     float_dtype,
-    init_chunk,
-    rep_keys,
     replication_chunks,
     rng_mode,
     run_chunks,
+    start_chunk,
     window_mask,
 )
 
@@ -438,10 +437,8 @@ def run_dynamics(sampler, max_load: int, lat: Latency, drun: DynRun, bar: Progre
     acc = _Acc(run.replications, run.r_max)
 
     def start(c: Chunk):
-        reps_j = jnp.asarray(c.rows, jnp.int32)
-        params = SegmentParams(sampler, jnp.int32(0))
-        states = init_chunk(rep_keys(base, reps_j, 0), params, kernel=kernel)
-        return rep_keys(base, reps_j, 1), states
+        params = SegmentParams(sampler, np.int32(0))
+        return start_chunk(base, np.asarray(c.rows, np.int32), params, kernel=kernel)
 
     def advance(c: Chunk, t0, state):
         keys, states = state

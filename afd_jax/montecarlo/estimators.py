@@ -66,15 +66,18 @@ def _quantiles(flat: np.ndarray, log_lo: float, inv_w: float, qs) -> np.ndarray:
     """float64[n, len(qs)] from n histograms [n, n_bins], vectorised over the histograms (the
     host cost of a short run must not grow with r_max): bin j is the first whose cumulative
     count reaches q * total, interpolated linearly inside it."""
-    c = np.cumsum(flat.astype(np.float64), axis=1)
-    total = c[:, -1]
+    # integer prefix sums, kept integer (exact; the float64 values below equal those of a
+    # float64 cumsum of the counts, < 2**53): no float64 copy of the whole histogram, which
+    # made this the largest host cost of a short run
+    c = np.cumsum(flat, axis=1, dtype=np.int64)
+    total = c[:, -1].astype(np.float64)
     rows = np.arange(c.shape[0])
     out = np.full((c.shape[0], len(qs)), np.nan)
     for i, q in enumerate(qs):
         target = q * total
         j = np.minimum((c < target[:, None]).sum(axis=1), c.shape[1] - 1)
-        prev = np.where(j > 0, c[rows, np.maximum(j - 1, 0)], 0.0)
-        frac = (target - prev) / np.maximum(c[rows, j] - prev, 1.0)
+        prev = np.where(j > 0, c[rows, np.maximum(j - 1, 0)].astype(np.float64), 0.0)
+        frac = (target - prev) / np.maximum(c[rows, j].astype(np.float64) - prev, 1.0)
         x = log_lo + (j + frac) / inv_w
         out[:, i] = [math.exp(v) for v in x]  # libm exp, as before (same bits)
     out[total <= 0] = np.nan

@@ -23,6 +23,8 @@ docs/model.md 1 (``P + k + load_offset``). Built with NumPy in float64, stored i
 
 from __future__ import annotations
 
+import math
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -32,7 +34,14 @@ from afd_jax.kernels.sampling import AliasSampler, TableSampler, alias_sampler, 
 from afd_jax.workload.containers import ParametricWorkload, TraceWorkload
 from afd_jax.workload.families import gaussian_corr
 
-__all__ = ["DRAW_METHODS", "as_alias", "make_sampler", "max_slot_load", "table_size"]
+__all__ = [
+    "DRAW_METHODS",
+    "as_alias",
+    "decode_moments",
+    "make_sampler",
+    "max_slot_load",
+    "table_size",
+]
 
 DRAW_METHODS = ("table", "alias")
 
@@ -128,6 +137,29 @@ def make_sampler(w, load_offset: int = 0, draw: str = "table"):
     if isinstance(w, TableSampler | AliasSampler | CopulaSampler):
         return as_alias(w) if draw == "alias" else w
     raise TypeError(f"expected a TraceWorkload or ParametricWorkload, got {type(w).__name__}")
+
+
+def decode_moments(sampler) -> tuple[float, float] | None:
+    """Mean and standard deviation of the decode length D of an :class:`AliasSampler`'s request
+    law, exactly (float64, host): column k is drawn with probability 1/n and kept with
+    probability threshold_k / 2**24, else its alias. None for other samplers."""
+    if not isinstance(sampler, AliasSampler):
+        return None
+    hit = _MOMENTS.get(id(sampler.req_table))
+    if hit is not None and hit[0] is sampler.req_table:  # the same table object: cached
+        return hit[1]
+    t = np.asarray(sampler.req_table, np.int64)
+    keep = t[:, 0] / float(1 << 24)
+    d, d_alias = t[:, 2].astype(np.float64), t[:, 4].astype(np.float64)
+    mean = float(np.mean(keep * d + (1.0 - keep) * d_alias))
+    second = float(np.mean(keep * d * d + (1.0 - keep) * d_alias * d_alias))
+    out = (mean, math.sqrt(max(second - mean * mean, 0.0)))
+    _MOMENTS.clear()  # one entry, holding its table (so its id is not reused meanwhile)
+    _MOMENTS[id(sampler.req_table)] = (sampler.req_table, out)
+    return out
+
+
+_MOMENTS: dict = {}
 
 
 def max_slot_load(source, load_offset: int = 0, given: int | None = None) -> int:

@@ -54,7 +54,7 @@ from afd_jax.model.stages import check_batch
 from afd_jax.montecarlo import estimators as E
 from afd_jax.montecarlo.dynamics import Dynamics, DynRun, simulate_dynamics
 from afd_jax.montecarlo.result import STEP_DIAGNOSTICS, MonteCarloResult
-from afd_jax.montecarlo.samplers import make_sampler, max_slot_load
+from afd_jax.montecarlo.samplers import decode_moments, make_sampler, max_slot_load
 from afd_jax.montecarlo.spine import (
     ATTN_GRID,
     Chunk,
@@ -65,12 +65,12 @@ from afd_jax.montecarlo.spine import (
     block_keys,
     device_name,
     float_dtype,
-    init_chunk,
-    rep_keys,
     replication_chunks,
     rng_mode,
     run_chunks,
     segment_chunk,
+    segment_split,
+    start_chunk,
 )
 from afd_jax.workload.containers import ParametricWorkload, TraceWorkload
 
@@ -81,7 +81,7 @@ KERNELS = ("barrier", "trajectory", "fast")
 DEFAULT_MEMORY_BUDGET = 1 << 30
 _DEFAULT_OPTS = ModelOptions()
 _TARGET_SLOT_STEPS_PER_CALL = 1 << 28  # progress granularity of the trajectory kernels
-_FAST_MAX_SEGMENT = 1 << 15
+_FAST_MAX_SEGMENT = 1 << 14  # longer: the summaries leave the cache (docs/cpu-speed.md)
 
 
 class StepsRun(NamedTuple):
@@ -368,8 +368,7 @@ def simulate(
         setup = _setup(workload_or_sampler, lat, opts, run, max_slot_load)
         t_start = time.perf_counter()
         bar = Progress(progress, f"simulate[{kernel}]")
-        # one replication of a trajectory kernel is one row: other devices would only pad
-        mesh = RowMesh(1 if kernel != "barrier" and run.replications == 1 else None)
+        mesh = _mesh(run)
         if kernel == "barrier":
             acc = _run_barrier(run, setup, bar, mesh)
         else:
@@ -378,6 +377,27 @@ def simulate(
         wall = time.perf_counter() - t_start
         res = _result(lat, run, setup, acc, wall)
         return dataclasses.replace(res, devices=mesh.n, processes=mesh.processes)
+
+
+def _mesh(run: StepsRun) -> RowMesh:
+    """Replications over every device; one replication of the fast kernel on CPU in a single
+    process has its workers split over the devices (:func:`~afd_jax.montecarlo.spine.
+    segment_split`, when they divide the padded worker count: both cores work on it, the
+    numbers are the same); otherwise one replication is one row on one device (the
+    trajectory kernel's draws depend on the array shape)."""
+    if run.kernel == "barrier" or run.replications > 1:
+        return RowMesh()
+    workers = bucket_size(run.r_max) if run.shape_buckets else run.r_max
+    n_local = jax.local_device_count()
+    if (
+        run.kernel == "fast"
+        and jax.default_backend() == "cpu"
+        and jax.process_count() == 1
+        and n_local > 1
+        and workers % n_local == 0
+    ):
+        return RowMesh(split=True)
+    return RowMesh(1)
 
 
 def _simulate_dynamics(source, lat, run: StepsRun, opts, dynamics, given, progress):
@@ -462,11 +482,11 @@ def _shapes(run: StepsRun, setup: StepsSetup, plan) -> _Shapes:
         kernel = trajectory_kernel(exact, run.init, plan.length)
         return _Shapes(kernel, kernel, setup.model, None, run.batch)
     if not run.shape_buckets:
-        kernel = fast_kernel(exact, run.init, plan.length, plan.n_requests)
+        kernel = fast_kernel(exact, run.init, plan.length, plan.n_requests, plan.n_bulk)
         return _Shapes(kernel, kernel, setup.model, None, run.batch)
     shape = (bucket_size(run.r_max), bucket_size(run.batch))
-    kernel = fast_kernel(shape, run.init, plan.length, plan.n_requests)
-    pad = partial(jnp.pad, pad_width=(0, shape[0] - run.r_max), mode="edge")
+    kernel = fast_kernel(shape, run.init, plan.length, plan.n_requests, plan.n_bulk)
+    pad = partial(np.pad, pad_width=(0, shape[0] - run.r_max), mode="edge")  # host: no eager op
     model = setup.model._replace(other=pad(setup.model.other), t_ffn=pad(setup.model.t_ffn))
     return _Shapes(kernel, padded_init(shape, run.init, exact), model, exact, shape[1])
 
@@ -477,11 +497,13 @@ def _real_workers(sums, r_max: int):
     return sums._replace(hist=sums.hist[:r_max], **cut)
 
 
-def _fast_requests(length: int, mean_d: float, sd_d: float) -> int:
-    """Fresh requests per slot that cover ``length`` steps with a wide margin."""
+def _fast_requests(length: int, mean_d: float, sd_d: float, sigmas: float = 5.0) -> int:
+    """Fresh requests per slot that cover ``length`` steps with a margin of ``sigmas``
+    standard deviations of the renewal count (5: every slot of a large bundle; 2: the bulk
+    of the slots, the rest run the remaining requests gathered)."""
     m = max(mean_d, 1.0)
     n = length / m
-    k = int(math.ceil(n + 5.0 * (sd_d / m) * math.sqrt(n + 1.0) + 4.0))
+    k = int(math.ceil(n + sigmas * (sd_d / m) * math.sqrt(n + 1.0) + 4.0))
     # round up to 8 values per octave (<= 12.5 % extra work, few distinct shapes to compile)
     step = 1 << max(0, (k - 1).bit_length() - 4)
     return max(8, -(-k // step) * step)
@@ -500,6 +522,7 @@ class _Plan(NamedTuple):
     length: int
     reps_per_call: int
     n_requests: int
+    n_bulk: int | None = None
 
 
 def _segment_length(run: StepsRun) -> int:
@@ -521,8 +544,10 @@ def _plan(run: StepsRun, setup: StepsSetup, devices: int = 1) -> _Plan:
     total_blocks = -(-(run.warmup + run.steps) // KB.BLOCK)
     mean_d = sd_d = 0.0
     if run.kernel == "fast":
-        md, sd = _pilot_decode(jr.key(12345), setup.sampler, n=1 << 16)
-        mean_d, sd_d = float(md), float(sd)
+        moments = decode_moments(setup.sampler)  # exact for alias tables (trace workloads)
+        if moments is None:
+            moments = _pilot_decode(jr.key(12345), setup.sampler, n=1 << 16)
+        mean_d, sd_d = map(float, moments)
 
     def mem_per_rep(length):
         stats = length * run.r_max * 4 * 24
@@ -550,8 +575,10 @@ def _plan(run: StepsRun, setup: StepsSetup, devices: int = 1) -> _Plan:
         chunk = _balanced(run.replications, most, devices)
     else:
         chunk = _balanced(run.replications, run.budget // mem_per_rep(length), devices)
-    n_req = _fast_requests(length, mean_d, sd_d) if run.kernel == "fast" else 0
-    return _Plan(length, chunk, n_req)
+    if run.kernel != "fast":
+        return _Plan(length, chunk, 0)
+    n_req = _fast_requests(length, mean_d, sd_d)
+    return _Plan(length, chunk, n_req, _fast_requests(length, mean_d, sd_d, sigmas=2.0))
 
 
 def _balanced(replications: int, most: int, devices: int = 1) -> int:
@@ -566,32 +593,37 @@ def _balanced(replications: int, most: int, devices: int = 1) -> int:
 def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh):
     """Replications in chunks, each stepped segment by segment; the fast kernel's segment is
     redone with a larger K (``kernel.enlarge()``) when its requests fall short."""
-    plan = _plan(run, setup, mesh.n)
+    plan = _plan(run, setup, 1 if mesh.split else mesh.n)
     total = run.warmup + run.steps
     kernel, init_kernel, model, real, batch = _shapes(run, setup, plan)
     current = [kernel]  # the fast kernel's K only grows
     acc = StepAccumulator(run.replications, run.r_max, keep_blocks=run.replications == 1)
-    chunk = mesh.round_up(plan.reps_per_call)
+    chunk = 1 if mesh.split else mesh.round_up(plan.reps_per_call)
+    sampler, model, hist, base = mesh.replicate((setup.sampler, model, setup.hist, setup.base))
 
     def start(c: Chunk):
-        reps_j = mesh.put(c.rows.astype(np.int32))
-        params = SegmentParams(setup.sampler, jnp.int32(0))
-        states = init_chunk(rep_keys(setup.base, reps_j, 0), params, kernel=init_kernel)
-        return rep_keys(setup.base, reps_j, 1), states
+        params = SegmentParams(sampler, np.int32(0))
+        return start_chunk(base, mesh.put(c.rows.astype(np.int32)), params, kernel=init_kernel)
 
     def advance(c: Chunk, t0, state):
         k_stream, states = state
-        params = SegmentParams(setup.sampler, jnp.int32(t0))
+        # host scalars (np.int32): no eager device op per argument
+        params = SegmentParams(sampler, np.int32(t0))
         t_end = mesh.put(np.full((chunk,), total, np.int32))
-        window = Window(jnp.int32(t0), jnp.int32(run.warmup), t_end, jnp.int32(c.n_real))
+        window = Window(np.int32(t0), np.int32(run.warmup), t_end, np.int32(c.n_real))
         if real is not None:
-            params = params._replace(batch=jnp.int32(run.batch))
-            window = window._replace(real=(jnp.int32(run.r_max), jnp.int32(run.batch)))
+            params = params._replace(batch=np.int32(run.batch))
+            window = window._replace(real=(np.int32(run.r_max), np.int32(run.batch)))
         while True:
-            kw = dict(kernel=current[0], batch=batch, serial=run.serial, groups=mesh.n)
-            new, sums, covered = segment_chunk(
-                k_stream, states, params, window, model, setup.hist, **kw
-            )
+            kw = dict(kernel=current[0], batch=batch, serial=run.serial)
+            if mesh.split:
+                new, sums, covered = segment_split(
+                    k_stream, states, params, window, model, hist, mesh=mesh.mesh, **kw
+                )
+            else:
+                new, sums, covered = segment_chunk(
+                    k_stream, states, params, window, model, hist, groups=mesh.n, **kw
+                )
             if current[0].enlarge is None or bool(covered):
                 return (k_stream, new), _real_workers(mesh.fetch(sums), run.r_max)
             current[0] = current[0].enlarge()

@@ -9,7 +9,7 @@ chunk function, :func:`segment_chunk` (vmap of ``kernel.segment`` over the chunk
 float32 block sums, ``afd_jax.kernels.barrier.summarise_rows``); a new kernel or policy plugs
 in by building a :class:`~afd_jax.kernels.contract.Kernel`, without a new driver.
 
-Keys: ``fold_in(fold_in(key(seed), replication), tag)`` (:func:`rep_keys`), or per block of
+Keys: ``fold_in(fold_in(key(seed), replication), tag)`` (:func:`start_chunk`), or per block of
 snapshots ``fold_in(fold_in(key(seed), replication), block)`` (:func:`block_keys`), so results do
 not depend on how work is chunked.
 
@@ -38,7 +38,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from afd_jax.errors import InputError
-from afd_jax.kernels.barrier import summarise_rows
+from afd_jax.kernels.barrier import BLOCK, StepSums, summarise_rows
 from afd_jax.kernels.step import AttnGrid
 from afd_jax.model import latency as L
 from afd_jax.model.latency import Latency
@@ -144,9 +144,15 @@ def window_mask(window: Window, rows: int, length: int):
 
 
 @partial(jax.jit, static_argnames=("kernel",))
-def init_chunk(keys, params, *, kernel):
-    """``kernel.init`` for every row of a chunk (keys [rows])."""
-    return jax.vmap(lambda k: kernel.init(k, params))(keys)
+def start_chunk(base, reps, params, *, kernel):
+    """The start of a chunk of replications ``reps`` in one call: ``(stream keys, states)``,
+    the states ``kernel.init`` from the keys ``fold_in(fold_in(base, rep), 0)`` and the stream
+    keys ``fold_in(fold_in(base, rep), 1)`` (what the segments draw from)."""
+
+    def keys(tag):
+        return jax.vmap(lambda i: jr.fold_in(jr.fold_in(base, i), tag))(reps)
+
+    return keys(1), jax.vmap(lambda k: kernel.init(k, params))(keys(0))
 
 
 @partial(jax.jit, static_argnames=("kernel", "batch", "serial", "groups"))
@@ -164,6 +170,62 @@ def segment_chunk(
     return states, sums, jnp.all(info.covered)
 
 
+@partial(jax.jit, static_argnames=("kernel", "batch", "serial", "mesh"))
+def segment_split(
+    keys, states, params, window: Window, model, hist, *, kernel, batch, serial, mesh
+):
+    """:func:`segment_chunk` of a chunk of ONE row whose workers are split over the devices
+    of ``mesh`` (axis ``"rows"``; the states' worker axis sharded over it, everything else
+    replicated): each device runs ``kernel.segment`` on its workers (with
+    ``params.workers``, so every slot draws the requests it draws unsplit), the worker loads
+    are exchanged so that each device holds all workers for a slice of whole blocks of steps
+    (``all_to_all``), and each device summarises its blocks. The block sums are tree sums
+    within a block and the histogram is integer, so the results are bit-identical to
+    :func:`segment_chunk` of the same row; both cores work on a single replication."""
+    n_dev = mesh.devices.size
+    length = None
+
+    def body(keys, states, params, window, model, hist):
+        nonlocal length
+        dev = jax.lax.axis_index("rows")
+        r_loc = states.prompt.shape[1]
+        workers = (dev * r_loc, jnp.int32(r_loc * n_dev))
+        state = jax.tree_util.tree_map(lambda x: x[0], states)
+        state, info = kernel.segment(keys[0], state, params._replace(workers=workers))
+        length = info.loads.shape[0]
+        span = -(-length // (n_dev * BLOCK)) * BLOCK  # whole blocks of steps per device
+        loads = jnp.pad(info.loads, ((0, span * n_dev - length), (0, 0)))
+        loads = jax.lax.all_to_all(loads, "rows", 0, 1, tiled=True)  # [span, r_max]
+        valid = window_mask(window, 1, span * n_dev) & (jnp.arange(span * n_dev) < length)
+        valid = jax.lax.dynamic_slice_in_dim(valid, dev * span, span, axis=1)
+        kw = dict(batch=batch, serial=serial, n_bins=N_BINS, real=window.real)
+        sums = summarise_rows(loads[None], valid, model, hist, **kw)
+        sums = sums._replace(hist=jax.lax.psum(sums.hist, "rows"))
+        covered = jax.lax.pmin(info.covered.astype(jnp.int32), "rows")
+        return jax.tree_util.tree_map(lambda x: x[None], state), sums, covered
+
+    workers = PartitionSpec(None, "rows")
+    blocks = StepSums(*([PartitionSpec(None, "rows")] * 7), PartitionSpec())
+    mapped = jax.shard_map(
+        body,
+        mesh=mesh,
+        in_specs=(
+            PartitionSpec(),
+            workers,
+            PartitionSpec(),
+            PartitionSpec(),
+            PartitionSpec(),
+            PartitionSpec(),
+        ),  # fmt: skip
+        out_specs=(workers, blocks, PartitionSpec()),
+        check_vma=False,
+    )
+    states, sums, covered = mapped(keys, states, params, window, model, hist)
+    nb = length // BLOCK
+    cut = jax.tree_util.tree_map(lambda x: x[:, :nb], sums._replace(hist=None))
+    return states, cut._replace(hist=sums.hist), covered > 0
+
+
 def _map_rows(f, groups: int, *xs):
     """``f`` over the leading (row) axis: on CPU one row after another within each of
     ``groups`` contiguous groups (one per device, ``vmap`` across them, so a sharded row axis
@@ -176,12 +238,6 @@ def _map_rows(f, groups: int, *xs):
     merge = partial(jax.tree_util.tree_map, lambda x: x.reshape((-1,) + x.shape[2:]))
     out = jax.vmap(lambda *g: jax.lax.map(lambda a: f(*a), g))(*split(xs))
     return merge(out)
-
-
-@jax.jit
-def rep_keys(base, reps, tag):
-    """Keys fold_in(fold_in(base, rep), tag) (jitted on its own: compiled once, shared)."""
-    return jax.vmap(lambda i: jr.fold_in(jr.fold_in(base, i), tag))(reps)
 
 
 @jax.jit
@@ -208,17 +264,23 @@ class RowMesh:
     """A 1-D mesh (axis ``"rows"``) over every device of the run: all processes' devices, or
     this process's inside :func:`local_devices_only`."""
 
-    def __init__(self, max_devices: int | None = None):
+    def __init__(self, max_devices: int | None = None, split: bool = False):
         """``max_devices``: in a single process, use at most that many of the local devices
-        (a run of fewer rows than devices would only compute padded rows on the others)."""
-        self.multi = jax.process_count() > 1 and not _SCOPE["local"]
+        (a run of fewer rows than devices would only compute padded rows on the others).
+        ``split``: one row whose workers are split over this process's devices
+        (:func:`segment_split`): row arrays are replicated, not split."""
+        self.multi = jax.process_count() > 1 and not _SCOPE["local"] and not split
         devs = jax.devices() if self.multi else jax.local_devices()[: max_devices or None]
         self.n = len(devs)
+        self.split = split
         self.processes = jax.process_count() if self.multi else 1
-        self.sharding = NamedSharding(Mesh(np.array(devs), ("rows",)), PartitionSpec("rows"))
+        self.mesh = Mesh(np.array(devs), ("rows",))
+        self.sharding = NamedSharding(self.mesh, PartitionSpec(None if split else "rows"))
 
     def round_up(self, rows: int) -> int:
-        """The smallest multiple of the device count >= rows (>= 1)."""
+        """The smallest multiple of the device count >= rows (>= 1); ``rows`` when split."""
+        if self.split:
+            return max(1, int(rows))
         return -(-max(1, int(rows)) // self.n) * self.n
 
     def put(self, tree):
@@ -232,6 +294,14 @@ class RowMesh:
             return jax.make_array_from_callback(x.shape, self.sharding, lambda i: x[i])
 
         return jax.tree_util.tree_map(put_one, tree)
+
+    def replicate(self, tree):
+        """Run constants (sampler, step model) on every device of a single-process mesh
+        once, instead of a copy from the first device in every call; as they are across
+        processes."""
+        if self.multi:
+            return tree
+        return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
 
     def fetch(self, tree):
         """NumPy copies of (possibly sharded) outputs, whole on every process."""
@@ -286,12 +356,12 @@ __all__ = [
     "block_keys",
     "device_name",
     "float_dtype",
-    "init_chunk",
     "local_devices_only",
-    "rep_keys",
     "replication_chunks",
     "rng_mode",
     "run_chunks",
     "segment_chunk",
+    "segment_split",
+    "start_chunk",
     "window_mask",
 ]
