@@ -1,6 +1,7 @@
 """Run by tests/test_multidevice.py in a subprocess (the device count is fixed at JAX start):
 small simulate runs (the fast kernel: the replication path the trajectory kernel shares, and
-one replication split over the devices by workers; the barrier kernel: blocks of snapshots) and a pool_simulate run, printed as one JSON object.
+one replication split over the devices by workers; the barrier kernel: blocks of snapshots)
+and a pool_simulate run, printed as one JSON object.
 
     python tests/multidevice_runner.py            # one process, every run
     python tests/multidevice_runner.py ADDR N I   # process I of N, jax.distributed at ADDR:
