@@ -32,9 +32,9 @@ def runs(names=("fast", "barrier", "pool")) -> dict:
         "fast": lambda: simulate(
             s, lat, 4, 8, kernel="fast", steps=600, warmup=100, replications=3, **kw
         ),
-        # one replication: its workers are split over the devices (spine.segment_split)
+        # one long replication: its workers are split over the devices (spine.segment_split)
         "fast1": lambda: simulate(
-            s, lat, 3, 8, kernel="fast", steps=700, warmup=100, replications=1, **kw
+            s, lat, 3, 8, kernel="fast", steps=33_000, warmup=100, replications=1, **kw
         ),
         "barrier": lambda: simulate(
             s, lat, 4, 8, kernel="barrier", steps=300, replications=2, **kw

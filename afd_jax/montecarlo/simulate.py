@@ -380,17 +380,19 @@ def simulate(
 
 
 def _mesh(run: StepsRun) -> RowMesh:
-    """Replications over every device; one replication of the fast kernel on CPU in a single
-    process has its workers split over the devices (:func:`~afd_jax.montecarlo.spine.
-    segment_split`, when they divide the padded worker count: both cores work on it, the
-    numbers are the same); otherwise one replication is one row on one device (the
-    trajectory kernel's draws depend on the array shape)."""
+    """Replications over every device. One long replication (more than two segments) of the
+    fast kernel on CPU in a single process has its workers split over the devices
+    (:func:`~afd_jax.montecarlo.spine.segment_split`, when they divide the padded worker
+    count; the numbers are the same): 1.3x faster from 33,000 steps on 2 cores, while for
+    shorter runs the exchange costs what it saves (docs/cpu-speed.md). Otherwise one
+    replication is one row on one device (XLA:CPU runs parts of it on several threads)."""
     if run.kernel == "barrier" or run.replications > 1:
         return RowMesh()
     workers = bucket_size(run.r_max) if run.shape_buckets else run.r_max
     n_local = jax.local_device_count()
     if (
         run.kernel == "fast"
+        and run.warmup + run.steps > 2 * _FAST_MAX_SEGMENT
         and jax.default_backend() == "cpu"
         and jax.process_count() == 1
         and n_local > 1
@@ -599,7 +601,8 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: Row
     current = [kernel]  # the fast kernel's K only grows
     acc = StepAccumulator(run.replications, run.r_max, keep_blocks=run.replications == 1)
     chunk = 1 if mesh.split else mesh.round_up(plan.reps_per_call)
-    sampler, model, hist, base = mesh.replicate((setup.sampler, model, setup.hist, setup.base))
+    sampler = mesh.replicate(setup.sampler, keep=True)
+    model, hist, base = mesh.replicate((model, setup.hist, setup.base))
 
     def start(c: Chunk):
         params = SegmentParams(sampler, np.int32(0))

@@ -163,11 +163,29 @@ def segment_chunk(
     ``(states, StepSums with block rows [rows, L // BLOCK], covered)``; ``covered`` False
     means rerun the segment with ``kernel.enlarge()``. ``groups``: the device count of the
     rows' mesh (the rows form that many contiguous groups, one per device)."""
-    states, info = _map_rows(lambda k, s: kernel.segment(k, s, params), groups, keys, states)
-    valid = window_mask(window, *info.loads.shape[:2])
     kw = dict(batch=batch, serial=serial, n_bins=N_BINS, real=window.real)
-    sums = summarise_rows(info.loads, valid, model, hist, **kw)
-    return states, sums, jnp.all(info.covered)
+    if jax.default_backend() != "cpu":  # one wide vmap: the work per step fills the device
+        states, info = jax.vmap(lambda k, s: kernel.segment(k, s, params))(keys, states)
+        valid = window_mask(window, *info.loads.shape[:2])
+        sums = summarise_rows(info.loads, valid, model, hist, **kw)
+        return states, sums, jnp.all(info.covered)
+
+    def row(k, s, i):  # one row's segment and its summaries, while its loads are in cache
+        s, info = kernel.segment(k, s, params)
+        valid = _row_mask(window, i, info.loads.shape[0])
+        sums = summarise_rows(info.loads[None], valid[None], model, hist, **kw)
+        drop = partial(jax.tree_util.tree_map, lambda x: x[0])
+        return s, drop(sums._replace(hist=None)), sums.hist, info.covered
+
+    index = jnp.arange(keys.shape[0], dtype=jnp.int32)
+    states, sums, counts, covered = _map_rows(row, groups, keys, states, index)
+    return states, sums._replace(hist=counts), jnp.all(covered)
+
+
+def _row_mask(window: Window, row, length: int):
+    """bool[length]: which steps of row ``row`` (traced) count (:func:`window_mask`)."""
+    t = window.t0 + jnp.arange(length, dtype=jnp.int32)
+    return (row < window.n_real) & (t >= window.warmup) & (t < window.t_end[row])
 
 
 @partial(jax.jit, static_argnames=("kernel", "batch", "serial", "mesh"))
@@ -227,17 +245,27 @@ def segment_split(
 
 
 def _map_rows(f, groups: int, *xs):
-    """``f`` over the leading (row) axis: on CPU one row after another within each of
-    ``groups`` contiguous groups (one per device, ``vmap`` across them, so a sharded row axis
-    is never looped over; each row's per-step vectors stay in cache, so the cost per slot-step
-    does not grow with the rows of a chunk), one wide ``vmap`` on accelerators. The kernels'
-    outputs are integers (``SegmentInfo.loads``), so both give the same bits."""
-    if jax.default_backend() != "cpu":
-        return jax.vmap(f)(*xs)
+    """On CPU, ``f`` (returning ``(..., counts, last)``) over the leading (row) axis, one row
+    after another within each of ``groups`` contiguous groups (one per device, ``vmap``
+    across them, so a sharded row axis is never looped over; each row's per-step vectors stay
+    in cache, so the cost per slot-step does not grow with the rows of a chunk). The integer
+    ``counts`` (histograms) are summed over the rows in the loop carry (exact in any order);
+    the other outputs are stacked per row."""
     split = partial(jax.tree_util.tree_map, lambda x: x.reshape((groups, -1) + x.shape[1:]))
     merge = partial(jax.tree_util.tree_map, lambda x: x.reshape((-1,) + x.shape[2:]))
-    out = jax.vmap(lambda *g: jax.lax.map(lambda a: f(*a), g))(*split(xs))
-    return merge(out)
+
+    def group(*g):
+        def step(total, a):
+            *out, counts, last = f(*a)
+            return total + counts, (*out, last)
+
+        first = jax.tree_util.tree_map(lambda x: x[0], g)
+        zero = jnp.zeros_like(jax.eval_shape(f, *first)[-2])
+        return jax.lax.scan(step, zero, g)
+
+    counts, out = jax.vmap(group)(*split(xs))
+    *stacked, last = merge(out)
+    return (*stacked, counts.sum(axis=0), last)
 
 
 @jax.jit
@@ -258,6 +286,9 @@ def local_devices_only():
         yield
     finally:
         _SCOPE["local"] = old
+
+
+_PLACED: dict = {}
 
 
 class RowMesh:
@@ -285,7 +316,10 @@ class RowMesh:
 
     def put(self, tree):
         """Arrays with a leading axis of ``round_up`` rows, split over the devices (every
-        process passes the same full array)."""
+        process passes the same full array). On one device: the host arrays themselves (the
+        jitted call takes them as they are, without a placement call of its own)."""
+        if self.n == 1:
+            return tree
         if not self.multi:
             return jax.device_put(tree, self.sharding)
 
@@ -295,13 +329,23 @@ class RowMesh:
 
         return jax.tree_util.tree_map(put_one, tree)
 
-    def replicate(self, tree):
+    def replicate(self, tree, keep: bool = False):
         """Run constants (sampler, step model) on every device of a single-process mesh
         once, instead of a copy from the first device in every call; as they are across
-        processes."""
-        if self.multi:
+        processes. ``keep``: remember the copy of this very tree (its first array, by
+        identity) on these devices, so that repeated runs with one sampler place it once."""
+        if self.multi or self.n == 1:
             return tree
-        return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
+        sharding = NamedSharding(self.mesh, PartitionSpec())
+        if not keep:
+            return jax.device_put(tree, sharding)
+        first = jax.tree_util.tree_leaves(tree)[0]
+        key = (id(first), tuple(d.id for d in self.mesh.devices.flat))
+        hit = _PLACED.get(key)
+        if hit is None or hit[0] is not first:
+            _PLACED.clear()  # one entry, holding its array (so its id is not reused meanwhile)
+            hit = _PLACED[key] = (first, jax.device_put(tree, sharding))
+        return hit[1]
 
     def fetch(self, tree):
         """NumPy copies of (possibly sharded) outputs, whole on every process."""
