@@ -200,6 +200,35 @@ def _tail(scan, slots: _Slots, carry, xs, *, length: int, cap: int):
     return (*out, part[6], carry[7])
 
 
+def _draws(key_stream, drawn, sampler, n_requests: int, slot_ids):
+    """How the request scan draws: ``(consts, draw, extra0, xs)`` with ``draw(consts, extra,
+    x) -> (prompt, decode, extra)``. An :class:`AliasSampler` draws request k from Threefry
+    bits carried from the step before (consts: the slot key words and first request number;
+    xs: the request numbers 0..K-1); other samplers take their requests from
+    :func:`fresh_requests` (xs: prompt and decode [K, slots])."""
+    n_slots = drawn.size
+    if isinstance(sampler, AliasSampler):
+        words = _slot_words(key_stream, slot_ids)
+        n0 = drawn.reshape(n_slots).astype(jnp.uint32)
+        consts = (words[:, 0], words[:, 1], n0)
+
+        def draw(consts, bits, k):  # request k from its carried bits; bits of request k + 1
+            k0, k1, n0 = consts
+            p, d = alias_requests_from_bits(sampler, *bits)
+            return p, d, threefry2x32(k0, k1, n0 + (k + jnp.uint32(1)), jnp.zeros_like(k0))
+
+        extra0 = threefry2x32(consts[0], consts[1], n0, jnp.zeros_like(n0))
+        return consts, draw, extra0, jnp.arange(n_requests, dtype=jnp.uint32)
+
+    p_new, d_new = fresh_requests(key_stream, drawn, sampler, n_requests, slot_ids)
+
+    def draw_given(consts, extra, pd):
+        return pd[0], pd[1], extra
+
+    xs = (p_new.reshape(n_requests, n_slots), d_new.reshape(n_requests, n_slots))
+    return (), draw_given, (), xs
+
+
 def fast_segment(
     key_stream,
     state: SlotState,
@@ -229,9 +258,10 @@ def fast_segment(
     carried (the loop state is materialised, so XLA does not recompute the hash inside each
     table gather); other samplers take their requests from :func:`fresh_requests`.
     ``n_bulk`` (static): None, or run only the first ``n_bulk`` requests over all slots and the
-    remaining K - ``n_bulk`` over the few slots still short of L, gathered (:func:`_tail`;
-    the same numbers, less work: K must cover the slot that needs most requests, the typical
-    slot needs far fewer).
+    remaining K - ``n_bulk`` over the few slots still short of L, gathered into
+    max(256, slots / 16) lanes (:func:`_tail`; the same numbers, less work: K must cover the
+    slot that needs most requests, the typical slot needs far fewer). With no more slots than
+    lanes it is ignored.
     ``real_batch``: None, or (traced int32) the real slots per worker when B is padded to a
     shape bucket: the real slots draw the unpadded layout's requests, the padded ones add no
     load (their changes are scattered as zeros). ``workers``: None, or (first, total) traced
@@ -248,38 +278,17 @@ def fast_segment(
     c0 = cur_p + cur_age  # current request: c = P - (-age); padded slots: no load
     c0 = c0 if real is None else jnp.where(real, c0, 0)
 
-    if isinstance(sampler, AliasSampler):
-        words = _slot_words(key_stream, slot_ids)
-        n0 = state.drawn.reshape(n_slots).astype(jnp.uint32)
-        consts = (words[:, 0], words[:, 1], n0)
-
-        def draw(consts, bits, k):  # request k from its carried bits; bits of request k + 1
-            k0, k1, n0 = consts
-            p, d = alias_requests_from_bits(sampler, *bits)
-            return p, d, threefry2x32(k0, k1, n0 + (k + jnp.uint32(1)), jnp.zeros_like(k0))
-
-        extra0 = threefry2x32(consts[0], consts[1], n0, jnp.zeros_like(n0))
-        xs = jnp.arange(n_requests, dtype=jnp.uint32)
-    else:
-        p_new, d_new = fresh_requests(key_stream, state.drawn, sampler, n_requests, slot_ids)
-        consts = ()
-
-        def draw(consts, extra, pd):
-            return pd[0], pd[1], extra
-
-        extra0 = ()
-        xs = (p_new.reshape(n_requests, n_slots), d_new.reshape(n_requests, n_slots))
-
+    consts, draw, extra0, xs = _draws(key_stream, state.drawn, sampler, n_requests, slot_ids)
     diff0 = jnp.zeros(((length + 1) * r_max,), jnp.int32)
     ended0 = jnp.where(still, 0, 1).astype(jnp.int32)
     carry = (rem0, c0, cur_p, cur_d, -cur_age, ended0, diff0, extra0)
     slots = _Slots(rows, real, consts)
     scan = partial(_request_scan, draw=draw, length=length, r_max=r_max)
-    bulk = n_requests if n_bulk is None else min(n_bulk, n_requests)
+    cap = max(256, n_slots // 16)  # gathered lanes; fewer slots than that: one phase
+    bulk = n_requests if n_bulk is None or cap >= n_slots else min(n_bulk, n_requests)
     carry = scan(slots, carry, jax.tree_util.tree_map(lambda x: x[:bulk], xs))
-    if bulk < n_requests:  # the few slots not yet covered run the remaining requests
+    if bulk < n_requests and cap < n_slots:  # the few slots still short run the remaining K
         tail = jax.tree_util.tree_map(lambda x: x[bulk:], xs)
-        cap = min(n_slots, max(256, n_slots // 16))
         carry = _tail(scan, slots, carry, tail, length=length, cap=cap)
     end_k, _, act_p, act_d, act_s, n_ended, diff, _ = carry
     covered = jnp.all(end_k > length)

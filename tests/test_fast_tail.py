@@ -55,10 +55,10 @@ def test_two_phase_equals_one_phase_alias():
 def test_two_phase_equals_one_phase_generic_sampler():
     """The generic path (requests drawn up front, [K, slots]) with an inverse-CDF table."""
     sampler = KS.table_sampler(PROMPT, DECODE)
-    state = init_slots(jr.key(4), sampler, (6, 8), "stationary")
+    state = init_slots(jr.key(4), sampler, (20, 16), "stationary")  # 320 slots, 256 lanes
     one = _segment(sampler, state, length=128, n_requests=24, n_bulk=None)
-    two = _segment(sampler, state, length=128, n_requests=24, n_bulk=3)
-    assert bool(one[2]) and _same(one, two)
+    two = _segment(sampler, state, length=128, n_requests=24, n_bulk=8)
+    assert bool(one[2]) and bool(two[2]) and _same(one, two)
 
 
 def test_driver_reruns_an_overflowing_segment_with_the_same_numbers(monkeypatch):

@@ -178,7 +178,8 @@ def segment_chunk(
         return s, drop(sums._replace(hist=None)), sums.hist, info.covered
 
     index = jnp.arange(keys.shape[0], dtype=jnp.int32)
-    states, sums, counts, covered = _map_rows(row, groups, keys, states, index)
+    zero = jnp.zeros((model.other.shape[0], N_BINS), jnp.int32)  # [r_max, bins] counts
+    states, sums, counts, covered = _map_rows(row, groups, zero, keys, states, index)
     return states, sums._replace(hist=counts), jnp.all(covered)
 
 
@@ -244,13 +245,13 @@ def segment_split(
     return states, cut._replace(hist=sums.hist), covered > 0
 
 
-def _map_rows(f, groups: int, *xs):
+def _map_rows(f, groups: int, zero, *xs):
     """On CPU, ``f`` (returning ``(..., counts, last)``) over the leading (row) axis, one row
     after another within each of ``groups`` contiguous groups (one per device, ``vmap``
     across them, so a sharded row axis is never looped over; each row's per-step vectors stay
     in cache, so the cost per slot-step does not grow with the rows of a chunk). The integer
-    ``counts`` (histograms) are summed over the rows in the loop carry (exact in any order);
-    the other outputs are stacked per row."""
+    ``counts`` (histograms, shaped like ``zero``) are summed over the rows in the loop carry
+    (exact in any order); the other outputs are stacked per row."""
     split = partial(jax.tree_util.tree_map, lambda x: x.reshape((groups, -1) + x.shape[1:]))
     merge = partial(jax.tree_util.tree_map, lambda x: x.reshape((-1,) + x.shape[2:]))
 
@@ -259,8 +260,6 @@ def _map_rows(f, groups: int, *xs):
             *out, counts, last = f(*a)
             return total + counts, (*out, last)
 
-        first = jax.tree_util.tree_map(lambda x: x[0], g)
-        zero = jnp.zeros_like(jax.eval_shape(f, *first)[-2])
         return jax.lax.scan(step, zero, g)
 
     counts, out = jax.vmap(group)(*split(xs))
