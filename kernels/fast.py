@@ -327,7 +327,7 @@ def fast_kernel(
         state, loads, covered = fast_segment(key_stream, state, params.sampler, **kw)
         return state, SegmentInfo(loads, covered)
 
-    def enlarge():
+    def enlarge():  # one phase from then on: a rerun must not overflow the lanes again
         return fast_kernel(shape, init, length, 2 * n_requests)
 
     return Kernel("fast", init_fn, segment, enlarge)

@@ -133,3 +133,50 @@ def test_both_windows_return_one_result_type():
         "requests": 12,
         "fraction": 0.8,
     }
+
+
+_PLACE_CHECK = """
+import numpy as np
+from afd_jax.kernels import sampling as KS
+from afd_jax.montecarlo.spine import RowMesh
+rng = np.random.default_rng(0)
+s = KS.alias_sampler(rng.integers(0, 300, 500), rng.integers(1, 60, 500), size=1024)
+s2 = s._replace(decode=s.decode + 1)  # shares the first array (prompt) with s
+mesh = RowMesh()
+a, b, c = (mesh.replicate(x, keep=True) for x in (s, s2, s2))
+assert mesh.n == 2 and c is b
+assert np.array_equal(np.asarray(a.decode), np.asarray(s.decode))
+assert np.array_equal(np.asarray(b.decode), np.asarray(s2.decode))
+print("ok")
+"""
+
+
+def test_placed_sampler_is_reused_only_for_the_same_arrays():
+    """RowMesh.replicate(keep=True) places a sampler on every device once and reuses the copy
+    only for a tree of the very same arrays (2 forced CPU devices, in a subprocess)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env["JAX_PLATFORMS"] = "cpu"
+    out = subprocess.run(
+        [sys.executable, "-c", _PLACE_CHECK], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_decode_moments_are_the_alias_table_law():
+    """Exact mean and SD of D under an alias table: the weighted trace moments (rows with
+    D = 0 dropped), to float64 round-off; None for other samplers."""
+    rng = np.random.default_rng(1)
+    p, d, w = rng.integers(0, 50, 300), rng.integers(0, 90, 300), rng.random(300)
+    s = KS.alias_sampler(p, d, w, size=512)
+    keep = d > 0
+    mean = np.average(d[keep], weights=w[keep])
+    sd = np.sqrt(np.average((d[keep] - mean) ** 2, weights=w[keep]))
+    from afd_jax.montecarlo.samplers import decode_moments
+
+    got = decode_moments(s)
+    assert abs(got[0] - mean) <= 1e-6 * mean and abs(got[1] - sd) <= 1e-5 * sd  # 2**-24 rounding
+    assert decode_moments(KS.table_sampler(p, d + 1)) is None

@@ -315,10 +315,7 @@ class RowMesh:
 
     def put(self, tree):
         """Arrays with a leading axis of ``round_up`` rows, split over the devices (every
-        process passes the same full array). On one device: the host arrays themselves (the
-        jitted call takes them as they are, without a placement call of its own)."""
-        if self.n == 1:
-            return tree
+        process passes the same full array)."""
         if not self.multi:
             return jax.device_put(tree, self.sharding)
 
@@ -331,20 +328,20 @@ class RowMesh:
     def replicate(self, tree, keep: bool = False):
         """Run constants (sampler, step model) on every device of a single-process mesh
         once, instead of a copy from the first device in every call; as they are across
-        processes. ``keep``: remember the copy of this very tree (its first array, by
-        identity) on these devices, so that repeated runs with one sampler place it once."""
+        processes. ``keep``: remember the copy of this very tree (every array the same
+        object) on these devices, so that repeated runs with one sampler place it once."""
         if self.multi or self.n == 1:
             return tree
         sharding = NamedSharding(self.mesh, PartitionSpec())
         if not keep:
             return jax.device_put(tree, sharding)
-        first = jax.tree_util.tree_leaves(tree)[0]
-        key = (id(first), tuple(d.id for d in self.mesh.devices.flat))
-        hit = _PLACED.get(key)
-        if hit is None or hit[0] is not first:
-            _PLACED.clear()  # one entry, holding its array (so its id is not reused meanwhile)
-            hit = _PLACED[key] = (first, jax.device_put(tree, sharding))
-        return hit[1]
+        leaves, devices = jax.tree_util.tree_leaves(tree), tuple(self.mesh.devices.flat)
+        hit = _PLACED.get("last")
+        same = hit is not None and hit[1] == devices and len(hit[0]) == len(leaves)
+        if not (same and all(a is b for a, b in zip(hit[0], leaves, strict=True))):
+            # one entry, holding the arrays themselves (so no id is reused meanwhile)
+            hit = _PLACED["last"] = (leaves, devices, jax.device_put(tree, sharding))
+        return hit[2]
 
     def fetch(self, tree):
         """NumPy copies of (possibly sharded) outputs, whole on every process."""
