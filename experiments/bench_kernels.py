@@ -204,6 +204,17 @@ MIN_SECONDS = 0.5
 about 50 times, a 0.5 s run ``--repeat`` times): the fastest run counts."""
 
 
+def _fastest(once, repeat):
+    """(best rate, total slot-steps) over at least ``repeat`` calls of ``once() -> (rate,
+    slot-steps)`` and at least :data:`MIN_SECONDS`."""
+    best = total = n = 0
+    t0 = time.perf_counter()
+    while n < repeat or time.perf_counter() - t0 < MIN_SECONDS:
+        rate, work = once()
+        best, total, n = max(best, rate), total + work, n + 1
+    return best, total
+
+
 def _fast_rate(w, lat, cfg, steps, reps, repeat, budget, warm=True):
     """Best slot-steps/s of the fast kernel over at least ``repeat`` runs and
     :data:`MIN_SECONDS` (compiled by a first call unless ``warm`` is False). ``w``:
@@ -214,22 +225,20 @@ def _fast_rate(w, lat, cfg, steps, reps, repeat, budget, warm=True):
     kw["max_slot_load"] = most
     if warm:
         simulate(w, lat, cfg["batch"], cfg["r_max"], seed=1, **kw)
-    best, n, t0 = 0.0, 0, time.perf_counter()
-    while n < repeat or time.perf_counter() - t0 < MIN_SECONDS:
+
+    def once():
         res = simulate(w, lat, cfg["batch"], cfg["r_max"], seed=2, **kw)
-        best, n = max(best, res.slot_steps_per_second), n + 1
-    return best, n * res.slot_steps
+        return res.slot_steps_per_second, res.slot_steps
+
+    return _fastest(once, repeat)
 
 
 def _numpy_rate(prompt, decode, lat, cfg, steps, reps, repeat):
     r_max, batch = cfg["r_max"], cfg["batch"]
     other = other_stages(lat, np.arange(1, r_max + 1), batch, ModelOptions())
     args = (prompt, decode, r_max, batch, steps, lat.alpha_attn, lat.beta_attn, other)
-    best, n, t0 = 0.0, 0, time.perf_counter()
-    while n < repeat or time.perf_counter() - t0 < MIN_SECONDS:
-        best, n = max(best, 1.0 / numpy_baseline(*args, reps=reps)[1]), n + 1
     work = r_max * batch * steps * reps
-    return work * best, n * work
+    return _fastest(lambda: (work / numpy_baseline(*args, reps=reps)[1], work), repeat)
 
 
 SCALING_REPS = (1, 8, 32, 64)

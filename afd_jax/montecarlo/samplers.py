@@ -40,6 +40,7 @@ __all__ = [
     "decode_moments",
     "make_sampler",
     "max_slot_load",
+    "reuse_for",
     "table_size",
 ]
 
@@ -145,21 +146,34 @@ def decode_moments(sampler) -> tuple[float, float] | None:
     probability threshold_k / 2**24, else its alias. None for other samplers."""
     if not isinstance(sampler, AliasSampler):
         return None
-    hit = _MOMENTS.get(id(sampler.req_table))
-    if hit is not None and hit[0] is sampler.req_table:  # the same table object: cached
-        return hit[1]
-    t = np.asarray(sampler.req_table, np.int64)
-    keep = t[:, 0] / float(1 << 24)
-    d, d_alias = t[:, 2].astype(np.float64), t[:, 4].astype(np.float64)
-    mean = float(np.mean(keep * d + (1.0 - keep) * d_alias))
-    second = float(np.mean(keep * d * d + (1.0 - keep) * d_alias * d_alias))
-    out = (mean, math.sqrt(max(second - mean * mean, 0.0)))
-    _MOMENTS.clear()  # one entry, holding its table (so its id is not reused meanwhile)
-    _MOMENTS[id(sampler.req_table)] = (sampler.req_table, out)
-    return out
+
+    def moments():
+        t = np.asarray(sampler.req_table, np.int64)
+        keep = t[:, 0] / float(1 << 24)
+        d, d_alias = t[:, 2].astype(np.float64), t[:, 4].astype(np.float64)
+        mean = float(np.mean(keep * d + (1.0 - keep) * d_alias))
+        second = float(np.mean(keep * d * d + (1.0 - keep) * d_alias * d_alias))
+        return mean, math.sqrt(max(second - mean * mean, 0.0))
+
+    return reuse_for(_MOMENTS, (sampler.req_table,), moments)
 
 
 _MOMENTS: dict = {}
+
+
+def reuse_for(store: dict, objects, make):
+    """``make()``, or what it gave last time for the very same ``objects`` (compared by
+    identity): repeated runs with one sampler compute per-sampler facts once. One entry per
+    ``store``, holding the objects themselves, so that no id is reused meanwhile."""
+    objects = tuple(objects)
+    last = store.get("last")
+    if last is None or len(last[0]) != len(objects):
+        last = None
+    elif not all(a is b for a, b in zip(last[0], objects, strict=True)):
+        last = None
+    if last is None:
+        last = store["last"] = (objects, make())
+    return last[1]
 
 
 def max_slot_load(source, load_offset: int = 0, given: int | None = None) -> int:

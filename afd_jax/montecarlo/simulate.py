@@ -600,7 +600,7 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: Row
     kernel, init_kernel, model, real, batch = _shapes(run, setup, plan)
     current = [kernel]  # the fast kernel's K only grows
     acc = StepAccumulator(run.replications, run.r_max, keep_blocks=run.replications == 1)
-    chunk = 1 if mesh.split else mesh.round_up(plan.reps_per_call)
+    chunk = mesh.round_up(plan.reps_per_call)
     sampler = mesh.replicate(setup.sampler, keep=True)
     model, hist, base = mesh.replicate((model, setup.hist, setup.base))
 

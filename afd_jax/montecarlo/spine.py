@@ -43,6 +43,7 @@ from afd_jax.kernels.step import AttnGrid
 from afd_jax.model import latency as L
 from afd_jax.model.latency import Latency
 from afd_jax.montecarlo.estimators import N_BINS
+from afd_jax.montecarlo.samplers import reuse_for
 
 PRECISIONS = ("float32", "float64")
 """Float dtypes of the kernels' step-time summaries (``precision=``): float32 is the default
@@ -308,9 +309,10 @@ class RowMesh:
         self.sharding = NamedSharding(self.mesh, PartitionSpec(None if split else "rows"))
 
     def round_up(self, rows: int) -> int:
-        """The smallest multiple of the device count >= rows (>= 1); ``rows`` when split."""
+        """The smallest multiple of the device count >= rows (>= 1); 1 when split (the split
+        mesh runs one row)."""
         if self.split:
-            return max(1, int(rows))
+            return 1
         return -(-max(1, int(rows)) // self.n) * self.n
 
     def put(self, tree):
@@ -335,13 +337,9 @@ class RowMesh:
         sharding = NamedSharding(self.mesh, PartitionSpec())
         if not keep:
             return jax.device_put(tree, sharding)
-        leaves, devices = jax.tree_util.tree_leaves(tree), tuple(self.mesh.devices.flat)
-        hit = _PLACED.get("last")
-        same = hit is not None and hit[1] == devices and len(hit[0]) == len(leaves)
-        if not (same and all(a is b for a, b in zip(hit[0], leaves, strict=True))):
-            # one entry, holding the arrays themselves (so no id is reused meanwhile)
-            hit = _PLACED["last"] = (leaves, devices, jax.device_put(tree, sharding))
-        return hit[2]
+        # the devices are objects too: a copy on other devices is not reused
+        objects = (*jax.tree_util.tree_leaves(tree), *self.mesh.devices.flat)
+        return reuse_for(_PLACED, objects, lambda: jax.device_put(tree, sharding))
 
     def fetch(self, tree):
         """NumPy copies of (possibly sharded) outputs, whole on every process."""
