@@ -386,8 +386,9 @@ def _solve_one(scen: Scenario, config: SolverConfig, opts: ModelOptions) -> Solu
     x = _adam_phase(neg, x, lo, hi, config, dt)
     t_fin = jnp.asarray(config.temperature_final, dtype=dt)
     x, k, gtol = _newton_phase(neg, x, lo, hi, t_fin, config)
-    _, pg, _, act = _projected_derivatives(neg, x, t_fin, lo, hi)
-    gn = jnp.max(jnp.abs(pg))
+    g = jax.grad(neg)(x, t_fin)
+    act = _active(x, -g, lo, hi)
+    gn = jnp.max(jnp.where(act, 0.0, jnp.abs(g)))
     r, b = _unpack(x)
     thr = _smoothed_throughput(scen, r, b, t_fin, opts)
     converged = gn <= gtol
