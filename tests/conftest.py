@@ -42,7 +42,8 @@ MAX_WORKERS = 4
 def pytest_xdist_auto_num_workers(config) -> int:
     """``-n auto`` (pyproject.toml): one pytest-xdist worker per available core, at most
     :data:`MAX_WORKERS`. The suite's time is mostly XLA compilation on one thread; every
-    worker holds its own JAX (about 1.5 GB at peak), hence the cap."""
+    worker holds its own JAX and compiled programs (the largest process reached 3.1 to 3.3 GB
+    of resident memory in a 2-worker run), hence the cap."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(MAX_WORKERS, cores or 1))
 

@@ -139,9 +139,14 @@ class Window(NamedTuple):
 
 def window_mask(window: Window, rows: int, length: int):
     """bool[rows, length]: which steps of a segment count (see :class:`Window`)."""
+    index = jnp.arange(rows, dtype=jnp.int32)
+    return jax.vmap(lambda row: _row_mask(window, row, length))(index)
+
+
+def _row_mask(window: Window, row, length: int):
+    """bool[length]: which steps of row ``row`` (traced) count (:func:`window_mask`)."""
     t = window.t0 + jnp.arange(length, dtype=jnp.int32)
-    real = jnp.arange(rows, dtype=jnp.int32) < window.n_real
-    return real[:, None] & ((t[None, :] >= window.warmup) & (t[None, :] < window.t_end[:, None]))
+    return (row < window.n_real) & (t >= window.warmup) & (t < window.t_end[row])
 
 
 @partial(jax.jit, static_argnames=("kernel",))
@@ -182,12 +187,6 @@ def segment_chunk(
     zero = jnp.zeros((model.other.shape[0], N_BINS), jnp.int32)  # [r_max, bins] counts
     states, sums, counts, covered = _map_rows(row, groups, zero, keys, states, index)
     return states, sums._replace(hist=counts), jnp.all(covered)
-
-
-def _row_mask(window: Window, row, length: int):
-    """bool[length]: which steps of row ``row`` (traced) count (:func:`window_mask`)."""
-    t = window.t0 + jnp.arange(length, dtype=jnp.int32)
-    return (row < window.n_real) & (t >= window.warmup) & (t < window.t_end[row])
 
 
 @partial(jax.jit, static_argnames=("kernel", "batch", "serial", "mesh"))

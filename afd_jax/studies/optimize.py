@@ -313,10 +313,16 @@ def _projected_derivatives(neg, x, t_fin, lo, hi):
         return g, (f, g)
 
     h, (f, g) = jax.jacfwd(vg, has_aux=True)(x)
-    act = _active(x, -g, lo, hi)
+    pg, act = _projected(g, x, lo, hi)
     free = ~act
     eye = jnp.eye(x.shape[0], dtype=x.dtype)
-    return f, jnp.where(act, 0.0, g), jnp.where(free[:, None] & free[None, :], h, eye), act
+    return f, pg, jnp.where(free[:, None] & free[None, :], h, eye), act
+
+
+def _projected(g, x, lo, hi):
+    """(gradient ``g`` of ``neg`` with the active coordinates zeroed, active mask) at x."""
+    act = _active(x, -g, lo, hi)
+    return jnp.where(act, 0.0, g), act
 
 
 def _backtrack(neg, x, step, pg, f0, accept_first, t_fin, lo, hi):
@@ -386,9 +392,8 @@ def _solve_one(scen: Scenario, config: SolverConfig, opts: ModelOptions) -> Solu
     x = _adam_phase(neg, x, lo, hi, config, dt)
     t_fin = jnp.asarray(config.temperature_final, dtype=dt)
     x, k, gtol = _newton_phase(neg, x, lo, hi, t_fin, config)
-    g = jax.grad(neg)(x, t_fin)
-    act = _active(x, -g, lo, hi)
-    gn = jnp.max(jnp.where(act, 0.0, jnp.abs(g)))
+    pg, act = _projected(jax.grad(neg)(x, t_fin), x, lo, hi)  # no Hessian needed here
+    gn = jnp.max(jnp.abs(pg))
     r, b = _unpack(x)
     thr = _smoothed_throughput(scen, r, b, t_fin, opts)
     converged = gn <= gtol
