@@ -128,6 +128,12 @@ def _parse(argv):
         "--repeat", type=int, default=3, help="timed runs per simulator (the fastest counts)"
     )
     ap.add_argument(
+        "--short-runs",
+        action="store_true",
+        help="instead: one replication at 16..10,000 steps, and the fixed cost per call and the "
+        "marginal rate fitted from 1,000 to 10,000 steps, against 64 replications",
+    )
+    ap.add_argument(
         "--scaling",
         action="store_true",
         help="instead: the fast kernel's slot-steps/s at 1..64 replications and 2,000..200,000 "
@@ -299,6 +305,40 @@ def scaling(args, w, prompt, decode, lat, cfg, budget) -> str:
     return "\n".join(lines)
 
 
+SHORT_STEPS = (16, 1_000, 2_000, 5_000, 10_000)
+
+
+def short_runs(args, w, lat, cfg, budget) -> str:
+    """Markdown: ``wall_seconds`` of one replication against its length, the least-squares
+    line through 1,000..10,000 steps (intercept = fixed cost per call, slope = marginal
+    rate), and the rate of 64 replications x 5,000 steps."""
+    slots = cfg["r_max"] * cfg["batch"]
+    ms = {}
+    for steps in SHORT_STEPS:
+        ms[steps] = 1e3 * slots * steps / _fast_rate(w, lat, cfg, steps, 1, args.repeat, budget)[0]
+    fit = [t for t in SHORT_STEPS if t >= 1_000]
+    slope, intercept = np.polyfit(fit, [ms[t] for t in fit], 1)
+    many = _fast_rate(w, lat, cfg, 5_000, 64, args.repeat, budget)[0]
+    return "\n".join(
+        [
+            f"## short runs, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}",
+            "",
+            f"Machine: {machine()}; load average {os.getloadavg()[0]:.1f} at the end.",
+            f"r_max = {cfg['r_max']}, B = {cfg['batch']}; fast kernel, one replication, "
+            f"`wall_seconds`, fastest of at least {args.repeat} runs and {MIN_SECONDS} s.",
+            "",
+            "| steps | " + " | ".join(f"{t:,}" for t in SHORT_STEPS) + " |",
+            "|---|" + "---|" * len(SHORT_STEPS),
+            "| ms | " + " | ".join(f"{ms[t]:.2f}" for t in SHORT_STEPS) + " |",
+            "",
+            f"Line through {fit[0]:,}..{fit[-1]:,} steps: {intercept:.2f} ms per call plus "
+            f"{1e3 * slope:.3f} us per step (marginal {slots / (1e-3 * slope):.3e} "
+            f"slot-steps/s); 64 replications x 5,000 steps: {many:.3e} slot-steps/s.",
+            "",
+        ]
+    )
+
+
 _HEADER = (
     "# Kernel benchmarks\n\nSlot-steps per second of the Monte Carlo kernels against a "
     "plain NumPy step-by-step simulator (`experiments/bench_kernels.py`). Steps T "
@@ -330,9 +370,12 @@ def main(argv=None) -> int:
         alpha_comm=0.002,
         beta_comm=10.0,
     )
-    if args.scaling:
+    if args.scaling or args.short_runs:
         built = (make_sampler(w, 0, draw="alias"), max_slot_load(w))
-        text = scaling(args, built, prompt, decode, lat, cfg, budget)
+        if args.short_runs:
+            text = short_runs(args, built, lat, cfg, budget)
+        else:
+            text = scaling(args, built, prompt, decode, lat, cfg, budget)
         print(text)
         if args.out:
             with open(args.out, "a") as f:
