@@ -311,12 +311,21 @@ def fast_segment(
 
 @cache
 def fast_kernel(
-    shape: tuple, init: str, length: int, n_requests: int, n_bulk: int | None = None
+    shape: tuple,
+    init: str,
+    length: int,
+    n_requests: int,
+    n_bulk: int | None = None,
+    grown: bool = False,
 ) -> Kernel:
     """The fast renewal kernel under the contract of :mod:`kernels.contract`: the initial state
     of :func:`kernels.trajectory.init_slots`, ``segment`` = :func:`fast_segment` (the next
     ``length`` steps, K = ``n_requests`` fresh requests per slot, the first ``n_bulk`` of them
-    over all slots); ``enlarge()`` doubles K over all slots."""
+    over all slots). ``enlarge()`` doubles K: the first time (``grown`` False) with the same
+    bulk, so that the added requests run only in the tail's lanes (a slot that needs more than
+    K is rare, and the more slots a call holds, the likelier one is: a rerun over all slots
+    with 2K would make the rest of a large run 2x slower); after that over all slots, in case
+    more slots than lanes fell short."""
 
     def init_fn(key, params):
         return init_slots(key, params.sampler, shape, init)
@@ -327,8 +336,10 @@ def fast_kernel(
         state, loads, covered = fast_segment(key_stream, state, params.sampler, **kw)
         return state, SegmentInfo(loads, covered)
 
-    def enlarge():  # one phase from then on: a rerun must not overflow the lanes again
-        return fast_kernel(shape, init, length, 2 * n_requests)
+    def enlarge():
+        if n_bulk is not None and not grown:
+            return fast_kernel(shape, init, length, 2 * n_requests, n_bulk, grown=True)
+        return fast_kernel(shape, init, length, 2 * n_requests)  # one phase: no lanes to overflow
 
     return Kernel("fast", init_fn, segment, enlarge)
 

@@ -32,9 +32,13 @@ def runs(names=("fast", "barrier", "pool")) -> dict:
         "fast": lambda: simulate(
             s, lat, 4, 8, kernel="fast", steps=600, warmup=100, replications=3, **kw
         ),
-        # one long replication: its workers are split over the devices (spine.segment_split)
+        # one replication of several segments, and of one: its workers are split over the
+        # devices (spine.segment_split) from 4,096 steps on
         "fast1": lambda: simulate(
             s, lat, 3, 8, kernel="fast", steps=33_000, warmup=100, replications=1, **kw
+        ),
+        "fast1_short": lambda: simulate(
+            s, lat, 3, 8, kernel="fast", steps=4_000, warmup=100, replications=1, **kw
         ),
         "barrier": lambda: simulate(
             s, lat, 4, 8, kernel="barrier", steps=300, replications=2, **kw

@@ -61,25 +61,52 @@ def test_two_phase_equals_one_phase_generic_sampler():
     assert bool(one[2]) and bool(two[2]) and _same(one, two)
 
 
-def test_driver_reruns_an_overflowing_segment_with_the_same_numbers(monkeypatch):
-    """simulate with K1 = 1: after one request almost all 512 slots are short of the
-    1,024-step segment, more than its 256 gathered lanes, so the segment reports "not
-    covered" and is rerun over all slots; the numbers are the default run's."""
-    lat = Latency(0.05, 10.0, 0.5, 20.0, 0.01, 2.0)
-    kw = dict(kernel="fast", steps=1500, warmup=200, replications=2, seed=9)
-    kw.update(max_slot_load=int((PROMPT + DECODE - 1).max()), segment_steps=1024)
-    ref = S.simulate(ALIAS, lat, 32, 16, **kw)
+KW = dict(kernel="fast", steps=1500, warmup=200, replications=2, seed=9, segment_steps=1024)
+LAT = Latency(0.05, 10.0, 0.5, 20.0, 0.01, 2.0)
+
+
+def _rerun(monkeypatch, change):
+    """simulate with the plan changed by ``change``: the calls' ("covered" flag, kernel); the
+    numbers must be the default run's."""
+    kw = dict(KW, max_slot_load=int((PROMPT + DECODE - 1).max()))
+    ref = S.simulate(ALIAS, LAT, 32, 16, **kw)
     plan = S._plan
-    monkeypatch.setattr(S, "_plan", lambda *a, **k: plan(*a, **k)._replace(n_bulk=1))
+    monkeypatch.setattr(S, "_plan", lambda *a, **k: change(plan(*a, **k)))
     seen, chunk = [], S.segment_chunk
 
     def record(*a, **k):
         out = chunk(*a, **k)
-        seen.append(bool(out[2]))
+        seen.append((bool(out[2]), k["kernel"]))
         return out
 
     monkeypatch.setattr(S, "segment_chunk", record)
-    got = S.simulate(ALIAS, lat, 32, 16, **kw)
-    assert seen[0] is False and all(seen[1:]), seen  # overflowed once, then K doubled
+    got = S.simulate(ALIAS, LAT, 32, 16, **kw)
     for name in ("mean_tau", "se_tau", "idle_attn", "step_p99", "mean_slot_load"):
         np.testing.assert_array_equal(getattr(got, name), getattr(ref, name), err_msg=name)
+    return seen
+
+
+def test_driver_reruns_a_short_segment_with_twice_the_requests_in_the_lanes(monkeypatch):
+    """K = K1 + 1 (the bulk as planned): some slots need more requests than K, so a segment is
+    "not covered" and rerun with 2K and the same bulk (the added requests run only in the
+    gathered lanes), which covers it and every later segment; same numbers."""
+    plans = []
+
+    def change(p):
+        plans.append(p)
+        return p._replace(n_requests=p.n_bulk + 1)
+
+    seen = _rerun(monkeypatch, change)
+    flags = [c for c, _ in seen]
+    assert flags.count(False) == 1, flags  # one rerun, then K suffices
+    k1 = plans[0].n_bulk
+    grown = S.fast_kernel((16, 32), "stationary", 1024, 2 * (k1 + 1), k1, grown=True)
+    assert all(k is grown for _, k in seen[flags.index(False) + 1 :])
+
+
+def test_driver_reruns_an_overflowing_segment_over_all_slots(monkeypatch):
+    """K1 = 1: after one request almost all 512 slots are short of the 1,024-step segment,
+    more than its 256 gathered lanes. The segment is "not covered"; rerun with 2K and the same
+    bulk, it overflows again, and then runs with 4K over all slots; same numbers."""
+    seen = _rerun(monkeypatch, lambda p: p._replace(n_bulk=1))
+    assert [c for c, _ in seen] == [False, False] + [True] * (len(seen) - 2), seen

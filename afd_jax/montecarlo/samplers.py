@@ -161,19 +161,20 @@ def decode_moments(sampler) -> tuple[float, float] | None:
 _MOMENTS: dict = {}
 
 
-def reuse_for(store: dict, objects, make):
-    """``make()``, or what it gave last time for the very same ``objects`` (compared by
-    identity): repeated runs with one sampler compute per-sampler facts once. One entry per
-    ``store``, holding the objects themselves, so that no id is reused meanwhile."""
+def reuse_for(store: dict, objects, make, size: int = 4):
+    """``make()``, or what it gave before for the very same ``objects`` (compared by
+    identity): repeated runs with one sampler compute per-sampler facts once. The ``size``
+    latest entries per ``store`` (runs may alternate between, say, a sampler and its copy on
+    other devices), holding the objects themselves, so that no id is reused meanwhile."""
     objects = tuple(objects)
-    last = store.get("last")
-    if last is None or len(last[0]) != len(objects):
-        last = None
-    elif not all(a is b for a, b in zip(last[0], objects, strict=True)):
-        last = None
-    if last is None:
-        last = store["last"] = (objects, make())
-    return last[1]
+    entries = store.setdefault("entries", [])
+    for i, (seen, value) in enumerate(entries):
+        if len(seen) == len(objects) and all(a is b for a, b in zip(seen, objects, strict=True)):
+            entries.insert(0, entries.pop(i))
+            return value
+    entries.insert(0, (objects, make()))
+    del entries[size:]
+    return entries[0][1]
 
 
 def max_slot_load(source, load_offset: int = 0, given: int | None = None) -> int:

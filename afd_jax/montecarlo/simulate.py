@@ -82,6 +82,7 @@ DEFAULT_MEMORY_BUDGET = 1 << 30
 _DEFAULT_OPTS = ModelOptions()
 _TARGET_SLOT_STEPS_PER_CALL = 1 << 28  # progress granularity of the trajectory kernels
 _FAST_MAX_SEGMENT = 1 << 14  # longer: the summaries leave the cache (docs/cpu-speed.md)
+_SPLIT_MIN_STEPS = 4096  # one replication from here on: workers split over CPU devices
 
 
 class StepsRun(NamedTuple):
@@ -208,6 +209,25 @@ def step_model(
     )
 
 
+def _placed(run: StepsRun, setup: StepsSetup, mesh: RowMesh) -> StepsSetup:
+    """The run's constants (sampler, step model, histogram bins, base key) on every device of
+    ``mesh``, as part of the setup: each call of the chunk functions then finds them there,
+    and ``wall_seconds`` times the Monte Carlo work, not their placement (0.4 to 1 ms for two
+    CPU devices, a large share of a short single replication; docs/cpu-speed.md)."""
+    sampler = mesh.replicate(setup.sampler, keep=True)
+    model, hist, base = mesh.replicate((_bucket_model(run, setup.model), setup.hist, setup.base))
+    return setup._replace(sampler=sampler, model=model, hist=hist, base=base)
+
+
+def _bucket_model(run: StepsRun, model: StepModel) -> StepModel:
+    """The step model of the fast kernel's shape bucket (:func:`_shapes`): G(r) and t_F(r)
+    of the padded workers repeat the last real r (unused, dropped by :func:`_real_workers`)."""
+    if run.kernel != "fast" or not run.shape_buckets:
+        return model
+    pad = partial(np.pad, pad_width=(0, bucket_size(run.r_max) - run.r_max), mode="edge")
+    return model._replace(other=pad(model.other), t_ffn=pad(model.t_ffn))
+
+
 def _histogram(lat, batch, max_load, model: StepModel, serial: bool):
     """Log bins spanning every possible tau: (TauHistogram, (log_lo, inv_w))."""
     other = np.asarray(model.other, np.float64)
@@ -266,24 +286,19 @@ class StepAccumulator:
         self.block_tau, self.block_load, self.block_count = [], [], []
 
     def add(self, reps: np.ndarray, sums, n_real: int):
-        """sums: StepSums with a leading axis over the chunk's rows ([rows, nb, ...])."""
-        s = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), sums._replace(hist=None))
-        rows = slice(0, n_real)
-        for name, dst in (
-            ("tau", self.tau),
-            ("tau_sq", self.tau_sq),
-            ("max_attn", self.max_attn),
-            ("worker_load", self.worker_load),
-        ):
-            np.add.at(dst, reps[rows], getattr(s, name)[rows].sum(axis=1))
-        np.add.at(self.load, reps[rows], s.slot_load[rows].sum(axis=1))
-        np.add.at(self.load_sq, reps[rows], s.slot_load_sq[rows].sum(axis=1))
-        np.add.at(self.count, reps[rows], s.count[rows].sum(axis=1))
-        self.hist += np.asarray(sums.hist, np.int64)
+        """sums: StepSums with a leading axis over the chunk's rows ([rows, nb, ...]); the
+        first ``n_real`` rows are the distinct replications ``reps``. Block sums are added
+        in float64, the histogram in int64."""
+        idx, s = reps[:n_real], {}
+        for name in sums._fields:  # slot_load and slot_load_sq go to load and load_sq
+            if name != "hist":
+                s[name] = np.asarray(getattr(sums, name)[:n_real], np.float64)
+                getattr(self, name.replace("slot_", ""))[idx] += s[name].sum(axis=1)
+        np.add(self.hist, sums.hist, out=self.hist)
         if self.keep_blocks:
-            self.block_tau.append(s.tau[0])
-            self.block_load.append(s.slot_load[0])
-            self.block_count.append(s.count[0])
+            self.block_tau.append(s["tau"][0])
+            self.block_load.append(s["slot_load"][0])
+            self.block_count.append(s["count"][0])
 
 
 # ---------------------------------------------------------------- driver
@@ -366,9 +381,10 @@ def simulate(
         )
     with rng_mode():
         setup = _setup(workload_or_sampler, lat, opts, run, max_slot_load)
+        mesh = _mesh(run)
+        setup = _placed(run, setup, mesh)
         t_start = time.perf_counter()
         bar = Progress(progress, f"simulate[{kernel}]")
-        mesh = _mesh(run)
         if kernel == "barrier":
             acc = _run_barrier(run, setup, bar, mesh)
         else:
@@ -380,19 +396,20 @@ def simulate(
 
 
 def _mesh(run: StepsRun) -> RowMesh:
-    """Replications over every device. One long replication (more than two segments) of the
-    fast kernel on CPU in a single process has its workers split over the devices
-    (:func:`~afd_jax.montecarlo.spine.segment_split`, when they divide the padded worker
-    count; the numbers are the same): 1.3x faster from 33,000 steps on 2 cores, while for
-    shorter runs the exchange costs what it saves (docs/cpu-speed.md). Otherwise one
-    replication is one row on one device (XLA:CPU runs parts of it on several threads)."""
+    """Replications over every device. One replication of at least :data:`_SPLIT_MIN_STEPS`
+    steps of the fast kernel on CPU in a single process has its workers split over the
+    devices (:func:`~afd_jax.montecarlo.spine.segment_split`, when they divide the padded
+    worker count; the numbers are the same): on 2 cores 1.2x to 1.35x faster from 5,000
+    steps, while at 2,000 steps the exchange costs what it saves (docs/cpu-speed.md).
+    Otherwise one replication is one row on one device (XLA:CPU runs parts of it on several
+    threads)."""
     if run.kernel == "barrier" or run.replications > 1:
         return RowMesh()
     workers = bucket_size(run.r_max) if run.shape_buckets else run.r_max
     n_local = jax.local_device_count()
     if (
         run.kernel == "fast"
-        and run.warmup + run.steps > 2 * _FAST_MAX_SEGMENT
+        and run.warmup + run.steps >= _SPLIT_MIN_STEPS
         and jax.default_backend() == "cpu"
         and jax.process_count() == 1
         and n_local > 1
@@ -488,9 +505,8 @@ def _shapes(run: StepsRun, setup: StepsSetup, plan) -> _Shapes:
         return _Shapes(kernel, kernel, setup.model, None, run.batch)
     shape = (bucket_size(run.r_max), bucket_size(run.batch))
     kernel = fast_kernel(shape, run.init, plan.length, plan.n_requests, plan.n_bulk)
-    pad = partial(np.pad, pad_width=(0, shape[0] - run.r_max), mode="edge")  # host: no eager op
-    model = setup.model._replace(other=pad(setup.model.other), t_ffn=pad(setup.model.t_ffn))
-    return _Shapes(kernel, padded_init(shape, run.init, exact), model, exact, shape[1])
+    init = padded_init(shape, run.init, exact)
+    return _Shapes(kernel, init, setup.model, exact, shape[1])  # model: _bucket_model
 
 
 def _real_workers(sums, r_max: int):
@@ -499,10 +515,13 @@ def _real_workers(sums, r_max: int):
     return sums._replace(hist=sums.hist[:r_max], **cut)
 
 
-def _fast_requests(length: int, mean_d: float, sd_d: float, sigmas: float = 5.0) -> int:
+def _fast_requests(length: int, mean_d: float, sd_d: float, sigmas: float = 7.0) -> int:
     """Fresh requests per slot that cover ``length`` steps with a margin of ``sigmas``
-    standard deviations of the renewal count (5: every slot of a large bundle; 2: the bulk
-    of the slots, the rest run the remaining requests gathered)."""
+    standard deviations of the renewal count (7: every slot of a call; 2: the bulk of the
+    slots, the rest run the remaining requests gathered). The count's upper tail is heavier
+    than a normal one: with 5, 2.5e-6 of the slots of the Azure conversation trace fell short
+    at 10,112 steps, so one call of 14 x 16,384 slots in two reran (docs/cpu-speed.md); the
+    requests beyond the bulk run only in the tail's lanes, so the margin costs little."""
     m = max(mean_d, 1.0)
     n = length / m
     k = int(math.ceil(n + sigmas * (sd_d / m) * math.sqrt(n + 1.0) + 4.0))
@@ -601,8 +620,7 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: Row
     current = [kernel]  # the fast kernel's K only grows
     acc = StepAccumulator(run.replications, run.r_max, keep_blocks=run.replications == 1)
     chunk = mesh.round_up(plan.reps_per_call)
-    sampler = mesh.replicate(setup.sampler, keep=True)
-    model, hist, base = mesh.replicate((model, setup.hist, setup.base))
+    sampler, hist, base = setup.sampler, setup.hist, setup.base  # placed by _placed
 
     def start(c: Chunk):
         params = SegmentParams(sampler, np.int32(0))

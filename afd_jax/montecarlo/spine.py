@@ -219,8 +219,12 @@ def segment_split(
         valid = jax.lax.dynamic_slice_in_dim(valid, dev * span, span, axis=1)
         kw = dict(batch=batch, serial=serial, n_bins=N_BINS, real=window.real)
         sums = summarise_rows(loads[None], valid, model, hist, **kw)
-        sums = sums._replace(hist=jax.lax.psum(sums.hist, "rows"))
-        covered = jax.lax.pmin(info.covered.astype(jnp.int32), "rows")
+        # one reduction for both (each is a rendezvous of the devices): the histogram and,
+        # in an extra column, the count of devices with a slot short of the segment
+        short = jnp.zeros_like(sums.hist[:, :1]).at[0, 0].set(1 - info.covered)
+        total = jax.lax.psum(jnp.concatenate([sums.hist, short], axis=1), "rows")
+        sums = sums._replace(hist=total[:, :-1])
+        covered = total[0, -1] == 0
         return jax.tree_util.tree_map(lambda x: x[None], state), sums, covered
 
     workers = PartitionSpec(None, "rows")
@@ -242,7 +246,7 @@ def segment_split(
     states, sums, covered = mapped(keys, states, params, window, model, hist)
     nb = length // BLOCK
     cut = jax.tree_util.tree_map(lambda x: x[:, :nb], sums._replace(hist=None))
-    return states, cut._replace(hist=sums.hist), covered > 0
+    return states, cut._replace(hist=sums.hist), covered
 
 
 def _map_rows(f, groups: int, zero, *xs):
@@ -328,10 +332,10 @@ class RowMesh:
 
     def replicate(self, tree, keep: bool = False):
         """Run constants (sampler, step model) on every device of a single-process mesh
-        once, instead of a copy from the first device in every call; as they are across
+        once, instead of a copy (or a host transfer) in every call; as they are across
         processes. ``keep``: remember the copy of this very tree (every array the same
         object) on these devices, so that repeated runs with one sampler place it once."""
-        if self.multi or self.n == 1:
+        if self.multi:
             return tree
         sharding = NamedSharding(self.mesh, PartitionSpec())
         if not keep:
