@@ -252,10 +252,10 @@ SCALING_STEPS = (2_000, 20_000, 200_000)
 SCALING_LONG = ((64, 20_000),)  # many replications of several segments each, in several calls
 
 
-def _interleaved(w, lat, cfg, steps, budget, repeat) -> str:
-    """A markdown line: 1 against 64 replications of ``steps``, the calls alternating (one
-    64-replication call per 8 single ones, at least ``repeat`` of those), so that both see
-    the same load of a shared machine; the fastest call of each counts."""
+def _interleaved(w, lat, cfg, steps, budget) -> str:
+    """A markdown line: 1 against 64 replications of ``steps``, the calls alternating (three
+    rounds of one 64-replication call and 8 single ones), so that both see the same load of a
+    shared machine; the fastest call of each counts."""
     w, most = w
     kw = dict(kernel="fast", steps=steps, memory_budget_bytes=budget, max_slot_load=most)
 
@@ -264,7 +264,7 @@ def _interleaved(w, lat, cfg, steps, budget, repeat) -> str:
         return res.wall_seconds
 
     one, many = wall(1), wall(64)  # compiled
-    for _ in range(max(3, repeat)):
+    for _ in range(3):
         many = min(many, wall(64))
         one = min([one] + [wall(1) for _ in range(8)])
     work = cfg["r_max"] * cfg["batch"] * steps
@@ -295,7 +295,7 @@ def scaling(args, w, prompt, decode, lat, cfg, budget) -> str:
         first = first or rate
         lines.append(f"| {reps} | {steps:,} | {rate:.3e} | {rate / first:.2f} |")
         print(lines[-1], file=sys.stderr)
-    lines += ["", _interleaved(w, lat, cfg, 5_000, budget, args.repeat)]
+    lines += [""] + [_interleaved(w, lat, cfg, t, budget) for t in (5_000, 20_000)]
     lines += [
         "",
         "| replications | NumPy slot-steps/s | fast slot-steps/s | ratio |",

@@ -281,20 +281,31 @@ class StepAccumulator:
         self.tau, self.tau_sq = z((n_rep, r_max)), z((n_rep, r_max))
         self.max_attn, self.worker_load = z((n_rep, r_max)), z((n_rep, r_max))
         self.load, self.load_sq, self.count = z(n_rep), z(n_rep), z(n_rep)
-        self.hist = np.zeros((r_max, E.N_BINS), np.int64)
+        self.hist = None  # int32 or int64 [r_max, n_bins] counts, from the first add
+        self._own = False
         self.keep_blocks = keep_blocks
         self.block_tau, self.block_load, self.block_count = [], [], []
 
     def add(self, reps: np.ndarray, sums, n_real: int):
         """sums: StepSums with a leading axis over the chunk's rows ([rows, nb, ...]); the
         first ``n_real`` rows are the distinct replications ``reps``. Block sums are added
-        in float64, the histogram in int64."""
+        in float64, histogram counts exactly."""
         idx, s = reps[:n_real], {}
         for name in sums._fields:  # slot_load and slot_load_sq go to load and load_sq
             if name != "hist":
                 s[name] = np.asarray(getattr(sums, name)[:n_real], np.float64)
                 getattr(self, name.replace("slot_", ""))[idx] += s[name].sum(axis=1)
-        np.add(self.hist, sums.hist, out=self.hist)
+        # int32 counts while no bin can reach 2**31 (a bin counts at most every valid step so
+        # far), then int64: no fresh 2 MB int64 array per call (its page faults cost ~1 ms)
+        hist = np.asarray(sums.hist)
+        if self.hist is None:
+            self.hist, self._own = hist, False  # the fetched counts, possibly read-only
+        else:
+            wide = self.count.sum() >= E.INT32_LIMIT
+            if not self._own or (wide and self.hist.dtype != np.int64):
+                self.hist = self.hist.astype(np.int64 if wide else self.hist.dtype)
+                self._own = True  # a copy of our own, added to in place
+            self.hist += hist
         if self.keep_blocks:
             self.block_tau.append(s["tau"][0])
             self.block_load.append(s["slot_load"][0])
