@@ -82,7 +82,7 @@ DEFAULT_MEMORY_BUDGET = 1 << 30
 _DEFAULT_OPTS = ModelOptions()
 _TARGET_SLOT_STEPS_PER_CALL = 1 << 28  # progress granularity of the trajectory kernels
 _FAST_MAX_SEGMENT = 1 << 14  # longer: the summaries leave the cache (docs/cpu-speed.md)
-_SPLIT_MIN_STEPS = 4096  # one replication from here on: workers split over CPU devices
+_SPLIT_MIN_STEPS = 2500  # one replication from here on: workers split over CPU devices
 
 
 class StepsRun(NamedTuple):
@@ -410,8 +410,8 @@ def _mesh(run: StepsRun) -> RowMesh:
     """Replications over every device. One replication of at least :data:`_SPLIT_MIN_STEPS`
     steps of the fast kernel on CPU in a single process has its workers split over the
     devices (:func:`~afd_jax.montecarlo.spine.segment_split`, when they divide the padded
-    worker count; the numbers are the same): on 2 cores 1.2x to 1.35x faster from 5,000
-    steps, while at 2,000 steps the exchange costs what it saves (docs/cpu-speed.md).
+    worker count; the numbers are the same): on 2 cores 1.05x faster at 2,500 steps and 1.2x
+    from 3,000, while at 2,000 steps the exchange costs what it saves (docs/cpu-speed.md).
     Otherwise one replication is one row on one device (XLA:CPU runs parts of it on several
     threads)."""
     if run.kernel == "barrier" or run.replications > 1:
