@@ -321,11 +321,11 @@ def fast_kernel(
     """The fast renewal kernel under the contract of :mod:`kernels.contract`: the initial state
     of :func:`kernels.trajectory.init_slots`, ``segment`` = :func:`fast_segment` (the next
     ``length`` steps, K = ``n_requests`` fresh requests per slot, the first ``n_bulk`` of them
-    over all slots). ``enlarge()`` doubles K: the first time (``grown`` False) with the same
-    bulk, so that the added requests run only in the tail's lanes (a slot that needs more than
-    K is rare, and the more slots a call holds, the likelier one is: a rerun over all slots
-    with 2K would make the rest of a large run 2x slower); after that over all slots, in case
-    more slots than lanes fell short."""
+    over all slots). ``enlarge()`` first (``grown`` False) doubles K with the same bulk, so
+    that the added requests run only in the tail's lanes (a slot that needs more than K is
+    rare, and the more slots a call holds, the likelier one is: a rerun over all slots with
+    2K would make the rest of a large run 2.5x slower); a second shortfall means more short
+    slots than lanes, and runs those requests over all slots; later ones double K again."""
 
     def init_fn(key, params):
         return init_slots(key, params.sampler, shape, init)
@@ -337,9 +337,11 @@ def fast_kernel(
         return state, SegmentInfo(loads, covered)
 
     def enlarge():
-        if n_bulk is not None and not grown:
+        if n_bulk is not None and not grown:  # twice the requests, the added ones in the lanes
             return fast_kernel(shape, init, length, 2 * n_requests, n_bulk, grown=True)
-        return fast_kernel(shape, init, length, 2 * n_requests)  # one phase: no lanes to overflow
+        if n_bulk is not None:  # short again: more short slots than lanes, so one phase
+            return fast_kernel(shape, init, length, n_requests)
+        return fast_kernel(shape, init, length, 2 * n_requests)
 
     return Kernel("fast", init_fn, segment, enlarge)
 

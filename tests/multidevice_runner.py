@@ -33,7 +33,7 @@ def runs(names=("fast", "barrier", "pool")) -> dict:
             s, lat, 4, 8, kernel="fast", steps=600, warmup=100, replications=3, **kw
         ),
         # one replication of several segments, and of one: its workers are split over the
-        # devices (spine.segment_split) from 4,096 steps on
+        # devices (spine.segment_split) from 2,500 steps on
         "fast1": lambda: simulate(
             s, lat, 3, 8, kernel="fast", steps=33_000, warmup=100, replications=1, **kw
         ),

@@ -7,6 +7,8 @@ that the driver reruns the segment (and then gives the same numbers)."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -65,11 +67,16 @@ KW = dict(kernel="fast", steps=1500, warmup=200, replications=2, seed=9, segment
 LAT = Latency(0.05, 10.0, 0.5, 20.0, 0.01, 2.0)
 
 
+@functools.cache
+def _reference():
+    return S.simulate(ALIAS, LAT, 32, 16, **KW, max_slot_load=int((PROMPT + DECODE - 1).max()))
+
+
 def _rerun(monkeypatch, change):
     """simulate with the plan changed by ``change``: the calls' ("covered" flag, kernel); the
-    numbers must be the default run's."""
+    numbers must be the default run's (:func:`_reference`, run before the change)."""
     kw = dict(KW, max_slot_load=int((PROMPT + DECODE - 1).max()))
-    ref = S.simulate(ALIAS, LAT, 32, 16, **kw)
+    ref = _reference()
     plan = S._plan
     monkeypatch.setattr(S, "_plan", lambda *a, **k: change(plan(*a, **k)))
     seen, chunk = [], S.segment_chunk
@@ -107,6 +114,9 @@ def test_driver_reruns_a_short_segment_with_twice_the_requests_in_the_lanes(monk
 def test_driver_reruns_an_overflowing_segment_over_all_slots(monkeypatch):
     """K1 = 1: after one request almost all 512 slots are short of the 1,024-step segment,
     more than its 256 gathered lanes. The segment is "not covered"; rerun with 2K and the same
-    bulk, it overflows again, and then runs with 4K over all slots; same numbers."""
-    seen = _rerun(monkeypatch, lambda p: p._replace(n_bulk=1))
+    bulk, it overflows again, and then runs with 2K over all slots; same numbers."""
+    plans = []
+    seen = _rerun(monkeypatch, lambda p: plans.append(p) or p._replace(n_bulk=1))
     assert [c for c, _ in seen] == [False, False] + [True] * (len(seen) - 2), seen
+    one_phase = S.fast_kernel((16, 32), "stationary", 1024, 2 * plans[0].n_requests)
+    assert all(k is one_phase for _, k in seen[2:])
