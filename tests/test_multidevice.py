@@ -1,6 +1,7 @@
-"""simulate (fast and barrier kernels) and pool_simulate split their rows over 4 (forced host)
-CPU devices, and over 2 processes joined by jax.distributed on a localhost coordinator: the
-numbers equal one device's bit for bit and the JSON says how many devices/processes took part."""
+"""simulate (fast, barrier and dynamics kernels) and pool_simulate split their rows over 4
+(forced host) CPU devices, and over 2 processes joined by jax.distributed on a localhost
+coordinator: the numbers equal one device's bit for bit and the JSON says how many
+devices/processes took part."""
 
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ def test_four_devices_identical_to_one(one_device):
     four = json.loads(proc.stdout)
     assert {js["devices"] for js in four.values()} == {4}
     assert {js["devices"] for js in one_device.values()} == {1}
+    assert sorted(four) == ["barrier", "dynamics", "fast", "fast1", "pool"]
     assert _strip(four) == _strip(one_device)
 
 
@@ -79,4 +81,4 @@ def test_two_processes_identical_to_one(one_device):
         got = json.loads(out.strip().splitlines()[-1])  # gloo prints a line first
         assert {(js["devices"], js["processes"]) for js in got.values()} == {(2, 2)}
         assert _strip(got) == {k: v for k, v in _strip(one_device).items() if k in got}
-        assert sorted(got) == ["fast", "pool"]
+        assert sorted(got) == ["dynamics", "fast", "pool"]

@@ -26,6 +26,7 @@ summed tau, its SE from the SE of E[tau] (the empty fraction's own noise is not 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from functools import partial
 from typing import Any, NamedTuple
@@ -47,6 +48,7 @@ from afd_jax.montecarlo.result import MonteCarloResult
 from afd_jax.montecarlo.spine import (
     Chunk,
     Progress,
+    RowMesh,
     Window,
     attn_grid,
     device_name,
@@ -416,11 +418,14 @@ def _tables(lat: Latency, drun: DynRun, max_load: int, dtype) -> DynTables | Non
     )
 
 
-def run_dynamics(sampler, max_load: int, lat: Latency, drun: DynRun, bar: Progress):
-    """The chunk loop over replications: (host accumulator, bins, slot-steps)."""
+def run_dynamics(sampler, max_load: int, lat: Latency, drun: DynRun, bar: Progress, mesh):
+    """The chunk loop over replications, split over the devices of ``mesh`` (a
+    :class:`RowMesh`; the rows are independent, so the numbers are one device's): (host
+    accumulator, bins, slot-steps)."""
     run, opts, cfg = drun
     slots = run.r_max * run.batch * (run.r_max if cfg.routed else 1)
     chunk = int(run.reps_per_call or max(1, min(run.replications, run.budget // (slots * 64 + 1))))
+    chunk = mesh.round_up(chunk)
     length = _segment_length(drun, chunk)
     total = run.warmup + run.steps
     kernel = dynamics_kernel(run.r_max, run.batch, run.init, length, cfg)
@@ -435,20 +440,22 @@ def run_dynamics(sampler, max_load: int, lat: Latency, drun: DynRun, bar: Progre
     )
     base = jax.random.key(run.seed)
     acc = _Acc(run.replications, run.r_max)
+    sampler = mesh.replicate(sampler, keep=True)
+    dm, hist, base = mesh.replicate((dm, hist, base))
 
     def start(c: Chunk):
         params = SegmentParams(sampler, np.int32(0))
-        return start_chunk(base, np.asarray(c.rows, np.int32), params, kernel=kernel)
+        return start_chunk(base, mesh.put(np.asarray(c.rows, np.int32)), params, kernel=kernel)
 
     def advance(c: Chunk, t0, state):
         keys, states = state
-        t_end = jnp.full((chunk,), total, jnp.int32)
-        window = Window(jnp.int32(t0), jnp.int32(run.warmup), t_end, jnp.int32(c.n_real))
+        t_end = mesh.put(np.full((chunk,), total, np.int32))
+        window = Window(np.int32(t0), np.int32(run.warmup), t_end, np.int32(c.n_real))
         states, sums = dynamics_chunk(
-            keys, states, SegmentParams(sampler, jnp.int32(t0)), window, dm, hist,
+            keys, states, SegmentParams(sampler, np.int32(t0)), window, dm, hist,
             kernel=kernel, batch=run.batch, opts=opts, cfg=cfg,
         )  # fmt: skip
-        return (keys, states), sums
+        return (keys, states), mesh.fetch(sums)
 
     def record(c: Chunk, t0, sums):
         acc.add(c.rows, sums, c.n_real)
@@ -531,9 +538,11 @@ def simulate_dynamics(sampler, max_load: int, lat: Latency, drun: DynRun, progre
     with rng_mode():
         t0 = time.perf_counter()
         bar = Progress(progress, "simulate[dynamics]")
-        acc, bins, slot_steps = run_dynamics(sampler, max_load, lat, drun, bar)
+        mesh = RowMesh(max_devices=run.replications)
+        acc, bins, slot_steps = run_dynamics(sampler, max_load, lat, drun, bar, mesh)
         bar.close()
-        return dynamics_result(lat, drun, acc, bins, slot_steps, time.perf_counter() - t0)
+        res = dynamics_result(lat, drun, acc, bins, slot_steps, time.perf_counter() - t0)
+        return dataclasses.replace(res, devices=mesh.n, processes=mesh.processes)
 
 
 __all__ = [
