@@ -13,12 +13,15 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+from conftest import trace_path
 
 from afd_jax.kernels import sampling as KS
 from afd_jax.kernels.fast import fast_segment
 from afd_jax.kernels.trajectory import init_slots
 from afd_jax.model.latency import Latency
 from afd_jax.montecarlo import simulate as S
+from afd_jax.montecarlo.samplers import decode_moments, make_sampler
+from afd_jax.workload.traces import load_trace
 
 RNG = np.random.default_rng(3)
 PROMPT, DECODE = RNG.integers(0, 400, 700), RNG.geometric(1 / 25, 700)
@@ -120,3 +123,38 @@ def test_driver_reruns_an_overflowing_segment_over_all_slots(monkeypatch):
     assert [c for c, _ in seen] == [False, False] + [True] * (len(seen) - 2), seen
     one_phase = S.fast_kernel((16, 32), "stationary", 1024, 2 * plans[0].n_requests)
     assert all(k is one_phase for _, k in seen[2:])
+
+
+def _requests_needed(rng, decode, length: int, n: int) -> np.ndarray:
+    """NumPy reference: the fresh requests each of ``n`` slots needs to cover ``length`` steps
+    from the stationary state (the current request's remaining steps are uniform on 1..D of a
+    length-biased D), decode lengths drawn from ``decode``."""
+    biased = rng.choice(decode, n, p=decode / decode.sum())
+    end, need = rng.integers(1, biased + 1), np.zeros(n, np.int64)
+    short = np.nonzero(end <= length)[0]
+    while short.size:
+        end[short] += rng.choice(decode, short.size)
+        need[short] += 1
+        short = short[end[short] <= length]
+    return need
+
+
+def test_requests_per_segment_cover_large_runs():
+    """K (the fresh requests per slot and segment) must cover every slot of a large run, or
+    segments rerun (docs/cpu-speed.md, round 4). With the Azure conversation trace's decode
+    law, a NumPy simulation of 1,000,000 slots (a call of 61 x 16,384) gives the most requests
+    one of them needs at 5,120, 10,112 and 16,384 steps. The count's tail falls by a factor of
+    about 0.6 per request at 10,112 steps (faster for shorter segments), so 8 requests beyond
+    that maximum cover about 1 in 5e7 slots (a run of 64 replications x 20 segments x 16,384
+    slots is 2e7 slot-segments): K must be at least the maximum plus 8. The former 5-sigma
+    bound was not (10,112 steps: 80 against maxima of 76 to 79 over four seeds), and 32
+    replications of 10,000 steps reran a call."""
+    w = load_trace(trace_path("azure_conv"))
+    decode = np.asarray(w.decode, np.int64)
+    decode = decode[decode > 0]
+    mean, sd = decode_moments(make_sampler(w, 0, draw="alias"))
+    rng = np.random.default_rng(2026)
+    most = {t: _requests_needed(rng, decode, t, 1_000_000).max() for t in (5_120, 10_112, 16_384)}
+    for length, n in most.items():
+        assert S._fast_requests(length, mean, sd) >= n + 8, (length, n)
+    assert S._fast_requests(10_112, mean, sd, sigmas=5.0) < most[10_112] + 8  # tells them apart
