@@ -221,19 +221,23 @@ def _fastest(once, repeat):
     return best, total
 
 
+def _fast_run(w, lat, cfg, steps, reps, budget, seed=2):
+    """One ``simulate`` call of the fast kernel; ``w``: (sampler, max slot load)."""
+    sampler, most = w
+    kw = dict(steps=steps, replications=reps, memory_budget_bytes=budget, max_slot_load=most)
+    return simulate(sampler, lat, cfg["batch"], cfg["r_max"], kernel="fast", seed=seed, **kw)
+
+
 def _fast_rate(w, lat, cfg, steps, reps, repeat, budget, warm=True):
     """Best slot-steps/s of the fast kernel over at least ``repeat`` runs and
     :data:`MIN_SECONDS` (compiled by a first call unless ``warm`` is False). ``w``:
     (sampler, max slot load), built once (the alias table takes 0.2 s of host time that
     ``simulate`` spends before its timer starts)."""
-    w, most = w
-    kw = dict(kernel="fast", steps=steps, replications=reps, memory_budget_bytes=budget)
-    kw["max_slot_load"] = most
     if warm:
-        simulate(w, lat, cfg["batch"], cfg["r_max"], seed=1, **kw)
+        _fast_run(w, lat, cfg, steps, reps, budget, seed=1)
 
     def once():
-        res = simulate(w, lat, cfg["batch"], cfg["r_max"], seed=2, **kw)
+        res = _fast_run(w, lat, cfg, steps, reps, budget)
         return res.slot_steps_per_second, res.slot_steps
 
     return _fastest(once, repeat)
@@ -256,12 +260,9 @@ def _interleaved(w, lat, cfg, steps, budget) -> str:
     """A markdown line: 1 against 64 replications of ``steps``, the calls alternating (three
     rounds of one 64-replication call and 8 single ones), so that both see the same load of a
     shared machine; the fastest call of each counts."""
-    w, most = w
-    kw = dict(kernel="fast", steps=steps, memory_budget_bytes=budget, max_slot_load=most)
 
     def wall(reps):
-        res = simulate(w, lat, cfg["batch"], cfg["r_max"], seed=2, replications=reps, **kw)
-        return res.wall_seconds
+        return _fast_run(w, lat, cfg, steps, reps, budget).wall_seconds
 
     one, many = wall(1), wall(64)  # compiled
     for _ in range(3):

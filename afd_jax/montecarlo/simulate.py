@@ -282,7 +282,6 @@ class StepAccumulator:
         self.max_attn, self.worker_load = z((n_rep, r_max)), z((n_rep, r_max))
         self.load, self.load_sq, self.count = z(n_rep), z(n_rep), z(n_rep)
         self.hist = None  # int32 or int64 [r_max, n_bins] counts, from the first add
-        self._own = False
         self.keep_blocks = keep_blocks
         self.block_tau, self.block_load, self.block_count = [], [], []
 
@@ -299,13 +298,10 @@ class StepAccumulator:
         # far), then int64: no fresh 2 MB int64 array per call (its page faults cost ~1 ms)
         hist = np.asarray(sums.hist)
         if self.hist is None:
-            self.hist, self._own = hist, False  # the fetched counts, possibly read-only
+            self.hist = hist  # the fetched counts (never written: a sum is a new array)
         else:
-            wide = self.count.sum() >= E.INT32_LIMIT
-            if not self._own or (wide and self.hist.dtype != np.int64):
-                self.hist = self.hist.astype(np.int64 if wide else self.hist.dtype)
-                self._own = True  # a copy of our own, added to in place
-            self.hist += hist
+            wide = self.count.sum() >= E.INT32_LIMIT or self.hist.dtype == np.int64
+            self.hist = np.add(self.hist, hist, dtype=np.int64 if wide else hist.dtype)
         if self.keep_blocks:
             self.block_tau.append(s["tau"][0])
             self.block_load.append(s["slot_load"][0])
@@ -493,31 +489,30 @@ def bucket_size(n: int) -> int:
 
 
 class _Shapes(NamedTuple):
-    """The kernel of a trajectory run, the kernel that draws its initial state, the StepModel
-    of its worker count, the real (workers, B) when it is padded (else None), and its B."""
+    """The kernel of a trajectory run, the kernel that draws its initial state, the real
+    (workers, B) when it is padded (else None), and its B (the StepModel of its worker count
+    is the setup's: :func:`_bucket_model`)."""
 
     kernel: object
     init: object
-    model: StepModel
     real: tuple | None
     batch: int
 
 
-def _shapes(run: StepsRun, setup: StepsSetup, plan) -> _Shapes:
+def _shapes(run: StepsRun, plan) -> _Shapes:
     """Trajectory kernel; fast kernel padded to (bucket_size(r_max), bucket_size(B)) unless
     ``run.shape_buckets`` is False (padded workers: G(r) and t_F(r) of the last real r, unused
     and dropped by :func:`_real_workers`)."""
     exact = (run.r_max, run.batch)
     if run.kernel == "trajectory":
         kernel = trajectory_kernel(exact, run.init, plan.length)
-        return _Shapes(kernel, kernel, setup.model, None, run.batch)
+        return _Shapes(kernel, kernel, None, run.batch)
     if not run.shape_buckets:
         kernel = fast_kernel(exact, run.init, plan.length, plan.n_requests, plan.n_bulk)
-        return _Shapes(kernel, kernel, setup.model, None, run.batch)
+        return _Shapes(kernel, kernel, None, run.batch)
     shape = (bucket_size(run.r_max), bucket_size(run.batch))
     kernel = fast_kernel(shape, run.init, plan.length, plan.n_requests, plan.n_bulk)
-    init = padded_init(shape, run.init, exact)
-    return _Shapes(kernel, init, setup.model, exact, shape[1])  # model: _bucket_model
+    return _Shapes(kernel, padded_init(shape, run.init, exact), exact, shape[1])
 
 
 def _real_workers(sums, r_max: int):
@@ -627,11 +622,11 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: Row
     redone with a larger K (``kernel.enlarge()``) when its requests fall short."""
     plan = _plan(run, setup, 1 if mesh.split else mesh.n)
     total = run.warmup + run.steps
-    kernel, init_kernel, model, real, batch = _shapes(run, setup, plan)
+    kernel, init_kernel, real, batch = _shapes(run, plan)
     current = [kernel]  # the fast kernel's K only grows
     acc = StepAccumulator(run.replications, run.r_max, keep_blocks=run.replications == 1)
     chunk = mesh.round_up(plan.reps_per_call)
-    sampler, hist, base = setup.sampler, setup.hist, setup.base  # placed by _placed
+    sampler, model, hist, base = setup.sampler, setup.model, setup.hist, setup.base  # _placed
 
     def start(c: Chunk):
         params = SegmentParams(sampler, np.int32(0))
