@@ -134,6 +134,13 @@ def _parse(argv):
         "marginal rate fitted from 3,000 to 10,000 steps, against 64 replications",
     )
     ap.add_argument(
+        "--jax-bits",
+        action="store_true",
+        help="the samplers' random words from jax.random.bits (JAX's own Threefry lowering, a "
+        "rolled loop on CPU) instead of the unrolled kernels.threefry.random_bits: the same "
+        "numbers, for the A/B of docs/cpu-speed.md",
+    )
+    ap.add_argument(
         "--scaling",
         action="store_true",
         help="instead: the fast kernel's slot-steps/s at 1..64 replications and 2,000..200,000 "
@@ -377,9 +384,20 @@ _HEADER = (
 )
 
 
+def _use_jax_bits() -> None:
+    """The samplers draw their words with ``jax.random.bits`` (before anything is traced)."""
+    import jax.numpy as jnp
+
+    from afd_jax.kernels import sampling
+
+    sampling.random_bits = lambda key, shape: jax.random.bits(key, tuple(shape), jnp.uint32)
+
+
 def main(argv=None) -> int:
     args = _parse(argv)
     jax.config.update("jax_enable_x64", True)
+    if args.jax_bits:
+        _use_jax_bits()
     cfg = dict(SIZES[args.size])
     if args.replications:
         cfg["reps"] = args.replications

@@ -31,30 +31,8 @@ import jax.random as jr
 
 from .contract import Kernel, SegmentInfo
 from .sampling import AliasSampler, alias_requests_from_bits, sample_requests
+from .threefry import threefry2x32
 from .trajectory import SlotState, init_slots
-
-_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
-
-
-def threefry2x32(k0, k1, x0, x1):
-    """Threefry-2x32 with 20 rounds (Random123; Salmon et al. 2011): the block cipher behind
-    ``jax.random``, written out unrolled.
-
-    k0, k1: the key words, x0, x1: the count words, uint32 arrays (broadcasting). Returns the
-    two output words. Bit-identical to ``jax.extend.random.threefry_2x32`` (checked in
-    tests/test_kernels.py, with the Random123 known-answer vectors); JAX lowers that one on CPU
-    as a rolled loop that materialises the state every 4 rounds, about 6x slower here.
-    """
-    ks = (k0, k1, k0 ^ k1 ^ jnp.uint32(0x1BD11BDA))
-    x0 = x0 + ks[0]
-    x1 = x1 + ks[1]
-    for i in range(5):
-        for r in _ROTATIONS[i % 2]:
-            x0 = x0 + x1
-            x1 = ((x1 << jnp.uint32(r)) | (x1 >> jnp.uint32(32 - r))) ^ x0
-        x0 = x0 + ks[(i + 1) % 3]
-        x1 = x1 + ks[(i + 2) % 3] + jnp.uint32(i + 1)
-    return x0, x1
 
 
 def request_bits(slot_words, counters):
@@ -113,9 +91,12 @@ def _cumsum0(x):
 
 
 def _slot_words(key_stream, slot_ids):
-    """uint32[S, 2]: the threefry key words of the slot keys ``fold_in(key_stream, i)``."""
-    slot_keys = jax.vmap(jr.fold_in, in_axes=(None, 0))(key_stream, slot_ids)
-    return jr.key_data(slot_keys)[:, :2].astype(jnp.uint32)
+    """uint32[S, 2]: the threefry key words of the slot keys ``fold_in(key_stream, i)``
+    (i >= 0): the cipher of the count pair (0, i) under the stream key, as ``jax.random``
+    computes it (tests/test_kernels.py), with the unrolled cipher."""
+    k = jr.key_data(key_stream).astype(jnp.uint32)
+    ids = slot_ids.astype(jnp.uint32)
+    return jnp.stack(threefry2x32(k[0], k[1], jnp.zeros_like(ids), ids), axis=1)
 
 
 def _slot_layout(shape, real_batch, workers=None):

@@ -24,6 +24,7 @@ import jax.random as jr
 import numpy as np
 
 from .copula import CopulaSampler, copula_length_biased_requests, copula_requests
+from .threefry import random_bits
 
 
 class TableSampler(NamedTuple):
@@ -167,18 +168,18 @@ def alias_requests_from_bits(s: AliasSampler, bits0, bits1):
 
 
 def _alias_requests(key, s: AliasSampler, shape):
-    bits = jr.bits(key, (2,) + tuple(shape), dtype=jnp.uint32)
+    bits = random_bits(key, (2,) + tuple(shape))
     return alias_pick(s.req_table, bits[0], bits[1])
 
 
 def _alias_lb_requests(key, s: AliasSampler, shape):
-    bits = jr.bits(key, (2,) + tuple(shape), dtype=jnp.uint32)
+    bits = random_bits(key, (2,) + tuple(shape))
     return alias_pick(s.lb_table, bits[0], bits[1])
 
 
 def _alias_stationary(key, s: AliasSampler, shape):
     """Stationary state from one draw of 3 words: length-biased column, accept, age."""
-    bits = jr.bits(key, (3,) + tuple(shape), dtype=jnp.uint32)
+    bits = random_bits(key, (3,) + tuple(shape))
     prompt, decode = alias_pick(s.lb_table, bits[0], bits[1])
     u = (bits[2] >> jnp.uint32(8)).astype(jnp.float32) * jnp.float32(2.0**-24)
     age = jnp.clip(jnp.floor(u * decode.astype(jnp.float32)).astype(jnp.int32), 0, decode - 1)

@@ -112,7 +112,7 @@ def test_steady_state_matches_exact(case, kernel):
 
 
 def test_threefry_matches_jax_and_random123():
-    """The unrolled Threefry-2x32 of the fast kernel is JAX's threefry_2x32 bit for bit, and
+    """The unrolled Threefry-2x32 of the kernels is JAX's threefry_2x32 bit for bit, and
     reproduces the Random123 known-answer vectors (threefry2x32_20)."""
     import jax.numpy as jnp
     from jax.extend.random import threefry_2x32
@@ -136,6 +136,42 @@ def test_threefry_matches_jax_and_random123():
         ref = threefry_2x32(jnp.asarray(words[i]), c)
         np.testing.assert_array_equal(np.asarray(b0[:, i]), np.asarray(ref[0]))
         np.testing.assert_array_equal(np.asarray(b1[:, i]), np.asarray(ref[1]))
+
+
+@pytest.mark.parametrize("partitionable", [False, True])
+def test_random_bits_are_jax_random_bits(partitionable):
+    """``random_bits`` (the samplers' words, unrolled cipher) is ``jax.random.bits`` bit for
+    bit, in both Threefry modes (the drivers run non-partitionable; the other mode and raw
+    keys go to jax.random itself), for odd and even sizes, under jit and under vmap over keys;
+    the fast kernel's slot key words are those of ``fold_in``."""
+    import jax
+    import jax.numpy as jnp
+    import jax.random as jr
+
+    from afd_jax.kernels.fast import _slot_words
+    from afd_jax.kernels.threefry import random_bits
+
+    def ref(k, shape):
+        return jr.bits(k, shape, dtype=jnp.uint32)
+
+    with jax.threefry_partitionable(partitionable):
+        key = jr.key(2024)
+        for shape in [(1,), (5,), (2, 3, 7), (3, 64, 33)]:
+            got = jax.jit(random_bits, static_argnums=1)(key, shape)
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(ref(key, shape)))
+        keys = jr.split(key, 4)
+        batched = jax.vmap(lambda k: random_bits(k, (3, 5)))(keys)
+        np.testing.assert_array_equal(
+            np.asarray(batched), np.asarray(jax.vmap(lambda k: ref(k, (3, 5)))(keys))
+        )
+        raw = jr.PRNGKey(3)  # a raw uint32 key: jax.random's own bits
+        got = random_bits(raw, (4,))
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(ref(raw, (4,))))
+        ids = jnp.asarray([0, 1, 7, 1000, 2**31 - 1], jnp.int32)
+        slot_keys = jax.vmap(jr.fold_in, in_axes=(None, 0))(key, ids)
+        np.testing.assert_array_equal(
+            np.asarray(_slot_words(key, ids)), np.asarray(jr.key_data(slot_keys))
+        )
 
 
 def test_fast_kernel_z_scores_are_standard():
