@@ -69,13 +69,13 @@ def fresh_requests(key_stream, drawn, sampler, n_requests: int, slot_ids=None):
     n_slots = drawn.size
     if slot_ids is None:
         slot_ids = jnp.arange(n_slots, dtype=jnp.int32)
-    slot_keys = jax.vmap(jr.fold_in, in_axes=(None, 0))(key_stream, slot_ids)
     counters = drawn.reshape(1, -1) + jnp.arange(n_requests, dtype=jnp.int32)[:, None]  # [K, S]
     if isinstance(sampler, AliasSampler):
-        words = jr.key_data(slot_keys)[:, :2].astype(jnp.uint32)  # threefry key: 2 words
+        words = _slot_words(key_stream, slot_ids)
         bits0, bits1 = request_bits(words, counters.astype(jnp.uint32))
         prompt, decode = alias_requests_from_bits(sampler, bits0, bits1)
     else:
+        slot_keys = jax.vmap(jr.fold_in, in_axes=(None, 0))(key_stream, slot_ids)
         fold = jax.vmap(jax.vmap(jr.fold_in, in_axes=(0, 0)), in_axes=(None, 0))
         keys = fold(slot_keys, counters)  # [K, S]
         draw = jax.vmap(jax.vmap(lambda k: sample_requests(k, sampler, ())))
