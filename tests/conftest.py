@@ -4,13 +4,13 @@ promotion (catches silent int/float mixes), and the shared traces fixture."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import jax
 import pytest
 
-# CLI tests run in-process: keep them hermetic (no persistent XLA cache in ~/.cache).
-os.environ.setdefault("AFD_JAX_CACHE", "0")
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -37,6 +37,31 @@ def trace_path(name: str) -> Path:
 
 
 MAX_WORKERS = 4
+_CACHE_ENV = "AFD_JAX_CACHE_DIR"
+
+
+def pytest_configure(config) -> None:
+    """One persistent XLA cache per test session, shared by the xdist workers and the CLI
+    subprocesses they start (they inherit the environment): a program that several test files
+    compile (the optimiser, the fast kernel at the README's shapes) compiles once. The folder is
+    new and private to the session (hermetic: ~/.cache is never read) and removed at the end.
+    AFD_TEST_XLA_CACHE=0 turns it off (every process compiles for itself)."""
+    if os.environ.get("AFD_TEST_XLA_CACHE", "1") == "0":
+        os.environ["AFD_JAX_CACHE"] = "0"
+        return
+    if not hasattr(config, "workerinput") and _CACHE_ENV not in os.environ:
+        config._afd_cache_dir = tempfile.mkdtemp(prefix="afd-jax-test-xla-")
+        os.environ[_CACHE_ENV] = config._afd_cache_dir
+    os.environ["AFD_JAX_CACHE"] = "1"
+    jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def pytest_unconfigure(config) -> None:
+    folder = getattr(config, "_afd_cache_dir", None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.environ.pop(_CACHE_ENV, None)
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
