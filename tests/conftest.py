@@ -38,6 +38,7 @@ def trace_path(name: str) -> Path:
 
 MAX_WORKERS = 4
 _CACHE_ENV = "AFD_JAX_CACHE_DIR"
+_HALF_WRITTEN = "Error reading persistent compilation cache entry"
 
 
 def pytest_configure(config) -> None:
@@ -53,6 +54,12 @@ def pytest_configure(config) -> None:
         config._afd_cache_dir = tempfile.mkdtemp(prefix="afd-jax-test-xla-")
         os.environ[_CACHE_ENV] = config._afd_cache_dir
     os.environ["AFD_JAX_CACHE"] = "1"
+    # Without a size limit JAX writes entries unlocked: a process that reads one half-written
+    # warns with this message and compiles anew (same program, same numbers). Keep that
+    # warning out of the CLI subprocesses' stderr, which tests read.
+    quiet, given = f"ignore:{_HALF_WRITTEN}", os.environ.get("PYTHONWARNINGS", "")
+    if quiet not in given:
+        os.environ["PYTHONWARNINGS"] = f"{given},{quiet}" if given else quiet
     jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
