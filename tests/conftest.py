@@ -11,6 +11,8 @@ from pathlib import Path
 import jax
 import pytest
 
+from afd_jax.cli import enable_compilation_cache
+
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -45,14 +47,14 @@ def pytest_configure(config) -> None:
     """One persistent XLA cache per test session, shared by the xdist workers and the CLI
     subprocesses they start (they inherit the environment): a program that several test files
     compile (the optimiser, the fast kernel at the README's shapes) compiles once. The folder is
-    new and private to the session (hermetic: ~/.cache is never read) and removed at the end.
-    AFD_TEST_XLA_CACHE=0 turns it off (every process compiles for itself)."""
+    new and private to the session (hermetic: a user's own cache is never read) and removed at
+    the end. AFD_TEST_XLA_CACHE=0 turns it off (every process compiles for itself)."""
     if os.environ.get("AFD_TEST_XLA_CACHE", "1") == "0":
         os.environ["AFD_JAX_CACHE"] = "0"
         return
-    if not hasattr(config, "workerinput") and _CACHE_ENV not in os.environ:
-        config._afd_cache_dir = tempfile.mkdtemp(prefix="afd-jax-test-xla-")
-        os.environ[_CACHE_ENV] = config._afd_cache_dir
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist)
+        config._afd_cache = (tempfile.mkdtemp(prefix="afd-jax-test-xla-"), dict(os.environ))
+        os.environ[_CACHE_ENV] = config._afd_cache[0]
     os.environ["AFD_JAX_CACHE"] = "1"
     # Without a size limit JAX writes entries unlocked: a process that reads one half-written
     # warns with this message and compiles anew (same program, same numbers). Keep that
@@ -60,15 +62,15 @@ def pytest_configure(config) -> None:
     quiet, given = f"ignore:{_HALF_WRITTEN}", os.environ.get("PYTHONWARNINGS", "")
     if quiet not in given:
         os.environ["PYTHONWARNINGS"] = f"{given},{quiet}" if given else quiet
-    jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    enable_compilation_cache()  # the CLI's settings, here for the in-process tests
 
 
 def pytest_unconfigure(config) -> None:
-    folder = getattr(config, "_afd_cache_dir", None)
+    folder, environ = getattr(config, "_afd_cache", (None, None))
     if folder is not None:
         shutil.rmtree(folder, ignore_errors=True)
-        os.environ.pop(_CACHE_ENV, None)
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
