@@ -42,10 +42,10 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from .contract import Kernel
+from .options import ROUTINGS
 from .sampling import sample_requests
 from .trajectory import SlotState, advance, init_slots
 
-ROUTINGS = ("in-place", "balanced", "power-of-d", "lookahead")
 _NOISE_TAG, _EXPERT_TAG, _ROUTE_TAG = 1, 2, 3
 
 

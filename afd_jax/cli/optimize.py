@@ -11,8 +11,6 @@ import math
 import sys
 import time
 
-import jax
-
 from afd_jax.cli.common import (
     add_hardware_args,
     add_latency_args,
@@ -31,8 +29,6 @@ from afd_jax.cli.common import (
 from afd_jax.errors import InputError
 from afd_jax.model.exact import binning_error_bound, require_worker_load
 from afd_jax.model.hardware import kv_capacity_tokens
-from afd_jax.studies.elasticity import optimum_elasticities, round_elasticity
-from afd_jax.studies.optimize import optimize
 from afd_jax.studies.plots import plot_tornado
 from afd_jax.workload.slotload import slot_load_pmf
 from afd_jax.workload.statistics import workload_stats
@@ -134,6 +130,12 @@ def _kv_capacity(args) -> float | None:
 
 
 def run(args) -> int:
+    # JAX and the study load here, not at import: `afd-jax optimize --help` does not need them
+    import jax
+
+    from afd_jax.studies.elasticity import optimum_elasticities, round_elasticity
+    from afd_jax.studies.optimize import optimize
+
     jax.config.update("jax_enable_x64", True)
     tornado = plot_file(args.tornado, "--tornado")
     if args.optimize_batch:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import sys
 
-import jax
-
+from afd_jax.choices import DEFAULT_BATCHES, OBJECTIVES
 from afd_jax.cli.common import (
     add_hardware_args,
     add_latency_args,
@@ -30,7 +29,6 @@ from afd_jax.cli.common import (
 from afd_jax.cli.provision import _latency_source
 from afd_jax.errors import InputError
 from afd_jax.model.exact import require_worker_load
-from afd_jax.studies.plan import DEFAULT_BATCHES, OBJECTIVES, plan
 from afd_jax.studies.plots import plot_plan_front, plot_tornado
 
 
@@ -171,6 +169,11 @@ def _print_plan(res: dict) -> None:
 
 
 def run(args) -> int:
+    # JAX and the study load here, not at import: `afd-jax plan --help` does not need them
+    import jax
+
+    from afd_jax.studies.plan import plan
+
     jax.config.update("jax_enable_x64", True)
     positive_int("r_max", args.r_max)
     positive_int("top", args.top)

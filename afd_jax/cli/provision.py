@@ -10,8 +10,6 @@ from __future__ import annotations
 import sys
 import time
 
-import jax
-
 from afd_jax.cli.common import (
     LATENCY_FLAGS,
     add_hardware_args,
@@ -31,7 +29,6 @@ from afd_jax.cli.common import (
 from afd_jax.memory import require
 from afd_jax.model.latency_io import format_stages
 from afd_jax.studies.plots import plot_provision
-from afd_jax.studies.provision import provision
 
 CURVE_ROW_BYTES = 4096  # one r of the curve: the three methods' arrays and its JSON row
 
@@ -142,6 +139,11 @@ def _latency_source(args) -> str:
 
 
 def run(args) -> int:
+    # JAX and the study load here, not at import: `afd-jax provision --help` does not need them
+    import jax
+
+    from afd_jax.studies.provision import provision
+
     jax.config.update("jax_enable_x64", True)
     positive_int("batch", args.batch)
     positive_int("r_max", args.r_max)

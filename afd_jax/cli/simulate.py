@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from afd_jax.choices import PRECISIONS
 from afd_jax.cli.common import (
     add_distributed_args,
     add_latency_args,
@@ -32,11 +33,9 @@ from afd_jax.cli.common import (
     start_distributed,
 )
 from afd_jax.errors import InputError
-from afd_jax.kernels.dynamics import ROUTINGS
+from afd_jax.kernels.options import ROUTINGS
 from afd_jax.memory import current_budget
-from afd_jax.montecarlo.dynamics import DYNAMICS_KEYS, dynamics_options
 from afd_jax.montecarlo.result import MonteCarloResult
-from afd_jax.montecarlo.spine import PRECISIONS
 from afd_jax.studies.plots import plot_simulation
 
 WINDOWS = ("steps", "completions")
@@ -221,6 +220,8 @@ def add_dynamics_args(p) -> None:
 
 def _dynamics(args):
     """The Dynamics of the flags, or None (today's kernels)."""
+    from afd_jax.montecarlo.dynamics import DYNAMICS_KEYS, dynamics_options
+
     cfg = dynamics_options({k: getattr(args, k) for k in DYNAMICS_KEYS}, dash=True)
     if cfg is not None and args.kernel is not None:
         raise InputError("dynamics options run their own kernel; drop --kernel", field="kernel")

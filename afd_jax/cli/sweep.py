@@ -9,8 +9,6 @@ import os
 import sys
 import time
 
-import jax
-
 from afd_jax.cli.common import (
     add_distributed_args,
     add_memory_budget_arg,
@@ -19,8 +17,6 @@ from afd_jax.cli.common import (
 )
 from afd_jax.errors import InputError, check_output_dir, check_output_file
 from afd_jax.studies.store import PeersLost
-from afd_jax.studies.sweep import check_axes, load_spec, make_plan, plot_sweep, run_sweep
-from afd_jax.studies.sweep.run import parts_dir
 
 
 def add_parser(subparsers) -> None:
@@ -92,6 +88,8 @@ def _check_parquet(spec, out: str, spec_path: str) -> None:
 
 def _check_outputs(args, out: str) -> None:
     """Every place the sweep writes, before any work: the table, its parts folder, the maps."""
+    from afd_jax.studies.sweep.run import parts_dir
+
     check_output_file(out, "--out")
     check_output_dir(parts_dir(out), "--out (its .parts folder)")
     if args.plot_dir:
@@ -99,6 +97,11 @@ def _check_outputs(args, out: str) -> None:
 
 
 def run(args) -> int:
+    # JAX and the study load here, not at import: `afd-jax sweep --help` does not need them
+    import jax
+
+    from afd_jax.studies.sweep import check_axes, load_spec, make_plan, plot_sweep, run_sweep
+
     t0 = time.perf_counter()
     jax.config.update("jax_enable_x64", True)
     if args.chunk_size is not None and args.chunk_size < 1:

@@ -37,6 +37,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
+from afd_jax.choices import PRECISIONS
 from afd_jax.errors import InputError
 from afd_jax.kernels.barrier import BLOCK, StepSums, summarise_rows
 from afd_jax.kernels.step import AttnGrid
@@ -44,10 +45,6 @@ from afd_jax.model import latency as L
 from afd_jax.model.latency import Latency
 from afd_jax.montecarlo.estimators import N_BINS
 from afd_jax.montecarlo.samplers import reuse_for
-
-PRECISIONS = ("float32", "float64")
-"""Float dtypes of the kernels' step-time summaries (``precision=``): float32 is the default
-(every number as before), float64 needs ``jax_enable_x64`` (the CLI enables it)."""
 
 
 def float_dtype(precision: str):

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from afd_jax.choices import DEFAULT_BATCHES, OBJECTIVES
 from afd_jax.errors import InputError, positive_int
 from afd_jax.model.exact import (
     exact_barrier_attention_times,
@@ -50,8 +51,6 @@ from afd_jax.workload.statistics import workload_stats
 
 __all__ = ["DEFAULT_BATCHES", "OBJECTIVES", "PlanResult", "pareto_front", "plan"]
 
-OBJECTIVES = {"per_gpu": "tokens_per_s_per_gpu", "per_dollar": "tokens_per_dollar"}
-DEFAULT_BATCHES = (8, 16, 32, 64, 128, 256)
 FRONT_KEYS = (
     "r",
     "batch",
