@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one prepared GPU benchmark: fills the GPU rows of docs/benchmarks.md in a single run of
-# under 9 minutes on one H100/H200 (each step has its own timeout; a failed step is reported
+# under 10 minutes on one H100/H200 (each step has its own timeout; a failed step is reported
 # and the next one still runs). Needs a Python with jax[cuda] and this package importable.
 #
 #   bash experiments/bench_gpu.sh [TRACES_DIR] [OUT_DIR]
@@ -9,7 +9,8 @@
 # $AFD_TRACES_DIR, else ../shared/traces); OUT_DIR (default bench_gpu_out) receives
 # devices.txt, kernels.md (fast/trajectory/barrier vs NumPy at r_max = 64, B = 256,
 # 64 replications), fast_256.md (the fast kernel with 256 replications: the 1e12 target),
-# scaling.md (rate vs replications and steps) and sweep.json (scenario-r evaluations/s).
+# scaling.md (rate vs replications and steps), gaussian.md (the Gaussian kernel alone: the
+# 1e7 evaluations/s target) and sweep.json (scenario-r evaluations/s of a whole sweep).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 TRACES=$(realpath "${1:-${AFD_TRACES_DIR:-../shared/traces}}")
@@ -26,7 +27,7 @@ step() {  # step NAME TIMEOUT_S COMMAND...
     timeout "$limit" "$@" || echo "== $name FAILED (exit $?)" >&2
 }
 
-step devices 60 python -c "import jax; print(jax.__version__, jax.devices())" |
+step devices 30 python -c "import jax; print(jax.__version__, jax.devices())" |
     tee "$OUT/devices.txt"
 # the fast kernel's two-phase scan on the GPU backend (wide vmap) equals the one-phase scan
 step checks 90 python -m pytest -q -p no:cacheprovider tests/test_fast_tail.py
@@ -37,6 +38,8 @@ step fast_256 80 python experiments/bench_kernels.py --trace "$TRACE" --size gpu
     --out "$OUT/fast_256.md"
 step scaling 120 python experiments/bench_kernels.py --trace "$TRACE" --size gpu --scaling \
     --repeat 2 --out "$OUT/scaling.md"
+step gaussian 60 python experiments/bench_gaussian.py --chunks 1000,10000,100000 \
+    --out "$OUT/gaussian.md"
 sed "s#\.\./shared/traces#$TRACES#g" experiments/sweeps/bench_10k.toml >"$OUT/bench_10k.toml"
 step sweep 60 python experiments/bench_sweep.py --spec "$OUT/bench_10k.toml" \
     --out "$OUT/sweep.json"
