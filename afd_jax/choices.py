@@ -14,4 +14,19 @@ OBJECTIVES = {"per_gpu": "tokens_per_s_per_gpu", "per_dollar": "tokens_per_dolla
 DEFAULT_BATCHES = (8, 16, 32, 64, 128, 256)
 """Batch sizes ``afd-jax plan`` searches unless told otherwise."""
 
-__all__ = ["DEFAULT_BATCHES", "OBJECTIVES", "PRECISIONS"]
+DYNAMICS_KEYS = (
+    "routing",
+    "routing_d",
+    "lookahead",
+    "slot_slack",
+    "kv_capacity",
+    "microbatches",
+    "jitter_cv",
+    "straggler",
+    "experts",
+    "expert_skew",
+)
+"""Option names of :func:`afd_jax.montecarlo.dynamics.dynamics_options` (the sweep's ``[mc]``
+keys; the CLI's flags with - for _)."""
+
+__all__ = ["DEFAULT_BATCHES", "DYNAMICS_KEYS", "OBJECTIVES", "PRECISIONS"]

@@ -1,9 +1,11 @@
 """Startup that does not need JAX does not import it: bare `afd-jax`, --help, --version,
-every command's --help and `afd-jax theta` on a trace (NumPy only) run without loading JAX;
+every command's --help, a rejected flag or input (exit 2) and `afd-jax theta` on a trace (NumPy
+only) run without loading JAX;
 `simulate --help` builds its parser without running anything."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -44,14 +46,49 @@ def test_command_help_without_jax(command):
     assert f"afd-jax {command}" in out
 
 
+REJECTED = [
+    ["simulate", "--workload", "missing.csv", "-B", "8", "--r-max", "4", "--latency", "paper-v1"],
+    ["simulate", "--workload", "paper-v1", "-B", "0", "--r-max", "4", "--latency", "paper-v1"],
+    ["simulate", "--workload", "paper-v1", "-B", "8", "--window", "completions", "--requests", "0"],
+    ["provision", "--workload", "paper-v1", "--batch", "0", "--latency", "paper-v1"],
+    ["optimize", "--workload", "missing.csv", "--latency", "paper-v1", "-B", "8"],
+    ["plan", "--workload", "paper-v1", "--latency", "paper-v1", "--batches", "8,x"],
+    ["reproduce", "--seed", "-1"],
+]
+
+
+@pytest.mark.parametrize("args", REJECTED, ids=lambda a: a[0])
+def test_rejected_input_exits_2_without_jax(args):
+    # flags and inputs are checked before the study (and JAX) loads; x64 is set through the
+    # environment JAX reads when it does load (cli.use_float64)
+    line, _ = _probe(args)
+    assert line == "NOJAX 2", line
+
+
+def test_use_float64_before_jax_loads():
+    # what the commands rely on once they check their inputs before importing JAX; a user's
+    # JAX_ENABLE_X64=0 is overridden, as jax.config.update did
+    code = (
+        "from afd_jax.cli import use_float64\n"
+        "use_float64()\n"
+        "import jax.numpy as jnp\n"
+        "print(jnp.asarray(1.0).dtype)\n"
+    )
+    env = dict(os.environ, JAX_ENABLE_X64="0")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert res.stdout.strip() == "float64", res.stderr
+
+
 def test_jax_free_homes_are_the_library_names():
     from afd_jax import choices
     from afd_jax.kernels import dynamics, options
+    from afd_jax.montecarlo import dynamics as mc_dynamics
     from afd_jax.montecarlo import spine
     from afd_jax.studies import plan
 
     assert dynamics.ROUTINGS is options.ROUTINGS
     assert spine.PRECISIONS is choices.PRECISIONS
+    assert mc_dynamics.DYNAMICS_KEYS is choices.DYNAMICS_KEYS
     assert plan.OBJECTIVES is choices.OBJECTIVES and plan.DEFAULT_BATCHES is choices.DEFAULT_BATCHES
 
 

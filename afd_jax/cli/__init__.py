@@ -100,15 +100,31 @@ def enable_compilation_cache() -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)
     except OSError:
         return  # read-only home: run without the cache
-    settings = {
-        "jax_compilation_cache_dir": folder,
-        "jax_persistent_cache_min_compile_time_secs": 0.5,
-    }
-    if "jax" in sys.modules:  # already imported (in-process callers, tests)
+    _jax_settings(
+        {"jax_compilation_cache_dir": folder, "jax_persistent_cache_min_compile_time_secs": 0.5},
+        override=False,
+    )
+
+
+def use_float64() -> None:
+    """``jax_enable_x64`` for a command's run, without importing JAX: the command checks its
+    flags and reads its inputs first, so a rejected input exits in a fraction of a second
+    instead of after the second that loading JAX takes."""
+    _jax_settings({"jax_enable_x64": True}, override=True)
+
+
+def _jax_settings(settings: dict, override: bool) -> None:
+    """Set JAX config options now if JAX is loaded (in-process callers, tests), else in the
+    environment JAX reads when (and if) a command imports it (``override=False`` keeps a
+    value the user set there)."""
+    if "jax" in sys.modules:
         for k, v in settings.items():
             sys.modules["jax"].config.update(k, v)
-    else:  # JAX reads these when (and if) a command imports it
-        for k, v in settings.items():
+        return
+    for k, v in settings.items():
+        if override:
+            os.environ[k.upper()] = str(v)
+        else:
             os.environ.setdefault(k.upper(), str(v))
 
 

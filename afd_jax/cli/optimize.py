@@ -11,6 +11,7 @@ import math
 import sys
 import time
 
+from afd_jax.cli import use_float64
 from afd_jax.cli.common import (
     add_hardware_args,
     add_latency_args,
@@ -130,13 +131,7 @@ def _kv_capacity(args) -> float | None:
 
 
 def run(args) -> int:
-    # JAX and the study load here, not at import: `afd-jax optimize --help` does not need them
-    import jax
-
-    from afd_jax.studies.elasticity import optimum_elasticities, round_elasticity
-    from afd_jax.studies.optimize import optimize
-
-    jax.config.update("jax_enable_x64", True)
+    use_float64()  # JAX loads with the study, once the flags and inputs are read
     tornado = plot_file(args.tornado, "--tornado")
     if args.optimize_batch:
         positive_int("batch_max", args.batch_max)
@@ -154,6 +149,9 @@ def run(args) -> int:
     r_values = load_ratios(args, args.r_max)
     lat, opts = load_latency(args)
     w = load_workload(args)
+    from afd_jax.studies.elasticity import optimum_elasticities, round_elasticity
+    from afd_jax.studies.optimize import optimize
+
     t0 = time.perf_counter()
     stats = workload_stats(w)
     pmf = slot_load_pmf(w, load_offset=opts.load_offset, max_bins=args.slot_bins)

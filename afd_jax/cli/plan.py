@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 
 from afd_jax.choices import DEFAULT_BATCHES, OBJECTIVES
+from afd_jax.cli import use_float64
 from afd_jax.cli.common import (
     add_hardware_args,
     add_latency_args,
@@ -169,12 +170,7 @@ def _print_plan(res: dict) -> None:
 
 
 def run(args) -> int:
-    # JAX and the study load here, not at import: `afd-jax plan --help` does not need them
-    import jax
-
-    from afd_jax.studies.plan import plan
-
-    jax.config.update("jax_enable_x64", True)
+    use_float64()  # JAX loads with the study, once the flags and inputs are read
     positive_int("r_max", args.r_max)
     positive_int("top", args.top)
     positive_int("slot_bins", args.slot_bins)
@@ -190,8 +186,11 @@ def run(args) -> int:
     lat, opts = load_latency(args)
     hardware = load_hardware(args)
     require_worker_load(args.slot_bins, max(batches or DEFAULT_BATCHES))
+    w = load_workload(args)
+    from afd_jax.studies.plan import plan
+
     result = plan(
-        load_workload(args),
+        w,
         lat,
         hardware=hardware,
         opts=opts,

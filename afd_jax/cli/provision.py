@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 
+from afd_jax.cli import use_float64
 from afd_jax.cli.common import (
     LATENCY_FLAGS,
     add_hardware_args,
@@ -139,12 +140,7 @@ def _latency_source(args) -> str:
 
 
 def run(args) -> int:
-    # JAX and the study load here, not at import: `afd-jax provision --help` does not need them
-    import jax
-
-    from afd_jax.studies.provision import provision
-
-    jax.config.update("jax_enable_x64", True)
+    use_float64()  # JAX loads with the study, once the flags and inputs are read
     positive_int("batch", args.batch)
     positive_int("r_max", args.r_max)
     plot = plot_file(args.plot)
@@ -154,6 +150,8 @@ def run(args) -> int:
     hardware = load_hardware(args)
     t0 = time.perf_counter()
     w = load_workload(args)
+    from afd_jax.studies.provision import provision
+
     result = provision(
         w,
         lat,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+from afd_jax.cli import use_float64
 from afd_jax.cli.common import check_seed, emit_json
 from afd_jax.errors import check_output_dir
 
@@ -41,15 +42,13 @@ def traces_dir(args) -> str | None:
 
 
 def run(args) -> int:
-    # JAX and the study are imported when the command runs, as in the other commands, so that
-    # parsing (afd-jax --help, other commands) does not pay for them.
-    import jax
-
-    from afd_jax.studies.reproduce import run_reproduction
-
-    jax.config.update("jax_enable_x64", True)
+    # JAX loads with the study, after the flags are checked (afd-jax --help and a rejected
+    # flag do not pay for it)
+    use_float64()
     check_seed("--seed", args.seed)
     check_output_dir(args.out, "--out")
+    from afd_jax.studies.reproduce import run_reproduction
+
     meta = run_reproduction(
         args.out,
         quick=args.quick,

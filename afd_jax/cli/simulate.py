@@ -18,7 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from afd_jax.choices import PRECISIONS
+from afd_jax.choices import DYNAMICS_KEYS, PRECISIONS
+from afd_jax.cli import use_float64
 from afd_jax.cli.common import (
     add_distributed_args,
     add_latency_args,
@@ -220,9 +221,12 @@ def add_dynamics_args(p) -> None:
 
 def _dynamics(args):
     """The Dynamics of the flags, or None (today's kernels)."""
-    from afd_jax.montecarlo.dynamics import DYNAMICS_KEYS, dynamics_options
+    values = {k: getattr(args, k) for k in DYNAMICS_KEYS}
+    if all(v is None for v in values.values()):
+        return None  # without loading the dynamics driver (and JAX)
+    from afd_jax.montecarlo.dynamics import dynamics_options
 
-    cfg = dynamics_options({k: getattr(args, k) for k in DYNAMICS_KEYS}, dash=True)
+    cfg = dynamics_options(values, dash=True)
     if cfg is not None and args.kernel is not None:
         raise InputError("dynamics options run their own kernel; drop --kernel", field="kernel")
     if cfg is not None and args.window == "completions":
@@ -259,10 +263,7 @@ def _check_window_flags(args) -> None:
 
 
 def run(args) -> int:
-    import jax
-
-    jax.config.update("jax_enable_x64", True)
-
+    use_float64()
     _check_window_flags(args)
     dynamics = _dynamics(args)
     positive_int("batch", args.batch)
@@ -276,6 +277,8 @@ def run(args) -> int:
     if args.distributed or args.coordinator:
         start_distributed(args)
     res = _run_pool(args) if args.window == "completions" else _run_steps(args, dynamics)
+    import jax  # loaded by the run
+
     if jax.process_index() != 0:
         return 0  # every process holds the same result; process 0 reports it
     out = res.to_json()
@@ -306,8 +309,6 @@ def run(args) -> int:
 
 def _run_steps(args, dynamics=None) -> MonteCarloResult:
     """--window steps: :func:`afd_jax.montecarlo.simulate.simulate` for r = 1..r_max."""
-    from afd_jax.montecarlo.simulate import simulate
-
     args.kernel = args.kernel or "fast"
     args.steps = DEFAULT_STEPS if args.steps is None else args.steps
     args.warmup = 0 if args.warmup is None else args.warmup
@@ -317,6 +318,8 @@ def _run_steps(args, dynamics=None) -> MonteCarloResult:
         raise InputError(f"must be >= 0, got {args.warmup}", field="warmup")
     w = load_workload(args)
     lat, opts = load_latency(args)
+    from afd_jax.montecarlo.simulate import simulate  # JAX loads here, after the inputs
+
     return simulate(
         w,
         lat,
@@ -353,8 +356,6 @@ def _idealised(args) -> dict:
 
 def _run_pool(args) -> MonteCarloResult:
     """--window completions: :func:`afd_jax.montecarlo.pool.pool_simulate` for r = 1..r_max."""
-    from afd_jax.montecarlo.pool import pool_simulate
-
     n = DEFAULT_REQUESTS if args.requests is None else args.requests
     x = DEFAULT_FRACTION if args.completion_fraction is None else args.completion_fraction
     positive_int("requests", n)
@@ -362,6 +363,8 @@ def _run_pool(args) -> MonteCarloResult:
         raise InputError(f"must be in (0, 1], got {x}", field="completion-fraction")
     w = load_workload(args)
     lat, opts = load_latency(args)
+    from afd_jax.montecarlo.pool import pool_simulate  # JAX loads here, after the inputs
+
     return pool_simulate(
         w,
         lat,

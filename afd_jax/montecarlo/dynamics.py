@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from afd_jax.choices import DYNAMICS_KEYS
 from afd_jax.errors import InputError
 from afd_jax.kernels import barrier as KB
 from afd_jax.kernels.contract import SegmentParams
@@ -263,21 +264,6 @@ def check_dynamics(cfg: Dynamics, batch: int) -> None:
         e, k, g = cfg.experts, cfg.expert_k, cfg.expert_ranks
         if not (1 <= k <= e and g >= 1 and e % g == 0 and cfg.expert_skew >= 0):
             bad(f"need 1 <= k <= E, G dividing E, skew >= 0; got E={e} k={k} G={g}", "experts")
-
-
-DYNAMICS_KEYS = (
-    "routing",
-    "routing_d",
-    "lookahead",
-    "slot_slack",
-    "kv_capacity",
-    "microbatches",
-    "jitter_cv",
-    "straggler",
-    "experts",
-    "expert_skew",
-)
-"""Option names of :func:`dynamics_options` (the sweep's ``[mc]`` keys; CLI flags with -)."""
 
 
 def dynamics_options(values: dict, prefix: str = "", path: str | None = None, dash=False):
