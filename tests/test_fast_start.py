@@ -5,6 +5,7 @@ only) run without loading JAX;
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,15 +20,20 @@ PROBE = (
     "from afd_jax.cli import main\n"
     "try:\n    code = main(sys.argv[1:])\n"
     "except SystemExit as e:\n    code = e.code\n"
+    "x64 = sys.modules['jax'].config.jax_enable_x64 if 'jax' in sys.modules else None\n"
     "print('JAX' if 'jax' in sys.modules else 'NOJAX', code, file=sys.stderr)\n"
+    "print('x64', x64, file=sys.stderr)\n"
 )
 
 
-def _probe(args) -> tuple[str, str]:
+def _probe(args, env=None) -> tuple[str, str]:
+    """('JAX'|'NOJAX' exit-code, stdout); ``_probe.stderr``: the command's own stderr lines."""
     res = subprocess.run(
-        [sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=120, env=env
     )
-    return res.stderr.strip().splitlines()[-1], res.stdout
+    *own, line, x64 = res.stderr.strip().splitlines()
+    _probe.stderr, _probe.x64 = "\n".join(own), x64
+    return line, res.stdout
 
 
 @pytest.mark.parametrize("args", [[], ["--help"], ["--version"], ["theta", "paper-v1"]])
@@ -46,23 +52,43 @@ def test_command_help_without_jax(command):
     assert f"afd-jax {command}" in out
 
 
-REJECTED = [
-    ["simulate", "--workload", "missing.csv", "-B", "8", "--r-max", "4", "--latency", "paper-v1"],
-    ["simulate", "--workload", "paper-v1", "-B", "0", "--r-max", "4", "--latency", "paper-v1"],
-    ["simulate", "--workload", "paper-v1", "-B", "8", "--window", "completions", "--requests", "0"],
-    ["provision", "--workload", "paper-v1", "--batch", "0", "--latency", "paper-v1"],
-    ["optimize", "--workload", "missing.csv", "--latency", "paper-v1", "-B", "8"],
-    ["plan", "--workload", "paper-v1", "--latency", "paper-v1", "--batches", "8,x"],
-    ["reproduce", "--seed", "-1"],
+REJECTED = [  # (arguments, what the error names)
+    (["simulate", "--workload", "missing.csv", "-B", "8", "--r-max", "4"], "missing.csv"),
+    (["simulate", "--workload", "paper-v1", "-B", "0", "--r-max", "4"], "field batch"),
+    (
+        ["simulate", "--workload", "paper-v1", "-B", "8", "--window", "completions"]
+        + ["--requests", "0"],
+        "field requests",
+    ),
+    (["provision", "--workload", "paper-v1", "--batch", "0"], "field batch"),
+    (["optimize", "--workload", "missing.csv", "-B", "8"], "missing.csv"),
+    (["plan", "--workload", "paper-v1", "--batches", "8,x"], "batches"),
+    (["reproduce", "--seed", "-1", "--out", "{tmp}"], "field --seed"),
 ]
 
 
-@pytest.mark.parametrize("args", REJECTED, ids=lambda a: a[0])
-def test_rejected_input_exits_2_without_jax(args):
+@pytest.mark.parametrize("case", REJECTED, ids=lambda c: c[0][0])
+def test_rejected_input_exits_2_without_jax(case, tmp_path):
     # flags and inputs are checked before the study (and JAX) loads; x64 is set through the
     # environment JAX reads when it does load (cli.use_float64)
+    args, names = case
+    args = [a.format(tmp=tmp_path / "out") for a in args]
+    if args[0] != "reproduce":
+        args += ["--latency", "paper-v1"]
     line, _ = _probe(args)
     assert line == "NOJAX 2", line
+    assert names in _probe.stderr and "error" in _probe.stderr, _probe.stderr
+
+
+def test_a_command_in_a_new_process_runs_in_float64():
+    # JAX loads after the inputs are read; x64 comes from the environment cli.use_float64 set,
+    # overriding the user's JAX_ENABLE_X64=0 as jax.config.update did
+    env = dict(os.environ, JAX_ENABLE_X64="0")
+    args = ["provision", "--workload", "paper-v1", "--latency", "paper-v1", "--batch", "64"]
+    line, out = _probe(args + ["--r-max", "4", "--json"], env=env)
+    assert line == "JAX 0", line
+    assert _probe.x64 == "x64 True", _probe.x64
+    assert json.loads(out)["r_max"] == 4
 
 
 def test_use_float64_before_jax_loads():
