@@ -4,6 +4,7 @@ references: scipy quad in float64, a fine-grid argmax, finite differences, close
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -296,3 +297,48 @@ def test_negative_intercept_from_the_api_does_not_crash():
     lat = Latency(0.01, 100.0, 0.5, -10.0, 0.5, 100.0)
     opt = mean_field_optimum(lat, 599.0, 256, ModelOptions(comm_scaling="per_worker"), r_max=64)
     assert 1 <= opt.r_best <= 64
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+def test_tail_sum_paths_give_the_same_bits(dtype):
+    # the CPU path (node by node, stacked) and the accelerator path (one array [..., nodes])
+    # of _barrier_excess's quadrature: same terms, same pairwise order, so equal to the bit,
+    # under jit and under vmap (the sweep's kernel vmaps over scenarios)
+    rng = np.random.default_rng(3)
+    z = jnp.asarray(rng.uniform(-8, 8, (5, 64)), dtype)
+    r = jnp.asarray(rng.uniform(1, 200, (5, 64)), dtype)
+    lo, hi = theory._window(r)
+    start = jnp.clip(z, lo, hi)
+    length = hi - start
+
+    for transform in (jax.jit, lambda f: jax.jit(jax.vmap(f))):
+        a = np.asarray(transform(theory._node_by_node_sum)(start, length, r))
+        b = np.asarray(transform(theory._tail_sum)(start, length, r))
+        assert a.dtype == np.dtype(dtype)
+        assert np.array_equal(a, b)
+    # the CPU path's derivatives are the wide path's (custom_jvp), to the bit
+    grad = partial(jax.grad, argnums=(0, 1, 2))
+    g_cpu = jax.jit(grad(lambda *a: theory._tail_sum_cpu(*a).sum()))(start, length, r)
+    g_wide = jax.jit(grad(lambda *a: theory._tail_sum(*a).sum()))(start, length, r)
+    for a, b in zip(g_cpu, g_wide, strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_tail_by_node_changes_no_number():
+    # the sweep traces its Gaussian kernel inside tail_by_node (CPU: node by node); a whole
+    # step-time curve is the same to the bit either way, and so are its derivatives
+    rs = jnp.linspace(1.0, 64.0, 64)
+    lat, theta, v = PAPER, 599.0, 600.0**2
+
+    def curve(r):
+        return gaussian_step_time(lat, theta, v, r, 64.0, PER_WORKER)
+
+    def both(f):
+        plain = np.asarray(jax.jit(f)(rs))
+        with theory.tail_by_node():
+            by_node = np.asarray(jax.jit(lambda r: f(r))(rs))  # a new trace inside the block
+        return plain, by_node
+
+    for f in (curve, jax.vmap(jax.grad(curve))):
+        plain, by_node = both(f)
+        assert np.array_equal(plain, by_node)

@@ -43,7 +43,10 @@ differentiation (``stop_gradient``): it moves the limits only where the integran
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -88,6 +91,7 @@ __all__ = [
     "mean_field_throughput_jit",
     "mean_field_throughput_host",
     "regime_segments",
+    "tail_by_node",
 ]
 
 REGIMES = ("attention", "communication", "ffn")
@@ -125,25 +129,30 @@ def _window(r):
     return jax.lax.stop_gradient(lo), jax.lax.stop_gradient(hi)
 
 
+def _panel_rule(dtype, panels: int, nodes: int):
+    """Local coordinates t in [0, 1] and weights w (summing to 1) of the Gauss-Legendre nodes of
+    ``panels`` equal panels of [0, 1], ``nodes`` per panel, panel-major: [panels * nodes]."""
+    gl_x, gl_w = (jnp.asarray(v, dtype=dtype) for v in np.polynomial.legendre.leggauss(nodes))
+    k = jnp.arange(panels, dtype=dtype)
+    t = ((k[:, None] + 0.5 * (gl_x[None, :] + 1.0)) / panels).reshape(-1)
+    w = jnp.broadcast_to(gl_w[None, :] * (0.5 / panels), (panels, nodes)).reshape(-1)
+    return t, w
+
+
 def _panel_nodes(start, length, panels: int, nodes: int):
     """Gauss-Legendre nodes x [..., panels*nodes] on the equal panels of [start, start+length]
     and their weights (summing to 1 over the interval; multiply by ``length``)."""
-    dtype = start.dtype
-    gl_x, gl_w = (jnp.asarray(v, dtype=dtype) for v in np.polynomial.legendre.leggauss(nodes))
-    k = jnp.arange(panels, dtype=dtype)
-    # local coordinate in [0, 1] of every node: (k + (x + 1) / 2) / panels
-    t = ((k[:, None] + 0.5 * (gl_x[None, :] + 1.0)) / panels).reshape(-1)
-    w = jnp.broadcast_to(gl_w[None, :] * (0.5 / panels), (panels, nodes)).reshape(-1)
+    t, w = _panel_rule(start.dtype, panels, nodes)
     lead = (1,) * start.ndim
     return start[..., None] + length[..., None] * t.reshape(lead + (-1,)), w.reshape(lead + (-1,))
 
 
 def _one_minus_phi_r(x, r):
-    """1 - Phi(x)^r at the nodes x [..., k] (r [...]): one erfc per node, accurate in both tails
+    """1 - Phi(x)^r elementwise (x, r broadcast): one erfc per node, accurate in both tails
     (``log Phi = log q`` for x < 0, ``log1p(-q)`` for x >= 0, q the smaller tail)."""
     q = 0.5 * jax.lax.erfc(jnp.abs(x) * (1.0 / math.sqrt(2.0)))
     log_phi = jnp.where(x < 0, jnp.log(q), jnp.log1p(-q))
-    return -jnp.expm1(r[..., None] * log_phi)
+    return -jnp.expm1(r * log_phi)
 
 
 def _barrier_excess(z, r):
@@ -155,9 +164,62 @@ def _barrier_excess(z, r):
     lo, hi = _window(r)
     start = jnp.clip(z, lo, hi)
     length = hi - start
+    by_node = _BY_NODE.get() and jax.default_backend() == "cpu"
+    tail_sum = _tail_sum_cpu if by_node else _tail_sum
+    return jnp.maximum(lo - z, 0.0) + length * tail_sum(start, length, r)
+
+
+_BY_NODE = contextvars.ContextVar("afd_jax_tail_by_node", default=False)
+
+
+@contextlib.contextmanager
+def tail_by_node():
+    """Gaussian tails traced inside this block run node by node on CPU
+    (:func:`_node_by_node_sum`): the same numbers, 2.4x (float64) to 5x (float32) the
+    evaluations per second on large batches, for about 0.5 s more compile time per program.
+    The sweep's Gaussian kernel uses it; small evaluations (provision, the optimiser) do not."""
+    token = _BY_NODE.set(True)
+    try:
+        yield
+    finally:
+        _BY_NODE.reset(token)
+
+
+def _tail_sum(start, length, r):
+    """sum_j w_j (1 - Phi(x_j)^r) over the ``_PANELS`` x ``_NODES`` nodes x_j of [start,
+    start + length]: one elementwise kernel over [..., nodes] (accelerators, derivatives)."""
     x, w = _panel_nodes(start, length, _PANELS, _NODES)
-    f = _one_minus_phi_r(x, r)
-    return jnp.maximum(lo - z, 0.0) + length * _fixed_order_sum(f * w)
+    return _fixed_order_sum(_one_minus_phi_r(x, r[..., None]) * w)
+
+
+@jax.custom_jvp
+def _tail_sum_cpu(start, length, r):
+    """:func:`_tail_sum` on CPU: the same value bit for bit (:func:`_node_by_node_sum`); its
+    derivatives are those of :func:`_tail_sum` (a differentiated scan compiles slowly)."""
+    return _node_by_node_sum(start, length, r)
+
+
+@_tail_sum_cpu.defjvp
+def _tail_sum_cpu_jvp(primals, tangents):
+    return jax.jvp(_tail_sum, primals, tangents)
+
+
+def _node_by_node_sum(start, length, r):
+    """:func:`_tail_sum` bit for bit, with each node's term computed as one array shaped like
+    ``start`` (a scan over the nodes, one panel's nodes unrolled per iteration) and the terms
+    stacked on a leading axis.
+
+    XLA:CPU vectorises these whole-array loops; it does not vectorise the one fused loop over
+    [..., nodes] with the node axis minor, which took 2.6x as long in the sweep's Gaussian
+    kernel (docs/sweep.md). Same arithmetic per node and the same pairwise sum, so the same
+    numbers (tests/test_theory.py checks both paths against each other)."""
+    t, w = _panel_rule(start.dtype, _PANELS, _NODES)
+
+    def term(_, tw):
+        return None, _one_minus_phi_r(start + length * tw[0], r) * tw[1]
+
+    terms = jax.lax.scan(term, None, (t, w), unroll=_NODES)[1]  # [nodes, ...]
+    return _fixed_order_sum(terms, axis=0)
 
 
 def _tail_integral(a, r, weight):
@@ -167,19 +229,20 @@ def _tail_integral(a, r, weight):
     a, r = jnp.broadcast_arrays(a, r)
     length = _UPPER - a
     x, w = _panel_nodes(a, length, _TABLE_PANELS, _TABLE_NODES)
-    return length * _fixed_order_sum(_one_minus_phi_r(x, r) * weight(x) * w)
+    return length * _fixed_order_sum(_one_minus_phi_r(x, r[..., None]) * weight(x) * w)
 
 
-def _fixed_order_sum(x):
-    """Sum over the last axis by halving (then a left-to-right tail): elementwise adds in a
-    fixed order, so the rounding does not depend on how XLA lays out or vectorises a reduce
-    (the same bits on every device count and chunk shape)."""
-    while x.shape[-1] % 2 == 0:
-        half = x.shape[-1] // 2
-        x = x[..., :half] + x[..., half:]
-    total = x[..., 0]
-    for i in range(1, x.shape[-1]):
-        total = total + x[..., i]
+def _fixed_order_sum(x, axis: int = -1):
+    """Sum over ``axis`` by halving (then a left-to-right tail): elementwise adds in a fixed
+    order, so the rounding does not depend on how XLA lays out or vectorises a reduce (the
+    same bits on every device count and chunk shape)."""
+    part = partial(jax.lax.slice_in_dim, axis=axis)
+    while x.shape[axis] % 2 == 0:
+        half = x.shape[axis] // 2
+        x = part(x, 0, half) + part(x, half, 2 * half)
+    total = jax.lax.index_in_dim(x, 0, axis, keepdims=False)
+    for i in range(1, x.shape[axis]):
+        total = total + jax.lax.index_in_dim(x, i, axis, keepdims=False)
     return total
 
 

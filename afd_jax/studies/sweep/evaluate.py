@@ -77,7 +77,8 @@ def analytic_kernels(opts: ModelOptions, r_max: int, gauss_method: str) -> dict:
 
     def gaussian(lat: Latency, theta, slot_var, batch):
         r = jnp.arange(1, r_max + 1, dtype=theta.dtype)
-        tput = theory.gaussian_throughput(lat, theta, slot_var, r, batch, opts, gauss_method)
+        with theory.tail_by_node():  # traced here: the CPU layout for large chunks
+            tput = theory.gaussian_throughput(lat, theta, slot_var, r, batch, opts, gauss_method)
         return {"tput_gaussian": tput}
 
     return {"mean_field": jax.jit(jax.vmap(mean_field)), "gaussian": jax.jit(jax.vmap(gaussian))}
