@@ -300,22 +300,23 @@ def test_negative_intercept_from_the_api_does_not_crash():
 
 
 @pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
-def test_tail_sum_paths_give_the_same_bits(dtype):
-    # the CPU path (node by node, stacked) and the accelerator path (one array [..., nodes])
-    # of _barrier_excess's quadrature: same terms, same pairwise order, so equal to the bit,
-    # under jit and under vmap (the sweep's kernel vmaps over scenarios)
+def test_tail_sum_paths_agree_to_an_ulp(dtype):
+    # the CPU path (node by node, stacked) and the wide path (one array [..., nodes]) of
+    # _barrier_excess's quadrature: the same terms and pairwise order; XLA:CPU may contract
+    # the wide path's weight multiply and first add into an FMA, so the sums differ in about
+    # 1 element in 700 (2 ulp at most over 12 seeds x 64,000 sums in each dtype); bound 4 ulp,
+    # under jit and under vmap (the sweep vmaps over scenarios)
     rng = np.random.default_rng(3)
-    z = jnp.asarray(rng.uniform(-8, 8, (5, 64)), dtype)
-    r = jnp.asarray(rng.uniform(1, 200, (5, 64)), dtype)
+    z = jnp.asarray(rng.uniform(-40, 40, (1000, 64)), dtype)
+    r = jnp.asarray(np.exp(rng.uniform(0, np.log(1e4), (1000, 64))), dtype)
     lo, hi = theory._window(r)
     start = jnp.clip(z, lo, hi)
     length = hi - start
-
     for transform in (jax.jit, lambda f: jax.jit(jax.vmap(f))):
         a = np.asarray(transform(theory._node_by_node_sum)(start, length, r))
         b = np.asarray(transform(theory._tail_sum)(start, length, r))
         assert a.dtype == np.dtype(dtype)
-        assert np.array_equal(a, b)
+        np.testing.assert_array_max_ulp(a, b, maxulp=4)
     # the CPU path's derivatives are the wide path's (custom_jvp), to the bit
     grad = partial(jax.grad, argnums=(0, 1, 2))
     g_cpu = jax.jit(grad(lambda *a: theory._tail_sum_cpu(*a).sum()))(start, length, r)
@@ -325,8 +326,8 @@ def test_tail_sum_paths_give_the_same_bits(dtype):
 
 
 def test_tail_by_node_changes_no_number():
-    # the sweep traces its Gaussian kernel inside tail_by_node (CPU: node by node); a whole
-    # step-time curve is the same to the bit either way, and so are its derivatives
+    # the sweep traces its Gaussian kernel inside tail_by_node (CPU: node by node): a
+    # step-time curve agrees to 8 ulp (float64) and its derivatives to the bit
     rs = jnp.linspace(1.0, 64.0, 64)
     lat, theta, v = PAPER, 599.0, 600.0**2
 
@@ -339,6 +340,7 @@ def test_tail_by_node_changes_no_number():
             by_node = np.asarray(jax.jit(lambda r: f(r))(rs))  # a new trace inside the block
         return plain, by_node
 
-    for f in (curve, jax.vmap(jax.grad(curve))):
-        plain, by_node = both(f)
-        assert np.array_equal(plain, by_node)
+    plain, by_node = both(curve)
+    np.testing.assert_array_max_ulp(plain, by_node, maxulp=8)
+    plain, by_node = both(jax.vmap(jax.grad(curve)))
+    assert np.array_equal(plain, by_node)

@@ -175,9 +175,12 @@ _BY_NODE = contextvars.ContextVar("afd_jax_tail_by_node", default=False)
 @contextlib.contextmanager
 def tail_by_node():
     """Gaussian tails traced inside this block run node by node on CPU
-    (:func:`_node_by_node_sum`): the same numbers, 2.4x (float64) to 5x (float32) the
-    evaluations per second on large batches, for about 0.5 s more compile time per program.
-    The sweep's Gaussian kernel uses it; small evaluations (provision, the optimiser) do not."""
+    (:func:`_node_by_node_sum`): the same numbers to within an ulp of each quadrature sum,
+    2.4x (float64) to 5x (float32) the evaluations per second on large batches, for about
+    0.5 s more compile time per program and 5x the temporary memory (one array per node).
+    The choice is made when a function is traced: a jitted function keeps the layout of its
+    first trace, inside or outside the block. The sweep's Gaussian kernel traces inside it;
+    small evaluations (provision, the optimiser, the reproduction) do not."""
     token = _BY_NODE.set(True)
     try:
         yield
@@ -194,8 +197,8 @@ def _tail_sum(start, length, r):
 
 @jax.custom_jvp
 def _tail_sum_cpu(start, length, r):
-    """:func:`_tail_sum` on CPU: the same value bit for bit (:func:`_node_by_node_sum`); its
-    derivatives are those of :func:`_tail_sum` (a differentiated scan compiles slowly)."""
+    """:func:`_tail_sum` on CPU, node by node (:func:`_node_by_node_sum`); its derivatives
+    are those of :func:`_tail_sum`, to the bit (a differentiated scan compiles slowly)."""
     return _node_by_node_sum(start, length, r)
 
 
@@ -205,14 +208,16 @@ def _tail_sum_cpu_jvp(primals, tangents):
 
 
 def _node_by_node_sum(start, length, r):
-    """:func:`_tail_sum` bit for bit, with each node's term computed as one array shaped like
-    ``start`` (a scan over the nodes, one panel's nodes unrolled per iteration) and the terms
-    stacked on a leading axis.
+    """:func:`_tail_sum` with each node's term computed as one array shaped like ``start`` (a
+    scan over the nodes, one panel's nodes unrolled per iteration) and the terms stacked on a
+    leading axis, then the same pairwise sum.
 
     XLA:CPU vectorises these whole-array loops; it does not vectorise the one fused loop over
     [..., nodes] with the node axis minor, which took 2.6x as long in the sweep's Gaussian
-    kernel (docs/sweep.md). Same arithmetic per node and the same pairwise sum, so the same
-    numbers (tests/test_theory.py checks both paths against each other)."""
+    kernel (docs/benchmarks.md). Every term is the same to the bit; the sums can differ by an
+    ulp, because XLA:CPU may fuse the wide layout's weight multiply into the first pairwise add
+    as an FMA (tests/test_theory.py bounds the difference). Each element depends on its own
+    inputs only, so either layout gives the same bits for every chunk size and device count."""
     t, w = _panel_rule(start.dtype, _PANELS, _NODES)
 
     def term(_, tw):
