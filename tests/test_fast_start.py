@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import NamedTuple
 
 import pytest
 from conftest import trace_path
@@ -26,30 +27,35 @@ PROBE = (
 )
 
 
-def _probe(args, env=None) -> tuple[str, str]:
-    """('JAX'|'NOJAX' exit-code, stdout); ``_probe.stderr``: the command's own stderr lines."""
+class Probe(NamedTuple):
+    line: str  # 'JAX' or 'NOJAX', then the exit code
+    out: str  # the command's stdout
+    err: str  # the command's own stderr
+    x64: str  # 'x64 True' / 'x64 False' / 'x64 None' (JAX not loaded)
+
+
+def _probe(args, env=None) -> Probe:
     res = subprocess.run(
         [sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=120, env=env
     )
     *own, line, x64 = res.stderr.strip().splitlines()
-    _probe.stderr, _probe.x64 = "\n".join(own), x64
-    return line, res.stdout
+    return Probe(line, res.stdout, "\n".join(own), x64)
 
 
 @pytest.mark.parametrize("args", [[], ["--help"], ["--version"], ["theta", "paper-v1"]])
 def test_no_jax_import(args):
-    line, out = _probe(args)
-    assert line == "NOJAX 0", line
-    assert out
+    p = _probe(args)
+    assert p.line == "NOJAX 0", p.line
+    assert p.out
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
 def test_command_help_without_jax(command):
     # the parsers take their choices from JAX-free homes (afd_jax.choices,
     # afd_jax.kernels.options); the commands import JAX when they run
-    line, out = _probe([command, "--help"])
-    assert line == "NOJAX 0", line
-    assert f"afd-jax {command}" in out
+    p = _probe([command, "--help"])
+    assert p.line == "NOJAX 0", p.line
+    assert f"afd-jax {command}" in p.out
 
 
 REJECTED = [  # (arguments, what the error names)
@@ -75,9 +81,9 @@ def test_rejected_input_exits_2_without_jax(case, tmp_path):
     args = [a.format(tmp=tmp_path / "out") for a in args]
     if args[0] != "reproduce":
         args += ["--latency", "paper-v1"]
-    line, _ = _probe(args)
-    assert line == "NOJAX 2", line
-    assert names in _probe.stderr and "error" in _probe.stderr, _probe.stderr
+    p = _probe(args)
+    assert p.line == "NOJAX 2", p.line
+    assert names in p.err and "error" in p.err, p.err
 
 
 def test_a_command_in_a_new_process_runs_in_float64():
@@ -85,10 +91,10 @@ def test_a_command_in_a_new_process_runs_in_float64():
     # overriding the user's JAX_ENABLE_X64=0 as jax.config.update did
     env = dict(os.environ, JAX_ENABLE_X64="0")
     args = ["provision", "--workload", "paper-v1", "--latency", "paper-v1", "--batch", "64"]
-    line, out = _probe(args + ["--r-max", "4", "--json"], env=env)
-    assert line == "JAX 0", line
-    assert _probe.x64 == "x64 True", _probe.x64
-    assert json.loads(out)["r_max"] == 4
+    p = _probe(args + ["--r-max", "4", "--json"], env=env)
+    assert p.line == "JAX 0", p.line
+    assert p.x64 == "x64 True", p.x64
+    assert json.loads(p.out)["r_max"] == 4
 
 
 def test_use_float64_before_jax_loads():
@@ -119,12 +125,12 @@ def test_jax_free_homes_are_the_library_names():
 
 
 def test_theta_on_a_trace_without_jax():
-    line, out = _probe(["theta", str(trace_path("azure_conv")), "--json"])
-    assert line == "NOJAX 0", line
-    assert '"theta"' in out
+    p = _probe(["theta", str(trace_path("azure_conv")), "--json"])
+    assert p.line == "NOJAX 0", p.line
+    assert '"theta"' in p.out
 
 
 def test_command_help_still_lists_its_flags():
-    line, out = _probe(["simulate", "--help"])
-    assert line.endswith(" 0")
-    assert "--coordinator" in out and "--replications" in out
+    p = _probe(["simulate", "--help"])
+    assert p.line.endswith(" 0")
+    assert "--coordinator" in p.out and "--replications" in p.out

@@ -155,20 +155,6 @@ def _one_minus_phi_r(x, r):
     return -jnp.expm1(r * log_phi)
 
 
-def _barrier_excess(z, r):
-    """int_z^inf (1 - Phi(x)^r) dx for any real z and r > 0, elementwise (z, r broadcast).
-
-    ``max(lo_r - z, 0)`` plus ``_PANELS`` x ``_NODES`` Gauss-Legendre nodes on
-    ``[clip(z, lo_r, hi_r), hi_r]`` (module docstring: window and error bound)."""
-    z, r = jnp.broadcast_arrays(z, r)
-    lo, hi = _window(r)
-    start = jnp.clip(z, lo, hi)
-    length = hi - start
-    by_node = _BY_NODE.get() and jax.default_backend() == "cpu"
-    tail_sum = _tail_sum_cpu if by_node else _tail_sum
-    return jnp.maximum(lo - z, 0.0) + length * tail_sum(start, length, r)
-
-
 _BY_NODE = contextvars.ContextVar("afd_jax_tail_by_node", default=False)
 
 
@@ -186,6 +172,20 @@ def tail_by_node():
         yield
     finally:
         _BY_NODE.reset(token)
+
+
+def _barrier_excess(z, r):
+    """int_z^inf (1 - Phi(x)^r) dx for any real z and r > 0, elementwise (z, r broadcast).
+
+    ``max(lo_r - z, 0)`` plus ``_PANELS`` x ``_NODES`` Gauss-Legendre nodes on
+    ``[clip(z, lo_r, hi_r), hi_r]`` (module docstring: window and error bound)."""
+    z, r = jnp.broadcast_arrays(z, r)
+    lo, hi = _window(r)
+    start = jnp.clip(z, lo, hi)
+    length = hi - start
+    by_node = _BY_NODE.get() and jax.default_backend() == "cpu"
+    tail_sum = _tail_sum_cpu if by_node else _tail_sum
+    return jnp.maximum(lo - z, 0.0) + length * tail_sum(start, length, r)
 
 
 def _tail_sum(start, length, r):
