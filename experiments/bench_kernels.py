@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 
 from afd_jax.model.latency import Latency, ModelOptions, other_stages  # noqa: E402
 from afd_jax.montecarlo.samplers import make_sampler, max_slot_load  # noqa: E402
-from afd_jax.montecarlo.simulate import simulate  # noqa: E402
+from afd_jax.montecarlo.simulate import _SPLIT_MIN_STEPS, simulate  # noqa: E402
 from afd_jax.workload.traces import load_trace  # noqa: E402
 
 SIZES = {
@@ -343,15 +343,15 @@ SHORT_STEPS = (16, 1_000, 2_000, 3_000, 5_000, 10_000)
 
 def short_runs(args, w, lat, cfg, budget) -> str:
     """Markdown: ``wall_seconds`` of one replication against its length, the least-squares
-    line through the lengths from 3,000 steps on (one replication is split over the CPU
-    devices from ``simulate._SPLIT_MIN_STEPS``; the shorter ones run on one device), with
+    line through the lengths from ``simulate._SPLIT_MIN_STEPS`` on (from there one replication
+    is split over the CPU devices; the shorter ones run on one device), with
     intercept = fixed cost per call and slope = marginal rate, and the rate of 64
     replications x 5,000 steps."""
     slots = cfg["r_max"] * cfg["batch"]
     ms = {}
     for steps in SHORT_STEPS:
         ms[steps] = 1e3 * slots * steps / _fast_rate(w, lat, cfg, steps, 1, args.repeat, budget)[0]
-    fit = [t for t in SHORT_STEPS if t >= 3_000]  # one way of running: split (>= 2,500)
+    fit = [t for t in SHORT_STEPS if t >= _SPLIT_MIN_STEPS]  # one way of running: split
     slope, intercept = np.polyfit(fit, [ms[t] for t in fit], 1)
     many = _fast_rate(w, lat, cfg, 5_000, 64, args.repeat, budget)[0]
     return "\n".join(

@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import json
 import sys
+from functools import partial
 
 import jax
 import numpy as np
 
 
 def runs(names=None) -> dict:
-    """The named runs (default: all) as JSON-able dicts."""
+    """The named runs (default: all) as JSON-able dicts, each with ``lowered``: how often
+    each of the spine's chunk programs was lowered during the run, by name (:func:`_listen`).
+    Within a run of several segments each should be lowered once: a second lowering means
+    that a segment saw other input shardings than the first (a start state that came out
+    replicated recompiled the segment on several devices)."""
     from afd_jax.kernels import sampling as KS
     from afd_jax.kernels.dynamics import Dynamics
     from afd_jax.model.latency import Latency
@@ -31,37 +36,90 @@ def runs(names=None) -> dict:
     s, m = KS.alias_sampler(p, d, size=1024), int((p + d - 1).max())
     kw = dict(seed=7, max_slot_load=m)
     dyn = Dynamics(routing="power-of-d", slot_slack=1, jitter_cv=0.2)
-    seg = dict(kw, segment_steps=1_024)
+    short, seg = dict(kw, segment_steps=256), dict(kw, segment_steps=1_024)
+    two = dict(kw, segment_steps=128)
+    one = dict(kw, segment_steps=2_816)
     make = {
-        "fast": lambda: simulate(
-            s, lat, 4, 8, kernel="fast", steps=600, warmup=100, replications=3, **kw
+        "fast": lambda: simulate(  # three segments
+            s, lat, 4, 8, kernel="fast", steps=600, warmup=100, replications=3, **short
         ),
         # one replication (its workers split over the devices from 2,500 steps on,
         # spine.segment_split), in three segments
         "fast1": lambda: simulate(
             s, lat, 3, 8, kernel="fast", steps=2_600, warmup=100, replications=1, **seg
         ),
+        # the same in one segment (started in the same program, spine.start_split), with
+        # too few requests per slot: the segment falls short and is rerun with 2K
+        "fast1_rerun": lambda: _short_requests(
+            lambda: simulate(
+                s, lat, 3, 8, kernel="fast", steps=2_600, warmup=100, replications=1, **one
+            )
+        ),
         "barrier": lambda: simulate(
             s, lat, 4, 8, kernel="barrier", steps=300, replications=2, **kw
         ),
         # the dynamics kernel (routed requests, noise): replications split like the others
         "dynamics": lambda: simulate(
-            s, lat, 4, 6, steps=200, warmup=50, replications=4, dynamics=dyn, **kw
+            s, lat, 4, 6, steps=200, warmup=50, replications=4, dynamics=dyn, **two
         ),
         "pool": lambda: pool_simulate(
             s, lat, 4, [1, 3], n_requests=200, replications=3, seed=7, diagnostics=True
         ),
     }
-    res = {name: make[name]() for name in names or make}
+    lowered: list = []
+    jax.monitoring.register_event_duration_secs_listener(partial(_listen, lowered))
     out = {}
-    for name, r in res.items():
+    for name in names or make:
+        lowered.clear()
+        r, calls = (lambda r: r if isinstance(r, tuple) else (r, None))(make[name]())
         js = r.to_json()
+        js["lowered"] = {n: lowered.count(n) for n in lowered}
         for k in ("wall_seconds", "slot_steps_per_second", "device"):
             js.pop(k)
+        if calls is not None:
+            js["calls"] = calls
         if r.per_pool_throughput is not None:
             js["per_pool"] = np.asarray(r.per_pool_throughput).tolist()
         out[name] = js
     return out
+
+
+def _short_requests(run):
+    """``(run(), calls)``: ``run()`` with the fast kernel planned at K = 64 requests per slot
+    and segment (K1 = 48 over all slots), where a slot of a 2,816-step segment needs about
+    94, so that the segment falls short once and is rerun with 2K; ``calls``: how often each
+    chunk function of the spine ran."""
+    from afd_jax.montecarlo import simulate as S
+
+    plan, calls = S._plan, {}
+
+    def counted(name):
+        f = getattr(S, name)
+
+        def call(*a, **k):
+            calls[name] = calls.get(name, 0) + 1
+            return f(*a, **k)
+
+        return call
+
+    saved = {n: getattr(S, n) for n in ("_plan", "start_split", "segment_split", "segment_chunk")}
+    try:
+        S._plan = lambda *a, **k: (lambda p: p._replace(n_requests=64, n_bulk=48))(plan(*a, **k))
+        for name in ("start_split", "segment_split", "segment_chunk"):
+            setattr(S, name, counted(name))
+        res = run()
+    finally:
+        for name, f in saved.items():
+            setattr(S, name, f)
+    return res, calls
+
+
+def _listen(names: list, event: str, secs: float, **info) -> None:
+    """A jax.monitoring listener: the names of the chunk programs lowered."""
+    name = info.get("fun_name", "?")  # "?": JAX's event has changed, and the test fails
+    lowered = event == "/jax/core/compile/jaxpr_to_mlir_module_duration"
+    if lowered and ("chunk" in name or "split" in name or name == "?"):
+        names.append(name)
 
 
 def main() -> None:

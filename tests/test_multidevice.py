@@ -28,7 +28,7 @@ def _env(n_dev: int) -> dict:
 
 def _strip(out: dict) -> dict:
     return {
-        k: {f: v for f, v in js.items() if f not in ("devices", "processes")}
+        k: {f: v for f, v in js.items() if f not in ("devices", "processes", "calls", "lowered")}
         for k, js in out.items()
     }
 
@@ -51,8 +51,22 @@ def test_four_devices_identical_to_one(one_device):
     four = json.loads(proc.stdout)
     assert {js["devices"] for js in four.values()} == {4}
     assert {js["devices"] for js in one_device.values()} == {1}
-    assert sorted(four) == ["barrier", "dynamics", "fast", "fast1", "pool"]
+    assert sorted(four) == ["barrier", "dynamics", "fast", "fast1", "fast1_rerun", "pool"]
     assert _strip(four) == _strip(one_device)
+    # every chunk program of a run of several segments compiled once (the start hands the
+    # segments their states sharded as the segments return them)
+    low = {name: four[name]["lowered"] for name in ("fast", "fast1", "dynamics")}
+    assert "jit(segment_chunk)" in low["fast"], low
+    assert "jit(segment_split)" in low["fast1"], low
+    assert "jit(dynamics_chunk)" in low["dynamics"], low
+    assert all(set(c.values()) == {1} for c in low.values()), low
+    # one segment started in its own program (start_split), short, rerun split as often as
+    # one device reruns it; the numbers are those of three segments
+    split, one = four["fast1_rerun"]["calls"], one_device["fast1_rerun"]["calls"]
+    assert set(split) == {"start_split", "segment_split"} and set(one) == {"segment_chunk"}
+    assert split["start_split"] == 1 and one["segment_chunk"] >= 2
+    assert split["segment_split"] == one["segment_chunk"] - 1
+    assert _strip(four)["fast1_rerun"] == _strip(four)["fast1"]
 
 
 def free_port() -> int:

@@ -431,7 +431,8 @@ def run_dynamics(sampler, max_load: int, lat: Latency, drun: DynRun, bar: Progre
 
     def start(c: Chunk):
         params = SegmentParams(sampler, np.int32(0))
-        return start_chunk(base, mesh.put(np.asarray(c.rows, np.int32)), params, kernel=kernel)
+        rows = mesh.put(np.asarray(c.rows, np.int32))
+        return start_chunk(base, rows, params, kernel=kernel, sharding=mesh.states)
 
     def advance(c: Chunk, t0, state):
         keys, states = state

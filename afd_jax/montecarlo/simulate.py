@@ -71,6 +71,7 @@ from afd_jax.montecarlo.spine import (
     segment_chunk,
     segment_split,
     start_chunk,
+    start_split,
 )
 from afd_jax.workload.containers import ParametricWorkload, TraceWorkload
 
@@ -406,8 +407,9 @@ def _mesh(run: StepsRun) -> RowMesh:
     """Replications over every device. One replication of at least :data:`_SPLIT_MIN_STEPS`
     steps of the fast kernel on CPU in a single process has its workers split over the
     devices (:func:`~afd_jax.montecarlo.spine.segment_split`, when they divide the padded
-    worker count; the numbers are the same): on 2 cores 1.05x faster at 2,500 steps and 1.2x
-    from 3,000, while at 2,000 steps the exchange costs what it saves (docs/cpu-speed.md).
+    worker count; the numbers are the same). Its start runs in the program of its first
+    segment (:func:`~afd_jax.montecarlo.spine.start_split`); on 2 cores that is faster than
+    one device from 2,000 steps, and about as fast at 1,000 to 1,500 (docs/cpu-speed.md).
     Otherwise one replication is one row on one device (XLA:CPU runs parts of it on several
     threads)."""
     if run.kernel == "barrier" or run.replications > 1:
@@ -617,6 +619,14 @@ def _balanced(replications: int, most: int, devices: int = 1) -> int:
     return devices * -(-units // -(-units // per))
 
 
+class _Unstarted(NamedTuple):
+    """A chunk of one segment whose start runs in the segment's program: the rows and the
+    start's SegmentParams (:func:`~afd_jax.montecarlo.spine.start_split`)."""
+
+    rows: np.ndarray
+    params: SegmentParams
+
+
 def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh):
     """Replications in chunks, each stepped segment by segment; the fast kernel's segment is
     redone with a larger K (``kernel.enlarge()``) when its requests fall short."""
@@ -630,10 +640,14 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: Row
 
     def start(c: Chunk):
         params = SegmentParams(sampler, np.int32(0))
-        return start_chunk(base, mesh.put(c.rows.astype(np.int32)), params, kernel=init_kernel)
+        if mesh.split and len(c.segments) == 1:
+            # one launch (start_split); with more segments segment_split compiles anyway,
+            # and start_split would be one more program to compile (0.7 s)
+            return _Unstarted(c.rows.astype(np.int32), params)
+        rows = mesh.put(c.rows.astype(np.int32))
+        return start_chunk(base, rows, params, kernel=init_kernel, sharding=mesh.states)
 
     def advance(c: Chunk, t0, state):
-        k_stream, states = state
         # host scalars (np.int32): no eager device op per argument
         params = SegmentParams(sampler, np.int32(t0))
         t_end = mesh.put(np.full((chunk,), total, np.int32))
@@ -643,16 +657,18 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: Row
             window = window._replace(real=(np.int32(run.r_max), np.int32(run.batch)))
         while True:
             kw = dict(kernel=current[0], batch=batch, serial=run.serial)
-            if mesh.split:
-                new, sums, covered = segment_split(
-                    k_stream, states, params, window, model, hist, mesh=mesh.mesh, **kw
+            data = (params, window, model, hist)
+            if isinstance(state, _Unstarted):  # the started state is kept for a rerun
+                k0, s0, new, sums, covered = start_split(
+                    base, *state, *data, init_kernel=init_kernel, mesh=mesh.mesh, **kw
                 )
+                state = (k0, s0)
+            elif mesh.split:
+                new, sums, covered = segment_split(*state, *data, mesh=mesh.mesh, **kw)
             else:
-                new, sums, covered = segment_chunk(
-                    k_stream, states, params, window, model, hist, groups=mesh.n, **kw
-                )
+                new, sums, covered = segment_chunk(*state, *data, groups=mesh.n, **kw)
             if current[0].enlarge is None or bool(covered):
-                return (k_stream, new), _real_workers(mesh.fetch(sums), run.r_max)
+                return (state[0], new), _real_workers(mesh.fetch(sums), run.r_max)
             current[0] = current[0].enlarge()
 
     def record(c: Chunk, t0, sums):

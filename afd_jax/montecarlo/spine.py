@@ -146,16 +146,23 @@ def _row_mask(window: Window, row, length: int):
     return (row < window.n_real) & (t >= window.warmup) & (t < window.t_end[row])
 
 
-@partial(jax.jit, static_argnames=("kernel",))
-def start_chunk(base, reps, params, *, kernel):
+@partial(jax.jit, static_argnames=("kernel", "sharding"))
+def start_chunk(base, reps, params, *, kernel, sharding=None):
     """The start of a chunk of replications ``reps`` in one call: ``(stream keys, states)``,
     the states ``kernel.init`` from the keys ``fold_in(fold_in(base, rep), 0)`` and the stream
-    keys ``fold_in(fold_in(base, rep), 1)`` (what the segments draw from)."""
+    keys ``fold_in(fold_in(base, rep), 1)`` (what the segments draw from). ``sharding``: the
+    states' sharding, that of the states the chunk's segments return
+    (:attr:`RowMesh.states`), so that every segment of a run calls one compiled program
+    (otherwise a state field that does not depend on the rows comes out replicated, and the
+    second segment compiles the segment again)."""
 
     def keys(tag):
         return jax.vmap(lambda i: jr.fold_in(jr.fold_in(base, i), tag))(reps)
 
-    return keys(1), jax.vmap(lambda k: kernel.init(k, params))(keys(0))
+    states = jax.vmap(lambda k: kernel.init(k, params))(keys(0))
+    if sharding is not None:
+        states = jax.lax.with_sharding_constraint(states, sharding)
+    return keys(1), states
 
 
 @partial(jax.jit, static_argnames=("kernel", "batch", "serial", "groups"))
@@ -246,6 +253,23 @@ def segment_split(
     return states, cut._replace(hist=sums.hist), covered
 
 
+@partial(jax.jit, static_argnames=("init_kernel", "kernel", "batch", "serial", "mesh"))
+def start_split(
+    base, reps, start_params, params, window, model, hist, *, init_kernel, kernel, **kw
+):
+    """:func:`start_chunk` and the first :func:`segment_split` of its row in one program:
+    returns ``(keys, start states, states, sums, covered)`` (the start states for a rerun
+    with ``kernel.enlarge()``)."""
+    states_sharding = NamedSharding(kw["mesh"], PartitionSpec(None, "rows"))
+    keys, start = start_chunk(
+        base, reps, start_params, kernel=init_kernel, sharding=states_sharding
+    )
+    states, sums, covered = segment_split(
+        keys, start, params, window, model, hist, kernel=kernel, **kw
+    )
+    return keys, start, states, sums, covered
+
+
 def _map_rows(f, groups: int, zero, *xs):
     """On CPU, ``f`` (returning ``(..., counts, last)``) over the leading (row) axis, one row
     after another within each of ``groups`` contiguous groups (one per device, ``vmap``
@@ -307,6 +331,10 @@ class RowMesh:
         self.processes = jax.process_count() if self.multi else 1
         self.mesh = Mesh(np.array(devs), ("rows",))
         self.sharding = NamedSharding(self.mesh, PartitionSpec(None if split else "rows"))
+        # the chunk functions' states: rows split over the devices, or a split row's workers
+        self.states = NamedSharding(
+            self.mesh, PartitionSpec(None, "rows") if split else PartitionSpec("rows")
+        )
 
     def round_up(self, rows: int) -> int:
         """The smallest multiple of the device count >= rows (>= 1); 1 when split (the split
@@ -405,5 +433,6 @@ __all__ = [
     "segment_chunk",
     "segment_split",
     "start_chunk",
+    "start_split",
     "window_mask",
 ]
