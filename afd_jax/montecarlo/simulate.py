@@ -407,9 +407,8 @@ def _mesh(run: StepsRun) -> RowMesh:
     """Replications over every device. One replication of at least :data:`_SPLIT_MIN_STEPS`
     steps of the fast kernel on CPU in a single process has its workers split over the
     devices (:func:`~afd_jax.montecarlo.spine.segment_split`, when they divide the padded
-    worker count; the numbers are the same). Its start runs in the program of its first
-    segment (:func:`~afd_jax.montecarlo.spine.start_split`); on 2 cores that is faster than
-    one device from 2,000 steps, and about as fast at 1,000 to 1,500 (docs/cpu-speed.md).
+    worker count; the numbers are the same): on 2 cores 1.05x faster at 2,500 steps and 1.2x
+    from 3,000, while at 2,000 steps the exchange costs what it saves (docs/cpu-speed.md).
     Otherwise one replication is one row on one device (XLA:CPU runs parts of it on several
     threads)."""
     if run.kernel == "barrier" or run.replications > 1:

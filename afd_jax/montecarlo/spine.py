@@ -254,19 +254,13 @@ def segment_split(
 
 
 @partial(jax.jit, static_argnames=("init_kernel", "kernel", "batch", "serial", "mesh"))
-def start_split(
-    base, reps, start_params, params, window, model, hist, *, init_kernel, kernel, **kw
-):
-    """:func:`start_chunk` and the first :func:`segment_split` of its row in one program:
-    returns ``(keys, start states, states, sums, covered)`` (the start states for a rerun
-    with ``kernel.enlarge()``)."""
-    states_sharding = NamedSharding(kw["mesh"], PartitionSpec(None, "rows"))
-    keys, start = start_chunk(
-        base, reps, start_params, kernel=init_kernel, sharding=states_sharding
-    )
-    states, sums, covered = segment_split(
-        keys, start, params, window, model, hist, kernel=kernel, **kw
-    )
+def start_split(base, reps, start_params, params, window, model, hist, *, init_kernel, mesh, **kw):
+    """:func:`start_chunk` and the first :func:`segment_split` of its row in one program (one
+    launch): returns ``(keys, start states, states, sums, covered)`` (the start states for a
+    rerun with ``kernel.enlarge()``); ``kw``: segment_split's kernel, batch and serial."""
+    workers = NamedSharding(mesh, PartitionSpec(None, "rows"))  # as segment_split returns them
+    keys, start = start_chunk(base, reps, start_params, kernel=init_kernel, sharding=workers)
+    states, sums, covered = segment_split(keys, start, params, window, model, hist, mesh=mesh, **kw)
     return keys, start, states, sums, covered
 
 
