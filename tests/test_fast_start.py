@@ -111,6 +111,39 @@ def test_use_float64_before_jax_loads():
     assert res.stdout.strip() == "float64", res.stderr
 
 
+_CACHE_PROBE = (
+    "from afd_jax.cli import enable_compilation_cache\n"
+    "enable_compilation_cache()\n"
+    "import jax\n"
+    "print(jax.config.jax_compilation_cache_dir,"
+    " jax.config.jax_persistent_cache_min_compile_time_secs)\n"
+)
+
+
+def _cache_settings(folder) -> list[str]:
+    env = dict(os.environ, AFD_JAX_CACHE="1", AFD_JAX_CACHE_DIR=str(folder))
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    env.pop("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", None)
+    cmd = [sys.executable, "-c", _CACHE_PROBE]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.split()
+
+
+def test_the_compilation_cache_keeps_every_program(tmp_path):
+    folder = tmp_path / "xla"
+    assert _cache_settings(folder) == [str(folder), "0.0"]
+    assert folder.is_dir() and not list(folder.iterdir())  # the write probe is gone
+
+
+def test_a_compilation_cache_folder_that_takes_no_files_is_not_used():
+    # /proc/1 exists on Linux and no one can create files in it; JAX would warn for every
+    # program it failed to write there
+    if not os.path.isdir("/proc/1"):
+        pytest.skip("no /proc/1 here: a folder that refuses new files (Linux procfs) is needed")
+    assert _cache_settings("/proc/1")[0] == "None"
+
+
 def test_jax_free_homes_are_the_library_names():
     from afd_jax import choices
     from afd_jax.kernels import dynamics, options

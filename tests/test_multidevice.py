@@ -55,11 +55,8 @@ def test_four_devices_identical_to_one(one_device):
     assert _strip(four) == _strip(one_device)
     # every chunk program of a run of several segments compiled once (the start hands the
     # segments their states sharded as the segments return them)
-    low = {name: four[name]["lowered"] for name in ("fast", "fast1", "dynamics")}
-    assert "jit(segment_chunk)" in low["fast"], low
-    assert "jit(segment_split)" in low["fast1"], low
-    assert "jit(dynamics_chunk)" in low["dynamics"], low
-    assert all(set(c.values()) == {1} for c in low.values()), low
+    _compiled_once(four, {**_SEGMENTS, "fast1": "jit(segment_split)"})
+    _compiled_once(one_device, {**_SEGMENTS, "fast1": "jit(segment_chunk)"})
     # one segment started in its own program (start_split), short, rerun split as often as
     # one device reruns it; the numbers are those of three segments
     split, one = four["fast1_rerun"]["calls"], one_device["fast1_rerun"]["calls"]
@@ -67,6 +64,18 @@ def test_four_devices_identical_to_one(one_device):
     assert split["start_split"] == 1 and one["segment_chunk"] >= 2
     assert split["segment_split"] == one["segment_chunk"] - 1
     assert _strip(four)["fast1_rerun"] == _strip(four)["fast1"]
+
+
+def _compiled_once(out: dict, segment_programs: dict) -> None:
+    """Every chunk program of these runs (several segments each; run name -> its segment
+    program) was lowered once."""
+    low = {name: out[name]["lowered"] for name in segment_programs}
+    for name, program in segment_programs.items():
+        assert program in low[name], low
+    assert all(set(c.values()) == {1} for c in low.values()), low
+
+
+_SEGMENTS = {"fast": "jit(segment_chunk)", "dynamics": "jit(dynamics_chunk)"}
 
 
 def free_port() -> int:
@@ -96,3 +105,4 @@ def test_two_processes_identical_to_one(one_device):
         assert {(js["devices"], js["processes"]) for js in got.values()} == {(2, 2)}
         assert _strip(got) == {k: v for k, v in _strip(one_device).items() if k in got}
         assert sorted(got) == ["dynamics", "fast", "pool"]
+        _compiled_once(got, _SEGMENTS)

@@ -12,6 +12,7 @@ import argparse
 import importlib
 import os
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -102,10 +103,24 @@ def enable_compilation_cache() -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)
     except OSError:
         return  # read-only home: run without the cache
+    if not _takes_files(folder):
+        return  # a folder that exists but takes no entries: JAX would warn for every program
     _jax_settings(
         {"jax_compilation_cache_dir": folder, "jax_persistent_cache_min_compile_time_secs": 0},
         override=False,
     )
+
+
+def _takes_files(folder: str) -> bool:
+    """Whether a file can be created in ``folder`` (a probe, removed at once: permission bits
+    do not tell, e.g. for root or on a pseudo file system)."""
+    try:
+        fd, path = tempfile.mkstemp(dir=folder, prefix=".afd-jax-probe-")
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(path)
+    return True
 
 
 def use_float64() -> None:

@@ -153,8 +153,9 @@ def start_chunk(base, reps, params, *, kernel, sharding=None):
     keys ``fold_in(fold_in(base, rep), 1)`` (what the segments draw from). ``sharding``: the
     states' sharding, that of the states the chunk's segments return
     (:attr:`RowMesh.states`), so that every segment of a run calls one compiled program
-    (otherwise a state field that does not depend on the rows comes out replicated, and the
-    second segment compiles the segment again)."""
+    (otherwise a state field that does not depend on the rows, and with a row split by
+    workers every field, comes out replicated, and the second segment compiles the segment
+    again)."""
 
     def keys(tag):
         return jax.vmap(lambda i: jr.fold_in(jr.fold_in(base, i), tag))(reps)
@@ -191,6 +192,11 @@ def segment_chunk(
     zero = jnp.zeros((model.other.shape[0], N_BINS), jnp.int32)  # [r_max, bins] counts
     states, sums, counts, covered = _map_rows(row, groups, zero, keys, states, index)
     return states, sums._replace(hist=counts), jnp.all(covered)
+
+
+SPLIT_WORKERS = PartitionSpec(None, "rows")
+"""The states of a row split by workers (:func:`segment_split`): the worker axis over the
+devices."""
 
 
 @partial(jax.jit, static_argnames=("kernel", "batch", "serial", "mesh"))
@@ -231,7 +237,7 @@ def segment_split(
         covered = total[0, -1] == 0
         return jax.tree_util.tree_map(lambda x: x[None], state), sums, covered
 
-    workers = PartitionSpec(None, "rows")
+    workers = SPLIT_WORKERS
     blocks = StepSums(*([PartitionSpec(None, "rows")] * 7), PartitionSpec())
     mapped = jax.shard_map(
         body,
@@ -258,7 +264,7 @@ def start_split(base, reps, start_params, params, window, model, hist, *, init_k
     """:func:`start_chunk` and the first :func:`segment_split` of its row in one program (one
     launch): returns ``(keys, start states, states, sums, covered)`` (the start states for a
     rerun with ``kernel.enlarge()``); ``kw``: segment_split's kernel, batch and serial."""
-    workers = NamedSharding(mesh, PartitionSpec(None, "rows"))  # as segment_split returns them
+    workers = NamedSharding(mesh, SPLIT_WORKERS)  # as segment_split returns them
     keys, start = start_chunk(base, reps, start_params, kernel=init_kernel, sharding=workers)
     states, sums, covered = segment_split(keys, start, params, window, model, hist, mesh=mesh, **kw)
     return keys, start, states, sums, covered
@@ -326,9 +332,7 @@ class RowMesh:
         self.mesh = Mesh(np.array(devs), ("rows",))
         self.sharding = NamedSharding(self.mesh, PartitionSpec(None if split else "rows"))
         # the chunk functions' states: rows split over the devices, or a split row's workers
-        self.states = NamedSharding(
-            self.mesh, PartitionSpec(None, "rows") if split else PartitionSpec("rows")
-        )
+        self.states = NamedSharding(self.mesh, SPLIT_WORKERS if split else PartitionSpec("rows"))
 
     def round_up(self, rows: int) -> int:
         """The smallest multiple of the device count >= rows (>= 1); 1 when split (the split
