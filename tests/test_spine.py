@@ -180,3 +180,59 @@ def test_decode_moments_are_the_alias_table_law():
     got = decode_moments(s)
     assert abs(got[0] - mean) <= 1e-6 * mean and abs(got[1] - sd) <= 1e-5 * sd  # 2**-24 rounding
     assert decode_moments(KS.table_sampler(p, d + 1)) is None
+
+
+def _two_component_copula():
+    """A parametric mixture whose components have decode tables of different lengths (the
+    shorter row padded)."""
+    from afd_jax.workload import families as fam
+
+    return fam.mixture(
+        [
+            (0.7, fam.copula(fam.lognormal(0.7, median=300, lo=0, hi=3000),
+                             fam.lognormal(0.9, median=40, lo=1, hi=600), 0.6)),
+            (0.3, fam.independent(fam.geometric(50.0, min=0), fam.deterministic(7))),
+        ]
+    )  # fmt: skip
+
+
+def test_decode_moments_of_a_copula_sampler_are_its_draws():
+    """Mean and SD of D from a CopulaSampler's tables against 2**21 of its draws: within 5
+    standard errors each (the SE of the SD from the sample's fourth moment)."""
+    from afd_jax.montecarlo.samplers import decode_moments, make_sampler
+
+    s = make_sampler(_two_component_copula())
+    assert np.asarray(s.decode_cdf).max() > 1.0  # a padded row: the case that needs care
+    mean, sd = decode_moments(s)
+    _, d = KS.sample_requests(jr.key(5), s, (1 << 21,))
+    d = np.asarray(d, np.float64)
+    m4 = np.mean((d - d.mean()) ** 4)
+    assert abs(d.mean() - mean) <= 5 * d.std() / np.sqrt(d.size)
+    assert abs(d.std() - sd) <= 5 * np.sqrt((m4 - d.var() ** 2) / (4 * d.var() * d.size))
+
+
+def test_exact_copula_moments_size_k_without_changing_results(monkeypatch):
+    """The fast kernel's K from the copula's table moments instead of a 65,536-draw pilot: the
+    pilot is not compiled, and the numbers are the pilot-sized run's bit for bit."""
+    from afd_jax.model.latency import Latency
+    from afd_jax.montecarlo import simulate as S
+
+    lat = Latency(0.05, 10.0, 0.5, 20.0, 0.01, 2.0)
+    w = _two_component_copula()
+
+    def run():
+        kw = dict(kernel="fast", steps=1_500, warmup=100, replications=2, seed=4)
+        return S.simulate(w, lat, 8, 6, segment_steps=512, **kw)
+
+    exact = run()
+    monkeypatch.setattr(S, "decode_moments", lambda s: None)  # the former pilot
+    pilot = run()
+    for name in ("mean_tau", "se_tau", "idle_attn", "step_p99", "mean_slot_load"):
+        np.testing.assert_array_equal(getattr(exact, name), getattr(pilot, name), err_msg=name)
+
+    def no_pilot(*a, **k):
+        raise AssertionError("the pilot ran")
+
+    monkeypatch.undo()
+    monkeypatch.setattr(S, "_pilot_decode", no_pilot)
+    run()

@@ -141,9 +141,13 @@ def make_sampler(w, load_offset: int = 0, draw: str = "table"):
 
 
 def decode_moments(sampler) -> tuple[float, float] | None:
-    """Mean and standard deviation of the decode length D of an :class:`AliasSampler`'s request
-    law, exactly (float64, host): column k is drawn with probability 1/n and kept with
-    probability threshold_k / 2**24, else its alias. None for other samplers."""
+    """Mean and standard deviation of the decode length D of a sampler's request law (float64,
+    host). An :class:`AliasSampler`, exactly: column k is drawn with probability 1/n and kept
+    with probability threshold_k / 2**24, else its alias. A :class:`CopulaSampler` (parametric
+    workloads): from its tables, component k with weight w_k and decode value j with
+    F_k(j) - F_k(j - 1) (the float32 CDFs it draws with). None for other samplers."""
+    if isinstance(sampler, CopulaSampler):
+        return reuse_for(_MOMENTS, (sampler.decode_cdf,), lambda: _copula_moments(sampler))
     if not isinstance(sampler, AliasSampler):
         return None
 
@@ -159,6 +163,17 @@ def decode_moments(sampler) -> tuple[float, float] | None:
 
 
 _MOMENTS: dict = {}
+
+
+def _copula_moments(s: CopulaSampler) -> tuple[float, float]:
+    """:func:`decode_moments` of a CopulaSampler: the mixture of its decode tables."""
+    weights = np.diff(np.asarray(s.comp_cdf, np.float64), prepend=0.0)
+    cdf = np.minimum(np.asarray(s.decode_cdf, np.float64), 1.0)  # padded columns hold 2.0
+    pmf = np.diff(cdf, prepend=0.0, axis=1)
+    d = np.asarray(s.decode_values, np.float64)
+    mean = float(weights @ (pmf * d).sum(axis=1) / weights.sum())
+    second = float(weights @ (pmf * d * d).sum(axis=1) / weights.sum())
+    return mean, math.sqrt(max(second - mean * mean, 0.0))
 
 
 def reuse_for(store: dict, objects, make, size: int = 4):
