@@ -69,7 +69,8 @@ def runs(names=None) -> dict:
     out, lowered = {}, _LOWERED
     for name in names or make:
         lowered.clear()
-        r, calls = (lambda r: r if isinstance(r, tuple) else (r, None))(make[name]())
+        r = make[name]()
+        r, calls = r if isinstance(r, tuple) else (r, None)  # (result, calls): _short_requests
         js = r.to_json()
         js["lowered"] = {n: lowered.count(n) for n in lowered}
         for k in ("wall_seconds", "slot_steps_per_second", "device"):

@@ -147,7 +147,8 @@ def decode_moments(sampler) -> tuple[float, float] | None:
     workloads): from its tables, component k with weight w_k and decode value j with
     F_k(j) - F_k(j - 1) (the float32 CDFs it draws with). None for other samplers."""
     if isinstance(sampler, CopulaSampler):
-        return reuse_for(_MOMENTS, (sampler.decode_cdf,), lambda: _copula_moments(sampler))
+        tables = (sampler.comp_cdf, sampler.decode_cdf, sampler.decode_values)  # what it reads
+        return reuse_for(_MOMENTS, tables, lambda: _copula_moments(sampler))
     if not isinstance(sampler, AliasSampler):
         return None
 
