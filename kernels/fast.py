@@ -31,7 +31,7 @@ import jax.random as jr
 
 from .contract import Kernel, SegmentInfo
 from .sampling import AliasSampler, alias_requests_from_bits, sample_requests
-from .threefry import threefry2x32
+from .threefry import threefry2x32, threefry2x32_pair, unpack_pair
 from .trajectory import SlotState, init_slots
 
 
@@ -47,12 +47,13 @@ def request_bits(slot_words, counters):
     k0, k1 = slot_words[:, 0], slot_words[:, 1]
     zero = jnp.zeros_like(k0)
 
-    # one request index per scan step: the while loop materialises the bits, which XLA would
-    # otherwise fuse into (and recompute for) every gather that consumes them
+    # one request index per scan step: the while loop materialises the bits (one pair per
+    # block, hashed once), which XLA would otherwise fuse into (and recompute for) every gather
+    # that consumes them
     def body(_, c):
-        return None, threefry2x32(k0, k1, c, zero)
+        return None, threefry2x32_pair(k0, k1, c, zero)
 
-    return jax.lax.scan(body, None, counters)[1]
+    return unpack_pair(jax.lax.scan(body, None, counters)[1])
 
 
 def fresh_requests(key_stream, drawn, sampler, n_requests: int, slot_ids=None):
@@ -90,13 +91,19 @@ def _cumsum0(x):
     return jax.lax.associative_scan(jnp.add, x, axis=0)
 
 
-def _slot_words(key_stream, slot_ids):
-    """uint32[S, 2]: the threefry key words of the slot keys ``fold_in(key_stream, i)``
-    (i >= 0): the cipher of the count pair (0, i) under the stream key, as ``jax.random``
-    computes it (tests/test_kernels.py), with the unrolled cipher."""
+def _slot_pair(key_stream, slot_ids):
+    """complex64[S]: the threefry key words of the slot keys ``fold_in(key_stream, i)``
+    (i >= 0) as one pair per slot (:func:`kernels.threefry.threefry2x32_pair`): the cipher of
+    the count pair (0, i) under the stream key, as ``jax.random`` computes it
+    (tests/test_kernels.py), with the unrolled cipher."""
     k = jr.key_data(key_stream).astype(jnp.uint32)
     ids = slot_ids.astype(jnp.uint32)
-    return jnp.stack(threefry2x32(k[0], k[1], jnp.zeros_like(ids), ids), axis=1)
+    return threefry2x32_pair(k[0], k[1], jnp.zeros_like(ids), ids)
+
+
+def _slot_words(key_stream, slot_ids):
+    """uint32[S, 2]: the slot key words of :func:`_slot_pair`."""
+    return jnp.stack(unpack_pair(_slot_pair(key_stream, slot_ids)), axis=1)
 
 
 def _slot_layout(shape, real_batch, workers=None):
@@ -184,21 +191,21 @@ def _tail(scan, slots: _Slots, carry, xs, *, length: int, cap: int):
 def _draws(key_stream, drawn, sampler, n_requests: int, slot_ids):
     """How the request scan draws: ``(consts, draw, extra0, xs)`` with ``draw(consts, extra,
     x) -> (prompt, decode, extra)``. An :class:`AliasSampler` draws request k from Threefry
-    bits carried from the step before (consts: the slot key words and first request number;
+    bits carried from the step before as one complex64 pair per slot (consts: the slot key
+    words, a pair too, and the first request number;
     xs: the request numbers 0..K-1); other samplers take their requests from
     :func:`fresh_requests` (xs: prompt and decode [K, slots])."""
     n_slots = drawn.size
     if isinstance(sampler, AliasSampler):
-        words = _slot_words(key_stream, slot_ids)
         n0 = drawn.reshape(n_slots).astype(jnp.uint32)
-        consts = (words[:, 0], words[:, 1], n0)
+        consts = (_slot_pair(key_stream, slot_ids), n0)  # a loop operand: hashed once
 
         def draw(consts, bits, k):  # request k from its carried bits; bits of request k + 1
-            k0, k1, n0 = consts
-            p, d = alias_requests_from_bits(sampler, *bits)
-            return p, d, threefry2x32(k0, k1, n0 + (k + jnp.uint32(1)), jnp.zeros_like(k0))
+            (k0, k1), n0 = unpack_pair(consts[0]), consts[1]
+            p, d = alias_requests_from_bits(sampler, *unpack_pair(bits))
+            return p, d, threefry2x32_pair(k0, k1, n0 + (k + jnp.uint32(1)), jnp.zeros_like(k0))
 
-        extra0 = threefry2x32(consts[0], consts[1], n0, jnp.zeros_like(n0))
+        extra0 = threefry2x32_pair(*unpack_pair(consts[0]), n0, jnp.zeros_like(n0))
         return consts, draw, extra0, jnp.arange(n_requests, dtype=jnp.uint32)
 
     p_new, d_new = fresh_requests(key_stream, drawn, sampler, n_requests, slot_ids)

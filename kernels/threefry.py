@@ -13,6 +13,7 @@ import math
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+from jax import lax
 
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 
@@ -34,6 +35,27 @@ def threefry2x32(k0, k1, x0, x1):
         x0 = x0 + ks[(i + 1) % 3]
         x1 = x1 + ks[(i + 2) % 3] + jnp.uint32(i + 1)
     return x0, x1
+
+
+def threefry2x32_pair(k0, k1, x0, x1):
+    """:func:`threefry2x32` with its two words as one complex64 (their bits moved, never
+    computed on), for a loop carry; :func:`unpack_pair` gives the words back.
+
+    XLA fuses each output of an elementwise computation on its own, so a carry of the two
+    words as two arrays recomputes all 20 rounds for each: twice the work. One array of pairs
+    is written by one fusion, which hashes each block once (docs/cpu-speed.md, round 7). The
+    pair must be materialised (a loop carry or loop operand): a consumer that fuses it would
+    recompute the rounds once per word again.
+    """
+    y0, y1 = threefry2x32(k0, k1, x0, x1)
+    f32 = jnp.float32
+    return lax.complex(lax.bitcast_convert_type(y0, f32), lax.bitcast_convert_type(y1, f32))
+
+
+def unpack_pair(pair):
+    """The two uint32 words of a :func:`threefry2x32_pair`."""
+    u32 = jnp.uint32
+    return lax.bitcast_convert_type(pair.real, u32), lax.bitcast_convert_type(pair.imag, u32)
 
 
 def random_bits(key, shape: tuple):
@@ -63,4 +85,4 @@ def random_bits(key, shape: tuple):
     return jnp.concatenate([y0, y1])[:n].reshape(shape)
 
 
-__all__ = ["random_bits", "threefry2x32"]
+__all__ = ["random_bits", "threefry2x32", "threefry2x32_pair", "unpack_pair"]

@@ -138,6 +138,51 @@ def test_threefry_matches_jax_and_random123():
         np.testing.assert_array_equal(np.asarray(b1[:, i]), np.asarray(ref[1]))
 
 
+def test_threefry_pair_keeps_every_bit():
+    """The cipher's words carried as one complex64 pair (the fast kernel's loop carry) come
+    back bit for bit, also the words that read as signalling or quiet NaNs, denormals,
+    infinities and -0.0 (moved as float32, never computed on: a flush or a NaN quieting would
+    change them), in a scan carry, under jit and under vmap."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    from afd_jax.kernels.threefry import threefry2x32, threefry2x32_pair, unpack_pair
+
+    special = np.array(
+        [0x7F800001, 0x7FBFFFFF, 0xFF800001, 0x7FC00000, 0xFFFFFFFF, 0x00000001, 0x807FFFFF]
+        + [0x7F800000, 0xFF800000, 0x80000000, 0, 0x3F800000],
+        dtype=np.uint32,
+    )
+    words = jnp.asarray(np.stack([special, special[::-1]]))
+    pair = lax.complex(*(lax.bitcast_convert_type(w, jnp.float32) for w in words))
+    for got in (unpack_pair(pair), jax.jit(unpack_pair)(pair)):
+        np.testing.assert_array_equal(np.asarray(jnp.stack(got)), np.asarray(words))
+
+    rng = np.random.default_rng(11)
+    k0, k1 = (
+        jnp.asarray(rng.integers(0, 2**32, 4096, dtype=np.uint64).astype(np.uint32)) for _ in "ab"
+    )
+
+    def chain(f, unpack):  # 6 blocks per lane, each counter the previous block's first word
+        def body(c, i):
+            x0, x1 = unpack(c)
+            return f(k0, k1, x0 + i, x1), None
+
+        start = f(k0, k1, jnp.zeros_like(k0), k1)
+        return unpack(jax.lax.scan(body, start, jnp.arange(6, dtype=jnp.uint32))[0])
+
+    want = chain(threefry2x32, lambda c: c)
+    got = jax.jit(lambda: chain(threefry2x32_pair, unpack_pair))()
+    np.testing.assert_array_equal(np.asarray(jnp.stack(got)), np.asarray(jnp.stack(want)))
+    kinds = lax.bitcast_convert_type(jnp.concatenate(got), jnp.float32)
+    assert bool(jnp.isnan(kinds).any()) and bool((jnp.abs(kinds) < 1.2e-38).any())
+    batched = jax.vmap(lambda a, b: unpack_pair(threefry2x32_pair(a, b, b, a)))(k0, k1)
+    np.testing.assert_array_equal(
+        np.asarray(jnp.stack(batched)), np.asarray(jnp.stack(threefry2x32(k0, k1, k1, k0)))
+    )
+
+
 @pytest.mark.parametrize("partitionable", [False, True])
 def test_random_bits_are_jax_random_bits(partitionable):
     """``random_bits`` (the samplers' words, unrolled cipher) is ``jax.random.bits`` bit for

@@ -522,19 +522,35 @@ def _real_workers(sums, r_max: int):
     return sums._replace(hist=sums.hist[:r_max], **cut)
 
 
-def _fast_requests(length: int, mean_d: float, sd_d: float, sigmas: float = 7.0) -> int:
-    """Fresh requests per slot that cover ``length`` steps with a margin of ``sigmas``
-    standard deviations of the renewal count (7: every slot of a call; 2: the bulk of the
-    slots, the rest run the remaining requests gathered). The count's upper tail is heavier
+def _fast_requests(length: int, mean_d: float, sd_d: float) -> int:
+    """K: fresh requests per slot that cover ``length`` steps in every slot of a call, a
+    margin of 7 standard deviations of the renewal count. The count's upper tail is heavier
     than a normal one: with 5, 2.5e-6 of the slots of the Azure conversation trace fell short
     at 10,112 steps, so one call of 14 x 16,384 slots in two reran (docs/cpu-speed.md); the
-    requests beyond the bulk run only in the tail's lanes, so the margin costs little."""
+    requests beyond the bulk (:func:`_bulk_requests`) run only in the tail's lanes, so the
+    margin costs little. Rounded up to 8 values per octave (<= 12.5 % extra, few shapes)."""
+    return max(8, _renewal_quantile(length, mean_d, sd_d, sigmas=7.0, extra=4.0, octave=8))
+
+
+def _bulk_requests(length: int, mean_d: float, sd_d: float) -> int:
+    """K1: the requests every slot runs; the slots still short of ``length`` then run the rest
+    of K gathered into S/16 lanes. Two standard deviations plus one: in NumPy renewal
+    simulations of the three traces and the paper's workload (segments of 128 to 16,384
+    steps) at most 1.1 % of the slots stay short, against the lanes' 6.25 %
+    (tests/test_fast_tail.py). The former + 4 and 8 values per octave ran up to twice the
+    requests the slots need at 2,048 steps (docs/cpu-speed.md, round 7). Rounded up to 16
+    values per octave."""
+    return _renewal_quantile(length, mean_d, sd_d, sigmas=2.0, extra=1.0, octave=16)
+
+
+def _renewal_quantile(length, mean_d, sd_d, *, sigmas, extra, octave: int) -> int:
+    """ceil(n + sigmas * SD + extra) for the renewal count of ``length`` steps (n = length /
+    E[D], SD = (sd / mean) sqrt(n + 1)), rounded up to ``octave`` values per octave."""
     m = max(mean_d, 1.0)
     n = length / m
-    k = int(math.ceil(n + sigmas * (sd_d / m) * math.sqrt(n + 1.0) + 4.0))
-    # round up to 8 values per octave (<= 12.5 % extra work, few distinct shapes to compile)
-    step = 1 << max(0, (k - 1).bit_length() - 4)
-    return max(8, -(-k // step) * step)
+    k = max(1, int(math.ceil(n + sigmas * (sd_d / m) * math.sqrt(n + 1.0) + extra)))
+    step = 1 << max(0, (k - 1).bit_length() - octave.bit_length())
+    return -(-k // step) * step
 
 
 @partial(jax.jit, static_argnames=("n",))
@@ -606,7 +622,7 @@ def _plan(run: StepsRun, setup: StepsSetup, devices: int = 1) -> _Plan:
     if run.kernel != "fast":
         return _Plan(length, chunk, 0)
     n_req = _fast_requests(length, mean_d, sd_d)
-    return _Plan(length, chunk, n_req, _fast_requests(length, mean_d, sd_d, sigmas=2.0))
+    return _Plan(length, chunk, n_req, _bulk_requests(length, mean_d, sd_d))
 
 
 def _balanced(replications: int, most: int, devices: int = 1) -> int:
