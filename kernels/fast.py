@@ -188,7 +188,7 @@ def _tail(scan, slots: _Slots, carry, xs, *, length: int, cap: int):
     return (*out, part[6], carry[7])
 
 
-def _draws(key_stream, drawn, sampler, n_requests: int, slot_ids):
+def _draws(key_stream, drawn, sampler, n_requests: int, slot_ids, paired: bool = True):
     """How the request scan draws: ``(consts, draw, extra0, xs)`` with ``draw(consts, extra,
     x) -> (prompt, decode, extra)``. An :class:`AliasSampler` draws request k from Threefry
     bits carried from the step before as one complex64 pair per slot (consts: the slot key
@@ -199,13 +199,14 @@ def _draws(key_stream, drawn, sampler, n_requests: int, slot_ids):
     if isinstance(sampler, AliasSampler):
         n0 = drawn.reshape(n_slots).astype(jnp.uint32)
         consts = (_slot_pair(key_stream, slot_ids), n0)  # a loop operand: hashed once
+        pack, unpack = (threefry2x32_pair, unpack_pair) if paired else (threefry2x32, tuple)
 
         def draw(consts, bits, k):  # request k from its carried bits; bits of request k + 1
             (k0, k1), n0 = unpack_pair(consts[0]), consts[1]
-            p, d = alias_requests_from_bits(sampler, *unpack_pair(bits))
-            return p, d, threefry2x32_pair(k0, k1, n0 + (k + jnp.uint32(1)), jnp.zeros_like(k0))
+            p, d = alias_requests_from_bits(sampler, *unpack(bits))
+            return p, d, pack(k0, k1, n0 + (k + jnp.uint32(1)), jnp.zeros_like(k0))
 
-        extra0 = threefry2x32_pair(*unpack_pair(consts[0]), n0, jnp.zeros_like(n0))
+        extra0 = pack(*unpack_pair(consts[0]), n0, jnp.zeros_like(n0))
         return consts, draw, extra0, jnp.arange(n_requests, dtype=jnp.uint32)
 
     p_new, d_new = fresh_requests(key_stream, drawn, sampler, n_requests, slot_ids)
@@ -227,6 +228,7 @@ def fast_segment(
     n_bulk: int | None = None,
     real_batch=None,
     workers=None,
+    paired: bool = True,
 ):
     """Run the next ``length`` steps with K = ``n_requests`` fresh requests per slot (static).
 
@@ -245,6 +247,10 @@ def fast_segment(
     :class:`AliasSampler` the Threefry bits of request k + 1 are computed in step k and
     carried (the loop state is materialised, so XLA does not recompute the hash inside each
     table gather); other samplers take their requests from :func:`fresh_requests`.
+    ``paired`` (static): carry the two words as one complex64 pair, so that one fusion hashes
+    each block (:func:`kernels.threefry.threefry2x32_pair`); False: as two arrays, which
+    XLA:CPU computes in two fusions (twice the hashing, but at the same time when a core is
+    free: faster on one device with a spare core, docs/cpu-speed.md, round 7). Same bits.
     ``n_bulk`` (static): None, or run only the first ``n_bulk`` requests over all slots and the
     remaining K - ``n_bulk`` over the few slots still short of L, gathered into
     max(256, slots / 16) lanes (:func:`_tail`; the same numbers, less work: K must cover the
@@ -266,7 +272,9 @@ def fast_segment(
     c0 = cur_p + cur_age  # current request: c = P - (-age); padded slots: no load
     c0 = c0 if real is None else jnp.where(real, c0, 0)
 
-    consts, draw, extra0, xs = _draws(key_stream, state.drawn, sampler, n_requests, slot_ids)
+    consts, draw, extra0, xs = _draws(
+        key_stream, state.drawn, sampler, n_requests, slot_ids, paired
+    )
     diff0 = jnp.zeros(((length + 1) * r_max,), jnp.int32)
     ended0 = jnp.where(still, 0, 1).astype(jnp.int32)
     carry = (rem0, c0, cur_p, cur_d, -cur_age, ended0, diff0, extra0)
@@ -297,7 +305,6 @@ def fast_segment(
     return new_state, worker_loads, covered
 
 
-@cache
 def fast_kernel(
     shape: tuple,
     init: str,
@@ -305,6 +312,7 @@ def fast_kernel(
     n_requests: int,
     n_bulk: int | None = None,
     grown: bool = False,
+    paired: bool = True,
 ) -> Kernel:
     """The fast renewal kernel under the contract of :mod:`kernels.contract`: the initial state
     of :func:`kernels.trajectory.init_slots`, ``segment`` = :func:`fast_segment` (the next
@@ -313,23 +321,32 @@ def fast_kernel(
     that the added requests run only in the tail's lanes (a slot that needs more than K is
     rare, and the more slots a call holds, the likelier one is: a rerun over all slots with
     2K would make the rest of a large run 2.5x slower); a second shortfall means more short
-    slots than lanes, and runs those requests over all slots; later ones double K again."""
+    slots than lanes, and runs those requests over all slots; later ones double K again.
+    ``paired``: how the request scan carries its random words (:func:`fast_segment`). The
+    same configuration gives the same :class:`Kernel`, however the arguments are passed."""
+    return _fast_kernel(tuple(shape), init, length, n_requests, n_bulk, grown, paired)
+
+
+@cache
+def _fast_kernel(shape, init, length, n_requests, n_bulk, grown, paired) -> Kernel:
+    """:func:`fast_kernel`, cached on its positional arguments."""
 
     def init_fn(key, params):
         return init_slots(key, params.sampler, shape, init)
 
     def segment(key_stream, state, params):
-        kw = dict(length=length, n_requests=n_requests, n_bulk=n_bulk)
+        kw = dict(length=length, n_requests=n_requests, n_bulk=n_bulk, paired=paired)
         kw.update(real_batch=params.batch, workers=params.workers)
         state, loads, covered = fast_segment(key_stream, state, params.sampler, **kw)
         return state, SegmentInfo(loads, covered)
 
     def enlarge():
+        same = dict(paired=paired)
         if n_bulk is not None and not grown:  # twice the requests, the added ones in the lanes
-            return fast_kernel(shape, init, length, 2 * n_requests, n_bulk, grown=True)
+            return fast_kernel(shape, init, length, 2 * n_requests, n_bulk, True, **same)
         if n_bulk is not None:  # short again: more short slots than lanes, so one phase
-            return fast_kernel(shape, init, length, n_requests)
-        return fast_kernel(shape, init, length, 2 * n_requests)
+            return fast_kernel(shape, init, length, n_requests, **same)
+        return fast_kernel(shape, init, length, 2 * n_requests, **same)
 
     return Kernel("fast", init_fn, segment, enlarge)
 

@@ -28,11 +28,11 @@ PROMPT, DECODE = RNG.integers(0, 400, 700), RNG.geometric(1 / 25, 700)
 ALIAS = KS.alias_sampler(PROMPT, DECODE, size=1024)
 
 
-def _segment(sampler, state, *, length, n_requests, n_bulk, real_batch=None):
+def _segment(sampler, state, *, length, n_requests, n_bulk, real_batch=None, paired=True):
     f = jax.jit(
         lambda k, s: fast_segment(
             k, s, sampler, length=length, n_requests=n_requests, n_bulk=n_bulk,
-            real_batch=real_batch,
+            real_batch=real_batch, paired=paired,
         )
     )  # fmt: skip
     return jax.tree_util.tree_map(np.asarray, f(jr.key(11), state))
@@ -55,6 +55,9 @@ def test_two_phase_equals_one_phase_alias():
     two = _segment(ALIAS, state, n_bulk=13, **kw)
     assert bool(one[2]) and bool(two[2]), "K = 40 covers 256 steps of mean-25 requests"
     assert _same(one, two)
+    # the random words carried as two arrays instead of one complex64 pair: the same bits
+    assert _same(two, _segment(ALIAS, state, n_bulk=13, paired=False, **kw))
+    assert _same(one, _segment(ALIAS, state, n_bulk=None, paired=False, **kw))
 
 
 def test_two_phase_equals_one_phase_generic_sampler():
@@ -82,6 +85,7 @@ def _rerun(monkeypatch, change):
     ref = _reference()
     plan = S._plan
     monkeypatch.setattr(S, "_plan", lambda *a, **k: change(plan(*a, **k)))
+    monkeypatch.setattr(S, "_paired", lambda mesh: True)  # the kernels the tests name
     seen, chunk = [], S.segment_chunk
 
     def record(*a, **k):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from functools import partial
 from typing import NamedTuple
@@ -500,20 +501,42 @@ class _Shapes(NamedTuple):
     batch: int
 
 
-def _shapes(run: StepsRun, plan) -> _Shapes:
+def _shapes(run: StepsRun, plan, mesh: RowMesh) -> _Shapes:
     """Trajectory kernel; fast kernel padded to (bucket_size(r_max), bucket_size(B)) unless
     ``run.shape_buckets`` is False (padded workers: G(r) and t_F(r) of the last real r, unused
-    and dropped by :func:`_real_workers`)."""
+    and dropped by :func:`_real_workers`), its random words paired when ``mesh`` keeps every
+    core busy (:func:`_paired`)."""
     exact = (run.r_max, run.batch)
     if run.kernel == "trajectory":
         kernel = trajectory_kernel(exact, run.init, plan.length)
         return _Shapes(kernel, kernel, None, run.batch)
+    sizes = (run.init, plan.length, plan.n_requests, plan.n_bulk)
+    paired = _paired(mesh)
     if not run.shape_buckets:
-        kernel = fast_kernel(exact, run.init, plan.length, plan.n_requests, plan.n_bulk)
+        kernel = fast_kernel(exact, *sizes, paired=paired)
         return _Shapes(kernel, kernel, None, run.batch)
     shape = (bucket_size(run.r_max), bucket_size(run.batch))
-    kernel = fast_kernel(shape, run.init, plan.length, plan.n_requests, plan.n_bulk)
+    kernel = fast_kernel(shape, *sizes, paired=paired)
     return _Shapes(kernel, padded_init(shape, run.init, exact), exact, shape[1])
+
+
+def _paired(mesh: RowMesh) -> bool:
+    """Whether the fast kernel carries each request's two random words as one pair (one fusion
+    hashes the block, ``kernels.fast.fast_segment``) rather than as two arrays (two fusions,
+    each hashing it). On CPU the two fusions run at the same time on a core that the call
+    leaves free, which made one device with a spare core 1.1 to 1.3x faster than the pair,
+    while with every core busy the pair is 1.1 to 1.2x faster (docs/cpu-speed.md, round 7).
+    Accelerators: paired. The numbers are the same either way."""
+    if jax.default_backend() != "cpu":
+        return True
+    here = mesh.n // mesh.processes  # this process's devices in the call
+    return here >= _cores()
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
 def _real_workers(sums, r_max: int):
@@ -647,7 +670,7 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: Row
     redone with a larger K (``kernel.enlarge()``) when its requests fall short."""
     plan = _plan(run, setup, 1 if mesh.split else mesh.n)
     total = run.warmup + run.steps
-    kernel, init_kernel, real, batch = _shapes(run, plan)
+    kernel, init_kernel, real, batch = _shapes(run, plan, mesh)
     current = [kernel]  # the fast kernel's K only grows
     acc = StepAccumulator(run.replications, run.r_max, keep_blocks=run.replications == 1)
     chunk = mesh.round_up(plan.reps_per_call)
