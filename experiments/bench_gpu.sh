@@ -29,8 +29,10 @@ step() {  # step NAME TIMEOUT_S COMMAND...
 
 step devices 30 python -c "import jax; print(jax.__version__, jax.devices())" |
     tee "$OUT/devices.txt"
-# the fast kernel's two-phase scan on the GPU backend (wide vmap) equals the one-phase scan
-step checks 90 python -m pytest -q -p no:cacheprovider tests/test_fast_tail.py
+# the fast kernel's two-phase scan on the GPU backend (wide vmap) equals the one-phase scan, and
+# the random words carried as one complex64 pair keep every bit there too
+step checks 100 python -m pytest -q -p no:cacheprovider tests/test_fast_tail.py \
+    tests/test_kernels.py::test_threefry_pair_keeps_every_bit
 step kernels 150 python experiments/bench_kernels.py --trace "$TRACE" --size gpu --repeat 3 \
     --out "$OUT/kernels.md"
 step fast_256 80 python experiments/bench_kernels.py --trace "$TRACE" --size gpu \
