@@ -47,13 +47,12 @@ def request_bits(slot_words, counters):
     k0, k1 = slot_words[:, 0], slot_words[:, 1]
     zero = jnp.zeros_like(k0)
 
-    # one request index per scan step: the while loop materialises the bits (one pair per
-    # block, hashed once), which XLA would otherwise fuse into (and recompute for) every gather
-    # that consumes them
+    # one request index per scan step: the while loop materialises the bits, which XLA would
+    # otherwise fuse into (and recompute for) every gather that consumes them
     def body(_, c):
-        return None, threefry2x32_pair(k0, k1, c, zero)
+        return None, threefry2x32(k0, k1, c, zero)
 
-    return unpack_pair(jax.lax.scan(body, None, counters)[1])
+    return jax.lax.scan(body, None, counters)[1]
 
 
 def fresh_requests(key_stream, drawn, sampler, n_requests: int, slot_ids=None):
@@ -102,8 +101,10 @@ def _slot_pair(key_stream, slot_ids):
 
 
 def _slot_words(key_stream, slot_ids):
-    """uint32[S, 2]: the slot key words of :func:`_slot_pair`."""
-    return jnp.stack(unpack_pair(_slot_pair(key_stream, slot_ids)), axis=1)
+    """uint32[S, 2]: the slot key words of :func:`_slot_pair`, as two arrays."""
+    k = jr.key_data(key_stream).astype(jnp.uint32)
+    ids = slot_ids.astype(jnp.uint32)
+    return jnp.stack(threefry2x32(k[0], k[1], jnp.zeros_like(ids), ids), axis=1)
 
 
 def _slot_layout(shape, real_batch, workers=None):
@@ -191,22 +192,29 @@ def _tail(scan, slots: _Slots, carry, xs, *, length: int, cap: int):
 def _draws(key_stream, drawn, sampler, n_requests: int, slot_ids, paired: bool = True):
     """How the request scan draws: ``(consts, draw, extra0, xs)`` with ``draw(consts, extra,
     x) -> (prompt, decode, extra)``. An :class:`AliasSampler` draws request k from Threefry
-    bits carried from the step before as one complex64 pair per slot (consts: the slot key
-    words, a pair too, and the first request number;
+    bits carried from the step before, ``paired`` as one complex64 pair per slot, else as two
+    arrays (consts: the slot key words, paired the same way, and the first request number;
     xs: the request numbers 0..K-1); other samplers take their requests from
-    :func:`fresh_requests` (xs: prompt and decode [K, slots])."""
+    :func:`fresh_requests` (xs: prompt and decode [K, slots]). Under ``jax_debug_nans`` the
+    words are never paired: a word that reads as a float NaN would raise outside jit."""
     n_slots = drawn.size
     if isinstance(sampler, AliasSampler):
         n0 = drawn.reshape(n_slots).astype(jnp.uint32)
-        consts = (_slot_pair(key_stream, slot_ids), n0)  # a loop operand: hashed once
-        pack, unpack = (threefry2x32_pair, unpack_pair) if paired else (threefry2x32, tuple)
+        if paired and not jax.config.jax_debug_nans:
+            pack, unpack = threefry2x32_pair, unpack_pair
+            slot_key = _slot_pair(key_stream, slot_ids)  # a loop operand: hashed once
+        else:
+            pack, unpack = threefry2x32, tuple
+            words = _slot_words(key_stream, slot_ids)
+            slot_key = (words[:, 0], words[:, 1])
+        consts = (slot_key, n0)
 
         def draw(consts, bits, k):  # request k from its carried bits; bits of request k + 1
-            (k0, k1), n0 = unpack_pair(consts[0]), consts[1]
+            (k0, k1), n0 = unpack(consts[0]), consts[1]
             p, d = alias_requests_from_bits(sampler, *unpack(bits))
             return p, d, pack(k0, k1, n0 + (k + jnp.uint32(1)), jnp.zeros_like(k0))
 
-        extra0 = pack(*unpack_pair(consts[0]), n0, jnp.zeros_like(n0))
+        extra0 = pack(*unpack(consts[0]), n0, jnp.zeros_like(n0))
         return consts, draw, extra0, jnp.arange(n_requests, dtype=jnp.uint32)
 
     p_new, d_new = fresh_requests(key_stream, drawn, sampler, n_requests, slot_ids)

@@ -60,6 +60,18 @@ def test_two_phase_equals_one_phase_alias():
     assert _same(one, _segment(ALIAS, state, n_bulk=None, paired=False, **kw))
 
 
+def test_paired_words_under_debug_nans():
+    """With ``jax_debug_nans`` on, op by op (``disable_jit``), a paired carry would raise on
+    the words that read as float NaNs (1 in 256): the kernel then carries them as two arrays,
+    and gives the jitted numbers."""
+    state = init_slots(jr.key(2), ALIAS, (8, 16), "stationary")
+    kw = dict(length=128, n_requests=16, n_bulk=8)
+    want = _segment(ALIAS, state, **kw)
+    with jax.debug_nans(True), jax.disable_jit():
+        got = fast_segment(jr.key(11), state, ALIAS, paired=True, **kw)
+    assert _same(want, jax.tree_util.tree_map(np.asarray, got))
+
+
 def test_two_phase_equals_one_phase_generic_sampler():
     """The generic path (requests drawn up front, [K, slots]) with an inverse-CDF table."""
     sampler = KS.table_sampler(PROMPT, DECODE)
@@ -170,9 +182,9 @@ def test_bulk_leaves_few_slots_to_the_lanes():
     slots still short of the segment fit the gathered lanes (S/16, 6.25 %) with room for
     chance: in a NumPy simulation of 50,000 slots from the stationary state, at most 2.5 % of
     them need more than K1, for the three traces' and the paper workload's decode laws and
-    segments of 512 to 16,384 steps (1.1 % at most in a run of 200,000). A bulk of 1.5
-    instead of 2 standard deviations and no + 1 leaves up to 5.9 % (fails here). K1 must not
-    exceed K."""
+    segments of 512 to 16,384 steps (up to 1.6 % in runs of 40,000 to 200,000 slots at every
+    multiple of 128 steps). A bulk of 1.5 instead of 2 standard deviations and no + 1 leaves
+    up to 6 % and fails. K1 must not exceed K."""
     from afd_jax.workload.specs import resolve_workload
 
     rng = np.random.default_rng(7)
@@ -184,11 +196,14 @@ def test_bulk_leaves_few_slots_to_the_lanes():
     paper = make_sampler(resolve_workload("paper-v1"), 0)
     decode = np.asarray(KS.sample_requests(jr.key(0), paper, (200_000,))[1], np.int64)
     laws["paper-v1"] = (decode, decode_moments(paper))
+    loosest = 0.0
     for name, (decode, (mean, sd)) in laws.items():
         for length in (512, 2_048, 5_120, 16_384):
             k1 = S._bulk_requests(length, mean, sd)
-            short = np.mean(_requests_needed(rng, decode, length, 50_000) > k1)
+            need = _requests_needed(rng, decode, length, 50_000)
+            short = np.mean(need > k1)
             assert short <= 0.025, (name, length, k1, short)
             assert k1 <= S._fast_requests(length, mean, sd)
             loose = S._renewal_quantile(length, mean, sd, sigmas=1.5, extra=0.0, octave=16)
-            assert loose <= k1
+            loosest = max(loosest, np.mean(need > loose))
+    assert loosest > 0.025, loosest  # the check tells the two rules apart

@@ -156,7 +156,11 @@ def test_threefry_pair_keeps_every_bit():
     )
     words = jnp.asarray(np.stack([special, special[::-1]]))
     pair = lax.complex(*(lax.bitcast_convert_type(w, jnp.float32) for w in words))
-    for got in (unpack_pair(pair), jax.jit(unpack_pair)(pair)):
+
+    def carried(pair):  # the pair as a scan carry
+        return unpack_pair(jax.lax.scan(lambda c, _: (c, None), pair, None, length=3)[0])
+
+    for got in (unpack_pair(pair), jax.jit(unpack_pair)(pair), jax.jit(carried)(pair)):
         np.testing.assert_array_equal(np.asarray(jnp.stack(got)), np.asarray(words))
 
     rng = np.random.default_rng(11)

@@ -524,9 +524,11 @@ def _paired(mesh: RowMesh) -> bool:
     """Whether the fast kernel carries each request's two random words as one pair (one fusion
     hashes the block, ``kernels.fast.fast_segment``) rather than as two arrays (two fusions,
     each hashing it). On CPU the two fusions run at the same time on a core that the call
-    leaves free, which made one device with a spare core 1.1 to 1.3x faster than the pair,
-    while with every core busy the pair is 1.1 to 1.2x faster (docs/cpu-speed.md, round 7).
-    Accelerators: paired. The numbers are the same either way."""
+    leaves free: one device with a spare core ran the kernel alone 6 to 17 % faster with two
+    arrays, while with both devices busy the pair was 11 to 15 % faster at 5,120 steps (a
+    toss-up at 2,048; docs/cpu-speed.md, round 7). Accelerators: paired (not measured there).
+    Processes sharing a host each count only their own devices. The numbers are the same
+    either way."""
     if jax.default_backend() != "cpu":
         return True
     here = mesh.n // mesh.processes  # this process's devices in the call
@@ -559,7 +561,7 @@ def _bulk_requests(length: int, mean_d: float, sd_d: float) -> int:
     """K1: the requests every slot runs; the slots still short of ``length`` then run the rest
     of K gathered into S/16 lanes. Two standard deviations plus one: in NumPy renewal
     simulations of the three traces and the paper's workload (segments of 128 to 16,384
-    steps) at most 1.1 % of the slots stay short, against the lanes' 6.25 %
+    steps) at most 1.6 % of the slots stay short, against the lanes' 6.25 %
     (tests/test_fast_tail.py). The former + 4 and 8 values per octave ran up to twice the
     requests the slots need at 2,048 steps (docs/cpu-speed.md, round 7). Rounded up to 16
     values per octave."""
