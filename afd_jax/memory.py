@@ -6,7 +6,8 @@ laws, the index arrays of a Monte Carlo run, a request pool, a sweep grid) is pr
 :class:`~afd_jax.errors.InputError` that names the need, the limit and the option that changes
 it. The budget in effect is :func:`default_budget` (half the physical memory, less when the
 process runs under a lower address-space limit) unless a caller sets another with
-:func:`budget` (the CLI's ``--memory-budget``, docs/reliability.md).
+:func:`budget` (the CLI's ``--memory-budget``, docs/reliability.md). The host's other
+resource the runs size themselves by, its cores, is :func:`available_cores`.
 
 >>> with budget(1 << 20):
 ...     try:
@@ -27,6 +28,7 @@ from afd_jax.errors import InputError
 
 __all__ = [
     "DEFAULT_FRACTION",
+    "available_cores",
     "budget",
     "current_budget",
     "default_budget",
@@ -41,6 +43,12 @@ DEFAULT_FRACTION = 0.5  # of physical memory (and of an address-space limit, see
 RUNTIME_RESERVE = 3 << 30
 _UNITS = {"": 1 << 20, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _CURRENT: contextvars.ContextVar[int | None] = contextvars.ContextVar("memory_budget", default=None)
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system reports one)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
 def _physical_memory() -> int:

@@ -71,7 +71,7 @@ def fresh_requests(key_stream, drawn, sampler, n_requests: int, slot_ids=None):
         slot_ids = jnp.arange(n_slots, dtype=jnp.int32)
     counters = drawn.reshape(1, -1) + jnp.arange(n_requests, dtype=jnp.int32)[:, None]  # [K, S]
     if isinstance(sampler, AliasSampler):
-        words = _slot_words(key_stream, slot_ids)
+        words = jnp.stack(_slot_words(key_stream, slot_ids), axis=1)
         bits0, bits1 = request_bits(words, counters.astype(jnp.uint32))
         prompt, decode = alias_requests_from_bits(sampler, bits0, bits1)
     else:
@@ -90,21 +90,15 @@ def _cumsum0(x):
     return jax.lax.associative_scan(jnp.add, x, axis=0)
 
 
-def _slot_pair(key_stream, slot_ids):
-    """complex64[S]: the threefry key words of the slot keys ``fold_in(key_stream, i)``
-    (i >= 0) as one pair per slot (:func:`kernels.threefry.threefry2x32_pair`): the cipher of
-    the count pair (0, i) under the stream key, as ``jax.random`` computes it
-    (tests/test_kernels.py), with the unrolled cipher."""
+def _slot_words(key_stream, slot_ids, cipher=threefry2x32):
+    """The threefry key words of the slot keys ``fold_in(key_stream, i)`` (i >= 0): the cipher
+    of the count pair (0, i) under the stream key, as ``jax.random`` computes it
+    (tests/test_kernels.py), with the unrolled cipher. ``cipher``: :func:`threefry2x32` (the
+    two words uint32[S] each) or :func:`kernels.threefry.threefry2x32_pair` (one complex64
+    pair per slot)."""
     k = jr.key_data(key_stream).astype(jnp.uint32)
     ids = slot_ids.astype(jnp.uint32)
-    return threefry2x32_pair(k[0], k[1], jnp.zeros_like(ids), ids)
-
-
-def _slot_words(key_stream, slot_ids):
-    """uint32[S, 2]: the slot key words of :func:`_slot_pair`, as two arrays."""
-    k = jr.key_data(key_stream).astype(jnp.uint32)
-    ids = slot_ids.astype(jnp.uint32)
-    return jnp.stack(threefry2x32(k[0], k[1], jnp.zeros_like(ids), ids), axis=1)
+    return cipher(k[0], k[1], jnp.zeros_like(ids), ids)
 
 
 def _slot_layout(shape, real_batch, workers=None):
@@ -202,12 +196,9 @@ def _draws(key_stream, drawn, sampler, n_requests: int, slot_ids, paired: bool =
         n0 = drawn.reshape(n_slots).astype(jnp.uint32)
         if paired and not jax.config.jax_debug_nans:
             pack, unpack = threefry2x32_pair, unpack_pair
-            slot_key = _slot_pair(key_stream, slot_ids)  # a loop operand: hashed once
         else:
             pack, unpack = threefry2x32, tuple
-            words = _slot_words(key_stream, slot_ids)
-            slot_key = (words[:, 0], words[:, 1])
-        consts = (slot_key, n0)
+        consts = (_slot_words(key_stream, slot_ids, pack), n0)  # a loop operand: hashed once
 
         def draw(consts, bits, k):  # request k from its carried bits; bits of request k + 1
             (k0, k1), n0 = unpack(consts[0]), consts[1]
@@ -349,12 +340,12 @@ def _fast_kernel(shape, init, length, n_requests, n_bulk, grown, paired) -> Kern
         return state, SegmentInfo(loads, covered)
 
     def enlarge():
-        same = dict(paired=paired)
+        more = partial(fast_kernel, shape, init, length, paired=paired)
         if n_bulk is not None and not grown:  # twice the requests, the added ones in the lanes
-            return fast_kernel(shape, init, length, 2 * n_requests, n_bulk, True, **same)
+            return more(2 * n_requests, n_bulk, grown=True)
         if n_bulk is not None:  # short again: more short slots than lanes, so one phase
-            return fast_kernel(shape, init, length, n_requests, **same)
-        return fast_kernel(shape, init, length, 2 * n_requests, **same)
+            return more(n_requests)
+        return more(2 * n_requests)
 
     return Kernel("fast", init_fn, segment, enlarge)
 

@@ -198,7 +198,7 @@ def test_random_bits_are_jax_random_bits(partitionable):
     import jax.random as jr
 
     from afd_jax.kernels.fast import _slot_words
-    from afd_jax.kernels.threefry import random_bits
+    from afd_jax.kernels.threefry import random_bits, threefry2x32_pair, unpack_pair
 
     def ref(k, shape):
         return jr.bits(k, shape, dtype=jnp.uint32)
@@ -218,9 +218,10 @@ def test_random_bits_are_jax_random_bits(partitionable):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(ref(raw, (4,))))
         ids = jnp.asarray([0, 1, 7, 1000, 2**31 - 1], jnp.int32)
         slot_keys = jax.vmap(jr.fold_in, in_axes=(None, 0))(key, ids)
-        np.testing.assert_array_equal(
-            np.asarray(_slot_words(key, ids)), np.asarray(jr.key_data(slot_keys))
-        )
+        want = np.asarray(jr.key_data(slot_keys))
+        paired = unpack_pair(_slot_words(key, ids, threefry2x32_pair))
+        for words in (_slot_words(key, ids), paired):  # two arrays, or one pair per slot
+            np.testing.assert_array_equal(np.asarray(jnp.stack(words, axis=1)), want)
 
 
 def test_fast_kernel_z_scores_are_standard():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from afd_jax import __version__
 from afd_jax.errors import InputError
-from afd_jax.memory import budget, current_budget, format_bytes
+from afd_jax.memory import available_cores, budget, current_budget, format_bytes
 
 # Each command's one-line help, in the order shown in --help and in the bare `afd-jax` listing.
 # Kept here so that the listing, --help and --version import no command module (nor JAX).
@@ -161,7 +161,7 @@ def cpu_device_flags(env) -> str | None:
     want = env.get("AFD_JAX_CPU_DEVICES", "").strip()
     if want and not (want.isdigit() and int(want) >= 1):
         raise InputError(f"must be an integer >= 1, got {want!r}", field="AFD_JAX_CPU_DEVICES")
-    n = int(want) if want else len(os.sched_getaffinity(0))
+    n = int(want) if want else available_cores()
     return f"{flags} {_DEVICE_FLAG}={n}".strip() if n > 1 else None
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from functools import partial
 from typing import NamedTuple
@@ -48,7 +47,7 @@ from afd_jax.kernels.contract import SegmentParams
 from afd_jax.kernels.fast import fast_kernel, padded_init
 from afd_jax.kernels.step import StepModel
 from afd_jax.kernels.trajectory import INITS, trajectory_kernel
-from afd_jax.memory import require
+from afd_jax.memory import available_cores, require
 from afd_jax.model import latency as L
 from afd_jax.model.latency import Latency, ModelOptions
 from afd_jax.model.stages import check_batch
@@ -532,13 +531,7 @@ def _paired(mesh: RowMesh) -> bool:
     if jax.default_backend() != "cpu":
         return True
     here = mesh.n // mesh.processes  # this process's devices in the call
-    return here >= _cores()
-
-
-def _cores() -> int:
-    """The cores this process may run on."""
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+    return here >= available_cores()
 
 
 def _real_workers(sums, r_max: int):
