@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one prepared GPU benchmark: fills the GPU rows of docs/benchmarks.md in a single run of
-# under 10 minutes on one H100/H200 (each step has its own timeout; a failed step is reported
+# under 8 minutes on one H100/H200 (each step has its own timeout; a failed step is reported
 # and the next one still runs). Needs a Python with jax[cuda] and this package importable.
 #
 #   bash experiments/bench_gpu.sh [TRACES_DIR] [OUT_DIR]
@@ -9,15 +9,19 @@
 # $AFD_TRACES_DIR, else ../shared/traces); OUT_DIR (default bench_gpu_out) receives
 # devices.txt, kernels.md (fast/trajectory/barrier vs NumPy at r_max = 64, B = 256,
 # 64 replications), fast_256.md (the fast kernel with 256 replications: the 1e12 target),
-# scaling.md (rate vs replications and steps), gaussian.md (the Gaussian kernel alone: the
-# 1e7 evaluations/s target) and sweep.json (scenario-r evaluations/s of a whole sweep).
+# profile.md (where each kernel's device time goes: experiments/profile_kernels.py),
+# gaussian.md (the Gaussian kernel alone: the 1e7 evaluations/s target), sweep.json
+# (scenario-r evaluations/s of a whole sweep) and, with SCALING=1, scaling.md (rate vs
+# replications and steps: a CPU criterion, many compilations on a GPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 TRACES=$(realpath "${1:-${AFD_TRACES_DIR:-../shared/traces}}")
 OUT=$(realpath -m "${2:-bench_gpu_out}")
+SCRATCH=$(mktemp -d)  # profiler traces and the sweep spec (not results)
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 TRACE="$TRACES/azure_llm_2023_conv.csv"
+PY=${PYTHON:-python3}
 T0=$(date +%s)
 
 step() {  # step NAME TIMEOUT_S COMMAND...
@@ -27,23 +31,29 @@ step() {  # step NAME TIMEOUT_S COMMAND...
     timeout "$limit" "$@" || echo "== $name FAILED (exit $?)" >&2
 }
 
-step devices 30 python -c "import jax; print(jax.__version__, jax.devices())" |
+step devices 30 "$PY" -c "import jax; print(jax.__version__, jax.devices())" |
     tee "$OUT/devices.txt"
 # the fast kernel's two-phase scan on the GPU backend (wide vmap) equals the one-phase scan, and
 # the random words carried as one complex64 pair keep every bit there too
-step checks 100 python -m pytest -q -p no:cacheprovider tests/test_fast_tail.py \
+# (one pytest process: xdist workers would each take most of the GPU's memory)
+step checks 90 "$PY" -m pytest -q -n 0 -p no:cacheprovider tests/test_fast_tail.py \
     tests/test_kernels.py::test_threefry_pair_keeps_every_bit
-step kernels 150 python experiments/bench_kernels.py --trace "$TRACE" --size gpu --repeat 3 \
+step kernels 120 "$PY" experiments/bench_kernels.py --trace "$TRACE" --size gpu --repeat 3 \
     --out "$OUT/kernels.md"
-step fast_256 80 python experiments/bench_kernels.py --trace "$TRACE" --size gpu \
+step fast_256 60 "$PY" experiments/bench_kernels.py --trace "$TRACE" --size gpu \
     --kernels fast --replications 256 --memory-budget-mb 32768 --repeat 3 \
     --out "$OUT/fast_256.md"
-step scaling 120 python experiments/bench_kernels.py --trace "$TRACE" --size gpu --scaling \
-    --repeat 2 --out "$OUT/scaling.md"
-step gaussian 60 python experiments/bench_gaussian.py --chunks 1000,10000,100000 \
+step profile 90 "$PY" experiments/profile_kernels.py --trace "$TRACE" \
+    --kernels fast:20000,trajectory:2000,barrier:16384 --replications 64 --out "$SCRATCH/profile"
+cp "$SCRATCH/profile/profile.md" "$OUT/profile.md" 2>/dev/null
+step gaussian 45 "$PY" experiments/bench_gaussian.py --chunks 1000,10000,100000 \
     --out "$OUT/gaussian.md"
-sed "s#\.\./shared/traces#$TRACES#g" experiments/sweeps/bench_10k.toml >"$OUT/bench_10k.toml"
-step sweep 60 python experiments/bench_sweep.py --spec "$OUT/bench_10k.toml" \
+sed "s#\.\./shared/traces#$TRACES#g" experiments/sweeps/bench_10k.toml >"$SCRATCH/bench_10k.toml"
+step sweep 45 "$PY" experiments/bench_sweep.py --spec "$SCRATCH/bench_10k.toml" \
     --out "$OUT/sweep.json"
+if [ "${SCALING:-0}" = 1 ]; then
+    step scaling 120 "$PY" experiments/bench_kernels.py --trace "$TRACE" --size gpu \
+        --scaling --repeat 2 --out "$OUT/scaling.md"
+fi
 echo "== done in $(($(date +%s) - T0))s; results in $OUT" >&2
 cat "$OUT"/*.md "$OUT/sweep.json" 2>/dev/null

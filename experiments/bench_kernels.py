@@ -110,6 +110,28 @@ def machine() -> str:
     )
 
 
+def _requests(w):
+    """(prompt, decode int64 of the requests with a decode phase, theta) of a trace."""
+    keep = w.decode > 0
+    prompt, decode = w.prompt[keep].astype(np.int64), w.decode[keep].astype(np.int64)
+    theta = float((decode * prompt + decode * (decode - 1) / 2).sum() / decode.sum())
+    return prompt, decode, theta
+
+
+def bench_latency(w, batch: int) -> Latency:
+    """The benchmarks' latency: Attention 200 us at the mean load of B slots (theta), plus
+    fixed FFN and communication stages."""
+    theta = _requests(w)[2]
+    return Latency(
+        alpha_attn=200.0 / (batch * theta),
+        beta_attn=50.0,
+        alpha_ffn=0.02,
+        beta_ffn=40.0,
+        alpha_comm=0.002,
+        beta_comm=10.0,
+    )
+
+
 def _parse(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -405,17 +427,8 @@ def main(argv=None) -> int:
         cfg["t_fast"] = args.steps_fast
     budget = (args.memory_budget_mb << 20) if args.memory_budget_mb else None
     w = load_trace(args.trace)
-    keep = w.decode > 0
-    prompt, decode = w.prompt[keep].astype(np.int64), w.decode[keep].astype(np.int64)
-    theta = float((decode * prompt + decode * (decode - 1) / 2).sum() / decode.sum())
-    lat = Latency(
-        alpha_attn=200.0 / (cfg["batch"] * theta),
-        beta_attn=50.0,
-        alpha_ffn=0.02,
-        beta_ffn=40.0,
-        alpha_comm=0.002,
-        beta_comm=10.0,
-    )
+    prompt, decode, theta = _requests(w)
+    lat = bench_latency(w, cfg["batch"])
     if args.scaling or args.short_runs:
         built = (make_sampler(w, 0, draw="alias"), max_slot_load(w))
         if args.short_runs:
