@@ -7,9 +7,9 @@ device operations (GPU kernels; on CPU the host's XLA work) summed by name.
 Each kernel is compiled by a first call, then one call (seed 2) runs under the profiler with a
 Perfetto trace (``DIR/KERNEL/...perfetto_trace.json.gz``); the Markdown table printed (and
 written to ``DIR/profile.md``) lists the operations that took most device time, with the
-count of launches, the total and the share of the busy time, and the JAX op the profiler
-names for each (its ``tf_op`` or ``hlo_op`` field). Same sizes and workload as
-``bench_kernels.py``.
+count of launches, the total and the share of the busy time, and the first fields the
+profiler records for each; then the host events (Python thread) that took most time. Same
+sizes and workload as ``bench_kernels.py``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_kernels as bk  # noqa: E402  (sets the CPU device flags before JAX starts)
 import jax  # noqa: E402
 
+from afd_jax.montecarlo.samplers import make_sampler, max_slot_load  # noqa: E402
 from afd_jax.montecarlo.simulate import simulate  # noqa: E402
 from afd_jax.workload.traces import load_trace  # noqa: E402
 
@@ -53,11 +54,29 @@ def device_ops(events) -> tuple[dict, float, str]:
         op[0] += 1
         op[1] += float(e.get("dur", 0.0))
         args = e.get("args", {})
-        op[2] = op[2] or str(args.get("tf_op") or args.get("long_name") or args.get("hlo_op") or "")
+        op[2] = op[2] or "; ".join(f"{k}={str(v)[:40]}" for k, v in sorted(args.items())[:4])
     span = max((e["ts"] + e.get("dur", 0) for e in keep), default=0) - min(
         (e["ts"] for e in keep), default=0
     )
     return dict(ops), span, where
+
+
+def host_calls(events, top: int) -> list[str]:
+    """Markdown rows: the host's Python-thread events that took most time (nested events
+    count in each of their parents; a first look at where the host waits)."""
+    threads = {
+        (e["pid"], e["tid"]) for e in events
+        if e.get("name") == "thread_name" and e["args"]["name"] == "python"
+    }  # fmt: skip
+    total: dict = collections.defaultdict(lambda: [0, 0.0])
+    for e in events:
+        if e.get("ph") == "X" and (e["pid"], e.get("tid")) in threads:
+            total[e["name"]][0] += 1
+            total[e["name"]][1] += float(e.get("dur", 0.0))
+    rows = sorted(total.items(), key=lambda kv: -kv[1][1])[:top]
+    return ["| host event | calls | total ms |", "|---|---|---|"] + [
+        f"| `{name[:80]}` | {n} | {dur / 1e3:.2f} |" for name, (n, dur) in rows
+    ]
 
 
 def table(kernel, wall, ops, span, where, top) -> str:
@@ -90,12 +109,16 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="profile_out")
     args = ap.parse_args(argv)
     jax.config.update("jax_enable_x64", True)
-    w = load_trace(args.trace)
-    lat = bk.bench_latency(w, args.batch)
+    trace = load_trace(args.trace)
+    lat = bk.bench_latency(trace, args.batch)
+    # the sampler built once (its alias table is host work before simulate's timer starts)
+    w = make_sampler(trace, 0, draw="alias")
+    most = max_slot_load(trace)
     parts = [f"## profile, {bk.machine()}", ""]
     for item in [s.strip() for s in args.kernels.split(",") if s.strip()]:
         k, _, steps = item.partition(":")
         kw = dict(kernel=k, steps=int(steps or args.steps), replications=args.replications)
+        kw.update(max_slot_load=most)
         simulate(w, lat, args.batch, args.r_max, seed=1, **kw)  # compiled
         log = os.path.join(args.out, k)
         with jax.profiler.trace(log, create_perfetto_trace=True):
@@ -108,7 +131,8 @@ def main(argv=None) -> int:
         ops, span, where = device_ops(events)
         parts.append(f"{k}: {res.slot_steps:.3e} slot-steps, {res.slot_steps_per_second:.3e}/s")
         parts.append(table(k, wall, ops, span, where, args.top))
-        print("\n".join(parts[-2:]), flush=True)
+        parts.append("\n".join(host_calls(events, args.top) + [""]))
+        print("\n".join(parts[-3:]), flush=True)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "profile.md"), "w") as f:
         f.write("\n".join(parts))

@@ -128,10 +128,11 @@ class _Slots(NamedTuple):
     consts: tuple
 
 
-def _request_scan(slots: _Slots, carry, xs, *, draw, length: int, r_max: int):
+def _request_scan(slots: _Slots, carry, xs, *, draw, length: int, r_max: int, unroll: int = 1):
     """The renewal scan of :func:`fast_segment` over the requests ``xs`` (leading axis) of
-    every slot of ``slots``: returns the carry (end and change of the last request, the request
-    active at local time L, requests ended, the difference array, the draw state)."""
+    every slot of ``slots`` (``unroll`` requests per loop iteration): returns the carry (end
+    and change of the last request, the request active at local time L, requests ended, the
+    difference array, the draw state)."""
 
     def body(carry, x):
         end_prev, c_prev, act_p, act_d, act_s, n_ended, diff, extra = carry
@@ -156,7 +157,7 @@ def _request_scan(slots: _Slots, carry, xs, *, draw, length: int, r_max: int):
         )
         return carry, None
 
-    return jax.lax.scan(body, carry, xs)[0]
+    return jax.lax.scan(body, carry, xs, unroll=unroll)[0]
 
 
 def _tail(scan, slots: _Slots, carry, xs, *, length: int, cap: int):
@@ -228,6 +229,7 @@ def fast_segment(
     real_batch=None,
     workers=None,
     paired: bool = True,
+    unroll: int = 1,
 ):
     """Run the next ``length`` steps with K = ``n_requests`` fresh requests per slot (static).
 
@@ -250,6 +252,8 @@ def fast_segment(
     each block (:func:`kernels.threefry.threefry2x32_pair`); False: as two arrays, which
     XLA:CPU computes in two fusions (twice the hashing, but at the same time when a core is
     free: faster on one device with a spare core, docs/cpu-speed.md, round 7). Same bits.
+    ``unroll`` (static): requests per iteration of the scans' loops (fewer iterations: on a
+    GPU each costs a launch of the loop body's kernels). Same numbers.
     ``n_bulk`` (static): None, or run only the first ``n_bulk`` requests over all slots and the
     remaining K - ``n_bulk`` over the few slots still short of L, gathered into
     max(256, slots / 16) lanes (:func:`_tail`; the same numbers, less work: K must cover the
@@ -278,7 +282,7 @@ def fast_segment(
     ended0 = jnp.where(still, 0, 1).astype(jnp.int32)
     carry = (rem0, c0, cur_p, cur_d, -cur_age, ended0, diff0, extra0)
     slots = _Slots(rows, real, consts)
-    scan = partial(_request_scan, draw=draw, length=length, r_max=r_max)
+    scan = partial(_request_scan, draw=draw, length=length, r_max=r_max, unroll=unroll)
     cap = max(256, n_slots // 16)  # gathered lanes; fewer slots than that: one phase
     bulk = n_requests if n_bulk is None or cap >= n_slots else min(n_bulk, n_requests)
     carry = scan(slots, carry, jax.tree_util.tree_map(lambda x: x[:bulk], xs))
@@ -312,6 +316,7 @@ def fast_kernel(
     n_bulk: int | None = None,
     grown: bool = False,
     paired: bool = True,
+    unroll: int = 1,
 ) -> Kernel:
     """The fast renewal kernel under the contract of :mod:`kernels.contract`: the initial state
     of :func:`kernels.trajectory.init_slots`, ``segment`` = :func:`fast_segment` (the next
@@ -321,13 +326,15 @@ def fast_kernel(
     rare, and the more slots a call holds, the likelier one is: a rerun over all slots with
     2K would make the rest of a large run 2.5x slower); a second shortfall means more short
     slots than lanes, and runs those requests over all slots; later ones double K again.
-    ``paired``: how the request scan carries its random words (:func:`fast_segment`). The
-    same configuration gives the same :class:`Kernel`, however the arguments are passed."""
-    return _fast_kernel(tuple(shape), init, length, n_requests, n_bulk, grown, paired)
+    ``paired``, ``unroll``: how the request scan carries its random words and how many
+    requests each loop iteration runs (:func:`fast_segment`). The same configuration gives
+    the same :class:`Kernel`, however the arguments are passed."""
+    args = (n_requests, n_bulk, grown, paired, unroll)
+    return _fast_kernel(tuple(shape), init, length, *args)
 
 
 @cache
-def _fast_kernel(shape, init, length, n_requests, n_bulk, grown, paired) -> Kernel:
+def _fast_kernel(shape, init, length, n_requests, n_bulk, grown, paired, unroll) -> Kernel:
     """:func:`fast_kernel`, cached on its positional arguments."""
 
     def init_fn(key, params):
@@ -335,12 +342,13 @@ def _fast_kernel(shape, init, length, n_requests, n_bulk, grown, paired) -> Kern
 
     def segment(key_stream, state, params):
         kw = dict(length=length, n_requests=n_requests, n_bulk=n_bulk, paired=paired)
+        kw.update(unroll=unroll)
         kw.update(real_batch=params.batch, workers=params.workers)
         state, loads, covered = fast_segment(key_stream, state, params.sampler, **kw)
         return state, SegmentInfo(loads, covered)
 
     def enlarge():
-        more = partial(fast_kernel, shape, init, length, paired=paired)
+        more = partial(fast_kernel, shape, init, length, paired=paired, unroll=unroll)
         if n_bulk is not None and not grown:  # twice the requests, the added ones in the lanes
             return more(2 * n_requests, n_bulk, grown=True)
         if n_bulk is not None:  # short again: more short slots than lanes, so one phase

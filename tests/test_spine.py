@@ -77,6 +77,32 @@ def test_a_new_kernel_runs_through_the_chunk_loop():
     assert not tau[1].any()  # the padding row counts nowhere
 
 
+def test_run_chunks_records_each_segment_after_the_next_dispatch():
+    """Every segment is recorded once, in order, after the next segment (of its chunk or the
+    next chunk) has been advanced: the device works while the host records."""
+    log = []
+
+    def advance(c, seg, state):
+        log.append(("advance", c.data, seg))
+        return state + 1, (c.data, seg, state)
+
+    def record(c, seg, info):
+        assert info == (c.data, seg, info[2])
+        log.append(("record", c.data, seg))
+
+    chunks = [Chunk(None, 1, (0, 10), "a"), Chunk(None, 1, (0,), "b")]
+    run_chunks(chunks, lambda c: 0, advance, record)
+    assert log == [
+        ("advance", "a", 0),
+        ("advance", "a", 10),
+        ("record", "a", 0),
+        ("advance", "b", 0),
+        ("record", "a", 10),
+        ("record", "b", 0),
+    ]
+    run_chunks([], lambda c: 0, advance, record)  # nothing to do: nothing recorded
+
+
 def test_estimators():
     assert E.stage_bounds((1.0, 2.0, 3.0), (4.0, 5.0, 6.0), serial=True) == (6.0, 15.0)
     assert E.stage_bounds((1.0, 2.0), (4.0, 5.0), serial=False) == (2.0, 5.0)

@@ -442,10 +442,10 @@ def run_dynamics(sampler, max_load: int, lat: Latency, drun: DynRun, bar: Progre
             keys, states, SegmentParams(sampler, np.int32(t0)), window, dm, hist,
             kernel=kernel, batch=run.batch, opts=opts, cfg=cfg,
         )  # fmt: skip
-        return (keys, states), mesh.fetch(sums)
+        return (keys, states), sums  # fetched by record, after the next dispatch
 
     def record(c: Chunk, t0, sums):
-        acc.add(c.rows, sums, c.n_real)
+        acc.add(c.rows, mesh.fetch(sums), c.n_real)
         bar.tick(c.n_real * slots * min(length, total - t0))
 
     run_chunks(replication_chunks(run.replications, chunk, total, length), start, advance, record)

@@ -271,11 +271,11 @@ def pool_simulate(
         )
         scalars = (jnp.asarray(x, jnp.int32) for x in (pl.n, r, pl.target))
         info = _pool_chunk(prompt, decode, *scalars, model, bins, kernel=kernel)
-        info = jax.tree_util.tree_map(lambda x: x[:n_pools], mesh.fetch(info))
-        return state, (info, host_bins)
+        return state, (info, host_bins)  # fetched by record, after the next dispatch
 
     def record(c: Chunk, seg, out):
-        _record(sums, *out)
+        info = jax.tree_util.tree_map(lambda x: x[:n_pools], mesh.fetch(out[0]))
+        _record(sums, info, out[1])
         if progress:
             done = f"({len(sums['tokens'])}/{len(r_values)})"
             print(f"pool: r = {c.data} done {done}", file=sys.stderr)

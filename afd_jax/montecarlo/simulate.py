@@ -82,6 +82,11 @@ KERNELS = ("barrier", "trajectory", "fast")
 DEFAULT_MEMORY_BUDGET = 1 << 30
 _DEFAULT_OPTS = ModelOptions()
 _TARGET_SLOT_STEPS_PER_CALL = 1 << 28  # progress granularity of the trajectory kernels
+_ACCELERATOR_UNROLL = 4
+"""Requests per loop iteration of the fast kernel's scans on an accelerator (on CPU: 1). On
+an H200, 64 replications x 20,000 steps: 20.6 ms unrolled 4, 24.6 ms not unrolled, 27.8 ms
+unrolled 2 (fastest of two alternating passes; docs/benchmarks.md). The trajectory kernel's
+step loop unrolled 4 was slower there (430 ms against 370 ms), so it is not."""
 _FAST_MAX_SEGMENT = 1 << 14  # longer: the summaries leave the cache (docs/cpu-speed.md)
 _SPLIT_MIN_STEPS = 2500  # one replication from here on: workers split over CPU devices
 
@@ -438,7 +443,10 @@ def _run_barrier(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh)
     row: the snapshots are i.i.d. across replications)."""
     acc = StepAccumulator(1, run.r_max, keep_blocks=False)
     n_blocks_rep = -(-run.steps // KB.BLOCK)
-    per_block = KB.BLOCK * run.slots * 48
+    # bytes per block: the slot draws (48 B a slot on CPU; on an accelerator they are drawn
+    # and summed in one fusion, and chunks 4x larger ran the kernel 2x faster on an H200:
+    # smaller ones left the device waiting for the host, docs/benchmarks.md)
+    per_block = KB.BLOCK * run.slots * (48 if jax.default_backend() == "cpu" else 12)
     chunk = max(1, min(run.budget // per_block, n_blocks_rep * run.replications))
     if run.reps_per_call:
         chunk = int(run.reps_per_call)
@@ -463,15 +471,15 @@ def _run_barrier(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh)
         window = Window(jnp.int32(0), jnp.int32(0), nv, jnp.int32(c.n_real))
         kw = dict(kernel=kernel, batch=run.batch, serial=run.serial, groups=mesh.n)
         _, sums, _ = segment_chunk(keys, state, params, window, setup.model, setup.hist, **kw)
+        return state, sums  # on the device: fetched by record, after the next dispatch
+
+    def record(c: Chunk, t0, sums):
         sums = mesh.fetch(sums)
         # the chunk's blocks are one row of the accumulator: [1, blocks, ...]
         rows = jax.tree_util.tree_map(
             lambda x: x.reshape((1, -1) + x.shape[2:]), sums._replace(hist=None)
         )
-        return state, rows._replace(hist=sums.hist)
-
-    def record(c: Chunk, t0, sums):
-        acc.add(np.zeros(1, np.int64), sums, 1)
+        acc.add(np.zeros(1, np.int64), rows._replace(hist=sums.hist), 1)
         bar.tick(int(c.data[2].sum()) * run.slots)
 
     run_chunks(chunks(), lambda c: (), advance, record)
@@ -504,18 +512,19 @@ def _shapes(run: StepsRun, plan, mesh: RowMesh) -> _Shapes:
     """Trajectory kernel; fast kernel padded to (bucket_size(r_max), bucket_size(B)) unless
     ``run.shape_buckets`` is False (padded workers: G(r) and t_F(r) of the last real r, unused
     and dropped by :func:`_real_workers`), its random words paired when ``mesh`` keeps every
-    core busy (:func:`_paired`)."""
+    core busy (:func:`_paired`); loops unrolled on accelerators (:data:`_ACCELERATOR_UNROLL`)."""
     exact = (run.r_max, run.batch)
     if run.kernel == "trajectory":
         kernel = trajectory_kernel(exact, run.init, plan.length)
         return _Shapes(kernel, kernel, None, run.batch)
     sizes = (run.init, plan.length, plan.n_requests, plan.n_bulk)
-    paired = _paired(mesh)
+    unroll = 1 if jax.default_backend() == "cpu" else _ACCELERATOR_UNROLL
+    carry = dict(paired=_paired(mesh), unroll=unroll)
     if not run.shape_buckets:
-        kernel = fast_kernel(exact, *sizes, paired=paired)
+        kernel = fast_kernel(exact, *sizes, **carry)
         return _Shapes(kernel, kernel, None, run.batch)
     shape = (bucket_size(run.r_max), bucket_size(run.batch))
-    kernel = fast_kernel(shape, *sizes, paired=paired)
+    kernel = fast_kernel(shape, *sizes, **carry)
     return _Shapes(kernel, padded_init(shape, run.init, exact), exact, shape[1])
 
 
@@ -525,11 +534,11 @@ def _paired(mesh: RowMesh) -> bool:
     each hashing it). On CPU the two fusions run at the same time on a core that the call
     leaves free: one device with a spare core ran the kernel alone 6 to 17 % faster with two
     arrays, while with both devices busy the pair was 11 to 15 % faster at 5,120 steps (a
-    toss-up at 2,048; docs/cpu-speed.md, round 7). Accelerators: paired (not measured there).
-    Processes sharing a host each count only their own devices. The numbers are the same
-    either way."""
+    toss-up at 2,048; docs/cpu-speed.md, round 7). GPUs: two arrays (on an H200 the call
+    took 31.9 ms with two arrays, 36.2 ms paired; docs/benchmarks.md). Processes sharing a
+    host each count only their own devices. The numbers are the same either way."""
     if jax.default_backend() != "cpu":
-        return True
+        return False
     here = mesh.n // mesh.processes  # this process's devices in the call
     return here >= available_cores()
 
@@ -660,6 +669,16 @@ class _Unstarted(NamedTuple):
     params: SegmentParams
 
 
+class _Segment:
+    """A dispatched segment of a trajectory chunk: the chunk, its start step, the state it
+    started from (kept for a rerun with a larger kernel), the state after it, its sums and
+    ``covered`` (device values; :func:`_run_trajectories`)."""
+
+    def __init__(self, chunk, t0, before, after, sums, covered):
+        self.chunk, self.t0, self.before, self.after = chunk, t0, before, after
+        self.sums, self.covered = sums, covered
+
+
 def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh):
     """Replications in chunks, each stepped segment by segment; the fast kernel's segment is
     redone with a larger K (``kernel.enlarge()``) when its requests fall short."""
@@ -680,7 +699,9 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: Row
         rows = mesh.put(c.rows.astype(np.int32))
         return start_chunk(base, rows, params, kernel=init_kernel, sharding=mesh.states)
 
-    def advance(c: Chunk, t0, state):
+    def dispatch(c: Chunk, t0, before) -> _Segment:
+        """Segment ``t0`` of chunk ``c`` from the state ``before`` with the current kernel,
+        dispatched (not waited for)."""
         # host scalars (np.int32): no eager device op per argument
         params = SegmentParams(sampler, np.int32(t0))
         t_end = mesh.put(np.full((chunk,), total, np.int32))
@@ -688,24 +709,43 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: Row
         if real is not None:
             params = params._replace(batch=np.int32(run.batch))
             window = window._replace(real=(np.int32(run.r_max), np.int32(run.batch)))
-        while True:
-            kw = dict(kernel=current[0], batch=batch, serial=run.serial)
-            data = (params, window, model, hist)
-            if isinstance(state, _Unstarted):  # the started state is kept for a rerun
-                k0, s0, new, sums, covered = start_split(
-                    base, *state, *data, init_kernel=init_kernel, mesh=mesh.mesh, **kw
-                )
-                state = (k0, s0)
-            elif mesh.split:
-                new, sums, covered = segment_split(*state, *data, mesh=mesh.mesh, **kw)
-            else:
-                new, sums, covered = segment_chunk(*state, *data, groups=mesh.n, **kw)
-            if current[0].enlarge is None or bool(covered):
-                return (state[0], new), _real_workers(mesh.fetch(sums), run.r_max)
-            current[0] = current[0].enlarge()
+        kw = dict(kernel=current[0], batch=batch, serial=run.serial)
+        data = (params, window, model, hist)
+        if isinstance(before, _Unstarted):  # the started state is kept for a rerun
+            k0, s0, new, sums, covered = start_split(
+                base, *before, *data, init_kernel=init_kernel, mesh=mesh.mesh, **kw
+            )
+            before = (k0, s0)
+        elif mesh.split:
+            new, sums, covered = segment_split(*before, *data, mesh=mesh.mesh, **kw)
+        else:
+            new, sums, covered = segment_chunk(*before, *data, groups=mesh.n, **kw)
+        return _Segment(c, t0, before, (before[0], new), sums, covered)
 
-    def record(c: Chunk, t0, sums):
-        acc.add(c.rows, sums, c.n_real)
+    def settle(seg: _Segment) -> bool:
+        """Rerun ``seg`` in place with larger kernels until its requests cover it (waits for
+        its ``covered``); whether it was rerun."""
+        rerun = False
+        while current[0].enlarge is not None and not bool(seg.covered):
+            current[0] = current[0].enlarge()
+            new = dispatch(seg.chunk, seg.t0, seg.before)
+            seg.after, seg.sums, seg.covered = new.after, new.sums, new.covered
+            rerun = True
+        return rerun
+
+    def advance(c: Chunk, t0, state):
+        # ``state``: a start, or the segment before, unchecked: this segment is dispatched
+        # from its end state before that one is known to be covered (so the device never
+        # waits for the check); in the rare case it was not, both run again
+        before = state.after if isinstance(state, _Segment) else state
+        seg = dispatch(c, t0, before)
+        if isinstance(state, _Segment) and settle(state):
+            seg = dispatch(c, t0, state.after)
+        return seg, seg
+
+    def record(c: Chunk, t0, seg: _Segment):
+        settle(seg)
+        acc.add(c.rows, _real_workers(mesh.fetch(seg.sums), run.r_max), c.n_real)
         bar.tick(c.n_real * run.slots * min(plan.length, total - t0))
 
     run_chunks(

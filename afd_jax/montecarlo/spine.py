@@ -105,12 +105,22 @@ def run_chunks(
     record: Callable[[Chunk, Any, Any], None],
 ) -> None:
     """The one chunk loop: for every chunk, ``state = start(chunk)``, then for every segment
-    ``state, info = advance(chunk, segment, state)`` and ``record(chunk, segment, info)``."""
+    ``state, info = advance(chunk, segment, state)`` and ``record(chunk, segment, info)``, in
+    that order, each segment recorded once the next one has been dispatched: JAX dispatches
+    asynchronously, so while the host fetches and records segment i the device already works
+    on segment i + 1 (``advance`` should leave its results on the device and ``record`` fetch
+    them; a fetch in ``advance`` makes the device wait for the host, 60 % of the barrier
+    kernel's time on an H200, docs/benchmarks.md)."""
+    pending = None
     for chunk in chunks:
         state = start(chunk)
         for seg in chunk.segments:
             state, info = advance(chunk, seg, state)
-            record(chunk, seg, info)
+            if pending is not None:
+                record(*pending)
+            pending = (chunk, seg, info)
+    if pending is not None:
+        record(*pending)
 
 
 def replication_chunks(replications: int, chunk: int, total: int, length: int):
