@@ -94,6 +94,13 @@ def _reference():
     return S.simulate(ALIAS, LAT, 32, 16, **KW, max_slot_load=int((PROMPT + DECODE - 1).max()))
 
 
+def _carry():
+    """The driver's fast-kernel carry in :func:`_rerun` (words paired there; the request loop
+    unrolled on an accelerator), so that the tests name the kernels it calls on any backend."""
+    on_cpu = jax.default_backend() == "cpu"
+    return dict(paired=True, unroll=1 if on_cpu else S._ACCELERATOR_UNROLL)
+
+
 def _rerun(monkeypatch, change):
     """simulate with the plan changed by ``change``: the calls' ("covered" flag, kernel, start
     step); the numbers must be the default run's (:func:`_reference`, run before the
@@ -131,7 +138,7 @@ def test_driver_reruns_a_short_segment_with_twice_the_requests_in_the_lanes(monk
 
     seen = _rerun(monkeypatch, change)
     k1 = plans[0].n_bulk
-    grown = S.fast_kernel((16, 32), "stationary", 1024, 2 * (k1 + 1), k1, grown=True)
+    grown = S.fast_kernel((16, 32), "stationary", 1024, 2 * (k1 + 1), k1, grown=True, **_carry())
     first = [c for c, k, _ in seen if k is not grown]
     assert first[0] is False and len(first) <= 2, seen  # short; at most one successor ahead
     assert all(c for c, k, _ in seen if k is grown), seen  # 2K suffices
@@ -144,7 +151,7 @@ def test_driver_reruns_an_overflowing_segment_over_all_slots(monkeypatch):
     bulk, it overflows again, and then runs with 2K over all slots; same numbers."""
     plans = []
     seen = _rerun(monkeypatch, lambda p: plans.append(p) or p._replace(n_bulk=1))
-    one_phase = S.fast_kernel((16, 32), "stationary", 1024, 2 * plans[0].n_requests)
+    one_phase = S.fast_kernel((16, 32), "stationary", 1024, 2 * plans[0].n_requests, **_carry())
     assert all(c == (k is one_phase) for c, k, _ in seen), seen  # only one phase covers
     assert [t for _, k, t in seen if k is one_phase] == [0, 1024], seen
 
