@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared GPU benchmark: fills the GPU rows of docs/benchmarks.md in a single run of
-# under 8 minutes on one H100/H200 (each step has its own timeout; a failed step is reported
-# and the next one still runs). Needs a Python with jax[cuda] and this package importable.
+# under 8 minutes on one H100/H200 (115 s on an H200, 2026-12-04; each step has its own
+# timeout; a failed step is reported and the next one still runs). Needs a Python with jax[cuda] and this package importable.
 #
 #   bash experiments/bench_gpu.sh [TRACES_DIR] [OUT_DIR]
 #
@@ -34,16 +34,17 @@ step() {  # step NAME TIMEOUT_S COMMAND...
 step devices 30 "$PY" -c "import jax; print(jax.__version__, jax.devices())" |
     tee "$OUT/devices.txt"
 # the fast kernel's two-phase scan on the GPU backend (wide vmap) equals the one-phase scan, and
-# the random words carried as one complex64 pair keep every bit there too
+# the random words carried as one complex64 pair keep every bit there too; the pipelined chunk
+# loop and the driver's reruns (tests/test_spine.py, the rerun tests)
 # (one pytest process: xdist workers would each take most of the GPU's memory)
-step checks 90 "$PY" -m pytest -q -n 0 -p no:cacheprovider tests/test_fast_tail.py \
-    tests/test_kernels.py::test_threefry_pair_keeps_every_bit
-step kernels 120 "$PY" experiments/bench_kernels.py --trace "$TRACE" --size gpu --repeat 3 \
+AFD_TRACES_DIR=$TRACES step checks 120 "$PY" -m pytest -q -n 0 -p no:cacheprovider \
+    tests/test_fast_tail.py tests/test_spine.py tests/test_kernels.py::test_threefry_pair_keeps_every_bit
+step kernels 110 "$PY" experiments/bench_kernels.py --trace "$TRACE" --size gpu --repeat 3 \
     --out "$OUT/kernels.md"
 step fast_256 60 "$PY" experiments/bench_kernels.py --trace "$TRACE" --size gpu \
     --kernels fast --replications 256 --memory-budget-mb 32768 --repeat 3 \
     --out "$OUT/fast_256.md"
-step profile 90 "$PY" experiments/profile_kernels.py --trace "$TRACE" \
+step profile 70 "$PY" experiments/profile_kernels.py --trace "$TRACE" \
     --kernels fast:20000,trajectory:2000,barrier:16384 --replications 64 --out "$SCRATCH/profile"
 cp "$SCRATCH/profile/profile.md" "$OUT/profile.md" 2>/dev/null
 step gaussian 45 "$PY" experiments/bench_gaussian.py --chunks 1000,10000,100000 \
