@@ -62,15 +62,12 @@ def device_ops(events) -> tuple[dict, float, str]:
 
 
 def host_calls(events, top: int) -> list[str]:
-    """Markdown rows: the host's Python-thread events that took most time (nested events
-    count in each of their parents; a first look at where the host waits)."""
-    threads = {
-        (e["pid"], e["tid"]) for e in events
-        if e.get("name") == "thread_name" and e["args"]["name"] == "python"
-    }  # fmt: skip
+    """Markdown rows: the host's Python calls (the profiler's Python tracer names them
+    ``$file:line function``) and jitted-function dispatches that took most time (nested
+    events count in each of their parents; a first look at where the host waits)."""
     total: dict = collections.defaultdict(lambda: [0, 0.0])
     for e in events:
-        if e.get("ph") == "X" and (e["pid"], e.get("tid")) in threads:
+        if e.get("ph") == "X" and e.get("name", "").startswith(("$", "PjitFunction")):
             total[e["name"]][0] += 1
             total[e["name"]][1] += float(e.get("dur", 0.0))
     rows = sorted(total.items(), key=lambda kv: -kv[1][1])[:top]
