@@ -274,8 +274,8 @@ def pool_simulate(
         return state, (info, host_bins)  # fetched by record, after the next dispatch
 
     def record(c: Chunk, seg, out):
-        info = jax.tree_util.tree_map(lambda x: x[:n_pools], mesh.fetch(out[0]))
-        _record(sums, info, out[1])
+        info, host_bins = out
+        _record(sums, jax.tree_util.tree_map(lambda x: x[:n_pools], mesh.fetch(info)), host_bins)
         if progress:
             done = f"({len(sums['tokens'])}/{len(r_values)})"
             print(f"pool: r = {c.data} done {done}", file=sys.stderr)

@@ -534,9 +534,10 @@ def _paired(mesh: RowMesh) -> bool:
     each hashing it). On CPU the two fusions run at the same time on a core that the call
     leaves free: one device with a spare core ran the kernel alone 6 to 17 % faster with two
     arrays, while with both devices busy the pair was 11 to 15 % faster at 5,120 steps (a
-    toss-up at 2,048; docs/cpu-speed.md, round 7). GPUs: two arrays (on an H200 the call
-    took 31.9 ms with two arrays, 36.2 ms paired; docs/benchmarks.md). Processes sharing a
-    host each count only their own devices. The numbers are the same either way."""
+    toss-up at 2,048; docs/cpu-speed.md, round 7). GPUs: two arrays (on an H200, 64
+    replications x 20,000 steps took 24.6 ms with two arrays, 26.1 ms paired, fastest of two
+    alternating passes; docs/benchmarks.md). Processes sharing a host each count only their
+    own devices. The numbers are the same either way."""
     if jax.default_backend() != "cpu":
         return False
     here = mesh.n // mesh.processes  # this process's devices in the call

@@ -109,8 +109,8 @@ def run_chunks(
     that order, each segment recorded once the next one has been dispatched: JAX dispatches
     asynchronously, so while the host fetches and records segment i the device already works
     on segment i + 1 (``advance`` should leave its results on the device and ``record`` fetch
-    them; a fetch in ``advance`` makes the device wait for the host, 60 % of the barrier
-    kernel's time on an H200, docs/benchmarks.md)."""
+    them; a fetch in ``advance`` makes the device wait for the host: on an H200 it idled
+    most of a barrier kernel's call, docs/benchmarks.md)."""
     pending = None
     for chunk in chunks:
         state = start(chunk)
