@@ -54,6 +54,33 @@ def test_trajectory_results_do_not_depend_on_chunking(small_sampler, kernel):
     assert not np.array_equal(a.mean_tau, c.mean_tau)  # the seed matters
 
 
+@pytest.mark.parametrize("kernel", ["trajectory", "fast"])
+def test_device_totals_equal_the_host_sums_of_every_block(small_sampler, kernel, monkeypatch):
+    """Several replications fetch each replication's totals (float64 sums on the device)
+    instead of its blocks: the results are those of the host's sums of every block, bit for
+    bit (two chunks of two segments, a padded row)."""
+    from afd_jax.montecarlo import simulate as S
+
+    s, m = small_sampler
+    kw = dict(kernel=kernel, steps=900, warmup=100, replications=3, seed=5, max_slot_load=m)
+    kw.update(segment_steps=512, replications_per_call=2)
+    calls = []
+    chunk = S.segment_chunk
+
+    def spy(*a, **k):
+        calls.append(k["totals"])
+        return chunk(*a, **k)
+
+    monkeypatch.setattr(S, "segment_chunk", spy)
+    device = simulate(s, LAT, 4, 8, **kw)
+    monkeypatch.setattr(S, "_device_totals", lambda run, acc: False)
+    host = simulate(s, LAT, 4, 8, **kw)
+    assert calls == [True] * 4 + [False] * 4
+    _same(device, host)
+    np.testing.assert_array_equal(device.idle_ffn, host.idle_ffn)
+    np.testing.assert_array_equal(device.step_p90, host.step_p90)
+
+
 def test_barrier_results_do_not_depend_on_chunking(small_sampler):
     s, m = small_sampler
     kw = dict(kernel="barrier", steps=300, replications=2, seed=7, max_slot_load=m)

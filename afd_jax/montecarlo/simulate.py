@@ -544,6 +544,14 @@ def _paired(mesh: RowMesh) -> bool:
     return here >= available_cores()
 
 
+def _device_totals(run: StepsRun, acc: StepAccumulator) -> bool:
+    """Whether the segments return each replication's totals (``spine.block_totals``) rather
+    than its blocks: when the blocks are not kept (several replications), they are float32
+    and float64 is on (the same numbers either way, bit for bit; float64 blocks are added on
+    the host, whose order the results then keep)."""
+    return not acc.keep_blocks and run.precision == "float32" and jax.config.jax_enable_x64
+
+
 def _real_workers(sums, r_max: int):
     """StepSums (NumPy) of a padded kernel cut to the first ``r_max`` workers."""
     cut = {f: getattr(sums, f)[..., :r_max] for f in ("tau", "tau_sq", "max_attn", "worker_load")}
@@ -690,6 +698,7 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: Row
     acc = StepAccumulator(run.replications, run.r_max, keep_blocks=run.replications == 1)
     chunk = mesh.round_up(plan.reps_per_call)
     sampler, model, hist, base = setup.sampler, setup.model, setup.hist, setup.base  # _placed
+    totals = _device_totals(run, acc)
 
     def start(c: Chunk):
         params = SegmentParams(sampler, np.int32(0))
@@ -720,7 +729,7 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: Row
         elif mesh.split:
             new, sums, covered = segment_split(*before, *data, mesh=mesh.mesh, **kw)
         else:
-            new, sums, covered = segment_chunk(*before, *data, groups=mesh.n, **kw)
+            new, sums, covered = segment_chunk(*before, *data, groups=mesh.n, totals=totals, **kw)
         return _Segment(c, t0, before, (before[0], new), sums, covered)
 
     def settle(seg: _Segment) -> bool:

@@ -176,20 +176,23 @@ def start_chunk(base, reps, params, *, kernel, sharding=None):
     return keys(1), states
 
 
-@partial(jax.jit, static_argnames=("kernel", "batch", "serial", "groups"))
+@partial(jax.jit, static_argnames=("kernel", "batch", "serial", "groups", "totals"))
 def segment_chunk(
-    keys, states, params, window: Window, model, hist, *, kernel, batch, serial, groups=1
-):
+    keys, states, params, window: Window, model, hist, *, kernel, batch, serial, groups=1,
+    totals=False,
+):  # fmt: skip
     """One segment of a steps-window kernel for every row of a chunk, summarised: returns
     ``(states, StepSums with block rows [rows, L // BLOCK], covered)``; ``covered`` False
     means rerun the segment with ``kernel.enlarge()``. ``groups``: the device count of the
-    rows' mesh (the rows form that many contiguous groups, one per device)."""
+    rows' mesh (the rows form that many contiguous groups, one per device). ``totals``: each
+    row's blocks added up on the device (:func:`block_totals`, [rows, 1]; needs x64)."""
     kw = dict(batch=batch, serial=serial, n_bins=N_BINS, real=window.real)
+    finish = block_totals if totals else (lambda sums: sums)
     if jax.default_backend() != "cpu":  # one wide vmap: the work per step fills the device
         states, info = jax.vmap(lambda k, s: kernel.segment(k, s, params))(keys, states)
         valid = window_mask(window, *info.loads.shape[:2])
         sums = summarise_rows(info.loads, valid, model, hist, **kw)
-        return states, sums, jnp.all(info.covered)
+        return states, finish(sums), jnp.all(info.covered)
 
     def row(k, s, i):  # one row's segment and its summaries, while its loads are in cache
         s, info = kernel.segment(k, s, params)
@@ -201,7 +204,23 @@ def segment_chunk(
     index = jnp.arange(keys.shape[0], dtype=jnp.int32)
     zero = jnp.zeros((model.other.shape[0], N_BINS), jnp.int32)  # [r_max, bins] counts
     states, sums, counts, covered = _map_rows(row, groups, zero, keys, states, index)
-    return states, sums._replace(hist=counts), jnp.all(covered)
+    return states, finish(sums._replace(hist=counts)), jnp.all(covered)
+
+
+def block_totals(sums: StepSums) -> StepSums:
+    """Each row's float32 block sums added up in float64 on the device ([rows, 1, ...]; the
+    integer ones in their dtype), so that a run of several replications fetches a total per
+    row instead of every block (on an H200 the host's float64 sums of 64 replications'
+    blocks took about as long as the fast kernel itself, docs/benchmarks.md). Float32 values
+    added in float64 sum exactly while they span fewer than 29 - log2(blocks) binary orders
+    (block sums of steps do, by far), so the totals equal the host's float64 sums bit for bit
+    in any order. Needs ``jax_enable_x64``."""
+
+    def total(x):
+        wide = jnp.float64 if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype
+        return x.sum(axis=1, keepdims=True, dtype=wide)
+
+    return jax.tree_util.tree_map(total, sums._replace(hist=None))._replace(hist=sums.hist)
 
 
 SPLIT_WORKERS = PartitionSpec(None, "rows")
@@ -299,7 +318,7 @@ def _map_rows(f, groups: int, zero, *xs):
 
     counts, out = jax.vmap(group)(*split(xs))
     *stacked, last = merge(out)
-    return (*stacked, counts.sum(axis=0), last)
+    return (*stacked, counts.sum(axis=0, dtype=zero.dtype), last)  # int32 under x64 too
 
 
 @jax.jit
