@@ -81,6 +81,24 @@ def test_device_totals_equal_the_host_sums_of_every_block(small_sampler, kernel,
     np.testing.assert_array_equal(device.step_p90, host.step_p90)
 
 
+def test_barrier_chunks_keep_the_histogram_within_int32():
+    """One slot per bundle and a 64 GiB budget (or an explicit chunk size) would put more than
+    2**31 steps of a call into one bin of the int32 histogram: the chunk is capped."""
+    from afd_jax.kernels.barrier import BLOCK
+    from afd_jax.montecarlo import simulate as S
+
+    run = S.StepsRun(
+        kernel="barrier", batch=1, r_max=1, steps=10**9, warmup=0, replications=10**6,
+        init="stationary", seed=0, level=0.95, serial=False, budget=1 << 36,
+        segment_steps=None, reps_per_call=None,
+    )  # fmt: skip
+    n_blocks = -(-run.steps // BLOCK)
+    assert S._barrier_chunk(run, n_blocks) * BLOCK * 2 <= 2**31
+    assert S._barrier_chunk(run._replace(reps_per_call=1 << 30), n_blocks) * BLOCK * 2 <= 2**31
+    small = run._replace(r_max=64, batch=256, budget=1 << 30)  # the budget decides
+    assert S._barrier_chunk(small, n_blocks) == (1 << 30) // (BLOCK * 64 * 256 * 48)
+
+
 def test_barrier_results_do_not_depend_on_chunking(small_sampler):
     s, m = small_sampler
     kw = dict(kernel="barrier", steps=300, replications=2, seed=7, max_slot_load=m)

@@ -443,14 +443,7 @@ def _run_barrier(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh)
     row: the snapshots are i.i.d. across replications)."""
     acc = StepAccumulator(1, run.r_max, keep_blocks=False)
     n_blocks_rep = -(-run.steps // KB.BLOCK)
-    # bytes per block: the slot draws (48 B a slot on CPU; on an accelerator they are drawn
-    # and summed in one fusion, and chunks 4x larger ran the kernel 2x faster on an H200:
-    # smaller ones left the device waiting for the host, docs/benchmarks.md)
-    per_block = KB.BLOCK * run.slots * (48 if jax.default_backend() == "cpu" else 12)
-    chunk = max(1, min(run.budget // per_block, n_blocks_rep * run.replications))
-    if run.reps_per_call:
-        chunk = int(run.reps_per_call)
-    chunk = mesh.round_up(chunk)
+    chunk = mesh.round_up(_barrier_chunk(run, n_blocks_rep))
     work_rep = np.repeat(np.arange(run.replications), n_blocks_rep)
     work_blk = np.tile(np.arange(n_blocks_rep), run.replications)
     kernel = barrier_kernel(run.r_max, run.batch)
@@ -484,6 +477,20 @@ def _run_barrier(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh)
 
     run_chunks(chunks(), lambda c: (), advance, record)
     return acc
+
+
+def _barrier_chunk(run: StepsRun, n_blocks_rep: int) -> int:
+    """Blocks of snapshots per call: from the memory budget (the slot draws take 48 B a slot
+    on CPU; on an accelerator they are drawn and summed in one fusion, and chunks 4x larger
+    ran the kernel 2x faster on an H200: smaller ones left the device waiting for the host,
+    docs/benchmarks.md), or ``run.reps_per_call``; at most 2**30 / BLOCK, so that the call's
+    int32 histogram, which counts up to chunk * BLOCK steps in one bin, cannot overflow
+    (half the limit leaves room for the rounding up to the device count)."""
+    per_block = KB.BLOCK * run.slots * (48 if jax.default_backend() == "cpu" else 12)
+    chunk = max(1, min(run.budget // per_block, n_blocks_rep * run.replications))
+    if run.reps_per_call:
+        chunk = int(run.reps_per_call)
+    return min(chunk, E.INT32_LIMIT // (2 * KB.BLOCK))
 
 
 def bucket_size(n: int) -> int:
