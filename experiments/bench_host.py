@@ -32,7 +32,6 @@ import jax  # noqa: E402
 from afd_jax.montecarlo import simulate as S  # noqa: E402
 from afd_jax.montecarlo import spine  # noqa: E402
 from afd_jax.montecarlo.samplers import make_sampler, max_slot_load  # noqa: E402
-from afd_jax.workload.traces import load_trace  # noqa: E402
 
 PIECES = {
     "dispatch": ("start_chunk", "segment_chunk", "start_split", "segment_split"),
@@ -83,7 +82,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="also write the table to this file")
     args = ap.parse_args(argv)
     jax.config.update("jax_enable_x64", True)  # as the CLI
-    trace = load_trace(args.trace)
+    trace = bk.bench_trace(args.trace)
     lat = bk.bench_latency(trace, args.batch)
     sampler = make_sampler(trace, 0, draw="alias")
     kw = dict(kernel=args.kernel, steps=args.steps, replications=args.replications)

@@ -31,10 +31,13 @@ enable_compilation_cache()
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from afd_jax.errors import InputError  # noqa: E402
 from afd_jax.model.latency import Latency, ModelOptions, other_stages  # noqa: E402
 from afd_jax.montecarlo.samplers import make_sampler, max_slot_load  # noqa: E402
 from afd_jax.montecarlo.simulate import _SPLIT_MIN_STEPS, simulate  # noqa: E402
 from afd_jax.workload.traces import load_trace  # noqa: E402
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SIZES = {
     # name: (r_max, B, T fast, T trajectory, T numpy, barrier snapshots, replications)
@@ -116,6 +119,22 @@ def _requests(w):
     prompt, decode = w.prompt[keep].astype(np.int64), w.decode[keep].astype(np.int64)
     theta = float((decode * prompt + decode * (decode - 1) / 2).sum() / decode.sum())
     return prompt, decode, theta
+
+
+def bench_trace(name: str):
+    """The trace ``name``: a path, or a file name in $AFD_TRACES_DIR or ../shared/traces (the
+    commands in docs/benchmarks.md name the traces so); exits 2 with a message when it is in
+    none of them or cannot be read."""
+    roots = [os.environ.get("AFD_TRACES_DIR"), os.path.join(_ROOT, "..", "shared", "traces")]
+    tried = [name] + [os.path.join(r, name) for r in roots if r and not os.path.isabs(name)]
+    path = next((p for p in tried if os.path.isfile(p)), None)
+    try:
+        if path is None:
+            raise InputError(f"trace {name!r} not found (tried: {', '.join(tried)})")
+        return load_trace(path)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def bench_latency(w, batch: int) -> Latency:
@@ -426,7 +445,7 @@ def main(argv=None) -> int:
     if args.steps_fast:
         cfg["t_fast"] = args.steps_fast
     budget = (args.memory_budget_mb << 20) if args.memory_budget_mb else None
-    w = load_trace(args.trace)
+    w = bench_trace(args.trace)
     prompt, decode, theta = _requests(w)
     lat = bench_latency(w, cfg["batch"])
     if args.scaling or args.short_runs:

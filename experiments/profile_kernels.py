@@ -29,7 +29,6 @@ import jax  # noqa: E402
 
 from afd_jax.montecarlo.samplers import make_sampler, max_slot_load  # noqa: E402
 from afd_jax.montecarlo.simulate import simulate  # noqa: E402
-from afd_jax.workload.traces import load_trace  # noqa: E402
 
 
 def device_ops(events) -> tuple[dict, float, str]:
@@ -106,7 +105,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="profile_out")
     args = ap.parse_args(argv)
     jax.config.update("jax_enable_x64", True)
-    trace = load_trace(args.trace)
+    trace = bk.bench_trace(args.trace)
     lat = bk.bench_latency(trace, args.batch)
     # the sampler built once (its alias table is host work before simulate's timer starts)
     w = make_sampler(trace, 0, draw="alias")
