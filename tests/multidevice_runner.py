@@ -5,7 +5,8 @@ the dynamics kernel) and a pool_simulate run, printed as one JSON object.
 
     python tests/multidevice_runner.py            # one process, every run
     python tests/multidevice_runner.py ADDR N I   # process I of N, jax.distributed at ADDR:
-                                                  # the fast and dynamics kernels, the pool
+                                                  # the fast (also with float64 on) and
+                                                  # dynamics kernels, the pool
 """
 
 from __future__ import annotations
@@ -42,6 +43,13 @@ def runs(names=None) -> dict:
     make = {
         "fast": lambda: simulate(  # three segments
             s, lat, 4, 8, kernel="fast", steps=600, warmup=100, replications=3, **short
+        ),
+        # the same with float64 on (as the CLI): each segment returns float64 totals per
+        # replication, summed on the device (spine.block_totals), not every block
+        "fast_x64": lambda: _x64(
+            lambda: simulate(
+                s, lat, 4, 8, kernel="fast", steps=600, warmup=100, replications=3, **short
+            )
         ),
         # one replication (its workers split over the devices from 2,500 steps on,
         # spine.segment_split), in three segments
@@ -81,6 +89,17 @@ def runs(names=None) -> dict:
             js["per_pool"] = np.asarray(r.per_pool_throughput).tolist()
         out[name] = js
     return out
+
+
+def _x64(run):
+    """``run()`` with float64 enabled in a scope (``jax.enable_x64``, the experimental one
+    before JAX 0.6)."""
+    scope = getattr(jax, "enable_x64", None)
+    if scope is None:  # pragma: no cover - older JAX
+        from jax.experimental import enable_x64 as scope
+    with scope(True):
+        assert jax.config.jax_enable_x64
+        return run()
 
 
 def _short_requests(run):
@@ -129,7 +148,7 @@ def main() -> None:
     if len(sys.argv) > 1:
         addr, n, i = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
         jax.distributed.initialize(addr, num_processes=n, process_id=i)
-        print(json.dumps(runs(("fast", "dynamics", "pool"))))
+        print(json.dumps(runs(("fast", "fast_x64", "dynamics", "pool"))))
         return
     print(json.dumps(runs()))
 

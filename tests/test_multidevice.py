@@ -51,8 +51,13 @@ def test_four_devices_identical_to_one(one_device):
     four = json.loads(proc.stdout)
     assert {js["devices"] for js in four.values()} == {4}
     assert {js["devices"] for js in one_device.values()} == {1}
-    assert sorted(four) == ["barrier", "dynamics", "fast", "fast1", "fast1_rerun", "pool"]
+    assert sorted(four) == [
+        "barrier", "dynamics", "fast", "fast1", "fast1_rerun", "fast_x64", "pool",
+    ]  # fmt: skip
     assert _strip(four) == _strip(one_device)
+    # float64 on: float64 totals per replication summed on each device (a group of rows per
+    # device), the same numbers as the host's sums of every block without it
+    assert _strip(four)["fast_x64"] == _strip(four)["fast"]
     # every chunk program of a run of several segments compiled once (the start hands the
     # segments their states sharded as the segments return them)
     _compiled_once(four, {**_SEGMENTS, "fast1": "jit(segment_split)"})
@@ -75,7 +80,11 @@ def _compiled_once(out: dict, segment_programs: dict) -> None:
     assert all(set(c.values()) == {1} for c in low.values()), low
 
 
-_SEGMENTS = {"fast": "jit(segment_chunk)", "dynamics": "jit(dynamics_chunk)"}
+_SEGMENTS = {
+    "fast": "jit(segment_chunk)",
+    "fast_x64": "jit(segment_chunk)",
+    "dynamics": "jit(dynamics_chunk)",
+}
 
 
 def free_port() -> int:
@@ -104,5 +113,5 @@ def test_two_processes_identical_to_one(one_device):
         got = json.loads(out.strip().splitlines()[-1])  # gloo prints a line first
         assert {(js["devices"], js["processes"]) for js in got.values()} == {(2, 2)}
         assert _strip(got) == {k: v for k, v in _strip(one_device).items() if k in got}
-        assert sorted(got) == ["dynamics", "fast", "pool"]
+        assert sorted(got) == ["dynamics", "fast", "fast_x64", "pool"]
         _compiled_once(got, _SEGMENTS)

@@ -81,9 +81,12 @@ def test_device_totals_equal_the_host_sums_of_every_block(small_sampler, kernel,
     np.testing.assert_array_equal(device.step_p90, host.step_p90)
 
 
-def test_barrier_chunks_keep_the_histogram_within_int32():
+def test_chunks_keep_the_histogram_within_int32():
     """One slot per bundle and a 64 GiB budget (or an explicit chunk size) would put more than
-    2**31 steps of a call into one bin of the int32 histogram: the chunk is capped."""
+    2**31 steps of a call into one bin of the int32 histogram: the chunk is capped (barrier
+    blocks of snapshots, and trajectory replications x segment steps)."""
+    import jax
+
     from afd_jax.kernels.barrier import BLOCK
     from afd_jax.montecarlo import simulate as S
 
@@ -96,7 +99,12 @@ def test_barrier_chunks_keep_the_histogram_within_int32():
     assert S._barrier_chunk(run, n_blocks) * BLOCK * 2 <= 2**31
     assert S._barrier_chunk(run._replace(reps_per_call=1 << 30), n_blocks) * BLOCK * 2 <= 2**31
     small = run._replace(r_max=64, batch=256, budget=1 << 30)  # the budget decides
-    assert S._barrier_chunk(small, n_blocks) == (1 << 30) // (BLOCK * 64 * 256 * 48)
+    per_slot = 48 if jax.default_backend() == "cpu" else 12
+    assert S._barrier_chunk(small, n_blocks) == (1 << 30) // (BLOCK * 64 * 256 * per_slot)
+    traj = run._replace(kernel="trajectory", steps=1 << 22, segment_steps=1 << 21)
+    for rows in (None, 1 << 11):
+        plan = S._plan(traj._replace(reps_per_call=rows), None)
+        assert plan.length == 1 << 21 and 0 < plan.reps_per_call * plan.length * 2 <= 2**31
 
 
 def test_barrier_results_do_not_depend_on_chunking(small_sampler):

@@ -79,7 +79,7 @@ def test_a_new_kernel_runs_through_the_chunk_loop():
 
 def test_block_totals_are_the_exact_sums_of_the_blocks():
     """The device totals of float32 block sums (float64, under jit) are their exact sums
-    (``math.fsum``), whatever their magnitudes within the stated span (here 2**-4 to 2**17:
+    (``math.fsum``), whatever their magnitudes within the stated span (here 2**-5 to 2**16:
     21 binary orders, the most for 157 blocks)."""
     import math
 

@@ -483,14 +483,19 @@ def _barrier_chunk(run: StepsRun, n_blocks_rep: int) -> int:
     """Blocks of snapshots per call: from the memory budget (the slot draws take 48 B a slot
     on CPU; on an accelerator they are drawn and summed in one fusion, and chunks 4x larger
     ran the kernel 2x faster on an H200: smaller ones left the device waiting for the host,
-    docs/benchmarks.md), or ``run.reps_per_call``; at most 2**30 / BLOCK, so that the call's
-    int32 histogram, which counts up to chunk * BLOCK steps in one bin, cannot overflow
-    (half the limit leaves room for the rounding up to the device count)."""
+    docs/benchmarks.md), or ``run.reps_per_call``; capped by :func:`_histogram_cap`."""
     per_block = KB.BLOCK * run.slots * (48 if jax.default_backend() == "cpu" else 12)
     chunk = max(1, min(run.budget // per_block, n_blocks_rep * run.replications))
     if run.reps_per_call:
         chunk = int(run.reps_per_call)
-    return min(chunk, E.INT32_LIMIT // (2 * KB.BLOCK))
+    return _histogram_cap(chunk, KB.BLOCK)
+
+
+def _histogram_cap(rows: int, steps: int) -> int:
+    """``rows`` rows of ``steps`` steps per call, fewer if needed so that the call's int32
+    histogram, which counts up to rows * steps steps in one bin, stays below 2**30 (half the
+    int32 limit: room for the rounding up to the device count)."""
+    return max(1, min(int(rows), (E.INT32_LIMIT // 2) // int(steps)))
 
 
 def bucket_size(n: int) -> int:
@@ -662,6 +667,7 @@ def _plan(run: StepsRun, setup: StepsSetup, devices: int = 1) -> _Plan:
         chunk = _balanced(run.replications, most, devices)
     else:
         chunk = _balanced(run.replications, run.budget // mem_per_rep(length), devices)
+    chunk = _histogram_cap(chunk, length)
     if run.kernel != "fast":
         return _Plan(length, chunk, 0)
     n_req = _fast_requests(length, mean_d, sd_d)

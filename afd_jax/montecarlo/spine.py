@@ -210,11 +210,15 @@ def segment_chunk(
 def block_totals(sums: StepSums) -> StepSums:
     """Each row's float32 block sums added up in float64 on the device ([rows, 1, ...]; the
     integer ones in their dtype), so that a run of several replications fetches a total per
-    row instead of every block (on an H200 the host's float64 sums of 64 replications'
-    blocks took about as long as the fast kernel itself, docs/benchmarks.md). Float32 values
-    added in float64 sum exactly while they span fewer than 29 - log2(blocks) binary orders
-    (block sums of steps do, by far), so the totals equal the host's float64 sums bit for bit
-    in any order. Needs ``jax_enable_x64``."""
+    row instead of every block (the host's float64 sums of the blocks of 64 replications x
+    20,000 steps took 5 to 6 ms on the 2-core CPU, a third of the device time of that call
+    on an H200, docs/benchmarks.md). Float32 values add
+    up exactly in float64, in any order, while the sum of their magnitudes stays below 2**53
+    units of the lowest set bit among them (for example when they span at most
+    29 - log2(blocks) binary orders); then the totals equal the host's float64 sums of the
+    blocks bit for bit. Runs with one or two slots per worker and segments of millions of
+    steps can exceed it (tau^2 first), and may then differ in the last bit, as the host's
+    sums of differently chunked runs already could. Needs ``jax_enable_x64``."""
 
     def total(x):
         wide = jnp.float64 if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype
