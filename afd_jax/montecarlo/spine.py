@@ -211,7 +211,7 @@ def block_totals(sums: StepSums) -> StepSums:
     """Each row's float32 block sums added up in float64 on the device ([rows, 1, ...]; the
     integer ones in their dtype), so that a run of several replications fetches a total per
     row instead of every block (the host's float64 sums of the blocks of 64 replications x
-    20,000 steps took 5 to 6 ms on the 2-core CPU, a third of the device time of that call
+    20,000 steps took 5 to 6 ms on the 2-core CPU, about 40 % of the device time of that call
     on an H200, docs/benchmarks.md). Float32 values add
     up exactly in float64, in any order, while the sum of their magnitudes stays below 2**53
     units of the lowest set bit among them (for example when they span at most
