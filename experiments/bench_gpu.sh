@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The one prepared GPU benchmark: fills the GPU rows of docs/benchmarks.md in a single run of
-# under 8 minutes on one H100/H200 (115 s on an H200, 2026-12-04; each step has its own
-# timeout; a failed step is reported and the next one still runs). Needs a Python with jax[cuda] and this package importable.
+# under 8 minutes on one H100/H200 (115 s on an H200, 2026-12-04, before the four host
+# steps were added: plan on about 4 minutes; each step has its own timeout; a failed step is
+# reported and the next one still runs). Needs a Python with jax[cuda] and this package
+# importable.
 #
 #   bash experiments/bench_gpu.sh [TRACES_DIR] [OUT_DIR]
 #
@@ -9,8 +11,9 @@
 # $AFD_TRACES_DIR, else ../shared/traces); OUT_DIR (default bench_gpu_out) receives
 # devices.txt, kernels.md (fast/trajectory/barrier vs NumPy at r_max = 64, B = 256,
 # 64 replications), fast_256.md (the fast kernel with 256 replications: the 1e12 target),
-# profile.md (where each kernel's device time goes: experiments/profile_kernels.py), host.md
-# (the host's dispatch, fetch and add time per fast-kernel call: experiments/bench_host.py),
+# profile.md (where each kernel's device time goes: experiments/profile_kernels.py),
+# host_*.md (the host's dispatch, fetch and add time per fast-kernel call, with the device
+# totals and without: experiments/bench_host.py),
 # gaussian.md (the Gaussian kernel alone: the 1e7 evaluations/s target), sweep.json
 # (scenario-r evaluations/s of a whole sweep) and, with SCALING=1, scaling.md (rate vs
 # replications and steps: a CPU criterion, many compilations on a GPU).
@@ -48,7 +51,14 @@ step fast_256 60 "$PY" experiments/bench_kernels.py --trace "$TRACE" --size gpu 
 step profile 70 "$PY" experiments/profile_kernels.py --trace "$TRACE" \
     --kernels fast:20000,trajectory:2000,barrier:16384 --replications 64 --out "$SCRATCH/profile"
 cp "$SCRATCH/profile/profile.md" "$OUT/profile.md" 2>/dev/null
-step host 40 "$PY" experiments/bench_host.py --trace "$TRACE" --calls 3 --out "$OUT/host.md"
+# the host's work per fast-kernel call, with the device totals and without (every block
+# fetched and added on the host, the code before them; same numbers), alternating
+for pass in 1 2; do
+    step "host $pass" 40 "$PY" experiments/bench_host.py --trace "$TRACE" --calls 5 \
+        --out "$OUT/host_$pass.md"
+    step "host sums $pass" 40 "$PY" experiments/bench_host.py --trace "$TRACE" --calls 5 \
+        --host-sums --out "$OUT/host_sums_$pass.md"
+done
 step gaussian 45 "$PY" experiments/bench_gaussian.py --chunks 1000,10000,100000 \
     --out "$OUT/gaussian.md"
 sed "s#\.\./shared/traces#$TRACES#g" experiments/sweeps/bench_10k.toml >"$SCRATCH/bench_10k.toml"

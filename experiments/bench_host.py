@@ -4,7 +4,7 @@ float64), against the call's ``wall_seconds``.
 
     python experiments/bench_host.py --trace TRACE.csv [--kernel fast] [--steps 20000]
         [--replications 64] [--replications-per-call 32] [--segment-steps 10112]
-        [--calls 5] [--out FILE.md]
+        [--calls 5] [--host-sums] [--out FILE.md]
 
 With the chunk loop pipelined (``spine.run_chunks``) the host's work on segment i overlaps
 the device's on segment i + 1, so a call is host-bound when its host work comes near its
@@ -79,6 +79,12 @@ def main(argv=None) -> int:
     ap.add_argument("--r-max", type=int, default=64)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--calls", type=int, default=5)
+    ap.add_argument(
+        "--host-sums",
+        action="store_true",
+        help="fetch every block and add them on the host (the code before the device totals, "
+        "same numbers): the A/B of spine.block_totals",
+    )
     ap.add_argument("--out", default=None, help="also write the table to this file")
     args = ap.parse_args(argv)
     jax.config.update("jax_enable_x64", True)  # as the CLI
@@ -91,6 +97,8 @@ def main(argv=None) -> int:
     kw.update(segment_steps=args.segment_steps or None)
     timers = Timers()
     install(timers)
+    if args.host_sums:
+        S._device_totals = lambda run, acc: False
     simulate = S.simulate
     simulate(sampler, lat, args.batch, args.r_max, seed=1, **kw)  # compiled
     best: dict = {}
@@ -103,13 +111,15 @@ def main(argv=None) -> int:
         for k, v in parts.items():
             best[k] = min(best.get(k, v), v)
     counts = dict(timers.count)
+    sums = "every block added on the host" if args.host_sums else "totals from the device"
     lines = [
         f"## host share of a call, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}",
         "",
         f"Machine: {bk.machine()}. {args.kernel} kernel, r_max = {args.r_max}, "
         f"B = {args.batch}, {args.replications} replications x {args.steps:,} steps "
         f"(replications per call {args.replications_per_call or 'auto'}, segment steps "
-        f"{args.segment_steps or 'auto'}); the smallest of {args.calls} calls per piece.",
+        f"{args.segment_steps or 'auto'}; {sums}); the smallest of {args.calls} calls "
+        f"per piece; fastest call {res.slot_steps / best['wall']:.3e} slot-steps/s.",
         "",
         "| piece | calls | ms |",
         "|---|---|---|",
