@@ -104,3 +104,28 @@ def test_marginals_and_zero_decode_rows():
     tw = _trace()
     _, dd = sample_requests(jax.random.key(0), make_sampler(tw), (10_000,))
     assert np.asarray(dd).min() >= 1  # zero-decode rows carry no weight
+
+
+def test_trace_samplers_are_built_once_per_content():
+    """The alias table of a trace is built once (a sweep's mc method calls simulate once per
+    scenario with the same trace): the same rows give the same sampler object, and rows
+    changed in place, another offset or another draw give a new one, equal to a fresh
+    build."""
+    from afd_jax.montecarlo import samplers as MS
+
+    rng = np.random.default_rng(4)
+    w = TraceWorkload(name="t", prompt=rng.integers(0, 500, 300), decode=rng.integers(0, 90, 300))
+    first = make_sampler(w, draw="alias")
+    copy = TraceWorkload(name="u", prompt=w.prompt.copy(), decode=w.decode.copy())
+    assert make_sampler(copy, draw="alias") is first  # same rows
+    assert make_sampler(w, load_offset=1, draw="alias") is not first
+    assert isinstance(make_sampler(w), TableSampler)  # the draw is part of the key
+    w.decode[0] += 7  # changed in place: a new table, as if built from scratch
+    changed = make_sampler(w, draw="alias")
+    assert changed is not first
+    fresh = MS._build_trace_sampler(np.asarray(w.prompt), np.asarray(w.decode), 0, "alias")
+    for a, b in zip(changed, fresh, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for i in range(MS._TRACE_SAMPLERS_KEPT + 1):  # older entries leave
+        make_sampler(TraceWorkload(name="v", prompt=w.prompt + i + 10, decode=w.decode))
+    assert make_sampler(copy, draw="alias") is not first
