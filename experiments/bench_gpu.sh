@@ -41,8 +41,10 @@ step devices 30 "$PY" -c "import jax; print(jax.__version__, jax.devices())" |
 # the random words carried as one complex64 pair keep every bit there too; the pipelined chunk
 # loop and the driver's reruns (tests/test_spine.py, the rerun tests)
 # (one pytest process: xdist workers would each take most of the GPU's memory)
-AFD_TRACES_DIR=$TRACES step checks 120 "$PY" -m pytest -q -n 0 -p no:cacheprovider \
-    tests/test_fast_tail.py tests/test_spine.py tests/test_kernels.py::test_threefry_pair_keeps_every_bit
+# and the device totals (float64 sums of the blocks on the GPU) equal to the host's sums
+AFD_TRACES_DIR=$TRACES step checks 150 "$PY" -m pytest -q -n 0 -p no:cacheprovider \
+    tests/test_fast_tail.py tests/test_spine.py tests/test_kernels.py::test_threefry_pair_keeps_every_bit \
+    tests/test_simulate.py -k "not lockstep"
 step kernels 110 "$PY" experiments/bench_kernels.py --trace "$TRACE" --size gpu --repeat 3 \
     --out "$OUT/kernels.md"
 step fast_256 60 "$PY" experiments/bench_kernels.py --trace "$TRACE" --size gpu \
