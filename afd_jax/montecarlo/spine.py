@@ -150,10 +150,13 @@ def window_mask(window: Window, rows: int, length: int):
     return jax.vmap(lambda row: _row_mask(window, row, length))(index)
 
 
-def _row_mask(window: Window, row, length: int):
-    """bool[length]: which steps of row ``row`` (traced) count (:func:`window_mask`)."""
+def _row_mask(window: Window, row, length: int, t_end=None):
+    """bool[length]: which steps of row ``row`` (traced) count (:func:`window_mask`);
+    ``t_end``: the row's ``window.t_end[row]``, when the caller has it (a row of a sharded
+    chunk indexing the whole ``t_end`` gathers it across the devices)."""
     t = window.t0 + jnp.arange(length, dtype=jnp.int32)
-    return (row < window.n_real) & (t >= window.warmup) & (t < window.t_end[row])
+    t_end = window.t_end[row] if t_end is None else t_end
+    return (row < window.n_real) & (t >= window.warmup) & (t < t_end)
 
 
 @partial(jax.jit, static_argnames=("kernel", "sharding"))
@@ -194,16 +197,18 @@ def segment_chunk(
         sums = summarise_rows(info.loads, valid, model, hist, **kw)
         return states, finish(sums), jnp.all(info.covered)
 
-    def row(k, s, i):  # one row's segment and its summaries, while its loads are in cache
+    def row(k, s, i, t_end):  # one row's segment and summaries, while its loads are in cache
         s, info = kernel.segment(k, s, params)
-        valid = _row_mask(window, i, info.loads.shape[0])
+        # the row's own t_end, mapped with it: indexing window.t_end by the row made two
+        # collectives per row on several CPU devices (each row waited for the other device)
+        valid = _row_mask(window, i, info.loads.shape[0], t_end)
         sums = summarise_rows(info.loads[None], valid[None], model, hist, **kw)
         drop = partial(jax.tree_util.tree_map, lambda x: x[0])
         return s, drop(sums._replace(hist=None)), sums.hist, info.covered
 
     index = jnp.arange(keys.shape[0], dtype=jnp.int32)
     zero = jnp.zeros((model.other.shape[0], N_BINS), jnp.int32)  # [r_max, bins] counts
-    states, sums, counts, covered = _map_rows(row, groups, zero, keys, states, index)
+    states, sums, counts, covered = _map_rows(row, groups, zero, keys, states, index, window.t_end)
     return states, finish(sums._replace(hist=counts)), jnp.all(covered)
 
 
