@@ -41,8 +41,10 @@ def runs(names=None) -> dict:
     two = dict(kw, segment_steps=128)
     one = dict(kw, segment_steps=2_816)
     make = {
-        "fast": lambda: simulate(  # three segments
-            s, lat, 4, 8, kernel="fast", steps=600, warmup=100, replications=3, **short
+        "fast": lambda: _collectives(  # three segments
+            lambda: simulate(
+                s, lat, 4, 8, kernel="fast", steps=600, warmup=100, replications=3, **short
+            )
         ),
         # the same with float64 on (as the CLI): each segment returns float64 totals per
         # replication, summed on the device (spine.block_totals), not every block
@@ -78,17 +80,38 @@ def runs(names=None) -> dict:
     for name in names or make:
         lowered.clear()
         r = make[name]()
-        r, calls = r if isinstance(r, tuple) else (r, None)  # (result, calls): _short_requests
+        # (result, {"calls": ...}): _short_requests; (result, {"collectives": ...}): _collectives
+        r, extra = r if isinstance(r, tuple) else (r, {})
         js = r.to_json()
         js["lowered"] = {n: lowered.count(n) for n in lowered}
         for k in ("wall_seconds", "slot_steps_per_second", "device"):
             js.pop(k)
-        if calls is not None:
-            js["calls"] = calls
+        js.update(extra)
         if r.per_pool_throughput is not None:
             js["per_pool"] = np.asarray(r.per_pool_throughput).tolist()
         out[name] = js
     return out
+
+
+def _collectives(run):
+    """``(run(), {"collectives": counts})``: the cross-device operations compiled into the
+    run's first segment program, by kind (``all-gather``, ``all-reduce``)."""
+    from afd_jax.montecarlo import simulate as S
+
+    chunk, seen = S.segment_chunk, []
+
+    def spy(*a, **k):
+        if not seen:
+            seen.append(chunk.lower(*a, **k).compile().as_text())
+        return chunk(*a, **k)
+
+    S.segment_chunk = spy
+    try:
+        res = run()
+    finally:
+        S.segment_chunk = chunk
+    counts = {op: seen[0].count(f" {op}(") for op in ("all-gather", "all-reduce")}
+    return res, {"collectives": counts}
 
 
 def _x64(run):
@@ -103,10 +126,10 @@ def _x64(run):
 
 
 def _short_requests(run):
-    """``(run(), calls)``: ``run()`` with the fast kernel planned at K = 64 requests per slot
-    and segment (K1 = 48 over all slots), where a slot of a 2,816-step segment needs about
-    94, so that the segment falls short once and is rerun with 2K; ``calls``: how often each
-    chunk function of the spine ran."""
+    """``(run(), {"calls": calls})``: ``run()`` with the fast kernel planned at K = 64
+    requests per slot and segment (K1 = 48 over all slots), where a slot of a 2,816-step
+    segment needs about 94, so that the segment falls short once and is rerun with 2K;
+    ``calls``: how often each chunk function of the spine ran."""
     from afd_jax.montecarlo import simulate as S
 
     plan, calls = S._plan, {}
@@ -129,7 +152,7 @@ def _short_requests(run):
     finally:
         for name, f in saved.items():
             setattr(S, name, f)
-    return res, calls
+    return res, {"calls": calls}
 
 
 def _listen(names: list, event: str, secs: float, **info) -> None:

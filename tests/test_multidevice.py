@@ -26,11 +26,11 @@ def _env(n_dev: int) -> dict:
     return env
 
 
+_FACTS = ("devices", "processes", "calls", "collectives", "lowered")  # not numbers to compare
+
+
 def _strip(out: dict) -> dict:
-    return {
-        k: {f: v for f, v in js.items() if f not in ("devices", "processes", "calls", "lowered")}
-        for k, js in out.items()
-    }
+    return {k: {f: v for f, v in js.items() if f not in _FACTS} for k, js in out.items()}
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,12 @@ def test_four_devices_identical_to_one(one_device):
         "barrier", "dynamics", "fast", "fast1", "fast1_rerun", "fast_x64", "pool",
     ]  # fmt: skip
     assert _strip(four) == _strip(one_device)
+    # the rows of a device need nothing from the others until the segment's end: the only
+    # collectives are the per-call reductions of the histogram and of ``covered`` (indexing
+    # the sharded t_end by row once compiled an all-gather and an all-reduce into the
+    # per-row loop); one device has none
+    assert four["fast"]["collectives"] == {"all-gather": 0, "all-reduce": 2}, four["fast"]
+    assert one_device["fast"]["collectives"] == {"all-gather": 0, "all-reduce": 0}
     # float64 on: float64 totals per replication summed on each device (a group of rows per
     # device), the same numbers as the host's sums of every block without it
     assert _strip(four)["fast_x64"] == _strip(four)["fast"]
