@@ -69,8 +69,11 @@ def runs(names=None) -> dict:
             s, lat, 4, 8, kernel="barrier", steps=300, replications=2, **kw
         ),
         # the dynamics kernel (routed requests, noise): replications split like the others
-        "dynamics": lambda: simulate(
-            s, lat, 4, 6, steps=200, warmup=50, replications=4, dynamics=dyn, **two
+        "dynamics": lambda: _collectives(
+            lambda: simulate(
+                s, lat, 4, 6, steps=200, warmup=50, replications=4, dynamics=dyn, **two
+            ),
+            "dynamics.dynamics_chunk",
         ),
         "pool": lambda: pool_simulate(
             s, lat, 4, [1, 3], n_requests=200, replications=3, seed=7, diagnostics=True
@@ -93,23 +96,26 @@ def runs(names=None) -> dict:
     return out
 
 
-def _collectives(run):
+def _collectives(run, program: str = "simulate.segment_chunk"):
     """``(run(), {"collectives": counts})``: the cross-device operations compiled into the
-    run's first segment program, by kind (``all-gather``, ``all-reduce``)."""
-    from afd_jax.montecarlo import simulate as S
+    run's first call of ``program`` (``MODULE.FUNCTION`` of ``afd_jax.montecarlo``), by kind
+    (``all-gather``, ``all-reduce``)."""
+    import importlib
 
-    chunk, seen = S.segment_chunk, []
+    module_name, name = program.split(".")
+    module = importlib.import_module(f"afd_jax.montecarlo.{module_name}")
+    chunk, seen = getattr(module, name), []
 
     def spy(*a, **k):
         if not seen:
             seen.append(chunk.lower(*a, **k).compile().as_text())
         return chunk(*a, **k)
 
-    S.segment_chunk = spy
+    setattr(module, name, spy)
     try:
         res = run()
     finally:
-        S.segment_chunk = chunk
+        setattr(module, name, chunk)
     counts = {op: seen[0].count(f" {op}(") for op in ("all-gather", "all-reduce")}
     return res, {"collectives": counts}
 

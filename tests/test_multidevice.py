@@ -61,6 +61,10 @@ def test_four_devices_identical_to_one(one_device):
     # per-row loop); one device has none
     assert four["fast"]["collectives"] == {"all-gather": 0, "all-reduce": 2}, four["fast"]
     assert one_device["fast"]["collectives"] == {"all-gather": 0, "all-reduce": 0}
+    # the dynamics kernel's routing loop (a while_loop) runs per device: its condition is no
+    # longer reduced across the devices at every iteration; the histogram's sum is left
+    assert four["dynamics"]["collectives"] == {"all-gather": 0, "all-reduce": 1}, four
+    assert one_device["dynamics"]["collectives"]["all-reduce"] <= 1  # the psum, or none
     # float64 on: float64 totals per replication summed on each device (a group of rows per
     # device), the same numbers as the host's sums of every block without it
     assert _strip(four)["fast_x64"] == _strip(four)["fast"]

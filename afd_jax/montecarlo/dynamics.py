@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 
 from afd_jax.choices import DYNAMICS_KEYS
 from afd_jax.errors import InputError
@@ -56,9 +57,9 @@ from afd_jax.montecarlo.spine import (
     float_dtype,
     replication_chunks,
     rng_mode,
+    row_mask,
     run_chunks,
     start_chunk,
-    window_mask,
 )
 
 _SUMS = ("tau", "tau_sq", "max_attn", "attn_busy", "wait", "ffn_busy", "empty")
@@ -223,14 +224,37 @@ def summarise_dynamics(info, valid, dm: DynModel, hist, *, batch, opts, cfg) -> 
     )
 
 
-@partial(jax.jit, static_argnames=("kernel", "batch", "opts", "cfg"))
-def dynamics_chunk(keys, states, params, window: Window, dm, hist, *, kernel, batch, opts, cfg):
-    """One segment of the dynamics kernel for every row of a chunk, summarised."""
-    states, info = jax.vmap(kernel.segment, in_axes=(0, 0, None))(keys, states, params)
-    valid = window_mask(window, *info.loads.shape[:2])
-    summ = partial(summarise_dynamics, dm=dm, hist=hist, batch=batch, opts=opts, cfg=cfg)
-    sums = jax.vmap(summ)(info, valid)
-    return states, sums._replace(hist=sums.hist.sum(axis=0))
+@partial(jax.jit, static_argnames=("kernel", "batch", "opts", "cfg", "mesh"))
+def dynamics_chunk(
+    keys, states, params, window: Window, dm, hist, *, kernel, batch, opts, cfg, mesh
+):  # fmt: skip
+    """One segment of the dynamics kernel for every row of a chunk, summarised. The rows are
+    split over the devices of ``mesh`` (axis ``"rows"``) with ``shard_map``: each device
+    steps its own rows, so the routing loop (a ``while_loop`` whose trip count is the most
+    fresh requests of any row it holds) waits for no other device; as one ``vmap`` over the
+    sharded rows, XLA reduced the loop's condition across the devices at every iteration.
+    Only the histogram is summed across them, once per call."""
+
+    def local(keys, states, params, window, dm, hist):
+        states, info = jax.vmap(kernel.segment, in_axes=(0, 0, None))(keys, states, params)
+        n_loc, length = info.loads.shape[:2]
+        rows = jax.lax.axis_index("rows") * n_loc + jnp.arange(n_loc, dtype=jnp.int32)
+        valid = jax.vmap(lambda i, t_end: row_mask(window, i, length, t_end))(rows, window.t_end)
+        summ = partial(summarise_dynamics, dm=dm, hist=hist, batch=batch, opts=opts, cfg=cfg)
+        sums = jax.vmap(summ)(info, valid)
+        return states, sums._replace(hist=jax.lax.psum(sums.hist.sum(axis=0), "rows"))
+
+    split, same = PartitionSpec("rows"), PartitionSpec()
+    win = Window(same, same, split, same)
+    sums = DynSums(*([split] * (len(DynSums._fields) - 1)), same)
+    mapped = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(split, split, same, win, same, same),
+        out_specs=(split, sums),
+        check_vma=False,
+    )
+    return mapped(keys, states, params, window, dm, hist)
 
 
 # ---------------------------------------------------------------- inputs
@@ -440,7 +464,7 @@ def run_dynamics(sampler, max_load: int, lat: Latency, drun: DynRun, bar: Progre
         window = Window(np.int32(t0), np.int32(run.warmup), t_end, np.int32(c.n_real))
         states, sums = dynamics_chunk(
             keys, states, SegmentParams(sampler, np.int32(t0)), window, dm, hist,
-            kernel=kernel, batch=run.batch, opts=opts, cfg=cfg,
+            kernel=kernel, batch=run.batch, opts=opts, cfg=cfg, mesh=mesh.mesh,
         )  # fmt: skip
         return (keys, states), sums  # fetched by record, after the next dispatch
 

@@ -147,10 +147,10 @@ class Window(NamedTuple):
 def window_mask(window: Window, rows: int, length: int):
     """bool[rows, length]: which steps of a segment count (see :class:`Window`)."""
     index = jnp.arange(rows, dtype=jnp.int32)
-    return jax.vmap(lambda row: _row_mask(window, row, length))(index)
+    return jax.vmap(lambda row: row_mask(window, row, length))(index)
 
 
-def _row_mask(window: Window, row, length: int, t_end=None):
+def row_mask(window: Window, row, length: int, t_end=None):
     """bool[length]: which steps of row ``row`` (traced) count (:func:`window_mask`);
     ``t_end``: the row's ``window.t_end[row]``, when the caller has it (a row of a sharded
     chunk indexing the whole ``t_end`` gathers it across the devices)."""
@@ -201,7 +201,7 @@ def segment_chunk(
         s, info = kernel.segment(k, s, params)
         # the row's own t_end, mapped with it: indexing window.t_end by the row made two
         # collectives per row on several CPU devices (each row waited for the other device)
-        valid = _row_mask(window, i, info.loads.shape[0], t_end)
+        valid = row_mask(window, i, info.loads.shape[0], t_end)
         sums = summarise_rows(info.loads[None], valid[None], model, hist, **kw)
         drop = partial(jax.tree_util.tree_map, lambda x: x[0])
         return s, drop(sums._replace(hist=None)), sums.hist, info.covered
@@ -465,6 +465,7 @@ __all__ = [
     "local_devices_only",
     "replication_chunks",
     "rng_mode",
+    "row_mask",
     "run_chunks",
     "segment_chunk",
     "segment_split",
