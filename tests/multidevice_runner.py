@@ -75,8 +75,11 @@ def runs(names=None) -> dict:
             ),
             "dynamics.dynamics_chunk",
         ),
-        "pool": lambda: pool_simulate(
-            s, lat, 4, [1, 3], n_requests=200, replications=3, seed=7, diagnostics=True
+        "pool": lambda: _collectives(
+            lambda: pool_simulate(
+                s, lat, 4, [1, 3], n_requests=200, replications=3, seed=7, diagnostics=True
+            ),
+            "pool._pool_chunk",
         ),
     }
     out, lowered = {}, _LOWERED

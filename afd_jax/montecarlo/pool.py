@@ -52,6 +52,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+from jax.sharding import PartitionSpec
 
 from afd_jax.errors import InputError
 from afd_jax.kernels import pool as KP
@@ -117,16 +118,30 @@ def _pool_model(lat: Latency, batch: int, r_pad: int, max_load: int, dtype) -> K
     return model._replace(attn_grid=grid, ffn=values(lat.ffn), comm=values(lat.comm))
 
 
-@partial(jax.jit, static_argnames=("kernel",))
-def _pool_chunk(prompt, decode, n, r, target, model, bins, *, kernel):
+@partial(jax.jit, static_argnames=("kernel", "mesh"))
+def _pool_chunk(prompt, decode, n, r, target, model, bins, *, kernel, mesh):
     """``kernel.init`` then ``kernel.segment`` (the whole window) for every pool, vmapped over
-    the leading (pool) axis of ``prompt`` / ``decode``."""
+    the leading (pool) axis of ``prompt`` / ``decode``, the pools split over the devices of
+    ``mesh`` with ``shard_map``: each device runs its pools' window loop (a ``while_loop``
+    until enough completions) on its own; as one ``vmap`` over sharded pools, XLA reduced
+    the loop's condition across the devices at every step."""
 
-    def one(p, d):
-        params = KP.PoolParams(p, d, n, r, target, model, bins)
-        return kernel.segment(None, kernel.init(None, params), params)[1]
+    def local(prompt, decode, n, r, target, model, bins):
+        def one(p, d):
+            params = KP.PoolParams(p, d, n, r, target, model, bins)
+            return kernel.segment(None, kernel.init(None, params), params)[1]
 
-    return jax.vmap(one)(prompt, decode)
+        return jax.vmap(one)(prompt, decode)
+
+    split, same = PartitionSpec("rows"), PartitionSpec()
+    mapped = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(split, split, same, same, same, same, same),
+        out_specs=split,
+        check_vma=False,
+    )
+    return mapped(prompt, decode, n, r, target, model, bins)
 
 
 def tau_range(lat: Latency, batch: int, r: int, max_load: int, opts: ModelOptions):
@@ -270,7 +285,7 @@ def pool_simulate(
             n_bins,
         )
         scalars = (jnp.asarray(x, jnp.int32) for x in (pl.n, r, pl.target))
-        info = _pool_chunk(prompt, decode, *scalars, model, bins, kernel=kernel)
+        info = _pool_chunk(prompt, decode, *scalars, model, bins, kernel=kernel, mesh=mesh.mesh)
         return state, (info, host_bins)  # fetched by record, after the next dispatch
 
     def record(c: Chunk, seg, out):
