@@ -30,6 +30,7 @@ def runs(names=None) -> dict:
     from afd_jax.model.latency import Latency
     from afd_jax.montecarlo.pool import pool_simulate
     from afd_jax.montecarlo.simulate import simulate
+    from afd_jax.studies.reproduce.runs import float64
 
     lat = Latency(0.05, 10.0, 0.5, 20.0, 0.01, 2.0)
     rng = np.random.default_rng(0)
@@ -48,10 +49,8 @@ def runs(names=None) -> dict:
         ),
         # the same with float64 on (as the CLI): each segment returns float64 totals per
         # replication, summed on the device (spine.block_totals), not every block
-        "fast_x64": lambda: _x64(
-            lambda: simulate(
-                s, lat, 4, 8, kernel="fast", steps=600, warmup=100, replications=3, **short
-            )
+        "fast_x64": lambda: float64(simulate)(
+            s, lat, 4, 8, kernel="fast", steps=600, warmup=100, replications=3, **short
         ),
         # one replication (its workers split over the devices from 2,500 steps on,
         # spine.segment_split), in three segments
@@ -121,17 +120,6 @@ def _collectives(run, program: str = "simulate.segment_chunk"):
         setattr(module, name, chunk)
     counts = {op: seen[0].count(f" {op}(") for op in ("all-gather", "all-reduce")}
     return res, {"collectives": counts}
-
-
-def _x64(run):
-    """``run()`` with float64 enabled in a scope (``jax.enable_x64``, the experimental one
-    before JAX 0.6)."""
-    scope = getattr(jax, "enable_x64", None)
-    if scope is None:  # pragma: no cover - older JAX
-        from jax.experimental import enable_x64 as scope
-    with scope(True):
-        assert jax.config.jax_enable_x64
-        return run()
 
 
 def _short_requests(run):

@@ -34,7 +34,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec
 
 from afd_jax.choices import DYNAMICS_KEYS
 from afd_jax.errors import InputError
@@ -48,6 +47,8 @@ from afd_jax.model.stages import check_batch
 from afd_jax.montecarlo import estimators as E
 from afd_jax.montecarlo.result import MonteCarloResult
 from afd_jax.montecarlo.spine import (
+    ROWS,
+    SAME,
     Chunk,
     Progress,
     RowMesh,
@@ -55,6 +56,7 @@ from afd_jax.montecarlo.spine import (
     attn_grid,
     device_name,
     float_dtype,
+    per_device,
     replication_chunks,
     rng_mode,
     row_mask,
@@ -228,12 +230,10 @@ def summarise_dynamics(info, valid, dm: DynModel, hist, *, batch, opts, cfg) -> 
 def dynamics_chunk(
     keys, states, params, window: Window, dm, hist, *, kernel, batch, opts, cfg, mesh
 ):  # fmt: skip
-    """One segment of the dynamics kernel for every row of a chunk, summarised. The rows are
-    split over the devices of ``mesh`` (axis ``"rows"``) with ``shard_map``: each device
-    steps its own rows, so the routing loop (a ``while_loop`` whose trip count is the most
-    fresh requests of any row it holds) waits for no other device; as one ``vmap`` over the
-    sharded rows, XLA reduced the loop's condition across the devices at every iteration.
-    Only the histogram is summed across them, once per call."""
+    """One segment of the dynamics kernel for every row of a chunk, summarised, each device
+    of ``mesh`` stepping its own rows (:func:`~afd_jax.montecarlo.spine.per_device`: the
+    routing ``while_loop`` waits for no other device). Only the histogram is summed across
+    the devices, once per call."""
 
     def local(keys, states, params, window, dm, hist):
         states, info = jax.vmap(kernel.segment, in_axes=(0, 0, None))(keys, states, params)
@@ -244,17 +244,10 @@ def dynamics_chunk(
         sums = jax.vmap(summ)(info, valid)
         return states, sums._replace(hist=jax.lax.psum(sums.hist.sum(axis=0), "rows"))
 
-    split, same = PartitionSpec("rows"), PartitionSpec()
-    win = Window(same, same, split, same)
-    sums = DynSums(*([split] * (len(DynSums._fields) - 1)), same)
-    mapped = jax.shard_map(
-        local,
-        mesh=mesh,
-        in_specs=(split, split, same, win, same, same),
-        out_specs=(split, sums),
-        check_vma=False,
-    )
-    return mapped(keys, states, params, window, dm, hist)
+    win = Window(SAME, SAME, ROWS, SAME)
+    sums = DynSums(*([ROWS] * (len(DynSums._fields) - 1)), SAME)
+    specs = (ROWS, ROWS, SAME, win, SAME, SAME)
+    return per_device(local, mesh, specs, (ROWS, sums))(keys, states, params, window, dm, hist)
 
 
 # ---------------------------------------------------------------- inputs
@@ -458,9 +451,10 @@ def run_dynamics(sampler, max_load: int, lat: Latency, drun: DynRun, bar: Progre
         rows = mesh.put(np.asarray(c.rows, np.int32))
         return start_chunk(base, rows, params, kernel=kernel, sharding=mesh.states)
 
+    t_end = mesh.put(np.full((chunk,), total, np.int32))  # every row runs to the end
+
     def advance(c: Chunk, t0, state):
         keys, states = state
-        t_end = mesh.put(np.full((chunk,), total, np.int32))
         window = Window(np.int32(t0), np.int32(run.warmup), t_end, np.int32(c.n_real))
         states, sums = dynamics_chunk(
             keys, states, SegmentParams(sampler, np.int32(t0)), window, dm, hist,

@@ -52,7 +52,6 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jax.sharding import PartitionSpec
 
 from afd_jax.errors import InputError
 from afd_jax.kernels import pool as KP
@@ -66,11 +65,14 @@ from afd_jax.montecarlo import estimators as E
 from afd_jax.montecarlo.result import MonteCarloResult
 from afd_jax.montecarlo.samplers import make_sampler
 from afd_jax.montecarlo.spine import (
+    ROWS,
+    SAME,
     Chunk,
     RowMesh,
     attn_grid,
     device_name,
     float_dtype,
+    per_device,
     run_chunks,
 )
 from afd_jax.workload.containers import ParametricWorkload, TraceWorkload
@@ -121,10 +123,9 @@ def _pool_model(lat: Latency, batch: int, r_pad: int, max_load: int, dtype) -> K
 @partial(jax.jit, static_argnames=("kernel", "mesh"))
 def _pool_chunk(prompt, decode, n, r, target, model, bins, *, kernel, mesh):
     """``kernel.init`` then ``kernel.segment`` (the whole window) for every pool, vmapped over
-    the leading (pool) axis of ``prompt`` / ``decode``, the pools split over the devices of
-    ``mesh`` with ``shard_map``: each device runs its pools' window loop (a ``while_loop``
-    until enough completions) on its own; as one ``vmap`` over sharded pools, XLA reduced
-    the loop's condition across the devices at every step."""
+    the leading (pool) axis of ``prompt`` / ``decode``, each device of ``mesh`` running its
+    own pools (:func:`~afd_jax.montecarlo.spine.per_device`: the window's ``while_loop``
+    waits for no other device)."""
 
     def local(prompt, decode, n, r, target, model, bins):
         def one(p, d):
@@ -133,15 +134,8 @@ def _pool_chunk(prompt, decode, n, r, target, model, bins, *, kernel, mesh):
 
         return jax.vmap(one)(prompt, decode)
 
-    split, same = PartitionSpec("rows"), PartitionSpec()
-    mapped = jax.shard_map(
-        local,
-        mesh=mesh,
-        in_specs=(split, split, same, same, same, same, same),
-        out_specs=split,
-        check_vma=False,
-    )
-    return mapped(prompt, decode, n, r, target, model, bins)
+    specs = (ROWS, ROWS) + (SAME,) * 5
+    return per_device(local, mesh, specs, ROWS)(prompt, decode, n, r, target, model, bins)
 
 
 def tau_range(lat: Latency, batch: int, r: int, max_load: int, opts: ModelOptions):

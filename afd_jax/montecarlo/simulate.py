@@ -691,14 +691,18 @@ class _Unstarted(NamedTuple):
     params: SegmentParams
 
 
+@dataclasses.dataclass
 class _Segment:
     """A dispatched segment of a trajectory chunk: the chunk, its start step, the state it
     started from (kept for a rerun with a larger kernel), the state after it, its sums and
-    ``covered`` (device values; :func:`_run_trajectories`)."""
+    ``covered`` (device values; :func:`_run_trajectories`; a rerun replaces the last three)."""
 
-    def __init__(self, chunk, t0, before, after, sums, covered):
-        self.chunk, self.t0, self.before, self.after = chunk, t0, before, after
-        self.sums, self.covered = sums, covered
+    chunk: Chunk
+    t0: int
+    before: object
+    after: object
+    sums: object
+    covered: object
 
 
 def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh):
@@ -712,6 +716,7 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: Row
     chunk = mesh.round_up(plan.reps_per_call)
     sampler, model, hist, base = setup.sampler, setup.model, setup.hist, setup.base  # _placed
     totals = _device_totals(run, acc)
+    t_end = mesh.put(np.full((chunk,), total, np.int32))  # every row runs to the end
 
     def start(c: Chunk):
         params = SegmentParams(sampler, np.int32(0))
@@ -727,7 +732,6 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: Row
         dispatched (not waited for)."""
         # host scalars (np.int32): no eager device op per argument
         params = SegmentParams(sampler, np.int32(t0))
-        t_end = mesh.put(np.full((chunk,), total, np.int32))
         window = Window(np.int32(t0), np.int32(run.warmup), t_end, np.int32(c.n_real))
         if real is not None:
             params = params._replace(batch=np.int32(run.batch))

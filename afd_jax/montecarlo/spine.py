@@ -217,19 +217,35 @@ def block_totals(sums: StepSums) -> StepSums:
     integer ones in their dtype), so that a run of several replications fetches a total per
     row instead of every block (the host's float64 sums of the blocks of 64 replications x
     20,000 steps took 5 to 6 ms on the 2-core CPU, about 40 % of the device time of that call
-    on an H200, docs/benchmarks.md). Float32 values add
-    up exactly in float64, in any order, while the sum of their magnitudes stays below 2**53
-    units of the lowest set bit among them (for example when they span at most
-    29 - log2(blocks) binary orders); then the totals equal the host's float64 sums of the
-    blocks bit for bit. Runs with one or two slots per worker and segments of millions of
-    steps can exceed it (tau^2 first), and may then differ in the last bit, as the host's
-    sums of differently chunked runs already could. Needs ``jax_enable_x64``."""
+    on an H200, docs/benchmarks.md). Float32 values add up exactly in float64, in any order,
+    while the sum of their magnitudes stays below 2**53 units of the lowest set bit among
+    them (for example when they span at most 29 - log2(blocks) binary orders); then the
+    totals equal the host's float64 sums of the blocks bit for bit. Runs with one or two
+    slots per worker and segments of millions of steps can exceed it (tau^2 first), and may
+    then differ in the last bit, as the host's sums of differently chunked runs already
+    could. Needs ``jax_enable_x64``."""
 
     def total(x):
         wide = jnp.float64 if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype
         return x.sum(axis=1, keepdims=True, dtype=wide)
 
     return jax.tree_util.tree_map(total, sums._replace(hist=None))._replace(hist=sums.hist)
+
+
+ROWS, SAME = PartitionSpec("rows"), PartitionSpec()
+"""Specs of :func:`per_device`: split over the rows' devices, or the same on every one."""
+
+
+def per_device(local, mesh: Mesh, in_specs, out_specs):
+    """``local`` run by every device of ``mesh`` on its own rows (``shard_map``; ``in_specs``
+    and ``out_specs`` of :data:`ROWS` and :data:`SAME`). For a kernel with a data-dependent
+    loop (the dynamics kernel's routing ``while_loop``, the finite pool's window loop): as
+    one ``vmap`` over rows sharded across the devices, XLA reduced the loop's condition
+    across the devices at every iteration, so each device waited for the others at every
+    step (the finite pool ran 9x slower on two CPU devices than on one, docs/scaling.md);
+    here each device's loop stops on its own rows. Anything summed across the devices is
+    the caller's ``psum``."""
+    return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
 
 
 SPLIT_WORKERS = PartitionSpec(None, "rows")
@@ -463,6 +479,7 @@ __all__ = [
     "device_name",
     "float_dtype",
     "local_devices_only",
+    "per_device",
     "replication_chunks",
     "rng_mode",
     "row_mask",
