@@ -24,7 +24,7 @@ import jax.random as jr
 import numpy as np
 
 from .copula import CopulaSampler, copula_length_biased_requests, copula_requests
-from .threefry import random_bits
+from .threefry import random_bits, three_words_by_halves
 
 
 class TableSampler(NamedTuple):
@@ -180,10 +180,33 @@ def _alias_lb_requests(key, s: AliasSampler, shape):
 def _alias_stationary(key, s: AliasSampler, shape):
     """Stationary state from one draw of 3 words: length-biased column, accept, age."""
     bits = random_bits(key, (3,) + tuple(shape))
-    prompt, decode = alias_pick(s.lb_table, bits[0], bits[1])
-    u = (bits[2] >> jnp.uint32(8)).astype(jnp.float32) * jnp.float32(2.0**-24)
+    return _alias_stationary_from_bits(s, bits[0], bits[1], bits[2])
+
+
+def _alias_stationary_from_bits(s: AliasSampler, w0, w1, w2):
+    prompt, decode = alias_pick(s.lb_table, w0, w1)
+    u = (w2 >> jnp.uint32(8)).astype(jnp.float32) * jnp.float32(2.0**-24)
     age = jnp.clip(jnp.floor(u * decode.astype(jnp.float32)).astype(jnp.int32), 0, decode - 1)
     return prompt, decode, age
+
+
+def slot_load_halves(key, sampler, shape):
+    """:func:`sample_slot_load` of ``shape`` (axis 0 even) as its two halves along axis 0,
+    drawn together so that each random block is hashed once
+    (:func:`~.threefry.three_words_by_halves`): the same numbers, half the hashing. None for
+    the samplers and key modes where that does not apply (then draw with
+    :func:`sample_slot_load`)."""
+    if type(sampler) is not AliasSampler:
+        return None
+    words = three_words_by_halves(key, tuple(shape))
+    if words is None:
+        return None
+    return tuple(_load(_alias_stationary_from_bits(sampler, *w)) for w in words)
+
+
+def _load(state):
+    prompt, _, age = state
+    return prompt + age
 
 
 class Draws(NamedTuple):
@@ -222,5 +245,4 @@ def sample_stationary(key, sampler, shape):
 
 def sample_slot_load(key, sampler, shape):
     """Draw stationary slot loads (int32) from pi."""
-    prompt, _, age = sample_stationary(key, sampler, shape)
-    return prompt + age
+    return _load(sample_stationary(key, sampler, shape))

@@ -68,16 +68,9 @@ def random_bits(key, shape: tuple):
     """
     shape = tuple(shape)
     n = math.prod(shape)
-    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)  # raw uint32 keys: jax.random
-    unrolled = (
-        typed
-        and not jax.config.jax_threefry_partitionable
-        and str(jr.key_impl(key)) == "threefry2x32"
-        and 0 < n < 2**32 - 1
-    )
-    if not unrolled:
+    k = _unrolled_key(key, n)
+    if k is None:
         return jr.bits(key, shape, dtype=jnp.uint32)
-    k = jr.key_data(key).astype(jnp.uint32)
     half = -(-n // 2)
     count = jnp.arange(2 * half, dtype=jnp.uint32)
     count = jnp.where(count < jnp.uint32(n), count, jnp.uint32(0))
@@ -85,4 +78,50 @@ def random_bits(key, shape: tuple):
     return jnp.concatenate([y0, y1])[:n].reshape(shape)
 
 
-__all__ = ["random_bits", "threefry2x32", "threefry2x32_pair", "unpack_pair"]
+def _unrolled_key(key, n: int):
+    """The key's two uint32 words when ``jax.random.bits`` of ``n`` words is the split layout
+    of :func:`random_bits` (a typed Threefry key, the non-partitionable mode), else None."""
+    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)  # raw uint32 keys: jax.random
+    unrolled = (
+        typed
+        and not jax.config.jax_threefry_partitionable
+        and str(jr.key_impl(key)) == "threefry2x32"
+        and 0 < n < 2**32 - 1
+    )
+    return jr.key_data(key).astype(jnp.uint32) if unrolled else None
+
+
+def three_words_by_halves(key, shape: tuple):
+    """The words of ``random_bits(key, (3,) + shape)`` (``shape[0]`` even), each block hashed
+    once: ``(first, second)``, the three words (w0, w1, w2) of every element of the first and
+    of the second half of ``shape``'s axis 0. None where :func:`random_bits` falls back to
+    ``jax.random.bits``.
+
+    With m elements and h = m / 2, the 3m words are the 1.5m blocks' outputs (word i < 1.5m
+    the first output of block i, word 1.5m + i its second), and elements q and h + q (q < h)
+    use exactly the blocks q, h + q and m + q: q takes (y0(q), y0(m + q), y1(h + q)) and
+    h + q takes (y0(h + q), y1(q), y1(m + q)). Computed together, the two elements hash 3
+    blocks instead of 6: word by word, ``random_bits`` hashes one block per word.
+    """
+    shape = tuple(shape)
+    m = math.prod(shape)
+    k = _unrolled_key(key, 3 * m)
+    if k is None or shape[0] % 2:
+        return None
+    h, half = m // 2, 3 * m // 2
+    q = jnp.arange(h, dtype=jnp.uint32).reshape((shape[0] // 2,) + shape[1:])
+
+    def block(j):
+        return threefry2x32(k[0], k[1], j, j + jnp.uint32(half))
+
+    a, b, c = block(q), block(q + jnp.uint32(h)), block(q + jnp.uint32(m))
+    return (a[0], c[0], b[1]), (b[0], a[1], c[1])
+
+
+__all__ = [
+    "random_bits",
+    "three_words_by_halves",
+    "threefry2x32",
+    "threefry2x32_pair",
+    "unpack_pair",
+]

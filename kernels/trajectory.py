@@ -3,7 +3,9 @@
 ``r_max x B`` slots, each holding a request (P, D) at age k in 0..D-1; its load is P + k (the
 sampler already includes any ``load_offset``). Per step every worker's load is the int32 sum of
 its B slots (summarised by :func:`kernels.barrier.summarise_steps`), then every slot ages by
-one and a slot whose request finished (age == D) takes a fresh request at age 0.
+one and a slot whose request finished (age == D) takes a fresh request at age 0. The kernel
+carries each slot as its load and its steps left (:class:`LoadState`); :class:`SlotState` and
+:func:`advance` are the same step on (P, D, age), for the dynamics kernel, which needs them.
 
 Randomness is counter-based: the fresh draws of absolute step ``t`` use
 ``fold_in(key_stream, t)``, so a run split into segments of any length gives the same numbers.
@@ -63,32 +65,68 @@ def advance(key, state: SlotState, sampler) -> SlotState:
     )
 
 
-def trajectory_segment(key_stream, state: SlotState, t0, sampler, *, length: int):
+class LoadState(NamedTuple):
+    """The trajectory kernel's carry: per slot the load ``prompt + age`` and the steps left
+    ``decode - age`` (int32[r_max, B] each): two arrays read and written per step instead of
+    three; the loads are those of :class:`SlotState` exactly."""
+
+    load: jax.Array
+    left: jax.Array
+
+
+def load_state(state: SlotState) -> LoadState:
+    """The :class:`LoadState` of a :class:`SlotState` (its request counter dropped)."""
+    return LoadState(state.prompt + state.age, state.decode - state.age)
+
+
+def _load_step(key, st: LoadState, sampler):
+    """:func:`advance` on a :class:`LoadState`: the same draws and the same loads."""
+    left = st.left - 1
+    done = left <= 0
+    prompt, decode = sample_requests(key, sampler, st.load.shape)
+    return LoadState(jnp.where(done, prompt, st.load + 1), jnp.where(done, decode, left))
+
+
+def trajectory_segment(key_stream, st: LoadState, t0, sampler, *, length: int, unroll: int = 1):
     """Run absolute steps t0 .. t0 + length - 1 (``length`` static; t0 int32, traced).
 
     Returns ``(state after the segment, worker loads int32[length, r_max])``; the load of a
     step is taken before the slots age. Summarise with :func:`kernels.barrier.summarise_steps`.
+    The step keys are derived before the loop; ``unroll`` (static, a divisor of ``length``)
+    steps per loop iteration, each step's state materialised (fused across steps, XLA
+    recomputed the draws): on an H200, 64 replications x 20,000 steps of r_max = 64, B = 256
+    ran at 5.7e10 slot-steps/s with 1, 6.6e10 with 2, 7.0e10 with 4 and 7.3e10 with 8
+    (docs/benchmarks.md); on CPU 1.
     """
+    steps = jnp.arange(length, dtype=jnp.int32)
+    keys = jax.vmap(lambda i: jr.fold_in(key_stream, t0 + i))(steps)
 
-    def body(carry, i):
-        worker = (carry.prompt + carry.age).sum(axis=-1, dtype=jnp.int32)
-        return advance(jr.fold_in(key_stream, t0 + i), carry, sampler), worker
+    def body(carry, ks):
+        out = []
+        for j in range(unroll):
+            out.append(carry.load.sum(axis=-1, dtype=jnp.int32))
+            carry = _load_step(ks[j], carry, sampler)
+            if unroll > 1:
+                carry = jax.lax.optimization_barrier(carry)
+        return carry, jnp.stack(out)
 
-    return jax.lax.scan(body, state, jnp.arange(length, dtype=jnp.int32))
+    st, loads = jax.lax.scan(body, st, keys.reshape((length // unroll, unroll)))
+    return st, loads.reshape((length,) + loads.shape[2:])
 
 
 @cache
-def trajectory_kernel(shape: tuple, init: str, length: int) -> Kernel:
+def trajectory_kernel(shape: tuple, init: str, length: int, unroll: int = 1) -> Kernel:
     """The step-by-step kernel under the contract of :mod:`kernels.contract`: ``init(key,
-    params)`` = :func:`init_slots` of ``shape`` (r_max, B); ``segment(key_stream, state,
-    params)`` = :func:`trajectory_segment` of ``length`` steps from ``params.t0``."""
+    params)`` = :func:`init_slots` of ``shape`` (r_max, B) as a :class:`LoadState`;
+    ``segment(key_stream, state, params)`` = :func:`trajectory_segment` of ``length`` steps
+    from ``params.t0``, ``unroll`` of them per loop iteration (a divisor of ``length``)."""
 
     def init_fn(key, params):
-        return init_slots(key, params.sampler, shape, init)
+        return load_state(init_slots(key, params.sampler, shape, init))
 
     def segment(key_stream, state, params):
         state, loads = trajectory_segment(
-            key_stream, state, params.t0, params.sampler, length=length
+            key_stream, state, params.t0, params.sampler, length=length, unroll=unroll
         )
         return state, SegmentInfo(loads, jnp.asarray(True))
 
@@ -98,8 +136,10 @@ def trajectory_kernel(shape: tuple, init: str, length: int) -> Kernel:
 __all__ = [
     "INITS",
     "SlotState",
+    "LoadState",
     "advance",
     "init_slots",
+    "load_state",
     "trajectory_kernel",
     "trajectory_segment",
 ]

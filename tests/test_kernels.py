@@ -224,6 +224,103 @@ def test_random_bits_are_jax_random_bits(partitionable):
             np.testing.assert_array_equal(np.asarray(jnp.stack(words, axis=1)), want)
 
 
+@pytest.mark.parametrize("partitionable", [False, True])
+def test_three_words_by_halves_are_random_bits(partitionable):
+    """The barrier's paired draw: ``three_words_by_halves`` gives the words of
+    ``random_bits(key, (3,) + shape)`` of the first and the second half of axis 0, bit for bit,
+    under jit and vmap; None (fall back to the words one by one) in the partitionable mode,
+    for raw keys and for an odd axis 0."""
+    import jax
+    import jax.numpy as jnp
+    import jax.random as jr
+
+    from afd_jax.kernels.threefry import random_bits, three_words_by_halves
+
+    key = jr.key(77)
+    with jax.threefry_partitionable(partitionable):
+        if partitionable:
+            assert three_words_by_halves(key, (4, 3)) is None
+            return
+        assert three_words_by_halves(key, (3, 4)) is None
+        assert three_words_by_halves(jr.PRNGKey(1), (4, 3)) is None
+        for shape in [(2,), (4, 7), (128, 3, 5)]:
+            h = shape[0] // 2
+            want = np.asarray(random_bits(key, (3,) + shape))
+            got = jax.jit(three_words_by_halves, static_argnums=1)(key, shape)
+            np.testing.assert_array_equal(np.stack([np.asarray(w) for w in got[0]]), want[:, :h])
+            np.testing.assert_array_equal(np.stack([np.asarray(w) for w in got[1]]), want[:, h:])
+        keys = jr.split(key, 3)
+        lo, hi = jax.vmap(lambda k: three_words_by_halves(k, (4, 2)))(keys)
+        ref = jax.vmap(lambda k: random_bits(k, (3, 4, 2)))(keys)
+        np.testing.assert_array_equal(np.asarray(jnp.stack(lo, 1)), np.asarray(ref)[:, :, :2])
+        np.testing.assert_array_equal(np.asarray(jnp.stack(hi, 1)), np.asarray(ref)[:, :, 2:])
+
+
+def _small_alias():
+    rng = np.random.default_rng(5)
+    p, d = rng.integers(0, 900, 300), rng.integers(1, 400, 300)
+    return KS.alias_sampler(p, d, rng.random(300), size=512), KS.table_sampler(p, d)
+
+
+def test_barrier_halves_draw_the_same_loads():
+    """``barrier_loads(halves=True)`` (both halves of the snapshots drawn in one loop, the CPU
+    path) gives the worker loads of the word-by-word draw exactly, under jit and vmap over
+    block keys; samplers without the paired draw fall back to it."""
+    import jax
+    import jax.random as jr
+
+    from afd_jax.kernels.barrier import barrier_loads
+
+    keys = jr.split(jr.key(9), 3)
+    with jax.threefry_partitionable(False):  # the drivers' mode
+        for sampler in _small_alias():
+            got = [
+                np.asarray(
+                    jax.jit(
+                        jax.vmap(lambda k, s, h=h: barrier_loads(k, s, r_max=5, batch=7, halves=h))
+                    )(keys, jax.tree_util.tree_map(lambda x: np.stack([x] * 3), sampler))
+                )
+                for h in (False, True)
+            ]
+            assert got[0].shape == (3, 128, 5)
+            np.testing.assert_array_equal(got[0], got[1])
+
+
+def test_trajectory_segment_is_advance_step_by_step():
+    """The trajectory kernel's carry (load, steps left) and its unrolled loop reproduce
+    :func:`advance` on (P, D, age) step by step: the same worker loads and end state, for 1,
+    2 and 8 steps per loop iteration, under jit and vmap over key streams."""
+    import jax
+    import jax.numpy as jnp
+    import jax.random as jr
+
+    from afd_jax.kernels.trajectory import advance, init_slots, load_state, trajectory_segment
+
+    sampler = _small_alias()[0]
+    streams = jr.split(jr.key(4), 2)
+    t0, length = 256, 32
+    with jax.threefry_partitionable(False):
+        state = jax.vmap(lambda k: init_slots(k, sampler, (3, 4), "stationary"))(streams)
+        want, st = [], state
+        for i in range(length):
+            want.append((st.prompt + st.age).sum(axis=-1))
+            st = jax.vmap(lambda k, s, i=i: advance(jr.fold_in(k, t0 + i), s, sampler))(streams, st)
+        want = np.stack([np.asarray(w) for w in want], axis=1)
+        for unroll in (1, 2, 8):
+            run = jax.jit(
+                jax.vmap(
+                    lambda k, s, u=unroll: trajectory_segment(
+                        k, s, jnp.int32(t0), sampler, length=length, unroll=u
+                    )
+                )
+            )
+            end, loads = run(streams, load_state(state))
+            np.testing.assert_array_equal(np.asarray(loads), want)
+            for a, b in zip(end, load_state(st), strict=True):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert (np.asarray(st.age) < length).sum() > 2  # slots that took fresh requests
+
+
 def test_fast_kernel_z_scores_are_standard():
     """Over independent seeds the fast kernel's z = (estimate - exact) / SE behaves like
     Student t with replications - 1 df (~N(0, 1)): mean, mean |z| and the fraction beyond 2

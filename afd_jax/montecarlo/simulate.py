@@ -85,8 +85,12 @@ _TARGET_SLOT_STEPS_PER_CALL = 1 << 28  # progress granularity of the trajectory 
 _ACCELERATOR_UNROLL = 4
 """Requests per loop iteration of the fast kernel's scans on an accelerator (on CPU: 1). On
 an H200, 64 replications x 20,000 steps: 20.6 ms unrolled 4, 24.6 ms not unrolled, 27.8 ms
-unrolled 2 (fastest of two alternating passes; docs/benchmarks.md). The trajectory kernel's
-step loop unrolled 4 was slower there (430 ms against 370 ms), so it is not."""
+unrolled 2 (fastest of two alternating passes; docs/benchmarks.md)."""
+_ACCELERATOR_STEP_UNROLL = 8
+"""Steps per loop iteration of the trajectory kernel on an accelerator (on CPU: 1), each
+step's state materialised: on an H200 7.3e10 slot-steps/s against 5.7e10 with 1 (plain scan
+unrolling, which fused the steps, was slower: 4.9e10; docs/benchmarks.md). A divisor of
+every segment length (a multiple of BLOCK)."""
 _FAST_MAX_SEGMENT = 1 << 14  # longer: the summaries leave the cache (docs/cpu-speed.md)
 _SPLIT_MIN_STEPS = 2500  # one replication from here on: workers split over CPU devices
 
@@ -446,7 +450,8 @@ def _run_barrier(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh)
     chunk = mesh.round_up(_barrier_chunk(run, n_blocks_rep))
     work_rep = np.repeat(np.arange(run.replications), n_blocks_rep)
     work_blk = np.tile(np.arange(n_blocks_rep), run.replications)
-    kernel = barrier_kernel(run.r_max, run.batch)
+    # the halves drawn together on CPU only (faster there, slower on an H200: kernels.barrier)
+    kernel = barrier_kernel(run.r_max, run.batch, halves=jax.default_backend() == "cpu")
     params = SegmentParams(setup.sampler, jnp.int32(0))
 
     def chunks():
@@ -524,10 +529,12 @@ def _shapes(run: StepsRun, plan, mesh: RowMesh) -> _Shapes:
     """Trajectory kernel; fast kernel padded to (bucket_size(r_max), bucket_size(B)) unless
     ``run.shape_buckets`` is False (padded workers: G(r) and t_F(r) of the last real r, unused
     and dropped by :func:`_real_workers`), its random words paired when ``mesh`` keeps every
-    core busy (:func:`_paired`); loops unrolled on accelerators (:data:`_ACCELERATOR_UNROLL`)."""
+    core busy (:func:`_paired`); loops unrolled on accelerators (:data:`_ACCELERATOR_UNROLL`,
+    :data:`_ACCELERATOR_STEP_UNROLL`)."""
     exact = (run.r_max, run.batch)
     if run.kernel == "trajectory":
-        kernel = trajectory_kernel(exact, run.init, plan.length)
+        unroll = 1 if jax.default_backend() == "cpu" else _ACCELERATOR_STEP_UNROLL
+        kernel = trajectory_kernel(exact, run.init, plan.length, unroll)
         return _Shapes(kernel, kernel, None, run.batch)
     sizes = (run.init, plan.length, plan.n_requests, plan.n_bulk)
     unroll = 1 if jax.default_backend() == "cpu" else _ACCELERATOR_UNROLL
