@@ -81,6 +81,35 @@ def test_device_totals_equal_the_host_sums_of_every_block(small_sampler, kernel,
     np.testing.assert_array_equal(device.step_p90, host.step_p90)
 
 
+def test_fast_kernel_on_8_word_alias_rows_draws_the_same(small_sampler, monkeypatch):
+    """The fast kernel's driver pads the alias rows to 8 words (``aligned_rows``): the same
+    draws, so the same results as on the 5-word rows; other samplers pass through."""
+    import jax
+    import jax.numpy as jnp
+
+    from afd_jax.montecarlo import simulate as S
+
+    s, m = small_sampler
+    wide = KS.aligned_rows(s)
+    assert wide.req_table.shape == (1024, 8) and wide.lb_table.shape == (1024, 8)
+    words = jax.random.bits(jax.random.key(3), (2, 4096), jnp.uint32)
+    for table, narrow in ((wide.req_table, s.req_table), (wide.lb_table, s.lb_table)):
+        for a, b in zip(KS.alias_pick(table, *words), KS.alias_pick(narrow, *words), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    table = KS.table_sampler([1, 2], [3, 4])
+    assert KS.aligned_rows(table) is table and KS.aligned_rows(wide) is wide
+    kw = dict(kernel="fast", steps=700, warmup=100, replications=2, seed=3, max_slot_load=m)
+    seen = []
+    monkeypatch.setattr(S, "_ALIGNED", {})
+    monkeypatch.setattr(KS, "aligned_rows", lambda x: seen.append(x) or wide)
+    a = simulate(s, LAT, 4, 8, **kw)
+    monkeypatch.setattr(S, "_ALIGNED", {})
+    monkeypatch.setattr(KS, "aligned_rows", lambda x: seen.append(x) or x)
+    b = simulate(s, LAT, 4, 8, **kw)
+    assert len(seen) == 2
+    _same(a, b)
+
+
 def test_chunks_keep_the_histogram_within_int32():
     """One slot per bundle and a 64 GiB budget (or an explicit chunk size) would put more than
     2**31 steps of a call into one bin of the int32 histogram: the chunk is capped (barrier

@@ -54,7 +54,7 @@ from afd_jax.model.stages import check_batch
 from afd_jax.montecarlo import estimators as E
 from afd_jax.montecarlo.dynamics import Dynamics, DynRun, simulate_dynamics
 from afd_jax.montecarlo.result import STEP_DIAGNOSTICS, MonteCarloResult
-from afd_jax.montecarlo.samplers import decode_moments, make_sampler, max_slot_load
+from afd_jax.montecarlo.samplers import decode_moments, make_sampler, max_slot_load, reuse_for
 from afd_jax.montecarlo.spine import (
     ATTN_GRID,
     Chunk,
@@ -219,12 +219,19 @@ def step_model(
     )
 
 
+_ALIGNED: dict = {}  # the fast kernel's samplers with 8-word alias rows, per sampler
+
+
 def _placed(run: StepsRun, setup: StepsSetup, mesh: RowMesh) -> StepsSetup:
     """The run's constants (sampler, step model, histogram bins, base key) on every device of
     ``mesh``, as part of the setup: each call of the chunk functions then finds them there,
     and ``wall_seconds`` times the Monte Carlo work, not their placement (0.4 to 1 ms for two
     CPU devices, a large share of a short single replication; docs/cpu-speed.md)."""
-    sampler = mesh.replicate(setup.sampler, keep=True)
+    sampler = setup.sampler
+    if run.kernel == "fast":  # 8-word alias rows: faster renewal gathers, the same draws
+        leaves = jax.tree_util.tree_leaves(sampler)
+        sampler = reuse_for(_ALIGNED, leaves, lambda: KS.aligned_rows(sampler))
+    sampler = mesh.replicate(sampler, keep=True)
     model, hist, base = mesh.replicate((_bucket_model(run, setup.model), setup.hist, setup.base))
     return setup._replace(sampler=sampler, model=model, hist=hist, base=base)
 
