@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared GPU benchmark: fills the GPU rows of docs/benchmarks.md in a single run of
-# under 8 minutes on one H100/H200 (115 s on an H200, 2026-12-04, before the four host
-# steps were added: plan on about 4 minutes; each step has its own timeout; a failed step is
+# under 8 minutes on one H100/H200 (224 s on an H200, 2026-12-04, before trajectory_256
+# was added: plan on about 4 minutes; each step has its own timeout; a failed step is
 # reported and the next one still runs). Needs a Python with jax[cuda] and this package
 # importable.
 #
@@ -11,6 +11,8 @@
 # $AFD_TRACES_DIR, else ../shared/traces); OUT_DIR (default bench_gpu_out) receives
 # devices.txt, kernels.md (fast/trajectory/barrier vs NumPy at r_max = 64, B = 256,
 # 64 replications), fast_256.md (the fast kernel with 256 replications: the 1e12 target),
+# trajectory_256.md (the step-by-step kernel with 256 replications: each step's fixed loop
+# cost spread over 4x the slots),
 # profile.md (where each kernel's device time goes: experiments/profile_kernels.py),
 # host_*.md (the host's dispatch, fetch and add time per fast-kernel call, with the device
 # totals and without: experiments/bench_host.py),
@@ -50,6 +52,9 @@ step kernels 110 "$PY" experiments/bench_kernels.py --trace "$TRACE" --size gpu 
 step fast_256 60 "$PY" experiments/bench_kernels.py --trace "$TRACE" --size gpu \
     --kernels fast --replications 256 --memory-budget-mb 32768 --repeat 3 \
     --out "$OUT/fast_256.md"
+step trajectory_256 60 "$PY" experiments/bench_kernels.py --trace "$TRACE" --size gpu \
+    --kernels trajectory --replications 256 --memory-budget-mb 32768 --repeat 3 \
+    --out "$OUT/trajectory_256.md"
 step profile 70 "$PY" experiments/profile_kernels.py --trace "$TRACE" \
     --kernels fast:20000,trajectory:2000,barrier:16384 --replications 64 --out "$SCRATCH/profile"
 cp "$SCRATCH/profile/profile.md" "$OUT/profile.md" 2>/dev/null
