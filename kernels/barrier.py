@@ -164,9 +164,9 @@ def barrier_loads(key, sampler, *, r_max: int, batch: int, halves: bool = False)
     ``halves`` (static): draw the first and the second half of the snapshots together
     (:func:`~.sampling.slot_load_halves`, each random block hashed once instead of twice) and
     sum both over B in one variadic reduction, so one loop computes both: the same numbers.
-    On the 2-core CPU 5x faster for the draws and sums (2.3x for a whole barrier run); on an
-    H200 0.67x (6.0e10 against 9.0e10 slot-steps/s: the word-by-word fusion is faster there;
-    docs/benchmarks.md), so the driver asks for it on CPU only.
+    Faster on CPU, slower on an H200 (docs/cpu-speed.md, round 13; docs/benchmarks.md, run
+    6), so the driver asks for it on CPU only. Alias samplers in the drivers' Threefry mode;
+    other samplers draw word by word either way.
     """
     shape = (BLOCK, r_max, batch)
     pair = slot_load_halves(key, sampler, shape) if halves else None

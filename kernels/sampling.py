@@ -90,12 +90,12 @@ def _table_lb_requests(key, s: TableSampler, shape):
 class AliasSampler(NamedTuple):
     """A finite table of request atoms drawn by Walker's alias method (O(1) per draw).
 
-    prompt, decode: int32[n], the atoms. ``req_table`` / ``lb_table``: int32[n, 5] for the
-    request law and the length-biased law (weights w_k and w_k D_k); row k holds
-    ``(threshold, P_k, D_k, P_alias(k), D_alias(k))``. A draw takes a uniform column k and
-    keeps atom k when a 24-bit uniform integer is below ``threshold = round(prob_k * 2**24)``,
-    else takes its alias. One packed row gather per draw. Same laws as
-    :class:`TableSampler` (acceptance probabilities rounded to 2**-24).
+    prompt, decode: int32[n], the atoms. ``req_table`` / ``lb_table``: int32[n, 5] (or
+    wider, zero-padded: :func:`aligned_rows`) for the request law and the length-biased law
+    (weights w_k and w_k D_k); row k holds ``(threshold, P_k, D_k, P_alias(k), D_alias(k))``.
+    A draw takes a uniform column k and keeps atom k when a 24-bit uniform integer is below
+    ``threshold = round(prob_k * 2**24)``, else takes its alias. One packed row gather per
+    draw. Same laws as :class:`TableSampler` (acceptance probabilities rounded to 2**-24).
     """
 
     prompt: jax.Array
@@ -155,9 +155,9 @@ def aligned_rows(s, width: int = 8):
     """``s`` with the rows of its alias tables padded with zeros to ``width`` int32 (8: 32
     bytes, so a row never straddles two memory sectors or cache lines); the draws only read
     the first 5 words, so they are the same. Other samplers come back as they are. The fast
-    kernel's driver uses it: its renewal loops gather a row per request, and with 8-word rows
-    the kernel ran 6 to 15 % faster on an H200 and 6 to 9 % on the 2-core CPU, while the
-    trajectory kernel ran 8 to 10 % slower (docs/benchmarks.md, run 8)."""
+    kernel's driver uses it (its renewal loops gather a row per request: faster with 8-word
+    rows on an H200 and on CPU; the step kernels were slower with them: docs/benchmarks.md,
+    run 8)."""
     if not isinstance(s, AliasSampler) or s.req_table.shape[1] >= width:
         return s
     pad = ((0, 0), (0, width - s.req_table.shape[1]))
@@ -167,7 +167,7 @@ def aligned_rows(s, width: int = 8):
 def alias_pick(table, bits0, bits1):
     """Alias draw from two uint32 words: column ``bits0 mod n`` (modulo bias <= n / 2**32),
     keep it if the top 24 bits of ``bits1`` are below its threshold. Returns (prompt, decode)
-    int32. One gather of a packed 5-word row per draw."""
+    int32. One gather of a packed row per draw (its first 5 words are read)."""
     n = table.shape[0]
     col = (bits0 % jnp.uint32(n)).astype(jnp.int32)
     row = jnp.take(table, col, axis=0, mode="clip")
@@ -197,6 +197,7 @@ def _alias_stationary(key, s: AliasSampler, shape):
 
 
 def _alias_stationary_from_bits(s: AliasSampler, w0, w1, w2):
+    """The stationary (P, D, age) of three uint32 words: length-biased column, accept, age."""
     prompt, decode = alias_pick(s.lb_table, w0, w1)
     u = (w2 >> jnp.uint32(8)).astype(jnp.float32) * jnp.float32(2.0**-24)
     age = jnp.clip(jnp.floor(u * decode.astype(jnp.float32)).astype(jnp.int32), 0, decode - 1)
@@ -214,12 +215,12 @@ def slot_load_halves(key, sampler, shape):
     words = three_words_by_halves(key, tuple(shape))
     if words is None:
         return None
-    return tuple(_load(_alias_stationary_from_bits(sampler, *w)) for w in words)
+    return tuple(slot_load(_alias_stationary_from_bits(sampler, *w)) for w in words)
 
 
-def _load(state):
-    prompt, _, age = state
-    return prompt + age
+def slot_load(state):
+    """The load ``prompt + age`` of slots given as (prompt, decode, age, ...) arrays."""
+    return state[0] + state[2]
 
 
 class Draws(NamedTuple):
@@ -258,4 +259,4 @@ def sample_stationary(key, sampler, shape):
 
 def sample_slot_load(key, sampler, shape):
     """Draw stationary slot loads (int32) from pi."""
-    return _load(sample_stationary(key, sampler, shape))
+    return slot_load(sample_stationary(key, sampler, shape))

@@ -104,9 +104,11 @@ def three_words_by_halves(key, shape: tuple):
     blocks instead of 6: word by word, ``random_bits`` hashes one block per word.
     """
     shape = tuple(shape)
+    if not shape or shape[0] % 2:
+        return None
     m = math.prod(shape)
     k = _unrolled_key(key, 3 * m)
-    if k is None or shape[0] % 2:
+    if k is None:
         return None
     h, half = m // 2, 3 * m // 2
     q = jnp.arange(h, dtype=jnp.uint32).reshape((shape[0] // 2,) + shape[1:])

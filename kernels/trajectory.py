@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from .contract import Kernel, SegmentInfo
-from .sampling import sample_requests, sample_stationary
+from .sampling import sample_requests, sample_stationary, slot_load
 
 INITS = ("stationary", "cold")
 
@@ -30,7 +30,8 @@ INITS = ("stationary", "cold")
 class SlotState(NamedTuple):
     """State of ``r_max x B`` slots, int32[r_max, B] each: prompt, decode, age (0..decode-1).
     ``drawn``: fresh requests consumed so far per slot (the request counter of the fast
-    kernel; the step-by-step kernel leaves it at 0)."""
+    kernel; :func:`init_slots` starts it at 0, :func:`advance` leaves it as it is). The
+    fast and dynamics kernels carry it; the step-by-step kernel carries a :class:`LoadState`."""
 
     prompt: jax.Array
     decode: jax.Array
@@ -76,11 +77,12 @@ class LoadState(NamedTuple):
 
 def load_state(state: SlotState) -> LoadState:
     """The :class:`LoadState` of a :class:`SlotState` (its request counter dropped)."""
-    return LoadState(state.prompt + state.age, state.decode - state.age)
+    return LoadState(slot_load(state), state.decode - state.age)
 
 
 def _load_step(key, st: LoadState, sampler):
-    """:func:`advance` on a :class:`LoadState`: the same draws and the same loads."""
+    """:func:`advance` on a :class:`LoadState`: the same draws and the same loads (the two
+    are checked step by step in tests/test_kernels.py)."""
     left = st.left - 1
     done = left <= 0
     prompt, decode = sample_requests(key, sampler, st.load.shape)
@@ -94,10 +96,11 @@ def trajectory_segment(key_stream, st: LoadState, t0, sampler, *, length: int, u
     step is taken before the slots age. Summarise with :func:`kernels.barrier.summarise_steps`.
     The step keys are derived before the loop; ``unroll`` (static, a divisor of ``length``)
     steps per loop iteration, each step's state materialised (fused across steps, XLA
-    recomputed the draws): on an H200, 64 replications x 20,000 steps of r_max = 64, B = 256
-    ran at 5.7e10 slot-steps/s with 1, 6.6e10 with 2, 7.0e10 with 4 and 7.3e10 with 8
-    (docs/benchmarks.md); on CPU 1.
+    recomputed the draws); faster on a GPU, where each iteration has a fixed cost
+    (docs/benchmarks.md, run 6). The numbers do not depend on it.
     """
+    if unroll < 1 or length % unroll:
+        raise ValueError(f"unroll must divide the segment length {length}, got {unroll}")
     steps = jnp.arange(length, dtype=jnp.int32)
     keys = jax.vmap(lambda i: jr.fold_in(key_stream, t0 + i))(steps)
 

@@ -273,7 +273,10 @@ def test_barrier_halves_draw_the_same_loads():
 
     keys = jr.split(jr.key(9), 3)
     with jax.threefry_partitionable(False):  # the drivers' mode
-        for sampler in _small_alias():
+        alias, table = _small_alias()
+        assert KS.slot_load_halves(keys[0], alias, (128, 5, 7)) is not None  # the paired path
+        assert KS.slot_load_halves(keys[0], table, (128, 5, 7)) is None  # falls back
+        for sampler in (alias, table):
             got = [
                 np.asarray(
                     jax.jit(
@@ -286,39 +289,52 @@ def test_barrier_halves_draw_the_same_loads():
             np.testing.assert_array_equal(got[0], got[1])
 
 
-def test_trajectory_segment_is_advance_step_by_step():
+@pytest.mark.parametrize("init", ["stationary", "cold"])
+def test_trajectory_segment_is_advance_step_by_step(init):
     """The trajectory kernel's carry (load, steps left) and its unrolled loop reproduce
     :func:`advance` on (P, D, age) step by step: the same worker loads and end state, for 1,
-    2 and 8 steps per loop iteration, under jit and vmap over key streams."""
+    2 and 8 steps per loop iteration, under jit and vmap over key streams, on short
+    requests (D in 1..5: hundreds of renewals, some at every step) and long ones."""
     import jax
     import jax.numpy as jnp
     import jax.random as jr
 
     from afd_jax.kernels.trajectory import advance, init_slots, load_state, trajectory_segment
 
-    sampler = _small_alias()[0]
+    rng = np.random.default_rng(8)
+    short = KS.alias_sampler(rng.integers(0, 50, 40), rng.integers(1, 6, 40), size=64)
     streams = jr.split(jr.key(4), 2)
     t0, length = 256, 32
     with jax.threefry_partitionable(False):
-        state = jax.vmap(lambda k: init_slots(k, sampler, (3, 4), "stationary"))(streams)
-        want, st = [], state
-        for i in range(length):
-            want.append((st.prompt + st.age).sum(axis=-1))
-            st = jax.vmap(lambda k, s, i=i: advance(jr.fold_in(k, t0 + i), s, sampler))(streams, st)
-        want = np.stack([np.asarray(w) for w in want], axis=1)
-        for unroll in (1, 2, 8):
-            run = jax.jit(
+        for sampler in (short, _small_alias()[0]):
+            state = jax.vmap(lambda k, s=sampler: init_slots(k, s, (3, 4), init))(streams)
+            want, st, renewals = [], state, 0
+            step = jax.jit(
                 jax.vmap(
-                    lambda k, s, u=unroll: trajectory_segment(
-                        k, s, jnp.int32(t0), sampler, length=length, unroll=u
-                    )
+                    lambda k, s, i, sm=sampler: advance(jr.fold_in(k, t0 + i), s, sm),
+                    in_axes=(0, 0, None),
                 )
             )
-            end, loads = run(streams, load_state(state))
-            np.testing.assert_array_equal(np.asarray(loads), want)
-            for a, b in zip(end, load_state(st), strict=True):
-                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-        assert (np.asarray(st.age) < length).sum() > 2  # slots that took fresh requests
+            for i in range(length):
+                want.append((st.prompt + st.age).sum(axis=-1))
+                st = step(streams, st, jnp.int32(i))
+                renewals += int((np.asarray(st.age) == 0).sum())
+            assert renewals > (200 if sampler is short else 0)
+            want = np.stack([np.asarray(w) for w in want], axis=1)
+            for unroll in (1, 2, 8):
+                run = jax.jit(
+                    jax.vmap(
+                        lambda k, s, u=unroll, sm=sampler: trajectory_segment(
+                            k, s, jnp.int32(t0), sm, length=length, unroll=u
+                        )
+                    )
+                )
+                end, loads = run(streams, load_state(state))
+                np.testing.assert_array_equal(np.asarray(loads), want)
+                for a, b in zip(end, load_state(st), strict=True):
+                    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="unroll must divide"):
+        trajectory_segment(streams[0], load_state(st), 0, short, length=length, unroll=3)
 
 
 def test_fast_kernel_z_scores_are_standard():

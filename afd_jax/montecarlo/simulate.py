@@ -88,9 +88,9 @@ an H200, 64 replications x 20,000 steps: 20.6 ms unrolled 4, 24.6 ms not unrolle
 unrolled 2 (fastest of two alternating passes; docs/benchmarks.md)."""
 _ACCELERATOR_STEP_UNROLL = 8
 """Steps per loop iteration of the trajectory kernel on an accelerator (on CPU: 1), each
-step's state materialised: on an H200 7.3e10 slot-steps/s against 5.7e10 with 1 (plain scan
-unrolling, which fused the steps, was slower: 4.9e10; docs/benchmarks.md). A divisor of
-every segment length (a multiple of BLOCK)."""
+step's state materialised (docs/benchmarks.md, run 6: faster than 1, 2 or 4 on an H200;
+plain scan unrolling, which fused the steps, was slower). A divisor of every segment length
+(a multiple of BLOCK)."""
 _FAST_MAX_SEGMENT = 1 << 14  # longer: the summaries leave the cache (docs/cpu-speed.md)
 _SPLIT_MIN_STEPS = 2500  # one replication from here on: workers split over CPU devices
 

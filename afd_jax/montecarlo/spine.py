@@ -271,7 +271,7 @@ def segment_split(
     def body(keys, states, params, window, model, hist):
         nonlocal length
         dev = jax.lax.axis_index("rows")
-        r_loc = states.prompt.shape[1]
+        r_loc = jax.tree_util.tree_leaves(states)[0].shape[1]  # [rows, r_local, B] leaves
         workers = (dev * r_loc, jnp.int32(r_loc * n_dev))
         state = jax.tree_util.tree_map(lambda x: x[0], states)
         state, info = kernel.segment(keys[0], state, params._replace(workers=workers))
