@@ -130,6 +130,9 @@ def test_chunks_keep_the_histogram_within_int32():
     small = run._replace(r_max=64, batch=256, budget=1 << 30)  # the budget decides
     per_slot = 48 if jax.default_backend() == "cpu" else 12
     assert S._barrier_chunk(small, n_blocks) == (1 << 30) // (BLOCK * 64 * 256 * per_slot)
+    # 16 blocks, at most 10 per call: two calls of 8, not 10 + 6 padded to 10
+    fits = small._replace(steps=16 * BLOCK, replications=1, budget=10 * BLOCK * 64 * 256 * per_slot)
+    assert S._barrier_chunk(fits, 16) == 8 and S._barrier_chunk(fits, 16, devices=2) == 8
     traj = run._replace(kernel="trajectory", steps=1 << 22, segment_steps=1 << 21)
     for rows in (None, 1 << 11):
         plan = S._plan(traj._replace(reps_per_call=rows), None)

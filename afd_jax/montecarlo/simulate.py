@@ -454,7 +454,7 @@ def _run_barrier(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh)
     row: the snapshots are i.i.d. across replications)."""
     acc = StepAccumulator(1, run.r_max, keep_blocks=False)
     n_blocks_rep = -(-run.steps // KB.BLOCK)
-    chunk = mesh.round_up(_barrier_chunk(run, n_blocks_rep))
+    chunk = mesh.round_up(_barrier_chunk(run, n_blocks_rep, mesh.n))
     work_rep = np.repeat(np.arange(run.replications), n_blocks_rep)
     work_blk = np.tile(np.arange(n_blocks_rep), run.replications)
     # the halves drawn together on CPU only (faster there, slower on an H200: kernels.barrier)
@@ -491,13 +491,16 @@ def _run_barrier(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh)
     return acc
 
 
-def _barrier_chunk(run: StepsRun, n_blocks_rep: int) -> int:
+def _barrier_chunk(run: StepsRun, n_blocks_rep: int, devices: int = 1) -> int:
     """Blocks of snapshots per call: from the memory budget (the slot draws take 48 B a slot
     on CPU; on an accelerator they are drawn and summed in one fusion, and chunks 4x larger
     ran the kernel 2x faster on an H200: smaller ones left the device waiting for the host,
-    docs/benchmarks.md), or ``run.reps_per_call``; capped by :func:`_histogram_cap`."""
+    docs/benchmarks.md), as equal as possible over the fewest calls (:func:`_balanced`: 16
+    blocks at most 10 per call are 2 calls of 8, not 10 + 6 padded to 10), or
+    ``run.reps_per_call``; capped by :func:`_histogram_cap`."""
     per_block = KB.BLOCK * run.slots * (48 if jax.default_backend() == "cpu" else 12)
-    chunk = max(1, min(run.budget // per_block, n_blocks_rep * run.replications))
+    most = max(1, run.budget // per_block)
+    chunk = _balanced(n_blocks_rep * run.replications, most, devices)
     if run.reps_per_call:
         chunk = int(run.reps_per_call)
     return _histogram_cap(chunk, KB.BLOCK)
