@@ -154,10 +154,9 @@ def alias_sampler(prompt, decode, weight=None, size=None) -> AliasSampler:
 def aligned_rows(s, width: int = 8):
     """``s`` with the rows of its alias tables padded with zeros to ``width`` int32 (8: 32
     bytes, so a row never straddles two memory sectors or cache lines); the draws only read
-    the first 5 words, so they are the same. Other samplers come back as they are. The fast
-    kernel's driver uses it (its renewal loops gather a row per request: faster with 8-word
-    rows on an H200 and on CPU; the step kernels were slower with them: docs/benchmarks.md,
-    run 8)."""
+    the first 5 words, so they are the same. Other samplers come back as they are. The
+    driver uses it where it was faster (``afd_jax.montecarlo.simulate._wide_rows``;
+    docs/benchmarks.md, run 8)."""
     if not isinstance(s, AliasSampler) or s.req_table.shape[1] >= width:
         return s
     pad = ((0, 0), (0, width - s.req_table.shape[1]))

@@ -110,6 +110,28 @@ def test_fast_kernel_on_8_word_alias_rows_draws_the_same(small_sampler, monkeypa
     _same(a, b)
 
 
+def test_barrier_accelerator_path_draws_the_same(small_sampler, monkeypatch):
+    """On accelerators the barrier kernel draws word by word from 8-word alias rows in one
+    wide vmap; on CPU both halves of a block at once from 5-word rows, row by row: the same
+    results (the accelerator's path, run here on CPU)."""
+    import jax
+
+    from afd_jax.montecarlo import simulate as S
+
+    s, m = small_sampler
+    kw = dict(kernel="barrier", steps=1000, replications=3, seed=4, max_slot_load=m)
+    halves, kernel = [], S.barrier_kernel
+    monkeypatch.setattr(S, "barrier_kernel", lambda *a, **k: halves.append(k) or kernel(*a, **k))
+    cpu = simulate(s, LAT, 4, 8, **kw)
+    seen, wide = [], KS.aligned_rows
+    monkeypatch.setattr(S, "_ALIGNED", {})
+    monkeypatch.setattr(KS, "aligned_rows", lambda x: seen.append(x) or wide(x))
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    accelerator = simulate(s, LAT, 4, 8, **kw)
+    assert len(seen) == 1 and halves == [{"halves": True}, {"halves": False}]
+    _same(cpu, accelerator)
+
+
 def test_chunks_keep_the_histogram_within_int32():
     """One slot per bundle and a 64 GiB budget (or an explicit chunk size) would put more than
     2**31 steps of a call into one bin of the int32 histogram: the chunk is capped (barrier

@@ -219,7 +219,15 @@ def step_model(
     )
 
 
-_ALIGNED: dict = {}  # the fast kernel's samplers with 8-word alias rows, per sampler
+_ALIGNED: dict = {}  # samplers with 8-word alias rows, per sampler
+
+
+def _wide_rows(run: StepsRun) -> bool:
+    """Whether the run draws from 8-word alias rows (``kernels.sampling.aligned_rows``; the
+    same draws): the fast kernel everywhere, the barrier kernel on accelerators (its
+    word-by-word draw; on CPU its paired draw was slower with them), never the step-by-step
+    kernel (slower with them on both). Measured: docs/benchmarks.md, run 8."""
+    return run.kernel == "fast" or (run.kernel == "barrier" and jax.default_backend() != "cpu")
 
 
 def _placed(run: StepsRun, setup: StepsSetup, mesh: RowMesh) -> StepsSetup:
@@ -228,7 +236,7 @@ def _placed(run: StepsRun, setup: StepsSetup, mesh: RowMesh) -> StepsSetup:
     and ``wall_seconds`` times the Monte Carlo work, not their placement (0.4 to 1 ms for two
     CPU devices, a large share of a short single replication; docs/cpu-speed.md)."""
     sampler = setup.sampler
-    if run.kernel == "fast":  # 8-word alias rows: faster renewal gathers, the same draws
+    if _wide_rows(run):
         leaves = jax.tree_util.tree_leaves(sampler)
         sampler = reuse_for(_ALIGNED, leaves, lambda: KS.aligned_rows(sampler))
     sampler = mesh.replicate(sampler, keep=True)
