@@ -550,13 +550,13 @@ def _shapes(run: StepsRun, plan, mesh: RowMesh) -> _Shapes:
     core busy (:func:`_paired`); loops unrolled on accelerators (:data:`_ACCELERATOR_UNROLL`,
     :data:`_ACCELERATOR_STEP_UNROLL`)."""
     exact = (run.r_max, run.batch)
+    on_cpu = jax.default_backend() == "cpu"
     if run.kernel == "trajectory":
-        unroll = 1 if jax.default_backend() == "cpu" else _ACCELERATOR_STEP_UNROLL
+        unroll = 1 if on_cpu else _ACCELERATOR_STEP_UNROLL
         kernel = trajectory_kernel(exact, run.init, plan.length, unroll)
         return _Shapes(kernel, kernel, None, run.batch)
     sizes = (run.init, plan.length, plan.n_requests, plan.n_bulk)
-    unroll = 1 if jax.default_backend() == "cpu" else _ACCELERATOR_UNROLL
-    carry = dict(paired=_paired(mesh), unroll=unroll)
+    carry = dict(paired=_paired(mesh), unroll=1 if on_cpu else _ACCELERATOR_UNROLL)
     if not run.shape_buckets:
         kernel = fast_kernel(exact, *sizes, **carry)
         return _Shapes(kernel, kernel, None, run.batch)
