@@ -38,8 +38,9 @@ __all__ = [
 ]
 
 DEFAULT_FRACTION = 0.5  # of physical memory (and of an address-space limit, see default_budget)
-# What the Python, NumPy and XLA runtime itself maps before any work (measured on CPU: about
-# 1.5 GiB of address space), kept out of the budget under an address-space limit.
+# What the Python, NumPy and XLA runtime itself maps before any work (measured on CPU: 1.5
+# to 1.8 GiB of address space; docs/reliability.md), kept out of the budget under an
+# address-space limit.
 RUNTIME_RESERVE = 3 << 30
 _UNITS = {"": 1 << 20, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _CURRENT: contextvars.ContextVar[int | None] = contextvars.ContextVar("memory_budget", default=None)

@@ -1,7 +1,7 @@
 """Experiment: how far throughput and the best r move under each serving dynamic
 (docs/dynamics.md), on the shared traces, beside the idealised model's closed forms.
 
-    python experiments/dynamics.py --traces-dir ../shared/traces \
+    python experiments/dynamics.py --traces-dir $AFD_TRACES_DIR \
         --out experiments/results/dynamics [--steps 2048] [--replications 3]
 
 Writes ``results.json`` (every run: per-r throughput, SE, barrier share, empty-slot fraction,
