@@ -172,6 +172,11 @@ def test_build_rejects_a_split_that_does_not_fit(tmp_path, capsys):
     assert main([*args, "--ffn-gpus", "8", "--out", str(tmp_path / "x.toml")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "ffn_gpus" in err
+    # a split that trips an assert inside AIConfigurator (128 heads over 1,024 GPUs): its
+    # message in one line, exit 2, not its traceback
+    assert main([*args, "--ffn-gpus", "1024", "--out", str(tmp_path / "x.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "divisible" in err and "Traceback" not in err
 
 
 @needs_extra

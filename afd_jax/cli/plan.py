@@ -175,6 +175,8 @@ def run(args) -> int:
     positive_int("top", args.top)
     positive_int("slot_bins", args.slot_bins)
     batches = parse_int_list(args.batches, "batches")
+    for b in batches or ():
+        positive_int("batches", b)  # before the memory check below sizes on the largest
     r_values = load_ratios(args, args.r_max)
     if args.tornado and args.no_elasticities:
         raise InputError(

@@ -16,6 +16,7 @@ columns.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from afd_jax.choices import DYNAMICS_KEYS, PRECISIONS
@@ -394,7 +395,8 @@ def _describe(res: MonteCarloResult, workload: str) -> list[str]:
         load = ""
     else:
         what = f"kernel {res.kernel} ({res.init} start), {res.replications} x {win['steps']} steps"
-        load = f"mean slot load {res.mean_slot_load:.1f} +- {res.se_slot_load:.1f}; "
+        se = f" +- {res.se_slot_load:.1f}" if math.isfinite(res.se_slot_load) else ""
+        load = f"mean slot load {res.mean_slot_load:.1f}{se}; "
     if res.precision != "float32":
         what += f", {res.precision} step times"
     return [
@@ -413,10 +415,25 @@ def _print_table(rows, r_best: int, level: float) -> None:
     )
     for row in rows:
         mark = " *" if row["r"] == r_best else ""
+        low, high = (_ci_cell(row[k]) for k in ("ci_low", "ci_high"))
+        idle_a, idle_f, bar = (
+            round(row[k], 3) + 0.0 for k in ("idle_attn", "idle_ffn", "barrier_share")
+        )  # no "-0.000" for a rounding error below zero
         print(
-            f"{row['r']:>3} {row['throughput']:>13.1f} [{row['ci_low']:>9.1f}, "
-            f"{row['ci_high']:>9.1f}] {row['idle_attn']:>7.3f} {row['idle_ffn']:>7.3f} "
-            f"{row['barrier_share']:>7.3f} {row['step_p50']:>9.1f} {row['step_p99']:>9.1f}"
+            f"{row['r']:>3} {row['throughput']:>13.1f} [{low}, {high}] {idle_a:>7.3f} "
+            f"{idle_f:>7.3f} {bar:>7.3f} {row['step_p50']:>9.1f} {row['step_p99']:>9.1f}"
             f" {row['active_fraction']:>6.3f}{mark}"
         )
     print(f"best r = {r_best} (*); busy: mean fraction of slots active")
+    if not all(math.isfinite(row[k]) for row in rows for k in ("ci_low", "ci_high")):
+        print(
+            "afd-jax simulate: warning: no confidence interval: one replication needs at "
+            "least two batch means of 128-step blocks for one (use --replications >= 2 or "
+            "--steps >= 256)",
+            file=sys.stderr,
+        )
+
+
+def _ci_cell(value: float) -> str:
+    """A CI bound of the text table; "-" where there is none (one short replication)."""
+    return f"{value:>9.1f}" if math.isfinite(value) else f"{'-':>9}"

@@ -605,6 +605,15 @@ def _fast_requests(length: int, mean_d: float, sd_d: float) -> int:
     return max(8, _renewal_quantile(length, mean_d, sd_d, sigmas=7.0, extra=4.0, octave=8))
 
 
+def _request_bytes(sampler) -> int:
+    """Working memory of the fast kernel per slot and request (an upper bound, measured on
+    CPU with r_max = 100 and B = 8,000 against 32,000): about 12 B with an alias table (the
+    hot path; 64 kept as the margin of the chunk plan) and about 100 B with the generic path of
+    a table or copula sampler, whose requests are drawn up front with their uniforms,
+    latents and search indices."""
+    return 64 if isinstance(sampler, KS.AliasSampler) else 128
+
+
 def _bulk_requests(length: int, mean_d: float, sd_d: float) -> int:
     """K1: the requests every slot runs; the slots still short of ``length`` then run the rest
     of K gathered into S/16 lanes. Two standard deviations plus one: in NumPy renewal
@@ -666,11 +675,13 @@ def _plan(run: StepsRun, setup: StepsSetup, devices: int = 1) -> _Plan:
             moments = _pilot_decode(jr.key(12345), setup.sampler, n=1 << 16)
         mean_d, sd_d = map(float, moments)
 
+    per_request = _request_bytes(setup.sampler)
+
     def mem_per_rep(length):
         stats = length * run.r_max * 4 * 24
         if run.kernel == "trajectory":
             return run.slots * 64 + stats
-        return run.slots * (_fast_requests(length, mean_d, sd_d) + 1) * 64 + stats
+        return run.slots * (_fast_requests(length, mean_d, sd_d) + 1) * per_request + stats
 
     length = _segment_length(run)
     if run.kernel == "fast" and not run.segment_steps:
@@ -678,6 +689,11 @@ def _plan(run: StepsRun, setup: StepsSetup, devices: int = 1) -> _Plan:
             blocks = length // KB.BLOCK
             n_seg = -(-total_blocks // max(1, blocks // 2))
             length = KB.BLOCK * -(-total_blocks // n_seg)
+        require(
+            mem_per_rep(length),
+            f"one segment of {run.r_max} x {run.batch} slots in the fast kernel",
+            "lower --batch or --r-max, or use --kernel trajectory",
+        )
     if run.kernel == "fast" and run.batch * (setup.max_load + length + 1) >= E.INT32_LIMIT:
         raise InputError(
             f"B * (max slot load + segment) = {run.batch} * ({setup.max_load} + {length}) could "

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import traceback
 from pathlib import Path
 from typing import NamedTuple
 from unittest import mock
@@ -290,9 +291,19 @@ def measure(dep: Deployment) -> dict:
     except InputError:
         raise
     except Exception as err:  # AIConfigurator's own errors (missing table rows, bad split)
-        if not type(err).__module__.startswith("aiconfigurator"):
+        if not _raised_by_aiconfigurator(err):
             raise
-        raise InputError(f"AIConfigurator: {str(err).splitlines()[0]}") from err
+        raise InputError(f"AIConfigurator: {str(err).strip().splitlines()[0]}") from err
+
+
+def _raised_by_aiconfigurator(err: Exception) -> bool:
+    """An error of AIConfigurator's own type, or any error (its asserts on the split, e.g.
+    "num_heads 128 should be divisible by tp_size 1024") raised inside its package."""
+    if type(err).__module__.startswith("aiconfigurator"):  # and aiconfigurator_core
+        return True
+    frames = traceback.extract_tb(err.__traceback__)
+    parts = Path(frames[-1].filename).parts if frames else ()
+    return any(p.startswith("aiconfigurator") for p in parts)  # also aiconfigurator_core
 
 
 def _validate(dep: Deployment) -> None:

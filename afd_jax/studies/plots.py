@@ -22,11 +22,7 @@ def plot_provision(result: dict, path: str | Path) -> Path:
     draws the continuous optima as dotted lines, and names the workload and coefficients in the
     title. Writes ``path`` (format from its suffix: .png, .pdf, .svg).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     path = Path(path)
     curve = result["curve"]
     rs = [row["r"] for row in curve]
@@ -78,13 +74,7 @@ def plot_provision(result: dict, path: str | Path) -> Path:
         f"\n{coeffs}",
         fontsize=9,
     )
-    try:
-        fig.savefig(path, dpi=120)
-    except (OSError, ValueError) as err:
-        raise InputError(f"cannot write plot: {err}", path=str(path)) from err
-    finally:
-        plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_simulation(result, path: str | Path, title: str) -> Path:
@@ -92,11 +82,7 @@ def plot_simulation(result, path: str | Path, title: str) -> Path:
     :class:`~afd_jax.montecarlo.result.MonteCarloResult`, either window): throughput per
     instance vs r with its confidence band, and the Attention idle, FFN idle and barrier share
     fractions vs r. Writes ``path`` (format from its suffix: .png, .pdf, .svg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     res = result
     kernel = "pool (cold start)" if res.kernel == "pool" else res.kernel
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -113,13 +99,7 @@ def plot_simulation(result, path: str | Path, title: str) -> Path:
     a2.legend()
     fig.suptitle(f"{title}: B = {res.batch}")
     fig.tight_layout()
-    try:
-        fig.savefig(path)
-    except (OSError, ValueError) as err:
-        raise InputError(f"cannot write figure: {err}", path=str(path)) from err
-    finally:
-        plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, path)
 
 
 def _pyplot():
@@ -132,8 +112,11 @@ def _pyplot():
 
 
 def _save(plt, fig, path: str | Path) -> Path:
-    """Write ``fig`` to ``path`` (format from its suffix) and close it; InputError on failure."""
+    """Write ``fig`` to ``path`` (format from its suffix; its folder created, as
+    :func:`afd_jax.errors.check_output_file` allowed before the work) and close it; InputError
+    on failure."""
     try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)
     except (OSError, ValueError) as err:
         raise InputError(f"cannot write figure: {err}", path=str(path)) from err

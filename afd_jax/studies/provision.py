@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 import numpy as np
 
-from afd_jax.errors import InputError, positive_int
+from afd_jax.errors import positive_int
 from afd_jax.model.exact import (
     binning_error_bound,
     exact_step_times,
@@ -261,8 +261,6 @@ def provision(
     w, name, lat, opts, source = _resolve_inputs(workload, latency, opts)
     positive_int("batch", batch)
     positive_int("r_max", r_max)
-    if slot_bins < 2:
-        raise InputError(f"must be >= 2, got {slot_bins}", field="slot_bins")
     validate_latency(lat, batch=batch)
     allowed = None if r_values is None else feasible_ratios(list(r_values), r_max=r_max)
     slot = slot_load_pmf(w, load_offset=opts.load_offset, max_bins=slot_bins)

@@ -172,6 +172,12 @@ def _coarse_pi_trace(
     return start, width, out[:nb]
 
 
+def _check_bins(max_bins: int) -> None:
+    """InputError (field ``slot_bins``, the CLI's ``--slot-bins``) unless ``max_bins`` >= 2."""
+    if not isinstance(max_bins, int | np.integer) or max_bins < 2:
+        raise InputError(f"must be an integer >= 2, got {max_bins!r}", field="slot_bins")
+
+
 def coarsen(start: int, pmf: np.ndarray, max_bins: int) -> SlotLoadPMF:
     """Put a pmf on the unit lattice ``start + i`` onto a lattice of width
     ``width = ceil((n - 1) / (max_bins - 1))`` with at most ``max_bins`` points.
@@ -183,8 +189,7 @@ def coarsen(start: int, pmf: np.ndarray, max_bins: int) -> SlotLoadPMF:
     """
     pmf = np.asarray(pmf, np.float64)
     n = pmf.size
-    if max_bins < 2:
-        raise ValueError("max_bins must be >= 2")
+    _check_bins(max_bins)
     if n <= max_bins:
         return SlotLoadPMF(int(start), 1, pmf)
     width, nb = _coarse_lattice(n, max_bins)
@@ -254,8 +259,7 @@ def slot_load_pmf(w, load_offset: int = 0, max_bins: int = 1 << 16) -> SlotLoadP
       InputError: a lattice of more than :data:`MAX_LATTICE` points would be needed
         (``max_bins`` above it, or a parametric workload that wide).
     """
-    if max_bins < 2:
-        raise ValueError("max_bins must be >= 2")
+    _check_bins(max_bins)
     if isinstance(w, TraceWorkload):
         start, width, lat = _trace_pi(w, max_bins)
     elif isinstance(w, ParametricWorkload):

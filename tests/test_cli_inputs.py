@@ -1,0 +1,76 @@
+"""Inputs an adversarial pass found unchecked (docs/reliability.md, "Adversarial pass of
+session 14"): each gave a traceback, an out-of-memory kill or a misleading table before its
+fix. The CLI runs in-process; the contract is exit 2 with one stderr line naming the input, or
+a correct result."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from test_reliability import WL, cli, refused
+
+from afd_jax.montecarlo import simulate as S
+from afd_jax.montecarlo.samplers import make_sampler
+from afd_jax.workload.specs import resolve_workload
+
+HW = ["--attn-gpus", 1, "--ffn-gpus", 2, "--attn-system", "h100_sxm", "--ffn-system", "h100_sxm"]
+PLAN = ["plan", "--workload", WL, "--latency", "paper-v1", *HW]
+
+
+def test_fast_kernel_segment_checked_against_the_budget(capsys):
+    """20,000 x 1,000 slots of a parametric workload: the fast kernel's generic draw needs
+    about 33 GiB for its shortest segment; it ran out of memory (a JAX traceback) before."""
+    line = refused(
+        ["simulate", "--workload", WL, "-B", 20_000, "--r-max", 1_000, "--steps", 10]
+        + ["--quiet", "--memory-budget", "4G"],
+        capsys,
+        "fast kernel",
+        "--memory-budget",
+    )
+    assert float(line.split("needs about ")[1].split()[0]) > 4
+
+
+def test_request_bytes_follow_the_sampler():
+    """The generic path (a copula sampler) is counted at twice an alias table's bytes."""
+    copula = make_sampler(resolve_workload(WL), 0, draw="alias")
+    assert type(copula).__name__ == "CopulaSampler"
+    assert S._request_bytes(copula) == 2 * S._request_bytes(S.KS.alias_sampler([1], [2]))
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [(["--batches=-5"], "batches"), (["--batches", 64, "--slot-bins", 1], "slot_bins")],
+)
+def test_plan_sizes_refused_before_work(extra, field, capsys):
+    refused(PLAN + extra, capsys, f"field {field}")
+
+
+def test_slot_bins_below_two_refused_in_the_library():
+    from afd_jax.errors import InputError
+    from afd_jax.workload.slotload import slot_load_pmf
+
+    with pytest.raises(InputError, match="slot_bins"):
+        slot_load_pmf(resolve_workload(WL), max_bins=1)
+
+
+def test_plot_folder_created_as_the_check_allows(tmp_path, capsys):
+    """--plot in a folder that does not exist yet: the up-front check allows it (the folder
+    can be created), so the figure is written there, not refused after the work."""
+    fig = tmp_path / "new" / "sub" / "p.png"
+    rc, out, err = cli(["provision", "--workload", WL, "-B", 4, "--plot", fig], capsys)
+    assert rc == 0, err
+    assert fig.stat().st_size > 0 and "r*" in out
+
+
+def test_one_short_replication_says_why_it_has_no_interval(capsys):
+    """One replication of 10 steps has no batch means: the table shows "-" instead of
+    [nan, inf], a warning line says why, and no idle fraction prints as -0.000."""
+    argv = ["simulate", "--workload", WL, "-B", 4, "--r-max", 2, "--steps", 10]
+    rc, out, err = cli(argv + ["--replications", 1, "--quiet"], capsys)
+    assert rc == 0, err
+    assert "nan" not in out and "inf" not in out and "-0.000" not in out, out
+    assert [ln for ln in err if "no confidence interval" in ln], err
+    rows = [ln for ln in out.splitlines() if ln.strip().startswith(("1 ", "2 "))]
+    assert len(rows) == 2 and all("[        -,         -]" in ln for ln in rows), rows
+    assert not math.isnan(float(rows[0].split()[1]))  # the throughput itself is there
