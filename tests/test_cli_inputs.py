@@ -74,3 +74,46 @@ def test_one_short_replication_says_why_it_has_no_interval(capsys):
     rows = [ln for ln in out.splitlines() if ln.strip().startswith(("1 ", "2 "))]
     assert len(rows) == 2 and all("[        -,         -]" in ln for ln in rows), rows
     assert not math.isnan(float(rows[0].split()[1]))  # the throughput itself is there
+
+
+SIM = ["simulate", "--workload", WL, "-B", 64, "--r-max", 2, "--steps", 10, "--quiet"]
+OPT = ["optimize", "--workload", WL, "--latency", "paper-v1", "-B", 64]
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (SIM + ["--slot-slack", -1], ["field slot-slack", ">= 0"]),  # said "0..B-1 = -1"
+        (SIM + ["--experts", "0,0,0"], ["field experts", "E=0"]),  # was silently off
+        (SIM + ["--expert-skew", 1], ["field expert-skew", "--experts"]),  # was ignored
+        (SIM + ["--experts", "8,2,1", "--expert-skew", -1], ["field expert-skew", ">= 0"]),
+        (SIM + ["--num-processes", 2], ["--coordinator"]),  # was ignored
+        (OPT + ["--kv-epsilon", 1], ["field kv_epsilon"]),  # checked only with a capacity
+        (OPT + ["--kv-reserved", 1], ["field kv_reserved"]),
+    ],
+    ids=["slack", "experts-0", "skew-alone", "skew-negative", "processes", "eps", "reserved"],
+)
+def test_options_refused_not_ignored(argv, words, capsys):
+    refused(argv, capsys, *words)
+
+
+def test_zero_kv_bytes_per_token_refused(tmp_path, capsys):
+    """kv_bytes_per_token = 0 in [hardware] silently dropped plan's KV-capacity constraint."""
+    from afd_jax.model.latency_io import format_latency_toml, resolve_latency
+
+    lat, opts = resolve_latency("paper-v1")
+    path = tmp_path / "lat.toml"
+    path.write_text(format_latency_toml(lat, opts) + "\n[hardware]\nkv_bytes_per_token = 0\n")
+    plan = ["plan", "--workload", WL, "--latency", path, *HW]
+    refused(plan, capsys, str(path), "field kv_bytes_per_token", "> 0")
+
+
+def test_zero_step_time_names_the_flags_not_only_the_file(capsys):
+    """The coefficients that make the step time 0 came from flags: the error says so (it named
+    the preset file alone), and names no file when every coefficient is a flag."""
+    zero = ["--beta-attn", 0, "--beta-ffn", 0, "--beta-comm", 0, "--alpha-ffn", 0]
+    argv = ["provision", "--workload", WL, "-B", 4, *zero, "--alpha-comm", 0]
+    line = refused(argv + ["--latency", "paper-v1"], capsys, "paper-v1.toml with the flags")
+    assert "--beta-attn" in line
+    line = refused(argv + ["--alpha-attn", 0], capsys, "field beta_attn")
+    assert ".toml" not in line

@@ -41,6 +41,7 @@ __all__ = [
     "plot_file",
     "positive_int",  # re-exported from afd_jax.errors
     "start_distributed",
+    "wants_distributed",
     "warn_lattice",
 ]
 
@@ -302,6 +303,18 @@ def add_distributed_args(parser) -> None:
     )
     g.add_argument("--num-processes", type=int, default=None, metavar="N")
     g.add_argument("--process-id", type=int, default=None, metavar="I")
+
+
+def wants_distributed(args) -> bool:
+    """True when the flags ask for a jax.distributed run (--distributed or --coordinator);
+    --num-processes / --process-id alone are an InputError, not silently ignored."""
+    if not args.coordinator and (args.num_processes is not None or args.process_id is not None):
+        raise InputError(
+            "--num-processes and --process-id need --coordinator HOST:PORT (or use "
+            "--distributed on a cluster)",
+            field="--coordinator",
+        )
+    return bool(args.distributed or args.coordinator)
 
 
 def start_distributed(args) -> None:

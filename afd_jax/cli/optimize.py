@@ -145,6 +145,8 @@ def run(args) -> int:
     positive_int("slot_bins", args.slot_bins)
     if args.neighbourhood < 0:
         raise InputError(f"must be >= 0, got {args.neighbourhood}", field="neighbourhood")
+    if not 0 <= args.kv_reserved < 1:
+        raise InputError(f"must be in [0, 1), got {args.kv_reserved}", field="kv_reserved")
     kv_capacity = _kv_capacity(args)
     r_values = load_ratios(args, args.r_max)
     lat, opts = load_latency(args)

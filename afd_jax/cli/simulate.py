@@ -33,6 +33,7 @@ from afd_jax.cli.common import (
     plot_file,
     positive_int,
     start_distributed,
+    wants_distributed,
 )
 from afd_jax.errors import InputError
 from afd_jax.kernels.options import ROUTINGS
@@ -195,7 +196,11 @@ def add_dynamics_args(p) -> None:
         "--slot-slack", type=int, default=None, help="a worker holds B-s..B+s requests (0)"
     )
     g.add_argument(
-        "--kv-capacity", type=int, default=None, help="KV tokens per worker (default unlimited)"
+        "--kv-capacity",
+        type=int,
+        default=None,
+        help="KV tokens per worker (default, or 0: unlimited); the start fills every slot, so "
+        "give a --warmup that drains a start above the capacity",
     )
     g.add_argument(
         "--microbatches", type=int, default=None, help="m micro-batches, ping-pong schedule"
@@ -275,7 +280,7 @@ def run(args) -> int:
     if not 0 < args.level < 1:
         raise InputError(f"must be in (0, 1), got {args.level}", field="level")
     plot = plot_file(args.plot)
-    if args.distributed or args.coordinator:
+    if wants_distributed(args):
         start_distributed(args)
     res = _run_pool(args) if args.window == "completions" else _run_steps(args, dynamics)
     import jax  # loaded by the run

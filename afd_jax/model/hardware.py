@@ -182,8 +182,8 @@ def _check_value(key: str, value, path: str | None):
         if int(value) != value or value < 1:
             raise InputError(f"must be an integer >= 1, got {value}", path=path, field=key)
         return int(value)
-    if key in COST_KEYS and value <= 0:
-        raise InputError(f"must be > 0, got {value}", path=path, field=key)
+    if (key in COST_KEYS or key == "kv_bytes_per_token") and value <= 0:
+        raise InputError(f"must be > 0, got {value}", path=path, field=key)  # 0 hid the KV limit
     return float(value)
 
 

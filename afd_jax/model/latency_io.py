@@ -418,6 +418,11 @@ def resolve_latency(
     )
     if tables:
         lat = table_latency(**tables, affine=lat)
+    flagged = [k for k in COEFFICIENTS if k in extra]
+    if len(flagged) == len(COEFFICIENTS):
+        where = None  # every coefficient from the flags: the file is not to blame
+    elif flagged and where is not None:
+        where = f"{where} with the flags --{', --'.join(k.replace('_', '-') for k in flagged)}"
     check_step_time(lat, where)
     if load_offset not in (0, 1):
         raise InputError(f"must be 0 or 1, got {load_offset}", field="load_offset")

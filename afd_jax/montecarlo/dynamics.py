@@ -265,7 +265,9 @@ def check_dynamics(cfg: Dynamics, batch: int) -> None:
         bad(f"must be >= 1, got {cfg.routing_d}", "routing-d")
     if cfg.lookahead < 1:
         bad(f"must be >= 1, got {cfg.lookahead}", "lookahead")
-    if not 0 <= cfg.slot_slack < batch:
+    if cfg.slot_slack < 0:
+        bad(f"must be >= 0, got {cfg.slot_slack}", "slot-slack")
+    if cfg.slot_slack >= batch:
         bad(f"must be in 0..B-1 = {batch - 1}, got {cfg.slot_slack}", "slot-slack")
     if cfg.slot_slack and not cfg.routed:
         bad("needs a load-aware --routing (in place every worker keeps B requests)", "slot-slack")
@@ -277,10 +279,13 @@ def check_dynamics(cfg: Dynamics, batch: int) -> None:
         bad(f"must be >= 0, got {cfg.jitter_cv}", "jitter-cv")
     if not (0 <= cfg.straggler_p <= 1 and cfg.straggler_s >= 1):
         bad(f"needs 0 <= p <= 1 and s >= 1, got {cfg.straggler_p},{cfg.straggler_s}", "straggler")
-    if cfg.experts:
-        e, k, g = cfg.experts, cfg.expert_k, cfg.expert_ranks
-        if not (1 <= k <= e and g >= 1 and e % g == 0 and cfg.expert_skew >= 0):
-            bad(f"need 1 <= k <= E, G dividing E, skew >= 0; got E={e} k={k} G={g}", "experts")
+    if not cfg.expert_skew >= 0:
+        bad(f"must be >= 0, got {cfg.expert_skew}", "expert-skew")
+    if cfg.expert_skew and not cfg.experts:
+        bad("needs --experts E,k,G (the skew of the routing over E experts)", "expert-skew")
+    e, k, g = cfg.experts, cfg.expert_k, cfg.expert_ranks
+    if (e, k, g) != (0, 1, 1) and not (1 <= k <= e and g >= 1 and e % g == 0):
+        bad(f"need 1 <= k <= E and G >= 1 dividing E, got E={e} k={k} G={g}", "experts")
 
 
 def dynamics_options(values: dict, prefix: str = "", path: str | None = None, dash=False):

@@ -754,7 +754,7 @@ def _check_settings(
     for name, v in slos:
         if v is not None and not (math.isfinite(v) and v > 0):
             raise InputError(f"must be a finite number > 0, got {v}", field=name)
-    if kv_capacity is not None and not (0 < kv_epsilon < 1):
+    if not 0 < kv_epsilon < 1:  # also without a capacity: a bad value is never ignored
         raise InputError(f"kv epsilon must be in (0, 1), got {kv_epsilon}", field="kv_epsilon")
     return batch_max
 
