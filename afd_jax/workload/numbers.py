@@ -12,6 +12,9 @@ import math
 
 from afd_jax.errors import InputError
 
+TOKEN_LIMIT = 2**62
+"""Token counts (trace cells, workload parameters) are < 2^62: int64 sums of a few stay exact."""
+
 
 def parse_float(
     text: str, field: str | None, *, path: str | None = None, line: int | None = None

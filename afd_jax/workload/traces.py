@@ -42,7 +42,7 @@ import numpy as np
 
 from afd_jax.errors import InputError
 from afd_jax.workload.containers import TraceWorkload
-from afd_jax.workload.numbers import integral, parse_float
+from afd_jax.workload.numbers import TOKEN_LIMIT, integral, parse_float
 
 #: Known formats: name -> (container, prompt field, output field).
 FORMATS: dict[str, tuple[str, str | None, str | None]] = {
@@ -366,7 +366,7 @@ def _to_int_array(values: list, line_nums: list[int], spath: str, fld: str) -> n
                 line=line_nums[i],
                 field=fld,
             )
-        if x >= 2**62:
+        if x >= TOKEN_LIMIT:
             raise InputError(f"value {v!r} too large", path=spath, line=line_nums[i], field=fld)
         out[i] = x
     return out
