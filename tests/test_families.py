@@ -159,6 +159,8 @@ def test_presets_are_labelled():
         ("geometric:prompt=1,decode=2,corr=1.5", "corr"),
         ("-1*geometric:prompt=1,decode=2;geometric:prompt=1,decode=3", "weight"),
         ("geometric:prompt=nan,decode=2", "prompt"),
+        ("deterministic:prompt=1_000,decode=2", "prompt"),  # int() would read 1000
+        ("geometric:prompt=100,decode=\u0661\u0660", "decode"),  # Arabic-Indic 10
     ],
 )
 def test_bad_specs(spec, field):
