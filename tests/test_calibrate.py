@@ -120,3 +120,12 @@ def test_cli_bad_csv_exits_2(tmp_path, capsys):
     assert main(["calibrate", str(p)]) == 2
     err = capsys.readouterr().err
     assert ":25:" in err and "tokens" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("fit", ["affine", "table"])
+def test_cli_empty_out_refused(tmp_path, capsys, fit):
+    """``--out ''`` wrote nothing and exited 0; now refused like ``reproduce --out ''``."""
+    assert main(["calibrate", str(profile(tmp_path)), "--out", "", "--fit", fit]) == 2
+    cap = capsys.readouterr()
+    assert cap.err.strip().endswith("--out: empty path") and len(cap.err.strip().splitlines()) == 1
+    assert cap.out == ""

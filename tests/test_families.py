@@ -159,6 +159,8 @@ def test_presets_are_labelled():
         ("geometric:prompt=1,decode=2,corr=1.5", "corr"),
         ("-1*geometric:prompt=1,decode=2;geometric:prompt=1,decode=3", "weight"),
         ("geometric:prompt=nan,decode=2", "prompt"),
+        ("deterministic:prompt=1_000,decode=2", "prompt"),  # int() would read 1000
+        ("geometric:prompt=100,decode=\u0661\u0660", "decode"),  # Arabic-Indic 10
     ],
 )
 def test_bad_specs(spec, field):
@@ -176,3 +178,40 @@ def test_spec_grammar():
     assert w.components[0].rank_corr == 0.3 and w.components[0].decode.values[-1] == 2000
     w = resolve_workload("uniform:prompt=0..200,decode=5")
     assert fam.parametric_stats(w).theta == pytest.approx(100 + 2)
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "words"),
+    [
+        ("lognormal:prompt=800,decode=150,sigma=100,corr=0", "prompt", "upper bound"),
+        ("lognormal:prompt=800,decode=150,sigma=1e200,prompt_max=9,decode_max=9", "decode", None),
+        ("geometric:prompt=1e300,decode=1e300", "prompt", "must be <="),
+        ("geometric:prompt=1e7,decode=10", "prompt", "support too large"),
+        ("deterministic:prompt=1e30,decode=5", "prompt", "must be <="),
+        ("deterministic:prompt=5,decode=1e30", "decode", "must be <="),
+        ("deterministic:prompt=1" + "0" * 400 + ",decode=5", "prompt", "must be <="),
+        ("zipf:prompt=1..1000000000,decode=1..100,exponent=1.1", "prompt", "support too large"),
+        ("uniform:prompt=0..1e20,decode=1", "prompt", "must be <="),
+        ("uniform:prompt=0..100000000,decode=1", "prompt", "support too large"),
+        (
+            "lognormal:prompt=800,decode=150,sigma=1,prompt_max=100000000,decode_max=9",
+            "prompt",
+            None,
+        ),
+        ("lognormal:prompt=800,decode=150,sigma=1,prompt_step=1e30", "prompt", "must be <="),
+    ],
+)
+def test_huge_parameters_refused_before_building(monkeypatch, spec, field, words):
+    """Sizes are predicted from the parameters: no array past MAX_SUPPORT is ever built, and
+    no OverflowError / ValueError leaks (each is an InputError naming the spec key)."""
+    arange = np.arange
+
+    def guarded(*args, **kwargs):
+        lo, hi, step = (0, args[0], 1) if len(args) == 1 else (*args, 1)[:3]
+        assert (float(hi) - float(lo)) / float(step) <= fam.MAX_SUPPORT + 1, args
+        return arange(*args, **kwargs)
+
+    monkeypatch.setattr(fam.np, "arange", guarded)
+    with pytest.raises(InputError, match=words) as err:
+        resolve_workload(spec)
+    assert err.value.field == field

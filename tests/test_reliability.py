@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import jax
@@ -20,8 +21,9 @@ import pytest
 from afd_jax import memory
 from afd_jax.cli import main
 from afd_jax.errors import InputError
+from afd_jax.model.calibrate import fit_stage
 from afd_jax.model.latency import Latency
-from afd_jax.model.latency_io import check_step_time
+from afd_jax.model.latency_io import check_step_time, read_latency_file
 from afd_jax.model.theory import _barrier_excess, _fixed_order_sum
 from afd_jax.studies.store import PartStore
 from afd_jax.studies.sweep.run import parts_dir
@@ -201,6 +203,64 @@ def test_sweep_scenario_with_zero_step_time_refused(tmp_path, capsys):
     spec = spec_file(tmp_path, body)
     refused(["sweep", spec, "--out", tmp_path / "o.csv", "--quiet"], capsys, "step time")
     assert not (tmp_path / "o.csv.parts").exists()
+
+
+PAPER_REST = (
+    "alpha_attn = 0.01\nalpha_ffn = 0.5\nbeta_ffn = 443.04\nalpha_comm = 0.5\nbeta_comm = 100.0\n"
+)
+
+
+def _with_ffn_table(tmp_path, tokens: str, times: str) -> Path:
+    """The synthetic table file of the tests with its FFN stage replaced."""
+    text = (ROOT / "tests" / "data" / "moe_table.toml").read_text()
+    head, _, tail = text.partition("[latency.ffn]")
+    comm = tail[tail.index("[latency.comm]") :]
+    path = tmp_path / "ffn.toml"
+    path.write_text(f"{head}[latency.ffn]\ntokens = {tokens}\ntime_us = {times}\n\n{comm}")
+    return path
+
+
+def test_table_knots_past_float32_refused(tmp_path, capsys):
+    """Knots of 1e308 made every throughput NaN (provision: All-NaN ValueError, exit 1; a sweep
+    wrote tput = nan, exit 0). Refused when read, naming file and field."""
+    huge = _with_ffn_table(tmp_path, "[1.0, 1e308]", "[300.0, 1e308]")
+    argv = ["provision", "--workload", "paper-v1", "--batch", 16, "--latency", huge]
+    refused(argv + ["--r-max", 8], capsys, str(huge), "latency.ffn.tokens[1]", "<= 1e+15")
+    spec = spec_file(tmp_path, SMALL_SPEC.replace('"paper-v1"', f'"{huge}"'))
+    out = tmp_path / "o.csv"
+    refused(["sweep", spec, "--out", out, "--quiet"], capsys, "latency.ffn.tokens[1]")
+    assert not out.exists() and not parts_dir(out).exists()
+    # knots equal in float32 (a zero interval width there) and slopes past the limit
+    same = _with_ffn_table(tmp_path, "[1.0, 1.00000001]", "[300.0, 400.0]")
+    with pytest.raises(InputError, match="strictly increasing in float32"):
+        read_latency_file(same)
+    steep = _with_ffn_table(tmp_path, "[1.0, 1.001]", "[300.0, 1e14]")
+    with pytest.raises(InputError, match="slope 1e[+]17 us per token") as err:
+        read_latency_file(steep)
+    assert err.value.field == "latency.ffn.time_us"
+
+
+def test_coefficients_and_profiles_past_float32_refused(tmp_path, capsys):
+    """A profile row of 1e300 us fitted beta_attn = 5e307 (R^2 nan, numpy warnings, exit 0);
+    such coefficients then gave throughputs 0. Each is refused before any work."""
+    rows = [f"{s},{t},{100 + t}" for s in ("attn", "ffn", "comm") for t in (100, 200)]
+    prof = tmp_path / "p.csv"
+    prof.write_text("stage,tokens,time_us\n" + "\n".join(rows) + "\nattn,100,1e300\n")
+    refused(["calibrate", prof], capsys, f"{prof}:8:", "time_us", "<= 1e+15")
+    refused(
+        ["provision", "--workload", WL, "-B", 8, "--latency", "paper-v1", "--beta-ffn", 1e308],
+        capsys,
+        "beta_ffn",
+    )
+    lat = tmp_path / "l.toml"
+    lat.write_text(f"[latency]\nbeta_attn = 5e307\n{PAPER_REST}")
+    refused(["provision", "--workload", WL, "-B", 8, "--latency", lat], capsys, "beta_attn")
+    body = SMALL_SPEC + "[latency.grid]\nbeta_ffn = [10.0, 1e308]\n"
+    refused(["sweep", spec_file(tmp_path, body), "--out", tmp_path / "o.csv"], capsys, "grid")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy RuntimeWarning either
+        with pytest.raises(InputError, match="not finite"):
+            fit_stage("attn", np.array([100.0, 200.0]), np.array([1e300, 1e308]))
 
 
 # ---------------------------------------------------------------- class 3: output locations

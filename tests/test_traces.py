@@ -142,6 +142,10 @@ BAD_CELLS = [
     ("inf", "non-finite"),
     ("3.5", "not an integer"),
     ("", "empty value"),
+    ("1_000", "not a number"),  # Python's int() reads 1000
+    ("\u0661\u0660\u0660", "not a number"),  # Arabic-Indic 100: int() reads 100
+    ("\uff15", "not a number"),  # full-width 5
+    ("1_0.0", "not a number"),  # float() reads 10.0
 ]
 
 
@@ -163,6 +167,8 @@ def test_bad_csv_cell(tmp_path, cell, reason):
         ("2.5", "not an integer"),
         ("null", "null"),
         ("true", "not a number"),
+        ('"1_000"', "not a number"),
+        ('"\u0661\u0660\u0660"', "not a number"),
     ],
 )
 def test_bad_jsonl_value(tmp_path, value, reason):

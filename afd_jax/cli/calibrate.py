@@ -41,7 +41,7 @@ def add_parser(subparsers) -> None:
 
 
 def _write(out: str | None, text: str) -> None:
-    if not out:
+    if out is None:
         return
     try:
         Path(out).write_text(text, encoding="utf-8")
@@ -55,7 +55,7 @@ def run(args) -> int:
         value = finite_nonneg(name, getattr(args, name))
         if value <= 0:
             raise InputError(f"must be > 0, got {value}", field=name)
-    if args.out:
+    if args.out is not None:  # "" too: "--out: empty path", as reproduce says
         check_output_file(args.out, "--out")
     if args.fit == "table":
         return _run_table(args)

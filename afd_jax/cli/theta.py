@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def add_parser(subparsers) -> None:
 
 def _resolve(args):
     path = Path(args.trace)
-    if path.exists():
+    if os.path.exists(path):  # False for a spec too long to be a file name (no OSError)
         return load_trace(
             path,
             fmt=args.trace_format,

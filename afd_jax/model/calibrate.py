@@ -24,6 +24,7 @@ import numpy as np
 
 from afd_jax.errors import InputError
 from afd_jax.model.latency import STAGES, AffineStage, Latency, ModelOptions, stage_time
+from afd_jax.model.latency_io import check_latency_limit
 
 STAGE_NAMES = {
     "attn": "attn",
@@ -144,7 +145,7 @@ def _row(row: list, cols: dict, path: Path, lineno: int) -> tuple[str, list]:
                 line=lineno,
                 field=col,
             )
-        vals.append(x)
+        vals.append(check_latency_limit(x, col, str(path), lineno))
     if "batch" in cols:
         vals.append(_batch(row[cols["batch"]].strip(), stage, path, lineno))
     return stage, vals
@@ -180,24 +181,33 @@ def fit_stage(stage: str, tokens: np.ndarray, times: np.ndarray) -> StageFit:
             f"stage {stage}: need measurements at >= 2 distinct token counts, got {n} row(s)",
             field=stage,
         )
-    design = np.stack([tokens, np.ones_like(tokens)], axis=1)
-    (alpha, beta), *_ = np.linalg.lstsq(design, times, rcond=None)
-    constrained = ""
-    if alpha < 0 or beta < 0:
-        # best fit on each boundary, keep the better feasible one
-        cand = []
-        cand.append((0.0, float(np.mean(times)), "alpha=0"))
-        xx = float(np.dot(tokens, tokens))
-        cand.append((float(np.dot(tokens, times)) / xx if xx > 0 else 0.0, 0.0, "beta=0"))
-        cand = [(a, b, c) for a, b, c in cand if a >= 0 and b >= 0]
-        alpha, beta, constrained = min(
-            cand,
-            key=lambda t: float(np.sum((times - stage_time(AffineStage(t[0], t[1]), tokens)) ** 2)),
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow: refused just below
+        design = np.stack([tokens, np.ones_like(tokens)], axis=1)
+        (alpha, beta), *_ = np.linalg.lstsq(design, times, rcond=None)
+        constrained = ""
+        if alpha < 0 or beta < 0:
+            # best fit on each boundary, keep the better feasible one
+            cand = []
+            cand.append((0.0, float(np.mean(times)), "alpha=0"))
+            xx = float(np.dot(tokens, tokens))
+            cand.append((float(np.dot(tokens, times)) / xx if xx > 0 else 0.0, 0.0, "beta=0"))
+            cand = [(a, b, c) for a, b, c in cand if a >= 0 and b >= 0]
+            alpha, beta, constrained = min(
+                cand,
+                key=lambda t: float(
+                    np.sum((times - stage_time(AffineStage(t[0], t[1]), tokens)) ** 2)
+                ),
+            )
+        resid = times - stage_time(AffineStage(alpha, beta), tokens)
+        ss_res = float(np.sum(resid**2))
+        ss_tot = float(np.sum((times - times.mean()) ** 2))
+        r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0)
+    if not all(map(math.isfinite, (alpha, beta, r2, ss_res))):
+        raise InputError(
+            f"stage {stage}: the least-squares fit is not finite (alpha {alpha:g}, beta "
+            f"{beta:g}, R^2 {r2:g}); check the rows' magnitudes",
+            field=stage,
         )
-    resid = times - stage_time(AffineStage(alpha, beta), tokens)
-    ss_res = float(np.sum(resid**2))
-    ss_tot = float(np.sum((times - times.mean()) ** 2))
-    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0)
     return StageFit(
         stage=stage,
         alpha=float(alpha),

@@ -51,6 +51,8 @@ from afd_jax.model.stages import AttnTable, TableStage, check_batch, table_stage
 
 __all__ = [
     "LATENCY_KEYS",
+    "LATENCY_LIMIT",
+    "check_latency_limit",
     "check_step_time",
     "format_latency_toml",
     "format_stages",
@@ -70,6 +72,14 @@ TABLE_KEY = "tables"
 TOP_LEVEL = ("latency", "meta", "hardware", "costs")
 """Top-level tables of a latency file ([hardware] and [costs] are checked by
 :func:`afd_jax.model.hardware.check_hardware_tables`)."""
+
+
+LATENCY_LIMIT = 1e15
+"""Largest coefficient (us, us per token), cost, knot (tokens, batch), measured time (us) or
+table slope a latency file, flag or profile may give: 1e15 us is 32 years. With at most 2^31
+tokens on a worker (the kernels' int32 loads), step times then stay below ~1e25 us and
+throughputs above ~1e-30, inside float32 (the kernels' precision, max 3.4e38); a 1e308 there is
+inf, and every throughput NaN or 0."""
 
 
 def list_presets() -> list[str]:
@@ -100,7 +110,23 @@ def _number(value, key: str, path: str | None, *, positive: bool = False) -> flo
         raise InputError(f"must be > 0, got {x}", path=path, field=key)
     if x < 0:
         raise InputError(f"must be >= 0, got {x}", path=path, field=key)
-    return x
+    return check_latency_limit(x, key, path)
+
+
+def check_latency_limit(
+    largest: float, key: str, path: str | None = None, line: int | None = None
+) -> float:
+    """``largest`` when <= :data:`LATENCY_LIMIT`, else InputError naming ``key`` (and the
+    file and line where known)."""
+    if largest > LATENCY_LIMIT:
+        raise InputError(
+            f"must be <= {LATENCY_LIMIT:g} (step times must stay finite in float32), "
+            f"got {largest:g}",
+            path=path,
+            line=line,
+            field=key,
+        )
+    return largest
 
 
 def _check_table(table: dict, path: str | None) -> dict:
@@ -158,16 +184,33 @@ def _curve(table: dict, x_key: str, field: str, path: str | None) -> TableStage:
         raise InputError(
             f"{x_key} has {x.size} entries, time_us {y.size}", path=path, field=f"{field}.time_us"
         )
-    for name, arr, ok in ((x_key, x, np.diff(x) > 0), ("time_us", y, np.diff(y) >= 0)):
+    # x rounded to float32 (the kernels' precision; rounding is monotone, so this implies the
+    # float64 rule): knots that coincide there would divide by a zero interval width
+    x_ok = np.diff(x.astype(np.float32)) > 0
+    for name, arr, ok in ((x_key, x, x_ok), ("time_us", y, np.diff(y) >= 0)):
         if not ok.all():
             i = int(np.argmin(ok)) + 1
             rule = "strictly increasing" if name == x_key else "non-decreasing"
+            if name == x_key and arr[i] > arr[i - 1]:
+                rule += " in float32 (the kernels' precision)"
             raise InputError(
-                f"must be {rule}: entry {i} ({arr[i]:g}) after {arr[i - 1]:g}",
+                f"must be {rule}: entry {i} ({float(arr[i])!r}) after {float(arr[i - 1])!r}",
                 path=path,
                 field=f"{field}.{name}",
             )
-    return table_stage(x, y)
+    stage = table_stage(x, y)
+    d = np.asarray(stage.d)  # per interval: the secant and the end slopes of the Hermite piece
+    slope = np.maximum(np.diff(y) / np.diff(x), np.maximum(d[:-1], d[1:]))
+    if not (slope <= LATENCY_LIMIT).all():
+        i = int(np.argmin(slope <= LATENCY_LIMIT))
+        raise InputError(
+            f"slope {float(slope[i]):g} us per token between entries {i} and {i + 1} > "
+            f"{LATENCY_LIMIT:g} (knots too close for their times: step times must stay finite "
+            "in float32)",
+            path=path,
+            field=f"{field}.time_us",
+        )
+    return stage
 
 
 def _attn_tables(entries, path: str | None) -> AttnTable:

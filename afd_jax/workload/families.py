@@ -38,9 +38,11 @@ from scipy.special import ndtr, ndtri
 
 from afd_jax.errors import InputError
 from afd_jax.workload.containers import CopulaComponent, Marginal, ParametricWorkload, WorkloadStats
+from afd_jax.workload.numbers import TOKEN_LIMIT
 
 TAIL = 1e-15  # truncation threshold for infinite supports (tail mass left out, < 1e-12)
 MAX_SUPPORT = 1 << 24  # refuse marginals with more atoms than this (memory)
+MAX_VALUE = TOKEN_LIMIT - 1  # largest token count a parameter may name (int64 sums stay exact)
 Z_MAX = 8.5  # latent normal range used by the copula quadrature (mass outside: 2e-17)
 
 __all__ = [
@@ -68,26 +70,41 @@ def _marginal(values, pmf) -> Marginal:
     values, pmf = values[keep], pmf[keep]
     if values.size == 0:
         raise InputError("marginal has no mass")
-    if values.size > MAX_SUPPORT:
-        raise InputError(f"marginal support too large ({values.size} points > {MAX_SUPPORT})")
+    _check_support(values.size)
     order = np.argsort(values, kind="stable")
     return Marginal(values[order], pmf[order] / pmf.sum())
 
 
+def _check_support(points: float, field: str | None = None, why: str = "") -> None:
+    """InputError when a marginal would have more than MAX_SUPPORT atoms: called with the
+    size predicted from the parameters BEFORE any array is built."""
+    if points > MAX_SUPPORT:
+        shown = f"{points:.4g}" if isinstance(points, float) else str(points)
+        raise InputError(
+            f"marginal support too large ({shown} points > {MAX_SUPPORT}){why}", field=field
+        )
+
+
+def _check_count(name, value, lo=0):
+    """An integer token count in [lo, MAX_VALUE] (a point, a bound, a lattice step)."""
+    _check(name, value, lo=lo, hi=MAX_VALUE, integer=True)
+
+
 def _check(name, value, lo=None, hi=None, integer=False):
-    if not isinstance(value, int | float | np.integer | np.floating) or not math.isfinite(value):
+    exact = isinstance(value, int | np.integer)  # any size: math.isfinite would overflow
+    if not (exact or isinstance(value, float | np.floating)) or not (exact or math.isfinite(value)):
         raise InputError(f"must be a finite number, got {value!r}", field=name)
-    if integer and float(value) != int(value):
-        raise InputError(f"must be an integer, got {value!r}", field=name)
     if lo is not None and value < lo:
         raise InputError(f"must be >= {lo}, got {value!r}", field=name)
     if hi is not None and value > hi:
         raise InputError(f"must be <= {hi}, got {value!r}", field=name)
+    if integer and not exact and float(value) != int(value):
+        raise InputError(f"must be an integer, got {value!r}", field=name)
 
 
 def deterministic(n: int) -> Marginal:
     """Point mass at the integer ``n >= 0``."""
-    _check("value", n, lo=0, integer=True)
+    _check_count("value", n)
     return Marginal(np.array([int(n)], np.int64), np.array([1.0]))
 
 
@@ -98,13 +115,15 @@ def geometric(mean: float, min: int = 1) -> Marginal:  # noqa: A002 - the natura
     (number of trials), ``min = 0`` the prompt law (failures before a success). Truncated at
     tail mass < 1e-15 and renormalised; ``mean == min`` gives a point mass.
     """
-    _check("min", min, lo=0, integer=True)
-    _check("mean", mean, lo=min)
+    _check_count("min", min)
+    _check("mean", mean, lo=min, hi=MAX_VALUE)
     if mean == min:
         return deterministic(min)
     p = 1.0 / (mean - min + 1.0)
     # tail beyond k: (1-p)^(k-min+1) < TAIL
-    n = int(math.ceil(math.log(TAIL) / math.log1p(-p)))
+    n_f = math.ceil(math.log(TAIL) / math.log1p(-p))
+    _check_support(n_f, "mean", f" for mean {mean:g} (tail mass {TAIL:g})")
+    n = int(n_f)
     k = np.arange(n, dtype=np.int64)
     pmf = p * np.exp(k * math.log1p(-p))
     return _marginal(k + int(min), pmf)
@@ -112,8 +131,9 @@ def geometric(mean: float, min: int = 1) -> Marginal:  # noqa: A002 - the natura
 
 def uniform(lo: int, hi: int) -> Marginal:
     """Uniform law on the integers {lo, ..., hi} (0 <= lo <= hi)."""
-    _check("lo", lo, lo=0, integer=True)
-    _check("hi", hi, lo=lo, integer=True)
+    _check_count("lo", lo)
+    _check_count("hi", hi, lo=lo)
+    _check_support(int(hi) - int(lo) + 1, "hi")
     k = np.arange(int(lo), int(hi) + 1, dtype=np.int64)
     return _marginal(k, np.ones(k.shape))
 
@@ -137,8 +157,8 @@ def lognormal(
     statistics; the law of P is then supported on multiples of ``step``).
     """
     _check("sigma", sigma, lo=1e-6)
-    _check("step", step, lo=1, integer=True)
-    _check("lo", lo, lo=0, integer=True)
+    _check_count("step", step, lo=1)
+    _check_count("lo", lo)
     if (median is None) == (mean is None):
         raise InputError("give exactly one of median and mean", field="median")
     if median is not None:
@@ -147,16 +167,22 @@ def lognormal(
     else:
         _check("mean", mean, lo=1e-9)
         mu = math.log(mean) - 0.5 * sigma * sigma
+        if not math.isfinite(mu):
+            raise InputError(f"sigma {sigma:g} too large for a given mean", field="sigma")
     step = int(step)
     if hi is None:
-        hi_f = math.exp(mu + sigma * float(ndtri(1.0 - TAIL))) + step
-        if hi_f > MAX_SUPPORT * step:
+        # log of the upper (1 - TAIL)-quantile, compared in log space (exp would overflow)
+        log_hi = mu + sigma * float(ndtri(1.0 - TAIL))
+        if log_hi > math.log(MAX_SUPPORT * step):
             raise InputError(
-                "untruncated support too large: give an upper bound (hi / *_max)", field="hi"
+                f"untruncated support too large (upper quantile ~ e^{log_hi:.4g} > "
+                f"{MAX_SUPPORT} * step): give an upper bound (hi / *_max)",
+                field="hi",
             )
-        hi = int(hi_f)
-    _check("hi", hi, lo=lo, integer=True)
+        hi = int(math.exp(log_hi) + step)
+    _check_count("hi", hi, lo=lo)
     first = -(-int(lo) // step) * step
+    _check_support((int(hi) - first) // step + 1, "hi")
     k = np.arange(first, int(hi) + 1, step, dtype=np.int64)
     if k.size == 0:
         raise InputError(f"no lattice point of step {step} in [{lo}, {hi}]", field="hi")
@@ -173,8 +199,9 @@ def lognormal(
 def zipf(exponent: float, hi: int, lo: int = 1) -> Marginal:
     """Power law ``P(X = k) proportional to k^-exponent`` on {lo, ..., hi}, lo >= 1."""
     _check("exponent", exponent, lo=0.0)
-    _check("lo", lo, lo=1, integer=True)
-    _check("hi", hi, lo=lo, integer=True)
+    _check_count("lo", lo, lo=1)
+    _check_count("hi", hi, lo=lo)
+    _check_support(int(hi) - int(lo) + 1, "hi")
     k = np.arange(int(lo), int(hi) + 1, dtype=np.int64)
     logp = -float(exponent) * np.log(k.astype(np.float64))
     return _marginal(k, np.exp(logp - logp.max()))

@@ -2,7 +2,8 @@
 and spec values (:mod:`afd_jax.workload.specs`).
 
 Each helper raises :class:`~afd_jax.errors.InputError` naming the field (and, for trace cells,
-the file and line) with one of the reasons ``empty value``, ``not a number: 'x'``,
+the file and line) with one of the reasons ``empty value``, ``not a number: 'x'`` (also for
+``1_000`` and non-ASCII digits, which Python's ``int``/``float`` would accept),
 ``non-finite value 'x'`` or ``not an integer: 'x'``.
 """
 
@@ -12,12 +13,30 @@ import math
 
 from afd_jax.errors import InputError
 
+TOKEN_LIMIT = 2**62
+"""Token counts (trace cells, workload parameters) are < 2^62: int64 sums of a few stay exact."""
+
+
+def plain(text: str) -> bool:
+    """True when ``text`` has only ASCII characters and no ``_``: Python's ``int``/``float``
+    would also read ``1_000`` as 1000 and Arabic-Indic or full-width digits as numbers."""
+    return text.isascii() and "_" not in text
+
+
+def check_plain(
+    text: str, field: str | None, *, path: str | None = None, line: int | None = None
+) -> str:
+    """``text`` when :func:`plain`, else InputError ``not a number: 'x'``."""
+    if not plain(text):
+        raise InputError(f"not a number: {text!r}", path=path, line=line, field=field)
+    return text
+
 
 def parse_float(
     text: str, field: str | None, *, path: str | None = None, line: int | None = None
 ) -> float:
-    """A finite float from ``text`` (surrounding blanks ignored)."""
-    s = text.strip()
+    """A finite float from ``text`` (surrounding blanks ignored; ASCII only, no ``_``)."""
+    s = check_plain(text.strip(), field, path=path, line=line)
     if s == "":
         raise InputError("empty value", path=path, line=line, field=field)
     try:
@@ -46,7 +65,7 @@ def parse_int(
 ) -> int:
     """An integer from ``text``: ``"12"``, ``"12.0"`` and ``"1.2e3"`` are accepted, ``"3.5"`` is
     not."""
-    s = text.strip()
+    s = check_plain(text.strip(), field, path=path, line=line)
     try:
         return int(s)
     except ValueError:

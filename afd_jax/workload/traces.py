@@ -42,7 +42,7 @@ import numpy as np
 
 from afd_jax.errors import InputError
 from afd_jax.workload.containers import TraceWorkload
-from afd_jax.workload.numbers import integral, parse_float
+from afd_jax.workload.numbers import TOKEN_LIMIT, check_plain, integral, parse_float, plain
 
 #: Known formats: name -> (container, prompt field, output field).
 FORMATS: dict[str, tuple[str, str | None, str | None]] = {
@@ -348,11 +348,16 @@ def _parse_jsonl(text, spath, fmt, prompt_field, decode_field):
 def _to_int_array(values: list, line_nums: list[int], spath: str, fld: str) -> np.ndarray:
     """Convert raw cell values to int64, checking each is a finite non-negative integer."""
     out = np.empty(len(values), dtype=np.int64)
+    # one check of the whole column; cell by cell only when some cell is not plain ASCII
+    try:
+        clean = plain("".join(values))  # CSV: every cell a str
+    except TypeError:  # JSON numbers among them
+        clean = plain("".join(v for v in values if type(v) is str))
     for i, v in enumerate(values):
         if type(v) is int:  # JSON ints: the fast path
             x = v
         elif isinstance(v, str):
-            s = v.strip()
+            s = v.strip() if clean else check_plain(v.strip(), fld, path=spath, line=line_nums[i])
             try:
                 x = int(s)
             except ValueError:
@@ -366,7 +371,7 @@ def _to_int_array(values: list, line_nums: list[int], spath: str, fld: str) -> n
                 line=line_nums[i],
                 field=fld,
             )
-        if x >= 2**62:
+        if x >= TOKEN_LIMIT:
             raise InputError(f"value {v!r} too large", path=spath, line=line_nums[i], field=fld)
         out[i] = x
     return out

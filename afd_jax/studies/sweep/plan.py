@@ -26,6 +26,7 @@ from afd_jax.model.latency import (
     scale_latency,
 )
 from afd_jax.model.latency_io import (
+    check_latency_limit,
     check_step_time,
     resolve_latency,
     scalar_items,
@@ -158,6 +159,7 @@ def _check_latency_values(coeffs: np.ndarray, spec: SweepSpec, base: Latency) ->
             raise InputError(
                 f"coefficients must be >= 0 (got {col.min():g})", path=spec.path, field=key
             )
+        check_latency_limit(float(col.max()), key, spec.path)
     check_step_time(make_latency(tuple(coeffs.T), base.tables), spec.path)
 
 
