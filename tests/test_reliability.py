@@ -222,6 +222,33 @@ def test_output_locations_checked_before_work(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "s.toml"]  # no strays
 
 
+def test_special_files_and_pseudo_filesystems_refused(tmp_path, capsys):
+    """An existing FIFO (like /dev/full: not a regular file) is never replaced by the table;
+    /proc takes no new files even for root (os.access says yes there); --out "" is refused."""
+    spec = spec_file(tmp_path, SMALL_SPEC)
+    fifo = tmp_path / "fifo.csv"
+    os.mkfifo(fifo)
+    refused(["sweep", spec, "--out", fifo, "--quiet"], capsys, "--out", "not a regular file")
+    assert fifo.is_fifo() and not parts_dir(fifo).exists()
+    refused(["sweep", spec, "--out", "/proc/version", "--quiet"], capsys, "--out", "/proc")
+    refused(["sweep", spec, "--out", "/proc/afd/t.csv", "--quiet"], capsys, "--out", "/proc")
+    refused(["reproduce", "--quick", "--no-plots", "--out", "/proc/afd"], capsys, "/proc")
+    refused(["sweep", spec, "--out", "", "--quiet"], capsys, "--out: empty path")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.csv", "s.toml"]
+
+
+def test_missing_parent_folders_created_for_spec_output_and_out(tmp_path, capsys):
+    """Documented choice (docs/sweep.md): missing parents of the table are created, the same
+    for the spec's `output` and for --out."""
+    out = tmp_path / "a" / "b" / "t.csv"
+    body = SMALL_SPEC.replace(', "gaussian"', "")  # mean-field only: fast
+    spec = spec_file(tmp_path, f'output = "{out}"\n' + body)
+    assert cli(["sweep", spec, "--quiet"], capsys)[0] == 0 and out.is_file()
+    out2 = tmp_path / "c" / "d" / "t.csv"
+    assert cli(["sweep", spec, "--out", out2, "--quiet"], capsys)[0] == 0
+    assert out2.read_bytes() == out.read_bytes()
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_folder_refused(tmp_path, capsys):
     ro = tmp_path / "ro"

@@ -107,7 +107,7 @@ def run(args) -> int:
     if args.chunk_size is not None and args.chunk_size < 1:
         raise InputError(f"must be >= 1, got {args.chunk_size}", field="--chunk-size")
     spec = load_spec(args.spec)
-    out = args.out or spec.output
+    out = spec.output if args.out is None else args.out  # --out "" is refused, not ignored
     _check_outputs(args, out)
     _check_parquet(spec, out, args.spec)
     plan = make_plan(spec)  # resolves and validates everything before any evaluation
