@@ -28,7 +28,14 @@ import jax
 from tqdm import tqdm
 
 from afd_jax.errors import InputError
-from afd_jax.studies.store import Heartbeat, PartsExist, PartsMismatch, PartStore, wait_until
+from afd_jax.studies.store import (
+    Heartbeat,
+    PartsExist,
+    PartsMismatch,
+    PartsOrphaned,
+    PartStore,
+    wait_until,
+)
 from afd_jax.studies.sweep.evaluate import Evaluator
 from afd_jax.studies.sweep.plan import SweepPlan
 from afd_jax.studies.sweep.spec import SweepSpec
@@ -116,17 +123,26 @@ def _open_store(plan: SweepPlan, out: Path, resume: bool, chunk_size, progress: 
         opened = store.open(manifest, resume=resume, match=("digest", "columns"))
     except PartsExist:
         raise InputError(
-            f"partial sweep results exist in {store.folder}; pass --resume to continue them or "
-            "delete that folder to start over",
+            f"partial results of this spec exist in {store.folder}; pass --resume to continue "
+            "them, or delete that folder to start over",
             path=str(out),
         ) from None
+    except PartsOrphaned as err:
+        raise InputError(f"{err.reason} (or choose another --out)", path=str(out)) from None
     except PartsMismatch:
         raise InputError(
             f"the partial results in {store.folder} come from a different spec; delete that "
-            "folder or run without --resume",
+            "folder to start over, or choose another --out",
             path=spec.path,
         ) from None
     man = opened.manifest
+    size = man.get("chunk_size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise InputError(
+            f"{store.manifest_path} is damaged (chunk_size {size!r}); delete {store.folder} to "
+            "start over, or choose another --out",
+            path=str(out),
+        )
     requested = chunk_size is not None and chunk_size != man["chunk_size"]
     if opened.resumed and requested and progress:
         print(
@@ -234,6 +250,13 @@ def _run_locked(plan, out: Path, resume, chunk_size, progress, where, t_start) -
         )  # fmt: skip
     names = [part_name(c) for c in range(n_chunks)]
     mine = [c for c in range(n_chunks) if c % process_count == process_index]
+    bad = store.discard_damaged([names[c] for c in mine])
+    if bad and progress:
+        print(
+            f"afd-jax sweep: {len(bad)} damaged part(s) (checksum), recomputed: "
+            f"{store.path(bad[0])}" + (" ..." if len(bad) > 1 else ""),
+            file=sys.stderr,
+        )
     todo = [c for c in mine if not store.has(names[c])]
     sizes = {c: min(n, (c + 1) * chunk_size) - c * chunk_size for c in mine}
     bar = _progress_bar(sizes, set(mine) - set(todo), progress)
