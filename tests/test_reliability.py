@@ -249,6 +249,26 @@ def test_missing_parent_folders_created_for_spec_output_and_out(tmp_path, capsys
     assert out2.read_bytes() == out.read_bytes()
 
 
+def test_table_format_follows_the_output_suffix(tmp_path, capsys):
+    """--out x.parquet used to get CSV text (the format came from the spec only): the suffix
+    decides, a conflict with the spec's `format` and an unknown suffix are refused."""
+    body = SMALL_SPEC.replace(', "gaussian"', "")
+    spec = spec_file(tmp_path, body)
+    refused(["sweep", spec, "--out", tmp_path / "t.xlsx", "--quiet"], capsys, "--out", ".xlsx")
+    csv_fmt = spec_file(tmp_path, 'format = "csv"\n' + body, "c.toml")
+    line = refused(["sweep", csv_fmt, "--out", tmp_path / "t.parquet", "--quiet"], capsys)
+    assert "conflicts" in line and "--out" in line and str(csv_fmt) in line
+    both = spec_file(tmp_path, f'format = "csv"\noutput = "{tmp_path / "t.parquet"}"\n' + body)
+    refused(["sweep", both, "--quiet"], capsys, str(both), "field output", "conflicts")
+    odd = spec_file(tmp_path, f'output = "{tmp_path / "t.xlsx"}"\n' + body, "o.toml")
+    refused(["sweep", odd, "--quiet"], capsys, str(odd), "field output", ".xlsx")
+    assert not list(tmp_path.glob("t.*"))
+    pq_spec = spec_file(tmp_path, f'output = "{tmp_path / "t.parquet"}"\n' + body, "p.toml")
+    out = tmp_path / "t.csv"  # the spec's output is Parquet, --out .csv: CSV it is
+    assert cli(["sweep", pq_spec, "--out", out, "--quiet"], capsys)[0] == 0
+    assert out.read_text().startswith("scenario,")
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_folder_refused(tmp_path, capsys):
     ro = tmp_path / "ro"

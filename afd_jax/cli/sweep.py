@@ -74,8 +74,11 @@ def add_parser(subparsers) -> None:
 
 
 def _check_parquet(spec, out: str, spec_path: str) -> None:
-    """Parquet output needs pyarrow (an optional dependency): InputError before any work."""
-    if spec.format == "parquet" or out.endswith(".parquet"):
+    """The table's format from its suffix (agreeing with the spec's ``format``); Parquet output
+    needs pyarrow (an optional dependency): InputError before any work."""
+    from afd_jax.studies.sweep.spec import output_format
+
+    if output_format(spec, out) == "parquet":
         try:
             import pyarrow  # noqa: F401  (optional dependency, only probed here)
         except ImportError:

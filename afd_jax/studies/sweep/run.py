@@ -38,7 +38,7 @@ from afd_jax.studies.store import (
 )
 from afd_jax.studies.sweep.evaluate import Evaluator
 from afd_jax.studies.sweep.plan import SweepPlan
-from afd_jax.studies.sweep.spec import SweepSpec
+from afd_jax.studies.sweep.spec import SweepSpec, output_format
 from afd_jax.studies.sweep.table import format_rows
 
 __all__ = ["SweepResult", "default_chunk_size", "parts_dir", "part_name", "run_sweep"]
@@ -117,7 +117,7 @@ def _open_store(plan: SweepPlan, out: Path, resume: bool, chunk_size, progress: 
         "n_scenarios": n,
         "n_chunks": -(-n // size),
         "columns": plan.columns(),
-        "format": spec.format,
+        "format": output_format(spec, str(out)),
     }
     try:
         opened = store.open(manifest, resume=resume, match=("digest", "columns"))
@@ -219,6 +219,7 @@ def run_sweep(
     """
     t_start = time.perf_counter()
     out = Path(output or plan.spec.output)
+    output_format(plan.spec, str(out))  # a suffix the table cannot have: refused before work
     if process_index != 0:  # other hosts join the run process 0 set up (its manifest)
         manifest_file = PartStore(parts_dir(out)).manifest_path
         wait_until(manifest_file.is_file, merge_timeout_s, "the manifest")
@@ -266,7 +267,7 @@ def _run_locked(plan, out: Path, resume, chunk_size, progress, where, t_start) -
         if process_count > 1:  # a single process wrote every part itself: nothing to wait for
             owner = lambda c: c % process_count  # noqa: E731
             store.wait_for_parts(names, owner, peer_timeout_s, merge_timeout_s)
-        _merge(store, out, plan.columns(), names, spec.format)
+        _merge(store, out, plan.columns(), names, output_format(spec, str(out)))
         store.finish(man, names)  # keeps the manifest: --resume then has nothing to do
     rows = sum(sizes[c] for c in todo) * spec.r_max
     return SweepResult(

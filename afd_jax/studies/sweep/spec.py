@@ -23,7 +23,7 @@ from afd_jax.montecarlo.dynamics import DYNAMICS_KEYS, dynamics_options
 from afd_jax.montecarlo.spine import PRECISIONS
 from afd_jax.studies.sweep.fields import FORMATS, METHODS, SCALE_FIELDS, SWEPT_FIELDS
 
-__all__ = ["SweepSpec", "grid_values", "load_spec", "parse_sweep_spec"]
+__all__ = ["SweepSpec", "grid_values", "load_spec", "output_format", "parse_sweep_spec"]
 
 _TOP_KEYS = {
     "name",
@@ -84,6 +84,7 @@ class SweepSpec:
     exact: dict = field(default_factory=dict)
     mc: dict = field(default_factory=dict)
     gaussian: dict = field(default_factory=dict)
+    format_given: str | None = None  # the spec's `format` key as written (None: not given)
 
     @property
     def scaled(self) -> bool:
@@ -95,7 +96,8 @@ class SweepSpec:
     def canonical(self) -> dict:
         """Everything that determines the table's content (not where it goes)."""
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        for k in ("path", "output", "format", "chunk_size", "memory_budget_mb", "name"):
+        for k in ("path", "output", "format", "format_given", "chunk_size", "memory_budget_mb",
+                  "name"):  # fmt: skip
             d.pop(k)
         return json.loads(json.dumps(d, default=str))
 
@@ -205,6 +207,37 @@ def grid_values(value, key: str, path: str = "<spec>", integer: bool = False) ->
     return out
 
 
+SUFFIX_FORMATS = {".csv": "csv", ".parquet": "parquet"}
+
+
+def table_format(output: str, given: str | None, path: str, key: str) -> str:
+    """The format of the table ``output``: its suffix decides (``.csv``, ``.parquet``); a
+    ``given`` format (the spec's ``format`` key) must agree with it; without a suffix, ``given``
+    or csv. Another suffix, or a conflict, raises InputError (``path``, field ``key``)."""
+    suffix = Path(output).suffix
+    if suffix and suffix.lower() not in SUFFIX_FORMATS:
+        raise _err(
+            f"unknown table suffix {suffix!r} in {output!r} (use .csv or .parquet)", key, path
+        )
+    fmt = SUFFIX_FORMATS.get(suffix.lower(), given or "csv")
+    if given is not None and given != fmt:
+        raise _err(
+            f"format = {given!r} (the spec's) conflicts with the suffix of {output!r}; drop "
+            "one or make them agree",
+            key,
+            path,
+        )
+    return fmt
+
+
+def output_format(spec: SweepSpec, output: str) -> str:
+    """The format of the table written to ``output`` (the spec's ``output`` or ``--out``):
+    :func:`table_format` with the spec's ``format`` key; InputError before any work."""
+    if output == spec.output:
+        return spec.format
+    return table_format(output, spec.format_given, spec.path, "--out")
+
+
 def _fmt_param(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else repr(float(v))
 
@@ -229,9 +262,10 @@ def _parse_top(data: dict, path: str) -> dict:
     output = data.get("output", str(Path(path).with_suffix(".csv").name))
     if not isinstance(output, str) or not output:
         raise _err("expected a path", "output", path)
-    fmt = data.get("format", "parquet" if output.endswith(".parquet") else "csv")
-    if fmt not in FORMATS:
-        raise _err(f"expected one of {FORMATS}, got {fmt!r}", "format", path)
+    given = data.get("format")
+    if given is not None and given not in FORMATS:
+        raise _err(f"expected one of {FORMATS}, got {given!r}", "format", path)
+    fmt = table_format(output, given, path, "output")
     chunk = data.get("chunk_size")
     chunk = None if chunk is None else _int(chunk, "chunk_size", path, lo=1)
     budget = _number(data.get("memory_budget_mb", 512), "memory_budget_mb", path)
@@ -246,6 +280,7 @@ def _parse_top(data: dict, path: str) -> dict:
         methods=methods,
         output=output,
         format=fmt,
+        format_given=given,
         chunk_size=chunk,
         memory_budget_mb=budget,
         batches=tuple(int(b) for b in batches),
