@@ -113,6 +113,17 @@ def test_sweep_grid_of_1e12_scenarios_refused(tmp_path, capsys):
     assert not list(tmp_path.glob("*.parts"))
 
 
+def test_sweep_r_max_bounded_before_work(tmp_path, capsys):
+    """r_max = 1e8 used to hang (1e8 rows per scenario, formatted in Python): refused up front
+    by the cap, and a smaller r_max whose one scenario exceeds memory_budget_mb by the budget."""
+    huge = spec_file(tmp_path, "r_max = 100000000\n" + SMALL_SPEC.replace("r_max = 3\n", ""))
+    refused(["sweep", huge, "--quiet"], capsys, str(huge), "field r_max", "<= 1048576")
+    body = "r_max = 200000\nmemory_budget_mb = 64\n" + SMALL_SPEC.replace("r_max = 3\n", "")
+    big = spec_file(tmp_path, body, "b.toml")
+    refused(["sweep", big, "--quiet"], capsys, str(big), "field r_max", "memory_budget_mb = 64")
+    assert not list(tmp_path.glob("*.parts"))
+
+
 def test_memory_budget_option_and_default(monkeypatch, capsys):
     assert memory.parse_size("2G") == 2 << 30 and memory.parse_size("512") == 512 << 20
     with pytest.raises(InputError):

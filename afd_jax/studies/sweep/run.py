@@ -38,7 +38,7 @@ from afd_jax.studies.store import (
 )
 from afd_jax.studies.sweep.evaluate import Evaluator
 from afd_jax.studies.sweep.plan import SweepPlan
-from afd_jax.studies.sweep.spec import SweepSpec, output_format
+from afd_jax.studies.sweep.spec import SweepSpec, output_format, scenario_work_bytes
 from afd_jax.studies.sweep.table import format_rows
 
 __all__ = ["SweepResult", "default_chunk_size", "parts_dir", "part_name", "run_sweep"]
@@ -48,8 +48,7 @@ def default_chunk_size(spec: SweepSpec, n_scenarios: int, n_devices: int = 1) ->
     """Scenarios per chunk from the memory budget: about r_max * 8 bytes * (rows of working
     arrays per method; the Gaussian tail integral's quadrature dominates), at least the device
     count, at most 8192 (so progress and checkpoints stay frequent)."""
-    per = 16 + (256 if "gaussian" in spec.methods else 0) + (32 if "exact" in spec.methods else 0)
-    per_scenario = spec.r_max * 8 * per
+    per_scenario = scenario_work_bytes(spec.methods, spec.r_max)
     n = int(spec.memory_budget_mb * 2**20 // per_scenario)
     n = max(n_devices, min(n, 8192, max(n_scenarios, 1)))
     return n

@@ -138,6 +138,37 @@ def _int(x, key, path, lo: int | None = None) -> int:
 SCENARIO_BYTES = 256
 
 
+# r = 1..r_max rows per scenario: beyond this a sweep is hours of table formatting whatever the
+# memory (docs/sweep.md); the working arrays are also checked against memory_budget_mb.
+R_MAX_LIMIT = 1 << 20
+
+
+def scenario_work_bytes(methods, r_max: int) -> int:
+    """Working memory of one scenario in a chunk: about r_max * 8 bytes * (rows of working arrays
+    per method; the Gaussian tail integral's quadrature dominates). The chunk size is the
+    memory budget over this (:func:`afd_jax.studies.sweep.run.default_chunk_size`)."""
+    per = 16 + (256 if "gaussian" in methods else 0) + (32 if "exact" in methods else 0)
+    return r_max * 8 * per
+
+
+def _check_r_max(r_max: int, methods, budget_mb: float, path: str) -> None:
+    """r_max within R_MAX_LIMIT, one scenario's working arrays within memory_budget_mb (a chunk
+    holds at least one scenario) and within the process budget (--memory-budget)."""
+    if r_max > R_MAX_LIMIT:
+        raise _err(f"must be <= {R_MAX_LIMIT} (rows r = 1..r_max per scenario), got {r_max}",
+                   "r_max", path)  # fmt: skip
+    need = scenario_work_bytes(methods, r_max)
+    if need > budget_mb * 2**20:
+        raise _err(
+            f"one scenario of r = 1..{r_max} needs about {need / 2**20:.6g} MiB of working "
+            f"arrays ({', '.join(methods)}), over memory_budget_mb = {budget_mb:g}; lower r_max "
+            "or raise memory_budget_mb",
+            "r_max",
+            path,
+        )
+    require(need, f"one scenario of r = 1..{r_max}", "lower r_max", path)
+
+
 def _require_grid(n: float, key: str, path: str) -> None:
     require(SCENARIO_BYTES * n, f"the grid {key} of {n:.6g} points", "use fewer points", path)
 
@@ -271,6 +302,7 @@ def _parse_top(data: dict, path: str) -> dict:
     budget = _number(data.get("memory_budget_mb", 512), "memory_budget_mb", path)
     if budget <= 0:
         raise _err("must be > 0", "memory_budget_mb", path)
+    _check_r_max(r_max, methods, budget, path)
     batches = grid_values(data["batch"], "batch", path, integer=True)
     if np.any(batches < 1):
         raise _err("batch sizes must be >= 1", "batch", path)
