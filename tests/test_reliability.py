@@ -343,6 +343,15 @@ def test_typed_values(tmp_path, capsys):
     refused(["simulate", "--workload", WL, "-B", "x"], capsys, "invalid int")  # argparse: 1 line
 
 
+def test_sweep_flags_and_spec_folder(tmp_path, capsys):
+    spec = spec_file(tmp_path, SMALL_SPEC)
+    out = tmp_path / "o.csv"
+    for t in ("-1", "0", "nan"):
+        refused(["sweep", spec, "--out", out, "--peer-timeout", t, "--quiet"], capsys, "--peer")
+    refused(["sweep", tmp_path, "--quiet"], capsys, str(tmp_path), "is a folder")
+    assert not out.exists() and not parts_dir(out).exists()
+
+
 def test_distributed_without_coordinator(tmp_path, capsys, monkeypatch):
     for var in ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE"):
         monkeypatch.delenv(var, raising=False)

@@ -452,3 +452,22 @@ def test_resume_refuses_parts_without_a_valid_manifest(traces, tmp_path, monkeyp
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "no manifest" in err[0] and "--out" in err[0], err
     assert not out.exists()
+
+
+def test_changed_spec_messages_do_not_loop(traces, tmp_path, monkeypatch, capsys):
+    """Partial results of another spec: with and without --resume the same advice (delete the
+    folder or choose another --out); it used to send the user from one flag to the other."""
+    from afd_jax.cli import main
+
+    spec = tmp_path / "s.toml"
+    out = tmp_path / "o.csv"
+    spec.write_text(spec_text(traces, out, methods=MF_ONLY))
+    interrupted_sweep(S.make_plan(S.load_spec(spec)), out, monkeypatch)
+    assert main(["sweep", str(spec), "--quiet"]) == 2  # same spec: resume it
+    assert "pass --resume" in capsys.readouterr().err
+    spec.write_text(spec_text(traces, out, methods=MF_ONLY).replace("r_max = 12", "r_max = 11"))
+    for extra in (["--resume"], []):
+        assert main(["sweep", str(spec), "--quiet", *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "different spec" in err[0], err
+        assert "another --out" in err[0] and "--resume" not in err[0], err

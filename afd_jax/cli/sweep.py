@@ -5,6 +5,7 @@ One table row per (scenario, r) with each method's throughput, written in atomic
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -68,7 +69,7 @@ def add_parser(subparsers) -> None:
         default=120.0,
         metavar="S",
         help="multi-process: process 0 reports a process whose heartbeat is older than S "
-        "seconds and stops (finished chunks are kept; rerun with --resume); default 120",
+        "seconds (> 0) and stops (finished chunks are kept; rerun with --resume); default 120",
     )
     p.set_defaults(func=run)
 
@@ -109,6 +110,9 @@ def run(args) -> int:
     jax.config.update("jax_enable_x64", True)
     if args.chunk_size is not None and args.chunk_size < 1:
         raise InputError(f"must be >= 1, got {args.chunk_size}", field="--chunk-size")
+    if not (math.isfinite(args.peer_timeout) and args.peer_timeout > 0):
+        raise InputError(f"must be a number of seconds > 0, got {args.peer_timeout}",
+                         field="--peer-timeout")  # fmt: skip
     spec = load_spec(args.spec)
     out = spec.output if args.out is None else args.out  # --out "" is refused, not ignored
     _check_outputs(args, out)

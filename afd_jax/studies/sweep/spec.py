@@ -501,6 +501,8 @@ def parse_sweep_spec(data: dict, path: str = "<spec>") -> SweepSpec:
 def load_spec(path) -> SweepSpec:
     """Read and validate a sweep spec TOML file (InputError naming the file and key)."""
     p = Path(path)
+    if p.is_dir():
+        raise InputError("is a folder, expected a spec file (TOML)", path=str(path))
     if not p.is_file():
         raise InputError("no such spec file", path=str(path))
     try:
