@@ -251,7 +251,7 @@ def _run_locked(plan, out: Path, resume, chunk_size, progress, where, t_start) -
     names = [part_name(c) for c in range(n_chunks)]
     mine = [c for c in range(n_chunks) if c % process_count == process_index]
     bad = store.discard_damaged([names[c] for c in mine])
-    if bad and progress:
+    if bad:  # said even without a progress bar: the user should know the folder was damaged
         print(
             f"afd-jax sweep: {len(bad)} damaged part(s) (checksum), recomputed: "
             f"{store.path(bad[0])}" + (" ..." if len(bad) > 1 else ""),
