@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -65,8 +66,21 @@ def _nonempty(path, option: str) -> Path:
     return Path(path)
 
 
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can really be created in ``folder``: a probe file, removed at once. The
+    permission bits alone are not enough (root passes ``os.access`` on /proc and /sys, where
+    nothing can be created)."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".afd-jax-probe-")
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(probe)
+    return True
+
+
 def _writable_dir(folder: Path) -> bool:
-    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
+    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK) and _can_create_in(folder)
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -77,11 +91,18 @@ def _existing_ancestor(path: Path) -> Path:
 
 
 def check_output_file(path: str | os.PathLike, option: str) -> Path:
-    """Before any work: ``path`` can be written as a file (not a folder; its folder exists or
-    can be created, and is writable). InputError naming ``option`` otherwise; creates nothing."""
+    """Before any work: ``path`` can be written as a file (not a folder, nor an existing
+    device, FIFO or socket, which an atomic replace would clobber; its folder exists or can be
+    created, and files can be created in it). Missing parent folders are allowed: the writer
+    creates them. InputError naming ``option`` otherwise; creates nothing."""
     out = _nonempty(path, option)
     if out.is_dir():
         raise InputError(f"{option}: is a folder, expected a file name", path=str(out))
+    if out.exists() and not out.is_file():
+        raise InputError(
+            f"{option}: exists and is not a regular file (a device, FIFO or socket)",
+            path=str(out),
+        )
     if out.exists() and not os.access(out, os.W_OK):
         raise InputError(f"{option}: file is not writable", path=str(out))
     base = _existing_ancestor(out.parent)
@@ -92,8 +113,8 @@ def check_output_file(path: str | os.PathLike, option: str) -> Path:
 
 
 def check_output_dir(path: str | os.PathLike, option: str) -> Path:
-    """Before any work: ``path`` is a writable folder or can be created as one. InputError
-    naming ``option`` otherwise; creates nothing."""
+    """Before any work: ``path`` is a writable folder or can be created as one (with its
+    missing parents). InputError naming ``option`` otherwise; creates nothing."""
     out = _nonempty(path, option)
     if out.exists() and not out.is_dir():
         raise InputError(f"{option}: exists and is not a folder", path=str(out))

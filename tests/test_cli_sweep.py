@@ -40,7 +40,8 @@ def test_bad_spec_exit_2_names_key_before_work(traces, tmp_path, capsys):  # noq
     spec.write_text(spec_text(traces, out).replace("batch = [4, 16]", "batch = []"))
     assert main(["sweep", str(spec), "--quiet"]) == 2
     assert "field batch: empty grid" in capsys.readouterr().err
-    spec.write_text(spec_text(traces, out).replace('output = "', 'format = "parquet"\noutput = "'))
+    pq = tmp_path / "o.parquet"
+    spec.write_text(spec_text(traces, pq).replace('output = "', 'format = "parquet"\noutput = "'))
     try:
         import pyarrow  # noqa: F401
     except ImportError:

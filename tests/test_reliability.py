@@ -115,6 +115,17 @@ def test_sweep_grid_of_1e12_scenarios_refused(tmp_path, capsys):
     assert not list(tmp_path.glob("*.parts"))
 
 
+def test_sweep_r_max_bounded_before_work(tmp_path, capsys):
+    """r_max = 1e8 used to hang (1e8 rows per scenario, formatted in Python): refused up front
+    by the cap, and a smaller r_max whose one scenario exceeds memory_budget_mb by the budget."""
+    huge = spec_file(tmp_path, "r_max = 100000000\n" + SMALL_SPEC.replace("r_max = 3\n", ""))
+    refused(["sweep", huge, "--quiet"], capsys, str(huge), "field r_max", "<= 1048576")
+    body = "r_max = 200000\nmemory_budget_mb = 64\n" + SMALL_SPEC.replace("r_max = 3\n", "")
+    big = spec_file(tmp_path, body, "b.toml")
+    refused(["sweep", big, "--quiet"], capsys, str(big), "field r_max", "memory_budget_mb = 64")
+    assert not list(tmp_path.glob("*.parts"))
+
+
 def test_memory_budget_option_and_default(monkeypatch, capsys):
     assert memory.parse_size("2G") == 2 << 30 and memory.parse_size("512") == 512 << 20
     with pytest.raises(InputError):
@@ -282,6 +293,53 @@ def test_output_locations_checked_before_work(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "s.toml"]  # no strays
 
 
+def test_special_files_and_pseudo_filesystems_refused(tmp_path, capsys):
+    """An existing FIFO (like /dev/full: not a regular file) is never replaced by the table;
+    /proc takes no new files even for root (os.access says yes there); --out "" is refused."""
+    spec = spec_file(tmp_path, SMALL_SPEC)
+    fifo = tmp_path / "fifo.csv"
+    os.mkfifo(fifo)
+    refused(["sweep", spec, "--out", fifo, "--quiet"], capsys, "--out", "not a regular file")
+    assert fifo.is_fifo() and not parts_dir(fifo).exists()
+    refused(["sweep", spec, "--out", "/proc/version", "--quiet"], capsys, "--out", "/proc")
+    refused(["sweep", spec, "--out", "/proc/afd/t.csv", "--quiet"], capsys, "--out", "/proc")
+    refused(["reproduce", "--quick", "--no-plots", "--out", "/proc/afd"], capsys, "/proc")
+    refused(["sweep", spec, "--out", "", "--quiet"], capsys, "--out: empty path")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.csv", "s.toml"]
+
+
+def test_missing_parent_folders_created_for_spec_output_and_out(tmp_path, capsys):
+    """Documented choice (docs/sweep.md): missing parents of the table are created, the same
+    for the spec's `output` and for --out."""
+    out = tmp_path / "a" / "b" / "t.csv"
+    body = SMALL_SPEC.replace(', "gaussian"', "")  # mean-field only: fast
+    spec = spec_file(tmp_path, f'output = "{out}"\n' + body)
+    assert cli(["sweep", spec, "--quiet"], capsys)[0] == 0 and out.is_file()
+    out2 = tmp_path / "c" / "d" / "t.csv"
+    assert cli(["sweep", spec, "--out", out2, "--quiet"], capsys)[0] == 0
+    assert out2.read_bytes() == out.read_bytes()
+
+
+def test_table_format_follows_the_output_suffix(tmp_path, capsys):
+    """--out x.parquet used to get CSV text (the format came from the spec only): the suffix
+    decides, a conflict with the spec's `format` and an unknown suffix are refused."""
+    body = SMALL_SPEC.replace(', "gaussian"', "")
+    spec = spec_file(tmp_path, body)
+    refused(["sweep", spec, "--out", tmp_path / "t.xlsx", "--quiet"], capsys, "--out", ".xlsx")
+    csv_fmt = spec_file(tmp_path, 'format = "csv"\n' + body, "c.toml")
+    line = refused(["sweep", csv_fmt, "--out", tmp_path / "t.parquet", "--quiet"], capsys)
+    assert "conflicts" in line and "--out" in line and str(csv_fmt) in line
+    both = spec_file(tmp_path, f'format = "csv"\noutput = "{tmp_path / "t.parquet"}"\n' + body)
+    refused(["sweep", both, "--quiet"], capsys, str(both), "field output", "conflicts")
+    odd = spec_file(tmp_path, f'output = "{tmp_path / "t.xlsx"}"\n' + body, "o.toml")
+    refused(["sweep", odd, "--quiet"], capsys, str(odd), "field output", ".xlsx")
+    assert not list(tmp_path.glob("t.*"))
+    pq_spec = spec_file(tmp_path, f'output = "{tmp_path / "t.parquet"}"\n' + body, "p.toml")
+    out = tmp_path / "t.csv"  # the spec's output is Parquet, --out .csv: CSV it is
+    assert cli(["sweep", pq_spec, "--out", out, "--quiet"], capsys)[0] == 0
+    assert out.read_text().startswith("scenario,")
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_folder_refused(tmp_path, capsys):
     ro = tmp_path / "ro"
@@ -343,6 +401,15 @@ def test_typed_values(tmp_path, capsys):
     binary.write_bytes(bytes(range(256)) * 4)
     refused(["sweep", binary], capsys, str(binary), "UTF-8")
     refused(["simulate", "--workload", WL, "-B", "x"], capsys, "invalid int")  # argparse: 1 line
+
+
+def test_sweep_flags_and_spec_folder(tmp_path, capsys):
+    spec = spec_file(tmp_path, SMALL_SPEC)
+    out = tmp_path / "o.csv"
+    for t in ("-1", "0", "nan"):
+        refused(["sweep", spec, "--out", out, "--peer-timeout", t, "--quiet"], capsys, "--peer")
+    refused(["sweep", tmp_path, "--quiet"], capsys, str(tmp_path), "is a folder")
+    assert not out.exists() and not parts_dir(out).exists()
 
 
 def test_distributed_without_coordinator(tmp_path, capsys, monkeypatch):

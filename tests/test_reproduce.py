@@ -278,3 +278,34 @@ def test_traces_folder_from_flag_or_environment(tmp_path, monkeypatch):
     plan = plan_reproduction(quick=False, seed=0, traces_dir=tmp_path)
     assert plan.skipped == ["azure-conv", "azure-code"]
     assert plan.skip_reason == "trace files not found"
+
+
+def test_damaged_part_is_recomputed_not_resumed(tmp_path, monkeypatch, capsys):
+    """A part file truncated after a kill (or written without its checksum) no longer counts as
+    done: part_v1 recomputes it instead of assembling a 2-line v1_curves.csv."""
+    from afd_jax.studies.reproduce import runs
+    from afd_jax.studies.reproduce.parts import part_done, read_csv, write_part_csv
+
+    rows = read_csv(COMMITTED_QUICK / "v1_curves.csv")
+    names = ["v1_curves.csv", "v1_summary.csv"]
+    write_part_csv(tmp_path / names[0], rows)
+    write_part_csv(tmp_path / names[1], read_csv(COMMITTED_QUICK / "v1_summary.csv"))
+    assert (tmp_path / names[0]).read_bytes() == (COMMITTED_QUICK / names[0]).read_bytes()
+    assert part_done(tmp_path, names)
+
+    class Recomputed(Exception):
+        pass
+
+    def recompute(*_):
+        raise Recomputed
+
+    monkeypatch.setattr(runs, "resolve_workload", recompute)
+    runs.part_v1(config(True, 0), tmp_path)  # intact: skipped, nothing recomputed
+    curves = tmp_path / names[0]
+    curves.write_bytes(curves.read_bytes()[:150])
+    with pytest.raises(Recomputed):
+        runs.part_v1(config(True, 0), tmp_path)
+    assert f"{curves}: damaged" in capsys.readouterr().err
+    write_part_csv(curves, rows)
+    (tmp_path / "v1_summary.csv.sha256").unlink()  # a part from before checksums, or a kill
+    assert not part_done(tmp_path, names)

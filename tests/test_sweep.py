@@ -355,3 +355,119 @@ def test_part_store_open_resume_merge_finish(tmp_path):
     assert store.finish(opened.manifest, ["p0", "p1"])["complete"]
     assert sorted(p.name for p in store.folder.iterdir()) == [MANIFEST]
     assert not store.open({"digest": "c"}, resume=False).resumed  # finished: starts over
+
+
+def test_part_store_checksums_and_damaged_manifests(tmp_path):
+    """A part counts only when its checksum matches: truncated, random bytes or no checksum is
+    damaged (discarded before a resume, refused by merge); parts without a manifest, or with a
+    manifest that is not JSON, are refused (PartsMismatch), with or without resume."""
+    store = PartStore(tmp_path / "parts")
+    store.open({"digest": "a"}, resume=False)
+    for i in range(4):
+        store.write(f"p{i}", f"x,{i}\n" * 50)
+    assert store.has("p0", "p1", "p2", "p3")
+    store.path("p1").write_bytes(store.path("p1").read_bytes()[:100])  # truncated
+    store.path("p2").write_bytes(os.urandom(300))  # random bytes
+    (store.folder / "p3.sha256").unlink()  # killed between the part and its checksum
+    assert store.missing(["p0", "p3"]) == ["p3"]
+    with pytest.raises(InputError, match="p1: damaged part"):
+        store.merge(["p0", "p1"], tmp_path / "out.csv")
+    assert not (tmp_path / "out.csv").exists() and not list(tmp_path.glob("out.csv*"))
+    assert store.discard_damaged(["p0", "p1", "p2", "p3"]) == ["p1", "p2", "p3"]
+    assert store.missing(["p0", "p1", "p2", "p3"]) == ["p1", "p2", "p3"]
+    store.merge(["p0"], tmp_path / "out.csv")
+    assert (tmp_path / "out.csv").read_text() == "x,0\n" * 50
+
+    store.manifest_path.write_text("{not json")
+    for resume in (True, False):
+        with pytest.raises(PartsMismatch, match="damaged"):
+            store.open({"digest": "a"}, resume=resume)
+    store.manifest_path.unlink()
+    for resume in (True, False):
+        with pytest.raises(PartsMismatch, match="no manifest"):
+            store.open({"digest": "a"}, resume=resume)
+
+
+MF_ONLY = '["mean_field"]'
+
+
+def interrupted_sweep(plan, out, monkeypatch, n_parts=2):
+    """Run ``plan`` into ``out`` and fail it after ``n_parts`` chunks (a kill leaves the same
+    state: whole parts and the manifest)."""
+    from afd_jax.studies.sweep import evaluate
+
+    real, calls = evaluate.Evaluator.evaluate, []
+
+    def stop(self, lo, hi):
+        calls.append(lo)
+        if len(calls) > n_parts:
+            raise KeyboardInterrupt
+        return real(self, lo, hi)
+
+    with monkeypatch.context() as m:
+        m.setattr(evaluate.Evaluator, "evaluate", stop)
+        with pytest.raises(KeyboardInterrupt):
+            S.run_sweep(plan, output=str(out), progress=False)
+    return S.parts_dir(out)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "random", "no-checksum"])
+def test_resume_recomputes_damaged_parts(traces, tmp_path, monkeypatch, capsys, damage):
+    spec = tmp_path / "s.toml"
+    ref, out = tmp_path / "ref.csv", tmp_path / "o.csv"
+    spec.write_text(spec_text(traces, ref, methods=MF_ONLY))
+    plan = S.make_plan(S.load_spec(spec))
+    S.run_sweep(plan, progress=False)
+    parts = interrupted_sweep(plan, out, monkeypatch)
+    victim = parts / S.part_name(1)
+    if damage == "truncate":
+        victim.write_bytes(victim.read_bytes()[:100])
+    elif damage == "random":
+        victim.write_bytes(os.urandom(2000))
+    else:
+        (parts / (victim.name + ".sha256")).unlink()
+    res = S.run_sweep(plan, output=str(out), resume=True, progress=False)
+    assert res.chunks_computed == res.n_chunks - 1  # only part 0 was kept
+    assert out.read_bytes() == ref.read_bytes()
+    assert str(victim) in capsys.readouterr().err
+
+
+def test_resume_refuses_parts_without_a_valid_manifest(traces, tmp_path, monkeypatch, capsys):
+    """A deleted or damaged manifest with parts present is never resumed as success (it used to
+    report every row while the table held only the parts found); exit 2 in one line."""
+    from afd_jax.cli import main
+
+    spec = tmp_path / "s.toml"
+    out = tmp_path / "o.csv"
+    spec.write_text(spec_text(traces, out, methods=MF_ONLY))
+    parts = interrupted_sweep(S.make_plan(S.load_spec(spec)), out, monkeypatch)
+    (parts / MANIFEST).write_text('{"digest": ')
+    for extra in (["--resume"], []):
+        assert main(["sweep", str(spec), "--quiet", *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "manifest.json is damaged" in err[0], err
+    (parts / MANIFEST).unlink()
+    for extra in (["--resume"], [], ["--resume", "--chunk-size", "2"]):
+        assert main(["sweep", str(spec), "--quiet", *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "no manifest" in err[0] and "--out" in err[0], err
+    assert not out.exists()
+
+
+def test_changed_spec_messages_do_not_loop(traces, tmp_path, monkeypatch, capsys):
+    """Partial results of another spec: with and without --resume the same advice (delete the
+    folder or choose another --out); it used to send the user from one flag to the other."""
+    from afd_jax.cli import main
+
+    spec = tmp_path / "s.toml"
+    out = tmp_path / "o.csv"
+    spec.write_text(spec_text(traces, out, methods=MF_ONLY))
+    interrupted_sweep(S.make_plan(S.load_spec(spec)), out, monkeypatch)
+    assert main(["sweep", str(spec), "--quiet"]) == 2  # same spec: resume it
+    assert "pass --resume" in capsys.readouterr().err
+    spec.write_text(spec_text(traces, out, methods=MF_ONLY).replace("r_max = 12", "r_max = 11"))
+    for extra in (["--resume"], []):
+        assert main(["sweep", str(spec), "--quiet", *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "different spec" in err[0], err
+        assert "another --out" in err[0] and "--resume" not in err[0], err

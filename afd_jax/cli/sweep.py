@@ -5,6 +5,7 @@ One table row per (scenario, r) with each method's throughput, written in atomic
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -68,14 +69,17 @@ def add_parser(subparsers) -> None:
         default=120.0,
         metavar="S",
         help="multi-process: process 0 reports a process whose heartbeat is older than S "
-        "seconds and stops (finished chunks are kept; rerun with --resume); default 120",
+        "seconds (> 0) and stops (finished chunks are kept; rerun with --resume); default 120",
     )
     p.set_defaults(func=run)
 
 
 def _check_parquet(spec, out: str, spec_path: str) -> None:
-    """Parquet output needs pyarrow (an optional dependency): InputError before any work."""
-    if spec.format == "parquet" or out.endswith(".parquet"):
+    """The table's format from its suffix (agreeing with the spec's ``format``); Parquet output
+    needs pyarrow (an optional dependency): InputError before any work."""
+    from afd_jax.studies.sweep.spec import output_format
+
+    if output_format(spec, out) == "parquet":
         try:
             import pyarrow  # noqa: F401  (optional dependency, only probed here)
         except ImportError:
@@ -106,8 +110,11 @@ def run(args) -> int:
     jax.config.update("jax_enable_x64", True)
     if args.chunk_size is not None and args.chunk_size < 1:
         raise InputError(f"must be >= 1, got {args.chunk_size}", field="--chunk-size")
+    if not (math.isfinite(args.peer_timeout) and args.peer_timeout > 0):
+        raise InputError(f"must be a number of seconds > 0, got {args.peer_timeout}",
+                         field="--peer-timeout")  # fmt: skip
     spec = load_spec(args.spec)
-    out = args.out or spec.output
+    out = spec.output if args.out is None else args.out  # --out "" is refused, not ignored
     _check_outputs(args, out)
     _check_parquet(spec, out, args.spec)
     plan = make_plan(spec)  # resolves and validates everything before any evaluation

@@ -8,9 +8,15 @@ finished ones. A :class:`PartStore` is a folder::
                              plus anything the caller pins: columns, chunk size, ...) and
                              whether the run completed
     <folder>/<name>          one text file per finished part
+    <folder>/<name>.sha256   its checksum (SHA-256 and byte count), written after the part
 
 API (every write is atomic: temp file in the same folder, fsync, ``os.replace``; a killed
-process leaves a part whole or absent, never half-written):
+process leaves a part whole or absent, never half-written). A part counts as finished only
+when its checksum file matches its bytes (:func:`part_state`): one killed between the two
+writes, truncated, overwritten or undecodable is *damaged*; a resume recomputes it
+(:meth:`PartStore.discard_damaged`) and a merge refuses it (:class:`PartDamaged`, naming the
+file). A folder with parts but no manifest, or a manifest that is not a JSON object, is refused
+(:class:`PartsOrphaned`, a :class:`PartsMismatch`): its parts cannot be matched to a run.
 
 * ``store = PartStore(folder)``; ``opened = store.open(manifest, resume=...)`` creates the folder
   and writes ``manifest`` (a JSON-able dict with a ``"digest"`` key), or, with ``resume=True``,
@@ -20,7 +26,10 @@ process leaves a part whole or absent, never half-written):
   another ``match`` key); a completed run's folder is cleared and started over when ``resume``
   is False.
 * ``store.has(*names)``, ``store.missing(names)``, ``store.write(name, text)``,
-  ``store.read(name)``, ``store.path(name)`` for one part.
+  ``store.read(name)``, ``store.path(name)`` for one part; ``store.discard_damaged(names)``
+  removes the damaged ones before a resume. ``write_part(path, text)`` and ``part_state(path)``
+  are the same checksummed write and check for a part file outside a store (the
+  reproduction's parts).
 * ``store.merge(names, out, header)`` concatenates parts (in the given order) into ``out``
   atomically; ``store.finish(manifest, names)`` marks the manifest complete and removes the
   merged parts (the manifest stays, so a resumed finished run has nothing to do).
@@ -44,6 +53,7 @@ False
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -56,19 +66,25 @@ from typing import NamedTuple
 from afd_jax.errors import InputError
 
 __all__ = [
+    "CHECKSUM_SUFFIX",
     "MANIFEST",
     "Heartbeat",
     "PeersLost",
     "Opened",
+    "PartDamaged",
     "PartStore",
     "PartsExist",
     "PartsLocked",
     "PartsMismatch",
+    "PartsOrphaned",
     "atomic_write",
+    "part_state",
     "wait_until",
+    "write_part",
 ]
 
 MANIFEST = "manifest.json"
+CHECKSUM_SUFFIX = ".sha256"
 
 
 def _tmp_path(path: Path) -> Path:
@@ -80,14 +96,52 @@ def atomic_write(path, text: str) -> None:
     path = Path(path)
     tmp = _tmp_path(path)
     try:
-        with open(tmp, "w", newline="") as fh:
-            fh.write(text)
+        with open(tmp, "wb") as fh:
+            fh.write(text.encode("utf-8"))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a failed write leaves no stray temp file
         raise
+
+
+def checksum_path(path) -> Path:
+    """The checksum file of part ``path``: ``<path>.sha256``."""
+    path = Path(path)
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def _checksum(data: bytes) -> str:
+    return f"{hashlib.sha256(data).hexdigest()} {len(data)}\n"
+
+
+def _matches(path: Path, data: bytes) -> bool:
+    """Whether the checksum file of ``path`` is there and matches ``data``."""
+    try:
+        return checksum_path(path).read_bytes() == _checksum(data).encode()
+    except OSError:
+        return False
+
+
+def write_part(path, text: str) -> None:
+    """Write part ``path`` atomically, then its checksum file (atomically too): a part whose
+    checksum file is missing or does not match is not finished (:func:`part_state`)."""
+    atomic_write(path, text)
+    atomic_write(checksum_path(path), _checksum(text.encode("utf-8")))
+
+
+def part_state(path) -> str:
+    """``"missing"`` (no part file), ``"ok"`` (its checksum file matches its bytes) or
+    ``"damaged"`` (no or another checksum: killed between the two writes, truncated, edited)."""
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return "damaged"
+    return "ok" if _matches(path, data) else "damaged"
 
 
 def wait_until(cond, timeout_s: float, what: str, poll_s: float = 0.5) -> None:
@@ -142,6 +196,14 @@ class PartsMismatch(InputError):
     """The parts in the folder belong to another spec or configuration."""
 
 
+class PartDamaged(InputError):
+    """A part's bytes do not match the checksum written with it."""
+
+
+class PartsOrphaned(PartsMismatch):
+    """Parts without a manifest, or a damaged manifest: they cannot be matched to a run."""
+
+
 class PartsLocked(InputError):
     """Another process holds the folder's lock (a concurrent run on the same output)."""
 
@@ -170,27 +232,55 @@ class PartStore:
         return self.folder / name
 
     def has(self, *names: str) -> bool:
-        """Whether every named part is finished."""
-        return all(self.path(n).is_file() for n in names)
+        """Whether every named part and its checksum file exist (written completely; the bytes
+        are checked by :meth:`discard_damaged` and :meth:`merge`)."""
+        return all(self.path(n).is_file() and checksum_path(self.path(n)).is_file() for n in names)
 
     def missing(self, names) -> list:
         """The names (in order) whose part is not finished yet."""
-        return [n for n in names if not self.path(n).is_file()]
+        return [n for n in names if not self.has(n)]
 
     def write(self, name: str, text: str) -> None:
-        """Write one part atomically."""
+        """Write one part and its checksum atomically (:func:`write_part`)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path(name), text)
+        write_part(self.path(name), text)
 
     def read(self, name: str) -> str:
-        with open(self.path(name), newline="") as fh:
+        with open(self.path(name), newline="", encoding="utf-8") as fh:
             return fh.read()
 
+    def discard_damaged(self, names) -> list:
+        """Remove every named part that exists but fails its checksum (and its checksum file);
+        returns their names: a resume then recomputes them."""
+        bad = [n for n in names if part_state(self.path(n)) == "damaged"]
+        for n in bad:
+            self.path(n).unlink(missing_ok=True)
+            checksum_path(self.path(n)).unlink(missing_ok=True)
+        return bad
+
     def read_manifest(self) -> dict | None:
-        """The manifest on disk, None when there is none."""
+        """The manifest on disk, None when there is none; :class:`PartsMismatch` when it is not
+        a JSON object (damaged)."""
         if not self.manifest_path.is_file():
             return None
-        return json.loads(self.manifest_path.read_text())
+        try:
+            found = json.loads(self.manifest_path.read_bytes())
+        except (ValueError, OSError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            found = None
+        if not isinstance(found, dict):
+            raise PartsOrphaned(
+                f"{self.manifest_path} is damaged (not a JSON object): the parts in "
+                f"{self.folder} cannot be matched to a run; delete that folder to start over",
+                path=str(self.manifest_path),
+            )
+        return found
+
+    def _has_results(self) -> bool:
+        """Whether the folder holds parts (anything but locks, heartbeats and temp files)."""
+        return self.folder.is_dir() and any(
+            not c.name.startswith(("lock.", "alive-")) and ".tmp" not in c.name
+            for c in self.folder.iterdir()
+        )
 
     def write_manifest(self, manifest: dict) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -209,20 +299,27 @@ class PartStore:
     def open(self, manifest: dict, *, resume: bool, match=("digest",)) -> Opened:
         """Start a run (write ``manifest`` with ``complete = False``) or resume the one on disk.
 
-        Raises :class:`PartsExist` (parts of an unfinished run, ``resume`` False) or
-        :class:`PartsMismatch` (``resume`` True but a ``match`` key differs)."""
+        Raises :class:`PartsMismatch` (the unfinished parts on disk belong to another run: a
+        ``match`` key differs, or there are parts but no valid manifest; with or without
+        ``resume``) or :class:`PartsExist` (parts of this same run, ``resume`` False)."""
         found = self.read_manifest()
         if found is not None and found.get("complete") and not resume:
             self._clear()  # a finished run's record: a plain rerun starts over
             found = None
+        if found is None and self._has_results():
+            raise PartsOrphaned(
+                f"{self.folder} holds parts but no manifest: they cannot be matched to a run; "
+                "delete that folder to start over",
+                path=str(self.folder),
+            )
         if found is None:
             manifest = {**manifest, "complete": False}
             self.write_manifest(manifest)
             return Opened(manifest, False)
-        if not resume:
-            raise PartsExist(f"partial results exist in {self.folder}")
         if any(found.get(k) != manifest.get(k) for k in match):
             raise PartsMismatch(f"the partial results in {self.folder} come from elsewhere")
+        if not resume:
+            raise PartsExist(f"partial results exist in {self.folder}")
         return Opened(found, True)
 
     @contextlib.contextmanager
@@ -247,18 +344,30 @@ class PartStore:
             fh.close()
 
     def merge(self, names, out, header: str = "") -> None:
-        """Write ``header`` and the named parts, in order, into ``out`` atomically."""
+        """Write ``header`` and the named parts, in order, into ``out`` atomically; raises
+        :class:`PartDamaged` naming the first part that fails its checksum (``out`` is then
+        left as it was)."""
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = _tmp_path(out)
-        with open(tmp, "w", newline="") as fh:
-            fh.write(header)
-            for name in names:
-                with open(self.path(name)) as part:
-                    shutil.copyfileobj(part, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(header.encode("utf-8"))
+                for name in names:
+                    data = self.path(name).read_bytes()
+                    if not _matches(self.path(name), data):
+                        raise PartDamaged(
+                            "damaged part (its checksum does not match); run again with "
+                            "--resume to recompute it",
+                            path=str(self.path(name)),
+                        )
+                    fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, out)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def wait_for_parts(self, names, owner, peer_timeout_s: float, timeout_s: float, poll_s=0.5):
         """Wait until every named part exists; ``owner(i)`` is the process writing part i.
@@ -266,7 +375,7 @@ class PartStore:
         heartbeat for ``peer_timeout_s`` (or never did, that long after the wait began),
         RuntimeError after ``timeout_s``."""
         t0 = time.monotonic()
-        while missing := [i for i, n in enumerate(names) if not self.path(n).is_file()]:
+        while missing := [i for i, n in enumerate(names) if not self.has(n)]:
             now, wall = time.monotonic(), time.time()
             lost = {}
             for i in missing:
@@ -294,6 +403,7 @@ class PartStore:
         self.write_manifest(manifest)
         for name in names:
             self.path(name).unlink(missing_ok=True)
+            checksum_path(self.path(name)).unlink(missing_ok=True)
         for stray in [*self.folder.glob("*.tmp*"), *self.folder.glob("alive-*")]:
             stray.unlink(missing_ok=True)
         return manifest

@@ -2,8 +2,11 @@
 so that it can be swapped for the shared store of the studies.
 
 Every part (a group of CSV files) lands in ``out/parts/<config hash>/`` as soon as it is done
-(each file written atomically); a rerun with the same configuration finds it and skips the
-part; :func:`assemble` copies or concatenates finished parts into the final tables in ``out``.
+(each file written atomically, with a checksum file, by the shared store's
+:func:`afd_jax.studies.store.write_part`); a rerun with the same configuration finds it and
+skips the part, unless a file of it fails its checksum (truncated, edited, or written before
+checksums): then the part is recomputed. :func:`assemble` copies or concatenates finished
+parts into the final tables in ``out``.
 Floats are written with 6 significant digits (magnitudes below 1e-7 as 0), so the same seed
 regenerates the tables byte for byte.
 """
@@ -11,13 +14,16 @@ regenerates the tables byte for byte.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from afd_jax.studies.reproduce.configs import config_hash
+from afd_jax.studies.store import part_state, write_part
 
 __all__ = [
     "as_float",
@@ -27,6 +33,7 @@ __all__ = [
     "parts_folder",
     "read_csv",
     "write_csv",
+    "write_part_csv",
 ]
 
 
@@ -54,19 +61,32 @@ def format_value(v) -> str:
     return str(v)
 
 
+def _csv_text(rows: list[dict]) -> str:
+    f = io.StringIO()
+    if rows:
+        wr = csv.writer(f, lineterminator="\n")
+        keys = list(rows[0])
+        wr.writerow(keys)
+        for row in rows:
+            wr.writerow([format_value(row.get(k)) for k in keys])
+    return f.getvalue()
+
+
 def write_csv(path: Path, rows: list[dict]) -> None:
     """Write rows (dicts with the same keys) atomically, floats at 6 significant digits
     (magnitudes below 1e-7 as 0)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w", newline="") as f:
-        if rows:
-            wr = csv.writer(f, lineterminator="\n")
-            keys = list(rows[0])
-            wr.writerow(keys)
-            for row in rows:
-                wr.writerow([format_value(row.get(k)) for k in keys])
+        f.write(_csv_text(rows))
     os.replace(tmp, path)
+
+
+def write_part_csv(path: Path, rows: list[dict]) -> None:
+    """Write one file of a part like :func:`write_csv`, with its checksum file (resume checks
+    it: :func:`part_done`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_part(path, _csv_text(rows))
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -91,8 +111,18 @@ def parts_folder(out: Path, cfg: dict) -> Path:
 
 
 def part_done(parts: Path, names: list[str]) -> bool:
-    """Whether every file of a part exists (the part is then skipped on resume)."""
-    return all((parts / name).exists() for name in names)
+    """Whether every file of a part exists and matches its checksum (the part is then skipped
+    on resume). A damaged file (truncated, edited, no checksum) is said on stderr and the part
+    is recomputed."""
+    states = {name: part_state(parts / name) for name in names}
+    bad = [name for name, state in states.items() if state == "damaged"]
+    if bad:
+        print(
+            f"[reproduce] {parts / bad[0]}: damaged (checksum); recomputing its part",
+            file=sys.stderr,
+            flush=True,
+        )
+    return all(state == "ok" for state in states.values())
 
 
 def assemble(out: Path, parts: Path, tables: dict[str, list[str]]) -> None:

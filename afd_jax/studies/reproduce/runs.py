@@ -29,7 +29,7 @@ from afd_jax.studies.reproduce.methods import (
     optimiser_choice,
     simulate_stationary,
 )
-from afd_jax.studies.reproduce.parts import part_done, write_csv
+from afd_jax.studies.reproduce.parts import part_done, write_part_csv
 from afd_jax.workload.specs import resolve_workload
 from afd_jax.workload.statistics import workload_stats
 
@@ -197,8 +197,8 @@ def part_v1(cfg: dict, parts: Path) -> None:
     summary = _v1_optima(cfg, m, optimiser, sim, cold)
     if 32 <= r_max:
         summary += _v1_r32(m, sim, cold, active)
-    write_csv(parts / "v1_curves.csv", rows)
-    write_csv(parts / "v1_summary.csv", [dict(quantity=q, value=v) for q, v in summary])
+    write_part_csv(parts / "v1_curves.csv", rows)
+    write_part_csv(parts / "v1_summary.csv", [dict(quantity=q, value=v) for q, v in summary])
 
 
 # ------------------------------------------------------------------------------ drain
@@ -248,7 +248,7 @@ def part_drain(cfg: dict, parts: Path) -> None:
                     active_fraction=res.active_fraction[0],
                 )
             )
-    write_csv(parts / "v1_drain.csv", rows)
+    write_part_csv(parts / "v1_drain.csv", rows)
 
 
 # ------------------------------------------------------------------------------ workloads grid
@@ -386,5 +386,5 @@ def part_grid(cfg: dict, parts: Path, name: str, batch: int, traces_dir) -> None
         row, scenario_curves = _grid_scenario(cfg, w, st, key)
         rows.append(row)
         curves += scenario_curves
-    write_csv(parts / f"{tag}_curves.csv", curves)
-    write_csv(parts / f"{tag}.csv", rows)
+    write_part_csv(parts / f"{tag}_curves.csv", curves)
+    write_part_csv(parts / f"{tag}.csv", rows)

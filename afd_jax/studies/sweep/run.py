@@ -28,10 +28,17 @@ import jax
 from tqdm import tqdm
 
 from afd_jax.errors import InputError
-from afd_jax.studies.store import Heartbeat, PartsExist, PartsMismatch, PartStore, wait_until
+from afd_jax.studies.store import (
+    Heartbeat,
+    PartsExist,
+    PartsMismatch,
+    PartsOrphaned,
+    PartStore,
+    wait_until,
+)
 from afd_jax.studies.sweep.evaluate import Evaluator
 from afd_jax.studies.sweep.plan import SweepPlan
-from afd_jax.studies.sweep.spec import SweepSpec
+from afd_jax.studies.sweep.spec import SweepSpec, output_format, scenario_work_bytes
 from afd_jax.studies.sweep.table import format_rows
 
 __all__ = ["SweepResult", "default_chunk_size", "parts_dir", "part_name", "run_sweep"]
@@ -41,8 +48,7 @@ def default_chunk_size(spec: SweepSpec, n_scenarios: int, n_devices: int = 1) ->
     """Scenarios per chunk from the memory budget: about r_max * 8 bytes * (rows of working
     arrays per method; the Gaussian tail integral's quadrature dominates), at least the device
     count, at most 8192 (so progress and checkpoints stay frequent)."""
-    per = 16 + (256 if "gaussian" in spec.methods else 0) + (32 if "exact" in spec.methods else 0)
-    per_scenario = spec.r_max * 8 * per
+    per_scenario = scenario_work_bytes(spec.methods, spec.r_max)
     n = int(spec.memory_budget_mb * 2**20 // per_scenario)
     n = max(n_devices, min(n, 8192, max(n_scenarios, 1)))
     return n
@@ -110,23 +116,32 @@ def _open_store(plan: SweepPlan, out: Path, resume: bool, chunk_size, progress: 
         "n_scenarios": n,
         "n_chunks": -(-n // size),
         "columns": plan.columns(),
-        "format": spec.format,
+        "format": output_format(spec, str(out)),
     }
     try:
         opened = store.open(manifest, resume=resume, match=("digest", "columns"))
     except PartsExist:
         raise InputError(
-            f"partial sweep results exist in {store.folder}; pass --resume to continue them or "
-            "delete that folder to start over",
+            f"partial results of this spec exist in {store.folder}; pass --resume to continue "
+            "them, or delete that folder to start over",
             path=str(out),
         ) from None
+    except PartsOrphaned as err:
+        raise InputError(f"{err.reason} (or choose another --out)", path=str(out)) from None
     except PartsMismatch:
         raise InputError(
             f"the partial results in {store.folder} come from a different spec; delete that "
-            "folder or run without --resume",
+            "folder to start over, or choose another --out",
             path=spec.path,
         ) from None
     man = opened.manifest
+    size = man.get("chunk_size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise InputError(
+            f"{store.manifest_path} is damaged (chunk_size {size!r}); delete {store.folder} to "
+            "start over, or choose another --out",
+            path=str(out),
+        )
     requested = chunk_size is not None and chunk_size != man["chunk_size"]
     if opened.resumed and requested and progress:
         print(
@@ -203,6 +218,7 @@ def run_sweep(
     """
     t_start = time.perf_counter()
     out = Path(output or plan.spec.output)
+    output_format(plan.spec, str(out))  # a suffix the table cannot have: refused before work
     if process_index != 0:  # other hosts join the run process 0 set up (its manifest)
         manifest_file = PartStore(parts_dir(out)).manifest_path
         wait_until(manifest_file.is_file, merge_timeout_s, "the manifest")
@@ -234,6 +250,13 @@ def _run_locked(plan, out: Path, resume, chunk_size, progress, where, t_start) -
         )  # fmt: skip
     names = [part_name(c) for c in range(n_chunks)]
     mine = [c for c in range(n_chunks) if c % process_count == process_index]
+    bad = store.discard_damaged([names[c] for c in mine])
+    if bad:  # said even without a progress bar: the user should know the folder was damaged
+        print(
+            f"afd-jax sweep: {len(bad)} damaged part(s) (checksum), recomputed: "
+            f"{store.path(bad[0])}" + (" ..." if len(bad) > 1 else ""),
+            file=sys.stderr,
+        )
     todo = [c for c in mine if not store.has(names[c])]
     sizes = {c: min(n, (c + 1) * chunk_size) - c * chunk_size for c in mine}
     bar = _progress_bar(sizes, set(mine) - set(todo), progress)
@@ -243,7 +266,7 @@ def _run_locked(plan, out: Path, resume, chunk_size, progress, where, t_start) -
         if process_count > 1:  # a single process wrote every part itself: nothing to wait for
             owner = lambda c: c % process_count  # noqa: E731
             store.wait_for_parts(names, owner, peer_timeout_s, merge_timeout_s)
-        _merge(store, out, plan.columns(), names, spec.format)
+        _merge(store, out, plan.columns(), names, output_format(spec, str(out)))
         store.finish(man, names)  # keeps the manifest: --resume then has nothing to do
     rows = sum(sizes[c] for c in todo) * spec.r_max
     return SweepResult(

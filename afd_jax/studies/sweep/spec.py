@@ -23,7 +23,7 @@ from afd_jax.montecarlo.dynamics import DYNAMICS_KEYS, dynamics_options
 from afd_jax.montecarlo.spine import PRECISIONS
 from afd_jax.studies.sweep.fields import FORMATS, METHODS, SCALE_FIELDS, SWEPT_FIELDS
 
-__all__ = ["SweepSpec", "grid_values", "load_spec", "parse_sweep_spec"]
+__all__ = ["SweepSpec", "grid_values", "load_spec", "output_format", "parse_sweep_spec"]
 
 _TOP_KEYS = {
     "name",
@@ -84,6 +84,7 @@ class SweepSpec:
     exact: dict = field(default_factory=dict)
     mc: dict = field(default_factory=dict)
     gaussian: dict = field(default_factory=dict)
+    format_given: str | None = None  # the spec's `format` key as written (None: not given)
 
     @property
     def scaled(self) -> bool:
@@ -95,7 +96,8 @@ class SweepSpec:
     def canonical(self) -> dict:
         """Everything that determines the table's content (not where it goes)."""
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        for k in ("path", "output", "format", "chunk_size", "memory_budget_mb", "name"):
+        for k in ("path", "output", "format", "format_given", "chunk_size", "memory_budget_mb",
+                  "name"):  # fmt: skip
             d.pop(k)
         return json.loads(json.dumps(d, default=str))
 
@@ -134,6 +136,37 @@ def _int(x, key, path, lo: int | None = None) -> int:
 # Host memory per scenario of a plan (its 8 float64 coefficients twice, indices, the rows of a
 # chunk's arrays): the estimate checked before a grid is expanded.
 SCENARIO_BYTES = 256
+
+
+# r = 1..r_max rows per scenario: beyond this a sweep is hours of table formatting whatever the
+# memory (docs/sweep.md); the working arrays are also checked against memory_budget_mb.
+R_MAX_LIMIT = 1 << 20
+
+
+def scenario_work_bytes(methods, r_max: int) -> int:
+    """Working memory of one scenario in a chunk: about r_max * 8 bytes * (rows of working arrays
+    per method; the Gaussian tail integral's quadrature dominates). The chunk size is the
+    memory budget over this (:func:`afd_jax.studies.sweep.run.default_chunk_size`)."""
+    per = 16 + (256 if "gaussian" in methods else 0) + (32 if "exact" in methods else 0)
+    return r_max * 8 * per
+
+
+def _check_r_max(r_max: int, methods, budget_mb: float, path: str) -> None:
+    """r_max within R_MAX_LIMIT, one scenario's working arrays within memory_budget_mb (a chunk
+    holds at least one scenario) and within the process budget (--memory-budget)."""
+    if r_max > R_MAX_LIMIT:
+        raise _err(f"must be <= {R_MAX_LIMIT} (rows r = 1..r_max per scenario), got {r_max}",
+                   "r_max", path)  # fmt: skip
+    need = scenario_work_bytes(methods, r_max)
+    if need > budget_mb * 2**20:
+        raise _err(
+            f"one scenario of r = 1..{r_max} needs about {need / 2**20:.6g} MiB of working "
+            f"arrays ({', '.join(methods)}), over memory_budget_mb = {budget_mb:g}; lower r_max "
+            "or raise memory_budget_mb",
+            "r_max",
+            path,
+        )
+    require(need, f"one scenario of r = 1..{r_max}", "lower r_max", path)
 
 
 def _require_grid(n: float, key: str, path: str) -> None:
@@ -205,6 +238,37 @@ def grid_values(value, key: str, path: str = "<spec>", integer: bool = False) ->
     return out
 
 
+SUFFIX_FORMATS = {".csv": "csv", ".parquet": "parquet"}
+
+
+def table_format(output: str, given: str | None, path: str, key: str) -> str:
+    """The format of the table ``output``: its suffix decides (``.csv``, ``.parquet``); a
+    ``given`` format (the spec's ``format`` key) must agree with it; without a suffix, ``given``
+    or csv. Another suffix, or a conflict, raises InputError (``path``, field ``key``)."""
+    suffix = Path(output).suffix
+    if suffix and suffix.lower() not in SUFFIX_FORMATS:
+        raise _err(
+            f"unknown table suffix {suffix!r} in {output!r} (use .csv or .parquet)", key, path
+        )
+    fmt = SUFFIX_FORMATS.get(suffix.lower(), given or "csv")
+    if given is not None and given != fmt:
+        raise _err(
+            f"format = {given!r} (the spec's) conflicts with the suffix of {output!r}; drop "
+            "one or make them agree",
+            key,
+            path,
+        )
+    return fmt
+
+
+def output_format(spec: SweepSpec, output: str) -> str:
+    """The format of the table written to ``output`` (the spec's ``output`` or ``--out``):
+    :func:`table_format` with the spec's ``format`` key; InputError before any work."""
+    if output == spec.output:
+        return spec.format
+    return table_format(output, spec.format_given, spec.path, "--out")
+
+
 def _fmt_param(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else repr(float(v))
 
@@ -229,14 +293,16 @@ def _parse_top(data: dict, path: str) -> dict:
     output = data.get("output", str(Path(path).with_suffix(".csv").name))
     if not isinstance(output, str) or not output:
         raise _err("expected a path", "output", path)
-    fmt = data.get("format", "parquet" if output.endswith(".parquet") else "csv")
-    if fmt not in FORMATS:
-        raise _err(f"expected one of {FORMATS}, got {fmt!r}", "format", path)
+    given = data.get("format")
+    if given is not None and given not in FORMATS:
+        raise _err(f"expected one of {FORMATS}, got {given!r}", "format", path)
+    fmt = table_format(output, given, path, "output")
     chunk = data.get("chunk_size")
     chunk = None if chunk is None else _int(chunk, "chunk_size", path, lo=1)
     budget = _number(data.get("memory_budget_mb", 512), "memory_budget_mb", path)
     if budget <= 0:
         raise _err("must be > 0", "memory_budget_mb", path)
+    _check_r_max(r_max, methods, budget, path)
     batches = grid_values(data["batch"], "batch", path, integer=True)
     if np.any(batches < 1):
         raise _err("batch sizes must be >= 1", "batch", path)
@@ -246,6 +312,7 @@ def _parse_top(data: dict, path: str) -> dict:
         methods=methods,
         output=output,
         format=fmt,
+        format_given=given,
         chunk_size=chunk,
         memory_budget_mb=budget,
         batches=tuple(int(b) for b in batches),
@@ -434,6 +501,8 @@ def parse_sweep_spec(data: dict, path: str = "<spec>") -> SweepSpec:
 def load_spec(path) -> SweepSpec:
     """Read and validate a sweep spec TOML file (InputError naming the file and key)."""
     p = Path(path)
+    if p.is_dir():
+        raise InputError("is a folder, expected a spec file (TOML)", path=str(path))
     if not p.is_file():
         raise InputError("no such spec file", path=str(path))
     try:
