@@ -94,7 +94,8 @@ def check_output_file(path: str | os.PathLike, option: str) -> Path:
     """Before any work: ``path`` can be written as a file (not a folder, nor an existing
     device, FIFO or socket, which an atomic replace would clobber; its folder exists or can be
     created, and files can be created in it). Missing parent folders are allowed: the writer
-    creates them. InputError naming ``option`` otherwise; creates nothing."""
+    creates them. InputError naming ``option`` otherwise; leaves nothing behind (a probe
+    file is created and removed)."""
     out = _nonempty(path, option)
     if out.is_dir():
         raise InputError(f"{option}: is a folder, expected a file name", path=str(out))
@@ -114,7 +115,7 @@ def check_output_file(path: str | os.PathLike, option: str) -> Path:
 
 def check_output_dir(path: str | os.PathLike, option: str) -> Path:
     """Before any work: ``path`` is a writable folder or can be created as one (with its
-    missing parents). InputError naming ``option`` otherwise; creates nothing."""
+    missing parents). InputError naming ``option`` otherwise; leaves nothing behind."""
     out = _nonempty(path, option)
     if out.exists() and not out.is_dir():
         raise InputError(f"{option}: exists and is not a folder", path=str(out))

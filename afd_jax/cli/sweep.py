@@ -15,6 +15,7 @@ from afd_jax.cli.common import (
     add_memory_budget_arg,
     emit_json,
     start_distributed,
+    wants_distributed,
 )
 from afd_jax.errors import InputError, check_output_dir, check_output_file
 from afd_jax.studies.store import PeersLost
@@ -121,7 +122,7 @@ def run(args) -> int:
     if args.plot_dir:
         check_axes(plan, args.plot_x, args.plot_y)
     pidx, pcount = 0, 1
-    if args.distributed or args.coordinator:
+    if wants_distributed(args):
         start_distributed(args)
         pidx, pcount = jax.process_index(), jax.process_count()
     if not args.quiet:
