@@ -675,7 +675,7 @@ def _plan(run: StepsRun, setup: StepsSetup, devices: int = 1) -> _Plan:
             moments = _pilot_decode(jr.key(12345), setup.sampler, n=1 << 16)
         mean_d, sd_d = map(float, moments)
 
-    per_request = _request_bytes(setup.sampler)
+    per_request = _request_bytes(setup.sampler) if run.kernel == "fast" else 0
 
     def mem_per_rep(length):
         stats = length * run.r_max * 4 * 24
