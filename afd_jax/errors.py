@@ -66,7 +66,7 @@ def _nonempty(path, option: str) -> Path:
     return Path(path)
 
 
-def _can_create_in(folder: Path) -> bool:
+def can_create_in(folder) -> bool:
     """Whether a file can really be created in ``folder``: a probe file, removed at once. The
     permission bits alone are not enough (root passes ``os.access`` on /proc and /sys, where
     nothing can be created)."""
@@ -80,7 +80,7 @@ def _can_create_in(folder: Path) -> bool:
 
 
 def _writable_dir(folder: Path) -> bool:
-    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK) and _can_create_in(folder)
+    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK) and can_create_in(folder)
 
 
 def _existing_ancestor(path: Path) -> Path:

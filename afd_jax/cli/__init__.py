@@ -12,12 +12,11 @@ import argparse
 import importlib
 import os
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
 from afd_jax import __version__
-from afd_jax.errors import InputError
+from afd_jax.errors import InputError, can_create_in
 from afd_jax.memory import available_cores, budget, current_budget, format_bytes
 
 # Each command's one-line help, in the order shown in --help and in the bare `afd-jax` listing.
@@ -103,24 +102,12 @@ def enable_compilation_cache() -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)
     except OSError:
         return  # read-only home: run without the cache
-    if not _takes_files(folder):
+    if not can_create_in(folder):
         return  # a folder that exists but takes no entries: JAX would warn for every program
     _jax_settings(
         {"jax_compilation_cache_dir": folder, "jax_persistent_cache_min_compile_time_secs": 0},
         override=False,
     )
-
-
-def _takes_files(folder: str) -> bool:
-    """Whether a file can be created in ``folder`` (a probe, removed at once: permission bits
-    do not tell, e.g. for root or on a pseudo file system)."""
-    try:
-        fd, path = tempfile.mkstemp(dir=folder, prefix=".afd-jax-probe-")
-    except OSError:
-        return False
-    os.close(fd)
-    os.unlink(path)
-    return True
 
 
 def use_float64() -> None:
