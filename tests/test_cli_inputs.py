@@ -117,3 +117,14 @@ def test_zero_step_time_names_the_flags_not_only_the_file(capsys):
     assert "--beta-attn" in line
     line = refused(argv + ["--alpha-attn", 0], capsys, "field beta_attn")
     assert ".toml" not in line
+
+
+def test_unknown_system_is_allowed_but_said(capsys):
+    """An unknown --attn-system is allowed on purpose (a custom system priced by [costs] or the
+    flags), but a typo no longer passes silently with its prices printed as "-"."""
+    base = ["provision", "--workload", WL, "--latency", "paper-v1", "-B", 4, "--r-max", 4]
+    base += ["--attn-gpus", 1, "--ffn-gpus", 2, "--ffn-system", "h100_sxm"]
+    rc, _, err = cli(base + ["--attn-system", "h100_sxm"], capsys)
+    assert rc == 0 and not [ln for ln in err if "warning" in ln], err
+    rc, _, err = cli(base + ["--attn-system", "nosuch"], capsys)
+    assert rc == 0 and [ln for ln in err if "warning: attn_system 'nosuch'" in ln], err

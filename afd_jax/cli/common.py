@@ -16,7 +16,7 @@ from afd_jax.errors import (
     positive_int,
 )
 from afd_jax.memory import DEFAULT_FRACTION, parse_size
-from afd_jax.model.hardware import Hardware, feasible_ratios, read_hardware
+from afd_jax.model.hardware import SYSTEMS, Hardware, feasible_ratios, read_hardware
 from afd_jax.model.latency_io import latency_file, resolve_latency
 from afd_jax.workload.specs import resolve_workload
 
@@ -249,7 +249,17 @@ def load_hardware(args) -> Hardware:
     spec = getattr(args, "latency", None)
     path = latency_file(spec) if spec else None
     overrides = {key: getattr(args, key, None) for key, *_ in HARDWARE_FLAGS}
-    return read_hardware(path, overrides)
+    hw = read_hardware(path, overrides)
+    for side in ("attn", "ffn"):
+        system = getattr(hw, f"{side}_system")
+        if system and system not in SYSTEMS and getattr(hw, f"{side}_price") is None:
+            print(
+                f"afd-jax {args.command}: warning: {side}_system {system!r} is not one of "
+                f"{', '.join(SYSTEMS)}: its price, power and memory come only from [costs] "
+                "or the flags",
+                file=sys.stderr,
+            )
+    return hw
 
 
 def parse_int_list(text: str | None, field: str) -> list[int] | None:
