@@ -125,15 +125,18 @@ def _matches(path: Path, data: bytes) -> bool:
 
 
 def write_part(path, text: str) -> None:
-    """Write part ``path`` atomically, then its checksum file (atomically too): a part whose
-    checksum file is missing or does not match is not finished (:func:`part_state`)."""
-    atomic_write(path, text)
+    """Write the checksum file of part ``path``, then the part (each atomically): a part file
+    that exists has its checksum already, so a reader (a resume, a peer process, the merge)
+    never sees a finished part without one; a kill between the two leaves only the checksum,
+    and the part counts as missing. A part whose checksum file is missing or does not match
+    is damaged (:func:`part_state`)."""
     atomic_write(checksum_path(path), _checksum(text.encode("utf-8")))
+    atomic_write(path, text)
 
 
 def part_state(path) -> str:
     """``"missing"`` (no part file), ``"ok"`` (its checksum file matches its bytes) or
-    ``"damaged"`` (no or another checksum: killed between the two writes, truncated, edited)."""
+    ``"damaged"`` (no or another checksum: truncated, edited, or written before checksums)."""
     path = Path(path)
     if not path.is_file():
         return "missing"
