@@ -90,16 +90,19 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
-def check_output_file(path: str | os.PathLike, option: str) -> Path:
+def check_output_file(path: str | os.PathLike, option: str, *, stream_ok: bool = False) -> Path:
     """Before any work: ``path`` can be written as a file (not a folder, nor an existing
     device, FIFO or socket, which an atomic replace would clobber; its folder exists or can be
-    created, and files can be created in it). Missing parent folders are allowed: the writer
-    creates them. InputError naming ``option`` otherwise; leaves nothing behind (a probe
-    file is created and removed)."""
+    created, and files can be created in it; ``stream_ok``: a writer that opens the path
+    instead of replacing it takes a device or FIFO too). Missing parent folders are allowed:
+    the writer creates them. InputError naming ``option`` otherwise; leaves nothing behind (a
+    probe file is created and removed)."""
     out = _nonempty(path, option)
     if out.is_dir():
         raise InputError(f"{option}: is a folder, expected a file name", path=str(out))
     if out.exists() and not out.is_file():
+        if stream_ok:  # a writer that opens the path (no atomic replace): /dev/stdout, a FIFO
+            return out
         raise InputError(
             f"{option}: exists and is not a regular file (a device, FIFO or socket)",
             path=str(out),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from test_reliability import WL, cli, refused
+from test_reliability import ROOT, WL, cli, refused
 
 from afd_jax.montecarlo import simulate as S
 from afd_jax.montecarlo.samplers import make_sampler
@@ -128,3 +128,42 @@ def test_unknown_system_is_allowed_but_said(capsys):
     assert rc == 0 and not [ln for ln in err if "warning" in ln], err
     rc, _, err = cli(base + ["--attn-system", "nosuch"], capsys)
     assert rc == 0 and [ln for ln in err if "warning: attn_system 'nosuch'" in ln], err
+
+
+def test_calibrate_writes_to_a_stream(capfd):
+    """calibrate opens its --out (no atomic replace), so /dev/stdout stays allowed there while
+    the atomic writers (sweep, hardware) refuse devices."""
+    from afd_jax.cli import main
+    from afd_jax.errors import InputError, check_output_file
+
+    with pytest.raises(InputError, match="not a regular file"):
+        check_output_file("/dev/null", "--out")
+    assert main(["calibrate", str(ROOT / "examples" / "profile.csv"), "--out", "/dev/stdout"]) == 0
+    assert "beta_attn" in capfd.readouterr().out
+
+
+def test_merge_waits_for_a_damaged_peer_part(tmp_path):
+    """Process 0 of a resumed multi-process sweep waited only for the parts to exist, so it
+    merged (and refused) a peer's damaged part before the peer rewrote it: it now waits for the
+    checksum to match, and a silent owner is reported as lost."""
+    from afd_jax.studies.store import PartStore, PeersLost
+
+    store = PartStore(tmp_path / "parts")
+    store.open({"digest": "a"}, resume=False)
+    store.write("p0", "x,0\n")
+    store.write("p1", "x,1\n" * 40)
+    store.path("p1").write_bytes(b"x,1\n")  # damaged: truncated, its checksum kept
+    with pytest.raises(PeersLost, match="p1"):
+        store.wait_for_parts(["p0", "p1"], lambda i: i, peer_timeout_s=0.2, timeout_s=5)
+
+
+def test_stray_files_do_not_make_a_parts_folder(tmp_path):
+    """A hidden file (an output check's probe, .DS_Store) or a checksum without its part left
+    in an empty parts folder read as "parts but no manifest" and blocked a fresh run."""
+    from afd_jax.studies.store import PartStore
+
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    (folder / ".DS_Store").write_text("x")
+    (folder / "p9.sha256").write_text("0 0\n")
+    PartStore(folder).open({"digest": "a"}, resume=False)  # no PartsOrphaned

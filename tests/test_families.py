@@ -169,6 +169,17 @@ def test_bad_specs(spec, field):
     assert err.value.field == field
 
 
+def test_lognormal_cap_past_its_mass_costs_nothing():
+    """A log-normal cap far beyond the mass (prompt_max = 1e8, sigma = 1: ndtr is exactly 1.0
+    from e^(mu + 8.3 sigma) on) is cut to e^(mu + 9 sigma): the same marginal as a cap there,
+    bit for bit, where the full lattice (1e8 points) was refused."""
+    far = resolve_workload("lognormal:prompt=800,decode=150,sigma=1,prompt_max=100000000")
+    near = resolve_workload("lognormal:prompt=800,decode=150,sigma=1,prompt_max=5000000")
+    (a,), (b,) = far.components, near.components
+    assert np.array_equal(a.prompt.values, b.prompt.values) and a.prompt.values.max() < 5e6
+    assert np.array_equal(a.prompt.pmf, b.prompt.pmf)
+
+
 def test_spec_grammar():
     w = resolve_workload(
         "0.7*geometric:prompt=100,decode=500;0.3*deterministic:prompt=2000,decode=20"
@@ -193,8 +204,8 @@ def test_spec_grammar():
         ("zipf:prompt=1..1000000000,decode=1..100,exponent=1.1", "prompt", "support too large"),
         ("uniform:prompt=0..1e20,decode=1", "prompt", "must be <="),
         ("uniform:prompt=0..100000000,decode=1", "prompt", "support too large"),
-        (
-            "lognormal:prompt=800,decode=150,sigma=1,prompt_max=100000000,decode_max=9",
+        (  # the cap is cut where the log-normal's mass is exactly 0, but still too wide
+            "lognormal:prompt=800,decode=150,sigma=3,prompt_max=100000000,decode_max=9",
             "prompt",
             None,
         ),

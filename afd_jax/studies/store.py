@@ -8,12 +8,13 @@ finished ones. A :class:`PartStore` is a folder::
                              plus anything the caller pins: columns, chunk size, ...) and
                              whether the run completed
     <folder>/<name>          one text file per finished part
-    <folder>/<name>.sha256   its checksum (SHA-256 and byte count), written after the part
+    <folder>/<name>.sha256   its checksum (SHA-256 and byte count), written before the part
 
 API (every write is atomic: temp file in the same folder, fsync, ``os.replace``; a killed
 process leaves a part whole or absent, never half-written). A part counts as finished only
-when its checksum file matches its bytes (:func:`part_state`): one killed between the two
-writes, truncated, overwritten or undecodable is *damaged*; a resume recomputes it
+when its checksum file matches its bytes (:func:`part_state`): one without a checksum file (from
+an afd-jax before checksums), truncated, overwritten or undecodable is *damaged*; a resume
+recomputes it
 (:meth:`PartStore.discard_damaged`) and a merge refuses it (:class:`PartDamaged`, naming the
 file). A folder with parts but no manifest, or a manifest that is not a JSON object, is refused
 (:class:`PartsOrphaned`, a :class:`PartsMismatch`): its parts cannot be matched to a run.
@@ -279,11 +280,17 @@ class PartStore:
         return found
 
     def _has_results(self) -> bool:
-        """Whether the folder holds parts (anything but locks, heartbeats and temp files)."""
-        return self.folder.is_dir() and any(
-            not c.name.startswith(("lock.", "alive-")) and ".tmp" not in c.name
-            for c in self.folder.iterdir()
-        )
+        """Whether the folder holds parts: anything but locks, heartbeats, temp and hidden files
+        (a probe, ``.DS_Store``) and checksum files without their part (a writer killed
+        between the two)."""
+
+        def counts(c: Path) -> bool:
+            if c.name.startswith(("lock.", "alive-", ".")) or ".tmp" in c.name:
+                return False
+            part = c.with_name(c.name.removesuffix(CHECKSUM_SUFFIX))
+            return not c.name.endswith(CHECKSUM_SUFFIX) or part.is_file()
+
+        return self.folder.is_dir() and any(counts(c) for c in self.folder.iterdir())
 
     def write_manifest(self, manifest: dict) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -373,12 +380,20 @@ class PartStore:
             raise
 
     def wait_for_parts(self, names, owner, peer_timeout_s: float, timeout_s: float, poll_s=0.5):
-        """Wait until every named part exists; ``owner(i)`` is the process writing part i.
-        Raises :class:`PeersLost` when a process with missing parts has not beaten its
+        """Wait until every named part is finished and matches its checksum (a damaged part of
+        a resumed run is still there until its owner has discarded and rewritten it: waiting
+        for it to exist let the merge read it first); ``owner(i)`` is the process writing part
+        i. Raises :class:`PeersLost` when a process with missing parts has not beaten its
         heartbeat for ``peer_timeout_s`` (or never did, that long after the wait began),
         RuntimeError after ``timeout_s``."""
-        t0 = time.monotonic()
-        while missing := [i for i, n in enumerate(names) if not self.has(n)]:
+        t0, intact = time.monotonic(), set()  # a part found intact stays so: read it once
+
+        def ready(i) -> bool:
+            if i not in intact and self.has(names[i]) and part_state(self.path(names[i])) == "ok":
+                intact.add(i)
+            return i in intact
+
+        while missing := [i for i in range(len(names)) if not ready(i)]:
             now, wall = time.monotonic(), time.time()
             lost = {}
             for i in missing:

@@ -41,6 +41,7 @@ from afd_jax.workload.containers import CopulaComponent, Marginal, ParametricWor
 from afd_jax.workload.numbers import TOKEN_LIMIT
 
 TAIL = 1e-15  # truncation threshold for infinite supports (tail mass left out, < 1e-12)
+_ZERO_Z = 9.0  # ndtr(z) == 1.0 exactly in float64 from z ~ 8.3 on
 MAX_SUPPORT = 1 << 24  # refuse marginals with more atoms than this (memory)
 MAX_VALUE = TOKEN_LIMIT - 1  # largest token count a parameter may name (int64 sums stay exact)
 Z_MAX = 8.5  # latent normal range used by the copula quadrature (mass outside: 2e-17)
@@ -180,6 +181,10 @@ def lognormal(
                 field="hi",
             )
         hi = int(math.exp(log_hi) + step)
+    elif mu + _ZERO_Z * sigma < math.log(max(hi, 1)):
+        # beyond e^(mu + 9 sigma) both CDF values are exactly 1.0 in float64: zero mass there,
+        # dropped by _marginal anyway; a cap far out (prompt_max=20000000) costs nothing
+        hi = max(int(lo), int(math.exp(mu + _ZERO_Z * sigma)) + step)
     _check_count("hi", hi, lo=lo)
     first = -(-int(lo) // step) * step
     _check_support((int(hi) - first) // step + 1, "hi")

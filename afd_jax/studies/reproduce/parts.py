@@ -118,7 +118,8 @@ def part_done(parts: Path, names: list[str]) -> bool:
     bad = [name for name, state in states.items() if state == "damaged"]
     if bad:
         print(
-            f"[reproduce] {parts / bad[0]}: damaged (checksum); recomputing its part",
+            f"[reproduce] {parts / bad[0]}: does not match a checksum (damaged, or written by an "
+            "afd-jax before checksums); recomputing its part",
             file=sys.stderr,
             flush=True,
         )

@@ -253,7 +253,8 @@ def _run_locked(plan, out: Path, resume, chunk_size, progress, where, t_start) -
     bad = store.discard_damaged([names[c] for c in mine])
     if bad:  # said even without a progress bar: the user should know the folder was damaged
         print(
-            f"afd-jax sweep: {len(bad)} damaged part(s) (checksum), recomputed: "
+            f"afd-jax sweep: {len(bad)} part(s) not matching a checksum (damaged, or written "
+            f"by an afd-jax before checksums), recomputed: "
             f"{store.path(bad[0])}" + (" ..." if len(bad) > 1 else ""),
             file=sys.stderr,
         )
