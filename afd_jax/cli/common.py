@@ -254,7 +254,8 @@ def load_hardware(args) -> Hardware:
         system = getattr(hw, f"{side}_system")
         if system and system not in SYSTEMS and getattr(hw, f"{side}_price") is None:
             print(
-                f"afd-jax {args.command}: warning: {side}_system {system!r} is not one of "
+                f"afd-jax {args.command}: warning: --{side}-system ({side}_system) "
+                f"{system!r} is not one of "
                 f"{', '.join(SYSTEMS)}: its price, power and memory come only from [costs] "
                 "or the flags",
                 file=sys.stderr,
