@@ -29,7 +29,7 @@ from afd_jax.cli.common import (
 )
 from afd_jax.errors import InputError
 from afd_jax.model.exact import binning_error_bound, require_worker_load
-from afd_jax.model.hardware import kv_capacity_tokens
+from afd_jax.model.hardware import check_reserved, kv_capacity_tokens
 from afd_jax.studies.plots import plot_tornado
 from afd_jax.workload.slotload import slot_load_pmf
 from afd_jax.workload.statistics import workload_stats
@@ -145,8 +145,7 @@ def run(args) -> int:
     positive_int("slot_bins", args.slot_bins)
     if args.neighbourhood < 0:
         raise InputError(f"must be >= 0, got {args.neighbourhood}", field="neighbourhood")
-    if not 0 <= args.kv_reserved < 1:
-        raise InputError(f"must be in [0, 1), got {args.kv_reserved}", field="kv_reserved")
+    check_reserved(args.kv_reserved)
     kv_capacity = _kv_capacity(args)
     r_values = load_ratios(args, args.r_max)
     lat, opts = load_latency(args)

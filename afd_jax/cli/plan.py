@@ -30,6 +30,7 @@ from afd_jax.cli.common import (
 from afd_jax.cli.provision import _latency_source
 from afd_jax.errors import InputError
 from afd_jax.model.exact import require_worker_load
+from afd_jax.model.hardware import check_reserved
 from afd_jax.studies.plots import plot_plan_front, plot_tornado
 
 
@@ -182,8 +183,7 @@ def run(args) -> int:
         raise InputError(
             "--tornado needs the elasticities (drop --no-elasticities)", field="tornado"
         )
-    if not 0 <= args.kv_reserved < 1:
-        raise InputError(f"must be in [0, 1), got {args.kv_reserved}", field="kv_reserved")
+    check_reserved(args.kv_reserved)
     plot, tornado = plot_file(args.plot), plot_file(args.tornado, "--tornado")
     lat, opts = load_latency(args)
     hardware = load_hardware(args)

@@ -44,6 +44,7 @@ __all__ = [
     "check_ffn_fits",
     "check_hardware_tables",
     "feasible_ratios",
+    "check_reserved",
     "kv_capacity_tokens",
     "per_gpu_latency",
     "read_hardware",
@@ -226,13 +227,20 @@ def read_hardware(path: str | Path | None, overrides: dict | None = None) -> Har
     return Hardware(**{k: v for k, v in fields.items() if k in Hardware._fields})
 
 
+def check_reserved(fraction: float) -> float:
+    """``fraction`` (of GPU memory kept out of the KV cache, ``--kv-reserved``) when in
+    [0, 1), else InputError (field ``kv_reserved``)."""
+    if not 0 <= fraction < 1:
+        raise InputError(f"must be in [0, 1), got {fraction}", field="kv_reserved")
+    return fraction
+
+
 def kv_capacity_tokens(hw: Hardware, reserved_fraction: float = 0.1) -> float | None:
     """KV-cache capacity of one Attention instance (tokens):
     ``(attn_gpus * memory * (1 - reserved) - attn_weight_bytes) / kv_bytes_per_token`` with the
     memory in bytes (GiB * 2**30). None when a figure is missing; InputError when the weights
     leave no room."""
-    if not 0 <= reserved_fraction < 1:
-        raise InputError(f"must be in [0, 1), got {reserved_fraction}", field="kv_reserved")
+    check_reserved(reserved_fraction)
     mem = hw.attn_memory_gib
     if hw.attn_gpus is None or mem is None or not hw.kv_bytes_per_token:
         return None

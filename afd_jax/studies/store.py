@@ -389,7 +389,7 @@ class PartStore:
         t0, intact = time.monotonic(), set()  # a part found intact stays so: read it once
 
         def ready(i) -> bool:
-            if i not in intact and self.has(names[i]) and part_state(self.path(names[i])) == "ok":
+            if i not in intact and part_state(self.path(names[i])) == "ok":
                 intact.add(i)
             return i in intact
 

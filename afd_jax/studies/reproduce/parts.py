@@ -16,14 +16,13 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from afd_jax.studies.reproduce.configs import config_hash
-from afd_jax.studies.store import part_state, write_part
+from afd_jax.studies.store import atomic_write, part_state, write_part
 
 __all__ = [
     "as_float",
@@ -76,10 +75,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     """Write rows (dicts with the same keys) atomically, floats at 6 significant digits
     (magnitudes below 1e-7 as 0)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        f.write(_csv_text(rows))
-    os.replace(tmp, path)
+    atomic_write(path, _csv_text(rows))
 
 
 def write_part_csv(path: Path, rows: list[dict]) -> None:
