@@ -1,5 +1,6 @@
-"""Benchmark: slot-steps per second of the fast and trajectory kernels by workload kind, a
-parametric workload (drawn by the copula sampler) against a trace (an alias table), at
+"""Benchmark: slot-steps per second of the three kernels by workload kind, a parametric
+workload (requests drawn by the copula sampler; the barrier draws pi from an alias table of
+loads for both kinds) against a trace (an alias table of requests), at
 r_max = 64, B = 256, latency paper-v1; `simulate`'s `wall_seconds`, fastest of --repeat runs
 after a compiling call (docs/benchmarks.md, "Workload kinds").
 
@@ -26,7 +27,7 @@ from afd_jax.workload.specs import resolve_workload
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_kernels import bench_trace, machine  # noqa: E402
 
-RUNS = (("fast", 5_000), ("trajectory", 1_024))  # kernel, steps
+RUNS = (("fast", 5_000), ("trajectory", 1_024), ("barrier", 4_096))  # kernel, steps
 
 
 def _workload(name: str):

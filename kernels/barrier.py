@@ -165,8 +165,10 @@ def barrier_loads(key, sampler, *, r_max: int, batch: int, halves: bool = False)
     (:func:`~.sampling.slot_load_halves`, each random block hashed once instead of twice) and
     sum both over B in one variadic reduction, so one loop computes both: the same numbers.
     Faster on CPU, slower on an H200 (docs/cpu-speed.md, round 13; docs/benchmarks.md, run
-    6), so the driver asks for it on CPU only. Alias samplers in the drivers' Threefry mode;
-    other samplers draw word by word either way.
+    6), so the driver asks for it on CPU only. Request alias samplers in the drivers' Threefry
+    mode, and alias tables of pi (:class:`~.sampling.LoadAliasSampler`, the driver's draw for
+    workloads: one block per slot, each half from its own counters; 2.2x the request draw's
+    rate on CPU, docs/cpu-speed.md, round 15); other samplers draw word by word either way.
     """
     shape = (BLOCK, r_max, batch)
     pair = slot_load_halves(key, sampler, shape) if halves else None

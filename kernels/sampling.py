@@ -10,11 +10,14 @@ every sampler kind:
 
 Dispatch is on the Python type of the sampler (static under ``jit``), through one table built at
 the end of this module (:data:`DRAWS`: every sampler kind and its draw functions, in one place).
+One more kind draws slot loads only: :class:`LoadAliasSampler`, the law pi itself as an alias
+table (``sample_slot_load``; the barrier sampler's draw).
 No imports from afd_jax.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -24,7 +27,7 @@ import jax.random as jr
 import numpy as np
 
 from .copula import CopulaSampler, copula_length_biased_requests, copula_requests
-from .threefry import random_bits, three_words_by_halves
+from .threefry import block_words, random_bits, three_words_by_halves
 
 
 class TableSampler(NamedTuple):
@@ -203,18 +206,78 @@ def _alias_stationary_from_bits(s: AliasSampler, w0, w1, w2):
     return prompt, decode, age
 
 
+class LoadAliasSampler(NamedTuple):
+    """The stationary slot-load law pi itself (docs/model.md 4) as a Walker alias table: all
+    the barrier sampler needs (loads, not requests), from one Threefry block per slot.
+
+    table: int32[n, 4], n a power of two >= 2; row k = ``(threshold, load_k, load of alias(k),
+    0)``. A draw (:func:`load_alias_pick`) takes column k from the top log2(n) bits of its
+    first word (exactly uniform, no modulo), and keeps load_k when the top 24 bits of its
+    second word are below ``threshold = round(prob_k * 2**24)``, else the alias's load. Built
+    on the host by :func:`load_alias_sampler` from a float64 pmf (acceptance probabilities
+    rounded to 2**-24, as :class:`AliasSampler`); zero-weight padding columns always defer to
+    their alias.
+    """
+
+    table: jax.Array
+
+
+def load_alias_sampler(start: int, pmf, width: int = 1) -> LoadAliasSampler:
+    """Build a :class:`LoadAliasSampler` of the pmf of loads ``start + width * i`` (host,
+    NumPy float64; zero-mass loads dropped, the table padded to a power of two >= 2)."""
+    pmf = np.asarray(pmf, np.float64)
+    loads = int(start) + int(width) * np.arange(pmf.size, dtype=np.int64)
+    keep = pmf > 0
+    loads, w = loads[keep], pmf[keep]
+    if not loads.size or loads.min() < 0 or loads.max() >= 2**31:
+        raise ValueError("a load pmf needs positive mass on int32 loads")
+    n = max(2, 1 << (loads.size - 1).bit_length())
+    loads = np.concatenate([loads, np.zeros(n - loads.size, np.int64)])
+    w = np.concatenate([w, np.zeros(n - w.size)])
+    prob, alias = _alias_table(w)
+    thr = np.minimum(np.round(prob * 2**24), 2**24).astype(np.int64)
+    rows = np.stack([thr, loads, loads[alias], np.zeros(n, np.int64)], axis=1)
+    return LoadAliasSampler(jnp.asarray(rows, jnp.int32))
+
+
+def load_alias_pick(table, word0, word1):
+    """Loads (int32) of an alias table of loads (:class:`LoadAliasSampler`) from two uint32
+    words per draw: column from the top bits of ``word0``, acceptance from ``word1``."""
+    shift = 32 - (table.shape[0].bit_length() - 1)
+    col = (word0 >> jnp.uint32(shift)).astype(jnp.int32)
+    row = jnp.take(table, col, axis=0, mode="clip")
+    keep = (word1 >> jnp.uint32(8)).astype(jnp.int32) < row[..., 0]
+    return jnp.where(keep, row[..., 1], row[..., 2])
+
+
 def slot_load_halves(key, sampler, shape):
     """:func:`sample_slot_load` of ``shape`` (axis 0 even) as its two halves along axis 0,
     drawn together so that each random block is hashed once
     (:func:`~.threefry.three_words_by_halves`): the same numbers, half the hashing. None for
     the samplers and key modes where that does not apply (then draw with
     :func:`sample_slot_load`)."""
+    if type(sampler) is LoadAliasSampler:
+        return _load_alias_halves(key, sampler, tuple(shape))
     if type(sampler) is not AliasSampler:
         return None
     words = three_words_by_halves(key, tuple(shape))
     if words is None:
         return None
     return tuple(slot_load(_alias_stationary_from_bits(sampler, *w)) for w in words)
+
+
+def _load_alias_halves(key, sampler: LoadAliasSampler, shape: tuple):
+    """The two halves along axis 0 of ``sample_slot_load(key, sampler, shape)``, each from its
+    own counters (:func:`~.threefry.block_words` with an offset); None where that does not
+    apply (odd axis 0, a key that is not Threefry)."""
+    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    if not shape or shape[0] % 2 or not typed or str(jr.key_impl(key)) != "threefry2x32":
+        return None
+    half = (shape[0] // 2,) + shape[1:]
+    m = math.prod(half)
+    return tuple(
+        load_alias_pick(sampler.table, *block_words(key, half, offset=i * m)) for i in (0, 1)
+    )
 
 
 def slot_load(state):
@@ -257,5 +320,9 @@ def sample_stationary(key, sampler, shape):
 
 
 def sample_slot_load(key, sampler, shape):
-    """Draw stationary slot loads (int32) from pi."""
+    """Draw stationary slot loads (int32) from pi: a :class:`LoadAliasSampler` directly (the
+    two words of one block per load, :func:`~.threefry.block_words`), any other sampler as
+    the load of :func:`sample_stationary`."""
+    if type(sampler) is LoadAliasSampler:
+        return load_alias_pick(sampler.table, *block_words(key, tuple(shape)))
     return slot_load(sample_stationary(key, sampler, shape))

@@ -91,6 +91,31 @@ def _unrolled_key(key, n: int):
     return jr.key_data(key).astype(jnp.uint32) if unrolled else None
 
 
+def block_words(key, shape: tuple, offset: int = 0):
+    """Two uint32 words per element of ``shape``, both outputs of one Threefry-2x32 block:
+    element e (row-major) gets the block of counter (offset + e, 0) under the key (``offset``
+    static: a draw may be taken in parts, each with its own offset), so each block feeds
+    exactly one element and a consumer of both words hashes it once (one fusion computes the
+    rounds once; :func:`random_bits` pairs counter i with i + n/2, which costs two blocks per
+    element where the two words go to one element). Element e's words do not depend on
+    ``shape``: a draw of n elements is the first n of any longer one.
+
+    Needs a Threefry key (typed, either partitionable mode); any other key implementation
+    gets the two halves of ``jax.random.bits(key, (2,) + shape)`` instead.
+    """
+    shape = tuple(shape)
+    n = math.prod(shape)
+    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    if not (typed and str(jr.key_impl(key)) == "threefry2x32" and 0 < offset + n < 2**32):
+        if offset:
+            raise ValueError("block_words: an offset needs a Threefry key")
+        bits = jr.bits(key, (2,) + shape, dtype=jnp.uint32)
+        return bits[0], bits[1]
+    k = jr.key_data(key).astype(jnp.uint32)
+    count = jnp.arange(n, dtype=jnp.uint32).reshape(shape) + jnp.uint32(offset)
+    return threefry2x32(k[0], k[1], count, jnp.zeros_like(count))
+
+
 def three_words_by_halves(key, shape: tuple):
     """The words of ``random_bits(key, (3,) + shape)`` (``shape[0]`` even), each block hashed
     once: ``(first, second)``, the three words (w0, w1, w2) of every element of the first and
@@ -121,6 +146,7 @@ def three_words_by_halves(key, shape: tuple):
 
 
 __all__ = [
+    "block_words",
     "random_bits",
     "three_words_by_halves",
     "threefry2x32",

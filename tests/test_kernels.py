@@ -111,6 +111,43 @@ def test_steady_state_matches_exact(case, kernel):
     assert abs(res.mean_slot_load - case["theta"]) <= 4.0 * res.se_slot_load
 
 
+def test_barrier_of_a_workload_matches_exact():
+    """``simulate(kernel="barrier")`` of a trace workload draws pi from its alias table of
+    loads (``load_alias_for``): E[tau(r)] within 4 SE of the exact computation on pi built
+    here by difference arrays, the slot load at theta, and the same numbers whatever the
+    chunk size."""
+    from afd_jax.kernels.sampling import LoadAliasSampler
+    from afd_jax.montecarlo.samplers import load_alias_for
+    from afd_jax.workload.containers import TraceWorkload
+
+    p, d, w = _table("azure_conv")
+    trace = TraceWorkload("azure_conv", p, d)
+    assert isinstance(load_alias_for(trace), LoadAliasSampler)
+    theta = _theta(p, d, w)
+    lat = _latency(theta)
+    exact = exact_step_times(_slot_pmf(p, d, w), lat, B, R_MAX, ModelOptions())
+    runs = [
+        simulate(
+            trace,
+            lat,
+            B,
+            R_MAX,
+            kernel="barrier",
+            steps=4096,
+            replications=2,
+            seed=5,
+            replications_per_call=k,
+        )  # fmt: skip
+        for k in (None, 3)
+    ]
+    res = runs[0]
+    np.testing.assert_array_equal(res.mean_tau, runs[1].mean_tau)
+    err = np.abs(res.mean_tau - exact)
+    assert np.all(err <= 4.0 * res.se_tau + 1e-5 * exact), np.max(err / res.se_tau)
+    assert exact[7] - exact[0] > 10 * res.se_tau[7]
+    assert abs(res.mean_slot_load - theta) <= 4.0 * res.se_slot_load
+
+
 def test_threefry_matches_jax_and_random123():
     """The unrolled Threefry-2x32 of the kernels is JAX's threefry_2x32 bit for bit, and
     reproduces the Random123 known-answer vectors (threefry2x32_20)."""
@@ -256,6 +293,47 @@ def test_three_words_by_halves_are_random_bits(partitionable):
         np.testing.assert_array_equal(np.asarray(jnp.stack(hi, 1)), np.asarray(ref)[:, :, 2:])
 
 
+@pytest.mark.parametrize("partitionable", [False, True])
+def test_block_words_are_one_threefry_block_per_element(partitionable):
+    """``block_words`` (the barrier's draw of pi): element e's two words are the two outputs of
+    JAX's threefry_2x32 on the counter (offset + e, 0), in either Threefry mode, under jit and
+    vmap over keys; parts with offsets are the whole draw; keys of another implementation
+    get ``jax.random.bits``."""
+    import jax
+    import jax.numpy as jnp
+    import jax.random as jr
+    from jax.extend.random import threefry_2x32
+
+    from afd_jax.kernels.threefry import block_words
+
+    def ref(key, n, offset=0):
+        e = np.arange(offset, offset + n, dtype=np.uint32)
+        out = threefry_2x32(jr.key_data(key), jnp.asarray(np.stack([e, np.zeros_like(e)])))
+        return np.asarray(out).reshape(2, n)
+
+    key = jr.key(31)
+    with jax.threefry_partitionable(partitionable):
+        for shape in [(1,), (6,), (4, 3, 5)]:
+            n = int(np.prod(shape))
+            got = jax.jit(block_words, static_argnums=(1, 2))(key, shape, 0)
+            want = ref(key, n)
+            for g, w in zip(got, want, strict=True):
+                np.testing.assert_array_equal(np.asarray(g).ravel(), w)
+        whole = np.stack([np.asarray(w) for w in block_words(key, (8, 3))])
+        parts = [np.stack([np.asarray(w) for w in block_words(key, (4, 3), o)]) for o in (0, 12)]
+        np.testing.assert_array_equal(np.concatenate(parts, axis=1), whole)
+        np.testing.assert_array_equal(whole[:, :2].reshape(2, -1), ref(key, 6))  # prefix
+        keys = jr.split(key, 3)
+        batched = jax.vmap(lambda k: jnp.stack(block_words(k, (5,))))(keys)
+        for i in range(3):
+            np.testing.assert_array_equal(np.asarray(batched[i]), ref(keys[i], 5))
+    rbg = jr.key(3, impl="rbg")
+    want = np.asarray(jr.bits(rbg, (2, 4), dtype=jnp.uint32))
+    np.testing.assert_array_equal(np.stack([np.asarray(w) for w in block_words(rbg, (4,))]), want)
+    with pytest.raises(ValueError, match="offset"):
+        block_words(rbg, (4,), offset=4)
+
+
 def _small_alias():
     rng = np.random.default_rng(5)
     p, d = rng.integers(0, 900, 300), rng.integers(1, 400, 300)
@@ -265,7 +343,8 @@ def _small_alias():
 def test_barrier_halves_draw_the_same_loads():
     """``barrier_loads(halves=True)`` (both halves of the snapshots drawn in one loop, the CPU
     path) gives the worker loads of the word-by-word draw exactly, under jit and vmap over
-    block keys; samplers without the paired draw fall back to it."""
+    block keys, for request alias tables and for alias tables of pi; samplers (and keys)
+    without the paired draw fall back to it."""
     import jax
     import jax.random as jr
 
@@ -274,9 +353,13 @@ def test_barrier_halves_draw_the_same_loads():
     keys = jr.split(jr.key(9), 3)
     with jax.threefry_partitionable(False):  # the drivers' mode
         alias, table = _small_alias()
+        rng = np.random.default_rng(2)
+        loads = KS.load_alias_sampler(40, rng.random(700))
         assert KS.slot_load_halves(keys[0], alias, (128, 5, 7)) is not None  # the paired path
+        assert KS.slot_load_halves(keys[0], loads, (128, 5, 7)) is not None
         assert KS.slot_load_halves(keys[0], table, (128, 5, 7)) is None  # falls back
-        for sampler in (alias, table):
+        assert KS.slot_load_halves(jr.key(1, impl="rbg"), loads, (128, 5, 7)) is None
+        for sampler in (alias, table, loads):
             got = [
                 np.asarray(
                     jax.jit(

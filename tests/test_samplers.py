@@ -129,3 +129,100 @@ def test_trace_samplers_are_built_once_per_content():
     for i in range(MS._TRACE_SAMPLERS_KEPT + 1):  # older entries leave
         make_sampler(TraceWorkload(name="v", prompt=w.prompt + i + 10, decode=w.decode))
     assert make_sampler(copy, draw="alias") is not first
+
+
+def _table_law(sampler):
+    """The exact law of a LoadAliasSampler from its rows (column 1/n, kept threshold / 2^24,
+    else its alias): {load: probability}, float64."""
+    t = np.asarray(sampler.table, np.int64)
+    n = t.shape[0]
+    keep = t[:, 0] / float(1 << 24)
+    law: dict = {}
+    loads, masses = np.concatenate([t[:, 1], t[:, 2]]), np.concatenate([keep, 1 - keep])
+    for load, mass in zip(loads, masses, strict=True):
+        law[int(load)] = law.get(int(load), 0.0) + mass / n
+    return {k: p for k, p in law.items() if p > 0}
+
+
+def test_load_alias_table_is_the_pmf():
+    """The alias table of a load pmf has exactly that law up to the rounding of its acceptance
+    thresholds: total variation <= 2^-24 (each column's threshold is rounded by at most
+    2^-25 of its 1/n share, and moves that mass between two loads); loads of zero mass never
+    come out; the table is a power of two."""
+    from afd_jax.kernels.sampling import load_alias_sampler
+
+    rng = np.random.default_rng(4)
+    for size in (1, 3, 1000, 4097):
+        pmf = rng.random(size) * (rng.random(size) < 0.7)
+        pmf[0] = max(pmf[0], 0.1)
+        pmf /= pmf.sum()
+        s = load_alias_sampler(17, pmf, width=3)
+        n = s.table.shape[0]
+        assert n >= 2 and n & (n - 1) == 0 and n < 2 * max(2, size)
+        law = _table_law(s)
+        want = {17 + 3 * i: p for i, p in enumerate(pmf) if p > 0}
+        assert set(law) <= set(want)
+        tv = 0.5 * sum(abs(law.get(k, 0.0) - p) for k, p in want.items())
+        assert tv <= 2.0**-24 + 1e-12, (size, tv)
+    with pytest.raises(ValueError):
+        load_alias_sampler(0, np.zeros(5))
+
+
+@pytest.mark.parametrize("kind", ["trace", "copula"])
+def test_load_alias_draws_fit_pi(kind):
+    """The barrier's draw of a workload (pi as an alias table, ``load_alias_for``): chi-square
+    against slot_load_pmf, and a two-sample chi-square against the stationary draw of the
+    workload's request sampler (length-biased request + uniform age: independent code), with
+    ``load_offset``; sampler pytrees get None (they keep the request draw)."""
+    from afd_jax.kernels.sampling import LoadAliasSampler
+    from afd_jax.montecarlo.samplers import load_alias_for
+
+    w = _trace() if kind == "trace" else _copula()
+    s = load_alias_for(w, 1)
+    assert isinstance(s, LoadAliasSampler) and load_alias_for(w, 1) is s  # built once
+    loads = np.asarray(jax.jit(sample_slot_load, static_argnums=2)(jax.random.key(12), s, (N,)))
+    pvalue, cells = _chi2_pvalue(loads.astype(np.int64), slot_load_pmf(w, load_offset=1))
+    assert cells > 50 and pvalue > 1e-3
+    other = make_sampler(w, load_offset=1)
+    ref = np.asarray(jax.jit(sample_slot_load, static_argnums=2)(jax.random.key(13), other, (N,)))
+    edges = np.unique(np.quantile(np.concatenate([loads, ref]), np.linspace(0, 1, 101)))
+    a = np.histogram(loads, edges)[0].astype(float)
+    b = np.histogram(ref, edges)[0].astype(float)
+    stat = (((a - b) ** 2) / (a + b))[a + b > 0].sum()  # equal sample sizes
+    assert chi2.sf(stat, int((a + b > 0).sum()) - 1) > 1e-3
+    assert load_alias_for(other) is None
+
+
+def test_load_alias_for_wide_supports_falls_back(monkeypatch):
+    """A pi wider than LOAD_ALIAS_MAX loads gets no table (the driver keeps the request
+    draw), and a barrier simulate of it still runs, through the request sampler."""
+    from afd_jax.model.latency import Latency
+    from afd_jax.montecarlo import samplers
+    from afd_jax.montecarlo.simulate import simulate
+
+    w = _trace()
+    monkeypatch.setattr(samplers, "LOAD_ALIAS_MAX", 64)
+    monkeypatch.setattr(samplers, "_LOAD_ALIAS", {})
+    assert samplers.load_alias_for(w) is None
+    lat = Latency(0.01, 5.0, 0.1, 20.0, 0.0, 1.0)
+    res = simulate(w, lat, 8, 4, kernel="barrier", steps=256, replications=2)
+    theta = slot_load_pmf(w).mean()
+    assert abs(res.mean_slot_load - theta) <= 4 * res.se_slot_load
+
+
+def test_copula_tables_only_for_long_runs():
+    """pi of a correlated copula needs the quadrature (seconds when wide), so short barrier
+    runs keep the request draw; traces and independent parametric workloads (a convolution)
+    always get the table. The quadrature's lattice is computed once per workload object."""
+    from afd_jax.montecarlo.samplers import QUADRATURE_MIN_SLOT_STEPS, load_alias_for
+    from afd_jax.workload import slotload
+    from afd_jax.workload.specs import resolve_workload
+
+    few, many = 1 << 20, QUADRATURE_MIN_SLOT_STEPS
+    cop, indep, trace = _copula(), resolve_workload("paper-v1"), _trace()
+    assert slotload.needs_quadrature(cop) and not slotload.needs_quadrature(indep)
+    assert load_alias_for(cop, 0, few) is None
+    assert load_alias_for(cop, 0, many) is not None
+    assert load_alias_for(indep, 0, few) is not None and load_alias_for(trace, 0, few) is not None
+    first = slotload._parametric_pi(cop)
+    assert slotload._parametric_pi(cop) is first and not first[1].flags.writeable

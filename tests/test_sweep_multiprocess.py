@@ -56,17 +56,21 @@ def test_two_processes_then_a_killed_one(traces, tmp_path):  # noqa: F811
 
 
 def _two_processes_write_the_single_process_table(spec, ref, tmp_path):
+    """Twice on one output: the second, a plain rerun of a finished run, starts it over (process
+    1 waits for process 0's new manifest instead of joining the finished run's, which made
+    it return at once and process 0 wait in vain for its parts, about 1 run in 3)."""
     out = tmp_path / "two.csv"
-    addr = f"127.0.0.1:{free_port()}"
-    procs = [_start(spec, out, addr, i) for i in range(2)]
-    res = [p.communicate(timeout=300) for p in procs]
-    for p, (_, err) in zip(procs, res, strict=True):
-        assert p.returncode == 0, err
-    text = res[0][0]
-    summary = json.loads(text[text.index("{") :])  # after gloo's line
-    assert summary["processes"] == 2
-    assert 0 < summary["rows_computed"] < summary["n_rows"]  # process 0 did only its share
-    assert out.read_bytes() == ref
+    for _ in range(2):
+        addr = f"127.0.0.1:{free_port()}"
+        procs = [_start(spec, out, addr, i) for i in range(2)]
+        res = [p.communicate(timeout=300) for p in procs]
+        for p, (_, err) in zip(procs, res, strict=True):
+            assert p.returncode == 0, err
+        text = res[0][0]
+        summary = json.loads(text[text.index("{") :])  # after gloo's line
+        assert summary["processes"] == 2
+        assert 0 < summary["rows_computed"] < summary["n_rows"]  # process 0 did only its share
+        assert out.read_bytes() == ref
 
 
 def _killed_process_is_reported_and_resume_loses_nothing(spec, ref, tmp_path):
@@ -97,3 +101,21 @@ def _killed_process_is_reported_and_resume_loses_nothing(spec, ref, tmp_path):
     summary = json.loads(proc.stdout)
     assert summary["chunks_computed"] == summary["chunks"] - len(kept)  # only the lost ones
     assert out.read_bytes() == ref
+
+
+def test_other_processes_wait_for_the_run_process_0_opens(tmp_path):
+    """Process 1 of a plain rerun does not join a finished run's manifest (process 0 is about
+    to start that run over): it waits for an unfinished one; with --resume any manifest will
+    do (a finished run has nothing left to do)."""
+    from afd_jax.studies.store import PartStore
+    from afd_jax.studies.sweep.run import _wait_for_run
+
+    store = PartStore(tmp_path / "t.csv.parts")
+    with pytest.raises(RuntimeError, match="the manifest"):
+        _wait_for_run(store, True, 0.3)  # no manifest yet
+    store.write_manifest({"digest": "x", "complete": True})
+    _wait_for_run(store, True, 0.3)
+    with pytest.raises(RuntimeError, match="process 0's new manifest"):
+        _wait_for_run(store, False, 0.3)
+    store.write_manifest({"digest": "x", "complete": False})
+    _wait_for_run(store, False, 0.3)

@@ -32,14 +32,25 @@ import numpy as np
 
 from afd_jax.errors import InputError
 from afd_jax.kernels.copula import CopulaSampler
-from afd_jax.kernels.sampling import AliasSampler, TableSampler, alias_sampler, table_sampler
+from afd_jax.kernels.sampling import (
+    AliasSampler,
+    LoadAliasSampler,
+    TableSampler,
+    alias_sampler,
+    load_alias_sampler,
+    table_sampler,
+)
 from afd_jax.workload.containers import ParametricWorkload, TraceWorkload
 from afd_jax.workload.families import gaussian_corr
+from afd_jax.workload.slotload import needs_quadrature, slot_load_pmf
 
 __all__ = [
     "DRAW_METHODS",
+    "LOAD_ALIAS_MAX",
+    "QUADRATURE_MIN_SLOT_STEPS",
     "as_alias",
     "decode_moments",
+    "load_alias_for",
     "make_sampler",
     "max_slot_load",
     "reuse_for",
@@ -164,6 +175,47 @@ def make_sampler(w, load_offset: int = 0, draw: str = "table"):
     if isinstance(w, TableSampler | AliasSampler | CopulaSampler):
         return as_alias(w) if draw == "alias" else w
     raise TypeError(f"expected a TraceWorkload or ParametricWorkload, got {type(w).__name__}")
+
+
+LOAD_ALIAS_MAX = 1 << 20
+"""The most loads (unit lattice points of pi) a :class:`LoadAliasSampler` is built for: its
+table (16 B a row, padded to a power of two) stays within 32 MiB and its host build (a Python
+loop, 0.7 s at 2^20) short."""
+
+QUADRATURE_MIN_SLOT_STEPS = 1 << 28
+"""The fewest slot-steps of a barrier run for which pi of a copula workload is computed for
+the table (:func:`load_alias_for`): its quadrature took 0.1 to 5 s on the 2-core CPU (5.1 s
+for the reproduction's `copula`, 459,000 loads), while its copula draw of requests runs at
+about 1.5e7 slot-steps/s there (18 s for 2^28 slot-steps; pi's table about 3.5e8)."""
+
+_LOAD_ALIAS: dict = {}  # per load offset: LoadAliasSampler per workload object
+
+
+def load_alias_for(
+    w, load_offset: int = 0, slot_steps: int | None = None
+) -> LoadAliasSampler | None:
+    """The barrier sampler's draw of a workload: its stationary slot-load law pi
+    (:func:`~afd_jax.workload.slotload.slot_load_pmf` on the unit lattice, float64) as an
+    alias table of loads (:class:`LoadAliasSampler`), one Threefry block per slot. None (the
+    driver then draws a length-biased request and a uniform age per slot: the same law) when
+    pi spans more than :data:`LOAD_ALIAS_MAX` loads, when ``w`` is a sampler pytree, or when
+    pi needs the copula quadrature and the run has fewer than
+    :data:`QUADRATURE_MIN_SLOT_STEPS` ``slot_steps`` (its draws would cost less than pi).
+    Built once per workload object and offset."""
+    if not isinstance(w, TraceWorkload | ParametricWorkload):
+        return None
+    small = slot_steps is not None and slot_steps < QUADRATURE_MIN_SLOT_STEPS
+    if small and isinstance(w, ParametricWorkload) and needs_quadrature(w):
+        return None
+
+    def build():
+        try:
+            pm = slot_load_pmf(w, int(load_offset), max_bins=LOAD_ALIAS_MAX)
+        except InputError:  # a parametric pi too wide for any lattice: not for a table
+            return None
+        return load_alias_sampler(pm.start, pm.pmf) if pm.width == 1 else None
+
+    return reuse_for(_LOAD_ALIAS.setdefault(int(load_offset), {}), (w,), build)
 
 
 def decode_moments(sampler) -> tuple[float, float] | None:

@@ -54,7 +54,13 @@ from afd_jax.model.stages import check_batch
 from afd_jax.montecarlo import estimators as E
 from afd_jax.montecarlo.dynamics import Dynamics, DynRun, simulate_dynamics
 from afd_jax.montecarlo.result import STEP_DIAGNOSTICS, MonteCarloResult
-from afd_jax.montecarlo.samplers import decode_moments, make_sampler, max_slot_load, reuse_for
+from afd_jax.montecarlo.samplers import (
+    decode_moments,
+    load_alias_for,
+    make_sampler,
+    max_slot_load,
+    reuse_for,
+)
 from afd_jax.montecarlo.spine import (
     ATTN_GRID,
     Chunk,
@@ -289,6 +295,10 @@ def preflight(source, batch: int, r_max: int, opts: ModelOptions = _DEFAULT_OPTS
 def _setup(source, lat, opts, run: StepsRun, given) -> StepsSetup:
     sampler, max_load = _sampler_and_max_load(source, opts, given)
     check_int32(run.batch, max_load)
+    if run.kernel == "barrier":  # pi itself where it fits a table: one block per slot
+        work = run.steps * run.replications * run.slots
+        loads = load_alias_for(source, int(opts.load_offset), work)
+        sampler = sampler if loads is None else loads
     model = step_model(lat, run.batch, run.r_max, opts, max_load, float_dtype(run.precision))
     hist, bins = _histogram(lat, run.batch, max_load, model, run.serial)
     return StepsSetup(sampler, model, hist, bins, jr.key(run.seed), max_load)

@@ -94,8 +94,7 @@ def _lattice_pi_component(comp) -> tuple[int, np.ndarray]:
     n = end - start
     lat_p = np.zeros(n + 1)
     lat_p[pv - start] = pp
-    independent = gaussian_corr(comp.rank_corr) == 0.0 or dv.size == 1 or pv.size == 1
-    if independent:
+    if _independent(comp):
         lat_d = np.zeros(int(dv[-1]) + 1)
         lat_d[dv] = dp
         lat_s = _convolve(lat_p[: int(pv[-1]) - start + 1], lat_d)  # index l - start
@@ -220,8 +219,40 @@ def _trace_pi(w: TraceWorkload, max_bins: int) -> tuple[int, int, np.ndarray]:
     return start, 1, lat
 
 
+def needs_quadrature(w: ParametricWorkload) -> bool:
+    """Whether pi of ``w`` comes from the copula quadrature (a component with correlated P
+    and D, both not single-valued: seconds for a wide support), rather than a convolution."""
+    return not all(_independent(c) for c in w.components)
+
+
+def _independent(comp) -> bool:
+    return (
+        gaussian_corr(comp.rank_corr) == 0.0
+        or comp.decode.values.size == 1
+        or comp.prompt.values.size == 1
+    )
+
+
+_PARAMETRIC_PI: list = []  # (workload, (start, lattice)) of the latest workloads, newest first
+_PARAMETRIC_PI_KEPT = 2
+
+
 def _parametric_pi(w: ParametricWorkload) -> tuple[int, np.ndarray]:
-    """(start, unnormalised masses on the unit lattice) of a parametric workload's pi."""
+    """(start, unnormalised masses on the unit lattice) of a parametric workload's pi, computed
+    once per workload object (the exact method and the barrier sampler's table both need it;
+    the copula quadrature takes seconds for a wide support). The lattice is read-only."""
+    for i, (seen, value) in enumerate(_PARAMETRIC_PI):
+        if seen is w:
+            _PARAMETRIC_PI.insert(0, _PARAMETRIC_PI.pop(i))
+            return value
+    value = _compute_parametric_pi(w)
+    value[1].flags.writeable = False
+    _PARAMETRIC_PI.insert(0, (w, value))
+    del _PARAMETRIC_PI[_PARAMETRIC_PI_KEPT:]
+    return value
+
+
+def _compute_parametric_pi(w: ParametricWorkload) -> tuple[int, np.ndarray]:
     comps = w.components
     start = min(int(c.prompt.values[0]) for c in comps)
     end = max(int(c.prompt.values[-1] + c.decode.values[-1]) for c in comps)

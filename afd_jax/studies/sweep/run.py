@@ -220,8 +220,7 @@ def run_sweep(
     out = Path(output or plan.spec.output)
     output_format(plan.spec, str(out))  # a suffix the table cannot have: refused before work
     if process_index != 0:  # other hosts join the run process 0 set up (its manifest)
-        manifest_file = PartStore(parts_dir(out)).manifest_path
-        wait_until(manifest_file.is_file, merge_timeout_s, "the manifest")
+        _wait_for_run(PartStore(parts_dir(out)), resume, merge_timeout_s)
         resume = True
     folder = parts_dir(out)
     fresh = not folder.exists()
@@ -233,6 +232,19 @@ def run_sweep(
         if fresh and process_index == 0 and not any(folder.glob("part-*")):
             shutil.rmtree(folder, ignore_errors=True)  # a failed start leaves no state
         raise
+
+
+def _wait_for_run(store: PartStore, resume: bool, timeout_s: float) -> None:
+    """A process other than 0 waits for the run process 0 opens: with ``resume``, any
+    manifest (a finished run then has nothing to do); without, an unfinished one, since
+    process 0 starts a finished run over (clears its folder, writes a new manifest) and the
+    finished run's manifest may still be there when this process looks."""
+
+    def opened() -> bool:
+        found = store.read_manifest()
+        return found is not None and (resume or not found.get("complete"))
+
+    wait_until(opened, timeout_s, "the manifest" if resume else "process 0's new manifest")
 
 
 def _run_locked(plan, out: Path, resume, chunk_size, progress, where, t_start) -> SweepResult:
