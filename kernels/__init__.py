@@ -15,6 +15,7 @@ _EXPORTS = {
     "Kernel": "contract",
     "LoadAliasSampler": "sampling",
     "SegmentInfo": "contract",
+    "ProductSampler": "sampling",
     "SegmentParams": "contract",
     "StepModel": "step",
     "TableSampler": "sampling",

@@ -206,17 +206,49 @@ def _alias_stationary_from_bits(s: AliasSampler, w0, w1, w2):
     return prompt, decode, age
 
 
+def value_alias_rows(values, weights, size: int = 2) -> np.ndarray:
+    """Walker alias table of a law on int32 ``values`` with float64 ``weights`` (host, NumPy):
+    int32[n, 4] rows ``(threshold, value_k, value of alias(k), 0)``, ``threshold =
+    round(prob_k * 2**24)``; zero weights dropped, n the power of two >= max(2, ``size``, the
+    values kept) (padding columns weigh 0 and always defer to their alias). Drawn by
+    :func:`value_alias_pick`."""
+    values = np.asarray(values, np.int64)
+    weights = np.asarray(weights, np.float64)
+    keep = weights > 0
+    values, w = values[keep], weights[keep]
+    if not values.size or values.min() < 0 or values.max() >= 2**31:
+        raise ValueError("an alias table needs positive mass on int32 values")
+    n = 1 << max(1, (max(int(size), values.size) - 1).bit_length())
+    values = np.concatenate([values, np.zeros(n - values.size, np.int64)])
+    w = np.concatenate([w, np.zeros(n - w.size)])
+    prob, alias = _alias_table(w)
+    thr = np.minimum(np.round(prob * 2**24), 2**24).astype(np.int64)
+    return np.stack([thr, values, values[alias], np.zeros(n, np.int64)], axis=1).astype(np.int32)
+
+
+def value_alias_pick(table, word0, word1, row=None):
+    """Values (int32) drawn from alias tables of :func:`value_alias_rows` with two uint32 words
+    per draw: the column from the top log2(n) bits of ``word0`` (exactly uniform: n is a power
+    of two), kept when the top 24 bits of ``word1`` are below its threshold, else its alias.
+    ``table``: int32[n, 4], or [K, n, 4] with ``row`` (int32, the words' shape) naming each
+    draw's table. One row gather per draw."""
+    n = table.shape[-2]
+    col = (word0 >> jnp.uint32(33 - n.bit_length())).astype(jnp.int32)
+    if table.ndim == 3:
+        col = col + row * jnp.int32(n)
+        table = table.reshape(-1, table.shape[-1])
+    r = jnp.take(table, col, axis=0, mode="clip")
+    keep = (word1 >> jnp.uint32(8)).astype(jnp.int32) < r[..., 0]
+    return jnp.where(keep, r[..., 1], r[..., 2])
+
+
 class LoadAliasSampler(NamedTuple):
     """The stationary slot-load law pi itself (docs/model.md 4) as a Walker alias table: all
     the barrier sampler needs (loads, not requests), from one Threefry block per slot.
 
-    table: int32[n, 4], n a power of two >= 2; row k = ``(threshold, load_k, load of alias(k),
-    0)``. A draw (:func:`load_alias_pick`) takes column k from the top log2(n) bits of its
-    first word (exactly uniform, no modulo), and keeps load_k when the top 24 bits of its
-    second word are below ``threshold = round(prob_k * 2**24)``, else the alias's load. Built
-    on the host by :func:`load_alias_sampler` from a float64 pmf (acceptance probabilities
-    rounded to 2**-24, as :class:`AliasSampler`); zero-weight padding columns always defer to
-    their alias.
+    table: int32[n, 4] (:func:`value_alias_rows` of the loads; acceptance probabilities
+    rounded to 2**-24, as :class:`AliasSampler`), drawn by :func:`value_alias_pick`. Built on
+    the host by :func:`load_alias_sampler` from a float64 pmf.
     """
 
     table: jax.Array
@@ -227,27 +259,60 @@ def load_alias_sampler(start: int, pmf, width: int = 1) -> LoadAliasSampler:
     NumPy float64; zero-mass loads dropped, the table padded to a power of two >= 2)."""
     pmf = np.asarray(pmf, np.float64)
     loads = int(start) + int(width) * np.arange(pmf.size, dtype=np.int64)
-    keep = pmf > 0
-    loads, w = loads[keep], pmf[keep]
-    if not loads.size or loads.min() < 0 or loads.max() >= 2**31:
-        raise ValueError("a load pmf needs positive mass on int32 loads")
-    n = max(2, 1 << (loads.size - 1).bit_length())
-    loads = np.concatenate([loads, np.zeros(n - loads.size, np.int64)])
-    w = np.concatenate([w, np.zeros(n - w.size)])
-    prob, alias = _alias_table(w)
-    thr = np.minimum(np.round(prob * 2**24), 2**24).astype(np.int64)
-    rows = np.stack([thr, loads, loads[alias], np.zeros(n, np.int64)], axis=1)
-    return LoadAliasSampler(jnp.asarray(rows, jnp.int32))
+    return LoadAliasSampler(jnp.asarray(value_alias_rows(loads, pmf)))
 
 
-def load_alias_pick(table, word0, word1):
-    """Loads (int32) of an alias table of loads (:class:`LoadAliasSampler`) from two uint32
-    words per draw: column from the top bits of ``word0``, acceptance from ``word1``."""
-    shift = 32 - (table.shape[0].bit_length() - 1)
-    col = (word0 >> jnp.uint32(shift)).astype(jnp.int32)
-    row = jnp.take(table, col, axis=0, mode="clip")
-    keep = (word1 >> jnp.uint32(8)).astype(jnp.int32) < row[..., 0]
-    return jnp.where(keep, row[..., 1], row[..., 2])
+class ProductSampler(NamedTuple):
+    """A mixture of K components whose P and D are independent (a parametric workload whose
+    components all have rank correlation 0, or a single-valued marginal): an alias table per
+    component and marginal (:func:`value_alias_rows`), O(1) per draw, one Threefry block per
+    marginal (:func:`product_blocks`).
+
+    comp_cdf, comp_cdf_lb: float32[K] cumulative weights w_k and w_k E_k[D] (last 1);
+    prompt_table: int32[K, NP, 4]; decode_table, decode_lb_table: int32[K, ND, 4], the laws
+    of D and of the length-biased D (pmf(d) d / E_k[D]). Built on the host by
+    ``afd_jax.montecarlo.samplers.make_sampler``. The same laws as :class:`.CopulaSampler`'s
+    tables of the same workload, up to rounding (2**-24 per acceptance threshold here, float32
+    CDFs there).
+    """
+
+    comp_cdf: jax.Array
+    comp_cdf_lb: jax.Array
+    prompt_table: jax.Array
+    decode_table: jax.Array
+    decode_lb_table: jax.Array
+
+
+def product_blocks(s: ProductSampler) -> int:
+    """Threefry blocks per request: D's two words, P's two words, and a word for the
+    component when there are several (static)."""
+    return 2 if s.comp_cdf.shape[0] == 1 else 3
+
+
+def product_from_words(s: ProductSampler, words, length_biased: bool = False):
+    """(prompt, decode) int32 from :func:`product_blocks` pairs of uint32 words per request
+    (``words[j] = (w0, w1)``): D from pair 0, P from pair 1, the component from the top 24
+    bits of pair 2's first word (mixtures only). ``length_biased`` (static): component and D
+    with probability proportional to D."""
+    (d0, d1), (p0, p1) = words[0], words[1]
+    k = s.comp_cdf.shape[0]
+    if k == 1:
+        comp = jnp.zeros(d0.shape, jnp.int32)
+    else:
+        u = (words[2][0] >> jnp.uint32(8)).astype(jnp.float32) * jnp.float32(2.0**-24)
+        comp = jnp.minimum(_pick(s.comp_cdf_lb if length_biased else s.comp_cdf, u), k - 1)
+        comp = comp.astype(jnp.int32)
+    decode = value_alias_pick(s.decode_lb_table if length_biased else s.decode_table, d0, d1, comp)
+    return value_alias_pick(s.prompt_table, p0, p1, comp), decode
+
+
+def _product_draw(length_biased: bool):
+    def draw(key, s: ProductSampler, shape):
+        w0, w1 = block_words(key, (product_blocks(s),) + tuple(shape))
+        pairs = [(w0[j], w1[j]) for j in range(w0.shape[0])]
+        return product_from_words(s, pairs, length_biased)
+
+    return draw
 
 
 def slot_load_halves(key, sampler, shape):
@@ -276,7 +341,7 @@ def _load_alias_halves(key, sampler: LoadAliasSampler, shape: tuple):
     half = (shape[0] // 2,) + shape[1:]
     m = math.prod(half)
     return tuple(
-        load_alias_pick(sampler.table, *block_words(key, half, offset=i * m)) for i in (0, 1)
+        value_alias_pick(sampler.table, *block_words(key, half, offset=i * m)) for i in (0, 1)
     )
 
 
@@ -299,6 +364,7 @@ DRAWS = {
     TableSampler: Draws(_table_requests, _table_lb_requests),
     AliasSampler: Draws(_alias_requests, _alias_lb_requests, _alias_stationary),
     CopulaSampler: Draws(copula_requests, copula_length_biased_requests),
+    ProductSampler: Draws(_product_draw(False), _product_draw(True)),
 }
 """Every sampler kind and its draws: the one dispatch table (a new kind is added here)."""
 
@@ -324,5 +390,5 @@ def sample_slot_load(key, sampler, shape):
     two words of one block per load, :func:`~.threefry.block_words`), any other sampler as
     the load of :func:`sample_stationary`."""
     if type(sampler) is LoadAliasSampler:
-        return load_alias_pick(sampler.table, *block_words(key, tuple(shape)))
+        return value_alias_pick(sampler.table, *block_words(key, tuple(shape)))
     return slot_load(sample_stationary(key, sampler, shape))

@@ -32,10 +32,13 @@ def test_fast_kernel_segment_checked_against_the_budget(capsys):
 
 
 def test_request_bytes_follow_the_sampler():
-    """The generic path (a copula sampler) is counted at twice an alias table's bytes."""
-    copula = make_sampler(resolve_workload(WL), 0, draw="alias")
-    assert type(copula).__name__ == "CopulaSampler"
-    assert S._request_bytes(copula) == 2 * S._request_bytes(S.KS.alias_sampler([1], [2]))
+    """The generic path (a copula sampler, or the alias tables of independent marginals) is
+    counted at twice a request alias table's bytes."""
+    alias = S._request_bytes(S.KS.alias_sampler([1], [2]))
+    for spec, kind in ((WL, "ProductSampler"), ("azure-conv-fit", "CopulaSampler")):
+        sampler = make_sampler(resolve_workload(spec), 0, draw="alias")
+        assert type(sampler).__name__ == kind
+        assert S._request_bytes(sampler) == 2 * alias
 
 
 @pytest.mark.parametrize(

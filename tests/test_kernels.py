@@ -111,6 +111,30 @@ def test_steady_state_matches_exact(case, kernel):
     assert abs(res.mean_slot_load - case["theta"]) <= 4.0 * res.se_slot_load
 
 
+@pytest.mark.parametrize("kernel", ["trajectory", "fast"])
+def test_independent_parametric_workload_matches_exact(kernel):
+    """A parametric workload with P and D independent draws its requests from alias tables of
+    its marginals (a ProductSampler; the fast kernel from its own counters): E[tau(r)] within
+    4 SE of the exact computation on pi from the marginals' convolution (slot_load_pmf), the
+    slot load at theta."""
+    from afd_jax.kernels.sampling import ProductSampler
+    from afd_jax.montecarlo.samplers import make_sampler
+    from afd_jax.workload import families as fam
+    from afd_jax.workload.slotload import slot_load_pmf
+
+    w = fam.independent(fam.geometric(60.0, min=0), fam.geometric(20.0))
+    assert isinstance(make_sampler(w), ProductSampler)
+    pi = slot_load_pmf(w, max_bins=1 << 20)
+    assert pi.width == 1
+    lat = _latency(pi.mean())
+    exact = exact_step_times(pi, lat, B, R_MAX, ModelOptions())
+    res = simulate(w, lat, B, R_MAX, kernel=kernel, seed=3, **RUNS[kernel])
+    err = np.abs(res.mean_tau - exact)
+    assert np.all(err <= 4.0 * res.se_tau + 1e-5 * exact), np.max(err / res.se_tau)
+    assert exact[7] - exact[0] > 10 * res.se_tau[7]
+    assert abs(res.mean_slot_load - pi.mean()) <= 4.0 * res.se_slot_load
+
+
 def test_barrier_of_a_workload_matches_exact():
     """``simulate(kernel="barrier")`` of a trace workload draws pi from its alias table of
     loads (``load_alias_for``): E[tau(r)] within 4 SE of the exact computation on pi built

@@ -12,7 +12,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from afd_jax.kernels import DRAWS, AliasSampler, CopulaSampler, TableSampler
+from afd_jax.kernels import DRAWS, AliasSampler, CopulaSampler, ProductSampler, TableSampler
 from afd_jax.kernels import sampling as KS
 from afd_jax.kernels.barrier import BLOCK, TauHistogram
 from afd_jax.kernels.contract import Kernel, SegmentInfo, SegmentParams
@@ -172,7 +172,7 @@ def test_sampler_factory_and_dispatch():
     assert make_sampler(table) is table and isinstance(
         make_sampler(table, draw="alias"), AliasSampler
     )
-    assert set(DRAWS) == {TableSampler, AliasSampler, CopulaSampler}
+    assert set(DRAWS) == {TableSampler, AliasSampler, CopulaSampler, ProductSampler}
     p, d = KS.sample_requests(jr.key(0), alias, (64,))
     assert set(np.asarray(d).tolist()) <= {1, 4} and set(np.asarray(p).tolist()) <= {6, 10}
 

@@ -620,7 +620,8 @@ def _request_bytes(sampler) -> int:
     CPU with r_max = 100 and B = 8,000 against 32,000): about 12 B with an alias table (the
     hot path; 64 kept as the margin of the chunk plan) and about 100 B with the generic path of
     a table or copula sampler, whose requests are drawn up front with their uniforms,
-    latents and search indices."""
+    latents and search indices (a ProductSampler's, drawn up front from two or three blocks
+    per request, is counted the same: an upper bound, not measured apart)."""
     return 64 if isinstance(sampler, KS.AliasSampler) else 128
 
 
