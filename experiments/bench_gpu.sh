@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared GPU benchmark: fills the GPU rows of docs/benchmarks.md in a single run of
-# under 8 minutes on one H100/H200 (224 s on an H200, 2026-12-04, before trajectory_256
-# was added: plan on about 4 minutes; each step has its own timeout; a failed step is
+# under 8 minutes on one H100/H200 (224 s on an H200, 2026-12-04, before trajectory_256,
+# checks_tables and workloads were added: plan on about 5 minutes; each step has its own timeout; a failed step is
 # reported and the next one still runs). Needs a Python with jax[cuda] and this package
 # importable.
 #
@@ -10,7 +10,7 @@
 # TRACES_DIR holds azure_llm_2023_conv.csv and azure_llm_2023_code.csv (default
 # $AFD_TRACES_DIR, else ../shared/traces); OUT_DIR (default bench_gpu_out) receives
 # devices.txt, kernels.md (fast/trajectory/barrier vs NumPy at r_max = 64, B = 256,
-# 64 replications), fast_256.md (the fast kernel with 256 replications: the 1e12 target),
+# 64 replications), workloads.md (the kernels on paper-v1 against the trace), fast_256.md (the fast kernel with 256 replications: the 1e12 target),
 # trajectory_256.md (the step-by-step kernel with 256 replications: each step's fixed loop
 # cost spread over 4x the slots),
 # profile.md (where each kernel's device time goes: experiments/profile_kernels.py),
@@ -47,8 +47,17 @@ step devices 30 "$PY" -c "import jax; print(jax.__version__, jax.devices())" |
 AFD_TRACES_DIR=$TRACES step checks 150 "$PY" -m pytest -q -n 0 -p no:cacheprovider \
     tests/test_fast_tail.py tests/test_spine.py tests/test_kernels.py::test_threefry_pair_keeps_every_bit \
     tests/test_simulate.py -k "not lockstep"
+# the barrier's draw of pi (one block per slot, an alias table of loads) and the alias tables of
+# independent parametric marginals on the GPU backend: laws and bits (session 15, not yet run
+# on a GPU)
+AFD_TRACES_DIR=$TRACES step checks_tables 90 "$PY" -m pytest -q -n 0 -p no:cacheprovider \
+    tests/test_samplers.py tests/test_kernels.py -k "block_words or halves or workload or load_alias or product"
 step kernels 110 "$PY" experiments/bench_kernels.py --trace "$TRACE" --size gpu --repeat 3 \
     --out "$OUT/kernels.md"
+# the three kernels on a parametric workload against the trace (the barrier draws pi for both;
+# paper-v1's requests come from its marginals' alias tables)
+AFD_TRACES_DIR=$TRACES step workloads 90 "$PY" experiments/bench_workloads.py \
+    --workloads paper-v1,azure_llm_2023_conv.csv --replications 64 --out "$OUT/workloads.md"
 step fast_256 60 "$PY" experiments/bench_kernels.py --trace "$TRACE" --size gpu \
     --kernels fast --replications 256 --memory-budget-mb 32768 --repeat 3 \
     --out "$OUT/fast_256.md"
