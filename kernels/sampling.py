@@ -334,12 +334,14 @@ def slot_load_halves(key, sampler, shape):
 def _load_alias_halves(key, sampler: LoadAliasSampler, shape: tuple):
     """The two halves along axis 0 of ``sample_slot_load(key, sampler, shape)``, each from its
     own counters (:func:`~.threefry.block_words` with an offset); None where that does not
-    apply (odd axis 0, a key that is not Threefry)."""
+    apply (odd axis 0, a key that is not Threefry, 2^32 draws or more)."""
     typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
     if not shape or shape[0] % 2 or not typed or str(jr.key_impl(key)) != "threefry2x32":
         return None
     half = (shape[0] // 2,) + shape[1:]
     m = math.prod(half)
+    if 2 * m >= 2**32:  # block_words falls back to jax.random.bits there: draw it whole
+        return None
     return tuple(
         value_alias_pick(sampler.table, *block_words(key, half, offset=i * m)) for i in (0, 1)
     )

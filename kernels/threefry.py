@@ -108,7 +108,7 @@ def block_words(key, shape: tuple, offset: int = 0):
     typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
     if not (typed and str(jr.key_impl(key)) == "threefry2x32" and 0 < offset + n < 2**32):
         if offset:
-            raise ValueError("block_words: an offset needs a Threefry key")
+            raise ValueError("block_words: an offset needs a Threefry key and offset + n < 2^32")
         bits = jr.bits(key, (2,) + shape, dtype=jnp.uint32)
         return bits[0], bits[1]
     k = jr.key_data(key).astype(jnp.uint32)

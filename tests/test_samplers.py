@@ -3,6 +3,8 @@ exact pmf pi (fixed seeds, cells with expected count >= 5), jit vs eager, load_o
 
 from __future__ import annotations
 
+import collections
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -228,7 +230,7 @@ def test_load_alias_for_wide_supports_falls_back(monkeypatch):
 
     w = _trace()
     monkeypatch.setattr(samplers, "LOAD_ALIAS_MAX", 64)
-    monkeypatch.setattr(samplers, "_LOAD_ALIAS", {})
+    monkeypatch.setattr(samplers, "_LOAD_ALIAS", collections.OrderedDict())
     assert samplers.load_alias_for(w) is None
     lat = Latency(0.01, 5.0, 0.1, 20.0, 0.0, 1.0)
     res = simulate(w, lat, 8, 4, kernel="barrier", steps=256, replications=2)
@@ -297,3 +299,38 @@ def test_product_sampler_joint_law(length_biased):
         assert chi2.sf(stat, int(keep.sum()) - 1) > 1e-3
     mean_d = sum(wk * c.decode.mean() for wk, c in zip(w.weights, w.components, strict=True))
     assert decode_moments(s)[0] == pytest.approx(mean_d, rel=1e-6)
+
+
+def test_tables_follow_the_workload_content(monkeypatch):
+    """The barrier's table of pi and the product sampler are cached by content: arrays changed
+    in place give new tables (a trace's loads shifted by 1,000 come out shifted), an equal
+    copy reuses them; a support wider than LOAD_ALIAS_MAX loads gets no table without building
+    pi (2^24 loads would take seconds and gigabytes)."""
+    from afd_jax.montecarlo import samplers
+
+    w = _trace()
+    before = samplers.load_alias_for(w)
+    w.prompt[:] += 1000  # the dataclass is frozen, its arrays are not
+    after = samplers.load_alias_for(w)
+    assert after is not before
+    law_before, law_after = _table_law(before), _table_law(after)
+    assert set(law_after) == {k + 1000 for k in law_before}
+    assert max(abs(law_after[k + 1000] - p) for k, p in law_before.items()) < 2.0**-23
+    copy = TraceWorkload("copy", w.prompt.copy(), w.decode.copy())
+    assert samplers.load_alias_for(copy) is after
+    ind = _independent()
+    product = make_sampler(ind)
+    ind.components[0].prompt.values[:] += 5
+    shifted = make_sampler(ind)
+    assert shifted is not product
+    from afd_jax.kernels.sampling import LoadAliasSampler
+
+    old, new = (_table_law(LoadAliasSampler(t.prompt_table[0])) for t in (product, shifted))
+    assert set(new) == {k + 5 for k in old}
+
+    def never(*a, **k):
+        raise AssertionError("pi built for a support too wide for a table")
+
+    monkeypatch.setattr(samplers, "slot_load_pmf", never)
+    wide = fam.independent(fam.uniform(0, 1 << 23), fam.uniform(1, 1 << 23))
+    assert samplers.load_alias_for(wide, 0, 1 << 30) is None

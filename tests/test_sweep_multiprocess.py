@@ -119,3 +119,32 @@ def test_other_processes_wait_for_the_run_process_0_opens(tmp_path):
         _wait_for_run(store, False, 0.3)
     store.write_manifest({"digest": "x", "complete": False})
     _wait_for_run(store, False, 0.3)
+
+
+def test_waiting_process_rides_out_a_manifest_deleted_while_read(tmp_path, monkeypatch):
+    """Process 0 clearing a finished run can delete the manifest between process 1's check
+    that it exists and its read: that read fails as "damaged", and process 1 keeps waiting for
+    the new manifest instead of stopping; a manifest that stays damaged is still an error."""
+    from afd_jax.studies.store import PartsOrphaned, PartStore
+    from afd_jax.studies.sweep.run import _wait_for_run
+
+    store = PartStore(tmp_path / "t.csv.parts")
+    store.write_manifest({"digest": "x", "complete": True})
+    read = PartStore.read_manifest
+    calls = []
+
+    def racing(self):
+        calls.append(1)
+        if len(calls) == 1:  # deleted under the reader; process 0 writes the new one after
+            self.manifest_path.unlink()
+            raise PartsOrphaned("damaged", path=str(self.manifest_path))
+        if len(calls) == 2:
+            self.write_manifest({"digest": "x", "complete": False})
+        return read(self)
+
+    monkeypatch.setattr(PartStore, "read_manifest", racing)
+    _wait_for_run(store, False, 5.0)
+    monkeypatch.setattr(PartStore, "read_manifest", read)
+    store.manifest_path.write_text("[1, 2]")
+    with pytest.raises(PartsOrphaned):
+        _wait_for_run(store, False, 5.0)

@@ -45,9 +45,9 @@ from afd_jax.kernels.sampling import (
     table_sampler,
     value_alias_rows,
 )
-from afd_jax.workload.containers import ParametricWorkload, TraceWorkload
+from afd_jax.workload.containers import ParametricWorkload, TraceWorkload, content_digest
 from afd_jax.workload.families import gaussian_corr
-from afd_jax.workload.slotload import needs_quadrature, slot_load_pmf
+from afd_jax.workload.slotload import needs_quadrature, slot_load_pmf, unit_span
 
 __all__ = [
     "DRAW_METHODS",
@@ -117,13 +117,31 @@ PRODUCT_TABLE_MAX = 1 << 20
 tables (:class:`ProductSampler`, 16 B a row); wider ones keep the copula sampler's
 inverse-CDF tables."""
 
-_PRODUCT: dict = {}  # ProductSampler per (workload object), per load offset
+
+_LOAD_ALIAS: collections.OrderedDict = collections.OrderedDict()  # (digest, offset) -> table
+_PRODUCT: collections.OrderedDict = collections.OrderedDict()  # (digest, offset) -> sampler
+_BUILT_KEPT = 4
+
+
+def _built_once(store: collections.OrderedDict, w, load_offset: int, build):
+    """``build()`` once per workload content and load offset (the :data:`_BUILT_KEPT` latest
+    kept): a sweep calls ``simulate`` once per scenario with the same workload, and a
+    workload's arrays changed in place make a new one (the key is
+    :func:`~afd_jax.workload.containers.content_digest`)."""
+    key = (content_digest(w), int(load_offset))
+    if key in store:
+        store.move_to_end(key)
+        return store[key]
+    store[key] = value = build()
+    while len(store) > _BUILT_KEPT:
+        store.popitem(last=False)
+    return value
 
 
 def _product_sampler(w: ParametricWorkload, load_offset: int) -> ProductSampler | None:
     """Alias tables of every component's marginals when P and D are independent in every
     component (no copula quadrature) and no marginal has more than PRODUCT_TABLE_MAX atoms;
-    else None. Built once per workload object and offset (0.1 s for ``paper-v1``)."""
+    else None. Built once per workload content and offset (0.1 s for ``paper-v1``)."""
     comps = w.components
     if (
         needs_quadrature(w)
@@ -155,7 +173,7 @@ def _product_sampler(w: ParametricWorkload, load_offset: int) -> ProductSampler 
             ),
         )
 
-    return reuse_for(_PRODUCT.setdefault(int(load_offset), {}), (w,), build)
+    return _built_once(_PRODUCT, w, load_offset, build)
 
 
 def table_size(n: int) -> int:
@@ -242,8 +260,6 @@ the table (:func:`load_alias_for`): its quadrature took 0.1 to 5 s on the 2-core
 for the reproduction's `copula`, 459,000 loads), while its copula draw of requests runs at
 about 1.5e7 slot-steps/s there (18 s for 2^28 slot-steps; pi's table about 3.5e8)."""
 
-_LOAD_ALIAS: dict = {}  # per load offset: LoadAliasSampler per workload object
-
 
 def load_alias_for(
     w, load_offset: int = 0, slot_steps: int | None = None
@@ -255,21 +271,18 @@ def load_alias_for(
     pi spans more than :data:`LOAD_ALIAS_MAX` loads, when ``w`` is a sampler pytree, or when
     pi needs the copula quadrature and the run has fewer than
     :data:`QUADRATURE_MIN_SLOT_STEPS` ``slot_steps`` (its draws would cost less than pi).
-    Built once per workload object and offset."""
-    if not isinstance(w, TraceWorkload | ParametricWorkload):
+    Built once per workload content and offset."""
+    if not isinstance(w, TraceWorkload | ParametricWorkload) or unit_span(w) > LOAD_ALIAS_MAX:
         return None
     small = slot_steps is not None and slot_steps < QUADRATURE_MIN_SLOT_STEPS
     if small and isinstance(w, ParametricWorkload) and needs_quadrature(w):
         return None
 
     def build():
-        try:
-            pm = slot_load_pmf(w, int(load_offset), max_bins=LOAD_ALIAS_MAX)
-        except InputError:  # a parametric pi too wide for any lattice: not for a table
-            return None
-        return load_alias_sampler(pm.start, pm.pmf) if pm.width == 1 else None
+        pm = slot_load_pmf(w, int(load_offset), max_bins=LOAD_ALIAS_MAX)
+        return load_alias_sampler(pm.start, pm.pmf)
 
-    return reuse_for(_LOAD_ALIAS.setdefault(int(load_offset), {}), (w,), build)
+    return _built_once(_LOAD_ALIAS, w, load_offset, build)
 
 
 def decode_moments(sampler) -> tuple[float, float] | None:

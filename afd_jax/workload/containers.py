@@ -79,6 +79,28 @@ class ParametricWorkload:
 Workload = TraceWorkload | ParametricWorkload
 
 
+def content_digest(w: Workload) -> bytes:
+    """A digest of what defines a workload's law (the rows of a trace; the weights, marginals
+    and correlations of a parametric workload): caches of values computed from a workload
+    key on it, so that arrays changed in place make new values (the dataclasses are frozen,
+    their arrays are not). Milliseconds for the shared traces."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    if isinstance(w, TraceWorkload):
+        parts = [w.prompt, w.decode]
+    else:
+        parts = [w.weights]
+        for c in w.components:
+            parts += [c.prompt.values, c.prompt.pmf, c.decode.values, c.decode.pmf]
+            parts.append(np.array([c.rank_corr], np.float64))
+    for a in parts:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.digest()
+
+
 @dataclass(frozen=True)
 class WorkloadStats:
     """Summary statistics of a workload (float64). ``theta`` and ``slot_var`` follow

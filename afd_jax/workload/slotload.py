@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from afd_jax.errors import InputError
-from afd_jax.workload.containers import ParametricWorkload, TraceWorkload
+from afd_jax.workload.containers import ParametricWorkload, TraceWorkload, content_digest
 from afd_jax.workload.families import copula_conditional_rows, gaussian_corr
 
 #: The most points of any lattice array built here (float64: 256 MiB per array).
@@ -233,29 +233,45 @@ def _independent(comp) -> bool:
     )
 
 
-_PARAMETRIC_PI: list = []  # (workload, (start, lattice)) of the latest workloads, newest first
+_PARAMETRIC_PI: list = []  # (content digest, (start, lattice)), newest first
 _PARAMETRIC_PI_KEPT = 2
 
 
 def _parametric_pi(w: ParametricWorkload) -> tuple[int, np.ndarray]:
     """(start, unnormalised masses on the unit lattice) of a parametric workload's pi, computed
-    once per workload object (the exact method and the barrier sampler's table both need it;
-    the copula quadrature takes seconds for a wide support). The lattice is read-only."""
+    once per workload content (:func:`~afd_jax.workload.containers.content_digest`; the exact
+    method and the barrier sampler's table both need it, and the copula quadrature takes
+    seconds for a wide support). The lattice is read-only."""
+    key = content_digest(w)
     for i, (seen, value) in enumerate(_PARAMETRIC_PI):
-        if seen is w:
+        if seen == key:
             _PARAMETRIC_PI.insert(0, _PARAMETRIC_PI.pop(i))
             return value
     value = _compute_parametric_pi(w)
     value[1].flags.writeable = False
-    _PARAMETRIC_PI.insert(0, (w, value))
+    _PARAMETRIC_PI.insert(0, (key, value))
     del _PARAMETRIC_PI[_PARAMETRIC_PI_KEPT:]
     return value
 
 
-def _compute_parametric_pi(w: ParametricWorkload) -> tuple[int, np.ndarray]:
+def unit_span(w) -> int:
+    """The number of unit lattice points of pi of a workload (loads min P .. max P + D - 1),
+    from the supports alone: what :func:`slot_load_pmf` would build before coarsening."""
+    if isinstance(w, TraceWorkload):
+        prompt, decode = _held_rows(w)
+        return int((prompt + decode).max()) - int(prompt.min())
+    return _parametric_bounds(w)[1] - _parametric_bounds(w)[0]
+
+
+def _parametric_bounds(w: ParametricWorkload) -> tuple[int, int]:
     comps = w.components
     start = min(int(c.prompt.values[0]) for c in comps)
-    end = max(int(c.prompt.values[-1] + c.decode.values[-1]) for c in comps)
+    return start, max(int(c.prompt.values[-1] + c.decode.values[-1]) for c in comps)
+
+
+def _compute_parametric_pi(w: ParametricWorkload) -> tuple[int, np.ndarray]:
+    comps = w.components
+    start, end = _parametric_bounds(w)
     _check_size(
         end - start,
         f"the slot-load law of {w.name!r} (loads {start:,}..{end:,})",

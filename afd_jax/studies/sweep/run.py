@@ -241,7 +241,12 @@ def _wait_for_run(store: PartStore, resume: bool, timeout_s: float) -> None:
     finished run's manifest may still be there when this process looks."""
 
     def opened() -> bool:
-        found = store.read_manifest()
+        try:
+            found = store.read_manifest()
+        except PartsOrphaned:  # unreadable: deleted while read (process 0 clearing), or damaged
+            if not store.manifest_path.is_file():
+                return False
+            found = store.read_manifest()  # still there: read it again (raises if damaged)
         return found is not None and (resume or not found.get("complete"))
 
     wait_until(opened, timeout_s, "the manifest" if resume else "process 0's new manifest")
