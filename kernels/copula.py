@@ -1,25 +1,25 @@
 """JAX sampler of parametric workloads: a mixture of Gaussian-copula components.
 
-Each component k has integer marginals for P and D stored as padded inverse-CDF tables and a
-latent normal correlation ``rho_k``. A fresh request:
+Each component k has integer marginals for P and D and a latent normal correlation ``rho_k``.
+A fresh request, from three Threefry blocks (two for a single component; :func:`copula_blocks`):
 
-    k   ~ Categorical(w)                                   (mixture weight)
-    U_D ~ Uniform[0, 1);   D = F_D^-1(U_D)                 (inverse-CDF lookup)
+    k   ~ Categorical(w)                                   (mixture weight; mixtures only)
+    D   ~ pmf_D (Walker alias table of the atoms' indices)
+    U_D ~ Uniform[F_D(D-), F_D(D))                         (the latent uniform given D)
     Z_1 = ndtri(U_D);      Z_2 = rho_k Z_1 + sqrt(1 - rho_k^2) eps,   eps ~ N(0, 1)
-    P   = F_P^-1(Phi(Z_2))
+    P   = F_P^-1(Phi(Z_2))                                 (inverse-CDF binary search)
 
-A length-biased request (probability proportional to D, docs/model.md 4), drawn exactly:
+which is the copula's law (U_D uniform on [0, 1) and D = F_D^-1(U_D), drawn in the other
+order). A length-biased request (probability proportional to D, docs/model.md 4) is the same
+with k ~ w_k E_k[D] and D ~ d pmf(d) / E_k[D] (a second alias table).
 
-    k ~ w_k E_k[D];   D = d with probability d pmf(d) / E_k[D];
-    U_D ~ Uniform[F_D(d-), F_D(d))   (the latent uniform given D = d)
-    then Z_1, Z_2, P as above.
-
-Tables (built on the host by ``afd_jax.montecarlo.samplers.make_sampler``): CDFs float32 with the
-last real
-entry exactly 1 and padding 2.0 (never selected); values int32 padded with the row's last value.
-Float32 CDFs drop atoms of mass below ~6e-8 near the top of the CDF (error of that order in any
-probability). Uniforms are clipped to [2^-25, 1 - 2^-24] before ``ndtri`` (finite latents).
-Nothing here imports afd_jax.
+Tables (built on the host by ``afd_jax.montecarlo.samplers.make_sampler``): alias tables from
+the float64 pmfs (acceptance rounded to 2^-24); CDFs float32 with the last real entry exactly
+1 and padding 2.0 (never selected); values int32 padded with the row's last value. Float32
+CDFs drop atoms of mass below ~6e-8 near the top of the CDF (error of that order in any
+probability). Uniforms are on the 2^-24 grid; the latent uniform is clipped to [2^-25,
+1 - 2^-24] before ``ndtri`` and eps is ``ndtri`` of a uniform on the midpoints of that grid
+(|eps| < 5.4: a normal tail of 7e-8 left out). Nothing here imports afd_jax.
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 from jax.scipy.special import ndtr, ndtri
 
-__all__ = ["CopulaSampler", "copula_length_biased_requests", "copula_requests"]
+from .alias import unit24, value_alias_pick
+
+__all__ = ["CopulaSampler", "copula_blocks", "copula_from_words"]
 
 
 class CopulaSampler(NamedTuple):
@@ -40,7 +41,11 @@ class CopulaSampler(NamedTuple):
     comp_cdf, comp_cdf_lb: float32[K] cumulative mixture weights w_k and w_k E_k[D];
     rho: float32[K] latent normal correlation; prompt_values: int32[K, NP], prompt_cdf:
     float32[K, NP]; decode_values: int32[K, ND], decode_cdf, decode_cdf_lb: float32[K, ND]
-    (F_D and the length-biased CDF sum_{d' <= d} d' pmf(d') / E[D]).
+    (F_D and the length-biased CDF sum_{d' <= d} d' pmf(d') / E[D]); decode_alias,
+    decode_lb_alias: int32[K, NA, 4], alias tables of the atoms' indices 0..ND-1 under pmf_D
+    and under d pmf_D(d) / E[D] (``kernels.alias.value_alias_rows``), or NA = 0 (more decode
+    atoms than the builder tabulates: D is then found by a binary search of the CDFs with a
+    24-bit uniform).
     """
 
     comp_cdf: jax.Array
@@ -51,6 +56,8 @@ class CopulaSampler(NamedTuple):
     decode_values: jax.Array
     decode_cdf: jax.Array
     decode_cdf_lb: jax.Array
+    decode_alias: jax.Array
+    decode_lb_alias: jax.Array
 
 
 def _row_search(table, row, u):
@@ -74,42 +81,33 @@ def _row_search(table, row, u):
     return jnp.minimum(lo, n - 1)
 
 
-def _pick_component(cdf, u):
-    idx = jnp.searchsorted(cdf, u, side="right").astype(jnp.int32)
-    return jnp.minimum(idx, cdf.shape[0] - 1)
+def copula_blocks(s: CopulaSampler) -> int:
+    """Threefry blocks per request: D's alias pair, (latent uniform, eps), and a word for the
+    component when there are several (static)."""
+    return 2 if s.comp_cdf.shape[0] == 1 else 3
 
 
-def _prompt_given_latent(key, s: CopulaSampler, comp, z1):
-    rho = s.rho[comp]
-    eps = jr.normal(key, z1.shape, dtype=jnp.float32)
-    z2 = rho * z1 + jnp.sqrt(jnp.maximum(1.0 - rho * rho, 0.0)) * eps
-    j = _row_search(s.prompt_cdf, comp, ndtr(z2))
-    return s.prompt_values[comp, j]
-
-
-def _latent(u):
-    return ndtri(jnp.clip(u, 2.0**-25, 1.0 - 2.0**-24))
-
-
-def copula_requests(key, s: CopulaSampler, shape):
-    """Fresh i.i.d. requests (prompt, decode), int32 arrays of ``shape``."""
-    k_c, k_d, k_p = jr.split(key, 3)
-    comp = _pick_component(s.comp_cdf, jr.uniform(k_c, shape, dtype=jnp.float32))
-    u_d = jr.uniform(k_d, shape, dtype=jnp.float32)
-    decode = s.decode_values[comp, _row_search(s.decode_cdf, comp, u_d)]
-    prompt = _prompt_given_latent(k_p, s, comp, _latent(u_d))
-    return prompt, decode
-
-
-def copula_length_biased_requests(key, s: CopulaSampler, shape):
-    """Requests drawn with probability proportional to D (exact, see the module docstring):
-    (prompt, decode) int32 arrays of ``shape``."""
-    k_c, k_d, k_u, k_p = jr.split(key, 4)
-    comp = _pick_component(s.comp_cdf_lb, jr.uniform(k_c, shape, dtype=jnp.float32))
-    j = _row_search(s.decode_cdf_lb, comp, jr.uniform(k_d, shape, dtype=jnp.float32))
+def copula_from_words(s: CopulaSampler, words, length_biased: bool = False):
+    """(prompt, decode) int32 from :func:`copula_blocks` pairs of uint32 words per request
+    (``words[j] = (w0, w1)``), as the module docstring says. ``length_biased`` (static)."""
+    (a0, a1), (b0, b1) = words[0], words[1]
+    k = s.comp_cdf.shape[0]
+    if k == 1:
+        comp = jnp.zeros(a0.shape, jnp.int32)
+    else:
+        cdf = s.comp_cdf_lb if length_biased else s.comp_cdf
+        comp = jnp.searchsorted(cdf, unit24(words[2][0]), side="right").astype(jnp.int32)
+        comp = jnp.minimum(comp, k - 1)
+    if s.decode_alias.shape[1]:
+        j = value_alias_pick(s.decode_lb_alias if length_biased else s.decode_alias, a0, a1, comp)
+    else:  # no alias tables: the inverse CDF
+        j = _row_search(s.decode_cdf_lb if length_biased else s.decode_cdf, comp, unit24(a0))
     decode = s.decode_values[comp, j]
     hi = s.decode_cdf[comp, j]
     lo = jnp.where(j > 0, s.decode_cdf[comp, jnp.maximum(j - 1, 0)], jnp.float32(0.0))
-    u_d = lo + (hi - lo) * jr.uniform(k_u, shape, dtype=jnp.float32)
-    prompt = _prompt_given_latent(k_p, s, comp, _latent(u_d))
-    return prompt, decode
+    z1 = ndtri(jnp.clip(lo + (hi - lo) * unit24(b0), 2.0**-25, 1.0 - 2.0**-24))
+    eps = ndtri(unit24(b1) + jnp.float32(2.0**-25))
+    rho = s.rho[comp]
+    z2 = rho * z1 + jnp.sqrt(jnp.maximum(1.0 - rho * rho, 0.0)) * eps
+    j_p = _row_search(s.prompt_cdf, comp, ndtr(z2))
+    return s.prompt_values[comp, j_p], decode

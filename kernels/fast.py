@@ -30,14 +30,7 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from .contract import Kernel, SegmentInfo
-from .sampling import (
-    AliasSampler,
-    ProductSampler,
-    alias_requests_from_bits,
-    product_blocks,
-    product_from_words,
-    sample_requests,
-)
+from .sampling import WORD_DRAWS, AliasSampler, alias_requests_from_bits, sample_requests
 from .threefry import threefry2x32, threefry2x32_pair, unpack_pair
 from .trajectory import SlotState, init_slots
 
@@ -67,10 +60,9 @@ def fresh_requests(key_stream, drawn, sampler, n_requests: int, slot_ids=None):
 
     drawn: int32[r_max, B] request counters. Request n of slot i is a function of the slot key
     ``fold_in(key_stream, i)`` and of n only. An :class:`AliasSampler` (the hot path) draws
-    from the two output words of one Threefry-2x32 block (:func:`request_bits`), a
-    :class:`~.sampling.ProductSampler` from blocks b n .. b n + b - 1 (b =
-    :func:`~.sampling.product_blocks`); other samplers draw with the key
-    ``fold_in(slot_key, n)``.
+    from the two output words of one Threefry-2x32 block (:func:`request_bits`), the samplers
+    of :data:`~.sampling.WORD_DRAWS` (parametric workloads) from blocks b n .. b n + b - 1
+    (b = their ``blocks``); other samplers draw with the key ``fold_in(slot_key, n)``.
     ``slot_ids``: int32[r_max * B], each slot's index i (default: its position).
     Returns (prompt, decode) int32[K, r_max, B] (K = ``n_requests``, static).
     """
@@ -83,12 +75,13 @@ def fresh_requests(key_stream, drawn, sampler, n_requests: int, slot_ids=None):
         words = jnp.stack(_slot_words(key_stream, slot_ids), axis=1)
         bits0, bits1 = request_bits(words, counters.astype(jnp.uint32))
         prompt, decode = alias_requests_from_bits(sampler, bits0, bits1)
-    elif isinstance(sampler, ProductSampler):  # blocks b n .. b n + b - 1 of request n
+    elif type(sampler) in WORD_DRAWS:  # blocks b n .. b n + b - 1 of request n
+        wd = WORD_DRAWS[type(sampler)]
         words = jnp.stack(_slot_words(key_stream, slot_ids), axis=1)
-        b = product_blocks(sampler)
+        b = wd.blocks(sampler)
         base = counters.astype(jnp.uint32) * jnp.uint32(b)
         pairs = [request_bits(words, base + jnp.uint32(j)) for j in range(b)]
-        prompt, decode = product_from_words(sampler, pairs)
+        prompt, decode = wd.from_words(sampler, pairs)
     else:
         slot_keys = jax.vmap(jr.fold_in, in_axes=(None, 0))(key_stream, slot_ids)
         fold = jax.vmap(jax.vmap(jr.fold_in, in_axes=(0, 0)), in_axes=(None, 0))

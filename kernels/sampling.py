@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-from .copula import CopulaSampler, copula_length_biased_requests, copula_requests
+from .alias import _alias_table, unit24, value_alias_pick, value_alias_rows
+from .copula import CopulaSampler, copula_blocks, copula_from_words
 from .threefry import block_words, random_bits, three_words_by_halves
 
 
@@ -105,22 +106,6 @@ class AliasSampler(NamedTuple):
     decode: jax.Array
     req_table: jax.Array
     lb_table: jax.Array
-
-
-def _alias_table(weight):
-    """Walker/Vose alias table of float64 weights (host, NumPy): (prob float64, alias int64)."""
-    n = weight.shape[0]
-    p = weight / weight.sum() * n
-    prob = np.ones(n, np.float64)
-    alias = np.arange(n, dtype=np.int64)
-    small = [i for i in range(n) if p[i] < 1.0]
-    large = [i for i in range(n) if p[i] >= 1.0]
-    while small and large:
-        s, g = small.pop(), large.pop()
-        prob[s], alias[s] = p[s], g
-        p[g] = p[g] + p[s] - 1.0
-        (small if p[g] < 1.0 else large).append(g)
-    return prob, alias
 
 
 def _packed(prompt, decode, weight):
@@ -206,42 +191,6 @@ def _alias_stationary_from_bits(s: AliasSampler, w0, w1, w2):
     return prompt, decode, age
 
 
-def value_alias_rows(values, weights, size: int = 2) -> np.ndarray:
-    """Walker alias table of a law on int32 ``values`` with float64 ``weights`` (host, NumPy):
-    int32[n, 4] rows ``(threshold, value_k, value of alias(k), 0)``, ``threshold =
-    round(prob_k * 2**24)``; zero weights dropped, n the power of two >= max(2, ``size``, the
-    values kept) (padding columns weigh 0 and always defer to their alias). Drawn by
-    :func:`value_alias_pick`."""
-    values = np.asarray(values, np.int64)
-    weights = np.asarray(weights, np.float64)
-    keep = weights > 0
-    values, w = values[keep], weights[keep]
-    if not values.size or values.min() < 0 or values.max() >= 2**31:
-        raise ValueError("an alias table needs positive mass on int32 values")
-    n = 1 << max(1, (max(int(size), values.size) - 1).bit_length())
-    values = np.concatenate([values, np.zeros(n - values.size, np.int64)])
-    w = np.concatenate([w, np.zeros(n - w.size)])
-    prob, alias = _alias_table(w)
-    thr = np.minimum(np.round(prob * 2**24), 2**24).astype(np.int64)
-    return np.stack([thr, values, values[alias], np.zeros(n, np.int64)], axis=1).astype(np.int32)
-
-
-def value_alias_pick(table, word0, word1, row=None):
-    """Values (int32) drawn from alias tables of :func:`value_alias_rows` with two uint32 words
-    per draw: the column from the top log2(n) bits of ``word0`` (exactly uniform: n is a power
-    of two), kept when the top 24 bits of ``word1`` are below its threshold, else its alias.
-    ``table``: int32[n, 4], or [K, n, 4] with ``row`` (int32, the words' shape) naming each
-    draw's table. One row gather per draw."""
-    n = table.shape[-2]
-    col = (word0 >> jnp.uint32(33 - n.bit_length())).astype(jnp.int32)
-    if table.ndim == 3:
-        col = col + row * jnp.int32(n)
-        table = table.reshape(-1, table.shape[-1])
-    r = jnp.take(table, col, axis=0, mode="clip")
-    keep = (word1 >> jnp.uint32(8)).astype(jnp.int32) < r[..., 0]
-    return jnp.where(keep, r[..., 1], r[..., 2])
-
-
 class LoadAliasSampler(NamedTuple):
     """The stationary slot-load law pi itself (docs/model.md 4) as a Walker alias table: all
     the barrier sampler needs (loads, not requests), from one Threefry block per slot.
@@ -299,18 +248,47 @@ def product_from_words(s: ProductSampler, words, length_biased: bool = False):
     if k == 1:
         comp = jnp.zeros(d0.shape, jnp.int32)
     else:
-        u = (words[2][0] >> jnp.uint32(8)).astype(jnp.float32) * jnp.float32(2.0**-24)
+        u = unit24(words[2][0])
         comp = jnp.minimum(_pick(s.comp_cdf_lb if length_biased else s.comp_cdf, u), k - 1)
         comp = comp.astype(jnp.int32)
     decode = value_alias_pick(s.decode_lb_table if length_biased else s.decode_table, d0, d1, comp)
     return value_alias_pick(s.prompt_table, p0, p1, comp), decode
 
 
-def _product_draw(length_biased: bool):
-    def draw(key, s: ProductSampler, shape):
-        w0, w1 = block_words(key, (product_blocks(s),) + tuple(shape))
-        pairs = [(w0[j], w1[j]) for j in range(w0.shape[0])]
-        return product_from_words(s, pairs, length_biased)
+class WordDraw(NamedTuple):
+    """A sampler kind that draws each request from a fixed number of Threefry blocks:
+    ``blocks(s)`` (static) and ``from_words(s, pairs, length_biased)`` -> (prompt, decode)
+    from ``pairs[j] = (w0, w1)``. The step kernels take the blocks from
+    :func:`~.threefry.block_words`, the fast kernel from its slot counters
+    (``kernels.fast.fresh_requests``)."""
+
+    blocks: Callable
+    from_words: Callable
+
+
+WORD_DRAWS = {
+    ProductSampler: WordDraw(product_blocks, product_from_words),
+    CopulaSampler: WordDraw(copula_blocks, copula_from_words),
+}
+"""The sampler kinds drawn from words (those of :data:`DRAWS` that are not alias tables of
+requests or inverse-CDF tables)."""
+
+
+def _words_draw(length_biased: bool):
+    def draw(key, s, shape):
+        wd = WORD_DRAWS[type(s)]
+        shape = tuple(shape)
+        m = math.prod(shape)
+        typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+        if typed and str(jr.key_impl(key)) == "threefry2x32" and wd.blocks(s) * m < 2**32:
+            # block j of the request: the words of block_words(key, (blocks,) + shape)[:, j],
+            # drawn part by part (slices of one draw made XLA:CPU 3x slower: 18 vs 6.4 ms
+            # for 213,000 copula requests)
+            pairs = [block_words(key, shape, offset=j * m) for j in range(wd.blocks(s))]
+        else:
+            w0, w1 = block_words(key, (wd.blocks(s),) + shape)
+            pairs = [(w0[j], w1[j]) for j in range(w0.shape[0])]
+        return wd.from_words(s, pairs, length_biased)
 
     return draw
 
@@ -365,8 +343,8 @@ class Draws(NamedTuple):
 DRAWS = {
     TableSampler: Draws(_table_requests, _table_lb_requests),
     AliasSampler: Draws(_alias_requests, _alias_lb_requests, _alias_stationary),
-    CopulaSampler: Draws(copula_requests, copula_length_biased_requests),
-    ProductSampler: Draws(_product_draw(False), _product_draw(True)),
+    CopulaSampler: Draws(_words_draw(False), _words_draw(True)),
+    ProductSampler: Draws(_words_draw(False), _words_draw(True)),
 }
 """Every sampler kind and its draws: the one dispatch table (a new kind is added here)."""
 

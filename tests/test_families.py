@@ -100,11 +100,16 @@ def test_mixture_combines_length_biased():
     assert s.theta == pytest.approx((0.25 * 46 + 0.75 * 100) / 1.75)
 
 
-def _mc_check(w, n, seed):
+def _mc_check(w, n, seed, draw=None):
+    """theta, the second moment and corr(P, D) of n fresh requests against the exact values
+    (5 SE). ``draw(key, n) -> (p, d)``: default the sampler's own draw."""
     st = fam.parametric_stats(w)
-    fn = jax.jit(sample_requests, static_argnums=2)
-    p, d = fn(jax.random.key(seed), make_sampler(w), (n,))
-    p, d = np.asarray(p, np.float64), np.asarray(d, np.float64)
+    if draw is None:
+        fn = jax.jit(sample_requests, static_argnums=2)
+        p, d = fn(jax.random.key(seed), make_sampler(w), (n,))
+    else:
+        p, d = draw(jax.random.key(seed), n)
+    p, d = np.asarray(p, np.float64).ravel(), np.asarray(d, np.float64).ravel()
     num = d * p + d * (d - 1) / 2
     theta_hat = num.sum() / d.sum()
     se = np.sqrt(np.mean((num - theta_hat * d) ** 2) / n) / d.mean()  # delta method
@@ -117,8 +122,8 @@ def _mc_check(w, n, seed):
     assert abs(corr - st.corr_prompt_decode) < 5 * (1 - corr**2) / math.sqrt(n) * 3
 
 
-def test_copula_stats_match_large_sample():
-    w = fam.mixture(
+def _copula_mixture():
+    return fam.mixture(
         [
             (
                 0.8,
@@ -131,7 +136,28 @@ def test_copula_stats_match_large_sample():
             (0.2, fam.copula(fam.zipf(1.1, lo=1, hi=3000), fam.geometric(40.0), -0.4)),
         ]
     )
-    _mc_check(w, 1_000_000, 0)
+
+
+def test_copula_stats_match_large_sample():
+    _mc_check(_copula_mixture(), 1_000_000, 0)
+
+
+def test_copula_draws_of_the_fast_kernel_and_without_alias_tables():
+    """The copula sampler's other two ways to a request, each 10^6 against the exact theta,
+    second moment and correlation: the fast kernel's (blocks from its slot counters,
+    ``fresh_requests``), and D by the CDFs' binary search (what a decode marginal too wide
+    for an alias table gets: the tables emptied here)."""
+    from afd_jax.kernels.fast import fresh_requests
+
+    w = _copula_mixture()
+    s = make_sampler(w)
+    drawn = jax.numpy.zeros((1000, 100), jax.numpy.int32)
+    fast = jax.jit(lambda k: fresh_requests(k, drawn, s, 10))
+    _mc_check(w, 1_000_000, 1, lambda k, n: fast(k))
+    empty = jax.numpy.zeros(s.decode_alias.shape[:1] + (0, 4), jax.numpy.int32)
+    searched = s._replace(decode_alias=empty, decode_lb_alias=empty)
+    fn = jax.jit(sample_requests, static_argnums=2)
+    _mc_check(w, 1_000_000, 2, lambda k, n: fn(k, searched, (n,)))
 
 
 def test_presets_are_labelled():

@@ -334,3 +334,15 @@ def test_tables_follow_the_workload_content(monkeypatch):
     monkeypatch.setattr(samplers, "slot_load_pmf", never)
     wide = fam.independent(fam.uniform(0, 1 << 23), fam.uniform(1, 1 << 23))
     assert samplers.load_alias_for(wide, 0, 1 << 30) is None
+
+
+def test_copula_stationary_without_alias_tables():
+    """The copula's length-biased D by the CDF's binary search (a decode marginal too wide for
+    an alias table; the tables emptied here): stationary loads against pi by chi-square."""
+    w = _copula()
+    s = make_sampler(w)
+    empty = jnp.zeros(s.decode_alias.shape[:1] + (0, 4), jnp.int32)
+    searched = s._replace(decode_alias=empty, decode_lb_alias=empty)
+    loads = jax.jit(sample_slot_load, static_argnums=2)(jax.random.key(14), searched, (N,))
+    pvalue, cells = _chi2_pvalue(np.asarray(loads, np.int64), slot_load_pmf(w))
+    assert cells > 50 and pvalue > 1e-3

@@ -85,6 +85,13 @@ def _pad(rows: list[np.ndarray], fill_last: bool, pad_value, dtype) -> np.ndarra
     return out
 
 
+PRODUCT_TABLE_MAX = 1 << 20
+"""The most atoms of a marginal that get an alias table (16 B a row; its host build is a Python
+loop, 0.7 s at 2^20): an independent parametric workload's marginals
+(:class:`ProductSampler`), a copula workload's D; wider ones are drawn from their CDFs by a
+binary search."""
+
+
 def _copula_sampler(w: ParametricWorkload, load_offset: int) -> CopulaSampler:
     weights = np.asarray(w.weights, np.float64)
     mean_d = np.array([c.decode.mean() for c in w.components])
@@ -100,6 +107,18 @@ def _copula_sampler(w: ParametricWorkload, load_offset: int) -> CopulaSampler:
         dc.append(_cdf32(c.decode.pmf))
         dlb.append(_cdf32(c.decode.pmf * d.astype(np.float64)))
         rho.append(gaussian_corr(c.rank_corr))
+    n_d = max(x.size for x in dv)
+    if n_d <= PRODUCT_TABLE_MAX:  # D by alias tables of the atoms' indices
+        comps = w.components
+        alias = [
+            value_alias_rows(np.arange(c.decode.values.size), c.decode.pmf, n_d) for c in comps
+        ]
+        lb = [
+            value_alias_rows(np.arange(c.decode.values.size), c.decode.pmf * c.decode.values, n_d)
+            for c in comps
+        ]
+    else:  # too many atoms to tabulate: D by the CDFs' binary search
+        alias = lb = [np.zeros((0, 4), np.int32)] * len(dv)
     return CopulaSampler(
         comp_cdf=jnp.asarray(_cdf32(weights), jnp.float32),
         comp_cdf_lb=jnp.asarray(_cdf32(weights * mean_d), jnp.float32),
@@ -109,17 +128,14 @@ def _copula_sampler(w: ParametricWorkload, load_offset: int) -> CopulaSampler:
         decode_values=jnp.asarray(_pad(dv, True, 0, np.int32), jnp.int32),
         decode_cdf=jnp.asarray(_pad(dc, False, 2.0, np.float32), jnp.float32),
         decode_cdf_lb=jnp.asarray(_pad(dlb, False, 2.0, np.float32), jnp.float32),
+        decode_alias=jnp.asarray(np.stack(alias)),
+        decode_lb_alias=jnp.asarray(np.stack(lb)),
     )
-
-
-PRODUCT_TABLE_MAX = 1 << 20
-"""The most atoms of a marginal for which an independent parametric workload gets alias
-tables (:class:`ProductSampler`, 16 B a row); wider ones keep the copula sampler's
-inverse-CDF tables."""
 
 
 _LOAD_ALIAS: collections.OrderedDict = collections.OrderedDict()  # (digest, offset) -> table
 _PRODUCT: collections.OrderedDict = collections.OrderedDict()  # (digest, offset) -> sampler
+_COPULA: collections.OrderedDict = collections.OrderedDict()  # (digest, offset) -> sampler
 _BUILT_KEPT = 4
 
 
@@ -243,7 +259,9 @@ def make_sampler(w, load_offset: int = 0, draw: str = "table"):
         return _trace_sampler(w, int(load_offset), draw)
     if isinstance(w, ParametricWorkload):
         product = _product_sampler(w, int(load_offset))
-        return _copula_sampler(w, int(load_offset)) if product is None else product
+        if product is not None:
+            return product
+        return _built_once(_COPULA, w, load_offset, lambda: _copula_sampler(w, int(load_offset)))
     if isinstance(w, TableSampler | AliasSampler | CopulaSampler | ProductSampler):
         return as_alias(w) if draw == "alias" else w
     raise TypeError(f"expected a TraceWorkload or ParametricWorkload, got {type(w).__name__}")
