@@ -18,8 +18,8 @@ the float64 pmfs (acceptance rounded to 2^-24); CDFs float32 with the last real 
 1 and padding 2.0 (never selected); values int32 padded with the row's last value. Float32
 CDFs drop atoms of mass below ~6e-8 near the top of the CDF (error of that order in any
 probability). Uniforms are on the 2^-24 grid; the latent uniform is clipped to [2^-25,
-1 - 2^-24] before ``ndtri`` and eps is ``ndtri`` of a uniform on the midpoints of that grid
-(|eps| < 5.4: a normal tail of 7e-8 left out). Nothing here imports afd_jax.
+1 - 2^-24] before ``ndtri``, and eps is ``ndtri`` of a grid uniform plus 2^-25 clipped the
+same way (|eps| <= 5.5: a normal tail of about 1e-7 left out). Nothing here imports afd_jax.
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ def copula_from_words(s: CopulaSampler, words, length_biased: bool = False):
     hi = s.decode_cdf[comp, j]
     lo = jnp.where(j > 0, s.decode_cdf[comp, jnp.maximum(j - 1, 0)], jnp.float32(0.0))
     z1 = ndtri(jnp.clip(lo + (hi - lo) * unit24(b0), 2.0**-25, 1.0 - 2.0**-24))
-    eps = ndtri(unit24(b1) + jnp.float32(2.0**-25))
+    # the grid's midpoints, clipped as the latent is: u + 2^-25 rounds to 1.0 at the top word
+    eps = ndtri(jnp.clip(unit24(b1) + jnp.float32(2.0**-25), 2.0**-25, 1.0 - 2.0**-24))
     rho = s.rho[comp]
     z2 = rho * z1 + jnp.sqrt(jnp.maximum(1.0 - rho * rho, 0.0)) * eps
     j_p = _row_search(s.prompt_cdf, comp, ndtr(z2))

@@ -308,8 +308,10 @@ def decode_moments(sampler) -> tuple[float, float] | None:
     host). An :class:`AliasSampler`, exactly: column k is drawn with probability 1/n and kept
     with probability threshold_k / 2**24, else its alias; a :class:`ProductSampler`, the
     mixture of its decode tables, the same way. A :class:`CopulaSampler` (correlated
-    parametric workloads): from its tables, component k with weight w_k and decode value j
-    with F_k(j) - F_k(j - 1) (the float32 CDFs it draws with). None for other samplers."""
+    parametric workloads): from its float32 CDFs, component k with weight w_k and decode
+    value j with F_k(j) - F_k(j - 1) (it draws D from alias tables of the float64 pmf: the
+    same law to ~1e-7; the moments only plan the fast kernel's request counts). None for
+    other samplers."""
     if isinstance(sampler, CopulaSampler):
         tables = (sampler.comp_cdf, sampler.decode_cdf, sampler.decode_values)  # what it reads
         return reuse_for(_MOMENTS, tables, lambda: _copula_moments(sampler))
