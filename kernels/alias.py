@@ -24,6 +24,13 @@ def _alias_table(weight):
     return prob, alias
 
 
+def alias_thresholds(weight):
+    """Walker alias table of float64 weights with its acceptance probabilities as the 24-bit
+    integer thresholds every alias draw compares with: (threshold int64, alias int64)."""
+    prob, alias = _alias_table(weight)
+    return np.minimum(np.round(prob * 2**24), 2**24).astype(np.int64), alias
+
+
 def value_alias_rows(values, weights, size: int = 2) -> np.ndarray:
     """Walker alias table of a law on int32 ``values`` with float64 ``weights`` (host, NumPy):
     int32[n, 4] rows ``(threshold, value_k, value of alias(k), 0)``, ``threshold =
@@ -39,8 +46,7 @@ def value_alias_rows(values, weights, size: int = 2) -> np.ndarray:
     n = 1 << max(1, (max(int(size), values.size) - 1).bit_length())
     values = np.concatenate([values, np.zeros(n - values.size, np.int64)])
     w = np.concatenate([w, np.zeros(n - w.size)])
-    prob, alias = _alias_table(w)
-    thr = np.minimum(np.round(prob * 2**24), 2**24).astype(np.int64)
+    thr, alias = alias_thresholds(w)
     return np.stack([thr, values, values[alias], np.zeros(n, np.int64)], axis=1).astype(np.int32)
 
 
@@ -65,4 +71,25 @@ def unit24(word):
     return (word >> jnp.uint32(8)).astype(jnp.float32) * jnp.float32(2.0**-24)
 
 
-__all__ = ["unit24", "value_alias_pick", "value_alias_rows"]
+def cdf_pick(cdf, u):
+    """Index k with cdf[k-1] <= u < cdf[k] (inverse-CDF lookup), clipped to the table; int32."""
+    idx = jnp.searchsorted(cdf, u, side="right")
+    return jnp.minimum(idx, cdf.shape[0] - 1).astype(jnp.int32)
+
+
+def pick_component(cdf, word, shape):
+    """A mixture component (int32 of ``shape``) from cumulative weights ``cdf`` [K] and a
+    uint32 word per draw (its top 24 bits); ``word`` is not read when K = 1."""
+    if cdf.shape[0] == 1:
+        return jnp.zeros(shape, jnp.int32)
+    return cdf_pick(cdf, unit24(word))
+
+
+__all__ = [
+    "alias_thresholds",
+    "cdf_pick",
+    "pick_component",
+    "unit24",
+    "value_alias_pick",
+    "value_alias_rows",
+]

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import ndtr, ndtri
 
-from .alias import unit24, value_alias_pick
+from .alias import pick_component, unit24, value_alias_pick
 
 __all__ = ["CopulaSampler", "copula_blocks", "copula_from_words"]
 
@@ -91,13 +91,8 @@ def copula_from_words(s: CopulaSampler, words, length_biased: bool = False):
     """(prompt, decode) int32 from :func:`copula_blocks` pairs of uint32 words per request
     (``words[j] = (w0, w1)``), as the module docstring says. ``length_biased`` (static)."""
     (a0, a1), (b0, b1) = words[0], words[1]
-    k = s.comp_cdf.shape[0]
-    if k == 1:
-        comp = jnp.zeros(a0.shape, jnp.int32)
-    else:
-        cdf = s.comp_cdf_lb if length_biased else s.comp_cdf
-        comp = jnp.searchsorted(cdf, unit24(words[2][0]), side="right").astype(jnp.int32)
-        comp = jnp.minimum(comp, k - 1)
+    word = words[2][0] if len(words) > 2 else None
+    comp = pick_component(s.comp_cdf_lb if length_biased else s.comp_cdf, word, a0.shape)
     if s.decode_alias.shape[1]:
         j = value_alias_pick(s.decode_lb_alias if length_biased else s.decode_alias, a0, a1, comp)
     else:  # no alias tables: the inverse CDF

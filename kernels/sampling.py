@@ -17,7 +17,6 @@ No imports from afd_jax.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -26,9 +25,9 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-from .alias import _alias_table, unit24, value_alias_pick, value_alias_rows
+from .alias import alias_thresholds, cdf_pick, pick_component, value_alias_pick, value_alias_rows
 from .copula import CopulaSampler, copula_blocks, copula_from_words
-from .threefry import block_words, random_bits, three_words_by_halves
+from .threefry import block_parts, block_words, random_bits, three_words_by_halves
 
 
 class TableSampler(NamedTuple):
@@ -68,12 +67,6 @@ def table_sampler(prompt, decode, weight=None) -> TableSampler:
     )
 
 
-def _pick(cdf, u):
-    """Index k with cdf[k-1] <= u < cdf[k] (inverse-CDF lookup), clipped to the table."""
-    idx = jnp.searchsorted(cdf, u, side="right")
-    return jnp.minimum(idx, cdf.shape[0] - 1)
-
-
 def _uniform_age(key, decode):
     """Uniform integer in 0..decode-1 (decode >= 1), int32."""
     u = jr.uniform(key, decode.shape, dtype=jnp.float32)
@@ -82,12 +75,12 @@ def _uniform_age(key, decode):
 
 
 def _table_requests(key, s: TableSampler, shape):
-    idx = _pick(s.cdf_request, jr.uniform(key, shape, dtype=jnp.float32))
+    idx = cdf_pick(s.cdf_request, jr.uniform(key, shape, dtype=jnp.float32))
     return s.prompt[idx], s.decode[idx]
 
 
 def _table_lb_requests(key, s: TableSampler, shape):
-    idx = _pick(s.cdf_length_biased, jr.uniform(key, shape, dtype=jnp.float32))
+    idx = cdf_pick(s.cdf_length_biased, jr.uniform(key, shape, dtype=jnp.float32))
     return s.prompt[idx], s.decode[idx]
 
 
@@ -109,8 +102,7 @@ class AliasSampler(NamedTuple):
 
 
 def _packed(prompt, decode, weight):
-    prob, alias = _alias_table(weight)
-    thr = np.minimum(np.round(prob * 2**24), 2**24).astype(np.int64)
+    thr, alias = alias_thresholds(weight)
     return jnp.asarray(
         np.stack([thr, prompt, decode, prompt[alias], decode[alias]], axis=1), jnp.int32
     )
@@ -244,13 +236,8 @@ def product_from_words(s: ProductSampler, words, length_biased: bool = False):
     bits of pair 2's first word (mixtures only). ``length_biased`` (static): component and D
     with probability proportional to D."""
     (d0, d1), (p0, p1) = words[0], words[1]
-    k = s.comp_cdf.shape[0]
-    if k == 1:
-        comp = jnp.zeros(d0.shape, jnp.int32)
-    else:
-        u = unit24(words[2][0])
-        comp = jnp.minimum(_pick(s.comp_cdf_lb if length_biased else s.comp_cdf, u), k - 1)
-        comp = comp.astype(jnp.int32)
+    word = words[2][0] if len(words) > 2 else None
+    comp = pick_component(s.comp_cdf_lb if length_biased else s.comp_cdf, word, d0.shape)
     decode = value_alias_pick(s.decode_lb_table if length_biased else s.decode_table, d0, d1, comp)
     return value_alias_pick(s.prompt_table, p0, p1, comp), decode
 
@@ -277,17 +264,11 @@ requests or inverse-CDF tables)."""
 def _words_draw(length_biased: bool):
     def draw(key, s, shape):
         wd = WORD_DRAWS[type(s)]
-        shape = tuple(shape)
-        m = math.prod(shape)
-        typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-        if typed and str(jr.key_impl(key)) == "threefry2x32" and wd.blocks(s) * m < 2**32:
-            # block j of the request: the words of block_words(key, (blocks,) + shape)[:, j],
-            # drawn part by part (slices of one draw made XLA:CPU 3x slower: 18 vs 6.4 ms
-            # for 213,000 copula requests)
-            pairs = [block_words(key, shape, offset=j * m) for j in range(wd.blocks(s))]
-        else:
-            w0, w1 = block_words(key, (wd.blocks(s),) + shape)
-            pairs = [(w0[j], w1[j]) for j in range(w0.shape[0])]
+        b, shape = wd.blocks(s), tuple(shape)
+        pairs = block_parts(key, shape, b)
+        if pairs is None:
+            w0, w1 = block_words(key, (b,) + shape)
+            pairs = [(w0[j], w1[j]) for j in range(b)]
         return wd.from_words(s, pairs, length_biased)
 
     return draw
@@ -311,18 +292,12 @@ def slot_load_halves(key, sampler, shape):
 
 def _load_alias_halves(key, sampler: LoadAliasSampler, shape: tuple):
     """The two halves along axis 0 of ``sample_slot_load(key, sampler, shape)``, each from its
-    own counters (:func:`~.threefry.block_words` with an offset); None where that does not
-    apply (odd axis 0, a key that is not Threefry, 2^32 draws or more)."""
-    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-    if not shape or shape[0] % 2 or not typed or str(jr.key_impl(key)) != "threefry2x32":
+    own counters (:func:`~.threefry.block_parts`); None where that does not apply (odd axis
+    0, a key that is not Threefry, 2^32 draws or more)."""
+    if not shape or shape[0] % 2:
         return None
-    half = (shape[0] // 2,) + shape[1:]
-    m = math.prod(half)
-    if 2 * m >= 2**32:  # block_words falls back to jax.random.bits there: draw it whole
-        return None
-    return tuple(
-        value_alias_pick(sampler.table, *block_words(key, half, offset=i * m)) for i in (0, 1)
-    )
+    parts = block_parts(key, (shape[0] // 2,) + shape[1:], 2)
+    return None if parts is None else tuple(value_alias_pick(sampler.table, *w) for w in parts)
 
 
 def slot_load(state):

@@ -154,7 +154,7 @@ def test_trace_samplers_are_built_once_per_content():
     fresh = MS._build_trace_sampler(np.asarray(w.prompt), np.asarray(w.decode), 0, "alias")
     for a, b in zip(changed, fresh, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    for i in range(MS._TRACE_SAMPLERS_KEPT + 1):  # older entries leave
+    for i in range(MS._BUILT_KEPT + 1):  # older entries leave
         make_sampler(TraceWorkload(name="v", prompt=w.prompt + i + 10, decode=w.decode))
     assert make_sampler(copy, draw="alias") is not first
 

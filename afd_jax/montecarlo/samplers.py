@@ -27,7 +27,6 @@ docs/model.md 1 (``P + k + load_offset``). Built with NumPy in float64, stored i
 from __future__ import annotations
 
 import collections
-import hashlib
 import math
 
 import jax.numpy as jnp
@@ -136,15 +135,16 @@ def _copula_sampler(w: ParametricWorkload, load_offset: int) -> CopulaSampler:
 _LOAD_ALIAS: collections.OrderedDict = collections.OrderedDict()  # (digest, offset) -> table
 _PRODUCT: collections.OrderedDict = collections.OrderedDict()  # (digest, offset) -> sampler
 _COPULA: collections.OrderedDict = collections.OrderedDict()  # (digest, offset) -> sampler
+_TRACE_SAMPLERS: collections.OrderedDict = collections.OrderedDict()  # (.., draw) -> sampler
 _BUILT_KEPT = 4
 
 
-def _built_once(store: collections.OrderedDict, w, load_offset: int, build):
-    """``build()`` once per workload content and load offset (the :data:`_BUILT_KEPT` latest
-    kept): a sweep calls ``simulate`` once per scenario with the same workload, and a
-    workload's arrays changed in place make a new one (the key is
-    :func:`~afd_jax.workload.containers.content_digest`)."""
-    key = (content_digest(w), int(load_offset))
+def _built_once(store: collections.OrderedDict, w, load_offset: int, build, tag=None):
+    """``build()`` once per workload content, load offset and ``tag`` (the
+    :data:`_BUILT_KEPT` latest kept per store): a sweep calls ``simulate`` once per scenario
+    with the same workload, and a workload's arrays changed in place make a new one (the key
+    is :func:`~afd_jax.workload.containers.content_digest`)."""
+    key = (content_digest(w), int(load_offset), tag)
     if key in store:
         store.move_to_end(key)
         return store[key]
@@ -208,30 +208,17 @@ def as_alias(sampler):
     return sampler
 
 
-_TRACE_SAMPLERS: collections.OrderedDict = collections.OrderedDict()
-_TRACE_SAMPLERS_KEPT = 4
-
-
 def _trace_sampler(w: TraceWorkload, load_offset: int, draw: str):
-    """The sampler of a trace, built once per content: the alias table of a 20,000-request
-    trace takes 80 ms of host time (a Python loop), several times a short simulate call's
-    work, and a sweep's mc method calls simulate once per scenario with the same trace. The
-    key is a digest of the rows and the options (a changed array makes a new sampler); the
-    :data:`_TRACE_SAMPLERS_KEPT` latest samplers are kept."""
-    prompt = np.ascontiguousarray(w.prompt, np.int64)
-    decode = np.ascontiguousarray(w.decode, np.int64)
-    digest = hashlib.blake2b(digest_size=16)
-    for part in (prompt, decode, np.array([prompt.size, load_offset], np.int64)):
-        digest.update(part.tobytes())
-    key = (digest.digest(), draw)
-    if key in _TRACE_SAMPLERS:
-        _TRACE_SAMPLERS.move_to_end(key)
-        return _TRACE_SAMPLERS[key]
-    sampler = _build_trace_sampler(prompt, decode, load_offset, draw)
-    _TRACE_SAMPLERS[key] = sampler
-    while len(_TRACE_SAMPLERS) > _TRACE_SAMPLERS_KEPT:
-        _TRACE_SAMPLERS.popitem(last=False)
-    return sampler
+    """The sampler of a trace, built once per content, offset and draw (:func:`_built_once`):
+    the alias table of a 20,000-request trace takes 80 ms of host time (a Python loop),
+    several times a short simulate call's work, and a sweep's mc method calls simulate once
+    per scenario with the same trace."""
+
+    def build():
+        prompt = np.asarray(w.prompt, np.int64)
+        return _build_trace_sampler(prompt, np.asarray(w.decode, np.int64), load_offset, draw)
+
+    return _built_once(_TRACE_SAMPLERS, w, load_offset, build, tag=draw)
 
 
 def _build_trace_sampler(prompt, decode, load_offset: int, draw: str):

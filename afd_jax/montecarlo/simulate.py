@@ -293,12 +293,15 @@ def preflight(source, batch: int, r_max: int, opts: ModelOptions = _DEFAULT_OPTS
 
 
 def _setup(source, lat, opts, run: StepsRun, given) -> StepsSetup:
-    sampler, max_load = _sampler_and_max_load(source, opts, given)
-    check_int32(run.batch, max_load)
+    loads = None
     if run.kernel == "barrier":  # pi itself where it fits a table: one block per slot
         work = run.steps * run.replications * run.slots
         loads = load_alias_for(source, int(opts.load_offset), work)
-        sampler = sampler if loads is None else loads
+    if loads is None:
+        sampler, max_load = _sampler_and_max_load(source, opts, given)
+    else:  # no request sampler needed
+        sampler, max_load = loads, max_slot_load(source, int(opts.load_offset), given)
+    check_int32(run.batch, max_load)
     model = step_model(lat, run.batch, run.r_max, opts, max_load, float_dtype(run.precision))
     hist, bins = _histogram(lat, run.batch, max_load, model, run.serial)
     return StepsSetup(sampler, model, hist, bins, jr.key(run.seed), max_load)

@@ -260,7 +260,8 @@ def unit_span(w) -> int:
     if isinstance(w, TraceWorkload):
         prompt, decode = _held_rows(w)
         return int((prompt + decode).max()) - int(prompt.min())
-    return _parametric_bounds(w)[1] - _parametric_bounds(w)[0]
+    start, end = _parametric_bounds(w)
+    return end - start
 
 
 def _parametric_bounds(w: ParametricWorkload) -> tuple[int, int]:
