@@ -11,7 +11,7 @@ import pytest
 from scipy.stats import multivariate_normal
 
 from afd_jax.errors import InputError
-from afd_jax.kernels import sample_requests
+from afd_jax.kernels import CopulaSampler, sample_requests
 from afd_jax.montecarlo.samplers import make_sampler
 from afd_jax.workload import families as fam
 from afd_jax.workload.specs import list_presets, resolve_workload
@@ -271,3 +271,109 @@ def test_copula_top_eps_word_is_finite():
     p, d = (np.asarray(x) for x in copula_from_words(s, [(a0, a1), (b0, top)]))
     assert len(set(p.tolist())) > 1
     assert np.corrcoef(p, d)[0, 1] > 0.9
+
+
+def _bivariate_cells(pm, dm, rho):
+    """Exact joint pmf of a copula's (P, D) atoms from bivariate-normal rectangles (SciPy)."""
+    from scipy.special import ndtri
+
+    a = np.clip(ndtri(np.clip(np.cumsum(pm.pmf), 0, 1)), -12, 12)
+    b = np.clip(ndtri(np.clip(np.cumsum(dm.pmf), 0, 1)), -12, 12)
+    mvn = multivariate_normal(mean=[0, 0], cov=[[1, rho], [rho, 1]], abseps=1e-12, releps=1e-12)
+    grid = np.stack(np.meshgrid(a, b, indexing="ij"), axis=-1)
+    cdf = np.pad(mvn.cdf(grid.reshape(-1, 2)).reshape(a.size, b.size), ((1, 0), (1, 0)))
+    return np.diff(np.diff(cdf, axis=0), axis=1)
+
+
+@pytest.mark.parametrize("rank_corr", [0.7, -0.5])
+def test_copula_sampler_joint_law(rank_corr):
+    """The copula sampler's (P, D) against the exact bivariate-normal cell probabilities, cell
+    by cell: a chi-square over every atom pair expected 5 times or more, 10^6 requests by the
+    sampler and 10^6 by the fast kernel's draw (P found by the guided search of the latent
+    normal's thresholds, D by its alias table)."""
+    from scipy.stats import chi2
+
+    from afd_jax.kernels.fast import fresh_requests
+
+    pm = fam.lognormal(0.9, median=6.0, lo=0, hi=25)
+    dm = fam.geometric(4.0)
+    w = fam.copula(pm, dm, rank_corr)
+    joint = _bivariate_cells(pm, dm, fam.gaussian_corr(rank_corr))
+    s = make_sampler(w)
+    n = 1_000_000
+    fresh = jax.jit(sample_requests, static_argnums=2)(jax.random.key(31), s, (n,))
+    drawn = jax.numpy.zeros((1000, 100), jax.numpy.int32)
+    fast = jax.jit(lambda k: fresh_requests(k, drawn, s, 10))(jax.random.key(32))
+    for p, d in (fresh, fast):
+        p, d = np.asarray(p).ravel(), np.asarray(d).ravel()
+        obs = np.zeros_like(joint)
+        np.add.at(obs, (np.searchsorted(pm.values, p), np.searchsorted(dm.values, d)), 1)
+        exp = joint * p.size
+        keep = exp >= 5
+        stat = ((obs[keep] - exp[keep]) ** 2 / exp[keep]).sum()
+        assert chi2.sf(stat, int(keep.sum()) - 1) > 1e-3
+        assert obs[~keep].sum() < 5 * max(exp[~keep].sum(), 1.0) + 10
+
+
+def test_guided_search_counts_thresholds():
+    """The copula's guided search of P (``kernels.copula``) against NumPy's searchsorted over
+    rows built to be hard: ties, -inf leading thresholds (atoms of no mass), a far tail beyond
+    the guide's range, 3,000 thresholds in one bin; z on and next to every bin edge, outside
+    [-8, 8), and at random."""
+    from afd_jax.kernels.copula import (
+        GUIDE_BINS,
+        GUIDE_LOW,
+        GUIDE_SCALE,
+        _prompt_index,
+        guided_rows,
+    )
+
+    rng = np.random.default_rng(5)
+    dense = np.sort(rng.uniform(0.25, 0.2539, 3000))
+    row0 = np.concatenate([[-np.inf, -np.inf], np.sort(rng.normal(size=500)), dense, [9.0]])
+    row1 = np.concatenate([np.repeat(np.sort(rng.normal(size=40)), 3), [np.inf] * 4])
+    rows = [np.concatenate([np.sort(r), [np.inf]]).astype(np.float32) for r in (row0, row1)]
+    table, guide, steps = guided_rows(rows)
+    assert guide.shape == (2, GUIDE_BINS) and (steps == 2 ** np.arange(len(steps))[::-1]).all()
+    edges = (GUIDE_LOW + np.arange(GUIDE_BINS + 1) / GUIDE_SCALE).astype(np.float32)
+    z = np.concatenate(
+        [
+            edges,
+            np.nextafter(edges, np.float32(-np.inf)),
+            np.nextafter(edges, np.float32(np.inf)),
+            rows[0][2:-1],
+            rows[1][:-5],
+            np.float32([-30.0, -8.5, 8.5, 30.0]),
+            rng.normal(size=20_000).astype(np.float32),
+        ]
+    ).astype(np.float32)
+    n_p = max(len(r) for r in rows)
+    s = CopulaSampler(*[None] * len(CopulaSampler._fields))._replace(
+        prompt_values=jax.numpy.zeros((2, n_p), jax.numpy.int32),
+        prompt_z=jax.numpy.asarray(table),
+        prompt_guide=jax.numpy.asarray(guide),
+        prompt_steps=jax.numpy.asarray(steps),
+    )
+    index = jax.jit(_prompt_index)
+    for k, row in enumerate(rows):
+        got = np.asarray(index(s, jax.numpy.full(z.shape, k, jax.numpy.int32), z))
+        want = np.minimum(np.searchsorted(row, z, side="right"), n_p - 1)
+        np.testing.assert_array_equal(got, want)
+
+
+def test_copula_prompt_thresholds_keep_the_tail():
+    """P's thresholds in the latent normal's scale give every atom its float64 probability to
+    within 2.9e-8 (two thresholds, each within phi(z) ulp(z) / 2 < 1.45e-8: the bound
+    kernels/copula.py states), and a far tail of atoms of ~1e-11 each keeps its mass to 1e-5,
+    where a float32 CDF (as P was drawn before) is off by a quarter of it."""
+    from scipy.special import ndtr
+
+    pm = fam.zipf(2.5, lo=1, hi=20_000)
+    w = fam.copula(pm, fam.geometric(5.0), 0.5)
+    z = np.asarray(make_sampler(w).prompt_z[0], np.float64)[: pm.pmf.size]
+    implied = np.diff(ndtr(z), prepend=0.0)
+    assert np.abs(implied - pm.pmf).max() < 2.9e-8
+    tail = pm.pmf[-5000:].sum()
+    assert abs(implied[-5000:].sum() - tail) < 1e-5 * tail
+    cdf32 = np.cumsum(pm.pmf).astype(np.float32).astype(np.float64)
+    assert abs((1.0 - cdf32[-5001]) - tail) > 0.2 * tail

@@ -11,8 +11,9 @@
   component (rank correlation 0) -> :class:`~afd_jax.kernels.sampling.ProductSampler`: alias
   tables of each component's marginals (O(1) draws), mixture weights w_k and length-biased
   weights w_k E_k[D]; with a correlated component (or a marginal of more than
-  :data:`PRODUCT_TABLE_MAX` atoms) -> :class:`~afd_jax.kernels.copula.CopulaSampler`: padded
-  inverse-CDF tables of every component (float32 CDFs, int32 values), the same weights.
+  :data:`PRODUCT_TABLE_MAX` atoms) -> :class:`~afd_jax.kernels.copula.CopulaSampler`: alias
+  and CDF tables of D, P's thresholds in the latent normal's scale with their guide table
+  (float32, int32 values), the same weights.
   Prompt values are shifted by ``load_offset``.
 
 ``load_offset`` is added to the prompt so that ``prompt + age`` is the slot load of
@@ -31,9 +32,10 @@ import math
 
 import jax.numpy as jnp
 import numpy as np
+from scipy.special import ndtri
 
 from afd_jax.errors import InputError
-from afd_jax.kernels.copula import CopulaSampler
+from afd_jax.kernels.copula import CopulaSampler, guided_rows
 from afd_jax.kernels.sampling import (
     AliasSampler,
     LoadAliasSampler,
@@ -75,6 +77,16 @@ def _cdf32(pmf: np.ndarray) -> np.ndarray:
     return cdf
 
 
+def _normal_thresholds(pmf: np.ndarray) -> np.ndarray:
+    """z_i = Phi^-1(F(i)) of a pmf in float64, rounded to float32 (+inf from the last atom
+    on, and wherever F rounds to 1): the copula's prompt thresholds (kernels.copula)."""
+    cdf = np.cumsum(np.asarray(pmf, np.float64))
+    cdf /= cdf[-1]
+    z = ndtri(np.minimum(cdf, 1.0))
+    z[-1] = np.inf
+    return z.astype(np.float32)
+
+
 def _pad(rows: list[np.ndarray], fill_last: bool, pad_value, dtype) -> np.ndarray:
     n = max(r.size for r in rows)
     out = np.empty((len(rows), n), dtype)
@@ -94,14 +106,14 @@ binary search."""
 def _copula_sampler(w: ParametricWorkload, load_offset: int) -> CopulaSampler:
     weights = np.asarray(w.weights, np.float64)
     mean_d = np.array([c.decode.mean() for c in w.components])
-    pv, pc, dv, dc, dlb, rho = [], [], [], [], [], []
+    pv, pz, dv, dc, dlb, rho = [], [], [], [], [], []
     for c in w.components:
         p = c.prompt.values.astype(np.int64) + int(load_offset)
         d = c.decode.values.astype(np.int64)
         if p.max() + d.max() > _INT32_MAX:
             raise InputError("prompt + decode exceed int32", field="workload")
         pv.append(p)
-        pc.append(_cdf32(c.prompt.pmf))
+        pz.append(_normal_thresholds(c.prompt.pmf))
         dv.append(d)
         dc.append(_cdf32(c.decode.pmf))
         dlb.append(_cdf32(c.decode.pmf * d.astype(np.float64)))
@@ -118,12 +130,15 @@ def _copula_sampler(w: ParametricWorkload, load_offset: int) -> CopulaSampler:
         ]
     else:  # too many atoms to tabulate: D by the CDFs' binary search
         alias = lb = [np.zeros((0, 4), np.int32)] * len(dv)
+    prompt_z, guide, steps = guided_rows(pz)
     return CopulaSampler(
         comp_cdf=jnp.asarray(_cdf32(weights), jnp.float32),
         comp_cdf_lb=jnp.asarray(_cdf32(weights * mean_d), jnp.float32),
         rho=jnp.asarray(np.array(rho, np.float32), jnp.float32),
         prompt_values=jnp.asarray(_pad(pv, True, 0, np.int32), jnp.int32),
-        prompt_cdf=jnp.asarray(_pad(pc, False, 2.0, np.float32), jnp.float32),
+        prompt_z=jnp.asarray(prompt_z, jnp.float32),
+        prompt_guide=jnp.asarray(guide, jnp.int32),
+        prompt_steps=jnp.asarray(steps, jnp.int32),
         decode_values=jnp.asarray(_pad(dv, True, 0, np.int32), jnp.int32),
         decode_cdf=jnp.asarray(_pad(dc, False, 2.0, np.float32), jnp.float32),
         decode_cdf_lb=jnp.asarray(_pad(dlb, False, 2.0, np.float32), jnp.float32),
