@@ -197,7 +197,10 @@ def _draws(key_stream, drawn, sampler, n_requests: int, slot_ids, paired: bool =
     x) -> (prompt, decode, extra)``. An :class:`AliasSampler` draws request k from Threefry
     bits carried from the step before, ``paired`` as one complex64 pair per slot, else as two
     arrays (consts: the slot key words, paired the same way, and the first request number;
-    xs: the request numbers 0..K-1); other samplers take their requests from
+    xs: the request numbers 0..K-1); the samplers of :data:`~.sampling.WORD_DRAWS` hash
+    request k's blocks in step k (consts: the slot key words and the first request number;
+    xs: 0..K-1), so that the tail's lanes hash only their own requests (4x on
+    ``azure-conv-fit``, docs/cpu-speed.md round 16); other samplers take their requests from
     :func:`fresh_requests` (xs: prompt and decode [K, slots]). Under ``jax_debug_nans`` the
     words are never paired: a word that reads as a float NaN would raise outside jit."""
     n_slots = drawn.size
@@ -216,6 +219,21 @@ def _draws(key_stream, drawn, sampler, n_requests: int, slot_ids, paired: bool =
 
         extra0 = pack(*unpack(consts[0]), n0, jnp.zeros_like(n0))
         return consts, draw, extra0, jnp.arange(n_requests, dtype=jnp.uint32)
+
+    if type(sampler) in WORD_DRAWS:  # request k's blocks hashed in step k, as fresh_requests
+        wd = WORD_DRAWS[type(sampler)]
+        blocks = wd.blocks(sampler)
+        consts = (_slot_words(key_stream, slot_ids), drawn.reshape(n_slots).astype(jnp.uint32))
+
+        def draw_words(consts, extra, k):
+            (k0, k1), n0 = consts
+            base, zero = (n0 + k) * jnp.uint32(blocks), jnp.zeros_like(k0)
+            words = [threefry2x32(k0, k1, base + jnp.uint32(j), zero) for j in range(blocks)]
+            # materialised once: XLA would otherwise rehash inside every gather that reads them
+            p, d = wd.from_words(sampler, jax.lax.optimization_barrier(words))
+            return p, d, extra
+
+        return consts, draw_words, (), jnp.arange(n_requests, dtype=jnp.uint32)
 
     p_new, d_new = fresh_requests(key_stream, drawn, sampler, n_requests, slot_ids)
 
@@ -255,7 +273,8 @@ def fast_segment(
     leading axis), and keep the request active at local time L. For an
     :class:`AliasSampler` the Threefry bits of request k + 1 are computed in step k and
     carried (the loop state is materialised, so XLA does not recompute the hash inside each
-    table gather); other samplers take their requests from :func:`fresh_requests`.
+    table gather); parametric samplers hash request k's blocks in step k, the others take
+    their requests from :func:`fresh_requests` (the same requests in every case).
     ``paired`` (static): carry the two words as one complex64 pair, so that one fusion hashes
     each block (:func:`kernels.threefry.threefry2x32_pair`); False: as two arrays, which
     XLA:CPU computes in two fusions (twice the hashing, but at the same time when a core is

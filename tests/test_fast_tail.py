@@ -13,14 +13,17 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+import pytest
 from conftest import trace_path
 
+from afd_jax.kernels import fast as fast_module
 from afd_jax.kernels import sampling as KS
-from afd_jax.kernels.fast import fast_segment
+from afd_jax.kernels.fast import fast_segment, fresh_requests
 from afd_jax.kernels.trajectory import init_slots
 from afd_jax.model.latency import Latency
 from afd_jax.montecarlo import simulate as S
 from afd_jax.montecarlo.samplers import decode_moments, make_sampler
+from afd_jax.workload import families as fam
 from afd_jax.workload.traces import load_trace
 
 RNG = np.random.default_rng(3)
@@ -84,6 +87,36 @@ def test_two_phase_equals_one_phase_generic_sampler():
     two = _segment(sampler, state, length=128, n_requests=24, n_bulk=8)
     assert _same(two, _segment(sampler, state, length=128, n_requests=24, n_bulk=8, unroll=3))
     assert bool(one[2]) and bool(two[2]) and _same(one, two)
+
+
+def _drawn_up_front(key_stream, drawn, sampler, n_requests, slot_ids, paired=True):
+    """The request scan's draws as the fast kernel took them for parametric samplers before
+    it hashed request k in step k: all K requests of every slot up front (fresh_requests)."""
+    p, d = fresh_requests(key_stream, drawn, sampler, n_requests, slot_ids)
+    xs = (p.reshape(n_requests, -1), d.reshape(n_requests, -1))
+    return (), lambda consts, extra, pd: (pd[0], pd[1], extra), (), xs
+
+
+@pytest.mark.parametrize("kind", ["copula", "product"])
+def test_parametric_requests_hashed_in_the_scan(monkeypatch, kind):
+    """Parametric samplers (WORD_DRAWS) hash request k's blocks inside the scan's step k, so
+    the tail's lanes hash only their own requests: the same loads, end state and coverage as
+    with every slot's K requests drawn up front (fresh_requests, whose law
+    tests/test_families.py checks), in one phase, two (320 slots, 256 lanes, 13 of 16 slots
+    real per worker) and with 3 requests per loop iteration."""
+    pm, dm = fam.lognormal(0.8, median=60, lo=0, hi=600), fam.geometric(12.0)
+    w = fam.copula(pm, dm, 0.5) if kind == "copula" else fam.independent(pm, dm)
+    sampler = make_sampler(w)
+    state = init_slots(jr.key(4), sampler, (20, 16), "stationary")
+    kw = dict(length=128, n_requests=30, real_batch=jnp.int32(13))
+    got = [
+        _segment(sampler, state, n_bulk=n_bulk, unroll=unroll, **kw)
+        for n_bulk, unroll in ((None, 1), (10, 1), (10, 3))
+    ]
+    monkeypatch.setattr(fast_module, "_draws", _drawn_up_front)
+    want = _segment(sampler, state, n_bulk=None, **kw)
+    assert bool(want[2]), "K = 30 covers 128 steps of mean-12 requests"
+    assert all(_same(want, g) for g in got)
 
 
 KW = dict(kernel="fast", steps=1500, warmup=200, replications=2, seed=9, segment_steps=1024)
