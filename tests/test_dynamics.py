@@ -85,10 +85,38 @@ def test_kv_capacity_above_any_load_equals_no_capacity_when_routed(trace):
 
 def test_kv_capacity_leaves_slots_empty_and_costs_throughput(trace):
     a = _run(trace, dynamics=Dynamics())
-    b = _run(trace, dynamics=Dynamics(kv_capacity=400))
+    b = _run(trace, dynamics=Dynamics(kv_capacity=600))  # the largest prompt: 600
     assert np.all(b.empty_slot_fraction > 0.05) and np.all(b.empty_slot_fraction < 1)
     np.testing.assert_allclose(b.active_fraction, 1 - b.empty_slot_fraction)
     assert np.all(b.throughput < a.throughput)
+
+
+def test_kv_capacity_below_the_prompts_is_refused(trace):
+    """A prompt above the KV capacity fits no worker: in place it held its slot for good, so
+    the run's throughput fell with its length (a review: empty slots 0.65, 0.74, 0.81 after
+    256, 2,048, 8,192 steps). Refused before any work when more than 1e-12 of the requests
+    are such, naming the smallest capacity that leaves at most that share; a parametric
+    workload's far tail (cut at 1e-15) does not count."""
+    from afd_jax.montecarlo.simulate import check_kv_capacity
+    from afd_jax.workload import families as fam
+
+    share = float(np.mean(trace.prompt[trace.decode > 0] > 300))
+    for routing in ("in-place", "balanced"):
+        with pytest.raises(InputError) as e:
+            _run(trace, dynamics=Dynamics(routing=routing, kv_capacity=300))
+        assert e.value.field == "kv-capacity"
+        msg = str(e.value)
+        assert f"{share:.3g} of the requests" in msg and "at least 600 tokens" in msg
+    geo = fam.independent(fam.geometric(20.0, min=0), fam.geometric(10.0))
+    p = np.asarray(geo.components[0].prompt.values)
+    tail = np.cumsum(geo.components[0].prompt.pmf[::-1])[::-1]  # Pr(P >= p)
+    need = int(p[np.argmax(tail <= 1e-12)]) - 1  # the smallest C with Pr(P > C) <= 1e-12
+    with pytest.raises(InputError, match=f"at least {need} tokens"):
+        check_kv_capacity(geo, need - 1)
+    check_kv_capacity(geo, need)
+    check_kv_capacity(geo, 0)  # no capacity
+    with pytest.raises(InputError, match="at least 601 tokens"):  # the load offset counts
+        check_kv_capacity(trace, 600, load_offset=1)
 
 
 def test_in_place_agrees_with_the_exact_steady_state(trace):
@@ -104,7 +132,7 @@ def test_in_place_agrees_with_the_exact_steady_state(trace):
 NOISE = dict(jitter_cv=0.3, straggler_p=0.1, straggler_s=3.0)
 EXPERTS = dict(experts=8, expert_k=2, expert_ranks=4, expert_skew=1.0)
 OPTIONS = [
-    Dynamics(kv_capacity=500, microbatches=2, **NOISE, **EXPERTS),
+    Dynamics(kv_capacity=650, microbatches=2, **NOISE, **EXPERTS),
     pytest.param(  # the routed path (balanced, power-of-d and lookahead share it), all options
         Dynamics(
             routing="lookahead",
@@ -269,12 +297,12 @@ def _cli(*extra):
 def test_cli_dynamics_json_reports_empty_slots_and_the_idealised_optimum(capsys):
     from afd_jax.cli import main
 
-    assert main(_cli("--straggler", "0.05,2", "--kv-capacity", "3000", "--json")) == 0
+    assert main(_cli("--straggler", "0.05,2", "--kv-capacity", "8000", "--json")) == 0
     import json
 
     out = json.loads(capsys.readouterr().out)
     assert out["kernel"] == "dynamics"
-    assert out["dynamics"]["straggler_p"] == 0.05 and out["dynamics"]["kv_capacity"] == 3000
+    assert out["dynamics"]["straggler_p"] == 0.05 and out["dynamics"]["kv_capacity"] == 8000
     assert set(out["idealised"]["r_best"]) == {"mean_field", "gaussian", "exact"}
     for row in out["results"]:
         assert 0.0 <= row["empty_slot_fraction"] < 1.0
@@ -288,6 +316,13 @@ def test_cli_dynamics_json_reports_empty_slots_and_the_idealised_optimum(capsys)
         (("--routing", "balanced", "--kernel", "fast"), "kernel"),
         (("--slot-slack", "1"), "slot-slack"),
         (("--experts", "6,2,4"), "experts"),
+        (("--microbatches", "-1"), "microbatches"),  # said "must divide B = 2" (a review)
+        (("--jitter-cv", "inf"), "jitter-cv"),  # ran, with NaN results
+        (("--straggler", "0.5,inf"), "straggler"),
+        (("--experts", "8,2,4", "--expert-skew", "inf"), "expert-skew"),
+        (("--lookahead", "3"), "lookahead"),  # ignored without --routing lookahead
+        (("--routing-d", "3"), "routing-d"),
+        (("--kv-capacity", "3000"), "kv-capacity"),  # the trace's largest prompt: 7,437
     ],
 )
 def test_cli_bad_dynamics_exit_2_with_one_line(capsys, extra, field):
@@ -316,6 +351,25 @@ def test_sweep_mc_dynamics_are_validated_with_the_spec(mc, key):
     with pytest.raises(InputError) as err:
         S.parse_sweep_spec(tomllib.loads(text), "bad.toml")
     assert err.value.field == key and err.value.path == "bad.toml"
+
+
+def test_sweep_mc_kv_capacity_is_checked_against_each_workload_before_any_work():
+    import tomllib
+
+    from afd_jax.studies.sweep import spec as S
+    from afd_jax.studies.sweep.plan import make_plan
+
+    text = (
+        "methods = ['mc']\nbatch = [4]\nr_max = 2\n[workloads]\n"
+        "specs = ['deterministic:prompt=50,decode=5', 'geometric:prompt=20,decode=10']\n"
+        "[latency]\nbase = 'paper-v1'\n[mc]\nkv_capacity = {}\n"
+    )
+    with pytest.raises(InputError, match=r"workloads\[1\]") as err:
+        make_plan(S.parse_sweep_spec(tomllib.loads(text.format(100)), "kv.toml"))
+    assert err.value.field == "mc.kv_capacity" and err.value.path == "kv.toml"
+    make_plan(S.parse_sweep_spec(tomllib.loads(text.format(600)), "kv.toml"))
+    analytic = text.format(100).replace("methods = ['mc']", "methods = ['exact']")
+    make_plan(S.parse_sweep_spec(tomllib.loads(analytic), "kv.toml"))  # mc's options unread
 
 
 def test_sweep_mc_method_runs_the_dynamics(tmp_path, trace):

@@ -185,12 +185,17 @@ def add_dynamics_args(p) -> None:
         choices=ROUTINGS,
         default=None,
         help="fresh requests to freed slots: in-place (the paper), balanced (longest prompt to "
-        "the lightest worker), power-of-d (lighter of d workers) or lookahead (longest of k "
-        "waiting requests to the lightest worker)",
+        "the lightest worker), power-of-d (lighter of d workers) or lookahead (the lightest "
+        "worker takes, of k waiting requests, the one that brings it nearest the mean load)",
     )
-    g.add_argument("--routing-d", type=int, default=None, help="power-of-d candidates (2)")
     g.add_argument(
-        "--lookahead", type=int, default=None, help="requests a lookahead router chooses from (1)"
+        "--routing-d", type=int, default=None, help="power-of-d candidates (2; that routing only)"
+    )
+    g.add_argument(
+        "--lookahead",
+        type=int,
+        default=None,
+        help="requests a lookahead router chooses from (1; that routing only)",
     )
     g.add_argument(
         "--slot-slack", type=int, default=None, help="a worker holds B-s..B+s requests (0)"

@@ -27,6 +27,7 @@ summed tau, its SE from the SE of E[tau] (the empty fraction's own noise is not 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from functools import partial
 from typing import Any, NamedTuple
@@ -253,8 +254,9 @@ def dynamics_chunk(
 # ---------------------------------------------------------------- inputs
 
 
-def check_dynamics(cfg: Dynamics, batch: int) -> None:
-    """InputError on a bad configuration (checked before any work)."""
+def check_dynamics(cfg: Dynamics, batch: int | None) -> None:
+    """InputError on a bad configuration (checked before any work; the sizes tied to B only
+    when ``batch`` is given)."""
 
     def bad(msg, field):
         raise InputError(msg, field=field)
@@ -263,24 +265,33 @@ def check_dynamics(cfg: Dynamics, batch: int) -> None:
         bad(f"must be one of {', '.join(ROUTINGS)}, got {cfg.routing!r}", "routing")
     if cfg.routing_d < 1:
         bad(f"must be >= 1, got {cfg.routing_d}", "routing-d")
+    if cfg.routing_d != Dynamics._field_defaults["routing_d"] and cfg.routing != "power-of-d":
+        bad("only --routing power-of-d reads it", "routing-d")
     if cfg.lookahead < 1:
         bad(f"must be >= 1, got {cfg.lookahead}", "lookahead")
+    if cfg.lookahead != Dynamics._field_defaults["lookahead"] and cfg.routing != "lookahead":
+        bad("only --routing lookahead reads it", "lookahead")
     if cfg.slot_slack < 0:
         bad(f"must be >= 0, got {cfg.slot_slack}", "slot-slack")
-    if cfg.slot_slack >= batch:
+    if batch is not None and cfg.slot_slack >= batch:
         bad(f"must be in 0..B-1 = {batch - 1}, got {cfg.slot_slack}", "slot-slack")
     if cfg.slot_slack and not cfg.routed:
         bad("needs a load-aware --routing (in place every worker keeps B requests)", "slot-slack")
     if cfg.kv_capacity < 0:
         bad(f"must be >= 0 tokens, got {cfg.kv_capacity}", "kv-capacity")
-    if cfg.microbatches < 0 or (cfg.microbatches and batch % cfg.microbatches):
+    if cfg.microbatches < 0:
+        bad(f"must be >= 0 (0: off), got {cfg.microbatches}", "microbatches")
+    if batch is not None and cfg.microbatches and batch % cfg.microbatches:
         bad(f"must divide B = {batch}, got {cfg.microbatches}", "microbatches")
-    if not cfg.jitter_cv >= 0:
-        bad(f"must be >= 0, got {cfg.jitter_cv}", "jitter-cv")
-    if not (0 <= cfg.straggler_p <= 1 and cfg.straggler_s >= 1):
-        bad(f"needs 0 <= p <= 1 and s >= 1, got {cfg.straggler_p},{cfg.straggler_s}", "straggler")
-    if not cfg.expert_skew >= 0:
-        bad(f"must be >= 0, got {cfg.expert_skew}", "expert-skew")
+    if not 0 <= cfg.jitter_cv < math.inf:
+        bad(f"must be a finite number >= 0, got {cfg.jitter_cv}", "jitter-cv")
+    if not (0 <= cfg.straggler_p <= 1 and 1 <= cfg.straggler_s < math.inf):
+        bad(
+            f"needs 0 <= p <= 1 and a finite s >= 1, got {cfg.straggler_p},{cfg.straggler_s}",
+            "straggler",
+        )
+    if not 0 <= cfg.expert_skew < math.inf:
+        bad(f"must be a finite number >= 0, got {cfg.expert_skew}", "expert-skew")
     if cfg.expert_skew and not cfg.experts:
         bad("needs --experts E,k,G (the skew of the routing over E experts)", "expert-skew")
     e, k, g = cfg.experts, cfg.expert_k, cfg.expert_ranks
@@ -328,7 +339,7 @@ def dynamics_options(values: dict, prefix: str = "", path: str | None = None, da
             out[key] = num(key, v, int)
     cfg = Dynamics(**out)
     try:
-        check_dynamics(cfg, batch=2 * max(cfg.microbatches, 1) * (cfg.slot_slack + 1))
+        check_dynamics(cfg, batch=None)
     except InputError as e:
         raise err(e.field.replace("-", "_"), e.reason) from None
     return cfg

@@ -60,6 +60,7 @@ __all__ = [
     "load_alias_for",
     "make_sampler",
     "max_slot_load",
+    "prompt_law",
     "reuse_for",
     "table_size",
 ]
@@ -377,6 +378,22 @@ def reuse_for(store: dict, objects, make, size: int = 4):
     entries.insert(0, (objects, make()))
     del entries[size:]
     return entries[0][1]
+
+
+def prompt_law(source, load_offset: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+    """The law of a fresh request's ``P + load_offset`` as (values int64, probabilities
+    float64; values may repeat): a trace's rows with D >= 1, equally likely; a parametric
+    workload's mixture of prompt pmfs. None for a sampler pytree."""
+    off = int(load_offset)
+    if isinstance(source, TraceWorkload):
+        p = np.asarray(source.prompt, np.int64)[np.asarray(source.decode) > 0] + off
+        return p, np.full(p.size, 1.0 / max(p.size, 1))
+    if isinstance(source, ParametricWorkload):
+        weights = np.asarray(source.weights, np.float64) / np.sum(source.weights)
+        values = [np.asarray(c.prompt.values, np.int64) + off for c in source.components]
+        probs = [wk * c.prompt.pmf for wk, c in zip(weights, source.components, strict=True)]
+        return np.concatenate(values), np.concatenate(probs)
+    return None
 
 
 def max_slot_load(source, load_offset: int = 0, given: int | None = None) -> int:

@@ -59,6 +59,7 @@ from afd_jax.montecarlo.samplers import (
     load_alias_for,
     make_sampler,
     max_slot_load,
+    prompt_law,
     reuse_for,
 )
 from afd_jax.montecarlo.spine import (
@@ -466,8 +467,40 @@ def _mesh(run: StepsRun) -> RowMesh:
 
 def _simulate_dynamics(source, lat, run: StepsRun, opts, dynamics, given, progress):
     """The dynamics kernel with the same sampler, sizes and chunking options."""
+    check_kv_capacity(source, dynamics.kv_capacity, int(opts.load_offset))
     sampler, max_load = _sampler_and_max_load(source, opts, given)
     return simulate_dynamics(sampler, max_load, lat, DynRun(run, opts, dynamics), progress)
+
+
+KV_NEVER_ADMITTED = 1e-12
+"""The largest share of requests a KV capacity may leave with no room even in an empty worker
+(the parametric families cut their tails at 1e-15; a run draws far fewer than 1e12 requests)."""
+
+
+def check_kv_capacity(source, capacity: int, load_offset: int = 0) -> None:
+    """InputError when a workload's prompts exceed a KV capacity with probability above
+    :data:`KV_NEVER_ADMITTED`: such a request fits no worker, so in place it holds its slot
+    for good (the run's throughput would fall with its length, towards zero) and routed it
+    ends the routing of every step that draws it (docs/dynamics.md). The error names the
+    smallest capacity that leaves at most that share. A sampler pytree is not checked (its
+    prompts are not at hand)."""
+    law = prompt_law(source, load_offset) if capacity > 0 else None
+    if law is None:
+        return
+    values, probs = law
+    share = float(probs[values > capacity].sum())
+    if share <= KV_NEVER_ADMITTED:
+        return
+    order = np.argsort(values)
+    above = 1.0 - np.cumsum(probs[order])  # Pr(P > values[order][i])
+    need = int(values[order][np.argmax(above <= KV_NEVER_ADMITTED)])
+    raise InputError(
+        f"{share:.3g} of the requests have prompts above {capacity} tokens (load offset "
+        "included) and could never be admitted (in place each would hold its slot for good); "
+        f"raise the capacity to at least {need} tokens (the largest prompt: {int(values.max())}),"
+        " or cap the prompts (filter the trace; a family's prompt_max=)",
+        field="kv-capacity",
+    )
 
 
 def _run_barrier(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh):

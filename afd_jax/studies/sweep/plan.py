@@ -32,7 +32,7 @@ from afd_jax.model.latency_io import (
     scalar_items,
     validate_latency,
 )
-from afd_jax.montecarlo.simulate import preflight
+from afd_jax.montecarlo.simulate import check_kv_capacity, preflight
 from afd_jax.studies.sweep.fields import LATENCY_FIELDS, SCALE_FIELDS, SWEPT_FIELDS, columns
 from afd_jax.studies.sweep.spec import SweepSpec
 from afd_jax.workload.specs import resolve_workload
@@ -163,6 +163,18 @@ def _check_latency_values(coeffs: np.ndarray, spec: SweepSpec, base: Latency) ->
     check_step_time(make_latency(tuple(coeffs.T), base.tables), spec.path)
 
 
+def _check_kv(spec: SweepSpec, i: int, s: str, w) -> None:
+    """The mc method's KV capacity against workload ``i``'s prompts, before any work
+    (``afd_jax.montecarlo.simulate.check_kv_capacity``)."""
+    capacity = spec.mc.get("kv_capacity", 0) if "mc" in spec.methods else 0
+    try:
+        check_kv_capacity(w, capacity, spec.load_offset)
+    except InputError as err:
+        raise InputError(
+            f"workload {s!r} (workloads[{i}]): {err.reason}", path=spec.path, field="mc.kv_capacity"
+        ) from None
+
+
 def _resolve_workloads(spec: SweepSpec) -> list[WorkloadEntry]:
     entries = []
     for i, (label, s, params) in enumerate(spec.workloads):
@@ -172,6 +184,7 @@ def _resolve_workloads(spec: SweepSpec) -> list[WorkloadEntry]:
             raise InputError(
                 f"workload {s!r}: {err}", path=spec.path, field=f"workloads[{i}]"
             ) from None
+        _check_kv(spec, i, s, w)
         st = workload_stats(w)
         # the analytic methods see the mean slot load, theta + load_offset (docs/model.md 1)
         theta = float(st.theta) + spec.load_offset
