@@ -19,7 +19,7 @@ the prompt's far tail (a float32 CDF loses atoms of mass below ~6e-8 near 1; a f
 threshold moves an atom's probability by at most phi(z) ulp(z) / 2 < 1.5e-8). The search
 starts from a guide table (:func:`guided_rows`): Z_2's bin of width 1/256 on [-8, 8) gives
 the count of thresholds below the bin, and a branchless search of ``len(steps)`` halvings
-covers the widest bin (5 instead of 14 dependent gathers for the fitted Azure workloads).
+covers the widest bin (4 to 6 dependent gathers for the fitted presets instead of 14 to 15).
 
 Tables (built on the host by ``afd_jax.montecarlo.samplers.make_sampler``): alias tables from
 the float64 pmfs (acceptance rounded to 2^-24); D's CDFs float32 with the last real entry
