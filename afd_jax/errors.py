@@ -60,6 +60,18 @@ def check_seed(name: str, value: int, path: str | None = None) -> int:
     return value
 
 
+MAX_LEVEL = 1.0 - 1e-9
+"""The highest confidence level (z = 6.1): closer to 1, (1 + level) / 2 rounds to 1.0 in
+float64 and the normal quantile is infinite (a review: a traceback from ``theta``)."""
+
+
+def check_level(level) -> float:
+    """A confidence level in (0, :data:`MAX_LEVEL`], else InputError (field ``level``)."""
+    if not 0.0 < level <= MAX_LEVEL:
+        raise InputError(f"must be in (0, 1 - 1e-9], got {level}", field="level")
+    return float(level)
+
+
 def _nonempty(path, option: str) -> Path:
     if not str(path).strip():
         raise InputError(f"{option}: empty path")

@@ -105,17 +105,19 @@ def format_bytes(n: float) -> str:
 
 
 def parse_size(text: str, field: str = "memory-budget") -> int:
-    """Bytes from ``"512M"``, ``"2G"``, ``"1.5T"``, ``"300k"`` or a bare number of MiB.
+    """Bytes from ``"512M"``, ``"2G"``, ``"1.5T"``, ``"300k"``, ``"1048576B"`` or a bare number
+    of MiB.
 
     >>> parse_size("2G"), parse_size("512")
     (2147483648, 536870912)
     """
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([kmgtKMGT]?)(?:i?[bB])?\s*", str(text))
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([kmgtKMGT]?)(i?[bB])?\s*", str(text))
     if m is None:
         raise InputError(
             f"expected a size like 512M, 2G or a number of MiB, got {text!r}", field=field
         )
-    value = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    bytes_only = m.group(3) and not m.group(2)  # "100B": bytes, not MiB
+    value = float(m.group(1)) * (1 if bytes_only else _UNITS[m.group(2).lower()])
     if not 1 << 20 <= value < 1 << 60:
         raise InputError(f"must be between 1M and 1E, got {text!r}", field=field)
     return int(value)

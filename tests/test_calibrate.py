@@ -129,3 +129,12 @@ def test_cli_empty_out_refused(tmp_path, capsys, fit):
     cap = capsys.readouterr()
     assert cap.err.strip().endswith("--out: empty path") and len(cap.err.strip().splitlines()) == 1
     assert cap.out == ""
+
+
+def test_a_byte_order_mark_is_read_as_traces_are(tmp_path):
+    """A profile saved with a UTF-8 BOM (spreadsheet exports) was refused: "missing column
+    ... got \ufeffstage" (traces accepted it)."""
+    plain = profile(tmp_path)
+    marked = tmp_path / "bom.csv"
+    marked.write_text("\ufeff" + plain.read_text(), encoding="utf-8")
+    assert calibrate(marked)[0] == calibrate(plain)[0]

@@ -89,7 +89,7 @@ OPT = ["optimize", "--workload", WL, "--latency", "paper-v1", "-B", 64]
         (SIM + ["--slot-slack", -1], ["field slot-slack", ">= 0"]),  # said "0..B-1 = -1"
         (SIM + ["--experts", "0,0,0"], ["field experts", "E=0"]),  # was silently off
         (SIM + ["--expert-skew", 1], ["field expert-skew", "--experts"]),  # was ignored
-        (SIM + ["--experts", "8,2,1", "--expert-skew", -1], ["field expert-skew", ">= 0"]),
+        (SIM + ["--experts", "8,2,1", "--expert-skew", -1], ["field expert-skew", "[0, 100]"]),
         (SIM + ["--num-processes", 2], ["--coordinator"]),  # was ignored
         (OPT + ["--kv-epsilon", 1], ["field kv_epsilon"]),  # checked only with a capacity
         (OPT + ["--kv-reserved", 1], ["field kv_reserved"]),
@@ -170,3 +170,76 @@ def test_stray_files_do_not_make_a_parts_folder(tmp_path):
     (folder / ".DS_Store").write_text("x")
     (folder / "p9.sha256").write_text("0 0\n")
     PartStore(folder).open({"digest": "a"}, resume=False)  # no PartsOrphaned
+
+
+# ---------------------------------------------------------------- adversarial pass, session 16
+
+THETA = ["theta", "examples/sample_trace.csv"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (THETA + ["--level", 0.9999999999999999], ["field level", "1 - 1e-9"]),  # traceback
+        (SIM + ["--level", 0.9999999999999999], ["field level"]),  # ran with a wrong warning
+        (SIM + ["--experts", "100000000,1,1"], ["field experts", "65536"]),  # out of memory
+        (SIM + ["--experts", "65536,1,1", "--memory-budget", "16M"], ["field experts", "MiB"]),
+        (SIM + ["--straggler", "0,1e12"], ["field straggler", "1000"]),  # wrong percentiles
+        (SIM + ["--jitter-cv", "1e10"], ["field jitter-cv", "10"]),  # NaN throughput
+        (SIM + ["--experts", "8,2,4", "--expert-skew", "1e300"], ["field expert-skew"]),
+        (SIM + ["--coordinator", "bogus", "--num-processes", 1, "--process-id", 0],
+         ["field --coordinator", "HOST:PORT"]),  # IndexError inside JAX
+        (SIM + ["--coordinator", "localhost:x", "--num-processes", 1, "--process-id", 0],
+         ["field --coordinator", "HOST:PORT"]),  # "Failed to start RPC server"
+        (SIM + ["--coordinator", "nowhere.invalid:1234", "--num-processes", 1, "--process-id", 0],
+         ["field --coordinator", "cannot resolve"]),  # JAX waited for minutes
+        (["theta", "geometric:prompt=1e-20,decode=5", "--json"], []),  # math domain error
+        (SIM + [x for s in ("attn", "ffn", "comm") for x in (f"--alpha-{s}", 0,
+                                                                f"--beta-{s}", 1e-50)],
+         ["field beta_attn", "picosecond"]),  # infinite throughput, NaN shares
+    ],
+    ids=["theta-level", "simulate-level", "experts", "experts-budget", "straggler", "jitter",
+         "skew", "coordinator-host", "coordinator-port", "coordinator-unknown", "geometric-0",
+         "underflow"],
+)  # fmt: skip
+def test_session_16_inputs(argv, words, capsys):
+    if not words:  # a correct result: the prompt is a point mass at 0
+        rc, out, err = cli(argv, capsys)
+        assert rc == 0, err
+        return
+    refused(argv, capsys, *words)
+
+
+def test_memory_budget_in_bytes():
+    """ "100B" meant 100 MiB (the B read as a unit-less suffix); now bytes."""
+    from afd_jax.errors import InputError
+    from afd_jax.memory import parse_size
+
+    assert parse_size("1048576B") == 1 << 20 and parse_size("2MiB") == parse_size("2M") == 2 << 20
+    assert parse_size("3") == 3 << 20  # a bare number stays MiB
+    with pytest.raises(InputError, match="between 1M"):
+        parse_size("1B")
+
+
+def test_idle_shares_are_not_negative(capsys):
+    """Where the FFN is busy every step the float32 sums left idle_ffn at -3.4e-8 (paper-v1,
+    B = 64, r = 6..8); clipped at 0, as the pool's were."""
+    import json
+
+    argv = ["simulate", "--workload", "paper-v1", "--latency", "paper-v1", "-B", 64, "--r-max", 8]
+    rc, out, err = cli(argv + ["--steps", 2000, "--replications", 2, "--json", "--quiet"], capsys)
+    assert rc == 0, err
+    rows = json.loads(out)["results"]
+    assert all(row[k] >= 0 for row in rows for k in ("idle_attn", "idle_ffn", "idle_bundle"))
+    assert rows[-1]["idle_ffn"] == 0.0  # FFN-bound at r = 8
+
+
+def test_unbounded_interval_says_why(capsys):
+    """Two replications with a CV-10 noise: the mean step time's interval reaches 0, so the
+    throughput's upper bound is unbounded; the warning said "one replication needs at least
+    two batch means" (wrong here)."""
+    argv = SIM[:-1] + ["--steps", 256, "--replications", 2, "--jitter-cv", 10, "--quiet"]
+    rc, out, err = cli(argv, capsys)
+    assert rc == 0, err
+    (line,) = [ln for ln in err if "no confidence interval" in ln]
+    assert "reach 0" in line and "one replication" not in line

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import socket
 import sys
 from pathlib import Path
 
@@ -325,7 +326,23 @@ def wants_distributed(args) -> bool:
             "--distributed on a cluster)",
             field="--coordinator",
         )
+    if args.coordinator:
+        check_coordinator(args.coordinator)
     return bool(args.distributed or args.coordinator)
+
+
+def check_coordinator(address: str) -> None:
+    """InputError unless ``address`` is HOST:PORT with a port in 1..65535 (JAX splits it at
+    the last colon: a bare host gave an IndexError there) and HOST resolves."""
+    host, colon, port = str(address).rpartition(":")
+    if not (colon and host.strip() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise InputError(
+            f"expected HOST:PORT with a port in 1..65535, got {address!r}", field="--coordinator"
+        )
+    try:  # an unknown host made JAX wait for minutes
+        socket.getaddrinfo(host.strip("[]"), int(port))
+    except (OSError, UnicodeError) as err:
+        raise InputError(f"cannot resolve host {host!r}: {err}", field="--coordinator") from None
 
 
 def start_distributed(args) -> None:
@@ -339,7 +356,14 @@ def start_distributed(args) -> None:
                 "--coordinator needs --num-processes N and --process-id I with 0 <= I < N",
                 field="--process-id",
             )
-        jax.distributed.initialize(args.coordinator, num_processes=n, process_id=i)
+        try:
+            jax.distributed.initialize(args.coordinator, num_processes=n, process_id=i)
+        except (ValueError, RuntimeError) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise InputError(
+                f"could not start or join the coordinator at {args.coordinator}: {reason}",
+                field="--coordinator",
+            ) from None
         return
     try:
         jax.distributed.initialize()

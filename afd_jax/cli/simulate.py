@@ -35,7 +35,7 @@ from afd_jax.cli.common import (
     start_distributed,
     wants_distributed,
 )
-from afd_jax.errors import InputError
+from afd_jax.errors import InputError, check_level
 from afd_jax.kernels.options import ROUTINGS
 from afd_jax.memory import current_budget
 from afd_jax.montecarlo.result import MonteCarloResult
@@ -282,8 +282,7 @@ def run(args) -> int:
     positive_int("replications", args.replications)
     positive_int("memory-budget-mb", args.memory_budget_mb)
     check_seed("seed", args.seed)
-    if not 0 < args.level < 1:
-        raise InputError(f"must be in (0, 1), got {args.level}", field="level")
+    check_level(args.level)
     plot = plot_file(args.plot)
     if wants_distributed(args):
         start_distributed(args)
@@ -304,7 +303,7 @@ def run(args) -> int:
         return 0
     for line in _describe(res, args.workload):
         print(line)
-    _print_table(res.results_table(), res.r_best, res.level)
+    _print_table(res.results_table(), res.r_best, res.level, res.replications)
     if dynamics is not None:
         ideal = out["idealised"]["r_best"]
         print(
@@ -417,7 +416,7 @@ def _describe(res: MonteCarloResult, workload: str) -> list[str]:
     ]
 
 
-def _print_table(rows, r_best: int, level: float) -> None:
+def _print_table(rows, r_best: int, level: float, replications: int) -> None:
     lvl = int(round(100 * level))
     print(
         f"{'r':>3} {'tokens/s/inst':>13} {lvl:>3}% CI{'':>14} {'idle A':>7} {'idle F':>7} "
@@ -435,13 +434,19 @@ def _print_table(rows, r_best: int, level: float) -> None:
             f" {row['active_fraction']:>6.3f}{mark}"
         )
     print(f"best r = {r_best} (*); busy: mean fraction of slots active")
-    if not all(math.isfinite(row[k]) for row in rows for k in ("ci_low", "ci_high")):
-        print(
-            "afd-jax simulate: warning: no confidence interval: one replication needs at "
-            "least two batch means of 128-step blocks for one (use --replications >= 2 or "
-            "--steps >= 256)",
-            file=sys.stderr,
+    if all(math.isfinite(row[k]) for row in rows for k in ("ci_low", "ci_high")):
+        return
+    if replications == 1:
+        why = (
+            "one replication needs at least two batch means of 128-step blocks for one (use "
+            "--replications >= 2 or --steps >= 256)"
         )
+    else:
+        why = (
+            "some intervals of the mean step time reach 0, so the throughput's upper bound is "
+            "unbounded (too few replications for this spread: use more --replications)"
+        )
+    print(f"afd-jax simulate: warning: no confidence interval: {why}", file=sys.stderr)
 
 
 def _ci_cell(value: float) -> str:

@@ -71,7 +71,7 @@ def read_profile(path: str | Path, with_batch: bool = False) -> dict[str, tuple]
     field for a bad row."""
     path = Path(path)
     try:
-        handle = path.open(newline="", encoding="utf-8")
+        handle = path.open(newline="", encoding="utf-8-sig")  # a BOM, as traces allow
     except OSError as err:
         raise InputError(f"cannot read profile: {err.strerror}", path=str(path)) from err
     rows: dict[str, tuple[list, ...]] = {s: ([], [], [], []) for s in STAGES}

@@ -326,7 +326,8 @@ def _spec_path(spec: str) -> tuple[Path, bool]:
 def check_step_time(lat: Latency, where: str | None = None) -> Latency:
     """InputError when the step time can be 0 (throughput infinite): with coefficients >= 0,
     tau is non-decreasing in the worker load T, r and B, so its least value is tau(T = 0,
-    r = B = 1) (either overlap, either comm scaling); it must be > 0. Coefficients may be
+    r = B = 1) (either overlap, either comm scaling); it must be at least :data:`MIN_STEP_US`
+    (one picosecond). Coefficients may be
     arrays (a sweep's scenarios): every one is checked, the first bad one is named."""
     if has_tables(lat):  # measured times are > 0 (checked when read), so tau > 0
         return lat
@@ -341,7 +342,23 @@ def check_step_time(lat: Latency, where: str | None = None) -> Latency:
             path=where,
             field="beta_attn",
         )
+    bad = np.flatnonzero(~(least.reshape(-1) >= MIN_STEP_US))
+    if bad.size:
+        which = f" (scenario {int(bad[0])})" if least.ndim else ""
+        raise InputError(
+            f"the step time can be {least.reshape(-1)[bad[0]]:.3g} us{which}, below "
+            f"{MIN_STEP_US:g} us (a picosecond): times are in microseconds, and the kernels' "
+            "float32 step times would round such a step to 0",
+            path=where,
+            field="beta_attn",
+        )
     return lat
+
+
+MIN_STEP_US = 1e-6
+"""The shortest step time a latency model may give (us): a picosecond, far below any real
+decode step, far above float32's smallest normal number (a review: coefficients of 1e-50
+gave infinite throughput and NaN idle shares)."""
 
 
 def latency_file(spec: str) -> Path:

@@ -27,7 +27,6 @@ summed tau, its SE from the SE of E[tau] (the empty fraction's own noise is not 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from functools import partial
 from typing import Any, NamedTuple
@@ -254,6 +253,20 @@ def dynamics_chunk(
 # ---------------------------------------------------------------- inputs
 
 
+MAX_JITTER_CV = 10.0
+"""The largest Attention-time CV (a lognormal of CV 10 already puts half its mass below 1/10
+of the mean); beyond, the step-time histogram's range (12 CVs above the slowest step) would
+push the real steps below its lowest bin (a review: wrong percentiles at CV 1e10)."""
+MAX_STRAGGLER = 1000.0
+"""The largest straggler slow-down s, for the same reason (a review: s = 1e12 put every step
+in the histogram's lowest bin, even with p = 0)."""
+MAX_EXPERT_SKEW = 100.0
+"""The largest Zipf exponent of the expert routing (at 100 expert 0 takes all but 1e-30)."""
+MAX_EXPERTS = 1 << 16
+"""The most experts E (models route over 8 to 384); the routing's scores take 12 B per token
+and expert per step besides, checked against the memory budget (:func:`_rows_per_call`)."""
+
+
 def check_dynamics(cfg: Dynamics, batch: int | None) -> None:
     """InputError on a bad configuration (checked before any work; the sizes tied to B only
     when ``batch`` is given)."""
@@ -283,15 +296,18 @@ def check_dynamics(cfg: Dynamics, batch: int | None) -> None:
         bad(f"must be >= 0 (0: off), got {cfg.microbatches}", "microbatches")
     if batch is not None and cfg.microbatches and batch % cfg.microbatches:
         bad(f"must divide B = {batch}, got {cfg.microbatches}", "microbatches")
-    if not 0 <= cfg.jitter_cv < math.inf:
-        bad(f"must be a finite number >= 0, got {cfg.jitter_cv}", "jitter-cv")
-    if not (0 <= cfg.straggler_p <= 1 and 1 <= cfg.straggler_s < math.inf):
+    if not 0 <= cfg.jitter_cv <= MAX_JITTER_CV:
+        bad(f"must be in [0, {MAX_JITTER_CV:g}], got {cfg.jitter_cv}", "jitter-cv")
+    if not (0 <= cfg.straggler_p <= 1 and 1 <= cfg.straggler_s <= MAX_STRAGGLER):
         bad(
-            f"needs 0 <= p <= 1 and a finite s >= 1, got {cfg.straggler_p},{cfg.straggler_s}",
+            f"needs 0 <= p <= 1 and 1 <= s <= {MAX_STRAGGLER:g}, got "
+            f"{cfg.straggler_p},{cfg.straggler_s}",
             "straggler",
         )
-    if not 0 <= cfg.expert_skew < math.inf:
-        bad(f"must be a finite number >= 0, got {cfg.expert_skew}", "expert-skew")
+    if not 0 <= cfg.expert_skew <= MAX_EXPERT_SKEW:
+        bad(f"must be in [0, {MAX_EXPERT_SKEW:g}], got {cfg.expert_skew}", "expert-skew")
+    if cfg.experts > MAX_EXPERTS:
+        bad(f"E must be <= {MAX_EXPERTS}, got {cfg.experts}", "experts")
     if cfg.expert_skew and not cfg.experts:
         bad("needs --experts E,k,G (the skew of the routing over E experts)", "expert-skew")
     e, k, g = cfg.experts, cfg.expert_k, cfg.expert_ranks
@@ -437,14 +453,28 @@ def _tables(lat: Latency, drun: DynRun, max_load: int, dtype) -> DynTables | Non
     )
 
 
+def _rows_per_call(run, cfg: Dynamics, slots: int) -> int:
+    """Replications per call within the memory budget: 64 B per slot, and with experts the
+    routing's Gumbel scores (float32, with top_k's copies: 12 B per token and expert) of one
+    step. InputError when one replication's scores exceed the budget."""
+    per_row = slots * 64 + run.r_max * run.batch * cfg.experts * 12 + 1
+    if cfg.experts and per_row > run.budget:
+        raise InputError(
+            f"E = {cfg.experts} experts: one replication's routing scores take "
+            f"{per_row / 2**20:.0f} MiB per step, above the memory budget "
+            f"({run.budget / 2**20:.0f} MiB); raise --memory-budget or route over fewer experts",
+            field="experts",
+        )
+    return int(run.reps_per_call or max(1, min(run.replications, run.budget // per_row)))
+
+
 def run_dynamics(sampler, max_load: int, lat: Latency, drun: DynRun, bar: Progress, mesh):
     """The chunk loop over replications, split over the devices of ``mesh`` (a
     :class:`RowMesh`; the rows are independent, so the numbers are one device's): (host
     accumulator, bins, slot-steps)."""
     run, opts, cfg = drun
     slots = run.r_max * run.batch * (run.r_max if cfg.routed else 1)
-    chunk = int(run.reps_per_call or max(1, min(run.replications, run.budget // (slots * 64 + 1))))
-    chunk = mesh.round_up(chunk)
+    chunk = mesh.round_up(_rows_per_call(run, cfg, slots))
     length = _segment_length(drun, chunk)
     total = run.warmup + run.steps
     kernel = dynamics_kernel(run.r_max, run.batch, run.init, length, cfg)
@@ -497,8 +527,8 @@ def dynamics_result(lat: Latency, drun: DynRun, acc: _Acc, bins, slot_steps, wal
     n = acc.count.sum()
     tokens = n * r * run.batch - s["empty"]
     thr = L.token_rate(lat, r, tokens, s["tau"])
-    attn_idle = r * s["tau"] - s["attn_busy"]
-    ffn_idle = s["tau"] - s["ffn_busy"]
+    attn_idle = np.maximum(r * s["tau"] - s["attn_busy"], 0.0)  # float32 sums: ~1e-7 short
+    ffn_idle = np.maximum(s["tau"] - s["ffn_busy"], 0.0)
     pct = E.percentiles(acc.hist, *bins)
     ones = np.ones(run.r_max)
     with np.errstate(divide="ignore", invalid="ignore"):

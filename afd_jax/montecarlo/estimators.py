@@ -167,8 +167,9 @@ def stream_idle(lat: Latency, batch, r, s_tau, s_load_cum, s_max_attn, n_steps, 
     if not is_affine(lat.attn):
         a_attn, b_attn = 1.0, 0.0
     sum_attn = a_attn * s_load_cum + b_attn * r * n_steps
-    attn_idle = r * s_tau - sum_attn
-    ffn_idle = s_tau - n_steps * t_ffn_r
+    # clipped at 0: where a stage is busy every step its float32 sums fall ~1e-7 short
+    attn_idle = maximum(r * s_tau - sum_attn, 0.0)
+    ffn_idle = maximum(s_tau - n_steps * t_ffn_r, 0.0)
     return IdleFractions(
         idle_attn=attn_idle / (r * s_tau),
         idle_ffn=ffn_idle / s_tau,

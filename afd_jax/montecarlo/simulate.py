@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-from afd_jax.errors import InputError
+from afd_jax.errors import InputError, check_level
 from afd_jax.kernels import barrier as KB
 from afd_jax.kernels import sampling as KS
 from afd_jax.kernels.barrier import barrier_kernel
@@ -155,8 +155,7 @@ def _check_run(kernel, batch, r_max, steps, warmup, replications, init, level) -
     ):
         if not isinstance(v, int | np.integer) or v < lo:
             raise InputError(f"must be an integer >= {lo}, got {v!r}", field=name)
-    if not 0 < level < 1:
-        raise InputError(f"must be in (0, 1), got {level}", field="level")
+    check_level(level)
     if kernel == "barrier" and (warmup or init != "stationary"):
         raise InputError(
             "the barrier kernel samples the steady state: no warmup or cold init", field="kernel"

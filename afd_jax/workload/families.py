@@ -114,11 +114,12 @@ def geometric(mean: float, min: int = 1) -> Marginal:  # noqa: A002 - the natura
 
     ``P(X = k) = p (1-p)^(k-min)``, ``p = 1 / (mean - min + 1)``. ``min = 1`` is the decode law
     (number of trials), ``min = 0`` the prompt law (failures before a success). Truncated at
-    tail mass < 1e-15 and renormalised; ``mean == min`` gives a point mass.
+    tail mass < 1e-15 and renormalised; a mean within 1e-12 of ``min`` gives a point mass (the
+    rest of the law weighs less than that; closer, p rounds to 1 in float64).
     """
     _check_count("min", min)
     _check("mean", mean, lo=min, hi=MAX_VALUE)
-    if mean == min:
+    if mean - min < 1e-12:
         return deterministic(min)
     p = 1.0 / (mean - min + 1.0)
     # tail beyond k: (1-p)^(k-min+1) < TAIL

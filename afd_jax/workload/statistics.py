@@ -25,7 +25,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from afd_jax.errors import InputError
+from afd_jax.errors import InputError, check_level
 from afd_jax.memory import require
 from afd_jax.workload.containers import ParametricWorkload, TraceWorkload, WorkloadStats
 from afd_jax.workload.families import parametric_stats
@@ -133,8 +133,7 @@ def theta_confidence_interval(
     Returns:
       (low, high) as Python floats.
     """
-    if not (0.0 < level < 1.0):
-        raise InputError(f"confidence level must be in (0, 1), got {level}", field="level")
+    check_level(level)
     if method not in CI_METHODS:
         raise InputError(
             f"unknown CI method {method!r} (known: {', '.join(CI_METHODS)})", field="ci_method"
