@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from afd_jax.model.exact import exact_step_times, worker_load_pmf
 from afd_jax.model.latency_io import resolve_latency
 from afd_jax.studies.optimize import optimize
 from afd_jax.workload.slotload import slot_load_pmf
+from afd_jax.workload.specs import resolve_workload
 from afd_jax.workload.statistics import workload_stats
 from afd_jax.workload.traces import load_trace
 
@@ -89,3 +91,64 @@ def test_bad_input_exits_2(capsys, trace, extra):
     code, out, err = _run(capsys, ["optimize", "--workload", str(trace), *LAT, *extra])
     assert code == 2
     assert out == "" and "error" in err and "Traceback" not in err
+
+
+def _paper_continuous_r(flags: dict, theta_scale: float = 1.0) -> float:
+    """r_continuous of the library's optimize on paper-v1 at B = 64 (the CLI's inputs), theta
+    scaled: an independent reference for the CLI's elasticities by finite differences."""
+    w = resolve_workload("paper-v1")
+    lat, opts = resolve_latency("paper-v1")
+    st = workload_stats(w)
+    pmf = slot_load_pmf(w, load_offset=opts.load_offset)
+    theta = (st.theta + opts.load_offset) * theta_scale
+    return optimize(pmf, theta, st.slot_var, lat, opts, batch=64, **flags).r_continuous
+
+
+@pytest.mark.parametrize(
+    "extra,flags,bound",
+    [
+        # the continuous optimum (3.89 unconstrained) sits on r_min inside the r_values range
+        (["--r-values", "3,5", "--r-min", "4"], {"r_values": [3, 5], "r_min": 4}, "r_min"),
+        (["--r-step", "3", "--r-min", "4"], {"r_values": [3, 6, 9, 12, 15], "r_min": 4}, "r_min"),
+        # ... on r_max (--r-max 3 from flags), the largest allowed r
+        (["--r-values", "2,3"], {"r_values": [2, 3], "r_max": 3}, "r_max"),
+    ],
+)
+def test_bound_pinning_r_continuous_pins_the_elasticities(capsys, extra, flags, bound):
+    """With --r-values/--r-step, a bound that pins r_continuous pins r* for the elasticities too:
+    0 for every input (finite differences of r_continuous in theta are 0), and the elasticities
+    equal those of the same bound without the ratio set."""
+    flags = {"r_max": 16, **flags}
+    argv = ["optimize", "--workload", "paper-v1", "--latency", "paper-v1", "-B", "64", "--json"]
+    argv += ["--r-max", str(flags["r_max"])]
+    code, out, _ = _run(capsys, [*argv, *extra])
+    assert code == 0
+    obj = json.loads(out)
+    assert obj["r_continuous"] == pytest.approx(flags[bound], rel=1e-12)
+    assert obj["sensitivities"]["r"][bound] == pytest.approx(1.0)
+    assert obj["sensitivities"]["r"]["theta"] == 0.0
+    h = 1e-3
+    fd = math.log(_paper_continuous_r(flags, 1 + h) / _paper_continuous_r(flags, 1 - h)) / (2 * h)
+    assert fd == pytest.approx(0.0, abs=1e-9)
+    assert set(obj["elasticities"]["r_star"].values()) == {0.0}
+    # the same bound alone (no ratio set): the same continuous optimum, the same elasticities
+    code, out, _ = _run(capsys, [*argv, f"--{bound.replace('_', '-')}", str(flags[bound])])
+    assert code == 0
+    alone = json.loads(out)
+    assert alone["r_continuous"] == pytest.approx(obj["r_continuous"], rel=1e-12)
+    assert alone["elasticities"] == obj["elasticities"]
+
+
+def test_r_values_interior_optimum_keeps_its_elasticities(capsys):
+    """--r-values alone: the continuous optimum is searched between the extremes (3.89 in
+    [3, 5]), free; its theta elasticity matches finite differences of r_continuous."""
+    argv = ["optimize", "--workload", "paper-v1", "--latency", "paper-v1", "-B", "64"]
+    code, out, _ = _run(capsys, [*argv, "--r-max", "16", "--r-values", "3,5", "--json"])
+    assert code == 0
+    obj = json.loads(out)
+    assert 3 < obj["r_continuous"] < 5
+    flags = {"r_max": 16, "r_values": [3, 5]}
+    h = 1e-3
+    fd = math.log(_paper_continuous_r(flags, 1 + h) / _paper_continuous_r(flags, 1 - h)) / (2 * h)
+    assert fd > 0.1
+    assert obj["elasticities"]["r_star"]["theta"] == pytest.approx(fd, abs=0.01)

@@ -177,10 +177,8 @@ def run(args) -> int:
         neighbourhood=args.neighbourhood,
         r_values=r_values,
     )
-    r_lo, r_hi = (args.r_min, args.r_max) if r_values is None else (r_values[0], r_values[-1])
-    raw, _ = optimum_elasticities(
-        lat, theta, stats.slot_var, res.batch, opts, float(r_lo), float(r_hi)
-    )
+    # the continuous optimum's own r box: a bound that pins r_continuous pins r* here too
+    raw, _ = optimum_elasticities(lat, theta, stats.slot_var, res.batch, opts, *res.r_bounds)
     print(f"optimize: {time.perf_counter() - t0:.2f} s", file=sys.stderr)
     bound = float(binning_error_bound(lat, res.batch, pmf.width, res.step_time))
     warn_lattice("optimize", bound, pmf.width)

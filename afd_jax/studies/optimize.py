@@ -642,7 +642,10 @@ def exact_p99_step_times(
 @dataclass
 class OptimizeResult:
     """Outcome of :func:`optimize` (host floats). ``candidates``: every (r, B) evaluated exactly,
-    with its throughput and the constraints it violates."""
+    with its throughput and the constraints it violates; ``r_bounds``: the box ``(r_lo, r_hi)``
+    of the continuous r (``[r_min, r_max]`` intersected with the extremes of ``r_values``), the
+    one to solve in for anything derived from the continuous optimum (its elasticities), so a
+    bound that pins ``r_continuous`` pins it there too (not in :meth:`to_json`)."""
 
     r_continuous: float
     batch_continuous: float
@@ -661,6 +664,7 @@ class OptimizeResult:
     sensitivities: dict
     constraints: dict
     candidates: list = field(default_factory=list)
+    r_bounds: tuple[float, float] | None = None
 
     def to_json(self) -> dict:
         return {
@@ -760,7 +764,8 @@ def _check_settings(
 
 
 def _ratio_bounds(r_values, r_min: int, r_max: int):
-    """(allowed r as a tuple or None, lower and upper bound of the continuous r)."""
+    """(allowed r as a tuple or None, lower and upper bound of the continuous r): the only
+    place that box is computed (:attr:`OptimizeResult.r_bounds` hands it on)."""
     if r_values is None:
         return None, r_min, r_max
     allowed = tuple(int(v) for v in feasible_ratios(list(r_values), r_max=r_max))
@@ -1002,6 +1007,7 @@ def optimize(
         sensitivities=sens,
         constraints=constraints,
         candidates=sorted(cands.evaluated.values(), key=lambda c: (c["r"], c["batch"])),
+        r_bounds=(float(r_lo), float(r_hi)),
     )
 
 
