@@ -243,3 +243,26 @@ def test_unbounded_interval_says_why(capsys):
     assert rc == 0, err
     (line,) = [ln for ln in err if "no confidence interval" in ln]
     assert "reach 0" in line and "one replication" not in line
+
+
+def test_logspace_past_float64_is_one_line(tmp_path, capsys):
+    """`logspace = [-2.5, 400, 3]` printed NumPy's overflow warning before its error."""
+    import warnings
+
+    from test_reliability import spec_file
+
+    spec = spec_file(
+        tmp_path,
+        """
+        batch = [4]
+        [workloads]
+        specs = ["paper-v1"]
+        [latency]
+        base = "paper-v1"
+        [latency.grid]
+        alpha_attn = { logspace = [-2.5, 400, 3] }
+        """,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        refused(["sweep", spec, "--out", tmp_path / "t.csv"], capsys, "logspace", "308")

@@ -3,6 +3,7 @@ per-scenario computation, streaming + kill-and-resume (byte-identical table)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -471,3 +472,87 @@ def test_changed_spec_messages_do_not_loop(traces, tmp_path, monkeypatch, capsys
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "different spec" in err[0], err
         assert "another --out" in err[0] and "--resume" not in err[0], err
+
+
+def _refused_naming(spec: Path, name: str, capsys) -> None:
+    """``afd-jax sweep SPEC`` exits 2 with one line naming the changed input file ``name``,
+    with and without --resume."""
+    from afd_jax.cli import main
+
+    for extra in (["--resume"], []):
+        assert main(["sweep", str(spec), "--quiet", *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"input file {name}" in err[0], err
+        assert "changed" in err[0] and "another --out" in err[0], err
+
+
+def test_resume_refuses_a_changed_trace(traces, tmp_path, monkeypatch, capsys):
+    """A trace cut between a stopped run and --resume is refused (it used to resume with exit
+    0 into a table of two thetas); the unchanged trace (rewritten, same rows) resumes to the
+    table of an uninterrupted run."""
+    from afd_jax.cli import main
+
+    spec, ref, out = tmp_path / "s.toml", tmp_path / "ref.csv", tmp_path / "o.csv"
+    spec.write_text(spec_text(traces, ref, methods=MF_ONLY))
+    S.run_sweep(S.make_plan(S.load_spec(spec)), progress=False)
+    spec.write_text(spec_text(traces, out, methods=MF_ONLY))
+    parts = interrupted_sweep(S.make_plan(S.load_spec(spec)), out, monkeypatch, n_parts=1)
+    rows = Path(traces[0]).read_text()
+    Path(traces[0]).write_text("\n".join(rows.splitlines()[:4]) + "\n")
+    _refused_naming(spec, traces[0], capsys)
+    Path(traces[0]).write_text(rows)
+    assert main(["sweep", str(spec), "--quiet", "--resume"]) == 0
+    assert out.read_bytes() == ref.read_bytes()
+    assert not (parts / S.part_name(0)).exists()  # merged: part 0 was kept, not recomputed
+
+
+LATENCY_SET = """[latency.set]
+alpha_attn = 0.02
+beta_attn = 30.0
+alpha_ffn = 0.15
+beta_ffn = 60.0
+alpha_comm = 0.05
+beta_comm = 20.0
+"""
+
+
+def test_resume_refuses_a_changed_latency_base_file(traces, tmp_path, monkeypatch, capsys):
+    """``[latency] base = "mylat.toml"`` edited (beta_ffn) between a stopped run and --resume
+    is refused naming the file; an unchanged one resumes to the uninterrupted table."""
+    from afd_jax.cli import main
+
+    lat = tmp_path / "mylat.toml"
+    lat.write_text(LATENCY_SET.replace("[latency.set]", "[latency]"))
+    spec, ref, out = tmp_path / "s.toml", tmp_path / "ref.csv", tmp_path / "o.csv"
+
+    def text(output):
+        t = spec_text(traces, output, methods=MF_ONLY).replace("beta_ffn = [40.0, 200.0]\n", "")
+        return t.replace(LATENCY_SET, '[latency]\nbase = "mylat.toml"\n')
+
+    spec.write_text(text(ref))
+    S.run_sweep(S.make_plan(S.load_spec(spec)), progress=False)
+    spec.write_text(text(out))
+    interrupted_sweep(S.make_plan(S.load_spec(spec)), out, monkeypatch, n_parts=1)
+    before = lat.read_text()
+    lat.write_text(before.replace("beta_ffn = 60.0", "beta_ffn = 90.0"))
+    _refused_naming(spec, str(lat), capsys)
+    lat.write_text(before)
+    assert main(["sweep", str(spec), "--quiet", "--resume"]) == 0
+    assert out.read_bytes() == ref.read_bytes()
+
+
+def test_resume_refuses_parts_without_input_digests(traces, tmp_path, monkeypatch, capsys):
+    """A manifest that recorded no input digests (an older afd-jax) cannot vouch for its
+    inputs: refused in one line, not resumed."""
+    from afd_jax.cli import main
+
+    spec, out = tmp_path / "s.toml", tmp_path / "o.csv"
+    spec.write_text(spec_text(traces, out, methods=MF_ONLY))
+    parts = interrupted_sweep(S.make_plan(S.load_spec(spec)), out, monkeypatch)
+    man = json.loads((parts / MANIFEST).read_text())
+    assert set(man["inputs"]) == set(traces)
+    del man["inputs"]
+    (parts / MANIFEST).write_text(json.dumps(man))
+    assert main(["sweep", str(spec), "--quiet", "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "did not record its input files" in err[0], err

@@ -6,8 +6,10 @@ Scenarios are the Cartesian product ``workloads x batches x latency``, in that n
 
 from __future__ import annotations
 
+import hashlib
 import itertools
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +30,8 @@ from afd_jax.model.latency import (
 from afd_jax.model.latency_io import (
     check_latency_limit,
     check_step_time,
+    latency_file,
+    load_latency_toml,
     resolve_latency,
     scalar_items,
     validate_latency,
@@ -35,10 +39,11 @@ from afd_jax.model.latency_io import (
 from afd_jax.montecarlo.simulate import check_kv_capacity, preflight
 from afd_jax.studies.sweep.fields import LATENCY_FIELDS, SCALE_FIELDS, SWEPT_FIELDS, columns
 from afd_jax.studies.sweep.spec import SweepSpec
+from afd_jax.workload.containers import TraceWorkload, content_digest
 from afd_jax.workload.specs import resolve_workload
 from afd_jax.workload.statistics import workload_stats
 
-__all__ = ["SweepPlan", "WorkloadEntry", "make_plan"]
+__all__ = ["SweepPlan", "WorkloadEntry", "input_digests", "make_plan"]
 
 
 @dataclass(eq=False)
@@ -57,7 +62,8 @@ class WorkloadEntry:
 class SweepPlan:
     """A spec with its inputs resolved. ``wl_index``, ``batch``: int64[n_scenarios];
     ``coeffs``: float64[n_scenarios, 8] in ``Latency._fields`` order; ``scales``:
-    float64[n_scenarios, 3] (attn, ffn, comm stage-time scales) when the spec names one."""
+    float64[n_scenarios, 3] (attn, ffn, comm stage-time scales) when the spec names one;
+    ``inputs``: the content digest of each input file (:func:`input_digests`)."""
 
     spec: SweepSpec
     opts: ModelOptions
@@ -69,6 +75,7 @@ class SweepPlan:
     family_params: tuple[str, ...]
     tables: StageTables | None = None  # measured stages of the base, shared by every scenario
     scales: np.ndarray | None = None
+    inputs: dict = field(default_factory=dict)
 
     def latency(self, idx, convert=lambda a: a) -> Latency:
         """The :class:`Latency` of scenarios ``idx`` (an index array: every leaf gets that
@@ -214,6 +221,23 @@ def _resolve_latency(spec: SweepSpec) -> tuple[Latency, ModelOptions]:
         raise InputError(f"latency: {err}{hint}", path=spec.path, field="latency") from None
 
 
+def input_digests(spec: SweepSpec, entries: list[WorkloadEntry]) -> dict[str, str]:
+    """A digest of the content of every file the spec reads, by the name the spec gives it:
+    each trace (its rows as read, :func:`~afd_jax.workload.containers.content_digest`) and the
+    latency base (its TOML values; a preset's file too). A run's manifest keeps them, so that
+    ``--resume`` refuses inputs that changed since the run started (docs/sweep.md)."""
+    out = {
+        s: content_digest(e.workload).hex()
+        for (_, s, _), e in zip(spec.workloads, entries, strict=True)
+        if isinstance(e.workload, TraceWorkload)
+    }
+    if spec.latency_base is not None:
+        values = load_latency_toml(latency_file(spec.latency_base))
+        blob = json.dumps(values, sort_keys=True, default=str).encode()
+        out[spec.latency_base] = hashlib.blake2b(blob, digest_size=16).hexdigest()
+    return out
+
+
 def make_plan(spec: SweepSpec) -> SweepPlan:
     """Resolve workloads (statistics), the latency base and the scenario table; validate values."""
     entries = _resolve_workloads(spec)
@@ -237,8 +261,9 @@ def make_plan(spec: SweepSpec) -> SweepPlan:
     swept += [f for j, f in enumerate(SCALE_FIELDS) if np.unique(scales[:, j]).size > 1]
     scales = np.tile(scales, (n_wl * n_b, 1)) if spec.scaled else None
     plan = SweepPlan(
-        spec, opts, entries, wl_index, batch, coeffs, tuple(swept), fam, base.tables, scales
-    )
+        spec, opts, entries, wl_index, batch, coeffs, tuple(swept), fam, base.tables, scales,
+        input_digests(spec, entries),
+    )  # fmt: skip
     if base.tables is not None:
         validate_latency(base, spec.path, batch=np.asarray(spec.batches))
     _check_methods(plan)

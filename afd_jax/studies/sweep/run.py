@@ -2,9 +2,10 @@
 
 **Streaming and resume.** Scenarios are cut into chunks of ``chunk_size``; every finished chunk is
 written to ``<output>.parts/part-NNNNNN.csv`` through :class:`afd_jax.studies.store.PartStore`
-(atomic); its ``manifest.json`` (written first) pins the spec digest, the chunk size and the
-columns. ``resume=True`` recomputes only the missing parts; the final table is the concatenation
-of the parts in chunk order, so it is byte-identical to an uninterrupted run.
+(atomic); its ``manifest.json`` (written first) pins the spec digest, the content digests of its
+input files (``SweepPlan.inputs``: traces, latency base), the chunk size and the columns.
+``resume=True`` recomputes only the missing parts; the final table is the concatenation of the
+parts in chunk order, so it is byte-identical to an uninterrupted run.
 
 **Multi-host.** With ``process_count > 1`` (``jax.distributed.initialize()`` then
 ``jax.process_index()/process_count()``), process p computes chunks ``c % process_count == p`` on
@@ -111,6 +112,7 @@ def _open_store(plan: SweepPlan, out: Path, resume: bool, chunk_size, progress: 
     size = min(size, max(n, n_dev))  # a chunk past the last scenario would only be padding
     manifest = {
         "digest": spec.digest(),
+        "inputs": plan.inputs,
         "spec": spec.canonical(),
         "chunk_size": size,
         "n_scenarios": n,
@@ -119,7 +121,7 @@ def _open_store(plan: SweepPlan, out: Path, resume: bool, chunk_size, progress: 
         "format": output_format(spec, str(out)),
     }
     try:
-        opened = store.open(manifest, resume=resume, match=("digest", "columns"))
+        opened = store.open(manifest, resume=resume, match=("digest", "inputs", "columns"))
     except PartsExist:
         raise InputError(
             f"partial results of this spec exist in {store.folder}; pass --resume to continue "
@@ -130,7 +132,7 @@ def _open_store(plan: SweepPlan, out: Path, resume: bool, chunk_size, progress: 
         raise InputError(f"{err.reason} (or choose another --out)", path=str(out)) from None
     except PartsMismatch:
         raise InputError(
-            f"the partial results in {store.folder} come from a different spec; delete that "
+            f"the partial results in {store.folder} {_mismatch(store, manifest)}; delete that "
             "folder to start over, or choose another --out",
             path=spec.path,
         ) from None
@@ -149,6 +151,20 @@ def _open_store(plan: SweepPlan, out: Path, resume: bool, chunk_size, progress: 
             file=sys.stderr,
         )
     return store, man, opened.resumed
+
+
+def _mismatch(store: PartStore, manifest: dict) -> str:
+    """Why the run on disk is not this one: an input file whose content changed since it
+    started (same spec), or a different spec."""
+    found = store.read_manifest() or {}
+    old = found.get("inputs")
+    if found.get("digest") != manifest["digest"] or found.get("columns") != manifest["columns"]:
+        return "come from a different spec"
+    if not isinstance(old, dict):
+        return "come from an afd-jax that did not record its input files"
+    new = manifest["inputs"]
+    name = next(k for k in {**new, **old} if old.get(k) != new.get(k))
+    return f"were computed from an earlier version of the input file {name} (it changed since)"
 
 
 def _progress_bar(sizes: dict, done: set, progress: bool):
@@ -214,7 +230,8 @@ def run_sweep(
     Holds the lock of the parts folder (one per process index) for the whole run: a concurrent
     run on the same output fails at once. A run that fails before its first part leaves no
     parts folder behind. Raises InputError when partial results exist and ``resume`` is False,
-    when they belong to a different spec, or when another run holds the lock.
+    when they belong to a different spec or input file content, or when another run holds the
+    lock.
     """
     t_start = time.perf_counter()
     out = Path(output or plan.spec.output)

@@ -196,6 +196,8 @@ def _spaced_grid(form: str, args: list, sub: str, path: str) -> np.ndarray:
     if form == "linspace":
         return np.linspace(a, b, n)
     if form == "logspace":
+        if max(a, b) > 308:  # 10^309 overflows float64 (NumPy warned, then inf was refused)
+            raise _err(f"exponents must be <= 308, got [{a:g}, {b:g}]", sub, path)
         return np.logspace(a, b, n)
     if a <= 0 or b <= 0:
         raise _err("geomspace needs positive ends", sub, path)
