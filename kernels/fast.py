@@ -199,10 +199,11 @@ def _draws(key_stream, drawn, sampler, n_requests: int, slot_ids, paired: bool =
     arrays (consts: the slot key words, paired the same way, and the first request number;
     xs: the request numbers 0..K-1); the samplers of :data:`~.sampling.WORD_DRAWS` hash
     request k's blocks in step k (consts: the slot key words and the first request number;
-    xs: 0..K-1), so that the tail's lanes hash only their own requests (4x on
-    ``azure-conv-fit``, docs/cpu-speed.md round 16); other samplers take their requests from
-    :func:`fresh_requests` (xs: prompt and decode [K, slots]). Under ``jax_debug_nans`` the
-    words are never paired: a word that reads as a float NaN would raise outside jit."""
+    xs: 0..K-1), so that the tail's lanes hash only their own requests (1.65x on
+    ``azure-conv-fit`` and ``paper-v1``, docs/cpu-speed.md round 16); other samplers take their
+    requests from :func:`fresh_requests` (xs: prompt and decode [K, slots]). Under
+    ``jax_debug_nans`` the words are never paired: a word that reads as a float NaN would raise
+    outside jit."""
     n_slots = drawn.size
     if isinstance(sampler, AliasSampler):
         n0 = drawn.reshape(n_slots).astype(jnp.uint32)
@@ -220,20 +221,8 @@ def _draws(key_stream, drawn, sampler, n_requests: int, slot_ids, paired: bool =
         extra0 = pack(*unpack(consts[0]), n0, jnp.zeros_like(n0))
         return consts, draw, extra0, jnp.arange(n_requests, dtype=jnp.uint32)
 
-    if type(sampler) in WORD_DRAWS:  # request k's blocks hashed in step k, as fresh_requests
-        wd = WORD_DRAWS[type(sampler)]
-        blocks = wd.blocks(sampler)
-        consts = (_slot_words(key_stream, slot_ids), drawn.reshape(n_slots).astype(jnp.uint32))
-
-        def draw_words(consts, extra, k):
-            (k0, k1), n0 = consts
-            base, zero = (n0 + k) * jnp.uint32(blocks), jnp.zeros_like(k0)
-            words = [threefry2x32(k0, k1, base + jnp.uint32(j), zero) for j in range(blocks)]
-            # materialised once: XLA would otherwise rehash inside every gather that reads them
-            p, d = wd.from_words(sampler, jax.lax.optimization_barrier(words))
-            return p, d, extra
-
-        return consts, draw_words, (), jnp.arange(n_requests, dtype=jnp.uint32)
+    if type(sampler) in WORD_DRAWS:
+        return _word_draws(key_stream, drawn, sampler, n_requests, slot_ids)
 
     p_new, d_new = fresh_requests(key_stream, drawn, sampler, n_requests, slot_ids)
 
@@ -242,6 +231,24 @@ def _draws(key_stream, drawn, sampler, n_requests: int, slot_ids, paired: bool =
 
     xs = (p_new.reshape(n_requests, n_slots), d_new.reshape(n_requests, n_slots))
     return (), draw_given, (), xs
+
+
+def _word_draws(key_stream, drawn, sampler, n_requests: int, slot_ids):
+    """:func:`_draws` of a :data:`~.sampling.WORD_DRAWS` sampler: request k's blocks hashed in
+    the scan's step k from the slot counters, the blocks :func:`fresh_requests` takes."""
+    wd = WORD_DRAWS[type(sampler)]
+    blocks = wd.blocks(sampler)
+    consts = (_slot_words(key_stream, slot_ids), drawn.reshape(drawn.size).astype(jnp.uint32))
+
+    def draw_words(consts, extra, k):
+        (k0, k1), n0 = consts
+        base, zero = (n0 + k) * jnp.uint32(blocks), jnp.zeros_like(k0)
+        words = [threefry2x32(k0, k1, base + jnp.uint32(j), zero) for j in range(blocks)]
+        # materialised once: XLA would otherwise rehash inside every gather that reads them
+        p, d = wd.from_words(sampler, jax.lax.optimization_barrier(words))
+        return p, d, extra
+
+    return consts, draw_words, (), jnp.arange(n_requests, dtype=jnp.uint32)
 
 
 def fast_segment(
