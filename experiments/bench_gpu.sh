@@ -47,17 +47,20 @@ step devices 30 "$PY" -c "import jax; print(jax.__version__, jax.devices())" |
 AFD_TRACES_DIR=$TRACES step checks 150 "$PY" -m pytest -q -n 0 -p no:cacheprovider \
     tests/test_fast_tail.py tests/test_spine.py tests/test_kernels.py::test_threefry_pair_keeps_every_bit \
     tests/test_simulate.py -k "not lockstep"
-# the barrier's draw of pi (one block per slot, an alias table of loads) and the alias tables of
-# independent parametric marginals on the GPU backend: laws and bits (session 15, not yet run
-# on a GPU)
-AFD_TRACES_DIR=$TRACES step checks_tables 90 "$PY" -m pytest -q -n 0 -p no:cacheprovider \
-    tests/test_samplers.py tests/test_kernels.py -k "block_words or halves or workload or load_alias or product"
+# the barrier's draw of pi (one block per slot, an alias table of loads), the alias tables of
+# independent parametric marginals and the copula's guided search of P on the GPU backend:
+# laws and bits (sessions 15 and 16, not yet run on a GPU)
+AFD_TRACES_DIR=$TRACES step checks_tables 120 "$PY" -m pytest -q -n 0 -p no:cacheprovider \
+    tests/test_samplers.py tests/test_kernels.py tests/test_families.py \
+    -k "block_words or halves or workload or load_alias or product or guided or joint_law or copula"
 step kernels 110 "$PY" experiments/bench_kernels.py --trace "$TRACE" --size gpu --repeat 3 \
     --out "$OUT/kernels.md"
-# the three kernels on a parametric workload against the trace (the barrier draws pi for both;
-# paper-v1's requests come from its marginals' alias tables)
-AFD_TRACES_DIR=$TRACES step workloads 90 "$PY" experiments/bench_workloads.py \
-    --workloads paper-v1,azure_llm_2023_conv.csv --replications 64 --out "$OUT/workloads.md"
+# the three kernels on parametric workloads against the trace (the barrier draws pi for the
+# trace and paper-v1; paper-v1's requests come from its marginals' alias tables, azure-conv-fit's
+# from the copula sampler)
+AFD_TRACES_DIR=$TRACES step workloads 120 "$PY" experiments/bench_workloads.py \
+    --workloads paper-v1,azure-conv-fit,azure_llm_2023_conv.csv --replications 64 \
+    --out "$OUT/workloads.md"
 step fast_256 60 "$PY" experiments/bench_kernels.py --trace "$TRACE" --size gpu \
     --kernels fast --replications 256 --memory-budget-mb 32768 --repeat 3 \
     --out "$OUT/fast_256.md"
