@@ -266,3 +266,31 @@ def test_logspace_past_float64_is_one_line(tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         refused(["sweep", spec, "--out", tmp_path / "t.csv"], capsys, "logspace", "308")
+
+
+def test_sweep_experts_checked_before_any_part(tmp_path, capsys):
+    """A sweep whose largest B makes the experts' routing scores exceed the budget was found
+    only at that scenario, after parts were written, with advice (--memory-budget) that did
+    not reach the Monte Carlo (a review); it is refused before any work, as `mc.experts`."""
+    from test_reliability import spec_file
+
+    spec = spec_file(
+        tmp_path,
+        """
+        methods = ["mc"]
+        batch = [1, 64]
+        r_max = 2
+        [workloads]
+        specs = ["paper-v1"]
+        [latency]
+        base = "paper-v1"
+        [mc]
+        steps = 256
+        replications = 2
+        experts = [4096, 1, 1]
+        """,
+    )
+    out = tmp_path / "t.csv"
+    argv = ["sweep", spec, "--out", out, "--memory-budget", "4M", "--quiet"]
+    refused(argv, capsys, "field mc.experts", "B = 64", "--memory-budget")
+    assert not out.exists() and not (tmp_path / "t.csv.parts").exists()

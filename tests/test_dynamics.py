@@ -119,6 +119,19 @@ def test_kv_capacity_below_the_prompts_is_refused(trace):
         check_kv_capacity(trace, 600, load_offset=1)
 
 
+def test_kv_capacity_names_the_right_capacity_for_a_large_trace():
+    """10^5 rows: 1 - a cumsum of 1e-5 shares never fell below 1e-12 (round-off), so the error
+    named the smallest prompt as enough (a review); the tail is now summed from the top."""
+    from afd_jax.montecarlo.simulate import check_kv_capacity
+
+    rng = np.random.default_rng(1)
+    p = np.concatenate([[9000], rng.integers(100, 4000, 99_999)])
+    big = TraceWorkload("big", p, np.full(p.size, 10))
+    with pytest.raises(InputError, match="at least 9000 tokens"):
+        check_kv_capacity(big, 5000)
+    check_kv_capacity(big, 9000)
+
+
 def test_in_place_agrees_with_the_exact_steady_state(trace):
     # the in-place KV path (capacity never binding); segments of 256 steps, 2 replications
     # per call: the kernel compiled for the other tests

@@ -41,6 +41,7 @@ from afd_jax.kernels import barrier as KB
 from afd_jax.kernels.contract import SegmentParams
 from afd_jax.kernels.dynamics import ROUTINGS, Dynamics, dynamics_kernel
 from afd_jax.kernels.step import AttnGrid, grid_times
+from afd_jax.memory import current_budget
 from afd_jax.model import latency as L
 from afd_jax.model.latency import Latency, ModelOptions
 from afd_jax.model.stages import check_batch
@@ -264,7 +265,8 @@ MAX_EXPERT_SKEW = 100.0
 """The largest Zipf exponent of the expert routing (at 100 expert 0 takes all but 1e-30)."""
 MAX_EXPERTS = 1 << 16
 """The most experts E (models route over 8 to 384); the routing's scores take 12 B per token
-and expert per step besides, checked against the memory budget (:func:`_rows_per_call`)."""
+and expert per step besides, checked against the memory budget
+(:func:`check_experts_memory`)."""
 
 
 def check_dynamics(cfg: Dynamics, batch: int | None) -> None:
@@ -453,18 +455,26 @@ def _tables(lat: Latency, drun: DynRun, max_load: int, dtype) -> DynTables | Non
     )
 
 
-def _rows_per_call(run, cfg: Dynamics, slots: int) -> int:
-    """Replications per call within the memory budget: 64 B per slot, and with experts the
-    routing's Gumbel scores (float32, with top_k's copies: 12 B per token and expert) of one
-    step. InputError when one replication's scores exceed the budget."""
-    per_row = slots * 64 + run.r_max * run.batch * cfg.experts * 12 + 1
-    if cfg.experts and per_row > run.budget:
+def check_experts_memory(cfg: Dynamics, r_max: int, batch: int) -> None:
+    """InputError when the experts' routing scores of one replication's step (float32 Gumbel
+    scores with top_k's copies: 12 B per token and expert, r_max B tokens) exceed the memory
+    budget in effect (``--memory-budget``; the chunk size is a softer target below it)."""
+    need = r_max * batch * cfg.experts * 12
+    if cfg.experts and need > current_budget():
         raise InputError(
             f"E = {cfg.experts} experts: one replication's routing scores take "
-            f"{per_row / 2**20:.0f} MiB per step, above the memory budget "
-            f"({run.budget / 2**20:.0f} MiB); raise --memory-budget or route over fewer experts",
+            f"{need / 2**20:.0f} MiB per step at r_max = {r_max}, B = {batch}, above the memory "
+            f"budget ({current_budget() / 2**20:.0f} MiB); raise --memory-budget or route over "
+            "fewer experts",
             field="experts",
         )
+
+
+def _rows_per_call(run, cfg: Dynamics, slots: int) -> int:
+    """Replications per call within the chunk budget: 64 B per slot, and with experts the
+    routing's scores of one step (:func:`check_experts_memory`); at least one."""
+    check_experts_memory(cfg, run.r_max, run.batch)
+    per_row = slots * 64 + run.r_max * run.batch * cfg.experts * 12 + 1
     return int(run.reps_per_call or max(1, min(run.replications, run.budget // per_row)))
 
 
@@ -601,6 +611,7 @@ __all__ = [
     "DynRun",
     "Dynamics",
     "check_dynamics",
+    "check_experts_memory",
     "dynamics_options",
     "flow_shop",
     "simulate_dynamics",

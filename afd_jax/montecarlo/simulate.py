@@ -490,9 +490,11 @@ def check_kv_capacity(source, capacity: int, load_offset: int = 0) -> None:
     share = float(probs[values > capacity].sum())
     if share <= KV_NEVER_ADMITTED:
         return
-    order = np.argsort(values)
-    above = 1.0 - np.cumsum(probs[order])  # Pr(P > values[order][i])
-    need = int(values[order][np.argmax(above <= KV_NEVER_ADMITTED)])
+    uniq, which = np.unique(values, return_inverse=True)
+    mass = np.bincount(which.ravel(), weights=probs, minlength=uniq.size)
+    # Pr(P > uniq[i]) as sums of the tail itself (1 - a cumsum left ~1e-12 of round-off)
+    above = np.append(np.cumsum(mass[::-1])[::-1][1:], 0.0)
+    need = int(uniq[np.argmax(above <= KV_NEVER_ADMITTED)])
     raise InputError(
         f"{share:.3g} of the requests have prompts above {capacity} tokens (load offset "
         "included) and could never be admitted (in place each would hold its slot for good); "

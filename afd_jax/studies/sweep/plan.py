@@ -36,6 +36,7 @@ from afd_jax.model.latency_io import (
     scalar_items,
     validate_latency,
 )
+from afd_jax.montecarlo.dynamics import check_experts_memory, dynamics_options
 from afd_jax.montecarlo.simulate import check_kv_capacity, preflight
 from afd_jax.studies.sweep.fields import LATENCY_FIELDS, SCALE_FIELDS, SWEPT_FIELDS, columns
 from afd_jax.studies.sweep.spec import SweepSpec
@@ -270,6 +271,17 @@ def make_plan(spec: SweepSpec) -> SweepPlan:
     return plan
 
 
+def _check_dynamics_memory(spec: SweepSpec, b_max: int) -> None:
+    """The mc method's expert routing at the largest B against the memory budget
+    (``montecarlo.dynamics.check_experts_memory``), named as its ``[mc]`` key."""
+    dynamics = dynamics_options(spec.mc, "mc.")
+    try:
+        if dynamics is not None:
+            check_experts_memory(dynamics, spec.r_max, b_max)
+    except InputError as err:
+        raise InputError(err.reason, field="mc.experts") from None
+
+
 def _check_methods(plan: SweepPlan) -> None:
     """What the methods would find only while running (after the sweep's state is written):
     the exact method's FFT against the memory budget, the Monte Carlo int32 and memory limits
@@ -284,5 +296,6 @@ def _check_methods(plan: SweepPlan) -> None:
                 raise InputError("mc.seed + number of scenarios must be < 2^32", field="mc.seed")
             for e in plan.workloads:
                 preflight(e.workload, b_max, spec.r_max, plan.opts, **kw)
+            _check_dynamics_memory(spec, b_max)
     except InputError as err:
         raise InputError(f"{err}", path=spec.path) from None
