@@ -65,10 +65,10 @@ MAX_LEVEL = 1.0 - 1e-9
 float64 and the normal quantile is infinite (a review: a traceback from ``theta``)."""
 
 
-def check_level(level) -> float:
-    """A confidence level in (0, :data:`MAX_LEVEL`], else InputError (field ``level``)."""
+def check_level(level, field: str = "level") -> float:
+    """A confidence level in (0, :data:`MAX_LEVEL`], else InputError naming ``field``."""
     if not 0.0 < level <= MAX_LEVEL:
-        raise InputError(f"must be in (0, 1 - 1e-9], got {level}", field="level")
+        raise InputError(f"must be in (0, 1 - 1e-9], got {level}", field=field)
     return float(level)
 
 

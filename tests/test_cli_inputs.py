@@ -180,7 +180,7 @@ THETA = ["theta", "examples/sample_trace.csv"]
 @pytest.mark.parametrize(
     ("argv", "words"),
     [
-        (THETA + ["--level", 0.9999999999999999], ["field level", "1 - 1e-9"]),  # traceback
+        (THETA + ["--level", 0.9999999999999999], ["field --level", "1 - 1e-9"]),  # traceback
         (SIM + ["--level", 0.9999999999999999], ["field level"]),  # ran with a wrong warning
         (SIM + ["--experts", "100000000,1,1"], ["field experts", "65536"]),  # out of memory
         (SIM + ["--experts", "65536,1,1", "--memory-budget", "16M"], ["field experts", "MiB"]),

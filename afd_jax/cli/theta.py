@@ -4,13 +4,12 @@ theta (docs/model.md 4)."""
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
 
 from afd_jax.cli.common import check_seed, emit_json
-from afd_jax.errors import InputError
+from afd_jax.errors import InputError, check_level
 from afd_jax.workload.containers import TraceWorkload
 from afd_jax.workload.specs import resolve_workload
 from afd_jax.workload.statistics import (
@@ -88,8 +87,7 @@ def _resolve(args):
 
 
 def run(args) -> int:
-    if not (0.0 < args.level < 1.0) or not math.isfinite(args.level):
-        raise InputError(f"must be in (0, 1), got {args.level}", field="--level")
+    check_level(args.level, "--level")
     if args.ci_method == "bootstrap" and args.n_boot < 2:
         raise InputError(f"must be >= 2, got {args.n_boot}", field="--n-boot")
     check_seed("--seed", args.seed)
