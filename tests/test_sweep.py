@@ -42,6 +42,16 @@ def traces(tmp_path):
     return a, b
 
 
+LATENCY_SET = """[latency.set]
+alpha_attn = 0.02
+beta_attn = 30.0
+alpha_ffn = 0.15
+beta_ffn = 60.0
+alpha_comm = 0.05
+beta_comm = 20.0
+"""
+
+
 def spec_text(traces, out, extra: str = "", methods='["mean_field", "gaussian", "exact"]'):
     a, b = traces
     return f"""
@@ -53,14 +63,7 @@ batch = [4, 16]
 {extra}
 [workloads]
 specs = ["{a}", "{b}"]
-[latency.set]
-alpha_attn = 0.02
-beta_attn = 30.0
-alpha_ffn = 0.15
-beta_ffn = 60.0
-alpha_comm = 0.05
-beta_comm = 20.0
-[latency.grid]
+{LATENCY_SET}[latency.grid]
 alpha_attn = {{ logspace = [-2, -1, 3] }}
 beta_ffn = [40.0, 200.0]
 """
@@ -504,16 +507,6 @@ def test_resume_refuses_a_changed_trace(traces, tmp_path, monkeypatch, capsys):
     assert main(["sweep", str(spec), "--quiet", "--resume"]) == 0
     assert out.read_bytes() == ref.read_bytes()
     assert not (parts / S.part_name(0)).exists()  # merged: part 0 was kept, not recomputed
-
-
-LATENCY_SET = """[latency.set]
-alpha_attn = 0.02
-beta_attn = 30.0
-alpha_ffn = 0.15
-beta_ffn = 60.0
-alpha_comm = 0.05
-beta_comm = 20.0
-"""
 
 
 def test_resume_refuses_a_changed_latency_base_file(traces, tmp_path, monkeypatch, capsys):
