@@ -16,7 +16,8 @@ with k ~ w_k E_k[D] and D ~ d pmf(d) / E_k[D] (a second alias table).
 P is found in the latent normal's own scale: its thresholds z_i (float64 on the host, stored
 float32, +inf after the last atom) are searched for Z_2, which needs no ``ndtr`` and resolves
 the prompt's far tail (a float32 CDF loses atoms of mass below ~6e-8 near 1; a float32
-threshold moves an atom's probability by at most phi(z) ulp(z) / 2 < 1.5e-8). The search
+threshold moves its CDF value by at most phi(z) ulp(z) / 2 < 1.45e-8, an atom by twice that).
+The search
 starts from a guide table (:func:`guided_rows`): Z_2's bin of width 1/256 on [-8, 8) gives
 the count of thresholds below the bin, and a branchless search of ``len(steps)`` halvings
 covers the widest bin (4 to 6 dependent gathers for the fitted presets instead of 14 to 15).
