@@ -126,11 +126,7 @@ def main(argv=None) -> int:
     ]
     for k in ("dispatch", "fetch", "add", "rest", "wall"):
         lines.append(f"| {k} | {counts.get(k, '')} | {1e3 * best.get(k, 0.0):.2f} |")
-    text = "\n".join(lines + [""])
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    bk.emit("\n".join(lines + [""]), args.out)
     return 0
 
 

@@ -96,6 +96,15 @@ def numpy_baseline(prompt, decode, r_max, batch, steps, alpha, beta, other, seed
     return out, sec
 
 
+def emit(text: str, out: str | None, mode: str = "w") -> None:
+    """Print a benchmark's Markdown and write it to ``out`` when given (``mode`` "a" appends
+    to a results file, "w" replaces it): the ending of every bench script here."""
+    print(text)
+    if out:
+        with open(out, mode) as f:
+            f.write(text)
+
+
 def machine() -> str:
     cpu = platform.processor() or "unknown CPU"
     try:
@@ -454,10 +463,7 @@ def main(argv=None) -> int:
             text = short_runs(args, built, lat, cfg, budget)
         else:
             text = scaling(args, built, prompt, decode, lat, cfg, budget)
-        print(text)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(text)
+        emit(text, args.out, "a")
         return 0
     kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
     rows = [_numpy_row(prompt, decode, lat, cfg, args.repeat)] if "numpy" in kernels else []

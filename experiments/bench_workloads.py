@@ -25,7 +25,7 @@ from afd_jax.montecarlo.simulate import simulate
 from afd_jax.workload.specs import resolve_workload
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_kernels import bench_trace, machine  # noqa: E402
+from bench_kernels import bench_trace, emit, machine  # noqa: E402
 
 RUNS = (("fast", 5_000), ("trajectory", 1_024), ("barrier", 4_096))  # kernel, steps
 
@@ -68,11 +68,7 @@ def main(argv=None) -> int:
         lines.append(f"| `{name}` | " + " | ".join(f"{r:.3e}" for r in rates) + " |")
         print(lines[-1], file=sys.stderr)
     lines += ["", f"Load average at the end: {os.getloadavg()[0]:.1f}.", ""]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(text)
+    emit("\n".join(lines), args.out, "a")
     return 0
 
 

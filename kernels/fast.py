@@ -55,6 +55,13 @@ def request_bits(slot_words, counters):
     return jax.lax.scan(body, None, counters)[1]
 
 
+def _block_counters(n, blocks: int) -> list:
+    """Threefry counters (uint32) of request ``n``'s blocks, b n .. b n + b - 1: the layout
+    :func:`fresh_requests` and the request scan's draw (:func:`_word_draws`) share."""
+    base = n.astype(jnp.uint32) * jnp.uint32(blocks)
+    return [base + jnp.uint32(j) for j in range(blocks)]
+
+
 def fresh_requests(key_stream, drawn, sampler, n_requests: int, slot_ids=None):
     """Requests ``drawn .. drawn + n_requests - 1`` of every slot, request index leading.
 
@@ -78,9 +85,7 @@ def fresh_requests(key_stream, drawn, sampler, n_requests: int, slot_ids=None):
     elif type(sampler) in WORD_DRAWS:  # blocks b n .. b n + b - 1 of request n
         wd = WORD_DRAWS[type(sampler)]
         words = jnp.stack(_slot_words(key_stream, slot_ids), axis=1)
-        b = wd.blocks(sampler)
-        base = counters.astype(jnp.uint32) * jnp.uint32(b)
-        pairs = [request_bits(words, base + jnp.uint32(j)) for j in range(b)]
+        pairs = [request_bits(words, c) for c in _block_counters(counters, wd.blocks(sampler))]
         prompt, decode = wd.from_words(sampler, pairs)
     else:
         slot_keys = jax.vmap(jr.fold_in, in_axes=(None, 0))(key_stream, slot_ids)
@@ -242,8 +247,8 @@ def _word_draws(key_stream, drawn, sampler, n_requests: int, slot_ids):
 
     def draw_words(consts, extra, k):
         (k0, k1), n0 = consts
-        base, zero = (n0 + k) * jnp.uint32(blocks), jnp.zeros_like(k0)
-        words = [threefry2x32(k0, k1, base + jnp.uint32(j), zero) for j in range(blocks)]
+        zero = jnp.zeros_like(k0)
+        words = [threefry2x32(k0, k1, c, zero) for c in _block_counters(n0 + k, blocks)]
         # materialised once: XLA would otherwise rehash inside every gather that reads them
         p, d = wd.from_words(sampler, jax.lax.optimization_barrier(words))
         return p, d, extra

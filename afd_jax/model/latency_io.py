@@ -323,42 +323,41 @@ def _spec_path(spec: str) -> tuple[Path, bool]:
     )
 
 
-def check_step_time(lat: Latency, where: str | None = None) -> Latency:
-    """InputError when the step time can be 0 (throughput infinite): with coefficients >= 0,
-    tau is non-decreasing in the worker load T, r and B, so its least value is tau(T = 0,
-    r = B = 1) (either overlap, either comm scaling); it must be at least :data:`MIN_STEP_US`
-    (one picosecond). Coefficients may be
-    arrays (a sweep's scenarios): every one is checked, the first bad one is named."""
-    if has_tables(lat):  # measured times are > 0 (checked when read), so tau > 0
-        return lat
-    least = np.asarray(step_time(lat, t_attn(lat, 0.0), 1, 1), dtype=np.float64)
-    bad = np.flatnonzero(~(least.reshape(-1) > 0))
-    if bad.size:
-        which = f" (scenario {int(bad[0])})" if least.ndim else ""
-        raise InputError(
-            f"the step time can be 0{which}: all three beta are 0 and alpha_ffn = alpha_comm = "
-            "0, so an empty worker takes no time and the throughput is infinite; give a "
-            "positive fixed time or FFN/communication coefficient",
-            path=where,
-            field="beta_attn",
-        )
-    bad = np.flatnonzero(~(least.reshape(-1) >= MIN_STEP_US))
-    if bad.size:
-        which = f" (scenario {int(bad[0])})" if least.ndim else ""
-        raise InputError(
-            f"the step time can be {least.reshape(-1)[bad[0]]:.3g} us{which}, below "
-            f"{MIN_STEP_US:g} us (a picosecond): times are in microseconds, and the kernels' "
-            "float32 step times would round such a step to 0",
-            path=where,
-            field="beta_attn",
-        )
-    return lat
-
-
 MIN_STEP_US = 1e-6
 """The shortest step time a latency model may give (us): a picosecond, far below any real
 decode step, far above float32's smallest normal number (a review: coefficients of 1e-50
 gave infinite throughput and NaN idle shares)."""
+
+
+def check_step_time(lat: Latency, where: str | None = None) -> Latency:
+    """InputError when the step time can be 0 (throughput infinite): with coefficients >= 0,
+    tau is non-decreasing in the worker load T, r and B, so its least value is tau(T = 0,
+    r = B = 1) (either overlap, either comm scaling); it must be at least :data:`MIN_STEP_US`
+    (one picosecond). Coefficients may be arrays (a sweep's scenarios): every one is checked,
+    the first bad one is named (a zero step before a tiny one)."""
+    if has_tables(lat):  # measured times are > 0 (checked when read), so tau > 0
+        return lat
+    least = np.asarray(step_time(lat, t_attn(lat, 0.0), 1, 1), dtype=np.float64)
+    flat = least.reshape(-1)
+    zero = (
+        "all three beta are 0 and alpha_ffn = alpha_comm = 0, so an empty worker takes no time "
+        "and the throughput is infinite; give a positive fixed time or FFN/communication "
+        "coefficient"
+    )
+    tiny = (
+        f"below {MIN_STEP_US:g} us (a picosecond): times are in microseconds, and the kernels' "
+        "float32 step times would round such a step to 0"
+    )
+    for ok, why in ((flat > 0, zero), (flat >= MIN_STEP_US, tiny)):
+        bad = np.flatnonzero(~ok)
+        if bad.size:
+            which = f" (scenario {int(bad[0])})" if least.ndim else ""
+            raise InputError(
+                f"the step time can be {flat[bad[0]]:.3g} us{which}: {why}",
+                path=where,
+                field="beta_attn",
+            )
+    return lat
 
 
 def latency_file(spec: str) -> Path:

@@ -455,12 +455,17 @@ def _tables(lat: Latency, drun: DynRun, max_load: int, dtype) -> DynTables | Non
     )
 
 
+def _score_bytes(cfg: Dynamics, r_max: int, batch: int) -> int:
+    """Bytes of the experts' routing scores of one replication's step: float32 Gumbel scores
+    with top_k's copies, 12 B per token and expert, r_max B tokens (0 without experts)."""
+    return r_max * batch * cfg.experts * 12
+
+
 def check_experts_memory(cfg: Dynamics, r_max: int, batch: int) -> None:
-    """InputError when the experts' routing scores of one replication's step (float32 Gumbel
-    scores with top_k's copies: 12 B per token and expert, r_max B tokens) exceed the memory
-    budget in effect (``--memory-budget``; the chunk size is a softer target below it)."""
-    need = r_max * batch * cfg.experts * 12
-    if cfg.experts and need > current_budget():
+    """InputError when :func:`_score_bytes` exceed the memory budget in effect
+    (``--memory-budget``; the chunk size is a softer target below it)."""
+    need = _score_bytes(cfg, r_max, batch)
+    if need > current_budget():
         raise InputError(
             f"E = {cfg.experts} experts: one replication's routing scores take "
             f"{need / 2**20:.0f} MiB per step at r_max = {r_max}, B = {batch}, above the memory "
@@ -474,7 +479,7 @@ def _rows_per_call(run, cfg: Dynamics, slots: int) -> int:
     """Replications per call within the chunk budget: 64 B per slot, and with experts the
     routing's scores of one step (:func:`check_experts_memory`); at least one."""
     check_experts_memory(cfg, run.r_max, run.batch)
-    per_row = slots * 64 + run.r_max * run.batch * cfg.experts * 12 + 1
+    per_row = slots * 64 + _score_bytes(cfg, run.r_max, run.batch) + 1
     return int(run.reps_per_call or max(1, min(run.replications, run.budget // per_row)))
 
 
