@@ -3,10 +3,10 @@ workers, slot slack, KV-capacity-limited admission, micro-batch loads, stage-tim
 stragglers, and expert-parallel rank loads of the FFN.
 
 The backlog is saturated (decode-saturated, as in the paper): every step the requests that
-finished free their slots and fresh i.i.d. requests (the sampler's draws at the freed slots,
-keyed by ``fold_in(key_stream, t)`` exactly as :mod:`.trajectory`) refill the bundle to r*B.
+finished free their slots and fresh i.i.d. requests refill the bundle to r*B.
 
-* ``routing="in-place"``: a freed slot takes its own fresh request (the paper); workers are
+* ``routing="in-place"``: a freed slot takes its own fresh request (the paper), the next of
+  its own stream (:mod:`.streams`, as the trajectory and fast kernels); workers are
   independent, so one r_max-worker bundle serves every r (workers 1..r, common random numbers).
   Without a KV capacity the slots evolve exactly as :func:`.trajectory.advance`.
 * ``"balanced"`` / ``"power-of-d"`` / ``"lookahead"``: the step's fresh requests are routed
@@ -18,6 +18,8 @@ keyed by ``fold_in(key_stream, t)`` exactly as :mod:`.trajectory`) refill the bu
   the k it takes the one that brings it nearest the mean worker load (k = 1: each request in
   draw order to the lightest worker). Routing couples workers,
   so bundle b (b + 1 workers, padded to r_max) is simulated for every r (``n_bundles = r_max``).
+  The step's fresh requests are the next requests of the bundle's empty slots' streams (the
+  same streams in every bundle), so one worker routes exactly as in place.
 * ``kv_capacity`` C > 0: a request is admitted only if its worker's load plus its prompt stays
   <= C. In place, an empty slot keeps its pending request and retries each step, first in slot
   order (head of line per worker); routed, a request that fits nowhere ends the step's routing.
@@ -44,6 +46,7 @@ import jax.random as jr
 from .contract import Kernel
 from .options import ROUTINGS
 from .sampling import sample_requests
+from .streams import fresh_requests
 from .trajectory import SlotState, advance, init_slots
 
 _NOISE_TAG, _EXPERT_TAG, _ROUTE_TAG = 1, 2, 3
@@ -87,13 +90,17 @@ class DynState(NamedTuple):
     """Slots of ``n_bundles x r_max x S`` (S = B, or B + s when routed): request (prompt,
     decode, age) int32 and ``occ`` bool (the slot holds an admitted request; an empty in-place
     slot keeps its pending request). ``queue``: int32[n_bundles, k - 1, 3] the (prompt,
-    decode, valid) of the requests a lookahead router holds back (None for other policies)."""
+    decode, valid) of the requests a lookahead router holds back (None for other policies).
+    ``drawn``: int32 like ``age``, the requests taken from each slot's stream
+    (:class:`.trajectory.SlotState`; routed: the requests drawn at the slot, wherever they
+    went)."""
 
     prompt: jax.Array
     decode: jax.Array
     age: jax.Array
     occ: jax.Array
     queue: jax.Array | None = None
+    drawn: jax.Array | None = None
 
 
 class DynamicsInfo(NamedTuple):
@@ -158,21 +165,24 @@ def admit_in_place(prompt, age, occ, capacity):
     return occ | ~blocked
 
 
-def advance_in_place(key, st: DynState, sampler, cfg: Dynamics) -> DynState:
+def advance_in_place(key_stream, st: DynState, sampler, cfg: Dynamics) -> DynState:
     """One step in place: :func:`.trajectory.advance` (every slot occupied), or with a KV
-    capacity: finished slots take a pending fresh request, then :func:`admit_in_place`."""
+    capacity: a finished slot takes its next request as pending, then
+    :func:`admit_in_place`. ``key_stream``: the run's stream key (not the step's)."""
     if cfg.kv_capacity <= 0:
-        s = advance(key, SlotState(st.prompt, st.decode, st.age, st.age), sampler)
-        return DynState(s.prompt, s.decode, s.age, st.occ)
+        s = advance(key_stream, SlotState(st.prompt, st.decode, st.age, st.drawn), sampler)
+        return st._replace(prompt=s.prompt, decode=s.decode, age=s.age, drawn=s.drawn)
     age = jnp.where(st.occ, st.age + 1, 0)
     done = st.occ & (age >= st.decode)
-    prompt, decode = sample_requests(key, sampler, st.age.shape)
+    prompt, decode = (x[0] for x in fresh_requests(key_stream, st.drawn, sampler, 1))
     occ = st.occ & ~done
     new = DynState(
         jnp.where(done, prompt, st.prompt),
         jnp.where(done, decode, st.decode),
         jnp.where(occ, age, 0),
         occ,
+        None,
+        st.drawn + done.astype(jnp.int32),
     )
     return new._replace(occ=admit_in_place(new.prompt, new.age, occ, cfg.kv_capacity))
 
@@ -261,24 +271,29 @@ def route_bundle(key, st: DynState, fresh, n_active, cfg: Dynamics, batch: int):
     rt = _Route(jnp.int32(0), st.prompt, st.decode, st.age, st.occ, load, count, jnp.bool_(False),
                 st.queue)  # fmt: skip
     rt = jax.lax.while_loop(lambda r: (r.i < n_fresh) & ~r.stop, body, rt)
-    return DynState(rt.prompt, rt.decode, rt.age, rt.occ, rt.queue)
+    # the requests taken from the slots' streams: every one the loop reached (placed or not)
+    taken = (jnp.arange(fresh[2].size, dtype=jnp.int32) < rt.i).astype(jnp.int32)
+    drawn = st.drawn.reshape(-1).at[fresh[2]].add(taken).reshape(st.drawn.shape)
+    return DynState(rt.prompt, rt.decode, rt.age, rt.occ, rt.queue, drawn)
 
 
-def advance_routed(key, st: DynState, sampler, cfg: Dynamics, batch: int) -> DynState:
-    """One routed step of every bundle: finished requests leave; the fresh requests (the
-    draws at the freed slots first, then at the other empty slots, in slot order; sorted
-    longest prompt first for ``balanced``) are routed by :func:`route_bundle`."""
+def advance_routed(key, key_stream, st: DynState, sampler, cfg: Dynamics, batch: int):
+    """One routed step of every bundle: finished requests leave; the fresh requests (each
+    slot's next request from its stream, :mod:`.streams`, the slots of every bundle sharing
+    the streams of their positions; the freed slots' first, then the other empty slots', in
+    slot order; sorted longest prompt first for ``balanced``) are routed by
+    :func:`route_bundle`, which counts the requests it took. ``key``: the step's key (the
+    routers' own draws), ``key_stream``: the run's stream key."""
     age = jnp.where(st.occ, st.age + 1, 0)
     done = st.occ & (age >= st.decode)
     occ = st.occ & ~done
-    left = DynState(st.prompt, st.decode, jnp.where(occ, age, 0), occ, st.queue)
-    n_w, s = st.occ.shape[1:]
-    prompt, decode = sample_requests(key, sampler, (n_w, s))
+    left = DynState(st.prompt, st.decode, jnp.where(occ, age, 0), occ, st.queue, st.drawn)
     k_route = jr.fold_in(key, _ROUTE_TAG)
 
     def one(b, bundle: DynState, done_b):
         rank = jnp.where(done_b, 0, jnp.where(bundle.occ, 2, 1)).reshape(-1)
         order = jnp.argsort(rank, stable=True)
+        prompt, decode = fresh_requests(key_stream, bundle.drawn, sampler, 1)
         p, d = prompt.reshape(-1)[order], decode.reshape(-1)[order]
         if cfg.routing == "balanced":
             n_fresh = (b + 1) * batch - bundle.occ.sum(dtype=jnp.int32)
@@ -301,7 +316,7 @@ def init_dynamics(key, sampler, r_max: int, batch: int, init: str, cfg: Dynamics
     s = init_slots(key, sampler, (r_max, batch), init)
     if not cfg.routed:
         full = jnp.ones((1, r_max, batch), bool)
-        return DynState(s.prompt[None], s.decode[None], s.age[None], full)
+        return DynState(s.prompt[None], s.decode[None], s.age[None], full, None, s.drawn[None])
     pad = ((0, 0), (0, cfg.slot_slack))
     one = [jnp.pad(x, pad) for x in (s.prompt, s.decode, s.age)]
     one[1] = jnp.where(jnp.arange(batch + cfg.slot_slack)[None, :] < batch, one[1], 1)
@@ -314,7 +329,9 @@ def init_dynamics(key, sampler, r_max: int, batch: int, init: str, cfg: Dynamics
         qp, qd = sample_requests(jr.fold_in(key, _ROUTE_TAG), sampler, (cfg.lookahead - 1,))
         one_q = jnp.stack([qp, qd, jnp.ones_like(qp)], axis=-1)
         queue = jnp.broadcast_to(one_q[None], (r_max, cfg.lookahead - 1, 3))
-    return DynState(*(jnp.broadcast_to(x, occ.shape) for x in one), occ, queue)
+    one.append(jnp.zeros_like(s.drawn, shape=one[0].shape))  # the slots' request counters
+    return DynState(*(jnp.broadcast_to(x, occ.shape) for x in one[:3]), occ, queue,
+                    jnp.broadcast_to(one[3], occ.shape))  # fmt: skip
 
 
 def step_info(key, st: DynState, cfg: Dynamics, batch: int):
@@ -340,8 +357,8 @@ def dynamics_segment(key_stream, st: DynState, t0, sampler, cfg: Dynamics, *, ba
         key = jr.fold_in(key_stream, t0 + i)
         info = step_info(key, carry, cfg, batch)
         if cfg.routed:
-            return advance_routed(key, carry, sampler, cfg, batch), info
-        return advance_in_place(key, carry, sampler, cfg), info
+            return advance_routed(key, key_stream, carry, sampler, cfg, batch), info
+        return advance_in_place(key_stream, carry, sampler, cfg), info
 
     st, (loads, occ, noise, ranks) = jax.lax.scan(body, st, jnp.arange(length, dtype=jnp.int32))
     return st, DynamicsInfo(loads, occ, noise, ranks)

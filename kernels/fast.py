@@ -12,9 +12,8 @@ measurement), computed per segment of ``L`` steps as renewal sequences:
   then a cumulative sum over t. The driver checks ``B * (max slot load + L + 1) < 2**31``.
 * the state at the end of the segment is the request active at local time L.
 
-Randomness is counter-based per request: the n-th fresh request of slot i comes from the
-Threefry-2x32 block ``(n, 0)`` keyed by the slot key ``fold_in(key_stream, i)`` (alias tables;
-other samplers: the key ``fold_in(slot_key, n)``), so the numbers do not depend on the segment
+Randomness is counter-based per request (:mod:`.streams`: the n-th fresh request of slot i, the
+stream the trajectory kernel draws from too), so the numbers do not depend on the segment
 length, on K or on how replications are chunked. ``K`` (static) must cover the segment: the
 kernel returns a flag, and the driver redoes the segment with a larger K when some slot falls short.
 Pure and un-jitted. No imports from afd_jax.
@@ -27,108 +26,18 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 
 from .contract import Kernel, SegmentInfo
-from .sampling import WORD_DRAWS, AliasSampler, alias_requests_from_bits, sample_requests
+from .sampling import WORD_DRAWS, AliasSampler, alias_requests_from_bits
+from .streams import block_counters, fresh_requests, request_bits, slot_layout, slot_words
 from .threefry import threefry2x32, threefry2x32_pair, unpack_pair
 from .trajectory import SlotState, init_slots
-
-
-def request_bits(slot_words, counters):
-    """Two uint32 random words per request from Threefry-2x32, counter-based.
-
-    slot_words: uint32[S, 2], the threefry key words of each slot's key; counters: uint32[K, S]
-    (request numbers n). Request n of slot i is the Threefry-2x32 block of the count pair
-    ``(n, 0)`` under the key ``slot_words[i]``: its two output words, i.e.
-    ``jax.extend.random.threefry_2x32(slot_words[i], [n, 0])``. Returns (bits0, bits1)
-    uint32[K, S], each a function of (slot key, n) only.
-    """
-    k0, k1 = slot_words[:, 0], slot_words[:, 1]
-    zero = jnp.zeros_like(k0)
-
-    # one request index per scan step: the while loop materialises the bits, which XLA would
-    # otherwise fuse into (and recompute for) every gather that consumes them
-    def body(_, c):
-        return None, threefry2x32(k0, k1, c, zero)
-
-    return jax.lax.scan(body, None, counters)[1]
-
-
-def _block_counters(n, blocks: int) -> list:
-    """Threefry counters (uint32) of request ``n``'s blocks, b n .. b n + b - 1: the layout
-    :func:`fresh_requests` and the request scan's draw (:func:`_word_draws`) share."""
-    base = n.astype(jnp.uint32) * jnp.uint32(blocks)
-    return [base + jnp.uint32(j) for j in range(blocks)]
-
-
-def fresh_requests(key_stream, drawn, sampler, n_requests: int, slot_ids=None):
-    """Requests ``drawn .. drawn + n_requests - 1`` of every slot, request index leading.
-
-    drawn: int32[r_max, B] request counters. Request n of slot i is a function of the slot key
-    ``fold_in(key_stream, i)`` and of n only. An :class:`AliasSampler` (the hot path) draws
-    from the two output words of one Threefry-2x32 block (:func:`request_bits`), the samplers
-    of :data:`~.sampling.WORD_DRAWS` (parametric workloads) from blocks b n .. b n + b - 1
-    (b = their ``blocks``); other samplers draw with the key ``fold_in(slot_key, n)``.
-    ``slot_ids``: int32[r_max * B], each slot's index i (default: its position).
-    Returns (prompt, decode) int32[K, r_max, B] (K = ``n_requests``, static).
-    """
-    shape = drawn.shape
-    n_slots = drawn.size
-    if slot_ids is None:
-        slot_ids = jnp.arange(n_slots, dtype=jnp.int32)
-    counters = drawn.reshape(1, -1) + jnp.arange(n_requests, dtype=jnp.int32)[:, None]  # [K, S]
-    if isinstance(sampler, AliasSampler):
-        words = jnp.stack(_slot_words(key_stream, slot_ids), axis=1)
-        bits0, bits1 = request_bits(words, counters.astype(jnp.uint32))
-        prompt, decode = alias_requests_from_bits(sampler, bits0, bits1)
-    elif type(sampler) in WORD_DRAWS:  # blocks b n .. b n + b - 1 of request n
-        wd = WORD_DRAWS[type(sampler)]
-        words = jnp.stack(_slot_words(key_stream, slot_ids), axis=1)
-        pairs = [request_bits(words, c) for c in _block_counters(counters, wd.blocks(sampler))]
-        prompt, decode = wd.from_words(sampler, pairs)
-    else:
-        slot_keys = jax.vmap(jr.fold_in, in_axes=(None, 0))(key_stream, slot_ids)
-        fold = jax.vmap(jax.vmap(jr.fold_in, in_axes=(0, 0)), in_axes=(None, 0))
-        keys = fold(slot_keys, counters)  # [K, S]
-        draw = jax.vmap(jax.vmap(lambda k: sample_requests(k, sampler, ())))
-        prompt, decode = draw(keys)
-    out = (n_requests,) + shape
-    return prompt.reshape(out), decode.reshape(out)
 
 
 def _cumsum0(x):
     """Inclusive int32 prefix sum over axis 0 (exact; a parallel scan, several times faster
     than ``jnp.cumsum`` on XLA:CPU)."""
     return jax.lax.associative_scan(jnp.add, x, axis=0)
-
-
-def _slot_words(key_stream, slot_ids, cipher=threefry2x32):
-    """The threefry key words of the slot keys ``fold_in(key_stream, i)`` (i >= 0): the cipher
-    of the count pair (0, i) under the stream key, as ``jax.random`` computes it
-    (tests/test_kernels.py), with the unrolled cipher. ``cipher``: :func:`threefry2x32` (the
-    two words uint32[S] each) or :func:`kernels.threefry.threefry2x32_pair` (one complex64
-    pair per slot)."""
-    k = jr.key_data(key_stream).astype(jnp.uint32)
-    ids = slot_ids.astype(jnp.uint32)
-    return cipher(k[0], k[1], jnp.zeros_like(ids), ids)
-
-
-def _slot_layout(shape, real_batch, workers=None):
-    """(slot index i of every slot int32[S], real bool[S] or None) of an (r_max, B) layout
-    whose first ``real_batch`` slots per worker are real (None: all). Real slot (j, b) has the
-    index j * real_batch + b, as in the unpadded layout; padded ones come after all of those.
-    ``workers``: None, or (first, total) when the layout holds workers ``first ..`` of a
-    bundle of ``total`` (traced int32): j is then the worker's index in the bundle."""
-    r_max, batch = shape
-    first, total = (0, r_max) if workers is None else workers
-    j = first + jnp.arange(r_max, dtype=jnp.int32)[:, None]
-    b = jnp.arange(batch, dtype=jnp.int32)[None, :]
-    if real_batch is None:
-        return (j * batch + b).reshape(-1), None
-    real = jnp.broadcast_to(b < real_batch, shape)
-    ids = jnp.where(real, j * real_batch + b, total * batch + j * batch + b)
-    return ids.astype(jnp.int32).reshape(-1), real.reshape(-1)
 
 
 class _Slots(NamedTuple):
@@ -216,7 +125,7 @@ def _draws(key_stream, drawn, sampler, n_requests: int, slot_ids, paired: bool =
             pack, unpack = threefry2x32_pair, unpack_pair
         else:
             pack, unpack = threefry2x32, tuple
-        consts = (_slot_words(key_stream, slot_ids, pack), n0)  # a loop operand: hashed once
+        consts = (slot_words(key_stream, slot_ids, pack), n0)  # a loop operand: hashed once
 
         def draw(consts, bits, k):  # request k from its carried bits; bits of request k + 1
             (k0, k1), n0 = unpack(consts[0]), consts[1]
@@ -243,12 +152,12 @@ def _word_draws(key_stream, drawn, sampler, n_requests: int, slot_ids):
     the scan's step k from the slot counters, the blocks :func:`fresh_requests` takes."""
     wd = WORD_DRAWS[type(sampler)]
     blocks = wd.blocks(sampler)
-    consts = (_slot_words(key_stream, slot_ids), drawn.reshape(drawn.size).astype(jnp.uint32))
+    consts = (slot_words(key_stream, slot_ids), drawn.reshape(drawn.size).astype(jnp.uint32))
 
     def draw_words(consts, extra, k):
         (k0, k1), n0 = consts
         zero = jnp.zeros_like(k0)
-        words = [threefry2x32(k0, k1, c, zero) for c in _block_counters(n0 + k, blocks)]
+        words = [threefry2x32(k0, k1, c, zero) for c in block_counters(n0 + k, blocks)]
         # materialised once: XLA would otherwise rehash inside every gather that reads them
         p, d = wd.from_words(sampler, jax.lax.optimization_barrier(words))
         return p, d, extra
@@ -301,13 +210,13 @@ def fast_segment(
     ``real_batch``: None, or (traced int32) the real slots per worker when B is padded to a
     shape bucket: the real slots draw the unpadded layout's requests, the padded ones add no
     load (their changes are scattered as zeros). ``workers``: None, or (first, total) traced
-    int32 when ``state`` holds a slice of a bundle's workers (:func:`_slot_layout`): the slots
-    draw the requests they draw in the whole bundle.
+    int32 when ``state`` holds a slice of a bundle's workers (:func:`~.streams.slot_layout`):
+    the slots draw the requests they draw in the whole bundle.
     """
     r_max, batch = state.prompt.shape
     n_slots = r_max * batch
     rows = jnp.repeat(jnp.arange(r_max, dtype=jnp.int32), batch)  # worker of each slot
-    slot_ids, real = _slot_layout((r_max, batch), real_batch, workers)
+    slot_ids, real = slot_layout((r_max, batch), real_batch, workers)
     cur_p, cur_d, cur_age = (x.reshape(n_slots) for x in state[:3])
     rem0 = cur_d - cur_age  # steps left of the current request, >= 1
     still = rem0 > length  # the current request is still active at local time L

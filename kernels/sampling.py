@@ -247,7 +247,7 @@ class WordDraw(NamedTuple):
     ``blocks(s)`` (static) and ``from_words(s, pairs, length_biased)`` -> (prompt, decode)
     from ``pairs[j] = (w0, w1)``. The step kernels take the blocks from
     :func:`~.threefry.block_words`, the fast kernel from its slot counters
-    (``kernels.fast.fresh_requests``)."""
+    (``kernels.streams.fresh_requests``)."""
 
     blocks: Callable
     from_words: Callable

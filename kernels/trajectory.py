@@ -4,12 +4,19 @@
 sampler already includes any ``load_offset``). Per step every worker's load is the int32 sum of
 its B slots (summarised by :func:`kernels.barrier.summarise_steps`), then every slot ages by
 one and a slot whose request finished (age == D) takes a fresh request at age 0. The kernel
-carries each slot as its load and its steps left (:class:`LoadState`); :class:`SlotState` and
-:func:`advance` are the same step on (P, D, age), for the dynamics kernel, which needs them.
+carries each slot as its load, its steps left and its request counter (:class:`LoadState`);
+:class:`SlotState` and :func:`advance` are the same step on (P, D, age), for the dynamics
+kernel, which needs them.
 
-Randomness is counter-based: the fresh draws of absolute step ``t`` use
-``fold_in(key_stream, t)``, so a run split into segments of any length gives the same numbers.
-Pure and un-jitted; lengths and switches static, coefficients traced. No imports from afd_jax.
+Randomness is counter-based per slot (:mod:`.streams`): the n-th fresh request a slot takes is
+request n of its own stream, the stream the fast kernel draws from, so the two kernels give
+the same loads bit for bit, and a run split into segments of any length gives the same
+numbers. A segment draws each slot's next K requests before its loop (K static, a margin over
+the renewals a segment needs; a slot that needs more makes the segment uncovered and the
+driver reruns it with ``kernel.enlarge()``): the loop itself only gathers, where hashing a
+fresh request for every slot at every step (about 1 in E[D] of them used) was most of its
+work (docs/cpu-speed.md, round 17). Pure and un-jitted; lengths and switches static,
+coefficients traced. No imports from afd_jax.
 """
 
 from __future__ import annotations
@@ -19,10 +26,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 
 from .contract import Kernel, SegmentInfo
 from .sampling import sample_requests, sample_stationary, slot_load
+from .streams import fresh_requests, slot_layout
 
 INITS = ("stationary", "cold")
 
@@ -53,87 +60,121 @@ def init_slots(key, sampler, shape, init: str) -> SlotState:
     return SlotState(prompt, decode, age, jnp.zeros(shape, jnp.int32))
 
 
-def advance(key, state: SlotState, sampler) -> SlotState:
-    """One decode step: age + 1; finished slots take a fresh request (key = the step's key)."""
+def advance(key_stream, state: SlotState, sampler, slot_ids=None) -> SlotState:
+    """One decode step: age + 1; a finished slot takes its next request (request ``drawn`` of
+    its stream, :func:`~.streams.fresh_requests`; ``slot_ids`` as there) and counts it."""
     age = state.age + 1
     done = age >= state.decode
-    prompt, decode = sample_requests(key, sampler, state.age.shape)
+    prompt, decode = fresh_requests(key_stream, state.drawn, sampler, 1, slot_ids)
     return SlotState(
-        jnp.where(done, prompt, state.prompt),
-        jnp.where(done, decode, state.decode),
+        jnp.where(done, prompt[0], state.prompt),
+        jnp.where(done, decode[0], state.decode),
         jnp.where(done, jnp.zeros_like(age), age),
-        state.drawn,
+        state.drawn + done.astype(jnp.int32),
     )
 
 
 class LoadState(NamedTuple):
-    """The trajectory kernel's carry: per slot the load ``prompt + age`` and the steps left
-    ``decode - age`` (int32[r_max, B] each): two arrays read and written per step instead of
-    three; the loads are those of :class:`SlotState` exactly."""
+    """The trajectory kernel's carry: per slot the load ``prompt + age``, the steps left
+    ``decode - age`` and the request counter ``drawn`` (int32[r_max, B] each); the loads are
+    those of :class:`SlotState` exactly."""
 
     load: jax.Array
     left: jax.Array
+    drawn: jax.Array
 
 
 def load_state(state: SlotState) -> LoadState:
-    """The :class:`LoadState` of a :class:`SlotState` (its request counter dropped)."""
-    return LoadState(slot_load(state), state.decode - state.age)
+    """The :class:`LoadState` of a :class:`SlotState`."""
+    return LoadState(slot_load(state), state.decode - state.age, state.drawn)
 
 
-def _load_step(key, st: LoadState, sampler):
-    """:func:`advance` on a :class:`LoadState`: the same draws and the same loads (the two
-    are checked step by step in tests/test_kernels.py)."""
-    left = st.left - 1
-    done = left <= 0
-    prompt, decode = sample_requests(key, sampler, st.load.shape)
-    return LoadState(jnp.where(done, prompt, st.load + 1), jnp.where(done, decode, left))
+def trajectory_segment(
+    key_stream, st: LoadState, sampler, *, length: int, n_requests: int, unroll: int = 1,
+    workers=None,
+):  # fmt: skip
+    """Run the next ``length`` steps (static) with each slot's next ``n_requests`` requests
+    (K, static) drawn before the loop.
 
-
-def trajectory_segment(key_stream, st: LoadState, t0, sampler, *, length: int, unroll: int = 1):
-    """Run absolute steps t0 .. t0 + length - 1 (``length`` static; t0 int32, traced).
-
-    Returns ``(state after the segment, worker loads int32[length, r_max])``; the load of a
-    step is taken before the slots age. Summarise with :func:`kernels.barrier.summarise_steps`.
-    The step keys are derived before the loop; ``unroll`` (static, a divisor of ``length``)
-    steps per loop iteration, each step's state materialised (fused across steps, XLA
-    recomputed the draws); faster on a GPU, where each iteration has a fixed cost
-    (docs/benchmarks.md, run 6). The numbers do not depend on it.
+    Returns ``(state after the segment, worker loads int32[length, r_max], covered)``; the load
+    of a step is taken before the slots age; ``covered`` (bool scalar) is False when some slot
+    needed more than K requests (the results are then invalid: rerun with a larger K; the
+    requests do not depend on K). Summarise with :func:`kernels.barrier.summarise_steps`.
+    Each step is :func:`advance` on a :class:`LoadState`: a finished slot gathers its next
+    request from the K drawn ahead (index: the requests it took in the segment so far).
+    ``unroll`` (static, a divisor of ``length``) steps per loop iteration, each step's state
+    materialised (fused across steps, XLA recomputed earlier steps); faster on a GPU, where
+    each iteration has a fixed cost (docs/benchmarks.md, run 6). ``workers``: None, or
+    (first, total) traced int32 when the state holds workers ``first ..`` of a bundle of
+    ``total`` (:func:`~.streams.slot_layout`): the slots take the requests they take in the
+    whole bundle. The numbers do not depend on ``unroll``, K or the segment length.
     """
     if unroll < 1 or length % unroll:
         raise ValueError(f"unroll must divide the segment length {length}, got {unroll}")
-    steps = jnp.arange(length, dtype=jnp.int32)
-    keys = jax.vmap(lambda i: jr.fold_in(key_stream, t0 + i))(steps)
+    if n_requests < 1:
+        raise ValueError(f"n_requests must be at least 1, got {n_requests}")
+    shape = st.load.shape
+    slot_ids, _ = slot_layout(shape, None, workers)
+    ahead = fresh_requests(key_stream, st.drawn, sampler, n_requests, slot_ids)  # [K, r, B]
+    pos = jnp.arange(st.load.size, dtype=jnp.int32).reshape(shape)
+    flat = [x.reshape(n_requests, -1) for x in ahead]
 
-    def body(carry, ks):
+    def step(c):
+        load, left, taken = c
+        left = left - 1
+        done = left <= 0
+        k = jnp.minimum(taken, n_requests - 1)
+        prompt, decode = (x[k, pos] for x in flat)
+        return (
+            jnp.where(done, prompt, load + 1),
+            jnp.where(done, decode, left),
+            taken + done.astype(jnp.int32),
+        )
+
+    def body(carry, _):
         out = []
-        for j in range(unroll):
-            out.append(carry.load.sum(axis=-1, dtype=jnp.int32))
-            carry = _load_step(ks[j], carry, sampler)
+        for _ in range(unroll):
+            out.append(carry[0].sum(axis=-1, dtype=jnp.int32))
+            carry = step(carry)
             if unroll > 1:
                 carry = jax.lax.optimization_barrier(carry)
         return carry, jnp.stack(out)
 
-    st, loads = jax.lax.scan(body, st, keys.reshape((length // unroll, unroll)))
-    return st, loads.reshape((length,) + loads.shape[2:])
+    carry = (st.load, st.left, jnp.zeros(shape, jnp.int32))
+    (load, left, taken), loads = jax.lax.scan(body, carry, None, length // unroll)
+    covered = jnp.all(taken <= n_requests)
+    state = LoadState(load, left, st.drawn + taken)
+    return state, loads.reshape((length,) + loads.shape[2:]), covered
 
 
-@cache
-def trajectory_kernel(shape: tuple, init: str, length: int, unroll: int = 1) -> Kernel:
+def trajectory_kernel(
+    shape: tuple, init: str, length: int, n_requests: int, unroll: int = 1
+) -> Kernel:
     """The step-by-step kernel under the contract of :mod:`kernels.contract`: ``init(key,
     params)`` = :func:`init_slots` of ``shape`` (r_max, B) as a :class:`LoadState`;
     ``segment(key_stream, state, params)`` = :func:`trajectory_segment` of ``length`` steps
-    from ``params.t0``, ``unroll`` of them per loop iteration (a divisor of ``length``)."""
+    with K = ``n_requests`` requests drawn ahead per slot, ``unroll`` steps per loop iteration
+    (a divisor of ``length``); ``enlarge()`` doubles K. The same configuration gives the same
+    :class:`Kernel`."""
+    return _trajectory_kernel(tuple(shape), init, length, n_requests, unroll)
+
+
+@cache
+def _trajectory_kernel(shape, init, length, n_requests, unroll) -> Kernel:
+    """:func:`trajectory_kernel`, cached on its positional arguments."""
 
     def init_fn(key, params):
         return load_state(init_slots(key, params.sampler, shape, init))
 
     def segment(key_stream, state, params):
-        state, loads = trajectory_segment(
-            key_stream, state, params.t0, params.sampler, length=length, unroll=unroll
-        )
-        return state, SegmentInfo(loads, jnp.asarray(True))
+        kw = dict(length=length, n_requests=n_requests, unroll=unroll, workers=params.workers)
+        state, loads, covered = trajectory_segment(key_stream, state, params.sampler, **kw)
+        return state, SegmentInfo(loads, covered)
 
-    return Kernel("trajectory", init_fn, segment)
+    def enlarge():
+        return trajectory_kernel(shape, init, length, 2 * n_requests, unroll)
+
+    return Kernel("trajectory", init_fn, segment, enlarge)
 
 
 __all__ = [

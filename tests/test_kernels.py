@@ -258,7 +258,7 @@ def test_random_bits_are_jax_random_bits(partitionable):
     import jax.numpy as jnp
     import jax.random as jr
 
-    from afd_jax.kernels.fast import _slot_words
+    from afd_jax.kernels.streams import slot_words as _slot_words
     from afd_jax.kernels.threefry import random_bits, threefry2x32_pair, unpack_pair
 
     def ref(k, shape):
@@ -398,12 +398,13 @@ def test_barrier_halves_draw_the_same_loads():
 
 @pytest.mark.parametrize("init", ["stationary", "cold"])
 def test_trajectory_segment_is_advance_step_by_step(init):
-    """The trajectory kernel's carry (load, steps left) and its unrolled loop reproduce
-    :func:`advance` on (P, D, age) step by step: the same worker loads and end state, for 1,
-    2 and 8 steps per loop iteration, under jit and vmap over key streams, on short
-    requests (D in 1..5: hundreds of renewals, some at every step) and long ones."""
+    """The trajectory kernel's carry (load, steps left, requests taken), its requests drawn
+    ahead and its unrolled loop reproduce :func:`advance` on (P, D, age) step by step: the
+    same worker loads and end state (request counters included), for 1, 2 and 8 steps per
+    loop iteration and K from just enough to 4x more, under jit and vmap over key streams, on
+    short requests (D in 1..5: hundreds of renewals, some at every step) and long ones; one
+    request fewer than a slot needs is reported as uncovered."""
     import jax
-    import jax.numpy as jnp
     import jax.random as jr
 
     from afd_jax.kernels.trajectory import advance, init_slots, load_state, trajectory_segment
@@ -411,37 +412,39 @@ def test_trajectory_segment_is_advance_step_by_step(init):
     rng = np.random.default_rng(8)
     short = KS.alias_sampler(rng.integers(0, 50, 40), rng.integers(1, 6, 40), size=64)
     streams = jr.split(jr.key(4), 2)
-    t0, length = 256, 32
+    length = 32
     with jax.threefry_partitionable(False):
         for sampler in (short, _small_alias()[0]):
             state = jax.vmap(lambda k, s=sampler: init_slots(k, s, (3, 4), init))(streams)
             want, st, renewals = [], state, 0
-            step = jax.jit(
-                jax.vmap(
-                    lambda k, s, i, sm=sampler: advance(jr.fold_in(k, t0 + i), s, sm),
-                    in_axes=(0, 0, None),
-                )
-            )
-            for i in range(length):
+            step = jax.jit(jax.vmap(lambda k, s, sm=sampler: advance(k, s, sm)))
+            for _ in range(length):
                 want.append((st.prompt + st.age).sum(axis=-1))
-                st = step(streams, st, jnp.int32(i))
+                st = step(streams, st)
                 renewals += int((np.asarray(st.age) == 0).sum())
             assert renewals > (200 if sampler is short else 0)
             want = np.stack([np.asarray(w) for w in want], axis=1)
-            for unroll in (1, 2, 8):
+            need = int((np.asarray(st.drawn) - np.asarray(state.drawn)).max())
+            assert need >= (8 if sampler is short else 1)
+            cases = ((1, need), (2, 4 * need), (8, need + 1), (1, need - 1))
+            for unroll, k in (c for c in cases if c[1] >= 1):
                 run = jax.jit(
                     jax.vmap(
-                        lambda k, s, u=unroll, sm=sampler: trajectory_segment(
-                            k, s, jnp.int32(t0), sm, length=length, unroll=u
+                        lambda s_, st_, u=unroll, sm=sampler, k=k: trajectory_segment(
+                            s_, st_, sm, length=length, n_requests=k, unroll=u
                         )
                     )
                 )
-                end, loads = run(streams, load_state(state))
+                end, loads, covered = run(streams, load_state(state))
+                if k < need:
+                    assert not np.all(np.asarray(covered))
+                    continue
+                assert np.all(np.asarray(covered))
                 np.testing.assert_array_equal(np.asarray(loads), want)
                 for a, b in zip(end, load_state(st), strict=True):
                     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(ValueError, match="unroll must divide"):
-        trajectory_segment(streams[0], load_state(st), 0, short, length=length, unroll=3)
+        trajectory_segment(streams[0], load_state(st), short, length=length, n_requests=4, unroll=3)
 
 
 def test_fast_kernel_z_scores_are_standard():

@@ -136,6 +136,8 @@ def test_chunks_keep_the_histogram_within_int32():
     """One slot per bundle and a 64 GiB budget (or an explicit chunk size) would put more than
     2**31 steps of a call into one bin of the int32 histogram: the chunk is capped (barrier
     blocks of snapshots, and trajectory replications x segment steps)."""
+    import types
+
     import jax
 
     from afd_jax.kernels.barrier import BLOCK
@@ -156,8 +158,9 @@ def test_chunks_keep_the_histogram_within_int32():
     fits = small._replace(steps=16 * BLOCK, replications=1, budget=10 * BLOCK * 64 * 256 * per_slot)
     assert S._barrier_chunk(fits, 16) == 8 and S._barrier_chunk(fits, 16, devices=2) == 8
     traj = run._replace(kernel="trajectory", steps=1 << 22, segment_steps=1 << 21)
+    setup = types.SimpleNamespace(sampler=KS.alias_sampler([1], [4]))  # K: 2**19 + 8
     for rows in (None, 1 << 11):
-        plan = S._plan(traj._replace(reps_per_call=rows), None)
+        plan = S._plan(traj._replace(reps_per_call=rows), setup)
         assert plan.length == 1 << 21 and 0 < plan.reps_per_call * plan.length * 2 <= 2**31
 
 
@@ -198,9 +201,55 @@ def test_cold_start_lockstep_shrinks_the_barrier():
         assert cold.barrier_share[-1] < 0.5 * stat.barrier_share[-1]
         # in lockstep the barrier excess is only the max over workers of sum P - B E[P]
         assert cold.mean_tau[-1] + 4 * cold.se_tau[-1] < stat.mean_tau[-1] - 4 * stat.se_tau[-1]
-    # the two trajectory kernels agree statistically (cold start, not only steady state)
-    a, b = res[("trajectory", "cold")], res[("fast", "cold")]
-    assert np.all(np.abs(a.mean_tau - b.mean_tau) <= 4 * np.hypot(a.se_tau, b.se_tau) + 1e-6)
+    # the two trajectory kernels draw the same requests: the same numbers, cold or stationary
+    for init in ("cold", "stationary"):
+        _same(res[("trajectory", init)], res[("fast", init)])
+
+
+@pytest.mark.parametrize("workload", ["trace", "paper-v1"])
+def test_trajectory_kernel_equals_the_fast_kernel(small_sampler, workload):
+    """The step-by-step kernel and the renewal kernel take every slot's fresh requests from
+    the same per-slot streams (kernels/streams.py), so every output is the same bit for bit
+    (an exact check of the renewal arithmetic, the difference array, the K-request scan and
+    its tail, and the shape-bucket padding of the fast kernel: r_max = 9 pads to 10), for an
+    alias table (a trace) and a parametric workload (the product sampler's
+    blocks), several segments and chunks, both initial laws."""
+    import afd_jax
+
+    if workload == "trace":
+        s, m = small_sampler
+        kw = dict(max_slot_load=m)
+    else:
+        s, kw = afd_jax.resolve_workload("paper-v1"), {}
+    kw.update(steps=700, warmup=60, replications=3, seed=11, segment_steps=256)
+    for init in ("stationary", "cold"):
+        a = simulate(s, LAT, 5, 9, kernel="trajectory", init=init, replications_per_call=2, **kw)
+        b = simulate(s, LAT, 5, 9, kernel="fast", init=init, **kw)
+        _same(a, b)
+
+
+def test_trajectory_kernel_reruns_a_segment_its_requests_do_not_cover(small_sampler, monkeypatch):
+    """K = 1 request drawn ahead per slot cannot cover 128 steps of requests of 1 to 59
+    steps: every segment is rerun with twice the requests until it is covered (the kernel's
+    ``enlarge``), and the results are those of a run that planned enough."""
+    from afd_jax.kernels import trajectory as T
+    from afd_jax.montecarlo import simulate as S
+
+    s, m = small_sampler
+    kw = dict(kernel="trajectory", steps=600, warmup=100, replications=2, seed=7)
+    kw.update(max_slot_load=m, segment_steps=128)
+    want = simulate(s, LAT, 4, 8, **kw)
+    seen = []
+    built = T.trajectory_kernel
+
+    def kernel(*args):
+        seen.append(args[3])
+        return built(*args)
+
+    monkeypatch.setattr(S, "_fast_requests", lambda *a, **k: 1)
+    monkeypatch.setattr(T, "trajectory_kernel", kernel)
+    _same(simulate(s, LAT, 4, 8, **kw), want)
+    assert seen[:3] == [2, 4, 8]
 
 
 def test_int32_overflow_guard_edge():

@@ -600,7 +600,7 @@ def _shapes(run: StepsRun, plan, mesh: RowMesh) -> _Shapes:
     on_cpu = jax.default_backend() == "cpu"
     if run.kernel == "trajectory":
         unroll = 1 if on_cpu else _ACCELERATOR_STEP_UNROLL
-        kernel = trajectory_kernel(exact, run.init, plan.length, unroll)
+        kernel = trajectory_kernel(exact, run.init, plan.length, plan.n_requests, unroll)
         return _Shapes(kernel, kernel, None, run.batch)
     sizes = (run.init, plan.length, plan.n_requests, plan.n_bulk)
     carry = dict(paired=_paired(mesh), unroll=1 if on_cpu else _ACCELERATOR_UNROLL)
@@ -716,32 +716,30 @@ def _plan(run: StepsRun, setup: StepsSetup, devices: int = 1) -> _Plan:
     spine runs a chunk's rows one after another on each of ``devices`` devices, so the kernel's
     working memory counts once per device and only the per-step statistics once per row."""
     total_blocks = -(-(run.warmup + run.steps) // KB.BLOCK)
-    mean_d = sd_d = 0.0
-    if run.kernel == "fast":
-        moments = decode_moments(setup.sampler)  # exact for alias tables (trace workloads)
-        if moments is None:
-            moments = _pilot_decode(jr.key(12345), setup.sampler, n=1 << 16)
-        mean_d, sd_d = map(float, moments)
+    moments = decode_moments(setup.sampler)  # exact for alias tables (trace workloads)
+    if moments is None:
+        moments = _pilot_decode(jr.key(12345), setup.sampler, n=1 << 16)
+    mean_d, sd_d = map(float, moments)
+    per_request = _request_bytes(setup.sampler)
+    state = 64 if run.kernel == "trajectory" else 0  # its carry and per-step vectors
 
-    per_request = _request_bytes(setup.sampler) if run.kernel == "fast" else 0
-
-    def mem_per_rep(length):
+    def mem_per_rep(length):  # both kernels draw K requests per slot for a segment
         stats = length * run.r_max * 4 * 24
-        if run.kernel == "trajectory":
-            return run.slots * 64 + stats
-        return run.slots * (_fast_requests(length, mean_d, sd_d) + 1) * per_request + stats
+        k = _fast_requests(length, mean_d, sd_d)
+        return run.slots * ((k + 1) * per_request + state) + stats
 
     length = _segment_length(run)
-    if run.kernel == "fast" and not run.segment_steps:
+    if not run.segment_steps:
         while length > KB.BLOCK and mem_per_rep(length) > run.budget:
             blocks = length // KB.BLOCK
             n_seg = -(-total_blocks // max(1, blocks // 2))
             length = KB.BLOCK * -(-total_blocks // n_seg)
-        require(
-            mem_per_rep(length),
-            f"one segment of {run.r_max} x {run.batch} slots in the fast kernel",
-            "lower --batch or --r-max, or use --kernel trajectory",
-        )
+    other = "--kernel trajectory" if run.kernel == "fast" else "--kernel barrier"
+    require(
+        mem_per_rep(length),
+        f"one segment of {run.r_max} x {run.batch} slots in the {run.kernel} kernel",
+        f"lower --batch or --r-max, or use {other}",
+    )
     if run.kernel == "fast" and run.batch * (setup.max_load + length + 1) >= E.INT32_LIMIT:
         raise InputError(
             f"B * (max slot load + segment) = {run.batch} * ({setup.max_load} + {length}) could "
@@ -757,9 +755,9 @@ def _plan(run: StepsRun, setup: StepsSetup, devices: int = 1) -> _Plan:
     else:
         chunk = _balanced(run.replications, run.budget // mem_per_rep(length), devices)
     chunk = _histogram_cap(chunk, length)
-    if run.kernel != "fast":
-        return _Plan(length, chunk, 0)
     n_req = _fast_requests(length, mean_d, sd_d)
+    if run.kernel != "fast":
+        return _Plan(length, chunk, n_req)
     return _Plan(length, chunk, n_req, _bulk_requests(length, mean_d, sd_d))
 
 
