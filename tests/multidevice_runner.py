@@ -64,6 +64,10 @@ def runs(names=None) -> dict:
                 s, lat, 3, 8, kernel="fast", steps=2_600, warmup=100, replications=1, **one
             )
         ),
+        # the step kernel's one replication, split by workers at any length: fast1's numbers
+        "traj1": lambda: simulate(
+            s, lat, 3, 8, kernel="trajectory", steps=2_600, warmup=100, replications=1, **seg
+        ),
         "barrier": lambda: simulate(
             s, lat, 4, 8, kernel="barrier", steps=300, replications=2, **kw
         ),

@@ -52,7 +52,7 @@ def test_four_devices_identical_to_one(one_device):
     assert {js["devices"] for js in four.values()} == {4}
     assert {js["devices"] for js in one_device.values()} == {1}
     assert sorted(four) == [
-        "barrier", "dynamics", "fast", "fast1", "fast1_rerun", "fast_x64", "pool",
+        "barrier", "dynamics", "fast", "fast1", "fast1_rerun", "fast_x64", "pool", "traj1",
     ]  # fmt: skip
     assert _strip(four) == _strip(one_device)
     # the rows of a device need nothing from the others until the segment's end: the only
@@ -73,8 +73,12 @@ def test_four_devices_identical_to_one(one_device):
     assert _strip(four)["fast_x64"] == _strip(four)["fast"]
     # every chunk program of a run of several segments compiled once (the start hands the
     # segments their states sharded as the segments return them)
-    _compiled_once(four, {**_SEGMENTS, "fast1": "jit(segment_split)"})
-    _compiled_once(one_device, {**_SEGMENTS, "fast1": "jit(segment_chunk)"})
+    _compiled_once(
+        four, {**_SEGMENTS, "fast1": "jit(segment_split)", "traj1": "jit(segment_split)"}
+    )
+    _compiled_once(
+        one_device, {**_SEGMENTS, "fast1": "jit(segment_chunk)", "traj1": "jit(segment_chunk)"}
+    )
     # one segment started in its own program (start_split), short, rerun split as often as
     # one device reruns it; the numbers are those of three segments
     split, one = four["fast1_rerun"]["calls"], one_device["fast1_rerun"]["calls"]
@@ -82,6 +86,8 @@ def test_four_devices_identical_to_one(one_device):
     assert split["start_split"] == 1 and one["segment_chunk"] >= 2
     assert split["segment_split"] == one["segment_chunk"] - 1
     assert _strip(four)["fast1_rerun"] == _strip(four)["fast1"]
+    # the step kernel split by workers: the fast kernel's numbers (the same requests)
+    assert {**_strip(four)["traj1"], "kernel": "fast"} == _strip(four)["fast1"]
 
 
 def _compiled_once(out: dict, segment_programs: dict) -> None:

@@ -442,19 +442,20 @@ def simulate(
 
 def _mesh(run: StepsRun) -> RowMesh:
     """Replications over every device. One replication of at least :data:`_SPLIT_MIN_STEPS`
-    steps of the fast kernel on CPU in a single process has its workers split over the
-    devices (:func:`~afd_jax.montecarlo.spine.segment_split`, when they divide the padded
-    worker count; the numbers are the same): on 2 cores 1.05x faster at 2,500 steps and 1.2x
-    from 3,000, while at 2,000 steps the exchange costs what it saves (docs/cpu-speed.md).
+    steps of the fast kernel, or of any length of the step kernel, on CPU in a single process
+    has its workers split over the devices (:func:`~afd_jax.montecarlo.spine.segment_split`,
+    when they divide the padded worker count; the numbers are the same): the fast kernel on 2
+    cores 1.05x faster at 2,500 steps and 1.2x from 3,000, while at 2,000 steps the exchange
+    costs what it saves (docs/cpu-speed.md); the step kernel 2.9x at 2,000 steps (round 17).
     Otherwise one replication is one row on one device (XLA:CPU runs parts of it on several
     threads)."""
     if run.kernel == "barrier" or run.replications > 1:
         return RowMesh()
     workers = bucket_size(run.r_max) if run.shape_buckets else run.r_max
     n_local = jax.local_device_count()
+    long_enough = run.kernel == "trajectory" or run.warmup + run.steps >= _SPLIT_MIN_STEPS
     if (
-        run.kernel == "fast"
-        and run.warmup + run.steps >= _SPLIT_MIN_STEPS
+        long_enough
         and jax.default_backend() == "cpu"
         and jax.process_count() == 1
         and n_local > 1
