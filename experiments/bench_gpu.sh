@@ -49,10 +49,12 @@ AFD_TRACES_DIR=$TRACES step checks 150 "$PY" -m pytest -q -n 0 -p no:cacheprovid
     tests/test_simulate.py -k "not lockstep"
 # the barrier's draw of pi (one block per slot, an alias table of loads), the alias tables of
 # independent parametric marginals and the copula's guided search of P on the GPU backend:
-# laws and bits (sessions 15 and 16, not yet run on a GPU)
+# laws and bits (sessions 15 and 16, not yet run on a GPU); the step kernel's requests drawn
+# ahead against advance() step by step (session 17; tests/test_simulate.py in `checks` runs
+# it against the fast kernel, bit for bit)
 AFD_TRACES_DIR=$TRACES step checks_tables 120 "$PY" -m pytest -q -n 0 -p no:cacheprovider \
     tests/test_samplers.py tests/test_kernels.py tests/test_families.py \
-    -k "block_words or halves or workload or load_alias or product or guided or joint_law or copula"
+    -k "block_words or halves or workload or load_alias or product or guided or joint_law or copula or advance_step"
 step kernels 110 "$PY" experiments/bench_kernels.py --trace "$TRACE" --size gpu --repeat 3 \
     --out "$OUT/kernels.md"
 # the three kernels on parametric workloads against the trace (the barrier draws pi for the
