@@ -25,8 +25,9 @@ import jax
 
 class Kernel(NamedTuple):
     """name: a label; init(key, params) -> state; segment(key, state, params) -> (state, info).
-    ``enlarge``: for kernels whose static sizes may fall short (the fast kernel's requests per
-    segment), a no-argument callable giving the same kernel with more room; else None."""
+    ``enlarge``: for kernels whose static sizes may fall short (the fast and step kernels'
+    requests per slot and segment), a no-argument callable giving the same kernel with more
+    room; else None."""
 
     name: str
     init: Callable
@@ -40,8 +41,8 @@ class SegmentParams(NamedTuple):
     worker of a state padded along B to a shape bucket (the fast kernel; padded slots carry no
     load). ``workers``: None, or (int32) ``(first, total)``: the state holds the workers
     ``first .. first + r - 1`` of a bundle of ``total`` workers (one replication whose workers
-    are split over devices; the fast kernel draws every slot's requests by its index in the
-    whole bundle, so the split does not change them)."""
+    are split over devices; the fast and step kernels draw every slot's requests by its index
+    in the whole bundle, so the split does not change them)."""
 
     sampler: Any
     t0: jax.Array

@@ -271,8 +271,10 @@ def route_bundle(key, st: DynState, fresh, n_active, cfg: Dynamics, batch: int):
     rt = _Route(jnp.int32(0), st.prompt, st.decode, st.age, st.occ, load, count, jnp.bool_(False),
                 st.queue)  # fmt: skip
     rt = jax.lax.while_loop(lambda r: (r.i < n_fresh) & ~r.stop, body, rt)
-    # the requests taken from the slots' streams: every one the loop reached (placed or not)
-    taken = (jnp.arange(fresh[2].size, dtype=jnp.int32) < rt.i).astype(jnp.int32)
+    # every live request is taken from its slot's stream, routed or not: those the routing
+    # left (a KV stop) are dropped, as a fresh draw would be; kept, balanced routing (longest
+    # first) would hand the next step the short ones it left, a biased draw (a review)
+    taken = (jnp.arange(fresh[2].size, dtype=jnp.int32) < n_fresh).astype(jnp.int32)
     drawn = st.drawn.reshape(-1).at[fresh[2]].add(taken).reshape(st.drawn.shape)
     return DynState(rt.prompt, rt.decode, rt.age, rt.occ, rt.queue, drawn)
 

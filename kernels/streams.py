@@ -1,8 +1,9 @@
 """Per-slot request streams: the n-th fresh request of slot i, a function of (stream key, i, n)
-only. The fast kernel (renewals), the step-by-step trajectory kernel and the in-place dynamics
-kernel all draw their fresh requests here, so the three give the same slots the same requests
-(their loads agree bit for bit, tests/test_kernels.py), whatever the segment length, the
-number of requests drawn ahead or how replications and workers are split.
+only. The fast kernel (renewals), the step-by-step trajectory kernel and the dynamics kernel
+(in place; routed: the empty slots' next requests) all draw their fresh requests here, so the
+first three give the same slots the same requests (their loads agree bit for bit:
+tests/test_simulate.py, tests/test_dynamics.py), whatever the segment length, the number
+of requests drawn ahead or how replications and workers are split.
 
 Request n of slot i is the Threefry-2x32 block of the count pair ``(n, 0)`` keyed by the slot
 key ``fold_in(key_stream, i)`` (alias tables: its two output words); the samplers of

@@ -41,6 +41,31 @@ def test_request_bytes_follow_the_sampler():
         assert S._request_bytes(sampler) == 2 * alias
 
 
+def test_step_kernel_request_bytes_bound_xla_memory_analysis():
+    """The step kernel's requests drawn ahead (K per slot and segment) are counted at no
+    less than XLA's own memory analysis of a compiled segment, per request, for an alias
+    table, the product sampler and a copula sampler."""
+    import jax
+    import jax.random as jr
+    import numpy as np
+
+    from afd_jax.kernels import trajectory as T
+
+    shape, k = (64, 64), 32
+    for spec in (None, WL, "azure-conv-fit"):
+        if spec is None:
+            sampler = S.KS.alias_sampler(np.arange(1, 200), np.arange(1, 200), size=256)
+        else:
+            sampler = make_sampler(resolve_workload(spec), 0, draw="alias")
+        state = T.load_state(T.init_slots(jr.key(1), sampler, shape, "stationary"))
+        seg = jax.jit(lambda key, st, s: T.trajectory_segment(key, st, s, length=128, n_requests=k))
+        mem = seg.lower(jr.key(2), state, sampler).compile().memory_analysis()
+        if mem is None:
+            pytest.skip("this backend gives no memory analysis")
+        per_request = (mem.temp_size_in_bytes + mem.output_size_in_bytes) / (k * 64 * 64)
+        assert per_request <= S._request_bytes(sampler, "trajectory"), (spec, per_request)
+
+
 @pytest.mark.parametrize(
     ("extra", "field"),
     [(["--batches=-5"], "batches"), (["--batches", 64, "--slot-bins", 1], "slot_bins")],

@@ -452,3 +452,34 @@ def test_load_aware_routing_beats_in_place_on_a_heavy_tailed_shared_trace():
         assert res.barrier_share[3] < 0.5 * base.barrier_share[3], cfg.routing
         se = math.hypot(res.se[3], base.se[3])
         assert res.throughput[3] - base.throughput[3] > 4 * se, cfg.routing
+
+
+def test_routed_steps_take_every_live_request(trace):
+    """A routed step takes every live fresh request from its slot's stream, routed or not: a
+    KV stop drops the ones left, as fresh draws would be (kept, balanced routing, longest
+    first, handed the next step the short ones it had left: a biased law; a review measured
+    the empty share at 0.097 against 0.113 before the streams). Counted per bundle over 60
+    steps of every routed policy with a capacity that stops the routing."""
+    import jax
+
+    from afd_jax.kernels.dynamics import advance_routed, init_dynamics
+
+    sampler = KS.alias_sampler(trace.prompt, trace.decode, size=512)
+    batch, r_max = 4, 3
+    want_active = (np.arange(r_max) + 1) * batch
+    for routing in ("balanced", "power-of-d", "lookahead"):
+        cfg = Dynamics(
+            routing=routing, kv_capacity=350, lookahead=3 if routing == "lookahead" else 1
+        )
+        st = init_dynamics(jr.key(1), sampler, r_max, batch, "stationary", cfg)
+        step = jax.jit(lambda k, s, c=cfg: advance_routed(k, jr.key(9), s, sampler, c, batch))
+        stops = 0
+        for t in range(60):
+            occ, age, decode = (np.asarray(x) for x in (st.occ, st.age, st.decode))
+            staying = (occ & (age + 1 < decode)).sum(axis=(1, 2))
+            new = step(jr.fold_in(jr.key(2), t), st)
+            taken = (np.asarray(new.drawn) - np.asarray(st.drawn)).sum(axis=(1, 2))
+            np.testing.assert_array_equal(taken, want_active - staying, err_msg=routing)
+            stops += int((np.asarray(new.occ).sum(axis=(1, 2)) < want_active).sum())
+            st = new
+        assert stops > 5, routing  # the capacity did stop the routing

@@ -49,10 +49,13 @@ def test_four_devices_identical_to_one(one_device):
     )
     assert proc.returncode == 0, proc.stderr
     four = json.loads(proc.stdout)
-    assert {js["devices"] for js in four.values()} == {4}
+    # one replication of 15 workers cannot be split over 4 devices: it runs on one
+    assert {js["devices"] for n, js in four.items() if n != "traj1_odd"} == {4}
+    assert four["traj1_odd"]["devices"] == 1
     assert {js["devices"] for js in one_device.values()} == {1}
     assert sorted(four) == [
         "barrier", "dynamics", "fast", "fast1", "fast1_rerun", "fast_x64", "pool", "traj1",
+        "traj1_odd",
     ]  # fmt: skip
     assert _strip(four) == _strip(one_device)
     # the rows of a device need nothing from the others until the segment's end: the only

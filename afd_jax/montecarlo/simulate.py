@@ -444,14 +444,16 @@ def _mesh(run: StepsRun) -> RowMesh:
     """Replications over every device. One replication of at least :data:`_SPLIT_MIN_STEPS`
     steps of the fast kernel, or of any length of the step kernel, on CPU in a single process
     has its workers split over the devices (:func:`~afd_jax.montecarlo.spine.segment_split`,
-    when they divide the padded worker count; the numbers are the same): the fast kernel on 2
+    when they divide its worker count, padded for the fast kernel; the numbers are the same):
+    the fast kernel on 2
     cores 1.05x faster at 2,500 steps and 1.2x from 3,000, while at 2,000 steps the exchange
     costs what it saves (docs/cpu-speed.md); the step kernel 2.9x at 2,000 steps (round 17).
     Otherwise one replication is one row on one device (XLA:CPU runs parts of it on several
     threads)."""
     if run.kernel == "barrier" or run.replications > 1:
         return RowMesh()
-    workers = bucket_size(run.r_max) if run.shape_buckets else run.r_max
+    padded = run.kernel == "fast" and run.shape_buckets  # the step kernel is never padded
+    workers = bucket_size(run.r_max) if padded else run.r_max
     n_local = jax.local_device_count()
     long_enough = run.kernel == "trajectory" or run.warmup + run.steps >= _SPLIT_MIN_STEPS
     if (
@@ -653,13 +655,20 @@ def _fast_requests(length: int, mean_d: float, sd_d: float) -> int:
     return max(8, _renewal_quantile(length, mean_d, sd_d, sigmas=7.0, extra=4.0, octave=8))
 
 
-def _request_bytes(sampler) -> int:
-    """Working memory of the fast kernel per slot and request (an upper bound, measured on
+def _request_bytes(sampler, kernel: str = "fast") -> int:
+    """Working memory per slot and request drawn ahead. The step kernel (``kernel`` =
+    "trajectory") keeps each slot's next K requests and their draw: XLA's memory analysis of
+    a segment (r_max = 64, B = 256, K = 16 and 64) gave 32 B per request for an alias table,
+    28 for the product sampler, 48 for a table or copula sampler: 40 and 64 counted.
+    The fast kernel's (an upper bound, measured on
     CPU with r_max = 100 and B = 8,000 against 32,000): about 12 B with an alias table (the
     hot path; 64 kept as the margin of the chunk plan) and about 100 B with the generic path of
     a table or copula sampler, whose requests are drawn up front with their uniforms,
     latents and search indices (a ProductSampler's, drawn up front from two or three blocks
     per request, is counted the same: an upper bound, not measured apart)."""
+    cheap = isinstance(sampler, KS.AliasSampler | KS.ProductSampler)
+    if kernel == "trajectory":
+        return 40 if cheap else 64
     return 64 if isinstance(sampler, KS.AliasSampler) else 128
 
 
@@ -721,7 +730,7 @@ def _plan(run: StepsRun, setup: StepsSetup, devices: int = 1) -> _Plan:
     if moments is None:
         moments = _pilot_decode(jr.key(12345), setup.sampler, n=1 << 16)
     mean_d, sd_d = map(float, moments)
-    per_request = _request_bytes(setup.sampler)
+    per_request = _request_bytes(setup.sampler, run.kernel)
     state = 64 if run.kernel == "trajectory" else 0  # its carry and per-step vectors
 
     def mem_per_rep(length):  # both kernels draw K requests per slot for a segment
