@@ -47,7 +47,7 @@ from .contract import Kernel
 from .options import ROUTINGS
 from .sampling import sample_requests
 from .streams import fresh_requests
-from .trajectory import SlotState, advance, init_slots
+from .trajectory import SlotState, drawn_ahead, init_slots, take_next
 
 _NOISE_TAG, _EXPERT_TAG, _ROUTE_TAG = 1, 2, 3
 
@@ -106,12 +106,15 @@ class DynState(NamedTuple):
 class DynamicsInfo(NamedTuple):
     """Per segment: ``loads`` int32[L, nb, r_max, m] micro-batch loads; ``occupied``
     int32[L, nb, r_max]; ``noise`` float32[L, nb, r_max] (None when noiseless); ``ranks``
-    int32[L, nb, r_max, G] tokens per expert rank (None when off)."""
+    int32[L, nb, r_max, G] tokens per expert rank (None when off). ``covered``: bool
+    scalar, False when a slot took more requests than were drawn ahead for the segment (in
+    place; the driver then runs it again drawing each step, the same numbers)."""
 
     loads: jax.Array
     occupied: jax.Array
     noise: jax.Array | None
     ranks: jax.Array | None
+    covered: jax.Array | None = None
 
 
 # ---------------------------------------------------------------- per-step draws
@@ -165,16 +168,16 @@ def admit_in_place(prompt, age, occ, capacity):
     return occ | ~blocked
 
 
-def advance_in_place(key_stream, st: DynState, sampler, cfg: Dynamics) -> DynState:
-    """One step in place: :func:`.trajectory.advance` (every slot occupied), or with a KV
-    capacity: a finished slot takes its next request as pending, then
-    :func:`admit_in_place`. ``key_stream``: the run's stream key (not the step's)."""
+def advance_in_place(st: DynState, nxt, cfg: Dynamics) -> DynState:
+    """One step in place given every slot's next request ``nxt`` = (prompt, decode) (the
+    request ``drawn`` of its stream): :func:`.trajectory.take_next` (every slot occupied),
+    or with a KV capacity: a finished slot takes it as pending, then :func:`admit_in_place`."""
+    prompt, decode = nxt
     if cfg.kv_capacity <= 0:
-        s = advance(key_stream, SlotState(st.prompt, st.decode, st.age, st.drawn), sampler)
+        s = take_next(SlotState(st.prompt, st.decode, st.age, st.drawn), prompt, decode)
         return st._replace(prompt=s.prompt, decode=s.decode, age=s.age, drawn=s.drawn)
     age = jnp.where(st.occ, st.age + 1, 0)
     done = st.occ & (age >= st.decode)
-    prompt, decode = (x[0] for x in fresh_requests(key_stream, st.drawn, sampler, 1))
     occ = st.occ & ~done
     new = DynState(
         jnp.where(done, prompt, st.prompt),
@@ -352,34 +355,56 @@ def step_info(key, st: DynState, cfg: Dynamics, batch: int):
     return loads, occupied, noise, ranks
 
 
-def dynamics_segment(key_stream, st: DynState, t0, sampler, cfg: Dynamics, *, batch, length):
-    """Absolute steps t0 .. t0 + length - 1: (state, DynamicsInfo with a leading [length])."""
+def dynamics_segment(
+    key_stream, st: DynState, t0, sampler, cfg: Dynamics, *, batch, length, n_requests=0
+):  # fmt: skip
+    """Absolute steps t0 .. t0 + length - 1: (state, DynamicsInfo with a leading [length]).
+    In place with ``n_requests`` K > 0 (static) each slot's next K requests are drawn before
+    the loop (:func:`.trajectory.drawn_ahead`) and gathered in it, as the trajectory kernel
+    does; else each step draws every slot's next request. The same numbers either way, as
+    long as no slot takes more than K (``covered``)."""
+    ahead = n_requests > 0 and not cfg.routed
+    if ahead:
+        next_of = drawn_ahead(key_stream, st.drawn, sampler, n_requests)
 
     def body(carry, i):
         key = jr.fold_in(key_stream, t0 + i)
         info = step_info(key, carry, cfg, batch)
         if cfg.routed:
             return advance_routed(key, key_stream, carry, sampler, cfg, batch), info
-        return advance_in_place(key_stream, carry, sampler, cfg), info
+        if ahead:
+            nxt = next_of(carry.drawn - st.drawn)
+        else:
+            nxt = (x[0] for x in fresh_requests(key_stream, carry.drawn, sampler, 1))
+        return advance_in_place(carry, tuple(nxt), cfg), info
 
-    st, (loads, occ, noise, ranks) = jax.lax.scan(body, st, jnp.arange(length, dtype=jnp.int32))
-    return st, DynamicsInfo(loads, occ, noise, ranks)
+    end, (loads, occ, noise, ranks) = jax.lax.scan(body, st, jnp.arange(length, dtype=jnp.int32))
+    covered = jnp.all(end.drawn - st.drawn <= n_requests) if ahead else jnp.asarray(True)
+    return end, DynamicsInfo(loads, occ, noise, ranks, covered)
 
 
 @cache
-def dynamics_kernel(r_max: int, batch: int, init: str, length: int, cfg: Dynamics) -> Kernel:
+def dynamics_kernel(
+    r_max: int, batch: int, init: str, length: int, cfg: Dynamics, n_requests: int = 0
+) -> Kernel:
     """The dynamics kernel under the contract of :mod:`.contract` (``segment`` returns
-    :class:`DynamicsInfo`; the driver summarises it)."""
+    :class:`DynamicsInfo`; the driver summarises it). In place with ``n_requests`` K > 0
+    each segment draws K requests per slot ahead (:func:`dynamics_segment`) and
+    ``enlarge()`` is the kernel that draws at every step (no K to fall short of; the same
+    numbers); else ``enlarge`` is None."""
+    ahead = n_requests > 0 and not cfg.routed
 
     def init_fn(key, params):
         return init_dynamics(key, params.sampler, r_max, batch, init, cfg)
 
     def segment(key_stream, state, params):
-        return dynamics_segment(
-            key_stream, state, params.t0, params.sampler, cfg, batch=batch, length=length
-        )
+        kw = dict(batch=batch, length=length, n_requests=n_requests if ahead else 0)
+        return dynamics_segment(key_stream, state, params.t0, params.sampler, cfg, **kw)
 
-    return Kernel("dynamics", init_fn, segment)
+    def enlarge():
+        return dynamics_kernel(r_max, batch, init, length, cfg)
+
+    return Kernel("dynamics", init_fn, segment, enlarge if ahead else None)
 
 
 __all__ = [

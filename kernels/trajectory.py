@@ -63,15 +63,37 @@ def init_slots(key, sampler, shape, init: str) -> SlotState:
 def advance(key_stream, state: SlotState, sampler, slot_ids=None) -> SlotState:
     """One decode step: age + 1; a finished slot takes its next request (request ``drawn`` of
     its stream, :func:`~.streams.fresh_requests`; ``slot_ids`` as there) and counts it."""
+    prompt, decode = fresh_requests(key_stream, state.drawn, sampler, 1, slot_ids)
+    return take_next(state, prompt[0], decode[0])
+
+
+def take_next(state: SlotState, prompt, decode) -> SlotState:
+    """:func:`advance` given each slot's next request (prompt, decode), however drawn."""
     age = state.age + 1
     done = age >= state.decode
-    prompt, decode = fresh_requests(key_stream, state.drawn, sampler, 1, slot_ids)
     return SlotState(
-        jnp.where(done, prompt[0], state.prompt),
-        jnp.where(done, decode[0], state.decode),
+        jnp.where(done, prompt, state.prompt),
+        jnp.where(done, decode, state.decode),
         jnp.where(done, jnp.zeros_like(age), age),
         state.drawn + done.astype(jnp.int32),
     )
+
+
+def drawn_ahead(key_stream, drawn, sampler, n_requests: int, slot_ids=None):
+    """Each slot's next ``n_requests`` requests (K, static; requests ``drawn ..`` of its
+    stream, :func:`~.streams.fresh_requests`), for a loop that then only gathers them:
+    returns ``next_of(taken) -> (prompt, decode)``, every slot's request ``drawn + taken``
+    (``taken``: the requests it took since; clipped to the K drawn, so a loop whose slots
+    take more than K must report itself uncovered: ``taken > K`` at its end)."""
+    ahead = fresh_requests(key_stream, drawn, sampler, n_requests, slot_ids)
+    flat = [x.reshape(n_requests, -1) for x in ahead]
+    pos = jnp.arange(drawn.size, dtype=jnp.int32).reshape(drawn.shape)
+
+    def next_of(taken):
+        k = jnp.minimum(taken, n_requests - 1)
+        return tuple(x[k, pos] for x in flat)
+
+    return next_of
 
 
 class LoadState(NamedTuple):
@@ -115,16 +137,13 @@ def trajectory_segment(
         raise ValueError(f"n_requests must be at least 1, got {n_requests}")
     shape = st.load.shape
     slot_ids, _ = slot_layout(shape, None, workers)
-    ahead = fresh_requests(key_stream, st.drawn, sampler, n_requests, slot_ids)  # [K, r, B]
-    pos = jnp.arange(st.load.size, dtype=jnp.int32).reshape(shape)
-    flat = [x.reshape(n_requests, -1) for x in ahead]
+    next_of = drawn_ahead(key_stream, st.drawn, sampler, n_requests, slot_ids)
 
     def step(c):
         load, left, taken = c
         left = left - 1
         done = left <= 0
-        k = jnp.minimum(taken, n_requests - 1)
-        prompt, decode = (x[k, pos] for x in flat)
+        prompt, decode = next_of(taken)
         return (
             jnp.where(done, prompt, load + 1),
             jnp.where(done, decode, left),
@@ -182,8 +201,10 @@ __all__ = [
     "SlotState",
     "LoadState",
     "advance",
+    "drawn_ahead",
     "init_slots",
     "load_state",
+    "take_next",
     "trajectory_kernel",
     "trajectory_segment",
 ]

@@ -83,6 +83,18 @@ def runs(names=None) -> dict:
             ),
             "dynamics.dynamics_chunk",
         ),
+        # in place (requests drawn ahead, each device's fallback its own lax.cond)
+        "dynamics_in_place": lambda: simulate(
+            s,
+            lat,
+            4,
+            6,
+            steps=200,
+            warmup=50,
+            replications=4,
+            dynamics=Dynamics(jitter_cv=0.2),
+            **two,
+        ),
         "pool": lambda: _collectives(
             lambda: pool_simulate(
                 s, lat, 4, [1, 3], n_requests=200, replications=3, seed=7, diagnostics=True

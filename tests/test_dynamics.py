@@ -483,3 +483,33 @@ def test_routed_steps_take_every_live_request(trace):
             stops += int((np.asarray(new.occ).sum(axis=(1, 2)) < want_active).sum())
             st = new
         assert stops > 5, routing  # the capacity did stop the routing
+
+
+def test_in_place_requests_drawn_ahead_fall_back_when_short(trace, monkeypatch):
+    """In place each slot's next K requests are drawn ahead per segment; with K = 1 (short
+    for every segment: decodes of 1 to 39 steps) the chunk runs again drawing at every step,
+    with and without a KV capacity: the numbers of the planned K, bit for bit, and of the
+    trajectory kernel (the same streams)."""
+    from afd_jax.montecarlo import simulate as S
+
+    kw = dict(segment_steps=128)
+    want = [
+        _run(trace, dynamics=Dynamics(), **kw),
+        _run(trace, dynamics=Dynamics(kv_capacity=700), **kw),
+    ]
+    seen = []
+
+    def one_ahead(sampler, length):
+        seen.append(length)
+        return 1, 2 * 40
+
+    monkeypatch.setattr(S, "requests_ahead", one_ahead)
+    got = [
+        _run(trace, dynamics=Dynamics(), **kw),
+        _run(trace, dynamics=Dynamics(kv_capacity=700), **kw),
+    ]
+    assert seen == [128, 128]
+    for a, b in zip(want, got, strict=True):
+        np.testing.assert_array_equal(a.mean_tau, b.mean_tau)
+        np.testing.assert_array_equal(a.empty_slot_fraction, b.empty_slot_fraction)
+    np.testing.assert_array_equal(_run(trace, kernel="trajectory", **kw).mean_tau, want[0].mean_tau)

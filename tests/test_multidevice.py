@@ -54,8 +54,8 @@ def test_four_devices_identical_to_one(one_device):
     assert four["traj1_odd"]["devices"] == 1
     assert {js["devices"] for js in one_device.values()} == {1}
     assert sorted(four) == [
-        "barrier", "dynamics", "fast", "fast1", "fast1_rerun", "fast_x64", "pool", "traj1",
-        "traj1_odd",
+        "barrier", "dynamics", "dynamics_in_place", "fast", "fast1", "fast1_rerun", "fast_x64",
+        "pool", "traj1", "traj1_odd",
     ]  # fmt: skip
     assert _strip(four) == _strip(one_device)
     # the rows of a device need nothing from the others until the segment's end: the only

@@ -237,7 +237,14 @@ def dynamics_chunk(
     the devices, once per call."""
 
     def local(keys, states, params, window, dm, hist):
-        states, info = jax.vmap(kernel.segment, in_axes=(0, 0, None))(keys, states, params)
+        def run(k):
+            return jax.vmap(k.segment, in_axes=(0, 0, None))(keys, states, params)
+
+        new, info = run(kernel)
+        if kernel.enlarge is not None:  # requests drawn ahead: if short, every step draws
+            covered = jnp.all(info.covered)
+            new, info = jax.lax.cond(covered, lambda: (new, info), lambda: run(kernel.enlarge()))
+        states = new
         n_loc, length = info.loads.shape[:2]
         rows = jax.lax.axis_index("rows") * n_loc + jnp.arange(n_loc, dtype=jnp.int32)
         valid = jax.vmap(lambda i, t_end: row_mask(window, i, length, t_end))(rows, window.t_end)
@@ -483,16 +490,33 @@ def _rows_per_call(run, cfg: Dynamics, slots: int) -> int:
     return int(run.reps_per_call or max(1, min(run.replications, run.budget // per_row)))
 
 
+def _ahead(sampler, run, cfg: Dynamics, slots: int, chunk: int, length: int):
+    """(rows per call, K): in place each slot's next K requests are drawn ahead per segment
+    (``simulate.requests_ahead``), fewer rows per call where they would pass the budget; K = 0
+    (a draw every step, the same numbers) when routed or when one row's would not fit."""
+    from afd_jax.montecarlo.simulate import requests_ahead  # simulate imports this module
+
+    if cfg.routed:
+        return chunk, 0
+    k, per_slot = requests_ahead(sampler, length)
+    per_row = slots * (64 + per_slot) + _score_bytes(cfg, run.r_max, run.batch) + 1
+    if per_row > run.budget:
+        return chunk, 0
+    return (chunk if run.reps_per_call else max(1, min(chunk, run.budget // per_row))), k
+
+
 def run_dynamics(sampler, max_load: int, lat: Latency, drun: DynRun, bar: Progress, mesh):
     """The chunk loop over replications, split over the devices of ``mesh`` (a
     :class:`RowMesh`; the rows are independent, so the numbers are one device's): (host
     accumulator, bins, slot-steps)."""
     run, opts, cfg = drun
     slots = run.r_max * run.batch * (run.r_max if cfg.routed else 1)
-    chunk = mesh.round_up(_rows_per_call(run, cfg, slots))
-    length = _segment_length(drun, chunk)
+    chunk = _rows_per_call(run, cfg, slots)
+    length = _segment_length(drun, mesh.round_up(chunk))
+    chunk, k = _ahead(sampler, run, cfg, slots, chunk, length)
+    chunk = mesh.round_up(chunk)
     total = run.warmup + run.steps
-    kernel = dynamics_kernel(run.r_max, run.batch, run.init, length, cfg)
+    kernel = dynamics_kernel(run.r_max, run.batch, run.init, length, cfg, k)
     log_lo, inv_w = _histogram(lat, drun, max_load)
     dtype = float_dtype(run.precision)
     hist = KB.TauHistogram(jnp.asarray(log_lo, dtype), jnp.asarray(inv_w, dtype))

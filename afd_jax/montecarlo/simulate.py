@@ -693,6 +693,22 @@ def _renewal_quantile(length, mean_d, sd_d, *, sigmas, extra, octave: int) -> in
     return -(-k // step) * step
 
 
+def decode_mean_sd(sampler) -> tuple[float, float]:
+    """Mean and SD of D for planning the requests drawn ahead: exact where
+    ``samplers.decode_moments`` has them, else from 65,536 draws (:func:`_pilot_decode`)."""
+    moments = decode_moments(sampler)  # exact for alias tables (trace workloads)
+    if moments is None:
+        moments = _pilot_decode(jr.key(12345), sampler, n=1 << 16)
+    return float(moments[0]), float(moments[1])
+
+
+def requests_ahead(sampler, length: int) -> tuple[int, int]:
+    """(K, bytes per slot) of a step kernel's requests drawn ahead for ``length`` steps:
+    :func:`_fast_requests`, and (K + 1) times :func:`_request_bytes` of the step kernel."""
+    k = _fast_requests(length, *decode_mean_sd(sampler))
+    return k, (k + 1) * _request_bytes(sampler, "trajectory")
+
+
 @partial(jax.jit, static_argnames=("n",))
 def _pilot_decode(key, sampler, *, n):
     _, d = KS.sample_requests(key, sampler, (n,))
@@ -726,10 +742,7 @@ def _plan(run: StepsRun, setup: StepsSetup, devices: int = 1) -> _Plan:
     spine runs a chunk's rows one after another on each of ``devices`` devices, so the kernel's
     working memory counts once per device and only the per-step statistics once per row."""
     total_blocks = -(-(run.warmup + run.steps) // KB.BLOCK)
-    moments = decode_moments(setup.sampler)  # exact for alias tables (trace workloads)
-    if moments is None:
-        moments = _pilot_decode(jr.key(12345), setup.sampler, n=1 << 16)
-    mean_d, sd_d = map(float, moments)
+    mean_d, sd_d = decode_mean_sd(setup.sampler)
     per_request = _request_bytes(setup.sampler, run.kernel)
     state = 64 if run.kernel == "trajectory" else 0  # its carry and per-step vectors
 
