@@ -46,7 +46,7 @@ import jax.random as jr
 from .contract import Kernel
 from .options import ROUTINGS
 from .sampling import sample_requests
-from .streams import fresh_requests
+from .streams import next_requests
 from .trajectory import SlotState, drawn_ahead, init_slots, take_next
 
 _NOISE_TAG, _EXPERT_TAG, _ROUTE_TAG = 1, 2, 3
@@ -298,7 +298,7 @@ def advance_routed(key, key_stream, st: DynState, sampler, cfg: Dynamics, batch:
     def one(b, bundle: DynState, done_b):
         rank = jnp.where(done_b, 0, jnp.where(bundle.occ, 2, 1)).reshape(-1)
         order = jnp.argsort(rank, stable=True)
-        prompt, decode = fresh_requests(key_stream, bundle.drawn, sampler, 1)
+        prompt, decode = next_requests(key_stream, bundle.drawn, sampler)
         p, d = prompt.reshape(-1)[order], decode.reshape(-1)[order]
         if cfg.routing == "balanced":
             n_fresh = (b + 1) * batch - bundle.occ.sum(dtype=jnp.int32)
@@ -375,8 +375,8 @@ def dynamics_segment(
         if ahead:
             nxt = next_of(carry.drawn - st.drawn)
         else:
-            nxt = (x[0] for x in fresh_requests(key_stream, carry.drawn, sampler, 1))
-        return advance_in_place(carry, tuple(nxt), cfg), info
+            nxt = next_requests(key_stream, carry.drawn, sampler)
+        return advance_in_place(carry, nxt, cfg), info
 
     end, (loads, occ, noise, ranks) = jax.lax.scan(body, st, jnp.arange(length, dtype=jnp.int32))
     covered = jnp.all(end.drawn - st.drawn <= n_requests) if ahead else jnp.asarray(True)

@@ -83,6 +83,14 @@ def fresh_requests(key_stream, drawn, sampler, n_requests: int, slot_ids=None):
     return prompt.reshape(out), decode.reshape(out)
 
 
+def next_requests(key_stream, drawn, sampler, slot_ids=None):
+    """Every slot's next request, request ``drawn`` of its stream: (prompt, decode) shaped
+    like ``drawn`` (:func:`fresh_requests` of one request, drawn where a loop needs it each
+    step)."""
+    prompt, decode = fresh_requests(key_stream, drawn, sampler, 1, slot_ids)
+    return prompt[0], decode[0]
+
+
 def slot_words(key_stream, slot_ids, cipher=threefry2x32):
     """The threefry key words of the slot keys ``fold_in(key_stream, i)`` (i >= 0): the cipher
     of the count pair (0, i) under the stream key, as ``jax.random`` computes it
@@ -111,4 +119,11 @@ def slot_layout(shape, real_batch, workers=None):
     return ids.astype(jnp.int32).reshape(-1), real.reshape(-1)
 
 
-__all__ = ["block_counters", "fresh_requests", "request_bits", "slot_layout", "slot_words"]
+__all__ = [
+    "block_counters",
+    "fresh_requests",
+    "next_requests",
+    "request_bits",
+    "slot_layout",
+    "slot_words",
+]

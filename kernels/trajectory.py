@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from .contract import Kernel, SegmentInfo
 from .sampling import sample_requests, sample_stationary, slot_load
-from .streams import fresh_requests, slot_layout
+from .streams import fresh_requests, next_requests, slot_layout
 
 INITS = ("stationary", "cold")
 
@@ -63,8 +63,7 @@ def init_slots(key, sampler, shape, init: str) -> SlotState:
 def advance(key_stream, state: SlotState, sampler, slot_ids=None) -> SlotState:
     """One decode step: age + 1; a finished slot takes its next request (request ``drawn`` of
     its stream, :func:`~.streams.fresh_requests`; ``slot_ids`` as there) and counts it."""
-    prompt, decode = fresh_requests(key_stream, state.drawn, sampler, 1, slot_ids)
-    return take_next(state, prompt[0], decode[0])
+    return take_next(state, *next_requests(key_stream, state.drawn, sampler, slot_ids))
 
 
 def take_next(state: SlotState, prompt, decode) -> SlotState:
@@ -152,7 +151,7 @@ def trajectory_segment(
 
     def body(carry, _):
         out = []
-        for _ in range(unroll):
+        for _step in range(unroll):
             out.append(carry[0].sum(axis=-1, dtype=jnp.int32))
             carry = step(carry)
             if unroll > 1:

@@ -237,14 +237,14 @@ def dynamics_chunk(
     the devices, once per call."""
 
     def local(keys, states, params, window, dm, hist):
-        def run(k):
-            return jax.vmap(k.segment, in_axes=(0, 0, None))(keys, states, params)
+        def run(k, start):
+            return jax.vmap(k.segment, in_axes=(0, 0, None))(keys, start, params)
 
-        new, info = run(kernel)
+        ran = run(kernel, states)
         if kernel.enlarge is not None:  # requests drawn ahead: if short, every step draws
-            covered = jnp.all(info.covered)
-            new, info = jax.lax.cond(covered, lambda: (new, info), lambda: run(kernel.enlarge()))
-        states = new
+            covered = jnp.all(ran[1].covered)
+            ran = jax.lax.cond(covered, lambda: ran, lambda: run(kernel.enlarge(), states))
+        states, info = ran
         n_loc, length = info.loads.shape[:2]
         rows = jax.lax.axis_index("rows") * n_loc + jnp.arange(n_loc, dtype=jnp.int32)
         valid = jax.vmap(lambda i, t_end: row_mask(window, i, length, t_end))(rows, window.t_end)

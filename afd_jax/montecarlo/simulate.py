@@ -445,9 +445,9 @@ def _mesh(run: StepsRun) -> RowMesh:
     steps of the fast kernel, or of any length of the step kernel, on CPU in a single process
     has its workers split over the devices (:func:`~afd_jax.montecarlo.spine.segment_split`,
     when they divide its worker count, padded for the fast kernel; the numbers are the same):
-    the fast kernel on 2
-    cores 1.05x faster at 2,500 steps and 1.2x from 3,000, while at 2,000 steps the exchange
-    costs what it saves (docs/cpu-speed.md); the step kernel 2.9x at 2,000 steps (round 17).
+    the fast kernel on 2 cores 1.05x faster at 2,500 steps and 1.2x from 3,000, while at 2,000
+    steps the exchange costs what it saves (docs/cpu-speed.md); the step kernel 2.9x at 2,000
+    steps (round 17).
     Otherwise one replication is one row on one device (XLA:CPU runs parts of it on several
     threads)."""
     if run.kernel == "barrier" or run.replications > 1:
@@ -666,9 +666,8 @@ def _request_bytes(sampler, kernel: str = "fast") -> int:
     a table or copula sampler, whose requests are drawn up front with their uniforms,
     latents and search indices (a ProductSampler's, drawn up front from two or three blocks
     per request, is counted the same: an upper bound, not measured apart)."""
-    cheap = isinstance(sampler, KS.AliasSampler | KS.ProductSampler)
     if kernel == "trajectory":
-        return 40 if cheap else 64
+        return 40 if isinstance(sampler, KS.AliasSampler | KS.ProductSampler) else 64
     return 64 if isinstance(sampler, KS.AliasSampler) else 128
 
 
