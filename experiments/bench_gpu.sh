@@ -1,24 +1,29 @@
 #!/usr/bin/env bash
 # The one prepared GPU benchmark: fills the GPU rows of docs/benchmarks.md in a single run of
-# under 8 minutes on one H100/H200 (224 s on an H200, 2026-12-04, before trajectory_256,
-# checks_tables and workloads were added: plan on about 5 minutes; each step has its own timeout; a failed step is
-# reported and the next one still runs). Needs a Python with jax[cuda] and this package
-# importable.
+# under 10 minutes on one H100/H200 (224 s on an H200, 2026-12-04, before trajectory_256,
+# checks_tables, workloads and levers were added: plan on about 7 minutes). Each step has its
+# own timeout; a failed step is reported and the next one still runs. Needs a Python with
+# jax[cuda] and this package importable.
 #
 #   bash experiments/bench_gpu.sh [TRACES_DIR] [OUT_DIR]
+#   ONLY="devices kernels levers" bash experiments/bench_gpu.sh ...   # just those steps
 #
 # TRACES_DIR holds azure_llm_2023_conv.csv and azure_llm_2023_code.csv (default
 # $AFD_TRACES_DIR, else ../shared/traces); OUT_DIR (default bench_gpu_out) receives
 # devices.txt, kernels.md (fast/trajectory/barrier vs NumPy at r_max = 64, B = 256,
-# 64 replications), workloads.md (the kernels on paper-v1 against the trace), fast_256.md (the fast kernel with 256 replications: the 1e12 target),
-# trajectory_256.md (the step-by-step kernel with 256 replications: each step's fixed loop
-# cost spread over 4x the slots),
-# profile.md (where each kernel's device time goes: experiments/profile_kernels.py),
-# host_*.md (the host's dispatch, fetch and add time per fast-kernel call, with the device
-# totals and without: experiments/bench_host.py),
+# 64 replications), workloads.md (the kernels on paper-v1 against the trace), fast_256.md
+# (the fast kernel with 256 replications: the 1e12 target), trajectory_256.md (the
+# step-by-step kernel with 256 replications: each step's fixed loop cost spread over 4x the
+# slots), levers.md (the step kernels' variants not yet tried on a GPU: loop unrolling,
+# segment length, the barrier's paired halves), profile.md (where each kernel's device time
+# goes: experiments/profile_kernels.py), host_*.md (the host's dispatch, fetch and add time
+# per fast-kernel call, with the device totals and without: experiments/bench_host.py),
 # gaussian.md (the Gaussian kernel alone: the 1e7 evaluations/s target), sweep.json
 # (scenario-r evaluations/s of a whole sweep) and, with SCALING=1, scaling.md (rate vs
-# replications and steps: a CPU criterion, many compilations on a GPU).
+# replications and steps: a CPU criterion, many compilations on a GPU). ONLY names steps by
+# the first word of their names (devices checks checks_tables kernels workloads fast_256
+# trajectory_256 levers profile host gaussian sweep scaling), to split the script over
+# several device calls of at most 10 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 TRACES=$(realpath "${1:-${AFD_TRACES_DIR:-../shared/traces}}")
@@ -30,9 +35,12 @@ TRACE="$TRACES/azure_llm_2023_conv.csv"
 PY=${PYTHON:-python3}
 T0=$(date +%s)
 
-step() {  # step NAME TIMEOUT_S COMMAND...
+step() {  # step NAME TIMEOUT_S COMMAND... (skipped unless ONLY is empty or names it)
     local name=$1 limit=$2
     shift 2
+    if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" ${name%% *} "* ]]; then
+        return 0
+    fi
     echo "== $name (limit ${limit}s, $(($(date +%s) - T0))s elapsed)" >&2
     timeout "$limit" "$@" || echo "== $name FAILED (exit $?)" >&2
 }
@@ -69,6 +77,19 @@ step fast_256 60 "$PY" experiments/bench_kernels.py --trace "$TRACE" --size gpu 
 step trajectory_256 60 "$PY" experiments/bench_kernels.py --trace "$TRACE" --size gpu \
     --kernels trajectory --replications 256 --memory-budget-mb 32768 --repeat 3 \
     --out "$OUT/trajectory_256.md"
+# the step kernels' levers not yet tried on a GPU (the same numbers, other programs; each row
+# against `kernels` above): since session 17 a trajectory step is light (no hash), so the loop's
+# fixed cost per iteration and per call weigh more: 16 and 32 steps per iteration (8 now),
+# segments of 2,048 and 20,000 steps (about 256 now, 2**28 slot-steps per call); the barrier
+# drawing pi since session 15 (one block per slot): both halves at once (CPU only now)
+for lever in "--step-unroll 16" "--step-unroll 32" "--segment-steps 2048" \
+    "--segment-steps 20000 --memory-budget-mb 32768"; do
+    # shellcheck disable=SC2086
+    step "levers $lever" 50 "$PY" experiments/bench_kernels.py --trace "$TRACE" --size gpu \
+        --kernels trajectory --repeat 3 $lever --out "$OUT/levers.md" --append
+done
+step "levers --barrier-halves" 50 "$PY" experiments/bench_kernels.py --trace "$TRACE" \
+    --size gpu --kernels barrier --repeat 3 --barrier-halves --out "$OUT/levers.md" --append
 step profile 70 "$PY" experiments/profile_kernels.py --trace "$TRACE" \
     --kernels fast:20000,trajectory:2000,barrier:16384 --replications 64 --out "$SCRATCH/profile"
 cp "$SCRATCH/profile/profile.md" "$OUT/profile.md" 2>/dev/null

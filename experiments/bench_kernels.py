@@ -191,6 +191,26 @@ def _parse(argv):
         "numbers, for the A/B of docs/cpu-speed.md",
     )
     ap.add_argument(
+        "--step-unroll",
+        type=int,
+        default=None,
+        help="steps per loop iteration of the trajectory kernel on an accelerator (default: "
+        "simulate's, 8; a divisor of 128; CPUs never unroll it): the same numbers, for the A/B",
+    )
+    ap.add_argument(
+        "--segment-steps",
+        type=int,
+        default=None,
+        help="steps per call of the trajectory kernel (rounded up to a multiple of 128; "
+        "default: simulate's, about 2**28 slot-steps per call): the same numbers, for the A/B",
+    )
+    ap.add_argument(
+        "--barrier-halves",
+        action="store_true",
+        help="the barrier kernel draws both halves of its snapshots together on every backend "
+        "(simulate does so on CPU only): the same numbers, for the A/B",
+    )
+    ap.add_argument(
         "--scaling",
         action="store_true",
         help="instead: the fast kernel's slot-steps/s at 1..64 replications and 2,000..200,000 "
@@ -213,11 +233,13 @@ def _numpy_row(prompt, decode, lat, cfg, repeat):
     return ("numpy step-by-step", cfg["t_numpy"], 1, slots * cfg["t_numpy"], sec, 0.0)
 
 
-def _kernel_row(k, w, lat, cfg, budget, repeat):
+def _kernel_row(k, w, lat, cfg, budget, repeat, segment_steps=None):
     steps = {"fast": cfg["t_fast"], "trajectory": cfg["t_traj"], "barrier": cfg["snaps"]}[k]
     reps = cfg["reps"]
     r_max, batch = cfg["r_max"], cfg["batch"]
     kw = dict(kernel=k, steps=steps, replications=reps, memory_budget_bytes=budget)
+    if k == "trajectory" and segment_steps:
+        kw["segment_steps"] = segment_steps
     t = time.perf_counter()
     simulate(w, lat, batch, r_max, seed=1, **kw)
     first = time.perf_counter() - t
@@ -443,11 +465,28 @@ def _use_jax_bits() -> None:
     sampling.random_bits = lambda key, shape: jax.random.bits(key, tuple(shape), jnp.uint32)
 
 
+def _use_variants(args) -> None:
+    """The A/B options (before anything is traced): the same numbers, another program."""
+    from afd_jax.montecarlo import simulate as sim
+
+    if args.step_unroll:
+        if args.step_unroll < 1 or 128 % args.step_unroll:
+            print(f"error: --step-unroll must divide 128, got {args.step_unroll}", file=sys.stderr)
+            sys.exit(2)
+        sim._ACCELERATOR_STEP_UNROLL = args.step_unroll
+    if args.segment_steps is not None and args.segment_steps < 1:
+        print(f"error: --segment-steps must be positive, got {args.segment_steps}", file=sys.stderr)
+        sys.exit(2)
+    if args.barrier_halves:
+        sim._BARRIER_HALVES_BACKENDS = ("cpu", "gpu", "tpu")
+
+
 def main(argv=None) -> int:
     args = _parse(argv)
     jax.config.update("jax_enable_x64", True)
     if args.jax_bits:
         _use_jax_bits()
+    _use_variants(args)
     cfg = dict(SIZES[args.size])
     if args.replications:
         cfg["reps"] = args.replications
@@ -469,7 +508,7 @@ def main(argv=None) -> int:
     rows = [_numpy_row(prompt, decode, lat, cfg, args.repeat)] if "numpy" in kernels else []
     for k in ("fast", "trajectory", "barrier"):
         if k in kernels:
-            rows.append(_kernel_row(k, w, lat, cfg, budget, args.repeat))
+            rows.append(_kernel_row(k, w, lat, cfg, budget, args.repeat, args.segment_steps))
     text = _markdown(rows, args, argv, prompt.size, theta, cfg)
     print(text)
     if args.out:

@@ -98,6 +98,11 @@ _ACCELERATOR_STEP_UNROLL = 8
 step's state materialised (docs/benchmarks.md, run 6: faster than 1, 2 or 4 on an H200;
 plain scan unrolling, which fused the steps, was slower). A divisor of every segment length
 (a multiple of BLOCK)."""
+_BARRIER_HALVES_BACKENDS = ("cpu",)
+"""Backends on which the barrier kernel draws both halves of its snapshots together
+(``kernels.barrier.barrier_loads``' ``halves``: faster on CPU, slower on an H200 in round 13;
+the same numbers either way). ``experiments/bench_kernels.py --barrier-halves`` turns it on
+everywhere, for the A/B on a GPU."""
 _FAST_MAX_SEGMENT = 1 << 14  # longer: the summaries leave the cache (docs/cpu-speed.md)
 _SPLIT_MIN_STEPS = 2500  # one replication from here on: workers split over CPU devices
 
@@ -515,8 +520,8 @@ def _run_barrier(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh)
     chunk = mesh.round_up(_barrier_chunk(run, n_blocks_rep, mesh.n))
     work_rep = np.repeat(np.arange(run.replications), n_blocks_rep)
     work_blk = np.tile(np.arange(n_blocks_rep), run.replications)
-    # the halves drawn together on CPU only (faster there, slower on an H200: kernels.barrier)
-    kernel = barrier_kernel(run.r_max, run.batch, halves=jax.default_backend() == "cpu")
+    halves = jax.default_backend() in _BARRIER_HALVES_BACKENDS
+    kernel = barrier_kernel(run.r_max, run.batch, halves=halves)
     params = SegmentParams(setup.sampler, jnp.int32(0))
 
     def chunks():
