@@ -9,8 +9,8 @@ r = 1..r_max is the cumulative max over workers (common random numbers across r)
 Every kernel summarises its steps with :func:`summarise_steps` into :class:`StepSums`: sums over
 fixed blocks of :data:`BLOCK` steps (never a running sum in a scan carry) in the float dtype of
 the driver's :class:`~.step.StepModel` (float32 by default, float64 when asked); the driver adds
-the blocks in float64 on the host. Kernels are pure and un-jitted; shapes and switches are
-static, coefficients and samplers are traced. No imports from afd_jax.
+the blocks in float64 (on the device or on the host). Kernels are pure and un-jitted; shapes
+and switches are static, coefficients and samplers are traced. No imports from afd_jax.
 """
 
 from __future__ import annotations

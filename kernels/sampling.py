@@ -245,9 +245,9 @@ def product_from_words(s: ProductSampler, words, length_biased: bool = False):
 class WordDraw(NamedTuple):
     """A sampler kind that draws each request from a fixed number of Threefry blocks:
     ``blocks(s)`` (static) and ``from_words(s, pairs, length_biased)`` -> (prompt, decode)
-    from ``pairs[j] = (w0, w1)``. The step kernels take the blocks from
-    :func:`~.threefry.block_words`, the fast kernel from its slot counters
-    (``kernels.streams.fresh_requests``)."""
+    from ``pairs[j] = (w0, w1)``. Fresh requests of the fast, step and dynamics kernels take
+    the blocks of their slots' counters (``kernels.streams.fresh_requests``); starts and the
+    barrier's request draw take them from :func:`~.threefry.block_words`."""
 
     blocks: Callable
     from_words: Callable

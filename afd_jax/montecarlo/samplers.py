@@ -1,4 +1,5 @@
-"""Host workload -> JAX sampler pytree: the one sampler factory of every Monte Carlo driver.
+"""Host workload -> JAX sampler pytree: the one sampler factory of every Monte Carlo driver
+(and ``load_alias_for``: pi as an alias table of loads, the barrier kernel's draw).
 
 ``make_sampler(w, load_offset=0, draw="table")`` returns a pytree accepted by
 ``afd_jax.kernels.sample_requests`` / ``sample_stationary`` / ``sample_slot_load``:
@@ -6,7 +7,7 @@
 * :class:`~afd_jax.workload.containers.TraceWorkload` -> ``TableSampler`` over the rows
   (``prompt + load_offset``, ``decode``); rows with D = 0 get zero weight. ``draw="alias"``:
   the same law as an ``AliasSampler`` (O(1) draws, table padded to a power of two >= 1024: few
-  shapes, few compiles), the one the steps-window kernels use.
+  shapes, few compiles), the one the trajectory and fast kernels use.
 * :class:`~afd_jax.workload.containers.ParametricWorkload` with P and D independent in every
   component (rank correlation 0) -> :class:`~afd_jax.kernels.sampling.ProductSampler`: alias
   tables of each component's marginals (O(1) draws), mixture weights w_k and length-biased

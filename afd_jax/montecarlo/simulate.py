@@ -20,10 +20,11 @@ for every r = 1..r_max (the bundle of workers 1..r, common random numbers), the 
 
 Keys: ``key_rep = fold_in(key(seed), replication)``; barrier snapshots come in blocks of
 ``BLOCK`` keyed ``fold_in(key_rep, block)``; trajectories use ``fold_in(key_rep, 0)`` for the
-initial state and ``fold_in(key_rep, 1)`` as the stream (per-step or per-request counters).
-Chunk sizes (snapshot blocks, replications per call, steps per call) come from
-``memory_budget_bytes`` and never change the numbers. Float32 block sums over BLOCK steps are
-added in float64 on the host.
+initial state and ``fold_in(key_rep, 1)`` as the stream key of the slots' request streams
+(request n of each slot, ``afd_jax.kernels.streams``). Chunk sizes (snapshot blocks,
+replications per call, steps per call) come from ``memory_budget_bytes`` and never change the
+numbers. Float32 block sums over BLOCK steps are added in float64: on the device for
+trajectory and fast runs of several replications (``spine.block_totals``), else on the host.
 """
 
 from __future__ import annotations
@@ -235,9 +236,10 @@ _ALIGNED: dict = {}  # samplers with 8-word alias rows, per sampler
 
 def _wide_rows(run: StepsRun) -> bool:
     """Whether the run draws from 8-word alias rows (``kernels.sampling.aligned_rows``; the
-    same draws): the fast kernel everywhere, the barrier kernel on accelerators (its
-    word-by-word draw; on CPU its paired draw was slower with them), never the step-by-step
-    kernel (slower with them on both). Measured: docs/benchmarks.md, run 8."""
+    same draws): the fast kernel everywhere, the barrier kernel's request draw (where pi is
+    not drawn from its own table) on accelerators (its word-by-word draw; on CPU its paired
+    draw was slower with them), never the step-by-step kernel (slower with them on both).
+    Measured: docs/benchmarks.md, run 8."""
     return run.kernel == "fast" or (run.kernel == "barrier" and jax.default_backend() != "cpu")
 
 
@@ -820,12 +822,12 @@ class _Segment:
 
 
 def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh):
-    """Replications in chunks, each stepped segment by segment; the fast kernel's segment is
-    redone with a larger K (``kernel.enlarge()``) when its requests fall short."""
+    """Replications in chunks, each stepped segment by segment; a segment (of either kernel)
+    is redone with a larger K (``kernel.enlarge()``) when its requests fall short."""
     plan = _plan(run, setup, 1 if mesh.split else mesh.n)
     total = run.warmup + run.steps
     kernel, init_kernel, real, batch = _shapes(run, plan, mesh)
-    current = [kernel]  # the fast kernel's K only grows
+    current = [kernel]  # K only grows
     acc = StepAccumulator(run.replications, run.r_max, keep_blocks=run.replications == 1)
     chunk = mesh.round_up(plan.reps_per_call)
     sampler, model, hist, base = setup.sampler, setup.model, setup.hist, setup.base  # _placed
