@@ -20,10 +20,11 @@
 # per fast-kernel call, with the device totals and without: experiments/bench_host.py),
 # gaussian.md (the Gaussian kernel alone: the 1e7 evaluations/s target), sweep.json
 # (scenario-r evaluations/s of a whole sweep) and, with SCALING=1, scaling.md (rate vs
-# replications and steps: a CPU criterion, many compilations on a GPU). ONLY names steps by
-# the first word of their names (devices checks checks_tables kernels workloads fast_256
-# trajectory_256 levers profile host gaussian sweep scaling), to split the script over
-# several device calls of at most 10 minutes.
+# replications and steps: a CPU criterion, many compilations on a GPU); summary.md, printed
+# last (experiments/bench_gpu_summary.py: every kernel row, the fastest per kernel against
+# its target). ONLY names steps by the first word of their names (devices checks
+# checks_tables kernels workloads fast_256 trajectory_256 levers profile host gaussian sweep
+# scaling), to split the script over several device calls of at most 10 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 TRACES=$(realpath "${1:-${AFD_TRACES_DIR:-../shared/traces}}")
@@ -112,3 +113,5 @@ if [ "${SCALING:-0}" = 1 ]; then
 fi
 echo "== done in $(($(date +%s) - T0))s; results in $OUT" >&2
 cat "$OUT"/*.md "$OUT/sweep.json" 2>/dev/null
+# last, the targets read off the tables above (fast >= 1e12, the step kernels >= 1e11)
+"$PY" experiments/bench_gpu_summary.py "$OUT" --out "$OUT/summary.md"
