@@ -80,10 +80,11 @@ step trajectory_256 60 "$PY" experiments/bench_kernels.py --trace "$TRACE" --siz
     --out "$OUT/trajectory_256.md"
 # the step kernels' levers not yet tried on a GPU (the same numbers, other programs; each row
 # against `kernels` above): since session 17 a trajectory step is light (no hash), so the loop's
-# fixed cost per iteration and per call weigh more: 16 and 32 steps per iteration (8 now),
-# segments of 2,048 and 20,000 steps (about 256 now, 2**28 slot-steps per call); the barrier
+# fixed cost per iteration and per call weigh more: the plain carry (three int32 arrays, the
+# code before session 18's packed word), 16 and 32 steps per iteration (8 now), segments of
+# 2,048 and 20,000 steps (about 256 now, 2**28 slot-steps per call); the barrier
 # drawing pi since session 15 (one block per slot): both halves at once (CPU only now)
-for lever in "--step-unroll 16" "--step-unroll 32" "--segment-steps 2048" \
+for lever in "--plain-carry" "--step-unroll 16" "--step-unroll 32" "--segment-steps 2048" \
     "--segment-steps 20000 --memory-budget-mb 32768"; do
     # shellcheck disable=SC2086
     step "levers $lever" 50 "$PY" experiments/bench_kernels.py --trace "$TRACE" --size gpu \

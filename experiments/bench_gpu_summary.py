@@ -24,7 +24,9 @@ VARIANT_OPTIONS = (
     "--step-unroll",
     "--segment-steps",
     "--barrier-halves",
+    "--plain-carry",
 )
+_FLAGS = ("--barrier-halves", "--plain-carry")  # options without a value
 _ROW = re.compile(r"^\| (fast|trajectory|barrier) kernel \|")
 _COMMAND = re.compile(r"^Command: `(.*)`")
 
@@ -34,7 +36,7 @@ def _variant(command: str) -> str:
     words, out = command.split(), []
     for i, w in enumerate(words):
         if w in VARIANT_OPTIONS:
-            takes_value = w != "--barrier-halves" and i + 1 < len(words)
+            takes_value = w not in _FLAGS and i + 1 < len(words)
             out.append(f"{w} {words[i + 1]}" if takes_value else w)
     return " ".join(out) or "default"
 

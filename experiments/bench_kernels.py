@@ -205,6 +205,12 @@ def _parse(argv):
         "default: simulate's, about 2**28 slot-steps per call): the same numbers, for the A/B",
     )
     ap.add_argument(
+        "--plain-carry",
+        action="store_true",
+        help="the trajectory kernel's loop carries steps left and requests taken as two int32 "
+        "arrays (simulate packs them into one uint32 word): the same numbers, for the A/B",
+    )
+    ap.add_argument(
         "--barrier-halves",
         action="store_true",
         help="the barrier kernel draws both halves of its snapshots together on every backend "
@@ -479,6 +485,8 @@ def _use_variants(args) -> None:
         sys.exit(2)
     if args.barrier_halves:
         sim._BARRIER_HALVES_BACKENDS = ("cpu", "gpu", "tpu")
+    if args.plain_carry:
+        sim._PACK_STEP_CARRY = False
 
 
 def main(argv=None) -> int:

@@ -85,8 +85,15 @@ def drawn_ahead(key_stream, drawn, sampler, n_requests: int, slot_ids=None):
     (``taken``: the requests it took since; clipped to the K drawn, so a loop whose slots
     take more than K must report itself uncovered: ``taken > K`` at its end)."""
     ahead = fresh_requests(key_stream, drawn, sampler, n_requests, slot_ids)
+    return gather_next(ahead)
+
+
+def gather_next(ahead):
+    """``next_of`` of :func:`drawn_ahead` over requests already drawn: ``ahead`` = (prompt,
+    decode) [K, *slots]."""
+    n_requests, shape = ahead[0].shape[0], ahead[0].shape[1:]
     flat = [x.reshape(n_requests, -1) for x in ahead]
-    pos = jnp.arange(drawn.size, dtype=jnp.int32).reshape(drawn.shape)
+    pos = jnp.arange(flat[0].shape[1], dtype=jnp.int32).reshape(shape)
 
     def next_of(taken):
         k = jnp.minimum(taken, n_requests - 1)
@@ -110,9 +117,15 @@ def load_state(state: SlotState) -> LoadState:
     return LoadState(slot_load(state), state.decode - state.age, state.drawn)
 
 
+PACKED_LEFT_LIMIT = 1 << 24
+"""Steps left below which a slot's steps left and requests taken share one uint32 word in the
+loop (``packed``): 24 bits of steps left, 8 of requests taken."""
+_MAX_PACKED_REQUESTS = 254  # taken saturates at 255, so `covered` (taken <= K) stays exact
+
+
 def trajectory_segment(
     key_stream, st: LoadState, sampler, *, length: int, n_requests: int, unroll: int = 1,
-    workers=None,
+    workers=None, packed: bool = False,
 ):  # fmt: skip
     """Run the next ``length`` steps (static) with each slot's next ``n_requests`` requests
     (K, static) drawn before the loop.
@@ -128,7 +141,12 @@ def trajectory_segment(
     each iteration has a fixed cost (docs/benchmarks.md, run 6). ``workers``: None, or
     (first, total) traced int32 when the state holds workers ``first ..`` of a bundle of
     ``total`` (:func:`~.streams.slot_layout`): the slots take the requests they take in the
-    whole bundle. The numbers do not depend on ``unroll``, K or the segment length.
+    whole bundle. ``packed`` (static) with K <= 254: the loop carries each slot's steps left
+    and requests taken in one uint32 word (two arrays instead of three: 1.2x on CPU,
+    docs/cpu-speed.md, round 18); a D or steps left of :data:`PACKED_LEFT_LIMIT` or more
+    then makes the segment uncovered (the rerun doubles K, up to the plain carry beyond 254),
+    so drivers pass it where no D can reach the limit. The numbers do not depend on
+    ``unroll``, K, ``packed`` or the segment length.
     """
     if unroll < 1 or length % unroll:
         raise ValueError(f"unroll must divide the segment length {length}, got {unroll}")
@@ -136,9 +154,38 @@ def trajectory_segment(
         raise ValueError(f"n_requests must be at least 1, got {n_requests}")
     shape = st.load.shape
     slot_ids, _ = slot_layout(shape, None, workers)
-    next_of = drawn_ahead(key_stream, st.drawn, sampler, n_requests, slot_ids)
+    ahead = fresh_requests(key_stream, st.drawn, sampler, n_requests, slot_ids)
+    next_of = gather_next(ahead)
+    carry = _Plain if not packed or n_requests > _MAX_PACKED_REQUESTS else _Packed
 
-    def step(c):
+    def body(c, _):
+        out = []
+        for _step in range(unroll):
+            out.append(c[0].sum(axis=-1, dtype=jnp.int32))
+            c = carry.step(c, next_of)
+            if unroll > 1:
+                c = jax.lax.optimization_barrier(c)
+        return c, jnp.stack(out)
+
+    end, loads = jax.lax.scan(body, carry.start(st), None, length // unroll)
+    load, left, taken = carry.end(end)
+    covered = jnp.all(taken <= n_requests)
+    if carry is _Packed:  # a D or steps left too long for 24 bits: rerun (plain from K > 254)
+        fits = (ahead[1] < PACKED_LEFT_LIMIT).all() & (st.left < PACKED_LEFT_LIMIT).all()
+        covered = covered & fits
+    state = LoadState(load, left, st.drawn + taken)
+    return state, loads.reshape((length,) + loads.shape[2:]), covered
+
+
+class _Plain:
+    """The loop's carry as (load, steps left, requests taken), int32 each."""
+
+    @staticmethod
+    def start(st: LoadState):
+        return st.load, st.left, jnp.zeros_like(st.drawn)
+
+    @staticmethod
+    def step(c, next_of):
         load, left, taken = c
         left = left - 1
         done = left <= 0
@@ -149,36 +196,53 @@ def trajectory_segment(
             taken + done.astype(jnp.int32),
         )
 
-    def body(carry, _):
-        out = []
-        for _step in range(unroll):
-            out.append(carry[0].sum(axis=-1, dtype=jnp.int32))
-            carry = step(carry)
-            if unroll > 1:
-                carry = jax.lax.optimization_barrier(carry)
-        return carry, jnp.stack(out)
+    @staticmethod
+    def end(c):
+        return c
 
-    carry = (st.load, st.left, jnp.zeros(shape, jnp.int32))
-    (load, left, taken), loads = jax.lax.scan(body, carry, None, length // unroll)
-    covered = jnp.all(taken <= n_requests)
-    state = LoadState(load, left, st.drawn + taken)
-    return state, loads.reshape((length,) + loads.shape[2:]), covered
+
+class _Packed:
+    """The loop's carry as (load int32, word uint32): steps left in the low 24 bits, requests
+    taken in the high 8 (saturating at 255). A step is :meth:`_Plain.step` bit for bit: done
+    when the steps left were at most 1, else the word minus 1 (steps left >= 2: no borrow)."""
+
+    _LEFT = 0xFFFFFF
+    _SHIFT = 24
+
+    @staticmethod
+    def start(st: LoadState):
+        return st.load, st.left.astype(jnp.uint32)
+
+    @staticmethod
+    def step(c, next_of):
+        load, word = c
+        done = (word & jnp.uint32(_Packed._LEFT)) <= 1
+        taken = word >> _Packed._SHIFT
+        prompt, decode = next_of(taken.astype(jnp.int32))
+        fresh = decode.astype(jnp.uint32) | (jnp.minimum(taken + 1, 255) << _Packed._SHIFT)
+        return jnp.where(done, prompt, load + 1), jnp.where(done, fresh, word - 1)
+
+    @staticmethod
+    def end(c):
+        load, word = c
+        left = (word & jnp.uint32(_Packed._LEFT)).astype(jnp.int32)
+        return load, left, (word >> _Packed._SHIFT).astype(jnp.int32)
 
 
 def trajectory_kernel(
-    shape: tuple, init: str, length: int, n_requests: int, unroll: int = 1
+    shape: tuple, init: str, length: int, n_requests: int, unroll: int = 1, packed: bool = False
 ) -> Kernel:
     """The step-by-step kernel under the contract of :mod:`kernels.contract`: ``init(key,
     params)`` = :func:`init_slots` of ``shape`` (r_max, B) as a :class:`LoadState`;
     ``segment(key_stream, state, params)`` = :func:`trajectory_segment` of ``length`` steps
     with K = ``n_requests`` requests drawn ahead per slot, ``unroll`` steps per loop iteration
-    (a divisor of ``length``); ``enlarge()`` doubles K. The same configuration gives the same
-    :class:`Kernel`."""
-    return _trajectory_kernel(tuple(shape), init, length, n_requests, unroll)
+    (a divisor of ``length``) and ``packed`` as there; ``enlarge()`` doubles K. The same
+    configuration gives the same :class:`Kernel`."""
+    return _trajectory_kernel(tuple(shape), init, length, n_requests, unroll, bool(packed))
 
 
 @cache
-def _trajectory_kernel(shape, init, length, n_requests, unroll) -> Kernel:
+def _trajectory_kernel(shape, init, length, n_requests, unroll, packed) -> Kernel:
     """:func:`trajectory_kernel`, cached on its positional arguments."""
 
     def init_fn(key, params):
@@ -186,21 +250,24 @@ def _trajectory_kernel(shape, init, length, n_requests, unroll) -> Kernel:
 
     def segment(key_stream, state, params):
         kw = dict(length=length, n_requests=n_requests, unroll=unroll, workers=params.workers)
+        kw["packed"] = packed
         state, loads, covered = trajectory_segment(key_stream, state, params.sampler, **kw)
         return state, SegmentInfo(loads, covered)
 
     def enlarge():
-        return trajectory_kernel(shape, init, length, 2 * n_requests, unroll)
+        return trajectory_kernel(shape, init, length, 2 * n_requests, unroll, packed)
 
     return Kernel("trajectory", init_fn, segment, enlarge)
 
 
 __all__ = [
     "INITS",
+    "PACKED_LEFT_LIMIT",
     "SlotState",
     "LoadState",
     "advance",
     "drawn_ahead",
+    "gather_next",
     "init_slots",
     "load_state",
     "take_next",

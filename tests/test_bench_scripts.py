@@ -34,9 +34,11 @@ def _rates(path: Path) -> dict:
 
 def test_gpu_summary_reads_the_kernel_tables_and_their_variants(tmp_path):
     _bench(tmp_path / "kernels.md", "--kernels", "trajectory,barrier")
-    _bench(tmp_path / "levers.md", "--kernels", "trajectory", "--segment-steps", "256")
+    _bench(
+        tmp_path / "levers.md", "--kernels", "trajectory", "--segment-steps", "256", "--plain-carry"
+    )
     _bench(tmp_path / "levers.md", "--kernels", "barrier", "--barrier-halves")
-    rates = {**_rates(tmp_path / "kernels.md")}
+    rates = _rates(tmp_path / "kernels.md")
     levers = _rates(tmp_path / "levers.md")
     assert set(rates) == {("trajectory", 0), ("barrier", 0)}
     assert set(levers) == {("trajectory", 0), ("barrier", 1)}
@@ -54,7 +56,7 @@ def test_gpu_summary_reads_the_kernel_tables_and_their_variants(tmp_path):
     want = [
         ("trajectory", "kernels.md", "default", rates[("trajectory", 0)]),
         ("barrier", "kernels.md", "default", rates[("barrier", 0)]),
-        ("trajectory", "levers.md", "--segment-steps 256", levers[("trajectory", 0)]),
+        ("trajectory", "levers.md", "--segment-steps 256 --plain-carry", levers[("trajectory", 0)]),
         ("barrier", "levers.md", "--barrier-halves", levers[("barrier", 1)]),
     ]
     for row, (kernel, name, variant, rate) in zip(rows, want, strict=True):

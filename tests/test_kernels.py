@@ -401,7 +401,8 @@ def test_trajectory_segment_is_advance_step_by_step(init):
     """The trajectory kernel's carry (load, steps left, requests taken), its requests drawn
     ahead and its unrolled loop reproduce :func:`advance` on (P, D, age) step by step: the
     same worker loads and end state (request counters included), for 1, 2, 8, 16 and 32 steps
-    per loop iteration (bench_kernels.py --step-unroll) and K from just enough to 4x more,
+    per loop iteration (bench_kernels.py --step-unroll), the packed carry (and K = 300, past
+    which it is the plain one) and K from just enough to 4x more,
     under jit and vmap over key streams, on short requests (D in 1..5: hundreds of renewals,
     some at every step) and long ones; one request fewer than a slot needs is reported as
     uncovered."""
@@ -428,11 +429,14 @@ def test_trajectory_segment_is_advance_step_by_step(init):
             need = int((np.asarray(st.drawn) - np.asarray(state.drawn)).max())
             assert need >= (8 if sampler is short else 1)
             cases = ((1, need), (2, 4 * need), (8, need + 1), (16, need), (32, need), (1, need - 1))
-            for unroll, k in (c for c in cases if c[1] >= 1):
+            cases += ((1, need, True), (8, need + 1, True), (1, need - 1, True), (1, 300, True))
+            for unroll, k, *packed in (c for c in cases if c[1] >= 1):
                 run = jax.jit(
                     jax.vmap(
-                        lambda s_, st_, u=unroll, sm=sampler, k=k: trajectory_segment(
-                            s_, st_, sm, length=length, n_requests=k, unroll=u
+                        lambda s_, st_, u=unroll, sm=sampler, k=k, p=bool(packed): (
+                            trajectory_segment(
+                                s_, st_, sm, length=length, n_requests=k, unroll=u, packed=p
+                            )
                         )
                     )
                 )
@@ -446,6 +450,43 @@ def test_trajectory_segment_is_advance_step_by_step(init):
                     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(ValueError, match="unroll must divide"):
         trajectory_segment(streams[0], load_state(st), short, length=length, n_requests=4, unroll=3)
+
+
+def test_packed_trajectory_carry_reports_a_decode_too_long_for_it():
+    """The packed carry keeps a slot's steps left in 24 bits: a segment that draws a D of
+    2**24 or more is uncovered (never a wrong load), while the plain carry (and the packed one
+    past K = 254, where it is plain) runs it; the driver then packs only below the limit."""
+    import jax
+    import jax.numpy as jnp
+    import jax.random as jr
+
+    from afd_jax.kernels.trajectory import (
+        PACKED_LEFT_LIMIT,
+        LoadState,
+        trajectory_segment,
+    )
+    from afd_jax.montecarlo import simulate as S
+
+    long = KS.alias_sampler([3, 5], [PACKED_LEFT_LIMIT + 2, 2], size=64)
+    st = LoadState(*(jnp.ones((2, 4), jnp.int32) for _ in range(3)))  # every slot done at once
+    key = jr.key(1)
+    covered = {}
+    for packed, k in ((True, 64), (False, 64), (True, 300)):  # K > 32 steps: always enough
+        seg = jax.jit(
+            lambda s_, p=packed, k=k: trajectory_segment(
+                key, s_, long, length=32, n_requests=k, packed=p
+            )
+        )
+        end, loads, covered[packed, k] = seg(st)
+    assert not bool(covered[True, 64])
+    assert bool(covered[False, 64]) and bool(covered[True, 300])
+    run = S.StepsRun(
+        kernel="trajectory", batch=4, r_max=2, steps=256, warmup=0, replications=1,
+        init="stationary", seed=0, level=0.95, serial=False, budget=1 << 30,
+        segment_steps=None, reps_per_call=None,
+    )  # fmt: skip
+    plans = {m: S._plan(run, S.StepsSetup(long, None, None, None, None, m)) for m in (9, 1 << 24)}
+    assert plans[9].packed and not plans[1 << 24].packed
 
 
 def test_fast_kernel_z_scores_are_standard():

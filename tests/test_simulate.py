@@ -158,7 +158,7 @@ def test_chunks_keep_the_histogram_within_int32():
     fits = small._replace(steps=16 * BLOCK, replications=1, budget=10 * BLOCK * 64 * 256 * per_slot)
     assert S._barrier_chunk(fits, 16) == 8 and S._barrier_chunk(fits, 16, devices=2) == 8
     traj = run._replace(kernel="trajectory", steps=1 << 22, segment_steps=1 << 21)
-    setup = types.SimpleNamespace(sampler=KS.alias_sampler([1], [4]))  # K: 2**19 + 8
+    setup = types.SimpleNamespace(sampler=KS.alias_sampler([1], [4]), max_load=4)  # K: 2**19 + 8
     for rows in (None, 1 << 11):
         plan = S._plan(traj._replace(reps_per_call=rows), setup)
         assert plan.length == 1 << 21 and 0 < plan.reps_per_call * plan.length * 2 <= 2**31

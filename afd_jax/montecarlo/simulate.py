@@ -47,7 +47,7 @@ from afd_jax.kernels.barrier import barrier_kernel
 from afd_jax.kernels.contract import SegmentParams
 from afd_jax.kernels.fast import fast_kernel, padded_init
 from afd_jax.kernels.step import StepModel
-from afd_jax.kernels.trajectory import INITS, trajectory_kernel
+from afd_jax.kernels.trajectory import INITS, PACKED_LEFT_LIMIT, trajectory_kernel
 from afd_jax.memory import available_cores, require
 from afd_jax.model import latency as L
 from afd_jax.model.latency import Latency, ModelOptions
@@ -99,6 +99,11 @@ _ACCELERATOR_STEP_UNROLL = 8
 step's state materialised (docs/benchmarks.md, run 6: faster than 1, 2 or 4 on an H200;
 plain scan unrolling, which fused the steps, was slower). A divisor of every segment length
 (a multiple of BLOCK)."""
+_PACK_STEP_CARRY = True
+"""The step kernel's loop carries each slot's steps left and requests taken in one uint32 word
+where they fit (``kernels.trajectory.trajectory_segment``'s ``packed``: 1.2x to 1.35x on CPU,
+docs/cpu-speed.md, round 18; the same numbers). ``experiments/bench_kernels.py
+--plain-carry`` turns it off, for the A/B on a GPU."""
 _BARRIER_HALVES_BACKENDS = ("cpu",)
 """Backends on which the barrier kernel draws both halves of its snapshots together
 (``kernels.barrier.barrier_loads``' ``halves``: faster on CPU, slower on an H200 in round 13;
@@ -610,7 +615,9 @@ def _shapes(run: StepsRun, plan, mesh: RowMesh) -> _Shapes:
     on_cpu = jax.default_backend() == "cpu"
     if run.kernel == "trajectory":
         unroll = 1 if on_cpu else _ACCELERATOR_STEP_UNROLL
-        kernel = trajectory_kernel(exact, run.init, plan.length, plan.n_requests, unroll)
+        kernel = trajectory_kernel(
+            exact, run.init, plan.length, plan.n_requests, unroll, plan.packed
+        )
         return _Shapes(kernel, kernel, None, run.batch)
     sizes = (run.init, plan.length, plan.n_requests, plan.n_bulk)
     carry = dict(paired=_paired(mesh), unroll=1 if on_cpu else _ACCELERATOR_UNROLL)
@@ -723,12 +730,14 @@ def _pilot_decode(key, sampler, *, n):
 
 
 class _Plan(NamedTuple):
-    """Chunk sizes of a trajectory run: steps per segment, replications per call, K."""
+    """Chunk sizes of a trajectory run: steps per segment, replications per call, K; the fast
+    kernel's bulk K; whether the step kernel packs its carry (``trajectory_segment``)."""
 
     length: int
     reps_per_call: int
     n_requests: int
     n_bulk: int | None = None
+    packed: bool = False
 
 
 def _segment_length(run: StepsRun) -> int:
@@ -786,7 +795,10 @@ def _plan(run: StepsRun, setup: StepsSetup, devices: int = 1) -> _Plan:
     chunk = _histogram_cap(chunk, length)
     n_req = _fast_requests(length, mean_d, sd_d)
     if run.kernel != "fast":
-        return _Plan(length, chunk, n_req)
+        # D <= max slot load + 1 (P + D - 1 with P >= 0, load offsets 0 or 1 from the CLI; a
+        # longer D than that makes the segment uncovered and rerun, never wrong)
+        packed = _PACK_STEP_CARRY and setup.max_load + 1 < PACKED_LEFT_LIMIT
+        return _Plan(length, chunk, n_req, packed=packed)
     return _Plan(length, chunk, n_req, _bulk_requests(length, mean_d, sd_d))
 
 
