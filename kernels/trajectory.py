@@ -171,10 +171,16 @@ def trajectory_segment(
     load, left, taken = carry.end(end)
     covered = jnp.all(taken <= n_requests)
     if carry is _Packed:  # a D or steps left too long for 24 bits: rerun (plain from K > 254)
-        fits = (ahead[1] < PACKED_LEFT_LIMIT).all() & (st.left < PACKED_LEFT_LIMIT).all()
+        fits = _below_limit(ahead[1]) & _below_limit(st.left)
         covered = covered & fits
     state = LoadState(load, left, st.drawn + taken)
     return state, loads.reshape((length,) + loads.shape[2:]), covered
+
+
+def _below_limit(x):
+    """Whether every value of int32 ``x`` is in 0 .. PACKED_LEFT_LIMIT - 1 (compared as
+    uint32, so a negative one does not fit either)."""
+    return (x.astype(jnp.uint32) < jnp.uint32(PACKED_LEFT_LIMIT)).all()
 
 
 class _Plain:

@@ -454,8 +454,9 @@ def test_trajectory_segment_is_advance_step_by_step(init):
 
 def test_packed_trajectory_carry_reports_a_decode_too_long_for_it():
     """The packed carry keeps a slot's steps left in 24 bits: a segment that draws a D of
-    2**24 or more is uncovered (never a wrong load), while the plain carry (and the packed one
-    past K = 254, where it is plain) runs it; the driver then packs only below the limit."""
+    2**24 or more (or starts with steps left outside 0 .. 2**24 - 1) is uncovered (never a
+    wrong load), while the plain carry (and the packed one past K = 254, where it is plain)
+    runs it; the driver then packs only below the limit."""
     import jax
     import jax.numpy as jnp
     import jax.random as jr
@@ -480,6 +481,11 @@ def test_packed_trajectory_carry_reports_a_decode_too_long_for_it():
         end, loads, covered[packed, k] = seg(st)
     assert not bool(covered[True, 64])
     assert bool(covered[False, 64]) and bool(covered[True, 300])
+    short = KS.alias_sampler([3, 5], [2, 1], size=64)  # fits, but a negative steps left does not
+    seg = jax.jit(lambda s_: trajectory_segment(key, s_, short, length=32, n_requests=254,
+                                                packed=True))  # fmt: skip
+    for left, want in ((1, True), (-1, False), (2 - 2**31, False)):  # the last: taken bits 128
+        assert bool(seg(st._replace(left=st.left.at[0, 0].set(left)))[2]) == want
     run = S.StepsRun(
         kernel="trajectory", batch=4, r_max=2, steps=256, warmup=0, replications=1,
         init="stationary", seed=0, level=0.95, serial=False, budget=1 << 30,
