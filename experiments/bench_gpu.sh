@@ -8,6 +8,11 @@
 #   bash experiments/bench_gpu.sh [TRACES_DIR] [OUT_DIR]
 #   ONLY="devices kernels levers" bash experiments/bench_gpu.sh ...   # just those steps
 #
+# The measurements that close issue 14 run first (devices kernels fast_256 trajectory_256
+# levers, an estimated 4 to 5 minutes, then a summary), the checks and the other benchmarks after them, so
+# that a device call cut at its limit keeps the targets. With 15 minutes of device time, two
+# calls fit: ONLY="devices kernels fast_256 trajectory_256 levers", then the rest.
+#
 # TRACES_DIR holds azure_llm_2023_conv.csv and azure_llm_2023_code.csv (default
 # $AFD_TRACES_DIR, else ../shared/traces); OUT_DIR (default bench_gpu_out) receives
 # devices.txt, kernels.md (fast/trajectory/barrier vs NumPy at r_max = 64, B = 256,
@@ -48,30 +53,9 @@ step() {  # step NAME TIMEOUT_S COMMAND... (skipped unless ONLY is empty or name
 
 step devices 30 "$PY" -c "import jax; print(jax.__version__, jax.devices())" |
     tee "$OUT/devices.txt"
-# the fast kernel's two-phase scan on the GPU backend (wide vmap) equals the one-phase scan, and
-# the random words carried as one complex64 pair keep every bit there too; the pipelined chunk
-# loop and the driver's reruns (tests/test_spine.py, the rerun tests)
-# (one pytest process: xdist workers would each take most of the GPU's memory)
-# and the device totals (float64 sums of the blocks on the GPU) equal to the host's sums
-AFD_TRACES_DIR=$TRACES step checks 150 "$PY" -m pytest -q -n 0 -p no:cacheprovider \
-    tests/test_fast_tail.py tests/test_spine.py tests/test_kernels.py::test_threefry_pair_keeps_every_bit \
-    tests/test_simulate.py -k "not lockstep"
-# the barrier's draw of pi (one block per slot, an alias table of loads), the alias tables of
-# independent parametric marginals and the copula's guided search of P on the GPU backend:
-# laws and bits (sessions 15 and 16, not yet run on a GPU); the step kernel's requests drawn
-# ahead against advance() step by step (session 17; tests/test_simulate.py in `checks` runs
-# it against the fast kernel, bit for bit)
-AFD_TRACES_DIR=$TRACES step checks_tables 120 "$PY" -m pytest -q -n 0 -p no:cacheprovider \
-    tests/test_samplers.py tests/test_kernels.py tests/test_families.py \
-    -k "block_words or halves or workload or load_alias or product or guided or joint_law or copula or advance_step"
+# the measurements that close issue 14 first (a device call cut at its limit keeps what it wrote)
 step kernels 110 "$PY" experiments/bench_kernels.py --trace "$TRACE" --size gpu --repeat 3 \
     --out "$OUT/kernels.md"
-# the three kernels on parametric workloads against the trace (the barrier draws pi for the
-# trace and paper-v1; paper-v1's requests come from its marginals' alias tables, azure-conv-fit's
-# from the copula sampler)
-AFD_TRACES_DIR=$TRACES step workloads 120 "$PY" experiments/bench_workloads.py \
-    --workloads paper-v1,azure-conv-fit,azure_llm_2023_conv.csv --replications 64 \
-    --out "$OUT/workloads.md"
 step fast_256 60 "$PY" experiments/bench_kernels.py --trace "$TRACE" --size gpu \
     --kernels fast --replications 256 --memory-budget-mb 32768 --repeat 3 \
     --out "$OUT/fast_256.md"
@@ -92,6 +76,30 @@ for lever in "--plain-carry" "--step-unroll 16" "--step-unroll 32" "--segment-st
 done
 step "levers --barrier-halves" 50 "$PY" experiments/bench_kernels.py --trace "$TRACE" \
     --size gpu --kernels barrier --repeat 3 --barrier-halves --out "$OUT/levers.md" --append
+"$PY" experiments/bench_gpu_summary.py "$OUT" --out "$OUT/summary.md" || true
+# then the checks: the same numbers on the GPU backend
+# the fast kernel's two-phase scan on the GPU backend (wide vmap) equals the one-phase scan, and
+# the random words carried as one complex64 pair keep every bit there too; the pipelined chunk
+# loop and the driver's reruns (tests/test_spine.py, the rerun tests)
+# (one pytest process: xdist workers would each take most of the GPU's memory)
+# and the device totals (float64 sums of the blocks on the GPU) equal to the host's sums
+AFD_TRACES_DIR=$TRACES step checks 150 "$PY" -m pytest -q -n 0 -p no:cacheprovider \
+    tests/test_fast_tail.py tests/test_spine.py tests/test_kernels.py::test_threefry_pair_keeps_every_bit \
+    tests/test_simulate.py -k "not lockstep"
+# the barrier's draw of pi (one block per slot, an alias table of loads), the alias tables of
+# independent parametric marginals and the copula's guided search of P on the GPU backend:
+# laws and bits (sessions 15 and 16, not yet run on a GPU); the step kernel's requests drawn
+# ahead against advance() step by step (session 17; tests/test_simulate.py in `checks` runs
+# it against the fast kernel, bit for bit), with the packed carry (session 18)
+AFD_TRACES_DIR=$TRACES step checks_tables 120 "$PY" -m pytest -q -n 0 -p no:cacheprovider \
+    tests/test_samplers.py tests/test_kernels.py tests/test_families.py \
+    -k "block_words or halves or workload or load_alias or product or guided or joint_law or copula or advance_step or packed"
+# the three kernels on parametric workloads against the trace (the barrier draws pi for the
+# trace and paper-v1; paper-v1's requests come from its marginals' alias tables, azure-conv-fit's
+# from the copula sampler)
+AFD_TRACES_DIR=$TRACES step workloads 120 "$PY" experiments/bench_workloads.py \
+    --workloads paper-v1,azure-conv-fit,azure_llm_2023_conv.csv --replications 64 \
+    --out "$OUT/workloads.md"
 step profile 70 "$PY" experiments/profile_kernels.py --trace "$TRACE" \
     --kernels fast:20000,trajectory:2000,barrier:16384 --replications 64 --out "$SCRATCH/profile"
 cp "$SCRATCH/profile/profile.md" "$OUT/profile.md" 2>/dev/null
