@@ -10,8 +10,9 @@
 #
 # The measurements that close issue 14 run first (devices kernels fast_256 trajectory_256
 # levers, an estimated 4 to 5 minutes, then a summary), the checks and the other benchmarks
-# after them, so that a device call cut at its limit keeps the targets. With 15 minutes of device time, two
-# calls fit: ONLY="devices kernels fast_256 trajectory_256 levers", then the rest.
+# after them, so that a device call cut at its limit keeps the targets. With 15 minutes of
+# device time, two calls fit: ONLY="devices kernels fast_256 trajectory_256 levers", then the
+# rest.
 #
 # TRACES_DIR holds azure_llm_2023_conv.csv and azure_llm_2023_code.csv (default
 # $AFD_TRACES_DIR, else ../shared/traces); OUT_DIR (default bench_gpu_out) receives
