@@ -68,15 +68,19 @@ step trajectory_256 60 "$PY" experiments/bench_kernels.py --trace "$TRACE" --siz
 # fixed cost per iteration and per call weigh more: the plain carry (three int32 arrays, the
 # code before session 18's packed word), 16 and 32 steps per iteration (8 now), segments of
 # 2,048 and 20,000 steps (about 256 now, 2**28 slot-steps per call); the barrier
-# drawing pi since session 15 (one block per slot): both halves at once (CPU only now)
+# drawing pi since session 15 (one block per slot): both halves at once (CPU only now), and
+# chunks 4x larger (a 32 GiB budget; 8 GiB by default on an accelerator)
 for lever in "--plain-carry" "--step-unroll 16" "--step-unroll 32" "--segment-steps 2048" \
     "--segment-steps 20000 --memory-budget-mb 32768"; do
     # shellcheck disable=SC2086
     step "levers $lever" 50 "$PY" experiments/bench_kernels.py --trace "$TRACE" --size gpu \
         --kernels trajectory --repeat 3 $lever --out "$OUT/levers.md" --append
 done
-step "levers --barrier-halves" 50 "$PY" experiments/bench_kernels.py --trace "$TRACE" \
-    --size gpu --kernels barrier --repeat 3 --barrier-halves --out "$OUT/levers.md" --append
+for lever in "--barrier-halves" "--memory-budget-mb 32768"; do
+    # shellcheck disable=SC2086
+    step "levers barrier $lever" 50 "$PY" experiments/bench_kernels.py --trace "$TRACE" \
+        --size gpu --kernels barrier --repeat 3 $lever --out "$OUT/levers.md" --append
+done
 "$PY" experiments/bench_gpu_summary.py "$OUT" --out "$OUT/summary.md" || true
 # then the checks: the same numbers on the GPU backend
 # the fast kernel's two-phase scan on the GPU backend (wide vmap) equals the one-phase scan, and
