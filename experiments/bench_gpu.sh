@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared GPU benchmark: fills the GPU rows of docs/benchmarks.md in a single run of
 # under 10 minutes on one H100/H200 (224 s on an H200, 2026-12-04, before trajectory_256,
-# checks_tables, workloads and levers were added: plan on about 7 minutes). Each step has its
+# checks_tables, workloads and levers were added: plan on about 8 minutes). Each step has its
 # own timeout; a failed step is reported and the next one still runs. Needs a Python with
 # jax[cuda] and this package importable.
 #
@@ -20,8 +20,8 @@
 # 64 replications), workloads.md (the kernels on paper-v1 against the trace), fast_256.md
 # (the fast kernel with 256 replications: the 1e12 target), trajectory_256.md (the
 # step-by-step kernel with 256 replications: each step's fixed loop cost spread over 4x the
-# slots), levers.md (the step kernels' variants not yet tried on a GPU: loop unrolling,
-# segment length, the barrier's paired halves), profile.md (where each kernel's device time
+# slots), levers.md (the step kernels' variants not yet tried on a GPU: the plain carry,
+# loop unrolling, segment length, the barrier's paired halves and chunks), profile.md (where each kernel's device time
 # goes: experiments/profile_kernels.py), host_*.md (the host's dispatch, fetch and add time
 # per fast-kernel call, with the device totals and without: experiments/bench_host.py),
 # gaussian.md (the Gaussian kernel alone: the 1e7 evaluations/s target), sweep.json
