@@ -28,7 +28,8 @@ Per step :class:`DynamicsInfo` gives, per bundle and worker, the loads of the ``
 micro-batches (slots ``b`` with ``b % m == i``), the occupied slots, the stage-time noise
 (lognormal with mean one and CV ``jitter_cv``, times ``straggler_s`` with probability
 ``straggler_p``) and the tokens per expert-parallel rank (each of the B tokens picks top-k of E
-experts by Gumbel top-k over Zipf weights ``(e + 1)^-skew``; rank = expert // (E / G)). The
+experts by Gumbel top-k over Zipf weights ``(e + 1)^-skew``, uniform routing rank by rank;
+rank = expert // (E / G)). The
 step time is computed from these by the driver (``afd_jax.montecarlo.dynamics``, through
 ``afd_jax.model.latency``). Pure and un-jitted; the configuration is static. No imports from
 afd_jax.
@@ -131,10 +132,19 @@ def attention_noise(key, cfg: Dynamics, shape):
     return eps * jnp.where(slow, jnp.float32(cfg.straggler_s), jnp.float32(1.0))
 
 
+def uniform_ranks(cfg: Dynamics) -> bool:
+    """Whether :func:`expert_rank_loads` draws each token's rank counts directly (uniform
+    routing, skew 0, and k G <= E: k draws over G ranks cost less than E scores)."""
+    return cfg.expert_skew == 0 and cfg.expert_k * cfg.expert_ranks <= cfg.experts
+
+
 def expert_rank_loads(key, cfg: Dynamics, shape):
     """Tokens per expert-parallel rank: each of the ``shape[-1]`` tokens of ``shape`` picks
     top-k distinct experts of E (Gumbel top-k over weights (e + 1)^-skew), summed per rank
-    ``expert // (E / G)``: int32[*shape[:-1], G] (sums to k * shape[-1])."""
+    ``expert // (E / G)``: int32[*shape[:-1], G] (sums to k * shape[-1]). Where
+    :func:`uniform_ranks`, the same law from k words per token (:func:`_uniform_rank_loads`)."""
+    if uniform_ranks(cfg):
+        return _uniform_rank_loads(key, cfg, shape)
     e, g = cfg.experts, cfg.expert_ranks
     logw = -jnp.float32(cfg.expert_skew) * jnp.log(jnp.arange(1, e + 1, dtype=jnp.float32))
     gumbel = jr.gumbel(key, tuple(shape) + (e,), jnp.float32) + logw.reshape(
@@ -144,6 +154,26 @@ def expert_rank_loads(key, cfg: Dynamics, shape):
     rank = top // (e // g)
     hits = rank[..., None] == jnp.arange(g, dtype=jnp.int32).reshape((1,) * rank.ndim + (g,))
     return hits.sum(axis=(-3, -2), dtype=jnp.int32)
+
+
+def _uniform_rank_loads(key, cfg: Dynamics, shape):
+    """:func:`expert_rank_loads` of uniform routing at the rank level: a uniform k-subset of
+    the E experts puts its j-th pick (j = 0..k-1) on rank g with probability (experts of g
+    not yet picked) / (E - j), so each token keeps G counts and draws one word per pick
+    (word ``mod (E - j)``: bias <= E / 2**32, as the alias draws), never E scores."""
+    e, k, g = cfg.experts, cfg.expert_k, cfg.expert_ranks
+    left0 = jnp.full(tuple(shape) + (g,), e // g, jnp.int32)  # experts of each rank not picked
+    ranks = jnp.arange(g, dtype=jnp.int32).reshape((1,) * len(shape) + (g,))
+
+    def pick(j, left):
+        word = jr.bits(jr.fold_in(key, j), tuple(shape), jnp.uint32)
+        t = (word % (jnp.uint32(e) - j.astype(jnp.uint32))).astype(jnp.int32)
+        upto = jax.lax.associative_scan(jnp.add, left, axis=-1)  # unpicked in ranks 0..g
+        rank = jnp.sum(upto <= t[..., None], axis=-1, dtype=jnp.int32)
+        return left - (ranks == rank[..., None]).astype(jnp.int32)
+
+    left = jax.lax.fori_loop(0, k, pick, left0, unroll=min(k, 8))
+    return (e // g - left).sum(axis=-2, dtype=jnp.int32)
 
 
 def microbatch_loads(load, occ, m: int):
@@ -415,5 +445,6 @@ __all__ = [
     "attention_noise",
     "dynamics_kernel",
     "expert_rank_loads",
+    "uniform_ranks",
     "microbatch_loads",
 ]

@@ -208,7 +208,10 @@ THETA = ["theta", "examples/sample_trace.csv"]
         (THETA + ["--level", 0.9999999999999999], ["field --level", "1 - 1e-9"]),  # traceback
         (SIM + ["--level", 0.9999999999999999], ["field level"]),  # ran with a wrong warning
         (SIM + ["--experts", "100000000,1,1"], ["field experts", "65536"]),  # out of memory
-        (SIM + ["--experts", "65536,1,1", "--memory-budget", "16M"], ["field experts", "MiB"]),
+        (SIM + ["--experts", "65536,1,1", "--expert-skew", 1, "--memory-budget", "16M"],
+         ["field experts", "MiB"]),
+        (SIM + ["--experts", "65536,1,65536", "--memory-budget", "16M"],
+         ["field experts", "MiB"]),  # uniform routing rank by rank: 2 G words per token
         (SIM + ["--straggler", "0,1e12"], ["field straggler", "1000"]),  # wrong percentiles
         (SIM + ["--jitter-cv", "1e10"], ["field jitter-cv", "10"]),  # NaN throughput
         (SIM + ["--experts", "8,2,4", "--expert-skew", "1e300"], ["field expert-skew"]),
@@ -223,7 +226,8 @@ THETA = ["theta", "examples/sample_trace.csv"]
                                                                 f"--beta-{s}", 1e-50)],
          ["field beta_attn", "picosecond"]),  # infinite throughput, NaN shares
     ],
-    ids=["theta-level", "simulate-level", "experts", "experts-budget", "straggler", "jitter",
+    ids=["theta-level", "simulate-level", "experts", "experts-budget", "experts-budget-ranks",
+         "straggler", "jitter",
          "skew", "coordinator-host", "coordinator-port", "coordinator-unknown", "geometric-0",
          "underflow"],
 )  # fmt: skip
@@ -313,6 +317,7 @@ def test_sweep_experts_checked_before_any_part(tmp_path, capsys):
         steps = 256
         replications = 2
         experts = [4096, 1, 1]
+        expert_skew = 1.0
         """,
     )
     out = tmp_path / "t.csv"

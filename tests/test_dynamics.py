@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -16,7 +17,12 @@ import scipy.stats
 
 from afd_jax.errors import InputError
 from afd_jax.kernels import sampling as KS
-from afd_jax.kernels.dynamics import Dynamics, attention_noise, expert_rank_loads
+from afd_jax.kernels.dynamics import (
+    Dynamics,
+    attention_noise,
+    expert_rank_loads,
+    uniform_ranks,
+)
 from afd_jax.model.exact import exact_step_times
 from afd_jax.model.latency import Latency, ModelOptions
 from afd_jax.montecarlo.dynamics import flow_shop
@@ -147,6 +153,7 @@ def test_in_place_agrees_with_the_exact_steady_state(trace):
 
 NOISE = dict(jitter_cv=0.3, straggler_p=0.1, straggler_s=3.0)
 EXPERTS = dict(experts=8, expert_k=2, expert_ranks=4, expert_skew=1.0)
+EXPERTS_UNIFORM = dict(experts=8, expert_k=2, expert_ranks=4)
 OPTIONS = [
     Dynamics(kv_capacity=650, microbatches=2, **NOISE, **EXPERTS),
     pytest.param(  # the routed path (balanced, power-of-d and lookahead share it), all options
@@ -157,6 +164,7 @@ OPTIONS = [
             kv_capacity=600,
             microbatches=2,
             **NOISE,
+            **EXPERTS_UNIFORM,  # drawn rank by rank (the in-place case: the Gumbel top-k)
         ),
         marks=pytest.mark.slow,
     ),
@@ -260,15 +268,38 @@ def _exact_max_rank_load(tokens: int, e: int, k: int, g: int, skew: float) -> fl
     return total
 
 
-@pytest.mark.parametrize("skew", [0.0, 1.0])
-def test_expert_rank_maximum_matches_enumeration(skew):
-    tokens, e, k, g = 3, 4, 2, 2
+@pytest.mark.parametrize(
+    ("tokens", "e", "k", "g", "skew", "by_rank"),
+    [(3, 4, 2, 2, 0.0, True), (3, 4, 2, 2, 1.0, False), (2, 4, 3, 2, 0.0, False),
+     (2, 8, 3, 2, 0.0, True)],
+)  # fmt: skip
+def test_expert_rank_maximum_matches_enumeration(tokens, e, k, g, skew, by_rank):
     cfg = Dynamics(experts=e, expert_k=k, expert_ranks=g, expert_skew=skew)
-    n = np.asarray(expert_rank_loads(jr.key(2), cfg, (20_000, tokens)))
+    assert uniform_ranks(cfg) == by_rank  # both ways of drawing, uniform routing in both
+    n = np.asarray(
+        jax.jit(expert_rank_loads, static_argnums=(1, 2))(jr.key(2), cfg, (20_000, tokens))
+    )
     assert np.all(n.sum(axis=-1) == k * tokens)
     mx = n.max(axis=-1).astype(np.float64)
     want = _exact_max_rank_load(tokens, e, k, g, skew)
     assert abs(mx.mean() - want) < 4 * mx.std() / math.sqrt(mx.size), (mx.mean(), want)
+
+
+def test_uniform_rank_counts_are_multivariate_hypergeometric():
+    """One token's counts per rank when drawn rank by rank: the law of a uniform k-subset of
+    E experts, prod C(E / G, c_g) / C(E, k), cell by cell within 5 standard errors."""
+    e, k, g, n = 12, 4, 3, 200_000
+    cfg = Dynamics(experts=e, expert_k=k, expert_ranks=g)
+    assert uniform_ranks(cfg)
+    c = np.asarray(expert_rank_loads(jr.key(7), cfg, (n, 1)))
+    rows, counts = np.unique(c, axis=0, return_counts=True)
+    cells = dict(zip(map(tuple, rows.tolist()), counts.tolist(), strict=True))
+    support = [x for x in itertools.product(range(k + 1), repeat=g) if sum(x) == k]
+    assert set(cells) <= set(support)
+    for x in support:
+        p = math.prod(math.comb(e // g, ci) for ci in x) / math.comb(e, k)
+        got = cells.get(x, 0) / n
+        assert abs(got - p) < 5 * math.sqrt(p * (1 - p) / n), (x, got, p)
 
 
 def test_expert_imbalance_only_slows_the_ffn(trace):

@@ -39,7 +39,7 @@ from afd_jax.choices import DYNAMICS_KEYS
 from afd_jax.errors import InputError
 from afd_jax.kernels import barrier as KB
 from afd_jax.kernels.contract import SegmentParams
-from afd_jax.kernels.dynamics import ROUTINGS, Dynamics, dynamics_kernel
+from afd_jax.kernels.dynamics import ROUTINGS, Dynamics, dynamics_kernel, uniform_ranks
 from afd_jax.kernels.step import AttnGrid, grid_times
 from afd_jax.memory import current_budget
 from afd_jax.model import latency as L
@@ -463,9 +463,14 @@ def _tables(lat: Latency, drun: DynRun, max_load: int, dtype) -> DynTables | Non
 
 
 def _score_bytes(cfg: Dynamics, r_max: int, batch: int) -> int:
-    """Bytes of the experts' routing scores of one replication's step: float32 Gumbel scores
-    with top_k's copies, 12 B per token and expert, r_max B tokens (0 without experts)."""
-    return r_max * batch * cfg.experts * 12
+    """Bytes of the experts' routing scores of one replication's step, r_max B tokens: float32
+    Gumbel scores with top_k's copies, 12 B per token and expert; uniform routing rank by rank
+    (``uniform_ranks``), the G counts and their prefix sums and a word, 8 G + 4 B per token
+    (0 without experts)."""
+    if not cfg.experts:
+        return 0
+    per_token = 8 * cfg.expert_ranks + 4 if uniform_ranks(cfg) else 12 * cfg.experts
+    return r_max * batch * per_token
 
 
 def check_experts_memory(cfg: Dynamics, r_max: int, batch: int) -> None:
