@@ -32,6 +32,7 @@ CONFIGS = {
     "jitter 0.2 + straggler 0.05,2": Dynamics(jitter_cv=0.2, straggler_p=0.05, straggler_s=2.0),
     "micro-batches m=2": Dynamics(microbatches=2),
     "experts 64,6,8": Dynamics(experts=64, expert_k=6, expert_ranks=8),
+    "experts 64,6,8 skew 1": Dynamics(experts=64, expert_k=6, expert_ranks=8, expert_skew=1.0),
     "balanced": Dynamics(routing="balanced"),
     "power-of-2": Dynamics(routing="power-of-d"),
     "lookahead 8": Dynamics(routing="lookahead", lookahead=8),

@@ -312,34 +312,71 @@ def route_bundle(key, st: DynState, fresh, n_active, cfg: Dynamics, batch: int):
     return DynState(rt.prompt, rt.decode, rt.age, rt.occ, rt.queue, drawn)
 
 
-def advance_routed(key, key_stream, st: DynState, sampler, cfg: Dynamics, batch: int):
+def fresh_order(done, occ):
+    """The slots of a bundle in routing order (flat int32 indices): the freed slots (``done``)
+    first, then the other empty ones, then the occupied, each in slot order; the stable
+    argsort of those three ranks, computed as a counting sort (prefix counts, no sort: 10x
+    faster on XLA:CPU)."""
+    free, empty = done.reshape(-1), ~(occ | done).reshape(-1)
+    groups = (free, empty, ~(free | empty))
+    before = jnp.int32(0)
+    pos = jnp.zeros(free.shape, jnp.int32)
+    for g in groups:
+        upto = jax.lax.associative_scan(jnp.add, g.astype(jnp.int32))  # inclusive count
+        pos = jnp.where(g, before + upto - 1, pos)
+        before = before + upto[-1]
+    return jnp.zeros_like(pos).at[pos].set(jnp.arange(pos.size, dtype=jnp.int32))
+
+
+def longest_first(p, n_fresh, prefix: int):
+    """Order of the first ``n_fresh`` entries of ``p`` by decreasing prompt (ties in their
+    order), the rest after them unchanged: the stable argsort of ``where(live, -p, 1)``,
+    sorting only the first ``prefix`` (static) entries, which is the same order when
+    ``n_fresh <= prefix``."""
+    live = jnp.arange(prefix, dtype=jnp.int32) < n_fresh
+    head = jnp.argsort(jnp.where(live, -p[:prefix], 1), stable=True).astype(jnp.int32)
+    return jnp.concatenate([head, jnp.arange(prefix, p.size, dtype=jnp.int32)])
+
+
+def advance_routed(
+    key, key_stream, st: DynState, sampler, cfg: Dynamics, batch: int, sort_prefix=None
+):  # fmt: skip
     """One routed step of every bundle: finished requests leave; the fresh requests (each
     slot's next request from its stream, :mod:`.streams`, the slots of every bundle sharing
     the streams of their positions; the freed slots' first, then the other empty slots', in
-    slot order; sorted longest prompt first for ``balanced``) are routed by
-    :func:`route_bundle`, which counts the requests it took. ``key``: the step's key (the
-    routers' own draws), ``key_stream``: the run's stream key."""
+    slot order, :func:`fresh_order`; sorted longest prompt first for ``balanced``,
+    :func:`longest_first` over the first ``sort_prefix`` (static; None: all) slots) are
+    routed by :func:`route_bundle`, which counts the requests it took. ``key``: the step's
+    key (the routers' own draws), ``key_stream``: the run's stream key. Returns (state,
+    ``fits``): False when some bundle had more fresh requests than ``sort_prefix`` (its order
+    was then not longest first: the caller reruns with every slot sorted)."""
     age = jnp.where(st.occ, st.age + 1, 0)
     done = st.occ & (age >= st.decode)
     occ = st.occ & ~done
     left = DynState(st.prompt, st.decode, jnp.where(occ, age, 0), occ, st.queue, st.drawn)
     k_route = jr.fold_in(key, _ROUTE_TAG)
-
-    def one(b, bundle: DynState, done_b):
-        rank = jnp.where(done_b, 0, jnp.where(bundle.occ, 2, 1)).reshape(-1)
-        order = jnp.argsort(rank, stable=True)
-        prompt, decode = next_requests(key_stream, bundle.drawn, sampler)
-        p, d = prompt.reshape(-1)[order], decode.reshape(-1)[order]
-        if cfg.routing == "balanced":
-            n_fresh = (b + 1) * batch - bundle.occ.sum(dtype=jnp.int32)
-            live = jnp.arange(p.size, dtype=jnp.int32) < n_fresh
-            by_len = jnp.argsort(jnp.where(live, -p, 1), stable=True)
-            p, d, order = p[by_len], d[by_len], order[by_len]
-        fresh = (p, d, order.astype(jnp.int32))
-        return route_bundle(jr.fold_in(k_route, b), bundle, fresh, b + 1, cfg, batch)
-
     nb = st.occ.shape[0]
-    return jax.vmap(one)(jnp.arange(nb, dtype=jnp.int32), left, done)
+    bundles = jnp.arange(nb, dtype=jnp.int32)
+
+    def fresh(bundle: DynState, done_b):
+        order = fresh_order(done_b, bundle.occ)
+        prompt, decode = next_requests(key_stream, bundle.drawn, sampler)
+        return prompt.reshape(-1)[order], decode.reshape(-1)[order], order
+
+    p, d, order = jax.vmap(fresh)(left, done)
+    fits = jnp.asarray(True)
+    if cfg.routing == "balanced":
+        n_fresh = (bundles + 1) * batch - left.occ.sum(axis=(1, 2), dtype=jnp.int32)
+        prefix = p.shape[1] if sort_prefix is None else min(sort_prefix, p.shape[1])
+        by_len = jax.vmap(lambda x, f: longest_first(x, f, prefix))(p, n_fresh)
+        p, d, order = (jnp.take_along_axis(x, by_len, axis=1) for x in (p, d, order))
+        fits = n_fresh.max() <= prefix
+
+    def route(b, bundle: DynState, p_b, d_b, order_b):
+        fresh_b = (p_b, d_b, order_b)
+        return route_bundle(jr.fold_in(k_route, b), bundle, fresh_b, b + 1, cfg, batch)
+
+    return jax.vmap(route)(bundles, left, p, d, order), fits
 
 
 # ---------------------------------------------------------------- kernel
@@ -386,13 +423,15 @@ def step_info(key, st: DynState, cfg: Dynamics, batch: int):
 
 
 def dynamics_segment(
-    key_stream, st: DynState, t0, sampler, cfg: Dynamics, *, batch, length, n_requests=0
+    key_stream, st: DynState, t0, sampler, cfg: Dynamics, *, batch, length, n_requests=0,
+    sort_prefix=None,
 ):  # fmt: skip
     """Absolute steps t0 .. t0 + length - 1: (state, DynamicsInfo with a leading [length]).
     In place with ``n_requests`` K > 0 (static) each slot's next K requests are drawn before
     the loop (:func:`.trajectory.drawn_ahead`) and gathered in it, as the trajectory kernel
     does; else each step draws every slot's next request. The same numbers either way, as
-    long as no slot takes more than K (``covered``)."""
+    long as no slot takes more than K (``covered``). Routed, ``sort_prefix``: see
+    :func:`advance_routed` (``covered``: every step's fresh requests fitted in it)."""
     ahead = n_requests > 0 and not cfg.routed
     if ahead:
         next_of = drawn_ahead(key_stream, st.drawn, sampler, n_requests)
@@ -401,40 +440,58 @@ def dynamics_segment(
         key = jr.fold_in(key_stream, t0 + i)
         info = step_info(key, carry, cfg, batch)
         if cfg.routed:
-            return advance_routed(key, key_stream, carry, sampler, cfg, batch), info
+            new, fits = advance_routed(key, key_stream, carry, sampler, cfg, batch, sort_prefix)
+            return new, (info, fits)
         if ahead:
             nxt = next_of(carry.drawn - st.drawn)
         else:
             nxt = next_requests(key_stream, carry.drawn, sampler)
-        return advance_in_place(carry, nxt, cfg), info
+        return advance_in_place(carry, nxt, cfg), (info, jnp.asarray(True))
 
-    end, (loads, occ, noise, ranks) = jax.lax.scan(body, st, jnp.arange(length, dtype=jnp.int32))
-    covered = jnp.all(end.drawn - st.drawn <= n_requests) if ahead else jnp.asarray(True)
+    steps = jnp.arange(length, dtype=jnp.int32)
+    end, ((loads, occ, noise, ranks), fits) = jax.lax.scan(body, st, steps)
+    covered = jnp.all(end.drawn - st.drawn <= n_requests) if ahead else jnp.all(fits)
     return end, DynamicsInfo(loads, occ, noise, ranks, covered)
+
+
+def sort_prefix(r_max: int, batch: int, cfg: Dynamics):
+    """How many slots of a bundle ``balanced`` routing sorts by prompt each step: r_max (B +
+    slack) / 8, at least 256 (a step frees about 1 / E[D] of the slots); None (all) when
+    that is every slot or for the other routings."""
+    n = r_max * (batch + cfg.slot_slack)
+    prefix = max(256, n // 8)
+    return prefix if cfg.routing == "balanced" and prefix < n else None
 
 
 @cache
 def dynamics_kernel(
-    r_max: int, batch: int, init: str, length: int, cfg: Dynamics, n_requests: int = 0
-) -> Kernel:
+    r_max: int, batch: int, init: str, length: int, cfg: Dynamics, n_requests: int = 0,
+    sort_all: bool = False,
+):  # fmt: skip
     """The dynamics kernel under the contract of :mod:`.contract` (``segment`` returns
     :class:`DynamicsInfo`; the driver summarises it). In place with ``n_requests`` K > 0
     each segment draws K requests per slot ahead (:func:`dynamics_segment`) and
     ``enlarge()`` is the kernel that draws at every step (no K to fall short of; the same
-    numbers); else ``enlarge`` is None."""
+    numbers). ``balanced`` routing sorts the first :func:`sort_prefix` slots of each bundle
+    (``sort_all``: every slot) and ``enlarge()`` is the kernel that sorts all of them (the
+    same numbers, when the prefix held every fresh request). Else ``enlarge`` is None."""
     ahead = n_requests > 0 and not cfg.routed
+    prefix = None if sort_all else sort_prefix(r_max, batch, cfg)
 
     def init_fn(key, params):
         return init_dynamics(key, params.sampler, r_max, batch, init, cfg)
 
     def segment(key_stream, state, params):
         kw = dict(batch=batch, length=length, n_requests=n_requests if ahead else 0)
+        kw.update(sort_prefix=prefix)
         return dynamics_segment(key_stream, state, params.t0, params.sampler, cfg, **kw)
 
     def enlarge():
-        return dynamics_kernel(r_max, batch, init, length, cfg)
+        if ahead:
+            return dynamics_kernel(r_max, batch, init, length, cfg)
+        return dynamics_kernel(r_max, batch, init, length, cfg, sort_all=True)
 
-    return Kernel("dynamics", init_fn, segment, enlarge if ahead else None)
+    return Kernel("dynamics", init_fn, segment, enlarge if ahead or prefix else None)
 
 
 __all__ = [
@@ -445,6 +502,9 @@ __all__ = [
     "attention_noise",
     "dynamics_kernel",
     "expert_rank_loads",
-    "uniform_ranks",
+    "fresh_order",
+    "longest_first",
     "microbatch_loads",
+    "sort_prefix",
+    "uniform_ranks",
 ]

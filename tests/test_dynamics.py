@@ -503,7 +503,7 @@ def test_routed_steps_take_every_live_request(trace):
             routing=routing, kv_capacity=350, lookahead=3 if routing == "lookahead" else 1
         )
         st = init_dynamics(jr.key(1), sampler, r_max, batch, "stationary", cfg)
-        step = jax.jit(lambda k, s, c=cfg: advance_routed(k, jr.key(9), s, sampler, c, batch))
+        step = jax.jit(lambda k, s, c=cfg: advance_routed(k, jr.key(9), s, sampler, c, batch)[0])
         stops = 0
         for t in range(60):
             occ, age, decode = (np.asarray(x) for x in (st.occ, st.age, st.decode))
@@ -514,6 +514,58 @@ def test_routed_steps_take_every_live_request(trace):
             stops += int((np.asarray(new.occ).sum(axis=(1, 2)) < want_active).sum())
             st = new
         assert stops > 5, routing  # the capacity did stop the routing
+
+
+def test_fresh_order_and_longest_first_are_stable_argsorts():
+    """The counting sort of the routing order and the prefix sort of ``balanced`` against
+    NumPy's stable argsort of the same keys."""
+    from afd_jax.kernels.dynamics import fresh_order, longest_first
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        occ = rng.random((5, 37)) < 0.7
+        done = occ & (rng.random(occ.shape) < 0.3)
+        rank = np.where(done, 0, np.where(occ & ~done, 2, 1)).reshape(-1)
+        got = np.asarray(jax.jit(fresh_order)(done, occ & ~done))
+        np.testing.assert_array_equal(got, np.argsort(rank, kind="stable"))
+        p = rng.integers(0, 6, 185).astype(np.int32)  # ties: their order must be kept
+        n_fresh = int(rng.integers(0, 40))
+        key = np.where(np.arange(185) < n_fresh, -p, 1)
+        for prefix in (40, 185):
+            got = np.asarray(longest_first(jnp.asarray(p), jnp.int32(n_fresh), prefix))
+            np.testing.assert_array_equal(got, np.argsort(key, kind="stable"))
+
+
+def test_balanced_routing_sorting_a_prefix_gives_the_same_numbers(trace, monkeypatch):
+    """``balanced`` sorts only the first slots of a bundle by prompt; a step whose fresh
+    requests do not fit reports it (its order is then wrong) and the chunk runs again
+    sorting every slot: a prefix of 3 of 16 slots (short at some steps) gives the numbers of
+    the whole sort, bit for bit, step by step and through the driver."""
+    from afd_jax.kernels import dynamics as KD
+
+    sampler = KS.alias_sampler(trace.prompt, trace.decode, size=512)
+    cfg = Dynamics(routing="balanced")
+    st = KD.init_dynamics(jr.key(1), sampler, 4, 4, "stationary", cfg)
+    steps = [jax.jit(lambda k, s, n=n: KD.advance_routed(k, jr.key(9), s, sampler, cfg, 4, n))
+             for n in (None, 3)]  # fmt: skip
+    fits_seen = set()
+    for t in range(60):
+        (full, _), (part, fits) = (f(jr.fold_in(jr.key(2), t), st) for f in steps)
+        fits_seen.add(bool(fits))
+        if fits:
+            for a, b in zip(full, part, strict=True):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        st = full
+    assert fits_seen == {True, False}
+    want = _run(trace, dynamics=cfg, segment_steps=64)
+    KD.dynamics_kernel.cache_clear()
+    monkeypatch.setattr(KD, "sort_prefix", lambda r_max, batch, c: 3)
+    try:
+        got = _run(trace, dynamics=cfg, segment_steps=64)
+    finally:
+        KD.dynamics_kernel.cache_clear()
+    np.testing.assert_array_equal(want.mean_tau, got.mean_tau)
+    np.testing.assert_array_equal(want.empty_slot_fraction, got.empty_slot_fraction)
 
 
 def test_in_place_requests_drawn_ahead_fall_back_when_short(trace, monkeypatch):

@@ -241,7 +241,7 @@ def dynamics_chunk(
             return jax.vmap(k.segment, in_axes=(0, 0, None))(keys, start, params)
 
         ran = run(kernel, states)
-        if kernel.enlarge is not None:  # requests drawn ahead: if short, every step draws
+        if kernel.enlarge is not None:  # drawn ahead or sorted in part: if short, rerun
             covered = jnp.all(ran[1].covered)
             ran = jax.lax.cond(covered, lambda: ran, lambda: run(kernel.enlarge(), states))
         states, info = ran
