@@ -407,19 +407,31 @@ def init_dynamics(key, sampler, r_max: int, batch: int, init: str, cfg: Dynamics
 
 
 def step_info(key, st: DynState, cfg: Dynamics, batch: int):
-    """The step's (loads [nb, r_max, m], occupied, noise, ranks) before the slots advance."""
+    """The step's (loads [nb, r_max, m], occupied, ranks) before the slots advance (the
+    noise, which does not depend on the state, is :func:`step_noise`)."""
     m = max(cfg.microbatches, 1)
     loads = microbatch_loads(st.prompt + st.age, st.occ, m)
     occupied = st.occ.sum(axis=-1, dtype=jnp.int32)
     nb, n_w = occupied.shape
-    noise = ranks = None
-    if cfg.noisy:
-        eps = attention_noise(jr.fold_in(key, _NOISE_TAG), cfg, (n_w,))
-        noise = jnp.broadcast_to(eps, (nb, n_w))
+    ranks = None
     if cfg.experts > 0:
         r = expert_rank_loads(jr.fold_in(key, _EXPERT_TAG), cfg, (n_w, batch))
         ranks = jnp.broadcast_to(r, (nb, n_w, cfg.expert_ranks))
-    return loads, occupied, noise, ranks
+    return loads, occupied, ranks
+
+
+def step_noise(key_stream, steps, cfg: Dynamics, shape):
+    """The Attention noise of absolute steps ``steps`` (int32[L]) for ``shape`` = (bundles,
+    workers): float32[L, *shape], step t's from ``fold_in(fold_in(key_stream, t), tag)``, the
+    same for every bundle; drawn for all the steps at once, before the segment's loop (a few
+    numbers per step: inside the loop their small operations cost as much as the step)."""
+    nb, n_w = shape
+
+    def one(t):
+        return attention_noise(jr.fold_in(jr.fold_in(key_stream, t), _NOISE_TAG), cfg, (n_w,))
+
+    eps = jax.vmap(one)(steps)
+    return jnp.broadcast_to(eps[:, None, :], (steps.shape[0], nb, n_w))
 
 
 def dynamics_segment(
@@ -449,8 +461,9 @@ def dynamics_segment(
         return advance_in_place(carry, nxt, cfg), (info, jnp.asarray(True))
 
     steps = jnp.arange(length, dtype=jnp.int32)
-    end, ((loads, occ, noise, ranks), fits) = jax.lax.scan(body, st, steps)
+    end, ((loads, occ, ranks), fits) = jax.lax.scan(body, st, steps)
     covered = jnp.all(end.drawn - st.drawn <= n_requests) if ahead else jnp.all(fits)
+    noise = step_noise(key_stream, t0 + steps, cfg, st.occ.shape[:2]) if cfg.noisy else None
     return end, DynamicsInfo(loads, occ, noise, ranks, covered)
 
 
