@@ -25,12 +25,13 @@
 # goes: experiments/profile_kernels.py), host_*.md (the host's dispatch, fetch and add time
 # per fast-kernel call, with the device totals and without: experiments/bench_host.py),
 # gaussian.md (the Gaussian kernel alone: the 1e7 evaluations/s target), sweep.json
-# (scenario-r evaluations/s of a whole sweep) and, with SCALING=1, scaling.md (rate vs
+# (scenario-r evaluations/s of a whole sweep), dynamics.md (the dynamics kernel at r_max =
+# 64, B = 256: experiments/bench_dynamics.py) and, with SCALING=1, scaling.md (rate vs
 # replications and steps: a CPU criterion, many compilations on a GPU); summary.md, printed
 # last (experiments/bench_gpu_summary.py: every kernel row, the fastest per kernel against
 # its target). ONLY names steps by the first word of their names (devices checks
 # checks_tables kernels workloads fast_256 trajectory_256 levers profile host gaussian sweep
-# scaling), to split the script over several device calls of at most 10 minutes.
+# dynamics scaling), to split the script over several device calls of at most 10 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 TRACES=$(realpath "${1:-${AFD_TRACES_DIR:-../shared/traces}}")
@@ -121,6 +122,10 @@ step gaussian 45 "$PY" experiments/bench_gaussian.py --chunks 1000,10000,100000 
 sed "s#\.\./shared/traces#$TRACES#g" experiments/sweeps/bench_10k.toml >"$SCRATCH/bench_10k.toml"
 step sweep 45 "$PY" experiments/bench_sweep.py --spec "$SCRATCH/bench_10k.toml" \
     --out "$OUT/sweep.json"
+# the dynamics kernel at the GPU sizes (in place, noise, micro-batches, experts, load-aware
+# routing: docs/dynamics.md; the dynamics issue's targets were 1e11 in place and 3e10 routed)
+step dynamics 150 "$PY" experiments/bench_dynamics.py --trace "$TRACE" --r-max 64 --batch 256 \
+    --steps 512 --replications 8 --out "$OUT/dynamics.md"
 if [ "${SCALING:-0}" = 1 ]; then
     step scaling 120 "$PY" experiments/bench_kernels.py --trace "$TRACE" --size gpu \
         --scaling --repeat 2 --out "$OUT/scaling.md"
