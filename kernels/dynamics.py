@@ -471,10 +471,12 @@ def dynamics_segment(
 def sort_prefix(r_max: int, batch: int, cfg: Dynamics):
     """How many slots of a bundle ``balanced`` routing sorts by prompt each step: r_max (B +
     slack) / 8, at least 256 (a step frees about 1 / E[D] of the slots); None (all) when
-    that is every slot or for the other routings."""
+    that is every slot, with a KV capacity (the empty slots whose requests wait for room
+    count as fresh: the prefix would often fall short) or for the other routings."""
     n = r_max * (batch + cfg.slot_slack)
     prefix = max(256, n // 8)
-    return prefix if cfg.routing == "balanced" and prefix < n else None
+    sorted_in_part = cfg.routing == "balanced" and cfg.kv_capacity <= 0
+    return prefix if sorted_in_part and prefix < n else None
 
 
 @cache

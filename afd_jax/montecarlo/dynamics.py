@@ -234,15 +234,17 @@ def dynamics_chunk(
     """One segment of the dynamics kernel for every row of a chunk, summarised, each device
     of ``mesh`` stepping its own rows (:func:`~afd_jax.montecarlo.spine.per_device`: the
     routing ``while_loop`` waits for no other device). Only the histogram is summed across
-    the devices, once per call."""
+    the devices, once per call. Returns (states, sums, covered): ``covered`` bool[devices],
+    whether ``kernel`` covered each device's rows (where not, ``kernel.enlarge()`` ran them
+    again)."""
 
     def local(keys, states, params, window, dm, hist):
         def run(k, start):
             return jax.vmap(k.segment, in_axes=(0, 0, None))(keys, start, params)
 
         ran = run(kernel, states)
+        covered = jnp.all(ran[1].covered)
         if kernel.enlarge is not None:  # drawn ahead or sorted in part: if short, rerun
-            covered = jnp.all(ran[1].covered)
             ran = jax.lax.cond(covered, lambda: ran, lambda: run(kernel.enlarge(), states))
         states, info = ran
         n_loc, length = info.loads.shape[:2]
@@ -250,12 +252,14 @@ def dynamics_chunk(
         valid = jax.vmap(lambda i, t_end: row_mask(window, i, length, t_end))(rows, window.t_end)
         summ = partial(summarise_dynamics, dm=dm, hist=hist, batch=batch, opts=opts, cfg=cfg)
         sums = jax.vmap(summ)(info, valid)
-        return states, sums._replace(hist=jax.lax.psum(sums.hist.sum(axis=0), "rows"))
+        hist_sum = jax.lax.psum(sums.hist.sum(axis=0), "rows")
+        return states, sums._replace(hist=hist_sum), covered[None]
 
     win = Window(SAME, SAME, ROWS, SAME)
     sums = DynSums(*([ROWS] * (len(DynSums._fields) - 1)), SAME)
     specs = (ROWS, ROWS, SAME, win, SAME, SAME)
-    return per_device(local, mesh, specs, (ROWS, sums))(keys, states, params, window, dm, hist)
+    outs = (ROWS, sums, ROWS)
+    return per_device(local, mesh, specs, outs)(keys, states, params, window, dm, hist)
 
 
 # ---------------------------------------------------------------- inputs
@@ -271,8 +275,8 @@ in the histogram's lowest bin, even with p = 0)."""
 MAX_EXPERT_SKEW = 100.0
 """The largest Zipf exponent of the expert routing (at 100 expert 0 takes all but 1e-30)."""
 MAX_EXPERTS = 1 << 16
-"""The most experts E (models route over 8 to 384); the routing's scores take 12 B per token
-and expert per step besides, checked against the memory budget
+"""The most experts E (models route over 8 to 384); the routing's scores take memory per
+token and step besides (:func:`_score_bytes`), checked against the memory budget
 (:func:`check_experts_memory`)."""
 
 
@@ -464,12 +468,13 @@ def _tables(lat: Latency, drun: DynRun, max_load: int, dtype) -> DynTables | Non
 
 def _score_bytes(cfg: Dynamics, r_max: int, batch: int) -> int:
     """Bytes of the experts' routing scores of one replication's step, r_max B tokens: float32
-    Gumbel scores with top_k's copies, 12 B per token and expert; uniform routing rank by rank
-    (``uniform_ranks``), the G counts and their prefix sums and a word, 8 G + 4 B per token
-    (0 without experts)."""
+    Gumbel scores with top_k's copies, 16 B per token and expert; uniform routing rank by rank
+    (``uniform_ranks``), the G counts, their prefix sums and the picks' masks, 16 G + 8 B per
+    token (0 without experts): at or above XLA:CPU's temporary buffers for one step, which a
+    review measured at 16 B and about 14 G + 8 B (2026-12-05; 12 B and 8 G + 4 B before)."""
     if not cfg.experts:
         return 0
-    per_token = 8 * cfg.expert_ranks + 4 if uniform_ranks(cfg) else 12 * cfg.experts
+    per_token = 16 * cfg.expert_ranks + 8 if uniform_ranks(cfg) else 16 * cfg.experts
     return r_max * batch * per_token
 
 
@@ -543,17 +548,24 @@ def run_dynamics(sampler, max_load: int, lat: Latency, drun: DynRun, bar: Progre
 
     t_end = mesh.put(np.full((chunk,), total, np.int32))  # every row runs to the end
 
+    current = [kernel]
+
     def advance(c: Chunk, t0, state):
         keys, states = state
         window = Window(np.int32(t0), np.int32(run.warmup), t_end, np.int32(c.n_real))
-        states, sums = dynamics_chunk(
+        states, sums, covered = dynamics_chunk(
             keys, states, SegmentParams(sampler, np.int32(t0)), window, dm, hist,
-            kernel=kernel, batch=run.batch, opts=opts, cfg=cfg, mesh=mesh.mesh,
+            kernel=current[0], batch=run.batch, opts=opts, cfg=cfg, mesh=mesh.mesh,
         )  # fmt: skip
-        return (keys, states), sums  # fetched by record, after the next dispatch
+        return (keys, states), (sums, covered)  # fetched by record, after the next dispatch
 
-    def record(c: Chunk, t0, sums):
+    def record(c: Chunk, t0, out):
+        sums, covered = out
         acc.add(c.rows, mesh.fetch(sums), c.n_real)
+        if cfg.routed and current[0].enlarge is not None and not mesh.fetch(covered).all():
+            # balanced routing's sorted prefix fell short (a KV capacity that binds keeps
+            # many slots empty): sort every slot from now on rather than run each call twice
+            current[0] = current[0].enlarge()
         bar.tick(c.n_real * slots * min(length, total - t0))
 
     run_chunks(replication_chunks(run.replications, chunk, total, length), start, advance, record)
