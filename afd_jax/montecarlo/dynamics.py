@@ -563,8 +563,8 @@ def run_dynamics(sampler, max_load: int, lat: Latency, drun: DynRun, bar: Progre
         sums, covered = out
         acc.add(c.rows, mesh.fetch(sums), c.n_real)
         if cfg.routed and current[0].enlarge is not None and not mesh.fetch(covered).all():
-            # balanced routing's sorted prefix fell short (a KV capacity that binds keeps
-            # many slots empty): sort every slot from now on rather than run each call twice
+            # balanced routing's sorted prefix fell short (short decodes free more slots per
+            # step than it holds): sort every slot from now on rather than run each call twice
             current[0] = current[0].enlarge()
         bar.tick(c.n_real * slots * min(length, total - t0))
 
