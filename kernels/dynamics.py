@@ -36,6 +36,7 @@ configuration is static. No imports from afd_jax.
 
 from __future__ import annotations
 
+import math
 from functools import cache
 from typing import NamedTuple
 
@@ -224,14 +225,14 @@ def advance_in_place(st: DynState, nxt, cfg: Dynamics) -> DynState:
 
 class _Route(NamedTuple):
     i: jax.Array
-    prompt: jax.Array
-    decode: jax.Array
-    age: jax.Array
     occ: jax.Array
     load: jax.Array
     count: jax.Array
     stop: jax.Array
     queue: jax.Array | None
+    dest: jax.Array  # int32[K]: the flat slot request i went to (r_max S when not routed)
+    prompt: jax.Array  # int32[K]: request i's prompt and decode (lookahead: from its window)
+    decode: jax.Array
 
 
 def _from_window(rt: _Route, new, j, active, cfg: Dynamics):
@@ -290,25 +291,34 @@ def route_bundle(key, st: DynState, fresh, n_active, cfg: Dynamics, batch: int):
         put = ok.astype(jnp.int32)
         return _Route(
             rt.i + 1,
-            rt.prompt.at[j, slot].set(jnp.where(ok, p, rt.prompt[j, slot])),
-            rt.decode.at[j, slot].set(jnp.where(ok, d, rt.decode[j, slot])),
-            rt.age.at[j, slot].set(jnp.where(ok, 0, rt.age[j, slot])),
             rt.occ.at[j, slot].set(rt.occ[j, slot] | ok),
             rt.load.at[j].add(put * p),
             rt.count.at[j].add(put),
             ~ok,
             None if queue is None else jnp.where(ok, queue, rt.queue),
+            rt.dest.at[rt.i].set(jnp.where(ok, j * n_slots + slot, st.occ.size)),
+            rt.prompt.at[rt.i].set(p),
+            rt.decode.at[rt.i].set(d),
         )
 
-    rt = _Route(jnp.int32(0), st.prompt, st.decode, st.age, st.occ, load, count, jnp.bool_(False),
-                st.queue)  # fmt: skip
+    k = fresh[0].size
+    none = jnp.full(k, st.occ.size, jnp.int32)
+    rt = _Route(jnp.int32(0), st.occ, load, count, jnp.bool_(False), st.queue, none, fresh[0],
+                fresh[1])  # fmt: skip
     rt = jax.lax.while_loop(lambda r: (r.i < n_fresh) & ~r.stop, body, rt)
+
+    # each routed request into its slot (one request per slot), after the loop: in it, four
+    # arrays of the bundle's slots updated per request cost more than its choices
+    def put(x, v):
+        return x.reshape(-1).at[rt.dest].set(v, mode="drop").reshape(x.shape)
+
+    prompt, decode, age = put(st.prompt, rt.prompt), put(st.decode, rt.decode), put(st.age, 0)
     # every live request is taken from its slot's stream, routed or not: those the routing
     # left (a KV stop) are dropped, as a fresh draw would be; kept, balanced routing (longest
     # first) would hand the next step the short ones it left, a biased draw (a review)
-    taken = (jnp.arange(fresh[2].size, dtype=jnp.int32) < n_fresh).astype(jnp.int32)
+    taken = (jnp.arange(k, dtype=jnp.int32) < n_fresh).astype(jnp.int32)
     drawn = st.drawn.reshape(-1).at[fresh[2]].add(taken).reshape(st.drawn.shape)
-    return DynState(rt.prompt, rt.decode, rt.age, rt.occ, rt.queue, drawn)
+    return DynState(prompt, decode, age, rt.occ, rt.queue, drawn)
 
 
 def fresh_order(done, occ):
@@ -328,28 +338,23 @@ def fresh_order(done, occ):
     return jnp.zeros_like(pos).at[pos].set(jnp.arange(free.size, dtype=jnp.int32))
 
 
-def longest_first(p, n_fresh, prefix: int):
+def longest_first(p, n_fresh):
     """Order of the first ``n_fresh`` entries of ``p`` by decreasing prompt (ties in their
-    order), the rest after them unchanged: the stable argsort of ``where(live, -p, 1)``,
-    sorting only the first ``prefix`` (static) entries, which is the same order when
-    ``n_fresh <= prefix``."""
-    live = jnp.arange(prefix, dtype=jnp.int32) < n_fresh
-    head = jnp.argsort(jnp.where(live, -p[:prefix], 1), stable=True).astype(jnp.int32)
-    return jnp.concatenate([head, jnp.arange(prefix, p.size, dtype=jnp.int32)])
+    order), the rest after them unchanged: the stable argsort of ``where(live, -p, 1)``."""
+    live = jnp.arange(p.size, dtype=jnp.int32) < n_fresh
+    return jnp.argsort(jnp.where(live, -p, 1), stable=True).astype(jnp.int32)
 
 
-def advance_routed(
-    key, key_stream, st: DynState, sampler, cfg: Dynamics, batch: int, sort_prefix=None
-):  # fmt: skip
+def advance_routed(key, key_stream, st: DynState, sampler, cfg: Dynamics, batch: int, prefix=None):
     """One routed step of every bundle: finished requests leave; the fresh requests (each
     slot's next request from its stream, :mod:`.streams`, the slots of every bundle sharing
     the streams of their positions; the freed slots' first, then the other empty slots', in
-    slot order, :func:`fresh_order`; sorted longest prompt first for ``balanced``,
-    :func:`longest_first` over the first ``sort_prefix`` (static; None: all) slots) are
-    routed by :func:`route_bundle`, which counts the requests it took. ``key``: the step's
-    key (the routers' own draws), ``key_stream``: the run's stream key. Returns (state,
-    ``fits``): False when some bundle had more fresh requests than ``sort_prefix`` (its order
-    was then not longest first: the caller reruns with every slot sorted)."""
+    slot order, :func:`fresh_order`; for ``balanced`` longest prompt first,
+    :func:`longest_first`) are routed by :func:`route_bundle`, which counts the requests it
+    took. Only the first ``prefix`` (static; None: all) slots of that order are drawn and
+    sorted: a step frees few slots. ``key``: the step's key (the routers' own draws),
+    ``key_stream``: the run's stream key. Returns (state, ``fits``): False when some bundle
+    had more fresh requests than ``prefix`` (the caller reruns with every slot drawn)."""
     age = jnp.where(st.occ, st.age + 1, 0)
     done = st.occ & (age >= st.decode)
     occ = st.occ & ~done
@@ -357,26 +362,25 @@ def advance_routed(
     k_route = jr.fold_in(key, _ROUTE_TAG)
     nb = st.occ.shape[0]
     bundles = jnp.arange(nb, dtype=jnp.int32)
+    n_fresh = (bundles + 1) * batch - left.occ.sum(axis=(1, 2), dtype=jnp.int32)
+    k = st.occ[0].size if prefix is None else min(prefix, st.occ[0].size)
 
-    def fresh(bundle: DynState, done_b):
-        order = fresh_order(done_b, bundle.occ)
-        prompt, decode = next_requests(key_stream, bundle.drawn, sampler)
-        return prompt.reshape(-1)[order], decode.reshape(-1)[order], order
+    def fresh(bundle: DynState, done_b, n_b):
+        order = fresh_order(done_b, bundle.occ)[:k]
+        drawn = bundle.drawn.reshape(-1)[order]
+        prompt, decode = next_requests(key_stream, drawn, sampler, slot_ids=order)
+        if cfg.routing == "balanced":
+            by_len = longest_first(prompt, n_b)
+            return prompt[by_len], decode[by_len], order[by_len]
+        return prompt, decode, order
 
-    p, d, order = jax.vmap(fresh)(left, done)
-    fits = jnp.asarray(True)
-    if cfg.routing == "balanced":
-        n_fresh = (bundles + 1) * batch - left.occ.sum(axis=(1, 2), dtype=jnp.int32)
-        prefix = p.shape[1] if sort_prefix is None else min(sort_prefix, p.shape[1])
-        by_len = jax.vmap(lambda x, f: longest_first(x, f, prefix))(p, n_fresh)
-        p, d, order = (jnp.take_along_axis(x, by_len, axis=1) for x in (p, d, order))
-        fits = n_fresh.max() <= prefix
+    p, d, order = jax.vmap(fresh)(left, done, n_fresh)
 
     def route(b, bundle: DynState, p_b, d_b, order_b):
         fresh_b = (p_b, d_b, order_b)
         return route_bundle(jr.fold_in(k_route, b), bundle, fresh_b, b + 1, cfg, batch)
 
-    return jax.vmap(route)(bundles, left, p, d, order), fits
+    return jax.vmap(route)(bundles, left, p, d, order), n_fresh.max() <= k
 
 
 # ---------------------------------------------------------------- kernel
@@ -436,13 +440,13 @@ def step_noise(key_stream, steps, cfg: Dynamics, shape):
 
 def dynamics_segment(
     key_stream, st: DynState, t0, sampler, cfg: Dynamics, *, batch, length, n_requests=0,
-    sort_prefix=None,
+    prefix=None,
 ):  # fmt: skip
     """Absolute steps t0 .. t0 + length - 1: (state, DynamicsInfo with a leading [length]).
     In place with ``n_requests`` K > 0 (static) each slot's next K requests are drawn before
     the loop (:func:`.trajectory.drawn_ahead`) and gathered in it, as the trajectory kernel
     does; else each step draws every slot's next request. The same numbers either way, as
-    long as no slot takes more than K (``covered``). Routed, ``sort_prefix``: see
+    long as no slot takes more than K (``covered``). Routed, ``prefix``: see
     :func:`advance_routed` (``covered``: every step's fresh requests fitted in it)."""
     ahead = n_requests > 0 and not cfg.routed
     if ahead:
@@ -452,7 +456,7 @@ def dynamics_segment(
         key = jr.fold_in(key_stream, t0 + i)
         info = step_info(key, carry, cfg, batch)
         if cfg.routed:
-            new, fits = advance_routed(key, key_stream, carry, sampler, cfg, batch, sort_prefix)
+            new, fits = advance_routed(key, key_stream, carry, sampler, cfg, batch, prefix)
             return new, (info, fits)
         if ahead:
             nxt = next_of(carry.drawn - st.drawn)
@@ -467,44 +471,46 @@ def dynamics_segment(
     return end, DynamicsInfo(loads, occ, noise, ranks, covered)
 
 
-def sort_prefix(r_max: int, batch: int, cfg: Dynamics):
-    """How many slots of a bundle ``balanced`` routing sorts by prompt each step: r_max (B +
-    slack) / 8, at least 256 (a step frees about 1 / E[D] of the slots); None (all) when
-    that is every slot, with a KV capacity (the empty slots whose requests wait for room
-    count as fresh: the prefix would often fall short) or for the other routings."""
+def fresh_prefix(r_max: int, batch: int, cfg: Dynamics, mean_decode: float):
+    """How many slots of a bundle a routed step draws requests for (and ``balanced`` sorts
+    by prompt), at the head of the routing order: a power of two (few programs) at least m +
+    6 sqrt(m) + 16, m = r_max B / E[D] the requests the largest bundle's workers finish per
+    step in the steady state, above which a step is rare; None (every slot) when that is not
+    fewer than the bundle's slots, when not routed, or with a KV capacity (the empty slots
+    whose requests wait for room count as fresh: the prefix would often fall short). The
+    numbers do not depend on it: a step that does not fit is run again over every slot."""
     n = r_max * (batch + cfg.slot_slack)
-    prefix = max(256, n // 8)
-    sorted_in_part = cfg.routing == "balanced" and cfg.kv_capacity <= 0
-    return prefix if sorted_in_part and prefix < n else None
+    m = r_max * batch / max(float(mean_decode), 1.0)
+    prefix = 1 << max(0, math.ceil(math.log2(m + 6 * math.sqrt(m) + 16)))
+    return prefix if cfg.routed and cfg.kv_capacity <= 0 and prefix < n else None
 
 
 @cache
 def dynamics_kernel(
     r_max: int, batch: int, init: str, length: int, cfg: Dynamics, n_requests: int = 0,
-    sort_all: bool = False,
+    prefix: int | None = None,
 ):  # fmt: skip
     """The dynamics kernel under the contract of :mod:`.contract` (``segment`` returns
     :class:`DynamicsInfo`; the driver summarises it). In place with ``n_requests`` K > 0
     each segment draws K requests per slot ahead (:func:`dynamics_segment`) and
     ``enlarge()`` is the kernel that draws at every step (no K to fall short of; the same
-    numbers). ``balanced`` routing sorts the first :func:`sort_prefix` slots of each bundle
-    (``sort_all``: every slot) and ``enlarge()`` is the kernel that sorts all of them (the
-    same numbers, when the prefix held every fresh request). Else ``enlarge`` is None."""
+    numbers). Routed with a ``prefix`` (:func:`fresh_prefix`), each step draws for the first
+    ``prefix`` slots of each bundle's routing order and ``enlarge()`` is the kernel that
+    draws for all of them (the same numbers, when the prefix held every fresh request).
+    Else ``enlarge`` is None."""
     ahead = n_requests > 0 and not cfg.routed
-    prefix = None if sort_all else sort_prefix(r_max, batch, cfg)
+    prefix = prefix if cfg.routed else None
 
     def init_fn(key, params):
         return init_dynamics(key, params.sampler, r_max, batch, init, cfg)
 
     def segment(key_stream, state, params):
         kw = dict(batch=batch, length=length, n_requests=n_requests if ahead else 0)
-        kw.update(sort_prefix=prefix)
+        kw.update(prefix=prefix)
         return dynamics_segment(key_stream, state, params.t0, params.sampler, cfg, **kw)
 
     def enlarge():
-        if ahead:
-            return dynamics_kernel(r_max, batch, init, length, cfg)
-        return dynamics_kernel(r_max, batch, init, length, cfg, sort_all=True)
+        return dynamics_kernel(r_max, batch, init, length, cfg)
 
     return Kernel("dynamics", init_fn, segment, enlarge if ahead or prefix else None)
 
@@ -520,6 +526,6 @@ __all__ = [
     "fresh_order",
     "longest_first",
     "microbatch_loads",
-    "sort_prefix",
+    "fresh_prefix",
     "uniform_ranks",
 ]

@@ -531,20 +531,24 @@ def test_fresh_order_and_longest_first_are_stable_argsorts():
         p = rng.integers(0, 6, 185).astype(np.int32)  # ties: their order must be kept
         n_fresh = int(rng.integers(0, 40))
         key = np.where(np.arange(185) < n_fresh, -p, 1)
-        for prefix in (40, 185):
-            got = np.asarray(longest_first(jnp.asarray(p), jnp.int32(n_fresh), prefix))
-            np.testing.assert_array_equal(got, np.argsort(key, kind="stable"))
+        got = np.asarray(longest_first(jnp.asarray(p), jnp.int32(n_fresh)))
+        np.testing.assert_array_equal(got, np.argsort(key, kind="stable"))
 
 
-def test_balanced_routing_sorting_a_prefix_gives_the_same_numbers(trace, monkeypatch):
-    """``balanced`` sorts only the first slots of a bundle by prompt; a step whose fresh
-    requests do not fit reports it (its order is then wrong) and the chunk runs again
-    sorting every slot: a prefix of 3 of 16 slots (short at some steps) gives the numbers of
-    the whole sort, bit for bit, step by step and through the driver."""
+@pytest.mark.parametrize(
+    "cfg",
+    [Dynamics(routing="balanced"), Dynamics(routing="power-of-d"), Dynamics(routing="lookahead")],
+    ids=lambda c: c.routing,
+)
+def test_routing_a_prefix_of_the_fresh_slots_gives_the_same_numbers(trace, cfg, monkeypatch):
+    """A routed step draws (and ``balanced`` sorts) only the first slots of each bundle's
+    routing order; a step whose fresh requests do not fit reports it and the chunk runs
+    again over every slot: a prefix of 3 of 16 slots (short at some steps) gives the
+    numbers of every slot, bit for bit, step by step and through the driver."""
     from afd_jax.kernels import dynamics as KD
+    from afd_jax.montecarlo import dynamics as MD
 
     sampler = KS.alias_sampler(trace.prompt, trace.decode, size=512)
-    cfg = Dynamics(routing="balanced")
     st = KD.init_dynamics(jr.key(1), sampler, 4, 4, "stationary", cfg)
     steps = [jax.jit(lambda k, s, n=n: KD.advance_routed(k, jr.key(9), s, sampler, cfg, 4, n))
              for n in (None, 3)]  # fmt: skip
@@ -558,14 +562,41 @@ def test_balanced_routing_sorting_a_prefix_gives_the_same_numbers(trace, monkeyp
         st = full
     assert fits_seen == {True, False}
     want = _run(trace, dynamics=cfg, segment_steps=64)
-    KD.dynamics_kernel.cache_clear()
-    monkeypatch.setattr(KD, "sort_prefix", lambda r_max, batch, c: 3)
-    try:
-        got = _run(trace, dynamics=cfg, segment_steps=64)
-    finally:
-        KD.dynamics_kernel.cache_clear()
+    monkeypatch.setattr(MD, "fresh_prefix", lambda r_max, batch, c, mean_decode: 3)
+    got = _run(trace, dynamics=cfg, segment_steps=64)
     np.testing.assert_array_equal(want.mean_tau, got.mean_tau)
     np.testing.assert_array_equal(want.empty_slot_fraction, got.empty_slot_fraction)
+
+
+def test_fresh_prefix_holds_a_steady_step_and_reruns_short_calls(trace, monkeypatch):
+    """The prefix is far above the requests a steady step frees (r_max B / E[D]), and
+    None where it would not be fewer than the slots or with a KV capacity; the driver
+    reruns a short call and draws for every slot after the second."""
+    from afd_jax.kernels import dynamics as KD
+    from afd_jax.montecarlo import dynamics as MD
+
+    bal = Dynamics(routing="balanced")
+    assert KD.fresh_prefix(64, 256, bal, 211.0) == 256  # 78 per step: 78 + 53 + 16 -> 256
+    assert KD.fresh_prefix(16, 64, bal, 211.0) == 64  # 4.9 + 13.2 + 16
+    assert KD.fresh_prefix(4, 4, bal, 1.0) is None  # 16 per step of 16 slots
+    assert KD.fresh_prefix(64, 256, Dynamics(routing="balanced", kv_capacity=10**6), 9.0) is None
+    assert KD.fresh_prefix(64, 256, Dynamics(), 211.0) is None
+    kernels = []
+    real = MD.dynamics_chunk
+
+    def spy(*a, kernel, **kw):
+        kernels.append(kernel.enlarge is not None)  # True: the prefix kernel
+        return real(*a, kernel=kernel, **kw)
+
+    monkeypatch.setattr(MD, "dynamics_chunk", spy)
+    monkeypatch.setattr(MD, "fresh_prefix", lambda r_max, batch, c, mean_decode: 3)
+    kw = dict(dynamics=bal, segment_steps=128, steps=1024)
+    res = _run(trace, **kw)  # 8 calls of 128 steps, all short
+    # each call is fetched after the next one started: the second short call is known when
+    # the third has started, and the rest draw for every slot
+    assert kernels == [True] * 3 + [False] * 5
+    monkeypatch.undo()
+    np.testing.assert_array_equal(res.mean_tau, _run(trace, **kw).mean_tau)
 
 
 def test_in_place_requests_drawn_ahead_fall_back_when_short(trace, monkeypatch):

@@ -39,7 +39,13 @@ from afd_jax.choices import DYNAMICS_KEYS
 from afd_jax.errors import InputError
 from afd_jax.kernels import barrier as KB
 from afd_jax.kernels.contract import SegmentParams
-from afd_jax.kernels.dynamics import ROUTINGS, Dynamics, dynamics_kernel, uniform_ranks
+from afd_jax.kernels.dynamics import (
+    ROUTINGS,
+    Dynamics,
+    dynamics_kernel,
+    fresh_prefix,
+    uniform_ranks,
+)
 from afd_jax.kernels.step import AttnGrid, grid_times
 from afd_jax.memory import current_budget
 from afd_jax.model import latency as L
@@ -244,7 +250,7 @@ def dynamics_chunk(
 
         ran = run(kernel, states)
         covered = jnp.all(ran[1].covered)
-        if kernel.enlarge is not None:  # drawn ahead or sorted in part: if short, rerun
+        if kernel.enlarge is not None:  # drawn ahead or for a prefix: if short, rerun
             ran = jax.lax.cond(covered, lambda: ran, lambda: run(kernel.enlarge(), states))
         states, info = ran
         n_loc, length = info.loads.shape[:2]
@@ -515,6 +521,16 @@ def _ahead(sampler, run, cfg: Dynamics, slots: int, chunk: int, length: int):
     return (chunk if run.reps_per_call else max(1, min(chunk, run.budget // per_row))), k
 
 
+def _prefix(sampler, run, cfg: Dynamics):
+    """Routed: the slots per bundle each step draws for, :func:`fresh_prefix` of the
+    workload's E[D] (``simulate.decode_mean_sd``); None when not routed."""
+    from afd_jax.montecarlo.simulate import decode_mean_sd  # simulate imports this module
+
+    if not cfg.routed:
+        return None
+    return fresh_prefix(run.r_max, run.batch, cfg, decode_mean_sd(sampler)[0])
+
+
 def run_dynamics(sampler, max_load: int, lat: Latency, drun: DynRun, bar: Progress, mesh):
     """The chunk loop over replications, split over the devices of ``mesh`` (a
     :class:`RowMesh`; the rows are independent, so the numbers are one device's): (host
@@ -526,7 +542,9 @@ def run_dynamics(sampler, max_load: int, lat: Latency, drun: DynRun, bar: Progre
     chunk, k = _ahead(sampler, run, cfg, slots, chunk, length)
     chunk = mesh.round_up(chunk)
     total = run.warmup + run.steps
-    kernel = dynamics_kernel(run.r_max, run.batch, run.init, length, cfg, k)
+    kernel = dynamics_kernel(
+        run.r_max, run.batch, run.init, length, cfg, k, _prefix(sampler, run, cfg)
+    )
     log_lo, inv_w = _histogram(lat, drun, max_load)
     dtype = float_dtype(run.precision)
     hist = KB.TauHistogram(jnp.asarray(log_lo, dtype), jnp.asarray(inv_w, dtype))
@@ -548,7 +566,7 @@ def run_dynamics(sampler, max_load: int, lat: Latency, drun: DynRun, bar: Progre
 
     t_end = mesh.put(np.full((chunk,), total, np.int32))  # every row runs to the end
 
-    current = [kernel]
+    current, short = [kernel], [0]
 
     def advance(c: Chunk, t0, state):
         keys, states = state
@@ -563,9 +581,12 @@ def run_dynamics(sampler, max_load: int, lat: Latency, drun: DynRun, bar: Progre
         sums, covered = out
         acc.add(c.rows, mesh.fetch(sums), c.n_real)
         if cfg.routed and current[0].enlarge is not None and not mesh.fetch(covered).all():
-            # balanced routing's sorted prefix fell short (short decodes free more slots per
-            # step than it holds): sort every slot from now on rather than run each call twice
-            current[0] = current[0].enlarge()
+            # the routed steps' prefix of fresh slots fell short: once (a cold start's
+            # burst) the call ran again; twice (decodes shorter than it was planned for),
+            # every slot is drawn for from now on rather than run each call twice
+            short[0] += 1
+            if short[0] == 2:
+                current[0] = current[0].enlarge()
         bar.tick(c.n_real * slots * min(length, total - t0))
 
     run_chunks(replication_chunks(run.replications, chunk, total, length), start, advance, record)
