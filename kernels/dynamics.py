@@ -37,7 +37,7 @@ configuration is static. No imports from afd_jax.
 from __future__ import annotations
 
 import math
-from functools import cache
+from functools import cache, partial
 from typing import NamedTuple
 
 import jax
@@ -253,8 +253,11 @@ def _from_window(rt: _Route, new, j, active, cfg: Dynamics):
     return window[c, 0], window[c, 1], src, window.at[c].set(window[last])[:last]
 
 
-def _choose_worker(key, rt: _Route, p, active, cfg: Dynamics, batch: int):
-    """The worker of a request of prompt p, and whether any worker could take it."""
+def _choose_worker(words, rt: _Route, p, active, cfg: Dynamics, batch: int):
+    """The worker of a request of prompt p, and whether any worker could take it.
+    ``words``: power-of-d's d random words (uint32[d]) for its candidates, each a uniform
+    pick among the workers of the pool (``word mod n``, the m-th of them: a bias below n /
+    2^32), the lightest candidate taken (ties: the first drawn)."""
     room = active & (rt.count < batch + cfg.slot_slack)
     if cfg.kv_capacity > 0:
         room = room & (rt.load + p <= cfg.kv_capacity)
@@ -263,8 +266,9 @@ def _choose_worker(key, rt: _Route, p, active, cfg: Dynamics, batch: int):
     big = jnp.iinfo(jnp.int32).max
     if cfg.routing in ("balanced", "lookahead"):
         return jnp.argmin(jnp.where(pool, rt.load, big)).astype(jnp.int32), room.any()
-    g = jr.gumbel(key, (cfg.routing_d,) + pool.shape, jnp.float32)
-    cand = jnp.argmax(jnp.where(pool[None, :], g, -jnp.inf), axis=-1)
+    count = jnp.cumsum(pool, dtype=jnp.int32)  # pool workers up to each worker
+    m = (words % jnp.maximum(count[-1], 1).astype(jnp.uint32)).astype(jnp.int32)
+    cand = jnp.argmax(count[None, :] > m[:, None], axis=-1)  # the m-th worker of the pool
     return cand[jnp.argmin(rt.load[cand])].astype(jnp.int32), room.any()
 
 
@@ -282,7 +286,8 @@ def route_bundle(key, st: DynState, fresh, n_active, cfg: Dynamics, batch: int):
 
     def body(rt: _Route):
         new = (fresh[0][rt.i], fresh[1][rt.i], fresh[2][rt.i])
-        j, ok = _choose_worker(jr.fold_in(key, rt.i), rt, new[0], active, cfg, batch)
+        w = None if words is None else words[rt.i]
+        j, ok = _choose_worker(w, rt, new[0], active, cfg, batch)
         p, d, src, queue = _from_window(rt, new, j, active, cfg)
         if cfg.routing == "lookahead" and cfg.kv_capacity > 0:
             ok = ok & (rt.load[j] + p <= cfg.kv_capacity)
@@ -303,6 +308,10 @@ def route_bundle(key, st: DynState, fresh, n_active, cfg: Dynamics, batch: int):
 
     k = fresh[0].size
     none = jnp.full(k, st.occ.size, jnp.int32)
+    words = None  # power-of-d: request i's candidates from the key fold_in(key, i)
+    if cfg.routing == "power-of-d":
+        draw = partial(jr.bits, shape=(cfg.routing_d,), dtype=jnp.uint32)
+        words = jax.vmap(lambda i: draw(jr.fold_in(key, i)))(jnp.arange(k, dtype=jnp.int32))
     rt = _Route(jnp.int32(0), st.occ, load, count, jnp.bool_(False), st.queue, none, fresh[0],
                 fresh[1])  # fmt: skip
     rt = jax.lax.while_loop(lambda r: (r.i < n_fresh) & ~r.stop, body, rt)
@@ -321,21 +330,24 @@ def route_bundle(key, st: DynState, fresh, n_active, cfg: Dynamics, batch: int):
     return DynState(prompt, decode, age, rt.occ, rt.queue, drawn)
 
 
-def fresh_order(done, occ):
-    """The slots of a bundle in routing order (flat int32 indices): the freed slots (``done``)
-    first, then the other empty ones, then the occupied, each in slot order; the stable
-    argsort of those three ranks, computed as a counting sort (two prefix counts, the third
-    by difference, and one scatter; no sort: about 10x faster on XLA:CPU)."""
+def fresh_order(done, occ, k=None):
+    """The first ``k`` (static; None: all) slots of a bundle in routing order (flat int32
+    indices): the freed slots (``done``) first, then the other empty ones, then the
+    occupied, each in slot order; the stable argsort of those three ranks, computed as a
+    counting sort (two prefix counts, the third by difference, and one scatter that keeps
+    the first k; no sort: about 10x faster on XLA:CPU)."""
     free, empty = done.reshape(-1), ~(occ | done).reshape(-1)
-    n_free = jax.lax.associative_scan(jnp.add, free.astype(jnp.int32))  # inclusive counts
-    n_empty = jax.lax.associative_scan(jnp.add, empty.astype(jnp.int32))
+    k = free.size if k is None else k
+    n_free = jnp.cumsum(free, dtype=jnp.int32)  # inclusive counts
+    n_empty = jnp.cumsum(empty, dtype=jnp.int32)
     n_occ = jnp.arange(1, free.size + 1, dtype=jnp.int32) - n_free - n_empty
     pos = jnp.where(
         free,
         n_free - 1,
         jnp.where(empty, n_free[-1] + n_empty - 1, n_free[-1] + n_empty[-1] + n_occ - 1),
     )
-    return jnp.zeros_like(pos).at[pos].set(jnp.arange(free.size, dtype=jnp.int32))
+    slots = jnp.arange(free.size, dtype=jnp.int32)
+    return jnp.zeros(k, jnp.int32).at[pos].set(slots, mode="drop")
 
 
 def longest_first(p, n_fresh):
@@ -366,7 +378,7 @@ def advance_routed(key, key_stream, st: DynState, sampler, cfg: Dynamics, batch:
     k = st.occ[0].size if prefix is None else min(prefix, st.occ[0].size)
 
     def fresh(bundle: DynState, done_b, n_b):
-        order = fresh_order(done_b, bundle.occ)[:k]
+        order = fresh_order(done_b, bundle.occ, k)
         drawn = bundle.drawn.reshape(-1)[order]
         prompt, decode = next_requests(key_stream, drawn, sampler, slot_ids=order)
         if cfg.routing == "balanced":

@@ -302,6 +302,33 @@ def test_uniform_rank_counts_are_multivariate_hypergeometric():
         assert abs(got - p) < 5 * math.sqrt(p * (1 - p) / n), (x, got, p)
 
 
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_power_of_d_takes_the_lightest_of_d_uniform_picks_from_the_pool(d):
+    """power-of-d's choice against its law: d workers drawn uniformly (with replacement)
+    among those with room and short of B - slack, the lightest taken, so with distinct loads
+    worker j wins with probability (n_>=j^d - n_>j^d) / n^d (n_>=j: pool workers at least as
+    loaded); a full worker, one with room but not short, and an inactive one are never
+    chosen. Cell by cell, 5 SE."""
+    from afd_jax.kernels import dynamics as KD
+
+    cfg = Dynamics(routing="power-of-d", routing_d=d, slot_slack=1)
+    load = np.array([50, 10, 0, 30, 20, 5])
+    count = jnp.asarray([2, 2, 5, 2, 3, 2], jnp.int32)  # B = 4: 2 full, 4 not short
+    active = jnp.arange(6) < 5  # worker 5 inactive
+    rt = KD._Route(*(None,) * 2, jnp.asarray(load, jnp.int32), count, *(None,) * 5)
+    n = 200_000
+    words = jr.bits(jr.key(4), (n, d), jnp.uint32)
+    choose = jax.jit(jax.vmap(lambda w: KD._choose_worker(w, rt, 7, active, cfg, 4)))
+    j, ok = (np.asarray(x) for x in choose(words))
+    assert ok.all()
+    got = np.bincount(j, minlength=6) / n
+    pool = [0, 1, 3]
+    for w in range(6):
+        ge = int((load[pool] >= load[w]).sum())
+        p = (ge**d - (ge - 1) ** d) / len(pool) ** d if w in pool else 0.0
+        assert abs(got[w] - p) <= 5 * math.sqrt(p * (1 - p) / n), (w, got[w], p)
+
+
 def test_expert_imbalance_only_slows_the_ffn(trace):
     a = _run(trace, dynamics=Dynamics())
     b = _run(trace, dynamics=Dynamics(experts=16, expert_k=2, expert_ranks=4))
@@ -528,6 +555,8 @@ def test_fresh_order_and_longest_first_are_stable_argsorts():
         rank = np.where(done, 0, np.where(occ & ~done, 2, 1)).reshape(-1)
         got = np.asarray(jax.jit(fresh_order)(done, occ & ~done))
         np.testing.assert_array_equal(got, np.argsort(rank, kind="stable"))
+        head = np.asarray(jax.jit(fresh_order, static_argnums=2)(done, occ & ~done, 50))
+        np.testing.assert_array_equal(head, got[:50])
         p = rng.integers(0, 6, 185).astype(np.int32)  # ties: their order must be kept
         n_fresh = int(rng.integers(0, 40))
         key = np.where(np.arange(185) < n_fresh, -p, 1)
