@@ -536,8 +536,8 @@ __all__ = [
     "dynamics_kernel",
     "expert_rank_loads",
     "fresh_order",
+    "fresh_prefix",
     "longest_first",
     "microbatch_loads",
-    "fresh_prefix",
     "uniform_ranks",
 ]
