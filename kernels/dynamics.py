@@ -274,10 +274,12 @@ def _choose_worker(words, rt: _Route, p, active, cfg: Dynamics, batch: int):
 
 def route_bundle(key, st: DynState, fresh, n_active, cfg: Dynamics, batch: int):
     """Route the fresh requests of one bundle (st: [r_max, S] after the finished requests
-    left, ages advanced). fresh = (prompt, decode, flat slot it was drawn at) [r_max * S]
-    ordered as routed; the first ``n_active * B - occupied`` are routed, each into its own slot
-    when that is on the chosen worker and free (so one worker routes exactly as in place), else
-    into the worker's first free slot."""
+    left, ages advanced). fresh = (prompt, decode, flat slot it was drawn at) [k], the head
+    of the routing order (k: :func:`fresh_prefix`, or r_max S); the first ``n_active * B -
+    occupied`` are routed, each into its own slot when that is on the chosen worker and free
+    (so one worker routes exactly as in place), else into the worker's first free slot. When
+    they are more than k (a step that does not fit), the reads past k are clamped and the
+    writes dropped: that state is discarded and the step run again with k = r_max S."""
     active = jnp.arange(st.occ.shape[0], dtype=jnp.int32) < n_active
     load = jnp.where(st.occ, st.prompt + st.age, 0).sum(axis=-1, dtype=jnp.int32)
     count = st.occ.sum(axis=-1, dtype=jnp.int32)
