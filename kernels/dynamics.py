@@ -285,6 +285,11 @@ def route_bundle(key, st: DynState, fresh, n_active, cfg: Dynamics, batch: int):
     count = st.occ.sum(axis=-1, dtype=jnp.int32)
     n_fresh = n_active * batch - count.sum(dtype=jnp.int32)
     n_slots = st.occ.shape[1]
+    k = fresh[0].size
+    words = None  # power-of-d: request i's candidates from the key fold_in(key, i)
+    if cfg.routing == "power-of-d":
+        draw = partial(jr.bits, shape=(cfg.routing_d,), dtype=jnp.uint32)
+        words = jax.vmap(lambda i: draw(jr.fold_in(key, i)))(jnp.arange(k, dtype=jnp.int32))
 
     def body(rt: _Route):
         new = (fresh[0][rt.i], fresh[1][rt.i], fresh[2][rt.i])
@@ -308,12 +313,7 @@ def route_bundle(key, st: DynState, fresh, n_active, cfg: Dynamics, batch: int):
             rt.decode.at[rt.i].set(d),
         )
 
-    k = fresh[0].size
     none = jnp.full(k, st.occ.size, jnp.int32)
-    words = None  # power-of-d: request i's candidates from the key fold_in(key, i)
-    if cfg.routing == "power-of-d":
-        draw = partial(jr.bits, shape=(cfg.routing_d,), dtype=jnp.uint32)
-        words = jax.vmap(lambda i: draw(jr.fold_in(key, i)))(jnp.arange(k, dtype=jnp.int32))
     rt = _Route(jnp.int32(0), st.occ, load, count, jnp.bool_(False), st.queue, none, fresh[0],
                 fresh[1])  # fmt: skip
     rt = jax.lax.while_loop(lambda r: (r.i < n_fresh) & ~r.stop, body, rt)
@@ -379,22 +379,16 @@ def advance_routed(key, key_stream, st: DynState, sampler, cfg: Dynamics, batch:
     n_fresh = (bundles + 1) * batch - left.occ.sum(axis=(1, 2), dtype=jnp.int32)
     k = st.occ[0].size if prefix is None else min(prefix, st.occ[0].size)
 
-    def fresh(bundle: DynState, done_b, n_b):
+    def one(b, bundle: DynState, done_b, n_b):
         order = fresh_order(done_b, bundle.occ, k)
         drawn = bundle.drawn.reshape(-1)[order]
-        prompt, decode = next_requests(key_stream, drawn, sampler, slot_ids=order)
+        p, d = next_requests(key_stream, drawn, sampler, slot_ids=order)
         if cfg.routing == "balanced":
-            by_len = longest_first(prompt, n_b)
-            return prompt[by_len], decode[by_len], order[by_len]
-        return prompt, decode, order
+            by_len = longest_first(p, n_b)
+            p, d, order = p[by_len], d[by_len], order[by_len]
+        return route_bundle(jr.fold_in(k_route, b), bundle, (p, d, order), b + 1, cfg, batch)
 
-    p, d, order = jax.vmap(fresh)(left, done, n_fresh)
-
-    def route(b, bundle: DynState, p_b, d_b, order_b):
-        fresh_b = (p_b, d_b, order_b)
-        return route_bundle(jr.fold_in(k_route, b), bundle, fresh_b, b + 1, cfg, batch)
-
-    return jax.vmap(route)(bundles, left, p, d, order), n_fresh.max() <= k
+    return jax.vmap(one)(bundles, left, done, n_fresh), n_fresh.max() <= k
 
 
 # ---------------------------------------------------------------- kernel
