@@ -544,8 +544,8 @@ def test_routed_steps_take_every_live_request(trace):
 
 
 def test_fresh_order_and_longest_first_are_stable_argsorts():
-    """The counting sort of the routing order and the prefix sort of ``balanced`` against
-    NumPy's stable argsort of the same keys."""
+    """The counting sort of the routing order (all of it and its head) and the prompt sort of
+    ``balanced`` against NumPy's stable argsort of the same keys."""
     from afd_jax.kernels.dynamics import fresh_order, longest_first
 
     rng = np.random.default_rng(3)
