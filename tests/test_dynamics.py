@@ -564,6 +564,54 @@ def test_fresh_order_and_longest_first_are_stable_argsorts():
         np.testing.assert_array_equal(got, np.argsort(key, kind="stable"))
 
 
+def test_routing_loop_runs_to_a_bound_shared_by_every_row_and_bundle(trace, monkeypatch):
+    """The routing ``while_loop`` of a routed step runs to the largest count of fresh
+    requests over the rows and bundles vmapped around it (:func:`loop_bound`), so that its
+    condition is not batched (a batched one selects every bundle's slots at every
+    iteration); past its own count a bundle's body changes nothing: three rows of routed
+    steps from a cold start (``balanced`` with slack, ``lookahead``, whose window the body
+    also carries) equal the loop of each bundle's own count, bit for bit."""
+    from afd_jax.kernels import dynamics as KD
+
+    bound = jax.vmap(jax.vmap(KD.loop_bound))
+    np.testing.assert_array_equal(bound(jnp.arange(6).reshape(2, 3)), 5)
+    assert KD.loop_bound(jnp.int32(4)) == 4
+    sampler = KS.alias_sampler(trace.prompt, trace.decode, size=512)
+    for cfg in (
+        Dynamics(routing="balanced", slot_slack=2),
+        Dynamics(routing="lookahead", lookahead=3),
+    ):
+        st = jax.vmap(lambda k, c=cfg: KD.init_dynamics(k, sampler, 4, 4, "cold", c))(
+            jr.split(jr.key(1), 3)
+        )
+        steps = [_routed_steps(sampler, cfg, jr.split(jr.key(2), 3)) for _ in range(2)]
+        with monkeypatch.context() as m:
+            m.setattr(KD, "loop_bound", lambda n: None)  # each bundle to its own count
+            assert not _unbatched_loop(steps[0], st)
+            want = steps[0](st, 0)  # traced (and compiled) here
+        assert _unbatched_loop(steps[1], st)
+        got = steps[1](st, 0)
+        for t in range(1, 12):
+            want, got = steps[0](want, t), steps[1](got, t)
+            for a, b in zip(want, got, strict=True):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _routed_steps(sampler, cfg, keys):
+    """A new jitted function (its own trace) of a routed step of every row of ``keys``."""
+    from afd_jax.kernels import dynamics as KD
+
+    def one(k, s, t):
+        return KD.advance_routed(jr.fold_in(k, t), k, s, sampler, cfg, 4)[0]
+
+    return jax.jit(lambda s, t: jax.vmap(one, in_axes=(0, 0, None))(keys, s, t))
+
+
+def _unbatched_loop(step, st) -> bool:
+    cond = str(jax.make_jaxpr(step)(st, 0)).split("cond_jaxpr={ lambda ; ")[1]
+    return "bool[] = lt" in cond.split(" in (")[0]
+
+
 @pytest.mark.parametrize(
     "cfg",
     [Dynamics(routing="balanced"), Dynamics(routing="power-of-d"), Dynamics(routing="lookahead")],
