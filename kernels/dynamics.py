@@ -417,7 +417,7 @@ def advance_routed(key, key_stream, st: DynState, sampler, cfg: Dynamics, batch:
 
     # without a KV capacity every fresh request fits somewhere: the loops run to the largest
     # count; with one, a bundle often stops early (waiting requests count as fresh: up to
-    # 2.3x slower to a shared bound), so each runs to its own end
+    # 2.3x slower to a shared bound), so the loop stops when every bundle has
     n_loop = None if cfg.kv_capacity > 0 else loop_bound(n_fresh.max())
 
     return jax.vmap(one)(bundles, left, done, n_fresh), n_fresh.max() <= k
