@@ -274,34 +274,33 @@ def _choose_worker(words, rt: _Route, p, active, cfg: Dynamics, batch: int):
 
 
 @custom_vmap
-def loop_bound(n):
-    """``n`` (an int32 scalar), and under ``vmap`` its largest value over the mapped axis,
-    unbatched (every vmap around it: the largest over all). A ``while_loop`` whose
-    condition is batched runs until every member is done and selects each member's carry
-    at every iteration (under vmap the loop's whole carry, here each bundle's slots: a
-    routed step of one row at r_max = 64, B = 256 took 15 ms, 11 ms without on a 2-core
-    CPU); a loop to this bound, whose body does nothing past each member's own count, has an
-    unbatched condition."""
-    return n
+def any_member(flag):
+    """``flag`` (a bool scalar), and under ``vmap`` whether it holds for any member of the
+    mapped axis, unbatched (under every ``vmap`` around it: for any member of all). A
+    ``while_loop`` whose condition differs between the members of a ``vmap`` runs until every
+    member is done and passes each member's whole carry through a select at every iteration
+    (here each bundle's slots: a routed step of one row at r_max = 64, B = 256 took 15 ms, 11
+    ms without, on a 2-core CPU); with this condition, and a body that changes nothing for a
+    member that is done, the loop stops at the same iteration without them."""
+    return flag
 
 
-@loop_bound.def_vmap
-def _loop_bound_vmap(axis_size, in_batched, n):
+@any_member.def_vmap
+def _any_member_vmap(axis_size, in_batched, flag):
     del axis_size
-    return loop_bound(jnp.max(n, axis=0) if in_batched[0] else n), False
+    return any_member(jnp.any(flag, axis=0) if in_batched[0] else flag), False
 
 
-def route_bundle(key, st: DynState, fresh, n_active, cfg: Dynamics, batch: int, n_loop=None):
+def route_bundle(key, st: DynState, fresh, n_active, cfg: Dynamics, batch: int):
     """Route the fresh requests of one bundle (st: [r_max, S] after the finished requests
     left, ages advanced). fresh = (prompt, decode, flat slot it was drawn at) [k], the head
     of the routing order (k: :func:`fresh_prefix`, or r_max S); the first ``n_active * B -
     occupied`` are routed, each into its own slot when that is on the chosen worker and free
     (so one worker routes exactly as in place), else into the worker's first free slot. When
     they are more than k (a step that does not fit), the reads past k are clamped and the
-    writes dropped: that state is discarded and the step run again with k = r_max S.
-    ``n_loop``: the loop runs that many times (:func:`loop_bound`, at least this bundle's
-    count; requests past the count, or past a request that fit nowhere, change nothing);
-    None: until the count or that request (a KV capacity, where bundles stop early)."""
+    writes dropped: that state is discarded and the step run again with k = r_max S. Under
+    ``vmap`` the loop runs until every bundle is done (:func:`any_member`); the iterations
+    past a bundle's count, or past its request that fit nowhere, change nothing in it."""
     active = jnp.arange(st.occ.shape[0], dtype=jnp.int32) < n_active
     load = jnp.where(st.occ, st.prompt + st.age, 0).sum(axis=-1, dtype=jnp.int32)
     count = st.occ.sum(axis=-1, dtype=jnp.int32)
@@ -313,8 +312,11 @@ def route_bundle(key, st: DynState, fresh, n_active, cfg: Dynamics, batch: int, 
         draw = partial(jr.bits, shape=(cfg.routing_d,), dtype=jnp.uint32)
         words = jax.vmap(lambda i: draw(jr.fold_in(key, i)))(jnp.arange(k, dtype=jnp.int32))
 
+    def live(rt: _Route):
+        return (rt.i < n_fresh) & ~rt.stop
+
     def body(rt: _Route):
-        live = (rt.i < n_fresh) & ~rt.stop
+        live_i = live(rt)
         new = (fresh[0][rt.i], fresh[1][rt.i], fresh[2][rt.i])
         w = None if words is None else words[rt.i]
         j, ok = _choose_worker(w, rt, new[0], active, cfg, batch)
@@ -323,13 +325,13 @@ def route_bundle(key, st: DynState, fresh, n_active, cfg: Dynamics, batch: int, 
             ok = ok & (rt.load[j] + p <= cfg.kv_capacity)
         own = (src // n_slots == j) & ~rt.occ[j, src % n_slots]
         slot = jnp.where(own, src % n_slots, jnp.argmin(rt.occ[j]).astype(jnp.int32))
-        put = ok & live
+        put = ok & live_i
         return _Route(
             rt.i + 1,
             rt.occ.at[j, slot].set(rt.occ[j, slot] | put),
             rt.load.at[j].add(put.astype(jnp.int32) * p),
             rt.count.at[j].add(put.astype(jnp.int32)),
-            rt.stop | (live & ~ok),
+            rt.stop | (live_i & ~ok),
             None if queue is None else jnp.where(put, queue, rt.queue),
             rt.dest.at[rt.i].set(jnp.where(put, j * n_slots + slot, st.occ.size)),
             rt.prompt.at[rt.i].set(p),
@@ -339,10 +341,7 @@ def route_bundle(key, st: DynState, fresh, n_active, cfg: Dynamics, batch: int, 
     none = jnp.full(k, st.occ.size, jnp.int32)
     rt = _Route(jnp.int32(0), st.occ, load, count, jnp.bool_(False), st.queue, none, fresh[0],
                 fresh[1])  # fmt: skip
-    if n_loop is None:
-        rt = jax.lax.while_loop(lambda r: (r.i < n_fresh) & ~r.stop, body, rt)
-    else:
-        rt = jax.lax.while_loop(lambda r: r.i < n_loop, body, rt)
+    rt = jax.lax.while_loop(lambda r: any_member(live(r)), body, rt)
 
     # each routed request into its slot (one request per slot), after the loop: in it, four
     # arrays of the bundle's slots updated per request cost more than its choices
@@ -412,13 +411,7 @@ def advance_routed(key, key_stream, st: DynState, sampler, cfg: Dynamics, batch:
         if cfg.routing == "balanced":
             by_len = longest_first(p, n_b)
             p, d, order = p[by_len], d[by_len], order[by_len]
-        return route_bundle(jr.fold_in(k_route, b), bundle, (p, d, order), b + 1, cfg, batch,
-                            n_loop)  # fmt: skip
-
-    # without a KV capacity every fresh request fits somewhere: the loops run to the largest
-    # count; with one, a bundle often stops early (waiting requests count as fresh: up to
-    # 2.3x slower to a shared bound), so the loop stops when every bundle has
-    n_loop = None if cfg.kv_capacity > 0 else loop_bound(n_fresh.max())
+        return route_bundle(jr.fold_in(k_route, b), bundle, (p, d, order), b + 1, cfg, batch)
 
     return jax.vmap(one)(bundles, left, done, n_fresh), n_fresh.max() <= k
 

@@ -564,32 +564,34 @@ def test_fresh_order_and_longest_first_are_stable_argsorts():
         np.testing.assert_array_equal(got, np.argsort(key, kind="stable"))
 
 
-def test_routing_loop_runs_to_a_bound_shared_by_every_row_and_bundle(trace, monkeypatch):
-    """The routing ``while_loop`` of a routed step runs to the largest count of fresh
-    requests over the rows and bundles vmapped around it (:func:`loop_bound`), so that its
-    condition is not batched (a batched one selects every bundle's slots at every
-    iteration); past its own count a bundle's body changes nothing: three rows of routed
-    steps from a cold start (``balanced`` with slack, ``lookahead``, whose window the body
-    also carries) equal the loop of each bundle's own count, bit for bit."""
+def test_routing_loop_stops_when_every_row_and_bundle_is_done(trace, monkeypatch):
+    """The routing ``while_loop`` of a routed step runs while any row or bundle vmapped
+    around it has requests left (:func:`any_member`), so that its condition is not batched (a
+    batched one selects every bundle's slots at every iteration); a bundle that is done
+    changes nothing: three rows of routed steps from a cold start (``balanced`` with slack,
+    ``lookahead``, whose window the body also carries, and a KV capacity, at which bundles
+    stop early) equal the loop of each bundle's own condition, bit for bit."""
     from afd_jax.kernels import dynamics as KD
 
-    bound = jax.vmap(jax.vmap(KD.loop_bound))
-    np.testing.assert_array_equal(bound(jnp.arange(6).reshape(2, 3)), 5)
-    assert KD.loop_bound(jnp.int32(4)) == 4
+    anyone = jax.vmap(jax.vmap(KD.any_member))
+    np.testing.assert_array_equal(anyone(jnp.arange(6).reshape(2, 3) == 4), True)  # for all
+    np.testing.assert_array_equal(anyone(jnp.arange(6).reshape(2, 3) == 7), False)
+    assert bool(KD.any_member(jnp.bool_(True)))
     sampler = KS.alias_sampler(trace.prompt, trace.decode, size=512)
     for cfg in (
         Dynamics(routing="balanced", slot_slack=2),
         Dynamics(routing="lookahead", lookahead=3),
+        Dynamics(routing="balanced", kv_capacity=700),
     ):
         st = jax.vmap(lambda k, c=cfg: KD.init_dynamics(k, sampler, 4, 4, "cold", c))(
             jr.split(jr.key(1), 3)
         )
         steps = [_routed_steps(sampler, cfg, jr.split(jr.key(2), 3)) for _ in range(2)]
         with monkeypatch.context() as m:
-            m.setattr(KD, "loop_bound", lambda n: None)  # each bundle to its own count
-            assert not _unbatched_loop(steps[0], st)
+            m.setattr(KD, "any_member", lambda flag: flag)  # each bundle's own condition
+            assert _batched_loop_condition(steps[0], st)
             want = steps[0](st, 0)  # traced (and compiled) here
-        assert _unbatched_loop(steps[1], st)
+        assert not _batched_loop_condition(steps[1], st)
         got = steps[1](st, 0)
         for t in range(1, 12):
             want, got = steps[0](want, t), steps[1](got, t)
@@ -607,9 +609,29 @@ def _routed_steps(sampler, cfg, keys):
     return jax.jit(lambda s, t: jax.vmap(one, in_axes=(0, 0, None))(keys, s, t))
 
 
-def _unbatched_loop(step, st) -> bool:
-    cond = str(jax.make_jaxpr(step)(st, 0)).split("cond_jaxpr={ lambda ; ")[1]
-    return "bool[] = lt" in cond.split(" in (")[0]
+def _batched_loop_condition(step, st) -> bool:
+    """Whether a ``while_loop`` of the step has a batched condition (one flag per member of
+    the ``vmap``s around it: XLA then runs the loop until all are done and passes every
+    member's carry through a select at each iteration)."""
+
+    def jaxprs(x):
+        x = getattr(x, "jaxpr", x)
+        if hasattr(x, "eqns"):
+            yield x
+        elif isinstance(x, (tuple, list)):
+            for y in x:
+                yield from jaxprs(y)
+
+    def batched(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "while":
+                if eqn.params["cond_jaxpr"].jaxpr.outvars[0].aval.ndim > 0:
+                    return True
+            if any(batched(j) for param in eqn.params.values() for j in jaxprs(param)):
+                return True
+        return False
+
+    return batched(jax.make_jaxpr(step)(st, 0).jaxpr)
 
 
 @pytest.mark.parametrize(
