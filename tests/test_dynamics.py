@@ -568,20 +568,33 @@ def test_routing_loop_stops_when_every_row_and_bundle_is_done(trace, monkeypatch
     """The routing ``while_loop`` of a routed step runs while any row or bundle vmapped
     around it has requests left (:func:`any_member`), so that its condition is not batched (a
     batched one selects every bundle's slots at every iteration); a bundle that is done
-    changes nothing: three rows of routed steps from a cold start (``balanced`` with slack,
-    ``lookahead``, whose window the body also carries, and a KV capacity, at which bundles
-    stop early) equal the loop of each bundle's own condition, bit for bit."""
+    changes nothing: three rows of routed steps from a cold start (each policy with slack,
+    ``lookahead``'s window carried by the body, and a KV capacity at which bundles stop
+    early) equal the loop of each bundle's own condition, bit for bit."""
     from afd_jax.kernels import dynamics as KD
 
     anyone = jax.vmap(jax.vmap(KD.any_member))
     np.testing.assert_array_equal(anyone(jnp.arange(6).reshape(2, 3) == 4), True)  # for all
     np.testing.assert_array_equal(anyone(jnp.arange(6).reshape(2, 3) == 7), False)
     assert bool(KD.any_member(jnp.bool_(True)))
+
+    def count_up(n):  # counts to the largest n of all members, each member's to its own
+        def body(c):
+            return c[0] + 1, c[1] + (c[0] < n).astype(jnp.int32)
+
+        return jax.lax.while_loop(lambda c: KD.any_member(c[0] < n), body, (0, 0))
+
+    steps, own = jax.jit(jax.vmap(jax.vmap(count_up)))(jnp.array([[3, 9, 0], [5, 2, 7]]))
+    np.testing.assert_array_equal(steps, 9)
+    np.testing.assert_array_equal(own, [[3, 9, 0], [5, 2, 7]])
     sampler = KS.alias_sampler(trace.prompt, trace.decode, size=512)
+    # with slack a bundle that routed its requests still has room: what it would route next
+    # must be masked (without slack every worker is full, and no request fits)
     for cfg in (
         Dynamics(routing="balanced", slot_slack=2),
-        Dynamics(routing="lookahead", lookahead=3),
-        Dynamics(routing="balanced", kv_capacity=700),
+        Dynamics(routing="lookahead", lookahead=3, slot_slack=2),
+        Dynamics(routing="power-of-d", slot_slack=1, kv_capacity=300),
+        Dynamics(routing="balanced", kv_capacity=300),
     ):
         st = jax.vmap(lambda k, c=cfg: KD.init_dynamics(k, sampler, 4, 4, "cold", c))(
             jr.split(jr.key(1), 3)
@@ -593,10 +606,33 @@ def test_routing_loop_stops_when_every_row_and_bundle_is_done(trace, monkeypatch
             want = steps[0](st, 0)  # traced (and compiled) here
         assert not _batched_loop_condition(steps[1], st)
         got = steps[1](st, 0)
+        short = False  # a bundle left with fewer requests than its workers' B: the KV stop
         for t in range(1, 12):
             want, got = steps[0](want, t), steps[1](got, t)
             for a, b in zip(want, got, strict=True):
                 np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+            short |= bool(np.any(np.asarray(got.occ).sum(axis=(-2, -1)) < np.arange(1, 5) * 4))
+        assert short == (cfg.kv_capacity > 0), cfg
+
+
+@pytest.mark.parametrize("routing", ["balanced", "power-of-d", "lookahead"])
+def test_routed_request_that_fits_nowhere_ends_the_routing(routing):
+    """Routed, a request that fits nowhere under the KV capacity ends the step's routing:
+    the smaller requests after it stay unrouted although they would fit (two empty workers
+    of two slots, capacity 100: prompts 150, 50, 50, 50 route none; 50, 50, 50, 50 route
+    four)."""
+    from afd_jax.kernels import dynamics as KD
+
+    cfg = Dynamics(routing=routing, kv_capacity=100, lookahead=1)
+    zeros = jnp.zeros((2, 2), jnp.int32)
+    st = KD.DynState(zeros, zeros, zeros, jnp.zeros((2, 2), bool), None, zeros)
+    src, decode = jnp.arange(4, dtype=jnp.int32), jnp.full(4, 5, jnp.int32)
+    if routing == "lookahead":  # a window of one: the new request alone, in draw order
+        st = st._replace(queue=jnp.zeros((0, 3), jnp.int32))
+    for first, routed in ((150, 0), (50, 4)):
+        prompt = jnp.array([first, 50, 50, 50], jnp.int32)
+        out = KD.route_bundle(jr.key(0), st, (prompt, decode, src), 2, cfg, 2)
+        assert int(out.occ.sum()) == routed, (routing, first)
 
 
 def _routed_steps(sampler, cfg, keys):
