@@ -554,6 +554,7 @@ __all__ = [
     "DynState",
     "Dynamics",
     "DynamicsInfo",
+    "any_member",
     "attention_noise",
     "dynamics_kernel",
     "expert_rank_loads",
