@@ -346,10 +346,11 @@ def route_bundle(key, st: DynState, fresh, n_active, cfg: Dynamics, batch: int):
 
     # each routed request into its slot (one request per slot), after the loop: in it, four
     # arrays of the bundle's slots updated per request cost more than its choices
-    def put(x, v):
+    def place(x, v):
         return x.reshape(-1).at[rt.dest].set(v, mode="drop").reshape(x.shape)
 
-    prompt, decode, age = put(st.prompt, rt.prompt), put(st.decode, rt.decode), put(st.age, 0)
+    prompt, decode = place(st.prompt, rt.prompt), place(st.decode, rt.decode)
+    age = place(st.age, 0)
     # every live request is taken from its slot's stream, routed or not: those the routing
     # left (a KV stop) are dropped, as a fresh draw would be; kept, balanced routing (longest
     # first) would hand the next step the short ones it left, a biased draw (a review)

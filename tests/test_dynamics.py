@@ -584,8 +584,8 @@ def test_routing_loop_stops_when_every_row_and_bundle_is_done(trace, monkeypatch
 
         return jax.lax.while_loop(lambda c: KD.any_member(c[0] < n), body, (0, 0))
 
-    steps, own = jax.jit(jax.vmap(jax.vmap(count_up)))(jnp.array([[3, 9, 0], [5, 2, 7]]))
-    np.testing.assert_array_equal(steps, 9)
+    iters, own = jax.jit(jax.vmap(jax.vmap(count_up)))(jnp.array([[3, 9, 0], [5, 2, 7]]))
+    np.testing.assert_array_equal(iters, 9)
     np.testing.assert_array_equal(own, [[3, 9, 0], [5, 2, 7]])
     sampler = KS.alias_sampler(trace.prompt, trace.decode, size=512)
     # with slack a bundle that routed its requests still has room: what it would route next
