@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import tomllib
 from pathlib import Path
 
 
@@ -139,3 +140,22 @@ def check_output_dir(path: str | os.PathLike, option: str) -> Path:
         why = "is not a folder" if base.exists() and not base.is_dir() else "is not writable"
         raise InputError(f"{option}: cannot write here ({base} {why})", path=str(out))
     return out
+
+
+def read_toml(path: str | os.PathLike, what: str) -> dict:
+    """The TOML document of the file ``path`` (``what`` names it: "latency file", "sweep
+    spec"). InputError naming the file when it cannot be read, is not UTF-8 text or not valid
+    TOML (an integer of more than 4300 digits included, which Python refuses to convert)."""
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"is a folder, expected a {what} (TOML)", path=str(path))
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise InputError(f"cannot read {what}: {err.strerror or err}", path=str(path)) from None
+    except UnicodeDecodeError:
+        raise InputError(f"not a UTF-8 text file (a {what})", path=str(path)) from None
+    except tomllib.TOMLDecodeError as err:
+        raise InputError(f"invalid TOML: {err}", path=str(path)) from None
+    except ValueError:
+        raise InputError("invalid TOML: a number too long to read", path=str(path)) from None

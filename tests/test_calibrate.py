@@ -74,6 +74,11 @@ def test_negative_intercept_is_constrained():
         ("ffn,100,-3,a\n", 25, "time_us"),
         ("disk,100,3,a\n", 25, "stage"),
         ("ffn,100\n", 25, None),
+        # a stray delimiter: the values after it were read one column off, without an error
+        ("attn,65,536,a,1290.4\n", 25, "#5"),
+        ("attn,65_536,5.0,a\n", 25, "tokens"),  # Python's float reads 65536; traces refuse it
+        # the line of the file, not the row count: a quoted note spans two lines
+        ('attn,5,6,"two\nlines"\nattn,x,1,a\n', 27, "tokens"),
     ],
 )
 def test_bad_rows_name_line_and_field(tmp_path, extra, line, field):
@@ -138,3 +143,22 @@ def test_a_byte_order_mark_is_read_as_traces_are(tmp_path):
     marked = tmp_path / "bom.csv"
     marked.write_text("\ufeff" + plain.read_text(), encoding="utf-8")
     assert calibrate(marked)[0] == calibrate(plain)[0]
+
+
+def test_header_and_bytes_refused_where_they_are(tmp_path, capsys):
+    """A column named twice (the first was read silently), a non-UTF-8 byte (reported at line
+    1 wherever it was) and a profile as its own --out (overwritten with the TOML)."""
+    p = tmp_path / "p.csv"
+    p.write_text("stage,tokens,time_us,Tokens\nattn,1,2,3\n")
+    with pytest.raises(InputError) as err:
+        calibrate(p)
+    assert (err.value.line, err.value.field) == (1, "tokens") and "twice" in err.value.reason
+    good = profile(tmp_path)
+    p.write_bytes(good.read_bytes() + b"attn,5,\xff6,a\n")
+    with pytest.raises(InputError, match="not UTF-8") as err:
+        calibrate(p)
+    assert err.value.line == 25
+    before = good.read_text()
+    assert main(["calibrate", str(good), "--out", str(tmp_path / "." / good.name)]) == 2
+    assert "is the profile being read" in capsys.readouterr().err
+    assert good.read_text() == before

@@ -168,6 +168,8 @@ GOOD += [("comm", 1, 1.0, ""), ("comm", 2, 2.0, "")]
         ([*GOOD, ("attn", 4, 5.0, "")], True, ":8: field batch: missing batch"),
         ([*GOOD, ("attn", 4, 5.0, "2.5")], True, ":8: field batch: must be an integer"),
         ([*GOOD, ("attn", 4, 5.0, "0")], True, ":8: field batch: must be an integer"),
+        # written into the TOML, then refused by every command that read it
+        ([*GOOD, ("attn", 4, 5.0, "1e300")], True, ":8: field batch: must be <= 1e+15"),
         ([*GOOD, ("attn", 4, "x", 4)], True, ":8: field time_us: not a number"),
         ([*GOOD, ("attn", 4, 5.0, 8)], True, ":8: field tokens: stage attn, batch 8: needs"),
         (GOOD[:4], True, ": field stage: no rows for stage comm"),

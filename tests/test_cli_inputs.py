@@ -324,3 +324,26 @@ def test_sweep_experts_checked_before_any_part(tmp_path, capsys):
     argv = ["sweep", spec, "--out", out, "--memory-budget", "4M", "--quiet"]
     refused(argv, capsys, "field mc.experts", "B = 64", "--memory-budget")
     assert not out.exists() and not (tmp_path / "t.csv.parts").exists()
+
+
+def test_toml_numbers_python_will_not_read(tmp_path, capsys):
+    """An integer of more than 4300 digits in any TOML input (tomllib raises a plain
+    ValueError for it) and one beyond the float range in a latency value were tracebacks (a
+    review of session 22); every TOML reader goes through one function now."""
+    long = "9" * 5000
+    spec = tmp_path / "s.toml"
+    spec.write_text(f"methods = ['mean-field']\nbatch = [{long}]\n")
+    refused(["sweep", spec, "--out", tmp_path / "t.csv"], capsys, str(spec), "too long")
+    lat = tmp_path / "lat.toml"
+    lat.write_text(f"[meta]\nnote = {long}\n[latency]\n")
+    refused([*PLAN[:3], "--latency", lat, *HW], capsys, str(lat), "too long")
+    lat.write_text("[latency]\ncost_ffn = 1" + "0" * 400 + "\n")
+    refused(["provision", "--workload", WL, "-B", 64, "--latency", lat], capsys, "cost_ffn")
+
+
+def test_trace_options_refused_for_a_parametric_workload(capsys):
+    """--format and --decode-mapping were ignored for a preset or a spec (theta and every
+    --workload command), while the JSON said they were applied."""
+    argv = ["provision", "--workload", WL, "-B", 64, "--latency", "paper-v1"]
+    refused([*argv, "--decode-mapping", "output-minus-one"], capsys, "--decode-mapping")
+    refused([*argv, "--format", "azure"], capsys, "field --format", "trace files only")

@@ -191,6 +191,19 @@ BAD_INPUTS = {
         [],
         [":1:", "field input_length", "given twice"],
     ),
+    # a trailing delimiter in the header named a 4th column that took the stray value
+    "extra-field-under-trailing-comma": (
+        "a.csv",
+        "TIMESTAMP,ContextTokens,GeneratedTokens,\n1,374,44,\n17000,00002,380,40\n",
+        [],
+        [":3:", "field #4", "row has 4 fields, header has 3"],
+    ),
+    "json-number-too-long": (
+        "m.jsonl",
+        '{"input_length": 1, "output_length": 2}\n{"input_length": ' + "9" * 5000 + "}\n",
+        [],
+        [":2:", "a number too long"],
+    ),
 }
 
 
@@ -220,6 +233,41 @@ def test_malformed_row_subprocess_one_line(tmp_path):
     assert res.returncode == 2 and res.stdout == ""
     assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
     assert res.stderr.startswith(f"afd-jax theta: error: {path}:2: field #4: row has 4 fields")
+
+
+def test_json_line_ends_only_at_newline(capsys, tmp_path):
+    """U+2028 and U+0085 are valid raw inside a JSON string; str.splitlines cut the object at
+    them (invalid JSON, and every later line number one off)."""
+    text = (
+        '{"input_length": 5, "output_length": 6, "id": "a\u2028b\u0085c"}\n'
+        '{"input_length": 7, "output_length": -8}\n'
+    )
+    path = tmp_path / "m.jsonl"
+    path.write_text(text, encoding="utf-8")
+    code, _, err = run_cli(capsys, path)
+    assert code == 2 and f"{path}:2: field output_length: negative" in err
+
+
+def test_tsv_after_blank_lines(capsys, tmp_path):
+    """The delimiter is read from the header line, not from a blank line before it."""
+    path = _bad(tmp_path, "t.tsv", "\n\nContextTokens\tGeneratedTokens\n10\t4\n30\t8\n")
+    code, out, _ = run_cli(capsys, path, "--json")
+    assert code == 0 and json.loads(out)["n_requests"] == 2
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        ["--decode-mapping", "output-minus-one"],
+        ["--format", "azure"],
+        ["--prompt-field", "a", "--decode-field", "b"],
+    ],
+)
+def test_trace_options_refused_for_a_preset(capsys, flag):
+    """These options only shape how a trace file is read: for a preset they were ignored
+    while the output named them (theta 599 under "D = output minus one")."""
+    code, out, err = run_cli(capsys, "paper-v1", *flag)
+    assert code == 2 and out == "" and f"field {flag[0]}: applies to trace files only" in err
 
 
 def test_one_row_trace_says_zero_width(capsys, tmp_path):

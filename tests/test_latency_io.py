@@ -117,6 +117,13 @@ def test_bad_overrides_and_unknown_spec(tmp_path):
         resolve_latency(str(tmp_path / "missing.toml"))
     with pytest.raises(InputError, match="invalid TOML"):
         resolve_latency(str(write(tmp_path, "[latency\nalpha_attn = 1")))
+    # integers Python will not convert: over 4300 digits (tomllib's ValueError), beyond float
+    with pytest.raises(InputError, match="invalid TOML: a number too long"):
+        resolve_latency(str(write(tmp_path, "[meta]\nn = " + "9" * 5000 + "\n[latency]\n")))
+    with pytest.raises(InputError, match="must be <= ") as err:
+        huge = GOOD.replace("beta_attn = 100", "beta_attn = 1" + "0" * 320)
+        resolve_latency(str(write(tmp_path, huge)))
+    assert err.value.field == "beta_attn"
     with pytest.raises(InputError, match=r"missing \[latency\]"):
         resolve_latency(str(write(tmp_path, "[meta]\nname = 'x'\n")))
 

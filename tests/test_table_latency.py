@@ -375,6 +375,8 @@ def test_other_file_errors(tmp_path):
     two = "[[latency.attn.table]]\nbatch = 8\nkv_tokens = [1.0, 2.0]\ntime_us = [1.0, 2.0]\n"
     with pytest.raises(InputError, match="given twice"):
         read_latency_file(_write(tmp_path, "[latency]\n" + two + two))
+    with pytest.raises(InputError, match="whole number of requests, got 16.5"):
+        read_latency_file(_write(tmp_path, "[latency]\n" + two.replace("8", "16.5")))
     both = "[latency]\nalpha_ffn = 1.0\n[latency.ffn]\ntokens = [1.0, 2.0]\ntime_us = [1.0, 2.0]\n"
     with pytest.raises(InputError, match="stage ffn given twice"):
         read_latency_file(_write(tmp_path, both))

@@ -56,7 +56,9 @@ def run(args) -> int:
         if value <= 0:
             raise InputError(f"must be > 0, got {value}", field=name)
     if args.out is not None:  # "" too: "--out: empty path", as reproduce says
-        check_output_file(args.out, "--out", stream_ok=True)  # written by opening it
+        out = check_output_file(args.out, "--out", stream_ok=True)  # written by opening it
+        if out.is_file() and Path(args.profile).is_file() and out.samefile(args.profile):
+            raise InputError("--out: is the profile being read; give another file", path=args.out)
     if args.fit == "table":
         return _run_table(args)
     lat, opts, fits = calibrate(

@@ -119,9 +119,32 @@ def add_workload_args(parser, required: bool = True) -> None:
 
 def load_workload(args):
     """Resolve --workload (path or preset) into a workload object."""
-    return resolve_workload(
-        args.workload, fmt=args.trace_format, decode_mapping=args.decode_mapping
-    )
+    w = resolve_workload(args.workload, fmt=args.trace_format, decode_mapping=args.decode_mapping)
+    check_trace_options(args, w)
+    return w
+
+
+def check_trace_options(args, workload) -> None:
+    """InputError when an option that only a trace file reads (--format, --decode-mapping,
+    --prompt-field, --decode-field) was given for a preset or a parametric spec, which would
+    otherwise be ignored while the output names it."""
+    from afd_jax.workload.containers import TraceWorkload
+
+    if isinstance(workload, TraceWorkload):
+        return
+    given = {
+        "--format": getattr(args, "trace_format", None) is not None,
+        "--decode-mapping": getattr(args, "decode_mapping", "output") != "output",
+        "--prompt-field": getattr(args, "prompt_field", None) is not None,
+        "--decode-field": getattr(args, "decode_field", None) is not None,
+    }
+    for option, is_given in given.items():
+        if is_given:
+            raise InputError(
+                f"applies to trace files only; {workload.name!r} is a preset or parametric "
+                "workload (its decode lengths are given as they are)",
+                field=option,
+            )
 
 
 def emit_json(obj) -> None:

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from afd_jax.cli.common import check_seed, emit_json
+from afd_jax.cli.common import check_seed, check_trace_options, emit_json
 from afd_jax.errors import InputError, check_level
 from afd_jax.workload.containers import TraceWorkload
 from afd_jax.workload.specs import resolve_workload
@@ -83,7 +83,9 @@ def _resolve(args):
         )
     if args.trace.lower().endswith(_FILE_SUFFIXES) or "/" in args.trace:
         raise InputError("no such file", path=args.trace)
-    return resolve_workload(args.trace, fmt=args.trace_format, decode_mapping=args.decode_mapping)
+    w = resolve_workload(args.trace, fmt=args.trace_format, decode_mapping=args.decode_mapping)
+    check_trace_options(args, w)
+    return w
 
 
 def run(args) -> int:

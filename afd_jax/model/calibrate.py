@@ -16,6 +16,7 @@ and the result says so.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ import numpy as np
 from afd_jax.errors import InputError
 from afd_jax.model.latency import STAGES, AffineStage, Latency, ModelOptions, stage_time
 from afd_jax.model.latency_io import check_latency_limit
+from afd_jax.workload.numbers import parse_float
+from afd_jax.workload.traces import check_row_width, check_unique_columns, read_text
 
 STAGE_NAMES = {
     "attn": "attn",
@@ -68,109 +71,106 @@ def read_profile(path: str | Path, with_batch: bool = False) -> dict[str, tuple]
     on Attention rows (an integer B >= 1: the batch the Attention time was measured at) and
     ignored on the others; then each stage maps to ``(tokens, time_us, batch, line)``, batch NaN
     off Attention rows, line the row's line in the file. InputError naming the file, line and
-    field for a bad row."""
+    field for a bad row (the rules of the trace reader: a column named twice, or a value past
+    the header's columns, which a stray delimiter would have shifted, are errors)."""
     path = Path(path)
-    try:
-        handle = path.open(newline="", encoding="utf-8-sig")  # a BOM, as traces allow
-    except OSError as err:
-        raise InputError(f"cannot read profile: {err.strerror}", path=str(path)) from err
+    spath = str(path)
+    if not path.is_file():
+        why = "not a regular file" if path.exists() else "no such file"
+        raise InputError(f"cannot read profile: {why}", path=spath)
+    reader = csv.reader(io.StringIO(read_text(path, spath), newline=""))
     rows: dict[str, tuple[list, ...]] = {s: ([], [], [], []) for s in STAGES}
-    with handle:
-        reader = csv.reader(handle)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise InputError(
-                "empty file (expected header stage,tokens,time_us)", path=str(path)
-            ) from None
-        except (csv.Error, UnicodeDecodeError) as err:
-            raise InputError(f"not a CSV text file: {err}", path=str(path), line=1) from err
-        names = [h.strip().lower() for h in header]
-        cols = _columns(names, header, path, with_batch)
-        try:
-            for lineno, row in enumerate(reader, start=2):
-                if not row or all(not c.strip() for c in row) or row[0].lstrip().startswith("#"):
-                    continue
-                if len(row) < len(names):
-                    raise InputError(
-                        f"expected {len(names)} fields, got {len(row)}", path=str(path), line=lineno
-                    )
-                stage, values = _row(row, cols, path, lineno)
-                for acc, v in zip(rows[stage], [*values, lineno], strict=False):
-                    acc.append(v)
-        except (csv.Error, UnicodeDecodeError) as err:
-            raise InputError(f"malformed CSV: {err}", path=str(path)) from err
+    try:
+        names = _header(reader, spath, with_batch)
+        cols = _columns(names, spath, reader.line_num, with_batch)
+        for row in reader:
+            if not row or all(not c.strip() for c in row) or row[0].lstrip().startswith("#"):
+                continue
+            line = reader.line_num
+            check_row_width(row, len(names), spath, line)
+            if len(row) < len(names):
+                raise InputError(
+                    f"expected {len(names)} fields, got {len(row)}", path=spath, line=line
+                )
+            stage, values = _row(row, cols, spath, line)
+            for acc, v in zip(rows[stage], [*values, line], strict=False):
+                acc.append(v)
+    except csv.Error as err:
+        raise InputError(f"malformed CSV: {err}", path=spath, line=reader.line_num) from None
     n = 4 if with_batch else 2
     return {s: tuple(np.asarray(v, np.float64) for v in acc[:n]) for s, acc in rows.items()}
 
 
-def _columns(names: list, header: list, path: Path, with_batch: bool) -> dict:
+def _header(reader, spath: str, with_batch: bool) -> list[str]:
+    """The header's column names (lower case; blank lines before it skipped, a trailing
+    delimiter names no column), each at most once."""
+    for row in reader:
+        names = [h.strip().lower() for h in row]
+        while names and not names[-1]:
+            names.pop()
+        if names:
+            check_unique_columns(names, spath, reader.line_num)
+            return names
+    what = "stage,tokens,time_us" + (",batch" if with_batch else "")
+    raise InputError(f"empty file (expected header {what})", path=spath)
+
+
+def _columns(names: list, spath: str, line: int, with_batch: bool) -> dict:
     """Index of each column the reader uses (``batch`` only ``with_batch``)."""
     need = ("stage", "tokens", "time_us", "batch") if with_batch else ("stage", "tokens", "time_us")
     for col in need:
         if col not in names:
             what = "stage,tokens,time_us" + (",batch (table fit)" if with_batch else "")
             raise InputError(
-                f"missing column (header must contain {what}; got {','.join(header)})",
-                path=str(path),
-                line=1,
+                f"missing column (header must contain {what}; got {','.join(names)})",
+                path=spath,
+                line=line,
                 field=col,
             )
     return {c: names.index(c) for c in need}
 
 
-def _row(row: list, cols: dict, path: Path, lineno: int) -> tuple[str, list]:
+def _row(row: list, cols: dict, spath: str, line: int) -> tuple[str, list]:
     """(stage, [tokens, time_us(, batch)]) of one data row, checked."""
     stage = row[cols["stage"]].strip().lower()
     if stage not in STAGE_NAMES:
         raise InputError(
             f"unknown stage {row[cols['stage']]!r} (attn, ffn or comm)",
-            path=str(path),
-            line=lineno,
+            path=spath,
+            line=line,
             field="stage",
         )
     stage = STAGE_NAMES[stage]
     vals = []
     for col in ("tokens", "time_us"):
-        try:
-            x = float(row[cols[col]])
-        except ValueError:
+        x = parse_float(row[cols[col]], col, path=spath, line=line)
+        if x < 0:
             raise InputError(
-                f"not a number: {row[cols[col]]!r}", path=str(path), line=lineno, field=col
-            ) from None
-        if not math.isfinite(x) or x < 0:
-            raise InputError(
-                f"must be finite and >= 0, got {row[cols[col]]!r}",
-                path=str(path),
-                line=lineno,
-                field=col,
+                f"must be >= 0, got {row[cols[col]].strip()!r}", path=spath, line=line, field=col
             )
-        vals.append(check_latency_limit(x, col, str(path), lineno))
+        vals.append(check_latency_limit(x, col, spath, line))
     if "batch" in cols:
-        vals.append(_batch(row[cols["batch"]].strip(), stage, path, lineno))
+        vals.append(_batch(row[cols["batch"]].strip(), stage, spath, line))
     return stage, vals
 
 
-def _batch(text: str, stage: str, path: Path, lineno: int) -> float:
+def _batch(text: str, stage: str, spath: str, line: int) -> float:
     """The batch B of an Attention row (an integer >= 1); NaN for the other stages."""
     if stage != "attn":
         return math.nan
     if not text:
         raise InputError(
             "missing batch: an Attention row of a table fit needs the batch B it was measured at",
-            path=str(path),
-            line=lineno,
+            path=spath,
+            line=line,
             field="batch",
         )
-    try:
-        b = float(text)
-    except ValueError:
-        b = math.nan
-    if not (math.isfinite(b) and b >= 1 and b == int(b)):
+    b = parse_float(text, "batch", path=spath, line=line)
+    if not (b >= 1 and b == math.floor(b)):
         raise InputError(
-            f"must be an integer >= 1, got {text!r}", path=str(path), line=lineno, field="batch"
+            f"must be an integer >= 1, got {text!r}", path=spath, line=line, field="batch"
         )
-    return b
+    return check_latency_limit(b, "batch", spath, line)
 
 
 def fit_stage(stage: str, tokens: np.ndarray, times: np.ndarray) -> StageFit:

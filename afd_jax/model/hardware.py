@@ -26,13 +26,12 @@ replaced (the one formula ``1e6 r B / ((r c_A + c_F) E[tau])``):
 from __future__ import annotations
 
 import math
-import tomllib
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from afd_jax.errors import InputError
+from afd_jax.errors import InputError, read_toml
 from afd_jax.model.latency import Latency, throughput
 
 __all__ = [
@@ -216,10 +215,7 @@ def read_hardware(path: str | Path | None, overrides: dict | None = None) -> Har
     data: dict = {}
     where = None if path is None else str(path)
     if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-            raise InputError(f"cannot read latency file: {err}", path=where) from err
+        data = read_toml(path, "latency file")
     fields = check_hardware_tables(data, where)
     extra = {k: v for k, v in (overrides or {}).items() if v is not None}
     fields.update(_check_section(extra, HARDWARE_KEYS + COST_KEYS, "flags", None))

@@ -27,13 +27,12 @@ non-decreasing (docs/latency_presets.md, the file format). A preset is such a fi
 from __future__ import annotations
 
 import math
-import tomllib
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from afd_jax.errors import InputError
+from afd_jax.errors import InputError, read_toml
 from afd_jax.model.hardware import check_hardware_tables
 from afd_jax.model.latency import (
     COEFFICIENTS,
@@ -103,7 +102,9 @@ def _readable(path) -> bool:
 def _number(value, key: str, path: str | None, *, positive: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InputError(f"must be a number, got {value!r}", path=path, field=key)
-    x = float(value)
+    if isinstance(value, int) and value > LATENCY_LIMIT:  # float() overflows beyond 1.8e308
+        return check_latency_limit(math.inf, key, path)
+    x = float(value) if value >= -LATENCY_LIMIT else -math.inf
     if not math.isfinite(x):
         raise InputError(f"must be finite, got {x}", path=path, field=key)
     if positive and x <= 0:
@@ -227,6 +228,12 @@ def _attn_tables(entries, path: str | None) -> AttnTable:
         if "batch" not in entry:
             raise InputError("missing batch", path=path, field=f"{where}.batch")
         batch = _number(entry["batch"], f"{where}.batch", path, positive=True)
+        if batch != math.floor(batch):
+            raise InputError(
+                f"must be a whole number of requests, got {batch:g}",
+                path=path,
+                field=f"{where}.batch",
+            )
         if batch in rows:
             raise InputError(f"batch {batch:g} given twice", path=path, field=f"{where}.batch")
         curve = {k: v for k, v in entry.items() if k != "batch"}
@@ -273,15 +280,7 @@ def _check_stages(stages: dict, path: str | None) -> dict:
 
 def load_latency_toml(path: str | Path) -> dict:
     """The TOML dict of a latency file; InputError naming the file if unreadable or invalid."""
-    path = Path(path)
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise InputError(f"cannot read latency file: {err.strerror}", path=str(path)) from err
-    except tomllib.TOMLDecodeError as err:
-        raise InputError(f"invalid TOML: {err}", path=str(path)) from err
-    except UnicodeDecodeError as err:
-        raise InputError("not a UTF-8 text file", path=str(path)) from err
+    return read_toml(path, "latency file")
 
 
 def read_latency_file(path: str | Path) -> dict:

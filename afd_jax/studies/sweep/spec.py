@@ -10,13 +10,12 @@ import hashlib
 import itertools
 import json
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from afd_jax.errors import InputError, check_seed
+from afd_jax.errors import InputError, check_seed, read_toml
 from afd_jax.memory import require
 from afd_jax.model.latency import COMM_SCALINGS, OVERLAPS
 from afd_jax.montecarlo.dynamics import DYNAMICS_KEYS, dynamics_options
@@ -507,12 +506,5 @@ def load_spec(path) -> SweepSpec:
         raise InputError("is a folder, expected a spec file (TOML)", path=str(path))
     if not p.is_file():
         raise InputError("no such spec file", path=str(path))
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise InputError(f"not valid TOML: {err}", path=str(path)) from None
-    except UnicodeDecodeError:
-        raise InputError("not a UTF-8 text file (a TOML spec)", path=str(path)) from None
-    except OSError as err:
-        raise InputError(f"cannot read: {err.strerror}", path=str(path)) from None
+    data = read_toml(p, "sweep spec")
     return parse_sweep_spec(data, str(path))
