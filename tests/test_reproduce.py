@@ -274,7 +274,7 @@ def test_traces_folder_from_flag_or_environment(tmp_path, monkeypatch):
     assert traces_dir(parser.parse_args(["reproduce", "--out", "x"])) == str(tmp_path)
     args = parser.parse_args(["reproduce", "--out", "x", "--traces-dir", "elsewhere"])
     assert traces_dir(args) == "elsewhere"
-    (tmp_path / TRACES["mooncake"]).write_text("")
+    (tmp_path / TRACES["mooncake"]).write_text('{"input_length": 10, "output_length": 3}\n')
     plan = plan_reproduction(quick=False, seed=0, traces_dir=tmp_path)
     assert plan.skipped == ["azure-conv", "azure-code"]
     assert plan.skip_reason == "trace files not found"
@@ -309,3 +309,51 @@ def test_damaged_part_is_recomputed_not_resumed(tmp_path, monkeypatch, capsys):
     write_part_csv(curves, rows)
     (tmp_path / "v1_summary.csv.sha256").unlink()  # a part from before checksums, or a kill
     assert not part_done(tmp_path, names)
+
+
+def test_trace_files_are_checked_and_named_by_their_digest(tmp_path):
+    """The parts folder was named by the configuration alone: a rerun on other trace files
+    resumed the first files' numbers, and a bad trace was found after minutes of parametric
+    parts (a review of session 22). The plan reads each trace first and its digest joins the
+    configuration."""
+    from afd_jax.studies.reproduce.configs import config_hash
+
+    trace = tmp_path / TRACES["azure-conv"]
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n1,100,20\n2,300,7\n")
+    first = plan_reproduction(quick=False, seed=0, traces_dir=tmp_path)
+    assert first.used[-1:] == ["azure-conv"] and set(first.cfg["traces"]) == {"azure-conv"}
+    assert plan_reproduction(quick=False, seed=0, traces_dir=tmp_path).cfg == first.cfg
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n1,100,20\n2,300,8\n")
+    second = plan_reproduction(quick=False, seed=0, traces_dir=tmp_path)
+    assert config_hash(second.cfg) != config_hash(first.cfg)
+    assert "traces" not in plan_reproduction(quick=True, seed=0, traces_dir=tmp_path).cfg
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n1,100,20\n2,300,-6\n")
+    with pytest.raises(InputError) as err:
+        plan_reproduction(quick=False, seed=0, traces_dir=tmp_path)
+    assert (err.value.path, err.value.line) == (str(trace), 3)
+
+
+@pytest.mark.parametrize(
+    "entry", ["report.md (user's)", "workloads.csv (user's)", "parts (file)", "report.md/"]
+)
+def test_out_folder_entries_in_the_way_are_refused_before_any_work(tmp_path, capsys, entry):
+    """A user's report.md or workloads.csv in --out was replaced without a word, a file
+    named parts failed with NotADirectoryError and a folder named report.md with
+    IsADirectoryError after the whole run. In a reproduction's own folder (meta.json or
+    parts/ beside them) the files are the run's to replace."""
+    out = tmp_path / "out"
+    out.mkdir()
+    name = entry.split(" ")[0].rstrip("/")
+    if entry.endswith("/"):
+        (out / name).mkdir()
+    else:
+        (out / name).write_text("mine\n")
+    assert main(["reproduce", "--out", str(out), "--quick", "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out: holds" in err and name in err
+    assert sorted(p.name for p in out.iterdir()) == [name]
+    if entry.endswith("(user's)"):
+        from afd_jax.studies.reproduce.runner import check_out_folder
+
+        (out / "meta.json").write_text("{}\n")
+        check_out_folder(out)  # a reproduction's folder: no error

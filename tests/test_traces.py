@@ -289,3 +289,24 @@ def test_not_gzip_and_binary(tmp_path):
     with pytest.raises(InputError, match="UTF-8") as info:
         load_trace(binary)
     assert info.value.line == 2
+
+
+def test_trace_larger_than_the_memory_budget_is_refused_before_parsing(tmp_path):
+    """A 13 MB gzip file of blank lines decompressed to 3 GB and the parse was killed for
+    memory (a review of session 22): the text is read no further than the budget allows, at
+    PARSE_BYTES_PER_BYTE bytes of memory per byte of text, compressed or not."""
+    from afd_jax.memory import budget
+    from afd_jax.workload.traces import PARSE_BYTES_PER_BYTE
+
+    text = "ContextTokens,GeneratedTokens\n" + "100,20\n" * 20_000  # 140 kB
+    plain = tmp_path / "t.csv"
+    plain.write_text(text)
+    packed = tmp_path / "t.csv.gz"
+    packed.write_bytes(gzip.compress(text.encode()))
+    fits = len(text) * PARSE_BYTES_PER_BYTE
+    for path in (plain, packed):
+        with budget(fits // 2), pytest.raises(InputError, match="memory budget") as err:
+            load_trace(path)
+        assert err.value.path == str(path) and err.value.field == "memory-budget"
+        with budget(fits + 1):
+            assert load_trace(path).prompt.size == 20_000

@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from afd_jax.cli.common import emit_json, finite_nonneg, fit_error_lines
+from afd_jax.cli.common import add_memory_budget_arg, emit_json, finite_nonneg, fit_error_lines
 from afd_jax.errors import InputError, check_output_file
 from afd_jax.model.calibrate import calibrate
 from afd_jax.model.latency_io import format_latency_toml, validate_latency
@@ -37,6 +37,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--cost-attn", type=float, default=1.0)
     p.add_argument("--cost-ffn", type=float, default=1.0)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    add_memory_budget_arg(p)
     p.set_defaults(func=run)
 
 

@@ -8,7 +8,12 @@ import os
 import sys
 from pathlib import Path
 
-from afd_jax.cli.common import check_seed, check_trace_options, emit_json
+from afd_jax.cli.common import (
+    add_memory_budget_arg,
+    check_seed,
+    check_trace_options,
+    emit_json,
+)
 from afd_jax.errors import InputError, check_level
 from afd_jax.workload.containers import TraceWorkload
 from afd_jax.workload.specs import resolve_workload
@@ -68,6 +73,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_memory_budget_arg(p)
     p.set_defaults(func=run)
 
 

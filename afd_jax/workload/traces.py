@@ -196,7 +196,13 @@ def _gunzip(handle, spath: str) -> bytes:
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
         raise InputError(f"corrupt gzip file: {err}", path=spath) from None
     if len(raw) >= cap:
-        _require_text(len(raw), spath)
+        raise InputError(
+            f"decompresses to more than {format_bytes(len(raw))} of text, beyond what the "
+            f"memory budget of {format_bytes(current_budget())} parses ({PARSE_BYTES_PER_BYTE} "
+            "bytes a byte of text; --memory-budget, or split the trace)",
+            path=spath,
+            field="memory-budget",
+        )
     return raw
 
 

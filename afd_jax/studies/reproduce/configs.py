@@ -36,6 +36,7 @@ __all__ = [
     "config_hash",
     "load_workload",
     "regime_latency",
+    "trace_digests",
     "v1_latency",
 ]
 
@@ -143,6 +144,19 @@ def available_workloads(cfg: dict, traces_dir: Path | None) -> tuple[list[str], 
         else:
             used.append(name)
     return used, skipped
+
+
+def trace_digests(names: list[str], traces_dir: Path) -> dict[str, str]:
+    """{workload: 12 hex digits of the SHA-1 of its trace file} for the traces among
+    ``names``, each file read and checked first (a bad trace is refused before any work). The
+    digests join the configuration, so parts computed from other trace files never resume."""
+    digests = {}
+    for name in names:
+        if name in TRACES:
+            load_workload(name, traces_dir)
+            data = (traces_dir / TRACES[name]).read_bytes()
+            digests[name] = hashlib.sha1(data).hexdigest()[:12]
+    return digests
 
 
 def load_workload(name: str, traces_dir: Path | None):

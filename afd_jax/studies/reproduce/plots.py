@@ -116,6 +116,10 @@ def _idle_figure(plt, out: Path, grid: list[dict]) -> None:
     plt.close(fig)
 
 
+FIGURES = ("v1_throughput.png", "workload_errors.png", "idle_breakdown.png")
+"""The figures :func:`write_plots` draws."""
+
+
 def write_plots(out: Path) -> None:
     """v1_throughput.png, workload_errors.png, idle_breakdown.png from the CSVs in ``out``."""
     import matplotlib  # heavy optional import: only when figures are drawn

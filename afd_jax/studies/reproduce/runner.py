@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from afd_jax.errors import InputError
 from afd_jax.montecarlo.simulate import device_name
 from afd_jax.studies.reproduce.configs import (
     NO_TRACES,
@@ -17,9 +18,10 @@ from afd_jax.studies.reproduce.configs import (
     check_traces_dir,
     config,
     config_hash,
+    trace_digests,
 )
 from afd_jax.studies.reproduce.parts import assemble, parts_folder
-from afd_jax.studies.reproduce.plots import write_plots
+from afd_jax.studies.reproduce.plots import FIGURES, write_plots
 from afd_jax.studies.reproduce.report import write_report
 from afd_jax.studies.reproduce.runs import grid_tag, log, part_drain, part_grid, part_v1
 
@@ -38,12 +40,16 @@ class RunPlan(NamedTuple):
 
 
 def plan_reproduction(quick: bool = False, seed: int = 0, traces_dir=None) -> RunPlan:
-    """The plan of a run. A given ``traces_dir`` that holds none of the expected traces raises
-    :class:`afd_jax.errors.InputError`; none given in full mode logs one line saying that the
-    trace scenarios are left out."""
+    """The plan of a run. A given ``traces_dir`` that holds none of the expected traces, or
+    a trace the run uses that does not load, raises :class:`afd_jax.errors.InputError`; none
+    given in full mode logs one line saying that the trace scenarios are left out. The
+    configuration holds a digest of each trace used (:func:`trace_digests`)."""
     cfg = config(quick, seed)
     traces_dir = check_traces_dir(traces_dir)
     used, skipped = available_workloads(cfg, None if quick else traces_dir)
+    digests = trace_digests(used, traces_dir) if traces_dir is not None else {}
+    if digests:
+        cfg["traces"] = digests
     reason = None
     if skipped and quick:
         reason = "quick mode never reads traces"
@@ -74,9 +80,37 @@ def _run_parts(plan: RunPlan, parts: Path) -> dict:
     return timings
 
 
-def _final_tables(plan: RunPlan) -> dict[str, list[str]]:
-    """Each final table and the part files it is assembled from."""
-    tags = [grid_tag(name, b) for name in plan.used for b in plan.cfg["batches"]]
+def check_out_folder(out: Path) -> None:
+    """Before any work: ``out`` holds nothing in the way of the run. Every file the run
+    writes must be a file where it exists (``parts`` a folder), and such files are replaced
+    only in a reproduction's own folder (one with ``meta.json`` or ``parts/``): a report.md of
+    the user's is not overwritten."""
+    names = [*_final_tables(None), "report.md", "meta.json", *FIGURES]
+    parts = out / "parts"
+    if parts.exists() and not parts.is_dir():
+        raise InputError(
+            "--out: holds a file named parts (the run's folder of parts)", path=str(parts)
+        )
+    for name in names:
+        if (out / name).is_dir():
+            raise InputError(
+                f"--out: holds a folder named {name}, a file the run writes", path=str(out / name)
+            )
+    if (out / "meta.json").is_file() or parts.is_dir():
+        return
+    found = [name for name in names if (out / name).exists()]
+    if found:
+        raise InputError(
+            f"--out: holds {', '.join(found)}, not written by a reproduction (no meta.json or "
+            "parts/ beside them), which the run would replace; give a new or empty folder",
+            path=str(out),
+        )
+
+
+def _final_tables(plan: RunPlan | None) -> dict[str, list[str]]:
+    """Each final table and the part files it is assembled from (``plan`` None: the names
+    only)."""
+    tags = [] if plan is None else [grid_tag(n, b) for n in plan.used for b in plan.cfg["batches"]]
     tables = {name: [name] for name in ("v1_curves.csv", "v1_summary.csv", "v1_drain.csv")}
     tables["workloads.csv"] = [f"{tag}.csv" for tag in tags]
     tables["workload_curves.csv"] = [f"{tag}_curves.csv" for tag in tags]
@@ -99,6 +133,7 @@ def run_reproduction(
     left alone.
     """
     out = Path(out)
+    check_out_folder(out)
     plan = plan_reproduction(quick, seed, traces_dir)
     parts = parts_folder(out, plan.cfg)
     t0 = time.perf_counter()
