@@ -3,7 +3,7 @@
 (Table calibration, ``afd-jax calibrate --fit table``, reads the same CSV with a ``batch``
 column through :func:`read_profile` and lives in :mod:`afd_jax.studies.calibration`.)
 
-Profile CSV, header ``stage,tokens,time_us`` (extra columns are ignored), one measurement a
+Profile CSV, header ``stage,tokens,time_us`` (other columns are ignored), one measurement a
 row. ``stage`` is ``attn``/``attention``, ``ffn`` or ``comm``/``communication``; ``tokens`` is
 the stage's token count (Attention: the worker load T = sum of its slot loads; FFN: the batch
 r*B; communication: the tokens X sent per step, r*B or B per ``comm_scaling``); ``time_us`` the

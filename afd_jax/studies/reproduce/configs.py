@@ -21,6 +21,7 @@ from afd_jax.errors import InputError
 from afd_jax.model.latency import Latency, ModelOptions
 from afd_jax.model.latency_io import resolve_latency
 from afd_jax.model.theory import mean_attention_time
+from afd_jax.workload.containers import content_digest
 from afd_jax.workload.specs import resolve_workload
 
 __all__ = [
@@ -147,16 +148,14 @@ def available_workloads(cfg: dict, traces_dir: Path | None) -> tuple[list[str], 
 
 
 def trace_digests(names: list[str], traces_dir: Path) -> dict[str, str]:
-    """{workload: 12 hex digits of the SHA-1 of its trace file} for the traces among
-    ``names``, each file read and checked first (a bad trace is refused before any work). The
-    digests join the configuration, so parts computed from other trace files never resume."""
-    digests = {}
-    for name in names:
-        if name in TRACES:
-            load_workload(name, traces_dir)
-            data = (traces_dir / TRACES[name]).read_bytes()
-            digests[name] = hashlib.sha1(data).hexdigest()[:12]
-    return digests
+    """{workload: the digest of its rows as read (:func:`content_digest`, hex)} for the traces
+    among ``names``: each trace is read, and so checked, before any work, and the digests join
+    the configuration, so parts computed from other trace rows never resume."""
+    return {
+        name: content_digest(load_workload(name, traces_dir)).hex()
+        for name in names
+        if name in TRACES
+    }
 
 
 def load_workload(name: str, traces_dir: Path | None):
