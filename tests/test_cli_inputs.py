@@ -347,3 +347,16 @@ def test_trace_options_refused_for_a_parametric_workload(capsys):
     argv = ["provision", "--workload", WL, "-B", 64, "--latency", "paper-v1"]
     refused([*argv, "--decode-mapping", "output-minus-one"], capsys, "--decode-mapping")
     refused([*argv, "--format", "azure"], capsys, "field --format", "trace files only")
+
+
+def test_plan_points_checked_against_the_budget(capsys):
+    """`plan --r-max 1000000` grew to 22.7 GB and was killed for memory, and 1e8 ran for
+    minutes, whatever --memory-budget said (a review of session 22): the (r, B) points are
+    counted against the budget before any work."""
+    line = refused(
+        [*PLAN, "--batches", "8,16", "--r-max", 10**8, "--memory-budget", "2G"],
+        capsys,
+        "200000000 (r, B) points",
+        "--r-max",
+    )
+    assert "over the memory budget of 2.0 GiB" in line

@@ -124,6 +124,10 @@ def test_bad_overrides_and_unknown_spec(tmp_path):
         huge = GOOD.replace("beta_attn = 100", "beta_attn = 1" + "0" * 320)
         resolve_latency(str(write(tmp_path, huge)))
     assert err.value.field == "beta_attn"
+    for value, says in (("nan", "got nan"), ("-1" + "0" * 320, "got -inf")):
+        text = GOOD.replace("beta_attn = 100", f"beta_attn = {value}")
+        with pytest.raises(InputError, match=says):
+            resolve_latency(str(write(tmp_path, text)))
     with pytest.raises(InputError, match=r"missing \[latency\]"):
         resolve_latency(str(write(tmp_path, "[meta]\nname = 'x'\n")))
 

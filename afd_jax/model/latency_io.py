@@ -102,9 +102,11 @@ def _readable(path) -> bool:
 def _number(value, key: str, path: str | None, *, positive: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InputError(f"must be a number, got {value!r}", path=path, field=key)
-    if isinstance(value, int) and value > LATENCY_LIMIT:  # float() overflows beyond 1.8e308
-        return check_latency_limit(math.inf, key, path)
-    x = float(value) if value >= -LATENCY_LIMIT else -math.inf
+    if isinstance(value, int) and abs(value) > LATENCY_LIMIT:  # float() overflows past 1.8e308
+        if value > 0:
+            return check_latency_limit(math.inf, key, path)
+        value = -math.inf
+    x = float(value)
     if not math.isfinite(x):
         raise InputError(f"must be finite, got {x}", path=path, field=key)
     if positive and x <= 0:
