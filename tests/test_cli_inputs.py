@@ -360,3 +360,30 @@ def test_plan_points_checked_against_the_budget(capsys):
         "--r-max",
     )
     assert "over the memory budget of 2.0 GiB" in line
+
+
+@pytest.mark.parametrize(
+    ("base", "scales", "words"),
+    [
+        ("paper-v1", "[latency.set]\nattn_scale = 1e300\n", ["latency.set.attn_scale", "1e+302"]),
+        (
+            "paper-v1",
+            "[latency.set]\nattn_scale = 1e-300\nffn_scale = 1e-300\n"
+            "[latency.grid]\ncomm_scale = [1, 1e-300]\n",
+            ["latency.grid.comm_scale", "scenario 1", "stage scales applied"],
+        ),
+        (ROOT / "tests" / "data" / "moe_table.toml", "[latency.set]\nffn_scale = 1e-300\n",
+         ["latency.set.ffn_scale", "scales a measured time"]),
+    ],
+)  # fmt: skip
+def test_sweep_stage_scales_checked_as_applied(tmp_path, capsys, base, scales, words):
+    """A stage scale was only checked to be > 0: attn_scale = 1e300 gave an IndexError
+    (optimize), NaN (mc) or 2.7e-296 tokens/s, and three scales of 1e-300 an infinite mc
+    throughput (a review of session 22). The scaled values meet the coefficients' limits."""
+    spec = tmp_path / "s.toml"
+    spec.write_text(
+        'methods = ["mean_field"]\nr_max = 3\nbatch = [8]\n[workloads]\nspecs = ["paper-v1"]\n'
+        f'[latency]\nbase = "{base}"\n{scales}'
+    )
+    refused(["sweep", spec, "--out", tmp_path / "t.csv"], capsys, *words)
+    assert not (tmp_path / "t.csv").exists()

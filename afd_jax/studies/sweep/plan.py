@@ -28,6 +28,7 @@ from afd_jax.model.latency import (
     scale_latency,
 )
 from afd_jax.model.latency_io import (
+    MIN_STEP_US,
     check_latency_limit,
     check_step_time,
     latency_file,
@@ -36,6 +37,7 @@ from afd_jax.model.latency_io import (
     scalar_items,
     validate_latency,
 )
+from afd_jax.model.stages import AttnTable, is_affine
 from afd_jax.montecarlo.dynamics import check_experts_memory, dynamics_options
 from afd_jax.montecarlo.simulate import check_kv_capacity, preflight
 from afd_jax.studies.sweep.fields import LATENCY_FIELDS, SCALE_FIELDS, SWEPT_FIELDS, columns
@@ -171,6 +173,40 @@ def _check_latency_values(coeffs: np.ndarray, spec: SweepSpec, base: Latency) ->
     check_step_time(make_latency(tuple(coeffs.T), base.tables), spec.path)
 
 
+def _check_scaled_values(coeffs: np.ndarray, scales: np.ndarray, spec: SweepSpec, base) -> None:
+    """The stage scales applied (:func:`scale_latency`, as the methods apply them): each stage's
+    scaled coefficients or table times within :data:`LATENCY_LIMIT` and its table times at
+    least :data:`MIN_STEP_US`, then the scaled step time (:func:`check_step_time`); an error
+    names the scale's key (``attn_scale = 1e300`` gave NaN, infinite or 1e-296 throughputs)."""
+    lat = make_latency(tuple(coeffs.T), base.tables)
+    lat = scale_latency(lat, dict(zip(STAGES, scales.T, strict=True)))
+    keys = [_latency_key(spec, f"{stage}_scale") for stage in STAGES]
+    for stage, key in zip(STAGES, keys, strict=True):
+        times = _stage_times(getattr(lat, stage))
+        check_latency_limit(float(max(np.max(t) for t in times)), key, spec.path)
+        least = min(float(np.min(t)) for t in times)
+        if not is_affine(getattr(lat, stage)) and least < MIN_STEP_US:
+            raise InputError(
+                f"scales a measured time to {least:.3g} us, below {MIN_STEP_US:g} us",
+                path=spec.path,
+                field=key,
+            )
+    try:
+        check_step_time(lat, spec.path)
+    except InputError as err:
+        named = [k for k in keys if k != "latency.base"]
+        raise InputError(f"{err.reason} (stage scales applied)", path=spec.path,
+                         field=", ".join(named)) from None  # fmt: skip
+
+
+def _stage_times(stage) -> list[np.ndarray]:
+    """The arrays of times (us) that define a stage: an affine pair, or a table's knot times."""
+    if is_affine(stage):
+        return [np.asarray(stage.alpha), np.asarray(stage.beta)]
+    rows = stage.rows if isinstance(stage, AttnTable) else (stage,)
+    return [np.asarray(row.y) for row in rows]
+
+
 def _check_kv(spec: SweepSpec, i: int, s: str, w) -> None:
     """The mc method's KV capacity against workload ``i``'s prompts, before any work
     (``afd_jax.montecarlo.simulate.check_kv_capacity``)."""
@@ -246,6 +282,8 @@ def make_plan(spec: SweepSpec) -> SweepPlan:
     lat = _latency_samples(spec, base)
     lat, scales = lat[:, : len(LATENCY_FIELDS)], lat[:, len(LATENCY_FIELDS) :]
     _check_latency_values(lat, spec, base)
+    if spec.scaled:
+        _check_scaled_values(lat, scales, spec, base)
 
     n_wl, n_b, n_lat = len(entries), len(spec.batches), lat.shape[0]
     wl_index = np.repeat(np.arange(n_wl, dtype=np.int64), n_b * n_lat)
