@@ -93,6 +93,27 @@ def test_bad_input_exits_2(capsys, trace, extra):
     assert out == "" and "error" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("extra", "needs"),
+    [
+        (["--attn-gpus", "2"], "--kv-capacity auto"),
+        (["--memory-attn-gib", "80", "--kv-capacity", "1e6"], "--kv-capacity auto"),
+        (["--kv-reserved", "0.5"], "--kv-capacity auto"),
+        (["--kv-epsilon", "0.01"], "--kv-capacity"),
+        (["--batch-min", "4"], "--optimize-batch"),
+    ],
+)
+def test_options_the_run_would_not_read_are_refused(capsys, extra, needs):
+    """Each gave the same JSON as without it (a review of session 22); the price and power
+    flags, which optimize never reads, are no longer offered."""
+    argv = ["optimize", "--workload", "paper-v1", "--batch", "16", *extra]
+    code, out, err = _run(capsys, argv)
+    assert code == 2 and out == ""
+    assert f"field {extra[0]}: applies with {needs} only" in err
+    with pytest.raises(SystemExit):
+        main(["optimize", "--workload", "paper-v1", "--batch", "16", "--price-attn", "3"])
+
+
 def _paper_continuous_r(flags: dict, theta_scale: float = 1.0) -> float:
     """r_continuous of the library's optimize on paper-v1 at B = 64 (the CLI's inputs), theta
     scaled: an independent reference for the CLI's elasticities by finite differences."""

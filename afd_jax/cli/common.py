@@ -254,14 +254,17 @@ HARDWARE_FLAGS = (
 )
 
 
-def add_hardware_args(parser) -> None:
+def add_hardware_args(parser, keys: tuple[str, ...] | None = None) -> None:
     """GPU counts, systems, per-GPU price / power / memory (override the latency file's
-    [hardware] and [costs] tables and the system defaults; docs/plan.md)."""
+    [hardware] and [costs] tables and the system defaults; docs/plan.md); ``keys``: only
+    those (a command that uses only some takes only those)."""
     g = parser.add_argument_group(
         "hardware and costs (docs/plan.md)",
         "override the latency file's [hardware]/[costs] tables and the per-system defaults",
     )
     for key, kind, metavar, text in HARDWARE_FLAGS:
+        if keys is not None and key not in keys:
+            continue
         g.add_argument(
             "--" + key.replace("_", "-"), dest=key, type=kind, metavar=metavar, help=text
         )

@@ -53,7 +53,9 @@ def add_parser(subparsers) -> None:
         "--optimize-batch", action="store_true", help="optimise B too (needs --batch-max)"
     )
     p.add_argument("--batch-max", type=int, default=None, help="largest B (--optimize-batch)")
-    p.add_argument("--batch-min", type=int, default=1, help="smallest B (default 1)")
+    p.add_argument(
+        "--batch-min", type=int, default=None, help="smallest B (--optimize-batch; default 1)"
+    )
     p.add_argument("--r-min", type=int, default=1, help="smallest r (default 1)")
     p.add_argument("--r-max", type=int, default=64, help="largest r (default 64)")
     add_ratio_args(p)
@@ -67,17 +69,17 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--kv-reserved",
         type=float,
-        default=0.1,
+        default=None,
         metavar="F",
         help="with --kv-capacity auto: fraction of GPU memory kept back (default 0.1)",
     )
-    add_hardware_args(p)
+    add_hardware_args(p, KV_AUTO_FLAGS)
     p.add_argument(
         "--kv-epsilon",
         type=float,
-        default=1e-3,
+        default=None,
         metavar="E",
-        help="allowed Pr(worker load > capacity) (default 1e-3)",
+        help="with --kv-capacity: allowed Pr(worker load > capacity) (default 1e-3)",
     )
     p.add_argument(
         "--step-slo", type=float, default=None, metavar="US", help="mean step-time budget (us)"
@@ -107,6 +109,28 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+KV_AUTO_FLAGS = ("attn_gpus", "attn_system", "memory_attn_gib")
+"""The hardware flags ``--kv-capacity auto`` reads (the only use of hardware here)."""
+_DEFAULTS = {"kv_reserved": 0.1, "kv_epsilon": 1e-3, "batch_min": 1}
+
+
+def _check_used(args) -> None:
+    """InputError for an option the run would not read (it was ignored without a word: the
+    hardware flags and --kv-reserved without --kv-capacity auto, --kv-epsilon without
+    --kv-capacity, --batch-min without --optimize-batch); then the defaults of the others."""
+    auto = args.kv_capacity is not None and args.kv_capacity.strip().lower() == "auto"
+    needs = {key: ("--kv-capacity auto", auto) for key in (*KV_AUTO_FLAGS, "kv_reserved")}
+    needs["kv_epsilon"] = ("--kv-capacity", args.kv_capacity is not None)
+    needs["batch_min"] = ("--optimize-batch", args.optimize_batch)
+    for key, (option, used) in needs.items():
+        if getattr(args, key) is not None and not used:
+            flag = "--" + key.replace("_", "-")
+            raise InputError(f"applies with {option} only", field=flag)
+    for key, value in _DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
 def _kv_capacity(args) -> float | None:
     """--kv-capacity as tokens: a number > 0, or "auto" from the hardware (None = no limit)."""
     text = args.kv_capacity
@@ -133,6 +157,7 @@ def _kv_capacity(args) -> float | None:
 def run(args) -> int:
     use_float64()  # JAX loads with the study, once the flags and inputs are read
     tornado = plot_file(args.tornado, "--tornado")
+    _check_used(args)
     if args.optimize_batch:
         positive_int("batch_max", args.batch_max)
     else:
