@@ -387,3 +387,12 @@ def test_sweep_stage_scales_checked_as_applied(tmp_path, capsys, base, scales, w
     )
     refused(["sweep", spec, "--out", tmp_path / "t.csv"], capsys, *words)
     assert not (tmp_path / "t.csv").exists()
+
+
+@pytest.mark.parametrize("flag", [["--kv-epsilon", 0.5], ["--memory-attn-gib", 80]])
+def test_plan_kv_options_without_a_kv_size_are_refused(capsys, flag):
+    """paper-v1 gives no kv_bytes_per_token: the KV options changed nothing while the table
+    said "constraints none besides KV capacity" (a review of session 22)."""
+    refused([*PLAN, "--batches", 8, "--r-max", 4, *flag], capsys, f"field {flag[0]}", "nothing")
+    rc, out, _ = cli([*PLAN, "--batches", 8, "--r-max", 4, "--no-elasticities"], capsys)
+    assert rc == 0 and "constraints   none; r in 1..4" in out

@@ -68,14 +68,14 @@ def add_parser(subparsers) -> None:
     g.add_argument(
         "--kv-reserved",
         type=float,
-        default=0.1,
+        default=None,
         metavar="F",
         help="fraction of GPU memory not available to weights + KV cache (default 0.1)",
     )
     g.add_argument(
         "--kv-epsilon",
         type=float,
-        default=1e-3,
+        default=None,
         metavar="E",
         help="allowed Pr(worker KV load > capacity) (default 1e-3)",
     )
@@ -131,8 +131,9 @@ def _print_inputs(res: dict) -> None:
         )
     limits = [f"P99 TPOT <= {res['tpot_p99_slo_ms']:g} ms"] if res["tpot_p99_slo_ms"] else []
     limits += [f"<= {res['budget_gpus']} GPUs"] if res["budget_gpus"] else []
+    kv_only = "none" if res["kv_capacity_tokens"] is None else "none besides KV capacity"
     print(
-        f"constraints   {', '.join(limits) or 'none besides KV capacity'}; r in "
+        f"constraints   {', '.join(limits) or kv_only}; r in "
         f"{res['r_values'][0]}..{res['r_values'][-1]} ({len(res['r_values'])} values), B in "
         f"{', '.join(str(b) for b in res['batches'])}"
     )
@@ -170,6 +171,27 @@ def _print_plan(res: dict) -> None:
             print(f"  {name:<16} {el['r_star'][name]:>7g} {el['throughput'][name]:>11g}")
 
 
+def _check_kv_options(args, hw) -> None:
+    """The KV options where they can act: --kv-epsilon and --memory-attn-gib size the KV
+    capacity, which needs kv_bytes_per_token in [hardware]; --kv-reserved also keeps FFN
+    memory back, which needs the FFN weights. Without those they were ignored while the
+    table said "none besides KV capacity". Then the defaults (0.1, 1e-3)."""
+    if args.kv_reserved is not None:
+        check_reserved(args.kv_reserved)
+    why = "the latency file's [hardware] gives no kv_bytes_per_token, so no KV capacity is sized"
+    used = {
+        "--kv-epsilon": args.kv_epsilon is not None,
+        "--memory-attn-gib": args.memory_attn_gib is not None,
+        "--kv-reserved": args.kv_reserved is not None and hw.ffn_weight_bytes is None,
+    }
+    if not hw.kv_bytes_per_token:
+        for flag, given in used.items():
+            if given:
+                raise InputError(f"has nothing to act on: {why}", field=flag)
+    args.kv_reserved = 0.1 if args.kv_reserved is None else args.kv_reserved
+    args.kv_epsilon = 1e-3 if args.kv_epsilon is None else args.kv_epsilon
+
+
 def run(args) -> int:
     use_float64()  # JAX loads with the study, once the flags and inputs are read
     positive_int("r_max", args.r_max)
@@ -183,10 +205,10 @@ def run(args) -> int:
         raise InputError(
             "--tornado needs the elasticities (drop --no-elasticities)", field="tornado"
         )
-    check_reserved(args.kv_reserved)
     plot, tornado = plot_file(args.plot), plot_file(args.tornado, "--tornado")
     lat, opts = load_latency(args)
     hardware = load_hardware(args)
+    _check_kv_options(args, hardware)
     require_worker_load(args.slot_bins, max(batches or DEFAULT_BATCHES))
     w = load_workload(args)
     from afd_jax.studies.plan import plan
