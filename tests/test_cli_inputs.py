@@ -116,11 +116,26 @@ OPT = ["optimize", "--workload", WL, "--latency", "paper-v1", "-B", 64]
         (SIM + ["--expert-skew", 1], ["field expert-skew", "--experts"]),  # was ignored
         (SIM + ["--experts", "8,2,1", "--expert-skew", -1], ["field expert-skew", "[0, 100]"]),
         (SIM + ["--num-processes", 2], ["--coordinator"]),  # was ignored
-        (OPT + ["--kv-epsilon", 1], ["field kv_epsilon"]),  # checked only with a capacity
-        (OPT + ["--kv-reserved", 1], ["field kv_reserved"]),
+        (OPT + ["--kv-capacity", 1e6, "--kv-epsilon", 1], ["field kv_epsilon"]),
+        (OPT + ["--kv-capacity", "auto", "--kv-reserved", 1], ["field kv_reserved"]),
+        # ignored before (a review of session 22)
+        (SIM + ["--kernel", "barrier", "--exact-shapes"], ["field --exact-shapes", "fast"]),
+        (SIM + ["--routing", "balanced", "--exact-shapes"], ["field --exact-shapes"]),
+        (
+            ["simulate", "--workload", WL, "-B", 4, "--r-max", 2, "--window", "completions"]
+            + ["--requests", 64, "--memory-budget-mb", 64],
+            ["field --memory-budget-mb", "completions"],
+        ),
+        (
+            ["sweep", ROOT / "examples" / "missing.toml", "--plot-x", "batch"],
+            ["field --plot-x", "--plot-dir"],
+        ),
     ],
-    ids=["slack", "experts-0", "skew-alone", "skew-negative", "processes", "eps", "reserved"],
-)
+    ids=[
+        "slack", "experts-0", "skew-alone", "skew-negative", "processes", "eps", "reserved",
+        "exact-shapes-barrier", "exact-shapes-dynamics", "chunks-completions", "plot-x-alone",
+    ],
+)  # fmt: skip
 def test_options_refused_not_ignored(argv, words, capsys):
     refused(argv, capsys, *words)
 

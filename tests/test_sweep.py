@@ -109,16 +109,6 @@ def parse(text: str, path="spec.toml"):
             "latency.random.n",
         ),
         ("batch = [1]\n[workloads]\nspecs=['x']\n[latency]\noverlap='sideways'", "latency.overlap"),
-        # the set value was dropped without a word
-        (
-            f"{BASE}\n[latency.set]\nalpha_attn=2\n[latency.grid]\nalpha_attn=[1]",
-            "latency.set.alpha_attn",
-        ),
-        (
-            f"{BASE}\n[latency.set]\nffn_scale=2\n[latency.random]\nn=2\n"
-            "ffn_scale={uniform=[1,5]}",
-            "latency.set.ffn_scale",
-        ),
         ("format = 'xlsx'\nbatch = [1]\n[workloads]\nspecs=['x']", "format"),
         ("batch = [1]\n[workloads]\nspecs=['x']\n[mc]\nsteps=0", "mc.steps"),
         (

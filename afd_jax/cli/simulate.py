@@ -126,8 +126,8 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--memory-budget-mb",
         type=int,
-        default=1024,
-        help="chunk size budget (default 1024, at most half of --memory-budget)",
+        default=None,
+        help="steps window: chunk size budget (default 1024, at most half of --memory-budget)",
     )
     add_memory_budget_arg(p)
     p.add_argument(
@@ -269,6 +269,23 @@ def _check_window_flags(args) -> None:
             )
 
 
+def _check_fast_only(args, dynamics) -> None:
+    """--exact-shapes (the fast kernel's shape buckets) and --memory-budget-mb (the steps
+    window's chunks) where they act; elsewhere they were ignored without a word."""
+    if args.window == "completions" and args.memory_budget_mb is not None:
+        raise InputError(
+            "sizes the steps window's chunks; --window completions runs whole pools",
+            field="--memory-budget-mb",
+        )
+    if args.exact_shapes and (
+        args.window == "completions" or dynamics is not None or args.kernel not in (None, "fast")
+    ):
+        raise InputError(
+            "applies to the fast kernel only (the steps window's default without dynamics options)",
+            field="--exact-shapes",
+        )
+
+
 # JAX and the drivers are imported when the command runs, not when the parser is built (the CLI
 # builds every command's parser at start).
 
@@ -277,9 +294,11 @@ def run(args) -> int:
     use_float64()
     _check_window_flags(args)
     dynamics = _dynamics(args)
+    _check_fast_only(args, dynamics)
     positive_int("batch", args.batch)
     positive_int("r-max", args.r_max)
     positive_int("replications", args.replications)
+    args.memory_budget_mb = 1024 if args.memory_budget_mb is None else args.memory_budget_mb
     positive_int("memory-budget-mb", args.memory_budget_mb)
     check_seed("seed", args.seed)
     check_level(args.level)

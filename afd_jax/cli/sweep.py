@@ -114,6 +114,12 @@ def run(args) -> int:
     if not (math.isfinite(args.peer_timeout) and args.peer_timeout > 0):
         raise InputError(f"must be a number of seconds > 0, got {args.peer_timeout}",
                          field="--peer-timeout")  # fmt: skip
+    for flag in ("plot_x", "plot_y"):
+        if getattr(args, flag) is not None and not args.plot_dir:
+            raise InputError(
+                "names an axis of the maps, which need --plot-dir",
+                field=f"--{flag.replace('_', '-')}",
+            )
     spec = load_spec(args.spec)
     out = spec.output if args.out is None else args.out  # --out "" is refused, not ignored
     _check_outputs(args, out)

@@ -426,10 +426,6 @@ def _parse_latency(lat, path: str) -> dict:
         (k, tuple(float(x) for x in grid_values(v, f"latency.grid.{k}", path)))
         for k, v in grid.items()
     )
-    rnd = lat.get("random", {})
-    for k in set(lset) & (set(grid) | (set(rnd) if isinstance(rnd, dict) else set())):
-        # the swept values replaced the set one without a word
-        raise _err("both set and swept (latency.grid or .random)", f"latency.set.{k}", path)
     out = dict(
         latency_base=base,
         comm_scaling=comm,
