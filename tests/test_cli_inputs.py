@@ -411,3 +411,30 @@ def test_plan_kv_options_without_a_kv_size_are_refused(capsys, flag):
     refused([*PLAN, "--batches", 8, "--r-max", 4, *flag], capsys, f"field {flag[0]}", "nothing")
     rc, out, _ = cli([*PLAN, "--batches", 8, "--r-max", 4, "--no-elasticities"], capsys)
     assert rc == 0 and "constraints   none; r in 1..4" in out
+
+
+def test_sweep_dynamics_sizes_checked_at_every_batch_before_any_part(tmp_path, capsys):
+    """`[mc] microbatches = 3` with B = 8 was found at the first scenario of that B, after
+    the sweep's state was written, as "field microbatches" without the spec (a review of
+    session 22); it is refused before any work, named as its [mc] key."""
+    from test_reliability import spec_file
+
+    body = """
+        methods = ["mc"]
+        batch = [6, 8]
+        r_max = 2
+        [workloads]
+        specs = ["paper-v1"]
+        [latency]
+        base = "paper-v1"
+        [mc]
+        steps = 64
+        replications = 2
+        microbatches = 3
+        """
+    out = tmp_path / "t.csv"
+    spec = spec_file(tmp_path, body)
+    refused(
+        ["sweep", spec, "--out", out, "--quiet"], capsys, f"{spec}: field mc.microbatches", "B = 8"
+    )
+    assert not out.exists() and not (tmp_path / "t.csv.parts").exists()

@@ -38,7 +38,7 @@ from afd_jax.model.latency_io import (
     validate_latency,
 )
 from afd_jax.model.stages import AttnTable, is_affine
-from afd_jax.montecarlo.dynamics import check_experts_memory, dynamics_options
+from afd_jax.montecarlo.dynamics import check_dynamics, check_experts_memory, dynamics_options
 from afd_jax.montecarlo.simulate import check_kv_capacity, preflight
 from afd_jax.studies.sweep.fields import LATENCY_FIELDS, SCALE_FIELDS, SWEPT_FIELDS, columns
 from afd_jax.studies.sweep.spec import SweepSpec
@@ -310,12 +310,21 @@ def make_plan(spec: SweepSpec) -> SweepPlan:
 
 
 def _check_dynamics_memory(spec: SweepSpec, b_max: int) -> None:
-    """The mc method's expert routing at the largest B against the memory budget
-    (``montecarlo.dynamics.check_experts_memory``), named as its ``[mc]`` key."""
+    """The mc method's dynamics at every B of the spec (``check_dynamics``: micro-batches
+    that divide B, a slot slack below B; found at the first scenario of such a B before) and
+    its expert routing at the largest B against the memory budget
+    (``montecarlo.dynamics.check_experts_memory``), each named as its ``[mc]`` key."""
     dynamics = dynamics_options(spec.mc, "mc.")
+    if dynamics is None:
+        return
+    for batch in spec.batches:
+        try:
+            check_dynamics(dynamics, batch)
+        except InputError as err:
+            field = f"mc.{err.field.replace('-', '_')}"
+            raise InputError(err.reason, field=field) from None
     try:
-        if dynamics is not None:
-            check_experts_memory(dynamics, spec.r_max, b_max)
+        check_experts_memory(dynamics, spec.r_max, b_max)
     except InputError as err:
         raise InputError(err.reason, field="mc.experts") from None
 
