@@ -80,6 +80,18 @@ def parse(text: str, path="spec.toml"):
 # validation
 
 
+def test_parquet_format_without_output_names_a_parquet_table():
+    """format = "parquet" without output took the default name s.csv, so any --out was
+    compared with it (a review of session 22: a complaint about the suffix of 'cur.csv')."""
+    from afd_jax.studies.sweep.spec import output_format
+
+    spec = parse(f"format = 'parquet'\n{BASE}", "dir/cur.toml")
+    assert spec.output == "cur.parquet" and output_format(spec, "x.parquet") == "parquet"
+    with pytest.raises(InputError, match="'x.csv'") as err:
+        output_format(spec, "x.csv")
+    assert err.value.field == "--out"
+
+
 @pytest.mark.parametrize(
     "text, key",
     [

@@ -322,7 +322,7 @@ def run(args) -> int:
         return 0
     for line in _describe(res, args.workload):
         print(line)
-    _print_table(res.results_table(), res.r_best, res.level, res.replications)
+    _print_table(res.results_table(), res.r_best, res.level, res.replications, args.window)
     if dynamics is not None:
         ideal = out["idealised"]["r_best"]
         print(
@@ -435,7 +435,7 @@ def _describe(res: MonteCarloResult, workload: str) -> list[str]:
     ]
 
 
-def _print_table(rows, r_best: int, level: float, replications: int) -> None:
+def _print_table(rows, r_best: int, level: float, replications: int, window: str) -> None:
     lvl = int(round(100 * level))
     print(
         f"{'r':>3} {'tokens/s/inst':>13} {lvl:>3}% CI{'':>14} {'idle A':>7} {'idle F':>7} "
@@ -455,7 +455,9 @@ def _print_table(rows, r_best: int, level: float, replications: int) -> None:
     print(f"best r = {r_best} (*); busy: mean fraction of slots active")
     if all(math.isfinite(row[k]) for row in rows for k in ("ci_low", "ci_high")):
         return
-    if replications == 1:
+    if replications == 1 and window == "completions":
+        why = "one pool gives no spread across pools (use --replications >= 2)"
+    elif replications == 1:
         why = (
             "one replication needs at least two batch means of 128-step blocks for one (use "
             "--replications >= 2 or --steps >= 256)"

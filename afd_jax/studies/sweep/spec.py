@@ -291,12 +291,13 @@ def _parse_top(data: dict, path: str) -> dict:
     if len(set(methods)) != len(methods):
         raise _err("duplicate method", "methods", path)
     methods = tuple(m for m in METHODS if m in methods)  # canonical order
-    output = data.get("output", str(Path(path).with_suffix(".csv").name))
-    if not isinstance(output, str) or not output:
-        raise _err("expected a path", "output", path)
     given = data.get("format")
     if given is not None and given not in FORMATS:
         raise _err(f"expected one of {FORMATS}, got {given!r}", "format", path)
+    default = Path(path).with_suffix(".parquet" if given == "parquet" else ".csv").name
+    output = data.get("output", default)
+    if not isinstance(output, str) or not output:
+        raise _err("expected a path", "output", path)
     fmt = table_format(output, given, path, "output")
     chunk = data.get("chunk_size")
     chunk = None if chunk is None else _int(chunk, "chunk_size", path, lo=1)
