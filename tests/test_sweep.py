@@ -448,6 +448,28 @@ def test_resume_recomputes_damaged_parts(traces, tmp_path, monkeypatch, capsys, 
     assert str(victim) in capsys.readouterr().err
 
 
+def test_resume_recomputes_parts_of_other_chunk_bounds(traces, tmp_path, monkeypatch, capsys):
+    """A manifest whose chunk size was edited after parts were written (5 against parts of 1
+    scenario) merged the short parts and reported every row (a review of session 22): a part
+    whose line count is not its chunk's is recomputed like a damaged one."""
+    import json
+
+    spec = tmp_path / "s.toml"
+    ref, out = tmp_path / "ref.csv", tmp_path / "o.csv"
+    spec.write_text(
+        spec_text(traces, ref, methods=MF_ONLY).replace("chunk_size = 5", "chunk_size = 1")
+    )
+    plan = S.make_plan(S.load_spec(spec))
+    S.run_sweep(plan, progress=False)
+    parts = interrupted_sweep(plan, out, monkeypatch, n_parts=3)
+    manifest = json.loads((parts / MANIFEST).read_text())
+    (parts / MANIFEST).write_text(json.dumps({**manifest, "chunk_size": 5}))
+    res = S.run_sweep(plan, output=str(out), resume=True, progress=False)
+    assert res.chunks_computed == res.n_chunks  # parts 0..2 held one scenario, not five
+    assert out.read_bytes() == ref.read_bytes()
+    assert "row count" in capsys.readouterr().err
+
+
 def test_resume_refuses_parts_without_a_valid_manifest(traces, tmp_path, monkeypatch, capsys):
     """A deleted or damaged manifest with parts present is never resumed as success (it used to
     report every row while the table held only the parts found); exit 2 in one line."""

@@ -253,10 +253,18 @@ class PartStore:
         with open(self.path(name), newline="", encoding="utf-8") as fh:
             return fh.read()
 
-    def discard_damaged(self, names) -> list:
-        """Remove every named part that exists but fails its checksum (and its checksum file);
-        returns their names: a resume then recomputes them."""
-        bad = [n for n in names if part_state(self.path(n)) == "damaged"]
+    def discard_damaged(self, names, lines: dict | None = None) -> list:
+        """Remove every named part that exists but fails its checksum, or holds another number
+        of lines than ``lines[name]`` when given (written for other chunk bounds), and its
+        checksum file; returns their names: a resume then recomputes them."""
+
+        def damaged(n: str) -> bool:
+            state = part_state(self.path(n))
+            if state == "damaged":
+                return True
+            return state == "ok" and lines is not None and self.read(n).count("\n") != lines[n]
+
+        bad = [n for n in names if damaged(n)]
         for n in bad:
             self.path(n).unlink(missing_ok=True)
             checksum_path(self.path(n)).unlink(missing_ok=True)

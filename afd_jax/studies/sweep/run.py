@@ -284,16 +284,17 @@ def _run_locked(plan, out: Path, resume, chunk_size, progress, where, t_start) -
         )  # fmt: skip
     names = [part_name(c) for c in range(n_chunks)]
     mine = [c for c in range(n_chunks) if c % process_count == process_index]
-    bad = store.discard_damaged([names[c] for c in mine])
+    sizes = {c: min(n, (c + 1) * chunk_size) - c * chunk_size for c in mine}
+    lines = {names[c]: sizes[c] * spec.r_max for c in mine}
+    bad = store.discard_damaged([names[c] for c in mine], lines)
     if bad:  # said even without a progress bar: the user should know the folder was damaged
         print(
-            f"afd-jax sweep: {len(bad)} part(s) not matching a checksum (damaged, or written "
-            f"by an afd-jax before checksums), recomputed: "
+            f"afd-jax sweep: {len(bad)} part(s) not matching a checksum or their chunk's row "
+            f"count (damaged, or written by an afd-jax before checksums), recomputed: "
             f"{store.path(bad[0])}" + (" ..." if len(bad) > 1 else ""),
             file=sys.stderr,
         )
     todo = [c for c in mine if not store.has(names[c])]
-    sizes = {c: min(n, (c + 1) * chunk_size) - c * chunk_size for c in mine}
     bar = _progress_bar(sizes, set(mine) - set(todo), progress)
     with Heartbeat(store.folder, process_index):
         seconds = _compute_chunks(plan, store, chunk_size, todo, bar)
