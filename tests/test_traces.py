@@ -310,3 +310,17 @@ def test_trace_larger_than_the_memory_budget_is_refused_before_parsing(tmp_path)
         assert err.value.path == str(path) and err.value.field == "memory-budget"
         with budget(fits + 1):
             assert load_trace(path).prompt.size == 20_000
+
+
+def test_values_read_as_zero_or_too_long(tmp_path):
+    """``1e-400`` underflowed to a prompt of 0 tokens, and a 5,000-digit cell was quoted
+    whole in a 5 kB error line (a review of session 22)."""
+    path = tmp_path / "t.csv"
+    path.write_text("ContextTokens,GeneratedTokens\n0e5,5\n1e-400,5\n")
+    with pytest.raises(InputError, match="not an integer: '1e-400'") as err:
+        load_trace(path)
+    assert err.value.line == 3
+    path.write_text("ContextTokens,GeneratedTokens\n" + "9" * 5000 + ",5\n")
+    with pytest.raises(InputError, match="non-finite value") as err:
+        load_trace(path)
+    assert len(str(err.value)) < len(str(path)) + 120

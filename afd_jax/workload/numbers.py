@@ -28,7 +28,7 @@ def check_plain(
 ) -> str:
     """``text`` when :func:`plain`, else InputError ``not a number: 'x'``."""
     if not plain(text):
-        raise InputError(f"not a number: {text!r}", path=path, line=line, field=field)
+        raise InputError(f"not a number: {shown(text)}", path=path, line=line, field=field)
     return text
 
 
@@ -42,22 +42,35 @@ def parse_float(
     try:
         x = float(s)
     except ValueError:
-        raise InputError(f"not a number: {s!r}", path=path, line=line, field=field) from None
+        raise InputError(f"not a number: {shown(s)}", path=path, line=line, field=field) from None
     if not math.isfinite(x):
-        raise InputError(f"non-finite value {s!r}", path=path, line=line, field=field)
+        raise InputError(f"non-finite value {shown(s)}", path=path, line=line, field=field)
     return x
+
+
+def shown(raw, width: int = 40) -> str:
+    """``repr(raw)``, cut to about ``width`` characters (a 5,000-digit cell made a 5 kB error
+    line)."""
+    text = repr(raw)
+    return text if len(text) <= width else f"{text[: width - 5]}...{text[-2:]}"
 
 
 def integral(
     x: float, raw, field: str | None, *, path: str | None = None, line: int | None = None
 ) -> int:
     """``x`` as an int when it is a finite whole number (``3.0`` -> 3); ``raw`` is what the user
-    wrote, quoted in the error."""
+    wrote, quoted in the error. A written number that is not 0 but read as 0 (``1e-400``, which
+    underflows) is not an integer."""
     if not math.isfinite(x):
-        raise InputError(f"non-finite value {raw!r}", path=path, line=line, field=field)
-    if x != math.floor(x):
-        raise InputError(f"not an integer: {raw!r}", path=path, line=line, field=field)
+        raise InputError(f"non-finite value {shown(raw)}", path=path, line=line, field=field)
+    underflow = x == 0 and isinstance(raw, str) and any(c in "123456789" for c in _mantissa(raw))
+    if x != math.floor(x) or underflow:
+        raise InputError(f"not an integer: {shown(raw)}", path=path, line=line, field=field)
     return int(x)
+
+
+def _mantissa(text: str) -> str:
+    return text.lower().split("e", 1)[0]
 
 
 def parse_int(

@@ -44,7 +44,14 @@ import numpy as np
 from afd_jax.errors import InputError
 from afd_jax.memory import current_budget, format_bytes, require
 from afd_jax.workload.containers import TraceWorkload
-from afd_jax.workload.numbers import TOKEN_LIMIT, check_plain, integral, parse_float, plain
+from afd_jax.workload.numbers import (
+    TOKEN_LIMIT,
+    check_plain,
+    integral,
+    parse_float,
+    plain,
+    shown,
+)
 
 #: Known formats: name -> (container, prompt field, output field).
 FORMATS: dict[str, tuple[str, str | None, str | None]] = {
@@ -336,7 +343,7 @@ def check_row_width(row: list[str], width: int, spath: str, line: int) -> None:
         extra = next(c for c in row[width:] if c.strip())
         raise InputError(
             f"row has {len(row)} fields, header has {width} (extra value "
-            f"{extra.strip()!r}; a stray delimiter would shift the columns)",
+            f"{shown(extra.strip())}; a stray delimiter would shift the columns)",
             path=spath,
             line=line,
             field=f"#{width + 1}",
@@ -427,13 +434,15 @@ def _to_int_array(values: list, line_nums: list[int], spath: str, fld: str) -> n
             x = _parse_json_number(v, line_nums[i], spath, fld)
         if x < 0:
             raise InputError(
-                f"negative value {v!r} (token counts are >= 0)",
+                f"negative value {shown(v)} (token counts are >= 0)",
                 path=spath,
                 line=line_nums[i],
                 field=fld,
             )
         if x >= TOKEN_LIMIT:
-            raise InputError(f"value {v!r} too large", path=spath, line=line_nums[i], field=fld)
+            raise InputError(
+                f"value {shown(v)} too large", path=spath, line=line_nums[i], field=fld
+            )
         out[i] = x
     return out
 
@@ -442,7 +451,7 @@ def _parse_number_str(s: str, line: int, spath: str, fld: str) -> int:
     f = parse_float(s, fld, path=spath, line=line)
     if f < 0:
         raise InputError(
-            f"negative value {s!r} (token counts are >= 0)", path=spath, line=line, field=fld
+            f"negative value {shown(s)} (token counts are >= 0)", path=spath, line=line, field=fld
         )
     return integral(f, s, fld, path=spath, line=line)
 
@@ -451,10 +460,10 @@ def _parse_json_number(v, line: int, spath: str, fld: str) -> int:
     if v is None:
         raise InputError("null value", path=spath, line=line, field=fld)
     if isinstance(v, bool) or not isinstance(v, int | float):
-        raise InputError(f"not a number: {v!r}", path=spath, line=line, field=fld)
+        raise InputError(f"not a number: {shown(v)}", path=spath, line=line, field=fld)
     f = float(v)
     if math.isfinite(f) and f < 0:
         raise InputError(
-            f"negative value {v!r} (token counts are >= 0)", path=spath, line=line, field=fld
+            f"negative value {shown(v)} (token counts are >= 0)", path=spath, line=line, field=fld
         )
     return integral(f, v, fld, path=spath, line=line)
