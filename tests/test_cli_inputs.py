@@ -312,32 +312,30 @@ def test_logspace_past_float64_is_one_line(tmp_path, capsys):
         refused(["sweep", spec, "--out", tmp_path / "t.csv"], capsys, "logspace", "308")
 
 
-def test_sweep_experts_checked_before_any_part(tmp_path, capsys):
-    """A sweep whose largest B makes the experts' routing scores exceed the budget was found
-    only at that scenario, after parts were written, with advice (--memory-budget) that did
-    not reach the Monte Carlo (a review); it is refused before any work, as `mc.experts`."""
-    from test_reliability import spec_file
-
-    spec = spec_file(
-        tmp_path,
-        """
-        methods = ["mc"]
-        batch = [1, 64]
-        r_max = 2
-        [workloads]
-        specs = ["paper-v1"]
-        [latency]
-        base = "paper-v1"
-        [mc]
-        steps = 256
-        replications = 2
-        experts = [4096, 1, 1]
-        expert_skew = 1.0
-        """,
+@pytest.mark.parametrize(
+    ("batches", "mc", "extra", "words"),
+    [
+        # the experts' routing scores at the largest B exceed the budget: found only at that
+        # scenario, after parts were written, with advice (--memory-budget) that did not
+        # reach the Monte Carlo (a review)
+        ("1, 64", "experts = [4096, 1, 1]\nexpert_skew = 1.0", ["--memory-budget", "4M"],
+         ["field mc.experts", "B = 64", "--memory-budget"]),
+        # found at the first scenario of B = 8 as "field microbatches", without the spec
+        # (a review of session 22)
+        ("6, 8", "microbatches = 3", [], ["s.toml: field mc.microbatches", "B = 8"]),
+    ],
+    ids=["experts-memory", "microbatches"],
+)  # fmt: skip
+def test_sweep_mc_dynamics_checked_before_any_part(tmp_path, capsys, batches, mc, extra, words):
+    """The mc method's dynamics are checked at every B of the spec before any work, each
+    named as its [mc] key."""
+    spec = tmp_path / "s.toml"
+    spec.write_text(
+        f'methods = ["mc"]\nbatch = [{batches}]\nr_max = 2\n[workloads]\nspecs = ["paper-v1"]\n'
+        f'[latency]\nbase = "paper-v1"\n[mc]\nsteps = 64\nreplications = 2\n{mc}\n'
     )
     out = tmp_path / "t.csv"
-    argv = ["sweep", spec, "--out", out, "--memory-budget", "4M", "--quiet"]
-    refused(argv, capsys, "field mc.experts", "B = 64", "--memory-budget")
+    refused(["sweep", spec, "--out", out, "--quiet", *extra], capsys, *words)
     assert not out.exists() and not (tmp_path / "t.csv.parts").exists()
 
 
@@ -411,30 +409,3 @@ def test_plan_kv_options_without_a_kv_size_are_refused(capsys, flag):
     refused([*PLAN, "--batches", 8, "--r-max", 4, *flag], capsys, f"field {flag[0]}", "nothing")
     rc, out, _ = cli([*PLAN, "--batches", 8, "--r-max", 4, "--no-elasticities"], capsys)
     assert rc == 0 and "constraints   none; r in 1..4" in out
-
-
-def test_sweep_dynamics_sizes_checked_at_every_batch_before_any_part(tmp_path, capsys):
-    """`[mc] microbatches = 3` with B = 8 was found at the first scenario of that B, after
-    the sweep's state was written, as "field microbatches" without the spec (a review of
-    session 22); it is refused before any work, named as its [mc] key."""
-    from test_reliability import spec_file
-
-    body = """
-        methods = ["mc"]
-        batch = [6, 8]
-        r_max = 2
-        [workloads]
-        specs = ["paper-v1"]
-        [latency]
-        base = "paper-v1"
-        [mc]
-        steps = 64
-        replications = 2
-        microbatches = 3
-        """
-    out = tmp_path / "t.csv"
-    spec = spec_file(tmp_path, body)
-    refused(
-        ["sweep", spec, "--out", out, "--quiet"], capsys, f"{spec}: field mc.microbatches", "B = 8"
-    )
-    assert not out.exists() and not (tmp_path / "t.csv.parts").exists()
