@@ -162,3 +162,23 @@ def test_header_and_bytes_refused_where_they_are(tmp_path, capsys):
     assert main(["calibrate", str(good), "--out", str(tmp_path / "." / good.name)]) == 2
     assert "is the profile being read" in capsys.readouterr().err
     assert good.read_text() == before
+
+
+def test_a_profile_from_a_pipe(tmp_path):
+    """`afd-jax calibrate <(cat profile.csv)` reads a pipe, as before this session's checks."""
+    import os
+    import threading
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    text = profile(tmp_path).read_bytes()
+
+    def feed():
+        with open(fifo, "wb") as fh:
+            fh.write(text)
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    lat = calibrate(fifo)[0]
+    writer.join()
+    assert lat.alpha_ffn == pytest.approx(1.5, rel=1e-9)

@@ -409,3 +409,15 @@ def test_plan_kv_options_without_a_kv_size_are_refused(capsys, flag):
     refused([*PLAN, "--batches", 8, "--r-max", 4, *flag], capsys, f"field {flag[0]}", "nothing")
     rc, out, _ = cli([*PLAN, "--batches", 8, "--r-max", 4, "--no-elasticities"], capsys)
     assert rc == 0 and "constraints   none; r in 1..4" in out
+
+
+def test_plan_kv_options_need_every_figure_of_the_capacity(tmp_path, capsys):
+    """kv_bytes_per_token alone sizes nothing without the Attention GPUs: --kv-epsilon was
+    ignored there too (a review of session 22)."""
+    from afd_jax.model.latency_io import format_latency_toml, resolve_latency
+
+    lat, opts = resolve_latency("paper-v1")
+    path = tmp_path / "lat.toml"
+    path.write_text(format_latency_toml(lat, opts) + "\n[hardware]\nkv_bytes_per_token = 1000\n")
+    argv = ["plan", "--workload", WL, "--latency", path, "--batches", 8, "--r-max", 4]
+    refused([*argv, "--kv-epsilon", 0.5], capsys, "field --kv-epsilon", "Attention GPUs")

@@ -583,3 +583,17 @@ def test_resume_refuses_parts_without_input_digests(traces, tmp_path, monkeypatc
     assert main(["sweep", str(spec), "--quiet", "--resume"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "did not record its input files" in err[0], err
+
+
+def test_part_rows_are_csv_records(tmp_path):
+    """A workload label with a line break (it is the spec string, a file name may hold one)
+    is quoted in every row: the resume's row count reads CSV records, not lines, so such
+    parts are kept."""
+    from afd_jax.studies.store import PartStore
+
+    store = PartStore(tmp_path)
+    store.write("part_000000.csv", '0,"tr\nace.csv",4\n1,"tr\nace.csv",4\n')
+    store.write("part_000001.csv", '0,"a",4\n')
+    lines = {"part_000000.csv": 2, "part_000001.csv": 2}
+    assert store.discard_damaged(list(lines), lines) == ["part_000001.csv"]
+    assert store.has("part_000000.csv") and not store.has("part_000001.csv")

@@ -324,3 +324,26 @@ def test_values_read_as_zero_or_too_long(tmp_path):
     with pytest.raises(InputError, match="non-finite value") as err:
         load_trace(path)
     assert len(str(err.value)) < len(str(path)) + 120
+
+
+def test_line_ends_json_floats_and_large_budgets(tmp_path):
+    """A review of this session's fixes: CR-only JSONL lines (a JSON string cannot hold a raw
+    CR) load as before; a JSON 1e-400 is refused as in a CSV; a gzip trace reads under a
+    budget far above the machine's memory (it reserved budget / 32 bytes at once)."""
+    from afd_jax.memory import budget
+
+    path = tmp_path / "cr.jsonl"
+    path.write_bytes(
+        b'{"input_length": 5, "output_length": 6}\r{"input_length": 7, "output_length": 8}\r'
+    )
+    assert load_trace(path).prompt.tolist() == [5, 7]
+    path.write_text(
+        '{"input_length": 5, "output_length": 6}\n{"input_length": 1e-400, "output_length": 6}\n'
+    )
+    with pytest.raises(InputError, match="not an integer: '1e-400'") as err:
+        load_trace(path)
+    assert err.value.line == 2
+    packed = tmp_path / "t.csv.gz"
+    packed.write_bytes(gzip.compress(b"ContextTokens,GeneratedTokens\n100,20\n"))
+    with budget(1 << 50):
+        assert load_trace(packed).decode.tolist() == [20]

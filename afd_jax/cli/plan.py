@@ -30,7 +30,7 @@ from afd_jax.cli.common import (
 from afd_jax.cli.provision import _latency_source
 from afd_jax.errors import InputError
 from afd_jax.model.exact import require_worker_load
-from afd_jax.model.hardware import check_reserved
+from afd_jax.model.hardware import check_reserved, kv_capacity_tokens
 from afd_jax.studies.plots import plot_plan_front, plot_tornado
 
 
@@ -173,18 +173,21 @@ def _print_plan(res: dict) -> None:
 
 def _check_kv_options(args, hw) -> None:
     """The KV options where they can act: --kv-epsilon and --memory-attn-gib size the KV
-    capacity, which needs kv_bytes_per_token in [hardware]; --kv-reserved also keeps FFN
-    memory back, which needs the FFN weights. Without those they were ignored while the
-    table said "none besides KV capacity". Then the defaults (0.1, 1e-3)."""
+    capacity, which needs kv_bytes_per_token, the GPUs and their memory; --kv-reserved also
+    keeps FFN memory back, which needs the FFN weights. Without those they were ignored while
+    the table said "none besides KV capacity". Then the defaults (0.1, 1e-3)."""
     if args.kv_reserved is not None:
         check_reserved(args.kv_reserved)
-    why = "the latency file's [hardware] gives no kv_bytes_per_token, so no KV capacity is sized"
+    why = (
+        "no KV capacity is sized (it needs kv_bytes_per_token in the latency file's [hardware], "
+        "the Attention GPUs and their memory)"
+    )
     used = {
         "--kv-epsilon": args.kv_epsilon is not None,
         "--memory-attn-gib": args.memory_attn_gib is not None,
         "--kv-reserved": args.kv_reserved is not None and hw.ffn_weight_bytes is None,
     }
-    if not hw.kv_bytes_per_token:
+    if kv_capacity_tokens(hw, 0.0) is None:
         for flag, given in used.items():
             if given:
                 raise InputError(f"has nothing to act on: {why}", field=flag)

@@ -75,8 +75,8 @@ def read_profile(path: str | Path, with_batch: bool = False) -> dict[str, tuple]
     the header's columns, which a stray delimiter would have shifted, are errors)."""
     path = Path(path)
     spath = str(path)
-    if not path.is_file():
-        why = "not a regular file" if path.exists() else "no such file"
+    if path.is_dir() or not path.exists():  # a pipe (<(...), /dev/stdin) is read
+        why = "is a folder" if path.is_dir() else "no such file"
         raise InputError(f"cannot read profile: {why}", path=spath)
     reader = csv.reader(io.StringIO(read_text(path, spath), newline=""))
     rows: dict[str, tuple[list, ...]] = {s: ([], [], [], []) for s in STAGES}

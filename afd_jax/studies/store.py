@@ -54,7 +54,9 @@ False
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -133,6 +135,11 @@ def write_part(path, text: str) -> None:
     is damaged (:func:`part_state`)."""
     atomic_write(checksum_path(path), _checksum(text.encode("utf-8")))
     atomic_write(path, text)
+
+
+def _records(text: str) -> int:
+    """The CSV records of ``text`` (a quoted field may hold a line break)."""
+    return sum(1 for _ in csv.reader(io.StringIO(text, newline="")))
 
 
 def part_state(path) -> str:
@@ -255,14 +262,14 @@ class PartStore:
 
     def discard_damaged(self, names, lines: dict | None = None) -> list:
         """Remove every named part that exists but fails its checksum, or holds another number
-        of lines than ``lines[name]`` when given (written for other chunk bounds), and its
+        of CSV records than ``lines[name]`` when given (written for other chunk bounds), and its
         checksum file; returns their names: a resume then recomputes them."""
 
         def damaged(n: str) -> bool:
             state = part_state(self.path(n))
             if state == "damaged":
                 return True
-            return state == "ok" and lines is not None and self.read(n).count("\n") != lines[n]
+            return state == "ok" and lines is not None and _records(self.read(n)) != lines[n]
 
         bad = [n for n in names if damaged(n)]
         for n in bad:
