@@ -7,10 +7,13 @@ into one line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import tempfile
 import tomllib
 from pathlib import Path
+
+import numpy as np
 
 
 class InputError(ValueError):
@@ -36,18 +39,30 @@ class InputError(ValueError):
         super().__init__(f"{where}{what}{message}")
 
 
+def is_real(value) -> bool:
+    """True for a real number (Python or NumPy; not a bool, a string or a sequence)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+
+
+def _shown(value) -> str:
+    return f"{value}" if is_real(value) else repr(value)
+
+
 def positive_int(name: str, value: int) -> int:
-    """``value`` when it is an integer >= 1, else InputError naming the field ``name``."""
-    if value is None or value < 1:
-        raise InputError(f"must be an integer >= 1, got {value}", field=name)
-    return value
+    """``int(value)`` when it is a whole number >= 1 (``16``, ``np.int64(16)``, ``16.0``), else
+    InputError naming the field ``name`` (a string, ``True``, ``16.5``, NaN and a sequence
+    included)."""
+    if not (is_real(value) and math.isfinite(value) and value >= 1 and value == int(value)):
+        raise InputError(f"must be an integer >= 1, got {_shown(value)}", field=name)
+    return int(value)
 
 
 def finite_nonneg(name: str, value: float) -> float:
-    """``value`` when it is a finite number >= 0, else InputError naming the field ``name``."""
-    if value is None or not math.isfinite(value) or value < 0:
-        raise InputError(f"must be a finite number >= 0, got {value}", field=name)
-    return value
+    """``float(value)`` when it is a finite number >= 0, else InputError naming the field
+    ``name``."""
+    if not (is_real(value) and math.isfinite(value) and value >= 0):
+        raise InputError(f"must be a finite number >= 0, got {_shown(value)}", field=name)
+    return float(value)
 
 
 SEED_LIMIT = 2**32  # jax.random.key takes a seed in [0, 2^32) on every platform the same way
@@ -56,7 +71,8 @@ SEED_LIMIT = 2**32  # jax.random.key takes a seed in [0, 2^32) on every platform
 def check_seed(name: str, value: int, path: str | None = None) -> int:
     """``value`` when it is an integer in [0, 2^32) (every seed of afd-jax: the key derivation
     ``jax.random.key(seed)`` then ``fold_in``), else InputError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+    integral = isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
+    if not integral or not 0 <= value < SEED_LIMIT:
         raise InputError(f"must be an integer in [0, 2^32), got {value!r}", path=path, field=name)
     return value
 
@@ -68,8 +84,8 @@ float64 and the normal quantile is infinite (a review: a traceback from ``theta`
 
 def check_level(level, field: str = "level") -> float:
     """A confidence level in (0, :data:`MAX_LEVEL`], else InputError naming ``field``."""
-    if not 0.0 < level <= MAX_LEVEL:
-        raise InputError(f"must be in (0, 1 - 1e-9], got {level}", field=field)
+    if not (is_real(level) and 0.0 < level <= MAX_LEVEL):
+        raise InputError(f"must be in (0, 1 - 1e-9], got {_shown(level)}", field=field)
     return float(level)
 
 

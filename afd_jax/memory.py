@@ -27,6 +27,7 @@ import re
 from afd_jax.errors import InputError
 
 __all__ = [
+    "CURVE_ROW_BYTES",
     "DEFAULT_FRACTION",
     "available_cores",
     "budget",
@@ -42,6 +43,9 @@ DEFAULT_FRACTION = 0.5  # of physical memory (and of an address-space limit, see
 # to 1.8 GiB of address space; docs/reliability.md), kept out of the budget under an
 # address-space limit.
 RUNTIME_RESERVE = 3 << 30
+CURVE_ROW_BYTES = 4096
+"""Host memory of one r of ``provision``'s curve (the three methods' arrays and its JSON
+row), counted before the curve of r = 1..r_max is computed."""
 _UNITS = {"": 1 << 20, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _CURRENT: contextvars.ContextVar[int | None] = contextvars.ContextVar("memory_budget", default=None)
 

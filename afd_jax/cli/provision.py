@@ -27,11 +27,9 @@ from afd_jax.cli.common import (
     positive_int,
     warn_lattice,
 )
-from afd_jax.memory import require
+from afd_jax.memory import CURVE_ROW_BYTES, require
 from afd_jax.model.latency_io import format_stages
 from afd_jax.studies.plots import plot_provision
-
-CURVE_ROW_BYTES = 4096  # one r of the curve: the three methods' arrays and its JSON row
 
 
 def add_parser(subparsers) -> None:

@@ -378,6 +378,22 @@ def validate_latency(lat: Latency, where: str | None = None, batch=None) -> Late
     return check_step_time(lat, where)
 
 
+def validate_options(opts: ModelOptions) -> ModelOptions:
+    """``opts`` when it is a :class:`ModelOptions` with a known ``comm_scaling`` and ``overlap``
+    and ``load_offset`` 0 or 1, else InputError naming the field (an unknown overlap was read
+    as "pipelined" by the formulas and as "serial"-or-not by the kernels)."""
+    if not isinstance(opts, ModelOptions):
+        raise InputError(f"expected a ModelOptions, got {type(opts).__name__}", field="opts")
+    for key, allowed in (("comm_scaling", COMM_SCALINGS), ("overlap", OVERLAPS)):
+        if getattr(opts, key) not in allowed:
+            raise InputError(
+                f"must be one of {', '.join(allowed)}, got {getattr(opts, key)!r}", field=key
+            )
+    if isinstance(opts.load_offset, bool) or opts.load_offset not in (0, 1):
+        raise InputError(f"must be 0 or 1, got {opts.load_offset!r}", field="load_offset")
+    return opts
+
+
 def latency_summary(lat: Latency) -> dict:
     """JSON-ready coefficients and costs, with ``"tables"``: each table stage's knot count
     (and batches for the Attention tables); the affine pairs that tables replace are left out."""

@@ -53,14 +53,14 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-from afd_jax.errors import InputError
+from afd_jax.errors import InputError, check_level, check_seed, positive_int
 from afd_jax.kernels import pool as KP
 from afd_jax.kernels import sampling as KS
 from afd_jax.kernels.barrier import TauHistogram
 from afd_jax.memory import require
 from afd_jax.model import latency as L
 from afd_jax.model.latency import Latency, ModelOptions
-from afd_jax.model.stages import check_batch
+from afd_jax.model.latency_io import validate_latency, validate_options
 from afd_jax.montecarlo import estimators as E
 from afd_jax.montecarlo.result import MonteCarloResult
 from afd_jax.montecarlo.samplers import make_sampler
@@ -239,11 +239,19 @@ def pool_simulate(
     needs ``jax_enable_x64``). Measured (table) stages run as tables (``_pool_model``).
     Raises InputError for bad sizes or possible int32 overflow.
     """
-    batch = int(batch)
-    r_values = [int(r) for r in r_values]
+    batch = positive_int("batch", batch)
+    if not isinstance(r_values, list | tuple | range | np.ndarray) or not len(r_values):
+        raise InputError(f"expected a sequence of r, got {r_values!r}", field="r_values")
+    r_values = [positive_int("r_values", r) for r in r_values]
     _check_args(batch, r_values, completion_fraction, ffn_tokens)
+    if pools is None:
+        positive_int("n_requests", n_requests)
+        positive_int("replications", replications)
+    check_seed("seed", seed)
+    check_level(level)
     dtype = float_dtype(precision)
-    check_batch(lat.attn, batch)
+    validate_latency(lat, batch=batch)
+    validate_options(opts)
     t_start = time.perf_counter()
     pl = _pools(
         workload_or_sampler,

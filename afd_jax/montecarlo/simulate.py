@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-from afd_jax.errors import InputError, check_level
+from afd_jax.errors import InputError, check_level, check_seed
 from afd_jax.kernels import barrier as KB
 from afd_jax.kernels import sampling as KS
 from afd_jax.kernels.barrier import barrier_kernel
@@ -51,7 +51,7 @@ from afd_jax.kernels.trajectory import INITS, PACKED_LEFT_LIMIT, trajectory_kern
 from afd_jax.memory import available_cores, require
 from afd_jax.model import latency as L
 from afd_jax.model.latency import Latency, ModelOptions
-from afd_jax.model.stages import check_batch
+from afd_jax.model.latency_io import validate_latency, validate_options
 from afd_jax.montecarlo import estimators as E
 from afd_jax.montecarlo.dynamics import Dynamics, DynRun, simulate_dynamics
 from afd_jax.montecarlo.result import STEP_DIAGNOSTICS, MonteCarloResult
@@ -413,8 +413,10 @@ def simulate(
     if dynamics is not None:
         kernel = "trajectory"  # the dynamics kernel steps slots one decode step at a time
     _check_run(kernel, batch, r_max, steps, warmup, replications, init, level)
+    check_seed("seed", seed)
     float_dtype(precision)
-    check_batch(lat.attn, batch)
+    validate_latency(lat, batch=batch)
+    validate_options(opts)
     _require_memory(kernel, batch, r_max, steps, warmup, replications)
     if memory_budget_bytes is None:
         on_cpu = jax.devices()[0].platform == "cpu"

@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from afd_jax.errors import InputError
+from afd_jax.errors import InputError, is_real, positive_int
 from afd_jax.model import theory
 from afd_jax.model.exact import (
     exact_step_times,
@@ -77,7 +77,7 @@ from afd_jax.model.latency import (
     t_ffn,
     throughput,
 )
-from afd_jax.model.latency_io import scalar_items
+from afd_jax.model.latency_io import scalar_items, validate_latency, validate_options
 from afd_jax.model.stages import check_batch
 from afd_jax.studies.directions import (
     STAGE_INPUTS,
@@ -745,16 +745,21 @@ def _check_settings(
     optimize_batch, batch, batch_min, batch_max, r_min, r_max, slos, kv_capacity, kv_epsilon
 ):
     """Raise InputError for bad settings; returns batch_max (defaulting to batch)."""
-    if r_min < 1 or r_max < r_min:
+    r_min, r_max = positive_int("r_min", r_min), positive_int("r_max", r_max)
+    if r_max < r_min:
         raise InputError(f"need 1 <= r_min <= r_max, got {r_min}, {r_max}", field="r")
     if optimize_batch:
         if batch_max is None:
             batch_max = batch
-        if batch_max is None or batch_max < max(batch_min, 1):
+        if batch_max is None:
+            raise InputError("--optimize-batch needs --batch-max", field="batch_max")
+        batch_min = positive_int("batch_min", batch_min)
+        if positive_int("batch_max", batch_max) < batch_min:
             raise InputError("--optimize-batch needs --batch-max >= batch_min", field="batch_max")
     else:
-        if batch is None or batch < 1:
-            raise InputError(f"batch must be an integer >= 1, got {batch}", field="batch")
+        positive_int("batch", batch)
+    if kv_capacity is not None and not (is_real(kv_capacity) and kv_capacity > 0):
+        raise InputError(f"must be a number > 0 (tokens), got {kv_capacity}", field="kv_capacity")
     for name, v in slos:
         if v is not None and not (math.isfinite(v) and v > 0):
             raise InputError(f"must be a finite number > 0, got {v}", field=name)
@@ -951,6 +956,12 @@ def optimize(
     (10, 9.82)
     """
     slos = (("step_slo", step_slo), ("step_slo_p99", step_slo_p99))
+    if not (is_real(neighbourhood) and neighbourhood >= 0 and neighbourhood == int(neighbourhood)):
+        # a negative one left the search window empty, and the search never ended
+        raise InputError(f"must be an integer >= 0, got {neighbourhood!r}", field="neighbourhood")
+    neighbourhood = int(neighbourhood)
+    validate_latency(lat)
+    validate_options(opts)
     batch_max = _check_settings(
         optimize_batch, batch, batch_min, batch_max, r_min, r_max, slos, kv_capacity, kv_epsilon
     )
@@ -982,7 +993,7 @@ def optimize(
     )._replace(r_values=r_allowed)
     cands = _Candidates(slot_pmf, lat, opts, limits)
     b_cap = int(min(b_hi_user, kv_limit or b_hi_user))
-    best = _search_integers(cands, r_c, b_c, batch, b_cap, int(neighbourhood))
+    best = _search_integers(cands, r_c, b_c, batch, b_cap, neighbourhood)
     constraints = _constraint_report(best, cands, kv_capacity, kv_epsilon)
 
     rs, bs = sensitivities(scen, sol, config, opts)

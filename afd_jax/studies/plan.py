@@ -42,7 +42,7 @@ from afd_jax.model.hardware import (
     user_metrics,
 )
 from afd_jax.model.latency import ModelOptions, throughput
-from afd_jax.model.latency_io import latency_file, validate_latency
+from afd_jax.model.latency_io import latency_file, validate_latency, validate_options
 from afd_jax.model.theory import mean_field_regime
 from afd_jax.studies.elasticity import optimum_elasticities, round_elasticity
 from afd_jax.studies.optimize import exact_p99_step_times, kv_batch_limit
@@ -188,8 +188,10 @@ def _check(hw: Hardware, objective: str, batches, tpot_p99_ms, budget_gpus, kv_e
         raise InputError(f"must be one of {', '.join(OBJECTIVES)}", field="objective")
     if objective == "per_dollar" and (hw.attn_price is None or hw.ffn_price is None):
         raise InputError("per_dollar needs GPU prices (a known system or --price-*)", field="price")
-    if not batches:
-        raise InputError("needs at least one batch", field="batches")
+    if isinstance(batches, str) or not hasattr(batches, "__len__") or len(batches) == 0:
+        raise InputError(
+            f"needs a sequence of at least one batch, got {batches!r}", field="batches"
+        )
     for b in batches:
         positive_int("batches", b)
     if tpot_p99_ms is not None and not (np.isfinite(tpot_p99_ms) and tpot_p99_ms > 0):
@@ -260,7 +262,8 @@ def plan(
     if hardware is None:  # the [hardware]/[costs] tables of a preset or file given by name
         hardware = read_hardware(latency_file(latency) if isinstance(latency, str) else None)
     w, name, lat, opts, source = _resolve_inputs(workload, latency, opts)
-    positive_int("r_max", r_max)
+    r_max, top = positive_int("r_max", r_max), positive_int("top", top)
+    validate_options(opts)
     rs = feasible_ratios(None if r_values is None else list(r_values), r_max=r_max)
     _check(hardware, objective, batches, tpot_p99_ms, budget_gpus, kv_epsilon)
     validate_latency(lat)

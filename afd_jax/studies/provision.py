@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from afd_jax.errors import positive_int
+from afd_jax.memory import CURVE_ROW_BYTES, require
 from afd_jax.model.exact import (
     binning_error_bound,
     exact_step_times,
@@ -34,7 +35,12 @@ from afd_jax.model.exact import (
 )
 from afd_jax.model.hardware import Hardware, feasible_ratios, user_metrics
 from afd_jax.model.latency import Latency, ModelOptions, has_tables, throughput
-from afd_jax.model.latency_io import latency_summary, resolve_latency, validate_latency
+from afd_jax.model.latency_io import (
+    latency_summary,
+    resolve_latency,
+    validate_latency,
+    validate_options,
+)
 from afd_jax.model.theory import (
     Candidate,
     gaussian_optimum_continuous,
@@ -259,9 +265,10 @@ def provision(
     ((16,), 'tokens/s per instance')
     """
     w, name, lat, opts, source = _resolve_inputs(workload, latency, opts)
-    positive_int("batch", batch)
-    positive_int("r_max", r_max)
+    batch, r_max = positive_int("batch", batch), positive_int("r_max", r_max)
+    require(CURVE_ROW_BYTES * r_max, f"the r = 1..{r_max} curve", "lower --r-max")
     validate_latency(lat, batch=batch)
+    validate_options(opts)
     allowed = None if r_values is None else feasible_ratios(list(r_values), r_max=r_max)
     slot = slot_load_pmf(w, load_offset=opts.load_offset, max_bins=slot_bins)
     require_worker_load(slot.pmf.shape[0], batch)  # the FFT, before any other work
