@@ -14,6 +14,7 @@ from afd_jax import calibrate, optimize, provision, run_sweep, simulate
 from afd_jax.model.hardware import Hardware
 
 ROOT = Path(__file__).resolve().parents[1]
+PROFILE = ROOT / "examples" / "profile.csv"
 VERBS = ("provision", "simulate", "pool_simulate", "optimize", "run_sweep", "calibrate")
 
 
@@ -111,6 +112,9 @@ def _api_calls():
         "plan-top": (lambda: plan(batches=(8,), top=-1), "top"),
         "plan-budget": (lambda: plan(batches=(8,), budget_gpus=nan), "budget_gpus"),
         "plan-batches": (lambda: plan(batches=16), "batches"),
+        "provision-no-latency": (lambda: provision(w, None, 16), "latency"),
+        "calibrate-options": (lambda: calibrate(PROFILE, comm_scaling="bogus"), "comm_scaling"),
+        "calibrate-cost": (lambda: calibrate(PROFILE, cost_ffn=nan), "cost_ffn"),
     }
 
 
@@ -118,7 +122,8 @@ API_CASES = (
     "optimize-neighbourhood", "optimize-kv-nan", "optimize-batch-str", "provision-r-max",
     "provision-batch-str", "provision-batch-half", "provision-opts", "simulate-seed",
     "simulate-latency", "simulate-opts", "pool-level", "pool-r", "pool-replications",
-    "plan-top", "plan-budget", "plan-batches",
+    "plan-top", "plan-budget", "plan-batches", "provision-no-latency", "calibrate-options",
+    "calibrate-cost",
 )  # fmt: skip
 
 

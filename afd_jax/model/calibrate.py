@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from afd_jax.errors import InputError
+from afd_jax.errors import InputError, is_real
 from afd_jax.model.latency import STAGES, AffineStage, Latency, ModelOptions, stage_time
-from afd_jax.model.latency_io import check_latency_limit
+from afd_jax.model.latency_io import check_latency_limit, validate_options
 from afd_jax.workload.numbers import parse_float
 from afd_jax.workload.traces import check_row_width, check_unique_columns, read_text
 
@@ -239,6 +239,10 @@ def calibrate(
     >>> round(lat.alpha_attn, 4), round(lat.beta_attn, 1), opts.comm_scaling, fits["attn"].n
     (0.0102, 78.0, 'per_worker', 10)
     """
+    opts = validate_options(ModelOptions(comm_scaling=comm_scaling, overlap=overlap))
+    for name, cost in (("cost_attn", cost_attn), ("cost_ffn", cost_ffn)):
+        if not (is_real(cost) and math.isfinite(cost) and cost > 0):
+            raise InputError(f"must be a finite number > 0, got {cost!r}", field=name)
     data = read_profile(path)
     fits = {}
     for stage in STAGES:
@@ -263,4 +267,4 @@ def calibrate(
         cost_attn=float(cost_attn),
         cost_ffn=float(cost_ffn),
     )
-    return lat, ModelOptions(comm_scaling=comm_scaling, overlap=overlap), fits
+    return lat, opts, fits

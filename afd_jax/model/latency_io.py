@@ -371,6 +371,8 @@ def validate_latency(lat: Latency, where: str | None = None, batch=None) -> Late
     (:func:`check_step_time`; InputError otherwise); the
     pair of a stage given as a table is not checked (it is NaN). With ``batch`` (a B or an
     array of them), also that an Attention table covers it (:func:`check_batch`)."""
+    if not isinstance(lat, Latency):
+        raise InputError(f"expected a Latency, got {type(lat).__name__}", field="latency")
     for key, value in scalar_items(lat):
         _number(value, key, where, positive=key in COST_KEYS)
     if batch is not None:
