@@ -41,6 +41,7 @@ from afd_jax.model.latency import (
     STAGES,
     Latency,
     ModelOptions,
+    TableLatency,
     has_tables,
     step_time,
     t_attn,
@@ -371,7 +372,7 @@ def validate_latency(lat: Latency, where: str | None = None, batch=None) -> Late
     (:func:`check_step_time`; InputError otherwise); the
     pair of a stage given as a table is not checked (it is NaN). With ``batch`` (a B or an
     array of them), also that an Attention table covers it (:func:`check_batch`)."""
-    if not isinstance(lat, Latency):
+    if not isinstance(lat, Latency | TableLatency):
         raise InputError(f"expected a Latency, got {type(lat).__name__}", field="latency")
     for key, value in scalar_items(lat):
         _number(value, key, where, positive=key in COST_KEYS)
