@@ -568,9 +568,10 @@ def test_routing_loop_stops_when_every_row_and_bundle_is_done(trace, monkeypatch
     """The routing ``while_loop`` of a routed step runs while any row or bundle vmapped
     around it has requests left (:func:`any_member`), so that its condition is not batched (a
     batched one selects every bundle's slots at every iteration); a bundle that is done
-    changes nothing: three rows of routed steps from a cold start (each policy with slack,
-    ``lookahead``'s window carried by the body, and a KV capacity at which bundles stop
-    early) equal the loop of each bundle's own condition, bit for bit."""
+    changes nothing: three rows of routed steps from a cold start (``lookahead`` and
+    ``power-of-d`` with slack, ``lookahead``'s window carried by the body, ``power-of-d`` and
+    ``balanced`` at a KV capacity at which bundles stop early) equal the loop of each
+    bundle's own condition, bit for bit."""
     from afd_jax.kernels import dynamics as KD
 
     anyone = jax.vmap(jax.vmap(KD.any_member))
@@ -590,8 +591,7 @@ def test_routing_loop_stops_when_every_row_and_bundle_is_done(trace, monkeypatch
     sampler = KS.alias_sampler(trace.prompt, trace.decode, size=512)
     # with slack a bundle that routed its requests still has room: what it would route next
     # must be masked (without slack every worker is full, and no request fits)
-    for cfg in (
-        Dynamics(routing="balanced", slot_slack=2),
+    for cfg in (  # slack: lookahead and power-of-d; balanced at a KV capacity
         Dynamics(routing="lookahead", lookahead=3, slot_slack=2),
         Dynamics(routing="power-of-d", slot_slack=1, kv_capacity=300),
         Dynamics(routing="balanced", kv_capacity=300),
