@@ -27,7 +27,12 @@ from afd_jax.errors import InputError, is_real
 from afd_jax.model.latency import STAGES, AffineStage, Latency, ModelOptions, stage_time
 from afd_jax.model.latency_io import check_latency_limit, validate_options
 from afd_jax.workload.numbers import parse_float
-from afd_jax.workload.traces import check_row_width, check_unique_columns, read_text
+from afd_jax.workload.traces import (
+    check_row_width,
+    check_unique_columns,
+    column_names,
+    read_text,
+)
 
 STAGE_NAMES = {
     "attn": "attn",
@@ -105,9 +110,7 @@ def _header(reader, spath: str, with_batch: bool) -> list[str]:
     """The header's column names (lower case; blank lines before it skipped, a trailing
     delimiter names no column), each at most once."""
     for row in reader:
-        names = [h.strip().lower() for h in row]
-        while names and not names[-1]:
-            names.pop()
+        names = [name.lower() for name in column_names(row)]
         if names:
             check_unique_columns(names, spath, reader.line_num)
             return names

@@ -742,9 +742,13 @@ class _Limits(NamedTuple):
 
 
 def _check_settings(
-    optimize_batch, batch, batch_min, batch_max, r_min, r_max, slos, kv_capacity, kv_epsilon
-):
+    optimize_batch, batch, batch_min, batch_max, r_min, r_max, slos, kv_capacity, kv_epsilon,
+    neighbourhood,
+):  # fmt: skip
     """Raise InputError for bad settings; returns batch_max (defaulting to batch)."""
+    if not (is_real(neighbourhood) and neighbourhood >= 0 and neighbourhood == int(neighbourhood)):
+        # a negative one left the search window empty, and the search never ended
+        raise InputError(f"must be an integer >= 0, got {neighbourhood!r}", field="neighbourhood")
     r_min, r_max = positive_int("r_min", r_min), positive_int("r_max", r_max)
     if r_max < r_min:
         raise InputError(f"need 1 <= r_min <= r_max, got {r_min}, {r_max}", field="r")
@@ -766,6 +770,15 @@ def _check_settings(
     if not 0 < kv_epsilon < 1:  # also without a capacity: a bad value is never ignored
         raise InputError(f"kv epsilon must be in (0, 1), got {kv_epsilon}", field="kv_epsilon")
     return batch_max
+
+
+def _batch_bounds(optimize_batch, batch, batch_min, b_hi_user: int, kv_limit):
+    """(lowest B, highest B, reference B) of the continuous search: [batch_min, the user's
+    and the KV capacity's bound] optimising B (reference: the top), else B itself."""
+    if not optimize_batch:
+        return float(batch), float(batch), float(batch)
+    b_hi = float(min(b_hi_user, kv_limit or b_hi_user))
+    return float(batch_min), b_hi, b_hi
 
 
 def _ratio_bounds(r_values, r_min: int, r_max: int):
@@ -956,23 +969,16 @@ def optimize(
     (10, 9.82)
     """
     slos = (("step_slo", step_slo), ("step_slo_p99", step_slo_p99))
-    if not (is_real(neighbourhood) and neighbourhood >= 0 and neighbourhood == int(neighbourhood)):
-        # a negative one left the search window empty, and the search never ended
-        raise InputError(f"must be an integer >= 0, got {neighbourhood!r}", field="neighbourhood")
-    neighbourhood = int(neighbourhood)
     validate_latency(lat)
     validate_options(opts)
     batch_max = _check_settings(
-        optimize_batch, batch, batch_min, batch_max, r_min, r_max, slos, kv_capacity, kv_epsilon
-    )
+        optimize_batch, batch, batch_min, batch_max, r_min, r_max, slos, kv_capacity, kv_epsilon,
+        neighbourhood,
+    )  # fmt: skip
     b_hi_user = int(batch_max) if optimize_batch else int(batch)
     r_allowed, r_lo, r_hi = _ratio_bounds(r_values, r_min, r_max)
     kv_limit = _kv_limit(slot_pmf, kv_capacity, kv_epsilon, b_hi_user, optimize_batch, batch)
-    if optimize_batch:
-        b_lo, b_hi = float(batch_min), float(min(b_hi_user, kv_limit or b_hi_user))
-        b_ref = b_hi
-    else:
-        b_lo = b_hi = b_ref = float(batch)
+    b_lo, b_hi, b_ref = _batch_bounds(optimize_batch, batch, batch_min, b_hi_user, kv_limit)
     scen = make_scenario(
         lat,
         theta,
@@ -993,7 +999,7 @@ def optimize(
     )._replace(r_values=r_allowed)
     cands = _Candidates(slot_pmf, lat, opts, limits)
     b_cap = int(min(b_hi_user, kv_limit or b_hi_user))
-    best = _search_integers(cands, r_c, b_c, batch, b_cap, neighbourhood)
+    best = _search_integers(cands, r_c, b_c, batch, b_cap, int(neighbourhood))
     constraints = _constraint_report(best, cands, kv_capacity, kv_epsilon)
 
     rs, bs = sensitivities(scen, sol, config, opts)

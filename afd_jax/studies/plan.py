@@ -202,6 +202,19 @@ def _check(hw: Hardware, objective: str, batches, tpot_p99_ms, budget_gpus, kv_e
         raise InputError(f"must be in (0, 1), got {kv_epsilon}", field="kv_epsilon")
 
 
+def _grid_ratios(r_values, r_max: int, n_batches: int) -> np.ndarray:
+    """The r of the grid (``r_values``, default 1..r_max), its (r, B) points counted against
+    the memory budget first (:data:`POINT_BYTES` each)."""
+    rs = feasible_ratios(None if r_values is None else list(r_values), r_max=r_max)
+    n_points = (r_max if rs is None else len(rs)) * n_batches
+    require(
+        n_points * POINT_BYTES,
+        f"{n_points} (r, B) points",
+        "lower --r-max, or give fewer --batches or --r-values",
+    )
+    return np.arange(1, r_max + 1) if rs is None else rs
+
+
 def _kv_limit(slot, hw: Hardware, kv_reserved: float, kv_epsilon: float, b_max: int):
     check_ffn_fits(hw, kv_reserved)
     capacity = kv_capacity_tokens(hw, kv_reserved)
@@ -264,17 +277,10 @@ def plan(
     w, name, lat, opts, source = _resolve_inputs(workload, latency, opts)
     r_max, top = positive_int("r_max", r_max), positive_int("top", top)
     validate_options(opts)
-    rs = feasible_ratios(None if r_values is None else list(r_values), r_max=r_max)
     _check(hardware, objective, batches, tpot_p99_ms, budget_gpus, kv_epsilon)
     validate_latency(lat)
     batches = tuple(sorted({int(b) for b in batches}))
-    n_points = (r_max if rs is None else len(rs)) * len(batches)
-    require(
-        n_points * POINT_BYTES,
-        f"{n_points} (r, B) points",
-        "lower --r-max, or give fewer --batches or --r-values",
-    )
-    rs = np.arange(1, r_max + 1) if rs is None else rs
+    rs = _grid_ratios(r_values, r_max, len(batches))
     stats = workload_stats(w)
     slot = slot_load_pmf(w, load_offset=opts.load_offset, max_bins=slot_bins)
     capacity, kv_limit = _kv_limit(slot, hardware, kv_reserved, kv_epsilon, batches[-1])

@@ -232,8 +232,8 @@ def _first_line(text: str) -> str:
     m = re.search(r"\S", text)
     if m is None:
         return ""
-    end = text.find("\n", m.start())
-    return text[m.start() : None if end < 0 else end].strip()
+    end = _LINE_END.search(text, m.start())
+    return text[m.start() : None if end is None else end.start()].strip()
 
 
 def _detect_container(text: str) -> str:
@@ -279,9 +279,7 @@ def _parse_csv(text, spath, fmt, prompt_field, decode_field):
     try:
         for row in reader:
             if row and any(c.strip() for c in row):
-                header = [c.strip() for c in row]
-                while not header[-1]:  # a trailing delimiter names no column
-                    header.pop()
+                header = column_names(row)
                 header_line = reader.line_num
                 break
     except csv.Error as err:
@@ -327,6 +325,15 @@ def _parse_csv(text, spath, fmt, prompt_field, decode_field):
     output = _to_int_array(outputs, line_nums, spath, df)
     last = line_nums[-1] if line_nums else header_line
     return fmt, pf, df, prompt, output, last
+
+
+def column_names(row: list[str]) -> list[str]:
+    """A header row's column names, stripped; a trailing delimiter names no column (a value
+    under it is an extra field, :func:`check_row_width`)."""
+    names = [c.strip() for c in row]
+    while names and not names[-1]:
+        names.pop()
+    return names
 
 
 def check_unique_columns(header: list[str], spath: str, line: int) -> None:
