@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import OPTIMISED_ENV
 
 from afd_jax.errors import InputError
 from afd_jax.model import exact, theory
@@ -220,7 +221,10 @@ def test_methods_match_per_scenario_references(traces, tmp_path, latency_extra):
 
 
 def cli_env(env_extra=None) -> dict:
-    env = dict(os.environ)
+    """The environment of a sweep subprocess: compiled as users compile (OPTIMISED_ENV), as
+    these tests check the promise of the same bytes whatever the chunking, the devices and
+    the processes."""
+    env = {**os.environ, **OPTIMISED_ENV}
     env.update(env_extra or {})
     env.setdefault("JAX_PLATFORMS", "cpu")
     return env
