@@ -39,21 +39,19 @@ def trace_path(name: str) -> Path:
 
 
 MAX_WORKERS = 4
-OPTIMISED_ENV = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "0"}  # for a subprocess: compile as users do
+_OPT_ENV = "JAX_DISABLE_MOST_OPTIMIZATIONS"
+OPTIMISED_ENV = {_OPT_ENV: "0"}  # for a subprocess: compile as users do
 _CACHE_ENV = "AFD_JAX_CACHE_DIR"
 _HALF_WRITTEN = "Error reading persistent compilation cache entry"
 
 
-_OPT_ENV = "JAX_DISABLE_MOST_OPTIMIZATIONS"
-
-
 def pytest_configure(config) -> None:
     """XLA compiles with most optimisations off (``jax_disable_most_optimizations``): the
-    suite is bound by compilation of small runs, and this took its time from 778 s to 553 s
-    on the 2-core CPU (docs/testing.md). The xdist workers and the CLI subprocesses inherit
-    it through the environment. ``AFD_TEST_XLA_OPT=1`` compiles as users do; tests of a
-    promise that holds only for the optimised programs run them in a subprocess with
-    :data:`OPTIMISED_ENV`.
+    suite is bound by compilation of small runs, and this took its time from 778 s to 526 s
+    on the 2-core CPU (docs/dependencies.md). The xdist workers and the CLI subprocesses inherit
+    it through the environment. ``AFD_TEST_XLA_OPT=1`` compiles as users do; the tests of
+    a sweep's same bytes whatever the chunking, devices and processes, which hold for the
+    optimised programs only, run them in a subprocess with :data:`OPTIMISED_ENV`.
 
     One persistent XLA cache per test session, shared by the xdist workers and the CLI
     subprocesses they start (they inherit the environment): a program that several test files

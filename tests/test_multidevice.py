@@ -13,15 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import OPTIMISED_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = str(ROOT / "tests" / "multidevice_runner.py")
 
 
 def _env(n_dev: int) -> dict:
-    # compiled as users compile: the promise is that of the shipped programs (conftest.py)
-    env = {**os.environ, **OPTIMISED_ENV, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
     env.pop("XLA_FLAGS", None)
     if n_dev > 1:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_dev}"
