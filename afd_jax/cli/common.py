@@ -70,6 +70,15 @@ def add_memory_budget_arg(parser) -> None:
     )
 
 
+def fill_defaults(args, defaults: dict) -> None:
+    """Set each option of ``defaults`` the user left out (``None``): for options whose
+    parser default is ``None`` so that a command can tell given from defaulted (and refuse
+    one given where it does not act) before the default applies."""
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
 def plot_file(path: str | None, option: str = "--plot") -> Path | None:
     """The figure file of ``--plot NAME``, checked before any work: NAME without a suffix gets
     ``.png`` (the file actually written, which the command reports); other suffixes than

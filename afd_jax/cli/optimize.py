@@ -19,6 +19,7 @@ from afd_jax.cli.common import (
     add_ratio_args,
     add_workload_args,
     emit_json,
+    fill_defaults,
     load_hardware,
     load_latency,
     load_ratios,
@@ -29,7 +30,7 @@ from afd_jax.cli.common import (
 )
 from afd_jax.errors import InputError
 from afd_jax.model.exact import binning_error_bound, require_worker_load
-from afd_jax.model.hardware import check_reserved, kv_capacity_tokens
+from afd_jax.model.hardware import KV_EPSILON, KV_RESERVED, check_reserved, kv_capacity_tokens
 from afd_jax.studies.plots import plot_tornado
 from afd_jax.workload.slotload import slot_load_pmf
 from afd_jax.workload.statistics import workload_stats
@@ -111,7 +112,7 @@ def add_parser(subparsers) -> None:
 
 KV_AUTO_FLAGS = ("attn_gpus", "attn_system", "memory_attn_gib")
 """The hardware flags ``--kv-capacity auto`` reads (the only use of hardware here)."""
-_DEFAULTS = {"kv_reserved": 0.1, "kv_epsilon": 1e-3, "batch_min": 1}
+_DEFAULTS = {"kv_reserved": KV_RESERVED, "kv_epsilon": KV_EPSILON, "batch_min": 1}
 
 
 def _check_used(args) -> None:
@@ -126,9 +127,7 @@ def _check_used(args) -> None:
         if getattr(args, key) is not None and not used:
             flag = "--" + key.replace("_", "-")
             raise InputError(f"applies with {option} only", field=flag)
-    for key, value in _DEFAULTS.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_defaults(args, _DEFAULTS)
 
 
 def _kv_capacity(args) -> float | None:

@@ -19,6 +19,7 @@ from afd_jax.cli.common import (
     add_ratio_args,
     add_workload_args,
     emit_json,
+    fill_defaults,
     load_hardware,
     load_latency,
     load_ratios,
@@ -30,7 +31,7 @@ from afd_jax.cli.common import (
 from afd_jax.cli.provision import _latency_source
 from afd_jax.errors import InputError
 from afd_jax.model.exact import require_worker_load
-from afd_jax.model.hardware import check_reserved, kv_capacity_tokens
+from afd_jax.model.hardware import KV_EPSILON, KV_RESERVED, check_reserved, kv_capacity_tokens
 from afd_jax.studies.plots import plot_plan_front, plot_tornado
 
 
@@ -175,7 +176,7 @@ def _check_kv_options(args, hw) -> None:
     """The KV options where they can act: --kv-epsilon and --memory-attn-gib size the KV
     capacity, which needs kv_bytes_per_token, the GPUs and their memory; --kv-reserved also
     keeps FFN memory back, which needs the FFN weights. Without those they were ignored while
-    the table said "none besides KV capacity". Then the defaults (0.1, 1e-3)."""
+    the table said "none besides KV capacity". Then the defaults."""
     if args.kv_reserved is not None:
         check_reserved(args.kv_reserved)
     why = (
@@ -191,8 +192,7 @@ def _check_kv_options(args, hw) -> None:
         for flag, given in used.items():
             if given:
                 raise InputError(f"has nothing to act on: {why}", field=flag)
-    args.kv_reserved = 0.1 if args.kv_reserved is None else args.kv_reserved
-    args.kv_epsilon = 1e-3 if args.kv_epsilon is None else args.kv_epsilon
+    fill_defaults(args, {"kv_reserved": KV_RESERVED, "kv_epsilon": KV_EPSILON})
 
 
 def run(args) -> int:

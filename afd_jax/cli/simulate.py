@@ -28,6 +28,7 @@ from afd_jax.cli.common import (
     add_workload_args,
     check_seed,
     emit_json,
+    fill_defaults,
     load_latency,
     load_workload,
     plot_file,
@@ -298,7 +299,7 @@ def run(args) -> int:
     positive_int("batch", args.batch)
     positive_int("r-max", args.r_max)
     positive_int("replications", args.replications)
-    args.memory_budget_mb = 1024 if args.memory_budget_mb is None else args.memory_budget_mb
+    fill_defaults(args, {"memory_budget_mb": 1024})
     positive_int("memory-budget-mb", args.memory_budget_mb)
     check_seed("seed", args.seed)
     check_level(args.level)

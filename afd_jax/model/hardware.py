@@ -223,6 +223,12 @@ def read_hardware(path: str | Path | None, overrides: dict | None = None) -> Har
     return Hardware(**{k: v for k, v in fields.items() if k in Hardware._fields})
 
 
+KV_RESERVED = 0.1
+"""Default fraction of GPU memory kept out of the weights and the KV cache (``--kv-reserved``)."""
+KV_EPSILON = 1e-3
+"""Default allowed probability that a worker's KV load exceeds its capacity (``--kv-epsilon``)."""
+
+
 def check_reserved(fraction: float) -> float:
     """``fraction`` (of GPU memory kept out of the KV cache, ``--kv-reserved``) when in
     [0, 1), else InputError (field ``kv_reserved``)."""
@@ -231,7 +237,7 @@ def check_reserved(fraction: float) -> float:
     return fraction
 
 
-def kv_capacity_tokens(hw: Hardware, reserved_fraction: float = 0.1) -> float | None:
+def kv_capacity_tokens(hw: Hardware, reserved_fraction: float = KV_RESERVED) -> float | None:
     """KV-cache capacity of one Attention instance (tokens):
     ``(attn_gpus * memory * (1 - reserved) - attn_weight_bytes) / kv_bytes_per_token`` with the
     memory in bytes (GiB * 2**30). None when a figure is missing; InputError when the weights
@@ -251,7 +257,7 @@ def kv_capacity_tokens(hw: Hardware, reserved_fraction: float = 0.1) -> float | 
     return free / hw.kv_bytes_per_token
 
 
-def check_ffn_fits(hw: Hardware, reserved_fraction: float = 0.1) -> None:
+def check_ffn_fits(hw: Hardware, reserved_fraction: float = KV_RESERVED) -> None:
     """InputError when the FFN weights exceed the usable memory of the FFN instance
     (``ffn_gpus * memory * 2**30 * (1 - reserved)``); silent when a figure is unknown."""
     mem = hw.ffn_memory_gib

@@ -61,7 +61,7 @@ from afd_jax.model.exact import (
     other_stage_times,
     worker_load_pmf,
 )
-from afd_jax.model.hardware import feasible_ratios
+from afd_jax.model.hardware import KV_EPSILON, feasible_ratios
 from afd_jax.model.latency import (
     DEFAULT_OPTIONS,
     SCALAR_FIELDS,
@@ -940,7 +940,7 @@ def optimize(
     batch_min: int = 1,
     batch_max: int | None = None,
     kv_capacity: float | None = None,
-    kv_epsilon: float = 1e-3,
+    kv_epsilon: float = KV_EPSILON,
     step_slo: float | None = None,
     step_slo_p99: float | None = None,
     r_min: int = 1,

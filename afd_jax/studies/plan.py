@@ -33,6 +33,8 @@ from afd_jax.model.exact import (
     worker_load_pmf,
 )
 from afd_jax.model.hardware import (
+    KV_EPSILON,
+    KV_RESERVED,
     Hardware,
     check_ffn_fits,
     feasible_ratios,
@@ -246,8 +248,8 @@ def plan(
     tpot_p99_ms: float | None = None,
     budget_gpus: int | None = None,
     objective: str = "per_gpu",
-    kv_reserved: float = 0.1,
-    kv_epsilon: float = 1e-3,
+    kv_reserved: float = KV_RESERVED,
+    kv_epsilon: float = KV_EPSILON,
     top: int = 10,
     elasticities: bool = True,
     slot_bins: int = 4096,
