@@ -44,8 +44,11 @@ def is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
 
 
-def _shown(value) -> str:
-    return f"{value}" if is_real(value) else repr(value)
+def shown(value, width: int = 40) -> str:
+    """``value`` for an error line: a number as written, anything else (a string, a sequence)
+    by ``repr``, cut to about ``width`` characters (a 5,000-digit cell made a 5 kB line)."""
+    text = f"{value}" if is_real(value) else repr(value)
+    return text if len(text) <= width else f"{text[: width - 5]}...{text[-2:]}"
 
 
 def positive_int(name: str, value: int) -> int:
@@ -53,7 +56,7 @@ def positive_int(name: str, value: int) -> int:
     InputError naming the field ``name`` (a string, ``True``, ``16.5``, NaN and a sequence
     included)."""
     if not (is_real(value) and math.isfinite(value) and value >= 1 and value == int(value)):
-        raise InputError(f"must be an integer >= 1, got {_shown(value)}", field=name)
+        raise InputError(f"must be an integer >= 1, got {shown(value)}", field=name)
     return int(value)
 
 
@@ -61,7 +64,7 @@ def finite_nonneg(name: str, value: float) -> float:
     """``float(value)`` when it is a finite number >= 0, else InputError naming the field
     ``name``."""
     if not (is_real(value) and math.isfinite(value) and value >= 0):
-        raise InputError(f"must be a finite number >= 0, got {_shown(value)}", field=name)
+        raise InputError(f"must be a finite number >= 0, got {shown(value)}", field=name)
     return float(value)
 
 
@@ -85,7 +88,7 @@ float64 and the normal quantile is infinite (a review: a traceback from ``theta`
 def check_level(level, field: str = "level") -> float:
     """A confidence level in (0, :data:`MAX_LEVEL`], else InputError naming ``field``."""
     if not (is_real(level) and 0.0 < level <= MAX_LEVEL):
-        raise InputError(f"must be in (0, 1 - 1e-9], got {_shown(level)}", field=field)
+        raise InputError(f"must be in (0, 1 - 1e-9], got {shown(level)}", field=field)
     return float(level)
 
 

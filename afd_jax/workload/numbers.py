@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from afd_jax.errors import InputError
+from afd_jax.errors import InputError, shown
 
 TOKEN_LIMIT = 2**62
 """Token counts (trace cells, workload parameters) are < 2^62: int64 sums of a few stay exact."""
@@ -46,13 +46,6 @@ def parse_float(
     if not math.isfinite(x):
         raise InputError(f"non-finite value {shown(s)}", path=path, line=line, field=field)
     return x
-
-
-def shown(raw, width: int = 40) -> str:
-    """``repr(raw)``, cut to about ``width`` characters (a 5,000-digit cell made a 5 kB error
-    line)."""
-    text = repr(raw)
-    return text if len(text) <= width else f"{text[: width - 5]}...{text[-2:]}"
 
 
 def integral(

@@ -41,17 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
-from afd_jax.errors import InputError
+from afd_jax.errors import InputError, shown
 from afd_jax.memory import current_budget, format_bytes, require
 from afd_jax.workload.containers import TraceWorkload
-from afd_jax.workload.numbers import (
-    TOKEN_LIMIT,
-    check_plain,
-    integral,
-    parse_float,
-    plain,
-    shown,
-)
+from afd_jax.workload.numbers import TOKEN_LIMIT, check_plain, integral, parse_float, plain
 
 #: Known formats: name -> (container, prompt field, output field).
 FORMATS: dict[str, tuple[str, str | None, str | None]] = {
