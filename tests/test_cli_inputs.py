@@ -5,8 +5,10 @@ a correct result."""
 
 from __future__ import annotations
 
+import json
 import math
 
+import numpy as np
 import pytest
 from test_reliability import ROOT, WL, cli, refused
 
@@ -323,8 +325,13 @@ def test_logspace_past_float64_is_one_line(tmp_path, capsys):
         # found at the first scenario of B = 8 as "field microbatches", without the spec
         # (a review of session 22)
         ("6, 8", "microbatches = 3", [], ["s.toml: field mc.microbatches", "B = 8"]),
+        # int32 wrap: 3e9 tokens ran as a binding capacity (2 to 4 % less throughput, empty
+        # slots); 1e20 a traceback (an adversarial pass of session 24)
+        ("8", "kv_capacity = 3000000000", [], ["field mc.kv_capacity", "2^31"]),
+        ("8", "kv_capacity = 99999999999999999999", [], ["field mc.kv_capacity", "2^31"]),
+        ("8", 'routing = "lookahead"\nlookahead = 3000000000', [], ["field mc.lookahead"]),
     ],
-    ids=["experts-memory", "microbatches"],
+    ids=["experts-memory", "microbatches", "kv-int32", "kv-int64", "lookahead"],
 )  # fmt: skip
 def test_sweep_mc_dynamics_checked_before_any_part(tmp_path, capsys, batches, mc, extra, words):
     """The mc method's dynamics are checked at every B of the spec before any work, each
@@ -421,3 +428,68 @@ def test_plan_kv_options_need_every_figure_of_the_capacity(tmp_path, capsys):
     path.write_text(format_latency_toml(lat, opts) + "\n[hardware]\nkv_bytes_per_token = 1000\n")
     argv = ["plan", "--workload", WL, "--latency", path, "--batches", 8, "--r-max", 4]
     refused([*argv, "--kv-epsilon", 0.5], capsys, "field --kv-epsilon", "Attention GPUs")
+
+
+# ---------------------------------------------------------------- adversarial pass, session 24
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        # a capacity of 2^31 tokens wrapped in int32 and bound (7.6 % empty slots, rc 0)
+        (SIM + ["--kv-capacity", 2**31], ["field kv-capacity", "2^31"]),
+        (SIM + ["--kv-capacity", 2**63], ["field kv-capacity", "2^31"]),  # traceback
+        # 1e7 took 5 GB, 2^31 hung (int32 overflow past it: a traceback)
+        (SIM + ["--routing", "lookahead", "--lookahead", 10**7], ["field lookahead", "4096"]),
+        (SIM + ["--routing", "lookahead", "--lookahead", 2**31], ["field lookahead", "4096"]),
+        (SIM + ["--routing", "power-of-d", "--routing-d", 2**31], ["field routing-d", "4096"]),
+        # printed inf USD per million tokens (and 9.4e294 J per token for --power-attn 1e300)
+        (PLAN + ["--batches", 8, "--r-max", 4, "--price-attn", 1.7e308],
+         ["field price_attn", "1e+15"]),
+        (PLAN + ["--batches", 8, "--r-max", 4, "--power-attn", 1e300], ["field power_attn"]),
+    ],
+    ids=["kv-int32", "kv-int64", "lookahead-memory", "lookahead-int32", "routing-d", "price",
+         "power"],
+)  # fmt: skip
+def test_session_24_inputs(argv, words, capsys):
+    refused(argv, capsys, *words)
+
+
+def test_largest_kv_capacity_and_router_sizes_run(capsys):
+    """The limits themselves are accepted: 2^31 - 1 tokens binds nothing (every slot full)."""
+    argv = SIM + ["--steps", 64, "--json", "--kv-capacity", 2**31 - 1]
+    rc, out, err = cli(argv + ["--routing", "lookahead", "--lookahead", 4096], capsys)
+    assert rc == 0, err
+    assert all(row["empty_slot_fraction"] == 0 for row in json.loads(out)["results"])
+
+
+def test_deeply_nested_jsonl_line_is_invalid_json(tmp_path, capsys):
+    """Python's JSON parser recursed past its limit on a line nested 1,000 deep: a
+    RecursionError traceback instead of the file and line (an adversarial pass of session
+    24)."""
+    path = tmp_path / "t.jsonl"
+    good = '{"input_length": 10, "output_length": 5}\n'
+    path.write_text(good * 3 + '{"input_length": 1, "x": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    refused(["theta", path], capsys, f"{path}:4", "nested too deeply")
+
+
+def test_theta_delta_interval_stays_at_or_above_zero(tmp_path, capsys):
+    """Two requests of very different prompts: the normal interval theta -+ z se reached
+    -4,647 tokens (an adversarial pass of session 24); theta is a mean of token counts, so the
+    lower end is cut at 0 and the upper end is the formula's."""
+    from statistics import NormalDist
+
+    path = tmp_path / "two.csv"
+    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n0,100,10\n1,10000,10\n")
+    rc, out, err = cli(["theta", path, "--json"], capsys)
+    assert rc == 0, err
+    obj = json.loads(out)
+    p, d = np.array([100, 10_000]), np.array([10, 10])
+    reward = np.array([sum(p[i] + k for k in range(d[i])) for i in range(2)], float)  # loads
+    theta = reward.sum() / d.sum()
+    resid = reward - theta * d
+    se = math.sqrt((resid**2).sum() / 2) / d.mean()
+    high = theta + NormalDist().inv_cdf(0.975) * se
+    assert theta - NormalDist().inv_cdf(0.975) * se < 0  # the case the cut is for
+    assert obj["theta_ci_low"] == 0.0
+    assert obj["theta_ci_high"] == pytest.approx(high, rel=1e-12)

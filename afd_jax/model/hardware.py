@@ -169,6 +169,12 @@ class Hardware(NamedTuple):
         return int(r) * int(self.attn_gpus) + int(self.ffn_gpus)
 
 
+VALUE_LIMIT = 1e15
+"""The largest number of a [hardware] or [costs] table or its flag (1e15 bytes is a petabyte,
+USD per GPU-hour and watts far beyond any machine): products of prices, power, GPUs and step
+times then stay finite (a review: a price of 1.7e308 printed inf USD per million tokens)."""
+
+
 def _check_value(key: str, value, path: str | None):
     if key in _TEXT_KEYS:
         if not isinstance(value, str):
@@ -176,8 +182,8 @@ def _check_value(key: str, value, path: str | None):
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InputError(f"must be a number, got {value!r}", path=path, field=key)
-    if not (math.isfinite(value) and value >= 0):
-        raise InputError(f"must be a finite number >= 0, got {value}", path=path, field=key)
+    if not (math.isfinite(value) and 0 <= value <= VALUE_LIMIT):
+        raise InputError(f"must be in [0, {VALUE_LIMIT:g}], got {value}", path=path, field=key)
     if key in _INT_KEYS:
         if int(value) != value or value < 1:
             raise InputError(f"must be an integer >= 1, got {value}", path=path, field=key)

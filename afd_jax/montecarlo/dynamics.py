@@ -278,6 +278,11 @@ push the real steps below its lowest bin (a review: wrong percentiles at CV 1e10
 MAX_STRAGGLER = 1000.0
 """The largest straggler slow-down s, for the same reason (a review: s = 1e12 put every step
 in the histogram's lowest bin, even with p = 0)."""
+MAX_ROUTING_CHOICES = 1 << 12
+"""The most candidates a router weighs per request: power-of-d's d (drawn per routed request)
+and lookahead's k (k - 1 requests held back per bundle, scanned for each routed one). Beyond,
+a step costs seconds and memory grows with it (a review: k = 1e7 took 5 GB, k = 2^31 hung or
+overflowed int32); power-of-d with d >= r_max already weighs about every worker."""
 MAX_EXPERT_SKEW = 100.0
 """The largest Zipf exponent of the expert routing (at 100 expert 0 takes all but 1e-30)."""
 MAX_EXPERTS = 1 << 16
@@ -295,12 +300,12 @@ def check_dynamics(cfg: Dynamics, batch: int | None) -> None:
 
     if cfg.routing not in ROUTINGS:
         bad(f"must be one of {', '.join(ROUTINGS)}, got {cfg.routing!r}", "routing")
-    if cfg.routing_d < 1:
-        bad(f"must be >= 1, got {cfg.routing_d}", "routing-d")
+    if not 1 <= cfg.routing_d <= MAX_ROUTING_CHOICES:
+        bad(f"must be in 1..{MAX_ROUTING_CHOICES}, got {cfg.routing_d}", "routing-d")
     if cfg.routing_d != Dynamics._field_defaults["routing_d"] and cfg.routing != "power-of-d":
         bad("only --routing power-of-d reads it", "routing-d")
-    if cfg.lookahead < 1:
-        bad(f"must be >= 1, got {cfg.lookahead}", "lookahead")
+    if not 1 <= cfg.lookahead <= MAX_ROUTING_CHOICES:
+        bad(f"must be in 1..{MAX_ROUTING_CHOICES}, got {cfg.lookahead}", "lookahead")
     if cfg.lookahead != Dynamics._field_defaults["lookahead"] and cfg.routing != "lookahead":
         bad("only --routing lookahead reads it", "lookahead")
     if cfg.slot_slack < 0:
@@ -309,8 +314,8 @@ def check_dynamics(cfg: Dynamics, batch: int | None) -> None:
         bad(f"must be in 0..B-1 = {batch - 1}, got {cfg.slot_slack}", "slot-slack")
     if cfg.slot_slack and not cfg.routed:
         bad("needs a load-aware --routing (in place every worker keeps B requests)", "slot-slack")
-    if cfg.kv_capacity < 0:
-        bad(f"must be >= 0 tokens, got {cfg.kv_capacity}", "kv-capacity")
+    if not 0 <= cfg.kv_capacity < E.INT32_LIMIT:  # a worker's load is an int32
+        bad(f"must be in 0..2^31 - 1 tokens (0: no limit), got {cfg.kv_capacity}", "kv-capacity")
     if cfg.microbatches < 0:
         bad(f"must be >= 0 (0: off), got {cfg.microbatches}", "microbatches")
     if batch is not None and cfg.microbatches and batch % cfg.microbatches:

@@ -121,7 +121,8 @@ def theta_confidence_interval(
     ``method="delta"`` (default, deterministic): theta_hat = sum N_i / sum D_i is a ratio
     estimator; by the delta method its standard error is
     ``se = sqrt( sum_i (N_i - theta_hat D_i)^2 / (n (n - 1)) ) / mean(D)`` and the interval is
-    ``theta_hat -+ z_{(1+level)/2} se``.
+    ``theta_hat -+ z_{(1+level)/2} se``, its lower end cut at 0 (theta is a mean of token
+    counts; a few rows with a wide spread put the normal interval below 0).
 
     ``method="bootstrap"``: percentile bootstrap, ``n_boot`` resamples of the rows drawn with a
     NumPy ``Generator`` seeded by ``seed`` (host-side float64 code; same seed, same interval).
@@ -148,7 +149,7 @@ def theta_confidence_interval(
         z = NormalDist().inv_cdf(0.5 + level / 2.0)
         resid = reward - theta * d
         se = float(np.sqrt(np.sum(resid * resid) / (n * (n - 1.0))) / np.mean(d))
-        return theta - z * se, theta + z * se
+        return max(theta - z * se, 0.0), theta + z * se  # theta >= 0
     if n_boot < 2:
         raise InputError(f"n_boot must be >= 2, got {n_boot}", field="n_boot")
     if n_boot * n > MAX_BOOTSTRAP_DRAWS:

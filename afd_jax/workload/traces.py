@@ -395,6 +395,10 @@ def _parse_jsonl(text, spath, fmt, prompt_field, decode_field):
             raise InputError(
                 "invalid JSON: a number too long to read", path=spath, line=lineno
             ) from None
+        except RecursionError:  # Python's parser recurses once per nested array or object
+            raise InputError(
+                "invalid JSON: nested too deeply to read", path=spath, line=lineno
+            ) from None
         if not isinstance(obj, dict):
             raise InputError("expected one JSON object per line", path=spath, line=lineno)
         if pf is None:
