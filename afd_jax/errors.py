@@ -83,12 +83,16 @@ def check_seed(name: str, value: int, path: str | None = None) -> int:
 MAX_LEVEL = 1.0 - 1e-9
 """The highest confidence level (z = 6.1): closer to 1, (1 + level) / 2 rounds to 1.0 in
 float64 and the normal quantile is infinite (a review: a traceback from ``theta``)."""
+MIN_LEVEL = 1e-9
+"""The lowest (z = 1.3e-9): below about 1e-16, (1 + level) / 2 rounds to 0.5 and z to 0, and
+``theta`` blamed the zero-width interval on rows without spread (a review, session 24)."""
 
 
 def check_level(level, field: str = "level") -> float:
-    """A confidence level in (0, :data:`MAX_LEVEL`], else InputError naming ``field``."""
-    if not (is_real(level) and 0.0 < level <= MAX_LEVEL):
-        raise InputError(f"must be in (0, 1 - 1e-9], got {shown(level)}", field=field)
+    """A confidence level in [:data:`MIN_LEVEL`, :data:`MAX_LEVEL`], else InputError naming
+    ``field``."""
+    if not (is_real(level) and MIN_LEVEL <= level <= MAX_LEVEL):
+        raise InputError(f"must be in [1e-9, 1 - 1e-9], got {shown(level)}", field=field)
     return float(level)
 
 

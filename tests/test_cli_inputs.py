@@ -447,9 +447,11 @@ def test_plan_kv_options_need_every_figure_of_the_capacity(tmp_path, capsys):
         (PLAN + ["--batches", 8, "--r-max", 4, "--price-attn", 1.7e308],
          ["field price_attn", "1e+15"]),
         (PLAN + ["--batches", 8, "--r-max", 4, "--power-attn", 1e300], ["field power_attn"]),
+        # z rounded to 0: a zero-width interval blamed on rows "with no spread"
+        (THETA + ["--level", 1e-20], ["field --level", "[1e-9, 1 - 1e-9]"]),
     ],
     ids=["kv-int32", "kv-int64", "lookahead-memory", "lookahead-int32", "routing-d", "price",
-         "power"],
+         "power", "theta-tiny-level"],
 )  # fmt: skip
 def test_session_24_inputs(argv, words, capsys):
     refused(argv, capsys, *words)
