@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import OPTIMISED_ENV
+from test_sweep import run_cli
 
 from afd_jax import memory
 from afd_jax.cli import main
@@ -453,8 +453,9 @@ def test_tail_quadrature_bits_do_not_depend_on_the_batch_shape():
 @pytest.mark.slow  # about 12 s: 150 scenarios one by one and in one chunk
 def test_sweep_bytes_identical_across_chunk_sizes(tmp_path):
     """The promise holds for the programs users run: compiled with XLA's optimisations (a
-    subprocess with OPTIMISED_ENV). With most of them off, as the rest of the suite compiles,
-    XLA:CPU's elementwise code for one scenario and for 150 may round an ulp apart."""
+    subprocess, ``test_sweep.run_cli``, with OPTIMISED_ENV). With most of them off, as the
+    rest of the suite compiles, XLA:CPU's elementwise code for one scenario and for 150 may
+    round an ulp apart."""
     body = """
     r_max = 48
     methods = ["mean_field", "gaussian"]
@@ -472,10 +473,8 @@ def test_sweep_bytes_identical_across_chunk_sizes(tmp_path):
     outs = []
     for size in (1, 150):
         out = tmp_path / f"c{size}.csv"
-        args = ["sweep", spec, "--out", out, "--chunk-size", str(size), "--quiet"]
-        env = {**os.environ, **OPTIMISED_ENV, "JAX_PLATFORMS": "cpu"}
-        res = subprocess.run([sys.executable, "-m", "afd_jax", *args], capture_output=True, env=env)
-        assert res.returncode == 0, res.stderr.decode()
+        res = run_cli([str(spec), "--out", str(out), "--chunk-size", str(size), "--quiet"])
+        assert res.returncode == 0, res.stderr
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
 
