@@ -854,6 +854,27 @@ def _grow_windows(best: dict, r_win, b_win, r_lim: int, b_lim: int, k: int, opti
     return grown
 
 
+def _infeasible(cands: _Candidates, r_win, b_win) -> InputError:
+    """The error when no candidate of the final window is feasible, naming the constraints
+    that every one of them violates (the first of them as its field) and the step times of
+    the window's smallest (r, B)."""
+    window = [
+        cands.evaluate(r, b)
+        for r in range(r_win[0], r_win[1] + 1)
+        for b in range(b_win[0], b_win[1] + 1)
+    ]
+    common = [v for v in window[0]["violates"] if all(v in c["violates"] for c in window)]
+    names = common or sorted({v for c in window for v in c["violates"]})
+    first = window[0]
+    b_text = f"B {b_win[0]}..{b_win[1]}" if b_win[0] != b_win[1] else f"B = {b_win[0]}"
+    return InputError(
+        f"no feasible (r, batch): every candidate (r {r_win[0]}..{r_win[1]}, {b_text}) "
+        f"violates {' or '.join(names)}; at r = {first['r']}, B = {first['batch']} the mean "
+        f"step time is {first['step_time']:.6g} us and its P99 {first['step_time_p99']:.6g} us",
+        field=names[0],
+    )
+
+
 def _search_integers(cands: _Candidates, r_c: float, b_c: float, batch, b_cap: int, k: int):
     """Best feasible integer (r, B) around the continuous optimum: a window floor - k .. ceil + k,
     widened downwards while nothing in it is feasible and extended while the best candidate sits
@@ -878,10 +899,7 @@ def _search_integers(cands: _Candidates, r_c: float, b_c: float, batch, b_cap: i
         ]
         if not feas:
             if r_win[0] == 1 and b_win[0] == 1 or (r_win[0] == 1 and not opt_b):
-                raise InputError(
-                    "no feasible (r, batch): the step-time SLO or bounds cannot be met",
-                    field="step_slo",
-                )
+                raise _infeasible(cands, r_win, b_win)
             r_win[0] = max(1, r_win[0] - 2 * (r_win[1] - r_win[0] + 1))
             if opt_b:
                 b_win[0] = max(1, b_win[0] - 2 * (b_win[1] - b_win[0] + 1))
