@@ -36,7 +36,7 @@ from afd_jax.cli.common import (
     start_distributed,
     wants_distributed,
 )
-from afd_jax.errors import InputError, check_level
+from afd_jax.errors import InputError, check_level, check_output_file
 from afd_jax.kernels.options import ROUTINGS
 from afd_jax.memory import current_budget
 from afd_jax.montecarlo.result import MonteCarloResult
@@ -136,6 +136,14 @@ def add_parser(subparsers) -> None:
         action="store_true",
         help="fast kernel: compile for this --r-max and --batch exactly instead of padding "
         "them to a shape bucket shared by nearby values (the numbers are the same either way)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        default=None,
+        help="save the run's sums to FILE as its chunks of replications finish (at most every "
+        "10 s); the same command run again resumes from FILE, to the same numbers "
+        "(docs/simulation.md; one process)",
     )
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--plot", metavar="FILE", default=None, help="write a figure (.png/.pdf/.svg)")
@@ -304,6 +312,8 @@ def run(args) -> int:
     check_seed("seed", args.seed)
     check_level(args.level)
     plot = plot_file(args.plot)
+    if args.checkpoint is not None:
+        check_output_file(args.checkpoint, "--checkpoint")
     if wants_distributed(args):
         start_distributed(args)
     res = _run_pool(args) if args.window == "completions" else _run_steps(args, dynamics)
@@ -311,6 +321,9 @@ def run(args) -> int:
 
     if jax.process_index() != 0:
         return 0  # every process holds the same result; process 0 reports it
+    if res.checkpoint is not None and res.checkpoint["resumed_chunks"]:
+        done, n = res.checkpoint["resumed_chunks"], res.checkpoint["chunks"]
+        print(f"resumed from {args.checkpoint}: {done} of {n} chunks were done", file=sys.stderr)
     out = res.to_json()
     out["workload"] = args.workload
     if dynamics is not None:
@@ -368,6 +381,7 @@ def _run_steps(args, dynamics=None) -> MonteCarloResult:
         progress=not args.quiet,
         dynamics=dynamics,
         precision=args.precision,
+        checkpoint=args.checkpoint,
     )
 
 
@@ -410,6 +424,7 @@ def _run_pool(args) -> MonteCarloResult:
         diagnostics=True,
         progress=not args.quiet,
         precision=args.precision,
+        checkpoint=args.checkpoint,
     )
 
 
@@ -428,10 +443,12 @@ def _describe(res: MonteCarloResult, workload: str) -> list[str]:
         load = f"mean slot load {res.mean_slot_load:.1f}{se}; "
     if res.precision != "float32":
         what += f", {res.precision} step times"
+    rate = res.slot_steps_per_second
+    rate = f"{rate:.3e}/s" if math.isfinite(rate) else "resumed from a checkpoint"
     return [
         f"workload {workload}: B = {res.batch}, {what}, seed {res.seed}",
         f"{load}{res.slot_steps:.3e} slot-steps in {res.wall_seconds:.2f} s "
-        f"({res.slot_steps_per_second:.3e}/s) on {res.device} x{res.devices}"
+        f"({rate}) on {res.device} x{res.devices}"
         + (f" ({res.processes} processes)" if res.processes > 1 else ""),
     ]
 

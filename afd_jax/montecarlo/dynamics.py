@@ -52,6 +52,7 @@ from afd_jax.model import latency as L
 from afd_jax.model.latency import Latency, ModelOptions
 from afd_jax.model.stages import check_batch
 from afd_jax.montecarlo import estimators as E
+from afd_jax.montecarlo.checkpoint import run_checkpoint
 from afd_jax.montecarlo.result import MonteCarloResult
 from afd_jax.montecarlo.spine import (
     ROWS,
@@ -393,6 +394,16 @@ class _Acc:
         self.load, self.load_sq, self.count = np.zeros(n_rep), np.zeros(n_rep), np.zeros(n_rep)
         self.hist = np.zeros((r_max, E.N_BINS), np.int64)
 
+    def state(self) -> dict:
+        """The sums as a nest of arrays (a checkpoint's, :mod:`.checkpoint`)."""
+        return {"v": self.v, "load": self.load, "load_sq": self.load_sq, "count": self.count,
+                "hist": self.hist}  # fmt: skip
+
+    def load_state(self, state: dict) -> None:
+        self.v = dict(state["v"])
+        self.load, self.load_sq, self.count = state["load"], state["load_sq"], state["count"]
+        self.hist = state["hist"]
+
     def add(self, reps, sums: DynSums, n_real: int):
         rows = reps[:n_real]
         for k in _SUMS:
@@ -536,7 +547,9 @@ def _prefix(sampler, run, cfg: Dynamics):
     return fresh_prefix(run.r_max, run.batch, cfg, decode_mean_sd(sampler)[0])
 
 
-def run_dynamics(sampler, max_load: int, lat: Latency, drun: DynRun, bar: Progress, mesh):
+def run_dynamics(
+    sampler, max_load: int, lat: Latency, drun: DynRun, bar: Progress, mesh, ckpt=None
+):
     """The chunk loop over replications, split over the devices of ``mesh`` (a
     :class:`RowMesh`; the rows are independent, so the numbers are one device's): (host
     accumulator, bins, slot-steps)."""
@@ -594,7 +607,8 @@ def run_dynamics(sampler, max_load: int, lat: Latency, drun: DynRun, bar: Progre
                 current[0] = current[0].enlarge()
         bar.tick(c.n_real * slots * min(length, total - t0))
 
-    run_chunks(replication_chunks(run.replications, chunk, total, length), start, advance, record)
+    chunks = replication_chunks(run.replications, chunk, total, length)
+    run_chunks(chunks, start, advance, record, ckpt and ckpt.attach(acc.state, acc.load_state))
     return acc, (log_lo, inv_w), total * run.replications * slots
 
 
@@ -652,9 +666,12 @@ def dynamics_result(lat: Latency, drun: DynRun, acc: _Acc, bins, slot_steps, wal
         )
 
 
-def simulate_dynamics(sampler, max_load: int, lat: Latency, drun: DynRun, progress=False):
+def simulate_dynamics(
+    sampler, max_load: int, lat: Latency, drun: DynRun, progress=False, checkpoint=None
+):
     """Run the dynamics kernel (``sampler`` a sampler pytree with its largest slot load).
-    Replications >= 2 (the SE comes from the spread of the replication means)."""
+    Replications >= 2 (the SE comes from the spread of the replication means). ``checkpoint``:
+    a file to save to and resume from (:mod:`.checkpoint`)."""
     run, _, cfg = drun
     check_dynamics(cfg, run.batch)
     try:  # a table Attention stage is read at the micro-batch's B/m slots
@@ -672,10 +689,13 @@ def simulate_dynamics(sampler, max_load: int, lat: Latency, drun: DynRun, progre
         t0 = time.perf_counter()
         bar = Progress(progress, "simulate[dynamics]")
         mesh = RowMesh(max_devices=run.replications)
-        acc, bins, slot_steps = run_dynamics(sampler, max_load, lat, drun, bar, mesh)
+        settings = dict(window="steps", run=run, opts=drun.opts, dynamics=drun.cfg)
+        ckpt = run_checkpoint(checkpoint, mesh, settings, latency=lat, sampler=sampler)
+        acc, bins, slot_steps = run_dynamics(sampler, max_load, lat, drun, bar, mesh, ckpt)
         bar.close()
         res = dynamics_result(lat, drun, acc, bins, slot_steps, time.perf_counter() - t0)
-        return dataclasses.replace(res, devices=mesh.n, processes=mesh.processes)
+        info = ckpt and ckpt.info()
+        return dataclasses.replace(res, devices=mesh.n, processes=mesh.processes, checkpoint=info)
 
 
 __all__ = [

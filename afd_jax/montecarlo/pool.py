@@ -62,6 +62,7 @@ from afd_jax.model import latency as L
 from afd_jax.model.latency import Latency, ModelOptions
 from afd_jax.model.latency_io import validate_latency, validate_options
 from afd_jax.montecarlo import estimators as E
+from afd_jax.montecarlo.checkpoint import run_checkpoint
 from afd_jax.montecarlo.result import MonteCarloResult
 from afd_jax.montecarlo.samplers import make_sampler
 from afd_jax.montecarlo.spine import (
@@ -227,6 +228,7 @@ def pool_simulate(
     diagnostics: bool = False,
     progress: bool = False,
     precision: str = "float32",
+    checkpoint=None,
 ) -> MonteCarloResult:
     """Cold-start finite-pool throughput for every r in ``r_values`` (module docstring).
 
@@ -237,6 +239,8 @@ def pool_simulate(
     share and step-time percentiles (module docstring); ``progress``: one stderr line per r;
     ``precision``: float dtype of the kernel's times and sums ("float32" or "float64", which
     needs ``jax_enable_x64``). Measured (table) stages run as tables (``_pool_model``).
+    ``checkpoint``: a file the results of each r are saved to as they finish, which a rerun
+    of the same run resumes from (:mod:`.checkpoint`).
     Raises InputError for bad sizes or possible int32 overflow.
     """
     batch = positive_int("batch", batch)
@@ -298,11 +302,20 @@ def pool_simulate(
             print(f"pool: r = {c.data} done {done}", file=sys.stderr)
 
     chunks = (Chunk(None, n_pools, (0,), r) for r in r_values)
-    run_chunks(chunks, lambda c: None, advance, record)
+    settings = dict(window="completions", batch=batch, r=[int(r) for r in r_values], opts=opts,
+                    requests=pl.n,
+                    ffn_tokens=ffn_tokens, target=pl.target, diagnostics=bool(diagnostics),
+                    precision=precision)  # fmt: skip
+    ckpt = run_checkpoint(checkpoint, mesh, settings, latency=lat, pools=(pl.prompt, pl.decode))
+    ckpt = ckpt and ckpt.attach(lambda: sums, sums.update)
+    run_chunks(chunks, lambda c: None, advance, record, ckpt)
     wall = time.perf_counter() - t_start
     window = {"kind": "completions", "requests": pl.n, "fraction": float(completion_fraction)}
     res = _result(lat, batch, r_values, window, sums, ffn_tokens, level, seed, wall)
-    return dataclasses.replace(res, devices=mesh.n, processes=mesh.processes, precision=precision)
+    return dataclasses.replace(
+        res, devices=mesh.n, processes=mesh.processes, precision=precision,
+        checkpoint=ckpt and ckpt.info(),
+    )  # fmt: skip
 
 
 def _padded_rows(n: int, padded: int) -> np.ndarray:

@@ -58,7 +58,9 @@ class MonteCarloResult:
     "fraction"}. empty_slot_fraction: share of the r B slots without an admitted request, and
     dynamics: the options of the dynamics kernel (docs/dynamics.md); None (absent from rows and
     JSON) for the other kernels. precision: the float dtype of the kernels' step-time sums
-    ("float32" or "float64").
+    ("float32" or "float64"). checkpoint: {"path", "chunks", "resumed_chunks"} of a run with
+    a checkpoint file (``resumed_chunks`` found done there; ``wall_seconds`` is this
+    process's), None (absent from JSON) otherwise.
     """
 
     r: np.ndarray
@@ -99,6 +101,7 @@ class MonteCarloResult:
     devices: int = 1
     processes: int = 1
     precision: str = "float32"
+    checkpoint: dict | None = None
 
     @property
     def r_max(self) -> int:
@@ -110,7 +113,11 @@ class MonteCarloResult:
 
     @property
     def slot_steps_per_second(self) -> float:
-        return self.slot_steps / self.wall_seconds if self.wall_seconds > 0 else float("nan")
+        """The run's rate; NaN when it resumed from a checkpoint (its wall time is not the
+        run's) or took no time."""
+        resumed = self.checkpoint is not None and self.checkpoint["resumed_chunks"] > 0
+        ok = self.wall_seconds > 0 and not resumed
+        return self.slot_steps / self.wall_seconds if ok else float("nan")
 
     @property
     def warmup(self) -> int | None:
@@ -167,6 +174,8 @@ class MonteCarloResult:
             devices=self.devices,
             processes=self.processes,
         )
+        if self.checkpoint is not None:
+            out["checkpoint"] = dict(self.checkpoint)
         return out
 
 

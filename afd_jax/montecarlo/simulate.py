@@ -53,6 +53,7 @@ from afd_jax.model import latency as L
 from afd_jax.model.latency import Latency, ModelOptions
 from afd_jax.model.latency_io import validate_latency, validate_options
 from afd_jax.montecarlo import estimators as E
+from afd_jax.montecarlo.checkpoint import run_checkpoint
 from afd_jax.montecarlo.dynamics import Dynamics, DynRun, simulate_dynamics
 from afd_jax.montecarlo.result import STEP_DIAGNOSTICS, MonteCarloResult
 from afd_jax.montecarlo.samplers import (
@@ -335,6 +336,19 @@ class StepAccumulator:
         self.keep_blocks = keep_blocks
         self.block_tau, self.block_load, self.block_count = [], [], []
 
+    _STATE = ("tau", "tau_sq", "max_attn", "worker_load", "load", "load_sq", "count", "hist")
+    _BLOCKS = ("block_tau", "block_load", "block_count")
+
+    def state(self) -> dict:
+        """The sums as a nest of arrays (a checkpoint's, :mod:`.checkpoint`)."""
+        return {k: getattr(self, k) for k in self._STATE + self._BLOCKS}
+
+    def load_state(self, state: dict) -> None:
+        for k in self._STATE:
+            setattr(self, k, state[k])
+        for k in self._BLOCKS:
+            setattr(self, k, list(state[k]))
+
     def add(self, reps: np.ndarray, sums, n_real: int):
         """sums: StepSums with a leading axis over the chunk's rows ([rows, nb, ...]); the
         first ``n_real`` rows are the distinct replications ``reps``. Block sums are added
@@ -383,6 +397,7 @@ def simulate(
     progress: bool = False,
     dynamics: Dynamics | None = None,
     precision: str = "float32",
+    checkpoint=None,
 ) -> MonteCarloResult:
     """Monte Carlo estimate of the per-r step time and throughput of an r_max-worker bundle.
 
@@ -406,6 +421,10 @@ def simulate(
       precision: "float32" (default) or "float64": the float dtype of the kernels' step
         times and block sums (``afd_jax.kernels.barrier.summarise_steps``); float64 needs
         ``jax_enable_x64`` (InputError otherwise). The random streams are the same.
+      checkpoint: a file path: the run's sums are saved there as chunks of replications (or
+        of snapshot blocks) finish, and a rerun of the same run resumes from it, to the same
+        numbers (:mod:`.checkpoint`; one process only). The result's ``checkpoint`` says how
+        many chunks were found done.
 
     Raises InputError on bad sizes or when B * max slot load (plus the segment for "fast")
     could overflow int32.
@@ -436,22 +455,26 @@ def simulate(
     )
     if dynamics is not None:
         return _simulate_dynamics(
-            workload_or_sampler, lat, run, opts, dynamics, max_slot_load, progress
+            workload_or_sampler, lat, run, opts, dynamics, max_slot_load, progress, checkpoint
         )
     with rng_mode():
         setup = _setup(workload_or_sampler, lat, opts, run, max_slot_load)
         mesh = _mesh(run)
+        ckpt = run_checkpoint(checkpoint, mesh, dict(window="steps", run=run, opts=opts),
+                              latency=lat, sampler=setup.sampler)  # fmt: skip
         setup = _placed(run, setup, mesh)
         t_start = time.perf_counter()
         bar = Progress(progress, f"simulate[{kernel}]")
         if kernel == "barrier":
-            acc = _run_barrier(run, setup, bar, mesh)
+            acc = _run_barrier(run, setup, bar, mesh, ckpt)
         else:
-            acc = _run_trajectories(run, setup, bar, mesh)
+            acc = _run_trajectories(run, setup, bar, mesh, ckpt)
         bar.close()
         wall = time.perf_counter() - t_start
         res = _result(lat, run, setup, acc, wall)
-        return dataclasses.replace(res, devices=mesh.n, processes=mesh.processes)
+        return dataclasses.replace(
+            res, devices=mesh.n, processes=mesh.processes, checkpoint=ckpt and ckpt.info()
+        )
 
 
 def _mesh(run: StepsRun) -> RowMesh:
@@ -481,11 +504,12 @@ def _mesh(run: StepsRun) -> RowMesh:
     return RowMesh(1)
 
 
-def _simulate_dynamics(source, lat, run: StepsRun, opts, dynamics, given, progress):
+def _simulate_dynamics(source, lat, run: StepsRun, opts, dynamics, given, progress, checkpoint):
     """The dynamics kernel with the same sampler, sizes and chunking options."""
     check_kv_capacity(source, dynamics.kv_capacity, int(opts.load_offset))
     sampler, max_load = _sampler_and_max_load(source, opts, given)
-    return simulate_dynamics(sampler, max_load, lat, DynRun(run, opts, dynamics), progress)
+    drun = DynRun(run, opts, dynamics)
+    return simulate_dynamics(sampler, max_load, lat, drun, progress, checkpoint)
 
 
 KV_NEVER_ADMITTED = 1e-12
@@ -521,7 +545,7 @@ def check_kv_capacity(source, capacity: int, load_offset: int = 0) -> None:
     )
 
 
-def _run_barrier(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh):
+def _run_barrier(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh, ckpt=None):
     """Blocks of i.i.d. snapshots, grouped into chunks of blocks (all into one accumulator
     row: the snapshots are i.i.d. across replications)."""
     acc = StepAccumulator(1, run.r_max, keep_blocks=False)
@@ -559,7 +583,8 @@ def _run_barrier(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh)
         acc.add(np.zeros(1, np.int64), rows._replace(hist=sums.hist), 1)
         bar.tick(int(c.data[2].sum()) * run.slots)
 
-    run_chunks(chunks(), lambda c: (), advance, record)
+    ckpt = ckpt and ckpt.attach(acc.state, acc.load_state)
+    run_chunks(chunks(), lambda c: (), advance, record, ckpt)
     return acc
 
 
@@ -835,7 +860,7 @@ class _Segment:
     covered: object
 
 
-def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh):
+def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: RowMesh, ckpt=None):
     """Replications in chunks, each stepped segment by segment; a segment (of either kernel)
     is redone with a larger K (``kernel.enlarge()``) when its requests fall short."""
     plan = _plan(run, setup, 1 if mesh.split else mesh.n)
@@ -906,7 +931,11 @@ def _run_trajectories(run: StepsRun, setup: StepsSetup, bar: Progress, mesh: Row
         bar.tick(c.n_real * run.slots * min(plan.length, total - t0))
 
     run_chunks(
-        replication_chunks(run.replications, chunk, total, plan.length), start, advance, record
+        replication_chunks(run.replications, chunk, total, plan.length),
+        start,
+        advance,
+        record,
+        ckpt and ckpt.attach(acc.state, acc.load_state),
     )
     return acc
 

@@ -103,6 +103,7 @@ def run_chunks(
     start: Callable[[Chunk], Any],
     advance: Callable[[Chunk, Any, Any], tuple],
     record: Callable[[Chunk, Any, Any], None],
+    checkpoint=None,
 ) -> None:
     """The one chunk loop: for every chunk, ``state = start(chunk)``, then for every segment
     ``state, info = advance(chunk, segment, state)`` and ``record(chunk, segment, info)``, in
@@ -110,17 +111,31 @@ def run_chunks(
     asynchronously, so while the host fetches and records segment i the device already works
     on segment i + 1 (``advance`` should leave its results on the device and ``record`` fetch
     them; a fetch in ``advance`` makes the device wait for the host: on an H200 it idled
-    most of a barrier kernel's call, docs/benchmarks.md)."""
+    most of a barrier kernel's call, docs/benchmarks.md). With a ``checkpoint``
+    (:class:`~afd_jax.montecarlo.checkpoint.Checkpoint`) the chunks it holds are skipped and
+    it is told of each chunk whose last segment is recorded."""
+    if checkpoint is not None:
+        chunks = list(chunks)
+        done = checkpoint.start(chunks)
+        chunks = [(i, c) for i, c in enumerate(chunks) if i >= done]
+    else:
+        chunks = enumerate(chunks)
+
+    def finish(i, chunk, seg, info):
+        record(chunk, seg, info)
+        if checkpoint is not None and seg == chunk.segments[-1]:
+            checkpoint.finished(i)
+
     pending = None
-    for chunk in chunks:
+    for i, chunk in chunks:
         state = start(chunk)
         for seg in chunk.segments:
             state, info = advance(chunk, seg, state)
             if pending is not None:
-                record(*pending)
-            pending = (chunk, seg, info)
+                finish(*pending)
+            pending = (i, chunk, seg, info)
     if pending is not None:
-        record(*pending)
+        finish(*pending)
 
 
 def replication_chunks(replications: int, chunk: int, total: int, length: int):

@@ -67,6 +67,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from afd_jax.errors import InputError
+from afd_jax.files import atomic_write
+from afd_jax.files import tmp_path as _tmp_path
 
 __all__ = [
     "CHECKSUM_SUFFIX",
@@ -88,25 +90,6 @@ __all__ = [
 
 MANIFEST = "manifest.json"
 CHECKSUM_SUFFIX = ".sha256"
-
-
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(path.name + f".tmp{os.getpid()}")
-
-
-def atomic_write(path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file beside it, fsync, ``os.replace``)."""
-    path = Path(path)
-    tmp = _tmp_path(path)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(text.encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a failed write leaves no stray temp file
-        raise
 
 
 def checksum_path(path) -> Path:
