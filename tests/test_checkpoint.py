@@ -130,6 +130,13 @@ def test_not_a_checkpoint_is_refused(trace, tmp_path):
     path.write_text("0,1,2\n")
     with pytest.raises(InputError, match="not an afd-jax checkpoint"):
         RUNS["fast"](trace, checkpoint=path)
+    RUNS["fast"](trace, checkpoint=tmp_path / "good.ckpt")
+    with np.load(tmp_path / "good.ckpt") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["tau"] = arrays["tau"] * 2  # edited sums: a resume would report them
+    np.savez(tmp_path / "edited.npz", **arrays)
+    with pytest.raises(InputError, match="damaged checkpoint"):
+        RUNS["fast"](trace, checkpoint=tmp_path / "edited.npz")
     with pytest.raises(InputError, match="cannot write here"):
         RUNS["fast"](trace, checkpoint=path / "run.ckpt")  # under a file
 

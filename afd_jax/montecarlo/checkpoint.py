@@ -97,6 +97,10 @@ def unflatten(arrays: dict[str, np.ndarray]):
     return build(root, ())
 
 
+def _arrays_digest(arrays: dict) -> str:
+    return digest([(k, arrays[k]) for k in sorted(arrays)])
+
+
 def _plan_digest(chunks) -> str:
     return digest([(c.rows, c.n_real, c.segments, c.data) for c in chunks])
 
@@ -164,11 +168,11 @@ class Checkpoint:
         return {"path": str(self.path), "chunks": self.chunks, "resumed_chunks": self.resumed}
 
     def _write(self, done: int) -> None:
-        meta = json.dumps({"fingerprint": self.fingerprint, "done": done}, sort_keys=True)
+        arrays = flatten(self.get_state())
+        meta = {"fingerprint": self.fingerprint, "done": done, "sums": _arrays_digest(arrays)}
+        meta = json.dumps(meta, sort_keys=True)
         buf = io.BytesIO()
-        np.savez(
-            buf, **{_META: np.frombuffer(meta.encode(), np.uint8)}, **flatten(self.get_state())
-        )
+        np.savez(buf, **{_META: np.frombuffer(meta.encode(), np.uint8)}, **arrays)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, buf.getvalue())
         self._saved = time.monotonic()
@@ -186,6 +190,11 @@ class Checkpoint:
             ) from None
         if not isinstance(meta, dict):
             raise InputError("not an afd-jax checkpoint", path=str(self.path))
+        if meta.get("sums") != _arrays_digest(arrays):
+            raise InputError(
+                "damaged checkpoint (its sums do not match their checksum); delete it",
+                path=str(self.path),
+            )
         return meta, arrays
 
     def _check(self, theirs: dict) -> None:
