@@ -162,6 +162,28 @@ def test_estimators():
     assert abs(float(tot) - 1000 * float(np.float32(0.1))) < 1e-3
 
 
+def test_group_means_se_weights_each_group_by_its_steps():
+    """Batches of 128, 128, 128 and 1 steps (a partial last block): the SE of the overall
+    mean is sigma / sqrt(n) on average (its square unbiased). Unweighted, the 1-step batch
+    counted as a full one: E[se^2] came out 25x too large here (an audit, session 25)."""
+    rng = np.random.default_rng(2)
+    counts = np.array([128, 128, 128, 1])
+    draws, sigma = 200_000, 3.0
+    means = 5.0 + sigma * rng.standard_normal((draws, 4)) / np.sqrt(counts)
+    se2 = np.empty(draws)
+    for i in range(0, draws, 50_000):  # mean_se over the group axis, many draws at once
+        t = (means[i : i + 50_000] * counts).T
+        se2[i : i + 50_000] = E.mean_se(t, counts, 0.95)[1] ** 2
+    target = sigma**2 / counts.sum()
+    # the mean of 200,000 draws of a chi-square(3)-like estimate: 5 SE ~ 1.2 %
+    assert se2.mean() == pytest.approx(target, rel=0.02)
+    equal = np.array([100, 100, 100])  # equal groups: the SD of the means over sqrt(k)
+    t = rng.normal(size=(3, 2)) * 100
+    np.testing.assert_allclose(
+        E.mean_se(t, equal, 0.95)[1], (t / 100).std(axis=0, ddof=1) / math.sqrt(3), rtol=1e-12
+    )
+
+
 def test_sampler_factory_and_dispatch():
     w = TraceWorkload(name="t", prompt=np.array([5, 7, 9]), decode=np.array([1, 0, 4]))
     table = make_sampler(w)

@@ -41,6 +41,7 @@ __all__ = [
     "pchip_slopes",
     "scale_stage",
     "slope_stage",
+    "stage_knots",
     "table_stage",
 ]
 
@@ -269,6 +270,32 @@ def slope_stage(stage, x, batch=None):
     if isinstance(stage, AttnTable):
         return _attn(stage, x, batch, derivative=True)
     return _hermite(stage, x, derivative=True)
+
+
+def stage_knots(stage, batch=None):
+    """JAX: the token counts where a table stage's second derivative may jump, float[..., K]:
+    a :class:`TableStage`'s knots; an :class:`AttnTable`'s at ``batch``, the knots of the two
+    rows it interpolates (a shorter row repeats its last knot), shaped like ``batch`` with one
+    more axis. None for an affine stage (no knots). The Gaussian barrier's quadrature starts a
+    panel at each (``theory._tail_integral``)."""
+    if is_affine(stage):
+        return None
+    jnp = _jax_loaded().numpy
+    if isinstance(stage, TableStage):
+        return jnp.asarray(stage.x)
+    width = max(row.x.shape[0] for row in stage.rows)
+    knots = jnp.stack(
+        [
+            jnp.concatenate([row.x, jnp.repeat(row.x[-1:], width - row.x.shape[0])])
+            for row in stage.rows
+        ]
+    )  # [nb, width]
+    if len(stage.rows) == 1:
+        return knots[0]
+    batch = jnp.asarray(batch, dtype=knots.dtype)
+    i, _ = _batch_weights(jnp.asarray(stage.batches, dtype=knots.dtype), batch, jnp)
+    pair = [_take(knots.T, (i + j)[..., None], jnp) for j in (0, 1)]
+    return jnp.concatenate(pair, axis=-1)
 
 
 def max_slope(stage) -> float:
