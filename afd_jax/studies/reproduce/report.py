@@ -53,7 +53,13 @@ def _v1_intro(cfg: dict, summ: dict) -> list[str]:
     ]
 
 
-def _v1_optima(summ: dict) -> list[str]:
+def _pool_r_label(cfg: dict) -> str:
+    """The r the cold-start pool ran at: "all r" when every r up to the largest, else the set."""
+    rs = [int(r) for r in cfg["v1_pool_r"]]
+    return "all r" if rs == list(range(1, max(rs) + 1)) else "r in {" + ",".join(map(str, rs)) + "}"
+
+
+def _v1_optima(cfg: dict, summ: dict) -> list[str]:
     def continuous(key):
         return f"{as_float(summ[key]):.2f}"
 
@@ -74,7 +80,7 @@ def _v1_optima(summ: dict) -> list[str]:
             ],
             ["simulation, stationary start", "", int(as_float(summ["r_sim_stationary"]))],
             [
-                "simulation, cold start + finite pool (all r)",
+                f"simulation, cold start + finite pool ({_pool_r_label(cfg)})",
                 "",
                 int(as_float(summ["r_sim_cold_pool"])),
             ],
@@ -111,7 +117,7 @@ def _v1_claim(summ: dict) -> list[str]:
     ]
 
 
-def _r32_table(summ: dict) -> list[str]:
+def _r32_table(summ: dict, curves: list[dict]) -> list[str]:
     rows = [
         ["mean field", f"{as_float(summ['r32_mean_field']):.0f}", "0"],
         [
@@ -142,11 +148,18 @@ def _r32_table(summ: dict) -> list[str]:
         rows.append(
             [
                 "cold start, finite pool (FFN charged for active slots only)",
-                "",
+                _r32_cell(curves, "cold_pool_active_ffn"),
                 _pct(summ["r32_shortfall_cold_pool_active_ffn"]),
             ]
         )
     return _table(["model", "throughput at r = 32", "shortfall vs mean field"], rows)
+
+
+def _r32_cell(curves: list[dict], column: str) -> str:
+    """``column`` of v1_curves.csv at r = 32, as the r = 32 table writes a throughput."""
+    row = next((c for c in curves if int(as_float(c["r"])) == 32), None)
+    value = as_float(row[column]) if row is not None and row.get(column) else float("nan")
+    return f"{value:.0f}" if np.isfinite(value) else ""
 
 
 def _r32_claim(cfg: dict, summ: dict) -> list[str]:
@@ -192,11 +205,11 @@ def _drain_table(drain: list[dict]) -> list[str]:
     )
 
 
-def _r32_section(cfg: dict, summ: dict, drain: list[dict]) -> list[str]:
+def _r32_section(cfg: dict, summ: dict, drain: list[dict], curves: list[dict]) -> list[str]:
     if "r32_mean_field" not in summ:
         return []
     lines = ["### The r = 32 shortfall against mean field", ""]
-    lines += _r32_table(summ)
+    lines += _r32_table(summ, curves)
     lines += _r32_claim(cfg, summ)
     lines += _drain_table(drain)
     return lines + [""]
@@ -345,7 +358,7 @@ def _failures(grid: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def _idle_section(grid: list[dict]) -> list[str]:
+def _idle_section(cfg: dict, grid: list[dict]) -> list[str]:
     naive_diff = [g for g in grid if g["r_naive_mean_field"] != g["r_mean_field"]]
     naive_regret = [as_float(g["regret_naive_mean_field"]) for g in grid]
     lines = [
@@ -370,7 +383,8 @@ def _idle_section(grid: list[dict]) -> list[str]:
             tp = np.mean([as_float(g[f"exact_tp_{lab}"]) / as_float(g["exact_best"]) for g in sub])
             cells.append(f"{_pct(idle)} ({_pct(bs)}); tp {_pct(tp)} of best")
         rows.append(cells)
-    header = ["regime", "r = 1", "naive E[P]+E[D] r", "recommended r (optimiser)"]
+    chosen = "optimiser" if cfg.get("optimiser") else "exact argmax: optimiser off"
+    header = ["regime", "r = 1", "naive E[P]+E[D] r", f"recommended r ({chosen})"]
     return lines + _table(header, rows)
 
 
@@ -396,9 +410,11 @@ def write_report(
     summ = {r["quantity"]: r["value"] for r in read_csv(out / "v1_summary.csv")}
     drain = read_csv(out / "v1_drain.csv")
     grid = read_csv(out / "workloads.csv")
-    lines = _v1_intro(cfg, summ) + _v1_optima(summ) + _v1_claim(summ)
-    lines += _r32_section(cfg, summ, drain)
+    curves = read_csv(out / "v1_curves.csv")
+    lines = _v1_intro(cfg, summ) + _v1_optima(cfg, summ) + _v1_claim(summ)
+    lines += _r32_section(cfg, summ, drain, curves)
     lines += _grid_intro(cfg, used, skipped, skip_reason, grid)
-    lines += _accuracy_table(grid) + _by_regime(grid) + _failures(grid) + _idle_section(grid)
+    lines += _accuracy_table(grid) + _by_regime(grid) + _failures(grid)
+    lines += _idle_section(cfg, grid)
     lines += _FILES
     (out / "report.md").write_text("\n".join(lines))
