@@ -99,6 +99,16 @@ def test_bad_header_and_missing_stage(tmp_path):
         calibrate(p)
 
 
+def test_one_token_count_names_the_stage_first_line(tmp_path):
+    """A stage measured at one token count was refused without a line or a column (field
+    attn; an audit, session 25): now the line of its first row, as ``--fit table`` says it."""
+    p = tmp_path / "p.csv"
+    p.write_text("stage,tokens,time_us\nffn,1,2\nffn,3,4\nattn,5,2\ncomm,1,1\nattn,5,3\ncomm,2,2\n")
+    with pytest.raises(InputError, match="distinct token counts") as err:
+        calibrate(p)
+    assert (err.value.path, err.value.line, err.value.field) == (str(p), 4, "tokens")
+
+
 def test_cli_writes_toml_readable_by_resolve_latency(tmp_path, capsys):
     out = tmp_path / "lat.toml"
     rc = main(

@@ -157,6 +157,16 @@ def test_non_monotone_profile_is_cleaned_and_said(tmp_path, capsys):
     assert data["fit"]["attn"]["worst"] == pytest.approx(1 / 9) and data["fit"]["ffn"]["n"] == 2
 
 
+def test_rounding_alone_is_no_raise(tmp_path, capsys):
+    """9.9995 us stored as 10.0 (the 0.001 us rounding) made the note say a first median
+    fell below an earlier one (an audit, session 25)."""
+    rows = [("attn", 100, 5.0, 8), ("attn", 200, 6.0, 8), ("ffn", 1, 2.0, ""), ("ffn", 2, 3.0, "")]
+    rows += [("comm", 1, 9.9995, ""), ("comm", 2, 20.0, "")]
+    p = write_profile(tmp_path / "p.csv", rows)
+    assert main(["calibrate", str(p), "--fit", "table", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["notes"] == []
+
+
 GOOD = [("attn", 1, 2.0, 4), ("attn", 2, 3.0, 4), ("ffn", 1, 2.0, ""), ("ffn", 3, 4.0, "")]
 GOOD += [("comm", 1, 1.0, ""), ("comm", 2, 2.0, "")]
 

@@ -70,7 +70,8 @@ class StageFit:
 
 
 def read_profile(path: str | Path, with_batch: bool = False) -> dict[str, tuple]:
-    """Read the profile CSV -> {stage: (tokens float64[n], time_us float64[n])}.
+    """Read the profile CSV -> {stage: (tokens float64[n], time_us float64[n], line)}, line
+    the rows' lines in the file.
 
     ``with_batch`` (table calibration): the header must also have a ``batch`` column, required
     on Attention rows (an integer B >= 1: the batch the Attention time was measured at) and
@@ -102,8 +103,8 @@ def read_profile(path: str | Path, with_batch: bool = False) -> dict[str, tuple]
                 acc.append(v)
     except csv.Error as err:
         raise InputError(f"malformed CSV: {err}", path=spath, line=reader.line_num) from None
-    n = 4 if with_batch else 2
-    return {s: tuple(np.asarray(v, np.float64) for v in acc[:n]) for s, acc in rows.items()}
+    keep = (0, 1, 2, 3) if with_batch else (0, 1, 2)  # values, then the line
+    return {s: tuple(np.asarray(acc[k], np.float64) for k in keep) for s, acc in rows.items()}
 
 
 def _header(reader, spath: str, with_batch: bool) -> list[str]:
@@ -182,7 +183,7 @@ def fit_stage(stage: str, tokens: np.ndarray, times: np.ndarray) -> StageFit:
     if n < 2 or np.unique(tokens).shape[0] < 2:
         raise InputError(
             f"stage {stage}: need measurements at >= 2 distinct token counts, got {n} row(s)",
-            field=stage,
+            field="tokens",
         )
     with np.errstate(over="ignore", invalid="ignore"):  # overflow: refused just below
         design = np.stack([tokens, np.ones_like(tokens)], axis=1)
@@ -209,7 +210,7 @@ def fit_stage(stage: str, tokens: np.ndarray, times: np.ndarray) -> StageFit:
         raise InputError(
             f"stage {stage}: the least-squares fit is not finite (alpha {alpha:g}, beta "
             f"{beta:g}, R^2 {r2:g}); check the rows' magnitudes",
-            field=stage,
+            field="time_us",
         )
     return StageFit(
         stage=stage,
@@ -249,7 +250,7 @@ def calibrate(
     data = read_profile(path)
     fits = {}
     for stage in STAGES:
-        x, y = data[stage]
+        x, y, lines = data[stage]
         if x.shape[0] == 0:
             raise InputError(
                 f"no rows for stage {stage} (every stage attn, ffn, comm needs rows)",
@@ -258,8 +259,10 @@ def calibrate(
             )
         try:
             fits[stage] = fit_stage(stage, x, y)
-        except InputError as err:
-            raise InputError(err.reason, path=str(path), field=err.field) from None
+        except InputError as err:  # named at the stage's first row, as the table fit does
+            raise InputError(
+                err.reason, path=str(path), line=int(lines[0]), field=err.field
+            ) from None
     lat = Latency(
         alpha_attn=fits["attn"].alpha,
         beta_attn=fits["attn"].beta,
