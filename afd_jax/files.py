@@ -2,7 +2,8 @@
 
 A write goes to a temporary file beside the target, is flushed to disk (``fsync``) and then
 renamed over it (``os.replace``): a killed process leaves the file whole (old or new), never
-half-written, and no stray temporary file.
+half-written. A failed write removes its temporary file; a process killed outright (SIGKILL)
+while writing may leave it behind, named ``<file>.tmp<pid>``.
 """
 
 from __future__ import annotations

@@ -121,8 +121,14 @@ def test_a_checkpoint_of_another_run_is_refused(trace, tmp_path):
         RUNS["fast"](trace, checkpoint=path, seed=0)
     assert err.value.path == str(path)
     other = TraceWorkload("synthetic", np.full(300, 7), np.full(300, 3))
-    with pytest.raises(InputError, match="its sampler is"):
+    with pytest.raises(InputError, match="its step_time_bins, workload differ"):
         RUNS["fast"](other, checkpoint=path, seed=1)
+    # the bins follow max_slot_load: a resume would add counts of two bin sets (a review)
+    with pytest.raises(InputError, match="its step_time_bins differs"):
+        RUNS["fast"](trace, checkpoint=path, seed=1, max_slot_load=5000)
+    # NumPy scalars in the settings are numbers like any other (they raised TypeError)
+    again = RUNS["fast"](trace, checkpoint=path, seed=np.int64(1))
+    assert again.checkpoint["resumed_chunks"] == again.checkpoint["chunks"]
 
 
 def test_not_a_checkpoint_is_refused(trace, tmp_path):
@@ -133,10 +139,17 @@ def test_not_a_checkpoint_is_refused(trace, tmp_path):
     RUNS["fast"](trace, checkpoint=tmp_path / "good.ckpt")
     with np.load(tmp_path / "good.ckpt") as z:
         arrays = {k: z[k] for k in z.files}
-    arrays["tau"] = arrays["tau"] * 2  # edited sums: a resume would report them
-    np.savez(tmp_path / "edited.npz", **arrays)
-    with pytest.raises(InputError, match="damaged checkpoint"):
+    edited = dict(arrays, tau=arrays["tau"] * 2)  # edited sums: a resume would report them
+    np.savez(tmp_path / "edited.npz", **edited)
+    with pytest.raises(InputError, match="damaged or edited checkpoint"):
         RUNS["fast"](trace, checkpoint=tmp_path / "edited.npz")
+    header = json.loads(arrays["__checkpoint__"].tobytes())
+    header["done"] = 1  # the last chunk would be added again
+    text = json.dumps(header, sort_keys=True).encode()
+    edited = dict(arrays, __checkpoint__=np.frombuffer(text, np.uint8))
+    np.savez(tmp_path / "done.npz", **edited)
+    with pytest.raises(InputError, match="damaged or edited checkpoint"):
+        RUNS["fast"](trace, checkpoint=tmp_path / "done.npz")
     with pytest.raises(InputError, match="cannot write here"):
         RUNS["fast"](trace, checkpoint=path / "run.ckpt")  # under a file
 

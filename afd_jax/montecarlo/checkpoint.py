@@ -39,6 +39,7 @@ __all__ = [
 SAVE_SECONDS = 10.0  # a killed run loses at most this much finished work (plus its chunk)
 _FORMAT = 1
 _META = "__checkpoint__"
+_CHECKSUM = "__checksum__"
 
 
 def digest(tree) -> str:
@@ -97,8 +98,16 @@ def unflatten(arrays: dict[str, np.ndarray]):
     return build(root, ())
 
 
-def _arrays_digest(arrays: dict) -> str:
-    return digest([(k, arrays[k]) for k in sorted(arrays)])
+def _checksum(header: str, arrays: dict) -> str:
+    """The file's checksum: its header (fingerprint and chunks done) and every array."""
+    return digest([header, *((k, arrays[k]) for k in sorted(arrays))])
+
+
+def _plain(value):
+    """``json.dumps``'s fallback: NumPy scalars as Python numbers (a setting may be one)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def _plan_digest(chunks) -> str:
@@ -107,12 +116,12 @@ def _plan_digest(chunks) -> str:
 
 def fingerprint(settings: dict, **trees) -> dict:
     """What decides a run's numbers: ``settings`` (JSON-able; NamedTuples as dicts) and the
-    :func:`digest` of each pytree in ``trees`` (latency, sampler), with the versions of JAX
-    and afd-jax, the backend and the float64 switch."""
+    :func:`digest` of each pytree in ``trees`` (latency, sampler, step model, histogram
+    bins), with the versions of JAX and afd-jax, the backend and the float64 switch."""
     from afd_jax import __version__
 
     out = {k: v._asdict() if hasattr(v, "_asdict") else v for k, v in settings.items()}
-    out.update({k: digest(v) for k, v in trees.items()})
+    out["digests"] = {k: digest(v) for k, v in trees.items()}
     out.update(
         jax=jax.__version__,
         afd_jax=__version__,
@@ -132,7 +141,7 @@ class Checkpoint:
 
     def __init__(self, path, fingerprint: dict):
         self.path = check_output_file(path, "--checkpoint")
-        self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))
+        self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=_plain))
         self.get_state = self.set_state = None
         self.chunks, self.resumed = 0, 0
         self._saved = 0.0
@@ -169,49 +178,65 @@ class Checkpoint:
 
     def _write(self, done: int) -> None:
         arrays = flatten(self.get_state())
-        meta = {"fingerprint": self.fingerprint, "done": done, "sums": _arrays_digest(arrays)}
-        meta = json.dumps(meta, sort_keys=True)
+        header = json.dumps({"fingerprint": self.fingerprint, "done": done}, sort_keys=True)
+        meta = {_META: np.frombuffer(header.encode(), np.uint8)}
+        meta[_CHECKSUM] = np.frombuffer(_checksum(header, arrays).encode(), np.uint8)
         buf = io.BytesIO()
-        np.savez(buf, **{_META: np.frombuffer(meta.encode(), np.uint8)}, **arrays)
+        np.savez(buf, **meta, **arrays)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, buf.getvalue())
         self._saved = time.monotonic()
 
     def _read(self):
+        """(header, arrays) of the file, whose checksum covers both; InputError otherwise."""
         try:
             with np.load(self.path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-            meta = json.loads(arrays.pop(_META).tobytes().decode())
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as err:
+            header = arrays.pop(_META).tobytes().decode()
+            stored = arrays.pop(_CHECKSUM).tobytes().decode()
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, UnicodeDecodeError):
             raise InputError(
-                f"not an afd-jax checkpoint ({type(err).__name__}); delete it or choose "
+                "not an afd-jax checkpoint, or a damaged one (unreadable); delete it or choose "
                 "another --checkpoint",
                 path=str(self.path),
             ) from None
-        if not isinstance(meta, dict):
-            raise InputError("not an afd-jax checkpoint", path=str(self.path))
-        if meta.get("sums") != _arrays_digest(arrays):
+        if stored != _checksum(header, arrays):
             raise InputError(
-                "damaged checkpoint (its sums do not match their checksum); delete it",
+                "damaged or edited checkpoint (it does not match its checksum); delete it",
                 path=str(self.path),
             )
-        return meta, arrays
+        return json.loads(header), arrays
 
     def _check(self, theirs: dict) -> None:
         where = _first_difference(self.fingerprint, theirs)
-        if where is not None:
-            key, mine, other = where
-            raise InputError(
-                f"a checkpoint of another run: its {key} is {_short(other)}, this run's "
-                f"{_short(mine)}; delete it or choose another --checkpoint",
-                path=str(self.path),
-            )
+        if where is None:
+            return
+        key, mine, other = where
+        if key.startswith("digests."):  # every input that differs, by name
+            digests = self.fingerprint["digests"], theirs.get("digests", {})
+            names = [k for k in sorted(digests[0]) if digests[0][k] != digests[1].get(k)]
+            what = f"its {', '.join(names)} differ{'s' if len(names) == 1 else ''}"
+        elif key == "chunks":
+            what = "its chunk plan differs"
+        else:
+            what = f"its {key} is {_short(other)}, this run's {_short(mine)}"
+        hint = ""
+        if key == "devices":
+            hint = f" (AFD_JAX_CPU_DEVICES={_short(other)} runs on its device count)"
+        raise InputError(
+            f"a checkpoint of another run: {what}{hint}; delete it or choose another --checkpoint",
+            path=str(self.path),
+        )
+
+
+_LAST = ("digests", "chunks")  # derived from the settings: a settings key names the cause
 
 
 def _first_difference(mine, theirs, key: str = ""):
-    """(dotted key, mine, theirs) of the first place two JSON values differ, or None."""
+    """(dotted key, mine, theirs) of the first place two JSON values differ, or None; the
+    settings first, then the digests and the chunk plan that follow from them."""
     if isinstance(mine, dict) and isinstance(theirs, dict):
-        for k in sorted(set(mine) | set(theirs)):
+        for k in sorted(set(mine) | set(theirs), key=lambda k: (k in _LAST, k)):
             found = _first_difference(mine.get(k), theirs.get(k), f"{key}{k}.")
             if found is not None:
                 return found

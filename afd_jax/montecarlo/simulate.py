@@ -461,7 +461,8 @@ def simulate(
         setup = _setup(workload_or_sampler, lat, opts, run, max_slot_load)
         mesh = _mesh(run)
         ckpt = run_checkpoint(checkpoint, mesh, dict(window="steps", run=run, opts=opts),
-                              latency=lat, sampler=setup.sampler)  # fmt: skip
+                              latency=lat, workload=setup.sampler, step_model=setup.model,
+                              step_time_bins=setup.bins)  # fmt: skip
         setup = _placed(run, setup, mesh)
         t_start = time.perf_counter()
         bar = Progress(progress, f"simulate[{kernel}]")
