@@ -114,6 +114,31 @@ def test_a_stopped_run_resumes_to_the_same_numbers(trace, tmp_path, stop_after_f
     assert again.checkpoint["resumed_chunks"] == again.checkpoint["chunks"]
 
 
+def test_ctrl_c_saves_the_finished_chunks_not_the_one_in_progress(trace, tmp_path, monkeypatch):
+    """Ctrl-C after chunk 1's sums were added but before it finished: the file holds chunk 0
+    (kept since its end, no periodic save yet), and the resume runs chunk 1 again, so its
+    sums count once."""
+    from afd_jax.montecarlo import simulate as S
+
+    path, whole = tmp_path / "run.ckpt", RUNS["fast"](trace)
+    monkeypatch.setattr(C, "SAVE_SECONDS", 1e9)
+    add, calls = S.StepAccumulator.add, []
+
+    def add_then_interrupt(self, *args):
+        add(self, *args)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(S.StepAccumulator, "add", add_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        RUNS["fast"](trace, checkpoint=path)
+    monkeypatch.setattr(S.StepAccumulator, "add", add)
+    resumed = RUNS["fast"](trace, checkpoint=path)
+    assert resumed.checkpoint["resumed_chunks"] == 1
+    _assert_same_numbers(whole, resumed)
+
+
 def test_a_checkpoint_of_another_run_is_refused(trace, tmp_path):
     path = tmp_path / "run.ckpt"
     RUNS["fast"](trace, checkpoint=path, seed=1)

@@ -144,7 +144,7 @@ class Checkpoint:
         self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=_plain))
         self.get_state = self.set_state = None
         self.chunks, self.resumed = 0, 0
-        self._saved = 0.0
+        self._saved, self._pending = 0.0, None
 
     def attach(self, get_state, set_state) -> Checkpoint:
         self.get_state, self.set_state = get_state, set_state
@@ -167,17 +167,27 @@ class Checkpoint:
         return done
 
     def finished(self, i: int) -> None:
-        """Chunk ``i`` (0-based) and every one before it are in the accumulator."""
-        last = i + 1 == self.chunks
-        if last or time.monotonic() - self._saved >= SAVE_SECONDS:
-            self._write(i + 1)
+        """Chunk ``i`` (0-based) and every one before it are in the accumulator: saved when
+        it is the last or the last save is :data:`SAVE_SECONDS` old, else kept as a copy
+        for :meth:`interrupted` (the accumulator then takes part of the next chunk)."""
+        arrays = flatten(self.get_state())
+        if i + 1 == self.chunks or time.monotonic() - self._saved >= SAVE_SECONDS:
+            self._write(i + 1, arrays)
+            self._pending = None
+        else:
+            self._pending = (i + 1, {k: np.array(v, copy=True) for k, v in arrays.items()})
+
+    def interrupted(self) -> None:
+        """Ctrl-C: save the chunks finished since the last save (not the one in progress)."""
+        if self._pending is not None:
+            self._write(*self._pending)
+            self._pending = None
 
     def info(self) -> dict:
         """What the result reports: the file, its chunks and how many a rerun found done."""
         return {"path": str(self.path), "chunks": self.chunks, "resumed_chunks": self.resumed}
 
-    def _write(self, done: int) -> None:
-        arrays = flatten(self.get_state())
+    def _write(self, done: int, arrays: dict) -> None:
         header = json.dumps({"fingerprint": self.fingerprint, "done": done}, sort_keys=True)
         meta = {_META: np.frombuffer(header.encode(), np.uint8)}
         meta[_CHECKSUM] = np.frombuffer(_checksum(header, arrays).encode(), np.uint8)

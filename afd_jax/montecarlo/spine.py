@@ -113,7 +113,7 @@ def run_chunks(
     them; a fetch in ``advance`` makes the device wait for the host: on an H200 it idled
     most of a barrier kernel's call, docs/benchmarks.md). With a ``checkpoint``
     (:class:`~afd_jax.montecarlo.checkpoint.Checkpoint`) the chunks it holds are skipped and
-    it is told of each chunk whose last segment is recorded."""
+    it is told of each chunk whose last segment is recorded, and of a Ctrl-C."""
     if checkpoint is not None:
         chunks = list(chunks)
         done = checkpoint.start(chunks)
@@ -127,15 +127,20 @@ def run_chunks(
             checkpoint.finished(i)
 
     pending = None
-    for i, chunk in chunks:
-        state = start(chunk)
-        for seg in chunk.segments:
-            state, info = advance(chunk, seg, state)
-            if pending is not None:
-                finish(*pending)
-            pending = (i, chunk, seg, info)
-    if pending is not None:
-        finish(*pending)
+    try:
+        for i, chunk in chunks:
+            state = start(chunk)
+            for seg in chunk.segments:
+                state, info = advance(chunk, seg, state)
+                if pending is not None:
+                    finish(*pending)
+                pending = (i, chunk, seg, info)
+        if pending is not None:
+            finish(*pending)
+    except KeyboardInterrupt:
+        if checkpoint is not None:
+            checkpoint.interrupted()  # the finished chunks not yet saved
+        raise
 
 
 def replication_chunks(replications: int, chunk: int, total: int, length: int):
