@@ -54,7 +54,7 @@ def digest(tree) -> str:
 
 def flatten(state, prefix: str = "") -> dict[str, np.ndarray]:
     """A nest of dicts, lists, arrays and None as flat ``{name: array}`` (``a.b``, ``a.0``;
-    a list's length as ``a#``, None as an empty object array ``a!``)."""
+    a list's length as ``a#``, None as an empty int8 array ``a!``)."""
     if isinstance(state, dict):
         out = {}
         for k, v in state.items():
