@@ -690,8 +690,9 @@ def simulate_dynamics(
         bar = Progress(progress, "simulate[dynamics]")
         mesh = RowMesh(max_devices=run.replications)
         settings = dict(window="steps", run=run, opts=drun.opts, dynamics=drun.cfg)
-        settings.update(max_load=int(max_load))  # the step model's and the bins' range
-        ckpt = run_checkpoint(checkpoint, mesh, settings, latency=lat, workload=sampler)
+        ckpt = run_checkpoint(
+            checkpoint, mesh, settings, latency=lat, workload=sampler, max_slot_load=max_load
+        )  # the step model's and the bins' range: derived, compared after the settings
         acc, bins, slot_steps = run_dynamics(sampler, max_load, lat, drun, bar, mesh, ckpt)
         bar.close()
         res = dynamics_result(lat, drun, acc, bins, slot_steps, time.perf_counter() - t0)

@@ -303,10 +303,13 @@ def pool_simulate(
 
     chunks = (Chunk(None, n_pools, (0,), r) for r in r_values)
     settings = dict(window="completions", batch=batch, r=[int(r) for r in r_values], opts=opts,
-                    requests=pl.n, max_load=pl.max_load,
+                    requests=pl.n, seed=int(seed),
                     ffn_tokens=ffn_tokens, target=pl.target, diagnostics=bool(diagnostics),
                     precision=precision)  # fmt: skip
-    ckpt = run_checkpoint(checkpoint, mesh, settings, latency=lat, workload=(pl.prompt, pl.decode))
+    ckpt = run_checkpoint(
+        checkpoint, mesh, settings, latency=lat, workload=(pl.prompt, pl.decode),
+        max_slot_load=pl.max_load,
+    )  # fmt: skip
     ckpt = ckpt and ckpt.attach(lambda: sums, sums.update)
     run_chunks(chunks, lambda c: None, advance, record, ckpt)
     wall = time.perf_counter() - t_start
