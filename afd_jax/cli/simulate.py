@@ -137,6 +137,14 @@ def add_parser(subparsers) -> None:
         help="fast kernel: compile for this --r-max and --batch exactly instead of padding "
         "them to a shape bucket shared by nearby values (the numbers are the same either way)",
     )
+    add_output_args(p)
+    add_distributed_args(p)
+    p.set_defaults(func=run)
+
+
+def add_output_args(p) -> None:
+    """Where a run's results go: the checkpoint, JSON, a figure, the progress bar, and the
+    processes of a cluster (``--distributed``)."""
     p.add_argument(
         "--checkpoint",
         metavar="FILE",
@@ -154,8 +162,6 @@ def add_parser(subparsers) -> None:
         help="call jax.distributed.initialize() (a cluster JAX detects, e.g. SLURM): every "
         "process's devices share the replications; process 0 prints (README)",
     )
-    add_distributed_args(p)
-    p.set_defaults(func=run)
 
 
 def add_run_args(p) -> None:

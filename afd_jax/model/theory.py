@@ -241,13 +241,10 @@ def _tail_integral(a, r, weight, knots):
     inside = jnp.clip(jnp.broadcast_to(knots, a.shape + knots.shape[-1:]), a[..., None], _UPPER)
     edges = jnp.sort(jnp.concatenate([edges, inside], axis=-1), axis=-1)
     lo, width = edges[..., :-1, None], jnp.diff(edges, axis=-1)[..., None]
-    gl_x, gl_w = (
-        jnp.asarray(v, dtype=a.dtype) for v in np.polynomial.legendre.leggauss(_TABLE_NODES)
-    )
+    t, w = _panel_rule(a.dtype, 1, _TABLE_NODES)  # one panel's nodes on [0, 1]
     lead = (1,) * (width.ndim - 1)  # explicit ranks: no implicit rank promotion
-    gl_x, gl_w = gl_x.reshape(lead + (-1,)), gl_w.reshape(lead + (-1,))
-    x = (lo + width * (0.5 * (gl_x + 1.0))).reshape(*a.shape, -1)
-    w = (width * (0.5 * gl_w)).reshape(*a.shape, -1)
+    x = (lo + width * t.reshape(lead + (-1,))).reshape(*a.shape, -1)
+    w = (width * w.reshape(lead + (-1,))).reshape(*a.shape, -1)
     return _fixed_order_sum(_one_minus_phi_r(x, r[..., None]) * weight(x) * w)
 
 

@@ -265,7 +265,7 @@ def run_checkpoint(path, mesh, settings: dict, **trees) -> Checkpoint | None:
             "a checkpoint is written by a single process; run without it, or in one process",
             field="checkpoint",
         )
-    settings = dict(settings, devices=mesh.n, split=bool(getattr(mesh, "split", False)))
+    settings = dict(settings, devices=mesh.n, split=bool(mesh.split))
     return Checkpoint(path, fingerprint(settings, **trees))
 
 

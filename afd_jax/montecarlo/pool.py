@@ -258,14 +258,7 @@ def pool_simulate(
     validate_options(opts)
     t_start = time.perf_counter()
     pl = _pools(
-        workload_or_sampler,
-        pools,
-        n_requests,
-        replications,
-        seed,
-        opts,
-        batch,
-        completion_fraction,
+        workload_or_sampler, pools, n_requests, replications, seed, opts, batch, completion_fraction
     )
     model = _pool_model(lat, batch, r_bucket(max(r_values)), pl.max_load, dtype)
     keys = ("tokens", "steps", "elapsed", "attn_steps", "load", "max", "ffn", "pct")
@@ -302,15 +295,10 @@ def pool_simulate(
             print(f"pool: r = {c.data} done {done}", file=sys.stderr)
 
     chunks = (Chunk(None, n_pools, (0,), r) for r in r_values)
-    settings = dict(window="completions", batch=batch, r=[int(r) for r in r_values], opts=opts,
-                    requests=pl.n, seed=int(seed),
-                    ffn_tokens=ffn_tokens, target=pl.target, diagnostics=bool(diagnostics),
-                    precision=precision)  # fmt: skip
-    ckpt = run_checkpoint(
-        checkpoint, mesh, settings, latency=lat, workload=(pl.prompt, pl.decode),
-        max_slot_load=pl.max_load,
+    ckpt = _pool_checkpoint(
+        checkpoint, mesh, lat, pl, sums, batch=batch, r=r_values, opts=opts, seed=int(seed),
+        ffn_tokens=ffn_tokens, diagnostics=bool(diagnostics), precision=precision,
     )  # fmt: skip
-    ckpt = ckpt and ckpt.attach(lambda: sums, sums.update)
     run_chunks(chunks, lambda c: None, advance, record, ckpt)
     wall = time.perf_counter() - t_start
     window = {"kind": "completions", "requests": pl.n, "fraction": float(completion_fraction)}
@@ -319,6 +307,18 @@ def pool_simulate(
         res, devices=mesh.n, processes=mesh.processes, precision=precision,
         checkpoint=ckpt and ckpt.info(),
     )  # fmt: skip
+
+
+def _pool_checkpoint(path, mesh: RowMesh, lat, pl: _Pools, sums: dict, **settings):
+    """The run's :class:`~.checkpoint.Checkpoint` (None without a ``path``): its settings,
+    the pools' size and target, and as inputs the latency, the pools and their largest slot
+    load; its accumulator is ``sums`` (lists per r)."""
+    settings.update(window="completions", requests=pl.n, target=pl.target)
+    ckpt = run_checkpoint(
+        path, mesh, settings, latency=lat, workload=(pl.prompt, pl.decode),
+        max_slot_load=pl.max_load,
+    )  # fmt: skip
+    return ckpt and ckpt.attach(lambda: sums, sums.update)
 
 
 def _padded_rows(n: int, padded: int) -> np.ndarray:

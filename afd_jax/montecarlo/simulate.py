@@ -458,24 +458,32 @@ def simulate(
             workload_or_sampler, lat, run, opts, dynamics, max_slot_load, progress, checkpoint
         )
     with rng_mode():
-        setup = _setup(workload_or_sampler, lat, opts, run, max_slot_load)
-        mesh = _mesh(run)
-        ckpt = run_checkpoint(checkpoint, mesh, dict(window="steps", run=run, opts=opts),
-                              latency=lat, workload=setup.sampler, step_model=setup.model,
-                              step_time_bins=setup.bins)  # fmt: skip
-        setup = _placed(run, setup, mesh)
-        t_start = time.perf_counter()
-        bar = Progress(progress, f"simulate[{kernel}]")
-        if kernel == "barrier":
-            acc = _run_barrier(run, setup, bar, mesh, ckpt)
-        else:
-            acc = _run_trajectories(run, setup, bar, mesh, ckpt)
-        bar.close()
-        wall = time.perf_counter() - t_start
-        res = _result(lat, run, setup, acc, wall)
-        return dataclasses.replace(
-            res, devices=mesh.n, processes=mesh.processes, checkpoint=ckpt and ckpt.info()
+        return _simulate_steps(
+            workload_or_sampler, lat, run, opts, max_slot_load, progress, checkpoint
         )
+
+
+def _simulate_steps(source, lat, run: StepsRun, opts, given, progress, checkpoint):
+    """The steps window's run of a validated ``run``: its setup and mesh, the checkpoint (its
+    inputs: the latency, the sampler, the step model and the histogram bins), the barrier or
+    trajectory driver, the result."""
+    setup = _setup(source, lat, opts, run, given)
+    mesh = _mesh(run)
+    ckpt = run_checkpoint(checkpoint, mesh, dict(window="steps", run=run, opts=opts),
+                          latency=lat, workload=setup.sampler, step_model=setup.model,
+                          step_time_bins=setup.bins)  # fmt: skip
+    setup = _placed(run, setup, mesh)
+    t_start = time.perf_counter()
+    bar = Progress(progress, f"simulate[{run.kernel}]")
+    if run.kernel == "barrier":
+        acc = _run_barrier(run, setup, bar, mesh, ckpt)
+    else:
+        acc = _run_trajectories(run, setup, bar, mesh, ckpt)
+    bar.close()
+    res = _result(lat, run, setup, acc, time.perf_counter() - t_start)
+    return dataclasses.replace(
+        res, devices=mesh.n, processes=mesh.processes, checkpoint=ckpt and ckpt.info()
+    )
 
 
 def _mesh(run: StepsRun) -> RowMesh:
