@@ -267,6 +267,8 @@ def _choose_worker(words, rt: _Route, p, active, cfg: Dynamics, batch: int):
     big = jnp.iinfo(jnp.int32).max
     if cfg.routing in ("balanced", "lookahead"):
         return jnp.argmin(jnp.where(pool, rt.load, big)).astype(jnp.int32), room.any()
+    if cfg.routing != "power-of-d":  # a new policy names its own choice, never falls through
+        raise ValueError(f"no worker choice for routing {cfg.routing!r}")
     count = jnp.cumsum(pool, dtype=jnp.int32)  # pool workers up to each worker
     m = (words % jnp.maximum(count[-1], 1).astype(jnp.uint32)).astype(jnp.int32)
     cand = jnp.argmax(count[None, :] > m[:, None], axis=-1)  # the m-th worker of the pool

@@ -28,10 +28,9 @@ import jax
 import jax.numpy as jnp
 
 from .contract import Kernel, SegmentInfo
+from .options import INITS
 from .sampling import sample_requests, sample_stationary, slot_load
 from .streams import fresh_requests, next_requests, slot_layout
-
-INITS = ("stationary", "cold")
 
 
 class SlotState(NamedTuple):

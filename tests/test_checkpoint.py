@@ -156,6 +156,51 @@ def test_a_checkpoint_of_another_run_is_refused(trace, tmp_path):
     assert again.checkpoint["resumed_chunks"] == again.checkpoint["chunks"]
 
 
+def test_a_checkpoint_of_other_code_is_refused(trace, tmp_path, monkeypatch):
+    """Code edited (or upgraded) between two runs of one release: a resume would add the sums
+    of two programs (a review's extension of a routing policy resumed its old numbers)."""
+    path = tmp_path / "run.ckpt"
+    RUNS["fast"](trace, checkpoint=path, seed=1)
+    monkeypatch.setattr(C, "source_digest", lambda: "0" * 32)
+    with pytest.raises(InputError, match="written by other afd-jax code"):
+        RUNS["fast"](trace, checkpoint=path, seed=1)
+    with pytest.raises(InputError, match=r"its run\.seed is 1, this run's 0"):
+        RUNS["fast"](trace, checkpoint=path, seed=0)  # a setting is named before the code
+
+
+def test_source_digest_follows_every_source_file(tmp_path, monkeypatch):
+    """The digest covers the afd_jax package and the kernels (installed apart), by content."""
+    import importlib.util
+
+    from afd_jax import files
+
+    roots = {}
+    for name, rel in (("afd_jax", "montecarlo/x.py"), ("afd_jax.kernels", "y.py")):
+        root = tmp_path / name
+        (root / rel).parent.mkdir(parents=True)
+        (root / rel).write_text("a = 1\n")
+        (root / "__init__.py").write_text("")
+        roots[name] = root
+    spec = importlib.util.spec_from_file_location
+
+    def find(name):
+        return spec(name, roots[name] / "__init__.py")
+
+    monkeypatch.setattr(files.importlib.util, "find_spec", find)
+    digests = []
+    for edit in (None, "montecarlo/x.py", "y.py"):
+        if edit is not None:
+            root = roots["afd_jax" if "/" in edit else "afd_jax.kernels"]
+            (root / edit).write_text("a = 2\n")
+        files.source_digest.cache_clear()
+        digests.append(files.source_digest())
+    (roots["afd_jax"] / "notes.txt").write_text("not source")
+    files.source_digest.cache_clear()
+    digests.append(files.source_digest())
+    files.source_digest.cache_clear()
+    assert len(set(digests[:3])) == 3 and digests[3] == digests[2]
+
+
 def test_not_a_checkpoint_is_refused(trace, tmp_path):
     path = tmp_path / "run.ckpt"
     path.write_text("0,1,2\n")

@@ -23,12 +23,15 @@ from afd_jax.kernels.dynamics import (
     expert_rank_loads,
     uniform_ranks,
 )
+from afd_jax.kernels.options import ROUTINGS
 from afd_jax.model.exact import exact_step_times
 from afd_jax.model.latency import Latency, ModelOptions
 from afd_jax.montecarlo.dynamics import flow_shop
 from afd_jax.montecarlo.simulate import simulate
 from afd_jax.workload.containers import TraceWorkload
 from afd_jax.workload.slotload import slot_load_pmf
+
+ROUTED = tuple(r for r in ROUTINGS if r != "in-place")  # every load-aware policy
 
 LAT = Latency(
     alpha_attn=0.05, beta_attn=10.0, alpha_ffn=0.5, beta_ffn=20.0, alpha_comm=0.01, beta_comm=2.0
@@ -66,7 +69,7 @@ def test_in_place_dynamics_reproduce_the_trajectory_kernel(trace):
 @pytest.mark.parametrize("slack", [0])  # slack 2: experiments/dynamics.py (same routed path)
 def test_one_worker_makes_every_routing_policy_identical(trace, slack):
     ref = None
-    for routing in ("balanced", "power-of-d", "lookahead") + (("in-place",) if slack == 0 else ()):
+    for routing in ROUTED + (("in-place",) if slack == 0 else ()):
         res = _run(trace, dynamics=Dynamics(routing=routing, slot_slack=slack))
         if ref is None:
             ref = res
@@ -525,7 +528,7 @@ def test_routed_steps_take_every_live_request(trace):
     sampler = KS.alias_sampler(trace.prompt, trace.decode, size=512)
     batch, r_max = 4, 3
     want_active = (np.arange(r_max) + 1) * batch
-    for routing in ("balanced", "power-of-d", "lookahead"):
+    for routing in ROUTED:
         cfg = Dynamics(
             routing=routing, kv_capacity=350, lookahead=3 if routing == "lookahead" else 1
         )
@@ -615,7 +618,7 @@ def test_routing_loop_stops_when_every_row_and_bundle_is_done(trace, monkeypatch
         assert short == (cfg.kv_capacity > 0), cfg
 
 
-@pytest.mark.parametrize("routing", ["balanced", "power-of-d", "lookahead"])
+@pytest.mark.parametrize("routing", ROUTED)
 def test_routed_request_that_fits_nowhere_ends_the_routing(routing):
     """Routed, a request that fits nowhere under the KV capacity ends the step's routing:
     the smaller requests after it stay unrouted although they would fit (two empty workers
@@ -633,6 +636,18 @@ def test_routed_request_that_fits_nowhere_ends_the_routing(routing):
         prompt = jnp.array([first, 50, 50, 50], jnp.int32)
         out = KD.route_bundle(jr.key(0), st, (prompt, decode, src), 2, cfg, 2)
         assert int(out.occ.sum()) == routed, (routing, first)
+
+
+def test_a_policy_without_its_worker_choice_is_refused():
+    """A routing name the kernel has no worker choice for raises, rather than running as
+    power-of-d (the last branch: a new policy added to ROUTINGS alone ran as it, a review)."""
+    from afd_jax.kernels import dynamics as KD
+
+    zeros = jnp.zeros((2, 2), jnp.int32)
+    st = KD.DynState(zeros, zeros, zeros, jnp.zeros((2, 2), bool), None, zeros)
+    fresh = (jnp.full(4, 50, jnp.int32), jnp.full(4, 5, jnp.int32), jnp.arange(4, dtype=jnp.int32))
+    with pytest.raises(ValueError, match="no worker choice for routing 'round-robin'"):
+        KD.route_bundle(jr.key(0), st, fresh, 2, Dynamics(routing="round-robin"), 2)
 
 
 def _routed_steps(sampler, cfg, keys):
@@ -672,7 +687,7 @@ def _batched_loop_condition(step, st) -> bool:
 
 @pytest.mark.parametrize(
     "cfg",
-    [Dynamics(routing="balanced"), Dynamics(routing="power-of-d"), Dynamics(routing="lookahead")],
+    [Dynamics(routing=r) for r in ROUTED],
     ids=lambda c: c.routing,
 )
 def test_routing_a_prefix_of_the_fresh_slots_gives_the_same_numbers(trace, cfg, monkeypatch):

@@ -311,6 +311,18 @@ def test_damaged_part_is_recomputed_not_resumed(tmp_path, monkeypatch, capsys):
     assert not part_done(tmp_path, names)
 
 
+def test_parts_of_other_code_are_not_resumed(tmp_path, monkeypatch):
+    """The parts folder is named by the configuration and afd-jax's source: parts computed by
+    other code (edited or upgraded since) are recomputed, not merged with the new ones."""
+    from afd_jax.studies.reproduce import parts as P
+
+    cfg = plan_reproduction(quick=True, seed=0, traces_dir=None).cfg
+    first = P.parts_folder(tmp_path, cfg)
+    assert P.parts_folder(tmp_path, cfg) == first
+    monkeypatch.setattr(P, "source_digest", lambda: "0" * 32)
+    assert P.parts_folder(tmp_path, cfg) != first
+
+
 def test_trace_files_are_checked_and_named_by_their_digest(tmp_path):
     """The parts folder was named by the configuration alone: a rerun on other trace files
     resumed the first files' numbers, and a bad trace was found after minutes of parametric

@@ -589,6 +589,25 @@ def test_resume_refuses_parts_without_input_digests(traces, tmp_path, monkeypatc
     assert len(err) == 1 and "did not record its input files" in err[0], err
 
 
+def test_resume_refuses_parts_of_other_code(traces, tmp_path, monkeypatch, capsys):
+    """Parts computed by other afd-jax code (a manifest whose source digest differs, or an
+    older one without it) are refused in one line: a resume would merge two programs' rows."""
+    from afd_jax.cli import main
+
+    spec, out = tmp_path / "s.toml", tmp_path / "o.csv"
+    spec.write_text(spec_text(traces, out, methods=MF_ONLY))
+    parts = interrupted_sweep(S.make_plan(S.load_spec(spec)), out, monkeypatch)
+    man = json.loads((parts / MANIFEST).read_text())
+    for code in ("0" * 32, None):
+        edited = dict(man, code=code) if code else {k: v for k, v in man.items() if k != "code"}
+        (parts / MANIFEST).write_text(json.dumps(edited))
+        assert main(["sweep", str(spec), "--quiet", "--resume"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "computed by other afd-jax code" in err[0], err
+    (parts / MANIFEST).write_text(json.dumps(man))
+    assert main(["sweep", str(spec), "--quiet", "--resume"]) == 0
+
+
 def test_part_rows_are_csv_records(tmp_path):
     """A workload label with a line break (it is the spec string, a file name may hold one)
     is quoted in every row: the resume's row count reads CSV records, not lines, so such

@@ -102,8 +102,8 @@ def add_workload_args(parser, required: bool = True) -> None:
         "--workload",
         required=required,
         metavar="TRACE_OR_PRESET",
-        help="a trace file (CSV/JSONL, .gz ok) or a preset/parametric spec "
-        "(see `afd-jax theta --help` and docs/workloads.md)",
+        help="a trace file (CSV/JSONL, .gz ok), a preset or a parametric spec "
+        "FAMILY:key=value,... (grammar and presets: docs/workloads.md)",
     )
     g.add_argument(
         "--format",

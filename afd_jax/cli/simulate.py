@@ -37,7 +37,7 @@ from afd_jax.cli.common import (
     wants_distributed,
 )
 from afd_jax.errors import InputError, check_level, check_output_file
-from afd_jax.kernels.options import ROUTINGS
+from afd_jax.kernels.options import INITS, KERNELS, ROUTINGS
 from afd_jax.memory import current_budget
 from afd_jax.montecarlo.result import MonteCarloResult
 from afd_jax.studies.plots import plot_simulation
@@ -73,7 +73,7 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument(
         "--kernel",
-        choices=("barrier", "trajectory", "fast"),
+        choices=KERNELS,
         default=None,
         help="steps window: barrier: i.i.d. steady-state snapshots; trajectory: step-by-step "
         "slots; fast: the same trajectories by renewal sequences (default)",
@@ -96,7 +96,7 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument(
         "--init",
-        choices=("stationary", "cold"),
+        choices=INITS,
         default=None,
         help="stationary start (default) or all slots fresh (the paper's v1 simulator); the "
         "completions window is always cold",

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from afd_jax.errors import InputError, check_output_file
-from afd_jax.files import atomic_write
+from afd_jax.files import atomic_write, source_digest
 
 __all__ = [
     "SAVE_SECONDS",
@@ -117,7 +117,9 @@ def _plan_digest(chunks) -> str:
 def fingerprint(settings: dict, **trees) -> dict:
     """What decides a run's numbers: ``settings`` (JSON-able; NamedTuples as dicts) and the
     :func:`digest` of each pytree in ``trees`` (latency, sampler, step model, histogram
-    bins), with the versions of JAX and afd-jax, the backend and the float64 switch."""
+    bins), with the versions of JAX and afd-jax, the digest of afd-jax's source
+    (:func:`~afd_jax.files.source_digest`: code edited or upgraded since), the backend and the
+    float64 switch."""
     from afd_jax import __version__
 
     out = {k: v._asdict() if hasattr(v, "_asdict") else v for k, v in settings.items()}
@@ -125,6 +127,7 @@ def fingerprint(settings: dict, **trees) -> dict:
     out.update(
         jax=jax.__version__,
         afd_jax=__version__,
+        code=source_digest(),
         backend=jax.default_backend(),
         x64=bool(jax.config.jax_enable_x64),
         format=_FORMAT,
@@ -228,6 +231,8 @@ class Checkpoint:
             what = f"its {', '.join(names)} differ{'s' if len(names) == 1 else ''}"
         elif key == "chunks":
             what = "its chunk plan differs"
+        elif key == "code":
+            what = "it was written by other afd-jax code (edited or upgraded since)"
         else:
             what = f"its {key} is {_short(other)}, this run's {_short(mine)}"
         hint = ""
@@ -239,7 +244,7 @@ class Checkpoint:
         )
 
 
-_LAST = ("digests", "chunks")  # derived from the settings: a settings key names the cause
+_LAST = ("code", "digests", "chunks")  # after the settings: a settings key names the cause
 
 
 def _first_difference(mine, theirs, key: str = ""):

@@ -46,8 +46,9 @@ from afd_jax.kernels import sampling as KS
 from afd_jax.kernels.barrier import barrier_kernel
 from afd_jax.kernels.contract import SegmentParams
 from afd_jax.kernels.fast import fast_kernel, padded_init
+from afd_jax.kernels.options import INITS, KERNELS
 from afd_jax.kernels.step import StepModel
-from afd_jax.kernels.trajectory import INITS, PACKED_LEFT_LIMIT, trajectory_kernel
+from afd_jax.kernels.trajectory import PACKED_LEFT_LIMIT, trajectory_kernel
 from afd_jax.memory import available_cores, require
 from afd_jax.model import latency as L
 from afd_jax.model.latency import Latency, ModelOptions
@@ -87,7 +88,6 @@ from afd_jax.workload.containers import ParametricWorkload, TraceWorkload
 SimulationResult = MonteCarloResult
 """The result of :func:`simulate` (the one Monte Carlo result type)."""
 
-KERNELS = ("barrier", "trajectory", "fast")
 DEFAULT_MEMORY_BUDGET = 1 << 30
 _DEFAULT_OPTS = ModelOptions()
 _TARGET_SLOT_STEPS_PER_CALL = 1 << 28  # progress granularity of the trajectory kernels

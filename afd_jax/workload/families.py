@@ -14,7 +14,7 @@ Marginal constructors::
     lognormal(sigma, median=|mean=, lo=0, hi=None, step=1)
                                            X = step * round(Y / step), Y ~ LogNormal(mu, sigma),
                                            conditioned on lo <= X <= hi (truncation)
-    zipf(exponent, lo=1, hi)               P(X = k) proportional to k^-exponent on {lo, ..., hi}
+    zipf(exponent, hi, lo=1)               P(X = k) proportional to k^-exponent on {lo, ..., hi}
 
 Workload constructors return :class:`~afd_jax.workload.containers.ParametricWorkload`::
 

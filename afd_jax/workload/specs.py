@@ -142,26 +142,6 @@ def preset(name: str) -> ParametricWorkload:
 
 
 # ----------------------------------------------------------------------------- spec grammar
-_KEYS = {
-    "deterministic": {"prompt", "decode", "corr"},
-    "geometric": {"prompt", "decode", "corr"},
-    "uniform": {"prompt", "decode", "corr"},
-    "lognormal": {
-        "prompt",
-        "decode",
-        "sigma",
-        "prompt_sigma",
-        "decode_sigma",
-        "prompt_max",
-        "decode_max",
-        "prompt_step",
-        "decode_step",
-        "corr",
-    },
-    "zipf": {"prompt", "decode", "exponent", "prompt_exponent", "decode_exponent", "corr"},
-}
-
-
 def _range(key: str, text: str) -> tuple[int, int]:
     if ".." in text:
         a, _, b = text.partition("..")
@@ -185,6 +165,78 @@ def _with_field(key: str, fn, *args, **kwargs):
     except InputError as err:
         sub = f" ({err.field})" if err.field else ""
         raise InputError(f"{err.reason}{sub}", field=key) from None
+
+
+def _deterministic(fields: dict, family: str):
+    return tuple(
+        _with_field(w, families.deterministic, parse_int(_field(fields, family, w), w))
+        for w in ("prompt", "decode")
+    )
+
+
+def _geometric(fields: dict, family: str):
+    return tuple(
+        _with_field(w, families.geometric, parse_float(_field(fields, family, w), w), min=lo)
+        for w, lo in (("prompt", 0), ("decode", 1))
+    )
+
+
+def _uniform(fields: dict, family: str):
+    return tuple(
+        _with_field(w, families.uniform, *_range(w, _field(fields, family, w)))
+        for w in ("prompt", "decode")
+    )
+
+
+def _lognormal(fields: dict, family: str):
+    sig, margs = fields.get("sigma"), []
+    for which, lo in (("prompt", 0), ("decode", 1)):
+        if sig is None and f"{which}_sigma" not in fields:
+            raise InputError("missing key (or prompt_sigma, decode_sigma)", field="sigma")
+        s = parse_float(fields.get(f"{which}_sigma", sig), f"{which}_sigma")
+        hi, step = fields.get(f"{which}_max"), fields.get(f"{which}_step")
+        margs.append(
+            _with_field(
+                which,
+                families.lognormal,
+                s,
+                median=parse_float(_field(fields, family, which), which),
+                lo=lo,
+                hi=None if hi is None else parse_int(hi, f"{which}_max"),
+                step=1 if step is None else parse_int(step, f"{which}_step"),
+            )
+        )
+    return tuple(margs)
+
+
+def _zipf(fields: dict, family: str):
+    ex, margs = fields.get("exponent"), []
+    for which in ("prompt", "decode"):
+        if ex is None and f"{which}_exponent" not in fields:
+            raise InputError("missing key (or prompt_exponent...)", field="exponent")
+        a = parse_float(fields.get(f"{which}_exponent", ex), f"{which}_exponent")
+        lo, hi = _range(which, _field(fields, family, which))
+        margs.append(_with_field(which, families.zipf, a, hi=hi, lo=lo))
+    return tuple(margs)
+
+
+_PD = {"prompt", "decode", "corr"}
+_FAMILIES = {
+    "deterministic": (_PD, _deterministic),
+    "geometric": (_PD, _geometric),
+    "uniform": (_PD, _uniform),
+    "lognormal": (
+        _PD
+        | {"sigma", "prompt_sigma", "decode_sigma", "prompt_max", "decode_max"}
+        | {"prompt_step", "decode_step"},
+        _lognormal,
+    ),
+    "zipf": (_PD | {"exponent", "prompt_exponent", "decode_exponent"}, _zipf),
+}
+"""The spec families: FAMILY -> (its keys, the builder of its (prompt, decode) marginals from
+the parsed ``key -> text`` fields). A new family is one entry here (and its constructor in
+:mod:`.families`, its rows in docs/workloads.md)."""
+_KEYS = {name: keys for name, (keys, _) in _FAMILIES.items()}
 
 
 def _parse_term(term: str):
@@ -213,61 +265,13 @@ def _parse_term(term: str):
         if key in fields:
             raise InputError("given twice", field=key)
         fields[key] = value
-    f = families
-    if family == "deterministic":
-        p = _with_field(
-            "prompt", f.deterministic, parse_int(_field(fields, family, "prompt"), "prompt")
-        )
-        d = _with_field(
-            "decode", f.deterministic, parse_int(_field(fields, family, "decode"), "decode")
-        )
-    elif family == "geometric":
-        p = _with_field(
-            "prompt", f.geometric, parse_float(_field(fields, family, "prompt"), "prompt"), min=0
-        )
-        d = _with_field(
-            "decode", f.geometric, parse_float(_field(fields, family, "decode"), "decode"), min=1
-        )
-    elif family == "uniform":
-        p = _with_field("prompt", f.uniform, *_range("prompt", _field(fields, family, "prompt")))
-        d = _with_field("decode", f.uniform, *_range("decode", _field(fields, family, "decode")))
-    elif family == "lognormal":
-        sig = fields.get("sigma")
-        margs = []
-        for which, lo in (("prompt", 0), ("decode", 1)):
-            if sig is None and f"{which}_sigma" not in fields:
-                raise InputError("missing key (or prompt_sigma, decode_sigma)", field="sigma")
-            s = parse_float(fields.get(f"{which}_sigma", sig), f"{which}_sigma")
-            hi = fields.get(f"{which}_max")
-            step = fields.get(f"{which}_step")
-            margs.append(
-                _with_field(
-                    which,
-                    f.lognormal,
-                    s,
-                    median=parse_float(_field(fields, family, which), which),
-                    lo=lo,
-                    hi=None if hi is None else parse_int(hi, f"{which}_max"),
-                    step=1 if step is None else parse_int(step, f"{which}_step"),
-                )
-            )
-        p, d = margs
-    else:  # zipf
-        ex = fields.get("exponent")
-        margs = []
-        for which in ("prompt", "decode"):
-            if ex is None and f"{which}_exponent" not in fields:
-                raise InputError("missing key (or prompt_exponent...)", field="exponent")
-            a = parse_float(fields.get(f"{which}_exponent", ex), f"{which}_exponent")
-            lo, hi = _range(which, _field(fields, family, which))
-            margs.append(_with_field(which, f.zipf, a, hi=hi, lo=lo))
-        p, d = margs
+    p, d = _FAMILIES[family][1](fields, family)
     corr = parse_float(fields.get("corr", "0"), "corr")
     if not -0.999 <= corr <= 0.999:
         raise InputError(f"rank correlation must be in [-0.999, 0.999], got {corr}", field="corr")
     if d.values[0] < 1:
         raise InputError("decode steps must be >= 1", field="decode")
-    return _with_field("workload", f.copula, p, d, corr, name=term.strip())
+    return _with_field("workload", families.copula, p, d, corr, name=term.strip())
 
 
 def parse_spec(spec: str) -> ParametricWorkload:

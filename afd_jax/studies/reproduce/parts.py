@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from afd_jax.files import source_digest
 from afd_jax.studies.reproduce.configs import config_hash
 from afd_jax.studies.store import atomic_write, part_state, write_part
 
@@ -100,8 +101,10 @@ def as_float(x) -> float:
 
 
 def parts_folder(out: Path, cfg: dict) -> Path:
-    """``out/parts/<config hash>/`` (created): a different seed or mode never mixes parts."""
-    parts = out / "parts" / config_hash(cfg)
+    """``out/parts/<hash>/`` (created), the hash of the configuration and of afd-jax's source
+    (:func:`~afd_jax.files.source_digest`): a different seed, mode or code never mixes
+    parts."""
+    parts = out / "parts" / config_hash({**cfg, "code": source_digest()})
     parts.mkdir(parents=True, exist_ok=True)
     return parts
 

@@ -29,6 +29,7 @@ import jax
 from tqdm import tqdm
 
 from afd_jax.errors import InputError
+from afd_jax.files import source_digest
 from afd_jax.studies.store import (
     Heartbeat,
     PartsExist,
@@ -113,6 +114,7 @@ def _open_store(plan: SweepPlan, out: Path, resume: bool, chunk_size, progress: 
     manifest = {
         "digest": spec.digest(),
         "inputs": plan.inputs,
+        "code": source_digest(),
         "spec": spec.canonical(),
         "chunk_size": size,
         "n_scenarios": n,
@@ -121,7 +123,7 @@ def _open_store(plan: SweepPlan, out: Path, resume: bool, chunk_size, progress: 
         "format": output_format(spec, str(out)),
     }
     try:
-        opened = store.open(manifest, resume=resume, match=("digest", "inputs", "columns"))
+        opened = store.open(manifest, resume=resume, match=("digest", "inputs", "code", "columns"))
     except PartsExist:
         raise InputError(
             f"partial results of this spec exist in {store.folder}; pass --resume to continue "
@@ -163,7 +165,9 @@ def _mismatch(store: PartStore, manifest: dict) -> str:
     if not isinstance(old, dict):
         return "come from an afd-jax that did not record its input files"
     new = manifest["inputs"]
-    name = next(k for k in {**new, **old} if old.get(k) != new.get(k))
+    name = next((k for k in {**new, **old} if old.get(k) != new.get(k)), None)
+    if name is None:  # same spec and inputs: the code
+        return "were computed by other afd-jax code (edited or upgraded since)"
     return f"were computed from an earlier version of the input file {name} (it changed since)"
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from afd_jax.errors import InputError, check_seed, read_toml
+from afd_jax.kernels.options import INITS, KERNELS
 from afd_jax.memory import require
 from afd_jax.model.latency import COMM_SCALINGS, OVERLAPS
 from afd_jax.montecarlo.dynamics import DYNAMICS_KEYS, dynamics_options
@@ -469,10 +470,9 @@ def _parse_method_options(data: dict, path: str) -> dict:
         _int(mc["warmup"], "mc.warmup", path, lo=0)
     if "seed" in mc:
         check_seed("mc.seed", mc["seed"], path)
-    if "init" in mc and mc["init"] not in ("stationary", "cold"):
-        raise _err("expected 'stationary' or 'cold'", "mc.init", path)
-    if "kernel" in mc and mc["kernel"] not in ("barrier", "trajectory", "fast"):
-        raise _err("expected 'barrier', 'trajectory' or 'fast'", "mc.kernel", path)
+    for key, names in (("init", INITS), ("kernel", KERNELS)):
+        if key in mc and mc[key] not in names:
+            raise _err(f"expected one of {', '.join(names)}", f"mc.{key}", path)
     if "precision" in mc and mc["precision"] not in PRECISIONS:
         raise _err(f"expected one of {', '.join(PRECISIONS)}", "mc.precision", path)
     dynamics_options(mc, "mc.", path)  # the dynamics options (docs/dynamics.md), validated now
