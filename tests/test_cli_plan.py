@@ -64,10 +64,15 @@ def test_text_report_and_figure(capsys, tmp_path):
 
 def test_hardware_flags_override_the_file(capsys):
     argv = [*BASE, "--json", "--attn-gpus", "2", "--price-attn", "1.5", "--power-ffn", "500"]
-    code, out, _ = _run(capsys, argv)
+    code, out, err = _run(capsys, argv)
     hw = json.loads(out)["hardware"]
     assert code == 0 and (hw["attn_gpus"], hw["ffn_gpus"]) == (2, 2)
     assert (hw["price_attn_usd_per_gpu_hour"], hw["power_ffn_w"]) == (1.5, 500.0)
+    # the file's stage times are for its own GPU count: said, once (a planner's review)
+    warned = [ln for ln in err.splitlines() if "warning: --attn-gpus 2 differs" in ln]
+    assert len(warned) == 1 and "the stage times stay those of its hardware" in warned[0]
+    code, _, err = _run(capsys, [*BASE, "--json", "--price-attn", "1.5"])
+    assert code == 0 and "differs" not in err
 
 
 @pytest.mark.parametrize(
@@ -113,7 +118,7 @@ def test_provision_r_values_and_user_terms(capsys):
     assert all(r in (3, 6, 9, 12) for r in obj["r_best"].values())
     assert obj["user_terms"]["gpus"] == obj["r_best"]["exact"] + 2
     code, out, _ = _run(capsys, argv)
-    assert code == 0 and "tokens/s per GPU" in out and "USD per million tokens" in out
+    assert code == 0 and "tokens/s per GPU" in out and "USD per million output tokens" in out
     with pytest.raises(SystemExit) as exc:  # argparse: mutually exclusive flags
         main([*argv, "--r-values", "3", "--r-step", "3"])
     assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err

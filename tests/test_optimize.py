@@ -309,3 +309,17 @@ def test_bad_input_raises():
         opt.optimize(pmf, theta, var, lat, batch=batch, step_slo=1e-3)  # infeasible
     with pytest.raises(opt.InputError):
         opt.optimize(pmf, theta, var, lat, batch=batch, kv_capacity=1.0)
+
+
+def test_kv_capacity_far_above_the_batch_range_does_not_bind():
+    """With a KV capacity no B up to --batch-max comes near, the largest B is set by
+    batch_max: the KV capacity was reported binding (its search stops at batch_max, so every
+    candidate past it counted as a KV violation; a planner's review)."""
+    pmf, theta, var, _, lat = SCENARIOS[4]
+    cap = float(worker_load_pmf(pmf, 64).support[-1]) * 10.0  # never exceeded up to B = 64
+    res = opt.optimize(
+        pmf, theta, var, lat, r_max=R_MAX, optimize_batch=True, batch_max=16, kv_capacity=cap
+    )
+    kv = res.constraints["kv_capacity"]
+    assert kv["batch_limit"] == 16 and kv["value"] == 0.0 and not kv["binds"]
+    assert res.batch == 16 and res.constraints["batch_max"]["binds"]

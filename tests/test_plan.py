@@ -278,6 +278,15 @@ def test_provision_user_terms():
     assert u["tokens_per_s_per_gpu"] == pytest.approx(per_instance * (r + 1) / (2 * r + 4))
     assert res["hardware"]["ffn_system"] == "gb200" and res["hardware"]["power_ffn_w"] == 1200.0
     assert "user_terms" not in provision("paper-v1", AFFINE, 64, r_max=12).to_json()
+    # the best r per GPU and per USD: plan's best at this one B, with no SLO or budget (the
+    # choice above is per instance: a planner read its r as the per-GPU best, a review)
+    for objective, key in (
+        ("per_gpu", "tokens_per_s_per_gpu"),
+        ("per_dollar", "tokens_per_dollar"),
+    ):
+        best = plan("paper-v1", AFFINE, batches=(64,), r_max=12, objective=objective).best
+        assert u[f"best_r_{objective}"] == best["r"]
+        assert u[f"best_{key}"] == pytest.approx(best[key], rel=1e-9)
 
 
 @pytest.mark.parametrize("obj", ["plan", "hardware"])
@@ -359,3 +368,12 @@ def test_front_on_a_measured_preset_matches_provision(tmp_path):
     out = tmp_path / "front.png"
     plot_plan_front({**res.to_json(), "points": res.points}, out)
     assert out.stat().st_size > 0
+
+
+def test_batches_beyond_a_measured_table_are_refused():
+    """A B past the Attention tables of a measured preset was evaluated by extrapolation
+    (B = 4,096 on a table that ends at 512: +94 % tokens/s per GPU, a planner's review);
+    provision, optimize and simulate refused it. Now plan does too, naming --batches."""
+    with pytest.raises(InputError, match=r"B=1024 is outside the Attention tables") as err:
+        plan("paper-v1", "qwen3-235b-a22b@b200_sxm", batches=(512, 1024), elasticities=False)
+    assert err.value.field == "batches"

@@ -286,6 +286,7 @@ def load_hardware(args) -> Hardware:
     path = latency_file(spec) if spec else None
     overrides = {key: getattr(args, key, None) for key, *_ in HARDWARE_FLAGS}
     hw = read_hardware(path, overrides)
+    _warn_step_times_stay(args, spec, read_hardware(path) if path else None, overrides)
     for side in ("attn", "ffn"):
         system = getattr(hw, f"{side}_system")
         if system and system not in SYSTEMS and getattr(hw, f"{side}_price") is None:
@@ -297,6 +298,25 @@ def load_hardware(args) -> Hardware:
                 file=sys.stderr,
             )
     return hw
+
+
+def _warn_step_times_stay(args, spec, file_hw: Hardware | None, overrides: dict) -> None:
+    """Say on stderr when a flag changes the GPU count or system that the latency file's
+    ``[hardware]`` names: the stage times are those of the file's hardware, so only the GPU
+    count, prices, power and memory follow the flag (a review read 1.77x the tokens/s per
+    GPU off ``--attn-gpus 1`` on a preset measured at TP4)."""
+    if file_hw is None:
+        return
+    for key in ("attn_gpus", "ffn_gpus", "attn_system", "ffn_system"):
+        given, theirs = overrides.get(key), getattr(file_hw, key)
+        if given is not None and theirs is not None and given != theirs:
+            print(
+                f"afd-jax {args.command}: warning: --{key.replace('_', '-')} {given} differs "
+                f"from {key} = {theirs} in the [hardware] of {spec}: the stage times stay "
+                "those of its hardware; only the GPU count, price, power and memory follow "
+                "the flag",
+                file=sys.stderr,
+            )
 
 
 def parse_int_list(text: str | None, field: str) -> list[int] | None:

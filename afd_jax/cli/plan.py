@@ -149,7 +149,7 @@ def _print_plan(res: dict) -> None:
         print(
             f"\nbest          r = {best['r']}, B = {best['batch']} on {best['gpus']} GPUs: "
             f"{best['tokens_per_s_per_gpu']:,.1f} tokens/s per GPU, "
-            f"{_fmt(best['cost_per_million_tokens'], '.4g')} USD per million tokens, "
+            f"{_fmt(best['cost_per_million_tokens'], '.4g')} USD per million output tokens, "
             f"{_fmt(best['joules_per_token'], '.4g')} J per token; TPOT p50 "
             f"{best['tpot_p50_ms']:.3f} ms, p99 {best['tpot_p99_ms']:.3f} ms"
         )

@@ -112,12 +112,23 @@ def _print_user_terms(res: dict) -> None:
     if u is None:
         return
     print(f"\nexact choice r = {u['r']}, B = {u['batch']} on {u['gpus']} GPUs:")
-    print(f"  tokens/s per GPU        {u['tokens_per_s_per_gpu']:,.1f}")
+    print(f"  tokens/s per GPU               {u['tokens_per_s_per_gpu']:,.1f}")
     if u["tokens_per_dollar"] is not None:
-        print(f"  tokens per USD          {u['tokens_per_dollar']:,.0f}")
-        print(f"  USD per million tokens  {u['cost_per_million_tokens']:.4g}")
+        print(f"  tokens per USD                 {u['tokens_per_dollar']:,.0f}")
+        print(f"  USD per million output tokens  {u['cost_per_million_tokens']:.4g}")
     if u["joules_per_token"] is not None:
-        print(f"  joules per token        {u['joules_per_token']:.4g}")
+        print(f"  joules per token               {u['joules_per_token']:.4g}")
+    if u["best_r_per_gpu"] != u["r"]:  # the choice is per unit of the latency's costs
+        print(
+            f"  per GPU the best r is {u['best_r_per_gpu']} "
+            f"({u['best_tokens_per_s_per_gpu']:,.1f} tokens/s per GPU): the choice above is "
+            "per unit of --cost-attn/--cost-ffn (afd-jax plan ranks per GPU or per USD)"
+        )
+    if u.get("best_r_per_dollar") not in (None, u["r"]):
+        print(
+            f"  per USD the best r is {u['best_r_per_dollar']} "
+            f"({u['best_tokens_per_dollar']:,.0f} tokens per USD)"
+        )
 
 
 def _lattice_note(lattice: dict) -> str:

@@ -732,8 +732,11 @@ class _Limits(NamedTuple):
             v.append("batch_min")
         if self.optimize_batch and b > self.batch_max:
             v.append("batch_max")
+        # past --batch-max the KV limit is not known (its search stops there: kv_limit is then
+        # batch_max): such a B is out by batch_max alone, or the KV capacity "binds" at any size
         if self.kv_limit is not None and b > self.kv_limit:
-            v.append("kv_capacity")
+            if not (self.optimize_batch and b > self.batch_max):
+                v.append("kv_capacity")
         if self.step_slo is not None and mean > self.step_slo:
             v.append("step_slo")
         if self.step_slo_p99 is not None and p99 > self.step_slo_p99:

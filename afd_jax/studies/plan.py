@@ -280,8 +280,13 @@ def plan(
     r_max, top = positive_int("r_max", r_max), positive_int("top", top)
     validate_options(opts)
     _check(hardware, objective, batches, tpot_p99_ms, budget_gpus, kv_epsilon)
-    validate_latency(lat)
     batches = tuple(sorted({int(b) for b in batches}))
+    try:  # a measured table's B range: never extrapolated
+        validate_latency(lat, batch=batches)
+    except InputError as err:
+        if err.field != "batch":
+            raise
+        raise InputError(err.reason, path=err.path, field="batches") from None
     rs = _grid_ratios(r_values, r_max, len(batches))
     stats = workload_stats(w)
     slot = slot_load_pmf(w, load_offset=opts.load_offset, max_bins=slot_bins)

@@ -146,18 +146,29 @@ class ProvisionResult:
 
     def _hardware_json(self) -> dict:
         """``r_values`` when r is restricted; ``hardware`` and ``user_terms`` (the exact choice
-        in tokens/s per GPU, tokens per USD, USD per million tokens, J per token) when the GPU
-        counts are known."""
+        in tokens/s per GPU, tokens per USD, USD per million tokens, J per token, and the
+        exact best r per GPU and per USD, which differ from the choice when the latency's
+        costs are not the GPU counts or prices) when the GPU counts are known."""
         out = {}
         if self.r_values is not None:
             out["r_values"] = [int(v) for v in self.r_values]
         hw = self.hardware
         if hw is not None and hw.has_gpus:
             r = self.r_best["exact"]
-            tau = self.step_time["exact"][r - 1]
+            tau = self.step_time["exact"]
             out["hardware"] = hardware_json(hw)
-            metrics = user_metrics(self.latency, hw, r, self.batch, tau)
-            out["user_terms"] = {"r": r, "batch": int(self.batch), **metrics}
+            metrics = user_metrics(self.latency, hw, r, self.batch, tau[r - 1])
+            curves = user_metrics(self.latency, hw, self.r, self.batch, tau)
+            best = {}
+            for key, unit in (
+                ("per_gpu", "tokens_per_s_per_gpu"),
+                ("per_dollar", "tokens_per_dollar"),
+            ):
+                if curves[unit] is not None:
+                    rb = best_allowed_r(curves[unit], self.r_values)
+                    best[f"best_r_{key}"] = rb
+                    best[f"best_{unit}"] = float(curves[unit][rb - 1])
+            out["user_terms"] = {"r": r, "batch": int(self.batch), **metrics, **best}
         return out
 
 
