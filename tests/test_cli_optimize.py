@@ -72,6 +72,12 @@ def test_human_output(capsys, trace):
     code, out, _ = _run(capsys, ["optimize", "--workload", str(trace), *LAT, "--batch", "16"])
     assert code == 0
     assert "chosen: r =" in out and "dr*/dtheta" in out
+    assert "tokens/s per instance" in out
+    # other costs: per unit cost, as provision says (it said "per instance": a review)
+    code, out, _ = _run(
+        capsys, ["optimize", "--workload", str(trace), *LAT, "--batch", "16", "--cost-attn", "3"]
+    )
+    assert code == 0 and "tokens/s per unit cost" in out and "per instance" not in out
 
 
 @pytest.mark.parametrize(

@@ -61,6 +61,7 @@ def test_json_output(capsys, tmp_path):
     best = max(out["results"], key=lambda row: row["throughput"])["r"]
     assert out["r_best"] == best
     assert out["slot_steps"] == 256 * 2 * 4 * 4
+    assert out["throughput_unit"] == "tokens/s per instance"
     assert fig.stat().st_size > 0
 
 
@@ -68,6 +69,11 @@ def test_human_output(capsys):
     assert main(_args(**{"--kernel": "barrier"})) == 0
     text = capsys.readouterr().out
     assert "best r =" in text and "tokens/s/inst" in text
+    # with other costs the throughput is per unit cost, and said so (a planner's review)
+    assert main(_args(**{"--kernel": "barrier", "--cost-attn": "2"})) == 0
+    assert "tokens/s/cost" in capsys.readouterr().out
+    assert main(_args(**{"--kernel": "barrier", "--cost-attn": "2"}) + ["--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["throughput_unit"] == "tokens/s per unit cost"
 
 
 @pytest.mark.parametrize(
@@ -279,3 +285,14 @@ def test_pool_flags_need_completions_window(capsys, flag):
     assert main(_args(**{flag: value})) == 2
     err = capsys.readouterr().err
     assert "--window completions" in err and err.count("\n") == 1
+
+
+def test_untrustworthy_interval_is_said_on_stderr_and_in_json(capsys):
+    argv = _args(**{"--workload": "geometric:prompt=100,decode=5000", "--batch": "8"})
+    argv = [*argv, "--replications", "1", "--steps", "2048", "--kernel", "fast"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "afd-jax simulate: warning: one replication of 2048 steps is shorter than" in err
+    assert main([*argv, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["warnings"][0].startswith("one replication of 2048 steps")

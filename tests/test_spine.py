@@ -184,6 +184,51 @@ def test_group_means_se_weights_each_group_by_its_steps():
     )
 
 
+def _ar1(rng, phi: float, m: int, n: int) -> np.ndarray:
+    """n independent stationary AR(1) series of length m, unit variance: float64[m, n]."""
+    x = np.empty((m, n))
+    x[0] = rng.standard_normal(n)
+    eps = rng.standard_normal((m, n)) * math.sqrt(1 - phi**2)
+    for t in range(1, m):
+        x[t] = phi * x[t - 1] + eps[t]
+    return x
+
+
+def test_iact_of_an_ar1_series():
+    """The integrated autocorrelation time of AR(1) is (1 + phi) / (1 - phi) (closed form)."""
+    rng = np.random.default_rng(4)
+    for phi in (0.0, 0.5, 0.8):
+        want = (1 + phi) / (1 - phi)
+        got = E.iact(_ar1(rng, phi, 100_000, 1)[:, 0])
+        assert got == pytest.approx(want, rel=0.1), phi
+    assert E.iact(np.ones((50, 3))) == 1.0  # constant columns (a step time that never moves)
+
+
+@pytest.mark.slow
+def test_batch_means_se_of_a_correlated_run():
+    """One replication's blocks are correlated when a request outlives a block: batch means
+    of fixed count understate the SE (20 batches of 16 blocks at an autocorrelation time of 9
+    blocks: E[se^2] about half the true variance of the mean). Batches of at least
+    BATCH_IACTS autocorrelation times: E[se^2] within 15 % of the closed-form variance of an
+    AR(1) mean, sum_{i,j} phi^|i - j| / m^2, over 4,000 series."""
+    rng = np.random.default_rng(5)
+    phi, m, n = 0.8, 320, 4_000
+    lags = np.abs(np.subtract.outer(np.arange(m), np.arange(m)))
+    target = float((phi**lags).sum()) / m**2
+    se2, long_enough = [], 0
+    for _ in range(0, n, 500):  # iact takes the largest over columns: series one by one
+        x = _ar1(rng, phi, m, 500)
+        for j in range(x.shape[1]):
+            bm = E.batch_means([x[:, j]], [np.ones(m, np.int64)])
+            se2.append(E.mean_se(bm.totals, bm.counts, 0.95)[1] ** 2)
+            long_enough += bm.long_enough
+    ratio = float(np.mean(se2)) / target
+    assert 0.85 < ratio < 1.15 and long_enough > 0.95 * n, (ratio, long_enough)
+    # a run that is one slow drift (a ramp over 40 blocks): two batches, and said too short
+    short = E.batch_means([np.linspace(0.0, 1.0, 40)], [np.ones(40, np.int64)])
+    assert not short.long_enough and short.totals.shape[0] == 2
+
+
 def test_sampler_factory_and_dispatch():
     w = TraceWorkload(name="t", prompt=np.array([5, 7, 9]), decode=np.array([1, 0, 4]))
     table = make_sampler(w)

@@ -31,6 +31,7 @@ from afd_jax.cli.common import (
 from afd_jax.errors import InputError
 from afd_jax.model.exact import binning_error_bound, require_worker_load
 from afd_jax.model.hardware import KV_EPSILON, KV_RESERVED, check_reserved, kv_capacity_tokens
+from afd_jax.model.latency import throughput_unit
 from afd_jax.studies.plots import plot_tornado
 from afd_jax.workload.slotload import slot_load_pmf
 from afd_jax.workload.statistics import workload_stats
@@ -209,6 +210,7 @@ def run(args) -> int:
     out = res.to_json()
     out["exact_lattice"] = {"width": int(pmf.width), "max_rel_error": bound}
     out["workload"] = args.workload
+    out["throughput_unit"] = throughput_unit(lat)
     out["elasticities"] = {
         k: {n: round_elasticity(v) for n, v in d.items()} for k, d in raw.items()
     }
@@ -225,7 +227,7 @@ def run(args) -> int:
         f"({res.iterations} iterations, converged: {res.converged})"
     )
     print(
-        f"chosen: r = {res.r}, B = {res.batch}: {res.throughput:,.0f} tokens/s per instance, "
+        f"chosen: r = {res.r}, B = {res.batch}: {res.throughput:,.0f} {out['throughput_unit']}, "
         f"E[tau] = {res.step_time:.2f} us, P99 tau = {res.step_time_p99:.2f} us (exact)"
     )
     for name, c in res.constraints.items():

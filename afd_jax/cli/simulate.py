@@ -332,6 +332,8 @@ def run(args) -> int:
         print(f"resumed from {args.checkpoint}: {done} of {n} chunks were done", file=sys.stderr)
     out = res.to_json()
     out["workload"] = args.workload
+    for text in res.warnings():
+        print(f"afd-jax simulate: warning: {text}", file=sys.stderr)
     if dynamics is not None:
         out["idealised"] = _idealised(args)
     if plot:
@@ -342,7 +344,7 @@ def run(args) -> int:
         return 0
     for line in _describe(res, args.workload):
         print(line)
-    _print_table(res.results_table(), res.r_best, res.level, res.replications, args.window)
+    _print_table(res, args.window)
     if dynamics is not None:
         ideal = out["idealised"]["r_best"]
         print(
@@ -459,10 +461,12 @@ def _describe(res: MonteCarloResult, workload: str) -> list[str]:
     ]
 
 
-def _print_table(rows, r_best: int, level: float, replications: int, window: str) -> None:
-    lvl = int(round(100 * level))
+def _print_table(res: MonteCarloResult, window: str) -> None:
+    rows, r_best, replications = res.results_table(), res.r_best, res.replications
+    lvl = int(round(100 * res.level))
+    per = "tokens/s/inst" if res.throughput_unit.endswith("instance") else "tokens/s/cost"
     print(
-        f"{'r':>3} {'tokens/s/inst':>13} {lvl:>3}% CI{'':>14} {'idle A':>7} {'idle F':>7} "
+        f"{'r':>3} {per:>13} {lvl:>3}% CI{'':>14} {'idle A':>7} {'idle F':>7} "
         f"{'barrier':>7} {'P50 us':>9} {'P99 us':>9} {'busy':>6}"
     )
     for row in rows:

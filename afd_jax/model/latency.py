@@ -256,6 +256,12 @@ def instance_cost(lat: Latency, r):
     return r * lat.cost_attn + lat.cost_ffn
 
 
+def throughput_unit(lat: Latency) -> str:
+    """The unit of :func:`throughput`: per instance with unit costs, else per unit cost."""
+    unit = float(lat.cost_attn) == 1.0 and float(lat.cost_ffn) == 1.0
+    return "tokens/s per instance" if unit else "tokens/s per unit cost"
+
+
 def throughput(lat: Latency, r, batch, mean_step_time):
     """Throughput per instance (per unit cost) in tokens/s: 1e6 r B / ((r c_A + c_F) E[tau])."""
     return 1e6 * r * batch / (instance_cost(lat, r) * mean_step_time)

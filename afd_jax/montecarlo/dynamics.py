@@ -632,6 +632,7 @@ def dynamics_result(lat: Latency, drun: DynRun, acc: _Acc, bins, slot_steps, wal
         return MonteCarloResult(
             r=r.astype(np.int64),
             throughput=thr,
+            throughput_unit=L.throughput_unit(lat),
             se=thr * rel,
             ci_low=thr / (1 + q * rel),
             ci_high=np.where(q * rel < 1, thr / (1 - q * rel), np.inf),

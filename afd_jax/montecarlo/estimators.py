@@ -4,8 +4,9 @@
   possible tau (:func:`tau_bins`, :func:`stage_bounds`), and percentiles read from it
   (:func:`percentiles`, linear within a bin in log tau);
 * means with standard errors and confidence quantiles: i.i.d. samples, replication means
-  (t quantile) or :data:`N_BATCHES` batch means of one long run (:func:`mean_se`,
-  :func:`batch_means`, :func:`ci_quantile`);
+  (t quantile) or up to :data:`N_BATCHES` batch means of one long run, each batch at least
+  :data:`BATCH_IACTS` integrated autocorrelation times long (:func:`mean_se`,
+  :func:`batch_means`, :func:`iact`, :func:`ci_quantile`);
 * idle fractions and the barrier share as ratios of sums over the measured steps
   (:func:`stream_idle` for a stream of full slots, :func:`pool_idle` for a draining pool);
 * the int32 guard :data:`INT32_LIMIT` (compensated sums live in the kernels:
@@ -32,7 +33,12 @@ from afd_jax.model.latency import (
 N_BINS = 4096
 """Log-spaced step-time bins of every driver's histogram."""
 N_BATCHES = 20
-"""Batch means of a single replication."""
+"""Batch means of a single replication, at most."""
+BATCH_IACTS = 5.0
+"""A batch of a single replication spans at least this many integrated autocorrelation times
+of its series (:func:`iact`): shorter batches are correlated, and their spread understates the
+SE (20 fixed batches of 100 steps gave 2.7x too small an SE where a request lives about 1,000
+steps, a review of session 26)."""
 INT32_LIMIT = 2**31
 """Worker loads and token counts are int32: drivers refuse runs that could reach this."""
 
@@ -134,20 +140,58 @@ def sample_mean_se(samples: np.ndarray, level: float):
     return mean, np.full_like(mean, np.nan), np.nan
 
 
+def iact(x: np.ndarray) -> float:
+    """Integrated autocorrelation time (in samples, >= 1) of the series ``x`` [m] or of the
+    columns of ``x`` [m, c] (their largest; constant columns count 1): ``1 + 2 sum_k rho(k)``
+    over lags k = 1..W, with Sokal's window, the first W >= 5 tau(W) (W = m - 1 if none)."""
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    m = x.shape[0]
+    if m < 3:
+        return 1.0
+    x = x - x.mean(axis=0)
+    var = (x * x).mean(axis=0)
+    x = x[:, var > 0]
+    if x.shape[1] == 0:
+        return 1.0
+    f = np.fft.rfft(x, n=2 * m, axis=0)
+    acov = np.fft.irfft(f * np.conj(f), n=2 * m, axis=0)[:m] / m
+    tau = 1.0 + 2.0 * np.cumsum(acov[1:] / acov[0], axis=0)  # tau[W - 1]: window W
+    window = np.arange(1, m)[:, None] >= 5.0 * tau
+    w = np.where(window.any(axis=0), window.argmax(axis=0), m - 2)
+    return float(max(1.0, tau[w, np.arange(tau.shape[1])].max()))
+
+
+class BatchMeans(NamedTuple):
+    """Per-batch ``totals`` and ``counts`` of one replication, and ``long_enough``: whether
+    at least two batches of :data:`BATCH_IACTS` autocorrelation times fit (else two batches
+    were formed anyway and their SE is too small: the drivers say so)."""
+
+    totals: np.ndarray
+    counts: np.ndarray
+    long_enough: bool
+    iact_steps: float
+
+
 def batch_means(block_vals, block_counts, n_batches=N_BATCHES):
-    """Split the measured blocks into contiguous batches; per-batch (totals, counts), or None
-    when fewer than two batches have steps."""
+    """Split the measured blocks into contiguous batches: as many as fit (at most
+    ``n_batches``) of at least :data:`BATCH_IACTS` times the blocks' :func:`iact` (two when
+    fewer fit, ``long_enough`` False); a :class:`BatchMeans`, or None when fewer than two
+    blocks have steps."""
     vals = np.concatenate(block_vals, axis=0)
     cnt = np.concatenate(block_counts, axis=0)
     keep = cnt > 0
     vals, cnt = vals[keep], cnt[keep]
-    nb = min(n_batches, vals.shape[0])
-    if nb < 2:
+    m = vals.shape[0]
+    if m < 2:
         return None
-    edges = np.linspace(0, vals.shape[0], nb + 1).astype(int)
+    sizes = cnt.reshape((-1,) + (1,) * (vals.ndim - 1))
+    tau = iact(vals / sizes)  # in blocks
+    fit = int(m // max(1.0, math.ceil(BATCH_IACTS * tau)))
+    nb = max(2, min(n_batches, fit))
+    edges = np.linspace(0, m, nb + 1).astype(int)
     tot = np.stack([vals[a:b].sum(axis=0) for a, b in zip(edges[:-1], edges[1:], strict=True)])
     c = np.array([cnt[a:b].sum() for a, b in zip(edges[:-1], edges[1:], strict=True)])
-    return tot, c
+    return BatchMeans(tot, c, fit >= 2, tau * float(cnt.max()))
 
 
 class IdleFractions(NamedTuple):
@@ -201,13 +245,16 @@ def pool_idle(lat: Latency, r, s_tau, s_load, s_max_load, n_steps, s_ffn):
 
 
 __all__ = [
+    "BATCH_IACTS",
     "INT32_LIMIT",
     "N_BATCHES",
+    "BatchMeans",
     "N_BINS",
     "IdleFractions",
     "attn_time_max",
     "batch_means",
     "ci_quantile",
+    "iact",
     "mean_se",
     "percentiles",
     "pool_idle",

@@ -357,6 +357,7 @@ def _result(lat, batch, r_values, window, sums, ffn_tokens, level, seed, wall):
     return MonteCarloResult(
         r=r_arr,
         throughput=mean,
+        throughput_unit=L.throughput_unit(lat),
         se=se,
         ci_low=mean - q * se,
         ci_high=mean + q * se,

@@ -60,7 +60,13 @@ class MonteCarloResult:
     JSON) for the other kernels. precision: the float dtype of the kernels' step-time sums
     ("float32" or "float64"). checkpoint: {"path", "chunks", "resumed_chunks"} of a run with
     a checkpoint file (``resumed_chunks`` found done there; ``wall_seconds`` is this
-    process's), None (absent from JSON) otherwise.
+    process's), None (absent from JSON) otherwise. throughput_unit: "tokens/s per instance"
+    with unit costs, else "tokens/s per unit cost" (:func:`~afd_jax.model.latency.throughput_unit`).
+    se_warning: why the standard errors are not to be trusted (a single replication shorter
+    than its batch means need, :data:`~afd_jax.montecarlo.estimators.BATCH_IACTS`), None
+    otherwise; :meth:`warnings` adds the r whose interval has zero width (JSON
+    ``warnings``, absent when there are none) unless they are in fixed_step_r: the r whose
+    step time cannot vary (the largest Attention time at most the other stages' time).
     """
 
     r: np.ndarray
@@ -102,6 +108,26 @@ class MonteCarloResult:
     processes: int = 1
     precision: str = "float32"
     checkpoint: dict | None = None
+    throughput_unit: str = "tokens/s per instance"
+    se_warning: str | None = None
+    fixed_step_r: tuple[int, ...] = ()
+
+    def warnings(self) -> list[str]:
+        """What the intervals do not cover: the driver's ``se_warning``, and the r whose
+        every measured step (or replication) took the same time, a zero-width interval that
+        says nothing of barrier excursions rarer than the run could see."""
+        out = [] if self.se_warning is None else [self.se_warning]
+        fixed = set(self.fixed_step_r)
+        zero = [int(r) for r, s in zip(self.r, self.se, strict=True) if s == 0 and r not in fixed]
+        if zero:
+            shown = ", ".join(map(str, zero[:8])) + (", ..." if len(zero) > 8 else "")
+            out.append(
+                f"at r = {shown} every measured step took the same time (zero-width interval): "
+                "barrier excursions rarer than the run could see are not in the estimate or "
+                "its interval; the exact method (afd-jax provision) includes them, the barrier "
+                "kernel samples them with i.i.d. snapshots"
+            )
+        return out
 
     @property
     def r_max(self) -> int:
@@ -164,6 +190,7 @@ class MonteCarloResult:
             out.update(steps=self.window["steps"], warmup=self.window["warmup"])
         out.update(
             results=self.results_table(),
+            throughput_unit=self.throughput_unit,
             r_best=self.r_best,
             mean_slot_load=self.mean_slot_load,
             se_slot_load=self.se_slot_load,
@@ -176,6 +203,8 @@ class MonteCarloResult:
         )
         if self.checkpoint is not None:
             out["checkpoint"] = dict(self.checkpoint)
+        if self.warnings():
+            out["warnings"] = self.warnings()
         return out
 
 

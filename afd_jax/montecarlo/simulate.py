@@ -958,6 +958,7 @@ class _Means(NamedTuple):
     q: float
     load_mean: float
     load_se: float
+    se_warning: str | None = None
 
 
 def _means(run: StepsRun, acc: StepAccumulator) -> _Means:
@@ -977,9 +978,38 @@ def _means(run: StepsRun, acc: StepAccumulator) -> _Means:
             se_tau, q = np.full(run.r_max, np.nan), np.nan
             load_mean, load_se = float(acc.load.sum() / acc.count.sum()), float("nan")
         else:
-            mean_tau, se_tau, q = E.mean_se(bm[0], bm[1], run.level)
-            load_mean, load_se, _ = E.mean_se(bl[0], bl[1], run.level)
+            mean_tau, se_tau, q = E.mean_se(bm.totals, bm.counts, run.level)
+            load_mean, load_se, _ = E.mean_se(bl.totals, bl.counts, run.level)
+            if not bm.long_enough:
+                return _Means(
+                    mean_tau, se_tau, q, float(np.asarray(load_mean)),
+                    float(np.asarray(load_se)), _short_run_warning(run, bm.iact_steps),
+                )  # fmt: skip
     return _Means(mean_tau, se_tau, q, float(np.asarray(load_mean)), float(np.asarray(load_se)))
+
+
+def _short_run_warning(run: StepsRun, iact_steps: float) -> str:
+    """Why a single replication's SE is too small: its steps hold fewer than two batches of
+    :data:`~afd_jax.montecarlo.estimators.BATCH_IACTS` autocorrelation times."""
+    need = 2 * E.BATCH_IACTS * iact_steps
+    return (
+        f"one replication of {run.steps} steps is shorter than {need:,.0f} steps (two batches "
+        f"of {E.BATCH_IACTS:g} autocorrelation times of the step time, ~{iact_steps:,.0f} "
+        "steps each): its batch-means SE is too small; use --replications >= 2 or more --steps"
+    )
+
+
+def _fixed_step_r(lat, run: StepsRun, setup: StepsSetup) -> tuple[int, ...]:
+    """The r whose step time cannot vary: pipelined, the Attention time of the fullest
+    worker (every slot at the largest load) below the other stages' G(r); serial, never (an
+    Attention stage that does not grow with its load aside)."""
+    other = np.asarray(setup.model.other, dtype=np.float64)
+    hi = E.attn_time_max(lat, run.batch, setup.max_load)
+    if run.serial:
+        fixed = np.full(run.r_max, hi == E.attn_time_max(lat, run.batch, 0))
+    else:
+        fixed = hi < other * (1 - 1e-6)  # G(r) is float32: a margin over its rounding
+    return tuple(int(r) for r in np.flatnonzero(fixed) + 1)
 
 
 def _result(lat, run: StepsRun, setup: StepsSetup, acc: StepAccumulator, wall: float):
@@ -1008,6 +1038,9 @@ def _result(lat, run: StepsRun, setup: StepsSetup, acc: StepAccumulator, wall: f
         return MonteCarloResult(
             r=r,
             throughput=throughput,
+            throughput_unit=L.throughput_unit(lat),
+            se_warning=m.se_warning,
+            fixed_step_r=_fixed_step_r(lat, run, setup),
             se=throughput * m.se_tau / m.mean_tau,
             ci_low=scale / hi_tau,
             ci_high=np.where(lo_tau > 0, scale / lo_tau, np.inf),

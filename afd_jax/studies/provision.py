@@ -34,7 +34,13 @@ from afd_jax.model.exact import (
     worker_load_pmf,
 )
 from afd_jax.model.hardware import Hardware, feasible_ratios, user_metrics
-from afd_jax.model.latency import Latency, ModelOptions, has_tables, throughput
+from afd_jax.model.latency import (
+    Latency,
+    ModelOptions,
+    has_tables,
+    throughput,
+    throughput_unit,
+)
 from afd_jax.model.latency_io import (
     latency_summary,
     resolve_latency,
@@ -103,8 +109,7 @@ class ProvisionResult:
 
     @property
     def throughput_unit(self) -> str:
-        unit = float(self.latency.cost_attn) == 1.0 and float(self.latency.cost_ffn) == 1.0
-        return "tokens/s per instance" if unit else "tokens/s per unit cost"
+        return throughput_unit(self.latency)
 
     def to_json(self) -> dict:
         """The ``afd-jax provision --json`` object (fresh dicts: the caller may add keys)."""
