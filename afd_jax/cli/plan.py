@@ -153,6 +153,11 @@ def _print_plan(res: dict) -> None:
             f"{_fmt(best['joules_per_token'], '.4g')} J per token; TPOT p50 "
             f"{best['tpot_p50_ms']:.3f} ms, p99 {best['tpot_p99_ms']:.3f} ms"
         )
+        if res["best_at_largest_batch"]:
+            print(
+                f"note          B = {best['batch']} is the largest B searched, within the "
+                "SLO and the KV capacity: a larger B may do better (add it to --batches)"
+            )
     print(f"\nPareto front ({len(res['front'])} points, objective {res['objective']}):")
     print(HEADER)
     for p in res["front_points"]:

@@ -45,6 +45,7 @@ from afd_jax.model.hardware import (
 )
 from afd_jax.model.latency import ModelOptions, throughput
 from afd_jax.model.latency_io import latency_file, validate_latency, validate_options
+from afd_jax.model.stages import AttnTable
 from afd_jax.model.theory import mean_field_regime
 from afd_jax.studies.elasticity import optimum_elasticities, round_elasticity
 from afd_jax.studies.optimize import exact_p99_step_times, kv_batch_limit
@@ -98,6 +99,20 @@ class PlanResult:
     elasticities: dict = field(default_factory=dict)
     elasticities_raw: dict = field(default_factory=dict)
     r_star: float | None = None
+    batch_ceiling: int | None = None
+
+    @property
+    def best_at_largest_batch(self) -> bool:
+        """The best point sits at the largest B searched with room above it: the SLO (if
+        any) not met with equality, every B within the KV capacity, and the Attention tables
+        (``batch_ceiling``, None for a formula) reaching past it. A larger B may then do
+        better: the grid, not a constraint, set the answer."""
+        b = self.best["batch"] if self.best is not None else None
+        if b is None or b != self.batches[-1]:
+            return False
+        slo = self.tpot_p99_ms is None or self.best["tpot_p99_ms"] < self.tpot_p99_ms
+        kv = self.kv_batch_limit is None or self.kv_batch_limit >= b
+        return slo and kv and (self.batch_ceiling is None or b < self.batch_ceiling)
 
     def to_json(self) -> dict:
         """The ``afd-jax plan --json`` object: ``front``, ``best``, ``ranked``, the inputs."""
@@ -117,6 +132,7 @@ class PlanResult:
             "kv_batch_limit": self.kv_batch_limit,
             "front": [{k: p[k] for k in FRONT_KEYS} for p in self.front],
             "best": self.best,
+            "best_at_largest_batch": self.best_at_largest_batch,
             "ranked": self.ranked,
             "r_star_continuous": self.r_star,
             "elasticities": self.elasticities,
@@ -334,4 +350,5 @@ def plan(
         elasticities=el,
         elasticities_raw=raw,
         r_star=r_star,
+        batch_ceiling=int(lat.attn.batches[-1]) if isinstance(lat.attn, AttnTable) else None,
     )
