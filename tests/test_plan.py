@@ -384,7 +384,7 @@ def test_best_at_the_largest_batch_searched_is_flagged():
     grid's answer, not a constraint's (a planner's review: B = 512 beat the default grid's
     256 by 38 %). Not flagged at the end of the measured tables."""
     preset = "qwen3-235b-a22b@h200_sxm"
-    kw = dict(r_max=8, elasticities=False)
+    kw = dict(r_max=4, elasticities=False)
     grid = plan("paper-v1", preset, batches=(128, 256), **kw)
     assert grid.best["batch"] == 256 and grid.best_at_largest_batch
     assert grid.to_json()["best_at_largest_batch"] is True
