@@ -313,3 +313,12 @@ def test_untrustworthy_intervals_are_said():
     fixed = run("geometric:prompt=100,decode=20", 8, 4, 2048)
     assert fixed.fixed_step_r == (1, 2, 3, 4) and np.all(fixed.se == 0)
     assert fixed.warnings() == [] and "warnings" not in fixed.to_json()
+    from afd_jax.kernels.dynamics import Dynamics  # the dynamics driver says the same
+
+    with jax.enable_x64(True):
+        routed = simulate(
+            resolve_workload("geometric:prompt=100,decode=20"), lat, 8, 4, opts=opts,
+            steps=512, replications=2, dynamics=Dynamics(routing="balanced"),
+        )  # fmt: skip
+    assert routed.fixed_step_r == (1, 2, 3, 4) and np.all(routed.se == 0)
+    assert routed.warnings() == []

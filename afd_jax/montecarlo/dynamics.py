@@ -612,9 +612,22 @@ def run_dynamics(
     return acc, (log_lo, inv_w), total * run.replications * slots
 
 
-def dynamics_result(lat: Latency, drun: DynRun, acc: _Acc, bins, slot_steps, wall):
+def _fixed_step_r(lat: Latency, drun: DynRun, max_load: int) -> tuple[int, ...]:
+    """:func:`~afd_jax.montecarlo.estimators.fixed_step_r` of a run whose step is the plain
+    one (no noise, expert ranks or micro-batches: those move it anyway), a worker holding up
+    to B + slack slots; () otherwise."""
+    run, opts, cfg = drun
+    if cfg.noisy or cfg.experts or cfg.microbatches:
+        return ()
+    r = np.arange(1, run.r_max + 1, dtype=np.float64)
+    other = L.other_stages(lat, r, float(run.batch), opts)
+    slots = _microbatch_slots(run.batch, cfg)
+    return E.fixed_step_r(lat, slots, max_load, other, opts.overlap == "serial")
+
+
+def dynamics_result(lat: Latency, drun: DynRun, acc: _Acc, bins, slot_steps, wall, max_load):
     """MonteCarloResult (float64 host arithmetic) with ``empty_slot_fraction``."""
-    run, _, cfg = drun
+    run, opts, cfg = drun
     lat = L.host_latency(lat)
     r = np.arange(1, run.r_max + 1, dtype=np.float64)
     mean_tau, se_tau, q = E.mean_se(acc.v["tau"], acc.count, run.level)
@@ -633,6 +646,7 @@ def dynamics_result(lat: Latency, drun: DynRun, acc: _Acc, bins, slot_steps, wal
             r=r.astype(np.int64),
             throughput=thr,
             throughput_unit=L.throughput_unit(lat),
+            fixed_step_r=_fixed_step_r(lat, drun, max_load),
             se=thr * rel,
             ci_low=thr / (1 + q * rel),
             ci_high=np.where(q * rel < 1, thr / (1 - q * rel), np.inf),
@@ -696,7 +710,8 @@ def simulate_dynamics(
         )  # the step model's and the bins' range: derived, compared after the settings
         acc, bins, slot_steps = run_dynamics(sampler, max_load, lat, drun, bar, mesh, ckpt)
         bar.close()
-        res = dynamics_result(lat, drun, acc, bins, slot_steps, time.perf_counter() - t0)
+        wall = time.perf_counter() - t0
+        res = dynamics_result(lat, drun, acc, bins, slot_steps, wall, max_load)
         info = ckpt and ckpt.info()
         return dataclasses.replace(res, devices=mesh.n, processes=mesh.processes, checkpoint=info)
 

@@ -68,6 +68,20 @@ def attn_time_max(lat: Latency, batch: int, max_slot_load: int) -> float:
     return float(t_attn(host_latency(lat), float(batch) * max_slot_load, float(batch)))
 
 
+def fixed_step_r(lat: Latency, slots: int, max_slot_load: int, other, serial: bool):
+    """The r (1-based, a tuple) whose step time cannot vary: pipelined, the Attention time of
+    the fullest worker (``slots`` slots at the largest load) below the other stages' time
+    ``other`` [r_max] (G(r), maybe float32: a margin over its rounding); serial, only an
+    Attention time that does not grow with the load. A zero-width interval there is exact."""
+    other = np.asarray(other, dtype=np.float64)
+    hi = attn_time_max(lat, slots, max_slot_load)
+    if serial:
+        fixed = np.full(other.shape, hi == attn_time_max(lat, slots, 0))
+    else:
+        fixed = hi < other * (1 - 1e-6)
+    return tuple(int(r) for r in np.flatnonzero(fixed) + 1)
+
+
 def _quantiles(flat: np.ndarray, log_lo: float, inv_w: float, qs) -> np.ndarray:
     """float64[n, len(qs)] from n histograms [n, n_bins], vectorised over the histograms (the
     host cost of a short run must not grow with r_max): bin j is the first whose cumulative
@@ -254,6 +268,7 @@ __all__ = [
     "attn_time_max",
     "batch_means",
     "ci_quantile",
+    "fixed_step_r",
     "iact",
     "mean_se",
     "percentiles",

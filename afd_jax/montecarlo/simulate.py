@@ -999,19 +999,6 @@ def _short_run_warning(run: StepsRun, iact_steps: float) -> str:
     )
 
 
-def _fixed_step_r(lat, run: StepsRun, setup: StepsSetup) -> tuple[int, ...]:
-    """The r whose step time cannot vary: pipelined, the Attention time of the fullest
-    worker (every slot at the largest load) below the other stages' G(r); serial, never (an
-    Attention stage that does not grow with its load aside)."""
-    other = np.asarray(setup.model.other, dtype=np.float64)
-    hi = E.attn_time_max(lat, run.batch, setup.max_load)
-    if run.serial:
-        fixed = np.full(run.r_max, hi == E.attn_time_max(lat, run.batch, 0))
-    else:
-        fixed = hi < other * (1 - 1e-6)  # G(r) is float32: a margin over its rounding
-    return tuple(int(r) for r in np.flatnonzero(fixed) + 1)
-
-
 def _result(lat, run: StepsRun, setup: StepsSetup, acc: StepAccumulator, wall: float):
     """The MonteCarloResult of a steps-window run (float64 host arithmetic)."""
     lat = L.host_latency(lat)
@@ -1040,7 +1027,9 @@ def _result(lat, run: StepsRun, setup: StepsSetup, acc: StepAccumulator, wall: f
             throughput=throughput,
             throughput_unit=L.throughput_unit(lat),
             se_warning=m.se_warning,
-            fixed_step_r=_fixed_step_r(lat, run, setup),
+            fixed_step_r=E.fixed_step_r(
+                lat, run.batch, setup.max_load, setup.model.other, run.serial
+            ),
             se=throughput * m.se_tau / m.mean_tau,
             ci_low=scale / hi_tau,
             ci_high=np.where(lo_tau > 0, scale / lo_tau, np.inf),
