@@ -203,8 +203,9 @@ class MonteCarloResult:
         )
         if self.checkpoint is not None:
             out["checkpoint"] = dict(self.checkpoint)
-        if self.warnings():
-            out["warnings"] = self.warnings()
+        warnings = self.warnings()
+        if warnings:
+            out["warnings"] = warnings
         return out
 
 

@@ -964,6 +964,7 @@ class _Means(NamedTuple):
 def _means(run: StepsRun, acc: StepAccumulator) -> _Means:
     """E[tau(r)], the mean slot load and their SEs: i.i.d. snapshots (barrier), replication
     means, or batch means of a single replication."""
+    warning = None
     if run.kernel == "barrier":
         mean_tau, se_tau, q = E.mean_se(acc.tau, acc.count, run.level, iid_sq=acc.tau_sq)
         load_mean, load_se, _ = E.mean_se(acc.load, acc.count, run.level, iid_sq=acc.load_sq)
@@ -981,11 +982,9 @@ def _means(run: StepsRun, acc: StepAccumulator) -> _Means:
             mean_tau, se_tau, q = E.mean_se(bm.totals, bm.counts, run.level)
             load_mean, load_se, _ = E.mean_se(bl.totals, bl.counts, run.level)
             if not bm.long_enough:
-                return _Means(
-                    mean_tau, se_tau, q, float(np.asarray(load_mean)),
-                    float(np.asarray(load_se)), _short_run_warning(run, bm.iact_steps),
-                )  # fmt: skip
-    return _Means(mean_tau, se_tau, q, float(np.asarray(load_mean)), float(np.asarray(load_se)))
+                warning = _short_run_warning(run, bm.iact_steps)
+    load_mean, load_se = float(np.asarray(load_mean)), float(np.asarray(load_se))
+    return _Means(mean_tau, se_tau, q, load_mean, load_se, warning)
 
 
 def _short_run_warning(run: StepsRun, iact_steps: float) -> str:
